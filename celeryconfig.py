@@ -1,0 +1,54 @@
+"""Celery settings for the payments worker; every value comes from worker.config (the environment).
+
+Why each one is set:
+"""
+from worker.config import get_settings
+
+_s = get_settings()
+
+# Redis is both the broker and the result backend, so AsyncResult.get() returns the outcome dict.
+broker_url = _s.redis_url
+result_backend = _s.redis_url
+# JSON only: no pickle from the broker (code execution), and outcomes stay readable by other programs.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+# Acknowledge after the task ran, and requeue when the worker process dies mid-task: a payment job
+# is never lost. Duplicate runs this allows are made harmless by the results store's claim.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One message per worker process at a time: a crashed process holds at most one payment hostage,
+# and a slow gateway call does not leave prefetched jobs waiting behind it.
+worker_prefetch_multiplier = 1
+# Events for Flower: task-sent from producers and the worker's own task events. Arguments in the
+# events are the masked argsrepr/kwargsrepr set by PaymentTask, never the card.
+worker_send_task_events = True
+task_send_sent_event = True
+# The soft limit lets a task record its state before the hard limit kills it; both are derived from
+# the gateway budgets (send, reconcile, send again) in worker.config.
+task_soft_time_limit = _s.soft_time_limit
+task_time_limit = _s.hard_time_limit
+# A message unacknowledged for visibility_timeout is redelivered; it must exceed the hard limit, or a
+# payment still running would be handed to a second worker. kombu restores unacked messages from
+# its sweep every interval x throttle seconds (100 s by default): tie it to the timeout so that a
+# crashed payment resumes within about 1.1 x BROKER_VISIBILITY_TIMEOUT.
+broker_transport_options = {
+    "visibility_timeout": _s.visibility_timeout,
+    "unacked_restore_interval": max(1, int(_s.visibility_timeout // 10)),
+    "unacked_restore_throttle": 1,
+}
+result_backend_transport_options = {"retry_policy": {"timeout": 5.0}}
+# Threads/gevent pools share one result-backend connection pool instead of one connection per task.
+result_backend_thread_safe = True
+# Outcomes stay in the result backend for a week; the results store keeps them for good.
+result_expires = 7 * 86400
+broker_connection_retry_on_startup = True
+# Tasks find their own names (payments.*) in tasks/.
+imports = ("tasks",)
+worker_hijack_root_logger = True
+# The beat schedule: the sweep voids stale authorizations and reconciles unknown outcomes.
+beat_schedule = {
+    "payments-sweep": {"task": "payments.sweep", "schedule": _s.sweep_interval},
+}
+timezone = "UTC"

@@ -1,0 +1,137 @@
+"""Settings read from the environment, in one place.
+
+Every knob the worker, beat, Flower, the CLI and the demo use is here with its default. Durations
+accept seconds (``90``) or a number with ``s``/``m``/``h``/``d`` (``7d``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+REAL_BLUEPAY_URL = "https://secure.bluepay.com/interfaces/"
+# Demo credentials shared with the sandbox's defaults (worker/sandbox): TEST mode only.
+SANDBOX_ACCOUNT_ID = "100000000001"
+SANDBOX_SECRET_KEY = "SANDBOXSECRETKEY0000000000000000"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    """A setting in the environment cannot be used."""
+
+
+def parse_duration(value: str | float | int, *, name: str = "duration") -> float:
+    """``"90"`` -> 90.0, ``"5m"`` -> 300.0, ``"7d"`` -> 604800.0."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ConfigError(f"{name}: {value!r} is not a duration (seconds, or a number with s/m/h/d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "")
+    return value if value.strip() else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = DEFAULT_REDIS_URL
+    key_prefix: str = "payments:"
+    bluepay_account_id: str = SANDBOX_ACCOUNT_ID
+    bluepay_secret_key: str = field(default=SANDBOX_SECRET_KEY, repr=False)
+    bluepay_mode: str = "TEST"
+    bluepay_url: str = REAL_BLUEPAY_URL
+    bluepay_hash_type: str = "HMAC_SHA512"
+    card_key: str = field(default="", repr=False)
+    # Gateway budgets: one HTTP attempt, and the in-process retry of "not sent" errors.
+    connect_timeout: float = 3.05
+    read_timeout: float = 15.0
+    retry_attempts: int = 4
+    retry_seconds: float = 10.0
+    # Broker-level retries when the gateway stays unreachable longer than the in-process budget.
+    outage_retries: int = 5
+    outage_backoff: float = 5.0
+    outage_backoff_max: float = 60.0
+    visibility_timeout: float = 300.0
+    stale_auth_age: float = 7 * 86400.0
+    sweep_interval: float = 300.0
+    reconcile_after: float = 600.0
+    # After this long an operation whose outcome stayed unknown is given a final state for a human.
+    reconcile_give_up: float = 86400.0
+    flower_basic_auth: str = field(default="", repr=False)
+
+    @property
+    def soft_time_limit(self) -> float:
+        """Worst case of one payment: send, reconcile with stq, send again; each with its retries."""
+        one_call = self.connect_timeout + self.read_timeout + self.retry_seconds
+        return round(3 * one_call + 5, 1)
+
+    @property
+    def hard_time_limit(self) -> float:
+        return round(self.soft_time_limit + 15, 1)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed operation belongs to its worker: past the hard limit it is surely dead."""
+        return self.hard_time_limit + 5
+
+    def check(self) -> "Settings":
+        if self.bluepay_mode not in ("TEST", "LIVE"):
+            raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
+        if self.visibility_timeout <= self.hard_time_limit:
+            raise ConfigError(
+                f"BROKER_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must exceed the task hard time "
+                f"limit ({self.hard_time_limit:g}s), or running payments would be delivered twice"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        d = cls()
+        dur = lambda name, default: parse_duration(_env(name, str(default)), name=name)  # noqa: E731
+        try:
+            settings = cls(
+                redis_url=_env("REDIS_URL", d.redis_url),
+                key_prefix=_env("PAYMENTS_KEY_PREFIX", d.key_prefix),
+                bluepay_account_id=_env("BLUEPAY_ACCOUNT_ID", d.bluepay_account_id),
+                bluepay_secret_key=_env("BLUEPAY_SECRET_KEY", d.bluepay_secret_key),
+                bluepay_mode=_env("BLUEPAY_MODE", d.bluepay_mode).upper(),
+                bluepay_url=_env("BLUEPAY_URL", d.bluepay_url),
+                bluepay_hash_type=_env("BLUEPAY_HASH_TYPE", d.bluepay_hash_type).upper(),
+                card_key=_env("PAYMENTS_CARD_KEY", ""),
+                connect_timeout=dur("GATEWAY_CONNECT_TIMEOUT", d.connect_timeout),
+                read_timeout=dur("GATEWAY_READ_TIMEOUT", d.read_timeout),
+                retry_attempts=int(_env("GATEWAY_RETRY_ATTEMPTS", str(d.retry_attempts))),
+                retry_seconds=dur("GATEWAY_RETRY_SECONDS", d.retry_seconds),
+                outage_retries=int(_env("OUTAGE_RETRIES", str(d.outage_retries))),
+                outage_backoff=dur("OUTAGE_BACKOFF", d.outage_backoff),
+                outage_backoff_max=dur("OUTAGE_BACKOFF_MAX", d.outage_backoff_max),
+                visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
+                stale_auth_age=dur("STALE_AUTH_AGE", d.stale_auth_age),
+                sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
+                reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),
+                reconcile_give_up=dur("RECONCILE_GIVE_UP", d.reconcile_give_up),
+                flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return settings.check()
+
+    def describe(self) -> dict:
+        """Settings without secrets, for `payments config` and logs."""
+        hidden = {"bluepay_secret_key", "card_key", "flower_basic_auth"}
+        return {
+            f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
+            for f in fields(self)
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

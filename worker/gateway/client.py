@@ -1,0 +1,198 @@
+"""BluePayClient: the public verbs. Each verb validates and fills a payload (protocol.py),
+one private ``_commit`` does the I/O through the transport wrapped in the retry policy,
+and one parser interprets the reply. Declines are returned, not raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import date, timedelta
+from typing import Any, Protocol
+
+from . import protocol, scrub, validation
+from .errors import InvalidInput
+from .protocol import Response
+from .retry import RetryPolicy, call_with_retry
+from .seal import normalize_hash_type
+from .transport import HttpReply, HttpTransport
+
+__all__ = ["BluePayClient", "Transport", "DEFAULT_BASE_URL"]
+
+DEFAULT_BASE_URL = "https://secure.bluepay.com/interfaces/"
+logger = logging.getLogger("payments.gateway")
+
+
+class Transport(Protocol):
+    def post(self, url: str, data: Mapping[str, str]) -> HttpReply: ...
+
+
+
+
+class BluePayClient:
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        secret_key: str,
+        mode: str = "TEST",
+        base_url: str = DEFAULT_BASE_URL,
+        hash_type: str = "HMAC_SHA512",
+        transport: Transport | None = None,
+        retry_policy: RetryPolicy = RetryPolicy(),
+        connect_timeout: float = 3.05,
+        read_timeout: float = 15.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        today: Callable[[], date] = date.today,
+    ) -> None:
+        if not isinstance(account_id, str) or not account_id.strip():
+            raise InvalidInput("account_id", "required")
+        if not isinstance(secret_key, str) or not secret_key:
+            raise InvalidInput("secret_key", "required")
+        mode_ = (mode or "").strip().upper()
+        if mode_ not in protocol.MODES:
+            raise InvalidInput("mode", "must be TEST or LIVE")
+        scrub.register_secret(secret_key)
+        self.account_id = account_id.strip()
+        self._secret_key = secret_key
+        self.mode = mode_
+        self.hash_type = normalize_hash_type(hash_type)
+        base = base_url if base_url.endswith("/") else base_url + "/"
+        self.base_url = base
+        self.bp10emu_url = base + "bp10emu"
+        self.stq_url = base + "stq"
+        self.transport: Transport = transport or HttpTransport(
+            connect_timeout=connect_timeout, read_timeout=read_timeout
+        )
+        self.retry_policy = retry_policy
+        self._sleep = sleep
+        self._clock = clock
+        self._today = today
+
+    def __repr__(self) -> str:
+        return f"BluePayClient(account_id={self.account_id!r}, mode={self.mode!r}, base_url={self.base_url!r})"
+
+    # ------------------------------------------------------------------ verbs
+
+    def sale(
+        self,
+        amount: Any,
+        card: Any,
+        customer: Mapping[str, Any] | None = None,
+        order_id: str | None = None,
+        duplicate_override: bool = False,
+    ) -> Response:
+        return self._transaction(
+            "SALE", amount=amount, card=card, customer=customer, order_id=order_id,
+            duplicate_override=duplicate_override,
+        )
+
+    def auth(
+        self,
+        amount: Any,
+        card: Any,
+        customer: Mapping[str, Any] | None = None,
+        order_id: str | None = None,
+        duplicate_override: bool = False,
+    ) -> Response:
+        """AUTH; ``amount`` may be "0.00" (card verification, TEST: INFORMATION STORED)."""
+        return self._transaction(
+            "AUTH", amount=amount, card=card, customer=customer, order_id=order_id,
+            duplicate_override=duplicate_override,
+        )
+
+    def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None) -> Response:
+        return self._transaction("CAPTURE", rrno=trans_id, amount=amount, order_id=order_id)
+
+    def refund(self, trans_id: Any, amount: Any = None, order_id: str | None = None) -> Response:
+        return self._transaction("REFUND", rrno=trans_id, amount=amount, order_id=order_id)
+
+    def void(self, trans_id: Any, order_id: str | None = None) -> Response:
+        return self._transaction("VOID", rrno=trans_id, order_id=order_id)
+
+    def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None:
+        """stq lookup by exactly one of ``trans_id`` / ``order_id``.
+
+        Window: today - days_back .. tomorrow + 1 (end exclusive, so tomorrow is included to
+        absorb time-zone differences). Returns None only when the gateway proves absence.
+        """
+        if (trans_id is None) == (order_id is None):
+            raise InvalidInput("query", "give exactly one of trans_id and order_id")
+        if isinstance(days_back, bool) or not isinstance(days_back, int) or days_back < 0:
+            raise InvalidInput("days_back", "must be a non-negative int")
+        today = self._today()
+        fields = protocol.query_request(
+            account_id=self.account_id,
+            secret_key=self._secret_key,
+            mode=self.mode,
+            hash_type=self.hash_type,
+            trans_id=trans_id,
+            order_id=order_id,
+            start=today - timedelta(days=days_back),
+            end=today + timedelta(days=2),
+        )
+        secret = self._secret_key
+
+        def parse(reply: HttpReply) -> Response | None:
+            return protocol.parse_query_reply(reply.status_code, reply.body, secret_key=secret)
+
+        return self._commit("QUERY", self.stq_url, fields, parse, read_only=True)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _transaction(self, transaction_type: str, **kwargs: Any) -> Response:
+        fields = protocol.transaction_request(
+            account_id=self.account_id,
+            secret_key=self._secret_key,
+            mode=self.mode,
+            hash_type=self.hash_type,
+            transaction_type=transaction_type,
+            **kwargs,
+        )
+        secret = self._secret_key
+
+        def parse(reply: HttpReply) -> Response:
+            return protocol.parse_transaction_reply(
+                reply.status_code, reply.location, reply.body, secret_key=secret
+            )
+
+        return self._commit(transaction_type, self.bp10emu_url, fields, parse, read_only=False)
+
+    def _commit(
+        self,
+        operation: str,
+        url: str,
+        fields: Mapping[str, str],
+        parse: Callable[[HttpReply], Any],
+        *,
+        read_only: bool,
+    ) -> Any:
+        def once() -> Any:
+            return parse(self.transport.post(url, fields))
+
+        try:
+            result, attempts = call_with_retry(
+                once,
+                policy=self.retry_policy,
+                read_only=read_only,
+                operation=operation,
+                sleep=self._sleep,
+                clock=self._clock,
+            )
+        except Exception as exc:
+            logger.info(
+                "gateway %s order_id=%s failed: %s",
+                operation, fields.get("ORDER_ID") or fields.get("order_id") or "-", type(exc).__name__,
+            )
+            raise
+        if result is not None:
+            logger.info(
+                "gateway %s order_id=%s -> %s %s trans_id=%s attempts=%d",
+                operation, result.order_id or fields.get("ORDER_ID") or fields.get("order_id") or "-",
+                result.status, result.message, result.trans_id, attempts,
+            )
+            result = dataclasses.replace(result, attempts=attempts)
+        return result

@@ -1,0 +1,97 @@
+"""Exceptions raised by the gateway client.
+
+::
+
+    PaymentError                      base of everything we raise
+    ├── InvalidInput(field, message)  our validation refused the request; nothing was sent
+    └── GatewayError
+        ├── NotSent                   connection refused, DNS failure, connect timeout: safe to retry
+        ├── OutcomeUnknown            read timeout, reset after the request went out, HTTP 5xx, reply that
+        │                             cannot be parsed or authenticated (bad/missing BP_STAMP on an approval),
+        │                             MESSAGE=DUPLICATE (attribute .duplicate = True): reconcile, never blindly resend
+        └── Rejected(response)        the gateway answered Result=ERROR or MISSING (bad seal, invalid data); final
+
+No message built here ever contains a card number, CVV2, seal or secret: callers pass
+only field names, gateway MESSAGE texts and exception class names.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .protocol import Response
+
+__all__ = [
+    "PaymentError",
+    "InvalidInput",
+    "GatewayError",
+    "NotSent",
+    "OutcomeUnknown",
+    "Rejected",
+]
+
+
+class PaymentError(Exception):
+    """Base of everything the gateway package raises."""
+
+
+class InvalidInput(PaymentError, ValueError):
+    """Our validation refused the request; nothing was sent to the gateway."""
+
+    def __init__(self, field: str, message: str = "invalid value") -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class GatewayError(PaymentError):
+    """Something went wrong talking to the gateway."""
+
+
+class NotSent(GatewayError):
+    """The request provably never reached the gateway: safe to retry."""
+
+
+class OutcomeUnknown(GatewayError):
+    """The request may have been processed; reconcile (stq) before any resend.
+
+    ``duplicate`` is True when the gateway answered MESSAGE=DUPLICATE.
+    ``response`` is the parsed reply when there was one (e.g. duplicate).
+    """
+
+    def __init__(
+        self,
+        message: str = "outcome unknown",
+        *,
+        duplicate: bool = False,
+        response: "Response | None" = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.duplicate = duplicate
+        self.response = response
+        self.status_code = status_code
+        super().__init__(message)
+
+
+class Rejected(GatewayError):
+    """The gateway answered Result=ERROR or MISSING: final, do not retry."""
+
+    def __init__(self, response: "Response", message: str | None = None) -> None:
+        self.response = response
+        text = message if message is not None else _describe(response)
+        super().__init__(text)
+
+    @property
+    def gateway_message(self) -> str:
+        return getattr(self.response, "message", "") or ""
+
+
+def _describe(response: Any) -> str:
+    status = getattr(response, "status", "") or ""
+    message = getattr(response, "message", "") or ""
+    missing = getattr(response, "missing_field", "") or ""
+    text = f"{status}: {message}" if message else status or "rejected"
+    if missing:
+        text += f" (missing {missing})"
+    return text

@@ -1,0 +1,120 @@
+"""Retry policy for gateway calls (tenacity).
+
+* NotSent is always retried (nothing reached the gateway).
+* A read-only call (stq) is retried on any GatewayError except Rejected.
+* OutcomeUnknown on a money-moving call is never retried: reconcile first.
+* Rejected / InvalidInput are final.
+
+Bounds: at most ``max_attempts`` attempts, and no new attempt is started when the time since
+the first one plus the next backoff would reach ``max_seconds`` (so the retry window is
+bounded by ``max_seconds`` plus the duration of one attempt, i.e. its connect+read timeouts).
+Backoff: tenacity's ``wait_random_exponential`` (full jitter) from ``initial_wait`` up to
+``max_wait``. After giving up the last GatewayError itself is raised (never RetryError).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity.stop import stop_base
+
+from .errors import GatewayError, InvalidInput, NotSent, OutcomeUnknown, Rejected
+
+__all__ = ["RetryPolicy", "should_retry", "call_with_retry", "logger"]
+
+logger = logging.getLogger("payments.gateway")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 4
+    max_seconds: float = 10.0
+    initial_wait: float = 0.2
+    max_wait: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.max_seconds < 0 or self.initial_wait < 0 or self.max_wait < 0:
+            raise ValueError("durations must be >= 0")
+
+
+def should_retry(exc: BaseException, *, read_only: bool) -> bool:
+    if isinstance(exc, (InvalidInput, Rejected)):
+        return False
+    if isinstance(exc, NotSent):
+        return True
+    if isinstance(exc, OutcomeUnknown):
+        return read_only
+    if isinstance(exc, GatewayError):
+        return read_only
+    return False
+
+
+class _stop_before_delay_on(stop_base):
+    """Like tenacity's stop_before_delay, but on an injectable clock."""
+
+    def __init__(self, max_delay: float, clock: Callable[[], float], start: float) -> None:
+        self.max_delay = max_delay
+        self.clock = clock
+        self.start = start
+
+    def __call__(self, retry_state) -> bool:  # type: ignore[no-untyped-def]
+        return (self.clock() - self.start) + retry_state.upcoming_sleep >= self.max_delay
+
+
+def call_with_retry(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    read_only: bool,
+    operation: str,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[T, int]:
+    """Run ``fn`` under ``policy``; return ``(result, attempts)``.
+
+    On give-up or a non-retryable error the last exception is raised with ``.attempts`` set.
+    """
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        return fn()
+
+    def before_sleep(state) -> None:  # type: ignore[no-untyped-def]
+        exc = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "gateway %s attempt %d failed with %s; retrying in %.2fs",
+            operation,
+            state.attempt_number,
+            type(exc).__name__ if exc else "?",
+            state.upcoming_sleep,
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(policy.max_attempts) | _stop_before_delay_on(policy.max_seconds, clock, clock()),
+        wait=wait_random_exponential(multiplier=policy.initial_wait, max=policy.max_wait),
+        retry=retry_if_exception(lambda e: should_retry(e, read_only=read_only)),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    try:
+        result = retrying(attempt)
+    except BaseException as exc:
+        try:
+            exc.attempts = attempts  # type: ignore[attr-defined]
+        except Exception:  # pragma: no cover - exotic exceptions without __dict__
+            pass
+        if isinstance(exc, GatewayError) and attempts > 1:
+            logger.warning("gateway %s gave up after %d attempts: %s", operation, attempts, type(exc).__name__)
+        raise
+    return result, attempts

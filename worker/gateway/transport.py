@@ -1,0 +1,170 @@
+"""HTTP transport: one pooled ``requests.Session``; requests exceptions mapped to what they
+say about the charge (``classify``).
+
+Nothing here follows redirects: bp10emu answers 302 and the result is in ``Location``.
+Exceptions raised from here never carry the request (its body holds card data): the
+original exception is not chained, only its class name is kept in ``.cause_name``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import requests
+import urllib3.exceptions as u3
+from requests.adapters import HTTPAdapter
+
+from .errors import GatewayError, NotSent, OutcomeUnknown
+
+__all__ = ["HttpReply", "HttpTransport", "classify", "DEFAULT_USER_AGENT", "POOL_MAXSIZE"]
+
+DEFAULT_USER_AGENT = "payments-worker/0.1 (+bluepay client)"
+#: Connections kept per host: shared by all gevent greenlets / threads of one process.
+POOL_MAXSIZE = 100
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status_code: int
+    location: str | None
+    body: str
+
+
+# Evidence, found anywhere in the exception chain, that the request was (or may have been)
+# written to the socket: the outcome is unknown.
+_AFTER_SEND = (
+    u3.ReadTimeoutError,
+    u3.ProtocolError,
+    u3.IncompleteRead,
+    u3.InvalidChunkLength,
+    u3.DecodeError,
+    http.client.RemoteDisconnected,
+    http.client.IncompleteRead,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+# Evidence that no connection was ever established: nothing was sent.
+_BEFORE_SEND = (
+    u3.ConnectTimeoutError,  # NewConnectionError and NameResolutionError derive from it
+    u3.LocationParseError,
+    ConnectionRefusedError,
+    socket.gaierror,
+    ssl.SSLCertVerificationError,
+)
+
+
+def _chain(exc: BaseException, limit: int = 12):
+    """The exception, what it wraps (args, MaxRetryError.reason, __cause__, __context__)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < limit:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        for nxt in (getattr(e, "reason", None), e.__cause__, e.__context__, *getattr(e, "args", ())):
+            if isinstance(nxt, BaseException) and id(nxt) not in seen:
+                todo.append(nxt)
+
+
+def classify(exc: BaseException) -> type[GatewayError]:
+    """What a transport exception says about the charge.
+
+    ======================================================  ==============
+    exception                                               class
+    ======================================================  ==============
+    already a GatewayError                                  its own class
+    requests ConnectTimeout                                 NotSent
+    requests ReadTimeout                                    OutcomeUnknown
+    ChunkedEncodingError / ContentDecodingError             OutcomeUnknown
+    ConnectionError caused by reset/abort/RemoteDisconnected OutcomeUnknown
+       /read timeout/protocol error (request went out)
+    ConnectionError caused by refused/DNS/NewConnectionError NotSent
+       /certificate verification
+    InvalidURL / MissingSchema / InvalidSchema (local)      NotSent
+    anything else                                           OutcomeUnknown
+    ======================================================  ==============
+    """
+    if isinstance(exc, GatewayError):
+        return type(exc)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return NotSent
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return OutcomeUnknown
+    if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
+        return OutcomeUnknown
+    if isinstance(
+        exc,
+        (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema),
+    ):
+        return NotSent
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        chain = list(_chain(exc))
+        if any(isinstance(e, _AFTER_SEND) for e in chain):
+            return OutcomeUnknown
+        if any(isinstance(e, _BEFORE_SEND) for e in chain):
+            return NotSent
+        return OutcomeUnknown
+    return OutcomeUnknown
+
+
+class HttpTransport:
+    """POSTs form data through one pooled keep-alive session; never follows redirects."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        user_agent: str = DEFAULT_USER_AGENT,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.user_agent = user_agent
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self.session = session
+
+    def post(self, url: str, data: Mapping[str, str]) -> HttpReply:
+        failure: type[GatewayError] | None = None
+        cause = ""
+        try:
+            resp = self.session.post(
+                url,
+                data=dict(data),
+                headers={"User-Agent": self.user_agent},
+                allow_redirects=False,
+                verify=True,
+                timeout=(self.connect_timeout, self.read_timeout),
+            )
+            try:
+                content = resp.content
+            finally:
+                resp.close()
+            body = content.decode(resp.encoding or "utf-8", "replace")
+            return HttpReply(resp.status_code, resp.headers.get("Location"), body)
+        except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
+            failure = classify(exc)
+            cause = type(exc).__name__
+        # Raised outside the except block: the requests exception (which holds the request
+        # body, i.e. card data) is neither chained nor kept as context.
+        err = failure(f"{cause} posting to {_safe_url(url)}")
+        err.cause_name = cause  # type: ignore[attr-defined]
+        raise err
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _safe_url(url: str) -> str:
+    return url.split("?", 1)[0]

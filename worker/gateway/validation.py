@@ -1,0 +1,245 @@
+"""Validation of everything we send, before anything is sent.
+
+Every function raises :class:`InvalidInput` naming the field; messages never echo card data.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
+
+from .errors import InvalidInput
+
+__all__ = [
+    "MAX_AMOUNT",
+    "CUSTOMER_FIELDS",
+    "ORDER_ID_MAX",
+    "Card",
+    "amount",
+    "card",
+    "customer",
+    "trans_id",
+    "order_id",
+    "luhn_ok",
+    "mask",
+]
+
+#: Largest amount we accept. BluePay publishes no ceiling; 99999.99 is our choice
+#: (5 dollar digits), large enough for the product and a guard against unit mistakes.
+MAX_AMOUNT = Decimal("99999.99")
+
+#: Our customer keys -> (BluePay field, max length). BluePay publishes no limits for
+#: these; the lengths below are our choice (generous for real data, bounded for safety).
+CUSTOMER_FIELDS: dict[str, tuple[str, int]] = {
+    "name1": ("NAME1", 64),
+    "name2": ("NAME2", 64),
+    "addr1": ("ADDR1", 128),
+    "addr2": ("ADDR2", 128),
+    "city": ("CITY", 64),
+    "state": ("STATE", 32),
+    "zipcode": ("ZIPCODE", 16),
+    "country": ("COUNTRY", 64),
+    "phone": ("PHONE", 32),
+    "email": ("EMAIL", 128),
+    "company_name": ("COMPANY_NAME", 128),
+}
+
+#: ORDER_ID: up to 128 printable ASCII characters (0x20-0x7E), our choice so that the
+#: gateway and the sandbox match it byte for byte.
+ORDER_ID_MAX = 128
+
+_AMOUNT_RE = re.compile(r"^[0-9]+(?:\.[0-9]{1,2})?$")
+_DIGITS_RE = re.compile(r"^[0-9]+$")
+_CARD_SEPARATORS = re.compile(r"[ \-]")
+_EXPIRE_RE = re.compile(r"^([0-9]{2})/?([0-9]{2})$")
+_CVV2_RE = re.compile(r"^[0-9]{3,4}$")
+_TRANS_ID_RE = re.compile(r"^[0-9]{12}$")
+_ORDER_ID_RE = re.compile(r"^[\x20-\x7e]{1,%d}$" % ORDER_ID_MAX)
+
+_CARD_KEYS = frozenset({"number", "expire", "cvv2"})
+
+
+def luhn_ok(digits: str) -> bool:
+    """Luhn (mod 10) check of a string of digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def mask(number: str) -> str:
+    """BluePay style mask: ``xxxxxxxxxxxx`` + last four."""
+    return "xxxxxxxxxxxx" + number[-4:]
+
+
+@dataclass(frozen=True, repr=False)
+class Card:
+    """A validated card. ``repr``/``str`` never show the number or CVV2."""
+
+    number: str
+    expire: str  # MMYY
+    cvv2: str | None = None
+
+    @property
+    def masked(self) -> str:
+        return mask(self.number)
+
+    @property
+    def last4(self) -> str:
+        return self.number[-4:]
+
+    def __repr__(self) -> str:
+        cvv = "***" if self.cvv2 else None
+        return f"Card(number={self.masked!r}, expire={self.expire!r}, cvv2={cvv!r})"
+
+    __str__ = __repr__
+
+
+def amount(value: object, *, allow_zero: bool = False) -> str:
+    """Canonical two-decimal amount string ("3.00").
+
+    Accepts ``str``, ``Decimal`` or ``int`` (never ``float``, never ``bool``); at most two
+    decimals; > 0 unless ``allow_zero``; at most :data:`MAX_AMOUNT`.
+    """
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidInput("amount", "must be a string, Decimal or int, not a float")
+    if isinstance(value, int):
+        dec = Decimal(value)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidInput("amount", "must be a finite number")
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -2:
+            raise InvalidInput("amount", "at most two decimals")
+        dec = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _AMOUNT_RE.fullmatch(text):
+            if re.match(r"^-?[0-9]*\.[0-9]{3,}$", text):
+                raise InvalidInput("amount", "at most two decimals")
+            raise InvalidInput("amount", "must be a non-negative number with at most two decimals")
+        try:
+            dec = Decimal(text)
+        except InvalidOperation:  # pragma: no cover - regex guards this
+            raise InvalidInput("amount", "not a number") from None
+    else:
+        raise InvalidInput("amount", "must be a string, Decimal or int")
+    if dec < 0:
+        raise InvalidInput("amount", "must not be negative")
+    if dec == 0 and not allow_zero:
+        raise InvalidInput("amount", "must be greater than zero")
+    if dec > MAX_AMOUNT:
+        raise InvalidInput("amount", f"must be at most {MAX_AMOUNT}")
+    return str(dec.quantize(Decimal("0.01")))
+
+
+def card(value: "Mapping[str, object] | Card", *, today: date | None = None) -> Card:
+    """Validate card data (dict with number/expire/cvv2, or a Card) into a :class:`Card`."""
+    if isinstance(value, Card):
+        value = {"number": value.number, "expire": value.expire, "cvv2": value.cvv2}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("card", "must be a mapping with number, expire and cvv2")
+    unknown = set(value) - _CARD_KEYS
+    if unknown:
+        raise InvalidInput("card", "unknown keys: " + ", ".join(sorted(map(str, unknown))))
+
+    raw_number = value.get("number")
+    if not isinstance(raw_number, str):
+        raise InvalidInput("card.number", "required, as a string of digits")
+    number = _CARD_SEPARATORS.sub("", raw_number.strip())
+    if not _DIGITS_RE.fullmatch(number):
+        raise InvalidInput("card.number", "must contain digits only")
+    if not 12 <= len(number) <= 19:
+        raise InvalidInput("card.number", "must have 12 to 19 digits")
+    if not luhn_ok(number):
+        raise InvalidInput("card.number", "fails the Luhn check")
+
+    raw_expire = value.get("expire")
+    if not isinstance(raw_expire, str):
+        raise InvalidInput("card.expire", "required, as MMYY")
+    m = _EXPIRE_RE.fullmatch(raw_expire.strip())
+    if not m:
+        raise InvalidInput("card.expire", "must be MMYY")
+    month, yy = int(m.group(1)), int(m.group(2))
+    if not 1 <= month <= 12:
+        raise InvalidInput("card.expire", "month must be 01-12")
+    today = today or date.today()
+    year = 2000 + yy
+    if (year, month) < (today.year, today.month):
+        raise InvalidInput("card.expire", "card has expired")
+    expire = f"{month:02d}{yy:02d}"
+
+    raw_cvv2 = value.get("cvv2")
+    cvv2: str | None
+    if raw_cvv2 is None or raw_cvv2 == "":
+        cvv2 = None
+    else:
+        if not isinstance(raw_cvv2, str) or not _CVV2_RE.fullmatch(raw_cvv2.strip()):
+            raise InvalidInput("card.cvv2", "must be 3 or 4 digits")
+        cvv2 = raw_cvv2.strip()
+    return Card(number=number, expire=expire, cvv2=cvv2)
+
+
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text)
+
+
+def customer(value: "Mapping[str, object] | None") -> dict[str, str]:
+    """Map our customer keys to BluePay fields (see :data:`CUSTOMER_FIELDS`).
+
+    ``None`` or ``{}`` gives ``{}``; ``None`` values are skipped; values are stripped.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput("customer", "must be a mapping")
+    out: dict[str, str] = {}
+    for key, raw in value.items():
+        spec = CUSTOMER_FIELDS.get(key) if isinstance(key, str) else None
+        if spec is None:
+            raise InvalidInput(f"customer.{key}", "unknown customer field")
+        bp_name, limit = spec
+        if raw is None:
+            continue
+        if not isinstance(raw, str):
+            raise InvalidInput(f"customer.{key}", "must be a string")
+        if _has_control(raw):
+            raise InvalidInput(f"customer.{key}", "must not contain control characters")
+        text = raw.strip()
+        if len(text) > limit:
+            raise InvalidInput(f"customer.{key}", f"at most {limit} characters")
+        out[bp_name] = text
+    return out
+
+
+def trans_id(value: object, *, field: str = "trans_id") -> str:
+    """A BluePay transaction id: exactly 12 digits (str, or a non-negative int)."""
+    if isinstance(value, bool):
+        raise InvalidInput(field, "must be 12 digits")
+    if isinstance(value, int) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not _TRANS_ID_RE.fullmatch(value.strip()):
+        raise InvalidInput(field, "must be exactly 12 digits")
+    return value.strip()
+
+
+def order_id(value: object) -> str:
+    """ORDER_ID: 1..128 printable ASCII characters."""
+    if not isinstance(value, str):
+        raise InvalidInput("order_id", "must be a string")
+    if not value:
+        raise InvalidInput("order_id", "must not be empty")
+    if len(value) > ORDER_ID_MAX:
+        raise InvalidInput("order_id", f"at most {ORDER_ID_MAX} characters")
+    if not _ORDER_ID_RE.fullmatch(value):
+        raise InvalidInput("order_id", "printable ASCII characters only")
+    return value

@@ -1,0 +1,530 @@
+"""The sandbox's gateway logic: TEST-mode rules, the in-memory ledger, stq lookups.
+
+Pure Python, no HTTP: ``Engine.bp10emu(fields)`` and ``Engine.stq(fields)`` take the
+decoded form fields and return reply pairs. One lock guards the ledger.
+
+The ledger never stores a full card number or a CVV2: only the masked account
+(``xxxxxxxxxxxx`` + last four), the card type, the expiry and a salted HMAC of the
+number (per-process random salt) used for duplicate scrubbing.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import os
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Iterable, Mapping
+
+from . import seal as _seal
+
+DEFAULT_ACCOUNT_ID = "100000000001"
+DEFAULT_SECRET_KEY = "SANDBOXSECRETKEY0000000000000000"
+DEFAULT_DUPLICATE_WINDOW = 120.0
+
+# BP_STAMP_DEF used when the request does not name one. Every field named here is
+# present in every bp10emu reply (TRANS_ID is absent from ERROR/MISSING/DUPLICATE
+# replies and then contributes "").
+BP10EMU_STAMP_DEF = "MERCHANT TRANS_ID Result STATUS MESSAGE AMOUNT TRANS_TYPE ORDER_ID ISSUE_DATE"
+STQ_STAMP_DEF = "id trans_type amount status message order_id f_void settle_date"
+
+_AMOUNT_RE = re.compile(r"^\d{1,9}(?:\.\d{1,2})?$")
+_CVV_RE = re.compile(r"^\d{3,4}$")
+_EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+SUPPORTED_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID")
+_ZERO = Decimal("0.00")
+
+# stq search fields (request name, lower-case) -> ledger attribute
+_STQ_FILTERS = {
+    "id": "id", "order_id": "order_id", "invoice_id": "invoice_id",
+    "custom_id": "custom_id", "custom_id2": "custom_id2", "trans_type": "trans_type",
+    "amount": "amount", "payment_type": "payment_type", "name1": "name1", "name2": "name2",
+}
+
+
+def now_str(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def luhn_ok(number: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def card_type(number: str) -> str:
+    n = number
+    if n.startswith("4"):
+        return "VISA"
+    if n[:2] in ("34", "37"):
+        return "AMEX"
+    p2, p4, p6 = int(n[:2] or 0), int(n[:4] or 0), int(n[:6] or 0)
+    if 51 <= p2 <= 55 or 2221 <= p4 <= 2720:
+        return "MC"
+    if n.startswith("6011") or n.startswith("65") or 644 <= int(n[:3] or 0) <= 649 or 622126 <= p6 <= 622925:
+        return "DISC"
+    if 3528 <= p4 <= 3589:
+        return "JCB"
+    if n[:2] in ("36", "38") or 300 <= int(n[:3] or 0) <= 305:
+        return "DC"
+    return "UNKN"
+
+
+def mask(number: str) -> str:
+    return "xxxxxxxxxxxx" + number[-4:]
+
+
+def parse_amount(text: str) -> Decimal | None:
+    if not _AMOUNT_RE.match(text):
+        return None
+    try:
+        return Decimal(text).quantize(Decimal("0.01"))
+    except InvalidOperation:  # pragma: no cover - regex guards it
+        return None
+
+
+def fmt(amount: Decimal) -> str:
+    return f"{amount:.2f}"
+
+
+@dataclass
+class Entry:
+    """One ledger row: an approved or declined transaction (errors are not kept)."""
+
+    id: str
+    account: str
+    trans_type: str
+    amount: Decimal
+    status: str  # "1" approved, "0" declined
+    result: str  # APPROVED / DECLINED
+    message: str
+    mode: str
+    created_at: float
+    issue_date: str
+    payment_type: str = "CREDIT"
+    order_id: str = ""
+    invoice_id: str = ""
+    custom_id: str = ""
+    custom_id2: str = ""
+    name1: str = ""
+    name2: str = ""
+    payment_account: str = ""
+    card_type: str = ""
+    card_expire: str = ""
+    card_hash: str = ""
+    auth_code: str = ""
+    avs: str = ""
+    cvv2: str = ""
+    origin: str = ""  # the RRNO a follow-up (CAPTURE/REFUND/VOID) refers to
+    settled: bool = False
+    settle_date: str = ""
+    voided: bool = False
+    voided_by: str = ""
+    captured: bool = False
+    captured_by: str = ""
+    refunded: Decimal = _ZERO
+    refunds: list = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "trans_type": self.trans_type, "amount": fmt(self.amount),
+            "status": self.status, "result": self.result, "message": self.message,
+            "order_id": self.order_id, "invoice_id": self.invoice_id,
+            "rrno": self.origin, "origin": self.origin,
+            "payment_account": self.payment_account, "card_type": self.card_type,
+            "card_expire": self.card_expire, "auth_code": self.auth_code,
+            "mode": self.mode, "created_at": self.created_at, "issue_date": self.issue_date,
+            "settled": self.settled, "settle_date": self.settle_date,
+            "voided": self.voided, "voided_by": self.voided_by,
+            "captured": self.captured, "captured_by": self.captured_by,
+            "refunded": fmt(self.refunded), "refunds": list(self.refunds),
+        }
+
+    def settleable(self) -> bool:
+        return (self.status == "1" and not self.settled and not self.voided
+                and self.trans_type in ("SALE", "CAPTURE", "REFUND"))
+
+
+class Engine:
+    """Ledger plus rules. Thread-safe: every ledger read and write holds ``self.lock``."""
+
+    def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
+                 duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock=time.time):
+        self.account_id = account_id
+        self.secret_key = secret_key
+        self.duplicate_window = float(duplicate_window or 0)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self._salt = os.urandom(16)
+        self._rng = random.Random()
+        # 12-digit ids, unique and never reused within the process (reset keeps counting);
+        # the start is derived from the clock so a restarted sandbox does not hand out an
+        # id an earlier run used (unless the earlier run issued > 1000 ids/s on average).
+        self._next_id = 100000000000 + int(time.time() * 1000) % 800000000000
+        self._entries: dict[str, Entry] = {}
+        self._order: list[Entry] = []  # insertion order == creation order
+        self._by_order_id: dict[str, list[Entry]] = {}
+        self._dup: dict[tuple, Entry] = {}
+
+    # ---------------------------------------------------------------- ledger admin
+    def reset(self) -> None:
+        with self.lock:
+            self._entries.clear()
+            self._order.clear()
+            self._by_order_id.clear()
+            self._dup.clear()
+
+    def ledger(self, order_id: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = self._by_order_id.get(order_id, []) if order_id is not None else self._order
+            return [e.to_json() for e in rows]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self._order)
+
+    def settle(self, ids: Iterable[str] | None = None, older_than: float | None = None) -> list[str]:
+        """Settle approved SALE/CAPTURE/REFUND entries (all eligible when ``ids`` is None)."""
+        now = self.clock()
+        done = []
+        with self.lock:
+            if ids is None:
+                candidates = list(self._order)
+            else:
+                candidates = [self._entries[i] for i in map(str, ids) if i in self._entries]
+            for e in candidates:
+                if older_than is not None and now - e.created_at < older_than:
+                    continue
+                if e.settleable():
+                    e.settled = True
+                    e.settle_date = now_str(now)
+                    done.append(e.id)
+        return done
+
+    # ---------------------------------------------------------------- helpers
+    def _new_id(self) -> str:
+        self._next_id += 1
+        return str(self._next_id)
+
+    def _card_hash(self, number: str) -> str:
+        return hmac.new(self._salt, number.encode(), hashlib.sha256).hexdigest()
+
+    def _add(self, e: Entry) -> None:
+        self._entries[e.id] = e
+        self._order.append(e)
+        self._by_order_id.setdefault(e.order_id, []).append(e)
+
+    def _auth_code(self) -> str:
+        return "".join(self._rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(6))
+
+    # ---------------------------------------------------------------- bp10emu
+    def bp10emu(self, f: Mapping[str, str]) -> dict[str, str]:
+        """Process one bp10emu request; return the reply pairs (stamped)."""
+        now = self.clock()
+        hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
+        ttype = (f.get("TRANSACTION_TYPE") or "SALE").strip().upper()
+        mode = (f.get("MODE") or "TEST").strip().upper()
+        reply: dict[str, str] = {
+            "MERCHANT": f.get("MERCHANT", ""),
+            "TRANS_TYPE": ttype,
+            "AMOUNT": f.get("AMOUNT", ""),
+            "ORDER_ID": f.get("ORDER_ID", ""),
+            "INVOICE_ID": f.get("INVOICE_ID", ""),
+            "MODE": mode,
+            "ISSUE_DATE": now_str(now),
+        }
+        stamp_def = (f.get("BP_STAMP_DEF") or "").strip() or BP10EMU_STAMP_DEF
+
+        def finish(result: str, message: str, **extra: str) -> dict[str, str]:
+            reply["Result"] = result
+            reply["STATUS"] = {"APPROVED": "1", "DECLINED": "0"}.get(result, "E")
+            reply["MESSAGE"] = message
+            reply.update(extra)
+            reply.setdefault("MISSING", "")
+            reply["TPS_HASH_TYPE"] = hash_type
+            reply["BP_STAMP_DEF"] = stamp_def
+            reply["BP_STAMP"] = _seal.stamp(self.secret_key, reply, stamp_def, hash_type)
+            return reply
+
+        if f.get("MERCHANT", "") != self.account_id or not _seal.verify_seal(
+                self.secret_key, f, _seal.BP10EMU_SEAL_FIELDS):
+            return finish("ERROR", "SECURITY ERROR")
+        if mode not in ("TEST", "LIVE"):
+            return finish("ERROR", "INVALID MODE")
+        if ttype == "UPDATE":
+            return finish("ERROR", "UPDATE not supported by the sandbox")
+        if ttype not in SUPPORTED_TYPES:
+            return finish("ERROR", "INVALID TRANSACTION TYPE")
+        if (f.get("PAYMENT_TYPE") or "").strip().upper() == "ACH" and ttype in ("SALE", "AUTH"):
+            return finish("ERROR", "ACH not supported by the sandbox")
+
+        amount_text = (f.get("AMOUNT") or "").strip()
+        amount: Decimal | None = None
+        if amount_text:
+            amount = parse_amount(amount_text)
+            if amount is None:
+                return finish("ERROR", "INVALID AMOUNT FORMAT")
+            reply["AMOUNT"] = fmt(amount)
+
+        if ttype in ("SALE", "AUTH"):
+            return self._sale_or_auth(f, ttype, mode, amount, now, reply, finish)
+        return self._follow_up(f, ttype, mode, amount, now, reply, finish)
+
+    def _sale_or_auth(self, f, ttype, mode, amount, now, reply, finish):
+        if amount is None:
+            return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
+        if amount == _ZERO and ttype == "SALE":
+            return finish("ERROR", "Amount may not be zero.")
+        number = re.sub(r"[\s-]", "", f.get("CC_NUM") or "")
+        if not number:
+            return finish("MISSING", "Missing CC_NUM", MISSING="CC_NUM")
+        if not number.isdigit() or not 12 <= len(number) <= 19 or not luhn_ok(number):
+            return finish("ERROR", "CARD ACCOUNT NOT VALID")
+        expires = (f.get("CC_EXPIRES") or "").strip()
+        if not expires:
+            return finish("MISSING", "Expiration date required for CREDIT", MISSING="CC_EXPIRES")
+        m = _EXP_RE.match(expires)
+        if not m or not 1 <= int(m.group(1)) <= 12:
+            return finish("ERROR", "INVALID EXPIRATION DATE")
+        today = _dt.date.fromtimestamp(now)
+        if (2000 + int(m.group(2)), int(m.group(1))) < (today.year, today.month):
+            return finish("ERROR", "Card Expired")
+        cvv = (f.get("CVCCVV2") or "").strip()
+        if cvv and not _CVV_RE.match(cvv):
+            return finish("ERROR", "Invalid CVV2")
+
+        masked, ctype = mask(number), card_type(number)
+        reply.update(PAYMENT_ACCOUNT=masked, CARD_TYPE=ctype, CARD_EXPIRE=expires, BANK_NAME="")
+        chash = self._card_hash(number)
+        order_id = f.get("ORDER_ID", "")
+        dup_key = (self.account_id, mode, ttype, chash, amount, order_id)
+        override = (f.get("DUPLICATE_OVERRIDE") or "").strip() == "1"
+
+        if amount == _ZERO:  # AUTH only here
+            approved, message = True, "INFORMATION STORED"
+        else:
+            approved = int(amount) % 2 == 1
+            message = ("Approved " if approved else "Declined ") + ttype.capitalize()
+
+        with self.lock:
+            if not override and self.duplicate_window > 0:
+                prev = self._dup.get(dup_key)
+                if prev is not None and now - prev.created_at <= self.duplicate_window:
+                    return finish(prev.result, "DUPLICATE", AVS="", CVV2="", AUTH_CODE="",
+                                  FLAGS="T" if mode == "TEST" else "")
+            e = Entry(
+                id=self._new_id(), account=self.account_id, trans_type=ttype, amount=amount,
+                status="1" if approved else "0", result="APPROVED" if approved else "DECLINED",
+                message=message, mode=mode, created_at=now, issue_date=reply["ISSUE_DATE"],
+                order_id=order_id, invoice_id=f.get("INVOICE_ID", ""),
+                custom_id=f.get("CUSTOM_ID", ""), custom_id2=f.get("CUSTOM_ID2", ""),
+                name1=f.get("NAME1", ""), name2=f.get("NAME2", ""),
+                payment_account=masked, card_type=ctype, card_expire=expires, card_hash=chash,
+                auth_code=self._auth_code() if approved else "",
+                avs="_", cvv2=("M" if cvv else "_"),
+            )
+            self._add(e)
+            self._dup[dup_key] = e
+        return finish(e.result, e.message, **self._entry_fields(e, mode))
+
+    def _entry_fields(self, e: Entry, mode: str) -> dict[str, str]:
+        return {
+            "TRANS_ID": e.id, "RRNO": e.id, "ID": e.id, "TRANS_TYPE": e.trans_type,
+            "AMOUNT": fmt(e.amount), "AUTH_CODE": e.auth_code, "AVS": e.avs, "CVV2": e.cvv2,
+            "PAYMENT_ACCOUNT": e.payment_account, "CARD_TYPE": e.card_type, "BANK_NAME": "",
+            "CARD_EXPIRE": e.card_expire, "REBID": "", "FLAGS": "T" if mode == "TEST" else "",
+        }
+
+    def _follow_up(self, f, ttype, mode, amount, now, reply, finish):
+        rrno = (f.get("RRNO") or "").strip()
+        if not rrno:
+            return finish("MISSING", f"Master ID required for {ttype}", MISSING="RRNO")
+        if amount is not None and amount == _ZERO:
+            return finish("ERROR", "Amount may not be zero.")
+        with self.lock:
+            o = self._entries.get(rrno)
+            if o is None or o.account != self.account_id or o.mode != mode:
+                return finish("ERROR", "COULD NOT LOCATE ORIGINAL TRANSACTION")
+            reply.update(PAYMENT_ACCOUNT=o.payment_account, CARD_TYPE=o.card_type,
+                         CARD_EXPIRE=o.card_expire, BANK_NAME="")
+            if ttype == "VOID":
+                err = self._void_error(o, amount)
+                if err:
+                    return finish("ERROR", err)
+                e = self._record(f, o, "VOID", o.amount, "Approved Void", mode, now, reply)
+                self._apply_void(o, e)
+            elif ttype == "CAPTURE":
+                err = self._capture_error(o, amount)
+                if err:
+                    return finish("ERROR", err)
+                e = self._record(f, o, "CAPTURE", amount if amount is not None else o.amount,
+                                 "Approved Capture", mode, now, reply)
+                o.captured, o.captured_by = True, e.id
+            else:  # REFUND
+                if o.trans_type not in ("SALE", "CAPTURE"):
+                    return finish("ERROR", f"Cannot REFUND a {o.trans_type}")
+                if o.status != "1":
+                    return finish("ERROR", "Can only REFUND or VOID approved transactions")
+                if o.voided:
+                    return finish("ERROR", "Already Voided")
+                remaining = o.amount - o.refunded
+                want = amount if amount is not None else remaining
+                if want > remaining or remaining <= _ZERO:
+                    return finish("ERROR", "Refund/VOID amount cannot exceed original charge amount")
+                if not o.settled and want == o.amount:
+                    # full refund of an unsettled charge: the gateway voids it instead
+                    e = self._record(f, o, "VOID", o.amount, "Approved Void", mode, now, reply)
+                    self._apply_void(o, e)
+                else:
+                    e = self._record(f, o, "REFUND", want, "Approved Return", mode, now, reply)
+                    o.refunded += want
+                    o.refunds.append(e.id)
+        return finish(e.result, e.message, **self._entry_fields(e, mode))
+
+    def _void_error(self, o: Entry, amount: Decimal | None) -> str | None:
+        if o.trans_type == "VOID":
+            return "Cannot VOID a VOID"
+        if o.status != "1":
+            return "Can only REFUND or VOID approved transactions"
+        if o.voided:
+            return "Already Voided"
+        if o.settled:
+            return "Cannot VOID a settled transaction."
+        if o.trans_type == "AUTH" and o.captured:
+            return "Cannot VOID a CAPTURED AUTH (void the CAPTURE instead)."
+        if (amount is not None and amount != o.amount) or o.refunded > _ZERO:
+            return "Cannot VOID except for full amount."
+        return None
+
+    @staticmethod
+    def _capture_error(o: Entry, amount: Decimal | None) -> str | None:
+        if o.trans_type != "AUTH":
+            return "Only AUTH can be CAPTURED"
+        if o.status != "1":
+            return "Only approved AUTH can be CAPTURED"
+        if o.voided:
+            return "This AUTH is VOID"
+        if o.captured:
+            return "Already Captured"
+        if amount is not None and amount > o.amount:
+            return "CAPTURE amount cannot exceed AUTH amount"
+        if amount is None and o.amount == _ZERO:
+            return "Amount may not be zero."
+        return None
+
+    def _apply_void(self, o: Entry, e: Entry) -> None:
+        o.voided, o.voided_by = True, e.id
+        if o.trans_type == "CAPTURE":  # the AUTH may be captured (or voided) again
+            auth = self._entries.get(o.origin)
+            if auth is not None and auth.captured_by == o.id:
+                auth.captured, auth.captured_by = False, ""
+        elif o.trans_type == "REFUND":
+            parent = self._entries.get(o.origin)
+            if parent is not None:
+                parent.refunded -= o.amount
+                if o.id in parent.refunds:
+                    parent.refunds.remove(o.id)
+
+    def _record(self, f, o: Entry, ttype: str, amount: Decimal, message: str, mode: str,
+                now: float, reply) -> Entry:
+        e = Entry(
+            id=self._new_id(), account=self.account_id, trans_type=ttype, amount=amount,
+            status="1", result="APPROVED", message=message, mode=mode, created_at=now,
+            issue_date=reply["ISSUE_DATE"], payment_type=o.payment_type,
+            order_id=f.get("ORDER_ID", ""), invoice_id=f.get("INVOICE_ID", ""),
+            custom_id=f.get("CUSTOM_ID", ""), custom_id2=f.get("CUSTOM_ID2", ""),
+            name1=o.name1, name2=o.name2, payment_account=o.payment_account,
+            card_type=o.card_type, card_expire=o.card_expire, card_hash=o.card_hash,
+            auth_code=self._auth_code(), avs="_", cvv2="_", origin=o.id,
+        )
+        self._add(e)
+        return e
+
+    # ---------------------------------------------------------------- stq
+    def stq(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None]:
+        """Single Transaction Query. Returns (http_status, pairs or None for "no match")."""
+        hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
+
+        def error(message: str) -> tuple[int, dict[str, str]]:
+            return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type)
+
+        if f.get("ACCOUNT_ID", "") != self.account_id or not _seal.verify_seal(
+                self.secret_key, f, _seal.STQ_SEAL_FIELDS):
+            return error("SECURITY ERROR")
+        start_s, end_s = f.get("REPORT_START_DATE", ""), f.get("REPORT_END_DATE", "")
+        try:
+            if not (_DATE_RE.match(start_s) and _DATE_RE.match(end_s)):
+                raise ValueError
+            start = _dt.date.fromisoformat(start_s)
+            end = _dt.date.fromisoformat(end_s)
+        except ValueError:
+            return error("INVALID REPORT DATES (YYYY-MM-DD)")
+        if end <= start:
+            return error("REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)")
+        lo = time.mktime(start.timetuple())
+        hi = time.mktime(end.timetuple())
+        mode = (f.get("MODE") or "LIVE").strip().upper()
+        lower = {k.lower(): v for k, v in f.items()}
+        filters = []
+        for name, attr in _STQ_FILTERS.items():
+            value = (lower.get(name) or "").strip()
+            if value:
+                if attr == "amount":
+                    parsed = parse_amount(value)
+                    if parsed is None:
+                        return error("INVALID AMOUNT FORMAT")
+                    filters.append((attr, parsed))
+                elif attr in ("trans_type", "payment_type"):
+                    filters.append((attr, value.upper()))
+                else:
+                    filters.append((attr, value))
+        with self.lock:
+            if filters and filters[0][0] == "id":
+                e0 = self._entries.get(filters[0][1])
+                pool: list[Entry] = [e0] if e0 is not None else []
+            elif any(a == "order_id" for a, _ in filters):
+                pool = self._by_order_id.get(dict(filters)["order_id"], [])
+            else:
+                pool = self._order
+            match = None
+            for e in reversed(pool):
+                if e.mode != mode or e.account != self.account_id or not lo <= e.created_at < hi:
+                    continue
+                if all(getattr(e, a) == v for a, v in filters):
+                    match = e
+                    break
+            if match is None:
+                return 200, None
+            row = {
+                "id": match.id, "trans_type": match.trans_type, "amount": fmt(match.amount),
+                "status": match.status, "message": match.message, "order_id": match.order_id,
+                "invoice_id": match.invoice_id, "custom_id": match.custom_id,
+                "custom_id2": match.custom_id2, "payment_type": match.payment_type,
+                "payment_account": match.payment_account, "card_type": match.card_type,
+                "card_expire": match.card_expire, "issue_date": match.issue_date,
+                "settle_date": match.settle_date, "f_void": "1" if match.voided else "",
+                "f_captured": "1" if match.captured else "", "origin": match.origin,
+                "master_id": match.origin, "mode": match.mode, "auth_code": match.auth_code,
+                "avs": match.avs, "cvv2": match.cvv2, "name1": match.name1, "name2": match.name2,
+            }
+        return 200, self._stamped(row, STQ_STAMP_DEF, hash_type)
+
+    def _stamped(self, pairs: dict[str, str], stamp_def: str, hash_type: str) -> dict[str, str]:
+        pairs["TPS_HASH_TYPE"] = hash_type
+        pairs["BP_STAMP_DEF"] = stamp_def
+        pairs["BP_STAMP"] = _seal.stamp(self.secret_key, pairs, stamp_def, hash_type)
+        return pairs

@@ -1,0 +1,574 @@
+"""A BluePay 2.0-compatible sandbox gateway (HTTP server + CLI).
+
+Run it::
+
+    python -m worker.sandbox --host 127.0.0.1 --port 8001
+    # prints: sandbox listening on http://127.0.0.1:8001
+
+Point a client at ``http://127.0.0.1:8001/interfaces/`` instead of
+``https://secure.bluepay.com/interfaces/``; BluePay's own client libraries work
+unchanged apart from the host. It is an independent implementation of the gateway
+side (it imports nothing from ``worker.gateway``) so that a protocol mistake in our
+client shows up against it rather than being mirrored.
+
+What it serves
+--------------
+* ``POST /interfaces/bp10emu``: SALE, AUTH, CAPTURE, REFUND, VOID. Replies ``302`` with a
+  relative ``Location: /interfaces/wlcatch?Result=...`` (or APPROVED_URL / DECLINED_URL /
+  MISSING_URL when sent), or, with ``RESPONSETYPE=DIRECT``, a ``200`` body of the same pairs.
+  The seal is checked for MD5, SHA256, SHA512, HMAC_SHA256, HMAC_SHA512 (unknown/empty type =
+  HMAC_SHA512; hex compared case-insensitively; ``TPS_DEF`` honoured). Every reply carries
+  ``TPS_HASH_TYPE`` (the type actually used: the request's, or HMAC_SHA512 when the request's was
+  unknown or empty), ``BP_STAMP_DEF`` and ``BP_STAMP``. The stamp definition is the request's
+  ``BP_STAMP_DEF`` if it sent one, else
+  ``MERCHANT TRANS_ID Result STATUS MESSAGE AMOUNT TRANS_TYPE ORDER_ID ISSUE_DATE`` (all of which
+  are reply fields; absent = ""), hashed like the seal with the secret key, upper-case hex.
+* ``POST /interfaces/stq``: Single Transaction Query (seal = ACCOUNT_ID + REPORT_START_DATE +
+  REPORT_END_DATE). Filters: ``id``, ``order_id``, ``invoice_id``, ``custom_id``, ``custom_id2``,
+  ``trans_type``, ``amount``, ``payment_type``, ``name1``, ``name2`` (names case-insensitive,
+  empty values ignored), within [start, end) by issue date in the server's local time, and
+  ``MODE`` (default LIVE). Reply: 200 with the NEWEST match as lower-case pairs (stamp def
+  ``id trans_type amount status message order_id f_void settle_date``); 200 with an empty body
+  when nothing matches; 400 ``STATUS=E&MESSAGE=...`` on a bad seal, malformed dates, or an end
+  date not after the start date (the end is exclusive; equal dates would always be "absent").
+* ``GET /interfaces/wlcatch``: 200 with a tiny HTML page, for redirect-following clients.
+* ``/sandbox/...``: a JSON control API (health, ledger, reset, settle, faults, stats, outage);
+  see ``README_TEXT`` below or ``python -m worker.sandbox --help``.
+
+Rules (TEST mode, bluepay.md; LIVE mode is accepted and behaves the same, FLAGS empty)
+------------------------------------------------------------------------------------
+Odd dollars approve, even decline (0.50 declines); 0.00 AUTH approves with INFORMATION STORED;
+zero elsewhere ``Amount may not be zero.``. Declines and approvals are ledger entries with a
+12-digit id (unique, never reused in a process); ERROR/MISSING replies create nothing.
+Validation order for SALE/AUTH: seal/merchant -> type -> amount (MISSING ``Missing AMOUNT``,
+ERROR ``INVALID AMOUNT FORMAT``) -> CC_NUM (MISSING ``Missing CC_NUM``; ERROR
+``CARD ACCOUNT NOT VALID`` on non-digits, bad length or Luhn) -> CC_EXPIRES (MISSING
+``Expiration date required for CREDIT``; ERROR ``Card Expired``; valid through the end of the
+month) -> CVCCVV2 (ERROR ``Invalid CVV2`` unless 3-4 digits; optional) -> duplicate scrubbing.
+Follow-ups need RRNO (MISSING ``Master ID required for <TYPE>``), a known RRNO of the same
+account and MODE (else ERROR ``COULD NOT LOCATE ORIGINAL TRANSACTION``), and obey the void,
+capture and refund rules of bluepay.md. A full REFUND of an unsettled SALE/CAPTURE is turned
+into a VOID (``Approved Void``, TRANS_TYPE=VOID, the original marked voided); a partial refund
+of an unsettled one, or any refund of a settled one, is ``Approved Return`` (cumulative refunds
+may not exceed the original). AUTHs never settle; ``POST /sandbox/settle`` or
+``--settle-after`` settle approved SALE/CAPTURE/REFUND entries.
+
+Duplicate scrubbing (BluePay does not publish its rule; this is ours)
+---------------------------------------------------------------------
+A SALE or AUTH is a duplicate when an earlier SALE/AUTH ledger entry (approved OR declined) has
+the same account, MODE, transaction type, card number, amount and ORDER_ID (an empty ORDER_ID
+matches an empty one) and was created at most ``--duplicate-window`` seconds ago (default
+120; 0 disables scrubbing). ``DUPLICATE_OVERRIDE=1`` skips the check. A duplicate is NOT
+processed and NOT recorded: the reply carries the EARLIER attempt's Result and STATUS,
+``MESSAGE=DUPLICATE`` and NO TRANS_ID/RRNO/ID; look the outcome up with stq by ORDER_ID.
+The window counts from the earlier attempt, which is not refreshed by duplicates.
+
+What it does NOT imitate
+------------------------
+No card networks, issuers or real authorisations: the amount decides. No ``bp20post``,
+``bpdailyreport2``, ``bp20rebadmin``, rebilling, customer tokens, level 2/3 data, swipe/track
+data or hosted payment forms; UPDATE answers ERROR ``UPDATE not supported by the sandbox``;
+ACH SALE/AUTH answer ERROR ``ACH not supported by the sandbox``. AVS is always ``_``; CVV2 is
+``M`` when a well-formed CVV2 was sent, else ``_``; BANK_NAME is empty; AUTH_CODE is random.
+One merchant account per process. The ledger is in memory only: a restart loses it (ids are
+clock-seeded so a restart does not reuse them). Messages for cases bluepay.md does not list
+(e.g. ``Cannot VOID a VOID``, ``CAPTURE amount cannot exceed AUTH amount``,
+``INVALID EXPIRATION DATE``) are our wording. Not TLS: plain HTTP only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import traceback
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from .engine import DEFAULT_ACCOUNT_ID, DEFAULT_DUPLICATE_WINDOW, DEFAULT_SECRET_KEY, Engine
+from .faults import FaultConfigError, Faults
+
+README_TEXT = """\
+Control API (JSON, never subject to faults; unavailable during an outage):
+  GET  /sandbox/health                      {"ok": true, "account_id", "ledger_size", "uptime_s"}
+  GET  /sandbox/ledger[?order_id=X]         list of entries (id, trans_type, amount, status, result,
+                                            message, order_id, rrno/origin, payment_account, card_type,
+                                            mode, created_at, settled, voided, captured, refunded, ...)
+  POST /sandbox/reset                       clear ledger, faults and counters
+  POST /sandbox/settle {"ids": [...]}|{}    settle those (or all) approved SALE/CAPTURE/REFUND entries
+  GET  /sandbox/faults                      current fault config (+ sequence_remaining, injected)
+  POST /sandbox/faults {...}                replace the fault config ({} = none); 400 if invalid
+  GET  /sandbox/stats                       requests by endpoint, faults injected by kind, connections
+  POST /sandbox/outage {"seconds": N}       close the LISTENING socket (and open connections) for N s:
+                                            new connections get ECONNREFUSED; then reopen same port
+Fault JSON: {"latency_ms": 0, "jitter_ms": 0, "probabilities": {"refuse": 0.05, ...},
+             "sequence": ["ok", "drop_after_commit", ...], "endpoints": ["bp10emu"],
+             "slow_seconds": 5, "seed": 1}
+Fault kinds: refuse, http_502, http_503 (before processing: nothing recorded);
+             drop_after_commit, slow_after_commit, http_500_after_commit, garbled, bad_stamp
+             (the transaction is recorded first).
+"""
+
+_REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_GARBLED = b"\x00\xff\xfe<html><body>gateway hiccup \x01\x02 %%% ;;; </bod"
+_WLCATCH_PAGE = b"<html><head><title>BluePay sandbox</title></head><body>Transaction result received.</body></html>"
+
+
+class _HTTPServer(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    app: "SandboxServer"
+
+    def handle_error(self, request, client_address):  # quiet on client disconnects
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return
+        traceback.print_exc(file=sys.stderr)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "BluePaySandbox/1.0"
+    sys_version = ""
+    timeout = 300  # idle keep-alive connections are dropped after this
+
+    # ------------------------------------------------------------ connection
+    def setup(self):
+        super().setup()
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        self.server.app._conn_opened(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.app._conn_closed(self.connection)
+
+    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+        if self.server.app.access_log:
+            sys.stderr.write("%s - - [%s] %s\n" % (self.address_string(), self.log_date_time_string(),
+                                                    format % args))
+
+    def _reset_connection(self):
+        """Close with an RST (SO_LINGER 0), without answering."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        try:
+            self.rfile.close()
+        except OSError:
+            pass
+        try:
+            self.connection.close()
+        except OSError:
+            pass
+
+    def _send(self, status: int, body: bytes = b"", ctype: str = "text/plain; charset=utf-8",
+              headers: tuple = ()):
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "Server: BluePaySandbox/1.0",
+                 f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
+        lines.extend(f"{k}: {v}" for k, v in headers)
+        if self.close_connection:
+            lines.append("Connection: close")
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        if self.server.app.access_log:
+            self.log_request(status, len(body))
+
+    def _json(self, status: int, obj: Any):
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _body(self) -> bytes:
+        length = self.headers.get("Content-Length")
+        if not length:
+            return b""
+        try:
+            n = int(length)
+        except ValueError:
+            n = 0
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _form(self, body: bytes, query: str) -> dict[str, str]:
+        fields: dict[str, str] = {}
+        for source in (query, body.decode("utf-8", "replace")):
+            for k, v in parse_qsl(source, keep_blank_values=True):
+                fields[k] = v
+        return fields
+
+    # ------------------------------------------------------------ routing
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_HEAD(self):
+        self._dispatch("HEAD")
+
+    def _dispatch(self, method: str):
+        path, _, query = self.path.partition("?")
+        app = self.server.app
+        try:
+            if path.startswith("/interfaces/"):
+                name = path[len("/interfaces/"):].rstrip("/")
+                app._count(name if name in ("bp10emu", "stq", "wlcatch") else "other")
+                if name == "wlcatch":
+                    return self._faulted("wlcatch", query, self._wlcatch)
+                if name in ("bp10emu", "stq"):
+                    if method != "POST":
+                        self._body()
+                        return self._send(405, b"POST only\n", headers=(("Allow", "POST"),))
+                    return self._faulted(name, query, self._bp10emu if name == "bp10emu" else self._stq)
+                self._body()
+                return self._send(404, b"no such interface\n")
+            if path.startswith("/sandbox/"):
+                app._count("control")
+                return self._control(method, path[len("/sandbox/"):].rstrip("/"), query)
+            app._count("other")
+            self._body()
+            self._send(404, b"not found\n")
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # a sandbox bug: answer 500 and say why on stderr
+            traceback.print_exc(file=sys.stderr)
+            self.close_connection = True
+            try:
+                self._send(500, b"sandbox internal error\n")
+            except OSError:
+                pass
+
+    # ------------------------------------------------------------ interfaces
+    def _faulted(self, endpoint: str, query: str, process):
+        app = self.server.app
+        kind, delay, slow = app.faults.decide(endpoint)
+        if delay:
+            time.sleep(delay)
+        if kind == "refuse":
+            return self._reset_connection()
+        body = self._body()
+        if kind in ("http_502", "http_503"):
+            code = 502 if kind == "http_502" else 503
+            return self._send(code, f"{code} {_REASONS[code]}\n".encode(), "text/html")
+        status, payload, ctype, headers, stamp_holder = process(body, query)
+        if kind == "drop_after_commit":
+            return self._reset_connection()
+        if kind == "slow_after_commit":
+            time.sleep(slow)
+        if kind == "http_500_after_commit":
+            return self._send(500, b"500 Internal Server Error\n", "text/html")
+        if kind == "garbled":
+            return self._send(200, _GARBLED, "text/plain")
+        if kind == "bad_stamp" and stamp_holder is not None:
+            status, payload, ctype, headers = stamp_holder()
+        self._send(status, payload, ctype, headers)
+
+    def _bp10emu(self, body: bytes, query: str):
+        fields = self._form(body, query)
+        reply = self.server.app.engine.bp10emu(fields)
+
+        def render(pairs):
+            encoded = urlencode(pairs)
+            if (fields.get("RESPONSETYPE") or "").strip().upper() == "DIRECT":
+                return 200, encoded.encode(), "application/x-www-form-urlencoded", ()
+            target = ""
+            if pairs.get("MESSAGE") != "SECURITY ERROR":
+                key = {"APPROVED": "APPROVED_URL", "DECLINED": "DECLINED_URL"}.get(pairs["Result"], "MISSING_URL")
+                target = (fields.get(key) or "").strip()
+            target = target or "/interfaces/wlcatch"
+            sep = "&" if "?" in target else "?"
+            return 302, b"", "text/html", (("Location", target + sep + encoded),)
+
+        def tampered():
+            bad = dict(reply)
+            bad["BP_STAMP"] = ("0" if reply["BP_STAMP"][:1] != "0" else "1") + reply["BP_STAMP"][1:]
+            return render(bad)
+
+        return (*render(reply), tampered)
+
+    def _stq(self, body: bytes, query: str):
+        fields = self._form(body, query)
+        status, pairs = self.server.app.engine.stq(fields)
+        ctype = "application/x-www-form-urlencoded"
+        if pairs is None:
+            return 200, b"", ctype, (), None
+
+        def tampered():
+            bad = dict(pairs)
+            bad["BP_STAMP"] = ("0" if pairs["BP_STAMP"][:1] != "0" else "1") + pairs["BP_STAMP"][1:]
+            return status, urlencode(bad).encode(), ctype, ()
+
+        return status, urlencode(pairs).encode(), ctype, (), tampered
+
+    def _wlcatch(self, body: bytes, query: str):
+        return 200, _WLCATCH_PAGE, "text/html; charset=utf-8", (), None
+
+    # ------------------------------------------------------------ control API
+    def _control(self, method: str, name: str, query: str):
+        app = self.server.app
+        raw = self._body()
+        data: Any = {}
+        if method == "POST" and raw.strip():
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                return self._json(400, {"error": "body is not JSON"})
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        if name == "health" and method == "GET":
+            return self._json(200, {"ok": True, "account_id": app.engine.account_id,
+                                    "ledger_size": app.engine.count(), "uptime_s": app.uptime()})
+        if name == "ledger" and method == "GET":
+            return self._json(200, app.engine.ledger(params.get("order_id")))
+        if name == "reset" and method == "POST":
+            app.reset()
+            return self._json(200, {"ok": True})
+        if name == "settle" and method == "POST":
+            ids = data.get("ids") if isinstance(data, dict) else None
+            if ids is not None and not isinstance(ids, list):
+                return self._json(400, {"error": "ids must be a list"})
+            return self._json(200, {"settled": app.engine.settle(ids)})
+        if name == "faults":
+            if method == "POST":
+                try:
+                    app.faults.configure(data)
+                except FaultConfigError as exc:
+                    return self._json(400, {"error": str(exc)})
+            elif method != "GET":
+                return self._json(405, {"error": "GET or POST"})
+            return self._json(200, dict(app.faults.snapshot(), injected=app.faults.counts()))
+        if name == "stats" and method == "GET":
+            return self._json(200, app.stats())
+        if name == "outage" and method == "POST":
+            seconds = data.get("seconds") if isinstance(data, dict) else None
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
+                return self._json(400, {"error": "seconds must be a number in (0, 3600]"})
+            self.close_connection = True
+            self._json(200, {"outage_seconds": seconds, "port": app.port})
+            app.start_outage(float(seconds))
+            return None
+        return self._json(404, {"error": f"no control endpoint {method} /sandbox/{name}"})
+
+
+class SandboxServer:
+    """A running sandbox: ``.url``, ``.port``, ``.engine``, ``.faults``, ``.shutdown()``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8001, *,
+                 account_id: str | None = None, secret_key: str | None = None,
+                 faults: Any = None, duplicate_window: float | None = None,
+                 settle_after: float | None = None, access_log: bool = False):
+        self.host = host
+        self.engine = Engine(
+            account_id or os.environ.get("BLUEPAY_ACCOUNT_ID") or DEFAULT_ACCOUNT_ID,
+            secret_key or os.environ.get("BLUEPAY_SECRET_KEY") or DEFAULT_SECRET_KEY,
+            DEFAULT_DUPLICATE_WINDOW if duplicate_window is None else duplicate_window,
+        )
+        self.faults = Faults(faults)
+        self.access_log = access_log
+        self.settle_after = settle_after
+        self.started = time.time()
+        self._stats_lock = threading.Lock()
+        self._requests: dict[str, int] = {}
+        self._conns: set = set()
+        self._conn_total = 0
+        self._conn_peak = 0
+        self._stopping = False
+        self._stop_event = threading.Event()
+        self._outage_until = 0.0
+        self._outage_count = 0
+        self._outage_lock = threading.Lock()
+        self._in_outage = False
+        _HTTPServer.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.httpd = _HTTPServer((host, port), _Handler)
+        self.httpd.app = self
+        self.port = self.httpd.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self.port}"
+        self.interfaces_url = self.url + "/interfaces/"
+        self._thread = threading.Thread(target=self._serve_loop, name="sandbox-serve", daemon=True)
+        self._thread.start()
+        if settle_after:
+            threading.Thread(target=self._auto_settle, name="sandbox-settle", daemon=True).start()
+
+    # ------------------------------------------------------------ bookkeeping
+    def uptime(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def _count(self, endpoint: str) -> None:
+        with self._stats_lock:
+            self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
+
+    def _conn_opened(self, sock) -> None:
+        with self._stats_lock:
+            self._conns.add(sock)
+            self._conn_total += 1
+            self._conn_peak = max(self._conn_peak, len(self._conns))
+
+    def _conn_closed(self, sock) -> None:
+        with self._stats_lock:
+            self._conns.discard(sock)
+
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            requests = dict(self._requests)
+            conns = {"current": len(self._conns), "total": self._conn_total, "peak": self._conn_peak}
+        return {"requests": requests, "faults_injected": self.faults.counts(),
+                "faults": self.faults.snapshot(), "connections": conns,
+                "outages": self._outage_count, "ledger_size": self.engine.count(),
+                "uptime_s": self.uptime()}
+
+    def reset(self) -> None:
+        self.engine.reset()
+        self.faults.reset()
+        with self._stats_lock:
+            self._requests.clear()
+            self._conn_total = len(self._conns)
+            self._conn_peak = len(self._conns)
+
+    # ------------------------------------------------------------ serving, outage
+    def _serve_loop(self) -> None:
+        while not self._stopping:
+            self.httpd.serve_forever(poll_interval=0.05)
+            if self._stopping:
+                break
+            # an outage was requested: stop listening and drop open connections
+            try:
+                self.httpd.socket.close()
+            except OSError:
+                pass
+            with self._stats_lock:
+                conns = list(self._conns)
+            for sock in conns:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            while not self._stopping:
+                left = self._outage_until - time.time()
+                if left <= 0:
+                    break
+                self._stop_event.wait(min(left, 0.2))
+            while not self._stopping:
+                try:
+                    sock = socket.socket(self.httpd.address_family, self.httpd.socket_type)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((self.host, self.port))
+                    sock.listen(self.httpd.request_queue_size)
+                    self.httpd.socket = sock
+                    break
+                except OSError:
+                    sock.close()
+                    self._stop_event.wait(0.1)
+            with self._outage_lock:
+                self._in_outage = False
+
+    def start_outage(self, seconds: float) -> None:
+        with self._outage_lock:
+            if self._in_outage:
+                self._outage_until = max(self._outage_until, time.time() + seconds)
+                return
+            self._in_outage = True
+            self._outage_count += 1
+            self._outage_until = time.time() + seconds
+        # shutdown() waits for serve_forever to return: do it off the handler thread
+        threading.Thread(target=self.httpd.shutdown, daemon=True).start()
+
+    def _auto_settle(self) -> None:
+        interval = max(0.05, min(1.0, self.settle_after / 2))
+        while not self._stop_event.wait(interval):
+            self.engine.settle(older_than=self.settle_after)
+
+    def shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_event.set()
+        self.httpd.shutdown()
+        self._thread.join(timeout=5)
+        try:
+            self.httpd.server_close()
+        except OSError:
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop_event.wait(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+
+def serve(host: str = "127.0.0.1", port: int = 8001, **options: Any) -> SandboxServer:
+    """Start a sandbox in this process (a daemon thread); returns the running server."""
+    return SandboxServer(host, port, **options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m worker.sandbox", description="BluePay 2.0-compatible sandbox gateway.",
+        epilog=README_TEXT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001, help="0 = pick a free port (printed)")
+    p.add_argument("--account-id", default=None,
+                   help=f"merchant id (env BLUEPAY_ACCOUNT_ID, else {DEFAULT_ACCOUNT_ID})")
+    p.add_argument("--secret-key", default=None,
+                   help="secret key (env BLUEPAY_SECRET_KEY, else the documented demo key)")
+    p.add_argument("--faults", default=None, help="initial fault config JSON (env SANDBOX_FAULTS)")
+    p.add_argument("--duplicate-window", type=float, default=DEFAULT_DUPLICATE_WINDOW,
+                   help="seconds; 0 disables duplicate scrubbing (default 120)")
+    p.add_argument("--settle-after", type=float, default=None,
+                   help="auto-settle approved SALE/CAPTURE/REFUND entries older than this many seconds")
+    p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    faults = args.faults if args.faults is not None else os.environ.get("SANDBOX_FAULTS")
+    try:
+        server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
+                       faults=faults, duplicate_window=args.duplicate_window,
+                       settle_after=args.settle_after, access_log=args.access_log)
+    except FaultConfigError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"sandbox: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    import signal
+
+    def _term(signum, frame):
+        server._stop_event.set()
+
+    try:
+        signal.signal(signal.SIGTERM, _term)
+    except ValueError:  # not the main thread
+        pass
+    print(f"sandbox listening on {server.url}", flush=True)
+    try:
+        while not server.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The one place that wires dependencies: settings -> Redis, results store, gateway client, card vault.
+
+Objects are built lazily, once per process (prefork children build their own after the fork, so no
+socket is shared across processes), and reused by every payment the process runs.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from worker.config import Settings, get_settings
+
+
+class Services:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        # Ride out a Redis restart (about 30 s) instead of failing the payment mid-flight.
+        return redis.Redis.from_url(
+            self.settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
+
+    @cached_property
+    def store(self):
+        from worker.store import ResultsStore
+
+        return ResultsStore(self.redis, prefix=self.settings.key_prefix)
+
+    @cached_property
+    def gateway(self):
+        from worker.gateway import BluePayClient, RetryPolicy
+
+        s = self.settings
+        return BluePayClient(
+            account_id=s.bluepay_account_id,
+            secret_key=s.bluepay_secret_key,
+            mode=s.bluepay_mode,
+            base_url=s.bluepay_url,
+            hash_type=s.bluepay_hash_type,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
+        )
+
+    @cached_property
+    def vault(self):
+        from worker.vault import load_card_key
+
+        return load_card_key(self.settings.card_key, self.settings.bluepay_mode)
+
+    @cached_property
+    def flow(self):
+        from worker.flow import PaymentFlow
+
+        return PaymentFlow(store=self.store, gateway=self.gateway, lease_seconds=self.settings.lease_seconds)
+
+
+_by_pid: dict[int, Services] = {}
+
+
+def services() -> Services:
+    pid = os.getpid()
+    found = _by_pid.get(pid)
+    if found is None:
+        _by_pid.clear()
+        found = _by_pid[pid] = Services(get_settings())
+    return found

@@ -1,0 +1,68 @@
+"""The scheduled sweep (``payments.sweep`` under Celery beat, or ``payments sweep`` by hand).
+
+Each run, under a Redis lock with expiry so that two beats or a manual run never overlap:
+
+1. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
+2. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
+   (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
+3. finishes sale->void chains whose void was due but never ran.
+
+Voids use deterministic operation ids (``<payment_id>:void-stale``, ``<payment_id>:void``), so even a
+sweep that outlived its lock cannot void twice: the store's claim returns the recorded outcome.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+log = logging.getLogger("payments.sweep")
+
+LOCK_NAME = "sweep"
+
+
+def run_sweep(svc, *, progress=None) -> dict:
+    settings, store, flow = svc.settings, svc.store, svc.flow
+    token = store.acquire_lock(LOCK_NAME, ttl_seconds=max(60.0, settings.sweep_interval))
+    if token is None:
+        log.info("sweep: another sweep holds the lock; nothing done")
+        return {"ran": False, "reason": "another sweep is running"}
+    counts: Counter = Counter()
+    try:
+        for record in store.open_auths(settings.stale_auth_age):
+            outcome = flow.follow_up("void", f"{record['payment_id']}:void-stale", trans_id=record["trans_id"],
+                                     parent=record["payment_id"])
+            counts[f"stale_auth_void_{outcome.get('status', 'NONE').lower()}"] += 1
+            _tick(progress)
+        for record in store.stale_non_final(settings.reconcile_after):
+            result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
+            counts[f"reconcile_{result}"] += 1
+            _tick(progress)
+        for record in store.voids_due(settings.reconcile_after):
+            counts[f"chain_void_{finish_chain_void(flow, store, record)}"] += 1
+            _tick(progress)
+    finally:
+        store.release_lock(LOCK_NAME, token)
+    report = {"ran": True, **dict(sorted(counts.items()))}
+    log.info("sweep: %s", report)
+    return report
+
+
+def finish_chain_void(flow, store, sale_record) -> str:
+    """Void an approved sale whose chained void never ran (or was skipped while the sale was unknown)."""
+    sale_id = sale_record["payment_id"]
+    void_id = f"{sale_id}:void"
+    earlier = store.get(void_id)
+    if earlier and earlier.get("status") == "APPROVED":
+        # The void went through but the sale's record was not updated (crash in between): repair it.
+        store.transition(sale_id, "VOIDED", expect=("APPROVED",), fields={"voided_by": void_id},
+                         note=f"voided by {void_id} (repaired by the sweep)")
+        return "repaired"
+    if earlier and earlier.get("status") in store.FINAL:
+        void_id = f"{sale_id}:void-sweep"
+    outcome = flow.void_after(sale_record, payment_id=void_id)
+    return str(outcome.get("status", "NONE")).lower()
+
+
+def _tick(progress):
+    if progress is not None:
+        progress()

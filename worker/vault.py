@@ -1,0 +1,152 @@
+"""Card vault: seal card data with Fernet so it never travels or rests in clear.
+
+The publish path seals the producer's ``card`` argument; the worker opens it only to build the
+gateway request. The sealed form is a small JSON-safe dict::
+
+    {"sealed": "<fernet token>", "masked": "xxxxxxxxxxxx1111"}
+
+``PAYMENTS_CARD_KEY`` holds one or more comma-separated Fernet keys (32 url-safe base64 bytes,
+``Fernet.generate_key()``). The FIRST key seals; every key opens (MultiFernet), so keys rotate by
+prepending a new key, waiting until no message sealed with the old one can still be in flight
+(broker retries included), then removing the old key.
+
+Without a key, TEST mode falls back to :data:`DEVELOPMENT_KEY` (with a WARNING); LIVE mode refuses
+to start, and also refuses the development key.
+
+Nothing raised or logged here contains a key, a token, a card number or a CVV2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, Iterable
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+__all__ = [
+    "DEVELOPMENT_KEY", "ConfigurationError", "CardSealError", "CardVault", "load_card_key",
+    "mask_card", "mask_number",
+]
+
+log = logging.getLogger(__name__)
+
+#: Fixed, public Fernet key for TEST-mode demos ONLY: base64url of the 32 ASCII bytes
+#: ``payments-dev-key-TEST-mode-only!``. Anything sealed with it is readable by anyone who reads
+#: this file; LIVE mode refuses it.
+DEVELOPMENT_KEY = "cGF5bWVudHMtZGV2LWtleS1URVNULW1vZGUtb25seSE="
+
+_MASK_PREFIX = "x" * 12
+_NON_DIGIT = re.compile(r"\D")
+
+
+class ConfigurationError(Exception):
+    """The card key configuration is missing or invalid (message never contains key material)."""
+
+
+class CardSealError(Exception):
+    """A sealed card could not be opened (wrong key, tampered or malformed token)."""
+
+
+class CardVault:
+    """Seals and opens card dicts. ``keys``: Fernet keys, the first one seals, all of them open."""
+
+    def __init__(self, keys: Iterable[str | bytes]):
+        fernets = []
+        for i, key in enumerate(keys, 1):
+            try:
+                fernets.append(Fernet(key))
+            except Exception:
+                raise ConfigurationError(
+                    f"card key #{i} is not a valid Fernet key (expected 32 url-safe base64-encoded bytes)"
+                ) from None
+        if not fernets:
+            raise ConfigurationError("no card key given")
+        self._fernet = MultiFernet(fernets)
+        self.key_count = len(fernets)
+
+    def __repr__(self) -> str:
+        return f"<CardVault keys={self.key_count}>"
+
+    def seal(self, card: dict) -> dict:
+        """Seal a clear card ``{"number", "expire", "cvv2"?}``; an already sealed dict is returned as is."""
+        if self.is_sealed(card):
+            return card
+        if not isinstance(card, dict) or not card.get("number"):
+            raise ValueError("card must be a dict with a 'number'")
+        clear = {"number": str(card["number"]), "expire": str(card.get("expire") or "")}
+        if card.get("cvv2"):
+            clear["cvv2"] = str(card["cvv2"])
+        payload = json.dumps(clear, separators=(",", ":")).encode()
+        token = self._fernet.encrypt(payload).decode("ascii")
+        return {"sealed": token, "masked": mask_number(clear["number"])}
+
+    def open(self, sealed: dict, *, ttl: int | None = None) -> dict:
+        """Return the clear card dict. ``ttl`` (seconds) optionally rejects older seals."""
+        if not self.is_sealed(sealed):
+            raise CardSealError("not a sealed card")
+        try:
+            if ttl is None:
+                payload = self._fernet.decrypt(sealed["sealed"].encode("ascii"))
+            else:
+                payload = self._fernet.decrypt(sealed["sealed"].encode("ascii"), ttl=ttl)
+            card = json.loads(payload)
+        except (InvalidToken, UnicodeError, ValueError, TypeError):
+            raise CardSealError("sealed card could not be opened (wrong key, expired or tampered token)") from None
+        if not isinstance(card, dict) or "number" not in card:
+            raise CardSealError("sealed card payload is malformed")
+        return card
+
+    def rotate(self, sealed: dict) -> dict:
+        """Re-seal with the current first key (for draining old keys)."""
+        if not self.is_sealed(sealed):
+            raise CardSealError("not a sealed card")
+        try:
+            token = self._fernet.rotate(sealed["sealed"].encode("ascii")).decode("ascii")
+        except (InvalidToken, UnicodeError, ValueError, TypeError):
+            raise CardSealError("sealed card could not be opened (wrong key or tampered token)") from None
+        return {**sealed, "sealed": token}
+
+    @staticmethod
+    def is_sealed(value: Any) -> bool:
+        return (isinstance(value, dict) and isinstance(value.get("sealed"), str)
+                and "number" not in value and "cvv2" not in value)
+
+
+def load_card_key(env_value: str | None, mode: str) -> CardVault:
+    """Build the vault from ``PAYMENTS_CARD_KEY`` for ``BLUEPAY_MODE`` (TEST or LIVE)."""
+    mode_u = (mode or "").strip().upper()
+    if mode_u not in ("TEST", "LIVE"):
+        raise ConfigurationError(f"BLUEPAY_MODE must be TEST or LIVE, got {mode!r}")
+    keys = [k.strip() for k in (env_value or "").split(",") if k.strip()]
+    if not keys:
+        if mode_u == "LIVE":
+            raise ConfigurationError("PAYMENTS_CARD_KEY is required in LIVE mode")
+        log.warning("PAYMENTS_CARD_KEY is not set: sealing card data with the public DEVELOPMENT_KEY "
+                    "(TEST mode only; set PAYMENTS_CARD_KEY to a Fernet key)")
+        return CardVault([DEVELOPMENT_KEY])
+    if mode_u == "LIVE" and DEVELOPMENT_KEY in keys:
+        raise ConfigurationError("the public development card key must not be used in LIVE mode")
+    try:
+        return CardVault(keys)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"PAYMENTS_CARD_KEY: {exc}") from None
+
+
+def mask_number(number: Any) -> str:
+    """``xxxxxxxxxxxx`` + the last four digits (non-digits ignored, whatever the length)."""
+    digits = _NON_DIGIT.sub("", "" if number is None else str(number))
+    return _MASK_PREFIX + digits[-4:]
+
+
+def mask_card(card: Any) -> dict:
+    """Masked view of a clear or sealed card, safe for logs, argsrepr and Flower."""
+    if CardVault.is_sealed(card):
+        return {"number": mask_number(card.get("masked")), "expire": "**"}
+    if not isinstance(card, dict):
+        return {"number": _MASK_PREFIX}
+    out = {"number": mask_number(card.get("number")), "expire": str(card.get("expire") or "")}
+    if card.get("cvv2") not in (None, ""):
+        out["cvv2"] = "***"
+    return out
