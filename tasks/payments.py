@@ -75,17 +75,19 @@ def _run(task, operation, work, current_id):
         retries = task.request.retries
         if later.outage:
             if retries >= services().settings.outage_retries:
+                if later.parked_as == "UNKNOWN":  # maybe charged: only stq may decide, so the sweep will
+                    return flow.current_outcome(current_id())
                 return flow.record_error(operation, current_id(),
                                          f"gateway unreachable after {retries} re-queues: {later.reason}")
             countdown = _outage_countdown(retries)
         else:
             if retries >= MAX_BUSY_RETRIES:
-                return services().store.get(current_id()) or {}
+                return flow.current_outcome(current_id())
             countdown = later.countdown
         raise task.retry(countdown=countdown, max_retries=None)
     except SoftTimeLimitExceeded:
         outcome = flow.give_up_unknown(current_id(), None, "soft time limit reached mid-call; the sweep reconciles")
-        return outcome or services().store.get(current_id()) or {}
+        return outcome or flow.current_outcome(current_id())
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # The message stays unacknowledged if even the re-queue fails: the broker redelivers it.
         log.warning("%s %s: Redis unavailable (%s); re-queued", operation, current_id(), type(exc).__name__)

@@ -40,11 +40,12 @@ SETTLED = "settled"
 class RetryLater(Exception):
     """The task should be re-queued by the broker after ``countdown`` seconds."""
 
-    def __init__(self, reason: str, countdown: float, *, outage: bool):
+    def __init__(self, reason: str, countdown: float, *, outage: bool, parked_as: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.countdown = countdown
         self.outage = outage  # True: gateway unreachable (bounded retries); False: another worker holds it
+        self.parked_as = parked_as  # the record's state while it waits: RETRYING or UNKNOWN
 
 
 def _owner() -> str:
@@ -183,6 +184,10 @@ class PaymentFlow:
         record = self.store.transition(payment_id, "ERROR", fields={"message": _short(message)}, note=message)
         return public_outcome(record or self.store.get(payment_id))
 
+    def current_outcome(self, payment_id: str) -> dict:
+        record = self.store.get(payment_id)
+        return public_outcome(record) if record else {"payment_id": payment_id, "status": "UNKNOWN"}
+
     def give_up_unknown(self, payment_id: str, owner: str | None, reason: str) -> dict | None:
         """Leave an in-flight operation UNKNOWN (time limit hit): the sweep reconciles it later."""
         record = self.store.transition(payment_id, "UNKNOWN", expect=("PENDING",), owner=owner,
@@ -211,41 +216,41 @@ class PaymentFlow:
             if isinstance(found, Response):
                 return self._adopt(payment_id, owner, found, on_done, operation=operation)
             if found == CANNOT_TELL:
-                return self._finish(payment_id, owner, "UNKNOWN",
-                                    {"message": "redelivered while in flight; the gateway could not tell"}, None)
+                self._wait_for_gateway(payment_id, owner, "UNKNOWN", "redelivered while in flight; stq cannot tell yet")
         return self._send(operation, payment_id, owner, args, send, on_done)
 
     def _send(self, operation, payment_id, owner, args, send, on_done) -> dict:
         duplicate_override = False
-        last_error = None
         for _ in range(MAX_SENDS):
             try:
                 response = send(args, duplicate_override)
             except NotSent as exc:
-                note = f"gateway not reached: {type(exc).__name__}"
-                self.store.transition(payment_id, "RETRYING", expect=("PENDING",), owner=owner,
-                                      fields={"message": note}, note=note)
-                raise RetryLater(note, countdown=0, outage=True) from exc
+                self._wait_for_gateway(payment_id, owner, "RETRYING", f"gateway not reached: {type(exc).__name__}")
             except Rejected as exc:
                 status, fields = interpret(operation, exc.response)
                 return self._finish(payment_id, owner, status, dict(fields, error_class="Rejected"), on_done,
                                     response=exc.response)
             except OutcomeUnknown as exc:
-                last_error = exc
                 found = self._lookup(operation, payment_id)
                 if isinstance(found, Response):
                     return self._adopt(payment_id, owner, found, on_done, operation=operation)
                 if found == CANNOT_TELL:
-                    break
+                    self._wait_for_gateway(payment_id, owner, "UNKNOWN",
+                                           f"outcome unknown ({_short(exc, 120)}) and stq cannot tell yet")
                 # Provably absent: the request never landed. A DUPLICATE that is not ours (another
                 # operation with the same card and amount) may be sent again with the override.
                 duplicate_override = duplicate_override or bool(getattr(exc, "duplicate", False))
                 continue
             status, fields = interpret(operation, response)
             return self._finish(payment_id, owner, status, fields, on_done, response=response)
-        reason = f"outcome unknown: {type(last_error).__name__}: {_short(last_error, 120)}"
-        return self._finish(payment_id, owner, "UNKNOWN", {"message": reason, "error_class": "OutcomeUnknown"},
-                            None)
+        # Every send failed before the gateway recorded it (stq proved each absent): safe to try later.
+        self._wait_for_gateway(payment_id, owner, "RETRYING", f"{MAX_SENDS} sends did not reach the gateway")
+
+    def _wait_for_gateway(self, payment_id, owner, status, note):
+        """Park the operation (RETRYING: known not sent; UNKNOWN: to reconcile) and re-queue the task."""
+        self.store.transition(payment_id, status, expect=("PENDING",), owner=owner,
+                              fields={"message": _short(note)}, note=note)
+        raise RetryLater(note, countdown=0, outage=True, parked_as=status)
 
     def _lookup(self, operation, payment_id):
         """stq by ORDER_ID: a Response of the same type, ABSENT, or CANNOT_TELL."""

@@ -170,9 +170,20 @@ def test_tampered_stamp_on_decline_and_error():
     d["BP_STAMP"] = "0" * 128
     with pytest.raises(OutcomeUnknown):
         parse(302, R.location(d))
-    e = dict(R.SECURITY_ERROR, BP_STAMP="ABCD", BP_STAMP_DEF="Result", TPS_HASH_TYPE="MD5")
+    e = R.stamped({"Result": "ERROR", "STATUS": "E", "MESSAGE": "Already Voided"}, secret="someone-else")
     with pytest.raises(OutcomeUnknown):
         parse(302, R.location(e))
+
+
+def test_security_error_with_unverifiable_stamp_is_rejected():
+    # a wrong secret on our side: the gateway stamps with the real one, we cannot verify it
+    e = R.stamped(dict(R.SECURITY_ERROR), secret="the-real-secret")
+    with pytest.raises(Rejected) as ei:
+        parse(302, R.location(e))
+    assert ei.value.response.message == "SECURITY ERROR"
+    assert R.stamped(dict(R.SECURITY_ERROR))["BP_STAMP"]  # and a good stamp is Rejected too
+    with pytest.raises(Rejected):
+        parse(302, R.location(R.stamped(dict(R.SECURITY_ERROR))))
 
 
 def test_wrong_secret_fails_stamp():

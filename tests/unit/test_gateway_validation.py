@@ -113,6 +113,9 @@ def test_customer_mapping():
                    "CITY": "Testville", "STATE": "IL", "ZIPCODE": "54321", "COUNTRY": "USA",
                    "PHONE": "555-1234", "EMAIL": "bob@example.com", "COMPANY_NAME": "ACME"}
     assert V.customer(None) == {} and V.customer({}) == {}
+    assert V.customer(out) == out  # idempotent: BluePay names accepted as well
+    with pytest.raises(InvalidInput):
+        V.customer({"NAME1": "x" * 65})
     assert set(V.CUSTOMER_FIELDS) == {"name1", "name2", "addr1", "addr2", "city", "state", "zipcode",
                                       "country", "phone", "email", "company_name"}
 

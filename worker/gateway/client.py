@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from typing import Any, Protocol
 
-from . import protocol, scrub, validation
+from . import protocol, scrub
 from .errors import InvalidInput
 from .protocol import Response
 from .retry import RetryPolicy, call_with_retry

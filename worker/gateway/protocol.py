@@ -309,11 +309,16 @@ def parse_transaction_reply(
     if 400 <= status_code < 500 and result not in ("ERROR", "MISSING"):
         raise OutcomeUnknown(f"HTTP {status_code} with Result={result}", status_code=status_code)
 
+    response = _transaction_response(pairs, result)
     stamped = bool(pairs.get("BP_STAMP"))
     if stamped and not stamp_matches(secret_key, pairs):
+        if result == "ERROR" and response.message.strip().upper() == "SECURITY ERROR":
+            # The gateway could not verify OUR seal: our secret is wrong, so its stamp cannot
+            # verify for us either. An unstamped SECURITY ERROR is accepted as Rejected anyway,
+            # so trusting this one adds no risk; treating it as unknown would hide the cause.
+            raise Rejected(response)
         raise OutcomeUnknown("reply BP_STAMP does not verify", status_code=status_code)
 
-    response = _transaction_response(pairs, result)
     if response.message.strip().upper() == "DUPLICATE":
         raise OutcomeUnknown(
             "gateway refused a duplicate (DUPLICATE); look the first attempt up",

@@ -155,7 +155,7 @@ class HttpTransport:
             return HttpReply(resp.status_code, resp.headers.get("Location"), body)
         except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
             failure = classify(exc)
-            cause = type(exc).__name__
+            cause = _describe(exc)
         # Raised outside the except block: the requests exception (which holds the request
         # body, i.e. card data) is neither chained nor kept as context.
         err = failure(f"{cause} posting to {_safe_url(url)}")
@@ -164,6 +164,16 @@ class HttpTransport:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """Class names along the chain (never messages: they could echo request data)."""
+    names: list[str] = []
+    for e in _chain(exc):
+        name = type(e).__name__
+        if name not in names and not isinstance(e, u3.MaxRetryError):
+            names.append(name)
+    return names[0] + (f" ({', '.join(names[1:4])})" if len(names) > 1 else "")
 
 
 def _safe_url(url: str) -> str:

@@ -48,6 +48,8 @@ CUSTOMER_FIELDS: dict[str, tuple[str, int]] = {
     "company_name": ("COMPANY_NAME", 128),
 }
 
+_CUSTOMER_BY_BP_NAME = {bp: (bp, limit) for bp, limit in CUSTOMER_FIELDS.values()}
+
 #: ORDER_ID: up to 128 printable ASCII characters (0x20-0x7E), our choice so that the
 #: gateway and the sandbox match it byte for byte.
 ORDER_ID_MAX = 128
@@ -197,6 +199,8 @@ def customer(value: "Mapping[str, object] | None") -> dict[str, str]:
     """Map our customer keys to BluePay fields (see :data:`CUSTOMER_FIELDS`).
 
     ``None`` or ``{}`` gives ``{}``; ``None`` values are skipped; values are stripped.
+    The BluePay names themselves (``NAME1`` ...) are accepted too, so the function is
+    idempotent: ``customer(customer(x)) == customer(x)``.
     """
     if value is None:
         return {}
@@ -204,7 +208,7 @@ def customer(value: "Mapping[str, object] | None") -> dict[str, str]:
         raise InvalidInput("customer", "must be a mapping")
     out: dict[str, str] = {}
     for key, raw in value.items():
-        spec = CUSTOMER_FIELDS.get(key) if isinstance(key, str) else None
+        spec = (CUSTOMER_FIELDS.get(key) or _CUSTOMER_BY_BP_NAME.get(key)) if isinstance(key, str) else None
         if spec is None:
             raise InvalidInput(f"customer.{key}", "unknown customer field")
         bp_name, limit = spec

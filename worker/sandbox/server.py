@@ -137,6 +137,10 @@ class _HTTPServer(socketserver.ThreadingMixIn, HTTPServer):
         traceback.print_exc(file=sys.stderr)
 
 
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "BluePaySandbox/1.0"
@@ -216,9 +220,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._dispatch("POST")
-
-    def do_HEAD(self):
-        self._dispatch("HEAD")
 
     def _dispatch(self, method: str):
         path, _, query = self.path.partition("?")
@@ -391,8 +392,8 @@ class SandboxServer:
         self._outage_count = 0
         self._outage_lock = threading.Lock()
         self._in_outage = False
-        _HTTPServer.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.httpd = _HTTPServer((host, port), _Handler)
+        server_cls = _HTTPServer6 if ":" in host else _HTTPServer
+        self.httpd = server_cls((host, port), _Handler)
         self.httpd.app = self
         self.port = self.httpd.server_address[1]
         shown = f"[{host}]" if ":" in host else host

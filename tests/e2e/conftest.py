@@ -1,0 +1,43 @@
+"""End-to-end fixtures: a flushed Redis database, the sandbox over HTTP and a real celery worker."""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.support.env import E2E_REDIS_URL
+from tests.support.sandbox import running_sandbox
+from tests.support.workers import running_worker, worker_env
+
+
+@pytest.fixture(scope="session")
+def e2e_redis():
+    client = redis.Redis.from_url(E2E_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    with running_sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture(scope="session")
+def worker_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("worker") / "worker.log"
+
+
+@pytest.fixture(scope="session")
+def celery_worker(e2e_redis, sandbox, worker_log):
+    with running_worker(worker_env(sandbox), worker_log, pool="threads", concurrency=4) as proc:
+        yield proc
+
+
+@pytest.fixture
+def clean_faults(sandbox):
+    sandbox.set_faults({})
+    yield sandbox
+    sandbox.wait_ready(timeout=15)  # a test may have left an outage running
+    sandbox.set_faults({})

@@ -1,0 +1,82 @@
+"""Property tests (hypothesis) for the pure parts."""
+
+from decimal import Decimal
+from urllib.parse import urlencode
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.gateway import protocol as P
+from worker.gateway import scrub as S
+from worker.gateway import validation as V
+from worker.gateway.errors import InvalidInput, OutcomeUnknown, Rejected
+
+from .gateway_replies import SECRET
+
+
+def _with_luhn(prefix: str) -> str:
+    for d in "0123456789":
+        if V.luhn_ok(prefix + d):
+            return prefix + d
+    raise AssertionError
+
+
+cards = st.integers(11, 18).flatmap(
+    lambda n: st.text("0123456789", min_size=n, max_size=n).filter(lambda s: s[0] != "0").map(_with_luhn)
+)
+filler = st.text(st.characters(blacklist_categories=("Nd",)), max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cards, filler, filler)
+def test_scrub_never_leaks_a_card(number, before, after):
+    out = S.scrub(before + number + after)
+    assert number not in out
+    assert "xxxxxxxxxxxx" + number[-4:] in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 9_999_999))
+def test_amount_roundtrip(cents):
+    text = f"{cents // 100}.{cents % 100:02d}"
+    assert V.amount(text) == text
+    assert V.amount(Decimal(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.binary(max_size=60)), st.integers(100, 599))
+def test_transaction_parser_never_crashes(body, status):
+    try:
+        r = P.parse_transaction_reply(status, "/x?" + (body if isinstance(body, str) else ""), body,
+                                      secret_key=SECRET)
+    except (OutcomeUnknown, Rejected):
+        return
+    # only a stamped APPROVED or a DECLINED can come back
+    assert r.status in ("APPROVED", "DECLINED")
+    assert r.status == "DECLINED" or r.raw.get("BP_STAMP")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["id", "status", "message", "amount", "order_id"]),
+                       st.text(max_size=12), max_size=5),
+       st.integers(100, 599))
+def test_query_parser_absent_only_on_empty_200(pairs, status):
+    body = urlencode(pairs)
+    try:
+        r = P.parse_query_reply(status, body, secret_key=SECRET)
+    except (OutcomeUnknown, Rejected):
+        return
+    if r is None:
+        assert status == 200 and not body.strip()
+    else:
+        assert status == 200 and r.status in ("APPROVED", "DECLINED", "ERROR")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=140))
+def test_order_id_accepts_only_printable_ascii(text):
+    try:
+        assert V.order_id(text) == text
+        assert 1 <= len(text) <= 128 and all(" " <= ch <= "~" for ch in text)
+    except InvalidInput as e:
+        assert e.field == "order_id"

@@ -1,0 +1,218 @@
+"""classify() as a table, and the real HttpTransport against servers started here on 127.0.0.1."""
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
+
+import pytest
+import requests
+import urllib3.exceptions as u3
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+
+from worker.gateway import BluePayClient
+from worker.gateway.errors import NotSent, OutcomeUnknown
+from worker.gateway.transport import POOL_MAXSIZE, HttpReply, HttpTransport, classify
+
+from . import gateway_replies as R
+
+POOL = HTTPConnectionPool("secure.example", 443)
+CONN = HTTPConnection("secure.example", 443)
+URL = "/interfaces/bp10emu"
+
+
+def _mre(reason):
+    return u3.MaxRetryError(POOL, URL, reason=reason)
+
+
+CASES = [
+    ("connect timeout", requests.exceptions.ConnectTimeout(_mre(u3.ConnectTimeoutError(CONN, "timed out"))), NotSent),
+    ("refused", requests.exceptions.ConnectionError(_mre(u3.NewConnectionError(CONN, "[Errno 111] Connection refused"))), NotSent),
+    ("dns", requests.exceptions.ConnectionError(_mre(u3.NameResolutionError("secure.example", CONN, socket.gaierror(-2, "Name or service not known")))), NotSent),
+    ("bare refused", requests.exceptions.ConnectionError(ConnectionRefusedError(111, "refused")), NotSent),
+    ("cert verify", requests.exceptions.SSLError(_mre(u3.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed")))), NotSent),
+    ("missing schema", requests.exceptions.MissingSchema("no scheme"), NotSent),
+    ("invalid url", requests.exceptions.InvalidURL("bad"), NotSent),
+    ("read timeout", requests.exceptions.ReadTimeout(u3.ReadTimeoutError(POOL, URL, "Read timed out.")), OutcomeUnknown),
+    ("read timeout in body", requests.exceptions.ConnectionError(u3.ReadTimeoutError(POOL, URL, "Read timed out.")), OutcomeUnknown),
+    ("remote disconnected", requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.", http.client.RemoteDisconnected("Remote end closed connection without response"))), OutcomeUnknown),
+    ("reset", requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))), OutcomeUnknown),
+    ("aborted", requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.", ConnectionAbortedError(103, "aborted"))), OutcomeUnknown),
+    ("chunked", requests.exceptions.ChunkedEncodingError(u3.ProtocolError("Response ended prematurely")), OutcomeUnknown),
+    ("decode", requests.exceptions.ContentDecodingError("bad gzip"), OutcomeUnknown),
+    ("other ssl", requests.exceptions.SSLError(_mre(u3.SSLError("decryption failed"))), OutcomeUnknown),
+    ("unknown connection error", requests.exceptions.ConnectionError("???"), OutcomeUnknown),
+    ("unrelated", ValueError("x"), OutcomeUnknown),
+    ("already NotSent", NotSent("x"), NotSent),
+    ("already OutcomeUnknown", OutcomeUnknown("x"), OutcomeUnknown),
+]
+
+
+@pytest.mark.parametrize("name,exc,expected", CASES, ids=[c[0] for c in CASES])
+def test_classify_table(name, exc, expected):
+    assert classify(exc) is expected
+
+
+def test_session_pooled():
+    t = HttpTransport(connect_timeout=1, read_timeout=1)
+    adapter = t.session.get_adapter("https://secure.bluepay.com/interfaces/bp10emu")
+    assert adapter._pool_maxsize == POOL_MAXSIZE >= 50
+    assert t.session.get_adapter("http://127.0.0.1/") is adapter
+    t.close()
+
+
+# ------------------------------------------------------------------ real local servers
+
+class _Handler(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        form = parse_qs(self.rfile.read(length).decode())
+        self.seen.append(("POST", self.path, self.headers.get("User-Agent"), form))
+        if self.path.endswith("/stq"):
+            body = R.body(R.stq_row()).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(302)
+        self.send_header("Location", R.location(R.approved()))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        self.seen.append(("GET", self.path, None, None))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def http_server():
+    _Handler.seen = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    yield srv, _Handler.seen
+    srv.shutdown()
+    srv.server_close()
+
+
+def _closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_302_is_not_followed(http_server):
+    srv, seen = http_server
+    t = HttpTransport(connect_timeout=2, read_timeout=2)
+    reply = t.post(f"http://127.0.0.1:{srv.server_port}/interfaces/bp10emu", {"A": "1", "B": "x y"})
+    assert isinstance(reply, HttpReply)
+    assert reply.status_code == 302 and reply.location.startswith("/interfaces/wlcatch?Result=APPROVED")
+    assert [s[0] for s in seen] == ["POST"]  # no GET of wlcatch
+    assert seen[0][2] == "payments-worker/0.1 (+bluepay client)"
+    assert seen[0][3] == {"A": ["1"], "B": ["x y"]}
+    t.close()
+
+
+def test_client_end_to_end_against_local_server(http_server):
+    srv, seen = http_server
+    c = BluePayClient(account_id=R.ACCOUNT, secret_key=R.SECRET, base_url=f"http://127.0.0.1:{srv.server_port}/interfaces")
+    r = c.sale("3.00", {"number": "4111111111111111", "expire": "1299", "cvv2": "123"}, order_id="order-1")
+    assert r.approved and r.trans_id == R.TRANS_ID and r.attempts == 1
+    assert seen[0][1] == "/interfaces/bp10emu"
+    assert seen[0][3]["CC_NUM"] == ["4111111111111111"]
+    found = c.query(order_id="order-1")
+    assert found.trans_id == R.TRANS_ID
+    assert seen[1][1] == "/interfaces/stq" and seen[1][3]["MODE"] == ["TEST"]
+    c.transport.close()
+
+
+def test_connect_refused_is_not_sent():
+    t = HttpTransport(connect_timeout=1, read_timeout=1)
+    with pytest.raises(NotSent) as ei:
+        t.post(f"http://127.0.0.1:{_closed_port()}/interfaces/bp10emu", {"CC_NUM": "4111111111111111"})
+    assert "4111111111111111" not in str(ei.value)
+    assert ei.value.__cause__ is None and ei.value.__context__ is None
+    t.close()
+
+
+@pytest.fixture
+def silent_server():
+    """Accepts connections (kernel backlog + accept) and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    accepted = []
+    stop = threading.Event()
+
+    def run():
+        s.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = s.accept()
+                accepted.append(conn)
+            except (socket.timeout, OSError):
+                continue
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    yield s.getsockname()[1], accepted
+    stop.set()
+    th.join(1)
+    for conn in accepted:
+        conn.close()
+    s.close()
+
+
+def test_no_answer_is_outcome_unknown_after_read_timeout(silent_server):
+    port, accepted = silent_server
+    t = HttpTransport(connect_timeout=1, read_timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(OutcomeUnknown):
+        t.post(f"http://127.0.0.1:{port}/interfaces/bp10emu", {"A": "1"})
+    assert 0.25 <= time.monotonic() - t0 < 3
+    t.close()
+
+
+def test_sale_with_no_answer_is_sent_once(silent_server):
+    port, accepted = silent_server
+    c = BluePayClient(account_id=R.ACCOUNT, secret_key=R.SECRET, base_url=f"http://127.0.0.1:{port}/interfaces/",
+                      read_timeout=0.2, sleep=lambda s: None)
+    with pytest.raises(OutcomeUnknown) as ei:
+        c.sale("3.00", {"number": "4111111111111111", "expire": "1299"})
+    assert ei.value.attempts == 1
+    time.sleep(0.2)
+    assert len(accepted) == 1
+
+
+def test_reset_after_send_is_outcome_unknown():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+
+    def run():
+        conn, _ = s.accept()
+        conn.recv(65536)
+        conn.close()  # drop the connection without answering
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    t = HttpTransport(connect_timeout=1, read_timeout=2)
+    with pytest.raises(OutcomeUnknown):
+        t.post(f"http://127.0.0.1:{s.getsockname()[1]}/interfaces/bp10emu", {"A": "1"})
+    th.join(2)
+    s.close()
+    t.close()
