@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response
 from worker.gateway import validation
+from worker.gateway.scrub import scrub
 from worker.store import ResultsStore, public_outcome
 from worker.vault import mask_number
 
@@ -53,7 +54,8 @@ def _owner() -> str:
 
 
 def _short(text, limit=200) -> str:
-    text = str(text)
+    """What we record of a caller's value: scrubbed of anything card-like, and bounded."""
+    text = scrub(str(text))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -109,7 +111,7 @@ class PaymentFlow:
             "order_id": payment_id,
             "masked_account": mask_number(str(number)) if number else "",
         }
-        if invoice_id:
+        if invoice_id is not None:
             fields["invoice_id"] = _short(invoice_id, 64)
         if then_void:
             fields["then_void"] = "1"
@@ -120,13 +122,13 @@ class PaymentFlow:
                 "amount": validation.amount(amount, allow_zero=(operation == "auth")),
                 "card": checked_card,
                 "customer": validation.customer(customer),
-                "invoice_id": validation.order_id(invoice_id) if invoice_id else None,
+                "invoice_id": validation.invoice_id(invoice_id) if invoice_id is not None else None,
             }
 
         def send(args, duplicate_override):
             verb = getattr(self.gateway, operation)
             return verb(args["amount"], args["card"], args["customer"], order_id=payment_id,
-                        duplicate_override=duplicate_override)
+                        duplicate_override=duplicate_override, invoice_id=args["invoice_id"])
 
         return self._run(operation, payment_id, fields, validate, send, None)
 

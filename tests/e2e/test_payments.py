@@ -211,3 +211,10 @@ def test_unknown_trans_id_is_the_gateways_recorded_error():
 def test_worker_keeps_serving_after_bad_input():
     run(sale.delay(amount="nope", card=TEST_CARD))
     assert run(sale.delay(amount="29.00", card=TEST_CARD))["status"] == "APPROVED"
+
+
+def test_producer_order_id_travels_as_invoice_id_and_order_id_is_the_operation_id():
+    outcome = run(sale.delay(amount="35.00", card=TEST_CARD, order_id="ORD-2026-0042"))
+    assert outcome["status"] == "APPROVED"
+    assert outcome["invoice_id"] == "ORD-2026-0042"
+    assert outcome["order_id"] == outcome["payment_id"]

@@ -84,10 +84,11 @@ class BluePayClient:
         customer: Mapping[str, Any] | None = None,
         order_id: str | None = None,
         duplicate_override: bool = False,
+        invoice_id: str | None = None,
     ) -> Response:
         return self._transaction(
             "SALE", amount=amount, card=card, customer=customer, order_id=order_id,
-            duplicate_override=duplicate_override,
+            duplicate_override=duplicate_override, invoice_id=invoice_id,
         )
 
     def auth(
@@ -97,11 +98,12 @@ class BluePayClient:
         customer: Mapping[str, Any] | None = None,
         order_id: str | None = None,
         duplicate_override: bool = False,
+        invoice_id: str | None = None,
     ) -> Response:
         """AUTH; ``amount`` may be "0.00" (card verification, TEST: INFORMATION STORED)."""
         return self._transaction(
             "AUTH", amount=amount, card=card, customer=customer, order_id=order_id,
-            duplicate_override=duplicate_override,
+            duplicate_override=duplicate_override, invoice_id=invoice_id,
         )
 
     def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None) -> Response:

@@ -127,6 +127,7 @@ def transaction_request(
     rrno: object = None,
     order_id: str | None = None,
     duplicate_override: bool = False,
+    invoice_id: str | None = None,
 ) -> dict[str, str]:
     """The sealed form fields of a bp10emu request. Validates every input (InvalidInput)."""
     account = _required_text("account_id", account_id)
@@ -174,6 +175,8 @@ def transaction_request(
     fields.update(validation.customer(customer))
     if order_id is not None:
         fields["ORDER_ID"] = validation.order_id(order_id)
+    if invoice_id is not None:
+        fields["INVOICE_ID"] = validation.invoice_id(invoice_id)
     if duplicate_override:
         fields["DUPLICATE_OVERRIDE"] = "1"
     fields["RESPONSEVERSION"] = RESPONSE_VERSION

@@ -247,3 +247,15 @@ def order_id(value: object) -> str:
     if not _ORDER_ID_RE.fullmatch(value):
         raise InvalidInput("order_id", "printable ASCII characters only")
     return value
+
+
+INVOICE_ID_MAX = 64
+
+
+def invoice_id(value: object) -> str:
+    """INVOICE_ID (the producer's own order reference): 1..64 printable ASCII characters."""
+    if not isinstance(value, str):
+        raise InvalidInput("order_id", "must be a string")
+    if not value or len(value) > INVOICE_ID_MAX or not _ORDER_ID_RE.fullmatch(value):
+        raise InvalidInput("order_id", f"1 to {INVOICE_ID_MAX} printable ASCII characters")
+    return value
