@@ -84,7 +84,7 @@ def _run(task, operation, work, current_id):
             if retries >= MAX_BUSY_RETRIES:
                 return flow.current_outcome(current_id())
             countdown = later.countdown
-        raise task.retry(countdown=countdown, max_retries=None)
+        raise task.retry(countdown=countdown)
     except SoftTimeLimitExceeded:
         outcome = flow.give_up_unknown(current_id(), None, "soft time limit reached mid-call; the sweep reconciles")
         return outcome or flow.current_outcome(current_id())

@@ -28,6 +28,8 @@ class PaymentTask(Task):
 
     # Position of `card` in the positional arguments of tasks that take one (sale/auth).
     card_position: int | None = None
+    # tasks/payments.py bounds every kind of re-queue itself (outage, busy lease, Redis down).
+    max_retries = None
 
     def apply_async(self, args=None, kwargs=None, **options):
         args = list(args or ())

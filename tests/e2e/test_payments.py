@@ -154,13 +154,23 @@ def test_failure_before_processing_is_sent_again_and_charged_once(sandbox, fault
 
 
 def test_gateway_outage_is_retried_through_the_broker_then_charged(sandbox):
-    sandbox.outage(4)
+    sandbox.outage(1.5)
     time.sleep(0.3)  # the listening socket is closed: connections are refused, not reset
     outcome = run(sale.delay(amount="27.00", card=TEST_CARD))
     assert outcome["status"] == "APPROVED", outcome
     assert len(charges(sandbox, outcome["payment_id"])) == 1
     history = [h["status"] for h in services().store.get(outcome["payment_id"])["history"]]
     assert "RETRYING" in history
+
+
+def test_gateway_outage_longer_than_every_retry_ends_in_a_recorded_error(sandbox):
+    sandbox.outage(10)
+    time.sleep(0.3)
+    outcome = run(sale.delay(amount="37.00", card=TEST_CARD))
+    assert outcome["status"] == "ERROR" and "gateway unreachable" in outcome["message"], outcome
+    assert services().store.get(outcome["payment_id"])["status"] == "ERROR"
+    sandbox.wait_ready(timeout=15)
+    assert charges(sandbox, outcome["payment_id"]) == []
 
 
 BAD_INPUT = [
