@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from worker.vault import mask_number
 
 log = logging.getLogger("payments.flow")
 
+TRANS_ID = re.compile(r"\d{12}")
 ABSENT = "ABSENT"  # stq proved the gateway has no such transaction
 CANNOT_TELL = "CANNOT_TELL"  # stq did not answer usefully
 # How many times one delivery may send a money-moving request (first send + resends after
@@ -49,8 +51,27 @@ class RetryLater(Exception):
         self.parked_as = parked_as  # the record's state while it waits: RETRYING or UNKNOWN
 
 
+_HOST = socket.gethostname()
+
+
 def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True when the lease holder ran on this host and its process is gone (a killed prefork child,
+    whose job Celery requeues at once): its lease need not be waited out."""
+    host, _, rest = (owner or "").partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _short(text, limit=200) -> str:
@@ -134,7 +155,9 @@ class PaymentFlow:
 
     def follow_up(self, operation: str, payment_id: str, *, trans_id, amount=None, parent=None) -> dict:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``."""
-        fields = {"target": _short(trans_id, 32), "order_id": payment_id}
+        # A well-formed trans id is kept as it is (12 digits can pass Luhn, and the scrubber would mask it).
+        target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
+        fields = {"target": target, "order_id": payment_id}
         if amount is not None:
             fields["amount"] = _short(amount, 32)
         if parent:
@@ -201,6 +224,9 @@ class PaymentFlow:
         owner = _owner()
         claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                  lease_seconds=self.lease_seconds)
+        if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
+            claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
+                                     lease_seconds=self.lease_seconds, dead_owner=claim.record["lease_owner"])
         if claim.kind == "final":
             return public_outcome(claim.record)
         if claim.kind == "busy":

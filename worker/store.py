@@ -181,14 +181,14 @@ local function reindex(pid, old_trans)
 end
 """
 
-# ARGV: now_ts, now_iso, owner, lease_until, payment_id, operation, then field/value pairs
+# ARGV: now_ts, now_iso, owner, lease_until, payment_id, operation, dead_owner, then field/value pairs
 _LUA_CLAIM = _LUA_COMMON + r"""
-local now, now_iso, owner, lease_until, pid, op =
-  tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now, now_iso, owner, lease_until, pid, op, dead_owner =
+  tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local status = redis.call('HGET', REC, 'status')
 if not status then
   local args = {}
-  for i = 7, #ARGV do args[#args + 1] = ARGV[i] end
+  for i = 8, #ARGV do args[#args + 1] = ARGV[i] end
   for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
                       'created_at', now_iso, 'updated_at', now_iso, 'created_ts', ARGV[1],
                       'updated_ts', ARGV[1], 'lease_owner', owner, 'lease_until', lease_until}) do
@@ -206,7 +206,7 @@ end
 if status == 'PENDING' then
   local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until')
   local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
-  if until_ > now and cur_owner ~= owner then
+  if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
     return {'busy', status, redis.call('HGETALL', REC)}
   end
 end
@@ -343,7 +343,9 @@ class ResultsStore:
 
     # ---- hot path ---------------------------------------------------------------------------
     def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
-              owner: str, lease_seconds: float) -> Claim:
+              owner: str, lease_seconds: float, dead_owner: str = "") -> Claim:
+        """Claim ``payment_id`` (see the module docstring). ``dead_owner``: a lease holder known to be
+        dead (its process is gone), whose live lease may be taken over as if it had expired."""
         payment_id, operation, owner = _to_str(payment_id), _to_str(operation), _to_str(owner)
         if not payment_id:
             raise ValueError("payment_id must not be empty")
@@ -355,7 +357,8 @@ class ResultsStore:
         base = {f: "" for f in CONTRACT_FIELDS if f not in _RESERVED}
         base.update(fields or {})
         now = self._now()
-        args = [repr(now), _iso(now), owner, repr(now + float(lease_seconds)), payment_id, operation]
+        args = [repr(now), _iso(now), owner, repr(now + float(lease_seconds)), payment_id, operation,
+                _to_str(dead_owner)]
         args += self._field_args(base)
         kind, prev, flat = self._claim(keys=self._keys(payment_id), args=args)
         prev = _s(prev) or None

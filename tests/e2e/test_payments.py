@@ -36,7 +36,9 @@ def test_seed_flow_approved_sale_is_voided_and_declined_sale_void_is_skipped(san
     assert sale_outcome["card_type"] == "VISA"
     assert len(sale_outcome["trans_id"]) == 12
     assert void_outcome["status"] == "APPROVED" and void_outcome["message"] == "Approved Void"
-    assert services().store.get(sale_outcome["payment_id"])["status"] == "VOIDED"
+    sale_record = services().store.get(sale_outcome["payment_id"])
+    assert sale_record["status"] == "VOIDED" and sale_record["then_void"] == "1"
+    assert sale_record["voided_by"] == void_outcome["payment_id"] == f"{sale_outcome['payment_id']}:void"
     ledger_sale = charges(sandbox, sale_outcome["payment_id"])
     assert len(ledger_sale) == 1 and ledger_sale[0]["voided"]
 
@@ -228,3 +230,21 @@ def test_producer_order_id_travels_as_invoice_id_and_order_id_is_the_operation_i
     assert outcome["status"] == "APPROVED"
     assert outcome["invoice_id"] == "ORD-2026-0042"
     assert outcome["order_id"] == outcome["payment_id"]
+
+
+def test_in_flight_operation_of_a_dead_process_on_this_host_is_taken_over_at_once(sandbox):
+    """A killed prefork child's job is requeued at once; its live lease must not stall it."""
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{socket.gethostname()}:{gone.stdout.strip()}:deadbeef"
+    key = f"dead-{uuid.uuid4().hex}"
+    services().store.claim(key, "sale", fields={"amount": "41.00", "order_id": key}, owner=dead_owner,
+                           lease_seconds=600)
+    started = time.monotonic()
+    outcome = run(sale.delay(amount="41.00", card=TEST_CARD, idempotency_key=key))
+    assert outcome["status"] == "APPROVED" and outcome["attempts"] == 2
+    assert time.monotonic() - started < 10
+    assert len(charges(sandbox, key)) == 1

@@ -11,12 +11,13 @@ def test_scanner_finds_what_it_looks_for():
 
 
 def test_no_card_number_or_cvv2_in_redis_or_the_worker_log(celery_worker, e2e_redis, worker_log):
-    from tasks import sale
+    from tasks import sale, void
 
     sale.delay(amount="31.00", card=TEST_CARD).get(timeout=30)
     # A message nobody consumes stays in its queue, so the scan also covers a queued card.
     sale.apply_async(kwargs={"amount": "33.00", "card": TEST_CARD}, queue="parked-for-scan")
-    assert e2e_redis.llen("parked-for-scan") == 1
+    (sale.s(amount="39.00", card=TEST_CARD) | void.s()).apply_async(queue="parked-for-scan")
+    assert e2e_redis.llen("parked-for-scan") == 2
     assert worker_log.exists() and worker_log.stat().st_size > 0
     hits = scan_redis(e2e_redis, cvv2=TEST_CARD["cvv2"]) + scan_files([worker_log], cvv2=TEST_CARD["cvv2"])
     e2e_redis.delete("parked-for-scan")
