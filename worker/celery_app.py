@@ -72,6 +72,13 @@ signals.after_setup_task_logger.connect(_add_scrubber, weak=False)
 
 
 @signals.worker_init.connect(weak=False)
+@signals.beat_init.connect(weak=False)
 def _check_card_key(**_):
-    # LIVE mode without PAYMENTS_CARD_KEY refuses to start (ConfigurationError); TEST warns once.
-    services().vault
+    """LIVE mode without PAYMENTS_CARD_KEY refuses to start; TEST warns and uses the development key."""
+    from worker.vault import ConfigurationError
+
+    try:
+        services().vault
+    except ConfigurationError as exc:
+        # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
+        raise SystemExit(f"payments: refusing to start: {exc}") from None
