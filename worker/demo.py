@@ -55,7 +55,11 @@ def run_demo(*, timeout: float = 60.0, start_worker: str = "auto") -> int:
 
 
 def start_worker_proc(env, hostname):
-    return start_worker(env=env, pool="threads", concurrency=4, loglevel="WARNING", hostname=hostname)
+    import tempfile
+
+    logfile = os.path.join(tempfile.gettempdir(), f"payments-demo-worker-{os.getpid()}.log")
+    return start_worker(env=env, pool="threads", concurrency=4, loglevel="WARNING", hostname=hostname,
+                        logfile=logfile)
 
 
 def _scenario(timeout: float) -> int:

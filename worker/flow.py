@@ -186,14 +186,22 @@ class PaymentFlow:
         current = self.store.get(parent) or sale_outcome
         status = current.get("status")
         if status == "VOIDED":
-            return self.skip("void", payment_id, parent, f"sale {parent} is already voided")
+            return self.skip("void", payment_id, parent, f"sale {parent} is already voided", sale=current)
+        if status in self.store.NON_FINAL:
+            return self.skip("void", payment_id, parent,
+                             f"sale {parent} is {status}: not voided now; the sweep voids it if it was approved",
+                             sale=current)
         if status != "APPROVED" or not current.get("trans_id"):
-            return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void")
+            return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void", sale=current)
         return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent)
 
-    def skip(self, operation, payment_id, parent, reason) -> dict:
-        claim = self.store.claim(payment_id, operation, fields={"parent": parent, "order_id": payment_id},
-                                 owner=_owner(), lease_seconds=self.lease_seconds)
+    def skip(self, operation, payment_id, parent, reason, *, sale: dict | None = None) -> dict:
+        fields = {"parent": parent, "order_id": payment_id}
+        for key in ("masked_account", "card_type", "amount", "target"):
+            if sale and sale.get(key):
+                fields[key] = sale[key]
+        claim = self.store.claim(payment_id, operation, fields=fields, owner=_owner(),
+                                 lease_seconds=self.lease_seconds)
         if claim.kind == "final":
             return public_outcome(claim.record)
         record = self.store.transition(payment_id, "SKIPPED", fields={"message": reason}, note=reason)
