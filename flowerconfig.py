@@ -15,3 +15,7 @@ if not _has_auth:
 
 # Keep a bounded number of tasks in Flower's memory.
 max_tasks = 10000
+# Monitoring only: no task sending, revoking or pool control through Flower. Its send-task API publishes with
+# Celery.send_task, which bypasses the sealing publish path (the card went to the broker, the events and
+# Flower in clear); terminating a payment mid-call would leave its outcome unknown. Use `celery control`.
+read_only = True

@@ -153,8 +153,9 @@ class PaymentFlow:
 
         return self._run(operation, payment_id, fields, validate, send, None)
 
-    def follow_up(self, operation: str, payment_id: str, *, trans_id, amount=None, parent=None) -> dict:
-        """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``."""
+    def follow_up(self, operation: str, payment_id: str, *, trans_id, amount=None, parent=None,
+                  reason=None) -> dict:
+        """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
         # A well-formed trans id is kept as it is (12 digits can pass Luhn, and the scrubber would mask it).
         target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
         fields = {"target": target, "order_id": payment_id}
@@ -162,6 +163,8 @@ class PaymentFlow:
             fields["amount"] = _short(amount, 32)
         if parent:
             fields["parent"] = parent
+        if reason:
+            fields["reason"] = _short(reason)
 
         def validate():
             args = {"trans_id": validation.trans_id(trans_id)}

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+from worker.flow import RetryLater
+
 log = logging.getLogger("payments.sweep")
 
 LOCK_NAME = "sweep"
@@ -29,16 +31,26 @@ def run_sweep(svc, *, progress=None) -> dict:
     counts: Counter = Counter()
     try:
         for record in store.open_auths(settings.stale_auth_age):
-            outcome = flow.follow_up("void", f"{record['payment_id']}:void-stale", trans_id=record["trans_id"],
-                                     parent=record["payment_id"])
-            counts[f"stale_auth_void_{outcome.get('status', 'NONE').lower()}"] += 1
+            reason = (f"stale authorization: approved at {record.get('created_at')}, older than STALE_AUTH_AGE "
+                      f"({settings.stale_auth_age:g}s), neither captured nor voided")
+            try:
+                outcome = flow.follow_up("void", f"{record['payment_id']}:void-stale", trans_id=record["trans_id"],
+                                         parent=record["payment_id"], reason=reason)
+                action = str(outcome.get("status", "NONE")).lower()
+            except RetryLater as later:
+                action = _deferred(record, later)
+            counts[f"stale_auth_void_{action}"] += 1
             _tick(progress)
         for record in store.stale_non_final(settings.reconcile_after):
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
-            counts[f"chain_void_{finish_chain_void(flow, store, record)}"] += 1
+            try:
+                action = finish_chain_void(flow, store, record)
+            except RetryLater as later:
+                action = _deferred(record, later)
+            counts[f"chain_void_{action}"] += 1
             _tick(progress)
     finally:
         store.release_lock(LOCK_NAME, token)
@@ -61,6 +73,13 @@ def finish_chain_void(flow, store, sale_record) -> str:
         void_id = f"{sale_id}:void-sweep"
     outcome = flow.void_after(sale_record, payment_id=void_id)
     return str(outcome.get("status", "NONE")).lower()
+
+
+def _deferred(record, later: RetryLater) -> str:
+    """A void the gateway could not take now (parked RETRYING/UNKNOWN) or that another worker holds: the next
+    sweep picks it up again; one such record must not abort the sweep for all the others."""
+    log.warning("sweep: %s deferred: %s", record.get("payment_id"), later.reason)
+    return "deferred" if later.outage else "busy"
 
 
 def _tick(progress):

@@ -1,0 +1,244 @@
+"""The ``payments`` command as a person runs it: a subprocess, against the e2e Redis, a real worker and the
+sandbox over HTTP; ``payments demo`` against a Redis database of its own."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support.card_scan import scan_text
+from tests.support.env import redis_url_with_db
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SUBCOMMANDS = ("demo", "sandbox", "show", "list", "sweep", "enqueue", "bench")
+LABELS = ("Transaction Status", "Transaction Message", "Transaction ID", "Transaction AVS Result",
+          "Transaction CVV2 Result", "Masked Payment Account", "Card Type", "Transaction Auth Code")
+# `payments demo` gets a database of its own, so it sees no other test's worker (flushed before and after).
+DEMO_REDIS_URL = os.environ.get("TEST_DEMO_REDIS_URL") or redis_url_with_db(10)
+
+
+def payments_cmd() -> list[str]:
+    """The installed console script when there is one (./dev installs it), else the same entry point
+    (pyproject: payments = "worker.cli:main") run by this interpreter."""
+    exe = BIN / "payments"
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())"]
+
+
+def payments(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
+    return subprocess.run([*payments_cmd(), *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def outcome_blocks(stdout: str) -> list[dict]:
+    """Split printed outcomes into one dict per block of the eight labelled lines."""
+    blocks, current = [], None
+    for line in stdout.splitlines():
+        label, sep, value = line.partition(": ")
+        if label == LABELS[0]:
+            current = {}
+            blocks.append(current)
+        if current is not None and label in LABELS and sep:
+            current[label] = value.strip()
+    return blocks
+
+
+def check_block(block, *, status, message=None):
+    assert set(block) == set(LABELS), block
+    assert block["Transaction Status"] == status, block
+    if message is not None:
+        assert block["Transaction Message"] == message, block
+
+
+# ---------------------------------------------------------------------------------------------- help
+def test_help_lists_every_subcommand():
+    done = payments("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: payments")
+    for name in SUBCOMMANDS:
+        assert name in done.stdout
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_help_of_each_subcommand(name):
+    done = payments(name, "--help")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert "usage:" in done.stdout and "Traceback" not in done.stderr
+    expected = {"sandbox": "--port", "bench": "--payments", "enqueue": "--then-void", "list": "--status",
+                "show": "payment_id", "demo": "--start-worker", "sweep": f"payments {name}"}[name]
+    assert expected in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------- enqueue/show/list
+@pytest.fixture
+def _worker(celery_worker, clean_faults):
+    yield
+
+
+def test_enqueue_sale_then_void_prints_the_outcomes_and_show_and_list_find_them(_worker, sandbox):
+    done = payments("enqueue", "sale", "--amount", "3.00", "--card-number", "4111111111111111", "--expire", "1230",
+                    "--cvv2", "123", "--then-void", "--name1", "Bob", "--name2", "Tester")
+    assert done.returncode == 0, done.stderr
+    heads = re.findall(r"^== (\w+) (\S+)$", done.stdout, re.M)
+    assert [op for op, _ in heads] == ["sale", "void"], done.stdout
+    sale_id, void_id = heads[0][1], heads[1][1]
+    assert void_id == f"{sale_id}:void"
+    sale_block, void_block = outcome_blocks(done.stdout)
+    check_block(sale_block, status="APPROVED", message="Approved Sale")
+    check_block(void_block, status="APPROVED", message="Approved Void")
+    assert re.fullmatch(r"\d{12}", sale_block["Transaction ID"])
+    assert sale_block["Masked Payment Account"] == "xxxxxxxxxxxx1111" and sale_block["Card Type"] == "VISA"
+    assert sale_block["Transaction CVV2 Result"] == "M" and sale_block["Transaction Auth Code"]
+    assert scan_text(done.stdout + done.stderr, cvv2="123", where="enqueue output") == []
+    ledger = [e for e in sandbox.ledger(order_id=sale_id) if e["trans_type"] == "SALE"]
+    assert len(ledger) == 1 and ledger[0]["voided"]
+
+    shown = payments("show", sale_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["payment_id"] == sale_id and record["operation"] == "sale" and record["status"] == "VOIDED"
+    assert record["voided_by"] == void_id and record["trans_id"] == sale_block["Transaction ID"]
+    assert record["masked_account"] == "xxxxxxxxxxxx1111" and record["amount"] == "3.00"
+    assert [h["status"] for h in record["history"]] == ["PENDING", "APPROVED", "VOIDED"]
+    assert scan_text(shown.stdout, cvv2="123", where="show --json") == []
+
+    text = payments("show", void_id)
+    assert text.returncode == 0 and "Transaction Status: APPROVED" in text.stdout
+    assert f"parent: {sale_id}" in text.stdout
+
+    approved = payments("list", "--status", "APPROVED")
+    assert approved.returncode == 0, approved.stderr
+    rows = {line.split()[0]: line for line in approved.stdout.splitlines()[1:] if line.strip()}
+    assert void_id in rows and sale_id not in rows
+    assert all(line.split()[2] == "APPROVED" for line in rows.values())
+    voided = payments("list", "--status", "VOIDED", "--operation", "sale", "--json")
+    assert sale_id in [r["payment_id"] for r in json.loads(voided.stdout)]
+
+
+def test_enqueue_a_declined_sale_with_then_void_shows_the_skipped_void(_worker):
+    done = payments("enqueue", "sale", "--amount", "4.00", "--card-number", "4111111111111111", "--expire", "1230",
+                    "--cvv2", "123", "--then-void")
+    assert done.returncode == 0, done.stderr
+    sale_block, void_block = outcome_blocks(done.stdout)
+    check_block(sale_block, status="DECLINED", message="Declined Sale")
+    assert void_block["Transaction Status"] == "SKIPPED" and "DECLINED" in void_block["Transaction Message"]
+
+
+def test_enqueue_no_wait_prints_the_task_id(_worker):
+    key = f"cli-{uuid.uuid4().hex[:12]}"
+    done = payments("enqueue", "auth", "--amount", "5.00", "--card-number", "4111111111111111", "--expire", "1230",
+                    "--idempotency-key", key, "--no-wait")
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f-]{36}", task_id)
+    from celery.result import AsyncResult
+
+    assert AsyncResult(task_id).get(timeout=30)["payment_id"] == key
+
+
+def test_show_of_an_unknown_id_is_a_one_line_error(e2e_redis):
+    done = payments("show", f"no-such-{uuid.uuid4().hex}")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no payment with id" in done.stderr
+
+
+@pytest.mark.parametrize("args", [("show", "abc"), ("list",), ("list", "--status", "APPROVED"), ("sweep",),
+                                  ("enqueue", "void", "--trans-id", "100000000001"), ("demo",)])
+def test_redis_unreachable_is_a_one_line_error_with_exit_code_2(args):
+    port = closed_port()
+    env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    started = time.monotonic()
+    done = payments(*args, env=env, timeout=60)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("payments: error: cannot reach Redis"), done.stderr
+    assert f":{port}" in lines[0]
+    assert elapsed < 10, f"took {elapsed:.1f}s to say Redis is down"
+
+
+# ---------------------------------------------------------------------------------------------- the demo
+def _processes_with_marker(marker: str) -> list[str]:
+    found = []
+    needle = f"PAYMENTS_TEST_MARKER={marker}".encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if needle in environ.split(b"\0"):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                found.append(f"{pid}: {cmdline}")
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def demo_redis():
+    client = redis.Redis.from_url(DEMO_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def test_demo_runs_the_seed_scenario_end_to_end_and_leaves_no_process_behind(demo_redis):
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL, PAYMENTS_TEST_MARKER=marker)
+    for name in ("BLUEPAY_URL", "BLUEPAY_ACCOUNT_ID", "BLUEPAY_SECRET_KEY", "PAYMENTS_KEY_PREFIX"):
+        env.pop(name, None)
+    try:
+        done = payments("demo", "--timeout", "30", env=env, timeout=120)
+        leftovers = _processes_with_marker(marker)
+    finally:
+        for line in _processes_with_marker(marker):  # never leave them running, even when the test fails
+            try:
+                os.kill(int(line.split(":")[0]), 9)
+            except ProcessLookupError:
+                pass
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    out = done.stdout
+    assert "started the sandbox gateway at http://127.0.0.1:" in out
+    assert "started a worker" in out
+    blocks = outcome_blocks(out)
+    assert len(blocks) == 4, out
+    sale1, void1, sale2, void2 = blocks
+    check_block(sale1, status="APPROVED", message="Approved Sale")
+    check_block(void1, status="APPROVED", message="Approved Void")
+    check_block(sale2, status="DECLINED", message="Declined Sale")
+    check_block(void2, status="SKIPPED")
+    assert "DECLINED" in void2["Transaction Message"]
+    for block in (sale1, sale2):
+        assert block["Masked Payment Account"] == "xxxxxxxxxxxx1111" and block["Card Type"] == "VISA"
+        assert re.fullmatch(r"\d{12}", block["Transaction ID"]) and block["Transaction CVV2 Result"] == "M"
+    assert sale1["Transaction Auth Code"]
+    assert void1["Transaction ID"] and void1["Transaction ID"] != sale1["Transaction ID"]
+    assert void2["Transaction ID"] == ""  # no gateway call for the skipped void
+    order = [line for line in out.splitlines() if line.startswith(("=== ", "--- "))]
+    assert [line.split()[1] for line in order] == ["1.", "SALE", "VOID", "2.", "SALE", "VOID"]
+    assert "3.00" in order[0] and "4.00" in order[3]
+    assert scan_text(out + done.stderr, cvv2="123", where="demo output") == []
+    # what it stored: the first sale voided by its chained void, the second declined
+    pids = re.findall(r"^--- (?:SALE|VOID) (\S+)$", out, re.M)
+    records = [demo_redis.hgetall(f"payments:op:{pid}") for pid in pids]
+    assert [r["status"] for r in records] == ["VOIDED", "APPROVED", "DECLINED", "SKIPPED"]
+    assert leftovers == [], f"the demo left processes behind: {leftovers}"

@@ -1,0 +1,255 @@
+"""docker-compose.yml: its shape, and every service's command actually run here.
+
+There is no Docker in the test run, so each service's ``command`` (except redis's) is run as a local
+process with what the container would differ by substituted: 0.0.0.0 -> 127.0.0.1, the published ports ->
+free ones, the service host names -> the local test Redis and the sandbox the sandbox command started,
+/data -> a temporary directory, and ``payments``/``celery`` -> the virtualenv's. The environment is the
+compose file's own (its defaults interpolated), so the test runs exactly what compose would.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import yaml
+
+from tests.support.env import E2E_REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+APP_SERVICES = ("sandbox", "worker", "beat", "flower")
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)")
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose):
+    return compose["services"]
+
+
+def interpolate(value, variables: dict) -> str:
+    """Compose's variable substitution: ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR, $$."""
+    def sub(m):
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1) or m.group(4)
+        if m.group(2) == ":-":
+            return variables.get(name) or m.group(3)
+        if m.group(2) == "-":
+            return variables[name] if name in variables else m.group(3)
+        return variables.get(name, "")
+    return _VAR.sub(sub, str(value))
+
+
+def service_env(service: dict, variables: dict | None = None) -> dict:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: interpolate("" if v is None else v, variables or {}) for k, v in env.items()}
+
+
+def command_of(service: dict) -> list[str]:
+    command = service["command"]
+    return command.split() if isinstance(command, str) else [str(part) for part in command]
+
+
+# ---------------------------------------------------------------------------------------------- the file's shape
+def test_the_stack_is_redis_sandbox_worker_one_beat_and_flower(services):
+    assert set(services) == {"redis", "sandbox", "worker", "beat", "flower"}
+    beats = [name for name, svc in services.items() if "beat" in command_of(svc)]
+    assert beats == ["beat"], "exactly one service may run celery beat"
+    assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
+    assert "scale" not in services["beat"]
+
+
+def test_redis_keeps_jobs_with_aof_refuses_eviction_and_has_a_healthcheck(services):
+    redis_svc = services["redis"]
+    cmd = command_of(redis_svc)
+    assert cmd[0] == "redis-server"
+    options = dict(zip(cmd[1::2], cmd[2::2]))
+    assert options.get("--appendonly") == "yes"
+    assert options.get("--maxmemory-policy") == "noeviction"
+    assert options.get("--appendfsync") in ("everysec", "always")
+    assert any(v.split(":")[1] == "/data" for v in redis_svc.get("volumes", [])), "AOF must live on a volume"
+    test = redis_svc["healthcheck"]["test"]
+    assert "redis-cli" in test and "ping" in test
+
+
+def test_the_worker_scales_and_waits_for_a_healthy_redis(services):
+    worker = services["worker"]
+    assert "container_name" not in worker, "a fixed container name breaks `docker compose up --scale worker=N`"
+    assert "ports" not in worker, "published ports break --scale"
+    assert command_of(worker)[:4] == ["celery", "-A", "worker", "worker"]
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in ("beat", "flower"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_every_app_service_gets_the_same_settings_and_flower_gets_basic_auth(services):
+    envs = {name: service_env(services[name]) for name in APP_SERVICES}
+    for name, env in envs.items():
+        assert env["REDIS_URL"].startswith("redis://redis:6379/"), name
+        assert env["BLUEPAY_URL"] == "http://sandbox:8001/interfaces/", name
+        assert env["BLUEPAY_MODE"] == "TEST", name
+        for key in ("BLUEPAY_ACCOUNT_ID", "BLUEPAY_SECRET_KEY", "PAYMENTS_CARD_KEY", "BROKER_VISIBILITY_TIMEOUT",
+                    "STALE_AUTH_AGE", "SWEEP_INTERVAL", "RECONCILE_AFTER"):
+            assert key in env, (name, key)
+    assert envs["flower"]["FLOWER_BASIC_AUTH"], "flower must not run open"
+    assert ":" in envs["flower"]["FLOWER_BASIC_AUTH"]
+    assert service_env(services["flower"], {"FLOWER_BASIC_AUTH": "ops:pw"})["FLOWER_BASIC_AUTH"] == "ops:pw"
+    assert "FLOWER_BASIC_AUTH" not in envs["worker"]
+    images = {services[name].get("image") for name in APP_SERVICES}
+    assert len(images) == 1 and all(services[name].get("build") for name in APP_SERVICES)
+
+
+def test_the_image_holds_what_the_commands_need():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    copied = " ".join(line for line in dockerfile.splitlines() if line.startswith("COPY"))
+    for needed in ("pyproject.toml", "celeryconfig.py", "flowerconfig.py", "worker", "tasks"):
+        assert needed in copied, needed
+    assert "pip install" in dockerfile
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["payments"] == "worker.cli:main"  # the entry point payments_cmd() runs when not installed
+
+
+# ---------------------------------------------------------------------------------------------- running each command
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def payments_cmd() -> list[str]:
+    exe = BIN / "payments"
+    if exe.exists():
+        return [str(exe)]
+    # not installed in this virtualenv: the same console-script entry point (pyproject: worker.cli:main)
+    return [sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())"]
+
+
+def local_command(cmd: list[str], ports: dict[str, str], data_dir: Path) -> list[str]:
+    exe = {"payments": payments_cmd(), "celery": [str(BIN / "celery")]}[cmd[0]]
+    out = []
+    for arg in cmd[1:]:
+        arg = arg.replace("0.0.0.0", "127.0.0.1")
+        if arg.startswith("/data/"):
+            arg = str(data_dir / arg[len("/data/"):])
+        name, eq, value = arg.partition("=")
+        if eq and value in ports:
+            arg = f"{name}={ports[value]}"
+        elif arg in ports:
+            arg = ports[arg]
+        out.append(arg)
+    return exe + out
+
+
+def local_env(service: dict, sandbox_url: str | None) -> dict:
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ}
+    env["PYTHONPATH"] = str(ROOT)  # the image has the project installed; here it is the checkout
+    env.update(service_env(service))
+    redis_parts = urlsplit(env["REDIS_URL"])
+    assert redis_parts.hostname == "redis"
+    env["REDIS_URL"] = E2E_REDIS_URL
+    if sandbox_url:
+        env["BLUEPAY_URL"] = env["BLUEPAY_URL"].replace("http://sandbox:8001", sandbox_url)
+    return env
+
+
+class Started:
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def run(self, name, cmd, env):
+        log = self.tmp_path / f"{name}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.procs.append((name, proc, log))
+        return proc, log
+
+    def stop_all(self):
+        for _, proc, _ in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc, _ in reversed(self.procs):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+def wait_until(predicate, timeout, what, proc=None, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if predicate():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:] if log else ''}")
+
+
+def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
+    from worker import app
+
+    ports = {"8001": str(free_port()), "5555": str(free_port())}
+    started = Started(tmp_path)
+    try:
+        # sandbox: answers /sandbox/health
+        sandbox_url = f"http://127.0.0.1:{ports['8001']}"
+        proc, log = started.run("sandbox", local_command(command_of(services["sandbox"]), ports, tmp_path),
+                                local_env(services["sandbox"], None))
+        wait_until(lambda: requests.get(sandbox_url + "/sandbox/health", timeout=2).json()["ok"], 30,
+                   "the sandbox to answer /sandbox/health", proc, log)
+        assert requests.get(sandbox_url + "/sandbox/health", timeout=2).json()["account_id"] == \
+            service_env(services["worker"])["BLUEPAY_ACCOUNT_ID"]
+
+        # worker: answers a ping under its default node name
+        proc, log = started.run("worker", local_command(command_of(services["worker"]), ports, tmp_path),
+                                local_env(services["worker"], sandbox_url))
+        node = f"celery@{socket.gethostname()}"
+        wait_until(lambda: app.control.ping(destination=[node], timeout=1.0), 60, "the worker to answer a ping",
+                   proc, log)
+
+        # beat: logs that it starts, and keeps running
+        proc, log = started.run("beat", local_command(command_of(services["beat"]), ports, tmp_path),
+                                local_env(services["beat"], sandbox_url))
+        wait_until(lambda: "beat: Starting..." in log.read_text(), 30, "beat to log that it starts", proc, log)
+        assert list(tmp_path.glob("celerybeat-schedule*")), "beat keeps its schedule where compose says (/data)"
+
+        # flower: 401 without credentials, 200 with the compose file's own
+        flower_url = f"http://127.0.0.1:{ports['5555']}"
+        flower_env = local_env(services["flower"], sandbox_url)
+        proc, log = started.run("flower", local_command(command_of(services["flower"]), ports, tmp_path), flower_env)
+        wait_until(lambda: requests.get(flower_url + "/api/workers", timeout=2).status_code == 401, 30,
+                   "flower to answer", proc, log)
+        user, _, password = flower_env["FLOWER_BASIC_AUTH"].partition(":")
+        assert requests.get(flower_url + "/api/tasks", timeout=5, auth=(user, password)).status_code == 200
+        assert requests.get(flower_url + "/api/tasks", timeout=5, auth=(user, password + "x")).status_code == 401
+
+        for name, proc, log in started.procs:
+            assert proc.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"
+    finally:
+        started.stop_all()
+    for name, proc, log in started.procs:
+        assert "Traceback" not in log.read_text(), f"{name}:\n{log.read_text()[-3000:]}"

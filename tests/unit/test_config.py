@@ -1,0 +1,143 @@
+"""worker.config: durations, the relations Settings.check enforces, and reading the environment."""
+from __future__ import annotations
+
+import pytest
+
+from worker.config import DEFAULT_REDIS_URL, REAL_BLUEPAY_URL, ConfigError, Settings, parse_duration
+
+ENV_NAMES = (
+    "REDIS_URL", "PAYMENTS_KEY_PREFIX", "BLUEPAY_ACCOUNT_ID", "BLUEPAY_SECRET_KEY", "BLUEPAY_MODE", "BLUEPAY_URL",
+    "BLUEPAY_HASH_TYPE", "PAYMENTS_CARD_KEY", "GATEWAY_CONNECT_TIMEOUT", "GATEWAY_READ_TIMEOUT",
+    "GATEWAY_RETRY_ATTEMPTS", "GATEWAY_RETRY_SECONDS", "OUTAGE_RETRIES", "OUTAGE_BACKOFF", "OUTAGE_BACKOFF_MAX",
+    "BROKER_VISIBILITY_TIMEOUT", "STALE_AUTH_AGE", "SWEEP_INTERVAL", "RECONCILE_AFTER", "RECONCILE_GIVE_UP",
+    "FLOWER_BASIC_AUTH",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No setting from the test process (tests/conftest.py sets the e2e ones) leaks into from_env()."""
+    for name in ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("90", 90.0),
+    ("0", 0.0),
+    ("1.5", 1.5),
+    ("1s", 1.0),
+    ("45S", 45.0),
+    ("5m", 300.0),
+    ("1.5h", 5400.0),
+    ("2H", 7200.0),
+    ("7d", 604800.0),
+    (" 10 s ", 10.0),
+    ("0.25s", 0.25),
+    (90, 90.0),
+    (2.5, 2.5),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", " ", "abc", "5w", "-5", "-5s", "1e3", "5ms", "m", "5 m s", "1,5h", "1:30",
+                                  "five", "s5"])
+def test_parse_duration_refuses_what_is_not_a_duration(text):
+    with pytest.raises(ConfigError) as info:
+        parse_duration(text, name="SWEEP_INTERVAL")
+    assert "SWEEP_INTERVAL" in str(info.value)
+
+
+def test_defaults_pass_the_check_and_keep_the_time_budgets_nested():
+    s = Settings().check()
+    assert s.redis_url == DEFAULT_REDIS_URL and s.bluepay_url == REAL_BLUEPAY_URL and s.bluepay_mode == "TEST"
+    one_call = s.connect_timeout + s.read_timeout + s.retry_seconds
+    # send, reconcile, send again each fit in the soft limit; the hard limit and the lease follow it;
+    # the broker must not redeliver a payment that is still running.
+    assert 3 * one_call < s.soft_time_limit < s.hard_time_limit < s.lease_seconds
+    assert s.hard_time_limit < s.visibility_timeout
+    assert s.stale_auth_age == 7 * 86400 and s.sweep_interval == 300 and s.reconcile_after == 600
+
+
+@pytest.mark.parametrize("mode", ["test", "Live", "", "PROD"])
+def test_check_refuses_a_mode_other_than_test_or_live(mode):
+    with pytest.raises(ConfigError, match="BLUEPAY_MODE"):
+        Settings(bluepay_mode=mode).check()
+
+
+def test_check_accepts_live():
+    assert Settings(bluepay_mode="LIVE").check().bluepay_mode == "LIVE"
+
+
+def test_check_refuses_a_visibility_timeout_not_above_the_hard_time_limit():
+    hard = Settings().hard_time_limit
+    with pytest.raises(ConfigError, match="BROKER_VISIBILITY_TIMEOUT"):
+        Settings(visibility_timeout=hard).check()
+    with pytest.raises(ConfigError, match="BROKER_VISIBILITY_TIMEOUT"):
+        Settings(visibility_timeout=60).check()
+    assert Settings(visibility_timeout=hard + 1).check()
+
+
+def test_shorter_gateway_budgets_allow_a_shorter_visibility_timeout():
+    # the e2e settings (tests/support/env.py): 1 s connect, 2 s read, 2 s retries, 60 s visibility
+    s = Settings(connect_timeout=1, read_timeout=2, retry_seconds=2, visibility_timeout=60).check()
+    assert s.hard_time_limit < 60
+
+
+def test_from_env_reads_every_setting(clean_env):
+    values = {
+        "REDIS_URL": "redis://example:6380/3", "PAYMENTS_KEY_PREFIX": "p2:", "BLUEPAY_ACCOUNT_ID": "123456789012",
+        "BLUEPAY_SECRET_KEY": "S" * 32, "BLUEPAY_MODE": "live", "BLUEPAY_URL": "http://127.0.0.1:8001/interfaces/",
+        "BLUEPAY_HASH_TYPE": "hmac_sha256", "PAYMENTS_CARD_KEY": "k", "GATEWAY_CONNECT_TIMEOUT": "2",
+        "GATEWAY_READ_TIMEOUT": "20s", "GATEWAY_RETRY_ATTEMPTS": "6", "GATEWAY_RETRY_SECONDS": "8",
+        "OUTAGE_RETRIES": "7", "OUTAGE_BACKOFF": "1s", "OUTAGE_BACKOFF_MAX": "2m",
+        "BROKER_VISIBILITY_TIMEOUT": "1h", "STALE_AUTH_AGE": "3d", "SWEEP_INTERVAL": "1m",
+        "RECONCILE_AFTER": "15m", "RECONCILE_GIVE_UP": "2d", "FLOWER_BASIC_AUTH": "ops:pw",
+    }
+    for name, value in values.items():
+        clean_env.setenv(name, value)
+    s = Settings.from_env()
+    assert (s.redis_url, s.key_prefix, s.bluepay_account_id, s.bluepay_secret_key) == (
+        "redis://example:6380/3", "p2:", "123456789012", "S" * 32)
+    assert (s.bluepay_mode, s.bluepay_url, s.bluepay_hash_type, s.card_key) == (
+        "LIVE", "http://127.0.0.1:8001/interfaces/", "HMAC_SHA256", "k")
+    assert (s.connect_timeout, s.read_timeout, s.retry_attempts, s.retry_seconds) == (2.0, 20.0, 6, 8.0)
+    assert (s.outage_retries, s.outage_backoff, s.outage_backoff_max) == (7, 1.0, 120.0)
+    assert (s.visibility_timeout, s.stale_auth_age, s.sweep_interval) == (3600.0, 3 * 86400.0, 60.0)
+    assert (s.reconcile_after, s.reconcile_give_up, s.flower_basic_auth) == (900.0, 2 * 86400.0, "ops:pw")
+
+
+def test_from_env_uses_the_defaults_for_unset_or_blank_values(clean_env):
+    clean_env.setenv("STALE_AUTH_AGE", "   ")
+    clean_env.setenv("REDIS_URL", "")
+    assert Settings.from_env() == Settings()
+
+
+@pytest.mark.parametrize("name,value", [
+    ("STALE_AUTH_AGE", "a week"),
+    ("SWEEP_INTERVAL", "5 minutes"),
+    ("RECONCILE_AFTER", "-1"),
+    ("BROKER_VISIBILITY_TIMEOUT", "300ms"),
+    ("GATEWAY_RETRY_ATTEMPTS", "four"),
+    ("OUTAGE_RETRIES", "2.5"),
+    ("BLUEPAY_MODE", "SANDBOX"),
+    ("BROKER_VISIBILITY_TIMEOUT", "30"),
+])
+def test_from_env_turns_bad_values_into_a_config_error_naming_the_setting(clean_env, name, value):
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env()
+    message = str(info.value)
+    assert name in message or value in message
+
+
+def test_describe_hides_secrets_and_repr_never_shows_them():
+    s = Settings(bluepay_secret_key="TOPSECRETKEY", card_key="CARDKEY", flower_basic_auth="ops:pw")
+    described = s.describe()
+    assert described["bluepay_secret_key"] == described["card_key"] == described["flower_basic_auth"] == "***"
+    assert described["redis_url"] == DEFAULT_REDIS_URL
+    text = repr(s) + str(described)
+    for secret in ("TOPSECRETKEY", "CARDKEY", "ops:pw"):
+        assert secret not in text
+    assert Settings(card_key="").describe()["card_key"] == ""
