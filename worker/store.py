@@ -75,14 +75,28 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+
+
+def _in_identifier(value: str, start: int, end: int) -> bool:
+    """True when the digit run ``value[start:end]`` is part of a token of ASCII letters, digits, '-' and
+    '_' that holds a letter: an identifier such as a Celery task id (``cd27c305-6820-4063-903f-...``: its
+    ``305-6820-4063-903`` passes Luhn) or a hex idempotency key, not a card number written down."""
+    while start > 0 and value[start - 1] in _ID_CHARS:
+        start -= 1
+    while end < len(value) and value[end] in _ID_CHARS:
+        end += 1
+    return any(ch.isalpha() for ch in value[start:end])
+
+
 def _looks_like_pan(value: str, min_len: int = 12) -> bool:
     """True if ``value`` contains a maximal run of ``min_len``-19 digits (optionally separated by
-    single spaces or dashes) that passes the Luhn check."""
+    single spaces or dashes) that passes the Luhn check and is not part of an identifier."""
     if len(value) < min_len:
         return False
     for m in _DIGIT_RUN.finditer(value):
         digits = m.group().replace(" ", "").replace("-", "")
-        if min_len <= len(digits) <= 19 and _luhn_ok(digits):
+        if min_len <= len(digits) <= 19 and _luhn_ok(digits) and not _in_identifier(value, m.start(), m.end()):
             return True
     return False
 
