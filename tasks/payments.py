@@ -108,6 +108,11 @@ def _charge(task, operation, args, kwargs):
         payment_id = _payment_id(task, bound["idempotency_key"])
         card = bound["card"]
         vault = services().vault
+        if isinstance(card, dict) and "invalid" in card and len(card) == 1:
+            raise InvalidInput("card", str(card["invalid"]))
+        if not vault.is_sealed(card) and services().settings.bluepay_mode == "LIVE":
+            # Only sealed card data may cross the broker in production (PCI DSS); in TEST it is accepted.
+            raise InvalidInput("card", "card data arrived unsealed; publish through tasks.sale/auth")
         if vault.is_sealed(card):
             try:
                 card = vault.open(card)
@@ -119,13 +124,13 @@ def _charge(task, operation, args, kwargs):
     return _run(task, operation, work, lambda: payment_id)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.sale", card_position=1)
+@app.task(base=PaymentTask, bind=True, name="payments.sale")
 def sale(self, *args, **kwargs):
     """SALE: sale(amount, card, customer=None, order_id=None, idempotency_key=None)."""
     return _charge(self, "sale", args, kwargs)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.auth", card_position=1)
+@app.task(base=PaymentTask, bind=True, name="payments.auth")
 def auth(self, *args, **kwargs):
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
     return _charge(self, "auth", args, kwargs)

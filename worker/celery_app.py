@@ -1,20 +1,22 @@
 """The one module that owns Celery: the app, the payment task base class and the logging hooks.
 
-``PaymentTask.apply_async`` is the publish path of every payment task (``delay``, ``s(...).delay()``,
-chains and ``retry``): it seals the ``card`` argument with the card vault before the message reaches
-the broker, and sets ``argsrepr``/``kwargsrepr`` to a masked view, which is what task events and
-Flower show.
+Card data is sealed where every task message is made: ``SealingAMQP.as_task_v2`` runs for
+``delay``, ``s(...).delay()``, chains, ``retry`` and plain ``app.send_task`` (Flower's included). For
+``payments.sale``/``payments.auth`` it seals the ``card`` argument with the card vault before the
+message reaches the broker, and sets ``argsrepr``/``kwargsrepr`` (what task events, Flower and
+``inspect`` show) to a masked view.
 """
 from __future__ import annotations
 
 import logging
 
 from celery import Celery, Task, signals
+from celery.app.amqp import AMQP
 
 from worker.services import services
 
-app = Celery("payments")
-app.config_from_object("celeryconfig")
+# Tasks that carry a card, and the position of `card` among their positional arguments.
+CARD_ARGUMENT = {"payments.sale": 1, "payments.auth": 1}
 
 
 def _masked(value):
@@ -23,37 +25,43 @@ def _masked(value):
     return mask_card(value) if isinstance(value, dict) else "<card>"
 
 
-class PaymentTask(Task):
-    """Base of the payment tasks: seals card data on publish and masks the arguments' repr."""
+def _seal(card):
+    """The sealed card; a value that cannot be a card never travels at all (the worker records why)."""
+    vault = services().vault
+    if vault.is_sealed(card):
+        return card
+    if isinstance(card, dict) and card.get("number"):
+        return vault.seal(card)
+    return {"invalid": f"card must be a dict with a number, got {type(card).__name__}"}
 
-    # Position of `card` in the positional arguments of tasks that take one (sale/auth).
-    card_position: int | None = None
+
+class SealingAMQP(AMQP):
+    """Celery's message factory, sealing card data before anything is published."""
+
+    def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, **options):
+        position = CARD_ARGUMENT.get(name)
+        if position is not None:
+            args, kwargs = list(args or ()), dict(kwargs or {})
+            if len(args) > position:
+                args[position] = _seal(args[position])
+                shown = list(args)
+                shown[position] = _masked(args[position])
+                options["argsrepr"] = repr(tuple(shown))
+            if "card" in kwargs:
+                kwargs["card"] = _seal(kwargs["card"])
+                options["kwargsrepr"] = repr({k: (_masked(v) if k == "card" else v) for k, v in kwargs.items()})
+        return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
+
+
+app = Celery("payments", amqp=SealingAMQP)
+app.config_from_object("celeryconfig")
+
+
+class PaymentTask(Task):
+    """Base of the payment tasks."""
+
     # tasks/payments.py bounds every kind of re-queue itself (outage, busy lease, Redis down).
     max_retries = None
-
-    def apply_async(self, args=None, kwargs=None, **options):
-        args = list(args or ())
-        kwargs = dict(kwargs or {})
-        card_in_args = self.card_position is not None and len(args) > self.card_position
-        if card_in_args:
-            args[self.card_position] = self._seal(args[self.card_position])
-        elif "card" in kwargs:
-            kwargs["card"] = self._seal(kwargs["card"])
-        if card_in_args or "card" in kwargs:
-            shown_args = list(args)
-            if card_in_args:
-                shown_args[self.card_position] = _masked(args[self.card_position])
-            shown_kwargs = {k: (_masked(v) if k == "card" else v) for k, v in kwargs.items()}
-            options["argsrepr"] = repr(tuple(shown_args))
-            options["kwargsrepr"] = repr(shown_kwargs)
-        return super().apply_async(tuple(args), kwargs, **options)
-
-    @staticmethod
-    def _seal(card):
-        vault = services().vault
-        if isinstance(card, dict) and not vault.is_sealed(card) and card.get("number") is not None:
-            return vault.seal(card)
-        return card
 
 
 def _add_scrubber(logger=None, **_):

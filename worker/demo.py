@@ -30,6 +30,7 @@ def run_demo(*, timeout: float = 60.0, start_worker: str = "auto") -> int:
     if not redis_answers(redis_url):
         raise CommandError(f"cannot reach Redis at {redis_url} (start one, or run ./dev demo which starts one)")
     started = []
+    logfile = None
     try:
         if not env.get("BLUEPAY_URL"):
             sandbox, url = start_sandbox()
@@ -41,12 +42,16 @@ def run_demo(*, timeout: float = 60.0, start_worker: str = "auto") -> int:
         answering = app.control.ping(timeout=1.0) if start_worker == "auto" else []
         if start_worker == "always" or (start_worker == "auto" and not answering):
             hostname = f"demo-{os.getpid()}@%h"
-            started.append(start_worker_proc(env, hostname))
+            worker_proc, logfile = start_worker_proc(env, hostname)
+            started.append(worker_proc)
             wait_for_worker(app, hostname_prefix=f"demo-{os.getpid()}@", timeout=30)
             print("started a worker (threads pool)")
         elif start_worker == "never" or answering:
             print("using the running worker(s)")
-        return _scenario(timeout)
+        code = _scenario(timeout)
+        if logfile:
+            os.unlink(logfile)  # kept only when something failed, for the post-mortem
+        return code
     except StartError as exc:
         raise CommandError(str(exc)) from None
     finally:
@@ -58,8 +63,9 @@ def start_worker_proc(env, hostname):
     import tempfile
 
     logfile = os.path.join(tempfile.gettempdir(), f"payments-demo-worker-{os.getpid()}.log")
-    return start_worker(env=env, pool="threads", concurrency=4, loglevel="WARNING", hostname=hostname,
+    proc = start_worker(env=env, pool="threads", concurrency=4, loglevel="WARNING", hostname=hostname,
                         logfile=logfile)
+    return proc, logfile
 
 
 def _scenario(timeout: float) -> int:

@@ -44,7 +44,8 @@ CONTRACT_FIELDS = (
     "card_type", "auth_code", "amount", "order_id", "attempts", "created_at", "updated_at",
 )
 OPTIONAL_PUBLIC_FIELDS = ("target", "parent", "voided_by", "captured_by", "refunded_by", "refunded_amount", "bank_name",
-                          "invoice_id", "refund_needed", "needs_human", "not_charged", "reconciled", "error_class")
+                          "invoice_id", "refund_needed", "needs_human", "not_charged", "reconciled", "error_class",
+                          "reason")
 
 OPERATIONS = frozenset({"sale", "auth", "capture", "refund", "void"})
 

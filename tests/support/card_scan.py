@@ -9,7 +9,9 @@ import re
 from pathlib import Path
 
 # Contiguous 13-19 digits, or 4-digit groups split by spaces or dashes as people write card numbers.
-DIGIT_RUN = re.compile(r"(?<![\d-])(\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![\d-])")
+# Not inside a decimal fraction (0.00585255199985113), a hex digest or an identifier.
+DIGIT_RUN = re.compile(
+    r"(?<![\w.-])(\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![\w-])")
 B64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 
 
