@@ -44,6 +44,9 @@ result_backend_thread_safe = True
 # Outcomes stay in the result backend for a week; the results store keeps them for good.
 result_expires = 7 * 86400
 broker_connection_retry_on_startup = True
+# When the broker connection drops mid-payment, let the running payment finish and record its outcome
+# instead of cancelling it mid-call; its message is redelivered and the store's claim answers it.
+worker_cancel_long_running_tasks_on_connection_loss = False
 # Tasks find their own names (payments.*) in tasks/.
 imports = ("tasks",)
 worker_hijack_root_logger = True
