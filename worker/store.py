@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping
 
+from worker.gateway.validation import luhn_ok
+
 __all__ = ["ResultsStore", "Claim", "public_outcome", "CONTRACT_FIELDS", "OPTIONAL_PUBLIC_FIELDS"]
 
 CONTRACT_FIELDS = (
@@ -64,18 +66,6 @@ _AUDIT_MAXLEN = 1_000_000
 _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d)+")
 
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
-
-
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
 
 
@@ -97,7 +87,7 @@ def _looks_like_pan(value: str, min_len: int = 12) -> bool:
         return False
     for m in _DIGIT_RUN.finditer(value):
         digits = m.group().replace(" ", "").replace("-", "")
-        if min_len <= len(digits) <= 19 and _luhn_ok(digits) and not _in_identifier(value, m.start(), m.end()):
+        if min_len <= len(digits) <= 19 and luhn_ok(digits) and not _in_identifier(value, m.start(), m.end()):
             return True
     return False
 
