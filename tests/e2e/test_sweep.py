@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.card_scan import scan_files
-from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY
+from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY, redis_url_with_db
 from tests.support.workers import running_worker, worker_env
 from worker.config import Settings
 from worker.gateway import BluePayClient
@@ -398,9 +398,14 @@ def test_the_report_counts_each_action_and_payments_sweep_prints_it(make_service
 
 # ---------------------------------------------------------------------------------------------- 6. beat
 def test_beat_sends_the_sweep_on_schedule_and_a_worker_runs_it(make_services, sandbox, prefix, tmp_path):
-    svc = make_services()
+    # A Redis database of its own: beat publishes to the default queue, which the session's e2e worker
+    # (other settings, other prefix) would otherwise share with this test's worker.
+    beat_redis_url = redis_url_with_db(14)
+    svc = make_services(redis_url=beat_redis_url)
+    svc.redis.flushdb()
     stale = charge(svc, "auth", "47.00")
-    env = worker_env(sandbox, PAYMENTS_KEY_PREFIX=prefix, STALE_AUTH_AGE="1s", SWEEP_INTERVAL="1s")
+    env = worker_env(sandbox, REDIS_URL=beat_redis_url, PAYMENTS_KEY_PREFIX=prefix, STALE_AUTH_AGE="1s",
+                     SWEEP_INTERVAL="1s")
     beat_log = tmp_path / "beat.log"
     celery = [str(BIN / "celery")] if (BIN / "celery").exists() else [sys.executable, "-m", "celery"]
     with running_worker(env, tmp_path / "worker.log", concurrency=2):
@@ -428,3 +433,4 @@ def test_beat_sends_the_sweep_on_schedule_and_a_worker_runs_it(make_services, sa
     assert len(approved_voids(sandbox, stale["trans_id"])) == 1
     assert "payments.sweep" in (tmp_path / "worker.log").read_text()
     assert scan_files([beat_log, tmp_path / "worker.log"], cvv2=TEST_CARD["cvv2"]) == []
+    svc.redis.flushdb()

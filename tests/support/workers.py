@@ -12,8 +12,12 @@ from worker.processes import start_worker, stop, wait_for_worker
 @contextlib.contextmanager
 def running_worker(env: dict, logfile: Path, *, pool="threads", concurrency=4, loglevel="INFO"):
     """Start a worker with ``env`` and wait until it answers a ping; stop it on exit."""
+    from celery import Celery
+
     from worker import app
 
+    if env.get("REDIS_URL") and env["REDIS_URL"] != app.conf.broker_url:
+        app = Celery(broker=env["REDIS_URL"])  # ping it where it listens
     name = f"test-{uuid.uuid4().hex[:8]}"
     proc = start_worker(env=env, pool=pool, concurrency=concurrency, loglevel=loglevel, logfile=logfile,
                         hostname=f"{name}@%h")
