@@ -75,12 +75,11 @@ class CardVault:
             return card
         if not isinstance(card, dict) or not card.get("number"):
             raise ValueError("card must be a dict with a 'number'")
-        clear = {"number": str(card["number"]), "expire": str(card.get("expire") or "")}
-        if card.get("cvv2"):
-            clear["cvv2"] = str(card["cvv2"])
-        payload = json.dumps(clear, separators=(",", ":")).encode()
+        # Every key travels sealed, unknown ones too: the worker's validation must see a misspelt
+        # "cvv" and refuse the card, rather than charge it without its CVV2.
+        payload = json.dumps({str(k): v for k, v in card.items()}, separators=(",", ":"), default=str).encode()
         token = self._fernet.encrypt(payload).decode("ascii")
-        return {"sealed": token, "masked": mask_number(clear["number"])}
+        return {"sealed": token, "masked": mask_number(str(card["number"]))}
 
     def open(self, sealed: dict, *, ttl: int | None = None) -> dict:
         """Return the clear card dict. ``ttl`` (seconds) optionally rejects older seals."""

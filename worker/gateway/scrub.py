@@ -26,6 +26,10 @@ _MIN_SECRET_LEN = 4
 # maximal runs of digits, optionally grouped by single spaces or dashes
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*(?![0-9])")
 _SEP = re.compile(r"[ \-]")
+# A UUID (Celery task id) or a 32-hex key, else a digit run: the regex engine meets the identifier first.
+_ID_OR_DIGIT_RUN = re.compile(
+    r"(?P<id>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+    r"|\b[0-9a-f]{32}\b)|" + _DIGIT_RUN.pattern)
 _KEYED = re.compile(
     r"""(?ix)
     (
@@ -101,7 +105,12 @@ def scrub(text: str) -> str:
     if secret_re is not None:
         text = secret_re.sub(_MASK, text)
     text = _KEYED.sub(lambda m: m.group(1) + _MASK, text)
-    return _DIGIT_RUN.sub(_mask_run, text)
+    return _ID_OR_DIGIT_RUN.sub(_mask_unless_id, text)
+
+
+def _mask_unless_id(match: re.Match[str]) -> str:
+    # Task ids and hex keys are left whole (a Luhn-valid digit run inside one is not a card number).
+    return match.group(0) if match.group("id") else _mask_run(match)
 
 
 class ScrubbingFilter(logging.Filter):
