@@ -17,6 +17,7 @@ from worker.flow import RetryLater
 from worker.gateway import InvalidInput
 from worker.gateway import validation
 from worker.services import services
+from worker.store import _looks_like_pan as looks_like_card_number
 from worker.vault import CardSealError
 
 log = logging.getLogger("payments.tasks")
@@ -46,7 +47,13 @@ def _payment_id(task, idempotency_key) -> str:
         raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string")
     if len(idempotency_key) > 100:
         raise InvalidInput("idempotency_key", "idempotency_key is longer than 100 characters")
-    return validation.order_id(idempotency_key)
+    try:
+        key = validation.order_id(idempotency_key)
+    except InvalidInput as exc:  # name the argument the producer passed, not the gateway field
+        raise InvalidInput("idempotency_key", exc.message) from None
+    if looks_like_card_number(key):  # the store refuses to keep it (it becomes the record's id)
+        raise InvalidInput("idempotency_key", "looks like a card number")
+    return key
 
 
 def _then_void(task) -> bool:
@@ -61,6 +68,16 @@ def _outage_countdown(retries: int) -> float:
 
 
 def _run(task, operation, work, current_id):
+    outcome = _apply_policies(task, operation, work, current_id)
+    # Done with this message (a re-queue raised instead, and its new message keeps the outbox entry).
+    try:
+        services().store.outbox_done(task.request.id)
+    except (redis.ConnectionError, redis.TimeoutError):
+        log.warning("%s: outbox entry not cleared; a later sweep may deliver it again (harmless)", task.request.id)
+    return outcome
+
+
+def _apply_policies(task, operation, work, current_id):
     """Run one flow step with the broker-level policies: bad input, retry later, time limit, Redis hiccups.
 
     ``current_id()`` gives the payment id known so far (the task id until the arguments are bound).

@@ -64,6 +64,36 @@ class PaymentTask(Task):
     max_retries = None
 
 
+# Payment messages go to the results store's outbox once published; a worker removes the entry when
+# it is done with the message, and the sweep publishes entries left too long again (see ResultsStore).
+OUTBOX_TASKS = frozenset({"payments.sale", "payments.auth", "payments.capture", "payments.refund", "payments.void"})
+
+
+@signals.after_task_publish.connect(weak=False)
+def _keep_in_outbox(sender=None, body=None, headers=None, exchange=None, routing_key=None, **_):
+    if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
+        return
+    try:
+        services().store.outbox_put(headers["id"], {
+            "name": sender, "body": list(body), "headers": headers,
+            "exchange": exchange or "", "routing_key": routing_key or "",
+        })
+    except Exception as exc:  # the message is out; the outbox is a safety net, never a reason to fail
+        logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
+
+
+def republish(message: dict) -> None:
+    """Publish an outbox message again, as it was (same task id, sealed card, chain)."""
+    from celery.app.amqp import task_message
+
+    headers = message["headers"]
+    again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
+                         body=tuple(message["body"]), sent_event=None)
+    with app.producer_or_acquire() as producer:
+        app.amqp.send_task_message(producer, message["name"], again, exchange=message["exchange"] or None,
+                                   routing_key=message["routing_key"] or None)
+
+
 def _add_scrubber(logger=None, **_):
     from worker.gateway.scrub import ScrubbingFilter
 

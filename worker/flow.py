@@ -247,7 +247,8 @@ class PaymentFlow:
         try:
             args = validate()
         except InvalidInput as exc:
-            return self._finish(payment_id, owner, "ERROR", {"message": f"invalid input: {exc}",
+            # scrubbed: the message can quote the caller's value (a customer key), which may be card-like
+            return self._finish(payment_id, owner, "ERROR", {"message": _short(f"invalid input: {exc}"),
                                                                "error_class": "InvalidInput"}, on_done)
 
         if claim.kind == "resumed" and claim.previous_status in ("PENDING", "UNKNOWN"):

@@ -307,6 +307,8 @@ class ResultsStore:
         self.k_open_auths = prefix + "idx:open_auths"
         self.k_voids_due = prefix + "idx:voids_due"
         self.k_audit = prefix + "audit"
+        self.k_outbox = prefix + "outbox"
+        self.k_outbox_ts = prefix + "idx:outbox"
 
     # ---- keys -------------------------------------------------------------------------------
     def record_key(self, payment_id: str) -> str:
@@ -481,6 +483,48 @@ class ResultsStore:
         cutoff = self._now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.k_voids_due, cutoff, limit))
                 if r.get("operation") == "sale" and r.get("status") == "APPROVED" and r.get("then_void") == "1"]
+
+    # ---- outbox -----------------------------------------------------------------------------
+    # Every published payment message, kept until a worker has finished with it: kombu's Redis
+    # transport pops a message before it records it as unacknowledged, so a worker (or Redis) dying
+    # in between would lose it without a trace. The sweep publishes stale entries again; a second
+    # delivery is harmless (the claim answers it).
+    def outbox_put(self, task_id: str, message: Mapping[str, Any]) -> None:
+        entry = json.dumps({"message": message, "published": self._now(), "republished": 0},
+                           separators=(",", ":"))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.k_outbox, task_id, entry)
+        pipe.zadd(self.k_outbox_ts, {task_id: self._now()})
+        pipe.execute()
+
+    def outbox_done(self, task_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.k_outbox, task_id)
+        pipe.zrem(self.k_outbox_ts, task_id)
+        pipe.execute()
+
+    def outbox_stale(self, older_than_seconds: float, *, limit: int = 1000) -> list[tuple[str, dict]]:
+        """Entries not finished for that long, oldest first: ``(task_id, entry)``."""
+        ids = self.redis.zrangebyscore(self.k_outbox_ts, "-inf", self._now() - float(older_than_seconds),
+                                   start=0, num=limit)
+        ids = [_s(i) for i in ids]
+        if not ids:
+            return []
+        found = []
+        for task_id, raw in zip(ids, self.redis.hmget(self.k_outbox, ids)):
+            if raw is None:
+                self.redis.zrem(self.k_outbox_ts, task_id)
+            else:
+                found.append((task_id, json.loads(raw)))
+        return found
+
+    def outbox_republished(self, task_id: str, entry: dict) -> None:
+        """Count a re-publication and restart the entry's clock."""
+        entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.k_outbox, task_id, json.dumps(entry, separators=(",", ":")))
+        pipe.zadd(self.k_outbox_ts, {task_id: self._now()})
+        pipe.execute()
 
     # ---- locks ------------------------------------------------------------------------------
     def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:

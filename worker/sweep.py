@@ -5,7 +5,8 @@ Each run, under a Redis lock with expiry so that two beats or a manual run never
 1. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
 2. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
-3. finishes sale->void chains whose void was due but never ran.
+3. publishes again payment messages the broker lost (outbox entries nobody finished in time);
+4. finishes sale->void chains whose void was due but never ran.
 
 Voids use deterministic operation ids (``<payment_id>:void-stale``, ``<payment_id>:void``), so even a
 sweep that outlived its lock cannot void twice: the store's claim returns the recorded outcome.
@@ -34,8 +35,8 @@ def run_sweep(svc, *, progress=None) -> dict:
             reason = (f"stale authorization: approved at {record.get('created_at')}, older than STALE_AUTH_AGE "
                       f"({settings.stale_auth_age:g}s), neither captured nor voided")
             try:
-                outcome = flow.follow_up("void", f"{record['payment_id']}:void-stale", trans_id=record["trans_id"],
-                                         parent=record["payment_id"], reason=reason)
+                outcome = flow.follow_up("void", fresh_void_id(store, f"{record['payment_id']}:void-stale"),
+                                         trans_id=record["trans_id"], parent=record["payment_id"], reason=reason)
                 action = str(outcome.get("status", "NONE")).lower()
             except RetryLater as later:
                 action = _deferred(record, later)
@@ -44,6 +45,9 @@ def run_sweep(svc, *, progress=None) -> dict:
         for record in store.stale_non_final(settings.reconcile_after):
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
+            _tick(progress)
+        for task_id, entry in store.outbox_stale(outbox_age(settings)):
+            counts[f"outbox_{republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
             try:
@@ -59,6 +63,30 @@ def run_sweep(svc, *, progress=None) -> dict:
     return report
 
 
+# How many times a message the broker lost is published again before a human is asked to look.
+MAX_REPUBLISH = 5
+
+
+def outbox_age(settings) -> float:
+    """A published payment message nobody finished for this long was lost by the broker (kombu's fetch
+    gap): twice the redelivery delay of a dead worker's message, and never less than RECONCILE_AFTER."""
+    return max(2.2 * settings.visibility_timeout, settings.reconcile_after)
+
+
+def republish_lost(store, task_id: str, entry: dict) -> str:
+    from worker.celery_app import republish
+
+    if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
+        log.error("sweep: message %s was published %d times and never finished: look at it by hand",
+                  task_id, MAX_REPUBLISH + 1)
+        store.outbox_done(task_id)
+        return "given_up"
+    republish(entry["message"])
+    store.outbox_republished(task_id, entry)
+    log.warning("sweep: message %s was not finished after publishing; published again", task_id)
+    return "republished"
+
+
 def finish_chain_void(flow, store, sale_record) -> str:
     """Void an approved sale whose chained void never ran (or was skipped while the sale was unknown)."""
     sale_id = sale_record["payment_id"]
@@ -70,9 +98,23 @@ def finish_chain_void(flow, store, sale_record) -> str:
                          note=f"voided by {void_id} (repaired by the sweep)")
         return "repaired"
     if earlier and earlier.get("status") in store.FINAL:
-        void_id = f"{sale_id}:void-sweep"
+        void_id = fresh_void_id(store, f"{sale_id}:void-sweep")
     outcome = flow.void_after(sale_record, payment_id=void_id)
     return str(outcome.get("status", "NONE")).lower()
+
+
+def fresh_void_id(store, void_id: str) -> str:
+    """``void_id``, or ``<void_id>-2``, ``-3``... past the ones the reconcile pass closed as never sent ("not
+    charged": stq proved the gateway never got them). Such a void did nothing, and the sale/auth is still open:
+    retrying under its id would only return that recorded ERROR forever. Deterministic, so two sweeps at once
+    still pick the same id and the store's claim lets only one of them send."""
+    candidate, n = void_id, 1
+    while True:
+        earlier = store.get(candidate)
+        if not (earlier and earlier.get("status") == "ERROR" and earlier.get("not_charged") == "1"):
+            return candidate
+        n += 1
+        candidate = f"{void_id}-{n}"
 
 
 def _deferred(record, later: RetryLater) -> str:

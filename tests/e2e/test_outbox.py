@@ -1,0 +1,44 @@
+"""A payment message the broker lost after a worker popped it (kombu's fetch gap) is published again by
+the sweep from the outbox, and charged once."""
+import json
+import uuid
+
+import redis
+
+from tasks import sale
+from tests.support.env import E2E_REDIS_URL, TEST_CARD
+from worker.config import Settings
+from worker.services import Services, services
+from worker.sweep import run_sweep
+
+
+def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celery_worker, sandbox, e2e_redis):
+    store = services().store
+    # Published to a queue nobody reads, then taken off it as a dying worker's BRPOP would.
+    key = f"gap-{uuid.uuid4().hex}"
+    result = sale.apply_async(kwargs={"amount": "49.00", "card": TEST_CARD, "idempotency_key": key},
+                              queue="fetch-gap")
+    assert e2e_redis.rpop("fetch-gap") is not None and e2e_redis.llen("fetch-gap") == 0
+    entry = json.loads(e2e_redis.hget(store.k_outbox, result.id))
+    assert entry["message"]["name"] == "payments.sale"
+    assert "4111111111111111" not in json.dumps(entry)  # the outbox keeps the sealed card only
+
+    # Make the entry old enough and send it where the worker listens, then sweep.
+    entry["message"]["routing_key"] = "celery"
+    e2e_redis.hset(store.k_outbox, result.id, json.dumps(entry))
+    e2e_redis.zadd(store.k_outbox_ts, {result.id: 1})
+    sweeper = Services(Settings(redis_url=E2E_REDIS_URL, bluepay_url=sandbox.interfaces_url,
+                                bluepay_account_id=sandbox.account_id, bluepay_secret_key=sandbox.secret_key,
+                                reconcile_after=3600, visibility_timeout=60))
+    report = run_sweep(sweeper)
+    assert report.get("outbox_republished", 0) >= 1
+    outcome = result.get(timeout=30)
+    assert outcome["status"] == "APPROVED" and outcome["payment_id"] == key
+    assert len([e for e in sandbox.ledger(order_id=key) if e["trans_type"] == "SALE"]) == 1, (outcome, sandbox.ledger()[-3:])
+    assert e2e_redis.hget(store.k_outbox, result.id) is None  # the worker cleared it when done
+
+
+def test_a_finished_payment_leaves_no_outbox_entry(celery_worker, e2e_redis):
+    result = sale.delay(amount="51.00", card=TEST_CARD)
+    result.get(timeout=30)
+    assert e2e_redis.hget(services().store.k_outbox, result.id) is None
