@@ -259,7 +259,7 @@ def gateway_requests(sandbox) -> tuple:
     return counts.get("bp10emu", 0), counts.get("stq", 0)
 
 
-@settings(max_examples=int(os.environ.get("RELIABILITY_BAD_INPUT_EXAMPLES", "100")), deadline=None,
+@settings(max_examples=int(os.environ.get("RELIABILITY_BAD_INPUT_EXAMPLES", "100")), deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(call=bad_call())
@@ -278,7 +278,7 @@ def test_bad_input_is_a_recorded_error_and_never_reaches_the_gateway(bad_input_w
     assert all(w.proc.poll() is None for w in fleet.workers)
 
 
-@settings(max_examples=int(os.environ.get("RELIABILITY_BAD_INPUT_EXAMPLES", "100")) // 2, deadline=None,
+@settings(max_examples=int(os.environ.get("RELIABILITY_BAD_INPUT_EXAMPLES", "100")) // 2, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(call=bad_follow_up())
 def test_bad_follow_up_input_is_a_recorded_error_and_never_reaches_the_gateway(bad_input_worker, call):

@@ -1,0 +1,1 @@
+"""Benchmarks: ``bench.run`` (``payments bench``: ours against the bare-Celery ``bench.baseline``)."""

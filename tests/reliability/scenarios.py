@@ -1,0 +1,1150 @@
+"""Reliability scenarios shared by ``tests/reliability`` (CI size) and ``bench/reliability.py`` (large runs).
+
+Everything is real: ``celery worker`` processes (prefork or threads) started as subprocesses, Redis
+(database 12 of the test Redis, or a redis-server of our own with AOF for the restart scenario),
+and the BluePay sandbox over HTTP. The sandbox's ledger is the source of truth for what was charged;
+the results store is checked against it.
+
+A scenario returns a :class:`Report`; ``report.problems`` lists every broken promise (a test asserts it
+is empty) and the counters feed the summary table (payments, faults injected, kills, duplicates
+charged, payments lost, payments not in a final state, card-data hits).
+
+Worker settings (``RELIABILITY_SETTINGS``) keep the production relations (visibility timeout > hard
+time limit > soft time limit > gateway budgets) at a small scale: gateway budgets of 0.5 s + 1 s +
+0.5 s give a soft limit of 11 s, a hard limit of 26 s, a lease of 31 s and a visibility timeout of
+30 s, so a job lost with its worker comes back in about 33 s. The sweep is called from here with
+``RECONCILE_AFTER`` = 1 s (production keeps it above 1.1 x the visibility timeout; here the caller
+first waits until the broker is quiet, so no job of the sweep's records is still queued or running).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import psutil
+import redis
+from kombu.exceptions import OperationalError
+
+from tests.support.card_scan import scan_files, scan_redis
+from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY, redis_url_with_db
+from tests.support.sandbox import running_sandbox
+from worker.config import Settings
+from worker.processes import start_worker, stop
+
+ROOT = Path(__file__).resolve().parents[2]
+
+RELIABILITY_REDIS_URL = os.environ.get("TEST_RELIABILITY_REDIS_URL") or redis_url_with_db(12)
+
+RELIABILITY_SETTINGS = {
+    "PAYMENTS_CARD_KEY": TEST_CARD_KEY,
+    "BLUEPAY_MODE": "TEST",
+    "GATEWAY_CONNECT_TIMEOUT": "0.5",
+    "GATEWAY_READ_TIMEOUT": "1",
+    "GATEWAY_RETRY_ATTEMPTS": "3",
+    "GATEWAY_RETRY_SECONDS": "0.5",
+    "OUTAGE_RETRIES": "3",
+    "OUTAGE_BACKOFF": "0.5",
+    "OUTAGE_BACKOFF_MAX": "2",
+    "BROKER_VISIBILITY_TIMEOUT": "30",
+    # The workers' own view (beat-driven sweeps) keeps the production relation RECONCILE_AFTER > 1.1 x
+    # visibility; the scenarios call the sweep themselves with 1 s once the broker is quiet.
+    "RECONCILE_AFTER": "40",
+    "STALE_AUTH_AGE": "7d",
+    "SWEEP_INTERVAL": "300",
+}
+
+# 30 % of gateway requests fail, split evenly over six of the sandbox's fault kinds.
+FAULT_MIX = {"refuse": 0.05, "http_502": 0.05, "drop_after_commit": 0.05, "slow_after_commit": 0.05,
+             "garbled": 0.05, "bad_stamp": 0.05}
+SLOW_SECONDS = 3  # > GATEWAY_READ_TIMEOUT: a slow reply is a read timeout (outcome unknown)
+
+NON_FINAL = ("PENDING", "RETRYING", "UNKNOWN")
+CHARGED = ("APPROVED", "VOIDED", "CAPTURED", "REFUNDED")
+
+UNICODE_CUSTOMER = {"name1": "Zoë", "name2": "Ødegård-Łukasz", "addr1": "1 Straße des 17. Juni",
+                    "city": "Zürich", "state": "ZH", "zipcode": "8001", "country": "CHE"}
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settings_for(redis_url: str, sandbox, prefix: str, **overrides) -> Settings:
+    """The test process's own Settings (sweeps, store reads) matching the workers'."""
+    s = Settings(
+        redis_url=redis_url, key_prefix=prefix, bluepay_account_id=sandbox.account_id,
+        bluepay_secret_key=sandbox.secret_key, bluepay_url=sandbox.interfaces_url, card_key=TEST_CARD_KEY,
+        connect_timeout=0.5, read_timeout=1.0, retry_attempts=3, retry_seconds=0.5, outage_retries=3,
+        outage_backoff=0.5, outage_backoff_max=2.0, visibility_timeout=30.0, stale_auth_age=7 * 86400.0,
+        sweep_interval=300.0, reconcile_after=1.0,
+    )
+    return dataclasses.replace(s, **overrides)
+
+
+def services_for(settings: Settings):
+    from worker.services import Services
+
+    return Services(settings)
+
+
+def worker_env(redis_url: str, sandbox, prefix: str, **overrides) -> dict:
+    env = dict(os.environ)
+    env.update(RELIABILITY_SETTINGS)
+    env.update({
+        "REDIS_URL": redis_url,
+        "PAYMENTS_KEY_PREFIX": prefix,
+        "BLUEPAY_URL": sandbox.interfaces_url,
+        "BLUEPAY_ACCOUNT_ID": sandbox.account_id,
+        "BLUEPAY_SECRET_KEY": sandbox.secret_key,
+    })
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+@contextlib.contextmanager
+def producer_for(redis_url: str, settings: Settings | None = None):
+    """Point this process's producer (``worker.app``: broker and result backend) at ``redis_url``, and, with
+    ``settings``, its services too (card vault, results store: what the publish path writes, as a real
+    producer sharing the workers' REDIS_URL and key prefix would).
+
+    The test process imported ``worker.app`` with the e2e settings (tests/conftest.py); a producer is
+    just the app with a broker URL, so swap the URL and drop the cached connection pools, and put
+    everything back afterwards.
+    """
+    from worker import app
+    from worker import services as services_module
+
+    conf = app.conf
+    saved = {k: conf.get(k) for k in ("broker_url", "result_backend")}
+
+    def drop_pools():  # kombu's pool registry keeps one pool per URL: leave them open for the next use
+        app._pool = None
+        amqp = app.__dict__.get("amqp")
+        if amqp is not None:
+            amqp._producer_pool = None
+        app._backend_cache = None
+        with contextlib.suppress(AttributeError):
+            del app._local.backend
+
+    conf.broker_url = redis_url
+    conf.result_backend = redis_url
+    drop_pools()
+    pid = os.getpid()
+    saved_services = services_module._by_pid.get(pid)
+    if settings is not None:
+        services_module._by_pid[pid] = services_module.Services(settings)
+    try:
+        yield app
+    finally:
+        conf.broker_url = saved["broker_url"]
+        conf.result_backend = saved["result_backend"]
+        drop_pools()
+        if settings is not None:
+            if saved_services is not None:
+                services_module._by_pid[pid] = saved_services
+            else:
+                services_module._by_pid.pop(pid, None)
+
+
+def wait_ready(logfile: Path, proc, timeout=60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}: {_tail(logfile)}")
+        if logfile.exists() and " ready." in logfile.read_text("utf-8", "replace"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"worker not ready after {timeout}s: {_tail(logfile)}")
+
+
+def _tail(path: Path, n=2000) -> str:
+    try:
+        return path.read_text("utf-8", "replace")[-n:]
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    name: str
+    logfile: Path
+
+
+class Fleet:
+    """Celery worker processes of one scenario; kills them (SIGKILL) and starts replacements."""
+
+    def __init__(self, name: str, env: dict, logdir: Path, *, size=2, pool="prefork", concurrency=3,
+                 queues: str | None = None, rng: random.Random | None = None):
+        self.redis_url = env["REDIS_URL"]
+        self.name, self.env, self.logdir = name, env, Path(logdir)
+        self.size, self.pool, self.concurrency, self.queues = size, pool, concurrency, queues
+        self.rng = rng or random.Random()
+        self.workers: list[Worker] = []
+        self.retired: list[Worker] = []
+        self.seq = 0
+        self.child_kills = 0
+        self.worker_kills = 0
+        self.crashes = 0  # workers that exited on their own (restarted by the supervisor, if running)
+        self.events: list[str] = []
+        self._supervising = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    @property
+    def kills(self) -> int:
+        return self.child_kills + self.worker_kills
+
+    @property
+    def logfiles(self) -> list[Path]:
+        return [w.logfile for w in self.workers + self.retired]
+
+    def start(self) -> "Fleet":
+        starting = [self._launch() for _ in range(self.size)]
+        for w in starting:
+            wait_ready(w.logfile, w.proc)
+            self.workers.append(w)
+        return self
+
+    def _launch(self) -> Worker:
+        self.seq += 1
+        name = f"{self.name}{self.seq}-{uuid.uuid4().hex[:6]}"
+        logfile = self.logdir / f"worker-{name}.log"
+        proc = start_worker(env=self.env, pool=self.pool, concurrency=self.concurrency, loglevel="INFO",
+                            logfile=logfile, hostname=f"{name}@%h", queues=self.queues)
+        return Worker(proc, name, logfile)
+
+    def kill_child(self) -> bool:
+        """SIGKILL one prefork child of a random worker (the main process requeues its job)."""
+        with self.lock:
+            live = [w for w in self.workers if w.proc.poll() is None]
+            self.rng.shuffle(live)
+            for w in live:
+                try:
+                    kids = psutil.Process(w.proc.pid).children()
+                except psutil.NoSuchProcess:
+                    continue
+                if not kids:
+                    continue
+                victim = self.rng.choice(kids)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim.pid, signal.SIGKILL)
+                    self.child_kills += 1
+                    self.events.append(f"{time.time():.3f} SIGKILL child {victim.pid} of {w.name}")
+                    return True
+        return False
+
+    def kill_worker(self, restart=True, fenced=False) -> bool:
+        """SIGKILL a whole worker (main process and children: its process group), then start another.
+
+        ``fenced``: first stop the worker (SIGSTOP) at a moment when its broker connection is provably
+        waiting in BRPOP, and unblock that BRPOP from the Redis side, so that no message is between
+        Redis and the worker's unacked record when it dies. Without it the kill may land in kombu's
+        fetch gap (a message popped by BRPOP and not yet recorded as unacked), which loses the message:
+        see :func:`run_fetch_gap`. Returns False when no such moment came within a few seconds."""
+        with self.lock:
+            live = [w for w in self.workers if w.proc.poll() is None]
+            if not live:
+                return False
+            w = self.rng.choice(live)
+            if fenced and not self._fence(w):
+                self.events.append(f"{time.time():.3f} no safe moment to kill worker {w.name}; skipped")
+                return False
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(w.proc.pid, signal.SIGKILL)
+            self.events.append(f"{time.time():.3f} SIGKILL worker {w.name} (process group {w.proc.pid})"
+                               f"{' fenced' if fenced else ''}")
+            w.proc.wait(10)
+            self.worker_kills += 1
+            self.workers.remove(w)
+            self.retired.append(w)
+        if restart:
+            fresh = self._launch()
+            wait_ready(fresh.logfile, fresh.proc)
+            with self.lock:
+                self.workers.append(fresh)
+        return True
+
+    def stop_at_safe_point(self, w: Worker, client: redis.Redis, *, timeout=8.0, blocked_only=False) -> list | None:
+        """SIGSTOP ``w`` at a moment when no message is between Redis and its unacked record; None if no such
+        moment came within ``timeout`` (the worker runs on).
+
+        Its prefork children are stopped first, so that no slot frees up and the main process stops fetching
+        (prefetch full). Then the main process is stopped and its broker connections are looked at: either
+        the BRPOP waits (blocked: nothing popped for it; returns those connections, to unblock) or the last
+        BRPOP returned over a second ago and none followed (returns []: whatever it fetched was recorded long
+        ago). ``blocked_only``: insist on a waiting BRPOP."""
+        port = int(client.connection_pool.connection_kwargs.get("port", 6379))
+        try:
+            children = psutil.Process(w.proc.pid).children()
+        except psutil.Error:
+            children = []
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            os.kill(w.proc.pid, signal.SIGSTOP)
+            try:
+                ports = {c.laddr.port for c in psutil.Process(w.proc.pid).net_connections(kind="tcp")
+                         if c.raddr and c.raddr.port == port}
+            except psutil.Error:
+                ports = set()
+            mine = [c for c in client.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports]
+            fetching = [c for c in mine if c.get("cmd") in ("brpop", "blpop", "blmove", "brpoplpush")]
+            if fetching and all("b" in c["flags"] for c in fetching):
+                return fetching
+            if (not blocked_only and fetching and not any("b" in c["flags"] for c in fetching)
+                    and min(int(c.get("idle", 0)) for c in fetching) >= 2):
+                return []
+            os.kill(w.proc.pid, signal.SIGCONT)
+            time.sleep(self.rng.uniform(0.02, 0.1))
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGCONT)
+        return None
+
+    def _fence(self, w: Worker) -> bool:
+        """Leave ``w`` stopped at a safe point, a waiting BRPOP unblocked from the Redis side (it returns nil,
+        not a message)."""
+        client = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        try:
+            for _ in range(10):
+                fetching = self.stop_at_safe_point(w, client)
+                if fetching is None:
+                    return False
+                if all(client.client_unblock(int(c["id"])) for c in fetching):
+                    return True
+                os.killpg(w.proc.pid, signal.SIGCONT)  # a message arrived in between: let it be recorded
+            return False
+        finally:
+            client.close()
+
+    def supervise(self) -> "Fleet":
+        """Restart workers that exit on their own, as any deployment's process supervisor does."""
+        def loop():
+            while not self._supervising.wait(0.5):
+                with self.lock:
+                    dead = [w for w in self.workers if w.proc.poll() is not None]
+                    for w in dead:
+                        self.workers.remove(w)
+                        self.retired.append(w)
+                        self.crashes += 1
+                        self.events.append(f"{time.time():.3f} worker {w.name} exited on its own "
+                                           f"({w.proc.returncode}); restarting")
+                for _ in dead:
+                    fresh = self._launch()
+                    try:
+                        wait_ready(fresh.logfile, fresh.proc)
+                    finally:
+                        with self.lock:
+                            self.workers.append(fresh)
+
+        self._supervisor = threading.Thread(target=loop, daemon=True, name="supervisor")
+        self._supervisor.start()
+        return self
+
+    def stop(self) -> None:
+        self._supervising.set()
+        if self._supervisor is not None:
+            self._supervisor.join(30)
+        for w in self.workers:
+            stop(w.proc)
+        for w in self.retired:  # already dead; reap
+            stop(w.proc)
+        self.retired += self.workers
+        self.workers = []
+
+
+class OwnRedis:
+    """A redis-server of our own with AOF (appendfsync always) in ``directory``, restartable in place.
+    ``aof=False``: a throwaway one without persistence (the large run's own database)."""
+
+    def __init__(self, directory: Path, port: int | None = None, aof: bool = True):
+        self.aof = aof
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+    def start(self, timeout=15.0) -> "OwnRedis":
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+               "--daemonize", "no", "--logfile", str(self.dir / "redis-server.log")]
+        cmd += ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=2).ping():
+                    return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {_tail(self.dir / 'redis-server.log')}")
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not answer")
+
+    def stop(self, how="shutdown") -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if how == "shutdown":
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            with contextlib.suppress(redis.RedisError):  # no client-side retries: the server is meant to go
+                redis.Redis(port=self.port, socket_timeout=10, retry=Retry(NoBackoff(), 0)).shutdown()
+        elif how == "term":
+            self.proc.send_signal(signal.SIGTERM)
+        else:
+            self.proc.kill()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def restart(self, how="shutdown", down_seconds=1.0) -> None:
+        self.stop(how)
+        time.sleep(down_seconds)
+        self.start()
+        self.restarts += 1
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.dir.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------ jobs
+@dataclass
+class Job:
+    payment_id: str
+    operation: str  # "sale" or "auth"
+    amount: str
+    chained: bool = False  # (sale | void): an approved sale must end voided exactly once
+    stale_void: bool = False  # an approved auth the stale-auth sweep must void exactly once
+    how: str = "key"
+    task_id: str = ""
+    published_at: float = 0.0
+
+    @property
+    def approves(self) -> bool:
+        return int(Decimal(self.amount)) % 2 == 1
+
+
+_LETTERS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def new_key(prefix="rel") -> str:
+    """An idempotency key without digits. (Celery's own task ids, canonical UUIDs, are used too: a few in a
+    thousand hold a Luhn-valid digit run, which once made the store refuse them as card numbers.)"""
+    return f"{prefix}-{uuid.uuid4().hex.translate(_LETTERS)}"
+
+
+def make_amount(rng: random.Random, approve: bool | None = None) -> str:
+    dollars = rng.randint(1, 400)
+    if approve is True and dollars % 2 == 0:
+        dollars += 1
+    if approve is False and dollars % 2 == 1:
+        dollars += 1
+    return f"{dollars}.{rng.choice(['00', '01', '25', '50', '99', f'{rng.randint(0, 99):02d}'])}"
+
+
+def publish(spec: dict, *, retry_for: float = 60.0, retries: list | None = None) -> Job:
+    """Publish one job the way producers do; retry (same operation id) while the broker is unreachable.
+
+    ``spec``: operation, amount, chained, how ("key": idempotency_key; "task_id": an explicit task id;
+    "delay": plain ``delay()`` with the id Celery picks, only where the broker stays up).
+    """
+    from tasks import auth, sale, void
+
+    task = sale if spec["operation"] == "sale" else auth
+    kwargs = {"amount": spec["amount"], "card": dict(TEST_CARD), "customer": dict(spec.get("customer") or CUSTOMER)}
+    how, chained = spec.get("how", "key"), spec.get("chained", False)
+    key = spec.get("payment_id") or new_key()
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            if chained:
+                if how == "delay":
+                    res = (task.s(**kwargs) | void.s()).delay()
+                    pid = tid = res.parent.id
+                else:
+                    tid = (task.s(**kwargs, idempotency_key=key) | void.s()).delay().parent.id
+                    pid = key
+            elif how == "key":
+                tid = task.delay(**kwargs, idempotency_key=key).id
+                pid = key
+            elif how == "task_id":
+                pid = tid = task.apply_async(kwargs=kwargs, task_id=key).id
+            else:
+                pid = tid = task.delay(**kwargs).id
+            return Job(pid, spec["operation"], spec["amount"], chained=chained,
+                       stale_void=spec.get("stale_void", False), how=how, task_id=tid, published_at=time.time())
+        # The broker went away (RuntimeError: Celery's result-backend subscriber gave up reconnecting; it
+        # recovers once Redis is back): publish the same id again.
+        except (OperationalError, redis.RedisError, OSError, RuntimeError):
+            if how == "delay" or time.monotonic() > deadline:
+                raise
+            if retries is not None:
+                retries.append(key)
+            time.sleep(0.3)
+
+
+class Producer(threading.Thread):
+    """Publishes ``specs`` at ``rate`` per second in the background; ``jobs`` fills as it goes."""
+
+    def __init__(self, specs: list[dict], rate: float):
+        super().__init__(daemon=True, name="producer")
+        self.specs, self.rate = specs, rate
+        self.jobs: list[Job] = []
+        self.error: BaseException | None = None
+        self.publish_retries: list = []
+
+    def run(self):
+        start = time.monotonic()
+        try:
+            for i, spec in enumerate(self.specs):
+                due = start + i / self.rate
+                if due > time.monotonic():
+                    time.sleep(due - time.monotonic())
+                self.jobs.append(publish(spec, retries=self.publish_retries))
+        except BaseException as exc:  # reported by the scenario
+            self.error = exc
+
+
+def sale_specs(n: int, rng: random.Random, *, chained_share=0.3, hows=("key", "task_id", "delay")) -> list[dict]:
+    specs = []
+    for i in range(n):
+        chained = rng.random() < chained_share
+        how = rng.choice([h for h in hows if h != "task_id"] if chained else list(hows))
+        specs.append({"operation": "sale", "amount": make_amount(rng), "chained": chained, "how": how,
+                      "customer": UNICODE_CUSTOMER if i % 7 == 3 else CUSTOMER})
+    return specs
+
+
+# ------------------------------------------------------------------------------------------ checks
+@dataclass
+class Report:
+    scenario: str
+    payments: int = 0
+    faults: int = 0
+    kills: int = 0
+    restarts: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    not_final: int = 0
+    card_hits: int = 0
+    seconds: float = 0.0
+    statuses: Counter = field(default_factory=Counter)
+    details: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        self.problems.append(text)
+
+    def row(self) -> dict:
+        return {"scenario": self.scenario, "payments": self.payments, "faults injected": self.faults,
+                "kills": self.kills, "Redis restarts": self.restarts, "duplicates charged": self.duplicates,
+                "payments lost": self.lost, "not final": self.not_final, "card-data hits": self.card_hits,
+                "seconds": round(self.seconds)}
+
+
+def broker_quiet(client: redis.Redis, queues=("celery",)) -> bool:
+    """No message waiting, none delivered and unacknowledged (running or held for a countdown)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hlen("unacked")
+    for q in queues:
+        pipe.llen(q)
+    return not any(pipe.execute())
+
+
+def pending_work(store, jobs: list[Job]) -> list[str]:
+    """Operation ids not yet final, and approved chained sales / stale auths not yet voided."""
+    pipe = store.redis.pipeline(transaction=False)
+    for job in jobs:
+        pipe.hget(store.record_key(job.payment_id), "status")
+    out = []
+    for job, status in zip(jobs, pipe.execute()):
+        if status is None or status in NON_FINAL:
+            out.append(job.payment_id)
+        elif (job.chained or job.stale_void) and status == "APPROVED":
+            out.append(job.payment_id + " (void due)")
+    return out
+
+
+def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.0, queues=("celery",),
+           log=None) -> None:
+    """Wait until the broker is quiet and every job is final (and voided where due), sweeping as needed.
+
+    The sweep runs only once the broker has been quiet for ``quiet_for`` seconds: by then no job of a
+    record it looks at is still queued or running, as RECONCILE_AFTER guarantees in production.
+    """
+    from worker.sweep import run_sweep
+
+    sweeps: Counter = Counter()
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    last_left, last_change = None, time.monotonic()
+    client = svc.redis
+    while True:
+        try:
+            quiet = broker_quiet(client, queues)
+            left = pending_work(svc.store, jobs)
+        except redis.ConnectionError:
+            time.sleep(0.5)
+            continue
+        now = time.monotonic()
+        quiet_since = (quiet_since or now) if quiet else None
+        if left != last_left:
+            last_left, last_change = left, now
+        if not left and quiet_since and now - quiet_since >= quiet_for:
+            break
+        stuck = quiet_since and now - max(quiet_since, last_change) > 100  # past lease, visibility, reconcile delay
+        if now > deadline or stuck:
+            report.details["left_at_timeout"] = left[:20]
+            break
+        if left and quiet_since and now - quiet_since >= quiet_for:
+            result = run_sweep(svc)
+            sweeps.update({k: v for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)})
+            sweeps["runs"] += 1
+            if log:
+                log(f"sweep: {result}; {len(left)} left")
+        time.sleep(1.0)
+    report.details["sweeps"] = dict(sweeps)
+
+
+def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_error: bool,
+           extra_order_ids: set | None = None) -> None:
+    """Check every job against the ledger: one charge at most, a final record that matches it, voids."""
+    by_order: dict[str, list[dict]] = defaultdict(list)
+    approved_voids: dict[str, list[dict]] = defaultdict(list)
+    for e in ledger:
+        by_order[e["order_id"]].append(e)
+        if e["trans_type"] == "VOID" and e["status"] == "1":
+            approved_voids[e["origin"]].append(e)
+    known = set(extra_order_ids or ())
+    resumed = reconciled = 0
+    report.payments += len(jobs)
+    for job in jobs:
+        pid, ttype = job.payment_id, job.operation.upper()
+        void_ids = [f"{pid}:void", f"{pid}:void-sweep", f"{pid}:void-stale"]
+        void_ids += [f"{v}-{n}" for v in void_ids[1:] for n in range(2, 6)]  # sweep.fresh_void_id
+        known.update([pid, *void_ids])
+        charges = [e for e in by_order.get(pid, []) if e["trans_type"] == ttype]
+        if len(charges) > 1:
+            report.duplicates += len(charges) - 1
+            report.problem(f"{pid}: charged {len(charges)} times: {[e['id'] for e in charges]}")
+        rec = store.get(pid)
+        if rec is None:
+            report.lost += 1
+            report.problem(f"{pid}: no record in the store (lost; task {job.task_id} published at "
+                           f"{job.published_at:.3f}, {job.how}"
+                           f"{', chained' if job.chained else ''}); ledger has {len(charges)} charge(s)")
+            continue
+        status = rec["status"]
+        report.statuses[status] += 1
+        resumed += int(rec.get("attempts") or 0) > 1
+        reconciled += rec.get("reconciled") == "stq"
+        if status in NON_FINAL:
+            report.not_final += 1
+            report.problem(f"{pid}: left {status}")
+            continue
+        charge = charges[0] if len(charges) == 1 else None
+        if status in CHARGED or status == "DECLINED":
+            want = "1" if status in CHARGED else "0"
+            if charge is None or charge["status"] != want or charge["id"] != rec.get("trans_id"):
+                report.problem(f"{pid}: store says {status} {rec.get('trans_id')!r}, ledger has "
+                               f"{[(e['id'], e['status']) for e in charges]}")
+                continue
+            if (status != "DECLINED") != job.approves:
+                report.problem(f"{pid}: {job.amount} ended {status}")
+        elif status == "ERROR":
+            if charges:
+                report.problem(f"{pid}: recorded ERROR ({rec.get('message')}) but the ledger has a charge")
+                continue
+            if not allow_error:
+                report.problem(f"{pid}: ended ERROR: {rec.get('message')}")
+        else:
+            report.problem(f"{pid}: unexpected final status {status}")
+            continue
+        # Voids: exactly one approved VOID of an approved chained sale / stale auth, none otherwise.
+        voids = approved_voids.get(charge["id"], []) if charge is not None and charge["status"] == "1" else []
+        must_void = (job.chained or job.stale_void) and charge is not None and charge["status"] == "1"
+        if must_void:
+            if len(voids) != 1:
+                report.problem(f"{pid}: approved and due a void, ledger has {len(voids)} approved VOID(s)")
+                continue
+            if status != "VOIDED" or not charge.get("voided"):
+                report.problem(f"{pid}: voided in the ledger ({voids[0]['id']}) but the store says {status}")
+            void_rec = store.get(voids[0]["order_id"])
+            if voids[0]["order_id"] not in void_ids or void_rec is None:
+                report.problem(f"{pid}: void {voids[0]['id']} has order id {voids[0]['order_id']!r} with no record")
+            elif void_rec["status"] != "APPROVED" or void_rec.get("trans_id") != voids[0]["id"]:
+                report.problem(f"{pid}: void record {void_rec['payment_id']} says {void_rec['status']} "
+                               f"{void_rec.get('trans_id')!r}, ledger VOID {voids[0]['id']}")
+        elif voids:
+            report.problem(f"{pid}: voided ({[v['id'] for v in voids]}) though no void was asked for")
+        elif status == "VOIDED":
+            report.problem(f"{pid}: store says VOIDED, the ledger has no void")
+        if job.chained and not must_void:
+            void_rec = store.get(f"{pid}:void")
+            if void_rec is None:
+                report.problem(f"{pid}: sale {status}, its chained void never ran")
+            elif void_rec["status"] != "SKIPPED":
+                report.problem(f"{pid}: sale {status}, its chained void ended {void_rec['status']}")
+    stray = [e for e in ledger if e["order_id"] not in known]
+    for e in stray:
+        report.problem(f"ledger entry {e['id']} {e['trans_type']} order {e['order_id']!r} belongs to no job")
+    report.details["resumed_after_redelivery"] = resumed
+    report.details["adopted_from_stq"] = reconciled
+
+
+def scan_card_data(*, clients=(), files=()) -> list[str]:
+    """Card numbers and the test CVV2 in clear in every key and value of ``clients`` and in ``files``."""
+    hits = []
+    for client in clients:
+        hits += scan_redis(client, cvv2=TEST_CARD["cvv2"])
+    return hits + scan_files(list(files), cvv2=TEST_CARD["cvv2"])
+
+
+def scan_for_cards(report: Report, *, clients=(), files=()) -> list[str]:
+    hits = scan_card_data(clients=clients, files=files)
+    report.card_hits += len(hits)
+    for hit in hits[:20]:
+        report.problem(f"card data in clear: {hit}")
+    return hits
+
+
+def faults_injected(sandbox) -> int:
+    return sum(sandbox.stats()["faults_injected"].values())
+
+
+def _say(log, text):
+    if log:
+        log(text)
+
+
+# ------------------------------------------------------------------------------------------ scenarios
+def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payments: int, kill_every: float | None,
+                             faults: bool, rate: float = 20.0, seed: int = 0, workers: int = 2,
+                             concurrency: int = 3, settle_timeout: float = 240.0, sweep_during_faults=False,
+                             fenced_kills=True, worker_overrides=None, log=None) -> Report:
+    """Scenarios 1 and 2 (and both at once): sales, some chained with a void, while workers are
+    SIGKILLed (prefork children, and whole workers every third kill) and/or 30 % of gateway requests
+    fail. Then settle (sweeping once the broker is quiet) and check everything against the ledger.
+
+    ``fenced_kills``: whole workers die at a safe point (:meth:`Fleet.stop_at_safe_point`), never inside
+    kombu's fetch gap, which :func:`run_fetch_gap` hits on purpose; without it a kill may land anywhere."""
+    rng = random.Random(seed)
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        svc = services_for(settings_for(redis_url, sandbox, prefix))
+        sandbox.set_faults({"latency_ms": 100, "jitter_ms": 200, "slow_seconds": SLOW_SECONDS,
+                            **({"probabilities": FAULT_MIX, "endpoints": ["bp10emu", "stq"]} if faults else {})})
+        fleet = Fleet(name, worker_env(redis_url, sandbox, prefix, **(worker_overrides or {})), logdir,
+                      size=workers, concurrency=concurrency, rng=rng).start()
+        try:
+            producer = Producer(sale_specs(payments, rng), rate)
+            producer.start()
+            # Kill while publishing and a little after: prefork children mostly, a whole worker every third.
+            kill_until = None
+            n = 0
+            while kill_every:
+                time.sleep(kill_every * rng.uniform(0.6, 1.4))
+                if not producer.is_alive():
+                    kill_until = kill_until or time.monotonic() + 2 * kill_every
+                    if time.monotonic() > kill_until:
+                        break
+                n += 1
+                if n % 3 == 0 and fleet.kill_worker(fenced=fenced_kills):
+                    _say(log, f"{name}: killed a whole worker ({fleet.kills} kills)")
+                else:
+                    fleet.kill_child()
+                    _say(log, f"{name}: killed a prefork child ({fleet.kills} kills)")
+            producer.join()
+            if producer.error:
+                report.problem(f"producer failed: {producer.error!r}")
+            _say(log, f"{name}: {len(producer.jobs)} published in {time.monotonic() - started:.0f}s; settling")
+            if faults and sweep_during_faults:
+                # One sweep while the gateway still fails: it must neither raise nor do harm. (What it
+                # cannot tell waits RECONCILE's 60 s retry delay, so CI leaves this to the sweep tests.)
+                from worker.sweep import run_sweep
+
+                while not broker_quiet(svc.redis) and time.monotonic() - started < settle_timeout:
+                    time.sleep(1)
+                try:
+                    report.details["sweep_during_faults"] = run_sweep(services_for(settings_for(
+                        redis_url, sandbox, prefix, reconcile_after=0.5)))
+                except Exception as exc:
+                    report.problem(f"a sweep during gateway faults raised {type(exc).__name__}: {exc}")
+            if faults:
+                report.faults = faults_injected(sandbox)
+                sandbox.set_faults({})  # the gateway heals; what was unknown is reconciled by the sweep
+            settle(svc, producer.jobs, timeout=settle_timeout, report=report, log=log)
+            report.kills = fleet.kills
+            report.details.update(child_kills=fleet.child_kills, worker_kills=fleet.worker_kills,
+                                  kill_events=fleet.events)
+            verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=faults)
+            report.details["ledger_entries"] = sandbox.stats()["ledger_size"]
+        finally:
+            fleet.stop()
+        scan_for_cards(report, clients=[svc.redis], files=fleet.logfiles)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def fenced_restart(fleet: Fleet, own: OwnRedis, how: str, attempts=20) -> None:
+    """Restart ``own`` while every worker of ``fleet`` is stopped at a safe point, then resume them."""
+    client = own.client()
+    with fleet.lock:
+        for _ in range(attempts):
+            stopped, ok = [], True
+            for w in fleet.workers:
+                fetching = fleet.stop_at_safe_point(w, client)
+                if fetching is None or not all(client.client_unblock(int(c["id"])) for c in fetching):
+                    ok = False
+                    if fetching is not None:
+                        stopped.append(w)
+                    break
+                stopped.append(w)
+            if ok:
+                down = time.monotonic()
+                own.restart(how, down_seconds=1.5)
+                down = time.monotonic() - down
+            for w in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(w.proc.pid, signal.SIGCONT)
+            if ok:
+                fleet.events.append(f"{time.time():.3f} Redis restarted ({how}, down {down:.1f}s) with every worker "
+                                    "at a safe point")
+                return
+            time.sleep(0.2)
+    raise RuntimeError("no moment with every worker at a safe point")
+
+
+def run_fetch_gap(name: str, redis_url: str, logdir: Path, *, settle_timeout=150.0, log=None) -> Report:
+    """kombu's fetch gap, made deterministic: a worker's main process is stalled (SIGSTOP) while its BRPOP
+    is pending, a sale is published (Redis pops it into the stalled worker's socket), then the worker
+    dies (SIGKILL). The message is then in no queue and not in ``unacked``, and the payment has no record:
+    kombu cannot bring it back, and a worker stalled by load, swap or a VM pause and then killed loses it
+    the same way. A replacement worker starts and the sweep runs as usual (``settle``): the payment must
+    still end charged exactly once, whatever mechanism brings it back.
+    """
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        svc = services_for(settings_for(redis_url, sandbox, prefix))
+        fleet = Fleet(name, worker_env(redis_url, sandbox, prefix), logdir, size=1, concurrency=2).start()
+        try:
+            w = fleet.workers[0]
+            time.sleep(1.0)
+            if fleet.stop_at_safe_point(w, svc.redis, blocked_only=True) is None:  # stalled, its BRPOP pending
+                raise RuntimeError("the worker never waited in BRPOP")
+            job = publish({"operation": "sale", "amount": "3.00", "how": "key"})
+            time.sleep(0.5)
+            report.details["message_in_queue_or_unacked"] = (
+                any(job.task_id in v for v in svc.redis.hvals("unacked"))
+                or any(job.task_id in m for m in svc.redis.lrange("celery", 0, -1)))
+            os.killpg(w.proc.pid, signal.SIGKILL)
+            w.proc.wait(10)
+            fleet.worker_kills += 1
+            fleet.workers.remove(w)
+            fleet.retired.append(w)
+            report.kills = 1
+            fleet.start()  # a replacement
+            settle(svc, [job], timeout=settle_timeout, report=report, log=log)
+            verify(report, svc.store, sandbox.ledger(), [job], allow_error=False)
+        finally:
+            fleet.stop()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_redis_restart(name: str, own: OwnRedis, logdir: Path, *, payments: int, restarts=("shutdown", "term"),
+                      rate: float = 15.0, seed: int = 1, settle_timeout: float = 240.0, fenced=False,
+                      latency_ms=(20, 40), log=None) -> Report:
+    """Scenario 3: our own redis-server (AOF, fsync always) is restarted mid-run; no job or outcome lost.
+
+    Workers run under a supervisor (kombu 5.7.0 makes a worker exit when the broker connection drops while it
+    holds a message: see :func:`run_workers_through_redis_restart`). ``fenced``: Redis goes down while every
+    worker is stopped at a safe point (see :meth:`Fleet.stop_at_safe_point`) and resumes right after, so no
+    message is in kombu's fetch gap (popped, not yet recorded as unacked) at that moment: a message in the gap
+    is lost (see :func:`run_fetch_gap`); unfenced, a restart can land in it."""
+    rng = random.Random(seed)
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    with running_sandbox() as sandbox, producer_for(own.url, settings_for(own.url, sandbox, prefix)):
+        sandbox.set_faults({"latency_ms": latency_ms[0], "jitter_ms": latency_ms[1]})
+        svc = services_for(settings_for(own.url, sandbox, prefix))
+        fleet = Fleet(name, worker_env(own.url, sandbox, prefix), logdir, size=2, concurrency=3,
+                      rng=rng).start().supervise()
+        try:
+            specs = sale_specs(payments, rng, hows=("key", "task_id"))
+            producer = Producer(specs, rate)
+            producer.start()
+            span = payments / rate
+            for how in restarts:
+                time.sleep(span / (len(restarts) + 1))
+                if fenced:
+                    fenced_restart(fleet, own, how)
+                else:
+                    own.restart(how, down_seconds=1.5)
+                report.restarts += 1
+                _say(log, f"{name}: Redis restarted ({how}); {len(producer.jobs)} published so far")
+            producer.join()
+            if producer.error:
+                report.problem(f"producer failed: {producer.error!r}")
+            settle(svc, producer.jobs, timeout=settle_timeout, report=report, log=log)
+            verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=False)
+            # The result backend (what AsyncResult.get() reads) kept every outcome too, not only our store.
+            backend = own.client()
+            for job in producer.jobs:
+                meta = backend.get(f"celery-task-meta-{job.task_id}")
+                result = json.loads(meta).get("result") if meta else None
+                if not isinstance(result, dict) or result.get("payment_id") != job.payment_id:
+                    report.problem(f"{job.payment_id}: the result backend has no outcome for task {job.task_id}: "
+                                   f"{meta and meta[:200]}")
+            report.details["publish_retries"] = len(producer.publish_retries)
+            report.details["worker_crashes"] = fleet.crashes
+            report.details["events"] = fleet.events
+            report.details["unacked_restored_by_workers"] = sum(
+                int(m) for f in fleet.logfiles if f.exists()
+                for m in re.findall(r"Restoring (\d+) unacknowledged", f.read_text("utf-8", "replace")))
+        finally:
+            fleet.stop()
+        scan_for_cards(report, clients=[svc.redis], files=fleet.logfiles + own.files())
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_workers_through_redis_restart(name: str, own: OwnRedis, logdir: Path, *, log=None) -> Report:
+    """Does a worker survive a Redis restart while it runs a payment? (kombu 5.7.0: no. On a lost broker
+    connection with a message in hand and a BRPOP in progress, ``Connection.collect()`` drops the transport
+    and the following ``close()`` restores unacked messages through it: AttributeError ``'NoneType' object
+    has no attribute 'hostname'``, "Unrecoverable error", the worker exits.) Deterministic: the sandbox
+    answers in 4 s, so the worker holds one payment while its second slot waits in BRPOP."""
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    with running_sandbox() as sandbox, producer_for(own.url, settings_for(own.url, sandbox, prefix)):
+        sandbox.set_faults({"latency_ms": 4000})
+        svc = services_for(settings_for(own.url, sandbox, prefix))
+        fleet = Fleet(name, worker_env(own.url, sandbox, prefix), logdir, size=1, concurrency=2).start()
+        try:
+            job = publish({"operation": "sale", "amount": "5.00", "how": "key"})
+            deadline = time.monotonic() + 10
+            while svc.store.get(job.payment_id) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            own.restart("shutdown", down_seconds=1.0)
+            report.restarts = 1
+            time.sleep(5)
+            alive = [w for w in fleet.workers if w.proc.poll() is None]
+            report.details["workers_alive_after_restart"] = len(alive)
+            if not alive:
+                report.problem("the worker exited after the Redis restart: "
+                               + next((line for line in _tail(fleet.workers[0].logfile, 10**7).splitlines()
+                                       if "Unrecoverable error" in line), "(see its log)"))
+            report.payments = 1
+        finally:
+            fleet.stop()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_duplicate_delivery(name: str, redis_url: str, logdir: Path, *, pairs: int = 20, seed: int = 2,
+                           log=None) -> Report:
+    """Scenario 4: the same message consumed by two workers at once gives one charge.
+
+    (a) raw duplicates: messages staged in a list no worker reads, each pushed twice, moved into the
+    consumed queue in one RENAME while two workers wait on it; (b) the same task id published twice.
+    The sandbox answers in 300 ms so both deliveries are in flight together.
+    """
+    from tasks import sale
+
+    rng = random.Random(seed)
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    queue = f"dupq-{uuid.uuid4().hex[:6]}"
+    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        sandbox.set_faults({"latency_ms": 300})
+        svc = services_for(settings_for(redis_url, sandbox, prefix))
+        client = svc.redis
+        jobs = []
+        for i in range(pairs):  # (a) published while nobody consumes the queue
+            amount = make_amount(rng)
+            tid = new_key("rel-dup-raw")
+            sale.apply_async(kwargs={"amount": amount, "card": TEST_CARD, "customer": CUSTOMER}, task_id=tid,
+                             queue=queue)
+            jobs.append(Job(tid, "sale", amount, how="raw-duplicate"))
+        raw = client.lrange(queue, 0, -1)
+        staging = queue + "-staging"
+        pipe = client.pipeline()
+        pipe.delete(queue)
+        for body in raw:
+            pipe.rpush(staging, body, body)
+        pipe.execute()
+        fleet = Fleet(name, worker_env(redis_url, sandbox, prefix), logdir, size=2, concurrency=3, rng=rng,
+                      queues=queue).start()
+        try:
+            client.rename(staging, queue)
+            for i in range(pairs):  # (b) the same task id twice, the workers consuming
+                amount = make_amount(rng)
+                tid = new_key("rel-dup-id")
+                for _ in range(2):
+                    sale.apply_async(kwargs={"amount": amount, "card": TEST_CARD, "customer": CUSTOMER},
+                                     task_id=tid, queue=queue)
+                jobs.append(Job(tid, "sale", amount, how="same-task-id"))
+            settle(svc, jobs, timeout=120, report=report, queues=(queue,), log=log)
+            ledger = sandbox.ledger()
+            verify(report, svc.store, ledger, jobs, allow_error=False)
+            sends = sandbox.stats()["requests"].get("bp10emu", 0)
+            report.details["gateway_sends"] = sends
+            if sends != len(jobs):
+                report.problem(f"{sends} gateway sends for {len(jobs)} operations delivered twice each")
+        finally:
+            fleet.stop()
+            client.delete(queue, staging)
+        requeued = sum(f.read_text("utf-8", "replace").count("] retry: Retry in") for f in fleet.logfiles
+                       if f.exists())
+        report.details["second_deliveries_requeued"] = requeued
+        scan_for_cards(report, clients=[client], files=fleet.logfiles)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int = 30, seed: int = 3,
+                          log=None) -> Report:
+    """Scenario 5: sweeps running at once void each stale authorization exactly once.
+
+    Approved (and declined) AUTHs go through a worker; then, at the same moment: two sweeps in threads
+    that take the sweep lock, two that ignore it (a sweep that outlived its lock), two ``payments sweep``
+    processes and a beat that schedules ``payments.sweep`` on the worker every second, all with
+    STALE_AUTH_AGE = 1 s. The sandbox answers in 100 ms so the sweeps overlap.
+    """
+    from worker.sweep import run_sweep
+
+    rng = random.Random(seed)
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    beat = None
+    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        env = worker_env(redis_url, sandbox, prefix, STALE_AUTH_AGE="1s", SWEEP_INTERVAL="1")
+        svc = services_for(settings_for(redis_url, sandbox, prefix))
+        fleet = Fleet(name, env, logdir, size=1, pool="threads", concurrency=8, rng=rng).start()
+        threads, procs, errors, results = [], [], [], []
+        try:
+            specs = [{"operation": "auth", "amount": make_amount(rng, approve=i % 4 != 3), "how": "key",
+                      "stale_void": True} for i in range(auths)]
+            jobs = [publish(s) for s in specs]
+            settle(svc, [dataclasses.replace(j, stale_void=False) for j in jobs], timeout=60, report=report)
+            time.sleep(1.2)  # older than STALE_AUTH_AGE
+            # First a sweep while every gateway request fails: it must finish (deferring the voids), not raise.
+            sandbox.set_faults({"probabilities": {"http_502": 1.0}, "endpoints": ["bp10emu", "stq"]})
+            try:
+                report.details["sweep_while_gateway_fails"] = run_sweep(
+                    services_for(settings_for(redis_url, sandbox, prefix, stale_auth_age=1.0)))
+            except Exception as exc:
+                report.problem(f"a sweep while the gateway fails raised {type(exc).__name__}: {exc}")
+            if any(e["trans_type"] == "VOID" for e in sandbox.ledger()):
+                report.problem("a void went through while every gateway request failed")
+            sandbox.set_faults({"latency_ms": 100})
+            open_before = len(svc.store.open_auths(1.0))
+            report.details["open_auths_before"] = open_before
+
+            def sweeper(ignore_lock: bool):
+                s = services_for(settings_for(redis_url, sandbox, prefix, stale_auth_age=1.0))
+                if ignore_lock:
+                    s.store.acquire_lock = lambda name, ttl_seconds: "ignored"
+                try:
+                    results.append(run_sweep(s))
+                except Exception as exc:  # a sweep must never fail on what another sweep is doing
+                    errors.append(f"sweep raised {type(exc).__name__}: {exc}")
+
+            barrier_at = time.monotonic()
+            beat_log = Path(logdir) / f"beat-{name}.log"
+            beat = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO", "--logfile",
+                 str(beat_log), "--schedule", str(Path(logdir) / f"beat-{name}-schedule")],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+            for _ in range(2):
+                procs.append(subprocess.Popen([sys.executable, "-m", "worker.cli", "sweep"], cwd=ROOT, env=env,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for ignore in (False, False, True, True):
+                t = threading.Thread(target=sweeper, args=(ignore,))
+                t.start()
+                threads.append(t)
+            for t in threads:
+                t.join(120)
+            for p in procs:
+                out, err = p.communicate(timeout=120)
+                if p.returncode != 0:
+                    errors.append(f"payments sweep exited {p.returncode}: {err[-500:]}")
+                else:
+                    results.append(json.loads(out.strip().splitlines()[-1]))
+            time.sleep(3)  # let beat's sweeps run too
+            stop(beat)
+            report.details["sweeps_that_ran"] = sum(1 for r in results if r.get("ran"))
+            report.details["sweep_results"] = results
+            report.details["sweep_seconds"] = round(time.monotonic() - barrier_at, 1)
+            for e in errors:
+                report.problem(e)
+            settle(svc, jobs, timeout=60, report=report)
+            verify(report, svc.store, sandbox.ledger(), jobs, allow_error=False)
+            voids_sent = sandbox.stats()["requests"].get("bp10emu", 0) - auths
+            report.details["void_requests"] = voids_sent
+        finally:
+            if beat is not None:
+                stop(beat)
+            fleet.stop()
+        files = fleet.logfiles + ([beat_log] if beat is not None else [])
+        scan_for_cards(report, clients=[svc.redis], files=files)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# ------------------------------------------------------------------------------------------ table
+COLUMNS = ("scenario", "payments", "faults injected", "kills", "Redis restarts", "duplicates charged",
+           "payments lost", "not final", "card-data hits", "seconds")
+
+
+def table(reports: list[Report]) -> str:
+    rows = [r.row() for r in reports]
+    total = {c: sum(r[c] for r in rows) for c in COLUMNS[1:]}
+    total["scenario"] = "total"
+    rows.append(total)
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in COLUMNS}
+    line = lambda r: "| " + " | ".join(str(r[c]).ljust(widths[c]) if c == "scenario" else  # noqa: E731
+                                       str(r[c]).rjust(widths[c]) for c in COLUMNS) + " |"
+    head = line({c: c for c in COLUMNS})
+    sep = "|" + "|".join(("-" * (widths[c] + 1)) + (":" if c != "scenario" else "-") for c in COLUMNS) + "|"
+    return "\n".join([head, sep, *(line(r) for r in rows)])
