@@ -9,6 +9,8 @@ original exception is not chained, only its class name is kept in ``.cause_name`
 from __future__ import annotations
 
 import http.client
+import os
+import urllib.request
 import socket
 import ssl
 from collections.abc import Mapping
@@ -133,6 +135,11 @@ class HttpTransport:
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
+            # Read proxy and CA-bundle settings from the environment once, not on every request
+            # (requests' trust_env re-reads os.environ per call: ~5% of a payment's CPU in the profile).
+            session.proxies = dict(urllib.request.getproxies())
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            session.trust_env = False
         self.session = session
 
     def post(self, url: str, data: Mapping[str, str]) -> HttpReply:
@@ -144,7 +151,6 @@ class HttpTransport:
                 data=dict(data),
                 headers={"User-Agent": self.user_agent},
                 allow_redirects=False,
-                verify=True,
                 timeout=(self.connect_timeout, self.read_timeout),
             )
             try:
