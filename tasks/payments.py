@@ -17,7 +17,7 @@ from worker.flow import RetryLater
 from worker.gateway import InvalidInput
 from worker.gateway import validation
 from worker.services import services
-from worker.store import _looks_like_pan as looks_like_card_number
+from worker.store import looks_like_card_number
 from worker.vault import CardSealError
 
 log = logging.getLogger("payments.tasks")
