@@ -8,6 +8,7 @@ message reaches the broker, and sets ``argsrepr``/``kwargsrepr`` (what task even
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from celery import Celery, Task, signals
@@ -72,6 +73,14 @@ OUTBOX_TASKS = frozenset({"payments.sale", "payments.auth", "payments.capture", 
 @signals.after_task_publish.connect(weak=False)
 def _keep_in_outbox(sender=None, body=None, headers=None, exchange=None, routing_key=None, **_):
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
+        return
+    from worker.store import looks_like_card_number
+
+    if looks_like_card_number(json.dumps([body, headers], default=str), min_len=13):
+        # A card number outside the sealed card (say, in `amount`): the worker will refuse this message
+        # anyway, and the outbox must never keep card data in clear.
+        logging.getLogger("payments.outbox").warning("outbox: %s not kept: card-like data outside the card",
+                                                     headers["id"])
         return
     try:
         services().store.outbox_put(headers["id"], {

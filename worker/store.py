@@ -66,9 +66,10 @@ _AUDIT_MAXLEN = 1_000_000
 _DIGIT_RUN = re.compile(r"\d(?:[ -]?\d)+")
 
 
-def looks_like_card_number(value: str) -> bool:
-    """Whether ``value`` holds what the store refuses to keep: a Luhn-valid 12-19 digit run outside an identifier."""
-    return _looks_like_pan(value)
+def looks_like_card_number(value: str, min_len: int = 12) -> bool:
+    """Whether ``value`` holds a Luhn-valid ``min_len``-19 digit run outside an identifier (what the store
+    refuses to keep)."""
+    return _looks_like_pan(value, min_len)
 
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
