@@ -977,8 +977,7 @@ def chart(result, path: Path) -> bool:
                 return v if v is not None else c[side]["burst_p99_ms"]
             ax_l.plot(xs, [p99("ours", c) for c in cs], "o-", color=col, label=f"ours {pool}")
             ax_l.plot(xs, [p99("baseline", c) for c in cs], "s--", color=col, alpha=0.6, label=f"baseline {pool}")
-        if lat > 0:
-            ax_l.axhline(lat + 50, color="grey", ls=":", label="latency + 50 ms")
+        ax_l.axhline(lat + 50, color="grey", ls=":", label="target: latency + 50 ms")
         ax_t.set_title(f"throughput, gateway latency {lat:g} ms")
         ax_t.set_xlabel("concurrency per worker")
         ax_t.set_ylabel("payments/s")
