@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 from celery.app.amqp import AMQP
 
 from worker.services import services
@@ -56,6 +56,76 @@ class SealingAMQP(AMQP):
 
 app = Celery("payments", amqp=SealingAMQP)
 app.config_from_object("celeryconfig")
+
+
+# ---- green pools (gevent/eventlet) ------------------------------------------------------------------
+# Celery runs green pools without an event loop (its "synloop"), which changes two things that matter here.
+
+#: Prefetch multiplier under a green pool (celeryconfig keeps 1 for prefork and threads).
+GREEN_PREFETCH_MULTIPLIER = 2
+#: How long a task event may wait in the buffer before it is published under a green pool.
+EVENT_FLUSH_SECONDS = 0.05
+
+
+class GreenPoolPrefetch(bootsteps.Step):
+    """With late acks and prefetch == concurrency, a full green pool pauses fetching, and the synloop only
+    looks again when its 2 s poll times out: measured 10 payments/s instead of ~75 (c=20, 200 ms gateway).
+    A green pool's spawn blocks while every slot is busy, so with a multiplier of 2 the worker still holds
+    at most concurrency + 1 messages and never pauses. (A multiplier of 1 only ever stalls a green pool, so
+    it is raised whether it came from celeryconfig or from --prefetch-multiplier.)"""
+
+    def __init__(self, w, **kwargs):
+        super().__init__(w, **kwargs)
+        if getattr(w.pool_cls, "is_green", False) and w.prefetch_multiplier == 1:
+            w.prefetch_multiplier = GREEN_PREFETCH_MULTIPLIER
+
+
+app.steps["worker"].add(GreenPoolPrefetch)
+
+
+class GreenTaskEventBuffer(bootsteps.StartStopStep):
+    """Batch task events under a green pool, as Celery already does for its event-loop pools.
+
+    Celery buffers task events only when the worker has an event loop (prefork, threads); a green pool
+    publishes each one on its own: three Redis round trips per payment, ~17 % of its CPU in the profile.
+    Here they are buffered and published as one ``task-multi`` message at most EVENT_FLUSH_SECONDS later
+    (or every 24 events); Flower and every Celery event receiver read those.
+    """
+
+    requires = ("celery.worker.consumer.events:Events",)
+
+    def __init__(self, c, **kwargs):
+        self._scheduled = False
+        super().__init__(c, **kwargs)
+
+    def start(self, c):
+        dispatcher = c.event_dispatcher
+        if dispatcher is None or c.hub is not None or not getattr(c.pool, "is_green", False):
+            return
+        dispatcher.buffer_group = frozenset({"task"})
+        dispatcher.on_send_buffered = lambda: self._schedule(c)
+
+    def _schedule(self, c):
+        if not self._scheduled:
+            self._scheduled = True
+            c.timer.call_after(EVENT_FLUSH_SECONDS, self._flush, (c,))
+
+    def _flush(self, c):
+        self._scheduled = False
+        dispatcher = c.event_dispatcher
+        if dispatcher is not None and dispatcher.buffer_group:
+            try:
+                dispatcher.flush(errors=False, groups=True)
+            except Exception as exc:  # monitoring only: never a reason to disturb a payment
+                logging.getLogger("payments.events").warning("task events not published: %s", type(exc).__name__)
+
+    def stop(self, c):
+        self._flush(c)  # before the Events step closes the dispatcher
+
+    shutdown = stop
+
+
+app.steps["consumer"].add(GreenTaskEventBuffer)
 
 
 class PaymentTask(Task):
