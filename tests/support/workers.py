@@ -10,7 +10,7 @@ from worker.processes import start_worker, stop, wait_for_worker
 
 
 @contextlib.contextmanager
-def running_worker(env: dict, logfile: Path, *, pool="threads", concurrency=4, loglevel="INFO"):
+def running_worker(env: dict, logfile: Path, *, pool="threads", concurrency=4, loglevel="INFO", queues=None):
     """Start a worker with ``env`` and wait until it answers a ping; stop it on exit."""
     from celery import Celery
 
@@ -20,7 +20,7 @@ def running_worker(env: dict, logfile: Path, *, pool="threads", concurrency=4, l
         app = Celery(broker=env["REDIS_URL"])  # ping it where it listens
     name = f"test-{uuid.uuid4().hex[:8]}"
     proc = start_worker(env=env, pool=pool, concurrency=concurrency, loglevel=loglevel, logfile=logfile,
-                        hostname=f"{name}@%h")
+                        hostname=f"{name}@%h", queues=queues)
     try:
         wait_for_worker(app, hostname_prefix=f"{name}@", timeout=60)
         yield proc

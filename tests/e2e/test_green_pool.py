@@ -1,0 +1,90 @@
+"""A real gevent worker: it prefetches enough not to stall, and batches its task events.
+
+The worker listens on a queue of its own, so the session's threads worker never takes these payments.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from kombu import Consumer, Queue
+
+from tasks import sale
+from tests.support.card_scan import scan_text
+from tests.support.env import CUSTOMER, TEST_CARD
+from tests.support.workers import running_worker, worker_env
+from worker import app
+from worker.celery_app import GREEN_PREFETCH_MULTIPLIER
+
+QUEUE = f"green-test-{uuid.uuid4().hex[:6]}"
+CONCURRENCY = 3
+
+
+@pytest.fixture(scope="module")
+def gevent_worker(e2e_redis, sandbox, tmp_path_factory):
+    log = tmp_path_factory.mktemp("gevent") / "worker.log"
+    with running_worker(worker_env(sandbox), log, pool="gevent", concurrency=CONCURRENCY, queues=QUEUE) as proc:
+        yield proc
+
+
+def _stats_of(pool_name: str) -> list[dict]:
+    replies = app.control.inspect(timeout=2.0).stats() or {}
+    return [s for s in replies.values() if s.get("pool", {}).get("implementation", "").endswith(pool_name)]
+
+
+def test_a_gevent_worker_prefetches_twice_its_concurrency(gevent_worker):
+    stats = _stats_of("gevent:TaskPool")
+    assert stats, "the gevent worker did not answer inspect stats"
+    assert stats[0]["prefetch_count"] == CONCURRENCY * GREEN_PREFETCH_MULTIPLIER
+
+
+def test_a_threads_worker_keeps_one_message_per_slot(celery_worker):
+    stats = _stats_of("thread:TaskPool")
+    assert stats, "the threads worker did not answer inspect stats"
+    assert stats[0]["prefetch_count"] == 4  # conftest: concurrency 4, prefetch multiplier 1
+
+
+def test_task_events_of_a_gevent_worker_arrive_batched_with_masked_arguments(gevent_worker):
+    exchange = app.events.Dispatcher(enabled=False).exchange
+    bodies: list = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def listen():
+        with app.connection_for_read() as conn:
+            queue = Queue(f"green-test-events-{uuid.uuid4().hex[:6]}", exchange=exchange, routing_key="#",
+                          auto_delete=True, durable=False)
+            with Consumer(conn, queues=[queue], callbacks=[lambda body, msg: bodies.append(body)],
+                          accept=["json"]):
+                ready.set()
+                while not stop.is_set():
+                    try:
+                        conn.drain_events(timeout=0.5)
+                    except TimeoutError:
+                        pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert ready.wait(10)
+    time.sleep(1.0)  # the fanout subscription is live
+    try:
+        result = sale.apply_async(kwargs={"amount": "5.00", "card": TEST_CARD, "customer": CUSTOMER}, queue=QUEUE)
+        assert result.get(timeout=30)["status"] == "APPROVED"
+        deadline = time.monotonic() + 10
+
+        def batched_types():
+            return {e.get("type") for b in bodies if isinstance(b, list) for e in b
+                    if isinstance(e, dict) and e.get("uuid") == result.id}
+
+        while time.monotonic() < deadline and not {"task-received", "task-succeeded"} <= batched_types():
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        listener.join(5)
+    assert {"task-received", "task-started", "task-succeeded"} <= batched_types()
+    received = [e for b in bodies if isinstance(b, list) for e in b if e.get("type") == "task-received"
+                and e.get("uuid") == result.id][0]
+    assert "xxxxxxxxxxxx1111" in received["kwargs"]
+    assert scan_text(repr(bodies), cvv2=TEST_CARD["cvv2"], where="task events") == []
