@@ -68,13 +68,10 @@ def _outage_countdown(retries: int) -> float:
 
 
 def _run(task, operation, work, current_id):
-    outcome = _apply_policies(task, operation, work, current_id)
-    # Done with this message (a re-queue raised instead, and its new message keeps the outbox entry).
-    try:
-        services().store.outbox_done(task.request.id)
-    except (redis.ConnectionError, redis.TimeoutError):
-        log.warning("%s: outbox entry not cleared; a later sweep may deliver it again (harmless)", task.request.id)
-    return outcome
+    # Every path below claims the operation with message_id=task.request.id, which also clears this
+    # message's outbox entry in the same round trip. A path that never reaches Redis leaves the entry:
+    # the sweep delivers the message again, which is what a job nobody ran needs.
+    return _apply_policies(task, operation, work, current_id)
 
 
 def _apply_policies(task, operation, work, current_id):
@@ -87,7 +84,7 @@ def _apply_policies(task, operation, work, current_id):
         return work()
     except InvalidInput as exc:
         return flow.record_error(operation, current_id(), f"invalid input: {exc}",
-                                 fields={"error_class": "InvalidInput"})
+                                 fields={"error_class": "InvalidInput"}, message_id=task.request.id)
     except RetryLater as later:
         retries = task.request.retries
         if later.outage:
@@ -95,7 +92,8 @@ def _apply_policies(task, operation, work, current_id):
                 if later.parked_as == "UNKNOWN":  # maybe charged: only stq may decide, so the sweep will
                     return flow.current_outcome(current_id())
                 return flow.record_error(operation, current_id(),
-                                         f"gateway unreachable after {retries} re-queues: {later.reason}")
+                                         f"gateway unreachable after {retries} re-queues: {later.reason}",
+                                         message_id=task.request.id)
             countdown = _outage_countdown(retries)
         else:
             if retries >= MAX_BUSY_RETRIES:
@@ -112,7 +110,8 @@ def _apply_policies(task, operation, work, current_id):
     except Exception as exc:  # a bug must not lose the job: in flight -> UNKNOWN for the sweep, else ERROR
         log.error("%s %s failed: %s", operation, current_id(), type(exc).__name__, exc_info=True)
         outcome = flow.give_up_unknown(current_id(), None, f"internal error: {type(exc).__name__}")
-        return outcome or flow.record_error(operation, current_id(), f"internal error: {type(exc).__name__}")
+        return outcome or flow.record_error(operation, current_id(), f"internal error: {type(exc).__name__}",
+                                            message_id=task.request.id)
 
 
 def _charge(task, operation, args, kwargs):
@@ -136,7 +135,7 @@ def _charge(task, operation, args, kwargs):
             except CardSealError:
                 raise InvalidInput("card", "sealed card data cannot be opened with this PAYMENTS_CARD_KEY") from None
         return flow.charge(operation, payment_id, amount=bound["amount"], card=card, customer=bound["customer"],
-                           invoice_id=bound["order_id"], then_void=_then_void(task))
+                           invoice_id=bound["order_id"], then_void=_then_void(task), message_id=task.request.id)
 
     return _run(task, operation, work, lambda: payment_id)
 
@@ -161,7 +160,8 @@ def _follow_up(task, operation, signature_of, args, kwargs):
         nonlocal payment_id
         bound = _bind(signature_of, args, kwargs)
         payment_id = _payment_id(task, bound.get("idempotency_key"))
-        return flow.follow_up(operation, payment_id, trans_id=bound["trans_id"], amount=bound.get("amount"))
+        return flow.follow_up(operation, payment_id, trans_id=bound["trans_id"], amount=bound.get("amount"),
+                              message_id=task.request.id)
 
     return _run(task, operation, work, lambda: payment_id)
 
@@ -185,7 +185,8 @@ def void(self, *args, **kwargs):
         flow = services().flow
         outcome = args[0]
         payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
-        return _run(self, "void", lambda: flow.void_after(outcome, payment_id), lambda: payment_id)
+        return _run(self, "void", lambda: flow.void_after(outcome, payment_id, message_id=self.request.id),
+                    lambda: payment_id)
     return _follow_up(self, "void", _void_signature, args, kwargs)
 
 

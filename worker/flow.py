@@ -124,8 +124,11 @@ class PaymentFlow:
 
     # ----------------------------------------------------------------- public operations
     def charge(self, operation: str, payment_id: str, *, amount, card, customer=None,
-               invoice_id=None, then_void=False) -> dict:
-        """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before)."""
+               invoice_id=None, then_void=False, message_id: str = "") -> dict:
+        """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
+
+        ``message_id`` (every public operation): the broker message being run, whose outbox entry the
+        claim removes."""
         number = card.get("number") if isinstance(card, dict) else None
         fields = {
             "amount": _short(amount, 32) if amount is not None else "",
@@ -151,10 +154,10 @@ class PaymentFlow:
             return verb(args["amount"], args["card"], args["customer"], order_id=payment_id,
                         duplicate_override=duplicate_override, invoice_id=args["invoice_id"])
 
-        return self._run(operation, payment_id, fields, validate, send, None)
+        return self._run(operation, payment_id, fields, validate, send, None, message_id)
 
     def follow_up(self, operation: str, payment_id: str, *, trans_id, amount=None, parent=None,
-                  reason=None) -> dict:
+                  reason=None, message_id: str = "") -> dict:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
         # A well-formed trans id is kept as it is (12 digits can pass Luhn, and the scrubber would mask it).
         target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
@@ -178,9 +181,9 @@ class PaymentFlow:
                 return verb(args["trans_id"], order_id=payment_id)
             return verb(args["trans_id"], args["amount"], order_id=payment_id)
 
-        return self._run(operation, payment_id, fields, validate, send, self._follow_up_done)
+        return self._run(operation, payment_id, fields, validate, send, self._follow_up_done, message_id)
 
-    def void_after(self, sale_outcome, payment_id: str | None = None) -> dict:
+    def void_after(self, sale_outcome, payment_id: str | None = None, *, message_id: str = "") -> dict:
         """The chain link: void a sale outcome only when it was approved, otherwise SKIPPED."""
         if not isinstance(sale_outcome, dict) or not sale_outcome.get("payment_id"):
             raise InvalidInput("sale_outcome", "void after a sale needs the sale's outcome dict")
@@ -189,32 +192,35 @@ class PaymentFlow:
         current = self.store.get(parent) or sale_outcome
         status = current.get("status")
         if status == "VOIDED":
-            return self.skip("void", payment_id, parent, f"sale {parent} is already voided", sale=current)
+            return self.skip("void", payment_id, parent, f"sale {parent} is already voided", sale=current,
+                             message_id=message_id)
         if status in self.store.NON_FINAL:
             return self.skip("void", payment_id, parent,
                              f"sale {parent} is {status}: not voided now; the sweep voids it if it was approved",
-                             sale=current)
+                             sale=current, message_id=message_id)
         if status != "APPROVED" or not current.get("trans_id"):
-            return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void", sale=current)
-        return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent)
+            return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void", sale=current,
+                             message_id=message_id)
+        return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent, message_id=message_id)
 
-    def skip(self, operation, payment_id, parent, reason, *, sale: dict | None = None) -> dict:
+    def skip(self, operation, payment_id, parent, reason, *, sale: dict | None = None, message_id: str = "") -> dict:
         fields = {"parent": parent, "order_id": payment_id}
         for key in ("masked_account", "card_type", "amount", "target"):
             if sale and sale.get(key):
                 fields[key] = sale[key]
         claim = self.store.claim(payment_id, operation, fields=fields, owner=_owner(),
-                                 lease_seconds=self.lease_seconds)
+                                 lease_seconds=self.lease_seconds, message_id=message_id)
         if claim.kind == "final":
             return public_outcome(claim.record)
         record = self.store.transition(payment_id, "SKIPPED", fields={"message": reason}, note=reason)
         return public_outcome(record or self.store.get(payment_id))
 
-    def record_error(self, operation: str, payment_id: str, message: str, fields=None) -> dict:
+    def record_error(self, operation: str, payment_id: str, message: str, fields=None, *,
+                     message_id: str = "") -> dict:
         """A final ERROR for a job that cannot run (bad arguments, retries exhausted)."""
         owner = _owner()
         claim = self.store.claim(payment_id, operation, fields=dict(fields or {}, order_id=payment_id),
-                                 owner=owner, lease_seconds=self.lease_seconds)
+                                 owner=owner, lease_seconds=self.lease_seconds, message_id=message_id)
         if claim.kind == "final":
             return public_outcome(claim.record)
         record = self.store.transition(payment_id, "ERROR", fields={"message": _short(message)}, note=message)
@@ -231,10 +237,10 @@ class PaymentFlow:
         return public_outcome(record) if record else None
 
     # ----------------------------------------------------------------- the engine
-    def _run(self, operation, payment_id, fields, validate, send, on_done) -> dict:
+    def _run(self, operation, payment_id, fields, validate, send, on_done, message_id="") -> dict:
         owner = _owner()
         claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
-                                 lease_seconds=self.lease_seconds)
+                                 lease_seconds=self.lease_seconds, message_id=message_id)
         if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                      lease_seconds=self.lease_seconds, dead_owner=claim.record["lease_owner"])

@@ -143,12 +143,12 @@ def _typed(rec: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 # Lua. KEYS (same order for claim and transition):
 #   1 record  2 history  3 idx:trans  4 idx:time  5 idx:non_final  6 idx:open_auths
-#   7 idx:voids_due  8 audit
+#   7 idx:voids_due  8 audit  9 outbox  10 idx:outbox
 # --------------------------------------------------------------------------------------------
 
 _LUA_COMMON = r"""
-local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
 
 local function record_event(pid, op, from, to, note, at, trans_id)
@@ -192,14 +192,19 @@ local function reindex(pid, old_trans)
 end
 """
 
-# ARGV: now_ts, now_iso, owner, lease_until, payment_id, operation, dead_owner, then field/value pairs
+# ARGV: now_ts, now_iso, owner, lease_until, payment_id, operation, dead_owner, message_id,
+#       then field/value pairs
 _LUA_CLAIM = _LUA_COMMON + r"""
-local now, now_iso, owner, lease_until, pid, op, dead_owner =
-  tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local now, now_iso, owner, lease_until, pid, op, dead_owner, message_id =
+  tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+if message_id ~= '' then
+  redis.call('HDEL', OUTBOX, message_id)
+  redis.call('ZREM', IDX_OUTBOX, message_id)
+end
 local status = redis.call('HGET', REC, 'status')
 if not status then
   local args = {}
-  for i = 8, #ARGV do args[#args + 1] = ARGV[i] end
+  for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
   for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
                       'created_at', now_iso, 'updated_at', now_iso, 'created_ts', ARGV[1],
                       'updated_ts', ARGV[1], 'lease_owner', owner, 'lease_until', lease_until}) do
@@ -331,7 +336,8 @@ class ResultsStore:
 
     def _keys(self, payment_id: str) -> list[str]:
         return [self.record_key(payment_id), self.history_key(payment_id), self.k_trans, self.k_time,
-                self.k_non_final, self.k_open_auths, self.k_voids_due, self.k_audit]
+                self.k_non_final, self.k_open_auths, self.k_voids_due, self.k_audit, self.k_outbox,
+                self.k_outbox_ts]
 
     def load_scripts(self) -> None:
         """Optional warm-up: load the scripts so the first hot-path call is already one EVALSHA."""
@@ -356,9 +362,13 @@ class ResultsStore:
 
     # ---- hot path ---------------------------------------------------------------------------
     def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
-              owner: str, lease_seconds: float, dead_owner: str = "") -> Claim:
+              owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "") -> Claim:
         """Claim ``payment_id`` (see the module docstring). ``dead_owner``: a lease holder known to be
-        dead (its process is gone), whose live lease may be taken over as if it had expired."""
+        dead (its process is gone), whose live lease may be taken over as if it had expired.
+
+        ``message_id``: the broker message being worked on; its outbox entry is removed in the same
+        round trip, whatever the claim's result (from here on kombu's unacknowledged-message restore
+        covers the message, so the outbox's job is done)."""
         payment_id, operation, owner = _to_str(payment_id), _to_str(operation), _to_str(owner)
         if not payment_id:
             raise ValueError("payment_id must not be empty")
@@ -371,7 +381,7 @@ class ResultsStore:
         base.update(fields or {})
         now = self._now()
         args = [repr(now), _iso(now), owner, repr(now + float(lease_seconds)), payment_id, operation,
-                _to_str(dead_owner)]
+                _to_str(dead_owner), _to_str(message_id)]
         args += self._field_args(base)
         kind, prev, flat = self._claim(keys=self._keys(payment_id), args=args)
         prev = _s(prev) or None
@@ -491,10 +501,11 @@ class ResultsStore:
                 if r.get("operation") == "sale" and r.get("status") == "APPROVED" and r.get("then_void") == "1"]
 
     # ---- outbox -----------------------------------------------------------------------------
-    # Every published payment message, kept until a worker has finished with it: kombu's Redis
-    # transport pops a message before it records it as unacknowledged, so a worker (or Redis) dying
-    # in between would lose it without a trace. The sweep publishes stale entries again; a second
-    # delivery is harmless (the claim answers it).
+    # Every published payment message, kept until a worker claims its operation (claim(message_id=...)):
+    # kombu's Redis transport pops a message before it records it as unacknowledged, so a worker (or
+    # Redis) dying in between would lose it without a trace; once the task runs, kombu's restore of
+    # unacknowledged messages covers it. The sweep publishes stale entries again; a second delivery is
+    # harmless (the claim answers it).
     def outbox_put(self, task_id: str, message: Mapping[str, Any]) -> None:
         entry = json.dumps({"message": message, "published": self._now(), "republished": 0},
                            separators=(",", ":"))

@@ -418,3 +418,20 @@ def test_works_without_explicit_script_load(client, prefix):
     # redis-py's Script falls back to SCRIPT LOAD on NOSCRIPT; no warm-up is required.
     store = ResultsStore(client, prefix=prefix)
     assert store.claim("p1", "sale", fields=SALE_FIELDS, owner="w1", lease_seconds=30).kind == "claimed"
+
+
+@pytest.mark.parametrize("existing", [None, "APPROVED", "PENDING-other-owner"])
+def test_claim_with_message_id_clears_that_messages_outbox_entry_whatever_the_claim_says(store, existing):
+    for msg in ("msg-1", "msg-2"):
+        store.outbox_put(msg, {"name": "payments.sale", "body": [], "headers": {"id": msg}})
+    if existing == "APPROVED":
+        store.claim("p-1", "sale", fields=SALE_FIELDS, owner="w1", lease_seconds=60)
+        approve(store, "p-1", "100000000001")
+    elif existing:
+        store.claim("p-1", "sale", fields=SALE_FIELDS, owner="other", lease_seconds=60)
+    claim = store.claim("p-1", "sale", fields=SALE_FIELDS, owner="w1", lease_seconds=60, message_id="msg-1")
+    assert claim.kind == {None: "claimed", "APPROVED": "final", "PENDING-other-owner": "busy"}[existing]
+    assert store.redis.hget(store.k_outbox, "msg-1") is None
+    assert store.redis.zscore(store.k_outbox_ts, "msg-1") is None
+    assert store.redis.hget(store.k_outbox, "msg-2") is not None  # other messages untouched
+    assert store.outbox_stale(-1) and [t for t, _ in store.outbox_stale(-1)] == ["msg-2"]
