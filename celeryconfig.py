@@ -19,7 +19,9 @@ event_serializer = "json"
 task_acks_late = True
 task_reject_on_worker_lost = True
 # One message per worker process at a time: a crashed process holds at most one payment hostage,
-# and a slow gateway call does not leave prefetched jobs waiting behind it.
+# and a slow gateway call does not leave prefetched jobs waiting behind it. Green pools (gevent) get 2
+# instead (worker/celery_app.py: GreenPoolPrefetch): with 1 they stall; their spawn still bounds what
+# they hold to concurrency + 1.
 worker_prefetch_multiplier = 1
 # Events for Flower: task-sent from producers and the worker's own task events. Arguments in the
 # events are the masked argsrepr/kwargsrepr set by PaymentTask, never the card.
