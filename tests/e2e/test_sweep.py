@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.card_scan import scan_files
+from tests.support.clocks import OffsetClock
 from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY, redis_url_with_db
 from tests.support.workers import running_worker, worker_env
 from worker.config import Settings
@@ -32,19 +33,6 @@ from worker.sweep import run_sweep
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RECONCILE_AFTER = 0.5
-
-
-class Clock:
-    """Wall time plus an offset the test moves forward."""
-
-    def __init__(self):
-        self.offset = 0.0
-
-    def __call__(self):
-        return time.time() + self.offset
-
-    def advance(self, seconds):
-        self.offset += seconds
 
 
 def closed_port() -> int:
@@ -64,7 +52,7 @@ def prefix(e2e_redis):
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return OffsetClock()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import uuid
 import pytest
 import redis
 
+from tests.support.clocks import FixedClock
+from tests.support.redis_db import redis_or_skip
 from worker.store import CONTRACT_FIELDS, Claim, ResultsStore, public_outcome
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -14,26 +16,10 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 SALE_FIELDS = {"amount": "3.00", "order_id": "o-1", "masked_account": "xxxxxxxxxxxx1111"}
 
 
-class FakeClock:
-    def __init__(self, now=1_750_000_000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
-
-
 @pytest.fixture(scope="module")
 def client():
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        r.ping()
-    except redis.ConnectionError:  # pragma: no cover
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield r
-    r.close()
+    with redis_or_skip(REDIS_URL) as r:
+        yield r
 
 
 @pytest.fixture
@@ -47,7 +33,7 @@ def prefix(client):
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return FixedClock()
 
 
 @pytest.fixture

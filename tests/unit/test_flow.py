@@ -6,12 +6,12 @@ deleted afterwards. Every test says how many money-moving requests the fake gate
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import pytest
-import redis
 
+from tests.support.clocks import OffsetClock
+from tests.support.redis_db import redis_or_skip
 from worker.flow import ALREADY_VOIDED, MAX_SENDS, PaymentFlow, RetryLater
 from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
 from worker.store import ResultsStore
@@ -80,33 +80,15 @@ class FakeGateway:
         return self._next(self.stq, f"query {order_id or trans_id}")
 
 
-class Clock:
-    """Wall time plus an offset the test can advance (the store's clock)."""
-
-    def __init__(self):
-        self.offset = 0.0
-
-    def __call__(self):
-        return time.time() + self.offset
-
-    def advance(self, seconds):
-        self.offset += seconds
-
-
 @pytest.fixture(scope="module")
 def client():
-    r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    try:
-        r.ping()
-    except redis.ConnectionError:  # pragma: no cover
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    yield r
-    r.close()
+    with redis_or_skip(REDIS_URL) as r:
+        yield r
 
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return OffsetClock()
 
 
 @pytest.fixture
