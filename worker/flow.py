@@ -273,9 +273,7 @@ class PaymentFlow:
             except NotSent as exc:
                 self._wait_for_gateway(payment_id, owner, "RETRYING", f"gateway not reached: {type(exc).__name__}")
             except Rejected as exc:
-                status, fields = interpret(operation, exc.response)
-                return self._finish(payment_id, owner, status, dict(fields, error_class="Rejected"), on_done,
-                                    response=exc.response)
+                return self._answer(operation, payment_id, owner, exc.response, on_done, error_class="Rejected")
             except OutcomeUnknown as exc:
                 found = self._lookup(operation, payment_id)
                 if isinstance(found, Response):
@@ -287,10 +285,21 @@ class PaymentFlow:
                 # operation with the same card and amount) may be sent again with the override.
                 duplicate_override = duplicate_override or bool(getattr(exc, "duplicate", False))
                 continue
-            status, fields = interpret(operation, response)
-            return self._finish(payment_id, owner, status, fields, on_done, response=response)
+            return self._answer(operation, payment_id, owner, response, on_done)
         # Every send failed before the gateway recorded it (stq proved each absent): safe to try later.
         self._wait_for_gateway(payment_id, owner, "RETRYING", f"{MAX_SENDS} sends did not reach the gateway")
+
+    def _answer(self, operation, payment_id, owner, response: Response, on_done, **extra) -> dict:
+        """Record the gateway's answer to our request."""
+        if operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
+            # An earlier delivery of this very void may have gone through while stq could not see it yet
+            # (its request still in flight when we asked): if stq now finds our ORDER_ID, record that VOID
+            # with its trans id instead of the bare refusal.
+            found = self._lookup(operation, payment_id)
+            if isinstance(found, Response) and found.approved:
+                return self._adopt(payment_id, owner, found, on_done, operation=operation)
+        status, fields = interpret(operation, response)
+        return self._finish(payment_id, owner, status, dict(fields, **extra), on_done, response=response)
 
     def _wait_for_gateway(self, payment_id, owner, status, note):
         """Park the operation (RETRYING: known not sent; UNKNOWN: to reconcile) and re-queue the task."""

@@ -328,11 +328,26 @@ def test_void_after_an_approved_sale_voids_it_and_marks_the_sale_voided(store):
 
 def test_already_voided_counts_as_done(store):
     sold = approved_sale(store)
-    gw = FakeGateway([Rejected(Response(status="ERROR", message=ALREADY_VOIDED, trans_type="VOID"))])
+    # stq finds no VOID under this void's ORDER_ID: someone else voided the sale.
+    gw = FakeGateway([Rejected(Response(status="ERROR", message=ALREADY_VOIDED, trans_type="VOID"))], stq=[None])
     outcome = make_flow(store, gw).follow_up("void", new_id("void"), trans_id=SALE_TRANS, parent=sold["payment_id"])
     assert outcome["status"] == "APPROVED" and outcome["message"].startswith(ALREADY_VOIDED)
     assert "counted as done" in outcome["message"]
-    assert len(gw.sends) == 1
+    assert len(gw.sends) == 1 and len(gw.queries) == 1
+    assert store.get(sold["payment_id"])["status"] == "VOIDED"
+
+
+def test_already_voided_by_an_earlier_delivery_of_the_same_void_records_that_void(store):
+    """Found by the reliability kills: the first delivery's VOID was still in flight when the redelivery's stq
+    looked (absent), so the resend met "Already Voided"; the record must carry the VOID's trans id."""
+    sold = approved_sale(store)
+    void_id = new_id("void")
+    ours = reply(message="Approved Void", trans_type="VOID", trans_id=OTHER_TRANS, order_id=void_id)
+    gw = FakeGateway([Rejected(Response(status="ERROR", message=ALREADY_VOIDED, trans_type="VOID"))], stq=[ours])
+    outcome = make_flow(store, gw).follow_up("void", void_id, trans_id=SALE_TRANS, parent=sold["payment_id"])
+    assert outcome["status"] == "APPROVED" and outcome["trans_id"] == OTHER_TRANS
+    assert outcome["reconciled"] == "stq"
+    assert gw.queries == [{"trans_id": None, "order_id": void_id}]
     assert store.get(sold["payment_id"])["status"] == "VOIDED"
 
 
