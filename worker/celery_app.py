@@ -135,8 +135,8 @@ class PaymentTask(Task):
     max_retries = None
 
 
-# Payment messages go to the results store's outbox once published; a worker removes the entry when
-# it is done with the message, and the sweep publishes entries left too long again (see ResultsStore).
+# Payment messages go to the results store's outbox once published; a worker's claim removes the entry
+# (ResultsStore.claim(message_id=...)), and the sweep publishes entries left too long again.
 OUTBOX_TASKS = frozenset({"payments.sale", "payments.auth", "payments.capture", "payments.refund", "payments.void"})
 
 

@@ -5,7 +5,7 @@ Each run, under a Redis lock with expiry so that two beats or a manual run never
 1. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
 2. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
-3. publishes again payment messages the broker lost (outbox entries nobody finished in time);
+3. publishes again payment messages the broker lost (outbox entries no worker claimed in time);
 4. finishes sale->void chains whose void was due but never ran.
 
 Voids use deterministic operation ids (``<payment_id>:void-stale``, ``<payment_id>:void``), so even a
