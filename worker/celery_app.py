@@ -83,6 +83,35 @@ class GreenPoolPrefetch(bootsteps.Step):
 app.steps["worker"].add(GreenPoolPrefetch)
 
 
+# ---- broker connections ------------------------------------------------------------------------------
+#: Broker connections a worker may open beyond one per pool slot (the consumer's BRPOP, restores, events).
+BROKER_CONNECTION_HEADROOM = 10
+
+
+class BrokerConnectionsForConcurrency(bootsteps.Step):
+    """Size kombu's Redis connection pool for the worker's concurrency.
+
+    kombu's Redis channel caps its pool at ``max_connections`` (10 by default) and raises MaxConnectionsError
+    past it instead of waiting. With late acks every pool slot (thread or greenlet) acks on its own, so a worker
+    with concurrency above ~10 runs out: acks fail ("Couldn't ack"), the consumer reconnects, and when the error
+    hits kombu's bookkeeping of a message BRPOP has just popped (``QoS.append``), that message is gone
+    (measured: 1 payment of 1000 never ran, gevent c=100; 17 failed acks at c=50; celery/celery#1350).
+    """
+
+    requires = ("celery.worker.components:Pool",)  # it sets max_concurrency (--autoscale)
+
+    def __init__(self, w, **kwargs):
+        super().__init__(w, **kwargs)
+        options = dict(w.app.conf.broker_transport_options or {})
+        needed = int(getattr(w, "max_concurrency", None) or w.concurrency or 1) + BROKER_CONNECTION_HEADROOM
+        if int(options.get("max_connections") or 10) < needed:
+            options["max_connections"] = needed
+            w.app.conf.broker_transport_options = options
+
+
+app.steps["worker"].add(BrokerConnectionsForConcurrency)
+
+
 class GreenTaskEventBuffer(bootsteps.StartStopStep):
     """Batch task events under a green pool, as Celery already does for its event-loop pools.
 

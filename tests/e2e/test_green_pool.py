@@ -88,3 +88,36 @@ def test_task_events_of_a_gevent_worker_arrive_batched_with_masked_arguments(gev
                 and e.get("uuid") == result.id][0]
     assert "xxxxxxxxxxxx1111" in received["kwargs"]
     assert scan_text(repr(bodies), cvv2=TEST_CARD["cvv2"], where="task events") == []
+
+
+BUSY_CONCURRENCY = 50
+
+
+@pytest.fixture
+def busy_gevent_worker(e2e_redis, sandbox, clean_faults, tmp_path):
+    """A gevent worker with more slots than kombu's default 10 broker connections."""
+    queue = f"green-busy-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "busy-worker.log"
+    with running_worker(worker_env(sandbox), log, pool="gevent", concurrency=BUSY_CONCURRENCY, queues=queue):
+        yield queue, log
+
+
+def test_a_busy_gevent_worker_has_a_broker_connection_for_every_slot(busy_gevent_worker):
+    stats = [s for s in _stats_of("gevent:TaskPool") if s.get("pool", {}).get("max-concurrency") == BUSY_CONCURRENCY]
+    assert stats, "the busy gevent worker did not answer inspect stats"
+    assert stats[0]["broker"]["transport_options"]["max_connections"] >= BUSY_CONCURRENCY
+
+
+def test_every_slot_acking_at_once_loses_no_ack_and_no_payment(busy_gevent_worker, sandbox):
+    # 50 greenlets whose gateway calls all take 300 ms finish together and ack together: with kombu's
+    # default pool of 10 connections, acks failed with MaxConnectionsError and a popped message could vanish.
+    queue, log = busy_gevent_worker
+    sandbox.set_faults({"latency_ms": 300, "jitter_ms": 0})
+    results = [sale.apply_async(kwargs={"amount": "1.00", "card": TEST_CARD, "customer": CUSTOMER}, queue=queue)
+               for _ in range(8 * BUSY_CONCURRENCY)]
+    outcomes = [r.get(timeout=60) for r in results]
+    assert [o["status"] for o in outcomes] == ["APPROVED"] * len(results)
+    time.sleep(0.5)  # the last acks
+    text = log.read_text()
+    assert "Couldn't ack" not in text
+    assert "MaxConnectionsError" not in text
