@@ -216,3 +216,21 @@ def test_reset_after_send_is_outcome_unknown():
     th.join(2)
     s.close()
     t.close()
+
+
+def test_form_fields_are_url_encoded_and_none_is_left_out(http_server):
+    srv, seen = http_server
+    t = HttpTransport(connect_timeout=2, read_timeout=2)
+    t.post(f"http://127.0.0.1:{srv.server_port}/interfaces/bp10emu",
+           {"NAME1": "Zoë & Co", "MEMO": "a=b+c", "EMPTY": "", "GONE": None})
+    assert seen[0][3] == {"NAME1": ["Zoë & Co"], "MEMO": ["a=b+c"]}  # parse_qs drops the blank EMPTY
+    t.close()
+
+
+def test_proxies_come_from_the_environment_and_honour_no_proxy(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    t = HttpTransport(connect_timeout=1, read_timeout=1)
+    assert t._proxies_for("https://secure.bluepay.com/interfaces/bp10emu")["https"] == "http://proxy.example:3128"
+    assert t._proxies_for("https://internal.example/interfaces/bp10emu") == {}
+    t.close()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import http.client
 import os
-import urllib.request
 import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import requests
 import urllib3.exceptions as u3
@@ -117,7 +117,12 @@ def classify(exc: BaseException) -> type[GatewayError]:
 
 
 class HttpTransport:
-    """POSTs form data through one pooled keep-alive session; never follows redirects."""
+    """POSTs form data through one pooled keep-alive session; never follows redirects.
+
+    A request is prepared and handed to the session's adapter directly: a gateway call needs none of
+    ``Session.request``'s cookie, hook, redirect and environment merging, which cost a third of the
+    client's CPU per call (bench/: ~370 -> ~250 us per POST on loopback).
+    """
 
     def __init__(
         self,
@@ -135,23 +140,31 @@ class HttpTransport:
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
-            # Read proxy and CA-bundle settings from the environment once, not on every request
-            # (requests' trust_env re-reads os.environ per call: ~5% of a payment's CPU in the profile).
-            session.proxies = dict(urllib.request.getproxies())
-            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             session.trust_env = False
         self.session = session
+        self._headers = {"User-Agent": user_agent, "Content-Type": "application/x-www-form-urlencoded"}
+        # Proxy and CA-bundle settings come from the environment once, not on every request.
+        self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[str, dict] = {}
+
+    def _proxies_for(self, url: str) -> dict:
+        proxies = self._proxies.get(url)
+        if proxies is None:  # per URL, honouring no_proxy; the client posts to two URLs
+            proxies = self._proxies[url] = requests.utils.get_environ_proxies(url)
+        return proxies
 
     def post(self, url: str, data: Mapping[str, str]) -> HttpReply:
         failure: type[GatewayError] | None = None
         cause = ""
         try:
-            resp = self.session.post(
-                url,
-                data=dict(data),
-                headers={"User-Agent": self.user_agent},
-                allow_redirects=False,
+            request = requests.PreparedRequest()
+            body = urlencode([(k, v) for k, v in data.items() if v is not None])  # as requests would: None is left out
+            request.prepare(method="POST", url=url, headers=self._headers, data=body)
+            resp = self.session.get_adapter(url).send(
+                request,
                 timeout=(self.connect_timeout, self.read_timeout),
+                verify=self._verify,
+                proxies=self._proxies_for(url),
             )
             try:
                 content = resp.content
