@@ -1,6 +1,6 @@
 """End-to-end benchmark: our payment worker against a bare Celery baseline, in one run.
 
-    payments bench --payments 1000 --latency-ms 0,200 --pool gevent --concurrency 50 --repeat 3
+    payments bench --payments 2000 --latency-ms 0,200 --pool gevent --concurrency 50 --repeat 3
     python -m bench.run ...            (the same)
 
 What one run does
@@ -116,7 +116,8 @@ def _pools(text):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="payments bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--payments", type=int, default=1000, help="payments per measured run (default 1000)")
+    p.add_argument("--payments", type=int, default=2000,
+                   help="payments per measured run (default 2000: a burst's ramp and last round weigh less)")
     p.add_argument("--latency-ms", type=_list(float), default=[0.0, 200.0],
                    help="injected gateway latency, comma list (default 0,200)")
     p.add_argument("--pool", type=_pools, default=["gevent"], help="prefork|threads|gevent (comma list allowed)")
