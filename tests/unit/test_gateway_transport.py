@@ -69,6 +69,7 @@ def test_session_pooled():
 
 class _Handler(BaseHTTPRequestHandler):
     seen: list = []
+    headers_seen: list = []
 
     def log_message(self, *a):  # quiet
         pass
@@ -77,6 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         form = parse_qs(self.rfile.read(length).decode())
         self.seen.append(("POST", self.path, self.headers.get("User-Agent"), form))
+        self.headers_seen.append(dict(self.headers))
         if self.path.endswith("/stq"):
             body = R.body(R.stq_row()).encode()
             self.send_response(200)
@@ -99,6 +101,7 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def http_server():
     _Handler.seen = []
+    _Handler.headers_seen = []
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()
@@ -233,4 +236,16 @@ def test_proxies_come_from_the_environment_and_honour_no_proxy(monkeypatch):
     t = HttpTransport(connect_timeout=1, read_timeout=1)
     assert t._proxies_for("https://secure.bluepay.com/interfaces/bp10emu")["https"] == "http://proxy.example:3128"
     assert t._proxies_for("https://internal.example/interfaces/bp10emu") == {}
+    t.close()
+
+
+def test_a_post_carries_the_headers_a_requests_session_would(http_server):
+    srv, seen = http_server
+    t = HttpTransport(connect_timeout=2, read_timeout=2)
+    t.post(f"http://127.0.0.1:{srv.server_port}/interfaces/bp10emu", {"A": "1"})
+    headers = {k.lower(): v for k, v in _Handler.headers_seen[0].items()}
+    assert headers["content-type"] == "application/x-www-form-urlencoded"
+    assert headers["content-length"] == "3"
+    assert headers["accept"] == "*/*" and "gzip" in headers["accept-encoding"]
+    assert headers["user-agent"] == "payments-worker/0.1 (+bluepay client)"
     t.close()

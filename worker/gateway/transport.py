@@ -142,7 +142,9 @@ class HttpTransport:
             session.mount("http://", adapter)
             session.trust_env = False
         self.session = session
-        self._headers = {"User-Agent": user_agent, "Content-Type": "application/x-www-form-urlencoded"}
+        # The headers Session.request would send (Accept, Accept-Encoding, Connection), ours on top.
+        self._headers = dict(requests.utils.default_headers(), **{
+            "User-Agent": user_agent, "Content-Type": "application/x-www-form-urlencoded"})
         # Proxy and CA-bundle settings come from the environment once, not on every request.
         self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._proxies: dict[str, dict] = {}
