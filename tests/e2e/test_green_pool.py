@@ -1,4 +1,5 @@
-"""A real gevent worker: it prefetches enough not to stall, and batches its task events.
+"""A real gevent worker: it prefetches enough not to stall, batches its task events, and has a broker
+connection for every slot.
 
 The worker listens on a queue of its own, so the session's threads worker never takes these payments.
 """
@@ -16,7 +17,7 @@ from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.workers import running_worker, worker_env
 from worker import app
-from worker.celery_app import GREEN_PREFETCH_MULTIPLIER
+from worker.celery_app import BROKER_CONNECTION_HEADROOM, GREEN_PREFETCH_MULTIPLIER
 
 QUEUE = f"green-test-{uuid.uuid4().hex[:6]}"
 CONCURRENCY = 3
@@ -44,6 +45,13 @@ def test_a_threads_worker_keeps_one_message_per_slot(celery_worker):
     stats = _stats_of("thread:TaskPool")
     assert stats, "the threads worker did not answer inspect stats"
     assert stats[0]["prefetch_count"] == 4  # conftest: concurrency 4, prefetch multiplier 1
+
+
+def test_a_threads_worker_has_a_broker_connection_for_every_thread(celery_worker):
+    # Threads ack from their own thread too (compose runs 16 of them, past kombu's default pool of 10).
+    stats = _stats_of("thread:TaskPool")
+    assert stats, "the threads worker did not answer inspect stats"
+    assert stats[0]["broker"]["transport_options"]["max_connections"] == 4 + BROKER_CONNECTION_HEADROOM
 
 
 def test_task_events_of_a_gevent_worker_arrive_batched_with_masked_arguments(gevent_worker):
