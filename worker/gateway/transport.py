@@ -121,7 +121,8 @@ class HttpTransport:
 
     A request is prepared and handed to the session's adapter directly: a gateway call needs none of
     ``Session.request``'s cookie, hook, redirect and environment merging, which cost a third of the
-    client's CPU per call (bench/: ~370 -> ~250 us per POST on loopback).
+    client's CPU per call (bench/: ~370 -> ~250 us per POST on loopback). A ``session`` passed in lends
+    its mounted adapters (connection pools) only; proxies and the CA bundle come from the environment.
     """
 
     def __init__(
