@@ -130,3 +130,4 @@ def test_every_slot_acking_at_once_loses_no_ack_and_no_payment(busy_gevent_worke
     text = log.read_text()
     assert "Couldn't ack" not in text
     assert "MaxConnectionsError" not in text
+    assert scan_text(text, cvv2=TEST_CARD["cvv2"], where="busy gevent worker log") == []
