@@ -10,7 +10,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from worker.processes import ROOT, StartError, stop
+from worker.processes import ROOT, StartError, free_port, stop
 
 __all__ = ["ROOT", "StartError", "stop", "start_sandbox", "start_celery_worker", "start_private_redis",
            "tree", "tree_cpu_seconds", "tree_peak_rss_bytes", "free_port", "py_spy_path"]
@@ -35,12 +34,6 @@ def _die_with_parent():  # runs in the child between fork and exec
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _drain(stream):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class StartError(RuntimeError):
     """A local process did not come up."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (the kernel picks it; it may be taken
+    again before the caller binds it, which is fine for tests and throwaway local servers)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def start_sandbox(*, host="127.0.0.1", port=0, args=(), env=None, timeout=15.0):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import redis
 
 from tests.support.card_scan import scan_text
 from tests.support.env import redis_url_with_db
+from tests.support.ports import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -39,12 +39,6 @@ def payments_cmd() -> list[str]:
 def payments(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
     return subprocess.run([*payments_cmd(), *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True,
                           text=True, timeout=timeout)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def outcome_blocks(stdout: str) -> list[dict]:

@@ -24,6 +24,7 @@ import requests
 import yaml
 
 from tests.support.env import E2E_REDIS_URL
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -128,12 +129,6 @@ def test_the_image_holds_what_the_commands_need():
 
 
 # ---------------------------------------------------------------------------------------------- running each command
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def payments_cmd() -> list[str]:
     exe = BIN / "payments"
     if exe.exists():

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import requests
 from tasks import sale, void
 from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -37,12 +37,6 @@ def scannable(text: str) -> str:
     ?v=<sha512> of Flower's static files). Neither can hold a card number; everything else is scanned."""
     text = FRACTION.sub(lambda m: "#" * len(m.group()), text)
     return HEX_DIGEST.sub(lambda m: "#" * len(m.group()), text)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def celery_cmd() -> list[str]:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import pytest
 from tests.support.card_scan import scan_files
 from tests.support.clocks import OffsetClock
 from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY, redis_url_with_db
+from tests.support.ports import closed_port
 from tests.support.workers import running_worker, worker_env
 from worker.config import Settings
 from worker.gateway import BluePayClient
@@ -33,12 +33,6 @@ from worker.sweep import run_sweep
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RECONCILE_AFTER = 0.5
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

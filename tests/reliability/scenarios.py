@@ -25,7 +25,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from kombu.exceptions import OperationalError
 
 from tests.support.card_scan import scan_files, scan_redis
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY, redis_url_with_db
+from tests.support.ports import free_port
 from tests.support.sandbox import running_sandbox
 from worker.config import Settings
 from worker.processes import start_worker, stop
@@ -81,12 +81,6 @@ UNICODE_CUSTOMER = {"name1": "Zoë", "name2": "Ødegård-Łukasz", "addr1": "1 S
 
 
 # ------------------------------------------------------------------------------------------ plumbing
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def settings_for(redis_url: str, sandbox, prefix: str, **overrides) -> Settings:
     """The test process's own Settings (sweeps, store reads) matching the workers'."""
     s = Settings(

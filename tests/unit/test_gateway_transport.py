@@ -14,6 +14,7 @@ import urllib3.exceptions as u3
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
+from tests.support.ports import closed_port
 from worker.gateway import BluePayClient
 from worker.gateway.errors import NotSent, OutcomeUnknown
 from worker.gateway.transport import POOL_MAXSIZE, HttpReply, HttpTransport, classify
@@ -110,14 +111,6 @@ def http_server():
     srv.server_close()
 
 
-def _closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_302_is_not_followed(http_server):
     srv, seen = http_server
     t = HttpTransport(connect_timeout=2, read_timeout=2)
@@ -146,7 +139,7 @@ def test_client_end_to_end_against_local_server(http_server):
 def test_connect_refused_is_not_sent():
     t = HttpTransport(connect_timeout=1, read_timeout=1)
     with pytest.raises(NotSent) as ei:
-        t.post(f"http://127.0.0.1:{_closed_port()}/interfaces/bp10emu", {"CC_NUM": "4111111111111111"})
+        t.post(f"http://127.0.0.1:{closed_port()}/interfaces/bp10emu", {"CC_NUM": "4111111111111111"})
     assert "4111111111111111" not in str(ei.value)
     assert ei.value.__cause__ is None and ei.value.__context__ is None
     t.close()
