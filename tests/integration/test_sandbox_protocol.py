@@ -561,3 +561,74 @@ def test_in_process_serve_and_cli_errors():
     bad = subprocess.run([sys.executable, "-m", "worker.sandbox", "--port", "0", "--faults", '{"x": 1}'],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "unknown keys" in bad.stderr
+
+
+def test_ledger_and_orders_by_order_id(sb):
+    """What a harness needs to count charges per ORDER_ID."""
+    sale = send(sb, "SALE", "3.00")
+    oid = sale["ORDER_ID"]
+    send(sb, "SALE", "3.00", ORDER_ID=oid, DUPLICATE_OVERRIDE="1")
+    send(sb, "SALE", "4.00", ORDER_ID=oid)
+    send(sb, "VOID", "", sale["RRNO"], ORDER_ID=oid)
+    rows = sb.ledger(order_id=oid)
+    assert [(r["trans_type"], r["status"], r["order_id"]) for r in rows] == [
+        ("SALE", "1", oid), ("SALE", "1", oid), ("SALE", "0", oid), ("VOID", "1", oid)]
+    assert sb.ledger(order_id="no-such-order") == []
+    assert sb.orders(oid) == {oid: {"entries": 4, "approved": {"SALE": 2, "VOID": 1}, "declined": {"SALE": 1},
+                                    "voided": {"SALE": 1}, "held": 0}}
+    assert sb.charges(oid) == 2 and sb.charges(oid, "AUTH") == 0 and sb.charges("no-such-order") == 0
+    assert sb.orders("no-such-order") == {}
+    assert oid in sb.orders() and len(sb.orders()) >= 1
+    stats = sb.stats()
+    assert stats["ledger_size"] >= 4 and stats["late_commits"] == {"held": 0, "committed": 0}
+    assert stats["duplicate_window"] == 120.0
+
+
+def _start_cli(env_extra: dict, *args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("SANDBOX_FAULTS", "SANDBOX_DUPLICATE_WINDOW")}
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(root)
+    return subprocess.Popen([sys.executable, "-m", "worker.sandbox", "--port", "0", *args], cwd=str(root),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("env_window,args,expected", [
+    ("0", (), 0.0), ("30", (), 30.0), ("0", ("--duplicate-window", "45"), 45.0), ("", (), 120.0)])
+def test_duplicate_window_from_env_or_flag(env_window, args, expected):
+    proc = _start_cli({"SANDBOX_DUPLICATE_WINDOW": env_window}, *args)
+    try:
+        line = proc.stdout.readline().strip()
+        url = line.rsplit(" ", 1)[-1]
+        assert line.startswith("sandbox listening on "), (line, proc.stderr.read() if proc.poll() else "")
+        assert requests.get(url + "/sandbox/duplicates", timeout=5).json() == {"window": expected,
+                                                                                "enabled": expected > 0}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize("env_window,args", [("soon", ()), ("-1", ()), ("", ("--duplicate-window", "-5"))])
+def test_bad_duplicate_window_is_refused_at_start(env_window, args):
+    proc = _start_cli({"SANDBOX_DUPLICATE_WINDOW": env_window}, *args)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "duplicate window" in err
+
+
+def test_late_commit_fault_from_the_command_line():
+    with running_sandbox(faults={"sequence": ["late_commit"], "late_commit_seconds": 0.3},
+                         duplicate_window=0) as s:
+        assert s.duplicates()["enabled"] is False
+        f = bp_fields(s, "SALE", "3.00")
+        with pytest.raises(requests.ReadTimeout):
+            post_raw(s, f, timeout=(2, 0.1))
+        assert s.ledger(order_id=f["ORDER_ID"]) == []
+        s.wait_no_held(timeout=3)
+        assert s.charges(f["ORDER_ID"]) == 1

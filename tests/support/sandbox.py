@@ -49,8 +49,32 @@ class Sandbox:
     def ledger(self, order_id: str | None = None) -> list[dict]:
         return self._get("ledger", **({"order_id": order_id} if order_id is not None else {}))
 
+    def orders(self, order_id: str | None = None) -> dict[str, dict]:
+        """Per ORDER_ID: entries, approved/declined/voided counts by type, held late commits."""
+        return self._get("orders", **({"order_id": order_id} if order_id is not None else {}))
+
+    def charges(self, order_id: str, trans_type: str = "SALE") -> int:
+        """Approved ``trans_type`` entries committed under ``order_id`` (voided ones included)."""
+        return self.orders(order_id).get(order_id, {}).get("approved", {}).get(trans_type, 0)
+
     def reset(self) -> dict:
+        """Clear ledger, faults, counters; drop held late commits; restore the start duplicate window."""
         return self._post("reset")
+
+    def duplicates(self) -> dict:
+        return self._get("duplicates")
+
+    def set_duplicate_window(self, seconds: float) -> dict:
+        """0 switches duplicate scrubbing off (until changed again or reset)."""
+        return self._post("duplicates", {"window": seconds})
+
+    def wait_no_held(self, timeout: float = 30.0) -> None:
+        """Wait until no late commit is held (every queued request has committed)."""
+        deadline = time.monotonic() + timeout
+        while self.stats()["late_commits"]["held"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("late commits still held")
+            time.sleep(0.05)
 
     def settle(self, ids: list[str] | None = None) -> list[str]:
         return self._post("settle", {"ids": list(ids)} if ids is not None else {})["settled"]
@@ -84,7 +108,11 @@ class Sandbox:
 def running_sandbox(*, faults: dict | None = None, account_id: str = DEFAULT_ACCOUNT_ID,
                     secret_key: str = DEFAULT_SECRET_KEY, duplicate_window: float | None = None,
                     extra_args: tuple | list = (), startup_timeout: float = 15.0) -> Iterator[Sandbox]:
-    """Start ``python -m worker.sandbox --port 0`` and yield a :class:`Sandbox`; stop it on exit."""
+    """Start ``python -m worker.sandbox --port 0`` and yield a :class:`Sandbox`; stop it on exit.
+
+    The sandbox does not inherit ``SANDBOX_FAULTS`` or ``SANDBOX_DUPLICATE_WINDOW`` from the
+    environment: pass ``faults=`` / ``duplicate_window=`` (0 = duplicate scrubbing off).
+    """
     cmd = [sys.executable, "-m", "worker.sandbox", "--host", "127.0.0.1", "--port", "0",
            "--account-id", account_id, "--secret-key", secret_key]
     if faults is not None:
@@ -94,6 +122,7 @@ def running_sandbox(*, faults: dict | None = None, account_id: str = DEFAULT_ACC
     cmd += [str(a) for a in extra_args]
     env = dict(os.environ)
     env.pop("SANDBOX_FAULTS", None)
+    env.pop("SANDBOX_DUPLICATE_WINDOW", None)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

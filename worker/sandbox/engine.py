@@ -197,6 +197,32 @@ class Engine:
         with self.lock:
             return len(self._order)
 
+    def orders(self, order_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Ledger entries counted per ORDER_ID (all orders, or the one given).
+
+        ``{order_id: {"entries": n, "approved": {TYPE: n}, "declined": {TYPE: n},
+        "voided": {TYPE: n}}}``; ``approved`` counts every approved entry of that type,
+        voided or not (``voided`` says how many of them were voided since).
+        """
+        with self.lock:
+            rows = self._by_order_id.get(order_id, []) if order_id is not None else self._order
+            out: dict[str, dict[str, Any]] = {}
+            for e in rows:
+                o = out.setdefault(e.order_id, {"entries": 0, "approved": {}, "declined": {}, "voided": {}})
+                o["entries"] += 1
+                bucket = o["approved"] if e.status == "1" else o["declined"]
+                bucket[e.trans_type] = bucket.get(e.trans_type, 0) + 1
+                if e.voided:
+                    o["voided"][e.trans_type] = o["voided"].get(e.trans_type, 0) + 1
+            return out
+
+    def set_duplicate_window(self, seconds: float) -> float:
+        """Change the duplicate window at run time (0 disables scrubbing). Earlier entries
+        still count when it is switched back on: the window is judged at each request."""
+        with self.lock:
+            self.duplicate_window = float(seconds or 0)
+            return self.duplicate_window
+
     def settle(self, ids: Iterable[str] | None = None, older_than: float | None = None) -> list[str]:
         """Settle approved SALE/CAPTURE/REFUND entries (all eligible when ``ids`` is None)."""
         now = self.clock()

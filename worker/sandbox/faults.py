@@ -6,7 +6,7 @@ Configuration (JSON; ``--faults``, env ``SANDBOX_FAULTS``, ``POST /sandbox/fault
      "probabilities": {"refuse": 0.05, "http_502": 0.05},
      "sequence": ["ok", "drop_after_commit"],
      "endpoints": ["bp10emu"],
-     "slow_seconds": 5, "seed": 1}
+     "slow_seconds": 5, "late_commit_seconds": 5, "seed": 1}
 
 Every key is optional. For each request on one of ``endpoints`` (default
 ``["bp10emu"]``; names: ``bp10emu``, ``stq``, ``wlcatch``, or ``"*"`` for all three):
@@ -14,6 +14,19 @@ the next ``sequence`` item is consumed if any is left ("ok" = no fault), otherwi
 random draw picks at most one kind from ``probabilities`` (their sum must be <= 1).
 ``latency_ms`` + uniform(0, ``jitter_ms``) is slept before every such request.
 The control API (``/sandbox/...``) is never subject to faults.
+
+Kinds:
+
+* before processing, nothing recorded: ``refuse`` (RST without a reply), ``http_502``, ``http_503``;
+* after processing, the transaction is recorded: ``drop_after_commit`` (RST), ``slow_after_commit``
+  (the reply is written ``slow_seconds`` late), ``http_500_after_commit``, ``garbled``, ``bad_stamp``;
+* ``late_commit``: the request is read, then HELD ``late_commit_seconds`` before it is processed at
+  all (validated, duplicate-checked, recorded, timestamped); then it is committed whatever the
+  client did meanwhile (a client with a shorter read timeout has usually disconnected) and the
+  reply is written if the connection still takes it. Until the commit, ``stq`` and the ledger do
+  not see it: a request queued inside the gateway. ``POST /sandbox/reset`` DROPS every held commit
+  (it never commits; a still-connected client gets an RST). On ``stq``/``wlcatch`` it is a plain
+  hold before answering.
 """
 
 from __future__ import annotations
@@ -25,7 +38,10 @@ from typing import Any
 
 BEFORE_KINDS = ("refuse", "http_502", "http_503")
 AFTER_KINDS = ("drop_after_commit", "slow_after_commit", "http_500_after_commit", "garbled", "bad_stamp")
-KINDS = BEFORE_KINDS + AFTER_KINDS
+HOLD_KINDS = ("late_commit",)
+KINDS = BEFORE_KINDS + AFTER_KINDS + HOLD_KINDS
+DEFAULT_SLOW_SECONDS = 5.0
+DEFAULT_LATE_COMMIT_SECONDS = 5.0
 ENDPOINTS = ("bp10emu", "stq", "wlcatch")
 
 
@@ -45,7 +61,7 @@ def parse_config(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise FaultConfigError("faults: expected a JSON object")
     unknown = set(raw) - {"latency_ms", "jitter_ms", "probabilities", "sequence", "endpoints",
-                          "slow_seconds", "seed"}
+                          "slow_seconds", "late_commit_seconds", "seed"}
     if unknown:
         raise FaultConfigError(f"faults: unknown keys {sorted(unknown)}")
 
@@ -83,7 +99,9 @@ def parse_config(raw: Any) -> dict[str, Any]:
         "latency_ms": number("latency_ms", 0), "jitter_ms": number("jitter_ms", 0),
         "probabilities": {k: float(v) for k, v in probs.items() if v},
         "sequence": list(seq), "endpoints": list(endpoints),
-        "slow_seconds": number("slow_seconds", 5), "seed": seed,
+        "slow_seconds": number("slow_seconds", DEFAULT_SLOW_SECONDS),
+        "late_commit_seconds": number("late_commit_seconds", DEFAULT_LATE_COMMIT_SECONDS),
+        "seed": seed,
     }
 
 
@@ -119,7 +137,11 @@ class Faults:
             return dict(self.injected)
 
     def decide(self, endpoint: str) -> tuple[str | None, float, float]:
-        """(fault kind or None, delay seconds before processing, slow_seconds)."""
+        """(fault kind or None, delay seconds before processing, the kind's own seconds).
+
+        The last item is ``slow_seconds`` for ``slow_after_commit``, ``late_commit_seconds``
+        for ``late_commit``, else 0.
+        """
         if not self._active or endpoint not in self._endpoints:
             return None, 0.0, 0.0
         with self.lock:
@@ -141,4 +163,6 @@ class Faults:
                         break
             if kind is not None:
                 self.injected[kind] = self.injected.get(kind, 0) + 1
-            return kind, delay, cfg["slow_seconds"]
+            seconds = {"slow_after_commit": cfg["slow_seconds"],
+                       "late_commit": cfg["late_commit_seconds"]}.get(kind, 0.0)
+            return kind, delay, seconds

@@ -32,8 +32,8 @@ What it serves
   when nothing matches; 400 ``STATUS=E&MESSAGE=...`` on a bad seal, malformed dates, or an end
   date not after the start date (the end is exclusive; equal dates would always be "absent").
 * ``GET /interfaces/wlcatch``: 200 with a tiny HTML page, for redirect-following clients.
-* ``/sandbox/...``: a JSON control API (health, ledger, reset, settle, faults, stats, outage);
-  see ``README_TEXT`` below or ``python -m worker.sandbox --help``.
+* ``/sandbox/...``: a JSON control API (health, ledger, orders, reset, settle, faults, duplicates,
+  stats, outage); see ``README_TEXT`` below or ``python -m worker.sandbox --help``.
 
 Rules (TEST mode, bluepay.md; LIVE mode is accepted and behaves the same, FLAGS empty)
 ------------------------------------------------------------------------------------
@@ -57,11 +57,25 @@ Duplicate scrubbing (BluePay does not publish its rule; this is ours)
 ---------------------------------------------------------------------
 A SALE or AUTH is a duplicate when an earlier SALE/AUTH ledger entry (approved OR declined) has
 the same account, MODE, transaction type, card number, amount and ORDER_ID (an empty ORDER_ID
-matches an empty one) and was created at most ``--duplicate-window`` seconds ago (default
-120; 0 disables scrubbing). ``DUPLICATE_OVERRIDE=1`` skips the check. A duplicate is NOT
-processed and NOT recorded: the reply carries the EARLIER attempt's Result and STATUS,
-``MESSAGE=DUPLICATE`` and NO TRANS_ID/RRNO/ID; look the outcome up with stq by ORDER_ID.
+matches an empty one) and was created at most ``--duplicate-window`` seconds ago (env
+``SANDBOX_DUPLICATE_WINDOW``; default 120; 0 disables scrubbing; ``POST /sandbox/duplicates
+{"window": N}`` changes it at run time and ``POST /sandbox/reset`` restores the start value).
+``DUPLICATE_OVERRIDE=1`` skips the check. A duplicate is NOT processed and NOT recorded: the
+reply carries the EARLIER attempt's Result and STATUS, ``MESSAGE=DUPLICATE`` and NO
+TRANS_ID/RRNO/ID; look the outcome up with stq by ORDER_ID.
 The window counts from the earlier attempt, which is not refreshed by duplicates.
+
+Late commits (fault kind ``late_commit``)
+-----------------------------------------
+A real gateway may queue a request and commit it seconds after the client gave up on it. The
+``late_commit`` fault reads the request, holds it ``late_commit_seconds`` (fault config; default 5)
+in its connection's own thread (other requests are served meanwhile), then processes it exactly as
+if it had just arrived (validation, duplicate scrubbing and ISSUE_DATE are judged at the commit),
+whether or not the client is still connected, and writes the reply if the connection still takes
+it. Until then neither ``stq`` nor ``/sandbox/ledger`` sees it (``/sandbox/stats`` counts it under
+``late_commits.held``, ``/sandbox/orders`` per ORDER_ID). ``POST /sandbox/reset`` drops every held
+commit: it never commits, and a client still waiting gets a connection reset. A held commit survives
+an outage (it commits on schedule; its connection is gone), not a process exit.
 
 What it does NOT imitate
 ------------------------
@@ -80,6 +94,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import socketserver
@@ -101,19 +116,31 @@ Control API (JSON, never subject to faults; unavailable during an outage):
   GET  /sandbox/ledger[?order_id=X]         list of entries (id, trans_type, amount, status, result,
                                             message, order_id, rrno/origin, payment_account, card_type,
                                             mode, created_at, settled, voided, captured, refunded, ...)
-  POST /sandbox/reset                       clear ledger, faults and counters
+  GET  /sandbox/orders[?order_id=X]         per ORDER_ID: {"entries": n, "approved": {TYPE: n},
+                                            "declined": {TYPE: n}, "voided": {TYPE: n}, "held": n}
+                                            (held = late commits not yet committed)
+  POST /sandbox/reset                       clear ledger, faults and counters, drop held late commits,
+                                            restore the start duplicate window; {"ok", "held_dropped"}
   POST /sandbox/settle {"ids": [...]}|{}    settle those (or all) approved SALE/CAPTURE/REFUND entries
   GET  /sandbox/faults                      current fault config (+ sequence_remaining, injected)
   POST /sandbox/faults {...}                replace the fault config ({} = none); 400 if invalid
-  GET  /sandbox/stats                       requests by endpoint, faults injected by kind, connections
+  GET  /sandbox/duplicates                  {"window": seconds, "enabled": bool}
+  POST /sandbox/duplicates {"window": N}    set the duplicate window at run time (0 = scrubbing off)
+  GET  /sandbox/stats                       requests by endpoint, faults injected by kind, connections,
+                                            ledger_size, duplicate_window,
+                                            late_commits {"held", "committed"}
   POST /sandbox/outage {"seconds": N}       close the LISTENING socket (and open connections) for N s:
                                             new connections get ECONNREFUSED; then reopen same port
 Fault JSON: {"latency_ms": 0, "jitter_ms": 0, "probabilities": {"refuse": 0.05, ...},
              "sequence": ["ok", "drop_after_commit", ...], "endpoints": ["bp10emu"],
-             "slow_seconds": 5, "seed": 1}
+             "slow_seconds": 5, "late_commit_seconds": 5, "seed": 1}
 Fault kinds: refuse, http_502, http_503 (before processing: nothing recorded);
              drop_after_commit, slow_after_commit, http_500_after_commit, garbled, bad_stamp
-             (the transaction is recorded first).
+             (the transaction is recorded first);
+             late_commit (held late_commit_seconds, invisible to stq, then committed whatever the
+             client did meanwhile; a reset drops it).
+Env: SANDBOX_FAULTS (= --faults), SANDBOX_DUPLICATE_WINDOW (= --duplicate-window),
+     BLUEPAY_ACCOUNT_ID, BLUEPAY_SECRET_KEY.
 """
 
 _REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -256,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------ interfaces
     def _faulted(self, endpoint: str, query: str, process):
         app = self.server.app
-        kind, delay, slow = app.faults.decide(endpoint)
+        kind, delay, seconds = app.faults.decide(endpoint)
         if delay:
             time.sleep(delay)
         if kind == "refuse":
@@ -265,11 +292,13 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in ("http_502", "http_503"):
             code = 502 if kind == "http_502" else 503
             return self._send(code, f"{code} {_REASONS[code]}\n".encode(), "text/html")
+        if kind == "late_commit":
+            return self._late_commit(endpoint, body, query, process, seconds)
         status, payload, ctype, headers, stamp_holder = process(body, query)
         if kind == "drop_after_commit":
             return self._reset_connection()
         if kind == "slow_after_commit":
-            time.sleep(slow)
+            time.sleep(seconds)
         if kind == "http_500_after_commit":
             return self._send(500, b"500 Internal Server Error\n", "text/html")
         if kind == "garbled":
@@ -277,6 +306,21 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "bad_stamp" and stamp_holder is not None:
             status, payload, ctype, headers = stamp_holder()
         self._send(status, payload, ctype, headers)
+
+    def _late_commit(self, endpoint: str, body: bytes, query: str, process, seconds: float):
+        """Hold the request ``seconds`` in this connection's thread (the server is threaded:
+        nothing else waits), then commit it whatever the client did; reply if still possible."""
+        order_id = self._form(body, query).get("ORDER_ID", "") if endpoint == "bp10emu" else ""
+        result = self.server.app.hold_then_commit(seconds, order_id, lambda: process(body, query))
+        if result is None:  # dropped by a reset (or the server is stopping): never committed
+            return self._reset_connection()
+        status, payload, ctype, headers, _ = result
+        self.close_connection = True
+        try:
+            self._send(status, payload, ctype, headers)
+        except OSError:  # the client gave up long ago: the commit stands
+            pass
+        return None
 
     def _bp10emu(self, body: bytes, query: str):
         fields = self._form(body, query)
@@ -334,9 +378,20 @@ class _Handler(BaseHTTPRequestHandler):
                                     "ledger_size": app.engine.count(), "uptime_s": app.uptime()})
         if name == "ledger" and method == "GET":
             return self._json(200, app.engine.ledger(params.get("order_id")))
+        if name == "orders" and method == "GET":
+            return self._json(200, app.orders(params.get("order_id")))
         if name == "reset" and method == "POST":
-            app.reset()
-            return self._json(200, {"ok": True})
+            return self._json(200, {"ok": True, "held_dropped": app.reset()})
+        if name == "duplicates":
+            if method == "POST":
+                window = data.get("window") if isinstance(data, dict) else None
+                if (isinstance(window, bool) or not isinstance(window, (int, float))
+                        or not math.isfinite(window) or window < 0):
+                    return self._json(400, {"error": "window must be a number of seconds >= 0 (0 = off)"})
+                app.engine.set_duplicate_window(window)
+            elif method != "GET":
+                return self._json(405, {"error": "GET or POST"})
+            return self._json(200, app.duplicates())
         if name == "settle" and method == "POST":
             ids = data.get("ids") if isinstance(data, dict) else None
             if ids is not None and not isinstance(ids, list):
@@ -364,6 +419,17 @@ class _Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": f"no control endpoint {method} /sandbox/{name}"})
 
 
+class _Held:
+    """One late commit waiting in its handler thread."""
+
+    __slots__ = ("event", "dropped", "order_id")
+
+    def __init__(self, order_id: str):
+        self.event = threading.Event()
+        self.dropped = False
+        self.order_id = order_id
+
+
 class SandboxServer:
     """A running sandbox: ``.url``, ``.port``, ``.engine``, ``.faults``, ``.shutdown()``."""
 
@@ -372,10 +438,12 @@ class SandboxServer:
                  faults: Any = None, duplicate_window: float | None = None,
                  settle_after: float | None = None, access_log: bool = False):
         self.host = host
+        self.start_duplicate_window = float(DEFAULT_DUPLICATE_WINDOW if duplicate_window is None
+                                            else duplicate_window)
         self.engine = Engine(
             account_id or os.environ.get("BLUEPAY_ACCOUNT_ID") or DEFAULT_ACCOUNT_ID,
             secret_key or os.environ.get("BLUEPAY_SECRET_KEY") or DEFAULT_SECRET_KEY,
-            DEFAULT_DUPLICATE_WINDOW if duplicate_window is None else duplicate_window,
+            self.start_duplicate_window,
         )
         self.faults = Faults(faults)
         self.access_log = access_log
@@ -392,6 +460,11 @@ class SandboxServer:
         self._outage_count = 0
         self._outage_lock = threading.Lock()
         self._in_outage = False
+        # late commits: held requests, and how many were committed since the last reset.
+        # _held_lock also covers a late commit's processing, so a reset never races one.
+        self._held_lock = threading.Lock()
+        self._held: set[_Held] = set()
+        self._late_committed = 0
         server_cls = _HTTPServer6 if ":" in host else _HTTPServer
         self.httpd = server_cls((host, port), _Handler)
         self.httpd.app = self
@@ -426,18 +499,72 @@ class SandboxServer:
         with self._stats_lock:
             requests = dict(self._requests)
             conns = {"current": len(self._conns), "total": self._conn_total, "peak": self._conn_peak}
+        with self._held_lock:
+            late = {"held": len(self._held), "committed": self._late_committed}
         return {"requests": requests, "faults_injected": self.faults.counts(),
                 "faults": self.faults.snapshot(), "connections": conns,
                 "outages": self._outage_count, "ledger_size": self.engine.count(),
+                "duplicate_window": self.engine.duplicate_window, "late_commits": late,
                 "uptime_s": self.uptime()}
 
-    def reset(self) -> None:
-        self.engine.reset()
+    def duplicates(self) -> dict[str, Any]:
+        window = self.engine.duplicate_window
+        return {"window": window, "enabled": window > 0}
+
+    def orders(self, order_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """``Engine.orders`` plus ``held``: late commits of that ORDER_ID not yet committed."""
+        with self._held_lock:
+            held: dict[str, int] = {}
+            for h in self._held:
+                if order_id is None or h.order_id == order_id:
+                    held[h.order_id] = held.get(h.order_id, 0) + 1
+            out = self.engine.orders(order_id)
+        for oid, row in out.items():
+            row["held"] = held.pop(oid, 0)
+        for oid, n in held.items():
+            out[oid] = {"entries": 0, "approved": {}, "declined": {}, "voided": {}, "held": n}
+        return out
+
+    def hold_then_commit(self, seconds: float, order_id: str, commit):
+        """Wait ``seconds`` (a reset or shutdown cuts it short), then run ``commit()`` unless
+        the hold was dropped meanwhile. Returns commit()'s result, or None if dropped."""
+        h = _Held(order_id)
+        with self._held_lock:
+            if self._stopping:
+                return None
+            self._held.add(h)
+        h.event.wait(seconds)
+        with self._held_lock:
+            self._held.discard(h)
+            if h.dropped:
+                return None
+            result = commit()
+            self._late_committed += 1
+            return result
+
+    def _drop_held(self) -> int:
+        """Drop every held late commit (caller holds ``_held_lock``); returns how many."""
+        n = len(self._held)
+        for h in self._held:
+            h.dropped = True
+            h.event.set()
+        self._held.clear()
+        return n
+
+    def reset(self) -> int:
+        """Clear ledger, faults and counters; drop held late commits (returns how many);
+        restore the duplicate window the sandbox started with."""
+        with self._held_lock:
+            dropped = self._drop_held()
+            self._late_committed = 0
+            self.engine.reset()
+            self.engine.set_duplicate_window(self.start_duplicate_window)
         self.faults.reset()
         with self._stats_lock:
             self._requests.clear()
             self._conn_total = len(self._conns)
             self._conn_peak = len(self._conns)
+        return dropped
 
     # ------------------------------------------------------------ serving, outage
     def _serve_loop(self) -> None:
@@ -497,6 +624,8 @@ class SandboxServer:
             return
         self._stopping = True
         self._stop_event.set()
+        with self._held_lock:
+            self._drop_held()
         self.httpd.shutdown()
         self._thread.join(timeout=5)
         try:
@@ -530,8 +659,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-key", default=None,
                    help="secret key (env BLUEPAY_SECRET_KEY, else the documented demo key)")
     p.add_argument("--faults", default=None, help="initial fault config JSON (env SANDBOX_FAULTS)")
-    p.add_argument("--duplicate-window", type=float, default=DEFAULT_DUPLICATE_WINDOW,
-                   help="seconds; 0 disables duplicate scrubbing (default 120)")
+    p.add_argument("--duplicate-window", type=float, default=None,
+                   help="seconds; 0 disables duplicate scrubbing (env SANDBOX_DUPLICATE_WINDOW, else 120); "
+                        "POST /sandbox/duplicates changes it at run time")
     p.add_argument("--settle-after", type=float, default=None,
                    help="auto-settle approved SALE/CAPTURE/REFUND entries older than this many seconds")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
@@ -541,9 +671,18 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     faults = args.faults if args.faults is not None else os.environ.get("SANDBOX_FAULTS")
+    window = args.duplicate_window
+    if window is None and (os.environ.get("SANDBOX_DUPLICATE_WINDOW") or "").strip():
+        try:
+            window = float(os.environ["SANDBOX_DUPLICATE_WINDOW"])
+        except ValueError:
+            window = -1.0
+    if window is not None and (not math.isfinite(window) or window < 0):
+        print("sandbox: the duplicate window must be a number of seconds >= 0 (0 = off)", file=sys.stderr)
+        return 2
     try:
         server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
-                       faults=faults, duplicate_window=args.duplicate_window,
+                       faults=faults, duplicate_window=window,
                        settle_after=args.settle_after, access_log=args.access_log)
     except FaultConfigError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
