@@ -1,36 +1,24 @@
 """The ``payments`` command: demo, sandbox, show, list, sweep, enqueue, bench.
 
 Errors a user can act on (Redis down, gateway unreachable, bad arguments) end in one line on stderr
-and exit status 2, not a traceback.
+and exit status 2, not a traceback (``worker.console``).
 """
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 
 import redis
 
-EXIT_USAGE = 2
+from worker.console import EXIT_USAGE, OUTCOME_LINES, CommandError, format_outcome, release
 
-OUTCOME_LINES = (
-    ("Transaction Status", "status"),
-    ("Transaction Message", "message"),
-    ("Transaction ID", "trans_id"),
-    ("Transaction AVS Result", "avs"),
-    ("Transaction CVV2 Result", "cvv2"),
-    ("Masked Payment Account", "masked_account"),
-    ("Card Type", "card_type"),
-    ("Transaction Auth Code", "auth_code"),
-)
+__all__ = ["EXIT_USAGE", "OUTCOME_LINES", "CommandError", "format_outcome", "build_parser", "main"]
 
-
-class CommandError(Exception):
-    """A failure to report in one line."""
-
-
-def format_outcome(outcome: dict) -> str:
-    return "\n".join(f"{label}: {outcome.get(key) or ''}" for label, key in OUTCOME_LINES)
+CUSTOMER_OPTIONS = ("name1", "name2", "addr1", "addr2", "city", "state", "zipcode", "country")
+#: What standard input may hold for ``payments enqueue sale|auth``: the card number, then the CVV2.
+CARD_INPUT_MAX = 256
 
 
 def _services():
@@ -100,44 +88,108 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_enqueue(args) -> int:
-    svc = _services()
-    _ping_redis(svc)
-    import tasks
+def read_card(stdin=None) -> tuple[str | None, str | None]:
+    """The card number and CVV2, never from argv (the process list and shell history would keep them).
 
-    op = args.operation
-    if op in ("sale", "auth"):
-        card = {"number": args.card_number, "expire": args.expire}
-        if args.cvv2:
-            card["cvv2"] = args.cvv2
-        customer = {k: getattr(args, k) for k in ("name1", "name2", "addr1", "addr2", "city", "state", "zipcode",
-                                                     "country") if getattr(args, k)}
-        sig = getattr(tasks, op).s(amount=args.amount, card=card, customer=customer or None,
-                                   order_id=args.order_id, idempotency_key=args.idempotency_key)
-        result = (sig | tasks.void.s()).delay() if args.then_void else sig.delay()
-    elif op == "void":
-        result = tasks.void.delay(args.trans_id, idempotency_key=args.idempotency_key)
+    A terminal gets two prompts without echo (getpass); otherwise standard input holds the number on
+    its first line and, optionally, the CVV2 on its second. Empty means not given."""
+    stdin = sys.stdin if stdin is None else stdin
+    if stdin is not None and stdin.isatty():
+        try:
+            number = getpass.getpass("Card number: ")
+            cvv2 = getpass.getpass("CVV2 (Enter for none): ")
+        except EOFError:
+            number, cvv2 = "", ""
     else:
-        result = getattr(tasks, op).delay(args.trans_id, amount=args.amount, idempotency_key=args.idempotency_key)
-    print(f"enqueued {op} task {result.id}", file=sys.stderr)
-    if not args.wait:
-        print(result.id)
-        return 0
-    from celery.exceptions import TimeoutError as CeleryTimeout
+        lines = (stdin.read(CARD_INPUT_MAX) if stdin is not None else "").splitlines()
+        number = lines[0] if lines else ""
+        cvv2 = lines[1] if len(lines) > 1 else ""
+    return (number.strip() or None), (cvv2.strip() or None)
+
+
+def check_input(op: str, *, amount, card=None, customer=None, order_id=None, trans_id=None) -> None:
+    """Refuse what the worker would refuse, before anything is enqueued, with the message it would record
+    (``invalid input: FIELD: ...``): the worker's own validation (worker/gateway/validation.py), called in
+    the order the flow calls it (worker/flow.py: card, amount, customer, order id; trans id, amount)."""
+    from worker.gateway import InvalidInput, validation
 
     try:
-        steps = []
-        node = result
-        while node is not None:
-            steps.append(node)
-            node = node.parent
+        if op in ("sale", "auth"):
+            validation.card(card)
+            validation.amount(amount, allow_zero=(op == "auth"))
+            validation.customer(customer)
+            if order_id is not None:
+                validation.invoice_id(order_id)
+        else:
+            validation.trans_id(trans_id)
+            if op != "void" and amount is not None:
+                validation.amount(amount)
+    except InvalidInput as exc:
+        raise CommandError(f"invalid input: {exc}") from None
+
+
+def _refuse_card_options(args) -> None:
+    given = [name for name, value in (("--card-number", args.card_number), ("--cvv2", args.cvv2)) if value]
+    if given:
+        raise CommandError(f"{' and '.join(given)} is not accepted on the command line (the process list and shell "
+                           "history would keep it): type it at the prompt or pipe it on standard input, "
+                           "card number on the first line, CVV2 on the second")
+
+
+def _publish(op: str, args):
+    """Validate, then enqueue; returns the AsyncResult (the void's, chained after the sale, with --then-void)."""
+    import tasks
+
+    if op in ("sale", "auth"):
+        number, cvv2 = read_card()
+        card = {"number": number, "expire": args.expire}
+        if cvv2:
+            card["cvv2"] = cvv2
+        customer = {k: getattr(args, k) for k in CUSTOMER_OPTIONS if getattr(args, k)} or None
+        check_input(op, amount=args.amount, card=card, customer=customer, order_id=args.order_id)
+        sig = getattr(tasks, op).s(amount=args.amount, card=card, customer=customer,
+                                   order_id=args.order_id, idempotency_key=args.idempotency_key)
+        return (sig | tasks.void.s()).delay() if args.then_void else sig.delay()
+    check_input(op, amount=args.amount, trans_id=args.trans_id)
+    if op == "void":
+        return tasks.void.delay(args.trans_id, idempotency_key=args.idempotency_key)
+    return getattr(tasks, op).delay(args.trans_id, amount=args.amount, idempotency_key=args.idempotency_key)
+
+
+def _print_outcomes(result, op: str, args) -> None:
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    steps = []
+    node = result
+    while node is not None:
+        steps.append(node)
+        node = node.parent
+    try:
         for step in reversed(steps):
             outcome = step.get(timeout=args.timeout)
             print(f"== {outcome.get('operation', op)} {outcome.get('payment_id')}")
             print(json.dumps(outcome, indent=2, sort_keys=True) if args.json else format_outcome(outcome))
     except CeleryTimeout:
         raise CommandError(f"no outcome within {args.timeout:g}s: is a worker running? (task {result.id})") from None
-    return 0
+
+
+def cmd_enqueue(args) -> int:
+    op = args.operation
+    _refuse_card_options(args)
+    if args.then_void and op not in ("sale", "auth"):
+        raise CommandError("--then-void follows a sale or an auth")
+    svc = _services()
+    _ping_redis(svc)
+    result = _publish(op, args)
+    try:
+        print(f"enqueued {op} task {result.id}", file=sys.stderr)
+        if not args.wait:
+            print(result.id)
+            return 0
+        _print_outcomes(result, op, args)
+        return 0
+    finally:
+        release(result)
 
 
 def cmd_sandbox(args) -> int:
@@ -187,13 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run the sweep now: stale auths, unknown outcomes, due chain voids")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("enqueue", help="enqueue one operation and print its outcome")
+    p = sub.add_parser(
+        "enqueue", help="enqueue one operation and print its outcome",
+        description="Enqueue one operation and print its outcome. For sale and auth the card number and CVV2 "
+                    "are read without echo from a prompt, or from standard input (number on the first line, "
+                    "CVV2 on the second), never from the command line. Input the worker would refuse is "
+                    "refused here, before anything is enqueued.",
+        epilog="example: printf '4111111111111111\\n123\\n' | payments enqueue sale --amount 3.00 --expire 1230")
     p.add_argument("operation", choices=("sale", "auth", "capture", "refund", "void"))
     p.add_argument("--amount")
-    p.add_argument("--card-number")
-    p.add_argument("--expire", help="MMYY")
-    p.add_argument("--cvv2")
-    for field in ("name1", "name2", "addr1", "addr2", "city", "state", "zipcode", "country"):
+    p.add_argument("--expire", help="MMYY (sale, auth)")
+    # Refused with a message: a card on argv lands in the process list and the shell history.
+    p.add_argument("--card-number", help=argparse.SUPPRESS)
+    p.add_argument("--cvv2", help=argparse.SUPPRESS)
+    for field in CUSTOMER_OPTIONS:
         p.add_argument(f"--{field}")
     p.add_argument("--trans-id", help="the earlier transaction (capture/refund/void)")
     p.add_argument("--order-id", help="your order reference (sent as INVOICE_ID)")

@@ -12,7 +12,7 @@ import os
 import sys
 from datetime import date
 
-from worker.cli import CommandError, format_outcome
+from worker.console import CommandError, format_outcome, release
 from worker.processes import StartError, redis_answers, start_sandbox, start_worker, stop, wait_for_worker
 
 BOB = {"name1": "Bob", "name2": "Tester", "addr1": "123 Test St.", "addr2": "Apt #500", "city": "Testville",
@@ -82,6 +82,8 @@ def _scenario(timeout: float) -> int:
             void_outcome = result.get(timeout=timeout)
         except CeleryTimeout:
             raise CommandError(f"no outcome within {timeout:g}s: is the worker running and the gateway reachable?")
+        finally:
+            release(result)
         print(f"--- SALE {sale_outcome['payment_id']}")
         print(format_outcome(sale_outcome))
         print(f"--- VOID {void_outcome['payment_id']}")

@@ -36,9 +36,11 @@ def payments_cmd() -> list[str]:
     return [sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())"]
 
 
-def payments(*args, env=None, timeout=60) -> subprocess.CompletedProcess:
+def payments(*args, env=None, timeout=60, card=None) -> subprocess.CompletedProcess:
+    """Run ``payments ARGS``; ``card`` (number, cvv2 or None) goes to standard input as two lines."""
+    stdin = "\n".join(v or "" for v in card) + "\n" if card else ""
     return subprocess.run([*payments_cmd(), *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, input=stdin)
 
 
 def outcome_blocks(stdout: str) -> list[dict]:
@@ -87,8 +89,8 @@ def _worker(celery_worker, clean_faults):
 
 
 def test_enqueue_sale_then_void_prints_the_outcomes_and_show_and_list_find_them(_worker, sandbox):
-    done = payments("enqueue", "sale", "--amount", "3.00", "--card-number", "4111111111111111", "--expire", "1230",
-                    "--cvv2", "123", "--then-void", "--name1", "Bob", "--name2", "Tester")
+    done = payments("enqueue", "sale", "--amount", "3.00", "--expire", "1230", "--then-void", "--name1", "Bob",
+                    "--name2", "Tester", card=("4111111111111111", "123"))
     assert done.returncode == 0, done.stderr
     heads = re.findall(r"^== (\w+) (\S+)$", done.stdout, re.M)
     assert [op for op, _ in heads] == ["sale", "void"], done.stdout
@@ -127,8 +129,8 @@ def test_enqueue_sale_then_void_prints_the_outcomes_and_show_and_list_find_them(
 
 
 def test_enqueue_a_declined_sale_with_then_void_shows_the_skipped_void(_worker):
-    done = payments("enqueue", "sale", "--amount", "4.00", "--card-number", "4111111111111111", "--expire", "1230",
-                    "--cvv2", "123", "--then-void")
+    done = payments("enqueue", "sale", "--amount", "4.00", "--expire", "1230", "--then-void",
+                    card=("4111111111111111", "123"))
     assert done.returncode == 0, done.stderr
     sale_block, void_block = outcome_blocks(done.stdout)
     check_block(sale_block, status="DECLINED", message="Declined Sale")
@@ -137,14 +139,145 @@ def test_enqueue_a_declined_sale_with_then_void_shows_the_skipped_void(_worker):
 
 def test_enqueue_no_wait_prints_the_task_id(_worker):
     key = f"cli-{uuid.uuid4().hex[:12]}"
-    done = payments("enqueue", "auth", "--amount", "5.00", "--card-number", "4111111111111111", "--expire", "1230",
-                    "--idempotency-key", key, "--no-wait")
+    done = payments("enqueue", "auth", "--amount", "5.00", "--expire", "1230", "--idempotency-key", key, "--no-wait",
+                    card=("4111111111111111", None))
     assert done.returncode == 0, done.stderr
     task_id = done.stdout.strip()
     assert re.fullmatch(r"[0-9a-f-]{36}", task_id)
     from celery.result import AsyncResult
 
     assert AsyncResult(task_id).get(timeout=30)["payment_id"] == key
+
+
+def _run_on_a_terminal(cmd, dialogue, *, env, timeout=60.0):
+    """Run ``cmd`` with a pseudo-terminal as its controlling terminal (getpass reads and writes /dev/tty);
+    for each (prompt, answer) of ``dialogue``, type the answer once the prompt has appeared.
+    Returns (exit status, everything the terminal showed)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child, on the new terminal
+        try:
+            os.chdir(ROOT)
+            os.execvpe(cmd[0], cmd, env)
+        finally:
+            os._exit(127)
+    shown, seen_up_to, pending = b"", 0, list(dialogue)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        if pending and (at := shown.find(pending[0][0].encode(), seen_up_to)) >= 0:
+            prompt, answer = pending.pop(0)
+            seen_up_to = at + len(prompt)
+            os.write(fd, answer.encode() + b"\n")
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode("utf-8", "replace")
+
+
+def test_enqueue_reads_the_card_at_a_prompt_without_echo(_worker):
+    key = f"cli-tty-{uuid.uuid4().hex[:12]}"
+    code, shown = _run_on_a_terminal(
+        [*payments_cmd(), "enqueue", "sale", "--amount", "3.00", "--expire", "1230", "--idempotency-key", key,
+         "--timeout", "30"], [("Card number: ", "4111111111111111"), ("CVV2 (Enter for none): ", "123")],
+        env=dict(os.environ))
+    assert code == 0, shown
+    assert "Card number: " in shown and "CVV2 (Enter for none): " in shown
+    assert "Transaction Status: APPROVED" in shown and "xxxxxxxxxxxx1111" in shown
+    assert "4111111111111111" not in shown, "the card number was echoed"
+    assert scan_text(shown, cvv2="123", where="terminal") == []
+
+
+def test_card_options_on_the_command_line_are_refused():
+    for option, value in (("--card-number", "4111111111111111"), ("--cvv2", "123")):
+        done = payments("enqueue", "sale", "--amount", "3.00", "--expire", "1230", option, value)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"payments: error: {option} is not accepted"), done.stderr
+        assert "standard input" in lines[0]
+
+
+def _recorded_message(key, **kwargs) -> str:
+    """What the worker records for the same input published by a producer (bypassing the command)."""
+    from tasks import sale
+
+    outcome = sale.delay(**kwargs, idempotency_key=key).get(timeout=30)
+    assert outcome["status"] == "ERROR", outcome
+    return outcome["message"]
+
+
+@pytest.mark.parametrize("amount, card, field", [
+    ("3.001", ("4111111111111111", "123"), "amount"),
+    ("-1", ("4111111111111111", "123"), "amount"),
+    ("3.00", ("4111111111111112", "123"), "card.number"),
+])
+def test_input_the_worker_would_refuse_is_refused_before_anything_is_enqueued(_worker, e2e_redis, amount, card,
+                                                                                field):
+    key = f"cli-bad-{uuid.uuid4().hex[:12]}"
+    done = payments("enqueue", "sale", "--amount", amount, "--expire", "1230", "--idempotency-key", key, card=card)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"payments: error: invalid input: {field}: "), done.stderr
+    assert "enqueued" not in done.stderr and "Traceback" not in done.stderr
+    assert e2e_redis.exists(f"payments:op:{key}") == 0, "something was enqueued and recorded"
+    number, cvv2 = card
+    worker_card = {"number": number, "expire": "1230", **({"cvv2": cvv2} if cvv2 else {})}
+    recorded = _recorded_message(key + "-worker", amount=amount, card=worker_card)
+    assert lines[0] == f"payments: error: {recorded}"
+
+
+GOOD_CARD = ("4111111111111111", "123")
+
+
+@pytest.mark.parametrize("args, card, message", [
+    (("sale", "--amount", "3.00", "--expire", "1320"), GOOD_CARD, "card.expire: month must be 01-12"),
+    (("sale", "--amount", "3.00", "--expire", "0120"), GOOD_CARD, "card.expire: card has expired"),
+    (("sale", "--amount", "3.00"), GOOD_CARD, "card.expire: required, as MMYY"),
+    (("auth", "--amount", "3.00", "--expire", "1230"), ("4111111111111111", "12"), "card.cvv2: must be 3 or 4 digits"),
+    (("sale", "--amount", "3.00", "--expire", "1230", "--city", "x" * 65), GOOD_CARD,
+     "customer.city: at most 64 characters"),
+    (("refund", "--trans-id", "12345"), None, "trans_id: must be exactly 12 digits"),
+    (("capture", "--trans-id", "100000000001", "--amount", "1.005"), None, "amount: at most two decimals"),
+])
+def test_bad_expiry_cvv2_customer_and_trans_id_are_refused_before_anything_is_enqueued(args, card, message,
+                                                                                        demo_redis):
+    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL)
+    done = payments("enqueue", *args, env=env, card=card)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip() == f"payments: error: invalid input: {message}"
+    assert demo_redis.dbsize() == 0, "something reached Redis"
+
+
+def test_an_empty_standard_input_is_a_missing_card_number(demo_redis):
+    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL)
+    done = payments("enqueue", "auth", "--amount", "0.00", "--expire", "1230", env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip() == "payments: error: invalid input: card.number: required, as a string of digits"
+    assert demo_redis.dbsize() == 0, "something reached Redis"
+
+
+def test_enqueue_with_no_worker_running_ends_with_one_line_and_no_shutdown_traceback(demo_redis):
+    # A database no worker consumes from: the outcome never comes.
+    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL)
+    for args in (("sale", "--amount", "3.00", "--expire", "1230", "--then-void"),
+                 ("void", "--trans-id", "100000000001")):
+        done = payments("enqueue", *args, "--timeout", "1", env=env, card=("4111111111111111", "123"))
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("PAYMENTS_CARD_KEY")]
+        assert len(lines) == 2 and lines[0].startswith("enqueued "), done.stderr
+        assert lines[1].startswith("payments: error: no outcome within 1s: is a worker running?"), done.stderr
+        assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    nowait = payments("enqueue", "void", "--trans-id", "100000000001", "--no-wait", env=env)
+    assert nowait.returncode == 0 and "Exception ignored" not in nowait.stderr, nowait.stderr
 
 
 def test_show_of_an_unknown_id_is_a_one_line_error(e2e_redis):
