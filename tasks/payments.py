@@ -1,23 +1,25 @@
-"""The payment tasks. Each decodes its arguments, calls the flow and returns the outcome dict.
+"""The payment tasks: each decodes its arguments, calls the flow (worker/flow.py) and returns the outcome.
 
-Arguments are bound by hand (``*args, **kwargs``) so that a missing, extra or mistyped argument
-becomes a recorded ERROR outcome instead of a TypeError that fails the task without a record.
+The broker-level policies (bad arguments, re-queue while the gateway is away or another worker holds the
+operation, time limits, Redis hiccups) live in :class:`PaymentTask`, the tasks' base class.
 """
 from __future__ import annotations
 
 import inspect
 import logging
 import random
+from typing import Any
 
 import redis
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.celery_app import PaymentTask, app
-from worker.flow import RetryLater
+from worker.carddata import contains_card_number
+from worker.celery_app import app
+from worker.flow import GatewayOutage, LeaseBusy
 from worker.gateway import InvalidInput
 from worker.gateway import validation
 from worker.services import services
-from worker.store import looks_like_card_number
 from worker.vault import CardSealError
 
 log = logging.getLogger("payments.tasks")
@@ -26,23 +28,102 @@ log = logging.getLogger("payments.tasks")
 MAX_BUSY_RETRIES = 60
 
 
-def _charge_signature(amount, card, customer=None, order_id=None, idempotency_key=None): ...
-def _follow_up_signature(trans_id, amount=None, idempotency_key=None): ...
-def _void_signature(trans_id, idempotency_key=None): ...
+def outage_countdown(retries: int, *, backoff: float, backoff_max: float, visibility_timeout: float,
+                     at_least: float | None = None, jitter: float | None = None) -> float:
+    """Seconds before an outage re-queue: jittered exponential backoff, at least ``at_least`` (a commit
+    horizon still running), and always well under the visibility timeout (ETA messages are redelivered
+    after it)."""
+    ceiling = visibility_timeout / 4
+    wait = min(backoff_max, backoff * 2 ** retries) * (random.uniform(0.5, 1.0) if jitter is None else jitter)
+    if at_least is not None:
+        wait = max(wait, at_least)
+    return min(ceiling, wait)
 
 
-def _bind(signature_of, args, kwargs) -> dict:
-    try:
-        bound = inspect.signature(signature_of).bind(*args, **kwargs)
-    except TypeError as exc:
-        raise InvalidInput("arguments", f"bad arguments: {exc}") from None
-    bound.apply_defaults()
-    return dict(bound.arguments)
+class PaymentTask(Task):
+    """Base of the payment tasks: binds arguments, applies the broker policies, never loses a job.
+
+    A missing, extra or mistyped argument is a recorded ERROR outcome (``typing = False``: the producer's
+    ``delay`` does not check, as before), not a task failure without a record.
+    """
+
+    typing = False
+    max_retries = None  # every kind of re-queue is bounded below
+    #: the operation this task runs (the store's and the gateway's word)
+    operation: str = ""
+    #: whether messages of this task carry a card (sealed on publish)
+    carries_card: bool = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        request.payment_id = request.id
+        try:
+            inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError as exc:
+            return self._refuse(InvalidInput("arguments", f"bad arguments: {exc}"))
+        try:
+            return self.run(*args, **kwargs)
+        except InvalidInput as exc:
+            return self._refuse(exc)
+        except GatewayOutage as parked:
+            return self._on_outage(parked)
+        except LeaseBusy as busy:
+            if request.retries >= MAX_BUSY_RETRIES:
+                return services().flow.current_outcome(request.payment_id)
+            raise self.retry(countdown=busy.countdown)
+        except SoftTimeLimitExceeded:
+            # the flow parked the operation (UNKNOWN if an attempt may be out): the sweep reconciles it
+            return services().flow.current_outcome(request.payment_id)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The message stays unacknowledged if even the re-queue fails: the broker redelivers it.
+            log.warning("%s %s: Redis unavailable (%s); re-queued", self.operation, request.payment_id,
+                        type(exc).__name__)
+            raise self.retry(countdown=5, max_retries=None if request.retries < 20 else 0)
+        except Exception as exc:  # a bug must not lose the job: parked by the flow, or an ERROR record
+            log.error("%s %s failed: %s", self.operation, request.payment_id, type(exc).__name__, exc_info=True)
+            outcome = services().flow.current_outcome(request.payment_id)
+            if outcome.get("operation"):
+                return outcome
+            return services().flow.refuse(self.operation, request.payment_id,
+                                          f"internal error: {type(exc).__name__}", error_class="InternalError",
+                                          message_id=request.id)
+
+    def _refuse(self, exc: InvalidInput) -> dict:
+        return services().flow.refuse(self.operation, self.request.payment_id, f"invalid input: {exc}",
+                                      message_id=self.request.id)
+
+    def _on_outage(self, parked: GatewayOutage) -> dict:
+        request, settings = self.request, services().settings
+        if request.retries >= settings.outage_retries:
+            return services().flow.give_up_retrying(self.operation, request.payment_id,
+                                                    f"gateway unreachable after {request.retries} re-queues: "
+                                                    f"{parked.reason}")
+        countdown = outage_countdown(request.retries, backoff=settings.outage_backoff,
+                                     backoff_max=settings.outage_backoff_max,
+                                     visibility_timeout=settings.visibility_timeout, at_least=parked.check_in)
+        raise self.retry(countdown=countdown)
+
+    # ---- helpers for the task bodies -------------------------------------------------------------
+    def bind_payment_id(self, idempotency_key: Any) -> str:
+        """The operation id: the producer's idempotency key, else the task id."""
+        if idempotency_key is not None:
+            self.request.payment_id = _checked_key(idempotency_key)
+        return str(self.request.payment_id)
+
+    @property
+    def redelivered(self) -> bool:
+        """Whether this message may have run before (stq is asked before the first send)."""
+        request = self.request
+        info = request.delivery_info or {}
+        return bool(info.get("redelivered") or getattr(request, "redelivered", False) or request.retries
+                    or getattr(request, "payments_republished", None))
+
+    def follows_with_void(self) -> bool:
+        following = list(self.request.chain or []) + list(self.request.callbacks or [])
+        return any(isinstance(sig, dict) and sig.get("task") == "payments.void" for sig in following)
 
 
-def _payment_id(task, idempotency_key) -> str:
-    if idempotency_key is None:
-        return task.request.id
+def _checked_key(idempotency_key: Any) -> str:
     if not isinstance(idempotency_key, str) or not idempotency_key.strip():
         raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string")
     if len(idempotency_key) > 100:
@@ -51,148 +132,79 @@ def _payment_id(task, idempotency_key) -> str:
         key = validation.order_id(idempotency_key)
     except InvalidInput as exc:  # name the argument the producer passed, not the gateway field
         raise InvalidInput("idempotency_key", exc.message) from None
-    if looks_like_card_number(key):  # the store refuses to keep it (it becomes the record's id)
+    if contains_card_number(key):  # it becomes the record's id: never a card number
         raise InvalidInput("idempotency_key", "looks like a card number")
     return key
 
 
-def _then_void(task) -> bool:
-    following = list(task.request.chain or []) + list(task.request.callbacks or [])
-    return any(isinstance(sig, dict) and sig.get("task") == "payments.void" for sig in following)
+def _open_card(card: Any) -> Any:
+    vault = services().vault
+    if isinstance(card, dict) and "invalid" in card and len(card) == 1:
+        raise InvalidInput("card", str(card["invalid"]))
+    if vault.is_sealed(card):
+        try:
+            return vault.open(card)
+        except CardSealError:
+            raise InvalidInput("card", "sealed card data cannot be opened with this PAYMENTS_CARD_KEY") from None
+    if services().settings.bluepay_mode == "LIVE":
+        # Only sealed card data may cross the broker in production (PCI DSS); in TEST it is accepted.
+        raise InvalidInput("card", "card data arrived unsealed; publish through tasks.sale/auth")
+    return card
 
 
-def _outage_countdown(retries: int) -> float:
-    s = services().settings
-    ceiling = min(s.outage_backoff_max, s.visibility_timeout / 4)
-    return min(ceiling, s.outage_backoff * 2 ** retries) * random.uniform(0.5, 1.0)
+def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any) -> dict:
+    payment_id = task.bind_payment_id(idempotency_key)
+    return services().flow.charge(task.operation, payment_id, amount=amount, card=_open_card(card), customer=customer,
+                                  invoice_id=order_id, then_void=task.follows_with_void(),
+                                  message_id=task.request.id, redelivered=task.redelivered)
 
 
-def _run(task, operation, work, current_id):
-    # Every path below claims the operation with message_id=task.request.id, which also clears this
-    # message's outbox entry in the same round trip. A path that never reaches Redis leaves the entry:
-    # the sweep delivers the message again, which is what a job nobody ran needs.
-    return _apply_policies(task, operation, work, current_id)
+def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
+    payment_id = task.bind_payment_id(idempotency_key)
+    return services().flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
+                                     message_id=task.request.id, redelivered=task.redelivered)
 
 
-def _apply_policies(task, operation, work, current_id):
-    """Run one flow step with the broker-level policies: bad input, retry later, time limit, Redis hiccups.
-
-    ``current_id()`` gives the payment id known so far (the task id until the arguments are bound).
-    """
-    flow = services().flow
-    try:
-        return work()
-    except InvalidInput as exc:
-        return flow.record_error(operation, current_id(), f"invalid input: {exc}",
-                                 fields={"error_class": "InvalidInput"}, message_id=task.request.id)
-    except RetryLater as later:
-        retries = task.request.retries
-        if later.outage:
-            if retries >= services().settings.outage_retries:
-                if later.parked_as == "UNKNOWN":  # maybe charged: only stq may decide, so the sweep will
-                    return flow.current_outcome(current_id())
-                return flow.record_error(operation, current_id(),
-                                         f"gateway unreachable after {retries} re-queues: {later.reason}",
-                                         message_id=task.request.id)
-            countdown = _outage_countdown(retries)
-        else:
-            if retries >= MAX_BUSY_RETRIES:
-                return flow.current_outcome(current_id())
-            countdown = later.countdown
-        raise task.retry(countdown=countdown)
-    except SoftTimeLimitExceeded:
-        outcome = flow.give_up_unknown(current_id(), None, "soft time limit reached mid-call; the sweep reconciles")
-        return outcome or flow.current_outcome(current_id())
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        # The message stays unacknowledged if even the re-queue fails: the broker redelivers it.
-        log.warning("%s %s: Redis unavailable (%s); re-queued", operation, current_id(), type(exc).__name__)
-        raise task.retry(countdown=5, max_retries=None if task.request.retries < 20 else 0)
-    except Exception as exc:  # a bug must not lose the job: in flight -> UNKNOWN for the sweep, else ERROR
-        log.error("%s %s failed: %s", operation, current_id(), type(exc).__name__, exc_info=True)
-        outcome = flow.give_up_unknown(current_id(), None, f"internal error: {type(exc).__name__}")
-        return outcome or flow.record_error(operation, current_id(), f"internal error: {type(exc).__name__}",
-                                            message_id=task.request.id)
+@app.task(base=PaymentTask, bind=True, name="payments.sale", operation="sale", carries_card=True)
+def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
+         idempotency_key: Any = None) -> dict:
+    """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
+    return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-def _charge(task, operation, args, kwargs):
-    flow = services().flow
-    payment_id = task.request.id
-
-    def work():
-        nonlocal payment_id
-        bound = _bind(_charge_signature, args, kwargs)
-        payment_id = _payment_id(task, bound["idempotency_key"])
-        card = bound["card"]
-        vault = services().vault
-        if isinstance(card, dict) and "invalid" in card and len(card) == 1:
-            raise InvalidInput("card", str(card["invalid"]))
-        if not vault.is_sealed(card) and services().settings.bluepay_mode == "LIVE":
-            # Only sealed card data may cross the broker in production (PCI DSS); in TEST it is accepted.
-            raise InvalidInput("card", "card data arrived unsealed; publish through tasks.sale/auth")
-        if vault.is_sealed(card):
-            try:
-                card = vault.open(card)
-            except CardSealError:
-                raise InvalidInput("card", "sealed card data cannot be opened with this PAYMENTS_CARD_KEY") from None
-        return flow.charge(operation, payment_id, amount=bound["amount"], card=card, customer=bound["customer"],
-                           invoice_id=bound["order_id"], then_void=_then_void(task), message_id=task.request.id)
-
-    return _run(task, operation, work, lambda: payment_id)
-
-
-@app.task(base=PaymentTask, bind=True, name="payments.sale")
-def sale(self, *args, **kwargs):
-    """SALE: sale(amount, card, customer=None, order_id=None, idempotency_key=None)."""
-    return _charge(self, "sale", args, kwargs)
-
-
-@app.task(base=PaymentTask, bind=True, name="payments.auth")
-def auth(self, *args, **kwargs):
+@app.task(base=PaymentTask, bind=True, name="payments.auth", operation="auth", carries_card=True)
+def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
+         idempotency_key: Any = None) -> dict:
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
-    return _charge(self, "auth", args, kwargs)
+    return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-def _follow_up(task, operation, signature_of, args, kwargs):
-    flow = services().flow
-    payment_id = task.request.id
-
-    def work():
-        nonlocal payment_id
-        bound = _bind(signature_of, args, kwargs)
-        payment_id = _payment_id(task, bound.get("idempotency_key"))
-        return flow.follow_up(operation, payment_id, trans_id=bound["trans_id"], amount=bound.get("amount"),
-                              message_id=task.request.id)
-
-    return _run(task, operation, work, lambda: payment_id)
+@app.task(base=PaymentTask, bind=True, name="payments.capture", operation="capture")
+def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
+    """CAPTURE an approved AUTH (amount None: the full amount)."""
+    return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.capture")
-def capture(self, *args, **kwargs):
-    """CAPTURE an approved AUTH: capture(trans_id, amount=None, idempotency_key=None)."""
-    return _follow_up(self, "capture", _follow_up_signature, args, kwargs)
+@app.task(base=PaymentTask, bind=True, name="payments.refund", operation="refund")
+def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
+    """REFUND a sale (amount None: what is left of it)."""
+    return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.refund")
-def refund(self, *args, **kwargs):
-    """REFUND a sale: refund(trans_id, amount=None, idempotency_key=None)."""
-    return _follow_up(self, "refund", _follow_up_signature, args, kwargs)
-
-
-@app.task(base=PaymentTask, bind=True, name="payments.void")
-def void(self, *args, **kwargs):
+@app.task(base=PaymentTask, bind=True, name="payments.void", operation="void")
+def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
-    if args and isinstance(args[0], dict):
-        flow = services().flow
-        outcome = args[0]
-        payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
-        return _run(self, "void", lambda: flow.void_after(outcome, payment_id, message_id=self.request.id),
-                    lambda: payment_id)
-    return _follow_up(self, "void", _void_signature, args, kwargs)
+    if isinstance(trans_id, dict):
+        outcome = trans_id
+        self.request.payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
+        return services().flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
+                                          redelivered=self.redelivered)
+    return _follow_up(self, trans_id, None, idempotency_key)
 
 
 @app.task(bind=True, name="payments.sweep")
-def sweep(self):
-    """Void stale authorizations, reconcile unknown outcomes, finish chains whose void never ran."""
+def sweep(self: Task) -> dict:
+    """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.sweep import run_sweep
 
     return run_sweep(services())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -64,6 +64,10 @@ class Settings:
     reconcile_after: float = 600.0
     # After this long an operation whose outcome stayed unknown is given a final state for a human.
     reconcile_give_up: float = 86400.0
+    # How long a request the client gave up on may still commit inside the gateway (None: derived).
+    commit_horizon_setting: float | None = None
+    # An operation's lease; renewed every third of it while a call is in flight (heartbeat).
+    lease_seconds: float = 30.0
     flower_basic_auth: str = field(default="", repr=False)
 
     @property
@@ -77,13 +81,34 @@ class Settings:
         return round(self.soft_time_limit + 15, 1)
 
     @property
-    def lease_seconds(self) -> float:
-        """How long a claimed operation belongs to its worker: past the hard limit it is surely dead."""
-        return self.hard_time_limit + 5
+    def call_budget(self) -> float:
+        """The longest one gateway call takes, in-process retries of "not sent" errors included."""
+        return self.connect_timeout + self.read_timeout + self.retry_seconds
+
+    @property
+    def operation_budget(self) -> float:
+        """Wall time after which one delivery starts no gateway call (so the last ends before the soft limit)."""
+        return round(self.soft_time_limit - self.call_budget - 5, 1)
+
+    @property
+    def commit_horizon(self) -> float:
+        """GATEWAY_COMMIT_HORIZON: stq "absent" proves nothing until every attempt that may have been sent is
+        older than this. Default: 2 x the read timeout + 30 s."""
+        if self.commit_horizon_setting is not None:
+            return self.commit_horizon_setting
+        return 2 * self.read_timeout + 30
 
     def check(self) -> "Settings":
         if self.bluepay_mode not in ("TEST", "LIVE"):
             raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
+        if self.commit_horizon <= self.connect_timeout + self.read_timeout:
+            raise ConfigError(
+                f"GATEWAY_COMMIT_HORIZON ({self.commit_horizon:g}s) must exceed the connect + read timeouts "
+                f"({self.connect_timeout + self.read_timeout:g}s): a request the client gave up on can commit later"
+            )
+        if not 3 <= self.lease_seconds < self.visibility_timeout:
+            raise ConfigError(f"LEASE_SECONDS ({self.lease_seconds:g}s) must be at least 3 s and below "
+                              f"BROKER_VISIBILITY_TIMEOUT")
         if self.visibility_timeout <= self.hard_time_limit:
             raise ConfigError(
                 f"BROKER_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must exceed the task hard time "
@@ -117,19 +142,14 @@ class Settings:
                 sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
                 reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),
                 reconcile_give_up=dur("RECONCILE_GIVE_UP", d.reconcile_give_up),
+                commit_horizon_setting=(dur("GATEWAY_COMMIT_HORIZON", 0)
+                                        if _env("GATEWAY_COMMIT_HORIZON", "") else None),
+                lease_seconds=dur("LEASE_SECONDS", d.lease_seconds),
                 flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return settings.check()
-
-    def describe(self) -> dict:
-        """Settings without secrets, for `payments config` and logs."""
-        hidden = {"bluepay_secret_key", "card_key", "flower_basic_auth"}
-        return {
-            f.name: ("***" if f.name in hidden and getattr(self, f.name) else getattr(self, f.name))
-            for f in fields(self)
-        }
 
 
 @lru_cache(maxsize=1)

@@ -1,83 +1,117 @@
 """The payment flow: claim the operation, call the gateway, record the outcome, decide what follows.
 
 Plain Python, no Celery: the tasks in ``tasks/`` are a few lines around these methods, and tests call
-them directly with a real store and a fake or real gateway.
+them directly with a store and a fake or real gateway.
 
-Exactly-once rules (design.md):
+Exactly-once rules (design.md, "Payment state and exactly-once charging"):
 
-* The operation id (``payment_id``) is sent as ``ORDER_ID`` and claimed in the store before any call.
+* The operation id (``payment_id``) is sent as ``ORDER_ID`` and claimed in the store before any call. The
+  claim binds the key to its request (:func:`request_fingerprints`): the same key with another request is
+  an ``IdempotencyMismatch`` ERROR that touches neither the record nor the gateway.
 * A final record is returned as it is: no gateway call.
-* A record left in flight (its worker died) or ``UNKNOWN`` is reconciled through ``stq`` by
-  ``ORDER_ID``: found -> adopt it; provably absent -> send again with the same ``ORDER_ID``;
-  cannot tell -> ``UNKNOWN``, for the sweep. An *outcome unknown* error is reconciled the same way.
-* *Not sent* errors that outlast the client's retry budget become ``RETRYING`` and the task is
-  re-queued by the broker (``RetryLater``); *rejected* requests and invalid input are final ``ERROR``s.
+* Every money-moving send is first noted in the attempt journal (the claim notes attempt 1 in the same round
+  trip). ``stq`` "absent" proves nothing until the commit horizon has passed since the last attempt that may
+  have been sent (``sent_ts``): before that the operation is parked ``UNKNOWN`` with a next-check time.
+* Wherever the outcome is ambiguous (a lease taken over, ``UNKNOWN``, a message delivered before, an outcome
+  unknown error, ``DUPLICATE``): stq by ORDER_ID; found -> adopt; absent past the horizon -> send again with
+  the same ORDER_ID; otherwise -> ``UNKNOWN``.
+* ``RETRYING`` only while no attempt may have been sent (the store enforces it).
+* Only the lease holder writes; a delivery that cannot run while another holds the operation returns its
+  own error without touching the record.
+* One operation never runs past its wall-time budget: no gateway call starts once the budget is spent,
+  and the lease is renewed (heartbeat) only until then.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-import os
 import re
-import socket
-import uuid
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
+from worker.carddata import card_fingerprints, mask_number
 from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response
 from worker.gateway import validation
 from worker.gateway.scrub import scrub
-from worker.store import ResultsStore, public_outcome
-from worker.vault import mask_number
+from worker.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
+from worker.store import ResultsStore, public_outcome, task_outcome
 
 log = logging.getLogger("payments.flow")
 
-TRANS_ID = re.compile(r"\d{12}")
-ABSENT = "ABSENT"  # stq proved the gateway has no such transaction
-CANNOT_TELL = "CANNOT_TELL"  # stq did not answer usefully
-# How many times one delivery may send a money-moving request (first send + resends after
-# stq proved the earlier one absent, or after a DUPLICATE that was not ours).
+# How many times one delivery may send a money-moving request (first send + resends after a DUPLICATE
+# that the gateway proved was not ours).
 MAX_SENDS = 3
+TRANS_ID = re.compile(r"\d{12}")
 ALREADY_VOIDED = "Already Voided"
-SETTLED = "settled"
+SETTLED_REFUSAL = "cannot void a settled transaction"
+_STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
 
 
-class RetryLater(Exception):
-    """The task should be re-queued by the broker after ``countdown`` seconds."""
+class Gateway(Protocol):
+    """The verbs the flow uses: ``worker.gateway.BluePayClient`` and the test fakes satisfy it."""
 
-    def __init__(self, reason: str, countdown: float, *, outage: bool, parked_as: str | None = None):
+    def sale(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+             duplicate_override: bool = False, invoice_id: str | None = None) -> Response: ...
+
+    def auth(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+             duplicate_override: bool = False, invoice_id: str | None = None) -> Response: ...
+
+    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None) -> Response: ...
+
+    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None) -> Response: ...
+
+    def void(self, trans_id: str, order_id: str | None = None) -> Response: ...
+
+    def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None: ...
+
+
+class GatewayOutage(Exception):
+    """The operation is parked (``parked_as``: RETRYING or UNKNOWN) and its task should be re-queued.
+
+    ``check_in``: seconds until a look makes sense (the commit horizon); None: the task's outage backoff."""
+
+    def __init__(self, reason: str, *, parked_as: str, check_in: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.parked_as = parked_as
+        self.check_in = check_in
+
+
+class LeaseBusy(Exception):
+    """Another live worker holds the operation: look again after ``countdown`` seconds."""
+
+    def __init__(self, reason: str, countdown: float):
         super().__init__(reason)
         self.reason = reason
         self.countdown = countdown
-        self.outage = outage  # True: gateway unreachable (bounded retries); False: another worker holds it
-        self.parked_as = parked_as  # the record's state while it waits: RETRYING or UNKNOWN
 
 
-_HOST = socket.gethostname()
+class _LeaseLost(Exception):
+    """This delivery no longer holds the operation: whoever does owns the record now."""
 
 
-def _owner() -> str:
-    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True when the lease holder ran on this host and its process is gone (a killed prefork child,
-    whose job Celery requeues at once): its lease need not be waited out."""
-    host, _, rest = (owner or "").partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != _HOST or not pid_text.isdigit():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def _short(text, limit=200) -> str:
+def _short(text: object, limit: int = 200) -> str:
     """What we record of a caller's value: scrubbed of anything card-like, and bounded."""
-    text = scrub(str(text))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    cleaned = scrub(str(text))
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def request_fingerprints(operation: str, *, amount: str | None, target: str = "", card_number: str | None = None,
+                         card_keys: Sequence[str] = ()) -> list[str]:
+    """What an idempotency key is bound to: operation, amount, target trans id and a keyed hash of the card
+    number (never the number), one fingerprint per card key (the first is stored; the others still match a
+    record stored before a key rotation)."""
+    card_parts = card_fingerprints(card_number, card_keys) if card_number else [""]
+    return [hashlib.sha256(f"v1|{operation}|{amount or ''}|{target}|{part}".encode()).hexdigest()
+            for part in card_parts]
 
 
 def response_fields(response: Response) -> dict:
@@ -95,42 +129,76 @@ def response_fields(response: Response) -> dict:
     return fields
 
 
-def status_of(response: Response) -> str:
+def status_of(response: Response) -> Status:
     if response.approved:
-        return "APPROVED"
+        return Status.APPROVED
     if response.status == "DECLINED":
-        return "DECLINED"
-    return "ERROR"
+        return Status.DECLINED
+    return Status.ERROR
 
 
-def interpret(operation: str, response: Response) -> tuple[str, dict]:
+def interpret(operation: str, response: Response) -> tuple[Status, dict]:
     """The recorded status and fields for a gateway answer to ``operation``."""
     fields = response_fields(response)
     status = status_of(response)
     message = response.message or ""
-    if operation == "void" and status == "ERROR" and message.startswith(ALREADY_VOIDED):
+    if operation == "void" and status == Status.ERROR and message.startswith(ALREADY_VOIDED):
         # Our void (or an earlier delivery of it) already went through: the sale is voided.
-        return "APPROVED", dict(fields, message=f"{ALREADY_VOIDED} (counted as done)")
-    if operation == "void" and status == "ERROR" and SETTLED in message.lower():
-        return "ERROR", dict(fields, message=f"refund needed: the sale settled ({message})", refund_needed="1")
+        return Status.APPROVED, dict(fields, message=f"{ALREADY_VOIDED} (counted as done)")
+    if operation == "void" and status == Status.ERROR and message.strip().lower().startswith(SETTLED_REFUSAL):
+        return Status.ERROR, dict(fields, message=f"refund needed: the sale settled ({message})", refund_needed="1")
     return status, fields
+
+
+def error_outcome(operation: str, payment_id: str, message: str, error_class: str, **extra: str) -> dict:
+    """An ERROR outcome for this delivery only: nothing is stored (the key belongs to another request, or
+    another worker holds it)."""
+    now = _iso_now()
+    return public_outcome({"payment_id": payment_id, "operation": operation, "status": Status.ERROR,
+                           "message": message, "order_id": payment_id, "error_class": error_class,
+                           "created_at": now, "updated_at": now, **extra})
+
+
+@dataclass
+class _Run:
+    """One delivery's hold on one operation."""
+
+    operation: str
+    payment_id: str
+    owner: str
+    send: Callable[[bool], Response]
+    follow_up: bool
+    deadline: float  # monotonic: no gateway call starts after this
 
 
 @dataclass
 class PaymentFlow:
     store: ResultsStore
-    gateway: object  # worker.gateway.BluePayClient or a fake with the same verbs
-    lease_seconds: float = 120.0
+    gateway: Gateway
+    card_keys: Sequence[str] = ()
+    lease_seconds: float = 30.0
+    commit_horizon: float = 60.0
+    #: wall time one delivery may spend on an operation before it parks it (no call starts after that)
+    operation_budget: float = 60.0
+    #: the longest one gateway call (with its in-process retries) can take
+    call_budget: float = 30.0
+    keeper: LeaseKeeper | None = None
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.keeper is None:
+            self.keeper = LeaseKeeper(self.store, self.lease_seconds)
 
     # ----------------------------------------------------------------- public operations
-    def charge(self, operation: str, payment_id: str, *, amount, card, customer=None,
-               invoice_id=None, then_void=False, message_id: str = "") -> dict:
+    def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
+               invoice_id: Any = None, then_void: bool = False, message_id: str = "",
+               redelivered: bool = False) -> dict:
         """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
 
-        ``message_id`` (every public operation): the broker message being run, whose outbox entry the
-        claim removes."""
+        ``message_id``: the broker message being run, whose outbox entry the claim removes.
+        ``redelivered``: the message was delivered before (stq is asked before the first send)."""
         number = card.get("number") if isinstance(card, dict) else None
-        fields = {
+        fields: dict[str, Any] = {
             "amount": _short(amount, 32) if amount is not None else "",
             "order_id": payment_id,
             "masked_account": mask_number(str(number)) if number else "",
@@ -139,51 +207,59 @@ class PaymentFlow:
             fields["invoice_id"] = _short(invoice_id, 64)
         if then_void:
             fields["then_void"] = "1"
-
-        def validate():
+        try:
             checked_card = validation.card(card)
-            return {
+            args = {
                 "amount": validation.amount(amount, allow_zero=(operation == "auth")),
-                "card": checked_card,
                 "customer": validation.customer(customer),
                 "invoice_id": validation.invoice_id(invoice_id) if invoice_id is not None else None,
             }
+        except InvalidInput as exc:
+            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
+        fields["amount"] = args["amount"]
+        fingerprints = request_fingerprints(operation, amount=args["amount"], card_number=checked_card.number,
+                                            card_keys=self.card_keys)
+        verb = getattr(self.gateway, operation)
 
-        def send(args, duplicate_override):
-            verb = getattr(self.gateway, operation)
-            return verb(args["amount"], args["card"], args["customer"], order_id=payment_id,
+        def send(duplicate_override: bool) -> Response:
+            return verb(args["amount"], checked_card, args["customer"], order_id=payment_id,
                         duplicate_override=duplicate_override, invoice_id=args["invoice_id"])
 
-        return self._run(operation, payment_id, fields, validate, send, None, message_id)
+        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
 
-    def follow_up(self, operation: str, payment_id: str, *, trans_id, amount=None, parent=None,
-                  reason=None, message_id: str = "") -> dict:
+    def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
+                  parent: str | None = None, reason: str | None = None, message_id: str = "",
+                  redelivered: bool = False) -> dict:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
-        # A well-formed trans id is kept as it is (12 digits can pass Luhn, and the scrubber would mask it).
         target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
-        fields = {"target": target, "order_id": payment_id}
+        fields: dict[str, Any] = {"target": target, "order_id": payment_id}
         if amount is not None:
             fields["amount"] = _short(amount, 32)
         if parent:
             fields["parent"] = parent
         if reason:
             fields["reason"] = _short(reason)
+        try:
+            checked_id = validation.trans_id(trans_id)
+            checked_amount = None
+            if operation != "void" and amount is not None:
+                checked_amount = validation.amount(amount)
+        except InvalidInput as exc:
+            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
+        if checked_amount is not None:
+            fields["amount"] = checked_amount
+        fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
+        verb = getattr(self.gateway, operation)
 
-        def validate():
-            args = {"trans_id": validation.trans_id(trans_id)}
-            if operation != "void":
-                args["amount"] = None if amount is None else validation.amount(amount)
-            return args
-
-        def send(args, duplicate_override):
-            verb = getattr(self.gateway, operation)
+        def send(duplicate_override: bool) -> Response:
             if operation == "void":
-                return verb(args["trans_id"], order_id=payment_id)
-            return verb(args["trans_id"], args["amount"], order_id=payment_id)
+                return verb(checked_id, order_id=payment_id)
+            return verb(checked_id, checked_amount, order_id=payment_id)
 
-        return self._run(operation, payment_id, fields, validate, send, self._follow_up_done, message_id)
+        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
 
-    def void_after(self, sale_outcome, payment_id: str | None = None, *, message_id: str = "") -> dict:
+    def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
+                   redelivered: bool = False) -> dict:
         """The chain link: void a sale outcome only when it was approved, otherwise SKIPPED."""
         if not isinstance(sale_outcome, dict) or not sale_outcome.get("payment_id"):
             raise InvalidInput("sale_outcome", "void after a sale needs the sale's outcome dict")
@@ -191,212 +267,271 @@ class PaymentFlow:
         payment_id = payment_id or f"{parent}:void"
         current = self.store.get(parent) or sale_outcome
         status = current.get("status")
-        if status == "VOIDED":
+        if status == Status.VOIDED:
             return self.skip("void", payment_id, parent, f"sale {parent} is already voided", sale=current,
                              message_id=message_id)
-        if status in self.store.NON_FINAL:
+        if status in NON_FINAL:
             return self.skip("void", payment_id, parent,
                              f"sale {parent} is {status}: not voided now; the sweep voids it if it was approved",
                              sale=current, message_id=message_id)
-        if status != "APPROVED" or not current.get("trans_id"):
+        if status != Status.APPROVED or not current.get("trans_id"):
             return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void", sale=current,
                              message_id=message_id)
-        return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent, message_id=message_id)
+        return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent, message_id=message_id,
+                              redelivered=redelivered)
 
-    def skip(self, operation, payment_id, parent, reason, *, sale: dict | None = None, message_id: str = "") -> dict:
+    def skip(self, operation: str, payment_id: str, parent: str, reason: str, *, sale: dict | None = None,
+             message_id: str = "") -> dict:
         fields = {"parent": parent, "order_id": payment_id}
         for key in ("masked_account", "card_type", "amount", "target"):
             if sale and sale.get(key):
                 fields[key] = sale[key]
-        claim = self.store.claim(payment_id, operation, fields=fields, owner=_owner(),
-                                 lease_seconds=self.lease_seconds, message_id=message_id)
-        if claim.kind == "final":
-            return public_outcome(claim.record)
-        record = self.store.transition(payment_id, "SKIPPED", fields={"message": reason}, note=reason)
-        return public_outcome(record or self.store.get(payment_id))
+        owner = new_owner()
+        claim = self.store.claim(payment_id, operation, fields=fields, owner=owner, lease_seconds=self.lease_seconds,
+                                 message_id=message_id, mode="create_only")
+        if claim.kind != "claimed":
+            return task_outcome(claim.record)
+        record = self.store.transition(payment_id, Status.SKIPPED, fields={"message": reason}, owner=owner,
+                                       note=reason, sent=False)
+        return task_outcome(record or self.store.get(payment_id))
 
-    def record_error(self, operation: str, payment_id: str, message: str, fields=None, *,
-                     message_id: str = "") -> dict:
-        """A final ERROR for a job that cannot run (bad arguments, retries exhausted)."""
-        owner = _owner()
-        claim = self.store.claim(payment_id, operation, fields=dict(fields or {}, order_id=payment_id),
-                                 owner=owner, lease_seconds=self.lease_seconds, message_id=message_id)
-        if claim.kind == "final":
-            return public_outcome(claim.record)
-        record = self.store.transition(payment_id, "ERROR", fields={"message": _short(message)}, note=message)
-        return public_outcome(record or self.store.get(payment_id))
+    def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
+               error_class: str = "InvalidInput", message_id: str = "") -> dict:
+        """A delivery that cannot run (bad arguments, a seal that does not open): a final ERROR record when the
+        operation has none; when it has one, this delivery's own ERROR, and the record is left alone."""
+        owner = new_owner()
+        claim = self.store.claim(payment_id, operation, fields=dict(fields or {}, order_id=payment_id,
+                                                                    error_class=error_class),
+                                 owner=owner, lease_seconds=self.lease_seconds, message_id=message_id,
+                                 mode="create_only")
+        if claim.kind == "claimed":
+            record = self.store.transition(payment_id, Status.ERROR, fields={"message": _short(message)},
+                                           owner=owner, note=_short(message), sent=False)
+            return task_outcome(record or self.store.get(payment_id))
+        existing = claim.record
+        if existing.get("status") == Status.ERROR and existing.get("error_class") == error_class:
+            return task_outcome(existing)  # this very refusal, delivered again
+        return error_outcome(operation, payment_id, _short(message), error_class)
 
     def current_outcome(self, payment_id: str) -> dict:
         record = self.store.get(payment_id)
-        return public_outcome(record) if record else {"payment_id": payment_id, "status": "UNKNOWN"}
+        return task_outcome(record) if record else {"payment_id": payment_id, "status": Status.UNKNOWN.value}
 
-    def give_up_unknown(self, payment_id: str, owner: str | None, reason: str) -> dict | None:
-        """Leave an in-flight operation UNKNOWN (time limit hit): the sweep reconciles it later."""
-        record = self.store.transition(payment_id, "UNKNOWN", expect=("PENDING",), owner=owner,
-                                       fields={"message": _short(reason)}, note=reason)
-        return public_outcome(record) if record else None
+    def give_up_retrying(self, operation: str, payment_id: str, reason: str) -> dict:
+        """Outage re-queues ran out. A provably unsent operation ends ERROR (``not_charged``); one that may have
+        been sent stays UNKNOWN for the sweep (only stq may settle it)."""
+        owner = new_owner()
+        claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
+                                 mode="reconcile")
+        if claim.kind != "resumed":
+            return task_outcome(claim.record) if claim.record else self.current_outcome(payment_id)
+        record = claim.record
+        if claim.previous_status == Status.RETRYING and not record.get("sent_ts"):
+            done = self.store.transition(payment_id, Status.ERROR, owner=owner, sent=False, note=reason,
+                                         fields={"message": _short(reason), "not_charged": "1"})
+            return task_outcome(done or self.store.get(payment_id))
+        parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, note=reason,
+                                       fields={"message": _short(f"{reason}; outcome unknown: the sweep asks stq")})
+        return task_outcome(parked or self.store.get(payment_id))
 
     # ----------------------------------------------------------------- the engine
-    def _run(self, operation, payment_id, fields, validate, send, on_done, message_id="") -> dict:
-        owner = _owner()
-        claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
-                                 lease_seconds=self.lease_seconds, message_id=message_id)
+    def _run(self, operation: str, payment_id: str, fields: dict, fingerprints: list[str],
+             send: Callable[[bool], Response], message_id: str, redelivered: bool) -> dict:
+        owner = new_owner()
+        claim = self.store.claim(payment_id, operation, fields=fields, owner=owner, lease_seconds=self.lease_seconds,
+                                 message_id=message_id, fingerprints=fingerprints,
+                                 journal="prior" if redelivered else True)
         if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
-                                     lease_seconds=self.lease_seconds, dead_owner=claim.record["lease_owner"])
+                                     lease_seconds=self.lease_seconds, fingerprints=fingerprints,
+                                     dead_owner=claim.record["lease_owner"])
+        if claim.kind == "mismatch":
+            return error_outcome(operation, payment_id,
+                                 f"idempotency key {payment_id!r} is already bound to another request "
+                                 f"({claim.record.get('operation')}, amount {claim.record.get('amount') or '-'}); "
+                                 "nothing was sent", "IdempotencyMismatch")
         if claim.kind == "final":
-            return public_outcome(claim.record)
+            return task_outcome(claim.record)
         if claim.kind == "busy":
-            remaining = float(claim.record.get("lease_until") or 0) - self.store.clock()
-            raise RetryLater(f"{payment_id} is being processed by another worker",
-                             countdown=max(0.5, min(remaining + 0.5, 10.0)), outage=False)
-        try:
-            args = validate()
-        except InvalidInput as exc:
-            # scrubbed: the message can quote the caller's value (a customer key), which may be card-like
-            return self._finish(payment_id, owner, "ERROR", {"message": _short(f"invalid input: {exc}"),
-                                                               "error_class": "InvalidInput"}, on_done)
+            remaining = float(claim.record.get("lease_until") or 0) - claim.now
+            raise LeaseBusy(f"{payment_id} is being processed by another worker",
+                            countdown=max(0.5, min(remaining + 0.5, 10.0)))
+        run = _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS,
+                   deadline=self.clock() + self.operation_budget)
+        assert self.keeper is not None
+        with self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
+            try:
+                return self._drive(run, claim.record, claim.now, journaled=claim.kind == "claimed" and not redelivered)
+            except _LeaseLost:
+                return self.current_outcome(payment_id)
+            except (GatewayOutage, LeaseBusy):
+                raise
+            except BaseException as exc:
+                # A time limit or a bug mid-operation: park it (UNKNOWN if an attempt may be out) for the
+                # next delivery or the sweep, then let the task decide.
+                try:
+                    self.store.transition(payment_id, Status.RETRYING, owner=owner, sent=None,
+                                          expect=(Status.PENDING,), note=f"interrupted: {type(exc).__name__}",
+                                          fields={"message": f"interrupted ({type(exc).__name__}); reconciled later"})
+                except Exception as park_exc:  # Redis away too: the lease lapses and the journal speaks
+                    log.warning("%s: not parked after %s: %s", payment_id, type(exc).__name__,
+                                type(park_exc).__name__)
+                raise
 
-        if claim.kind == "resumed" and claim.previous_status in ("PENDING", "UNKNOWN"):
-            found = self._lookup(operation, payment_id)
+    def _drive(self, run: _Run, record: dict, now: float, *, journaled: bool) -> dict:
+        sent_ts = float(record.get("sent_ts") or 0) or None
+        if sent_ts is not None:
+            # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
+            found = self._lookup(run.operation, run.payment_id)
             if isinstance(found, Response):
-                return self._adopt(payment_id, owner, found, on_done, operation=operation)
-            if found == CANNOT_TELL:
-                self._wait_for_gateway(payment_id, owner, "UNKNOWN", "redelivered while in flight; stq cannot tell yet")
-        return self._send(operation, payment_id, owner, args, send, on_done)
+                return self._adopt(run, found)
+            if isinstance(found, CannotTell):
+                self._park(run, Status.UNKNOWN, f"stq cannot tell yet ({found.reason})", sent=None)
+            wait = sent_ts + self.commit_horizon - now
+            if wait > 0:
+                self._park(run, Status.UNKNOWN, f"absent at the gateway, but an attempt may still commit for "
+                                                f"{wait:.0f} s (commit horizon)", sent=None, check_in=wait + 1)
+            # Absent, and every attempt that may have been sent is older than the horizon: never landed.
+        return self._send(run, journaled=journaled, sent_before=sent_ts)
 
-    def _send(self, operation, payment_id, owner, args, send, on_done) -> dict:
+    def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict:
         duplicate_override = False
         for _ in range(MAX_SENDS):
+            if self.clock() >= run.deadline:
+                self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=None)
+            if not journaled and self.store.journal(run.payment_id, run.owner, self.lease_seconds) is None:
+                raise _LeaseLost()
+            journaled = False
             try:
-                response = send(args, duplicate_override)
+                response = run.send(duplicate_override)
             except NotSent as exc:
-                self._wait_for_gateway(payment_id, owner, "RETRYING", f"gateway not reached: {type(exc).__name__}")
+                self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
             except Rejected as exc:
-                return self._answer(operation, payment_id, owner, exc.response, on_done, error_class="Rejected")
+                return self._answer(run, exc.response, error_class="Rejected")
             except OutcomeUnknown as exc:
-                found = self._lookup(operation, payment_id)
+                refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
+                now = self.store.now()
+                found = self._lookup(run.operation, run.payment_id)
                 if isinstance(found, Response):
-                    return self._adopt(payment_id, owner, found, on_done, operation=operation)
-                if found == CANNOT_TELL:
-                    self._wait_for_gateway(payment_id, owner, "UNKNOWN",
-                                           f"outcome unknown ({_short(exc, 120)}) and stq cannot tell yet")
-                # Provably absent: the request never landed. A DUPLICATE that is not ours (another
-                # operation with the same card and amount) may be sent again with the override.
-                duplicate_override = duplicate_override or bool(getattr(exc, "duplicate", False))
-                continue
-            return self._answer(operation, payment_id, owner, response, on_done)
-        # Every send failed before the gateway recorded it (stq proved each absent): safe to try later.
-        self._wait_for_gateway(payment_id, owner, "RETRYING", f"{MAX_SENDS} sends did not reach the gateway")
+                    return self._adopt(run, found)
+                if isinstance(found, CannotTell):
+                    self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
+                               sent=not refused)
+                if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
+                    # A DUPLICATE of another operation (same card and amount): ours never landed.
+                    duplicate_override = True
+                    self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
+                                          expect=(Status.PENDING,), note="DUPLICATE of another operation; "
+                                          "sending again with DUPLICATE_OVERRIDE")
+                    continue
+                wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
+                self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
+                                                f"far: looked at again after the commit horizon",
+                           sent=not refused, check_in=wait + 1)
+            else:
+                return self._answer(run, response)
+        self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
+        raise AssertionError("unreachable")  # _park raises
 
-    def _answer(self, operation, payment_id, owner, response: Response, on_done, **extra) -> dict:
+    def _answer(self, run: _Run, response: Response, **extra: str) -> dict:
         """Record the gateway's answer to our request."""
-        if operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
-            # An earlier delivery of this very void may have gone through while stq could not see it yet
-            # (its request still in flight when we asked): if stq now finds our ORDER_ID, record that VOID
-            # with its trans id instead of the bare refusal.
-            found = self._lookup(operation, payment_id)
+        if run.operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
+            # An earlier delivery of this very void may have gone through: record that VOID with its trans id.
+            found = self._lookup(run.operation, run.payment_id)
             if isinstance(found, Response) and found.approved:
-                return self._adopt(payment_id, owner, found, on_done, operation=operation)
-        status, fields = interpret(operation, response)
-        return self._finish(payment_id, owner, status, dict(fields, **extra), on_done, response=response)
+                return self._adopt(run, found)
+        status, fields = interpret(run.operation, response)
+        return self._finish(run, status, dict(fields, **extra))
 
-    def _wait_for_gateway(self, payment_id, owner, status, note):
+    def _adopt(self, run: _Run, found: Response) -> dict:
+        status, fields = interpret(run.operation, found)
+        fields["reconciled"] = "stq"
+        return self._finish(run, status, fields, note="adopted from stq")
+
+    def _finish(self, run: _Run, status: Status, fields: dict, *, note: str = "") -> dict:
+        record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
+                                       owner=run.owner, sent=True, reflect=run.follow_up,
+                                       note=note or fields.get("message", ""))
+        if record is None:  # someone else holds it now (lease lost): their record stands
+            raise _LeaseLost()
+        return task_outcome(record)
+
+    def _park(self, run: _Run, status: Status, note: str, *, sent: bool | None,
+              check_in: float | None = None) -> None:
         """Park the operation (RETRYING: known not sent; UNKNOWN: to reconcile) and re-queue the task."""
-        self.store.transition(payment_id, status, expect=("PENDING",), owner=owner,
-                              fields={"message": _short(note)}, note=note)
-        raise RetryLater(note, countdown=0, outage=True, parked_as=status)
+        record = self.store.transition(run.payment_id, status, expect=(Status.PENDING,), owner=run.owner,
+                                       fields={"message": _short(note)}, note=note, sent=sent, check_in=check_in)
+        if record is None:
+            raise _LeaseLost()
+        raise GatewayOutage(note, parked_as=record.get("status", status), check_in=check_in)
 
-    def _lookup(self, operation, payment_id):
-        """stq by ORDER_ID: a Response of the same type, ABSENT, or CANNOT_TELL."""
+    def _lookup(self, operation: str, payment_id: str) -> Response | Absent | CannotTell:
+        """stq by ORDER_ID: a Response of the same type, ABSENT (as of now), or CannotTell."""
         try:
             found = self.gateway.query(order_id=payment_id)
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
             log.warning("reconcile %s: stq failed: %s", payment_id, type(exc).__name__)
-            return CANNOT_TELL
+            return CannotTell(type(exc).__name__)
         if found is None:
             return ABSENT
-        expected = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
         trans_type = (found.trans_type or "").upper()
-        if trans_type and trans_type != expected[operation] and not (operation == "refund" and trans_type == "VOID"):
+        if trans_type and trans_type != _STQ_TYPE[operation] and not (operation == "refund" and trans_type == "VOID"):
             log.warning("reconcile %s: stq found a %s for a %s", payment_id, trans_type, operation)
-            return CANNOT_TELL
+            return CannotTell(f"stq found a {trans_type}")
         return found
 
+    # ----------------------------------------------------------------- the sweep's reconciliation
     def reconcile(self, record: dict, *, give_up_after: float, retry_base: float = 60.0) -> str:
         """The sweep's look at an operation left non-final: adopt, close as not charged, or wait.
 
-        Returns what happened: adopted, not_charged, still_unknown, gave_up, or skipped (taken/final).
+        Returns what happened: adopted, not_charged, still_unknown, gave_up, or skipped (taken/final/not due).
         """
         payment_id, operation = record["payment_id"], record["operation"]
-        now = self.store.clock()
+        now = self.store.now()
         if float(record.get("next_check_ts") or 0) > now:
             return "skipped"
-        owner = _owner()
-        claim = self.store.claim(payment_id, operation, fields={}, owner=owner, lease_seconds=self.lease_seconds)
-        if claim.kind in ("final", "busy"):
+        owner = new_owner()
+        claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
+                                 mode="reconcile")
+        if claim.kind != "resumed":
             return "skipped"
-        on_done = self._follow_up_done if operation in ("capture", "refund", "void") else None
-        found = self._lookup(operation, payment_id)
-        if isinstance(found, Response):
-            self._adopt(payment_id, owner, found, on_done, operation=operation)
-            return "adopted"
-        if found == ABSENT:
-            # Older than RECONCILE_AFTER and unknown to the gateway: the request never landed.
-            self._finish(payment_id, owner, "ERROR",
-                         {"message": "not processed by the gateway: nothing was charged", "not_charged": "1"}, None)
-            return "not_charged"
-        tries = int(record.get("reconcile_tries") or 0) + 1
-        age = now - float(record.get("created_ts") or now)
-        if age >= give_up_after:
-            message = f"outcome still unknown after {age / 3600:.1f} h: check the gateway by hand"
-            log.error("reconcile %s: %s", payment_id, message)
-            self._finish(payment_id, owner, "ERROR", {"message": message, "needs_human": "1"}, None)
-            return "gave_up"
-        delay = min(retry_base * 2 ** (tries - 1), 3600.0)
-        self._finish(payment_id, owner, "UNKNOWN",
-                     {"message": "outcome unknown; the gateway could not tell yet",
-                      "reconcile_tries": str(tries), "next_check_ts": f"{now + delay:.3f}"}, None)
-        return "still_unknown"
+        run = _Run(operation, payment_id, owner, _no_send, operation in FOLLOW_UPS,
+                   deadline=self.clock() + self.operation_budget)
+        current, now = claim.record, claim.now
+        sent_ts = float(current.get("sent_ts") or 0) or None
+        assert self.keeper is not None
+        with self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
+            found = self._lookup(operation, payment_id)
+            try:
+                if isinstance(found, Response):
+                    self._adopt(run, found)
+                    return "adopted"
+                if isinstance(found, Absent) and (sent_ts is None or now >= sent_ts + self.commit_horizon):
+                    self._finish(run, Status.ERROR, {"message": "not processed by the gateway: nothing was charged",
+                                                     "not_charged": "1"})
+                    return "not_charged"
+                tries = int(current.get("reconcile_tries") or 0) + 1
+                age = now - float(current.get("created_ts") or now)
+                if age >= give_up_after:
+                    message = f"outcome still unknown after {age / 3600:.1f} h: check the gateway by hand"
+                    log.error("reconcile %s: %s", payment_id, message)
+                    self._finish(run, Status.ERROR, {"message": message, "needs_human": "1"})
+                    return "gave_up"
+                delay = min(retry_base * 2 ** (tries - 1), 3600.0)
+                if isinstance(found, Absent) and sent_ts is not None:
+                    delay = min(delay, sent_ts + self.commit_horizon - now + 1)
+                self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,), sent=None,
+                                      check_in=delay, note="outcome unknown; the gateway could not tell yet",
+                                      fields={"message": "outcome unknown; the gateway could not tell yet",
+                                              "reconcile_tries": str(tries)})
+                return "still_unknown"
+            except _LeaseLost:
+                return "skipped"
 
-    def _adopt(self, payment_id, owner, found: Response, on_done, *, operation: str) -> dict:
-        status, fields = interpret(operation, found)
-        fields["reconciled"] = "stq"
-        return self._finish(payment_id, owner, status, fields, on_done, response=found, note="adopted from stq")
+    def repair(self, payment_id: str) -> str:
+        """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
+        return self.store.reflect(payment_id)
 
-    def _finish(self, payment_id, owner, status, fields, on_done, *, response=None, note="") -> dict:
-        record = self.store.transition(payment_id, status, fields=fields, expect=("PENDING",), owner=owner,
-                                       note=note or fields.get("message", ""))
-        if record is None:  # someone else finished it (lease lost): their record stands
-            current = self.store.get(payment_id)
-            return public_outcome(current) if current else {}
-        if on_done is not None and response is not None:
-            record = on_done(record, response) or record
-        return public_outcome(record)
 
-    # ----------------------------------------------------------------- what follows an outcome
-    def _follow_up_done(self, record, response):
-        """Reflect an approved capture/refund/void on the original operation's record."""
-        original = self._original(record)
-        if record["status"] != "APPROVED" or original is None:
-            return record
-        operation, op_id = record.get("operation"), record["payment_id"]
-        if operation == "void" or (operation == "refund" and "void" in (response.message or "").lower()):
-            self.store.transition(original["payment_id"], "VOIDED", expect=("APPROVED", "CAPTURED"),
-                                  fields={"voided_by": op_id}, note=f"voided by {op_id}")
-        elif operation == "capture":
-            self.store.transition(original["payment_id"], "CAPTURED", expect=("APPROVED",),
-                                  fields={"captured_by": op_id}, note=f"captured by {op_id}")
-        elif operation == "refund":
-            self.store.transition(original["payment_id"], "REFUNDED", expect=("APPROVED", "CAPTURED"),
-                                  fields={"refunded_by": op_id, "refunded_amount": record.get("amount", "")},
-                                  note=f"refunded by {op_id}")
-        return record
-
-    def _original(self, record):
-        if record.get("parent"):
-            found = self.store.get(record["parent"])
-            if found:
-                return found
-        target = record.get("target")
-        return self.store.find_by_trans_id(target) if target else None
+def _no_send(duplicate_override: bool) -> Response:
+    raise AssertionError("the sweep's reconciliation never sends")

@@ -61,10 +61,21 @@ class Services:
         return load_card_key(self.settings.card_key, self.settings.bluepay_mode)
 
     @cached_property
+    def card_keys(self) -> list[str]:
+        """The card keys (first seals), also keying the card fingerprints idempotency keys are bound to."""
+        from worker.vault import DEVELOPMENT_KEY
+
+        keys = [k.strip() for k in self.settings.card_key.split(",") if k.strip()]
+        return keys or [DEVELOPMENT_KEY]
+
+    @cached_property
     def flow(self):
         from worker.flow import PaymentFlow
 
-        return PaymentFlow(store=self.store, gateway=self.gateway, lease_seconds=self.settings.lease_seconds)
+        s = self.settings
+        return PaymentFlow(store=self.store, gateway=self.gateway, card_keys=self.card_keys,
+                           lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
+                           operation_budget=s.operation_budget, call_budget=s.call_budget)
 
 
 _by_pid: dict[int, Services] = {}

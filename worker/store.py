@@ -1,45 +1,49 @@
 """Results store: one Redis record per payment operation, with atomic state transitions.
 
-Every hot-path call (:meth:`ResultsStore.claim`, :meth:`ResultsStore.transition`,
-:meth:`ResultsStore.renew_lease`) is ONE round trip: a single ``EVALSHA`` of a Lua script
-registered once per store instance. Inside the script the record, its history, the indexes and
-the audit stream are updated together, so two workers can never interleave a read-modify-write.
+Every hot-path call (:meth:`ResultsStore.claim`, :meth:`ResultsStore.transition`) is ONE round trip:
+a single ``EVALSHA`` of a Lua script (``worker/store_scripts/*.lua``). Inside the script the record,
+its history, the indexes and the audit stream are updated together, so two workers can never
+interleave a read-modify-write. The scripts read Redis server time (``TIME``): leases, ages,
+next-check times and the attempt journal use that one clock, whatever each worker's clock says.
 
 Key layout (``P`` is the prefix, ``payments:`` by default)::
 
     P op:<payment_id>      hash    the record (see below)
     P hist:<payment_id>    list    history entries, JSON {"at", "status", "note"} (oldest first, capped)
-    P idx:trans            hash    gateway trans id -> payment id (first writer wins: the original
-                                   operation keeps its trans id even if a later reply repeats it)
+    P idx:trans            hash    gateway trans id -> payment id (first writer wins)
     P idx:time             zset    payment id, score created_ts            (list(), newest first)
     P idx:non_final        zset    PENDING/RETRYING/UNKNOWN ids, score updated_ts (reconciliation)
     P idx:open_auths       zset    APPROVED auths, score created_ts        (stale-auth sweep)
     P idx:voids_due        zset    APPROVED sales with then_void="1", score updated_ts (chained void)
+    P idx:reflect_due      zset    APPROVED captures/refunds/voids not yet reflected on their original
     P audit                stream  every transition {payment_id, operation, from, to, note, at,
                                    trans_id}, XADD MAXLEN ~ 1,000,000
+    P outbox, idx:outbox   hash, zset  published payment messages not yet claimed (see ``outbox_put``)
     P lock:<name>          string  advisory locks (SET NX PX token; compare-and-delete release)
 
-Record fields are all strings except ``attempts`` (int when read back). Timestamps are ISO-8601 UTC
-with milliseconds (``2025-01-31T12:00:00.123Z``); ``created_ts``/``updated_ts`` hold the epoch
-seconds and ``lease_until`` is epoch seconds too (all internal: :func:`public_outcome` drops them).
+Internal record fields (dropped by :func:`public_outcome`): ``created_ts``/``updated_ts`` (epoch
+seconds, server time), ``lease_owner``/``lease_until``, ``fingerprint`` (the request the idempotency key is
+bound to), and the attempt journal: ``sends`` (money-moving sends noted), ``attempt_ts`` (when the last was
+noted), ``in_flight`` ("1" between noting an attempt and saying how it ended), ``sent_ts`` (server time by
+which the last attempt that may have reached the gateway had left; empty: none may have), ``next_check_ts``.
 
-Card numbers and CVV2 are never stored: every value written is checked and a 12-19 digit
-Luhn-valid run raises ``ValueError`` naming the field (never the value).
+Card numbers and CVV2 are never stored: every value written is checked (``worker.carddata``) and a
+card-like value raises ``ValueError`` naming the field (never the value).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import secrets
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping
+from importlib import resources
+from typing import Any, Iterable, Mapping
 
-from worker.gateway.validation import luhn_ok
+from worker.carddata import contains_card_number
+from worker.states import FINAL, NON_FINAL, OPERATIONS, TASK_STATUSES, ClaimKind, Status
 
-__all__ = ["ResultsStore", "Claim", "public_outcome", "CONTRACT_FIELDS", "OPTIONAL_PUBLIC_FIELDS"]
+__all__ = ["ResultsStore", "Claim", "public_outcome", "task_outcome", "CONTRACT_FIELDS", "OPTIONAL_PUBLIC_FIELDS",
+           "looks_like_card_number"]
 
 CONTRACT_FIELDS = (
     "payment_id", "operation", "status", "message", "trans_id", "avs", "cvv2", "masked_account",
@@ -49,57 +53,24 @@ OPTIONAL_PUBLIC_FIELDS = ("target", "parent", "voided_by", "captured_by", "refun
                           "invoice_id", "refund_needed", "needs_human", "not_charged", "reconciled", "error_class",
                           "reason")
 
-OPERATIONS = frozenset({"sale", "auth", "capture", "refund", "void"})
-
 # Managed by the store: ignored when passed in ``fields``.
 _RESERVED = frozenset({
     "payment_id", "operation", "status", "attempts", "created_at", "updated_at", "created_ts",
-    "updated_ts", "lease_owner", "lease_until", "history",
+    "updated_ts", "lease_owner", "lease_until", "history", "fingerprint", "sends", "attempt_ts", "in_flight",
+    "sent_ts", "next_check_ts", "reflected",
 })
-# Gateway-assigned transaction ids (BluePay: 12 digits) may be Luhn-valid by chance; in these
-# fields only runs of 13-19 digits (where real card numbers live) are refused.
-_ID_FIELDS = frozenset({"trans_id", "target", "voided_by"})
 
 _HISTORY_CAP = 1000
 _AUDIT_MAXLEN = 1_000_000
 
-_DIGIT_RUN = re.compile(r"\d(?:[ -]?\d)+")
 
-
-def looks_like_card_number(value: str, min_len: int = 12) -> bool:
-    """Whether ``value`` holds a Luhn-valid ``min_len``-19 digit run outside an identifier (what the store
-    refuses to keep)."""
-    return _looks_like_pan(value, min_len)
-
-
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
-
-
-def _in_identifier(value: str, start: int, end: int) -> bool:
-    """True when the digit run ``value[start:end]`` is part of a token of ASCII letters, digits, '-' and
-    '_' that holds a letter: an identifier such as a Celery task id (``cd27c305-6820-4063-903f-...``: its
-    ``305-6820-4063-903`` passes Luhn) or a hex idempotency key, not a card number written down."""
-    while start > 0 and value[start - 1] in _ID_CHARS:
-        start -= 1
-    while end < len(value) and value[end] in _ID_CHARS:
-        end += 1
-    return any(ch.isalpha() for ch in value[start:end])
-
-
-def _looks_like_pan(value: str, min_len: int = 12) -> bool:
-    """True if ``value`` contains a maximal run of ``min_len``-19 digits (optionally separated by
-    single spaces or dashes) that passes the Luhn check and is not part of an identifier."""
-    if len(value) < min_len:
-        return False
-    for m in _DIGIT_RUN.finditer(value):
-        digits = m.group().replace(" ", "").replace("-", "")
-        if min_len <= len(digits) <= 19 and luhn_ok(digits) and not _in_identifier(value, m.start(), m.end()):
-            return True
-    return False
+def looks_like_card_number(value: str, **_: object) -> bool:
+    """What the store refuses to keep (the one rule: ``worker.carddata``)."""
+    return contains_card_number(value)
 
 
 def _check_no_pan(name: str, value: str) -> None:
-    if _looks_like_pan(value, 13 if name in _ID_FIELDS else 12):
+    if contains_card_number(value):
         raise ValueError(f"refusing to store field {name!r}: its value looks like a card number")
 
 
@@ -115,10 +86,6 @@ def _to_str(value: Any) -> str:
     return str(value)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
 
@@ -127,8 +94,7 @@ def _pairs_to_dict(flat: list | None) -> dict | None:
     if not flat:
         return None
     it = iter(flat)
-    rec = {_s(k): _s(v) for k, v in zip(it, it)}
-    return _typed(rec)
+    return _typed({_s(k): _s(v) for k, v in zip(it, it)})
 
 
 def _typed(rec: dict) -> dict:
@@ -140,183 +106,52 @@ def _typed(rec: dict) -> dict:
     return rec
 
 
-# --------------------------------------------------------------------------------------------
-# Lua. KEYS (same order for claim and transition):
-#   1 record  2 history  3 idx:trans  4 idx:time  5 idx:non_final  6 idx:open_auths
-#   7 idx:voids_due  8 audit  9 outbox  10 idx:outbox
-# --------------------------------------------------------------------------------------------
+def _script(name: str) -> str:
+    return (resources.files("worker") / "store_scripts" / f"{name}.lua").read_text()
 
-_LUA_COMMON = r"""
-local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
 
-local function record_event(pid, op, from, to, note, at, trans_id)
-  redis.call('RPUSH', HIST, cjson.encode({at = at, status = to, note = note}))
-  redis.call('LTRIM', HIST, -%(history_cap)d, -1)
-  redis.call('XADD', AUDIT, 'MAXLEN', '~', '%(audit_maxlen)d', '*',
-    'payment_id', pid, 'operation', op, 'from', from, 'to', to, 'note', note, 'at', at,
-    'trans_id', trans_id)
-end
-
--- Recompute every index membership of the record from its current state.
-local function reindex(pid, old_trans)
-  local r = redis.call('HMGET', REC, 'status', 'operation', 'then_void', 'trans_id',
-                       'created_ts', 'updated_ts')
-  local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
-  local created_ts, updated_ts = r[5], r[6]
-  if NON_FINAL[status] then
-    redis.call('ZADD', IDX_NF, updated_ts, pid)
-  else
-    redis.call('ZREM', IDX_NF, pid)
-  end
-  if op == 'auth' and status == 'APPROVED' then
-    redis.call('ZADD', IDX_OPEN, created_ts, pid)
-  else
-    redis.call('ZREM', IDX_OPEN, pid)
-  end
-  if op == 'sale' and status == 'APPROVED' and then_void == '1' then
-    redis.call('ZADD', IDX_VOIDS, updated_ts, pid)
-  else
-    redis.call('ZREM', IDX_VOIDS, pid)
-  end
-  if old_trans and old_trans ~= '' and old_trans ~= trans_id then
-    if redis.call('HGET', IDX_TRANS, old_trans) == pid then
-      redis.call('HDEL', IDX_TRANS, old_trans)
-    end
-  end
-  if trans_id ~= '' then
-    redis.call('HSETNX', IDX_TRANS, trans_id, pid)
-  end
-  return trans_id
-end
-"""
-
-# ARGV: now_ts, now_iso, owner, lease_until, payment_id, operation, dead_owner, message_id,
-#       then field/value pairs
-_LUA_CLAIM = _LUA_COMMON + r"""
-local now, now_iso, owner, lease_until, pid, op, dead_owner, message_id =
-  tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-if message_id ~= '' then
-  redis.call('HDEL', OUTBOX, message_id)
-  redis.call('ZREM', IDX_OUTBOX, message_id)
-end
-local status = redis.call('HGET', REC, 'status')
-if not status then
-  local args = {}
-  for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
-  for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
-                      'created_at', now_iso, 'updated_at', now_iso, 'created_ts', ARGV[1],
-                      'updated_ts', ARGV[1], 'lease_owner', owner, 'lease_until', lease_until}) do
-    args[#args + 1] = v
-  end
-  redis.call('HSET', REC, unpack(args))
-  redis.call('ZADD', IDX_TIME, ARGV[1], pid)
-  local trans_id = reindex(pid, nil)
-  record_event(pid, op, '', 'PENDING', 'claimed by ' .. owner, now_iso, trans_id)
-  return {'claimed', '', redis.call('HGETALL', REC)}
-end
-if not NON_FINAL[status] then
-  return {'final', status, redis.call('HGETALL', REC)}
-end
-if status == 'PENDING' then
-  local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until')
-  local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
-  if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
-    return {'busy', status, redis.call('HGETALL', REC)}
-  end
-end
-redis.call('HSET', REC, 'status', 'PENDING', 'lease_owner', owner, 'lease_until', lease_until,
-           'updated_at', now_iso, 'updated_ts', ARGV[1])
-redis.call('HINCRBY', REC, 'attempts', 1)
-local cur_op = redis.call('HGET', REC, 'operation') or op
-local trans_id = reindex(pid, nil)
-record_event(pid, cur_op, status, 'PENDING', 'resumed by ' .. owner .. ' from ' .. status, now_iso,
-             trans_id)
-return {'resumed', status, redis.call('HGETALL', REC)}
-"""
-
-# ARGV: now_ts, now_iso, status, is_final, owner, note, n_expect, expect..., field/value pairs
-_LUA_TRANSITION = _LUA_COMMON + r"""
-local now_iso, new_status, is_final, owner, note = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local n_expect = tonumber(ARGV[7])
-local cur = redis.call('HMGET', REC, 'status', 'lease_owner', 'operation', 'payment_id', 'trans_id')
-local status = cur[1]
-if not status then return false end
-if n_expect > 0 then
-  local ok = false
-  for i = 8, 7 + n_expect do
-    if ARGV[i] == status then ok = true break end
-  end
-  if not ok then return false end
-end
-if owner ~= '' and (cur[2] or '') ~= owner then return false end
-local args = {}
-for i = 8 + n_expect, #ARGV do args[#args + 1] = ARGV[i] end
-for _, v in ipairs({'status', new_status, 'updated_at', now_iso, 'updated_ts', ARGV[1]}) do
-  args[#args + 1] = v
-end
-redis.call('HSET', REC, unpack(args))
-if is_final == '1' then
-  redis.call('HDEL', REC, 'lease_owner', 'lease_until')
-end
-local pid = cur[4]
-local trans_id = reindex(pid, cur[5])
-record_event(pid, cur[3] or '', status, new_status, note, now_iso, trans_id)
-return redis.call('HGETALL', REC)
-"""
-
-# KEYS: record. ARGV: owner, new lease_until
-_LUA_RENEW = r"""
-local r = redis.call('HMGET', KEYS[1], 'status', 'lease_owner')
-if r[1] ~= 'PENDING' and r[1] ~= 'RETRYING' and r[1] ~= 'UNKNOWN' then return 0 end
-if r[2] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
-return 1
-"""
-
-_LUA_RELEASE = r"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+def _record_script(name: str) -> str:
+    common = _script("common").replace("__HISTORY_CAP__", str(_HISTORY_CAP)).replace(
+        "__AUDIT_MAXLEN__", str(_AUDIT_MAXLEN))
+    return common + "\n" + _script(name)
 
 
 @dataclass(frozen=True)
 class Claim:
     """Result of :meth:`ResultsStore.claim`.
 
-    ``kind``: ``claimed`` (new record, go ahead), ``final`` (return ``record`` as is), ``busy``
-    (another live worker holds the lease), ``resumed`` (lease taken over; if ``previous_status``
-    is PENDING or UNKNOWN the caller must reconcile before sending, if RETRYING it may send).
+    ``kind``: ``claimed`` (new record, go ahead), ``final`` (return ``record`` as is), ``busy`` (another
+    live worker holds the lease), ``resumed`` (lease taken over from ``previous_status``: reconcile before
+    sending unless nothing may have been sent), ``mismatch`` (the key is bound to another request),
+    ``exists`` (create_only found a record), ``missing`` (reconcile found none). ``now``: Redis server time.
     """
 
-    kind: str
+    kind: ClaimKind | str
     record: dict
     previous_status: str | None = None
+    now: float = 0.0
 
 
 class ResultsStore:
-    FINAL = frozenset({"APPROVED", "DECLINED", "ERROR", "SKIPPED", "VOIDED", "CAPTURED", "REFUNDED"})
-    NON_FINAL = frozenset({"PENDING", "RETRYING", "UNKNOWN"})
+    FINAL = FINAL
+    NON_FINAL = NON_FINAL
     STATUSES = FINAL | NON_FINAL
 
-    def __init__(self, redis_client, prefix: str = "payments:", clock: Callable[[], float] = time.time):
+    def __init__(self, redis_client, prefix: str = "payments:"):
         self.redis = redis_client
         self.prefix = prefix
-        self.clock = clock
-        self._claim = redis_client.register_script(_LUA_CLAIM % {
-            "history_cap": _HISTORY_CAP, "audit_maxlen": _AUDIT_MAXLEN})
-        self._transition = redis_client.register_script(_LUA_TRANSITION % {
-            "history_cap": _HISTORY_CAP, "audit_maxlen": _AUDIT_MAXLEN})
-        self._renew = redis_client.register_script(_LUA_RENEW)
-        self._release = redis_client.register_script(_LUA_RELEASE)
+        self._claim = redis_client.register_script(_record_script("claim"))
+        self._journal = redis_client.register_script(_record_script("journal"))
+        self._transition = redis_client.register_script(_record_script("transition"))
+        self._reflect = redis_client.register_script(_record_script("reflect"))
+        self._renew = redis_client.register_script(_script("renew"))
+        self._release = redis_client.register_script(_script("release_lock"))
         self.k_trans = prefix + "idx:trans"
         self.k_time = prefix + "idx:time"
         self.k_non_final = prefix + "idx:non_final"
         self.k_open_auths = prefix + "idx:open_auths"
         self.k_voids_due = prefix + "idx:voids_due"
+        self.k_reflect_due = prefix + "idx:reflect_due"
         self.k_audit = prefix + "audit"
         self.k_outbox = prefix + "outbox"
         self.k_outbox_ts = prefix + "idx:outbox"
@@ -331,18 +166,10 @@ class ResultsStore:
     def lock_key(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
 
-    def keys_pattern(self) -> str:
-        return self.prefix + "*"
-
     def _keys(self, payment_id: str) -> list[str]:
         return [self.record_key(payment_id), self.history_key(payment_id), self.k_trans, self.k_time,
                 self.k_non_final, self.k_open_auths, self.k_voids_due, self.k_audit, self.k_outbox,
-                self.k_outbox_ts]
-
-    def load_scripts(self) -> None:
-        """Optional warm-up: load the scripts so the first hot-path call is already one EVALSHA."""
-        for script in (self._claim, self._transition, self._renew, self._release):
-            script.sha = _s(self.redis.script_load(script.script))
+                self.k_outbox_ts, self.k_reflect_due]
 
     # ---- helpers ----------------------------------------------------------------------------
     @staticmethod
@@ -357,18 +184,24 @@ class ResultsStore:
             out += [name, value]
         return out
 
-    def _now(self) -> float:
-        return float(self.clock())
+    def now(self) -> float:
+        """Redis server time: the one clock of leases, ages and next checks."""
+        seconds, micros = self.redis.time()
+        return int(seconds) + int(micros) / 1_000_000
 
     # ---- hot path ---------------------------------------------------------------------------
     def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
-              owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "") -> Claim:
-        """Claim ``payment_id`` (see the module docstring). ``dead_owner``: a lease holder known to be
-        dead (its process is gone), whose live lease may be taken over as if it had expired.
+              owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
+              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim:
+        """Claim ``payment_id`` (see :class:`Claim`).
 
-        ``message_id``: the broker message being worked on; its outbox entry is removed in the same
-        round trip, whatever the claim's result (from here on kombu's unacknowledged-message restore
-        covers the message, so the outbox's job is done)."""
+        ``dead_owner``: a lease holder known to be dead (its process is gone), whose live lease may be taken
+        over as if it had expired. ``message_id``: the broker message being worked on; its outbox entry is
+        removed in the same round trip, whatever the claim's result. ``journal``: a new record notes attempt 1
+        at once (the caller sends right after); ``"prior"``: the message was delivered before, so a new record
+        starts as if an attempt may have been sent until now (stq first, commit horizon). ``fingerprints``: the request's fingerprint under each card key
+        (the first is stored); an existing record bound to another request answers ``mismatch``.
+        """
         payment_id, operation, owner = _to_str(payment_id), _to_str(operation), _to_str(owner)
         if not payment_id:
             raise ValueError("payment_id must not be empty")
@@ -376,20 +209,36 @@ class ResultsStore:
             raise ValueError(f"unknown operation {operation!r}")
         if not owner:
             raise ValueError("owner must not be empty")
+        if mode not in ("run", "create_only", "reconcile"):
+            raise ValueError(f"unknown claim mode {mode!r}")
         _check_no_pan("payment_id", payment_id)
+        fps = [_to_str(f) for f in fingerprints if f]
         base = {f: "" for f in CONTRACT_FIELDS if f not in _RESERVED}
         base.update(fields or {})
-        now = self._now()
-        args = [repr(now), _iso(now), owner, repr(now + float(lease_seconds)), payment_id, operation,
-                _to_str(dead_owner), _to_str(message_id)]
+        args = [owner, repr(float(lease_seconds)), payment_id, operation, _to_str(dead_owner), _to_str(message_id),
+                mode, journal if journal == "prior" else ("1" if journal else "0"), str(len(fps)), *fps]
         args += self._field_args(base)
-        kind, prev, flat = self._claim(keys=self._keys(payment_id), args=args)
-        prev = _s(prev) or None
-        return Claim(kind=_s(kind), record=_pairs_to_dict(flat) or {}, previous_status=prev)
+        kind, prev, now, flat = self._claim(keys=self._keys(payment_id), args=args)
+        return Claim(kind=_s(kind), record=_pairs_to_dict(flat) or {}, previous_status=_s(prev) or None,
+                     now=float(now))
+
+    def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None:
+        """Note a money-moving send before making it; server time, or None when ``owner`` lost the lease."""
+        ok, now = self._journal(keys=self._keys(payment_id), args=[owner, repr(float(lease_seconds))])
+        return float(now) if int(ok) else None
 
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
-                   expect: Iterable[str] | None = None, owner: str | None = None,
-                   note: str = "") -> dict | None:
+                   expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
+                   sent: bool | None = None, check_in: float | None = None,
+                   reflect: bool = False) -> dict | None:
+        """Move the record to ``status``; the record written, or None when refused.
+
+        Refused when the current status is not in ``expect``, or the record is not final and ``owner`` does
+        not hold its lease. ``sent``: how the attempt in flight ended (True: may have reached the gateway,
+        False: provably not; None counts as True). A record that may have been sent is never parked
+        ``RETRYING``: it becomes ``UNKNOWN``. ``check_in``: seconds until the next reconciliation.
+        ``reflect``: an APPROVED follow-up is reflected on its original in the same script.
+        """
         if status not in self.STATUSES:
             raise ValueError(f"unknown status {status!r}")
         expect_list = [] if expect is None else [_to_str(e) for e in ([expect] if isinstance(expect, str) else expect)]
@@ -397,16 +246,21 @@ class ResultsStore:
             return None  # "current status in an empty set" can never hold
         note = _to_str(note)
         _check_no_pan("note", note)
-        now = self._now()
-        args = [repr(now), _iso(now), status, "1" if status in self.FINAL else "0",
-                _to_str(owner), note, str(len(expect_list)), *expect_list]
+        args = [str(status), "1" if status in self.FINAL else "0", _to_str(owner), note,
+                "" if sent is None else ("1" if sent else "0"),
+                "" if check_in is None else repr(max(0.0, float(check_in))),
+                self.prefix if reflect else "", str(len(expect_list)), *expect_list]
         args += self._field_args(fields)
-        flat = self._transition(keys=self._keys(_to_str(payment_id)), args=args)
-        return _pairs_to_dict(flat)
+        written, _now, flat = self._transition(keys=self._keys(_to_str(payment_id)), args=args)
+        return _pairs_to_dict(flat) if written else None
 
-    def renew_lease(self, payment_id: str, owner: str, lease_seconds: float) -> bool:
-        until = self._now() + float(lease_seconds)
-        return bool(self._renew(keys=[self.record_key(payment_id)], args=[_to_str(owner), repr(until)]))
+    def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease (the heartbeat while a call is in flight)."""
+        return bool(self._renew(keys=[self.record_key(payment_id)], args=[_to_str(owner), repr(float(lease_seconds))]))
+
+    def reflect(self, payment_id: str) -> str:
+        """Reflect an APPROVED follow-up on its original, if not done yet (idempotent)."""
+        return _s(self._reflect(keys=self._keys(payment_id), args=[self.prefix]))
 
     # ---- reads ------------------------------------------------------------------------------
     def get(self, payment_id: str) -> dict | None:
@@ -435,11 +289,7 @@ class ResultsStore:
         pipe = self.redis.pipeline(transaction=False)
         for pid in ids:
             pipe.hgetall(self.record_key(_s(pid)))
-        out = []
-        for raw in pipe.execute():
-            if raw:
-                out.append(_typed({_s(k): _s(v) for k, v in raw.items()}))
-        return out
+        return [_typed({_s(k): _s(v) for k, v in raw.items()}) for raw in pipe.execute() if raw]
 
     def list(self, *, status: str | None = None, operation: str | None = None, limit: int = 100) -> list[dict]:
         """Records newest first (by creation time), optionally filtered."""
@@ -476,29 +326,33 @@ class ResultsStore:
 
     def stale_non_final(self, older_than_seconds: float, *, limit: int | None = 1000) -> list[dict]:
         """RETRYING/UNKNOWN, and PENDING with an expired lease, not updated for ``older_than_seconds``."""
-        now = self._now()
+        now = self.now()
         cutoff = now - float(older_than_seconds)
         out = []
         for rec in self._fetch(self._range(self.k_non_final, cutoff, limit)):
             st = rec.get("status")
             if st not in self.NON_FINAL or float(rec.get("updated_ts") or 0) > cutoff:
                 continue
-            if st == "PENDING" and float(rec.get("lease_until") or 0) > now:
+            if st == Status.PENDING and float(rec.get("lease_until") or 0) > now:
                 continue
             out.append(rec)
         return out
 
     def open_auths(self, older_than_seconds: float, *, limit: int | None = 1000) -> list[dict]:
         """APPROVED auths (not yet captured or voided) created before now - ``older_than_seconds``."""
-        cutoff = self._now() - float(older_than_seconds)
+        cutoff = self.now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.k_open_auths, cutoff, limit))
-                if r.get("operation") == "auth" and r.get("status") == "APPROVED"]
+                if r.get("operation") == "auth" and r.get("status") == Status.APPROVED]
 
     def voids_due(self, older_than_seconds: float, *, limit: int | None = 1000) -> list[dict]:
         """APPROVED sales with then_void="1" (not voided) last updated before now - ``older_than_seconds``."""
-        cutoff = self._now() - float(older_than_seconds)
+        cutoff = self.now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.k_voids_due, cutoff, limit))
-                if r.get("operation") == "sale" and r.get("status") == "APPROVED" and r.get("then_void") == "1"]
+                if r.get("operation") == "sale" and r.get("status") == Status.APPROVED and r.get("then_void") == "1"]
+
+    def reflect_due(self, *, limit: int | None = 1000) -> list[str]:
+        """APPROVED captures/refunds/voids not yet reflected on their original, oldest first."""
+        return [_s(i) for i in self._range(self.k_reflect_due, float("inf"), limit)]
 
     # ---- outbox -----------------------------------------------------------------------------
     # Every published payment message, kept until a worker claims its operation (claim(message_id=...)):
@@ -507,11 +361,11 @@ class ResultsStore:
     # unacknowledged messages covers it. The sweep publishes stale entries again; a second delivery is
     # harmless (the claim answers it).
     def outbox_put(self, task_id: str, message: Mapping[str, Any]) -> None:
-        entry = json.dumps({"message": message, "published": self._now(), "republished": 0},
-                           separators=(",", ":"))
+        now = self.now()
+        entry = json.dumps({"message": message, "published": now, "republished": 0}, separators=(",", ":"))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.k_outbox, task_id, entry)
-        pipe.zadd(self.k_outbox_ts, {task_id: self._now()})
+        pipe.zadd(self.k_outbox_ts, {task_id: now})
         pipe.execute()
 
     def outbox_done(self, task_id: str) -> None:
@@ -522,8 +376,8 @@ class ResultsStore:
 
     def outbox_stale(self, older_than_seconds: float, *, limit: int = 1000) -> list[tuple[str, dict]]:
         """Entries not finished for that long, oldest first: ``(task_id, entry)``."""
-        ids = self.redis.zrangebyscore(self.k_outbox_ts, "-inf", self._now() - float(older_than_seconds),
-                                   start=0, num=limit)
+        ids = self.redis.zrangebyscore(self.k_outbox_ts, "-inf", self.now() - float(older_than_seconds),
+                                       start=0, num=limit)
         ids = [_s(i) for i in ids]
         if not ids:
             return []
@@ -540,7 +394,7 @@ class ResultsStore:
         entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.k_outbox, task_id, json.dumps(entry, separators=(",", ":")))
-        pipe.zadd(self.k_outbox_ts, {task_id: self._now()})
+        pipe.zadd(self.k_outbox_ts, {task_id: self.now()})
         pipe.execute()
 
     # ---- locks ------------------------------------------------------------------------------
@@ -556,7 +410,7 @@ class ResultsStore:
 
 
 def public_outcome(record: Mapping[str, Any] | None) -> dict:
-    """The JSON-safe outcome a task returns: contract fields plus the optional public ones present
+    """The JSON-safe outcome the store shows: contract fields plus the optional public ones present
     (non-empty), without lease/internal/epoch fields and without history."""
     record = record or {}
     out: dict[str, Any] = {}
@@ -573,4 +427,13 @@ def public_outcome(record: Mapping[str, Any] | None) -> dict:
         v = record.get(f)
         if v not in (None, ""):
             out[f] = _to_str(v)
+    return out
+
+
+def task_outcome(record: Mapping[str, Any] | None) -> dict:
+    """What a task returns: the public outcome, with an operation still in flight shown as UNKNOWN
+    (the contract's statuses; never PENDING or RETRYING)."""
+    out = public_outcome(record)
+    if out["status"] not in TASK_STATUSES:
+        out["status"] = Status.UNKNOWN.value
     return out

@@ -5,8 +5,9 @@ Each run, under a Redis lock with expiry so that two beats or a manual run never
 1. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
 2. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
-3. publishes again payment messages the broker lost (outbox entries no worker claimed in time);
-4. finishes sale->void chains whose void was due but never ran.
+3. reflects approved captures, refunds and voids on their originals where a crash left that undone;
+4. publishes again payment messages the broker lost (outbox entries no worker claimed in time);
+5. finishes sale->void chains whose void was due but never ran.
 
 Voids use deterministic operation ids (``<payment_id>:void-stale``, ``<payment_id>:void``), so even a
 sweep that outlived its lock cannot void twice: the store's claim returns the recorded outcome.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from worker.flow import RetryLater
+from worker.flow import GatewayOutage, LeaseBusy
 
 log = logging.getLogger("payments.sweep")
 
@@ -38,7 +39,7 @@ def run_sweep(svc, *, progress=None) -> dict:
                 outcome = flow.follow_up("void", fresh_void_id(store, f"{record['payment_id']}:void-stale"),
                                          trans_id=record["trans_id"], parent=record["payment_id"], reason=reason)
                 action = str(outcome.get("status", "NONE")).lower()
-            except RetryLater as later:
+            except (GatewayOutage, LeaseBusy) as later:
                 action = _deferred(record, later)
             counts[f"stale_auth_void_{action}"] += 1
             _tick(progress)
@@ -46,13 +47,16 @@ def run_sweep(svc, *, progress=None) -> dict:
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
             _tick(progress)
+        for payment_id in store.reflect_due():
+            counts[f"repair_{flow.repair(payment_id)}"] += 1
+            _tick(progress)
         for task_id, entry in store.outbox_stale(outbox_age(settings)):
             counts[f"outbox_{republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
             try:
                 action = finish_chain_void(flow, store, record)
-            except RetryLater as later:
+            except (GatewayOutage, LeaseBusy) as later:
                 action = _deferred(record, later)
             counts[f"chain_void_{action}"] += 1
             _tick(progress)
@@ -94,8 +98,7 @@ def finish_chain_void(flow, store, sale_record) -> str:
     earlier = store.get(void_id)
     if earlier and earlier.get("status") == "APPROVED":
         # The void went through but the sale's record was not updated (crash in between): repair it.
-        store.transition(sale_id, "VOIDED", expect=("APPROVED",), fields={"voided_by": void_id},
-                         note=f"voided by {void_id} (repaired by the sweep)")
+        store.reflect(void_id)
         return "repaired"
     if earlier and earlier.get("status") in store.FINAL:
         void_id = fresh_void_id(store, f"{sale_id}:void-sweep")
@@ -117,11 +120,11 @@ def fresh_void_id(store, void_id: str) -> str:
         candidate = f"{void_id}-{n}"
 
 
-def _deferred(record, later: RetryLater) -> str:
+def _deferred(record, later: GatewayOutage | LeaseBusy) -> str:
     """A void the gateway could not take now (parked RETRYING/UNKNOWN) or that another worker holds: the next
     sweep picks it up again; one such record must not abort the sweep for all the others."""
     log.warning("sweep: %s deferred: %s", record.get("payment_id"), later.reason)
-    return "deferred" if later.outage else "busy"
+    return "deferred" if isinstance(later, GatewayOutage) else "busy"
 
 
 def _tick(progress):

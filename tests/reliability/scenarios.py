@@ -57,6 +57,8 @@ RELIABILITY_SETTINGS = {
     "GATEWAY_READ_TIMEOUT": "1",
     "GATEWAY_RETRY_ATTEMPTS": "3",
     "GATEWAY_RETRY_SECONDS": "0.5",
+    # > connect + read: a request the client gave up on may still commit this long after it was sent
+    "GATEWAY_COMMIT_HORIZON": "3",
     "OUTAGE_RETRIES": "3",
     "OUTAGE_BACKOFF": "0.5",
     "OUTAGE_BACKOFF_MAX": "2",
@@ -88,7 +90,7 @@ def settings_for(redis_url: str, sandbox, prefix: str, **overrides) -> Settings:
         bluepay_secret_key=sandbox.secret_key, bluepay_url=sandbox.interfaces_url, card_key=TEST_CARD_KEY,
         connect_timeout=0.5, read_timeout=1.0, retry_attempts=3, retry_seconds=0.5, outage_retries=3,
         outage_backoff=0.5, outage_backoff_max=2.0, visibility_timeout=30.0, stale_auth_age=7 * 86400.0,
-        sweep_interval=300.0, reconcile_after=1.0,
+        sweep_interval=300.0, reconcile_after=1.0, commit_horizon_setting=3.0,
     )
     return dataclasses.replace(s, **overrides)
 

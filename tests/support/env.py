@@ -33,6 +33,8 @@ WORKER_SETTINGS = {
     "GATEWAY_READ_TIMEOUT": "2",
     "GATEWAY_RETRY_ATTEMPTS": "3",
     "GATEWAY_RETRY_SECONDS": "2",
+    # A request the client gave up on may commit this long after (> connect + read timeouts).
+    "GATEWAY_COMMIT_HORIZON": "5",
     "OUTAGE_RETRIES": "4",
     "OUTAGE_BACKOFF": "0.5",
     "OUTAGE_BACKOFF_MAX": "2",

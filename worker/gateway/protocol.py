@@ -291,8 +291,8 @@ def parse_transaction_reply(
     """Interpret a bp10emu reply.
 
     Returns a Response for APPROVED/DECLINED; raises Rejected for ERROR/MISSING;
-    OutcomeUnknown for 5xx, unparseable replies, a wrong BP_STAMP, an APPROVED reply
-    without BP_STAMP, and (``duplicate=True``) for MESSAGE=DUPLICATE.
+    OutcomeUnknown for 5xx, unparseable replies, any reply whose BP_STAMP is missing or wrong,
+    and (``duplicate=True``, only with a verified stamp) for MESSAGE=DUPLICATE.
     """
     if status_code >= 500:
         raise OutcomeUnknown(f"gateway answered HTTP {status_code}", status_code=status_code)
@@ -313,14 +313,15 @@ def parse_transaction_reply(
         raise OutcomeUnknown(f"HTTP {status_code} with Result={result}", status_code=status_code)
 
     response = _transaction_response(pairs, result)
-    stamped = bool(pairs.get("BP_STAMP"))
-    if stamped and not stamp_matches(secret_key, pairs):
-        if result == "ERROR" and response.message.strip().upper() == "SECURITY ERROR":
-            # The gateway could not verify OUR seal: our secret is wrong, so its stamp cannot
-            # verify for us either. An unstamped SECURITY ERROR is accepted as Rejected anyway,
-            # so trusting this one adds no risk; treating it as unknown would hide the cause.
-            raise Rejected(response)
-        raise OutcomeUnknown("reply BP_STAMP does not verify", status_code=status_code)
+    # Only a reply whose BP_STAMP verifies may settle anything: an unauthenticated approval, decline or
+    # refusal (even SECURITY ERROR: a wrong secret shows up the same way) is reconciled through stq.
+    if not pairs.get("BP_STAMP"):
+        raise OutcomeUnknown(f"{result} reply without BP_STAMP cannot be trusted"
+                             + (f" ({response.message})" if result in ("ERROR", "MISSING") else ""),
+                             status_code=status_code)
+    if not stamp_matches(secret_key, pairs):
+        hint = " (SECURITY ERROR: check BLUEPAY_SECRET_KEY)" if response.message.strip().upper() == "SECURITY ERROR" else ""
+        raise OutcomeUnknown(f"reply BP_STAMP does not verify{hint}", status_code=status_code)
 
     if response.message.strip().upper() == "DUPLICATE":
         raise OutcomeUnknown(
@@ -331,8 +332,6 @@ def parse_transaction_reply(
         )
     if result in ("ERROR", "MISSING"):
         raise Rejected(response)
-    if result == "APPROVED" and not stamped:
-        raise OutcomeUnknown("APPROVED reply without BP_STAMP cannot be trusted", status_code=status_code)
     return response
 
 
@@ -385,8 +384,8 @@ def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key:
     trans_id = (lower.get("id") or lower.get("trans_id") or lower.get("rrno") or "").strip()
     if status is None or not trans_id:
         raise OutcomeUnknown("unparseable stq reply", status_code=status_code)
-    if pairs.get("BP_STAMP") and not stamp_matches(secret_key, pairs):
-        raise OutcomeUnknown("stq reply BP_STAMP does not verify", status_code=status_code)
+    if not pairs.get("BP_STAMP") or not stamp_matches(secret_key, pairs):
+        raise OutcomeUnknown("stq row without a BP_STAMP that verifies", status_code=status_code)
 
     return Response(
         status=status,

@@ -1,0 +1,77 @@
+-- ARGV: 1 owner 2 lease_seconds 3 payment_id 4 operation 5 dead_owner 6 message_id 7 mode
+--       8 journal ('1': note attempt 1 in the same round trip; 'prior': the message was delivered before,
+--       so an earlier delivery may have sent it until now) 9 n_fingerprints, fingerprints...,
+--       then field/value pairs for a new record.
+-- mode: run (claim to work on it), create_only (record only if absent: a delivery that cannot run),
+--       reconcile (the sweep: never creates).
+-- Returns {kind, previous_status, now, record pairs}.
+local owner, lease_seconds, pid, op, dead_owner, message_id, mode, journal =
+  ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local n_fp = tonumber(ARGV[9])
+local fps = {}
+for i = 10, 9 + n_fp do fps[ARGV[i]] = true end
+local first_field = 10 + n_fp
+local now = server_now()
+local now_iso, now_ts = iso(now), ts(now)
+if message_id ~= '' then
+  redis.call('HDEL', OUTBOX, message_id)
+  redis.call('ZREM', IDX_OUTBOX, message_id)
+end
+local status = redis.call('HGET', REC, 'status')
+if not status then
+  if mode == 'reconcile' then return {'missing', '', now_ts, {}} end
+  local args = {}
+  for i = first_field, #ARGV do args[#args + 1] = ARGV[i] end
+  local fp = ''
+  if n_fp > 0 then fp = ARGV[10] end
+  for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
+                      'created_at', now_iso, 'updated_at', now_iso, 'created_ts', now_ts,
+                      'updated_ts', now_ts, 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
+                      'fingerprint', fp}) do
+    args[#args + 1] = v
+  end
+  local note = 'claimed by ' .. owner
+  if journal == '1' then
+    for _, v in ipairs({'sends', '1', 'attempt_ts', now_ts, 'in_flight', '1'}) do args[#args + 1] = v end
+    note = note .. '; attempt 1'
+  elseif journal == 'prior' then
+    args[#args + 1] = 'sent_ts'
+    args[#args + 1] = now_ts
+    note = note .. '; delivered before: an earlier delivery may have sent it'
+  end
+  redis.call('HSET', REC, unpack(args))
+  redis.call('ZADD', IDX_TIME, now_ts, pid)
+  local trans_id = reindex(REC, pid, nil)
+  record_event(REC, HIST, pid, op, '', 'PENDING', note, now_iso, trans_id)
+  return {'claimed', '', now_ts, redis.call('HGETALL', REC)}
+end
+if mode ~= 'reconcile' then
+  local r = redis.call('HMGET', REC, 'operation', 'fingerprint')
+  local stored_fp = r[2] or ''
+  if r[1] ~= op or (n_fp > 0 and stored_fp ~= '' and not fps[stored_fp]) then
+    return {'mismatch', status, now_ts, redis.call('HGETALL', REC)}
+  end
+end
+if mode == 'create_only' then return {'exists', status, now_ts, redis.call('HGETALL', REC)} end
+if not NON_FINAL[status] then return {'final', status, now_ts, redis.call('HGETALL', REC)} end
+local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until', 'in_flight', 'sent_ts')
+local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
+if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
+  return {'busy', status, now_ts, redis.call('HGETALL', REC)}
+end
+local updates = {'status', 'PENDING', 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
+                 'updated_at', now_iso, 'updated_ts', now_ts}
+local note = 'resumed by ' .. owner .. ' from ' .. status
+if r[3] == '1' then
+  -- The last holder noted an attempt and never said how it ended: it may have been sent until its
+  -- lease ran out (or until now, if its process is known dead).
+  local sent = math.max(tonumber(r[4] or '0') or 0, math.min(until_, now))
+  for _, v in ipairs({'in_flight', '0', 'sent_ts', ts(sent)}) do updates[#updates + 1] = v end
+  note = note .. '; its attempt may have been sent'
+end
+redis.call('HSET', REC, unpack(updates))
+redis.call('HINCRBY', REC, 'attempts', 1)
+local cur_op = redis.call('HGET', REC, 'operation') or op
+local trans_id = reindex(REC, pid, nil)
+record_event(REC, HIST, pid, cur_op, status, 'PENDING', note, now_iso, trans_id)
+return {'resumed', status, now_ts, redis.call('HGETALL', REC)}

@@ -1,0 +1,149 @@
+-- Shared by every script that writes a payment record. Redis server time is the one clock: leases,
+-- ages, next-check times and the attempt journal all come from TIME here, never from a worker's clock.
+-- KEYS (same order everywhere): 1 record 2 history 3 idx:trans 4 idx:time 5 idx:non_final
+--   6 idx:open_auths 7 idx:voids_due 8 audit 9 outbox 10 idx:outbox 11 idx:reflect_due
+local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX, IDX_REFLECT =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
+local FOLLOW_UPS = {capture = true, refund = true, void = true}
+local HISTORY_CAP = __HISTORY_CAP__
+local AUDIT_MAXLEN = '__AUDIT_MAXLEN__'
+
+local function server_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function ts(t) return string.format('%.3f', t) end
+
+-- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm).
+local function iso(t)
+  local secs = math.floor(t)
+  local ms = math.floor((t - secs) * 1000)
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms)
+end
+
+local function record_event(rec, hist, pid, op, from, to, note, at, trans_id)
+  redis.call('RPUSH', hist, cjson.encode({at = at, status = to, note = note}))
+  redis.call('LTRIM', hist, -HISTORY_CAP, -1)
+  redis.call('XADD', AUDIT, 'MAXLEN', '~', AUDIT_MAXLEN, '*',
+    'payment_id', pid, 'operation', op, 'from', from, 'to', to, 'note', note, 'at', at,
+    'trans_id', trans_id)
+end
+
+-- Recompute every index membership of the record at ``rec`` from its current state.
+local function reindex(rec, pid, old_trans)
+  local r = redis.call('HMGET', rec, 'status', 'operation', 'then_void', 'trans_id',
+                       'created_ts', 'updated_ts', 'reflected')
+  local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
+  local created_ts, updated_ts, reflected = r[5], r[6], r[7]
+  if NON_FINAL[status] then redis.call('ZADD', IDX_NF, updated_ts, pid) else redis.call('ZREM', IDX_NF, pid) end
+  if op == 'auth' and status == 'APPROVED' then
+    redis.call('ZADD', IDX_OPEN, created_ts, pid)
+  else
+    redis.call('ZREM', IDX_OPEN, pid)
+  end
+  if op == 'sale' and status == 'APPROVED' and then_void == '1' then
+    redis.call('ZADD', IDX_VOIDS, updated_ts, pid)
+  else
+    redis.call('ZREM', IDX_VOIDS, pid)
+  end
+  if FOLLOW_UPS[op] and status == 'APPROVED' and reflected ~= '1' then
+    redis.call('ZADD', IDX_REFLECT, updated_ts, pid)
+  else
+    redis.call('ZREM', IDX_REFLECT, pid)
+  end
+  if old_trans and old_trans ~= '' and old_trans ~= trans_id then
+    if redis.call('HGET', IDX_TRANS, old_trans) == pid then redis.call('HDEL', IDX_TRANS, old_trans) end
+  end
+  if trans_id ~= '' then redis.call('HSETNX', IDX_TRANS, trans_id, pid) end
+  return trans_id
+end
+
+-- Amounts are two-decimal strings; arithmetic is in integer cents (exact in Lua's doubles).
+local function cents(text)
+  local whole, frac = string.match(text or '', '^(%d+)%.?(%d*)$')
+  if not whole then return nil end
+  frac = (frac .. '00'):sub(1, 2)
+  return tonumber(whole) * 100 + tonumber(frac)
+end
+
+local function money(c) return string.format('%d.%02d', math.floor(c / 100), c % 100) end
+
+-- Reflect an APPROVED capture/refund/void (record ``fu_rec``) on its original operation, once
+-- (``reflected`` = 1), atomically with whatever else the calling script does. Returns what happened.
+local function reflect(prefix, fu_rec, fu_pid, at, now)
+  local f = redis.call('HMGET', fu_rec, 'status', 'operation', 'parent', 'target', 'amount', 'message',
+                       'reflected')
+  local status, op, parent, target, amount, message, reflected = f[1], f[2], f[3] or '', f[4] or '', f[5] or '',
+    f[6] or '', f[7]
+  if status ~= 'APPROVED' or reflected == '1' or not FOLLOW_UPS[op] then return 'nothing' end
+  local orig = nil
+  if parent ~= '' and redis.call('EXISTS', prefix .. 'op:' .. parent) == 1 then orig = parent end
+  if not orig and target ~= '' then orig = redis.call('HGET', IDX_TRANS, target) end
+  local function done(result)
+    redis.call('HSET', fu_rec, 'reflected', '1')
+    reindex(fu_rec, fu_pid, nil)
+    return result
+  end
+  if not orig or orig == fu_pid then return done('no_original') end
+  local okey, ohist = prefix .. 'op:' .. orig, prefix .. 'hist:' .. orig
+  local o = redis.call('HMGET', okey, 'status', 'operation', 'amount', 'refunded_amount', 'target', 'parent',
+                       'trans_id')
+  local ostatus, oop, oamount, orefunded = o[1], o[2], o[3] or '', o[4] or ''
+  if not ostatus then return done('no_original') end
+  if NON_FINAL[ostatus] then return 'original_not_final' end
+  local new_status, fields, note = nil, {}, ''
+  local is_void = op == 'void' or (op == 'refund' and string.find(string.lower(message), 'void', 1, true))
+  if is_void then
+    if ostatus == 'VOIDED' then return done('already') end
+    new_status, fields, note = 'VOIDED', {'voided_by', fu_pid}, 'voided by ' .. fu_pid
+  elseif op == 'capture' then
+    if ostatus ~= 'APPROVED' then return done('already') end
+    new_status, fields, note = 'CAPTURED', {'captured_by', fu_pid}, 'captured by ' .. fu_pid
+  else
+    local total = cents(oamount)
+    local before = cents(orefunded) or 0
+    local this = cents(amount)
+    if not this then this = (total or 0) - before end
+    local after = before + this
+    if total and after >= total then new_status = 'REFUNDED' else new_status = 'PARTIALLY_REFUNDED' end
+    fields = {'refunded_by', fu_pid, 'refunded_amount', money(after)}
+    note = 'refunded ' .. money(this) .. ' by ' .. fu_pid .. ' (' .. money(after) .. ' in all)'
+  end
+  for _, v in ipairs({'status', new_status, 'updated_at', at, 'updated_ts', ts(now)}) do fields[#fields + 1] = v end
+  redis.call('HSET', okey, unpack(fields))
+  local otrans = reindex(okey, orig, nil)
+  record_event(okey, ohist, orig, oop or '', ostatus, new_status, note, at, otrans)
+  if is_void and oop == 'capture' then
+    -- A void of a capture reopens its auth, as the gateway does.
+    local auth = o[6] or ''
+    if auth == '' or redis.call('EXISTS', prefix .. 'op:' .. auth) == 0 then
+      auth = (o[5] or '') ~= '' and redis.call('HGET', IDX_TRANS, o[5]) or nil
+    end
+    if auth then
+      local akey = prefix .. 'op:' .. auth
+      local a = redis.call('HMGET', akey, 'status', 'captured_by', 'operation')
+      if a[1] == 'CAPTURED' and a[2] == orig then
+        redis.call('HSET', akey, 'status', 'APPROVED', 'captured_by', '', 'updated_at', at, 'updated_ts', ts(now))
+        local atrans = reindex(akey, auth, nil)
+        record_event(akey, prefix .. 'hist:' .. auth, auth, a[3] or 'auth', 'CAPTURED', 'APPROVED',
+                     'reopened: its capture ' .. orig .. ' was voided by ' .. fu_pid, at, atrans)
+      end
+    end
+  end
+  return done('reflected')
+end
