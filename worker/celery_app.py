@@ -1,57 +1,47 @@
 """The one module that owns Celery: the app, the payment task base class and the logging hooks.
 
 Card data is sealed where every task message is made: ``SealingAMQP.as_task_v2`` runs for
-``delay``, ``s(...).delay()``, chains, ``retry`` and plain ``app.send_task`` (Flower's included). For
-``payments.sale``/``payments.auth`` it seals the ``card`` argument with the card vault before the
-message reaches the broker, and sets ``argsrepr``/``kwargsrepr`` (what task events, Flower and
-``inspect`` show) to a masked view.
+``delay``, ``apply_async``, ``s(...).delay()``, chains, groups, chords, ``retry`` and plain ``app.send_task``
+(Flower's included), and hands the message's arguments to :func:`worker.sealing.seal_publish`: the card of
+every ``payments.sale``/``payments.auth`` in the message (its own and every embedded signature: chain tail,
+``link``, ``link_error``, group and chord members) is sealed with the card vault, card data anywhere else is
+refused with :class:`worker.carddata.CardDataRefused` before anything reaches the broker, and
+``argsrepr``/``kwargsrepr`` (what task events, Flower and ``inspect`` show) are masked. ``republish`` (the
+outbox) runs the same code over the stored body.
 """
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 
 from celery import Celery, Task, bootsteps, signals
 from celery.app.amqp import AMQP
 
+from worker.sealing import seal_publish
 from worker.services import services
 
-# Tasks that carry a card, and the position of `card` among their positional arguments.
-CARD_ARGUMENT = {"payments.sale": 1, "payments.auth": 1}
-
-
-def _masked(value):
-    from worker.vault import mask_card
-
-    return mask_card(value) if isinstance(value, dict) else "<card>"
-
-
-def _seal(card):
-    """The sealed card; a value that cannot be a card never travels at all (the worker records why)."""
-    vault = services().vault
-    if vault.is_sealed(card):
-        return card
-    if isinstance(card, dict) and card.get("number"):
-        return vault.seal(card)
-    return {"invalid": f"card must be a dict with a number, got {type(card).__name__}"}
+# as_task_v2's positional parameters after (task_id, name, args, kwargs): Celery's send_task passes
+# countdown ... chain positionally.
+_AS_TASK_V2_POSITIONAL = [
+    name for name, p in list(inspect.signature(AMQP.as_task_v2).parameters.items())[5:]
+    if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+]
 
 
 class SealingAMQP(AMQP):
-    """Celery's message factory, sealing card data before anything is published."""
+    """Celery's message factory, sealing card data (and refusing it outside the card) before anything is
+    published."""
 
     def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, **options):
-        position = CARD_ARGUMENT.get(name)
-        if position is not None:
-            args, kwargs = list(args or ()), dict(kwargs or {})
-            if len(args) > position:
-                args[position] = _seal(args[position])
-                shown = list(args)
-                shown[position] = _masked(args[position])
-                options["argsrepr"] = repr(tuple(shown))
-            if "card" in kwargs:
-                kwargs["card"] = _seal(kwargs["card"])
-                options["kwargsrepr"] = repr({k: (_masked(v) if k == "card" else v) for k, v in kwargs.items()})
-        return super().as_task_v2(task_id, name, args, kwargs, *rest, **options)
+        if len(rest) > len(_AS_TASK_V2_POSITIONAL):
+            raise TypeError("as_task_v2: too many positional arguments")
+        options.update(zip(_AS_TASK_V2_POSITIONAL, rest))
+        options["task_id"] = task_id
+        args, kwargs, options = seal_publish(
+            name, args, kwargs, options, vault=services().vault,
+            argsrepr_maxsize=self.argsrepr_maxsize, kwargsrepr_maxsize=self.kwargsrepr_maxsize)
+        task_id = options.pop("task_id")
+        return super().as_task_v2(task_id, name, args, kwargs, **options)
 
 
 app = Celery("payments", amqp=SealingAMQP)
@@ -174,15 +164,9 @@ OUTBOX_TASKS = frozenset({"payments.sale", "payments.auth", "payments.capture", 
 
 @signals.after_task_publish.connect(weak=False)
 def _keep_in_outbox(sender=None, body=None, headers=None, exchange=None, routing_key=None, **_):
+    # Every payment message is kept: its cards are sealed and card data elsewhere was refused before it
+    # was built (SealingAMQP), so nothing here can hold a card in clear.
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
-        return
-    from worker.store import looks_like_card_number
-
-    if looks_like_card_number(json.dumps([body, headers], default=str), min_len=13):
-        # A card number outside the sealed card (say, in `amount`): the worker will refuse this message
-        # anyway, and the outbox must never keep card data in clear.
-        logging.getLogger("payments.outbox").warning("outbox: %s not kept: card-like data outside the card",
-                                                     headers["id"])
         return
     try:
         services().store.outbox_put(headers["id"], {
@@ -194,12 +178,21 @@ def _keep_in_outbox(sender=None, body=None, headers=None, exchange=None, routing
 
 
 def republish(message: dict) -> None:
-    """Publish an outbox message again, as it was (same task id, sealed card, chain)."""
+    """Publish an outbox message again, as it was (same task id, chain), through the same sealing and
+    refusal as every other publish path (an entry kept by older code is sealed now, or refused with
+    CardDataRefused rather than published with card data in clear)."""
     from celery.app.amqp import task_message
 
-    headers = message["headers"]
+    from worker.carddata import mask_text
+    from worker.sealing import seal_body
+
+    headers = dict(message["headers"])
+    body = seal_body(message["name"], message["body"], vault=services().vault)
+    for key in ("argsrepr", "kwargsrepr"):
+        if isinstance(headers.get(key), str):
+            headers[key] = mask_text(headers[key])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
-                         body=tuple(message["body"]), sent_event=None)
+                         body=tuple(body), sent_event=None)
     with app.producer_or_acquire() as producer:
         app.amqp.send_task_message(producer, message["name"], again, exchange=message["exchange"] or None,
                                    routing_key=message["routing_key"] or None)

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any, Iterable
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+# Masking is decided in worker.carddata, for every guard and scanner alike (mask_number is re-exported).
+from worker.carddata import MASK_PREFIX as _MASK_PREFIX
+from worker.carddata import mask_number
 
 __all__ = [
     "DEVELOPMENT_KEY", "ConfigurationError", "CardSealError", "CardVault", "load_card_key",
@@ -36,9 +39,6 @@ log = logging.getLogger(__name__)
 #: ``payments-dev-key-TEST-mode-only!``. Anything sealed with it is readable by anyone who reads
 #: this file; LIVE mode refuses it.
 DEVELOPMENT_KEY = "cGF5bWVudHMtZGV2LWtleS1URVNULW1vZGUtb25seSE="
-
-_MASK_PREFIX = "x" * 12
-_NON_DIGIT = re.compile(r"\D")
 
 
 class ConfigurationError(Exception):
@@ -131,12 +131,6 @@ def load_card_key(env_value: str | None, mode: str) -> CardVault:
         return CardVault(keys)
     except ConfigurationError as exc:
         raise ConfigurationError(f"PAYMENTS_CARD_KEY: {exc}") from None
-
-
-def mask_number(number: Any) -> str:
-    """``xxxxxxxxxxxx`` + the last four digits (non-digits ignored, whatever the length)."""
-    digits = _NON_DIGIT.sub("", "" if number is None else str(number))
-    return _MASK_PREFIX + digits[-4:]
 
 
 def mask_card(card: Any) -> dict:

@@ -3,9 +3,10 @@
 from decimal import Decimal
 from urllib.parse import urlencode
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from worker import carddata as C
 from worker.gateway import protocol as P
 from worker.gateway import scrub as S
 from worker.gateway import validation as V
@@ -21,7 +22,8 @@ def _with_luhn(prefix: str) -> str:
     raise AssertionError
 
 
-cards = st.integers(11, 18).flatmap(
+# 13-19 digits (worker.carddata's rule; 12-digit trans ids are not card numbers)
+cards = st.integers(12, 18).flatmap(
     lambda n: st.text("0123456789", min_size=n, max_size=n).filter(lambda s: s[0] != "0").map(_with_luhn)
 )
 filler = st.text(st.characters(blacklist_categories=("Nd",)), max_size=20)
@@ -30,7 +32,11 @@ filler = st.text(st.characters(blacklist_categories=("Nd",)), max_size=20)
 @settings(max_examples=200, deadline=None)
 @given(cards, filler, filler)
 def test_scrub_never_leaks_a_card(number, before, after):
-    out = S.scrub(before + number + after)
+    text = before + number + after
+    # The one documented exception: a number inside a 32+ hex-digit token is part of a digest/identifier.
+    assume(not any(s <= len(before) and len(before) + len(number) <= e
+                   for s, e in (m.span() for m in C._IDENTIFIER.finditer(text))))
+    out = S.scrub(text)
     assert number not in out
     assert "xxxxxxxxxxxx" + number[-4:] in out
 

@@ -15,6 +15,7 @@ from worker.gateway import scrub as S
         ("{'number': '5500005555555559'}", "5500005555555559", "xxxxxxxxxxxx5559"),
         ("4111 1111 1111 1111 123", "4111 1111 1111 1111", "xxxxxxxxxxxx1111 123"),
         ("x4111111111111111y", "4111111111111111", "xxxxxxxxxxxx1111"),
+        ("key ORD-4111111111111111-retry", "4111111111111111", "ORD-xxxxxxxxxxxx1111-retry"),
     ],
 )
 def test_card_numbers_masked(text, leak, want):
@@ -24,6 +25,11 @@ def test_card_numbers_masked(text, leak, want):
 
 def test_non_luhn_and_short_runs_kept():
     assert S.scrub("order 4111111111111112 amount 300") == "order 4111111111111112 amount 300"
+    # worker.carddata's rule: a 12-digit trans id (even Luhn-valid) and a task id are not card numbers
+    assert S.scrub("RRNO=100000000123") == "RRNO=100000000123"
+    task_id = "cd27c305-6820-4063-903f-1a2b3c4d5e6f"  # holds the Luhn-valid run 305-6820-4063-903
+    assert S.scrub(f"Task payments.sale[{task_id}] succeeded in 0.05183274700085167s") == \
+        f"Task payments.sale[{task_id}] succeeded in 0.05183274700085167s"
     assert S.scrub("phone 555-1234") == "phone 555-1234"
     assert S.scrub("2025-11-27 10:00:00") == "2025-11-27 10:00:00"
     assert S.scrub("") == ""

@@ -1,0 +1,279 @@
+"""worker.sealing through Celery's real publish paths, on an in-memory broker (kombu's ``memory://``).
+
+The producer is a Celery app with the project's ``SealingAMQP``; ``services()`` is a fake with the real card vault
+and an in-memory outbox (the project's ``after_task_publish`` hook writes there). Every message is read back raw
+from the broker, the way a worker or a scan of Redis would see it.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from celery import Celery, chain, group
+from celery.app.task import Context
+
+from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
+from worker import services as services_module
+from worker.carddata import CardDataRefused
+from worker.celery_app import SealingAMQP
+from worker.sealing import seal_body, seal_publish, unsealed_card_in
+from worker.vault import CardVault
+
+NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
+LUHN_ORDER = 1234567890123452  # passes Luhn: a numeric order id like one in ten
+
+
+class FakeStore:
+    def __init__(self):
+        self.outbox: dict[str, dict] = {}
+
+    def outbox_put(self, task_id, message):
+        self.outbox[task_id] = json.loads(json.dumps(message))  # what Redis would keep (JSON)
+
+
+class FakeServices:
+    def __init__(self):
+        self.vault = CardVault([TEST_CARD_KEY])
+        self.store = FakeStore()
+
+
+@pytest.fixture
+def fake_services(monkeypatch):
+    fake = FakeServices()
+    monkeypatch.setitem(services_module._by_pid, os.getpid(), fake)
+    return fake
+
+
+@pytest.fixture
+def app(fake_services):
+    app = Celery("unit-sealing", amqp=SealingAMQP, broker="memory://", set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
+
+    @app.task(bind=True, name="payments.sale", shared=False)
+    def sale(self, *args, **kwargs):  # only its publishing matters here (retry builds from a request)
+        return None
+
+    yield app
+    drain(app)
+
+
+def drain(app) -> list[dict]:
+    """Every message waiting in the broker, raw: headers, properties and the serialized body."""
+    out = []
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        while (message := channel.basic_get("celery")) is not None:
+            out.append({"headers": message.headers, "properties": message.properties,
+                        "raw": message.body.decode(), "body": message.decode()})
+    return out
+
+
+def clear_card_in(message: dict) -> bool:
+    text = json.dumps(message["headers"]) + message["raw"]
+    return NUMBER in text or "4111 1111" in text or f'"{CVV2}"' in text or "'" + CVV2 + "'" in text
+
+
+def sig(app, name, *args, **kwargs):
+    return app.signature(name, args=args, kwargs=kwargs, immutable=True)
+
+
+def card_sale(app, **extra):
+    return sig(app, "payments.sale", amount="3.00", card=dict(TEST_CARD), **extra)
+
+
+# ---- sealed wherever a message carries a card ----------------------------------------------------
+PUBLISH_PATHS = {
+    "send_task kwargs": lambda app: app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD}),
+    "send_task args": lambda app: app.send_task("payments.auth", args=["3.00", TEST_CARD, CUSTOMER]),
+    "signature.delay": lambda app: app.signature("payments.sale").delay(amount="3.00", card=TEST_CARD),
+    "task.apply_async": lambda app: app.tasks["payments.sale"].apply_async(("3.00", TEST_CARD)),
+    "chain: card in a later link": lambda app: chain(
+        sig(app, "payments.auth", amount="1.00", card=TEST_CARD), card_sale(app),
+        sig(app, "payments.void", "100000000001")).apply_async(),
+    "link=": lambda app: app.send_task("payments.void", args=["100000000001"], link=card_sale(app)),
+    "link_error=": lambda app: app.send_task("payments.void", args=["100000000001"], link_error=card_sale(app)),
+    "link= a group of card tasks": lambda app: app.send_task(
+        "payments.void", args=["100000000001"],
+        link=group(card_sale(app), sig(app, "payments.auth", amount="1.00", card=TEST_CARD))),
+    "chain holding a group holding a chain": lambda app: chain(
+        sig(app, "payments.void", "100000000001"),
+        group(chain(card_sale(app), card_sale(app)), card_sale(app))).apply_async(),
+    "signature options link inside a chain": lambda app: chain(
+        sig(app, "payments.void", "100000000001"),
+        card_sale(app).set(link=card_sale(app), link_error=card_sale(app))).apply_async(),
+    "retry (signature_from_request)": lambda app: app.tasks["payments.sale"].signature_from_request(
+        Context(args=["3.00", TEST_CARD], kwargs={}, chain=[dict(card_sale(app))], callbacks=[dict(card_sale(app))],
+                errbacks=[dict(card_sale(app))], delivery_info={})).apply_async(),
+}
+
+
+@pytest.mark.parametrize("path", PUBLISH_PATHS)
+def test_every_publish_path_seals_every_card_in_the_message(app, fake_services, path):
+    PUBLISH_PATHS[path](app)
+    messages = drain(app)
+    assert messages, "nothing published"
+    for message in messages:
+        assert not clear_card_in(message), message["raw"][:500]
+        assert unsealed_card_in({"task": message["headers"]["task"], "args": message["body"][0],
+                                 "kwargs": message["body"][1], **message["body"][2]}) is None
+    raw = " ".join(m["raw"] for m in messages)
+    assert '"sealed"' in raw  # the cards are there, sealed
+    for entry in fake_services.store.outbox.values():  # what the outbox keeps is sealed too
+        assert NUMBER not in json.dumps(entry)
+
+
+def test_sealed_cards_open_to_the_producer_s_card(app, fake_services):
+    app.send_task("payments.void", args=["100000000001"],
+                  link=sig(app, "payments.sale", amount="3.00", card=TEST_CARD), link_error=None)
+    (message,) = drain(app)
+    (callback,) = message["body"][2]["callbacks"]
+    assert fake_services.vault.open(callback["kwargs"]["card"]) == TEST_CARD
+
+
+def test_the_producer_s_objects_are_not_changed(app):
+    card = dict(TEST_CARD)
+    link = sig(app, "payments.sale", amount="3.00", card=card)
+    app.send_task("payments.sale", kwargs={"amount": "3.00", "card": card}, link=link)
+    assert card == TEST_CARD and link["kwargs"]["card"] is card
+
+
+def test_reprs_are_masked(app):
+    app.send_task("payments.sale", args=["3.00", TEST_CARD, CUSTOMER, LUHN_ORDER])
+    app.send_task("payments.auth", kwargs={"amount": "3.00", "card": TEST_CARD, "order_id": LUHN_ORDER})
+    shown = " ".join(m["headers"]["argsrepr"] + m["headers"]["kwargsrepr"] for m in drain(app))
+    assert "xxxxxxxxxxxx1111" in shown and "Testville" in shown
+    assert NUMBER not in shown and CVV2 not in shown and "sealed" not in shown
+    assert str(LUHN_ORDER) not in shown  # a repr is text: the numeric order id is masked there
+
+
+def test_a_value_that_cannot_be_a_card_never_travels(app):
+    app.send_task("payments.sale", kwargs={"amount": "3.00", "card": NUMBER})
+    (message,) = drain(app)
+    assert list(message["body"][1]["card"]) == ["invalid"] and NUMBER not in message["raw"]
+
+
+# ---- refused at the door ---------------------------------------------------------------------------
+REFUSED = {
+    "idempotency key": (lambda app: app.send_task("payments.sale", kwargs={
+        "amount": "3.00", "card": TEST_CARD, "idempotency_key": f"ORD-{NUMBER}-retry"}), "idempotency_key"),
+    "string order id": (lambda app: app.send_task("payments.sale", kwargs={
+        "amount": "3.00", "card": TEST_CARD, "order_id": str(LUHN_ORDER)}), "order_id"),
+    "customer name1": (lambda app: app.send_task("payments.sale", kwargs={
+        "amount": "3.00", "card": TEST_CARD, "customer": {**CUSTOMER, "name1": "4111 1111 1111 1111"}}),
+        "customer.name1"),
+    "customer addr1, positional": (lambda app: app.send_task("payments.auth", args=[
+        "3.00", TEST_CARD, {**CUSTOMER, "addr1": f"x{NUMBER}"}]), "customer.addr1"),
+    "amount": (lambda app: app.send_task("payments.sale", kwargs={"amount": NUMBER, "card": TEST_CARD}), "amount"),
+    "int amount": (lambda app: app.send_task("payments.sale", kwargs={"amount": LUHN_ORDER, "card": TEST_CARD}),
+                   "amount"),
+    "trans id": (lambda app: app.send_task("payments.capture", args=[NUMBER]), "trans_id"),
+    "extra argument": (lambda app: app.send_task("payments.sale", args=["3.00", TEST_CARD, None, None, None, NUMBER]),
+                       "args[5]"),
+    "task id": (lambda app: app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD},
+                                          task_id=NUMBER), "task_id"),
+    "chain's later link": (lambda app: chain(
+        card_sale(app), card_sale(app, order_id=str(LUHN_ORDER))).apply_async(), "chain[0].kwargs.order_id"),
+    "link=": (lambda app: app.send_task("payments.void", args=["100000000001"], link=sig(
+        app, "payments.sale", amount="3.00", card=TEST_CARD, customer={"name1": NUMBER})),
+        "callbacks[0].kwargs.customer.name1"),
+    "link_error=": (lambda app: app.send_task("payments.void", args=["100000000001"], link_error=sig(
+        app, "payments.void", NUMBER)), "errbacks[0].args[0]"),
+    "group member": (lambda app: app.send_task("payments.void", args=["100000000001"], link=group(
+        card_sale(app), card_sale(app, idempotency_key=NUMBER))), "callbacks[0].kwargs.tasks[1].kwargs.idempotency_key"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_card_data_outside_the_card_is_refused_before_anything_is_published(app, fake_services, case):
+    publish, field = REFUSED[case]
+    with pytest.raises(CardDataRefused) as exc:
+        publish(app)
+    assert exc.value.field == field
+    assert field in str(exc.value) and NUMBER not in str(exc.value) and str(LUHN_ORDER) not in str(exc.value)
+    assert drain(app) == [] and fake_services.store.outbox == {}
+
+
+def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(app, fake_services):
+    result = app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD, "order_id": LUHN_ORDER})
+    chain(card_sale(app), card_sale(app, order_id=LUHN_ORDER)).apply_async()
+    messages = drain(app)
+    assert len(messages) == 2
+    assert messages[0]["body"][1]["order_id"] == LUHN_ORDER  # published as it is
+    kept = fake_services.store.outbox[result.id]
+    assert kept["body"][1]["order_id"] == LUHN_ORDER and kept["name"] == "payments.sale"
+    assert len(fake_services.store.outbox) == 2
+    assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.values())
+
+
+# ---- seal_publish and seal_body directly (the chord path, the outbox re-publish) -------------------
+def test_a_chord_body_is_sealed():
+    vault = CardVault([TEST_CARD_KEY])
+    body_sig = {"task": "payments.sale", "args": [], "kwargs": {"amount": "1.00", "card": dict(TEST_CARD)},
+                "options": {}, "subtask_type": None, "immutable": True}
+    chord_sig = {"task": "celery.chord", "args": [], "options": {}, "subtask_type": "chord", "immutable": False,
+                 "kwargs": {"header": {"task": "celery.group", "args": [], "options": {}, "subtask_type": "group",
+                                       "kwargs": {"tasks": [dict(body_sig)]}},
+                            "body": dict(body_sig), "kwargs": {}}}
+    args, kwargs, options = seal_publish("payments.void", ["100000000001"], {},
+                                         {"chord": dict(body_sig), "callbacks": [chord_sig]}, vault=vault)
+    text = json.dumps([args, kwargs, options])
+    assert NUMBER not in text and text.count('"sealed"') == 3
+    assert vault.open(options["chord"]["kwargs"]["card"]) == TEST_CARD
+
+
+def test_seal_body_seals_an_old_outbox_entry_and_refuses_card_data():
+    vault = CardVault([TEST_CARD_KEY])
+    old = [[], {"amount": "3.00", "card": dict(TEST_CARD)},
+           {"chain": [{"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {}, "options": {}}],
+            "callbacks": None, "errbacks": None, "chord": None}]
+    sealed = seal_body("payments.sale", old, vault=vault)
+    assert NUMBER not in json.dumps(sealed) and vault.open(sealed[2]["chain"][0]["args"][1]) == TEST_CARD
+    assert seal_body("payments.sale", sealed, vault=vault) == sealed  # already sealed: as it is
+    with pytest.raises(CardDataRefused) as exc:
+        seal_body("payments.sale", [[], {"amount": "3.00", "card": TEST_CARD, "customer": {"name1": NUMBER}}, {}],
+                  vault=vault)
+    assert exc.value.field == "customer.name1"
+
+
+# ---- the worker's check -------------------------------------------------------------------------------
+SEALED = CardVault([TEST_CARD_KEY]).seal(TEST_CARD)
+CLEAR = dict(TEST_CARD)
+
+
+def request(task="payments.sale", args=(), kwargs=None, **embedded):
+    return Context(task=task, args=list(args), kwargs=kwargs or {}, chain=embedded.get("chain"),
+                   callbacks=embedded.get("callbacks"), errbacks=embedded.get("errbacks"), chord=embedded.get("chord"))
+
+
+def s(task, *args, **kwargs):
+    return {"task": task, "args": list(args), "kwargs": kwargs, "options": {}, "subtask_type": None}
+
+
+UNSEALED_TABLE = [
+    (request(kwargs={"amount": "3.00", "card": SEALED}), None),
+    (request(args=["3.00", SEALED, CUSTOMER, LUHN_ORDER]), None),  # an int order id is not card data
+    (request(kwargs={"amount": "3.00", "card": {"invalid": "card must be a dict"}}), None),
+    (request(task="payments.void", args=[{"payment_id": "p", "trans_id": "100000000123",
+                                          "masked_account": "xxxxxxxxxxxx1111"}]), None),
+    (request(kwargs={"amount": "3.00", "card": CLEAR}), "card"),
+    (request(args=["3.00", CLEAR]), "card"),
+    (request(args=["3.00", NUMBER]), "card"),
+    (request(kwargs={"amount": "3.00", "card": SEALED, "customer": {"name1": NUMBER}}), "customer.name1"),
+    (request(args=["3.00", SEALED, None, str(LUHN_ORDER)]), "order_id"),
+    (request(kwargs={"card": SEALED}, chain=[s("payments.void", "100000000001"), s("payments.sale", "1.00", CLEAR)]),
+     "chain[0].args[1]"),
+    (request(kwargs={"card": SEALED}, callbacks=[s("payments.sale", card=CLEAR)]), "callbacks[0].kwargs.card"),
+    (request(kwargs={"card": SEALED}, errbacks=[s("payments.auth", card=SEALED), s("payments.auth", card=CLEAR)]),
+     "errbacks[1].kwargs.card"),
+    (request(task="payments.void", args=["100000000001"],
+             callbacks=[s("celery.group", tasks=[s("payments.sale", card=SEALED), s("payments.sale", card=CLEAR)])]),
+     "callbacks[0].kwargs.tasks[1].kwargs.card"),
+    (request(kwargs={"card": SEALED}, chord=s("payments.sale", card=CLEAR)), "chord.kwargs.card"),
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": CLEAR}}, "card"),  # a plain dict works too
+]
+
+
+@pytest.mark.parametrize("req,where", UNSEALED_TABLE)
+def test_unsealed_card_in(req, where):
+    assert unsealed_card_in(req) == where

@@ -1,0 +1,281 @@
+"""The one module that decides "is this a card number" (PCI DSS 3.3.1, 3.5.1).
+
+Every guard and scanner asks this module: the log scrubber (``worker/gateway/scrub.py``), the card
+vault's masking, the results store's guard, the producer's guard (``worker/sealing.py``, run where every
+task message is built) and the test scanner (``tests/support/card_scan.py``). The sandbox keeps its own,
+independent code on purpose. Only the standard library and ``cryptography`` are imported here, so the
+gateway package (no Celery, no Redis) may use it.
+
+The rule
+--------
+
+A **card number** is a *maximal run* of ASCII digits, possibly grouped by single spaces or dashes
+(``4111 1111 1111 1111``, ``4111-1111-1111-1111``, ``3782 822463 10005``), holding 13 to 19 digits and
+passing the Luhn check. Letters and other characters around the run do not matter: a number glued to an
+identifier is still a card number (``ORD-4111111111111111``, ``x4111111111111111y``, ``card=4111...``).
+When a grouped run holds more than 19 digits, or fails Luhn as a whole, its consecutive groups are tried
+too (leftmost first, longest first), so a card written next to other numbers is found
+(``4111 1111 1111 1111 123`` -> the first four groups; ``qty 1 4111111111111111`` -> the second group).
+One contiguous run of 20 or more digits is one long number, not a card.
+
+What is *not* a card number, and why:
+
+* **Fewer than 13 or more than 19 digits.** BluePay transaction ids (``RRNO``, 12 digits) can pass Luhn
+  and are never card numbers; neither are amounts, dates, phone numbers or zip codes.
+* **Celery task ids**: a canonical UUID (``8-4-4-4-12`` hex digits, not glued to a letter or digit) is an
+  identifier. Its digits are never read as a card: ``cd27c305-6820-4063-903f-...`` holds the dash-grouped run
+  ``305-6820-4063-903``, 14 digits that pass Luhn, and every task id is a UUID. A UUID holds 32 hex digits
+  in a fixed shape, so no card number written as people write them can hide in one.
+* **Hex identifiers and digests** of 32 or more hex digits with at least one letter (``uuid4().hex``, MD5,
+  SHA-1/256/512 hex), not glued to a letter or digit: machine-made identifiers (an idempotency key made
+  from ``uuid4().hex`` would otherwise be refused about once in 400 times). The price, accepted: a card
+  number deliberately concatenated into such a token is not found.
+* **The fractional digits of a decimal number** (the digits right after ``<digit>.``): float reprs such as
+  Celery's ``succeeded in 0.05183274700085167s``. Only that first group is skipped; the integer part of a
+  decimal is read (``4111111111111111.00`` is a card).
+* **An explicitly numeric order id**: a Python ``int`` (not ``bool``) given under the name ``order_id``
+  (the producer's own order reference, which travels as ``INVOICE_ID``). About one 16-digit id in ten
+  passes Luhn; a producer whose order ids are numbers says so by passing an ``int``, and that value is
+  accepted and published as it is. The same digits as a *string* are refused like any other field: a
+  string cannot say it is not a card. Only the structured checks (:func:`card_data_field`,
+  :func:`refuse_card_data`, the test scanner's walk of decoded JSON) can see the type; text is text, so
+  :func:`mask_text` and the log scrubber mask those digits wherever they are printed.
+
+Unicode digits (``٤١١١...``, full-width ``４１１１...``) are not read as card digits; the gateway refuses them
+as a card number anyway.
+
+==============================================  ==========  ==============================================
+text / value                                    card?       why
+==============================================  ==========  ==============================================
+``4111111111111111``                            yes         16 digits, Luhn
+``4111 1111 1111 1111`` / ``4111-1111-...``     yes         grouped by single spaces or dashes
+``ORD-4111111111111111``, ``x4111111111111111``  yes         glued to letters or separators
+``4111 1111 1111 1111 123``                     yes         the card among the groups (123 stays)
+``4111111111111112``                            no          fails Luhn
+``100000000123`` (trans id)                     no          12 digits
+``cd27c305-6820-4063-903f-1a2b3c4d5e6f``        no          a UUID (Celery task id)
+``order-`` + ``uuid4().hex``                    no          32-hex identifier
+``0.00585255199985113``                         no          fractional digits of a decimal
+``12345678901234567890123``                     no          one run of more than 19 digits
+``order_id=1234567890123452`` (``int``)           no          explicitly numeric order id
+``order_id="1234567890123452"`` (``str``)         yes         a string that matches the rule
+``amount=1234567890123452`` (``int``)             yes         only ``order_id`` may be a numeric id
+==============================================  ==========  ==============================================
+
+(``tests/unit/test_carddata.py`` holds this table as a test.)
+
+Masking is ``xxxxxxxxxxxx`` + the last four digits. The card fingerprint (:func:`card_fingerprints`) is a keyed
+hash: it tells whether two requests used the same card without ever storing the number.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "luhn_ok", "find_card_numbers", "contains_card_number", "mask_number", "mask_text",
+    "CardDataRefused", "refuse_card_data", "card_data_field", "is_numeric_order_id", "card_fingerprints",
+    "MIN_DIGITS", "MAX_DIGITS", "MASK_PREFIX", "FINGERPRINT_INFO",
+]
+
+MIN_DIGITS = 13
+MAX_DIGITS = 19
+MASK_PREFIX = "x" * 12
+FINGERPRINT_INFO = b"payments card fingerprint v1"
+
+_ID = r"(?<![0-9A-Za-z])(?:{})(?![0-9A-Za-z])"
+_IDENTIFIER = re.compile(_ID.format(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # canonical UUID
+    r"|(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{32,}"))  # hex identifier / digest, 32+ with a letter
+_RUN = re.compile(r"[0-9]+(?:[ \-][0-9]+)*")
+_GROUP = re.compile(r"[0-9]+")
+_NON_DIGIT = re.compile(r"[^0-9]")
+_DROP_DIGITS = str.maketrans("", "", "0123456789")
+
+
+def luhn_ok(digits: str) -> bool:
+    """Luhn (mod 10) check of a non-empty string of ASCII digits (anything else: False)."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _blank_identifiers(text: str) -> str:
+    return _IDENTIFIER.sub(lambda m: "#" * len(m.group()), text) if len(text) >= 32 else text
+
+
+def _cards_in_run(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    groups = [m.span() for m in _GROUP.finditer(text, start, end)]
+    if start >= 2 and text[start - 1] == "." and "0" <= text[start - 2] <= "9":
+        groups = groups[1:]  # the fractional digits of a decimal number
+    found = []
+    i, n = 0, len(groups)
+    while i < n:
+        digits, best = "", None
+        for j in range(i, n):
+            digits += text[groups[j][0]:groups[j][1]]
+            if len(digits) > MAX_DIGITS:
+                break
+            if len(digits) >= MIN_DIGITS and luhn_ok(digits):
+                best = j
+        if best is None:
+            i += 1
+        else:
+            found.append((groups[i][0], groups[best][1]))
+            i = best + 1
+    return found
+
+
+def find_card_numbers(text: str) -> list[tuple[int, int]]:
+    """Spans ``(start, end)`` of the card numbers in ``text`` (see the module docstring for the rule)."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    if len(text) < MIN_DIGITS or len(text) - len(text.translate(_DROP_DIGITS)) < MIN_DIGITS:
+        return []
+    scan = _blank_identifiers(text)
+    found: list[tuple[int, int]] = []
+    for m in _RUN.finditer(scan):
+        if m.end() - m.start() >= MIN_DIGITS:
+            found += _cards_in_run(scan, m.start(), m.end())
+    return found
+
+
+def contains_card_number(text: str) -> bool:
+    """Whether ``text`` holds a card number anywhere."""
+    return bool(find_card_numbers(text))
+
+
+def mask_number(number: Any) -> str:
+    """``xxxxxxxxxxxx`` + the last four digits of ``number`` (non-digits ignored, whatever the length)."""
+    digits = _NON_DIGIT.sub("", "" if number is None else str(number))
+    return MASK_PREFIX + digits[-4:]
+
+
+def mask_text(text: str) -> str:
+    """``text`` with each card number replaced by its mask (``xxxxxxxxxxxx1111``)."""
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    spans = find_card_numbers(text)
+    if not spans:
+        return text
+    out, last = [], 0
+    for start, end in spans:
+        out += [text[last:start], mask_number(text[start:end])]
+        last = end
+    out.append(text[last:])
+    return "".join(out)
+
+
+# ---- structured values: fields, the numeric order id rule, refusal ------------------------------------
+
+class CardDataRefused(ValueError):
+    """A card-like value sits in a field that must never hold one. ``field`` names it (a path such as
+    ``customer.name1`` or ``chain[0].kwargs.order_id``); neither the message nor ``field`` holds the value."""
+
+    def __init__(self, field: str):
+        self.field = mask_text(str(field)) or "value"
+        super().__init__(f"refused: {self.field} looks like a card number; card data may travel only as the "
+                         f"card argument of payments.sale/payments.auth (sealed)")
+
+
+def is_numeric_order_id(field: str, value: Any) -> bool:
+    """The explicitly numeric order id: a Python ``int`` (not ``bool``) under the name ``order_id``
+    (the last part of the field path)."""
+    if type(value) is not int:
+        return False
+    name = re.split(r"[.\[]", str(field or ""))[-1]
+    return name == "order_id"
+
+
+def _join(field: str, name: str) -> str:
+    return f"{field}.{name}" if field else name
+
+
+def card_data_field(value: Any, field: str = "") -> str | None:
+    """The path (``field`` and below) of the first card number in ``value``, or None.
+
+    ``value`` may be a string, a number or any nesting of mappings and sequences; keys are read too
+    (a key that holds a card is named masked). The numeric order id rule applies (:func:`is_numeric_order_id`).
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return (field or "value") if contains_card_number(value) else None
+    if isinstance(value, int):
+        if is_numeric_order_id(field, value):
+            return None
+        return (field or "value") if contains_card_number(str(value)) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return card_data_field(bytes(value).decode("utf-8", "replace"), field)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            name = str(key)
+            if contains_card_number(name):
+                return _join(field, mask_text(name))
+            found = card_data_field(item, _join(field, name))
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for i, item in enumerate(value):
+            found = card_data_field(item, f"{field}[{i}]")
+            if found:
+                return found
+        return None
+    return (field or "value") if contains_card_number(str(value)) else None  # float, Decimal, anything else
+
+
+def refuse_card_data(field: str, value: Any) -> None:
+    """Raise :class:`CardDataRefused` naming the field (or the part of it) where ``value`` holds a card
+    number; return quietly otherwise."""
+    found = card_data_field(value, field)
+    if found:
+        raise CardDataRefused(found)
+
+
+# ---- the card fingerprint ---------------------------------------------------------------------------
+
+def _fingerprint_key(fernet_key: str | bytes) -> bytes:
+    raw = fernet_key.encode("ascii") if isinstance(fernet_key, str) else bytes(fernet_key)
+    try:
+        material = base64.urlsafe_b64decode(raw.strip())
+    except (binascii.Error, ValueError):
+        material = b""
+    if len(material) != 32:
+        raise ValueError("card key is not a valid Fernet key (expected 32 url-safe base64-encoded bytes)")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=FINGERPRINT_INFO).derive(material)
+
+
+def card_fingerprints(number: str, keys: Sequence[str]) -> list[str]:
+    """One keyed hash of the card number per Fernet key, in ``PAYMENTS_CARD_KEY`` order (the first is the
+    current key; compare against all of them while keys rotate).
+
+    Each is ``HMAC-SHA256(HKDF-SHA256(fernet key bytes, info=FINGERPRINT_INFO), digits)`` in hex, where
+    ``digits`` are the number's digits only (``4111 1111 1111 1111`` and ``4111111111111111`` match).
+    Deterministic; never the number. ``keys`` may also be the comma-separated ``PAYMENTS_CARD_KEY`` text.
+    A value without digits (bad input, refused later by validation) hashes the empty digit string; a key that
+    is not a Fernet key, or no key, raises ``ValueError`` (naming no key material).
+    """
+    if isinstance(keys, (str, bytes)):
+        keys = [k for k in (keys.decode("ascii") if isinstance(keys, bytes) else keys).split(",") if k.strip()]
+    digits = _NON_DIGIT.sub("", "" if number is None else str(number))
+    if not keys:
+        raise ValueError("no card key given")
+    message = digits.encode("ascii")
+    return [hmac.new(_fingerprint_key(k), message, hashlib.sha256).hexdigest() for k in keys]

@@ -1,0 +1,362 @@
+"""Card data in task messages: sealed wherever a message carries a card, refused everywhere else.
+
+Every task message this app publishes is built by ``SealingAMQP.as_task_v2`` (``worker/celery_app.py``):
+``delay``, ``apply_async``, signatures, chains, groups, chords, ``retry`` and plain ``app.send_task`` (Flower's
+too); the outbox re-publish (``celery_app.republish``) runs the same code over the stored body. Before the
+message exists, :func:`seal_publish`:
+
+* **seals** the card of every ``payments.sale``/``payments.auth`` in the message with the card vault: the
+  task's own (positional argument 1 or keyword ``card``) *and* every signature embedded in the message,
+  recursively: the chain tail (``chain``), ``link`` (``callbacks``), ``link_error`` (``errbacks``), the chord
+  body (``chord``), and the members of ``celery.group``/``celery.chord``/``celery.chain`` signatures found in
+  any of those, in their arguments or in their options (``link``, ``link_error``, ``chord``). A card that is
+  not a dict with a number is replaced by ``{"invalid": reason}``: a value that cannot be a card never travels
+  (the worker records an ERROR naming ``card``). Signatures are copied, never changed in place;
+* **refuses** card data anywhere else (:class:`worker.carddata.CardDataRefused`, a ``ValueError``, raised to
+  the producer before anything reaches Redis): every other argument (``amount``, ``customer.*``, ``order_id``,
+  ``idempotency_key``, ``trans_id``, extra ones), every argument and option of every embedded signature, the
+  task id and the other ids. One rule decides (:mod:`worker.carddata`), including its one exception: a Python
+  ``int`` ``order_id`` is an explicitly numeric order id and is accepted;
+* **masks** ``argsrepr``/``kwargsrepr`` (what task events, Flower, ``inspect`` and logs show): the card as
+  ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, any other card-like digits masked too.
+
+Field names in refusals are paths: ``idempotency_key``, ``customer.name1`` (positional arguments of the payment
+tasks are named by their parameter), ``args[5]``, ``task_id``; inside embedded signatures ``chain[0]`` is the
+first task to run after this one, ``callbacks[0]``/``errbacks[0]`` the first ``link``/``link_error``, followed by
+``.args[i]``, ``.kwargs.<name>`` or ``.options.<name>`` (``chain[0].kwargs.order_id``,
+``callbacks[0].kwargs.tasks[1].kwargs.customer.addr1``).
+
+On the worker side :func:`unsealed_card_in` tells a task whether its own message holds a card that is not
+sealed (or card data in clear anywhere in its arguments or embedded signatures), so LIVE mode can refuse it.
+
+Imports: the card vault and worker.carddata (cryptography, stdlib) and Celery's ``saferepr``; no Redis.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery.utils.saferepr import saferepr
+
+from worker.carddata import CardDataRefused, card_data_field, contains_card_number, mask_text, refuse_card_data
+from worker.vault import CardVault, mask_card
+
+__all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "unsealed_card_in",
+           "CardDataRefused"]
+
+#: Tasks that carry a card, and the position of ``card`` among their positional arguments.
+CARD_ARGUMENT = {"payments.sale": 1, "payments.auth": 1}
+_CHARGE = ("amount", "card", "customer", "order_id", "idempotency_key")
+#: Positional parameters of the payment tasks (to name positional arguments in refusals).
+PARAMETERS = {
+    "payments.sale": _CHARGE,
+    "payments.auth": _CHARGE,
+    "payments.capture": ("trans_id", "amount", "idempotency_key"),
+    "payments.refund": ("trans_id", "amount", "idempotency_key"),
+    "payments.void": ("trans_id", "idempotency_key"),
+}
+#: Where Celery embeds signatures in a message body's third element (and in ``as_task_v2``'s arguments).
+EMBEDDED = ("chain", "callbacks", "errbacks", "chord")
+#: Option names of a signature that hold other signatures.
+_SIGNATURE_OPTIONS = ("link", "link_error", "chord", "chain")
+#: Message ids a producer may choose (the task id becomes the payment id when there is no idempotency key).
+_ID_OPTIONS = ("task_id", "group_id", "root_id", "parent_id", "shadow")
+
+_INVALID = "invalid"
+
+
+def _is_signature(value: Any) -> bool:
+    return (isinstance(value, Mapping) and isinstance(value.get("task"), str)
+            and any(k in value for k in ("args", "kwargs", "options", "subtask_type")))
+
+
+def _is_invalid_marker(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {_INVALID}
+
+
+def seal_card(card: Any, vault: CardVault) -> Any:
+    """The sealed card; a value that cannot be a card never travels at all (the worker records why)."""
+    if vault.is_sealed(card) or _is_invalid_marker(card):
+        return card
+    if isinstance(card, Mapping) and card.get("number"):
+        return vault.seal(dict(card))
+    return {_INVALID: f"card must be a dict with a number, got {type(card).__name__}"}
+
+
+def _param_name(task: str | None, index: int) -> str | None:
+    params = PARAMETERS.get(task or "")
+    return params[index] if params and index < len(params) else None
+
+
+# ---- walking a message ------------------------------------------------------------------------------
+
+class _Walk:
+    """One message: seals cards in place of copies, refuses card data elsewhere."""
+
+    def __init__(self, vault: CardVault):
+        self.vault = vault
+
+    def call(self, task: str | None, args, kwargs, prefix: str) -> tuple[list, dict]:
+        """Seal/refuse one task call's arguments. ``prefix``: "" for the message's own task (fields named
+        by parameter), else the signature's path (fields named ``<prefix>.args[i]`` / ``.kwargs.<name>``)."""
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        position = CARD_ARGUMENT.get(task or "")
+        for i, value in enumerate(args):
+            if position is not None and i == position:
+                args[i] = seal_card(value, self.vault)
+                continue
+            name = _param_name(task, i)
+            if prefix:
+                field = f"{prefix}.args[{i}]"
+                check_as = f"{field}.{name}" if name else field  # the numeric order id rule reads the name
+            else:
+                field = check_as = name or f"args[{i}]"
+            args[i] = self.value(value, field, check_as)
+        for key in list(kwargs):
+            if position is not None and key == "card":
+                kwargs[key] = seal_card(kwargs[key], self.vault)
+                continue
+            field = f"{prefix}.kwargs.{key}" if prefix else str(key)
+            if contains_card_number(str(key)):
+                raise CardDataRefused(field)
+            kwargs[key] = self.value(kwargs[key], field, field)
+        return args, kwargs
+
+    def value(self, value: Any, field: str, check_as: str | None = None) -> Any:
+        """``value`` with every embedded signature sealed; raises if card data sits anywhere else."""
+        if _is_signature(value):
+            return self.signature(value, field)
+        if isinstance(value, Mapping):
+            if not any(_holds_signature(v) for v in value.values()):
+                _refuse(check_as or field, value, field)
+                return value
+            out = {}
+            for key, item in value.items():
+                if contains_card_number(str(key)):
+                    raise CardDataRefused(f"{field}.{key}")
+                out[key] = self.value(item, f"{field}.{key}")
+            return out
+        if isinstance(value, (list, tuple)):
+            if not any(_holds_signature(v) for v in value):
+                _refuse(check_as or field, value, field)
+                return value
+            return type(value)(self.value(item, f"{field}[{i}]") for i, item in enumerate(value))
+        _refuse(check_as or field, value, field)
+        return value
+
+    def signature(self, sig: Mapping, path: str) -> dict:
+        task = sig.get("task")
+        out = dict(sig)
+        args, kwargs = self.call(task, sig.get("args"), sig.get("kwargs"), path)
+        out["args"] = type(sig.get("args"))(args) if isinstance(sig.get("args"), (list, tuple)) else args
+        out["kwargs"] = kwargs
+        options = sig.get("options")
+        if isinstance(options, Mapping):
+            new_options = {}
+            for key, item in options.items():
+                field = f"{path}.options.{key}"
+                if contains_card_number(str(key)):
+                    raise CardDataRefused(field)
+                new_options[key] = self.value(item, field)
+            out["options"] = new_options
+        for key, item in sig.items():  # anything else a signature carries (immutable, subtask_type, ...)
+            if key not in ("task", "args", "kwargs", "options"):
+                _refuse(f"{path}.{key}", item)
+        return out
+
+    def embedded(self, key: str, value: Any) -> Any:
+        """One of the body's embedded entries: a list of signatures (chain, callbacks, errbacks) or one (chord)."""
+        if value is None:
+            return None
+        if key == "chord" or _is_signature(value):
+            return self.value(value, key)
+        items = list(value)
+        if key == "chain":  # Celery keeps the chain reversed (the next task last): name links in run order
+            n = len(items)
+            sealed = [self.value(item, f"chain[{n - 1 - i}]") for i, item in enumerate(items)]
+        else:
+            sealed = [self.value(item, f"{key}[{i}]") for i, item in enumerate(items)]
+        return type(value)(sealed) if isinstance(value, (list, tuple)) else sealed
+
+
+def _holds_signature(value: Any) -> bool:
+    if _is_signature(value):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_signature(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_signature(v) for v in value)
+    return False
+
+
+def _refuse(check_as: str, value: Any, shown_as: str | None = None) -> None:
+    found = card_data_field(value, check_as)
+    if found:
+        if shown_as and shown_as != check_as and found.startswith(check_as):
+            found = shown_as + found[len(check_as):]
+        raise CardDataRefused(found)
+
+
+# ---- masked reprs -------------------------------------------------------------------------------------
+
+def _masked_view(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return mask_text(str(value)) if contains_card_number(str(value)) else value
+    if isinstance(value, Mapping):
+        if CardVault.is_sealed(value):
+            return mask_card(value)
+        return {mask_text(str(k)) if isinstance(k, str) else k: _masked_view(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_masked_view(v) for v in value)
+    return value if not contains_card_number(str(value)) else mask_text(str(value))
+
+
+def masked_reprs(name: str, args, kwargs, *, argsrepr_maxsize: int = 1024,
+                 kwargsrepr_maxsize: int = 1024) -> tuple[str, str]:
+    """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, everything
+    card-like masked (an int ``order_id`` too: a repr is text)."""
+    position = CARD_ARGUMENT.get(name)
+    shown_args = [mask_card(v) if i == position else _masked_view(v) for i, v in enumerate(args or ())]
+    shown_kwargs = {k: (mask_card(v) if position is not None and k == "card" else _masked_view(v))
+                    for k, v in (kwargs or {}).items()}
+    return (mask_text(saferepr(tuple(shown_args), argsrepr_maxsize)),
+            mask_text(saferepr(shown_kwargs, kwargsrepr_maxsize)))
+
+
+# ---- the entry points -----------------------------------------------------------------------------------
+
+def seal_publish(name: str, args, kwargs, options: dict, *, vault: CardVault,
+                 argsrepr_maxsize: int = 1024, kwargsrepr_maxsize: int = 1024) -> tuple[list, dict, dict]:
+    """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
+    (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
+    options)`` with ``argsrepr``/``kwargsrepr`` set; raises :class:`CardDataRefused` naming the field."""
+    walk = _Walk(vault)
+    for key in _ID_OPTIONS:
+        if options.get(key) is not None:
+            refuse_card_data(key, options[key])
+    args, kwargs = walk.call(name, args, kwargs, "")
+    options = dict(options)
+    for key in EMBEDDED:
+        if options.get(key):
+            options[key] = walk.embedded(key, options[key])
+    options["argsrepr"], options["kwargsrepr"] = masked_reprs(
+        name, args, kwargs, argsrepr_maxsize=argsrepr_maxsize, kwargsrepr_maxsize=kwargsrepr_maxsize)
+    return args, kwargs, options
+
+
+def seal_body(name: str, body, *, vault: CardVault) -> list:
+    """A stored message body ``[args, kwargs, embed]`` sealed and checked the same way (the outbox re-publish)."""
+    args, kwargs, embed = (list(body) + [None, None, None])[:3]
+    walk = _Walk(vault)
+    args, kwargs = walk.call(name, args, kwargs, "")
+    embed = dict(embed or {})
+    for key in EMBEDDED:
+        if embed.get(key):
+            embed[key] = walk.embedded(key, embed[key])
+    return [args, kwargs, embed]
+
+
+# ---- the worker's check ---------------------------------------------------------------------------------
+
+def _get(request_like: Any, name: str, default=None):
+    if isinstance(request_like, Mapping):
+        return request_like.get(name, default)
+    return getattr(request_like, name, default)
+
+
+def _unsealed(card: Any) -> bool:
+    return card is not None and not CardVault.is_sealed(card) and not _is_invalid_marker(card)
+
+
+def _clear_in_call(task: str | None, args, kwargs, prefix: str) -> str | None:
+    position = CARD_ARGUMENT.get(task or "")
+    args = list(args) if isinstance(args, (list, tuple)) else []
+    kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
+    for i, value in enumerate(args):
+        name = _param_name(task, i)
+        if prefix:
+            field = f"{prefix}.args[{i}]"
+            check_as = f"{field}.{name}" if name else field
+        else:
+            field = check_as = name or f"args[{i}]"
+        if position is not None and i == position:
+            if _unsealed(value):
+                return field
+            continue
+        found = _clear_in_value(value, check_as)
+        if found:
+            return field + found[len(check_as):] if found.startswith(check_as) else found
+    for key, value in kwargs.items():
+        field = f"{prefix}.kwargs.{key}" if prefix else str(key)
+        if position is not None and key == "card":
+            if _unsealed(value):
+                return field
+            continue
+        if contains_card_number(str(key)):
+            return mask_text(field)
+        found = _clear_in_value(value, field)
+        if found:
+            return found
+    return None
+
+
+def _clear_in_value(value: Any, field: str) -> str | None:
+    if _is_signature(value):
+        return _clear_in_signature(value, field)
+    if _holds_signature(value):
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for key, item in items:
+            found = _clear_in_value(item, f"{field}.{key}" if isinstance(value, Mapping) else f"{field}[{key}]")
+            if found:
+                return found
+        return None
+    return card_data_field(value, field)
+
+
+def _clear_in_signature(sig: Mapping, path: str) -> str | None:
+    found = _clear_in_call(sig.get("task"), sig.get("args"), sig.get("kwargs"), path)
+    if found:
+        return found
+    options = sig.get("options")
+    if isinstance(options, Mapping):
+        for key, item in options.items():
+            found = _clear_in_value(item, f"{path}.options.{key}")
+            if found:
+                return found
+    return None
+
+
+def unsealed_card_in(request_like: Any) -> str | None:
+    """Where a task's own message holds card data in clear, or None.
+
+    ``request_like``: the task's ``self.request`` (Celery's Context: ``task``, ``args``, ``kwargs``, ``chain``,
+    ``callbacks``, ``errbacks``, ``chord``) or a dict with those keys. Finds a ``card`` of ``payments.sale`` /
+    ``payments.auth`` that is not sealed (the task's own, or in any embedded signature, recursively), and a card
+    number anywhere else in the arguments or embedded signatures (the numeric order id rule applies). Returns the
+    field's path (``card``, ``chain[0].kwargs.card``, ``customer.name1``, ...), never the value.
+    """
+    task = _get(request_like, "task") or _get(request_like, "name")
+    found = _clear_in_call(task, _get(request_like, "args"), _get(request_like, "kwargs"), "")
+    if found:
+        return found
+    for key in EMBEDDED:
+        value = _get(request_like, key)
+        if not value:
+            continue
+        if key == "chord" or _is_signature(value):
+            found = _clear_in_value(value, key)
+        else:
+            items = list(value)
+            n = len(items)
+            for i, item in enumerate(items):
+                found = _clear_in_value(item, f"chain[{n - 1 - i}]" if key == "chain" else f"{key}[{i}]")
+                if found:
+                    break
+        if found:
+            return found
+    return None
