@@ -87,3 +87,28 @@ def stq_row(**over) -> dict:
     }
     pairs.update(over)
     return pairs
+
+
+def error(message: str = "SECURITY ERROR", *, secret: str = SECRET, **over) -> dict:
+    """A Result=ERROR reply stamped (with ``secret``: pass another one for a stamp that cannot verify)."""
+    pairs = {"Result": "ERROR", "STATUS": "E", "MESSAGE": message, "ISSUE_DATE": "2025-11-27 10:00:03"}
+    pairs.update(over)
+    return stamped(pairs, secret=secret)
+
+
+def missing(field: str = "CC_NUM") -> dict:
+    return stamped({"Result": "MISSING", "STATUS": "E", "MESSAGE": f"Missing {field}", "MISSING": field,
+                    "ISSUE_DATE": "2025-11-27 10:00:04"})
+
+
+def unstamped(pairs: dict) -> dict:
+    """The same reply without its stamp (as a proxy or an impostor could send it)."""
+    return {k: v for k, v in pairs.items() if k not in ("BP_STAMP", "BP_STAMP_DEF", "TPS_HASH_TYPE")}
+
+
+STQ_STAMP_DEF = "id status amount trans_type order_id"
+
+
+def stq_stamped(*, secret: str = SECRET, **over) -> dict:
+    """An stq row with a BP_STAMP over its id, status, amount, type and order id."""
+    return stamped(stq_row(**over), stamp_def=STQ_STAMP_DEF, secret=secret)

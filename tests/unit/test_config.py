@@ -1,6 +1,8 @@
 """worker.config: durations, the relations Settings.check enforces, and reading the environment."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from worker.config import DEFAULT_REDIS_URL, REAL_BLUEPAY_URL, ConfigError, Settings, parse_duration
@@ -10,7 +12,7 @@ ENV_NAMES = (
     "BLUEPAY_HASH_TYPE", "PAYMENTS_CARD_KEY", "GATEWAY_CONNECT_TIMEOUT", "GATEWAY_READ_TIMEOUT",
     "GATEWAY_RETRY_ATTEMPTS", "GATEWAY_RETRY_SECONDS", "OUTAGE_RETRIES", "OUTAGE_BACKOFF", "OUTAGE_BACKOFF_MAX",
     "BROKER_VISIBILITY_TIMEOUT", "STALE_AUTH_AGE", "SWEEP_INTERVAL", "RECONCILE_AFTER", "RECONCILE_GIVE_UP",
-    "FLOWER_BASIC_AUTH",
+    "FLOWER_BASIC_AUTH", "GATEWAY_COMMIT_HORIZON", "LEASE_SECONDS",
 )
 
 
@@ -53,10 +55,16 @@ def test_defaults_pass_the_check_and_keep_the_time_budgets_nested():
     s = Settings().check()
     assert s.redis_url == DEFAULT_REDIS_URL and s.bluepay_url == REAL_BLUEPAY_URL and s.bluepay_mode == "TEST"
     one_call = s.connect_timeout + s.read_timeout + s.retry_seconds
-    # send, reconcile, send again each fit in the soft limit; the hard limit and the lease follow it;
-    # the broker must not redeliver a payment that is still running.
-    assert 3 * one_call < s.soft_time_limit < s.hard_time_limit < s.lease_seconds
-    assert s.hard_time_limit < s.visibility_timeout
+    # send, reconcile, send again each fit in the soft limit; the hard limit follows it; the broker must not
+    # redeliver a payment that is still running.
+    assert 3 * one_call < s.soft_time_limit < s.hard_time_limit < s.visibility_timeout
+    assert s.call_budget == one_call
+    # no gateway call starts after the operation budget, and the last one ends before the soft limit
+    assert 0 < s.operation_budget and s.operation_budget + s.call_budget < s.soft_time_limit
+    # the lease is a setting renewed by a heartbeat (every third of it), not derived from the time limits
+    assert s.lease_seconds == 30.0
+    assert s.commit_horizon == 2 * s.read_timeout + 30 == 60.0
+    assert s.commit_horizon > s.connect_timeout + s.read_timeout
     assert s.stale_auth_age == 7 * 86400 and s.sweep_interval == 300 and s.reconcile_after == 600
 
 
@@ -80,9 +88,94 @@ def test_check_refuses_a_visibility_timeout_not_above_the_hard_time_limit():
 
 
 def test_shorter_gateway_budgets_allow_a_shorter_visibility_timeout():
-    # the e2e settings (tests/support/env.py): 1 s connect, 2 s read, 2 s retries, 60 s visibility
-    s = Settings(connect_timeout=1, read_timeout=2, retry_seconds=2, visibility_timeout=60).check()
-    assert s.hard_time_limit < 60
+    # the e2e settings (tests/support/env.py): 1 s connect, 2 s read, 2 s retries, 5 s horizon, 60 s visibility
+    s = Settings(connect_timeout=1, read_timeout=2, retry_seconds=2, visibility_timeout=60,
+                 commit_horizon_setting=5).check()
+    assert s.hard_time_limit < 60 and s.commit_horizon == 5
+
+
+# ---- GATEWAY_COMMIT_HORIZON: how long a request the client gave up on may still commit ------------------
+
+@pytest.mark.parametrize("read_timeout,horizon", [(15.0, 60.0), (2.0, 34.0), (0.5, 31.0), (60.0, 150.0)])
+def test_commit_horizon_defaults_to_twice_the_read_timeout_plus_30_s(read_timeout, horizon):
+    s = Settings(read_timeout=read_timeout)
+    assert s.commit_horizon_setting is None and s.commit_horizon == horizon
+    assert s.check().commit_horizon == horizon
+
+
+@pytest.mark.parametrize("connect,read,horizon,ok", [
+    (3.05, 15.0, 18.05, False),  # equal to connect + read: a request given up on at the read timeout may commit
+    (3.05, 15.0, 18.0, False),
+    (3.05, 15.0, 0.0, False),
+    (1.0, 2.0, 3.0, False),
+    (3.05, 15.0, 18.06, True),
+    (1.0, 2.0, 5.0, True),
+    (3.05, 15.0, 3600.0, True),
+], ids=["equal", "below", "zero", "e2e-equal", "just-above", "e2e", "an-hour"])
+def test_commit_horizon_must_exceed_the_connect_and_read_timeouts(connect, read, horizon, ok):
+    s = Settings(connect_timeout=connect, read_timeout=read, commit_horizon_setting=horizon)
+    if ok:
+        assert s.check().commit_horizon == horizon
+    else:
+        with pytest.raises(ConfigError, match="GATEWAY_COMMIT_HORIZON"):
+            s.check()
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90.0), ("2m", 120.0), ("45s", 45.0), ("1h", 3600.0)])
+def test_commit_horizon_from_env(clean_env, text, seconds):
+    clean_env.setenv("GATEWAY_COMMIT_HORIZON", text)
+    assert Settings.from_env().commit_horizon == seconds
+
+
+def test_commit_horizon_from_env_unset_or_blank_is_derived(clean_env):
+    assert Settings.from_env().commit_horizon == 60.0
+    clean_env.setenv("GATEWAY_COMMIT_HORIZON", "  ")
+    clean_env.setenv("GATEWAY_READ_TIMEOUT", "5")
+    assert Settings.from_env().commit_horizon == 40.0
+
+
+@pytest.mark.parametrize("value", ["0", "10", "18", "soon", "-5"])
+def test_commit_horizon_from_env_refused(clean_env, value):
+    clean_env.setenv("GATEWAY_COMMIT_HORIZON", value)
+    with pytest.raises(ConfigError, match="GATEWAY_COMMIT_HORIZON"):
+        Settings.from_env()
+
+
+# ---- LEASE_SECONDS: a setting (renewed by the heartbeat every third of it), at least 3 s -----------------
+
+@pytest.mark.parametrize("lease,ok", [
+    (3.0, True),
+    (30.0, True),
+    (600.0, True),  # renewed while a call is in flight: no relation to the visibility timeout is required
+    (2.9, False),
+    (1.0, False),
+    (0.0, False),
+])
+def test_lease_seconds_must_be_at_least_3_s(lease, ok):
+    s = Settings(lease_seconds=lease)
+    if ok:
+        assert s.check().lease_seconds == lease
+    else:
+        with pytest.raises(ConfigError, match="LEASE_SECONDS"):
+            s.check()
+
+
+def test_lease_seconds_is_a_plain_setting_not_derived_from_the_time_limits():
+    # it used to be a property derived from the hard time limit; now it is a field read from LEASE_SECONDS
+    assert "lease_seconds" in {f.name for f in dataclasses.fields(Settings)}
+    assert Settings(lease_seconds=12).lease_seconds == 12.0
+    assert Settings(read_timeout=100, visibility_timeout=1000).lease_seconds == 30.0
+
+
+def test_lease_seconds_from_env(clean_env):
+    clean_env.setenv("LEASE_SECONDS", "45s")
+    assert Settings.from_env().lease_seconds == 45.0
+    clean_env.setenv("LEASE_SECONDS", "1")
+    with pytest.raises(ConfigError, match="LEASE_SECONDS"):
+        Settings.from_env()
+    clean_env.setenv("LEASE_SECONDS", "a while")
+    with pytest.raises(ConfigError, match="LEASE_SECONDS"):
+        Settings.from_env()
 
 
 def test_from_env_reads_every_setting(clean_env):
@@ -94,6 +187,7 @@ def test_from_env_reads_every_setting(clean_env):
         "OUTAGE_RETRIES": "7", "OUTAGE_BACKOFF": "1s", "OUTAGE_BACKOFF_MAX": "2m",
         "BROKER_VISIBILITY_TIMEOUT": "1h", "STALE_AUTH_AGE": "3d", "SWEEP_INTERVAL": "1m",
         "RECONCILE_AFTER": "15m", "RECONCILE_GIVE_UP": "2d", "FLOWER_BASIC_AUTH": "ops:pw",
+        "GATEWAY_COMMIT_HORIZON": "90s", "LEASE_SECONDS": "20",
     }
     for name, value in values.items():
         clean_env.setenv(name, value)
@@ -106,6 +200,7 @@ def test_from_env_reads_every_setting(clean_env):
     assert (s.outage_retries, s.outage_backoff, s.outage_backoff_max) == (7, 1.0, 120.0)
     assert (s.visibility_timeout, s.stale_auth_age, s.sweep_interval) == (3600.0, 3 * 86400.0, 60.0)
     assert (s.reconcile_after, s.reconcile_give_up, s.flower_basic_auth) == (900.0, 2 * 86400.0, "ops:pw")
+    assert (s.commit_horizon, s.lease_seconds) == (90.0, 20.0)
 
 
 def test_from_env_uses_the_defaults_for_unset_or_blank_values(clean_env):
@@ -132,12 +227,14 @@ def test_from_env_turns_bad_values_into_a_config_error_naming_the_setting(clean_
     assert name in message or value in message
 
 
-def test_describe_hides_secrets_and_repr_never_shows_them():
+def test_repr_never_shows_secrets():
     s = Settings(bluepay_secret_key="TOPSECRETKEY", card_key="CARDKEY", flower_basic_auth="ops:pw")
-    described = s.describe()
-    assert described["bluepay_secret_key"] == described["card_key"] == described["flower_basic_auth"] == "***"
-    assert described["redis_url"] == DEFAULT_REDIS_URL
-    text = repr(s) + str(described)
+    text = repr(s) + str(s)
     for secret in ("TOPSECRETKEY", "CARDKEY", "ops:pw"):
         assert secret not in text
-    assert Settings(card_key="").describe()["card_key"] == ""
+    assert DEFAULT_REDIS_URL in text
+
+
+def test_describe_was_removed():
+    # dead code, removed on purpose: repr (secrets excluded) is what the CLI and logs use
+    assert not hasattr(Settings, "describe")

@@ -67,11 +67,23 @@ def test_decline_returned_not_raised():
     assert r.status == "DECLINED" and not r.approved and len(t.calls) == 1
 
 
-def test_error_raises_rejected_once():
-    c, t = make(ok302(R.SECURITY_ERROR))
+def test_stamped_error_raises_rejected_once():
+    c, t = make(ok302(R.error("SECURITY ERROR")))
     with pytest.raises(Rejected) as ei:
         c.sale("3.00", CARD)
     assert ei.value.response.message == "SECURITY ERROR" and len(t.calls) == 1
+
+
+@pytest.mark.parametrize("pairs", [R.SECURITY_ERROR, R.MISSING, R.unstamped(R.declined()),
+                                   R.unstamped(R.error("Already Voided")),
+                                   R.error("SECURITY ERROR", secret="the-real-secret")],
+                         ids=["security-error", "missing", "declined", "already-voided", "other-secret"])
+def test_reply_without_a_valid_stamp_is_outcome_unknown_and_not_resent(pairs):
+    c, t = make(ok302(pairs))
+    with pytest.raises(OutcomeUnknown) as ei:
+        c.sale("3.00", CARD, order_id="o-1")
+    assert not isinstance(ei.value, Rejected) and ei.value.duplicate is False
+    assert len(t.calls) == 1  # it may have been processed: never blindly resent
 
 
 def test_duplicate_raises_outcome_unknown():
@@ -146,9 +158,16 @@ def test_unknown_replies_on_void_not_retried(reply):
 
 
 def test_query_read_timeout_is_retried():
-    c, t = make(OutcomeUnknown("ReadTimeout"), HttpReply(502, None, ""), HttpReply(200, None, R.body(R.stq_row())))
+    c, t = make(OutcomeUnknown("ReadTimeout"), HttpReply(502, None, ""), HttpReply(200, None, R.body(R.stq_stamped())))
     r = c.query(order_id="order-1")
     assert r.trans_id == TRANS_ID and r.attempts == 3 and len(t.calls) == 3
+
+
+def test_query_unstamped_row_is_outcome_unknown():
+    c, t = make(HttpReply(200, None, R.body(R.stq_row())), retry_policy=RetryPolicy(max_attempts=2))
+    with pytest.raises(OutcomeUnknown) as ei:
+        c.query(order_id="order-1")
+    assert not isinstance(ei.value, Rejected) and len(t.calls) == 2  # read-only: retried, then "cannot tell"
 
 
 def test_query_rejected_not_retried():
@@ -192,7 +211,7 @@ def test_exceptions_hierarchy():
 
 
 def test_no_card_data_in_errors_or_logs(caplog):
-    c, t = make(ok302(R.SECURITY_ERROR))
+    c, t = make(ok302(R.error("SECURITY ERROR")))
     with caplog.at_level("DEBUG"):
         with pytest.raises(Rejected) as ei:
             c.sale("3.00", CARD)

@@ -128,18 +128,24 @@ def test_declined_is_returned():
     assert r.message == "Declined Sale"
 
 
-def test_security_error_rejected_without_stamp():
+def test_stamped_security_error_is_rejected():
     with pytest.raises(Rejected) as ei:
-        parse(302, R.location(R.SECURITY_ERROR))
+        parse(302, R.location(R.error("SECURITY ERROR")))
     assert ei.value.response.status == "ERROR"
     assert ei.value.response.message == "SECURITY ERROR"
     assert "SECURITY ERROR" in str(ei.value)
 
 
-def test_missing_rejected():
+def test_stamped_missing_is_rejected():
     with pytest.raises(Rejected) as ei:
-        parse(302, R.location(R.MISSING))
+        parse(302, R.location(R.missing("CC_NUM")))
     assert ei.value.response.status == "MISSING" and ei.value.response.missing_field == "CC_NUM"
+
+
+def test_stamped_error_keeps_the_gateways_message():
+    with pytest.raises(Rejected) as ei:
+        parse(302, R.location(R.error("Already Voided")))
+    assert ei.value.response.message == "Already Voided"
 
 
 def test_duplicate_is_outcome_unknown():
@@ -149,10 +155,69 @@ def test_duplicate_is_outcome_unknown():
     assert ei.value.response.message == "DUPLICATE"
 
 
-def test_unstamped_duplicate_is_still_duplicate():
+# Issue 12: a reply whose BP_STAMP is missing or does not verify never settles anything, whatever its Result:
+# an unauthenticated APPROVED, DECLINED, ERROR, MISSING, SECURITY ERROR or DUPLICATE is OutcomeUnknown
+# (reconciled through stq), and an unverified DUPLICATE is not the "verified duplicate" the flow may override.
+UNVERIFIED_REPLIES = {
+    "approved-unstamped": R.unstamped(R.approved()),
+    "declined-unstamped": R.unstamped(R.declined()),
+    "security-error-unstamped": dict(R.SECURITY_ERROR),
+    "missing-unstamped": dict(R.MISSING),
+    "already-voided-unstamped": R.unstamped(R.error("Already Voided")),
+    "settled-refusal-unstamped": R.unstamped(R.error("Cannot VOID a settled transaction.")),
+    "duplicate-unstamped": {"Result": "APPROVED", "MESSAGE": "DUPLICATE"},
+    "approved-other-secret": R.stamped(R.unstamped(R.approved()), secret="someone-else"),
+    "declined-other-secret": R.stamped(R.unstamped(R.declined()), secret="someone-else"),
+    "security-error-other-secret": R.error("SECURITY ERROR", secret="the-real-secret"),
+    "missing-other-secret": R.stamped(dict(R.MISSING), secret="someone-else"),
+    "duplicate-other-secret": R.stamped({"Result": "APPROVED", "MESSAGE": "DUPLICATE", "ISSUE_DATE": "d"},
+                                        secret="someone-else"),
+    "stamp-without-def": {**R.unstamped(R.approved()), "BP_STAMP": R.approved()["BP_STAMP"]},
+    "stamp-garbage": {**R.approved(), "BP_STAMP": "not-a-hash"},
+}
+
+
+@pytest.mark.parametrize("pairs", list(UNVERIFIED_REPLIES.values()), ids=list(UNVERIFIED_REPLIES))
+def test_a_reply_without_a_valid_stamp_is_outcome_unknown_never_final(pairs):
     with pytest.raises(OutcomeUnknown) as ei:
-        parse(302, R.location({"Result": "APPROVED", "MESSAGE": "DUPLICATE"}))
-    assert ei.value.duplicate
+        parse(302, R.location(pairs))
+    assert not isinstance(ei.value, Rejected)
+    assert ei.value.duplicate is False
+    assert "BP_STAMP" in str(ei.value)
+
+
+@pytest.mark.parametrize("pairs,outcome", [
+    (R.approved(), "APPROVED"),
+    (R.declined(), "DECLINED"),
+    (R.error("SECURITY ERROR"), Rejected),
+    (R.missing("CC_NUM"), Rejected),
+    (R.error("Already Voided"), Rejected),
+    (R.duplicate(), "DUPLICATE"),
+], ids=["approved", "declined", "security-error", "missing", "already-voided", "duplicate"])
+def test_the_same_replies_with_a_valid_stamp_are_taken_as_they_say(pairs, outcome):
+    if outcome is Rejected:
+        with pytest.raises(Rejected):
+            parse(302, R.location(pairs))
+    elif outcome == "DUPLICATE":
+        with pytest.raises(OutcomeUnknown) as ei:
+            parse(302, R.location(pairs))
+        assert ei.value.duplicate is True
+    else:
+        assert parse(302, R.location(pairs)).status == outcome
+
+
+def test_unstamped_error_names_the_gateways_message_for_the_log():
+    with pytest.raises(OutcomeUnknown) as ei:
+        parse(302, R.location(R.SECURITY_ERROR))
+    assert "SECURITY ERROR" in str(ei.value) and "BP_STAMP" in str(ei.value)
+
+
+def test_unverifiable_security_error_hints_at_the_secret_key():
+    # a wrong secret on our side: the gateway stamps with the real one, we cannot verify it. Still not final
+    # (an impostor could send the same), but the message says what to check.
+    with pytest.raises(OutcomeUnknown) as ei:
+        parse(302, R.location(R.error("SECURITY ERROR", secret="the-real-secret")))
+    assert "BLUEPAY_SECRET_KEY" in str(ei.value)
 
 
 def test_tampered_stamp():
@@ -173,17 +238,6 @@ def test_tampered_stamp_on_decline_and_error():
     e = R.stamped({"Result": "ERROR", "STATUS": "E", "MESSAGE": "Already Voided"}, secret="someone-else")
     with pytest.raises(OutcomeUnknown):
         parse(302, R.location(e))
-
-
-def test_security_error_with_unverifiable_stamp_is_rejected():
-    # a wrong secret on our side: the gateway stamps with the real one, we cannot verify it
-    e = R.stamped(dict(R.SECURITY_ERROR), secret="the-real-secret")
-    with pytest.raises(Rejected) as ei:
-        parse(302, R.location(e))
-    assert ei.value.response.message == "SECURITY ERROR"
-    assert R.stamped(dict(R.SECURITY_ERROR))["BP_STAMP"]  # and a good stamp is Rejected too
-    with pytest.raises(Rejected):
-        parse(302, R.location(R.stamped(dict(R.SECURITY_ERROR))))
 
 
 def test_wrong_secret_fails_stamp():
@@ -222,9 +276,13 @@ def test_unparseable_or_5xx_is_outcome_unknown(status, location, body):
     assert not ei.value.duplicate
 
 
-def test_400_error_body_is_rejected():
-    with pytest.raises(Rejected):
+def test_400_error_body_is_rejected_only_when_stamped():
+    with pytest.raises(Rejected) as ei:
+        parse(400, None, R.body(R.stamped({"STATUS": "E", "MESSAGE": "INVALID AMOUNT FORMAT"})))
+    assert ei.value.response.message == "INVALID AMOUNT FORMAT"
+    with pytest.raises(OutcomeUnknown) as eu:
         parse(400, None, "STATUS=E&MESSAGE=INVALID+AMOUNT+FORMAT")
+    assert not isinstance(eu.value, Rejected) and eu.value.duplicate is False
 
 
 def test_raw_drops_sensitive_keys():
@@ -256,29 +314,47 @@ def test_stq_empty_200_is_absent():
 
 
 def test_stq_found():
-    r = q(200, R.body(R.stq_row()))
+    r = q(200, R.body(R.stq_stamped()))
     assert r.status == "APPROVED" and r.approved and r.trans_id == TRANS_ID and r.order_id == "order-1"
     assert r.masked_account == "xxxxxxxxxxxx1111" and r.card_type == "VISA" and r.amount == "3.00"
     assert r.settled is False and r.voided is False
 
 
 def test_stq_status_mapping_and_flags():
-    assert q(200, R.body(R.stq_row(status="0"))).status == "DECLINED"
-    assert q(200, R.body(R.stq_row(status="E"))).status == "ERROR"
-    r = q(200, R.body(R.stq_row(settle_date="2025-11-28 02:00:00", f_void="1")))
+    assert q(200, R.body(R.stq_stamped(status="0"))).status == "DECLINED"
+    assert q(200, R.body(R.stq_stamped(status="E"))).status == "ERROR"
+    r = q(200, R.body(R.stq_stamped(settle_date="2025-11-28 02:00:00", f_void="1")))
     assert r.settled is True and r.voided is True
     row = R.stq_row()
     del row["settle_date"], row["f_void"]
-    r = q(200, R.body(row))
+    r = q(200, R.body(R.stamped(row, stamp_def=R.STQ_STAMP_DEF)))
     assert r.settled is None and r.voided is None
 
 
-def test_stq_stamp_verified_when_present():
+def test_stq_stamp_verified():
     good = R.stamped(R.stq_row(), stamp_def="id status amount")
     assert q(200, R.body(good)).approved
     bad = dict(good, amount="300.00")
     with pytest.raises(OutcomeUnknown):
         q(200, R.body(bad))
+
+
+# Issue 12: an stq row without a BP_STAMP that verifies never settles a record: "cannot tell", not found.
+@pytest.mark.parametrize("row", [
+    R.stq_row(),
+    R.stq_row(status="0"),
+    R.stq_row(status="E"),
+    R.stq_stamped(secret="someone-else"),
+    dict(R.stq_stamped(), BP_STAMP="0" * 128),
+    dict(R.stq_stamped(), order_id="order-2"),  # a field the stamp covers, changed
+    R.unstamped(R.stq_stamped()),
+    {k: v for k, v in R.stq_stamped().items() if k != "BP_STAMP_DEF"},
+], ids=["approved-unstamped", "declined-unstamped", "error-unstamped", "other-secret", "zero-stamp",
+        "tampered-order-id", "stamp-stripped", "no-stamp-def"])
+def test_stq_row_without_a_valid_stamp_is_outcome_unknown(row):
+    with pytest.raises(OutcomeUnknown) as ei:
+        q(200, R.body(row))
+    assert not isinstance(ei.value, Rejected)
 
 
 def test_stq_400_status_e_rejected():

@@ -81,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.seen.append(("POST", self.path, self.headers.get("User-Agent"), form))
         self.headers_seen.append(dict(self.headers))
         if self.path.endswith("/stq"):
-            body = R.body(R.stq_row()).encode()
+            body = R.body(R.stq_stamped()).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
