@@ -1,11 +1,19 @@
-"""Pure helpers of the benchmark: percentiles, medians, Redis command deltas, profile summaries."""
+"""Pure helpers of the benchmark: percentiles, medians, Redis command deltas, one run's metrics, a
+configuration's medians and ratios, the targets, the headline figures, profile summaries.
+
+Nothing here starts a process or talks to Redis: ``bench.runner`` measures, this module computes.
+"""
 from __future__ import annotations
 
 import re
 import statistics
 from collections import Counter, defaultdict
 
-__all__ = ["percentile", "median", "commandstats", "command_delta", "summarize_profile", "STAGES"]
+__all__ = ["percentile", "median", "commandstats", "command_delta", "summarize_profile", "STAGES",
+           "OK_STATUSES", "FINAL_STATUSES", "run_metrics", "config_summary", "evaluate_targets", "headline"]
+
+OK_STATUSES = ("APPROVED", "DECLINED")
+FINAL_STATUSES = ("APPROVED", "DECLINED", "ERROR", "SKIPPED", "VOIDED", "CAPTURED", "REFUNDED")
 
 
 def percentile(values, p: float):
@@ -39,6 +47,174 @@ def command_delta(before: Counter, after: Counter, own: Counter | None = None) -
         if n > 0:
             delta[name] = n
     return delta
+
+
+def rounded(v, nd=1):
+    return None if v is None else round(v, nd)
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+# ----------------------------------------------------------------------------------- one run
+def _outcomes(rows, sent):
+    """Latencies (ms, recorded - sent) and record times of the payments that ended OK; errors by kind."""
+    lat, ends, errors = [], [], Counter()
+    for (status, end), t_sent in zip(rows, sent):
+        if status in OK_STATUSES and end is not None:
+            lat.append((end - t_sent) * 1000.0)
+            ends.append(end)
+        else:
+            errors[status or "MISSING"] += 1
+    return lat, ends, errors
+
+
+def _per_payment(before: dict, after: dict, key: str, n: int) -> float:
+    return round((after[key] - before[key]) * 1000.0 / n, 3)
+
+
+def run_metrics(*, n, ids, sent, rows, snapshots, own, t_start, finished, paced_rate, max_lag) -> dict:
+    """One measured run: ``rows`` are the side's (status, recorded) per id, ``sent`` the enqueue (or
+    scheduled) times, ``snapshots`` (s0, s1, s2) the OS/Redis counters before the enqueue, after it and
+    at the end (``bench.runner.Runner.snapshot``), ``own`` the benchmark's own Redis commands."""
+    s0, s1, s2 = snapshots
+    lat, ends, errors = _outcomes(rows, sent)
+    missing = [pid for pid, (status, end) in zip(ids, rows) if not (status in OK_STATUSES and end is not None)]
+    elapsed = (max(ends) - t_start) if ends else None
+    cmds = command_delta(s0["cmds"], s2["cmds"], own)
+    enqueue_cmds = command_delta(s0["cmds"], s1["cmds"], Counter({"info": 2}))
+    burst = paced_rate is None
+    return {
+        "n": n,
+        "ok": len(ends),
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "error_ids": missing[:10],
+        "incomplete": not finished,
+        "per_s": round(len(ends) / elapsed, 1) if elapsed and elapsed > 0 else None,
+        "elapsed_s": round(elapsed, 3) if elapsed else None,
+        "p50_ms": rounded(percentile(lat, 50)),
+        "p95_ms": rounded(percentile(lat, 95)),
+        "p99_ms": rounded(percentile(lat, 99)),
+        "max_ms": rounded(max(lat) if lat else None),
+        "cpu_ms": _per_payment(s0, s2, "worker_cpu", n),
+        "redis_cmds": round(sum(cmds.values()) / n, 2),
+        "redis_cmds_enqueue": round(sum(enqueue_cmds.values()) / n, 2),
+        "redis_cmds_top": {k: round(v / n, 2) for k, v in cmds.most_common(10)},
+        "redis_cpu_ms": _per_payment(s0, s2, "redis_cpu", n),
+        "sandbox_cpu_ms": _per_payment(s0, s2, "sandbox_cpu", n),
+        "producer_cpu_ms": _per_payment(s0, s1 if burst else s2, "producer_cpu", n),
+        "enqueue_per_s": round(n / (s1["t"] - s0["t"]), 1) if burst and s1["t"] > s0["t"] else None,
+        "paced_rate": round(paced_rate, 1) if paced_rate else None,
+        "producer_max_lag_ms": round(max_lag * 1000.0, 1) if paced_rate else None,
+    }
+
+
+# ----------------------------------------------------------------------------------- one configuration
+def _side_summary(rs: list[dict], ps: list[dict], producer_subscribe: bool) -> dict:
+    """Medians of one side's burst runs ``rs`` and paced runs ``ps``."""
+    def med(runs, key):
+        return median([m[key] for m in runs])
+
+    return {
+        "per_s": med(rs, "per_s"),
+        "cpu_ms": med(rs, "cpu_ms"),
+        "burst_p50_ms": med(rs, "p50_ms"),
+        "burst_p95_ms": med(rs, "p95_ms"),
+        "burst_p99_ms": med(rs, "p99_ms"),
+        "paced_p50_ms": med(ps, "p50_ms"),
+        "paced_p95_ms": med(ps, "p95_ms"),
+        "paced_p99_ms": med(ps, "p99_ms"),
+        "paced_per_s": med(ps, "per_s"),
+        "paced_cpu_ms": med(ps, "cpu_ms"),
+        "redis_cmds": med(rs, "redis_cmds"),
+        "redis_cmds_enqueue": med(rs, "redis_cmds_enqueue"),
+        "redis_cmds_top": rs[0]["redis_cmds_top"] if rs else {},
+        "redis_cpu_ms": med(rs, "redis_cpu_ms"),
+        "sandbox_cpu_ms": med(rs, "sandbox_cpu_ms"),
+        "producer_cpu_ms": med(rs, "producer_cpu_ms"),
+        "enqueue_per_s": med(rs, "enqueue_per_s"),
+        "producer_max_lag_ms": max([m["producer_max_lag_ms"] or 0 for m in ps], default=None),
+        "producer_subscriptions_max": max([m["producer_subscriptions"] for m in rs + ps], default=None),
+        "pubsub_output_buffer_max": max([m["pubsub_output_buffer_bytes"] or 0 for m in rs + ps], default=None)
+        if producer_subscribe else None,
+        "errors": sum(m["errors"] for m in rs + ps),
+        "redelivered": sum(m["redelivered"] for m in rs + ps),
+        "error_kinds": dict(sum((Counter(m["error_kinds"]) for m in rs + ps), Counter())),
+        "runs": {"burst": rs, "paced": ps},
+    }
+
+
+def config_summary(key, *, workers, bound, runs, paced, rate, producer_subscribe) -> dict:
+    """One pool x concurrency x latency: both sides' medians and the ratios between them."""
+    pool, conc, latency = key
+    cfg = {"pool": pool, "concurrency": conc, "workers": workers, "latency_ms": latency,
+           "bound_per_s": round(bound, 1) if bound else None, "paced_rate": round(rate, 1) if rate else None}
+    for name in ("ours", "baseline"):
+        cfg[name] = _side_summary(runs[name], paced[name], producer_subscribe)
+    o, b = cfg["ours"], cfg["baseline"]
+    cfg["ratios"] = {
+        "throughput": ratio(o["per_s"], b["per_s"]),
+        "cpu": ratio(o["cpu_ms"], b["cpu_ms"]),
+        "bound": ratio(o["per_s"], bound),
+        "baseline_bound": ratio(b["per_s"], bound),
+    }
+    return cfg
+
+
+def p99_of(side: dict) -> float | None:
+    """The paced p99 when there was a paced phase, else the burst p99."""
+    return side["paced_p99_ms"] if side["paced_p99_ms"] is not None else side["burst_p99_ms"]
+
+
+# ----------------------------------------------------------------------------------- the whole run
+def evaluate_targets(configs) -> list[dict]:
+    out = []
+    for c in configs:
+        o, r = c["ours"], c["ratios"]
+        where = f"{c['pool']} c={c['concurrency']} w={c['workers']} latency={c['latency_ms']:g}ms"
+        if c["latency_ms"] == 0 and c["pool"] == "gevent":
+            out.append({"target": "throughput ours/baseline >= 0.8", "where": where, "value": r["throughput"],
+                        "pass": r["throughput"] is not None and r["throughput"] >= 0.8})
+            out.append({"target": "CPU ms ours/baseline <= 1.25", "where": where, "value": r["cpu"],
+                        "pass": r["cpu"] is not None and r["cpu"] <= 1.25})
+        if c["latency_ms"] == 200 and c["concurrency"] == 50:
+            out.append({"target": "ours/latency bound >= 0.9", "where": where, "value": r["bound"],
+                        "pass": r["bound"] is not None and r["bound"] >= 0.9})
+        if o["paced_p99_ms"] is not None:
+            limit = c["latency_ms"] + 50
+            out.append({"target": f"paced p99 <= latency + 50 ms ({limit:g} ms)", "where": where,
+                        "value": o["paced_p99_ms"], "pass": o["paced_p99_ms"] <= limit})
+    return out
+
+
+def headline(configs) -> dict:
+    """The figures of the primary (first) configuration that the final JSON line leads with."""
+    if not configs:
+        return {}
+    primary = configs[0]
+    o, b = primary["ours"], primary["baseline"]
+    # The bound only means something with latency: when the primary configuration has none,
+    # the bound figures come from the first configuration of the same pool and concurrency
+    # that has (bound_latency_ms says which).
+    at_bound = primary if primary["bound_per_s"] else next(
+        (c for c in configs if c["bound_per_s"] and c["pool"] == primary["pool"]
+         and c["concurrency"] == primary["concurrency"]), None)
+    return {
+        "bound_latency_ms": at_bound["latency_ms"] if at_bound else None,
+        "ours_per_s_at_bound": at_bound["ours"]["per_s"] if at_bound else None,
+        "baseline_per_s_at_bound": at_bound["baseline"]["per_s"] if at_bound else None,
+        "primary": {k: primary[k] for k in ("pool", "concurrency", "workers", "latency_ms")},
+        "ours_per_s": o["per_s"], "baseline_per_s": b["per_s"],
+        "bound_per_s": at_bound["bound_per_s"] if at_bound else None,
+        "ours_cpu_ms": o["cpu_ms"], "baseline_cpu_ms": b["cpu_ms"],
+        "p99_ms": o["paced_p99_ms"] if o["paced_p99_ms"] is not None else o["burst_p99_ms"],
+        "p99_kind": "paced" if o["paced_p99_ms"] is not None else "burst",
+        "throughput_ratio": primary["ratios"]["throughput"], "cpu_ratio": primary["ratios"]["cpu"],
+        "bound_ratio": at_bound["ratios"]["bound"] if at_bound else None,
+        "errors": sum(c["ours"]["errors"] + c["baseline"]["errors"] for c in configs),
+    }
 
 
 # ----------------------------------------------------------------------------------- profiles
@@ -135,42 +311,45 @@ def _parse(line: str):
     return frames, n
 
 
-def summarize_profile(lines, top: int = 25) -> dict:
-    """Inclusive and self shares (of all sampled, non-idle stacks) by file:function and by stage."""
-    total = 0
-    idle = 0
-    inclusive = Counter()
-    own = Counter()
-    leaf_pkg = Counter()
-    stages = Counter()
-    parts = Counter()
+def _tally(lines) -> dict:
+    """Sample counts of the folded ``lines``: total, idle, inclusive and self per frame, self per package,
+    per stage and per part of the exclusive split."""
+    t = {"total": 0, "idle": 0, "inclusive": Counter(), "own": Counter(), "leaf_pkg": Counter(),
+         "stages": Counter(), "parts": Counter()}
     for line in lines:
         frames, n = _parse(line)
         if not frames or not n:
             continue
         if frames[-1][0] in IDLE_LEAVES and "gevent" in frames[-1][1]:
-            idle += n
+            t["idle"] += n
             continue
-        total += n
+        t["total"] += n
         seen = set()
         for func, path in frames:
             key = f"{_short(path)}:{func}" if path else func
             if key not in seen:
                 seen.add(key)
-                inclusive[key] += n
+                t["inclusive"][key] += n
         func, path = frames[-1]
-        own[f"{_short(path)}:{func}" if path else func] += n
+        t["own"][f"{_short(path)}:{func}" if path else func] += n
         short = _short(path)
-        leaf_pkg[short.split("/", 1)[0] if "/" in short else short] += n
+        t["leaf_pkg"][short.split("/", 1)[0] if "/" in short else short] += n
         for name, test in STAGES:
             if any(test(f, p) for f, p in frames):
-                stages[name] += n
+                t["stages"][name] += n
         for name, test in PARTITION:
             if any(test(f, p) for f, p in frames):
-                parts[name] += n
+                t["parts"][name] += n
                 break
+    return t
+
+
+def summarize_profile(lines, top: int = 25) -> dict:
+    """Inclusive and self shares (of all sampled, non-idle stacks) by file:function and by stage."""
+    t = _tally(lines)
+    total = t["total"]
     if not total:
-        return {"samples": 0, "idle_samples_dropped": idle}
+        return {"samples": 0, "idle_samples_dropped": t["idle"]}
 
     def pct(counter, k=top, skip_ubiquitous=False):
         out = []
@@ -183,18 +362,18 @@ def summarize_profile(lines, top: int = 25) -> dict:
                 break
         return out
 
-    ours = Counter({k: v for k, v in inclusive.items() if k.startswith(("worker/", "tasks/"))})
+    ours = Counter({k: v for k, v in t["inclusive"].items() if k.startswith(("worker/", "tasks/"))})
     return {
         "samples": total,
-        "idle_samples_dropped": idle,
-        "partition_pct": [{"part": name, "pct": round(100.0 * parts[name] / total, 1)}
-                          for name, _ in PARTITION if parts[name]],
-        "stages_inclusive_pct": [{"stage": name, "pct": round(100.0 * stages[name] / total, 1)}
+        "idle_samples_dropped": t["idle"],
+        "partition_pct": [{"part": name, "pct": round(100.0 * t["parts"][name] / total, 1)}
+                          for name, _ in PARTITION if t["parts"][name]],
+        "stages_inclusive_pct": [{"stage": name, "pct": round(100.0 * t["stages"][name] / total, 1)}
                                  for name, _ in STAGES],
-        "top_inclusive": pct(inclusive, skip_ubiquitous=True),
+        "top_inclusive": pct(t["inclusive"], skip_ubiquitous=True),
         "top_inclusive_ours": pct(ours),
-        "top_self": pct(own),
-        "self_by_package": pct(leaf_pkg, 15),
+        "top_self": pct(t["own"]),
+        "self_by_package": pct(t["leaf_pkg"], 15),
     }
 
 

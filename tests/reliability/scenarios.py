@@ -1,4 +1,4 @@
-"""Reliability scenarios shared by ``tests/reliability`` (CI size) and ``bench/reliability.py`` (large runs).
+"""Reliability scenarios shared by ``tests/reliability`` (CI size) and ``tests/reliability/large.py`` (large runs).
 
 Everything is real: ``celery worker`` processes (prefork or threads) started as subprocesses, Redis
 (database 12 of the test Redis, or a redis-server of our own with AOF for the restart scenario),

@@ -1,6 +1,9 @@
 """The reliability scenarios of tests/reliability at a larger size, with a summary table.
 
-    .venv/bin/python bench/reliability.py --payments 2000
+    .venv/bin/python -m tests.reliability.large --payments 2000
+
+(It lived in bench/ as ``bench/reliability.py``; it is built on the test scenarios and the test card
+scanner, and the installed ``bench`` package must not import ``tests``.)
 
 Runs against redis-server processes of its own (a throwaway one, and one with AOF for the restart
 scenario), so it never touches the Redis at REDIS_URL; needs ``redis-server`` on the PATH. Real
@@ -33,11 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--payments", type=int, default=2000, help="sales in the main scenario (default 2000)")
     p.add_argument("--rate", type=float, default=25.0, help="sales published per second (default 25)")
@@ -45,35 +48,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--workdir", default=None, help="logs and Redis data (default: a new temporary directory)")
     p.add_argument("--only", default=None, help="comma-separated scenario names to run")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    import logging
 
-    from tests.support.env import TEST_CARD_KEY
-
-    # The sweeps run in this process too; their per-record warnings (deferred voids) would drown the output.
-    logging.basicConfig(level=logging.ERROR)
-
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="reliability-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    logdir = workdir / "logs"
-    logdir.mkdir(exist_ok=True)
-
-    from tests.reliability.scenarios import (OwnRedis, run_concurrent_sweeps, run_duplicate_delivery,
-                                             run_payments_under_chaos, run_redis_restart, scan_card_data, table)
-
-    plain = OwnRedis(workdir / "redis", aof=False).start()
-    durable = OwnRedis(workdir / "redis-aof").start()
-    # The producer (this process) seals cards with the same key as the workers; TEST mode only.
-    os.environ.update({"REDIS_URL": plain.url, "PAYMENTS_CARD_KEY": TEST_CARD_KEY, "BLUEPAY_MODE": "TEST"})
-    started = time.monotonic()
-
-    def say(text):
-        if not text.startswith("sweep:"):
-            print(f"[{time.monotonic() - started:7.1f}s] {text}", flush=True)
+def scenarios(args, plain, durable, logdir: Path, say) -> dict:
+    """Scenario name -> a function running it at the size ``--payments`` asks for."""
+    from tests.reliability.scenarios import (run_concurrent_sweeps, run_duplicate_delivery,
+                                             run_payments_under_chaos, run_redis_restart)
 
     n = args.payments
-    scenarios = {
+    return {
         "kills+faults": lambda: run_payments_under_chaos(
             "kills+faults", plain.url, logdir, payments=n, kill_every=args.kill_every, faults=True, rate=args.rate,
             seed=args.seed, settle_timeout=600, sweep_during_faults=True, log=say),
@@ -91,24 +75,11 @@ def main(argv=None) -> int:
         "concurrent sweeps": lambda: run_concurrent_sweeps(
             "sweeps", plain.url, logdir, auths=max(20, n // 20), seed=args.seed + 4, log=say),
     }
-    wanted = [s.strip() for s in args.only.split(",")] if args.only else list(scenarios)
-    reports = []
-    try:
-        for name in wanted:
-            say(f"=== {name}")
-            report = scenarios[name]()
-            report.scenario = name
-            reports.append(report)
-            say(f"{name}: {report.row()}")
-        say("=== card-data scan of every Redis key and value, the AOF files and every log")
-        logs = [f for f in logdir.rglob("*") if f.is_file()]
-        hits = scan_card_data(clients=[plain.client(), durable.client()], files=logs + durable.files())
-        scanned = {"redis_keys": plain.client().dbsize() + durable.client().dbsize(), "files": len(logs) + len(
-            durable.files())}
-    finally:
-        plain.stop("kill")
-        durable.stop("shutdown")
-    elapsed = time.monotonic() - started
+
+
+def summarize(reports, hits, scanned, workdir: Path, elapsed: float) -> int:
+    """Print the table, the final scan, every problem and the JSON line; 1 when a promise was broken."""
+    from tests.reliability.scenarios import table
 
     print()
     print(table(reports))
@@ -132,6 +103,53 @@ def main(argv=None) -> int:
                "seconds": round(elapsed)}
     print(json.dumps(summary, sort_keys=True))
     return 1 if broken else 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+
+    import logging
+
+    from tests.reliability.scenarios import OwnRedis, scan_card_data
+    from tests.support.env import TEST_CARD_KEY
+
+    # The sweeps run in this process too; their per-record warnings (deferred voids) would drown the output.
+    logging.basicConfig(level=logging.ERROR)
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="reliability-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    logdir = workdir / "logs"
+    logdir.mkdir(exist_ok=True)
+
+    plain = OwnRedis(workdir / "redis", aof=False).start()
+    durable = OwnRedis(workdir / "redis-aof").start()
+    # The producer (this process) seals cards with the same key as the workers; TEST mode only.
+    os.environ.update({"REDIS_URL": plain.url, "PAYMENTS_CARD_KEY": TEST_CARD_KEY, "BLUEPAY_MODE": "TEST"})
+    started = time.monotonic()
+
+    def say(text):
+        if not text.startswith("sweep:"):
+            print(f"[{time.monotonic() - started:7.1f}s] {text}", flush=True)
+
+    runs = scenarios(args, plain, durable, logdir, say)
+    wanted = [s.strip() for s in args.only.split(",")] if args.only else list(runs)
+    reports = []
+    try:
+        for name in wanted:
+            say(f"=== {name}")
+            report = runs[name]()
+            report.scenario = name
+            reports.append(report)
+            say(f"{name}: {report.row()}")
+        say("=== card-data scan of every Redis key and value, the AOF files and every log")
+        logs = [f for f in logdir.rglob("*") if f.is_file()]
+        hits = scan_card_data(clients=[plain.client(), durable.client()], files=logs + durable.files())
+        scanned = {"redis_keys": plain.client().dbsize() + durable.client().dbsize(), "files": len(logs) + len(
+            durable.files())}
+    finally:
+        plain.stop("kill")
+        durable.stop("shutdown")
+    return summarize(reports, hits, scanned, workdir, time.monotonic() - started)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""What a benchmark run writes and prints: the table, the Markdown table, the PNG chart, the profile
+summary, the files in ``--out`` and, as the LAST line of stdout, one line of JSON (design.md: the
+"benchmark" contract: ``ours_per_s``, ``baseline_per_s``, ``bound_per_s``, ``ours_cpu_ms``,
+``baseline_cpu_ms``, ``p99_ms`` at least)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.analysis import p99_of
+
+#: Keys of the final JSON line taken from the result as they are (then targets and per-config figures).
+LAST_LINE_KEYS = ("ours_per_s", "baseline_per_s", "bound_per_s", "ours_cpu_ms", "baseline_cpu_ms", "p99_ms",
+                  "p99_kind", "throughput_ratio", "cpu_ratio", "bound_latency_ms", "ours_per_s_at_bound",
+                  "baseline_per_s_at_bound", "bound_ratio", "errors", "primary", "json_path")
+
+TABLE_COLUMNS = [("pool", 7), ("c", 4), ("w", 2), ("lat", 5), ("ours/s", 7), ("base/s", 7), ("bound/s", 8),
+                 ("o/b", 5), ("o/bnd", 6), ("cpu o", 6), ("cpu b", 6), ("cpu o/b", 7), ("p50", 6), ("p95", 6),
+                 ("p99", 6), ("p99 b", 6), ("@/s", 5), ("rss o", 6), ("rss b", 6), ("cmd o", 6), ("cmd b", 6),
+                 ("err", 4)]
+
+
+def fmt(v, nd=1):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _pick(side: dict, q: str):
+    """A latency percentile of the paced phase, or of the bursts with --no-paced."""
+    v = side[f"paced_{q}_ms"]
+    return v if v is not None else side[f"burst_{q}_ms"]
+
+
+def _row(c: dict) -> list:
+    """The figures of one configuration, in the order of the text and Markdown tables."""
+    o, b, r = c["ours"], c["baseline"], c["ratios"]
+    return [c["pool"], c["concurrency"], c["workers"], fmt(c["latency_ms"], 0), fmt(o["per_s"]),
+            fmt(b["per_s"]), fmt(c["bound_per_s"]), fmt(r["throughput"], 2), fmt(r["bound"], 2),
+            fmt(o["cpu_ms"], 2), fmt(b["cpu_ms"], 2), fmt(r["cpu"], 2), fmt(_pick(o, "p50")),
+            fmt(_pick(o, "p95")), fmt(_pick(o, "p99")), fmt(_pick(b, "p99")), fmt(c["paced_rate"], 0),
+            fmt(o.get("rss_peak_mb"), 0), fmt(b.get("rss_peak_mb"), 0), fmt(o["redis_cmds"]),
+            fmt(b["redis_cmds"]), o["errors"] + b["errors"]]
+
+
+def table(result) -> str:
+    head = " ".join(f"{n:>{w}}" for n, w in TABLE_COLUMNS)
+    lines = [head, "-" * len(head)]
+    for c in result["configs"]:
+        lines.append(" ".join(f"{str(v):>{w}}" for v, (_, w) in zip(_row(c), TABLE_COLUMNS)))
+    lines += [
+        "",
+        "ours/s, base/s: capacity (pre-filled queue), median payments/s; bound/s = c x w / latency;",
+        "o/b, o/bnd: ours/baseline and ours/bound; cpu o/b: worker CPU ms per payment (OS user+sys);",
+        "p50/p95/p99 (ours) and p99 b (baseline): enqueue->recorded ms in the paced phase at @/s",
+        "(half our capacity; burst percentiles when --no-paced); rss: peak MB per worker (VmHWM, all",
+        "processes of a worker); cmd: Redis commands per payment (commandstats, Lua inner calls included"
+        + ("" if result["settings"]["redis_exclusive"] else "; SHARED server: others' traffic included") + ").",
+    ]
+    return "\n".join(lines)
+
+
+def markdown(result) -> str:
+    """The table as Markdown (written next to the JSON, for docs/performance.md)."""
+    head = ("| pool | c | w | latency ms | ours/s | baseline/s | bound/s | ours/base | ours/bound | "
+            "CPU ms ours | CPU ms base | CPU ours/base | p50 ms | p95 ms | p99 ms | p99 ms base | paced at /s | "
+            "RSS MB ours | RSS MB base | Redis cmds ours | Redis cmds base | errors | redelivered |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in result["configs"]:
+        vals = _row(c) + [c["ours"].get("redelivered", 0)]
+        lines.append("| " + " | ".join(str(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ the chart
+COLORS = {"gevent": "tab:blue", "threads": "tab:green", "prefork": "tab:red"}
+
+
+def _plot_latency_row(ax_t, ax_l, configs, pools, lat) -> None:
+    """Throughput (left) and p99 (right) against concurrency, for one gateway latency."""
+    for pool in pools:
+        cs = sorted((c for c in configs if c["latency_ms"] == lat and c["pool"] == pool),
+                    key=lambda c: c["concurrency"])
+        xs = [c["concurrency"] for c in cs]
+        col = COLORS.get(pool)
+        ax_t.plot(xs, [c["ours"]["per_s"] for c in cs], "o-", color=col, label=f"ours {pool}")
+        ax_t.plot(xs, [c["baseline"]["per_s"] for c in cs], "s--", color=col, alpha=0.6,
+                  label=f"baseline {pool}")
+        if lat > 0 and pool == pools[0]:
+            ax_t.plot(xs, [c["bound_per_s"] for c in cs], ":", color="grey", label="latency bound")
+        ax_l.plot(xs, [p99_of(c["ours"]) for c in cs], "o-", color=col, label=f"ours {pool}")
+        ax_l.plot(xs, [p99_of(c["baseline"]) for c in cs], "s--", color=col, alpha=0.6, label=f"baseline {pool}")
+    ax_l.axhline(lat + 50, color="grey", ls=":", label="target: latency + 50 ms")
+    ax_t.set_title(f"throughput, gateway latency {lat:g} ms")
+    ax_t.set_xlabel("concurrency per worker")
+    ax_t.set_ylabel("payments/s")
+    ax_t.set_ylim(bottom=0)
+    ax_l.set_title(f"p99 enqueue->recorded (paced at half capacity), {lat:g} ms")
+    ax_l.set_xlabel("concurrency per worker")
+    ax_l.set_ylabel("ms")
+    ax_l.set_ylim(bottom=0)
+    for ax in (ax_t, ax_l):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+
+def chart(result, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    configs = result["configs"]
+    latencies = sorted({c["latency_ms"] for c in configs})
+    pools = list(dict.fromkeys(c["pool"] for c in configs))
+    fig, axes = plt.subplots(len(latencies), 2, figsize=(11, 3.6 * len(latencies)), squeeze=False)
+    for row, lat in enumerate(latencies):
+        _plot_latency_row(axes[row][0], axes[row][1], configs, pools, lat)
+    m = result["machine"]
+    fig.suptitle(f"payments bench {result['started_at']}  ({m['nproc']} x {m['cpu_model']}, "
+                 f"workers={result['settings']['workers']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------------------------ profiles
+def profile_text(profiles) -> str:
+    lines = []
+    for name, prof in (profiles or {}).items():
+        s = prof.get("summary") or {}
+        if not s.get("samples"):
+            lines.append(f"profile {name}: no samples ({prof.get('error') or prof.get('py_spy_errors')})")
+            continue
+        lines.append(f"profile {name}: {s['samples']} samples (py-spy, non-idle), files {', '.join(prof['files'])}")
+        lines.append("   exclusive split:")
+        for part in s.get("partition_pct", []):
+            lines.append(f"   {part['pct']:5.1f}%  {part['part']}")
+        lines.append("   inclusive, by stage:")
+        for st in s["stages_inclusive_pct"]:
+            lines.append(f"   {st['pct']:5.1f}%  {st['stage']}")
+        lines.append("   top self (leaf) frames:")
+        for fr in s["top_self"][:12]:
+            lines.append(f"   {fr['pct']:5.1f}%  {fr['frame']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ output
+def write_files(result: dict, out: Path, stamp: str, *, with_chart: bool) -> tuple[Path, Path]:
+    """``OUT/bench-STAMP.json``, ``.md`` and (unless ``with_chart`` is false or matplotlib is missing)
+    ``.png``; sets ``json_path`` (and ``chart_path``) in ``result``."""
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"bench-{stamp}.json"
+    png_path = out / f"bench-{stamp}.png"
+    result["json_path"] = str(json_path)
+    if with_chart and chart(result, png_path):
+        result["chart_path"] = str(png_path)
+    json_path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    (out / f"bench-{stamp}.md").write_text(markdown(result) + "\n")
+    return json_path, png_path
+
+
+def last_line(result: dict) -> dict:
+    """The final line of stdout (the public contract), as a dict."""
+    last = {k: result.get(k) for k in LAST_LINE_KEYS}
+    last["targets_passed"] = sum(1 for t in result["targets"] if t["pass"])
+    last["targets_total"] = len(result["targets"])
+    last["configs"] = [{
+        "pool": c["pool"], "concurrency": c["concurrency"], "workers": c["workers"],
+        "latency_ms": c["latency_ms"], "ours_per_s": c["ours"]["per_s"], "baseline_per_s": c["baseline"]["per_s"],
+        "bound_per_s": c["bound_per_s"], "ours_cpu_ms": c["ours"]["cpu_ms"], "baseline_cpu_ms": c["baseline"]["cpu_ms"],
+        "p99_ms": p99_of(c["ours"]),
+        "baseline_p99_ms": p99_of(c["baseline"]),
+        "ours_redis_cmds": c["ours"]["redis_cmds"], "baseline_redis_cmds": c["baseline"]["redis_cmds"],
+        "errors": c["ours"]["errors"] + c["baseline"]["errors"],
+    } for c in result["configs"]]
+    return last
+
+
+def print_report(result: dict, json_path: Path, png_path: Path) -> None:
+    """The table, PASS/FAIL per target, the profile summary, the file names, then the JSON line."""
+    print()
+    print(table(result))
+    print()
+    for t in result["targets"]:
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']:45s} {t['where']:40s} {t['value']}")
+    if result.get("profile"):
+        print()
+        print(profile_text(result["profile"]))
+    print()
+    print(f"json: {json_path}" + (f"\nchart: {png_path}" if result.get("chart_path") else ""))
+    print(json.dumps(last_line(result), separators=(",", ":")), flush=True)
