@@ -9,14 +9,20 @@ gateway package (no Celery, no Redis) may use it.
 The rule
 --------
 
-A **card number** is a *maximal run* of ASCII digits, possibly grouped by single spaces or dashes
-(``4111 1111 1111 1111``, ``4111-1111-1111-1111``, ``3782 822463 10005``), holding 13 to 19 digits and
-passing the Luhn check. Letters and other characters around the run do not matter: a number glued to an
-identifier is still a card number (``ORD-4111111111111111``, ``x4111111111111111y``, ``card=4111...``).
-When a grouped run holds more than 19 digits, or fails Luhn as a whole, its consecutive groups are tried
-too (leftmost first, longest first), so a card written next to other numbers is found
-(``4111 1111 1111 1111 123`` -> the first four groups; ``qty 1 4111111111111111`` -> the second group).
-One contiguous run of 20 or more digits is one long number, not a card.
+A **card number** is a *maximal run* of ASCII digits holding 13 to 19 digits and passing the Luhn check,
+written either in one piece (``4111111111111111``) or in groups of 3 to 6 digits separated by single spaces
+or dashes, as people and card networks write them (``4111 1111 1111 1111``, ``4111-1111-1111-1111``, Amex
+``3782 822463 10005``, 19 digits ``6011 0009 9013 9424 009``). Letters and other characters around the run
+do not matter: a number glued to an identifier is still a card number (``ORD-4111111111111111``,
+``x4111111111111111y``, ``card=4111...``). When a run of groups holds more than 19 digits, or fails Luhn as a
+whole, its consecutive groups are tried too (leftmost first, longest first), so a card written next to
+other numbers is found (``4111 1111 1111 1111 123`` -> the first four groups; ``qty 1 4111111111111111`` ->
+the second). One contiguous run of 20 or more digits is one long number, not a card.
+
+Groups of 1, 2 or more than 6 digits do not join into a card number: dates (``2025-11-27 10:00``), phone
+numbers, SVG path data (``M8 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8``, in every Flower page) and a 12-digit trans id
+followed by an amount (``100000000123 3.00``) are not read as one. The price, accepted: a card typed one digit
+at a time (``4 1 1 1 ...``) is not found.
 
 What is *not* a card number, and why:
 
@@ -51,6 +57,7 @@ text / value                                    card?       why
 ``4111 1111 1111 1111`` / ``4111-1111-...``     yes         grouped by single spaces or dashes
 ``ORD-4111111111111111``, ``x4111111111111111``  yes         glued to letters or separators
 ``4111 1111 1111 1111 123``                     yes         the card among the groups (123 stays)
+``4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1``                no          groups of one digit
 ``4111111111111112``                            no          fails Luhn
 ``100000000123`` (trans id)                     no          12 digits
 ``cd27c305-6820-4063-903f-1a2b3c4d5e6f``        no          a UUID (Celery task id)
@@ -96,6 +103,7 @@ _IDENTIFIER = re.compile(_ID.format(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # canonical UUID
     r"|(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{32,}"))  # hex identifier / digest, 32+ with a letter
 _RUN = re.compile(r"[0-9]+(?:[ \-][0-9]+)*")
+_GROUP_MIN, _GROUP_MAX = 3, 6  # digits per group when a number is written in groups
 _GROUP = re.compile(r"[0-9]+")
 _NON_DIGIT = re.compile(r"[^0-9]")
 _DROP_DIGITS = str.maketrans("", "", "0123456789")
@@ -129,6 +137,10 @@ def _cards_in_run(text: str, start: int, end: int) -> list[tuple[int, int]]:
     while i < n:
         digits, best = "", None
         for j in range(i, n):
+            size = groups[j][1] - groups[j][0]
+            if j > i and not (_GROUP_MIN <= size <= _GROUP_MAX
+                              and _GROUP_MIN <= groups[i][1] - groups[i][0] <= _GROUP_MAX):
+                break  # several groups make a card number only when each holds 3-6 digits
             digits += text[groups[j][0]:groups[j][1]]
             if len(digits) > MAX_DIGITS:
                 break

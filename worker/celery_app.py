@@ -183,19 +183,20 @@ def republish(message: dict) -> None:
     CardDataRefused rather than published with card data in clear)."""
     from celery.app.amqp import task_message
 
-    from worker.carddata import mask_text
-    from worker.sealing import seal_body
+    from worker.sealing import masked_reprs, seal_body
 
     headers = dict(message["headers"])
     body = seal_body(message["name"], message["body"], vault=services().vault)
-    for key in ("argsrepr", "kwargsrepr"):
-        if isinstance(headers.get(key), str):
-            headers[key] = mask_text(headers[key])
+    headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
                          body=tuple(body), sent_event=None)
+    exchange, routing_key = message["exchange"] or None, message["routing_key"] or None
+    # Published to the default exchange: the routing key names the queue (without queue=, Celery would send
+    # it to the default queue whatever the key said).
+    queue = routing_key if exchange is None and routing_key else None
     with app.producer_or_acquire() as producer:
-        app.amqp.send_task_message(producer, message["name"], again, exchange=message["exchange"] or None,
-                                   routing_key=message["routing_key"] or None)
+        app.amqp.send_task_message(producer, message["name"], again, exchange=exchange, routing_key=routing_key,
+                                   queue=queue)
 
 
 def _add_scrubber(logger=None, **_):

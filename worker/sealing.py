@@ -41,7 +41,7 @@ from celery.utils.saferepr import saferepr
 from worker.carddata import CardDataRefused, card_data_field, contains_card_number, mask_text, refuse_card_data
 from worker.vault import CardVault, mask_card
 
-__all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "unsealed_card_in",
+__all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "masked_reprs", "unsealed_card_in",
            "CardDataRefused"]
 
 #: Tasks that carry a card, and the position of ``card`` among their positional arguments.

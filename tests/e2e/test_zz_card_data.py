@@ -1,29 +1,276 @@
-"""Runs after the other end-to-end tests: nothing they made the system write holds card data in clear."""
-from tests.support.card_scan import scan_files, scan_redis, scan_text
-from tests.support.env import TEST_CARD
+"""Runs after the other end-to-end tests: nothing they made the system write holds card data in clear, and each
+leak of issue 13 ("Card data v2") is closed, against the real worker, Redis and a real Flower.
+
+The scan (tests/support/card_scan.py) decodes what the broker stores (kombu's base64 bodies inside JSON, the JSON
+inside those) and reads every key of the e2e database (queues, ``unacked``, results, the store, the outbox, the
+audit stream), the AOF if this Redis has one, the worker's log, and every page and API answer of a Flower that ran
+while the payments were made (``/metrics`` included).
+
+The leaks, each its own test below: an idempotency key holding a card (refused at the producer); a card in a
+chain's later link, a ``link=`` or a ``link_error=`` (sealed: nothing clear in Redis); a card number in a
+customer field (refused: nothing reaches Redis); a numeric ``int`` order id that passes Luhn (accepted and
+kept in the outbox).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+from celery import chain, group
+
+from tests.support.card_scan import redis_items, scan_redis, scan_redis_aof, scan_text
+from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD
+from tests.support.flower import running_flower
+from worker.carddata import CardDataRefused
+
+PARKED = "parked-for-scan"  # a queue no worker consumes: what is published there stays for the scan
+NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
+LUHN_ORDER = 1234567890123452  # a numeric order id that passes Luhn (about one 16-digit id in ten does)
+OUTBOX = "payments:outbox"
+TIMEOUT = 30
 
 
-def test_scanner_finds_what_it_looks_for():
-    assert scan_text('{"number": "4111111111111111"}', cvv2="7391", where="x")
-    assert scan_text('CVCCVV2=7391&x=1', cvv2="7391", where="x")
-    assert scan_text("eyJjYXJkIjogIjQxMTExMTExMTExMTExMTEiLCAiY3Z2MiI6ICI3MzkxIn0=", cvv2="7391", where="x")
-    assert not scan_text("trans 100000000123 at 1764213456.123 xxxxxxxxxxxx1111", cvv2="7391", where="x")
+@pytest.fixture(scope="module")
+def flower(celery_worker, tmp_path_factory):
+    """A Flower that runs while this module's payments are made (it only knows the events it receives)."""
+    with running_flower(E2E_REDIS_URL, tmp_path_factory.mktemp("flower-card-scan") / "flower.log") as client:
+        yield client
 
 
-def test_no_card_number_or_cvv2_in_redis_or_the_worker_log(celery_worker, e2e_redis, worker_log):
+@pytest.fixture(scope="module")
+def seen_task_ids():
+    return []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def parked_queue_removed_at_the_end(e2e_redis):
+    yield
+    e2e_redis.delete(PARKED)
+
+
+def snapshot(client) -> set[tuple[str, str]]:
+    return set(redis_items(client))
+
+
+def new_hits(client, before, *, wait=0.0) -> list[str]:
+    """Card data in what Redis holds now and did not hold in ``before`` (after ``wait`` seconds, for a worker)."""
+    time.sleep(wait)
+    hits = []
+    for where, text in set(redis_items(client)) - before:
+        hits += scan_text(text, cvv2=CVV2, where=where)
+    return hits
+
+
+# ---- the scanner ----------------------------------------------------------------------------------------
+def kombu_envelope(body) -> str:
+    """A message as kombu's Redis transport stores it: JSON, the body base64-encoded inside."""
+    return json.dumps({"body": base64.b64encode(json.dumps(body).encode()).decode(), "content-encoding": "utf-8",
+                       "content-type": "application/json", "headers": {"task": "payments.sale", "id": str(uuid.uuid4())},
+                       "properties": {"body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}})
+
+
+CLEAR_SIG = {"task": "payments.sale", "args": [], "kwargs": {"amount": "1.00", "card": TEST_CARD}, "options": {}}
+SCANNER_TABLE = [
+    # (what, text, is it a leak)
+    ("card in JSON", '{"number": "4111111111111111"}', True),
+    ("cvv2 in a form", f"CVCCVV2={CVV2}&x=1", True),
+    ("cvv2 in JSON", f'{{"cvv2": "{CVV2}"}}', True),
+    ("base64 in text", "eyJjYXJkIjogIjQxMTExMTExMTExMTExMTEiLCAiY3Z2MiI6ICI3MzkxIn0=", True),
+    ("queued message, card in a chain's later link",
+     kombu_envelope([[], {"amount": "3.00"}, {"chain": [CLEAR_SIG], "callbacks": None}]), True),
+    ("unacked entry, card in a link=", json.dumps([json.loads(kombu_envelope(
+        [[], {}, {"callbacks": [CLEAR_SIG]}])), "", "celery"]), True),
+    ("idempotency key glued to letters", '{"payment_id": "ORD-4111111111111111-x"}', True),
+    ("grouped in a customer field", '{"customer": {"name1": "4111 1111 1111 1111"}}', True),
+    ("order id as a string", f'[[], {{"order_id": "{LUHN_ORDER}"}}, {{}}]', True),
+    ("order id as an int (explicitly numeric)", f'[[], {{"order_id": {LUHN_ORDER}}}, {{}}]', False),
+    ("a queued message with an int order id", kombu_envelope([[], {"order_id": LUHN_ORDER}, {}]), False),
+    ("trans id, timestamps, masked", "trans 100000000123 at 1764213456.123 xxxxxxxxxxxx1111", False),
+    ("a task id (holds 305-6820-4063-903)", "celery-task-meta-cd27c305-6820-4063-903f-1a2b3c4d5e6f", False),
+    ("a runtime", "succeeded in 0.05183274700085167s", False),
+    ("a sealed card", json.dumps({"card": {"sealed": "gAAAAABpZ3xBqf3-c1XJ1Q4h8Xb2mNn3X4i5Vt8m3q2lS1d3FfQ==",
+                                           "masked": "xxxxxxxxxxxx1111"}}), False),
+]
+
+
+@pytest.mark.parametrize("what,text,leak", SCANNER_TABLE, ids=[row[0] for row in SCANNER_TABLE])
+def test_the_scanner_finds_what_it_looks_for(what, text, leak):
+    assert bool(scan_text(text, cvv2=CVV2, where=what)) is leak
+
+
+# ---- refused at the door --------------------------------------------------------------------------------
+def _refused_cases():
+    from tasks import auth, sale, void
+
+    return {
+        "idempotency key holding a card": (
+            lambda: sale.delay(amount="61.00", card=TEST_CARD, idempotency_key=f"ORD-{NUMBER}-{uuid.uuid4().hex[:6]}"),
+            "idempotency_key"),
+        "card number in customer.name1": (
+            lambda: sale.delay(amount="63.00", card=TEST_CARD, customer={**CUSTOMER, "name1": "4111 1111 1111 1111"}),
+            "customer.name1"),
+        "card number in customer.addr1 (positional)": (
+            lambda: auth.delay("65.00", TEST_CARD, {**CUSTOMER, "addr1": f"x{NUMBER}"}), "customer.addr1"),
+        "order id string in a chain's later link": (
+            lambda: chain(sale.si(amount="67.00", card=TEST_CARD),
+                          sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).delay(),
+            "chain[0].kwargs.order_id"),
+        "card number in a link='s customer": (
+            lambda: sale.apply_async(kwargs={"amount": "71.00", "card": TEST_CARD},
+                                     link=sale.si(amount="73.00", card=TEST_CARD, customer={"name1": NUMBER})),
+            "callbacks[0].kwargs.customer.name1"),
+        "card number as a void's trans id, link_error=": (
+            lambda: sale.apply_async(kwargs={"amount": "75.00", "card": TEST_CARD}, link_error=void.si(NUMBER)),
+            "errbacks[0].args[0]"),
+    }
+
+
+REFUSED = ["idempotency key holding a card", "card number in customer.name1",
+           "card number in customer.addr1 (positional)", "order id string in a chain's later link",
+           "card number in a link='s customer", "card number as a void's trans id, link_error="]
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_card_data_outside_the_card_is_refused_before_it_reaches_redis(flower, e2e_redis, case):
+    publish, field = _refused_cases()[case]
+    before = snapshot(e2e_redis)
+    try:
+        publish()
+    except CardDataRefused as exc:
+        refused = exc
+    else:
+        refused = None
+    hits = new_hits(e2e_redis, before, wait=0 if refused else 3)  # without a refusal, let the worker run it
+    assert hits == [], f"card data in clear in Redis: {hits}"
+    assert refused is not None, "published: not refused at the producer"
+    assert refused.field == field and field in str(refused)
+    assert NUMBER not in str(refused) and str(LUHN_ORDER) not in str(refused)
+    assert snapshot(e2e_redis) == before  # nothing at all reached Redis
+
+
+# ---- sealed wherever a message carries a card -----------------------------------------------------------
+def test_cards_in_embedded_signatures_are_sealed_in_the_broker(flower, e2e_redis):
+    from tasks import auth, sale, void
+
+    before = snapshot(e2e_redis)
+    chain(auth.si(amount="81.00", card=TEST_CARD), sale.si(amount="83.00", card=TEST_CARD),
+          void.s()).apply_async(queue=PARKED)
+    sale.apply_async(kwargs={"amount": "85.00", "card": TEST_CARD}, queue=PARKED,
+                     link=sale.si(amount="87.00", card=TEST_CARD, customer=CUSTOMER))
+    sale.apply_async(kwargs={"amount": "89.00", "card": TEST_CARD}, queue=PARKED,
+                     link_error=auth.si(amount="91.00", card=TEST_CARD))
+    void.apply_async(args=["100000000001"], queue=PARKED,
+                     link=group(sale.si(amount="93.00", card=TEST_CARD), auth.si(amount="95.00", card=TEST_CARD)))
+    assert e2e_redis.llen(PARKED) >= 4
+    hits = new_hits(e2e_redis, before)
+    assert hits == [], f"card data in clear in Redis: {hits}"
+    # the embedded cards are there, sealed
+    parked = [json.loads(base64.b64decode(json.loads(m)["body"])) for m in e2e_redis.lrange(PARKED, 0, 3)]  # newest
+    embedded = json.dumps([body[2] for body in parked])
+    assert embedded.count('"sealed"') == 5 and NUMBER not in embedded
+
+
+def test_cards_in_embedded_signatures_run_through_the_worker(flower, e2e_redis, sandbox, seen_task_ids):
+    """Sealed embedded cards are opened by the worker: a chain's later card link and a link= callback charge."""
+    from tasks import auth, sale
+
+    before = snapshot(e2e_redis)
+    later = sale.si(amount="97.00", card=TEST_CARD)
+    result = chain(auth.si(amount="99.00", card=TEST_CARD), later).delay()
+    assert result.get(timeout=TIMEOUT)["status"] == "APPROVED"
+    assert result.parent.get(timeout=TIMEOUT)["status"] == "APPROVED"
+    callback = sale.si(amount="101.00", card=TEST_CARD, customer=CUSTOMER)
+    callback.freeze()  # its task id, known before it is published
+    first = sale.apply_async(kwargs={"amount": "103.00", "card": TEST_CARD}, link=callback)
+    assert first.get(timeout=TIMEOUT)["status"] == "APPROVED"
+    linked = sale.AsyncResult(callback.id).get(timeout=TIMEOUT)
+    assert linked["status"] == "APPROVED" and linked["masked_account"] == "xxxxxxxxxxxx1111"
+    seen_task_ids += [result.id, result.parent.id, first.id, callback.id]
+    hits = new_hits(e2e_redis, before)
+    assert hits == [], f"card data in clear in Redis: {hits}"
+
+
+# ---- a numeric order id ---------------------------------------------------------------------------------
+def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(flower, e2e_redis):
+    from tasks import sale, void
+
+    before = snapshot(e2e_redis)
+    single = sale.apply_async(kwargs={"amount": "105.00", "card": TEST_CARD, "order_id": LUHN_ORDER}, queue=PARKED)
+    chained = chain(sale.si(amount="107.00", card=TEST_CARD, order_id=LUHN_ORDER), void.s()).apply_async(queue=PARKED)
+    for task_id in (single.id, chained.parent.id):
+        kept = e2e_redis.hget(OUTBOX, task_id)
+        assert kept, "not kept in the outbox"
+        body = json.loads(kept)["message"]["body"]
+        assert body[1]["order_id"] == LUHN_ORDER  # kept as the producer sent it
+        assert '"sealed"' in kept and NUMBER not in kept
+        assert scan_text(kept.replace(str(LUHN_ORDER), f'"{LUHN_ORDER}"'), cvv2=CVV2, where="x")  # as a string: a hit
+    hits = new_hits(e2e_redis, before)
+    assert hits == [], f"card data in clear in Redis: {hits}"
+
+
+# ---- the outbox re-publish ----------------------------------------------------------------------------
+def test_the_outbox_republish_seals_an_entry_kept_in_clear(flower, e2e_redis):
+    """An outbox entry kept by older code with a clear card (here: a real entry, its card put back in clear by
+    hand, chain included) is published again sealed, its reprs masked."""
+    from tasks import sale
+    from worker.celery_app import republish
+
+    published = sale.apply_async(kwargs={"amount": "109.00", "card": TEST_CARD}, queue=PARKED)
+    message = json.loads(e2e_redis.hget(OUTBOX, published.id))["message"]
+    e2e_redis.lpop(PARKED)  # the sealed original: only the re-published copy is looked at below
+    clear_link = {"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {}, "options": {},
+                  "subtask_type": None, "immutable": True}
+    message["body"][1]["card"] = dict(TEST_CARD)
+    message["body"][2]["chain"] = [clear_link]
+    message["headers"]["kwargsrepr"] = repr({"amount": "109.00", "card": TEST_CARD})
+    before = snapshot(e2e_redis)
+    republish(message)
+    again = json.loads(e2e_redis.lindex(PARKED, 0))
+    assert again["headers"]["id"] == published.id
+    body = json.loads(base64.b64decode(again["body"]))
+    assert "sealed" in body[1]["card"] and "sealed" in body[2]["chain"][0]["args"][1]
+    hits = new_hits(e2e_redis, before)
+    assert hits == [], f"card data in clear in Redis: {hits}"
+
+
+# ---- everything, at the end -----------------------------------------------------------------------------
+def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worker_log, seen_task_ids):
     from tasks import sale, void
     from worker import app
 
-    sale.delay(amount="31.00", card=TEST_CARD).get(timeout=30)
+    run = sale.delay(amount="31.00", card=TEST_CARD, customer=CUSTOMER)
+    assert run.get(timeout=TIMEOUT)["status"] == "APPROVED"
+    numeric = sale.delay(amount="33.00", card=TEST_CARD, order_id=LUHN_ORDER)
+    numeric.get(timeout=TIMEOUT)  # whatever the worker makes of an int order id, it writes no card data
+    seen_task_ids += [run.id, numeric.id]
     # A message nobody consumes stays in its queue, so the scan also covers a queued card.
-    sale.apply_async(kwargs={"amount": "33.00", "card": TEST_CARD}, queue="parked-for-scan")
-    (sale.s(amount="39.00", card=TEST_CARD) | void.s()).apply_async(queue="parked-for-scan")
+    sale.apply_async(kwargs={"amount": "35.00", "card": TEST_CARD}, queue=PARKED)
+    (sale.s(amount="39.00", card=TEST_CARD) | void.s()).apply_async(queue=PARKED)
     # Publishers that bypass the task objects (Flower's send-task, other programs using this app).
-    app.send_task("payments.sale", kwargs={"amount": "43.00", "card": TEST_CARD}, queue="parked-for-scan")
-    app.send_task("payments.auth", args=["45.00", TEST_CARD], queue="parked-for-scan")
-    sale.apply_async(kwargs={"amount": "47.00", "card": TEST_CARD["number"]}, queue="parked-for-scan")
-    assert e2e_redis.llen("parked-for-scan") == 5
+    app.send_task("payments.sale", kwargs={"amount": "43.00", "card": TEST_CARD}, queue=PARKED)
+    app.send_task("payments.auth", args=["45.00", TEST_CARD], queue=PARKED)
+    sale.apply_async(kwargs={"amount": "47.00", "card": TEST_CARD["number"]}, queue=PARKED)
+    assert e2e_redis.llen(PARKED) >= 5
     assert worker_log.exists() and worker_log.stat().st_size > 0
-    hits = scan_redis(e2e_redis, cvv2=TEST_CARD["cvv2"]) + scan_files([worker_log], cvv2=TEST_CARD["cvv2"])
-    e2e_redis.delete("parked-for-scan")
-    assert hits == []
+
+    hits = scan_redis(e2e_redis, cvv2=CVV2)
+    aof_hits, aof_files = scan_redis_aof(e2e_redis, cvv2=CVV2)  # none when this Redis runs without AOF
+    hits += aof_hits
+    hits += scan_text(worker_log.read_text("utf-8", "replace"), cvv2=CVV2, where=str(worker_log))
+
+    def flower_knows_them():
+        tasks = flower.json("/api/tasks")
+        return all(i in tasks for i in seen_task_ids)
+
+    deadline = time.monotonic() + TIMEOUT
+    while not flower_knows_them() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    flower.read_everything(seen_task_ids)
+    assert any("xxxxxxxxxxxx1111" in text for path, text in flower.seen if path.startswith("/api/task/info/"))
+    assert any(path == "/metrics" for path, _ in flower.seen)
+    for where, text in flower.texts():
+        hits += scan_text(text, cvv2=CVV2, where=where)
+    assert hits == [], f"card data in clear: {hits[:30]}"

@@ -1,103 +1,317 @@
-"""Scan what the system wrote for card data in clear: card numbers (any Luhn-valid 13-19 digit run)
-and the test CVV2 next to a cvv-ish name or quoted on its own. Base64 runs (Celery message bodies)
-are decoded and scanned too."""
+"""Scan what the system wrote for card data in clear: card numbers by the one rule (``worker.carddata``) and
+the test CVV2 next to a cvv-ish name or standing alone as a string.
+
+Decoded before it is read, so that nothing hides behind an encoding:
+
+* **JSON** (Redis values, kombu's message envelopes, results, the outbox, records' JSON fields, Flower's API) is
+  walked as data: its strings are scanned as text, and decoded further when they are JSON or base64 themselves;
+  its numbers are scanned too, except the rule's one exception, an ``int`` under ``order_id`` (an explicitly
+  numeric order id). Text that is not JSON is scanned as text, and base64 runs in it (40+ characters) decoded.
+* **kombu's Redis transport** keeps each message as a JSON envelope whose ``body`` is base64
+  (``properties.body_encoding``): decoded, then walked (the task's args, kwargs and embedded signatures).
+* **Redis** (:func:`scan_redis`): every key of the database and every value: strings, hash fields and values
+  (``unacked``, the outbox, records), list items (queues, history), set and sorted-set members, stream fields
+  (the audit stream; not its entry ids, which Redis makes from its clock in epoch milliseconds).
+* **The AOF** (:func:`scan_aof`, and :func:`scan_redis_aof` for a server that has one): its RESP commands are
+  parsed and every argument that carries data is scanned as a value, so what was deleted since (popped
+  messages, cleared outbox entries) is read too; the numbers Redis writes itself (``PXAT``/``PEXPIREAT``
+  times, stream ids, ``MAXLEN``, scores) are skipped. An ``.rdb`` (the AOF's base after a rewrite) is read as raw
+  bytes: strings Redis compressed (LZF) there are not readable, and the scan of the live database covers them.
+* **Files** (:func:`scan_files`): logs as text; ``*.aof`` through the RESP parser; ``*.rdb`` raw.
+"""
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from pathlib import Path
+from typing import Any, Iterator
 
-# Contiguous 13-19 digits, or 4-digit groups split by spaces or dashes as people write card numbers.
-# Not inside a decimal fraction (0.00585255199985113), a hex digest or an identifier.
-DIGIT_RUN = re.compile(
-    r"(?<![\w.-])(\d{13,19}|\d{4}(?:[ -]\d{4}){2,3}(?:[ -]\d{1,3})?)(?![\w-])")
+from worker.carddata import find_card_numbers, is_numeric_order_id
+
 B64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
+B64_WHOLE = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")
+_CVV_NAME = re.compile(r"(?i)^(cvv2?|cvccvv2|cvcvv2|cc_cvv2|cvc)$")
+MAX_DEPTH = 6
 
 
 def _cvv_pattern(cvv2: str) -> re.Pattern:
     return re.compile(rf"(?i)(cvv2?|cvccvv2|cvc)\W{{0,6}}{cvv2}(?!\d)|['\"]{cvv2}['\"]")
 
 
-def scan_text(text: str, *, cvv2: str, where: str, _depth: int = 0) -> list[str]:
+def _card_hits(text: str, where: str) -> list[str]:
     hits = []
-    for match in DIGIT_RUN.finditer(text):
-        digits = re.sub(r"\D", "", match.group(1))
-        if 13 <= len(digits) <= 19 and luhn_ok(digits) and not _is_timestamp(digits):
-            hits.append(f"{where}: card number ...{digits[-4:]}")
-    if _cvv_pattern(cvv2).search(text):
-        hits.append(f"{where}: cvv2")
-    if _depth == 0:
-        for run in B64_RUN.findall(text):
-            try:
-                decoded = base64.b64decode(run + "=" * (-len(run) % 4)).decode("utf-8", "replace")
-            except (binascii.Error, ValueError):
-                continue
-            hits += scan_text(decoded, cvv2=cvv2, where=f"{where} (base64)", _depth=1)
+    for start, end in find_card_numbers(text):
+        digits = re.sub(r"[^0-9]", "", text[start:end])
+        hits.append(f"{where}: card number ...{digits[-4:]}")
     return hits
 
 
-def _is_timestamp(digits: str) -> bool:
-    # epoch milliseconds/microseconds of this era (17xxxxxxxx...) are not card numbers
-    return digits.startswith(("17", "18")) and len(digits) in (13, 16)
+def _b64decode(text: str) -> bytes | None:
+    try:
+        if "-" in text or "_" in text:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
-def redis_dump(client) -> list[tuple[str, str]]:
-    """Every key and value in the client's database, as text."""
-    out = []
-    for key in client.scan_iter(count=1000):
-        name = key.decode() if isinstance(key, bytes) else key
-        kind = client.type(key)
-        kind = kind.decode() if isinstance(kind, bytes) else kind
-        if kind == "string":
-            value = client.get(key)
-        elif kind == "hash":
-            value = client.hgetall(key)
-        elif kind == "list":
-            value = client.lrange(key, 0, -1)
-        elif kind == "set":
-            value = client.smembers(key)
-        elif kind == "zset":
-            value = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "stream":
-            value = client.xrange(key)
-        else:
-            value = ""
-        out.append((name, _text(value)))
-    return out
+def _json(text: str) -> Any:
+    stripped = text.strip()
+    if not stripped or stripped[0] not in "[{":
+        return None
+    try:
+        return json.loads(stripped)
+    except ValueError:
+        return None
 
 
-def _text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+def scan_text(text: str, *, cvv2: str, where: str, _depth: int = 0) -> list[str]:
+    """Card numbers and the CVV2 in ``text``: walked as data when it is JSON, else read as text (with its
+    base64 runs decoded)."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "replace")
+    data = _json(text)
+    if data is not None:
+        return scan_value(data, cvv2=cvv2, where=where, _depth=_depth + 1)
+    hits = _card_hits(text, where)
+    if _cvv_pattern(cvv2).search(text):
+        hits.append(f"{where}: cvv2")
+    if _depth < MAX_DEPTH:
+        for run in B64_RUN.findall(text):
+            decoded = _b64decode(run)
+            if decoded:
+                hits += scan_text(decoded.decode("utf-8", "replace"), cvv2=cvv2, where=f"{where} (base64)",
+                                  _depth=_depth + 1)
+    return hits
+
+
+def scan_value(value: Any, *, cvv2: str, where: str, field: str = "", _depth: int = 0) -> list[str]:
+    """Card numbers and the CVV2 in decoded data (JSON-like): the numeric order id rule applies."""
+    here = f"{where} {field}".rstrip()
+    if value is None or isinstance(value, bool):
+        return []
     if isinstance(value, dict):
-        return " ".join(f"{_text(k)}={_text(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple, set)):
-        return " ".join(_text(v) for v in value)
-    return str(value)
+        hits = []
+        for key, item in value.items():
+            key = str(key)
+            hits += _card_hits(key, f"{here} (key)")
+            path = f"{field}.{key}" if field else key
+            if _CVV_NAME.match(key) and not isinstance(item, str) and str(item) == cvv2:
+                hits.append(f"{where} {path}: cvv2")  # (a string is checked as itself, below)
+            hits += scan_value(item, cvv2=cvv2, where=where, field=path, _depth=_depth)
+        return hits
+    if isinstance(value, (list, tuple)):
+        hits = []
+        for i, item in enumerate(value):
+            hits += scan_value(item, cvv2=cvv2, where=where, field=f"{field}[{i}]", _depth=_depth)
+        return hits
+    if isinstance(value, int):
+        if is_numeric_order_id(field, value):
+            return []
+        return _card_hits(str(value), here)
+    if isinstance(value, float):
+        return _card_hits(repr(value), here)
+    text = str(value)
+    hits = []
+    if text == cvv2:
+        hits.append(f"{here}: cvv2")
+    depth_for_text = _depth + 1
+    if _depth < MAX_DEPTH:
+        data = _json(text)
+        if data is not None:
+            return hits + scan_value(data, cvv2=cvv2, where=f"{here} (json)", _depth=_depth + 1)
+        if B64_WHOLE.fullmatch(text):
+            decoded = _b64decode(text)
+            if decoded:
+                try:
+                    hits += scan_text(decoded.decode("utf-8"), cvv2=cvv2, where=f"{here} (base64)", _depth=_depth + 1)
+                    depth_for_text = MAX_DEPTH  # decoded already: read the text itself, not its base64 again
+                except UnicodeDecodeError:
+                    pass  # binary (a Fernet token's ciphertext): not text
+    return hits + scan_text(text, cvv2=cvv2, where=here, _depth=depth_for_text)
+
+
+# ---- Redis -------------------------------------------------------------------------------------------
+
+def _s(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def redis_items(client) -> Iterator[tuple[str, str]]:
+    """(where, text) for every key name and every value of the client's database (stream entry ids and
+    sorted-set scores aside: Redis makes those numbers)."""
+    for key in client.scan_iter(count=1000):
+        name = _s(key)
+        yield f"redis key name {name!r}", name
+        kind = _s(client.type(key))
+        where = f"redis {kind} {name}"
+        if kind == "string":
+            yield where, _s(client.get(key))
+        elif kind == "hash":
+            for field, value in client.hgetall(key).items():
+                yield f"{where} [{_s(field)}]", _s(field)
+                yield f"{where} [{_s(field)}]", _s(value)
+        elif kind == "list":
+            for i, item in enumerate(client.lrange(key, 0, -1)):
+                yield f"{where} [{i}]", _s(item)
+        elif kind == "set":
+            for member in client.smembers(key):
+                yield where, _s(member)
+        elif kind == "zset":
+            for member in client.zrange(key, 0, -1):
+                yield where, _s(member)
+        elif kind == "stream":
+            for entry_id, fields in client.xrange(key):
+                for field, value in fields.items():
+                    yield f"{where} {_s(entry_id)} [{_s(field)}]", _s(field)
+                    yield f"{where} {_s(entry_id)} [{_s(field)}]", _s(value)
 
 
 def scan_redis(client, *, cvv2: str) -> list[str]:
     hits = []
-    for name, text in redis_dump(client):
-        hits += scan_text(name + " " + text, cvv2=cvv2, where=f"redis key {name}")
+    for where, text in redis_items(client):
+        hits += scan_text(text, cvv2=cvv2, where=where)
     return hits
 
 
+# ---- the AOF -----------------------------------------------------------------------------------------
+
+def resp_commands(data: bytes) -> Iterator[list[bytes]]:
+    """The commands of an AOF (RESP arrays of bulk strings); anything else (an RDB preamble) is skipped."""
+    i, n = 0, len(data)
+    while i < n:
+        if data[i:i + 1] != b"*":
+            j = data.find(b"\n*", i)
+            if j < 0:
+                return
+            i = j + 1
+            continue
+        try:
+            end = data.index(b"\r\n", i)
+            count = int(data[i + 1:end])
+            i = end + 2
+            args = []
+            for _ in range(count):
+                if data[i:i + 1] != b"$":
+                    raise ValueError("not a bulk string")
+                end = data.index(b"\r\n", i)
+                length = int(data[i + 1:end])
+                args.append(data[end + 2:end + 2 + length])
+                i = end + 2 + length + 2
+        except ValueError:
+            i += 1
+            continue
+        yield args
+
+
+_XADD_OPTIONS = {b"NOMKSTREAM"}
+_TRIM = {b"MAXLEN", b"MINID"}
+
+
+def _data_arguments(args: list[bytes]) -> list[bytes]:
+    """The arguments of one command that carry data (names and values), not the numbers Redis writes."""
+    name, rest = args[0].upper(), args[1:]
+    if name in (b"SELECT", b"MULTI", b"EXEC", b"PING"):
+        return []
+    if name == b"SET":  # SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]
+        return rest[:2]
+    if name in (b"SETEX", b"PSETEX"):
+        return [rest[0], rest[2]] if len(rest) > 2 else rest[:1]
+    if name in (b"EXPIRE", b"PEXPIRE", b"EXPIREAT", b"PEXPIREAT", b"PERSIST", b"XTRIM", b"XDEL", b"XSETID",
+                b"XACK", b"INCRBY", b"INCRBYFLOAT", b"DECRBY"):
+        return rest[:1]
+    if name in (b"HINCRBY", b"HINCRBYFLOAT", b"ZINCRBY"):
+        return [rest[0], rest[2]] if name == b"ZINCRBY" and len(rest) > 2 else rest[:2]
+    if name == b"XADD":  # XADD key [NOMKSTREAM] [MAXLEN|MINID [=|~] threshold [LIMIT count]] id field value ...
+        i = 1
+        while i < len(rest):
+            word = rest[i].upper()
+            if word in _XADD_OPTIONS:
+                i += 1
+            elif word in _TRIM:
+                i += 2 if rest[i + 1:i + 2] not in ([b"="], [b"~"]) else 3
+            elif word == b"LIMIT":
+                i += 2
+            else:
+                break
+        return rest[:1] + rest[i + 1:]  # the key, then the fields and values (the entry id skipped)
+    if name == b"ZADD":  # ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member ...
+        i = 1
+        while i < len(rest) and rest[i].upper() in (b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"):
+            i += 1
+        return rest[:1] + rest[i + 1::2]
+    return rest
+
+
+def scan_aof(path, *, cvv2: str, db: int | None = None) -> list[str]:
+    """Every data-carrying argument of every command in an AOF file (only those run in ``db`` if given)."""
+    path = Path(path)
+    hits, current = [], 0
+    for n, args in enumerate(resp_commands(path.read_bytes())):
+        if not args:
+            continue
+        if args[0].upper() == b"SELECT" and len(args) > 1:
+            current = int(args[1])
+            continue
+        if db is not None and current != db:
+            continue
+        for arg in _data_arguments(args):
+            hits += scan_text(arg.decode("utf-8", "replace"), cvv2=cvv2,
+                              where=f"{path.name} command #{n} {_s(args[0]).upper()}")
+    return hits
+
+
+def aof_files(client) -> list[Path]:
+    """The AOF files of the server behind ``client``, when it has AOF on and they can be read here."""
+    try:
+        if _s(client.config_get("appendonly").get("appendonly", "no")) != "yes":
+            return []
+        directory = Path(_s(client.config_get("dir")["dir"]))
+        subdir = _s(client.config_get("appenddirname").get("appenddirname", "") or "")
+    except Exception:  # no CONFIG (a managed Redis): nothing readable here
+        return []
+    found = [p for p in (directory / subdir).glob("*") if p.is_file() and ".aof" in p.name] if subdir else []
+    found += [p for p in directory.glob("*.aof") if p.is_file()]
+    return [p for p in found if _readable(p)]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False
+
+
+def scan_redis_aof(client, *, cvv2: str) -> tuple[list[str], list[Path]]:
+    """The AOF of the server behind ``client`` (its database only), if it has one: (hits, files read)."""
+    db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+    files = aof_files(client)
+    hits = []
+    for path in files:
+        hits += scan_aof(path, cvv2=cvv2, db=db) if not path.name.endswith(".rdb") else _scan_raw(path, cvv2)
+    return hits, files
+
+
+# ---- files ------------------------------------------------------------------------------------------
+
+def _scan_raw(path: Path, cvv2: str) -> list[str]:
+    return scan_text(path.read_bytes().decode("latin-1"), cvv2=cvv2, where=f"{path} (raw)")
+
+
 def scan_files(paths, *, cvv2: str) -> list[str]:
+    """Logs (text), AOF files (RESP commands) and RDB files (raw bytes)."""
     hits = []
     for path in paths:
         path = Path(path)
-        if path.is_file():
+        if not path.is_file():
+            continue
+        if path.name.endswith(".rdb"):
+            hits += _scan_raw(path, cvv2)
+        elif path.name.endswith(".aof"):
+            hits += scan_aof(path, cvv2=cvv2)
+        else:
             hits += scan_text(path.read_text("utf-8", "replace"), cvv2=cvv2, where=str(path))
     return hits

@@ -72,7 +72,12 @@ TEXT_TABLE = [
     ("12345678901234567890123", False),  # one run of more than 19 digits
     ("2025-11-27 10:00:00", False),
     ("phone 555-1234, zip 54321", False),
-    ("4 1 1 1", False),
+    ("4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1", False),  # groups of one digit (the documented price)
+    ("41 11 11 11 11 11 11 11", False),  # groups of two
+    ('<path d="M8 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8Zm0-11.5a.5.5 0 0 1 "/>', False),  # SVG path data (Flower)
+    ("trans 100000000123 3.00", False),  # 12 + 1 digits: a trans id and an amount
+    ("100000000123 4567", False),  # a 12-digit group does not join others
+    ("4111 11111111 1111", False),  # an 8-digit group does not either
     ("", False),
     ("xxxxxxxxxxxx1111", False),
     ("٤١١١١١١١١١١١١١١١", False),  # Arabic-Indic digits are not card digits here
