@@ -39,7 +39,8 @@ def test_a_stale_auth_void_closed_by_another_sweeps_reconcile_is_still_voided(re
         first = run_sweep(svc)  # sweep A: the void is parked (deferred)
         assert first.get("stale_auth_void_deferred") == 1, first
         sandbox.set_faults({})
-        time.sleep(1.1)
+        # past RECONCILE_AFTER and the commit horizon (3 s here): a 502 may hide a commit until then
+        time.sleep(svc.settings.commit_horizon + 1.2)
         parked = svc.store.get(f"{pid}:void-stale")
         assert parked["status"] in ("RETRYING", "UNKNOWN")
         # sweep B, in its reconcile pass (RECONCILE_AFTER of 1 s here), before any stale-auth pass resumes it
