@@ -19,6 +19,7 @@ from worker.celery_app import app
 from worker.flow import GatewayOutage, LeaseBusy
 from worker.gateway import InvalidInput
 from worker.gateway import validation
+from worker.sealing import unsealed_card_in
 from worker.services import services
 from worker.vault import CardSealError
 
@@ -152,8 +153,18 @@ def _open_card(card: Any) -> Any:
     return card
 
 
+def _refuse_clear_card_data(task: PaymentTask) -> None:
+    """LIVE mode: a message holding card data in clear anywhere (its own card, a chain link, a callback) is
+    refused before anything runs; where it sits is named, never the value."""
+    if services().settings.bluepay_mode == "LIVE":
+        where = unsealed_card_in(task.request)
+        if where:
+            raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
+
+
 def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any) -> dict:
     payment_id = task.bind_payment_id(idempotency_key)
+    _refuse_clear_card_data(task)
     return services().flow.charge(task.operation, payment_id, amount=amount, card=_open_card(card), customer=customer,
                                   invoice_id=order_id, then_void=task.follows_with_void(),
                                   message_id=task.request.id, redelivered=task.redelivered)
@@ -161,6 +172,7 @@ def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: 
 
 def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
     payment_id = task.bind_payment_id(idempotency_key)
+    _refuse_clear_card_data(task)
     return services().flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
                                      message_id=task.request.id, redelivered=task.redelivered)
 
@@ -197,6 +209,7 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     if isinstance(trans_id, dict):
         outcome = trans_id
         self.request.payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
+        _refuse_clear_card_data(self)
         return services().flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
                                           redelivered=self.redelivered)
     return _follow_up(self, trans_id, None, idempotency_key)

@@ -186,6 +186,8 @@ def republish(message: dict) -> None:
     from worker.sealing import masked_reprs, seal_body
 
     headers = dict(message["headers"])
+    # The message may have run before (its record lost with Redis): the worker asks stq before any send.
+    headers["payments_republished"] = True
     body = seal_body(message["name"], message["body"], vault=services().vault)
     headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
