@@ -60,7 +60,7 @@ def test_defaults_pass_the_check_and_keep_the_time_budgets_nested():
     assert 3 * one_call < s.soft_time_limit < s.hard_time_limit < s.visibility_timeout
     assert s.call_budget == one_call
     # no gateway call starts after the operation budget, and the last one ends before the soft limit
-    assert 0 < s.operation_budget and s.operation_budget + s.call_budget < s.soft_time_limit
+    assert s.operation_budget > 0 and s.operation_budget + s.call_budget < s.soft_time_limit
     # the lease is a setting renewed by a heartbeat (every third of it), not derived from the time limits
     assert s.lease_seconds == 30.0
     assert s.commit_horizon == 2 * s.read_timeout + 30 == 60.0
