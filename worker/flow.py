@@ -123,6 +123,7 @@ def response_fields(response: Response) -> dict:
         "auth_code": response.auth_code or "",
         "card_type": response.card_type or "",
         "bank_name": response.bank_name or "",
+        "trans_type": response.trans_type or "",
     }
     if response.masked_account:
         fields["masked_account"] = response.masked_account
@@ -398,7 +399,8 @@ class PaymentFlow:
         duplicate_override = False
         for _ in range(MAX_SENDS):
             if self.clock() >= run.deadline:
-                self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=None)
+                # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
+                self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
             if not journaled and self.store.journal(run.payment_id, run.owner, self.lease_seconds) is None:
                 raise _LeaseLost()
             journaled = False

@@ -2,10 +2,11 @@
 
 Each run, under a Redis lock with expiry so that two beats or a manual run never overlap:
 
-1. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
-2. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
+1. reflects approved captures, refunds and voids on their originals where a crash left that undone
+   (first: an auth whose capture was never reflected still looks open, and step 2 would void it);
+2. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
+3. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
-3. reflects approved captures, refunds and voids on their originals where a crash left that undone;
 4. publishes again payment messages the broker lost (outbox entries no worker claimed in time);
 5. finishes sale->void chains whose void was due but never ran.
 
@@ -32,6 +33,9 @@ def run_sweep(svc, *, progress=None) -> dict:
         return {"ran": False, "reason": "another sweep is running"}
     counts: Counter = Counter()
     try:
+        for payment_id in store.reflect_due():
+            counts[f"repair_{flow.repair(payment_id)}"] += 1
+            _tick(progress)
         for record in store.open_auths(settings.stale_auth_age):
             reason = (f"stale authorization: approved at {record.get('created_at')}, older than STALE_AUTH_AGE "
                       f"({settings.stale_auth_age:g}s), neither captured nor voided")
@@ -46,9 +50,6 @@ def run_sweep(svc, *, progress=None) -> dict:
         for record in store.stale_non_final(settings.reconcile_after):
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
-            _tick(progress)
-        for payment_id in store.reflect_due():
-            counts[f"repair_{flow.repair(payment_id)}"] += 1
             _tick(progress)
         for task_id, entry in store.outbox_stale(outbox_age(settings)):
             counts[f"outbox_{republish_lost(store, task_id, entry)}"] += 1

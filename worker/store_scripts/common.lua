@@ -87,9 +87,10 @@ local function money(c) return string.format('%d.%02d', math.floor(c / 100), c %
 -- (``reflected`` = 1), atomically with whatever else the calling script does. Returns what happened.
 local function reflect(prefix, fu_rec, fu_pid, at, now)
   local f = redis.call('HMGET', fu_rec, 'status', 'operation', 'parent', 'target', 'amount', 'message',
-                       'reflected')
+                       'reflected', 'trans_type')
   local status, op, parent, target, amount, message, reflected = f[1], f[2], f[3] or '', f[4] or '', f[5] or '',
     f[6] or '', f[7]
+  local trans_type = string.upper(f[8] or '')
   if status ~= 'APPROVED' or reflected == '1' or not FOLLOW_UPS[op] then return 'nothing' end
   local orig = nil
   if parent ~= '' and redis.call('EXISTS', prefix .. 'op:' .. parent) == 1 then orig = parent end
@@ -107,20 +108,25 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
   if not ostatus then return done('no_original') end
   if NON_FINAL[ostatus] then return 'original_not_final' end
   local new_status, fields, note = nil, {}, ''
-  local is_void = op == 'void' or (op == 'refund' and string.find(string.lower(message), 'void', 1, true))
+  -- A refund of an unsettled sale comes back as a VOID (its trans type; older records: its message).
+  local is_void = op == 'void' or (op == 'refund' and (trans_type == 'VOID' or
+    (trans_type == '' and string.find(string.lower(message), 'void', 1, true) ~= nil)))
   if is_void then
     if ostatus == 'VOIDED' then return done('already') end
     new_status, fields, note = 'VOIDED', {'voided_by', fu_pid}, 'voided by ' .. fu_pid
   elseif op == 'capture' then
     if ostatus ~= 'APPROVED' then return done('already') end
     new_status, fields, note = 'CAPTURED', {'captured_by', fu_pid}, 'captured by ' .. fu_pid
+    -- A capture without an amount took the whole auth: say so, or a refund of it has no total to count against.
+    if amount == '' and oamount ~= '' then redis.call('HSET', fu_rec, 'amount', oamount) end
   else
     local total = cents(oamount)
     local before = cents(orefunded) or 0
     local this = cents(amount)
-    if not this then this = (total or 0) - before end
+    local rest = not this  -- no amount: the gateway refunded what was left of it
+    if rest then this = math.max((total or 0) - before, 0) end
     local after = before + this
-    if total and after >= total then new_status = 'REFUNDED' else new_status = 'PARTIALLY_REFUNDED' end
+    if rest or (total and after >= total) then new_status = 'REFUNDED' else new_status = 'PARTIALLY_REFUNDED' end
     fields = {'refunded_by', fu_pid, 'refunded_amount', money(after)}
     note = 'refunded ' .. money(this) .. ' by ' .. fu_pid .. ' (' .. money(after) .. ' in all)'
   end

@@ -22,6 +22,11 @@ end
 if NON_FINAL[status] and (owner == '' or (cur[2] or '') ~= owner) then
   return {false, now_ts, redis.call('HGETALL', REC)}
 end
+if not NON_FINAL[status] and n_expect == 0 then
+  -- A final record has no lease to check: a holder that stalled past its lease must not overwrite the outcome
+  -- another worker recorded meanwhile. Only a caller naming the final status it expects may change it.
+  return {false, now_ts, redis.call('HGETALL', REC)}
+end
 local sent_ts = cur[7] or ''
 local args = {}
 for i = 9 + n_expect, #ARGV do args[#args + 1] = ARGV[i] end
