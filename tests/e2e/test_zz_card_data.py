@@ -52,7 +52,10 @@ def parked_queue_removed_at_the_end(e2e_redis):
 
 
 def snapshot(client) -> set[tuple[str, str]]:
-    return set(redis_items(client))
+    """Every key and value, but kombu's bookkeeping that changes on its own: the unacked_mutex lock a worker
+    takes every few seconds, and the exchange bindings (_kombu.binding.*) Flower's and workers' control
+    replies declare."""
+    return {item for item in redis_items(client) if "unacked_mutex" not in item[0] and "_kombu." not in item[0]}
 
 
 def new_hits(client, before, *, wait=0.0) -> list[str]:
@@ -103,27 +106,33 @@ def test_the_scanner_finds_what_it_looks_for(what, text, leak):
 
 # ---- refused at the door --------------------------------------------------------------------------------
 def _refused_cases():
+    """Each publishes with the given options (``queue=``): once where nobody reads, so that what reached Redis
+    stays there for the scan, and once where the worker runs it."""
     from tasks import auth, sale, void
 
     return {
         "idempotency key holding a card": (
-            lambda: sale.delay(amount="61.00", card=TEST_CARD, idempotency_key=f"ORD-{NUMBER}-{uuid.uuid4().hex[:6]}"),
+            lambda **o: sale.apply_async(kwargs={"amount": "61.00", "card": TEST_CARD,
+                                                 "idempotency_key": f"ORD-{NUMBER}-{uuid.uuid4().hex[:6]}"}, **o),
             "idempotency_key"),
         "card number in customer.name1": (
-            lambda: sale.delay(amount="63.00", card=TEST_CARD, customer={**CUSTOMER, "name1": "4111 1111 1111 1111"}),
+            lambda **o: sale.apply_async(kwargs={"amount": "63.00", "card": TEST_CARD,
+                                                 "customer": {**CUSTOMER, "name1": "4111 1111 1111 1111"}}, **o),
             "customer.name1"),
         "card number in customer.addr1 (positional)": (
-            lambda: auth.delay("65.00", TEST_CARD, {**CUSTOMER, "addr1": f"x{NUMBER}"}), "customer.addr1"),
+            lambda **o: auth.apply_async(("65.00", TEST_CARD, {**CUSTOMER, "addr1": f"x{NUMBER}"}), **o),
+            "customer.addr1"),
         "order id string in a chain's later link": (
-            lambda: chain(sale.si(amount="67.00", card=TEST_CARD),
-                          sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).delay(),
+            lambda **o: chain(sale.si(amount="67.00", card=TEST_CARD),
+                              sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).apply_async(**o),
             "chain[0].kwargs.order_id"),
         "card number in a link='s customer": (
-            lambda: sale.apply_async(kwargs={"amount": "71.00", "card": TEST_CARD},
-                                     link=sale.si(amount="73.00", card=TEST_CARD, customer={"name1": NUMBER})),
+            lambda **o: sale.apply_async(kwargs={"amount": "71.00", "card": TEST_CARD},
+                                         link=sale.si(amount="73.00", card=TEST_CARD, customer={"name1": NUMBER}), **o),
             "callbacks[0].kwargs.customer.name1"),
         "card number as a void's trans id, link_error=": (
-            lambda: sale.apply_async(kwargs={"amount": "75.00", "card": TEST_CARD}, link_error=void.si(NUMBER)),
+            lambda **o: sale.apply_async(kwargs={"amount": "75.00", "card": TEST_CARD}, link_error=void.si(NUMBER),
+                                         **o),
             "errbacks[0].args[0]"),
     }
 
@@ -137,17 +146,18 @@ REFUSED = ["idempotency key holding a card", "card number in customer.name1",
 def test_card_data_outside_the_card_is_refused_before_it_reaches_redis(flower, e2e_redis, case):
     publish, field = _refused_cases()[case]
     before = snapshot(e2e_redis)
-    try:
-        publish()
-    except CardDataRefused as exc:
-        refused = exc
-    else:
-        refused = None
-    hits = new_hits(e2e_redis, before, wait=0 if refused else 3)  # without a refusal, let the worker run it
+    refusals = []
+    for options in ({"queue": PARKED}, {}):
+        try:
+            publish(**options)
+        except CardDataRefused as exc:
+            refusals.append(exc)
+    hits = new_hits(e2e_redis, before, wait=0 if len(refusals) == 2 else 3)  # let the worker run what went out
     assert hits == [], f"card data in clear in Redis: {hits}"
-    assert refused is not None, "published: not refused at the producer"
-    assert refused.field == field and field in str(refused)
-    assert NUMBER not in str(refused) and str(LUHN_ORDER) not in str(refused)
+    assert len(refusals) == 2, "published: not refused at the producer"
+    for refused in refusals:
+        assert refused.field == field and field in str(refused)
+        assert NUMBER not in str(refused) and str(LUHN_ORDER) not in str(refused)
     assert snapshot(e2e_redis) == before  # nothing at all reached Redis
 
 
@@ -273,4 +283,8 @@ def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worke
     assert any(path == "/metrics" for path, _ in flower.seen)
     for where, text in flower.texts():
         hits += scan_text(text, cvv2=CVV2, where=where)
-    assert hits == [], f"card data in clear: {hits[:30]}"
+    by_source = {}
+    for hit in hits:
+        source = "flower" if hit.startswith("flower") else "redis" if hit.startswith("redis") else "worker log"
+        by_source[source] = by_source.get(source, 0) + 1
+    assert hits == [], f"card data in clear, {len(hits)} hits {by_source}: {hits[:30]}"

@@ -8,6 +8,11 @@ same worker still charges a good payment.
 
 The invalid values are built independently of worker/gateway/validation.py: each strategy below states the
 documented rule it breaks.
+
+Card data outside the card (a card number as the amount, a customer field, the idempotency key, a trans id...)
+never reaches the broker at all: the producer refuses it (``CardDataRefused`` naming the field, issue 13), so
+for those examples that refusal is what is checked. Which examples hold card data is decided here by
+:func:`card_like`, written from the documented rule (worker/carddata.py), not by calling it.
 """
 from __future__ import annotations
 
@@ -19,12 +24,13 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.reliability.scenarios import (Fleet, new_key, producer_for, services_for, settings_for, worker_env)
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.sandbox import running_sandbox
+from worker.carddata import CardDataRefused
 
 pytestmark = pytest.mark.reliability
 
@@ -41,6 +47,71 @@ def luhn(digits: str) -> bool:
         d = int(ch) * (2 if i % 2 else 1)
         total += d - 9 if d > 9 else d
     return total % 10 == 0
+
+
+_DIGIT_RUN = re.compile(r"[0-9]+(?:[ -][0-9]+)*")
+
+
+def _card_in_text(text: str) -> bool:
+    """13-19 ASCII digits passing Luhn: one contiguous group, or consecutive groups of 3-6 digits joined by
+    single spaces/dashes; the digits right after "<digit>." (a fraction) are not read."""
+    for m in _DIGIT_RUN.finditer(text):
+        groups = re.split(r"[ -]", m.group())
+        if m.start() >= 2 and text[m.start() - 1] == "." and "0" <= text[m.start() - 2] <= "9":
+            groups = groups[1:]
+        for i in range(len(groups)):
+            for j in range(i, len(groups)):
+                part = groups[i:j + 1]
+                if len(part) > 1 and not all(3 <= len(g) <= 6 for g in part):
+                    break
+                digits = "".join(part)
+                if 13 <= len(digits) <= 19 and luhn(digits):
+                    return True
+    return False
+
+
+def card_like(value, name: str = "") -> bool:
+    """Whether ``value`` (an argument other than the card) holds card data: any string, number or key in it,
+    except an int given as ``order_id`` (an explicitly numeric order id)."""
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, int) and name == "order_id":
+        return False
+    if isinstance(value, dict):
+        return any(_card_in_text(str(k)) or card_like(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(card_like(v) for v in value)
+    return _card_in_text(str(value))
+
+
+def card_data_outside_the_card(task: str, args, kwargs) -> bool:
+    names = {"sale": ("amount", "card", "customer", "order_id", "idempotency_key"),
+             "auth": ("amount", "card", "customer", "order_id", "idempotency_key"),
+             "capture": ("trans_id", "amount", "idempotency_key"), "refund": ("trans_id", "amount", "idempotency_key"),
+             "void": ("trans_id", "idempotency_key")}[task]
+    charge = task in ("sale", "auth")
+    positional = [(names[i] if i < len(names) else "", v) for i, v in enumerate(args) if not (charge and i == 1)]
+    keyword = [(k, v) for k, v in kwargs.items() if not (charge and k == "card")]
+    return any(_card_in_text(str(name)) or card_like(v, name) for name, v in positional + keyword)
+
+
+def publish_or_refused(task, name, args, kwargs, what, sandbox):
+    """Publish the call; when it holds card data outside the card, check that the producer refused it instead
+    (naming the field, never the value) and nothing reached the gateway. Returns the AsyncResult or None."""
+    expected = card_data_outside_the_card(name, args, kwargs)
+    before = gateway_requests(sandbox)
+    try:
+        result = task.apply_async(args=args, kwargs=kwargs)
+    except CardDataRefused as exc:
+        event("refused at the producer: card data outside the card")
+        assert expected, f"refused {exc.field!r}, but nothing there is card data"
+        assert exc.field and (what in ("arguments", "sale_outcome") or exc.field.startswith(what.split(".")[0])), \
+            (exc.field, what)
+        assert "4111111111111111" not in str(exc)
+        assert gateway_requests(sandbox) == before
+        return None
+    assert not expected, "card data outside the card was published"
+    return result
 
 
 def amount_ok(value, allow_zero=False) -> bool:
@@ -269,7 +340,10 @@ def test_bad_input_is_a_recorded_error_and_never_reaches_the_gateway(bad_input_w
     sandbox, svc, fleet = bad_input_worker
     name, args, kwargs, what = call
     before = gateway_requests(sandbox)
-    outcome = (sale if name == "sale" else auth).apply_async(args=args, kwargs=kwargs).get(timeout=20)
+    result = publish_or_refused(sale if name == "sale" else auth, name, args, kwargs, what, sandbox)
+    if result is None:
+        return
+    outcome = result.get(timeout=20)
     assert isinstance(outcome, dict) and outcome["status"] == "ERROR", outcome
     assert outcome["message"].startswith("invalid input") and what in outcome["message"], outcome["message"]
     record = svc.store.get(outcome["payment_id"])
@@ -288,7 +362,10 @@ def test_bad_follow_up_input_is_a_recorded_error_and_never_reaches_the_gateway(b
     name, args, kwargs, what = call
     before = gateway_requests(sandbox)
     task = {"capture": capture, "refund": refund, "void": void}[name]
-    outcome = task.apply_async(args=args, kwargs=kwargs).get(timeout=20)
+    result = publish_or_refused(task, name, args, kwargs, what, sandbox)
+    if result is None:
+        return
+    outcome = result.get(timeout=20)
     assert isinstance(outcome, dict) and outcome["status"] == "ERROR", outcome
     assert outcome["message"].startswith("invalid input") and what in outcome["message"], outcome["message"]
     record = svc.store.get(outcome["payment_id"])

@@ -153,9 +153,9 @@ def redis_items(client) -> Iterator[tuple[str, str]]:
             for field, value in client.hgetall(key).items():
                 yield f"{where} [{_s(field)}]", _s(field)
                 yield f"{where} [{_s(field)}]", _s(value)
-        elif kind == "list":
-            for i, item in enumerate(client.lrange(key, 0, -1)):
-                yield f"{where} [{i}]", _s(item)
+        elif kind == "list":  # (no index in the label: a push moves every item)
+            for item in client.lrange(key, 0, -1):
+                yield where, _s(item)
         elif kind == "set":
             for member in client.smembers(key):
                 yield where, _s(member)
