@@ -200,31 +200,19 @@ def _refuse(check_as: str, value: Any, shown_as: str | None = None) -> None:
 
 # ---- masked reprs -------------------------------------------------------------------------------------
 
-def _masked_view(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask_text(value)
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return mask_text(str(value)) if contains_card_number(str(value)) else value
-    if isinstance(value, Mapping):
-        if CardVault.is_sealed(value):
-            return mask_card(value)
-        return {mask_text(str(k)) if isinstance(k, str) else k: _masked_view(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_masked_view(v) for v in value)
-    return value if not contains_card_number(str(value)) else mask_text(str(value))
+def _shown(value: Any, is_card: bool) -> Any:
+    return mask_card(value) if is_card or CardVault.is_sealed(value) else value
 
 
 def masked_reprs(name: str, args, kwargs, *, argsrepr_maxsize: int = 1024,
                  kwargsrepr_maxsize: int = 1024) -> tuple[str, str]:
     """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, everything
-    card-like masked (an int ``order_id`` too: a repr is text)."""
+    card-like in the text masked (an int ``order_id`` too: a repr is text). Card data elsewhere has been refused
+    before this runs; the mask of the whole text is what keeps an explicitly numeric order id out of reprs."""
     position = CARD_ARGUMENT.get(name)
-    shown_args = [mask_card(v) if i == position else _masked_view(v) for i, v in enumerate(args or ())]
-    shown_kwargs = {k: (mask_card(v) if position is not None and k == "card" else _masked_view(v))
-                    for k, v in (kwargs or {}).items()}
-    return (mask_text(saferepr(tuple(shown_args), argsrepr_maxsize)),
+    shown_args = tuple(_shown(v, i == position) for i, v in enumerate(args or ()))
+    shown_kwargs = {k: _shown(v, position is not None and k == "card") for k, v in (kwargs or {}).items()}
+    return (mask_text(saferepr(shown_args, argsrepr_maxsize)),
             mask_text(saferepr(shown_kwargs, kwargsrepr_maxsize)))
 
 
