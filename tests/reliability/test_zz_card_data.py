@@ -37,8 +37,8 @@ def test_the_aof_scan_reads_commands_not_the_numbers_redis_writes(tmp_path):
         return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
 
     aof = tmp_path / "appendonly.aof.1.incr.aof"
-    aof.write_bytes(resp(b"SELECT", b"0") + resp(b"SET", b"k", b"v", b"PXAT", b"1764213456123")  # Luhn-valid ms
-                    + resp(b"XADD", b"audit", b"MAXLEN", b"~", b"1000", b"1764213456123-0", b"to", b"PAID"))
+    aof.write_bytes(resp(b"SELECT", b"0") + resp(b"SET", b"k", b"v", b"PXAT", b"1764213456122")  # Luhn-valid ms
+                    + resp(b"XADD", b"audit", b"MAXLEN", b"~", b"1000", b"1764213456122-0", b"to", b"PAID"))
     assert scan_aof(aof, cvv2=cvv2) == []
     aof.write_bytes(aof.read_bytes() + resp(b"RPUSH", b"q", b'{"card": "4111111111111111"}'))
     assert scan_aof(aof, cvv2=cvv2)
