@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
 __all__ = ["percentile", "median", "commandstats", "command_delta", "summarize_profile", "STAGES",
            "OK_STATUSES", "FINAL_STATUSES", "run_metrics", "config_summary", "evaluate_targets", "headline"]
@@ -32,7 +33,7 @@ def median(values):
 
 def commandstats(info: dict) -> Counter:
     """``INFO commandstats`` (as redis-py parses it) -> Counter of calls by command name."""
-    out = Counter()
+    out: Counter[str] = Counter()
     for key, value in info.items():
         if key.startswith("cmdstat_") and isinstance(value, dict):
             out[key[len("cmdstat_"):]] = int(value.get("calls", 0))
@@ -41,7 +42,7 @@ def commandstats(info: dict) -> Counter:
 
 def command_delta(before: Counter, after: Counter, own: Counter | None = None) -> Counter:
     """Calls made between two snapshots, minus the benchmark's own polling (``own``)."""
-    delta = Counter()
+    delta: Counter[str] = Counter()
     for name in set(before) | set(after):
         n = after.get(name, 0) - before.get(name, 0) - (own or {}).get(name, 0)
         if n > 0:
@@ -60,8 +61,10 @@ def ratio(a, b):
 # ----------------------------------------------------------------------------------- one run
 def _outcomes(rows, sent):
     """Latencies (ms, recorded - sent) and record times of the payments that ended OK; errors by kind."""
-    lat, ends, errors = [], [], Counter()
-    for (status, end), t_sent in zip(rows, sent):
+    lat: list[float] = []
+    ends: list[float] = []
+    errors: Counter[str] = Counter()
+    for (status, end), t_sent in zip(rows, sent, strict=True):
         if status in OK_STATUSES and end is not None:
             lat.append((end - t_sent) * 1000.0)
             ends.append(end)
@@ -80,7 +83,8 @@ def run_metrics(*, n, ids, sent, rows, snapshots, own, t_start, finished, paced_
     at the end (``bench.runner.Runner.snapshot``), ``own`` the benchmark's own Redis commands."""
     s0, s1, s2 = snapshots
     lat, ends, errors = _outcomes(rows, sent)
-    missing = [pid for pid, (status, end) in zip(ids, rows) if not (status in OK_STATUSES and end is not None)]
+    missing = [pid for pid, (status, end) in zip(ids, rows, strict=True)
+               if not (status in OK_STATUSES and end is not None)]
     elapsed = (max(ends) - t_start) if ends else None
     cmds = command_delta(s0["cmds"], s2["cmds"], own)
     enqueue_cmds = command_delta(s0["cmds"], s1["cmds"], Counter({"info": 2}))
@@ -235,23 +239,32 @@ def _lib(path: str, package: str) -> bool:
 
 STAGES = (
     ("task body (tasks/payments.py: sale)", lambda f, p: _ours(p, "tasks/payments.py") and f == "sale"),
-    ("  argument binding (tasks/payments.py:_bind, inspect)", lambda f, p: _ours(p, "tasks/payments.py") and f == "_bind"),
+    ("  argument binding (tasks/payments.py:_bind, inspect)",
+     lambda f, p: _ours(p, "tasks/payments.py") and f == "_bind"),
     ("  card vault open (worker/vault.py)", lambda f, p: _ours(p, "worker/vault.py")),
     ("  results store (worker/store.py)", lambda f, p: _ours(p, "worker/store.py")),
     ("  gateway client (worker/gateway/*)", lambda f, p: "site-packages" not in p and "/worker/gateway/" in p),
-    ("    HTTP (requests/urllib3/http.client)", lambda f, p: _lib(p, "requests") or _lib(p, "urllib3") or p.endswith("http/client.py")),
+    ("    HTTP (requests/urllib3/http.client)",
+     lambda f, p: _lib(p, "requests") or _lib(p, "urllib3") or p.endswith("http/client.py")),
     ("    retry wrapper (tenacity)", lambda f, p: _lib(p, "tenacity")),
-    ("    proxy/env lookup (requests.utils, urllib.request)", lambda f, p: p.endswith("urllib/request.py") or (_lib(p, "requests") and f in ("get_environ_proxies", "should_bypass_proxies", "merge_environment_settings"))),
+    ("    proxy/env lookup (requests.utils, urllib.request)",
+     lambda f, p: p.endswith("urllib/request.py") or (_lib(p, "requests") and f in (
+         "get_environ_proxies", "should_bypass_proxies", "merge_environment_settings"))),
     ("    validation (worker/gateway/validation.py)", lambda f, p: _ours(p, "worker/gateway/validation.py")),
-    ("    seal / protocol (worker/gateway/seal.py, protocol.py)", lambda f, p: _ours(p, "worker/gateway/seal.py", "worker/gateway/protocol.py")),
+    ("    seal / protocol (worker/gateway/seal.py, protocol.py)",
+     lambda f, p: _ours(p, "worker/gateway/seal.py", "worker/gateway/protocol.py")),
     ("  logging", lambda f, p: "/logging/" in p),
     ("celery result backend store (celery/backends/*)", lambda f, p: _lib(p, "celery/backends")),
     ("celery task events (celery/events/*)", lambda f, p: _lib(p, "celery/events")),
     ("celery trace (celery/app/trace.py)", lambda f, p: p.endswith("celery/app/trace.py")),
-    ("broker receive + ack (kombu drain_events, Request.acknowledge)", lambda f, p: (_lib(p, "kombu") and f in ("drain_events", "Transport.drain_events", "Connection.drain_events")) or f in ("Request.acknowledge", "Consumer.call_soon_ack")),
+    ("broker receive + ack (kombu drain_events, Request.acknowledge)",
+     lambda f, p: (_lib(p, "kombu") and f in ("drain_events", "Transport.drain_events", "Connection.drain_events"))
+     or f in ("Request.acknowledge", "Consumer.call_soon_ack")),
     ("kombu (all callers)", lambda f, p: _lib(p, "kombu")),
     ("redis-py client (all callers)", lambda f, p: _lib(p, "redis")),
-    ("socket send/recv syscalls (all callers)", lambda f, p: f in ("SocketMixin.send", "SocketMixin.recv", "SocketMixin.recv_into", "socket.send", "socket.sendall", "socket.recv_into")),
+    ("socket send/recv syscalls (all callers)",
+     lambda f, p: f in ("SocketMixin.send", "SocketMixin.recv", "SocketMixin.recv_into", "socket.send",
+                        "socket.sendall", "socket.recv_into")),
     ("json (all callers)", lambda f, p: "/json/" in p),
 )
 
@@ -311,45 +324,59 @@ def _parse(line: str):
     return frames, n
 
 
-def _tally(lines) -> dict:
-    """Sample counts of the folded ``lines``: total, idle, inclusive and self per frame, self per package,
-    per stage and per part of the exclusive split."""
-    t = {"total": 0, "idle": 0, "inclusive": Counter(), "own": Counter(), "leaf_pkg": Counter(),
-         "stages": Counter(), "parts": Counter()}
-    for line in lines:
-        frames, n = _parse(line)
-        if not frames or not n:
-            continue
-        if frames[-1][0] in IDLE_LEAVES and "gevent" in frames[-1][1]:
-            t["idle"] += n
-            continue
-        t["total"] += n
+@dataclass
+class Tally:
+    """Sample counts of folded stacks: total, idle, inclusive and self per frame, self per package, per
+    stage and per part of the exclusive split."""
+
+    total: int = 0
+    idle: int = 0
+    inclusive: Counter[str] = field(default_factory=Counter)
+    own: Counter[str] = field(default_factory=Counter)
+    leaf_pkg: Counter[str] = field(default_factory=Counter)
+    stages: Counter[str] = field(default_factory=Counter)
+    parts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, frames, n: int) -> None:
+        self.total += n
         seen = set()
         for func, path in frames:
             key = f"{_short(path)}:{func}" if path else func
             if key not in seen:
                 seen.add(key)
-                t["inclusive"][key] += n
+                self.inclusive[key] += n
         func, path = frames[-1]
-        t["own"][f"{_short(path)}:{func}" if path else func] += n
+        self.own[f"{_short(path)}:{func}" if path else func] += n
         short = _short(path)
-        t["leaf_pkg"][short.split("/", 1)[0] if "/" in short else short] += n
+        self.leaf_pkg[short.split("/", 1)[0] if "/" in short else short] += n
         for name, test in STAGES:
             if any(test(f, p) for f, p in frames):
-                t["stages"][name] += n
+                self.stages[name] += n
         for name, test in PARTITION:
             if any(test(f, p) for f, p in frames):
-                t["parts"][name] += n
+                self.parts[name] += n
                 break
+
+
+def _tally(lines) -> Tally:
+    t = Tally()
+    for line in lines:
+        frames, n = _parse(line)
+        if not frames or not n:
+            continue
+        if frames[-1][0] in IDLE_LEAVES and "gevent" in frames[-1][1]:
+            t.idle += n
+            continue
+        t.add(frames, n)
     return t
 
 
 def summarize_profile(lines, top: int = 25) -> dict:
     """Inclusive and self shares (of all sampled, non-idle stacks) by file:function and by stage."""
     t = _tally(lines)
-    total = t["total"]
+    total = t.total
     if not total:
-        return {"samples": 0, "idle_samples_dropped": t["idle"]}
+        return {"samples": 0, "idle_samples_dropped": t.idle}
 
     def pct(counter, k=top, skip_ubiquitous=False):
         out = []
@@ -362,18 +389,18 @@ def summarize_profile(lines, top: int = 25) -> dict:
                 break
         return out
 
-    ours = Counter({k: v for k, v in t["inclusive"].items() if k.startswith(("worker/", "tasks/"))})
+    ours = Counter({k: v for k, v in t.inclusive.items() if k.startswith(("worker/", "tasks/"))})
     return {
         "samples": total,
-        "idle_samples_dropped": t["idle"],
-        "partition_pct": [{"part": name, "pct": round(100.0 * t["parts"][name] / total, 1)}
-                          for name, _ in PARTITION if t["parts"][name]],
-        "stages_inclusive_pct": [{"stage": name, "pct": round(100.0 * t["stages"][name] / total, 1)}
+        "idle_samples_dropped": t.idle,
+        "partition_pct": [{"part": name, "pct": round(100.0 * t.parts[name] / total, 1)}
+                          for name, _ in PARTITION if t.parts[name]],
+        "stages_inclusive_pct": [{"stage": name, "pct": round(100.0 * t.stages[name] / total, 1)}
                                  for name, _ in STAGES],
-        "top_inclusive": pct(t["inclusive"], skip_ubiquitous=True),
+        "top_inclusive": pct(t.inclusive, skip_ubiquitous=True),
         "top_inclusive_ours": pct(ours),
-        "top_self": pct(t["own"]),
-        "self_by_package": pct(t["leaf_pkg"], 15),
+        "top_self": pct(t.own),
+        "self_by_package": pct(t.leaf_pkg, 15),
     }
 
 

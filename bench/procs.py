@@ -47,6 +47,7 @@ def start_sandbox(*, args=(), env=None, timeout=20.0):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
         start_new_session=True, preexec_fn=_die_with_parent,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:

@@ -49,7 +49,7 @@ def table(result) -> str:
     head = " ".join(f"{n:>{w}}" for n, w in TABLE_COLUMNS)
     lines = [head, "-" * len(head)]
     for c in result["configs"]:
-        lines.append(" ".join(f"{str(v):>{w}}" for v, (_, w) in zip(_row(c), TABLE_COLUMNS)))
+        lines.append(" ".join(f"{v!s:>{w}}" for v, (_, w) in zip(_row(c), TABLE_COLUMNS, strict=True)))
     lines += [
         "",
         "ours/s, base/s: capacity (pre-filled queue), median payments/s; bound/s = c x w / latency;",
@@ -69,7 +69,7 @@ def markdown(result) -> str:
             "RSS MB ours | RSS MB base | Redis cmds ours | Redis cmds base | errors | redelivered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in result["configs"]:
-        vals = _row(c) + [c["ours"].get("redelivered", 0)]
+        vals = [*_row(c), c["ours"].get("redelivered", 0)]
         lines.append("| " + " | ".join(str(v) for v in vals) + " |")
     return "\n".join(lines)
 

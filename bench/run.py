@@ -69,7 +69,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.runner import DEFAULT_REDIS_URL  # noqa: E402  (after the path set-up: python bench/run.py)
+from bench.runner import DEFAULT_REDIS_URL, Bench  # noqa: E402  (after the path set-up: python bench/run.py)
+
 
 # ------------------------------------------------------------------------------------ arguments
 def _list(kind):
@@ -77,7 +78,7 @@ def _list(kind):
         try:
             values = [kind(v) for v in str(text).split(",") if v.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a comma-separated list of {kind.__name__}: {text!r}")
+            raise argparse.ArgumentTypeError(f"not a comma-separated list of {kind.__name__}: {text!r}") from None
         if not values:
             raise argparse.ArgumentTypeError("empty list")
         return values
@@ -121,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-chart", dest="chart", action="store_false", help="skip the PNG chart")
     what_if = p.add_argument_group("what-if experiments on OUR side only (recorded in the JSON settings)")
     what_if.add_argument("--ours-worker-arg", action="append", default=[], metavar="ARG",
-                         help="extra `celery worker` argument for our workers, e.g. --ours-worker-arg=--prefetch-multiplier=4")
+                         help="extra `celery worker` argument for our workers, "
+                              "e.g. --ours-worker-arg=--prefetch-multiplier=4")
     return p
 
 
@@ -134,10 +136,9 @@ def _sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _measure(args) -> tuple[object, dict | None, int]:
+def _measure(args) -> tuple[Bench, dict | None, int]:
     """Set up, run the matrix, tear down: (bench, result or None, exit status when there is no result)."""
     from bench.procs import StartError
-    from bench.runner import Bench
 
     bench = Bench(args)
     try:
@@ -146,7 +147,9 @@ def _measure(args) -> tuple[object, dict | None, int]:
     except (KeyboardInterrupt, SystemExit) as exc:
         bench.env.failed = True
         print("bench: interrupted", file=sys.stderr)
-        return bench, None, 130 if isinstance(exc, KeyboardInterrupt) else (exc.code if isinstance(exc.code, int) else 1)
+        if isinstance(exc, KeyboardInterrupt):
+            return bench, None, 130
+        return bench, None, exc.code if isinstance(exc.code, int) else 1
     except StartError as exc:
         bench.env.failed = True
         print(f"bench: error: {exc}", file=sys.stderr)

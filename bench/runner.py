@@ -17,13 +17,22 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench import procs
-from bench.analysis import commandstats, config_summary, evaluate_targets, headline, median, merge_folded
-from bench.analysis import run_metrics, summarize_profile
+from bench.analysis import (
+    commandstats,
+    config_summary,
+    evaluate_targets,
+    headline,
+    median,
+    merge_folded,
+    run_metrics,
+    summarize_profile,
+)
 from bench.sides import STORE_PREFIX, Baseline, Ours, Side
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,16 +92,17 @@ class BenchEnv:
         self.out = Path(args.out) if args.out else ROOT / "bench" / "results"
         self.stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         self.logdir = Path(tempfile.mkdtemp(prefix=f"bench-{self.run_id}-"))
-        self.redis_proc = None
-        self.redis_tmp = None
-        self.sandbox = None
-        self.sandbox_url = None
-        self.r = None
-        self.redis_url = None
+        self.redis_proc: subprocess.Popen | None = None
+        self.redis_tmp: str | None = None
+        self.sandbox: Any = None  # subprocess.Popen once setup() has run
+        self.sandbox_url = ""
+        self.r: Any = None  # redis.Redis once setup() has run
+        self.redis_url = ""
         self.redis_exclusive = False
         self.failed = False
-        self.ours_app = self.baseline_app = None
-        self.worker_env: dict = {}
+        self.ours_app: Any = None
+        self.baseline_app: Any = None
+        self.worker_env: dict[str, str] = {}
 
     def setup(self) -> None:
         self._redis()
@@ -157,6 +167,7 @@ class BenchEnv:
                 pass
         if self.redis_proc is not None:
             procs.stop(self.redis_proc, timeout=5)
+        if self.redis_tmp is not None:
             shutil.rmtree(self.redis_tmp, ignore_errors=True)
         if not self.failed:
             shutil.rmtree(self.logdir, ignore_errors=True)
@@ -214,7 +225,7 @@ class Workers:
         deadline = time.monotonic() + 90
         missing = set(side.hostnames)
         while missing and time.monotonic() < deadline:
-            for proc, log in zip(side.procs, side.logs):
+            for proc, log in zip(side.procs, side.logs, strict=True):
                 if proc.poll() is not None:
                     self.env.failed = True
                     raise procs.StartError(f"{side.name} worker exited at start (rc={proc.returncode}): "
@@ -241,7 +252,7 @@ class Workers:
         raise RuntimeError(f"{side.name} workers did not confirm {'add' if on else 'cancel'}_consumer")
 
     def check_alive(self, side: Side) -> None:
-        for proc, log in zip(side.procs, side.logs):
+        for proc, log in zip(side.procs, side.logs, strict=True):
             if proc.poll() is not None:
                 self.env.failed = True
                 raise RuntimeError(f"{side.name} worker died (rc={proc.returncode}): {tail(log)}")
@@ -368,7 +379,7 @@ class Runner:
         """One measured run of ``n`` payments: burst (pre-filled queue) or paced (open loop)."""
         args = self.env.args
         self.env.set_latency(latency_ms)
-        own = Counter()
+        own: Counter[str] = Counter()
         side.reset_poll(self.r, Counter())  # before the window: not subtracted
         side.redelivered = 0
         tag = f"{self.env.run_id}-{uuid.uuid4().hex[:6]}"
@@ -376,7 +387,7 @@ class Runner:
         # Fire and forget keeps only the task ids. With --producer-subscribe the AsyncResults are
         # held until the run is over, as an application that tracks them would: each holds a
         # pub/sub subscription (Celery drops it when the AsyncResult is garbage collected).
-        held = [] if args.producer_subscribe else None
+        held: list | None = [] if args.producer_subscribe else None
 
         def enqueue(i):
             result = side.enqueue(i, tag)
@@ -393,7 +404,7 @@ class Runner:
         finished = self.wait_done(side, ids, own, deadline, latency_ms)
         s2 = self.snapshot(side, own)
         pubsub_omem = self.env.pubsub_output_memory(own) if held is not None else None
-        del held
+        held = None  # drops them (and their subscriptions) now, before the next run
         if finished:
             self.workers.consume(side, False)
         else:
@@ -482,6 +493,7 @@ class Bench:
 
     @property
     def sides(self) -> tuple[Side, Side]:
+        assert self.ours is not None and self.baseline is not None, "setup() first"
         return self.ours, self.baseline
 
     def setup(self) -> None:
@@ -490,7 +502,7 @@ class Bench:
 
     def close(self) -> None:
         self.profiler.close()
-        for side in self.sides:
+        for side in (self.ours, self.baseline):
             if side is not None:
                 self.workers.stop(side)
         self.env.close()
@@ -498,7 +510,7 @@ class Bench:
     def run(self) -> dict:
         configs: list[dict] = []
         profiles: dict = {}
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         for pool, conc in itertools.product(self.args.pool, self.args.concurrency):
             configs += self._block(pool, conc, profiles)
         return self._result(configs, profiles, started)
@@ -523,7 +535,8 @@ class Bench:
                 self.workers.stop(side)
 
     def _alternating(self, rep: int) -> tuple[Side, Side]:
-        return (self.ours, self.baseline) if rep % 2 == 0 else (self.baseline, self.ours)
+        ours, baseline = self.sides
+        return (ours, baseline) if rep % 2 == 0 else (baseline, ours)
 
     def _latency(self, pool: str, conc: int, latency: float, warm: int, profiles: dict) -> dict:
         a = self.args
@@ -569,7 +582,7 @@ class Bench:
         a, env = self.args, self.env
         result = {
             "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:])]),
             "settings": {
                 "payments": a.payments, "repeat": a.repeat, "workers": a.workers, "pools": a.pool,

@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = "100000000001"
@@ -37,6 +38,7 @@ def start_sandbox(extra: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "worker.sandbox", "--port", "0",
                              "--account-id", ACCOUNT, "--secret-key", SECRET, *extra],
                             cwd=str(ROOT), env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None  # stdout=PIPE
     line = proc.stdout.readline().strip()
     if not line.startswith("sandbox listening on "):
         proc.kill()
@@ -47,7 +49,7 @@ def start_sandbox(extra: list[str]) -> tuple[subprocess.Popen, str]:
 def percentile(sorted_values: list[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
-    k = min(len(sorted_values) - 1, max(0, int(round(p / 100.0 * (len(sorted_values) - 1)))))
+    k = min(len(sorted_values) - 1, max(0, round(p / 100.0 * (len(sorted_values) - 1))))
     return sorted_values[k]
 
 
@@ -74,7 +76,7 @@ def sale_body() -> str:
 class Load:
     """N client threads, one keep-alive connection each, sending SALEs until ``stop_at``."""
 
-    HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+    HEADERS: ClassVar[dict[str, str]] = {"Content-Type": "application/x-www-form-urlencoded"}
 
     def __init__(self, host: str, port: int, connections: int):
         self.host, self.port = host, port

@@ -97,7 +97,8 @@ class Ours(Side):
             for pid in chunk:
                 pipe.hget(f"{STORE_PREFIX}op:{pid}", "status")
             own["hget"] += len(chunk)
-            still += [pid for pid, status in zip(chunk, pipe.execute()) if text(status) not in FINAL_STATUSES]
+            statuses = pipe.execute()
+            still += [pid for pid, status in zip(chunk, statuses, strict=True) if text(status) not in FINAL_STATUSES]
         self._unconfirmed = still
         return len(pending) - len(still)
 
@@ -124,7 +125,7 @@ class Ours(Side):
         if not missing:
             return
         metas = r.mget([f"celery-task-meta-{ids[i]}" for i in missing])
-        for i, raw in zip(missing, metas):
+        for i, raw in zip(missing, metas, strict=True):
             if raw:
                 meta = json.loads(raw)
                 exc = meta.get("result") if isinstance(meta.get("result"), dict) else {}

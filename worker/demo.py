@@ -81,7 +81,8 @@ def _scenario(timeout: float) -> int:
             sale_outcome = result.parent.get(timeout=timeout)
             void_outcome = result.get(timeout=timeout)
         except CeleryTimeout:
-            raise CommandError(f"no outcome within {timeout:g}s: is the worker running and the gateway reachable?")
+            raise CommandError(
+                f"no outcome within {timeout:g}s: is the worker running and the gateway reachable?") from None
         finally:
             release(result)
         print(f"--- SALE {sale_outcome['payment_id']}")

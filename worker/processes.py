@@ -36,6 +36,7 @@ def start_sandbox(*, host="127.0.0.1", port=0, args=(), env=None, timeout=15.0):
         [sys.executable, "-m", "worker.sandbox", "--host", host, "--port", str(port), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env,
     )
+    assert proc.stdout is not None  # stdout=PIPE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -67,9 +68,9 @@ def start_worker(*, env, pool="threads", concurrency=4, loglevel="INFO", logfile
     if logfile:
         cmd += ["--logfile", str(logfile)]
     cmd += list(extra)
-    out = open(os.devnull, "w") if logfile else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
-                            start_new_session=True)
+    quiet = logfile is not None  # the log file has it all: nothing on our terminal
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL if quiet else None,
+                            stderr=subprocess.STDOUT if quiet else None, start_new_session=True)
     return proc
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def payments(*args, env=None, timeout=60, card=None) -> subprocess.CompletedProc
 
 def outcome_blocks(stdout: str) -> list[dict]:
     """Split printed outcomes into one dict per block of the eight labelled lines."""
-    blocks, current = [], None
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
     for line in stdout.splitlines():
         label, sep, value = line.partition(": ")
         if label == LABELS[0]:
@@ -238,6 +240,25 @@ def test_input_the_worker_would_refuse_is_refused_before_anything_is_enqueued(_w
 GOOD_CARD = ("4111111111111111", "123")
 
 
+@pytest.fixture(scope="module")
+def lonely_redis():
+    """A throwaway redis-server of this module's own: no worker consumes from it and no other test (or
+    engineer) writes to it, so "nothing reached Redis" and "no worker answers" hold by construction."""
+    from bench.procs import StartError, start_private_redis, stop
+
+    try:
+        proc, url, tmp = start_private_redis()
+    except StartError as exc:  # pragma: no cover - redis-server not installed
+        pytest.skip(str(exc))
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client, url
+    finally:
+        client.close()
+        stop(proc, timeout=5)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @pytest.mark.parametrize("args, card, message", [
     (("sale", "--amount", "3.00", "--expire", "1320"), GOOD_CARD, "card.expire: month must be 01-12"),
     (("sale", "--amount", "3.00", "--expire", "0120"), GOOD_CARD, "card.expire: card has expired"),
@@ -249,25 +270,27 @@ GOOD_CARD = ("4111111111111111", "123")
     (("capture", "--trans-id", "100000000001", "--amount", "1.005"), None, "amount: at most two decimals"),
 ])
 def test_bad_expiry_cvv2_customer_and_trans_id_are_refused_before_anything_is_enqueued(args, card, message,
-                                                                                        demo_redis):
-    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL)
-    done = payments("enqueue", *args, env=env, card=card)
+                                                                                        lonely_redis):
+    client, url = lonely_redis
+    client.flushdb()
+    done = payments("enqueue", *args, env=dict(os.environ, REDIS_URL=url), card=card)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip() == f"payments: error: invalid input: {message}"
-    assert demo_redis.dbsize() == 0, "something reached Redis"
+    assert client.dbsize() == 0, "something reached Redis"
 
 
-def test_an_empty_standard_input_is_a_missing_card_number(demo_redis):
-    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL)
-    done = payments("enqueue", "auth", "--amount", "0.00", "--expire", "1230", env=env)
+def test_an_empty_standard_input_is_a_missing_card_number(lonely_redis):
+    client, url = lonely_redis
+    client.flushdb()
+    done = payments("enqueue", "auth", "--amount", "0.00", "--expire", "1230", env=dict(os.environ, REDIS_URL=url))
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip() == "payments: error: invalid input: card.number: required, as a string of digits"
-    assert demo_redis.dbsize() == 0, "something reached Redis"
+    assert client.dbsize() == 0, "something reached Redis"
 
 
-def test_enqueue_with_no_worker_running_ends_with_one_line_and_no_shutdown_traceback(demo_redis):
-    # A database no worker consumes from: the outcome never comes.
-    env = dict(os.environ, REDIS_URL=DEMO_REDIS_URL)
+def test_enqueue_with_no_worker_running_ends_with_one_line_and_no_shutdown_traceback(lonely_redis):
+    # A Redis no worker consumes from: the outcome never comes.
+    env = dict(os.environ, REDIS_URL=lonely_redis[1])
     for args in (("sale", "--amount", "3.00", "--expire", "1230", "--then-void"),
                  ("void", "--trans-id", "100000000001")):
         done = payments("enqueue", *args, "--timeout", "1", env=env, card=("4111111111111111", "123"))

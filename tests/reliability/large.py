@@ -53,8 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def scenarios(args, plain, durable, logdir: Path, say) -> dict:
     """Scenario name -> a function running it at the size ``--payments`` asks for."""
-    from tests.reliability.scenarios import (run_concurrent_sweeps, run_duplicate_delivery,
-                                             run_payments_under_chaos, run_redis_restart)
+    from tests.reliability.scenarios import (
+        run_concurrent_sweeps,
+        run_duplicate_delivery,
+        run_payments_under_chaos,
+        run_redis_restart,
+    )
 
     n = args.payments
     return {
