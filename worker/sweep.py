@@ -86,8 +86,10 @@ def republish_lost(store, task_id: str, entry: dict) -> str:
                   task_id, MAX_REPUBLISH + 1)
         store.outbox_done(task_id)
         return "given_up"
-    republish(entry["message"])
+    # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
+    # re-published message had already removed (and the message would be published yet again later).
     store.outbox_republished(task_id, entry)
+    republish(entry["message"])
     log.warning("sweep: message %s was not finished after publishing; published again", task_id)
     return "republished"
 
