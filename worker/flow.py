@@ -199,6 +199,10 @@ class PaymentFlow:
         ``message_id``: the broker message being run, whose outbox entry the claim removes.
         ``redelivered``: the message was delivered before (stq is asked before the first send)."""
         number = card.get("number") if isinstance(card, dict) else None
+        if isinstance(invoice_id, int) and not isinstance(invoice_id, bool):
+            # An explicitly numeric order id (carddata: an int is never a card number) goes to the gateway whole;
+            # the record keeps it masked when its digits look like a card (no scanner could tell them apart).
+            invoice_id = str(invoice_id)
         fields: dict[str, Any] = {
             "amount": _short(amount, 32) if amount is not None else "",
             "order_id": payment_id,
