@@ -230,7 +230,10 @@ def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
         proc, log = started.run("beat", local_command(command_of(services["beat"]), ports, tmp_path),
                                 local_env(services["beat"], sandbox_url))
         wait_until(lambda: "beat: Starting..." in log.read_text(), 30, "beat to log that it starts", proc, log)
-        assert list(tmp_path.glob("celerybeat-schedule*")), "beat keeps its schedule where compose says (/data)"
+        # Celery logs "beat: Starting..." just before it builds its scheduler, which opens (creates) the schedule
+        # file: a few ms later, more on a loaded machine. Checking the instant the line shows up was a race.
+        wait_until(lambda: list(tmp_path.glob("celerybeat-schedule*")), 10,
+                   "beat to keep its schedule where compose says (/data)", proc, log)
 
         # flower: 401 without credentials, 200 with the compose file's own
         flower_url = f"http://127.0.0.1:{ports['5555']}"
