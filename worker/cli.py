@@ -180,7 +180,12 @@ def cmd_enqueue(args) -> int:
         raise CommandError("--then-void follows a sale or an auth")
     svc = _services()
     _ping_redis(svc)
-    result = _publish(op, args)
+    from worker.carddata import CardDataRefused
+
+    try:
+        result = _publish(op, args)
+    except CardDataRefused as exc:  # card-like data outside the card: the producer refuses to publish it
+        raise CommandError(str(exc)) from None
     try:
         print(f"enqueued {op} task {result.id}", file=sys.stderr)
         if not args.wait:
