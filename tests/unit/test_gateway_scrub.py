@@ -98,3 +98,12 @@ def test_filter_survives_bad_format():
     rec = logging.LogRecord("x", logging.INFO, __file__, 1, "bad %d %s", ("4111111111111111",), None)
     assert S.ScrubbingFilter().filter(rec)
     assert "4111111111111111" not in rec.getMessage()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("invalid input: card.cvv2: must be 3 or 4 digits", "invalid input: card.cvv2: must be 3 or 4 digits"),
+    ("cvv2=123", "cvv2=***"),
+    ("CVCCVV2=12a4&MODE=TEST", "CVCCVV2=***&MODE=TEST"),
+])
+def test_a_cvv2_value_is_digits_and_a_message_naming_the_field_is_kept(text, expected):
+    assert scrub(text) == expected

@@ -62,8 +62,16 @@ def scrub(text: str) -> str:
     secret_re = _secret_re
     if secret_re is not None:
         text = secret_re.sub(_MASK, text)
-    text = _KEYED.sub(lambda m: m.group(1) + _MASK, text)
+    text = _KEYED.sub(_mask_keyed, text)
     return mask_text(text)
+
+
+def _mask_keyed(match: re.Match[str]) -> str:
+    # A CVV2 is digits: "cvv2: must be 3 or 4 digits" names the field, it does not hold one.
+    key, value = match.group(1), match.group(2)
+    if "CV" in key.upper() and not any(ch.isdigit() for ch in value):
+        return match.group(0)
+    return key + _MASK
 
 
 class ScrubbingFilter(logging.Filter):
