@@ -17,8 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.carddata import contains_card_number
 from worker.celery_app import app
 from worker.flow import GatewayOutage, LeaseBusy
-from worker.gateway import InvalidInput
-from worker.gateway import validation
+from worker.gateway import InvalidInput, validation
 from worker.sealing import unsealed_card_in
 from worker.services import services
 from worker.vault import CardSealError
@@ -71,7 +70,7 @@ class PaymentTask(Task):
         except LeaseBusy as busy:
             if request.retries >= MAX_BUSY_RETRIES:
                 return services().flow.current_outcome(request.payment_id)
-            raise self.retry(countdown=busy.countdown)
+            raise self.retry(countdown=busy.countdown) from busy
         except SoftTimeLimitExceeded:
             # the flow parked the operation (UNKNOWN if an attempt may be out): the sweep reconciles it
             return services().flow.current_outcome(request.payment_id)
@@ -79,7 +78,7 @@ class PaymentTask(Task):
             # The message stays unacknowledged if even the re-queue fails: the broker redelivers it.
             log.warning("%s %s: Redis unavailable (%s); re-queued", self.operation, request.payment_id,
                         type(exc).__name__)
-            raise self.retry(countdown=5, max_retries=None if request.retries < 20 else 0)
+            raise self.retry(countdown=5, max_retries=None if request.retries < 20 else 0) from exc
         except Exception as exc:  # a bug must not lose the job: parked by the flow, or an ERROR record
             log.error("%s %s failed: %s", self.operation, request.payment_id, type(exc).__name__, exc_info=True)
             outcome = services().flow.current_outcome(request.payment_id)

@@ -29,12 +29,11 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from worker.carddata import card_fingerprints, mask_number
-from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response
-from worker.gateway import validation
+from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response, validation
 from worker.gateway.scrub import scrub
 from worker.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
@@ -101,7 +100,7 @@ def _short(text: object, limit: int = 200) -> str:
 
 
 def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def request_fingerprints(operation: str, *, amount: str | None, target: str = "", card_number: str | None = None,
@@ -114,7 +113,7 @@ def request_fingerprints(operation: str, *, amount: str | None, target: str = ""
             for part in card_parts]
 
 
-def response_fields(response: Response) -> dict:
+def response_fields(response: Response) -> dict[str, str]:
     fields = {
         "message": response.message or "",
         "trans_id": response.trans_id or "",
@@ -138,7 +137,7 @@ def status_of(response: Response) -> Status:
     return Status.ERROR
 
 
-def interpret(operation: str, response: Response) -> tuple[Status, dict]:
+def interpret(operation: str, response: Response) -> tuple[Status, dict[str, str]]:
     """The recorded status and fields for a gateway answer to ``operation``."""
     fields = response_fields(response)
     status = status_of(response)
@@ -151,7 +150,7 @@ def interpret(operation: str, response: Response) -> tuple[Status, dict]:
     return status, fields
 
 
-def error_outcome(operation: str, payment_id: str, message: str, error_class: str, **extra: str) -> dict:
+def error_outcome(operation: str, payment_id: str, message: str, error_class: str, **extra: str) -> dict[str, Any]:
     """An ERROR outcome for this delivery only: nothing is stored (the key belongs to another request, or
     another worker holds it)."""
     now = _iso_now()
@@ -193,7 +192,7 @@ class PaymentFlow:
     # ----------------------------------------------------------------- public operations
     def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
-               redelivered: bool = False) -> dict:
+               redelivered: bool = False) -> dict[str, Any]:
         """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
 
         ``message_id``: the broker message being run, whose outbox entry the claim removes.
@@ -214,27 +213,25 @@ class PaymentFlow:
             fields["then_void"] = "1"
         try:
             checked_card = validation.card(card)
-            args = {
-                "amount": validation.amount(amount, allow_zero=(operation == "auth")),
-                "customer": validation.customer(customer),
-                "invoice_id": validation.invoice_id(invoice_id) if invoice_id is not None else None,
-            }
+            checked_amount = validation.amount(amount, allow_zero=(operation == "auth"))
+            checked_customer = validation.customer(customer)
+            checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
         except InvalidInput as exc:
             return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
-        fields["amount"] = args["amount"]
-        fingerprints = request_fingerprints(operation, amount=args["amount"], card_number=checked_card.number,
+        fields["amount"] = checked_amount
+        fingerprints = request_fingerprints(operation, amount=checked_amount, card_number=checked_card.number,
                                             card_keys=self.card_keys)
-        verb = getattr(self.gateway, operation)
+        verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.sale or Gateway.auth
 
         def send(duplicate_override: bool) -> Response:
-            return verb(args["amount"], checked_card, args["customer"], order_id=payment_id,
-                        duplicate_override=duplicate_override, invoice_id=args["invoice_id"])
+            return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
+                        duplicate_override=duplicate_override, invoice_id=checked_invoice)
 
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
 
     def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
-                  redelivered: bool = False) -> dict:
+                  redelivered: bool = False) -> dict[str, Any]:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
         target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
         fields: dict[str, Any] = {"target": target, "order_id": payment_id}
@@ -254,7 +251,7 @@ class PaymentFlow:
         if checked_amount is not None:
             fields["amount"] = checked_amount
         fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
-        verb = getattr(self.gateway, operation)
+        verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.capture, .refund or .void
 
         def send(duplicate_override: bool) -> Response:
             if operation == "void":
@@ -264,7 +261,7 @@ class PaymentFlow:
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
 
     def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
-                   redelivered: bool = False) -> dict:
+                   redelivered: bool = False) -> dict[str, Any]:
         """The chain link: void a sale outcome only when it was approved, otherwise SKIPPED."""
         if not isinstance(sale_outcome, dict) or not sale_outcome.get("payment_id"):
             raise InvalidInput("sale_outcome", "void after a sale needs the sale's outcome dict")
@@ -285,8 +282,8 @@ class PaymentFlow:
         return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent, message_id=message_id,
                               redelivered=redelivered)
 
-    def skip(self, operation: str, payment_id: str, parent: str, reason: str, *, sale: dict | None = None,
-             message_id: str = "") -> dict:
+    def skip(self, operation: str, payment_id: str, parent: str, reason: str, *,
+             sale: dict[str, Any] | None = None, message_id: str = "") -> dict[str, Any]:
         fields = {"parent": parent, "order_id": payment_id}
         for key in ("masked_account", "card_type", "amount", "target"):
             if sale and sale.get(key):
@@ -301,7 +298,7 @@ class PaymentFlow:
         return task_outcome(record or self.store.get(payment_id))
 
     def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
-               error_class: str = "InvalidInput", message_id: str = "") -> dict:
+               error_class: str = "InvalidInput", message_id: str = "") -> dict[str, Any]:
         """A delivery that cannot run (bad arguments, a seal that does not open): a final ERROR record when the
         operation has none; when it has one, this delivery's own ERROR, and the record is left alone."""
         owner = new_owner()
@@ -318,11 +315,11 @@ class PaymentFlow:
             return task_outcome(existing)  # this very refusal, delivered again
         return error_outcome(operation, payment_id, _short(message), error_class)
 
-    def current_outcome(self, payment_id: str) -> dict:
+    def current_outcome(self, payment_id: str) -> dict[str, Any]:
         record = self.store.get(payment_id)
         return task_outcome(record) if record else {"payment_id": payment_id, "status": Status.UNKNOWN.value}
 
-    def give_up_retrying(self, operation: str, payment_id: str, reason: str) -> dict:
+    def give_up_retrying(self, operation: str, payment_id: str, reason: str) -> dict[str, Any]:
         """Outage re-queues ran out. A provably unsent operation ends ERROR (``not_charged``); one that may have
         been sent stays UNKNOWN for the sweep (only stq may settle it)."""
         owner = new_owner()
@@ -340,8 +337,8 @@ class PaymentFlow:
         return task_outcome(parked or self.store.get(payment_id))
 
     # ----------------------------------------------------------------- the engine
-    def _run(self, operation: str, payment_id: str, fields: dict, fingerprints: list[str],
-             send: Callable[[bool], Response], message_id: str, redelivered: bool) -> dict:
+    def _run(self, operation: str, payment_id: str, fields: dict[str, Any], fingerprints: list[str],
+             send: Callable[[bool], Response], message_id: str, redelivered: bool) -> dict[str, Any]:
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, fields=fields, owner=owner, lease_seconds=self.lease_seconds,
                                  message_id=message_id, fingerprints=fingerprints,
@@ -383,7 +380,7 @@ class PaymentFlow:
                                 type(park_exc).__name__)
                 raise
 
-    def _drive(self, run: _Run, record: dict, now: float, *, journaled: bool) -> dict:
+    def _drive(self, run: _Run, record: dict[str, Any], now: float, *, journaled: bool) -> dict[str, Any]:
         sent_ts = float(record.get("sent_ts") or 0) or None
         if sent_ts is not None:
             # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
@@ -399,7 +396,7 @@ class PaymentFlow:
             # Absent, and every attempt that may have been sent is older than the horizon: never landed.
         return self._send(run, journaled=journaled, sent_before=sent_ts)
 
-    def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict:
+    def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict[str, Any]:
         duplicate_override = False
         for _ in range(MAX_SENDS):
             if self.clock() >= run.deadline:
@@ -439,7 +436,7 @@ class PaymentFlow:
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
 
-    def _answer(self, run: _Run, response: Response, **extra: str) -> dict:
+    def _answer(self, run: _Run, response: Response, **extra: str) -> dict[str, Any]:
         """Record the gateway's answer to our request."""
         if run.operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
             # An earlier delivery of this very void may have gone through: record that VOID with its trans id.
@@ -449,12 +446,12 @@ class PaymentFlow:
         status, fields = interpret(run.operation, response)
         return self._finish(run, status, dict(fields, **extra))
 
-    def _adopt(self, run: _Run, found: Response) -> dict:
+    def _adopt(self, run: _Run, found: Response) -> dict[str, Any]:
         status, fields = interpret(run.operation, found)
         fields["reconciled"] = "stq"
         return self._finish(run, status, fields, note="adopted from stq")
 
-    def _finish(self, run: _Run, status: Status, fields: dict, *, note: str = "") -> dict:
+    def _finish(self, run: _Run, status: Status, fields: dict[str, Any], *, note: str = "") -> dict[str, Any]:
         record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
                                        owner=run.owner, sent=True, reflect=run.follow_up,
                                        note=note or fields.get("message", ""))
@@ -487,7 +484,7 @@ class PaymentFlow:
         return found
 
     # ----------------------------------------------------------------- the sweep's reconciliation
-    def reconcile(self, record: dict, *, give_up_after: float, retry_base: float = 60.0) -> str:
+    def reconcile(self, record: dict[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
         """The sweep's look at an operation left non-final: adopt, close as not charged, or wait.
 
         Returns what happened: adopted, not_charged, still_unknown, gave_up, or skipped (taken/final/not due).

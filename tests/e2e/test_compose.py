@@ -82,7 +82,7 @@ def test_redis_keeps_jobs_with_aof_refuses_eviction_and_has_a_healthcheck(servic
     redis_svc = services["redis"]
     cmd = command_of(redis_svc)
     assert cmd[0] == "redis-server"
-    options = dict(zip(cmd[1::2], cmd[2::2]))
+    options = dict(zip(cmd[1::2], cmd[2::2], strict=False))
     assert options.get("--appendonly") == "yes"
     assert options.get("--maxmemory-policy") == "noeviction"
     assert options.get("--appendfsync") in ("everysec", "always")
@@ -249,5 +249,5 @@ def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
             assert proc.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"
     finally:
         started.stop_all()
-    for name, proc, log in started.procs:
+    for name, _proc, log in started.procs:
         assert "Traceback" not in log.read_text(), f"{name}:\n{log.read_text()[-3000:]}"

@@ -53,11 +53,9 @@ def flower_env(**extra) -> dict:
 
 
 def start_flower(port, env, log_path):
-    log = open(log_path, "w")
-    proc = subprocess.Popen([*celery_cmd(), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    return proc
+    with open(log_path, "w") as log:
+        return subprocess.Popen([*celery_cmd(), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_process(proc):
@@ -236,7 +234,7 @@ def test_flower_refuses_to_start_without_basic_auth(celery_worker, tmp_path, aut
         code = proc.wait(30)
     except subprocess.TimeoutExpired:
         stop_process(proc)
-        raise AssertionError("flower kept running without authentication")
+        raise AssertionError("flower kept running without authentication") from None
     assert code != 0
     assert "refusing to start without authentication" in log_path.read_text()
     with pytest.raises(requests.ConnectionError):

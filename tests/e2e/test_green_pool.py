@@ -93,8 +93,8 @@ def test_task_events_of_a_gevent_worker_arrive_batched_with_masked_arguments(gev
         stop.set()
         listener.join(5)
     assert {"task-received", "task-started", "task-succeeded"} <= batched_types()
-    received = [e for b in bodies if isinstance(b, list) for e in b if e.get("type") == "task-received"
-                and e.get("uuid") == result.id][0]
+    received = next(e for b in bodies if isinstance(b, list) for e in b if e.get("type") == "task-received"
+                    and e.get("uuid") == result.id)
     assert "xxxxxxxxxxxx1111" in received["kwargs"]
     assert scan_text(repr(bodies), cvv2=TEST_CARD["cvv2"], where="task events") == []
 

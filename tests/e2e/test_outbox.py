@@ -3,8 +3,6 @@ the sweep from the outbox, and charged once."""
 import json
 import uuid
 
-import redis
-
 from tasks import sale
 from tests.support.env import E2E_REDIS_URL, TEST_CARD
 from worker.config import Settings
@@ -34,7 +32,8 @@ def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celer
     assert report.get("outbox_republished", 0) >= 1
     outcome = result.get(timeout=30)
     assert outcome["status"] == "APPROVED" and outcome["payment_id"] == key
-    assert len([e for e in sandbox.ledger(order_id=key) if e["trans_type"] == "SALE"]) == 1, (outcome, sandbox.ledger()[-3:])
+    sales = [e for e in sandbox.ledger(order_id=key) if e["trans_type"] == "SALE"]
+    assert len(sales) == 1, (outcome, sandbox.ledger()[-3:])
     assert e2e_redis.hget(store.k_outbox, result.id) is None  # the worker cleared it when done
 
 

@@ -71,7 +71,8 @@ def new_hits(client, before, *, wait=0.0) -> list[str]:
 def kombu_envelope(body) -> str:
     """A message as kombu's Redis transport stores it: JSON, the body base64-encoded inside."""
     return json.dumps({"body": base64.b64encode(json.dumps(body).encode()).decode(), "content-encoding": "utf-8",
-                       "content-type": "application/json", "headers": {"task": "payments.sale", "id": str(uuid.uuid4())},
+                       "content-type": "application/json",
+                       "headers": {"task": "payments.sale", "id": str(uuid.uuid4())},
                        "properties": {"body_encoding": "base64", "delivery_tag": str(uuid.uuid4())}})
 
 
@@ -272,7 +273,7 @@ def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worke
         assert e2e_redis.hlen("unacked") >= 1
         hits = scan_redis(e2e_redis, cvv2=CVV2)
         held.requeue()
-    aof_hits, aof_files = scan_redis_aof(e2e_redis, cvv2=CVV2)  # none when this Redis runs without AOF
+    aof_hits, _aof_files = scan_redis_aof(e2e_redis, cvv2=CVV2)  # none when this Redis runs without AOF
     hits += aof_hits
     hits += scan_text(worker_log.read_text("utf-8", "replace"), cvv2=CVV2, where=str(worker_log))
 

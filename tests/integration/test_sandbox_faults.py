@@ -174,7 +174,7 @@ def test_200_concurrent_keepalive_connections(sb):
             conn = http.client.HTTPConnection(host, port, timeout=30)
             conn.connect()
             barrier.wait(timeout=30)
-            for j in range(per_conn):
+            for _ in range(per_conn):
                 body = urllib.parse.urlencode(bp_fields(sb, "SALE", "3.00", DUPLICATE_OVERRIDE="1"))
                 conn.request("POST", "/interfaces/bp10emu", body,
                              {"Content-Type": "application/x-www-form-urlencoded"})
@@ -186,7 +186,7 @@ def test_200_concurrent_keepalive_connections(sb):
             conn.close()
         except threading.BrokenBarrierError:
             errors.append("barrier")
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+        except Exception as exc:  # collected and asserted below
             errors.append(repr(exc))
 
     before = sb.stats()["connections"]["total"]
@@ -223,7 +223,7 @@ def send_in_background(sb, fields: dict, timeout) -> tuple[threading.Thread, lis
     def run():
         try:
             out.append(post_raw(sb, fields, timeout=timeout))
-        except Exception as exc:  # noqa: BLE001 - inspected by the test
+        except Exception as exc:  # inspected by the test
             out.append(exc)
 
     t = threading.Thread(target=run, daemon=True)

@@ -299,7 +299,7 @@ def test_void_rules(sb):
     assert r["Result"] in ("MISSING", "ERROR") and r["MESSAGE"] == "Master ID required for VOID"
     r = send(sb, "VOID", "", "999999999999")
     assert (r["Result"], r["MESSAGE"]) == ("ERROR", "COULD NOT LOCATE ORIGINAL TRANSACTION")
-    (row,) = [e for e in sb.ledger(order_id=sale["ORDER_ID"])]
+    (row,) = sb.ledger(order_id=sale["ORDER_ID"])
     assert row["voided"] is True
 
 
@@ -618,7 +618,7 @@ def test_duplicate_window_from_env_or_flag(env_window, args, expected):
 @pytest.mark.parametrize("env_window,args", [("soon", ()), ("-1", ()), ("", ("--duplicate-window", "-5"))])
 def test_bad_duplicate_window_is_refused_at_start(env_window, args):
     proc = _start_cli({"SANDBOX_DUPLICATE_WINDOW": env_window}, *args)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "duplicate window" in err
 
 
