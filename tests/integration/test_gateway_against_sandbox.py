@@ -66,7 +66,8 @@ def test_auth_capture_refund_and_query(sb):
     found = client.query(order_id=auth_order)
     assert found is not None and found.trans_id == authorized.trans_id and found.trans_type == "AUTH"
     assert client.query(order_id=order()) is None
-    assert client.query(trans_id=captured.trans_id).trans_type == "CAPTURE"
+    found = client.query(trans_id=captured.trans_id)
+    assert found is not None and found.trans_type == "CAPTURE"
 
 
 def test_unknown_trans_id_is_rejected(sb):
@@ -96,7 +97,7 @@ def test_each_fault_is_outcome_unknown_and_stq_tells_whether_it_landed(sb, fault
     found = client.query(order_id=key)
     assert (found is not None) == committed
     if committed:
-        assert found.status == "APPROVED" and found.trans_type == "SALE"
+        assert found is not None and found.status == "APPROVED" and found.trans_type == "SALE"
 
 
 def test_sale_is_sent_once_on_outcome_unknown(sb):

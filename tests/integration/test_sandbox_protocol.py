@@ -195,13 +195,15 @@ def test_direct_response_body(sb):
 
 
 def test_approved_and_declined_urls(sb):
-    extra = {"APPROVED_URL": "http://shop.example/ok?x=1", "DECLINED_URL": "http://shop.example/no",
-             "MISSING_URL": "http://shop.example/missing"}
-    loc = post_raw(sb, bp_fields(sb, "SALE", "3.00", **extra)).headers["Location"]
+    def sale_with_urls(amount: str) -> dict:
+        return bp_fields(sb, "SALE", amount, APPROVED_URL="http://shop.example/ok?x=1",
+                         DECLINED_URL="http://shop.example/no", MISSING_URL="http://shop.example/missing")
+
+    loc = post_raw(sb, sale_with_urls("3.00")).headers["Location"]
     assert loc.startswith("http://shop.example/ok?x=1&") and "Result=APPROVED" in loc
-    loc = post_raw(sb, bp_fields(sb, "SALE", "4.00", **extra)).headers["Location"]
+    loc = post_raw(sb, sale_with_urls("4.00")).headers["Location"]
     assert loc.startswith("http://shop.example/no?") and "Result=DECLINED" in loc
-    loc = post_raw(sb, bp_fields(sb, "SALE", "3.001", **extra)).headers["Location"]
+    loc = post_raw(sb, sale_with_urls("3.001")).headers["Location"]
     assert loc.startswith("http://shop.example/missing?")
 
 

@@ -237,7 +237,8 @@ def test_fingerprints_are_keyed_hashes_in_key_order():
 
 def test_fingerprints_are_stable_and_depend_on_digits_and_key():
     one = C.card_fingerprints("4111111111111111", [KEY_A])
-    assert one == C.card_fingerprints("4111 1111 1111 1111", [KEY_A]) == C.card_fingerprints("4111-1111-1111-1111", [KEY_A])
+    assert one == C.card_fingerprints("4111 1111 1111 1111", [KEY_A])
+    assert one == C.card_fingerprints("4111-1111-1111-1111", [KEY_A])
     assert one != C.card_fingerprints("5500005555555559", [KEY_A])
     assert one != C.card_fingerprints("4111111111111111", [KEY_B])
     assert one[0] != hashlib.sha256(b"4111111111111111").hexdigest()  # keyed, not a plain hash

@@ -5,8 +5,16 @@ from datetime import date
 import pytest
 
 from worker.gateway import (
-    BluePayClient, Card, GatewayError, InvalidInput, NotSent, OutcomeUnknown, PaymentError, Rejected,
-    Response, RetryPolicy,
+    BluePayClient,
+    Card,
+    GatewayError,
+    InvalidInput,
+    NotSent,
+    OutcomeUnknown,
+    PaymentError,
+    Rejected,
+    Response,
+    RetryPolicy,
 )
 from worker.gateway.transport import HttpReply
 
@@ -134,7 +142,7 @@ def test_not_sent_is_retried_then_succeeds():
 
 
 def test_not_sent_gives_up_after_max_attempts():
-    sleeps = []
+    sleeps: list[float] = []
     c, t = make(NotSent("refused"), retry_policy=RetryPolicy(max_attempts=3), sleep=sleeps.append)
     with pytest.raises(NotSent) as ei:
         c.sale("3.00", CARD)

@@ -1,4 +1,6 @@
+from dataclasses import FrozenInstanceError
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -73,7 +75,7 @@ def test_void_capture_refund_requests():
     ],
 )
 def test_transaction_request_refuses(kwargs, field):
-    base = dict(account_id=ACCOUNT, secret_key=SECRET, mode="TEST", hash_type="HMAC_SHA512")
+    base: dict[str, Any] = dict(account_id=ACCOUNT, secret_key=SECRET, mode="TEST", hash_type="HMAC_SHA512")
     base.update(kwargs)
     with pytest.raises(InvalidInput) as ei:
         P.transaction_request(**base)
@@ -152,7 +154,7 @@ def test_duplicate_is_outcome_unknown():
     with pytest.raises(OutcomeUnknown) as ei:
         parse(302, R.location(R.duplicate()))
     assert ei.value.duplicate is True
-    assert ei.value.response.message == "DUPLICATE"
+    assert ei.value.response is not None and ei.value.response.message == "DUPLICATE"
 
 
 # Issue 12: a reply whose BP_STAMP is missing or does not verify never settles anything, whatever its Result:
@@ -295,8 +297,8 @@ def test_raw_drops_sensitive_keys():
 
 def test_response_is_frozen_and_as_dict():
     r = parse(302, R.location(R.approved()))
-    with pytest.raises(Exception):
-        r.status = "DECLINED"
+    with pytest.raises(FrozenInstanceError):
+        r.status = "DECLINED"  # the assignment is what must fail
     d = r.as_dict()
     assert d["status"] == "APPROVED" and "raw" not in d and d["attempts"] == 1
 

@@ -63,10 +63,15 @@ def test_registered_secret_removed():
     assert S.scrub("abc") == "abc"
 
 
+class _UnusedTransport:
+    def post(self, url, data):
+        raise AssertionError("no request is made")
+
+
 def test_client_registers_secret():
     from worker.gateway import BluePayClient
 
-    BluePayClient(account_id="100228390579", secret_key="ANOTHER-SECRET-0001", transport=object())
+    BluePayClient(account_id="100228390579", secret_key="ANOTHER-SECRET-0001", transport=_UnusedTransport())
     assert "ANOTHER-SECRET-0001" not in S.scrub("leak ANOTHER-SECRET-0001")
 
 

@@ -59,7 +59,8 @@ def test_transaction_message_order_and_absent_fields():
 
 
 def test_query_message():
-    fields = {"REPORT_END_DATE": "2025-02-01", "ACCOUNT_ID": "100228390579", "REPORT_START_DATE": "2025-01-01", "id": "1"}
+    fields = {"REPORT_END_DATE": "2025-02-01", "ACCOUNT_ID": "100228390579", "REPORT_START_DATE": "2025-01-01",
+              "id": "1"}
     assert S.query_seal_message(fields) == "1002283905792025-01-012025-02-01"
 
 

@@ -6,11 +6,13 @@ import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import pytest
 import requests
 import urllib3.exceptions as u3
+from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
@@ -30,23 +32,30 @@ def _mre(reason):
     return u3.MaxRetryError(POOL, URL, reason=reason)
 
 
+RE = requests.exceptions
 CASES = [
-    ("connect timeout", requests.exceptions.ConnectTimeout(_mre(u3.ConnectTimeoutError(CONN, "timed out"))), NotSent),
-    ("refused", requests.exceptions.ConnectionError(_mre(u3.NewConnectionError(CONN, "[Errno 111] Connection refused"))), NotSent),
-    ("dns", requests.exceptions.ConnectionError(_mre(u3.NameResolutionError("secure.example", CONN, socket.gaierror(-2, "Name or service not known")))), NotSent),
-    ("bare refused", requests.exceptions.ConnectionError(ConnectionRefusedError(111, "refused")), NotSent),
-    ("cert verify", requests.exceptions.SSLError(_mre(u3.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed")))), NotSent),
-    ("missing schema", requests.exceptions.MissingSchema("no scheme"), NotSent),
-    ("invalid url", requests.exceptions.InvalidURL("bad"), NotSent),
-    ("read timeout", requests.exceptions.ReadTimeout(u3.ReadTimeoutError(POOL, URL, "Read timed out.")), OutcomeUnknown),
-    ("read timeout in body", requests.exceptions.ConnectionError(u3.ReadTimeoutError(POOL, URL, "Read timed out.")), OutcomeUnknown),
-    ("remote disconnected", requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.", http.client.RemoteDisconnected("Remote end closed connection without response"))), OutcomeUnknown),
-    ("reset", requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))), OutcomeUnknown),
-    ("aborted", requests.exceptions.ConnectionError(u3.ProtocolError("Connection aborted.", ConnectionAbortedError(103, "aborted"))), OutcomeUnknown),
-    ("chunked", requests.exceptions.ChunkedEncodingError(u3.ProtocolError("Response ended prematurely")), OutcomeUnknown),
-    ("decode", requests.exceptions.ContentDecodingError("bad gzip"), OutcomeUnknown),
-    ("other ssl", requests.exceptions.SSLError(_mre(u3.SSLError("decryption failed"))), OutcomeUnknown),
-    ("unknown connection error", requests.exceptions.ConnectionError("???"), OutcomeUnknown),
+    ("connect timeout", RE.ConnectTimeout(_mre(u3.ConnectTimeoutError(CONN, "timed out"))), NotSent),
+    ("refused", RE.ConnectionError(_mre(u3.NewConnectionError(CONN, "[Errno 111] Connection refused"))), NotSent),
+    ("dns", RE.ConnectionError(_mre(u3.NameResolutionError(
+        "secure.example", CONN, socket.gaierror(-2, "Name or service not known")))), NotSent),
+    ("bare refused", RE.ConnectionError(ConnectionRefusedError(111, "refused")), NotSent),
+    ("cert verify", RE.SSLError(_mre(u3.SSLError(ssl.SSLCertVerificationError(1, "certificate verify failed")))),
+     NotSent),
+    ("missing schema", RE.MissingSchema("no scheme"), NotSent),
+    ("invalid url", RE.InvalidURL("bad"), NotSent),
+    ("read timeout", RE.ReadTimeout(u3.ReadTimeoutError(POOL, URL, "Read timed out.")), OutcomeUnknown),
+    ("read timeout in body", RE.ConnectionError(u3.ReadTimeoutError(POOL, URL, "Read timed out.")), OutcomeUnknown),
+    ("remote disconnected", RE.ConnectionError(u3.ProtocolError(
+        "Connection aborted.", http.client.RemoteDisconnected("Remote end closed connection without response"))),
+     OutcomeUnknown),
+    ("reset", RE.ConnectionError(u3.ProtocolError(
+        "Connection aborted.", ConnectionResetError(104, "Connection reset by peer"))), OutcomeUnknown),
+    ("aborted", RE.ConnectionError(u3.ProtocolError("Connection aborted.", ConnectionAbortedError(103, "aborted"))),
+     OutcomeUnknown),
+    ("chunked", RE.ChunkedEncodingError(u3.ProtocolError("Response ended prematurely")), OutcomeUnknown),
+    ("decode", RE.ContentDecodingError("bad gzip"), OutcomeUnknown),
+    ("other ssl", RE.SSLError(_mre(u3.SSLError("decryption failed"))), OutcomeUnknown),
+    ("unknown connection error", RE.ConnectionError("???"), OutcomeUnknown),
     ("unrelated", ValueError("x"), OutcomeUnknown),
     ("already NotSent", NotSent("x"), NotSent),
     ("already OutcomeUnknown", OutcomeUnknown("x"), OutcomeUnknown),
@@ -61,7 +70,8 @@ def test_classify_table(name, exc, expected):
 def test_session_pooled():
     t = HttpTransport(connect_timeout=1, read_timeout=1)
     adapter = t.session.get_adapter("https://secure.bluepay.com/interfaces/bp10emu")
-    assert adapter._pool_maxsize == POOL_MAXSIZE >= 50
+    assert isinstance(adapter, HTTPAdapter)
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == POOL_MAXSIZE >= 50
     assert t.session.get_adapter("http://127.0.0.1/") is adapter
     t.close()
 
@@ -69,8 +79,8 @@ def test_session_pooled():
 # ------------------------------------------------------------------ real local servers
 
 class _Handler(BaseHTTPRequestHandler):
-    seen: list = []
-    headers_seen: list = []
+    seen: ClassVar[list[tuple[Any, ...]]] = []
+    headers_seen: ClassVar[list[dict[str, str]]] = []
 
     def log_message(self, *a):  # quiet
         pass
@@ -116,7 +126,8 @@ def test_302_is_not_followed(http_server):
     t = HttpTransport(connect_timeout=2, read_timeout=2)
     reply = t.post(f"http://127.0.0.1:{srv.server_port}/interfaces/bp10emu", {"A": "1", "B": "x y"})
     assert isinstance(reply, HttpReply)
-    assert reply.status_code == 302 and reply.location.startswith("/interfaces/wlcatch?Result=APPROVED")
+    assert reply.status_code == 302 and reply.location is not None
+    assert reply.location.startswith("/interfaces/wlcatch?Result=APPROVED")
     assert [s[0] for s in seen] == ["POST"]  # no GET of wlcatch
     assert seen[0][2] == "payments-worker/0.1 (+bluepay client)"
     assert seen[0][3] == {"A": ["1"], "B": ["x y"]}
@@ -131,8 +142,9 @@ def test_client_end_to_end_against_local_server(http_server):
     assert seen[0][1] == "/interfaces/bp10emu"
     assert seen[0][3]["CC_NUM"] == ["4111111111111111"]
     found = c.query(order_id="order-1")
-    assert found.trans_id == R.TRANS_ID
+    assert found is not None and found.trans_id == R.TRANS_ID
     assert seen[1][1] == "/interfaces/stq" and seen[1][3]["MODE"] == ["TEST"]
+    assert isinstance(c.transport, HttpTransport)
     c.transport.close()
 
 
@@ -160,7 +172,7 @@ def silent_server():
             try:
                 conn, _ = s.accept()
                 accepted.append(conn)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     th = threading.Thread(target=run, daemon=True)
@@ -174,7 +186,7 @@ def silent_server():
 
 
 def test_no_answer_is_outcome_unknown_after_read_timeout(silent_server):
-    port, accepted = silent_server
+    port, _accepted = silent_server
     t = HttpTransport(connect_timeout=1, read_timeout=0.3)
     t0 = time.monotonic()
     with pytest.raises(OutcomeUnknown):
@@ -233,7 +245,7 @@ def test_proxies_come_from_the_environment_and_honour_no_proxy(monkeypatch):
 
 
 def test_a_post_carries_the_headers_a_requests_session_would(http_server):
-    srv, seen = http_server
+    srv, _seen = http_server
     t = HttpTransport(connect_timeout=2, read_timeout=2)
     t.post(f"http://127.0.0.1:{srv.server_port}/interfaces/bp10emu", {"A": "1"})
     headers = {k.lower(): v for k, v in _Handler.headers_seen[0].items()}

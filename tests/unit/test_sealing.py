@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
 from celery import Celery, chain, group
@@ -181,7 +182,8 @@ REFUSED = {
     "link_error=": (lambda app: app.send_task("payments.void", args=["100000000001"], link_error=sig(
         app, "payments.void", NUMBER)), "errbacks[0].args[0]"),
     "group member": (lambda app: app.send_task("payments.void", args=["100000000001"], link=group(
-        card_sale(app), card_sale(app, idempotency_key=NUMBER))), "callbacks[0].kwargs.tasks[1].kwargs.idempotency_key"),
+        card_sale(app), card_sale(app, idempotency_key=NUMBER))),
+        "callbacks[0].kwargs.tasks[1].kwargs.idempotency_key"),
 }
 
 
@@ -210,8 +212,9 @@ def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(app
 # ---- seal_publish and seal_body directly (the chord path, the outbox re-publish) -------------------
 def test_a_chord_body_is_sealed():
     vault = CardVault([TEST_CARD_KEY])
-    body_sig = {"task": "payments.sale", "args": [], "kwargs": {"amount": "1.00", "card": dict(TEST_CARD)},
-                "options": {}, "subtask_type": None, "immutable": True}
+    body_sig: dict[str, Any] = {"task": "payments.sale", "args": [],
+                                "kwargs": {"amount": "1.00", "card": dict(TEST_CARD)},
+                                "options": {}, "subtask_type": None, "immutable": True}
     chord_sig = {"task": "celery.chord", "args": [], "options": {}, "subtask_type": "chord", "immutable": False,
                  "kwargs": {"header": {"task": "celery.group", "args": [], "options": {}, "subtask_type": "group",
                                        "kwargs": {"tasks": [dict(body_sig)]}},

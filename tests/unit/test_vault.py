@@ -3,7 +3,8 @@ import logging
 
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker.vault import (
     DEVELOPMENT_KEY,

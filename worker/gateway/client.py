@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import date, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import protocol, scrub
 from .errors import InvalidInput
@@ -22,7 +22,10 @@ from .transport import HttpReply, HttpTransport
 __all__ = ["BluePayClient", "Transport", "DEFAULT_BASE_URL"]
 
 DEFAULT_BASE_URL = "https://secure.bluepay.com/interfaces/"
+DEFAULT_RETRY_POLICY = RetryPolicy()
 logger = logging.getLogger("payments.gateway")
+#: what a reply parser gives: a Response, or None (stq proved absence)
+_Parsed = TypeVar("_Parsed", Response, Response | None)
 
 
 class Transport(Protocol):
@@ -41,7 +44,7 @@ class BluePayClient:
         base_url: str = DEFAULT_BASE_URL,
         hash_type: str = "HMAC_SHA512",
         transport: Transport | None = None,
-        retry_policy: RetryPolicy = RetryPolicy(),
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         connect_timeout: float = 3.05,
         read_timeout: float = 15.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -168,11 +171,11 @@ class BluePayClient:
         operation: str,
         url: str,
         fields: Mapping[str, str],
-        parse: Callable[[HttpReply], Any],
+        parse: Callable[[HttpReply], _Parsed],
         *,
         read_only: bool,
-    ) -> Any:
-        def once() -> Any:
+    ) -> _Parsed:
+        def once() -> _Parsed:
             return parse(self.transport.post(url, fields))
 
         try:

@@ -35,6 +35,9 @@ __all__ = [
 class PaymentError(Exception):
     """Base of everything the gateway package raises."""
 
+    #: how many attempts were made (set by ``retry.call_with_retry`` on what it raises)
+    attempts: int
+
 
 class InvalidInput(PaymentError, ValueError):
     """Our validation refused the request; nothing was sent to the gateway."""
@@ -47,6 +50,9 @@ class InvalidInput(PaymentError, ValueError):
 
 class GatewayError(PaymentError):
     """Something went wrong talking to the gateway."""
+
+    #: class names of the transport exception behind it (set by ``transport.HttpTransport``; never chained)
+    cause_name: str
 
 
 class NotSent(GatewayError):
@@ -65,7 +71,7 @@ class OutcomeUnknown(GatewayError):
         message: str = "outcome unknown",
         *,
         duplicate: bool = False,
-        response: "Response | None" = None,
+        response: Response | None = None,
         status_code: int | None = None,
     ) -> None:
         self.duplicate = duplicate
@@ -77,7 +83,7 @@ class OutcomeUnknown(GatewayError):
 class Rejected(GatewayError):
     """The gateway answered Result=ERROR or MISSING: final, do not retry."""
 
-    def __init__(self, response: "Response", message: str | None = None) -> None:
+    def __init__(self, response: Response, message: str | None = None) -> None:
         self.response = response
         text = message if message is not None else _describe(response)
         super().__init__(text)

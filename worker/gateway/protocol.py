@@ -122,7 +122,7 @@ def transaction_request(
     hash_type: str | None,
     transaction_type: str,
     amount: object = None,
-    card: "validation.Card | Mapping[str, object] | None" = None,
+    card: validation.Card | Mapping[str, object] | None = None,
     customer: Mapping[str, object] | None = None,
     rrno: object = None,
     order_id: str | None = None,
@@ -320,7 +320,8 @@ def parse_transaction_reply(
                              + (f" ({response.message})" if result in ("ERROR", "MISSING") else ""),
                              status_code=status_code)
     if not stamp_matches(secret_key, pairs):
-        hint = " (SECURITY ERROR: check BLUEPAY_SECRET_KEY)" if response.message.strip().upper() == "SECURITY ERROR" else ""
+        security_error = response.message.strip().upper() == "SECURITY ERROR"
+        hint = " (SECURITY ERROR: check BLUEPAY_SECRET_KEY)" if security_error else ""
         raise OutcomeUnknown(f"reply BP_STAMP does not verify{hint}", status_code=status_code)
 
     if response.message.strip().upper() == "DUPLICATE":

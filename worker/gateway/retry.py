@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tenacity.stop import stop_base
 
 from .errors import GatewayError, InvalidInput, NotSent, OutcomeUnknown, Rejected
@@ -65,7 +65,7 @@ class _stop_before_delay_on(stop_base):
         self.clock = clock
         self.start = start
 
-    def __call__(self, retry_state) -> bool:  # type: ignore[no-untyped-def]
+    def __call__(self, retry_state: RetryCallState) -> bool:
         return (self.clock() - self.start) + retry_state.upcoming_sleep >= self.max_delay
 
 
@@ -89,7 +89,7 @@ def call_with_retry(
         attempts += 1
         return fn()
 
-    def before_sleep(state) -> None:  # type: ignore[no-untyped-def]
+    def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         logger.warning(
             "gateway %s attempt %d failed with %s; retrying in %.2fs",

@@ -12,7 +12,7 @@ import http.client
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -60,7 +60,7 @@ _BEFORE_SEND = (
 )
 
 
-def _chain(exc: BaseException, limit: int = 12):
+def _chain(exc: BaseException, limit: int = 12) -> Iterator[BaseException]:
     """The exception, what it wraps (args, MaxRetryError.reason, __cause__, __context__)."""
     seen: set[int] = set()
     todo = [exc]
@@ -148,15 +148,15 @@ class HttpTransport:
             "User-Agent": user_agent, "Content-Type": "application/x-www-form-urlencoded"})
         # Proxy and CA-bundle settings come from the environment once, not on every request.
         self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        self._proxies: dict[str, dict] = {}
+        self._proxies: dict[str, dict[str, str]] = {}
 
-    def _proxies_for(self, url: str) -> dict:
+    def _proxies_for(self, url: str) -> dict[str, str]:
         proxies = self._proxies.get(url)
         if proxies is None:  # per URL, honouring no_proxy; the client posts to two URLs
             proxies = self._proxies[url] = requests.utils.get_environ_proxies(url)
         return proxies
 
-    def post(self, url: str, data: Mapping[str, str]) -> HttpReply:
+    def post(self, url: str, data: Mapping[str, str | None]) -> HttpReply:
         failure: type[GatewayError] | None = None
         cause = ""
         try:
@@ -181,7 +181,7 @@ class HttpTransport:
         # Raised outside the except block: the requests exception (which holds the request
         # body, i.e. card data) is neither chained nor kept as context.
         err = failure(f"{cause} posting to {_safe_url(url)}")
-        err.cause_name = cause  # type: ignore[attr-defined]
+        err.cause_name = cause
         raise err
 
     def close(self) -> None:

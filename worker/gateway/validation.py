@@ -62,7 +62,7 @@ _CARD_SEPARATORS = re.compile(r"[ \-]")
 _EXPIRE_RE = re.compile(r"^([0-9]{2})/?([0-9]{2})$")
 _CVV2_RE = re.compile(r"^[0-9]{3,4}$")
 _TRANS_ID_RE = re.compile(r"^[0-9]{12}$")
-_ORDER_ID_RE = re.compile(r"^[\x20-\x7e]{1,%d}$" % ORDER_ID_MAX)
+_ORDER_ID_RE = re.compile(rf"^[\x20-\x7e]{{1,{ORDER_ID_MAX}}}$")
 
 _CARD_KEYS = frozenset({"number", "expire", "cvv2"})
 
@@ -105,7 +105,7 @@ def amount(value: object, *, allow_zero: bool = False) -> str:
     Accepts ``str``, ``Decimal`` or ``int`` (never ``float``, never ``bool``); at most two
     decimals; > 0 unless ``allow_zero``; at most :data:`MAX_AMOUNT`.
     """
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise InvalidInput("amount", "must be a string, Decimal or int, not a float")
     if isinstance(value, int):
         dec = Decimal(value)
@@ -137,7 +137,7 @@ def amount(value: object, *, allow_zero: bool = False) -> str:
     return str(dec.quantize(Decimal("0.01")))
 
 
-def card(value: "Mapping[str, object] | Card", *, today: date | None = None) -> Card:
+def card(value: Mapping[str, object] | Card, *, today: date | None = None) -> Card:
     """Validate card data (dict with number/expire/cvv2, or a Card) into a :class:`Card`."""
     if isinstance(value, Card):
         value = {"number": value.number, "expire": value.expire, "cvv2": value.cvv2}
@@ -188,7 +188,7 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text)
 
 
-def customer(value: "Mapping[str, object] | None") -> dict[str, str]:
+def customer(value: Mapping[str, object] | None) -> dict[str, str]:
     """Map our customer keys to BluePay fields (see :data:`CUSTOMER_FIELDS`).
 
     ``None`` or ``{}`` gives ``{}``; ``None`` values are skipped; values are stripped.
