@@ -33,11 +33,15 @@ card-like value raises ``ValueError`` naming the field (never the value).
 
 from __future__ import annotations
 
+import builtins
 import json
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Mapping
+from typing import Any
+
+import redis
 
 from worker.carddata import contains_card_number
 from worker.states import FINAL, NON_FINAL, OPERATIONS, TASK_STATUSES, ClaimKind, Status
@@ -94,7 +98,7 @@ def _pairs_to_dict(flat: list | None) -> dict | None:
     if not flat:
         return None
     it = iter(flat)
-    return _typed({_s(k): _s(v) for k, v in zip(it, it)})
+    return _typed({_s(k): _s(v) for k, v in zip(it, it, strict=False)})  # flat pairs: even length
 
 
 def _typed(rec: dict) -> dict:
@@ -137,7 +141,7 @@ class ResultsStore:
     NON_FINAL = NON_FINAL
     STATUSES = FINAL | NON_FINAL
 
-    def __init__(self, redis_client, prefix: str = "payments:"):
+    def __init__(self, redis_client: redis.Redis, prefix: str = "payments:") -> None:
         self.redis = redis_client
         self.prefix = prefix
         self._claim = redis_client.register_script(_record_script("claim"))
@@ -199,8 +203,9 @@ class ResultsStore:
         over as if it had expired. ``message_id``: the broker message being worked on; its outbox entry is
         removed in the same round trip, whatever the claim's result. ``journal``: a new record notes attempt 1
         at once (the caller sends right after); ``"prior"``: the message was delivered before, so a new record
-        starts as if an attempt may have been sent until now (stq first, commit horizon). ``fingerprints``: the request's fingerprint under each card key
-        (the first is stored); an existing record bound to another request answers ``mismatch``.
+        starts as if an attempt may have been sent until now (stq first, commit horizon). ``fingerprints``: the
+        request's fingerprint under each card key (the first is stored); an existing record bound to another
+        request answers ``mismatch``.
         """
         payment_id, operation, owner = _to_str(payment_id), _to_str(operation), _to_str(owner)
         if not payment_id:
@@ -313,18 +318,19 @@ class ResultsStore:
                     break
         return out
 
-    def audit(self, *, count: int = 100, after: str | None = None) -> list[dict]:
+    def audit(self, *, count: int = 100, after: str | None = None) -> builtins.list[dict]:
         """Audit entries oldest first, each with its stream ``id``; ``after`` is an exclusive id."""
         start = f"({after}" if after else "-"
         entries = self.redis.xrange(self.k_audit, min=start, max="+", count=count)
-        return [{"id": _s(eid), **{_s(k): _s(v) for k, v in data.items()}} for eid, data in entries]
+        # (redis-py's stubs allow None for a reply and an entry; XRANGE gives neither)
+        return [{"id": _s(eid), **{_s(k): _s(v) for k, v in (data or {}).items()}} for eid, data in entries or []]
 
-    def _range(self, key: str, max_score: float, limit: int | None) -> list:
+    def _range(self, key: str, max_score: float, limit: int | None) -> builtins.list[Any]:
         if limit is None:
             return self.redis.zrangebyscore(key, "-inf", max_score)
         return self.redis.zrangebyscore(key, "-inf", max_score, start=0, num=limit)
 
-    def stale_non_final(self, older_than_seconds: float, *, limit: int | None = 1000) -> list[dict]:
+    def stale_non_final(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
         """RETRYING/UNKNOWN, and PENDING with an expired lease, not updated for ``older_than_seconds``."""
         now = self.now()
         cutoff = now - float(older_than_seconds)
@@ -338,19 +344,19 @@ class ResultsStore:
             out.append(rec)
         return out
 
-    def open_auths(self, older_than_seconds: float, *, limit: int | None = 1000) -> list[dict]:
+    def open_auths(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
         """APPROVED auths (not yet captured or voided) created before now - ``older_than_seconds``."""
         cutoff = self.now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.k_open_auths, cutoff, limit))
                 if r.get("operation") == "auth" and r.get("status") == Status.APPROVED]
 
-    def voids_due(self, older_than_seconds: float, *, limit: int | None = 1000) -> list[dict]:
+    def voids_due(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
         """APPROVED sales with then_void="1" (not voided) last updated before now - ``older_than_seconds``."""
         cutoff = self.now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.k_voids_due, cutoff, limit))
                 if r.get("operation") == "sale" and r.get("status") == Status.APPROVED and r.get("then_void") == "1"]
 
-    def reflect_due(self, *, limit: int | None = 1000) -> list[str]:
+    def reflect_due(self, *, limit: int | None = 1000) -> builtins.list[str]:
         """APPROVED captures/refunds/voids not yet reflected on their original, oldest first."""
         return [_s(i) for i in self._range(self.k_reflect_due, float("inf"), limit)]
 
@@ -374,15 +380,15 @@ class ResultsStore:
         pipe.zrem(self.k_outbox_ts, task_id)
         pipe.execute()
 
-    def outbox_stale(self, older_than_seconds: float, *, limit: int = 1000) -> list[tuple[str, dict]]:
+    def outbox_stale(self, older_than_seconds: float, *, limit: int = 1000) -> builtins.list[tuple[str, dict]]:
         """Entries not finished for that long, oldest first: ``(task_id, entry)``."""
-        ids = self.redis.zrangebyscore(self.k_outbox_ts, "-inf", self.now() - float(older_than_seconds),
+        due = self.redis.zrangebyscore(self.k_outbox_ts, "-inf", self.now() - float(older_than_seconds),
                                        start=0, num=limit)
-        ids = [_s(i) for i in ids]
+        ids = [_s(i) for i in due]
         if not ids:
             return []
         found = []
-        for task_id, raw in zip(ids, self.redis.hmget(self.k_outbox, ids)):
+        for task_id, raw in zip(ids, self.redis.hmget(self.k_outbox, ids), strict=True):
             if raw is None:
                 self.redis.zrem(self.k_outbox_ts, task_id)
             else:
