@@ -50,10 +50,14 @@ def test_decline_is_a_result_with_an_id(sb):
     assert declined.status == "DECLINED" and not declined.approved and len(declined.trans_id) == 12
 
 
-def test_wrong_secret_is_rejected_as_security_error(sb):
-    with pytest.raises(Rejected) as raised:
-        client_for(sb, secret_key="not-the-secret").sale("3.00", TEST_CARD, order_id=order())
-    assert "SECURITY ERROR" in raised.value.response.message
+def test_wrong_secret_gets_a_security_error_that_cannot_be_trusted_as_final(sb):
+    # With the wrong secret the gateway's stamp cannot verify for us either: the reply is not authenticated,
+    # so it never settles a payment (exactly-once v2); the message says what to check.
+    order_id = order()
+    with pytest.raises(OutcomeUnknown) as raised:
+        client_for(sb, secret_key="not-the-secret").sale("3.00", TEST_CARD, order_id=order_id)
+    assert "SECURITY ERROR" in str(raised.value) and "BLUEPAY_SECRET_KEY" in str(raised.value)
+    assert sb.ledger(order_id=order_id) == []  # and the gateway did not charge it
 
 
 def test_auth_capture_refund_and_query(sb):
