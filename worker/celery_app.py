@@ -35,7 +35,7 @@ class SealingAMQP(AMQP):
     def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, **options):
         if len(rest) > len(_AS_TASK_V2_POSITIONAL):
             raise TypeError("as_task_v2: too many positional arguments")
-        options.update(zip(_AS_TASK_V2_POSITIONAL, rest))
+        options.update(zip(_AS_TASK_V2_POSITIONAL, rest, strict=False))  # rest may stop short
         options["task_id"] = task_id
         args, kwargs, options = seal_publish(
             name, args, kwargs, options, vault=services().vault,
@@ -223,7 +223,7 @@ def _check_card_key(**_):
     from worker.vault import ConfigurationError
 
     try:
-        services().vault
+        _ = services().vault  # built now, so that a LIVE worker without a card key fails at start
     except ConfigurationError as exc:
         # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
         raise SystemExit(f"payments: refusing to start: {exc}") from None

@@ -98,7 +98,7 @@ class Settings:
             return self.commit_horizon_setting
         return 2 * self.read_timeout + 30
 
-    def check(self) -> "Settings":
+    def check(self) -> Settings:
         if self.bluepay_mode not in ("TEST", "LIVE"):
             raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
         if self.commit_horizon <= self.connect_timeout + self.read_timeout:
@@ -116,7 +116,7 @@ class Settings:
         return self
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         d = cls()
         dur = lambda name, default: parse_duration(_env(name, str(default)), name=name)  # noqa: E731
         try:

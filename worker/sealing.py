@@ -148,8 +148,9 @@ class _Walk:
     def signature(self, sig: Mapping, path: str) -> dict:
         task = sig.get("task")
         out = dict(sig)
-        args, kwargs = self.call(task, sig.get("args"), sig.get("kwargs"), path)
-        out["args"] = type(sig.get("args"))(args) if isinstance(sig.get("args"), (list, tuple)) else args
+        raw_args = sig.get("args")
+        args, kwargs = self.call(task, raw_args, sig.get("kwargs"), path)
+        out["args"] = type(raw_args)(args) if isinstance(raw_args, (list, tuple)) else args
         out["kwargs"] = kwargs
         options = sig.get("options")
         if isinstance(options, Mapping):
@@ -239,7 +240,7 @@ def seal_publish(name: str, args, kwargs, options: dict, *, vault: CardVault,
 
 def seal_body(name: str, body, *, vault: CardVault) -> list:
     """A stored message body ``[args, kwargs, embed]`` sealed and checked the same way (the outbox re-publish)."""
-    args, kwargs, embed = (list(body) + [None, None, None])[:3]
+    args, kwargs, embed = [*body, None, None, None][:3]
     walk = _Walk(vault)
     args, kwargs = walk.call(name, args, kwargs, "")
     embed = dict(embed or {})

@@ -25,8 +25,9 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from worker.carddata import find_card_numbers, is_numeric_order_id
 

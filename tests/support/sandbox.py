@@ -9,8 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import requests
 
@@ -126,9 +127,11 @@ def running_sandbox(*, faults: dict | None = None, account_id: str = DEFAULT_ACC
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None  # both PIPE
     try:
         line_box: list[str] = []
-        reader = threading.Thread(target=lambda: line_box.append(proc.stdout.readline()), daemon=True)
+        reader = threading.Thread(target=lambda: line_box.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(startup_timeout)
         line = line_box[0].strip() if line_box else ""
@@ -138,7 +141,7 @@ def running_sandbox(*, faults: dict | None = None, account_id: str = DEFAULT_ACC
             err = proc.stderr.read() if proc.stderr else ""
             raise RuntimeError(f"sandbox did not start: {line!r} {err[-2000:]}")
         # keep draining stderr so a chatty sandbox never blocks on a full pipe
-        threading.Thread(target=lambda: proc.stderr.read(), daemon=True).start()
+        threading.Thread(target=stderr.read, daemon=True).start()
         yield Sandbox(line[len(prefix):], account_id, secret_key, proc)
     finally:
         if proc.poll() is None:

@@ -18,9 +18,10 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from . import seal as _seal
 
@@ -505,7 +506,7 @@ class Engine:
         hi = time.mktime(end.timetuple())
         mode = (f.get("MODE") or "LIVE").strip().upper()
         lower = {k.lower(): v for k, v in f.items()}
-        filters = []
+        filters: list[tuple[str, str | Decimal]] = []
         for name, attr in _STQ_FILTERS.items():
             value = (lower.get(name) or "").strip()
             if value:
@@ -520,10 +521,10 @@ class Engine:
                     filters.append((attr, value))
         with self.lock:
             if filters and filters[0][0] == "id":
-                e0 = self._entries.get(filters[0][1])
+                e0 = self._entries.get(str(filters[0][1]))  # a str already: only amounts are Decimals
                 pool: list[Entry] = [e0] if e0 is not None else []
             elif any(a == "order_id" for a, _ in filters):
-                pool = self._by_order_id.get(dict(filters)["order_id"], [])
+                pool = self._by_order_id.get(str(dict(filters)["order_id"]), [])
             else:
                 pool = self._order
             match = None

@@ -149,7 +149,7 @@ class Faults:
             delay = cfg["latency_ms"] / 1000.0
             if cfg["jitter_ms"]:
                 delay += self._rng.uniform(0, cfg["jitter_ms"]) / 1000.0
-            kind = None
+            kind: str | None = None
             if self._seq:
                 item = self._seq.pop(0)
                 kind = None if item == "ok" else item
@@ -164,5 +164,5 @@ class Faults:
             if kind is not None:
                 self.injected[kind] = self.injected.get(kind, 0) + 1
             seconds = {"slow_after_commit": cfg["slow_seconds"],
-                       "late_commit": cfg["late_commit_seconds"]}.get(kind, 0.0)
+                       "late_commit": cfg["late_commit_seconds"]}.get(kind, 0.0) if kind is not None else 0.0
             return kind, delay, seconds

@@ -155,7 +155,7 @@ class _HTTPServer(socketserver.ThreadingMixIn, HTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    app: "SandboxServer"
+    app: SandboxServer
 
     def handle_error(self, request, client_address):  # quiet on client disconnects
         exc = sys.exc_info()[1]
@@ -173,6 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "BluePaySandbox/1.0"
     sys_version = ""
     timeout = 300  # idle keep-alive connections are dropped after this
+    server: _HTTPServer  # what socketserver passes in: the sandbox's own server, holding ``app``
 
     # ------------------------------------------------------------ connection
     def setup(self):
@@ -189,10 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.app._conn_closed(self.connection)
 
-    def log_message(self, format, *args):  # noqa: A002 - stdlib signature
+    def log_message(self, format, *args):  # `format`: the stdlib signature
         if self.server.app.access_log:
-            sys.stderr.write("%s - - [%s] %s\n" % (self.address_string(), self.log_date_time_string(),
-                                                    format % args))
+            sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] {format % args}\n")
 
     def _reset_connection(self):
         """Close with an RST (SO_LINGER 0), without answering."""
@@ -422,7 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Held:
     """One late commit waiting in its handler thread."""
 
-    __slots__ = ("event", "dropped", "order_id")
+    __slots__ = ("dropped", "event", "order_id")
 
     def __init__(self, order_id: str):
         self.event = threading.Event()
@@ -475,7 +475,8 @@ class SandboxServer:
         self._thread = threading.Thread(target=self._serve_loop, name="sandbox-serve", daemon=True)
         self._thread.start()
         if settle_after:
-            threading.Thread(target=self._auto_settle, name="sandbox-settle", daemon=True).start()
+            threading.Thread(target=self._auto_settle, args=(settle_after,), name="sandbox-settle",
+                             daemon=True).start()
 
     # ------------------------------------------------------------ bookkeeping
     def uptime(self) -> float:
@@ -614,10 +615,10 @@ class SandboxServer:
         # shutdown() waits for serve_forever to return: do it off the handler thread
         threading.Thread(target=self.httpd.shutdown, daemon=True).start()
 
-    def _auto_settle(self) -> None:
-        interval = max(0.05, min(1.0, self.settle_after / 2))
+    def _auto_settle(self, older_than: float) -> None:
+        interval = max(0.05, min(1.0, older_than / 2))
         while not self._stop_event.wait(interval):
-            self.engine.settle(older_than=self.settle_after)
+            self.engine.settle(older_than=older_than)
 
     def shutdown(self) -> None:
         if self._stopping:
