@@ -17,6 +17,7 @@ import base64
 import json
 import time
 import uuid
+from typing import Any
 
 import pytest
 from celery import chain, group
@@ -232,8 +233,8 @@ def test_the_outbox_republish_seals_an_entry_kept_in_clear(flower, e2e_redis):
     published = sale.apply_async(kwargs={"amount": "109.00", "card": TEST_CARD}, queue=PARKED)
     message = json.loads(e2e_redis.hget(OUTBOX, published.id))["message"]
     e2e_redis.lpop(PARKED)  # the sealed original: only the re-published copy is looked at below
-    clear_link = {"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {}, "options": {},
-                  "subtask_type": None, "immutable": True}
+    clear_link: dict[str, Any] = {"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {},
+                                  "options": {}, "subtask_type": None, "immutable": True}
     message["body"][1]["card"] = dict(TEST_CARD)
     message["body"][2]["chain"] = [clear_link]
     message["headers"]["kwargsrepr"] = repr({"amount": "109.00", "card": TEST_CARD})
@@ -289,7 +290,7 @@ def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worke
     assert any(path == "/metrics" for path, _ in flower.seen)
     for where, text in flower.texts():
         hits += scan_text(text, cvv2=CVV2, where=where)
-    by_source = {}
+    by_source: dict[str, int] = {}
     for hit in hits:
         source = "flower" if hit.startswith("flower") else "redis" if hit.startswith("redis") else "worker log"
         by_source[source] = by_source.get(source, 0) + 1
