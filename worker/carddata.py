@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -263,6 +264,7 @@ def refuse_card_data(field: str, value: Any) -> None:
 
 # ---- the card fingerprint ---------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=16)  # one HKDF per key per process, not per payment
 def _fingerprint_key(fernet_key: str | bytes) -> bytes:
     raw = fernet_key.encode("ascii") if isinstance(fernet_key, str) else bytes(fernet_key)
     try:
