@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
 from celery.app.amqp import AMQP
@@ -32,7 +33,8 @@ class SealingAMQP(AMQP):
     """Celery's message factory, sealing card data (and refusing it outside the card) before anything is
     published."""
 
-    def as_task_v2(self, task_id, name, args=None, kwargs=None, *rest, **options):
+    def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any,
+                   **options: Any) -> Any:
         if len(rest) > len(_AS_TASK_V2_POSITIONAL):
             raise TypeError("as_task_v2: too many positional arguments")
         options.update(zip(_AS_TASK_V2_POSITIONAL, rest, strict=False))  # rest may stop short
@@ -64,7 +66,7 @@ class GreenPoolPrefetch(bootsteps.Step):
     at most concurrency + 1 messages and never pauses. (A multiplier of 1 only ever stalls a green pool, so
     it is raised whether it came from celeryconfig or from --prefetch-multiplier.)"""
 
-    def __init__(self, w, **kwargs):
+    def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         if getattr(w.pool_cls, "is_green", False) and w.prefetch_multiplier == 1:
             w.prefetch_multiplier = GREEN_PREFETCH_MULTIPLIER
@@ -93,7 +95,7 @@ class BrokerConnectionsForConcurrency(bootsteps.Step):
 
     requires = ("celery.worker.components:Pool",)  # it sets max_concurrency (--autoscale)
 
-    def __init__(self, w, **kwargs):
+    def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         options = dict(w.app.conf.broker_transport_options or {})
         needed = int(getattr(w, "max_concurrency", None) or w.concurrency or 1) + BROKER_CONNECTION_HEADROOM
@@ -116,23 +118,23 @@ class GreenTaskEventBuffer(bootsteps.StartStopStep):
 
     requires = ("celery.worker.consumer.events:Events",)
 
-    def __init__(self, c, **kwargs):
+    def __init__(self, c: Any, **kwargs: Any) -> None:
         self._scheduled = False
         super().__init__(c, **kwargs)
 
-    def start(self, c):
+    def start(self, c: Any) -> None:
         dispatcher = c.event_dispatcher
         if dispatcher is None or c.hub is not None or not getattr(c.pool, "is_green", False):
             return
         dispatcher.buffer_group = frozenset({"task"})
         dispatcher.on_send_buffered = lambda: self._schedule(c)
 
-    def _schedule(self, c):
+    def _schedule(self, c: Any) -> None:
         if not self._scheduled:
             self._scheduled = True
             c.timer.call_after(EVENT_FLUSH_SECONDS, self._flush, (c,))
 
-    def _flush(self, c):
+    def _flush(self, c: Any) -> None:
         self._scheduled = False
         dispatcher = c.event_dispatcher
         if dispatcher is not None and dispatcher.buffer_group:
@@ -141,7 +143,7 @@ class GreenTaskEventBuffer(bootsteps.StartStopStep):
             except Exception as exc:  # monitoring only: never a reason to disturb a payment
                 logging.getLogger("payments.events").warning("task events not published: %s", type(exc).__name__)
 
-    def stop(self, c):
+    def stop(self, c: Any) -> None:
         self._flush(c)  # before the Events step closes the dispatcher
 
     shutdown = stop
@@ -163,7 +165,8 @@ OUTBOX_TASKS = frozenset({"payments.sale", "payments.auth", "payments.capture", 
 
 
 @signals.after_task_publish.connect(weak=False)
-def _keep_in_outbox(sender=None, body=None, headers=None, exchange=None, routing_key=None, **_):
+def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[str, Any] | None = None,
+                    exchange: str | None = None, routing_key: str | None = None, **_: Any) -> None:
     # Every payment message is kept: its cards are sealed and card data elsewhere was refused before it
     # was built (SealingAMQP), so nothing here can hold a card in clear.
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
@@ -201,7 +204,7 @@ def republish(message: dict) -> None:
                                    queue=queue)
 
 
-def _add_scrubber(logger=None, **_):
+def _add_scrubber(logger: logging.Logger | None = None, **_: Any) -> None:
     from worker.gateway.scrub import ScrubbingFilter
 
     targets = [logger] if logger is not None else []
@@ -218,7 +221,7 @@ signals.after_setup_task_logger.connect(_add_scrubber, weak=False)
 
 @signals.worker_init.connect(weak=False)
 @signals.beat_init.connect(weak=False)
-def _check_card_key(**_):
+def _check_card_key(**_: Any) -> None:
     """LIVE mode without PAYMENTS_CARD_KEY refuses to start; TEST warns and uses the development key."""
     from worker.vault import ConfigurationError
 

@@ -93,10 +93,10 @@ def _param_name(task: str | None, index: int) -> str | None:
 class _Walk:
     """One message: seals cards in place of copies, refuses card data elsewhere."""
 
-    def __init__(self, vault: CardVault):
+    def __init__(self, vault: CardVault) -> None:
         self.vault = vault
 
-    def call(self, task: str | None, args, kwargs, prefix: str) -> tuple[list, dict]:
+    def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list, dict]:
         """Seal/refuse one task call's arguments. ``prefix``: "" for the message's own task (fields named
         by parameter), else the signature's path (fields named ``<prefix>.args[i]`` / ``.kwargs.<name>``)."""
         args = list(args or ())
@@ -205,7 +205,7 @@ def _shown(value: Any, is_card: bool) -> Any:
     return mask_card(value) if is_card or CardVault.is_sealed(value) else value
 
 
-def masked_reprs(name: str, args, kwargs, *, argsrepr_maxsize: int = 1024,
+def masked_reprs(name: str, args: Any, kwargs: Any, *, argsrepr_maxsize: int = 1024,
                  kwargsrepr_maxsize: int = 1024) -> tuple[str, str]:
     """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, everything
     card-like in the text masked (an int ``order_id`` too: a repr is text). Card data elsewhere has been refused
@@ -219,7 +219,7 @@ def masked_reprs(name: str, args, kwargs, *, argsrepr_maxsize: int = 1024,
 
 # ---- the entry points -----------------------------------------------------------------------------------
 
-def seal_publish(name: str, args, kwargs, options: dict, *, vault: CardVault,
+def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: CardVault,
                  argsrepr_maxsize: int = 1024, kwargsrepr_maxsize: int = 1024) -> tuple[list, dict, dict]:
     """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
     (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
@@ -238,7 +238,7 @@ def seal_publish(name: str, args, kwargs, options: dict, *, vault: CardVault,
     return args, kwargs, options
 
 
-def seal_body(name: str, body, *, vault: CardVault) -> list:
+def seal_body(name: str, body: Any, *, vault: CardVault) -> list:
     """A stored message body ``[args, kwargs, embed]`` sealed and checked the same way (the outbox re-publish)."""
     args, kwargs, embed = [*body, None, None, None][:3]
     walk = _Walk(vault)
@@ -252,7 +252,7 @@ def seal_body(name: str, body, *, vault: CardVault) -> list:
 
 # ---- the worker's check ---------------------------------------------------------------------------------
 
-def _get(request_like: Any, name: str, default=None):
+def _get(request_like: Any, name: str, default: Any = None) -> Any:
     if isinstance(request_like, Mapping):
         return request_like.get(name, default)
     return getattr(request_like, name, default)
@@ -262,7 +262,7 @@ def _unsealed(card: Any) -> bool:
     return card is not None and not CardVault.is_sealed(card) and not _is_invalid_marker(card)
 
 
-def _clear_in_call(task: str | None, args, kwargs, prefix: str) -> str | None:
+def _clear_in_call(task: str | None, args: Any, kwargs: Any, prefix: str) -> str | None:
     position = CARD_ARGUMENT.get(task or "")
     args = list(args) if isinstance(args, (list, tuple)) else []
     kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}

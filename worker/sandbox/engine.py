@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -164,7 +164,7 @@ class Engine:
     """Ledger plus rules. Thread-safe: every ledger read and write holds ``self.lock``."""
 
     def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
-                 duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock=time.time):
+                 duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time) -> None:
         self.account_id = account_id
         self.secret_key = secret_key
         self.duplicate_window = float(duplicate_window or 0)
