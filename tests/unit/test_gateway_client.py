@@ -52,6 +52,14 @@ def make(*script, **kw):
     return c, t
 
 
+def test_the_client_is_what_the_flow_calls_a_gateway() -> None:
+    # Checked by mypy (./dev lint): BluePayClient has every verb of worker.flow.Gateway, with compatible signatures.
+    from worker.flow import Gateway
+
+    gateway: Gateway = BluePayClient(account_id=ACCOUNT, secret_key=SECRET, transport=FakeTransport())
+    assert callable(gateway.sale) and callable(gateway.query)
+
+
 def test_sale_approved_fields_sent():
     c, t = make(ok302(R.approved()))
     r = c.sale("3.00", CARD, customer=CUSTOMER, order_id="order-1")
