@@ -19,12 +19,17 @@ was charged. Scenarios (sizes from ``--payments N``):
   that restarts the ones that exit;
 * raw Redis restart: the same, restarted at any moment (kombu's fetch gap included);
 * duplicate delivery: N/20 operations each delivered twice at once to two workers;
-* concurrent sweeps: N/20 authorizations voided by sweeps running at once.
+* concurrent sweeps: N/20 authorizations voided by sweeps running at once;
+* late commits: N sales with the gateway's duplicate rule off while 30 % of gateway requests fail, half of
+  them held past the read timeout and committed later (``late_commit``), the rest refused, 502 or dropped after
+  the commit; prefork children and whole workers SIGKILLed as in kills+faults;
+* clock skew: N/50 sales in flight (and 6 late-committed ones) delivered again to a worker whose clock runs
+  two minutes ahead (``faketime``; left out, with a message, when the faketime binary is missing).
 
-Prints one line per event, then the table (payments, faults injected, kills, duplicates charged,
-payments lost, payments not in a final state, card-data hits), every problem found, and a final line of
-JSON. Exit status 1 when a promise was broken (a duplicate charge, a stored outcome that disagrees with
-the ledger, a payment lost or not final, card data in clear).
+Prints one line per event, then the table (payments, faults injected, kills, duplicates charged, stored
+outcomes that disagree with the ledger, payments lost, payments not in a final state, card-data hits), every
+problem found, and a final line of JSON. Exit status 1 when a promise was broken (a duplicate charge, a stored
+outcome that disagrees with the ledger, a payment lost or not final, card data in clear).
 """
 from __future__ import annotations
 
@@ -54,14 +59,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def scenarios(args, plain, durable, logdir: Path, say) -> dict:
     """Scenario name -> a function running it at the size ``--payments`` asks for."""
     from tests.reliability.scenarios import (
+        faketime_offset,
+        run_clock_skew,
         run_concurrent_sweeps,
         run_duplicate_delivery,
+        run_late_commits,
         run_payments_under_chaos,
         run_redis_restart,
     )
 
     n = args.payments
-    return {
+    runs = {
         "kills+faults": lambda: run_payments_under_chaos(
             "kills+faults", plain.url, logdir, payments=n, kill_every=args.kill_every, faults=True, rate=args.rate,
             seed=args.seed, settle_timeout=600, sweep_during_faults=True, log=say),
@@ -78,7 +86,16 @@ def scenarios(args, plain, durable, logdir: Path, say) -> dict:
             "duplicates", plain.url, logdir, pairs=max(20, n // 40), seed=args.seed + 3, log=say),
         "concurrent sweeps": lambda: run_concurrent_sweeps(
             "sweeps", plain.url, logdir, auths=max(20, n // 20), seed=args.seed + 4, log=say),
+        "late commits": lambda: run_late_commits(
+            "late-commits", plain.url, logdir, payments=n, kill_every=args.kill_every, rate=args.rate,
+            seed=args.seed + 6, settle_timeout=600, log=say),
+        "clock skew": lambda: run_clock_skew(
+            "clock-skew", plain.url, logdir, in_flight=max(16, n // 50), late=6, seed=args.seed + 7, log=say),
     }
+    if faketime_offset() is None:
+        say("clock skew: left out (needs the faketime binary: Debian package faketime)")
+        del runs["clock skew"]
+    return runs
 
 
 def summarize(reports, hits, scanned, workdir: Path, elapsed: float) -> int:
@@ -101,7 +118,9 @@ def summarize(reports, hits, scanned, workdir: Path, elapsed: float) -> int:
             print(f"  {line}")
     summary = {"payments": sum(r.payments for r in reports), "faults_injected": sum(r.faults for r in reports),
                "kills": sum(r.kills for r in reports), "redis_restarts": sum(r.restarts for r in reports),
-               "duplicates_charged": sum(r.duplicates for r in reports), "lost": sum(r.lost for r in reports),
+               "duplicates_charged": sum(r.duplicates for r in reports),
+               "store_ledger_disagreements": sum(r.disagreements for r in reports),
+               "lost": sum(r.lost for r in reports),
                "not_final": sum(r.not_final for r in reports),
                "card_data_hits": sum(r.card_hits for r in reports) + len(hits), "problems": len(broken),
                "seconds": round(elapsed)}

@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,9 @@ RELIABILITY_SETTINGS = {
     "GATEWAY_RETRY_SECONDS": "0.5",
     # > connect + read: a request the client gave up on may still commit this long after it was sent
     "GATEWAY_COMMIT_HORIZON": "3",
+    # Well below the visibility timeout, as in production (30 s vs 300 s); renewed every third of it while a call
+    # is in flight, so a dead holder's lease lapses long before kombu redelivers its message.
+    "LEASE_SECONDS": "10",
     "OUTAGE_RETRIES": "3",
     "OUTAGE_BACKOFF": "0.5",
     "OUTAGE_BACKOFF_MAX": "2",
@@ -75,6 +79,13 @@ FAULT_MIX = {"refuse": 0.05, "http_502": 0.05, "drop_after_commit": 0.05, "slow_
              "garbled": 0.05, "bad_stamp": 0.05}
 SLOW_SECONDS = 3  # > GATEWAY_READ_TIMEOUT: a slow reply is a read timeout (outcome unknown)
 
+# Late commits (exactly-once v2): 30 % of gateway requests fail, half of them held by the gateway and committed
+# after the client gave up. The hold is longer than GATEWAY_READ_TIMEOUT (1 s: the worker sees a read timeout)
+# and, with the sandbox's latency (<= 0.15 s here), shorter than GATEWAY_COMMIT_HORIZON (3 s): a gateway that
+# keeps the horizon's promise. stq cannot see a held request, so an early "absent" is a lie.
+LATE_COMMIT_MIX = {"late_commit": 0.15, "refuse": 0.05, "drop_after_commit": 0.05, "http_502": 0.05}
+LATE_COMMIT_SECONDS = 2.0
+
 NON_FINAL = ("PENDING", "RETRYING", "UNKNOWN")
 CHARGED = ("APPROVED", "VOIDED", "CAPTURED", "REFUNDED")
 
@@ -90,7 +101,7 @@ def settings_for(redis_url: str, sandbox, prefix: str, **overrides) -> Settings:
         bluepay_secret_key=sandbox.secret_key, bluepay_url=sandbox.interfaces_url, card_key=TEST_CARD_KEY,
         connect_timeout=0.5, read_timeout=1.0, retry_attempts=3, retry_seconds=0.5, outage_retries=3,
         outage_backoff=0.5, outage_backoff_max=2.0, visibility_timeout=30.0, stale_auth_age=7 * 86400.0,
-        sweep_interval=300.0, reconcile_after=1.0, commit_horizon_setting=3.0,
+        sweep_interval=300.0, reconcile_after=1.0, commit_horizon_setting=3.0, lease_seconds=10.0,
     )
     return dataclasses.replace(s, **overrides)
 
@@ -189,10 +200,12 @@ class Fleet:
     """Celery worker processes of one scenario; kills them (SIGKILL) and starts replacements."""
 
     def __init__(self, name: str, env: dict, logdir: Path, *, size=2, pool="prefork", concurrency=3,
-                 queues: str | None = None, rng: random.Random | None = None):
+                 queues: str | None = None, rng: random.Random | None = None, prefix: list[str] | None = None):
+        """``prefix``: a command the workers run under (``["faketime", "-f", "+120s"]``)."""
         self.redis_url = env["REDIS_URL"]
         self.name, self.env, self.logdir = name, env, Path(logdir)
         self.size, self.pool, self.concurrency, self.queues = size, pool, concurrency, queues
+        self.prefix = list(prefix or [])
         self.rng = rng or random.Random()
         self.workers: list[Worker] = []
         self.retired: list[Worker] = []
@@ -224,9 +237,27 @@ class Fleet:
         self.seq += 1
         name = f"{self.name}{self.seq}-{uuid.uuid4().hex[:6]}"
         logfile = self.logdir / f"worker-{name}.log"
-        proc = start_worker(env=self.env, pool=self.pool, concurrency=self.concurrency, loglevel="INFO",
-                            logfile=logfile, hostname=f"{name}@%h", queues=self.queues)
+        if self.prefix:
+            cmd = [*self.prefix, sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", self.pool,
+                   "--concurrency", str(self.concurrency), "--loglevel", "INFO", "--without-gossip",
+                   "--without-mingle", "--hostname", f"{name}@%h", "--logfile", str(logfile)]
+            if self.queues:
+                cmd += ["--queues", self.queues]
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        else:
+            proc = start_worker(env=self.env, pool=self.pool, concurrency=self.concurrency, loglevel="INFO",
+                                logfile=logfile, hostname=f"{name}@%h", queues=self.queues)
         return Worker(proc, name, logfile)
+
+    def pids(self) -> set[int]:
+        """Every process of the live workers (prefix wrappers, main processes, prefork children)."""
+        out = set()
+        for w in self.workers:
+            with contextlib.suppress(psutil.Error):
+                top = psutil.Process(w.proc.pid)
+                out |= {top.pid, *(p.pid for p in top.children(recursive=True))}
+        return out
 
     def kill_child(self) -> bool:
         """SIGKILL one prefork child of a random worker (the main process requeues its job)."""
@@ -551,6 +582,7 @@ class Report:
     kills: int = 0
     restarts: int = 0
     duplicates: int = 0
+    disagreements: int = 0  # stored outcomes that disagree with the ledger
     lost: int = 0
     not_final: int = 0
     card_hits: int = 0
@@ -565,7 +597,8 @@ class Report:
     def row(self) -> dict:
         return {"scenario": self.scenario, "payments": self.payments, "faults injected": self.faults,
                 "kills": self.kills, "Redis restarts": self.restarts, "duplicates charged": self.duplicates,
-                "payments lost": self.lost, "not final": self.not_final, "card-data hits": self.card_hits,
+                "store ≠ ledger": self.disagreements, "payments lost": self.lost, "not final": self.not_final,
+                "card-data hits": self.card_hits,
                 "seconds": round(self.seconds)}
 
 
@@ -644,6 +677,11 @@ def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_
             approved_voids[e["origin"]].append(e)
     known = set(extra_order_ids or ())
     resumed = reconciled = 0
+
+    def disagree(text: str) -> None:
+        report.disagreements += 1
+        report.problem(text)
+
     report.payments += len(jobs)
     for job in jobs:
         pid, ttype = job.payment_id, job.operation.upper()
@@ -673,14 +711,15 @@ def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_
         if status in CHARGED or status == "DECLINED":
             want = "1" if status in CHARGED else "0"
             if charge is None or charge["status"] != want or charge["id"] != rec.get("trans_id"):
-                report.problem(f"{pid}: store says {status} {rec.get('trans_id')!r}, ledger has "
-                               f"{[(e['id'], e['status']) for e in charges]}")
+                disagree(f"{pid}: store says {status} {rec.get('trans_id')!r}, ledger has "
+                         f"{[(e['id'], e['status']) for e in charges]}")
                 continue
             if (status != "DECLINED") != job.approves:
-                report.problem(f"{pid}: {job.amount} ended {status}")
+                disagree(f"{pid}: {job.amount} ended {status}")
         elif status == "ERROR":
             if charges:
-                report.problem(f"{pid}: recorded ERROR ({rec.get('message')}) but the ledger has a charge")
+                disagree(f"{pid}: recorded ERROR ({rec.get('message')}) but the ledger has "
+                         f"{[(e['id'], e['status']) for e in charges]}")
                 continue
             if not allow_error:
                 report.problem(f"{pid}: ended ERROR: {rec.get('message')}")
@@ -695,17 +734,17 @@ def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_
                 report.problem(f"{pid}: approved and due a void, ledger has {len(voids)} approved VOID(s)")
                 continue
             if status != "VOIDED" or not charge.get("voided"):
-                report.problem(f"{pid}: voided in the ledger ({voids[0]['id']}) but the store says {status}")
+                disagree(f"{pid}: voided in the ledger ({voids[0]['id']}) but the store says {status}")
             void_rec = store.get(voids[0]["order_id"])
             if voids[0]["order_id"] not in void_ids or void_rec is None:
-                report.problem(f"{pid}: void {voids[0]['id']} has order id {voids[0]['order_id']!r} with no record")
+                disagree(f"{pid}: void {voids[0]['id']} has order id {voids[0]['order_id']!r} with no record")
             elif void_rec["status"] != "APPROVED" or void_rec.get("trans_id") != voids[0]["id"]:
-                report.problem(f"{pid}: void record {void_rec['payment_id']} says {void_rec['status']} "
-                               f"{void_rec.get('trans_id')!r}, ledger VOID {voids[0]['id']}")
+                disagree(f"{pid}: void record {void_rec['payment_id']} says {void_rec['status']} "
+                         f"{void_rec.get('trans_id')!r}, ledger VOID {voids[0]['id']}")
         elif voids:
             report.problem(f"{pid}: voided ({[v['id'] for v in voids]}) though no void was asked for")
         elif status == "VOIDED":
-            report.problem(f"{pid}: store says VOIDED, the ledger has no void")
+            disagree(f"{pid}: store says VOIDED, the ledger has no void")
         if job.chained and not must_void:
             void_rec = store.get(f"{pid}:void")
             if void_rec is None:
@@ -717,6 +756,21 @@ def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_
         report.problem(f"ledger entry {e['id']} {e['trans_type']} order {e['order_id']!r} belongs to no job")
     report.details["resumed_after_redelivery"] = resumed
     report.details["adopted_from_stq"] = reconciled
+
+
+def check_orders(report: Report, orders: dict[str, dict]) -> list[str]:
+    """The ledger counted per ORDER_ID (the sandbox's ``/sandbox/orders``): one ORDER_ID is one operation, so at
+    most one approved entry each, whatever its type. Returns the order ids charged more than once."""
+    twice = []
+    for order_id, row in sorted(orders.items()):
+        approved = sum((row.get("approved") or {}).values())
+        if approved > 1:
+            twice.append(order_id)
+            report.problem(f"order {order_id}: {approved} approved ledger entries {row.get('approved')}")
+        if row.get("held"):
+            report.problem(f"order {order_id}: {row['held']} late commit(s) still held when checked")
+    report.details["orders_charged_twice"] = len(twice)
+    return twice
 
 
 def scan_card_data(*, clients=(), files=()) -> list[str]:
@@ -748,21 +802,30 @@ def _say(log, text):
 def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payments: int, kill_every: float | None,
                              faults: bool, rate: float = 20.0, seed: int = 0, workers: int = 2,
                              concurrency: int = 3, settle_timeout: float = 240.0, sweep_during_faults=False,
-                             fenced_kills=True, worker_overrides=None, log=None) -> Report:
+                             fenced_kills=True, worker_overrides=None, fault_mix: dict | None = None,
+                             duplicate_window: float | None = None, late_commit_seconds: float | None = None,
+                             latency_ms=(100, 200), log=None) -> Report:
     """Scenarios 1 and 2 (and both at once): sales, some chained with a void, while workers are
     SIGKILLed (prefork children, and whole workers every third kill) and/or 30 % of gateway requests
     fail. Then settle (sweeping once the broker is quiet) and check everything against the ledger.
 
     ``fenced_kills``: whole workers die at a safe point (:meth:`Fleet.stop_at_safe_point`), never inside
-    kombu's fetch gap, which :func:`run_fetch_gap` hits on purpose; without it a kill may land anywhere."""
+    kombu's fetch gap, which :func:`run_fetch_gap` hits on purpose; without it a kill may land anywhere.
+    ``fault_mix``: the fault kinds and their shares (default :data:`FAULT_MIX`); ``duplicate_window``: the
+    sandbox's duplicate rule (0: off); ``late_commit_seconds``: how long a ``late_commit`` is held."""
     rng = random.Random(seed)
     report = Report(name)
     started = time.monotonic()
     prefix = f"payments:{name}:"
-    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=duplicate_window) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         svc = services_for(settings_for(redis_url, sandbox, prefix))
-        sandbox.set_faults({"latency_ms": 100, "jitter_ms": 200, "slow_seconds": SLOW_SECONDS,
-                            **({"probabilities": FAULT_MIX, "endpoints": ["bp10emu", "stq"]} if faults else {})})
+        fault_config = {"latency_ms": latency_ms[0], "jitter_ms": latency_ms[1], "slow_seconds": SLOW_SECONDS}
+        if late_commit_seconds is not None:
+            fault_config["late_commit_seconds"] = late_commit_seconds
+        if faults:
+            fault_config.update(probabilities=fault_mix or FAULT_MIX, endpoints=["bp10emu", "stq"])
+        sandbox.set_faults(fault_config)
         fleet = Fleet(name, worker_env(redis_url, sandbox, prefix, **(worker_overrides or {})), logdir,
                       size=workers, concurrency=concurrency, rng=rng).start()
         try:
@@ -801,16 +864,226 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                     report.problem(f"a sweep during gateway faults raised {type(exc).__name__}: {exc}")
             if faults:
                 report.faults = faults_injected(sandbox)
+                report.details["faults_by_kind"] = sandbox.stats()["faults_injected"]
                 sandbox.set_faults({})  # the gateway heals; what was unknown is reconciled by the sweep
             settle(svc, producer.jobs, timeout=settle_timeout, report=report, log=log)
+            sandbox.wait_no_held(60)  # every request the gateway still held has committed: the ledger is complete
             report.kills = fleet.kills
             report.details.update(child_kills=fleet.child_kills, worker_kills=fleet.worker_kills,
                                   kill_events=fleet.events)
             verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=faults)
-            report.details["ledger_entries"] = sandbox.stats()["ledger_size"]
+            check_orders(report, sandbox.orders())
+            stats = sandbox.stats()
+            report.details["ledger_entries"] = stats["ledger_size"]
+            report.details["late_commits"] = stats["late_commits"]["committed"]
+            report.details["duplicate_window"] = stats["duplicate_window"]
         finally:
             fleet.stop()
         scan_for_cards(report, clients=[svc.redis], files=fleet.logfiles)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_late_commits(name: str, redis_url: str, logdir: Path, *, payments: int, kill_every: float | None = 2.0,
+                     rate: float = 20.0, seed: int = 31, settle_timeout: float = 300.0, fenced_kills=True,
+                     log=None) -> Report:
+    """Late commits (exactly-once v2), with the sandbox's duplicate rule OFF (BluePay publishes no duplicate
+    window, so nothing at the gateway catches a second send): 30 % of ``bp10emu`` and ``stq`` requests fail,
+    half of them ``late_commit`` (held :data:`LATE_COMMIT_SECONDS`, longer than the read timeout and shorter
+    than the commit horizon, invisible to stq until committed, then committed whatever the client did), the
+    rest refused, 502 before processing, or dropped after the commit. Meanwhile prefork children and (every
+    third kill, fenced) whole workers are SIGKILLed. The gateway then heals and the sweep runs until the
+    broker is quiet and every operation is final.
+
+    Checked: at most one SALE per operation and at most one approved ledger entry per ORDER_ID
+    (:func:`check_orders`); every stored outcome agrees with the ledger (:func:`verify`: status, trans id,
+    amount, voids); nothing non-final; no card data. A worker that trusts stq's "absent" right after a read
+    timeout sends again while the first request is still held, and both commit."""
+    return run_payments_under_chaos(name, redis_url, logdir, payments=payments, kill_every=kill_every, faults=True,
+                                    rate=rate, seed=seed, settle_timeout=settle_timeout, fenced_kills=fenced_kills,
+                                    fault_mix=LATE_COMMIT_MIX, duplicate_window=0,
+                                    late_commit_seconds=LATE_COMMIT_SECONDS, latency_ms=(50, 100), log=log)
+
+
+# A worker whose clock runs ahead. The gateway is slow here so that calls are in flight long enough for a
+# duplicate delivery to arrive during one: read timeout 8 s (hence a 20 s horizon, a 60 s visibility timeout and
+# RECONCILE_AFTER > 1.1 x that), and a lease of 3 s, shorter than a call, so that only the heartbeat keeps it.
+SKEW = "+120s"
+SKEW_SETTINGS = {"GATEWAY_READ_TIMEOUT": "8", "GATEWAY_COMMIT_HORIZON": "20", "BROKER_VISIBILITY_TIMEOUT": "60",
+                 "LEASE_SECONDS": "3", "RECONCILE_AFTER": "70"}
+_RESUMED = re.compile(r"resumed by (\S+) from (\w+)")
+# A host whose wall clock is wrong: only CLOCK_REALTIME is off. libfaketime fakes CLOCK_MONOTONIC too by default,
+# and then every timed wait on a lock or Event (Python computes an absolute CLOCK_MONOTONIC deadline from the
+# faked clock, the kernel waits on the real one) lasts the offset longer: the heartbeat thread's
+# ``Event.wait(lease / 3)`` would stall for two minutes, which no real clock skew does.
+FAKETIME_ENV = {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+_FAKETIME_PROBE = ("import threading, time; t = time.monotonic(); threading.Event().wait(0.2); "
+                   "print(time.time(), time.monotonic() - t)")
+
+
+def faketime_offset(spec: str = SKEW) -> float | None:
+    """Seconds by which ``faketime -f spec`` (with :data:`FAKETIME_ENV`) moves a Python process's ``time.time()``;
+    None without faketime (Debian package ``faketime``), when it has no effect, or when a timed wait under it
+    does not return in time."""
+    if shutil.which("faketime") is None:
+        return None
+    try:
+        out = subprocess.run(["faketime", "-f", spec, sys.executable, "-c", _FAKETIME_PROBE], capture_output=True,
+                             text=True, timeout=10, check=True, env={**os.environ, **FAKETIME_ENV}).stdout
+        now, waited = (float(x) for x in out.strip().splitlines()[-1].split())
+        offset = now - time.time()
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+    return offset if abs(offset) > 1 and waited < 2 else None
+
+
+def run_clock_skew(name: str, redis_url: str, logdir: Path, *, in_flight: int = 16, late: int = 6, skew: str = SKEW,
+                   seed: int = 41, settle_timeout: float = 240.0, log=None) -> Report:
+    """A worker whose clock runs ``skew`` ahead (``faketime``) gets duplicate deliveries of sales another worker
+    holds. The sandbox's duplicate rule is off, so a second send is a second charge.
+
+    Two workers on queues of their own: the normal one (prefork, 6 slots) and the skewed one (prefork, 4 slots,
+    under ``faketime -f skew``, its monotonic clock left alone: see :data:`FAKETIME_ENV`). Each sale, with its
+    idempotency key (every other one chained with a void, the void on the same worker's queue), goes to the normal
+    worker first; once its record is held, the same sale is published to the skewed worker.
+
+    1. In flight: the gateway answers in 2.5-4 s, longer than the 3 s lease: the normal worker's heartbeat keeps
+       the lease. The duplicate is published while the call is in flight. Leases are judged on Redis server time,
+       so the skewed worker must find them live (re-queue itself), never take one over.
+    2. Late commits: the gateway holds every SALE 10 s (read timeout 8 s) before committing it. The normal worker
+       times out and parks the sale UNKNOWN (its lease released); then the duplicate reaches the skewed worker,
+       which may take the parked sale over but, with stq saying "absent" and the commit horizon (20 s, Redis
+       time) still running, must not send it again.
+
+    Checked besides :func:`verify` and :func:`check_orders`: no record ever went from PENDING to another holder
+    (nobody dies here, so every PENDING record had a live lease); in phase 1 no record changed holder at all;
+    every delivery (both workers', sales and voids) returned a final outcome to the result backend, none
+    PENDING, UNKNOWN or ERROR; no card data.
+    """
+    offset = faketime_offset(skew)
+    if offset is None:
+        raise RuntimeError("faketime is missing or has no effect (Debian package: faketime)")
+    rng = random.Random(seed)
+    report = Report(name)
+    report.details["skew_seconds"] = round(offset, 1)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    tag = uuid.uuid4().hex[:6]
+    q_normal, q_ahead = f"skew-normal-{tag}", f"skew-ahead-{tag}"
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        svc = services_for(settings_for(redis_url, sandbox, prefix, read_timeout=8.0, commit_horizon_setting=20.0,
+                                        visibility_timeout=60.0, lease_seconds=3.0))
+        env = worker_env(redis_url, sandbox, prefix, **SKEW_SETTINGS)
+        normal = Fleet(f"{name}-normal", env, logdir, size=1, concurrency=6, queues=q_normal, rng=rng)
+        ahead = Fleet(f"{name}-ahead", {**env, **FAKETIME_ENV}, logdir, size=1, concurrency=4, queues=q_ahead,
+                      rng=rng, prefix=["faketime", "-f", skew])
+        deliveries: list[tuple[str, str, str]] = []  # (payment id, "normal"/"ahead", task id)
+        phase1: list[Job] = []
+        phase2: list[Job] = []
+        ahead_pids: set[int] = set()
+        try:
+            normal.start()
+            ahead.start()
+            ahead_pids |= ahead.pids()
+
+            def deliver(queue: str, who: str, job: Job) -> None:
+                from tasks import sale, void
+
+                kwargs = {"amount": job.amount, "card": dict(TEST_CARD), "customer": dict(CUSTOMER),
+                          "idempotency_key": job.payment_id}
+                if job.chained:
+                    res = (sale.s(**kwargs).set(queue=queue) | void.s().set(queue=queue)).apply_async()
+                    deliveries.extend([(job.payment_id, who, res.parent.id), (job.payment_id + ":void", who, res.id)])
+                else:
+                    deliveries.append((job.payment_id, who, sale.apply_async(kwargs=kwargs, queue=queue).id))
+
+            def wait_status(pid: str, statuses: tuple, *, in_flight=False, timeout=30.0) -> bool:
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline:
+                    status, flying = svc.redis.hmget(svc.store.record_key(pid), "status", "in_flight")
+                    if status in statuses and (not in_flight or flying == "1"):
+                        return True
+                    time.sleep(0.02)
+                return False
+
+            # 1. calls in flight
+            sandbox.set_faults({"latency_ms": 2500, "jitter_ms": 1500, "endpoints": ["bp10emu"]})
+            during = 0
+            for i in range(in_flight):
+                chained = i % 2 == 0  # chained sales approve: their voids must run, once
+                job = Job(new_key("rel-skew"), "sale", make_amount(rng, approve=True if chained else None),
+                          chained=chained, how="key", published_at=time.time())
+                phase1.append(job)
+                deliver(q_normal, "normal", job)
+                if not wait_status(job.payment_id, ("PENDING",), in_flight=True):
+                    report.problem(f"{job.payment_id}: the normal worker never had it in flight")
+                deliver(q_ahead, "ahead", job)
+                during += svc.redis.hget(svc.store.record_key(job.payment_id), "status") == "PENDING"
+            report.details["duplicates_published_while_in_flight"] = during
+            _say(log, f"{name}: {in_flight} sales in flight, each also delivered to the skewed worker")
+            deadline = time.monotonic() + 90
+            while pending_work(svc.store, phase1) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            ahead_pids |= ahead.pids()
+
+            # 2. late commits: parked UNKNOWN by the normal worker, then delivered to the skewed one
+            sandbox.set_faults({"probabilities": {"late_commit": 1.0}, "late_commit_seconds": 10,
+                                "endpoints": ["bp10emu"]})
+            for _ in range(late):
+                job = Job(new_key("rel-skew-late"), "sale", make_amount(rng), how="key", published_at=time.time())
+                phase2.append(job)
+                deliver(q_normal, "normal", job)
+            for job in phase2:
+                if not wait_status(job.payment_id, ("UNKNOWN",), timeout=40):
+                    report.problem(f"{job.payment_id}: never parked UNKNOWN after its read timeout")
+                deliver(q_ahead, "ahead", job)
+            _say(log, f"{name}: {late} late-committed sales parked, each also delivered to the skewed worker")
+            time.sleep(3)
+            sandbox.set_faults({})
+            jobs = phase1 + phase2
+            settle(svc, jobs, timeout=settle_timeout, report=report, queues=(q_normal, q_ahead), log=log)
+            sandbox.wait_no_held(60)
+            ahead_pids |= ahead.pids()
+            verify(report, svc.store, sandbox.ledger(), jobs, allow_error=False)
+            check_orders(report, sandbox.orders())
+            report.details["late_commits"] = sandbox.stats()["late_commits"]["committed"]
+
+            # Who held what: nobody dies here, so no PENDING record may change holder (its lease was live).
+            taken: Counter = Counter()
+            for job in jobs:
+                for pid in (job.payment_id, job.payment_id + ":void"):
+                    for entry in svc.store.history(pid):
+                        m = _RESUMED.match(entry.get("note", ""))
+                        if not m:
+                            continue
+                        owner, before = m.groups()
+                        holder_pid = owner.split(":")[1] if owner.count(":") >= 2 else ""
+                        who = "skewed" if holder_pid.isdigit() and int(holder_pid) in ahead_pids else "normal"
+                        taken[f"{who}_from_{before}"] += 1
+                        if before == "PENDING":
+                            report.problem(f"{pid}: the {who} worker took over a live lease: {entry}")
+                        elif job in phase1:
+                            report.problem(f"{pid}: changed holder while in flight ({who}): {entry}")
+            report.details["takeovers"] = dict(taken)
+            # Every delivery returned a final outcome (never PENDING, UNKNOWN or an ERROR of its own).
+            results: Counter = Counter()
+            for pid, who, task_id in deliveries:
+                meta = svc.redis.get(f"celery-task-meta-{task_id}")
+                meta = json.loads(meta) if meta else {}
+                outcome = meta.get("result") if isinstance(meta.get("result"), dict) else {}
+                status = outcome.get("status")
+                results[f"{who}:{status}"] += 1
+                if meta.get("status") != "SUCCESS" or status not in ("APPROVED", "DECLINED", "VOIDED", "SKIPPED"):
+                    report.problem(f"{pid}: the {who} worker's task {task_id} returned "
+                                   f"{meta.get('status')} {status} {outcome.get('message', '')!r}")
+            report.details["task_results"] = dict(results)
+            report.details["skewed_busy_requeues"] = sum(
+                f.read_text("utf-8", "replace").count("] retry: Retry in") for f in ahead.logfiles if f.exists())
+        finally:
+            normal.stop()
+            ahead.stop()
+        scan_for_cards(report, clients=[svc.redis], files=normal.logfiles + ahead.logfiles)
     report.seconds = time.monotonic() - started
     return report
 
@@ -1130,7 +1403,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
 
 # ------------------------------------------------------------------------------------------ table
 COLUMNS = ("scenario", "payments", "faults injected", "kills", "Redis restarts", "duplicates charged",
-           "payments lost", "not final", "card-data hits", "seconds")
+           "store ≠ ledger", "payments lost", "not final", "card-data hits", "seconds")
 
 
 def table(reports: list[Report]) -> str:
