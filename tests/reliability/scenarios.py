@@ -226,7 +226,7 @@ class Fleet:
     def logfiles(self) -> list[Path]:
         return [w.logfile for w in self.workers + self.retired]
 
-    def start(self) -> "Fleet":
+    def start(self) -> Fleet:
         starting = [self._launch() for _ in range(self.size)]
         for w in starting:
             wait_ready(w.logfile, w.proc)
@@ -365,7 +365,7 @@ class Fleet:
         finally:
             client.close()
 
-    def supervise(self) -> "Fleet":
+    def supervise(self) -> Fleet:
         """Restart workers that exit on their own, as any deployment's process supervisor does."""
         def loop():
             while not self._supervising.wait(0.5):
@@ -420,7 +420,7 @@ class OwnRedis:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
 
-    def start(self, timeout=15.0) -> "OwnRedis":
+    def start(self, timeout=15.0) -> OwnRedis:
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
                "--daemonize", "no", "--logfile", str(self.dir / "redis-server.log")]
         cmd += ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
@@ -617,7 +617,7 @@ def pending_work(store, jobs: list[Job]) -> list[str]:
     for job in jobs:
         pipe.hget(store.record_key(job.payment_id), "status")
     out = []
-    for job, status in zip(jobs, pipe.execute()):
+    for job, status in zip(jobs, pipe.execute(), strict=False):
         if status is None or status in NON_FINAL:
             out.append(job.payment_id)
         elif (job.chained or job.stale_void) and status == "APPROVED":
@@ -733,6 +733,7 @@ def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_
             if len(voids) != 1:
                 report.problem(f"{pid}: approved and due a void, ledger has {len(voids)} approved VOID(s)")
                 continue
+            assert charge is not None  # must_void says so
             if status != "VOIDED" or not charge.get("voided"):
                 disagree(f"{pid}: voided in the ledger ({voids[0]['id']}) but the store says {status}")
             void_rec = store.get(voids[0]["order_id"])
@@ -1069,9 +1070,9 @@ def run_clock_skew(name: str, redis_url: str, logdir: Path, *, in_flight: int = 
             # Every delivery returned a final outcome (never PENDING, UNKNOWN or an ERROR of its own).
             results: Counter = Counter()
             for pid, who, task_id in deliveries:
-                meta = svc.redis.get(f"celery-task-meta-{task_id}")
-                meta = json.loads(meta) if meta else {}
-                outcome = meta.get("result") if isinstance(meta.get("result"), dict) else {}
+                raw = svc.redis.get(f"celery-task-meta-{task_id}")
+                meta: dict = json.loads(raw) if raw else {}
+                outcome: dict = meta["result"] if isinstance(meta.get("result"), dict) else {}
                 status = outcome.get("status")
                 results[f"{who}:{status}"] += 1
                 if meta.get("status") != "SUCCESS" or status not in ("APPROVED", "DECLINED", "VOIDED", "SKIPPED"):
@@ -1200,7 +1201,7 @@ def run_redis_restart(name: str, own: OwnRedis, logdir: Path, *, payments: int, 
                 result = json.loads(meta).get("result") if meta else None
                 if not isinstance(result, dict) or result.get("payment_id") != job.payment_id:
                     report.problem(f"{job.payment_id}: the result backend has no outcome for task {job.task_id}: "
-                                   f"{meta and meta[:200]}")
+                                   f"{(meta[:200] if meta else None)!r}")
             report.details["publish_retries"] = len(producer.publish_retries)
             report.details["worker_crashes"] = fleet.crashes
             report.details["events"] = fleet.events
@@ -1268,7 +1269,7 @@ def run_duplicate_delivery(name: str, redis_url: str, logdir: Path, *, pairs: in
         svc = services_for(settings_for(redis_url, sandbox, prefix))
         client = svc.redis
         jobs = []
-        for i in range(pairs):  # (a) published while nobody consumes the queue
+        for _i in range(pairs):  # (a) published while nobody consumes the queue
             amount = make_amount(rng)
             tid = new_key("rel-dup-raw")
             sale.apply_async(kwargs={"amount": amount, "card": TEST_CARD, "customer": CUSTOMER}, task_id=tid,
@@ -1285,7 +1286,7 @@ def run_duplicate_delivery(name: str, redis_url: str, logdir: Path, *, pairs: in
                       queues=queue).start()
         try:
             client.rename(staging, queue)
-            for i in range(pairs):  # (b) the same task id twice, the workers consuming
+            for _i in range(pairs):  # (b) the same task id twice, the workers consuming
                 amount = make_amount(rng)
                 tid = new_key("rel-dup-id")
                 for _ in range(2):
