@@ -15,6 +15,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.carddata import contains_card_number
+from worker.catalogue import PAYMENT_TASKS
 from worker.celery_app import app
 from worker.flow import GatewayOutage, LeaseBusy
 from worker.gateway import InvalidInput, validation
@@ -123,6 +124,12 @@ class PaymentTask(Task):
         return any(isinstance(sig, dict) and sig.get("task") == "payments.void" for sig in following)
 
 
+def task_options(name: str) -> dict[str, Any]:
+    """A payment task's name and attributes, from the one table of them (worker/catalogue.py)."""
+    spec = PAYMENT_TASKS[name]
+    return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
+
+
 def _checked_key(idempotency_key: Any) -> str:
     if not isinstance(idempotency_key, str) or not idempotency_key.strip():
         raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string")
@@ -176,33 +183,33 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
                                      message_id=task.request.id, redelivered=task.redelivered)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.sale", operation="sale", carries_card=True)
+@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.auth", operation="auth", carries_card=True)
+@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.capture", operation="capture")
+@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.refund", operation="refund")
+@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, name="payments.void", operation="void")
+@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):

@@ -15,9 +15,10 @@ import inspect
 import logging
 from typing import Any
 
-from celery import Celery, Task, bootsteps, signals
+from celery import Celery, bootsteps, signals
 from celery.app.amqp import AMQP
 
+from worker.catalogue import OUTBOX_TASKS
 from worker.sealing import seal_publish
 from worker.services import services
 
@@ -152,16 +153,9 @@ class GreenTaskEventBuffer(bootsteps.StartStopStep):
 app.steps["consumer"].add(GreenTaskEventBuffer)
 
 
-class PaymentTask(Task):
-    """Base of the payment tasks."""
-
-    # tasks/payments.py bounds every kind of re-queue itself (outage, busy lease, Redis down).
-    max_retries = None
-
-
-# Payment messages go to the results store's outbox once published; a worker's claim removes the entry
-# (ResultsStore.claim(message_id=...)), and the sweep publishes entries left too long again.
-OUTBOX_TASKS = frozenset({"payments.sale", "payments.auth", "payments.capture", "payments.refund", "payments.void"})
+# Payment messages (worker/catalogue.py: OUTBOX_TASKS) go to the results store's outbox once published; a
+# worker's claim removes the entry (ResultsStore.claim(message_id=...)), and the sweep publishes entries left
+# too long again.
 
 
 @signals.after_task_publish.connect(weak=False)

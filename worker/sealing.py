@@ -39,22 +39,12 @@ from typing import Any
 from celery.utils.saferepr import saferepr
 
 from worker.carddata import CardDataRefused, card_data_field, contains_card_number, mask_text, refuse_card_data
+from worker.catalogue import CARD_ARGUMENT, PARAMETERS
 from worker.vault import CardVault, mask_card
 
 __all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "masked_reprs", "unsealed_card_in",
            "CardDataRefused"]
 
-#: Tasks that carry a card, and the position of ``card`` among their positional arguments.
-CARD_ARGUMENT = {"payments.sale": 1, "payments.auth": 1}
-_CHARGE = ("amount", "card", "customer", "order_id", "idempotency_key")
-#: Positional parameters of the payment tasks (to name positional arguments in refusals).
-PARAMETERS = {
-    "payments.sale": _CHARGE,
-    "payments.auth": _CHARGE,
-    "payments.capture": ("trans_id", "amount", "idempotency_key"),
-    "payments.refund": ("trans_id", "amount", "idempotency_key"),
-    "payments.void": ("trans_id", "idempotency_key"),
-}
 #: Where Celery embeds signatures in a message body's third element (and in ``as_task_v2``'s arguments).
 EMBEDDED = ("chain", "callbacks", "errbacks", "chord")
 #: Option names of a signature that hold other signatures.
