@@ -88,3 +88,14 @@ def services() -> Services:
         _by_pid.clear()
         found = _by_pid[pid] = Services(get_settings())
     return found
+
+
+def install(svc: Services | None) -> Services | None:
+    """Make ``svc`` what :func:`services` returns in this process (None: built from the environment again on
+    next use); returns what was installed before. Tests run the tasks over their own store and gateway this way."""
+    pid = os.getpid()
+    previous = _by_pid.get(pid)
+    _by_pid.clear()
+    if svc is not None:
+        _by_pid[pid] = svc
+    return previous

@@ -1,14 +1,13 @@
 """The payment flow's decisions (issue 12's rules, as tables), with a FAKE gateway (a scripted class, not mocks)
-and a real results store.
+and the in-memory results store (tests/support/fake_store.py), which tests/contract/ proves to follow the same
+rules as the Redis store's Lua scripts. No Redis, no sleeping.
 
-The store runs on Redis database 9 (env TEST_REDIS_URL) under a unique key prefix per test, which is deleted
-afterwards. There is no fake clock: leases, ages and the commit horizon are Redis server time, so a test makes
-time pass with a tiny ``commit_horizon`` (or lease) and a short sleep. Every test says how many money-moving
-requests the fake gateway received.
+Leases, ages and the commit horizon are the store's time, a fake clock: a test makes time pass with a tiny
+``commit_horizon`` (or lease) and ``clock.advance``. Every test says how many money-moving requests the fake
+gateway received.
 """
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -19,48 +18,30 @@ import uuid
 import pytest
 from cryptography.fernet import Fernet
 
+from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
-from tests.support.redis_db import redis_or_skip
+from tests.support.fake_gateway import SALE_TRANS, FakeGateway, duplicate, reply
+from tests.support.fake_store import InMemoryStore
 from worker.config import Settings
 from worker.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow, request_fingerprints
 from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
 from worker.gateway.protocol import parse_query_reply, parse_transaction_reply
 from worker.leases import LeaseKeeper
 from worker.states import TASK_STATUSES
-from worker.store import CONTRACT_FIELDS, ResultsStore
+from worker.store import CONTRACT_FIELDS
 from worker.sweep import run_sweep
 
 from . import gateway_replies as R
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 OTHER_CARD = {"number": "5454545454545454", "expire": "1230", "cvv2": "123"}
 CUSTOMER = {"name1": "Bob", "name2": "Tester"}
-SALE_TRANS = "100000000101"
 OTHER_TRANS = "100000000202"
 THIRD_TRANS = "100000000303"
 KEY = TEST_CARD_KEY
 OLD_KEY = Fernet.generate_key().decode()
 HORIZON = 60.0  # long enough that nothing a test does gets past it
-TINY = 0.3      # a commit horizon a test waits out with a sleep
-
-
-class UnexpectedCall(BaseException):
-    """Not an Exception: the flow's "stq failed, cannot tell" handler must not swallow a test failure."""
-
-
-def reply(status="APPROVED", message="Approved Sale", trans_type="SALE", trans_id=SALE_TRANS, **fields):
-    base = dict(amount="3.00", auth_code="AUTH42", avs="_", cvv2="M", masked_account="xxxxxxxxxxxx1111",
-                card_type="VISA")
-    if status != "APPROVED" or trans_type in ("VOID", "CAPTURE", "REFUND"):
-        base.update(auth_code="")
-    base.update(fields)
-    return Response(status=status, message=message, trans_id=trans_id, trans_type=trans_type, **base)
-
-
-def duplicate():
-    return OutcomeUnknown("DUPLICATE", duplicate=True, response=reply(message="DUPLICATE", trans_id=""))
+TINY = 0.3      # a commit horizon a test waits out (clock.advance)
 
 
 def parsed(pairs):
@@ -78,70 +59,14 @@ def parsed_stq(row):
         return exc
 
 
-class FakeGateway:
-    """The client's verbs, answering from a script.
-
-    ``script``: what each money-moving call does in turn (a Response to return, an exception to raise, or a
-    function of the call to run: it returns or raises). ``stq``: what each ``query`` does in turn (a Response,
-    None for "provably absent", or an exception). Calls are recorded; running out of script is a test failure
-    (an unexpected call), raised as a BaseException so that no handler in the flow can take it for an answer.
-    """
-
-    def __init__(self, script=(), stq=()):
-        self.script = list(script)
-        self.stq = list(stq)
-        self.sends: list[dict] = []
-        self.queries: list[dict] = []
-
-    def _next(self, queue, what, call=None):
-        if not queue:
-            raise UnexpectedCall(f"unexpected gateway call: {what}")
-        item = queue.pop(0)
-        if callable(item) and not isinstance(item, (Response, BaseException)):
-            item = item(call)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def _send(self, verb, **call):
-        self.sends.append({"verb": verb, **call})
-        return self._next(self.script, f"{verb} {call}", call)
-
-    def sale(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None):
-        return self._send("sale", amount=amount, card=card, order_id=order_id,
-                          duplicate_override=duplicate_override, invoice_id=invoice_id)
-
-    def auth(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None):
-        return self._send("auth", amount=amount, card=card, order_id=order_id,
-                          duplicate_override=duplicate_override, invoice_id=invoice_id)
-
-    def capture(self, trans_id, amount=None, order_id=None):
-        return self._send("capture", trans_id=trans_id, amount=amount, order_id=order_id)
-
-    def refund(self, trans_id, amount=None, order_id=None):
-        return self._send("refund", trans_id=trans_id, amount=amount, order_id=order_id)
-
-    def void(self, trans_id, order_id=None):
-        return self._send("void", trans_id=trans_id, order_id=order_id)
-
-    def query(self, *, trans_id=None, order_id=None, days_back=30):
-        self.queries.append({"trans_id": trans_id, "order_id": order_id})
-        return self._next(self.stq, f"query {order_id or trans_id}")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with redis_or_skip(REDIS_URL) as r:
-        yield r
+@pytest.fixture
+def clock():
+    return FixedClock()
 
 
 @pytest.fixture
-def store(client):
-    prefix = f"test:flow:{uuid.uuid4().hex}:"
-    yield ResultsStore(client, prefix=prefix)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
+def store(clock):
+    return InMemoryStore(clock=clock)
 
 
 _NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
@@ -309,11 +234,11 @@ def test_outcome_unknown_is_never_resent_within_the_horizon(store, stq_answer, s
     (True, reply(), 0, "APPROVED"),
     (True, NotSent("stq down"), 0, "UNKNOWN"),
 ], ids=["within-absent", "within-found", "past-absent-resend", "past-found", "past-cannot-tell"])
-def test_late_commit_resumed_delivery(store, wait, stq_answer, sends, status):
+def test_late_commit_resumed_delivery(store, clock, wait, stq_answer, sends, status):
     pid = new_id()
     late_commit_first_delivery(store, pid, TINY)
     if wait:
-        time.sleep(TINY + 0.1)
+        clock.advance(TINY + 0.1)
     gw = FakeGateway([reply()] * sends, stq=[stq_answer])
     flow = make_flow(store, gw, horizon=TINY if wait else HORIZON)  # "within": however slow this machine is
     if status == "UNKNOWN":
@@ -327,10 +252,10 @@ def test_late_commit_resumed_delivery(store, wait, stq_answer, sends, status):
         assert store.get(pid)["sends"] == "2"
 
 
-def test_late_commit_within_horizon_check_in_is_what_is_left_of_it(store):
+def test_late_commit_within_horizon_check_in_is_what_is_left_of_it(store, clock):
     pid = new_id()
     late_commit_first_delivery(store, pid, 5.0)
-    time.sleep(0.5)
+    clock.advance(0.5)
     gw = FakeGateway(stq=[None])
     out = parked(lambda: sale(make_flow(store, gw, horizon=5.0), pid))
     assert 4.0 < out.check_in < 5.6  # the rest of the horizon (+1 s), not a whole new one
@@ -354,10 +279,10 @@ def test_not_sent_parks_retrying_and_the_redelivery_sends_without_stq(store):
     assert statuses(store, pid) == ["PENDING", "RETRYING", "PENDING", "APPROVED"]
 
 
-def test_not_sent_after_an_earlier_maybe_sent_attempt_is_unknown_not_retrying(store):
+def test_not_sent_after_an_earlier_maybe_sent_attempt_is_unknown_not_retrying(store, clock):
     pid = new_id()
     late_commit_first_delivery(store, pid, TINY)
-    time.sleep(TINY + 0.1)
+    clock.advance(TINY + 0.1)
     gw = FakeGateway([NotSent("connection refused")], stq=[None])
     out = parked(lambda: sale(make_flow(store, gw, horizon=TINY), pid))
     assert out.parked_as == "UNKNOWN"
@@ -391,7 +316,7 @@ def test_a_crash_mid_call_parks_the_attempt_as_maybe_sent(store):
     ("UNKNOWN", "UNKNOWN", None),    # may have been sent: stays for the sweep (only stq may settle it)
     ("UNKNOWN-not-sent-later", "UNKNOWN", None),
 ], ids=["unsent", "maybe-sent", "maybe-sent-then-refused"])
-def test_give_up_retrying(store, state, status, not_charged):
+def test_give_up_retrying(store, clock, state, status, not_charged):
     pid = new_id()
     if state == "RETRYING":
         gw = FakeGateway([NotSent("refused")])
@@ -401,7 +326,7 @@ def test_give_up_retrying(store, state, status, not_charged):
         parked(lambda: sale(make_flow(store, gw), pid))
     else:
         late_commit_first_delivery(store, pid, TINY)
-        time.sleep(TINY + 0.1)
+        clock.advance(TINY + 0.1)
         gw = FakeGateway([NotSent("refused")], stq=[None])
         parked(lambda: sale(make_flow(store, gw, horizon=TINY), pid))
     quiet = FakeGateway()
@@ -600,17 +525,20 @@ def test_a_delivery_that_lost_its_lease_mid_call_writes_nothing(store):
     assert len(gw.sends) == 1
 
 
-def test_the_heartbeat_keeps_the_lease_while_a_call_is_in_flight(store):
+def test_the_heartbeat_keeps_the_lease_while_a_call_is_in_flight(store, clock):
     pid = new_id()
-    seen = []
+    seen: list[str] = []
 
     def slow(call):
-        time.sleep(1.2)  # twice the lease: only renewals keep it
+        for _ in range(6):  # 1.2 s, twice the lease: only renewals keep it
+            clock.advance(0.2)
+            flow.keeper.renew_due()  # one heartbeat (every lease / 3; its own thread beats in real time)
         seen.append(store.claim(pid, "sale", owner="other", lease_seconds=30).kind)
         return reply()
 
     gw = FakeGateway([slow])
-    outcome = sale(make_flow(store, gw, lease=0.6), pid)
+    flow = make_flow(store, gw, lease=0.6)
+    outcome = sale(flow, pid)
     assert seen == ["busy"] and outcome["status"] == "APPROVED"
     assert len(gw.sends) == 1
 
@@ -647,11 +575,11 @@ def test_redelivered_message_without_a_record_asks_stq_before_the_first_send(sto
     assert gw.sends == [] and len(gw.queries) == 1
 
 
-def test_redelivered_message_past_the_horizon_and_absent_is_sent_once(store):
+def test_redelivered_message_past_the_horizon_and_absent_is_sent_once(store, clock):
     pid = new_id()
     first = FakeGateway(stq=[None])
     parked(lambda: sale(make_flow(store, first, horizon=TINY), pid, redelivered=True))
-    time.sleep(TINY + 0.1)
+    clock.advance(TINY + 0.1)
     gw = FakeGateway([reply()], stq=[None])
     assert sale(make_flow(store, gw, horizon=TINY), pid, redelivered=True)["status"] == "APPROVED"
     assert first.sends == [] and len(gw.sends) == 1 and gw.sends[0]["order_id"] == pid
@@ -664,12 +592,12 @@ def test_redelivered_message_past_the_horizon_and_absent_is_sent_once(store):
     (TINY, TINY + 0.1, None, 1, "APPROVED"),  # lease end + horizon passed, absent: never landed
 ], ids=["absent-within", "found", "cannot-tell", "absent-past-horizon"])
 def test_expired_lease_of_an_attempt_in_flight_counts_as_maybe_sent_until_the_lease_ended(
-        store, horizon, wait, stq_answer, sends, status):
+        store, clock, horizon, wait, stq_answer, sends, status):
     pid = new_id()
     first = store.claim(pid, "sale", fields={"order_id": pid, "amount": "3.00"}, owner="gone-host:1:x",
                         lease_seconds=0.2, journal=True)
     lease_until = float(first.record["lease_until"])
-    time.sleep(0.3 + wait)
+    clock.advance(0.3 + wait)
     gw = FakeGateway([reply()] * sends, stq=[stq_answer])
     flow = make_flow(store, gw, horizon=horizon)
     if status == "UNKNOWN":
@@ -733,7 +661,7 @@ def test_duplicate_reconciled_through_stq(store, stq_answer, status, sends):
     assert len(gw.sends) == sends
 
 
-def test_duplicate_after_an_earlier_maybe_sent_attempt(store):
+def test_duplicate_after_an_earlier_maybe_sent_attempt(store, clock):
     pid = new_id()
     late_commit_first_delivery(store, pid, TINY)
     # within the horizon: the flow does not send at all, so no DUPLICATE can be overridden
@@ -741,7 +669,7 @@ def test_duplicate_after_an_earlier_maybe_sent_attempt(store):
     assert parked(lambda: sale(make_flow(store, within, horizon=HORIZON), pid)).parked_as == "UNKNOWN"
     assert within.sends == []
     # past the horizon (absent): the earlier attempt never landed; a DUPLICATE now is of another operation
-    time.sleep(TINY + 0.1)
+    clock.advance(TINY + 0.1)
     gw = FakeGateway([duplicate(), reply()], stq=[None, None])
     assert sale(make_flow(store, gw, horizon=TINY), pid)["status"] == "APPROVED"
     assert [s["duplicate_override"] for s in gw.sends] == [False, True] and len(gw.queries) == 2
@@ -982,9 +910,9 @@ def _left(store, state, *, lease=30.0):
     ("in_flight", HORIZON, reply(), "adopted", "APPROVED"),
 ], ids=["unknown-found", "unknown-absent-past", "unknown-absent-within", "unknown-cannot-tell",
         "retrying-absent", "retrying-found", "in-flight-absent-within", "in-flight-found"])
-def test_reconcile(store, state, horizon, stq_answer, result, status):
+def test_reconcile(store, clock, state, horizon, stq_answer, result, status):
     pid = _left(store, state, lease=0.1 if state == "in_flight" else 30.0)
-    time.sleep(max(0.2, horizon + 0.1 if horizon == TINY else 0.2))
+    clock.advance(max(0.2, horizon + 0.1 if horizon == TINY else 0.2))
     gw = FakeGateway(stq=[stq_answer])
     assert make_flow(store, gw, horizon=horizon).reconcile(store.get(pid), give_up_after=3600) == result
     record = store.get(pid)
@@ -997,7 +925,7 @@ def test_reconcile(store, state, horizon, stq_answer, result, status):
     assert gw.sends == [] and len(gw.queries) == 1
 
 
-def test_reconcile_waits_longer_each_time_stq_cannot_tell_then_gives_up_for_a_human(store):
+def test_reconcile_waits_longer_each_time_stq_cannot_tell_then_gives_up_for_a_human(store, clock):
     pid = _left(store, "unknown")
     flow = make_flow(store, FakeGateway(stq=[NotSent("down")] * 3))
     assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
@@ -1006,12 +934,12 @@ def test_reconcile_waits_longer_each_time_stq_cannot_tell_then_gives_up_for_a_hu
     assert first["status"] == "UNKNOWN" and first["reconcile_tries"] == "1"
     assert first_wait == pytest.approx(0.5, abs=0.01)
     assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "skipped"  # not due yet
-    time.sleep(0.55)
+    clock.advance(0.55)
     assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
     second = store.get(pid)
     assert second["reconcile_tries"] == "2"
     assert float(second["next_check_ts"]) - float(second["updated_ts"]) == pytest.approx(1.0, abs=0.01)
-    time.sleep(1.05)
+    clock.advance(1.05)
     assert flow.reconcile(store.get(pid), give_up_after=0, retry_base=0.5) == "gave_up"
     final = store.get(pid)
     assert final["status"] == "ERROR" and final["needs_human"] == "1"
@@ -1031,13 +959,13 @@ def test_reconcile_skips_what_it_may_not_touch(store, state):
     assert gw.sends == [] and gw.queries == [] and store.get(pid) == before
 
 
-def test_the_sweep_reconciles_stale_records(store):
+def test_the_sweep_reconciles_stale_records(store, clock):
     past = _left(store, "unknown")
     retrying = _left(store, "retrying")
     gw = FakeGateway(stq=[reply(), None])
     svc = types.SimpleNamespace(settings=Settings(reconcile_after=0), store=store,
                                 flow=make_flow(store, gw, horizon=TINY))
-    time.sleep(TINY + 0.1)
+    clock.advance(TINY + 0.1)
     report = run_sweep(svc)
     assert report["reconcile_adopted"] == 1 and report["reconcile_not_charged"] == 1
     assert {store.get(past)["status"], store.get(retrying)["status"]} == {"APPROVED", "ERROR"}
@@ -1059,7 +987,8 @@ def test_no_outcome_a_task_returns_is_pending_or_retrying(store):
     assert len(gw.sends) == 1
 
 
-def test_give_up_retrying_that_stalled_past_its_lease_cannot_overwrite_a_final_outcome(store, monkeypatch):
+def test_give_up_retrying_that_stalled_past_its_lease_cannot_overwrite_a_final_outcome(store, clock,
+                                                                                      monkeypatch):
     """give_up_retrying claims the record, then writes it: if it stalls past its lease in between, another
     delivery may take over and record the real outcome, which the late write must not replace."""
     pid = new_id()
@@ -1067,12 +996,12 @@ def test_give_up_retrying_that_stalled_past_its_lease_cannot_overwrite_a_final_o
     gw = FakeGateway(stq=[reply()])
     slow = make_flow(store, FakeGateway(), lease=0.1)
     real_transition = store.transition
-    stalls = []
+    stalls: list[str] = []
 
     def stalled(payment_id, status, **kw):
         if not stalls:  # the give-up's own write
             stalls.append(status)
-            time.sleep(0.2)  # its lease lapses; a redelivery adopts the charge meanwhile
+            clock.advance(0.2)  # its lease lapses; a redelivery adopts the charge meanwhile
             assert sale(make_flow(store, gw), pid)["status"] == "APPROVED"
         return real_transition(payment_id, status, **kw)
 

@@ -1,0 +1,119 @@
+"""The two implementations of the results store the contract tests run against (``tier`` / ``store``).
+
+* ``fake``: :class:`tests.support.fake_store.InMemoryStore` on a :class:`tests.support.clocks.FixedClock`;
+  time passes when a test says so (``tier.wait`` advances the clock).
+* ``redis``: :class:`worker.store.ResultsStore` on Redis database 9 (env TEST_REDIS_URL) under a unique key
+  prefix, deleted afterwards; skipped when that Redis is not there. Time is Redis ``TIME``: ``tier.wait`` sleeps.
+
+A tier also reads what a test needs to see beyond the store's API (an index's members, an outbox entry, a lock's
+expiry, everything stored) the way Redis shows it to raw commands, and writes a record field raw.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+
+from tests.support.clocks import FixedClock
+from tests.support.fake_store import InMemoryStore
+from tests.support.redis_db import redis_or_skip
+from worker.store import ResultsStore
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+
+class FakeTier:
+    name = "fake"
+
+    def __init__(self):
+        self.clock = FixedClock()
+        self.store = InMemoryStore(clock=self.clock)
+
+    def handle(self) -> InMemoryStore:
+        """The store as another worker sees it: the same state."""
+        return self.store
+
+    def server_now(self) -> float:
+        return self.clock()
+
+    def wait(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    def index(self, name: str) -> list[str]:
+        return self.store.index(name)
+
+    def outbox_entry(self, task_id: str) -> tuple[str | None, float | None]:
+        return self.store.outbox_entry(task_id)
+
+    def lock_ttl(self, name: str) -> float | None:
+        return self.store.lock_ttl(name)
+
+    def write_raw(self, payment_id: str, **fields: str) -> None:
+        self.store.write_raw(payment_id, **fields)
+
+    def stored_text(self) -> str:
+        return self.store.dump()
+
+    def close(self) -> None:
+        pass
+
+
+class RedisTier:
+    name = "redis"
+
+    def __init__(self, client):
+        self.client = client
+        self.prefix = f"test:store:{uuid.uuid4().hex}:"
+        self.store = ResultsStore(client, prefix=self.prefix)
+
+    def handle(self) -> ResultsStore:
+        """Another worker's store: a separate instance on the same Redis keys."""
+        return ResultsStore(self.client, prefix=self.prefix)
+
+    def server_now(self) -> float:
+        seconds, micros = self.client.time()
+        return int(seconds) + int(micros) / 1_000_000
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def index(self, name: str) -> list[str]:
+        return self.client.zrange(f"{self.prefix}idx:{name}", 0, -1)
+
+    def outbox_entry(self, task_id: str) -> tuple[str | None, float | None]:
+        return self.client.hget(self.store.k_outbox, task_id), self.client.zscore(self.store.k_outbox_ts, task_id)
+
+    def lock_ttl(self, name: str) -> float | None:
+        ms = self.client.pttl(self.store.lock_key(name))
+        return None if ms < 0 else ms / 1000
+
+    def write_raw(self, payment_id: str, **fields: str) -> None:
+        self.client.hset(self.store.record_key(payment_id), mapping=fields)
+
+    def stored_text(self) -> str:
+        return "".join(repr(self.client.dump(key)) for key in self.client.scan_iter(match=self.prefix + "*"))
+
+    def close(self) -> None:
+        keys = list(self.client.scan_iter(match=self.prefix + "*", count=1000))
+        if keys:
+            self.client.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    with redis_or_skip(REDIS_URL) as client:
+        yield client
+
+
+@pytest.fixture(params=["fake", "redis"])
+def tier(request):
+    made = FakeTier() if request.param == "fake" else RedisTier(request.getfixturevalue("redis_client"))
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def store(tier):
+    return tier.store

@@ -1,0 +1,304 @@
+"""The tasks' broker policies (tasks/payments.py, ``PaymentTask.__call__``), as unit tests: a delivery runs the
+task as the worker does (Celery's request pushed, then the task called), over the worker's own wiring with the
+in-memory store and a scripted gateway (``install``: no Redis, no broker, no mocks).
+
+What a delivery may end in: an outcome (returned), or a re-queue (Celery's ``Retry``, with its countdown; raised
+only, never published: the request is eager, as under ``Task.apply``).
+"""
+from __future__ import annotations
+
+import pytest
+import redis
+from celery.exceptions import MaxRetriesExceededError, Retry, SoftTimeLimitExceeded
+
+from tasks.payments import MAX_BUSY_RETRIES, auth, outage_countdown, refund, sale, void
+from tests.support.clocks import FixedClock
+from tests.support.env import TEST_CARD_KEY
+from tests.support.fake_gateway import SALE_TRANS, FakeGateway, reply
+from tests.support.fake_store import InMemoryStore
+from tests.support.unit_services import UnitServices
+from worker.config import Settings
+from worker.gateway import NotSent, OutcomeUnknown
+from worker.services import Services, install
+
+CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
+TASK_ID = "msg-aaaa"
+SETTINGS = Settings(card_key=TEST_CARD_KEY, outage_retries=5, outage_backoff=5.0, outage_backoff_max=60.0,
+                    visibility_timeout=300.0, commit_horizon_setting=60.0)
+
+
+@pytest.fixture
+def clock():
+    return FixedClock()
+
+
+@pytest.fixture
+def store(clock):
+    return InMemoryStore(clock=clock)
+
+
+@pytest.fixture
+def wire(store):
+    """wire(gateway, **settings): the services every task of this test uses."""
+    before: list[Services | None] = []
+
+    def wire(gateway, **settings):
+        svc = UnitServices(Settings(**{**SETTINGS.__dict__, **settings}), store, gateway)
+        previous = install(svc)
+        if not before:
+            before.append(previous)
+        return svc
+
+    yield wire
+    install(before[0] if before else None)
+
+
+def deliver(task, *args, task_id=TASK_ID, retries=0, **kwargs):
+    """One delivery of a message of ``task``: its outcome, or the ``Retry`` it raises (a re-queue)."""
+    task.push_request(id=task_id, task=task.name, args=list(args), kwargs=kwargs, retries=retries,
+                      called_directly=False, is_eager=True, delivery_info={})
+    try:
+        return task(*args, **kwargs)
+    finally:
+        task.pop_request()
+
+
+def requeued(call) -> Retry:
+    with pytest.raises(Retry) as info:
+        call()
+    return info.value
+
+
+# ================================================================================== refused: a recorded ERROR
+@pytest.mark.parametrize("task,args,kwargs,named", [
+    (sale, (), {"amount": "3.00"}, "card"),                                   # missing
+    (sale, ("3.00", CARD), {"colour": "blue"}, "colour"),                     # unknown
+    (sale, ("3.00", CARD, None, None, None, "extra"), {}, "positional"),      # too many
+    (refund, (), {"amount": "1.00"}, "trans_id"),
+    (void, (SALE_TRANS,), {"amount": "1.00"}, "amount"),                      # void takes no amount
+], ids=["missing", "unknown-keyword", "too-many", "refund-missing-trans-id", "void-amount"])
+def test_bad_arguments_are_a_recorded_error_not_a_lost_job(store, wire, task, args, kwargs, named):
+    gw = FakeGateway()
+    wire(gw)
+    outcome = deliver(task, *args, **kwargs)
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "InvalidInput"
+    assert "bad arguments" in outcome["message"] and named in outcome["message"]
+    assert outcome["payment_id"] == TASK_ID and store.get(TASK_ID)["status"] == "ERROR"
+    assert gw.sends == [] and gw.queries == []
+
+
+@pytest.mark.parametrize("kwargs,named", [
+    ({"idempotency_key": ""}, "idempotency_key"),
+    ({"idempotency_key": 42}, "idempotency_key"),
+    ({"idempotency_key": "k" * 101}, "idempotency_key"),
+    ({"idempotency_key": "key\n1"}, "idempotency_key"),
+    ({"idempotency_key": "4111 1111 1111 1111"}, "idempotency_key"),  # it would become the record's id
+    ({"card": {"invalid": "card data refused at publish"}}, "card"),
+    ({"card": {"sealed": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "card"),
+], ids=["empty-key", "int-key", "long-key", "control-char-key", "card-number-key", "invalid-marker",
+        "seal-does-not-open"])
+def test_invalid_input_found_by_the_task_is_refused(store, wire, kwargs, named):
+    gw = FakeGateway()
+    wire(gw)
+    outcome = deliver(sale, **{"amount": "3.00", "card": CARD, **kwargs})
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "InvalidInput"
+    assert f"invalid input: {named}" in outcome["message"] and "4111" not in repr(outcome)
+    assert outcome["payment_id"] == TASK_ID and store.get(TASK_ID)["status"] == "ERROR"
+    assert gw.sends == []
+
+
+def test_a_refusal_delivered_again_returns_the_stored_one(store, wire):
+    wire(FakeGateway())
+    first = deliver(sale, amount="3.00")
+    assert deliver(sale, amount="3.00", retries=1) == first
+
+
+@pytest.mark.parametrize("mode,card,sealed,status", [
+    ("LIVE", CARD, False, "ERROR"),     # in production only sealed card data may cross the broker
+    ("LIVE", CARD, True, "APPROVED"),
+    ("TEST", CARD, False, "APPROVED"),  # accepted in TEST
+], ids=["live-clear", "live-sealed", "test-clear"])
+def test_live_mode_refuses_card_data_that_arrived_in_clear(store, wire, mode, card, sealed, status):
+    gw = FakeGateway([reply(order_id=TASK_ID)] if status == "APPROVED" else [])
+    svc = wire(gw, bluepay_mode=mode)
+    outcome = deliver(sale, "3.00", svc.vault.seal(card) if sealed else card)
+    assert outcome["status"] == status
+    if status == "ERROR":
+        assert outcome["message"].startswith("invalid input: card") and "unsealed" in outcome["message"]
+    assert len(gw.sends) == (status == "APPROVED")
+
+
+# ================================================================================== the ordinary path
+def test_a_sale_runs_under_its_idempotency_key_and_clears_its_outbox_entry(store, wire):
+    gw = FakeGateway([reply()])
+    wire(gw)
+    store.outbox_put(TASK_ID, {"name": "payments.sale"})
+    outcome = deliver(sale, "3.00", CARD, idempotency_key="order-77")
+    assert outcome["status"] == "APPROVED" and outcome["payment_id"] == "order-77"
+    assert gw.sends[0]["order_id"] == "order-77" and gw.queries == []  # first delivery: no stq
+    assert store.outbox_stale(-1) == []
+
+
+def test_a_delivery_that_may_have_run_before_asks_stq_first(store, wire):
+    gw = FakeGateway(stq=[reply(message="Approved Auth", trans_type="AUTH")])
+    wire(gw)
+    outcome = deliver(auth, "3.00", CARD, retries=1)  # a re-queued message: an earlier run may have sent it
+    assert outcome["status"] == "APPROVED" and outcome["reconciled"] == "stq"
+    assert gw.sends == [] and gw.queries == [{"trans_id": None, "order_id": TASK_ID}]
+
+
+def test_the_chain_link_voids_the_sale_outcome_it_is_given(store, wire):
+    wire(FakeGateway([reply()]))
+    sold = deliver(sale, "3.00", CARD, task_id="sale-1")
+    gw = FakeGateway([reply(message="Approved Void", trans_type="VOID", trans_id="100000000202")])
+    wire(gw)
+    outcome = deliver(void, sold, task_id="void-1")
+    assert outcome["status"] == "APPROVED" and outcome["payment_id"] == "sale-1:void"
+    assert gw.sends == [{"verb": "void", "trans_id": SALE_TRANS, "order_id": "sale-1:void"}]
+    assert store.get("sale-1")["status"] == "VOIDED"
+
+
+# ================================================================================== gateway outage
+@pytest.mark.parametrize("retries,jitter,at_least,countdown", [
+    (0, 1.0, None, 5.0),      # backoff x 2^retries
+    (1, 1.0, None, 10.0),
+    (3, 1.0, None, 40.0),
+    (4, 1.0, None, 60.0),     # backoff_max
+    (9, 1.0, None, 60.0),
+    (2, 0.5, None, 10.0),     # jitter: half to all of it
+    (0, 1.0, 61.0, 61.0),     # a commit horizon still running: at least that
+    (5, 0.5, 30.0, 30.0),
+    (0, 1.0, 500.0, 75.0),    # never past a quarter of the visibility timeout
+    (20, 1.0, None, 60.0),
+], ids=["first", "second", "fourth", "capped", "long-capped", "jitter", "horizon", "horizon-over-jitter",
+        "visibility-ceiling", "many"])
+def test_outage_countdown(retries, jitter, at_least, countdown):
+    assert outage_countdown(retries, backoff=5.0, backoff_max=60.0, visibility_timeout=300.0, at_least=at_least,
+                            jitter=jitter) == countdown
+
+
+def test_outage_countdown_jitter_stays_within_half_to_all_of_the_backoff():
+    waits = {outage_countdown(2, backoff=5.0, backoff_max=60.0, visibility_timeout=300.0) for _ in range(200)}
+    assert all(10.0 <= w <= 20.0 for w in waits) and len(waits) > 1
+
+
+def test_gateway_not_reached_requeues_with_a_growing_backoff(store, wire):
+    gw = FakeGateway([NotSent("connection refused")] * 4)
+    wire(gw)
+    for retries in (0, 1, 2, 4):  # each delivery finds it RETRYING (known unsent): sends again, no stq
+        with pytest.raises(Retry) as retry:
+            deliver(sale, "3.00", CARD, retries=retries)
+        ceiling = min(60.0, 5.0 * 2 ** retries)
+        assert ceiling / 2 <= retry.value.when <= ceiling
+        assert store.get(TASK_ID)["status"] == "RETRYING"
+    assert len(gw.sends) == 4 and gw.queries == []
+
+
+def test_outcome_unknown_requeues_no_sooner_than_the_commit_horizon(store, wire):
+    gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[None])
+    wire(gw)
+    retry = requeued(lambda: deliver(sale, "3.00", CARD))
+    assert retry.when == 61.0  # the horizon (60 s) + 1, over the 2.5-5 s backoff
+    assert store.get(TASK_ID)["status"] == "UNKNOWN"
+
+
+@pytest.mark.parametrize("first,status,not_charged", [
+    (NotSent("connection refused"), "ERROR", "1"),  # provably never sent: a final failure without a charge
+    (OutcomeUnknown("read timeout"), "UNKNOWN", None),  # may have been sent: left for the sweep's stq
+], ids=["unsent", "maybe-sent"])
+def test_when_the_outage_requeues_run_out_the_task_gives_up(store, wire, clock, first, status, not_charged):
+    gw = FakeGateway([first], stq=[None] if status == "UNKNOWN" else [])
+    wire(gw)
+    requeued(lambda: deliver(sale, "3.00", CARD))
+    clock.advance(61)
+    again = FakeGateway([NotSent("connection refused")], stq=[None])
+    wire(again)
+    outcome = deliver(sale, "3.00", CARD, retries=SETTINGS.outage_retries)
+    assert outcome["status"] == status and outcome.get("not_charged") == not_charged
+    assert "after 5 re-queues" in store.get(TASK_ID)["history"][-1]["note"]
+    assert len(gw.sends) == 1 and len(again.sends) == 1
+
+
+# ================================================================================== another worker holds it
+def test_a_held_operation_requeues_until_the_lease_may_have_lapsed(store, wire):
+    store.claim(TASK_ID, "sale", owner="other-host:1:x", lease_seconds=3)
+    gw = FakeGateway()
+    wire(gw)
+    retry = requeued(lambda: deliver(sale, "3.00", CARD))
+    assert retry.when == 3.5  # what is left of the lease, and a little
+    assert store.get(TASK_ID)["lease_owner"] == "other-host:1:x" and gw.sends == []
+
+
+def test_a_held_operation_after_the_last_busy_requeue_returns_the_current_outcome(store, wire):
+    store.claim(TASK_ID, "sale", owner="other-host:1:x", lease_seconds=60)
+    before = store.get(TASK_ID)
+    gw = FakeGateway()
+    wire(gw)
+    outcome = deliver(sale, "3.00", CARD, retries=MAX_BUSY_RETRIES)
+    assert outcome["status"] == "UNKNOWN" and outcome["payment_id"] == TASK_ID  # in flight elsewhere
+    assert store.get(TASK_ID) == before and gw.sends == []
+
+
+# ================================================================================== time limits and bugs
+def test_the_soft_time_limit_mid_call_returns_the_parked_outcome(store, wire):
+    gw = FakeGateway([SoftTimeLimitExceeded()])
+    wire(gw)
+    outcome = deliver(sale, "3.00", CARD)
+    assert outcome["status"] == "UNKNOWN" and "interrupted (SoftTimeLimitExceeded)" in outcome["message"]
+    record = store.get(TASK_ID)
+    assert record["status"] == "UNKNOWN" and record["sent_ts"]  # it may have been sent: the sweep asks stq
+
+
+def test_a_bug_mid_call_returns_the_parked_outcome(store, wire):
+    wire(FakeGateway([RuntimeError("bug")]))
+    outcome = deliver(sale, "3.00", CARD)
+    assert outcome["status"] == "UNKNOWN" and "RuntimeError" in outcome["message"]
+
+
+class ClaimFailsOnce(InMemoryStore):
+    """A store whose first claim fails with ``error`` (a bug, or Redis away); then it works."""
+
+    def __init__(self, error: Exception, **kw):
+        super().__init__(**kw)
+        self.error: Exception | None = error
+
+    def claim(self, *args, **kwargs):
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return super().claim(*args, **kwargs)
+
+
+def test_a_bug_before_any_record_is_a_recorded_internal_error(clock):
+    store = ClaimFailsOnce(KeyError("bug"), clock=clock)
+    previous = install(UnitServices(SETTINGS, store, FakeGateway()))
+    try:
+        outcome = deliver(sale, "3.00", CARD)
+    finally:
+        install(previous)
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "InternalError"
+    assert outcome["message"] == "internal error: KeyError" and (store.get(TASK_ID) or {})["status"] == "ERROR"
+
+
+@pytest.mark.parametrize("error", [redis.ConnectionError("down"), redis.TimeoutError("slow")],
+                         ids=["connection", "timeout"])
+@pytest.mark.parametrize("retries", [0, 19])
+def test_redis_unavailable_requeues_the_message(clock, error, retries):
+    store = ClaimFailsOnce(error, clock=clock)
+    gw = FakeGateway()
+    previous = install(UnitServices(SETTINGS, store, gw))
+    try:
+        retry = requeued(lambda: deliver(sale, "3.00", CARD, retries=retries))
+    finally:
+        install(previous)
+    assert retry.when == 5 and store.get(TASK_ID) is None and gw.sends == []
+
+
+def test_redis_unavailable_for_twenty_requeues_fails_the_task(clock):
+    store = ClaimFailsOnce(redis.ConnectionError("down"), clock=clock)
+    previous = install(UnitServices(SETTINGS, store, FakeGateway()))
+    try:
+        with pytest.raises(MaxRetriesExceededError):
+            deliver(sale, "3.00", CARD, retries=20)
+    finally:
+        install(previous)
