@@ -101,8 +101,10 @@ def finish_chain_void(flow, store, sale_record) -> str:
     earlier = store.get(void_id)
     if earlier and earlier.get("status") == "APPROVED":
         # The void went through but the sale's record was not updated (crash in between): repair it.
-        store.reflect(void_id)
-        return "repaired"
+        result = store.reflect(void_id)
+        # "reflected": repaired now; anything else (already reflected, original not final) is said as it is,
+        # so a sale that stays APPROVED is not counted "repaired" on every sweep.
+        return "repaired" if result == "reflected" else f"repair_{result}"
     if earlier and earlier.get("status") in store.FINAL:
         void_id = fresh_void_id(store, f"{sale_id}:void-sweep")
     outcome = flow.void_after(sale_record, payment_id=void_id)
