@@ -27,7 +27,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,7 +37,7 @@ from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Resp
 from worker.gateway.scrub import scrub
 from worker.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
-from worker.store import ResultsStore, public_outcome, task_outcome
+from worker.store import Claim, public_outcome, task_outcome
 
 log = logging.getLogger("payments.flow")
 
@@ -66,6 +66,30 @@ class Gateway(Protocol):
     def void(self, trans_id: str, order_id: str | None = None) -> Response: ...
 
     def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None: ...
+
+
+class Store(Protocol):
+    """What the flow needs of the results store: ``worker.store.ResultsStore`` (Redis + Lua) and the in-memory
+    fake the unit tests use (tests/support/fake_store.py) both satisfy it (checked by mypy)."""
+
+    def now(self) -> float: ...
+
+    def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
+              owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
+              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim: ...
+
+    def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None: ...
+
+    def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
+                   expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
+                   sent: bool | None = None, check_in: float | None = None,
+                   reflect: bool = False) -> dict[str, Any] | None: ...
+
+    def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool: ...
+
+    def reflect(self, payment_id: str) -> str: ...
+
+    def get(self, payment_id: str) -> dict[str, Any] | None: ...
 
 
 class GatewayOutage(Exception):
@@ -173,7 +197,7 @@ class _Run:
 
 @dataclass
 class PaymentFlow:
-    store: ResultsStore
+    store: Store
     gateway: Gateway
     card_keys: Sequence[str] = ()
     lease_seconds: float = 30.0

@@ -71,3 +71,15 @@ def test_what_it_returns_is_a_copy(store):
     got = store.get("p1")
     got["history"].append({"status": "VOIDED"})
     assert store.get("p1")["status"] == "PENDING" and len(store.history("p1")) == 1
+
+
+def test_the_fake_and_the_redis_store_are_what_the_flow_calls_a_store() -> None:
+    # Checked by mypy (./dev lint): both have every method of worker.flow.Store, with compatible signatures.
+    import redis
+
+    from worker.flow import Store
+    from worker.store import ResultsStore
+
+    fake: Store = InMemoryStore(clock=FixedClock())
+    real: Store = ResultsStore(redis.Redis())  # registering scripts does not connect
+    assert callable(fake.claim) and callable(real.transition)
