@@ -6,13 +6,9 @@ free port, against the e2e Redis, with FLOWER_BASIC_AUTH; payments then run thro
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -20,11 +16,10 @@ import requests
 from tasks import sale, void
 from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD
+from tests.support.flower import AUTH, start_flower, stop_process, wait_until
+from tests.support.flower import flower_env as support_flower_env
 from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-AUTH = ("flower-user", "s3cret-pass")
 MASKED = "xxxxxxxxxxxx1111"
 FRACTION = re.compile(r"(?<=\d\.)\d+")
 HEX_DIGEST = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{32,}\b")
@@ -39,44 +34,8 @@ def scannable(text: str) -> str:
     return HEX_DIGEST.sub(lambda m: "#" * len(m.group()), text)
 
 
-def celery_cmd() -> list[str]:
-    exe = BIN / "celery"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "celery"]
-
-
 def flower_env(**extra) -> dict:
-    env = dict(os.environ, REDIS_URL=E2E_REDIS_URL)
-    for name in [n for n in env if n.startswith("FLOWER_")]:
-        del env[name]
-    env.update(extra)
-    return env
-
-
-def start_flower(port, env, log_path):
-    with open(log_path, "w") as log:
-        return subprocess.Popen([*celery_cmd(), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop_process(proc):
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-def wait_until(predicate, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
+    return support_flower_env(E2E_REDIS_URL, **extra)
 
 
 class Flower:

@@ -1,5 +1,5 @@
-"""A real ``celery -A worker flower`` for a test (as tests/e2e/test_flower.py runs it), and every page and API
-answer it gives, kept for the card-data scan."""
+"""A real ``celery -A worker flower`` for a test (started, waited for and stopped as tests/e2e/test_flower.py does,
+with these helpers), and every page and API answer it gives, kept for the card-data scan."""
 from __future__ import annotations
 
 import contextlib
@@ -18,9 +18,33 @@ ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("flower-user", "s3cret-pass")
 
 
-def _celery_cmd() -> list[str]:
+def celery_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "celery"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "celery"]
+
+
+def flower_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """This process's environment without any FLOWER_* setting, pointed at ``redis_url``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env.update(REDIS_URL=redis_url, **extra)
+    return env
+
+
+def start_flower(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen([*celery_cmd(), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
 
 
 def wait_until(predicate, timeout, what, interval=0.2):
@@ -70,11 +94,7 @@ def running_flower(redis_url: str, log_path: Path):
     """Flower on a free port against ``redis_url`` with basic auth; yields a FlowerClient once Flower has heard a
     worker's events (it only knows what it receives while running)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
-    env.update(REDIS_URL=redis_url, FLOWER_BASIC_AUTH=":".join(AUTH))
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([*_celery_cmd(), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_flower(port, flower_env(redis_url, FLOWER_BASIC_AUTH=":".join(AUTH)), log_path)
     client = FlowerClient(f"http://127.0.0.1:{port}", log_path)
     try:
         def up():
@@ -93,10 +113,4 @@ def running_flower(redis_url: str, log_path: Path):
         wait_until(hears_a_worker, 30, "flower to hear a worker's events", interval=0.5)
         yield client
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_process(proc)
