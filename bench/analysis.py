@@ -233,6 +233,10 @@ def _ours(path: str, *suffixes: str) -> bool:
     return "site-packages" not in path and path.endswith(suffixes)
 
 
+def _ours_under(path: str, folder: str) -> bool:
+    return "site-packages" not in path and f"/{folder}" in path
+
+
 def _lib(path: str, package: str) -> bool:
     return f"site-packages/{package}/" in path
 
@@ -242,7 +246,7 @@ STAGES = (
     ("  argument binding (tasks/payments.py:_bind, inspect)",
      lambda f, p: _ours(p, "tasks/payments.py") and f == "_bind"),
     ("  card vault open (worker/vault.py)", lambda f, p: _ours(p, "worker/vault.py")),
-    ("  results store (worker/store.py)", lambda f, p: _ours(p, "worker/store.py")),
+    ("  results store (worker/store/)", lambda f, p: _ours_under(p, "worker/store/")),
     ("  gateway client (worker/gateway/*)", lambda f, p: "site-packages" not in p and "/worker/gateway/" in p),
     ("    HTTP (requests/urllib3/http.client)",
      lambda f, p: _lib(p, "requests") or _lib(p, "urllib3") or p.endswith("http/client.py")),
@@ -271,7 +275,7 @@ STAGES = (
 # An exclusive split of the samples (they add up to 100%): each sample goes to the first rule that
 # matches a frame of its stack.
 PARTITION = (
-    ("results store (worker/store.py)", lambda f, p: _ours(p, "worker/store.py")),
+    ("results store (worker/store/)", lambda f, p: _ours_under(p, "worker/store/")),
     ("card vault (worker/vault.py)", lambda f, p: _ours(p, "worker/vault.py")),
     ("gateway HTTP POST (worker/gateway/transport.py:HttpTransport.post)",
      lambda f, p: _ours(p, "worker/gateway/transport.py") and f.endswith("post")),

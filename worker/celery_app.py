@@ -166,7 +166,7 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
         return
     try:
-        services().store.outbox_put(headers["id"], {
+        services().store.outbox.put(headers["id"], {
             "name": sender, "body": list(body), "headers": headers,
             "exchange": exchange or "", "routing_key": routing_key or "",
         })

@@ -27,7 +27,7 @@ LOCK_NAME = "sweep"
 
 def run_sweep(svc, *, progress=None) -> dict:
     settings, store, flow = svc.settings, svc.store, svc.flow
-    token = store.acquire_lock(LOCK_NAME, ttl_seconds=max(60.0, settings.sweep_interval))
+    token = store.locks.acquire(LOCK_NAME, ttl_seconds=max(60.0, settings.sweep_interval))
     if token is None:
         log.info("sweep: another sweep holds the lock; nothing done")
         return {"ran": False, "reason": "another sweep is running"}
@@ -51,7 +51,7 @@ def run_sweep(svc, *, progress=None) -> dict:
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
             _tick(progress)
-        for task_id, entry in store.outbox_stale(outbox_age(settings)):
+        for task_id, entry in store.outbox.stale(outbox_age(settings)):
             counts[f"outbox_{republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
@@ -62,7 +62,7 @@ def run_sweep(svc, *, progress=None) -> dict:
             counts[f"chain_void_{action}"] += 1
             _tick(progress)
     finally:
-        store.release_lock(LOCK_NAME, token)
+        store.locks.release(LOCK_NAME, token)
     report = {"ran": True, **dict(sorted(counts.items()))}
     log.info("sweep: %s", report)
     return report
@@ -84,11 +84,11 @@ def republish_lost(store, task_id: str, entry: dict) -> str:
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
         log.error("sweep: message %s was published %d times and never finished: look at it by hand",
                   task_id, MAX_REPUBLISH + 1)
-        store.outbox_done(task_id)
+        store.outbox.done(task_id)
         return "given_up"
     # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
     # re-published message had already removed (and the message would be published yet again later).
-    store.outbox_republished(task_id, entry)
+    store.outbox.republished(task_id, entry)
     republish(entry["message"])
     log.warning("sweep: message %s was not finished after publishing; published again", task_id)
     return "republished"

@@ -83,10 +83,10 @@ class RedisTier:
         return self.client.zrange(f"{self.prefix}idx:{name}", 0, -1)
 
     def outbox_entry(self, task_id: str) -> tuple[str | None, float | None]:
-        return self.client.hget(self.store.k_outbox, task_id), self.client.zscore(self.store.k_outbox_ts, task_id)
+        return self.client.hget(self.store.keys.outbox, task_id), self.client.zscore(self.store.keys.outbox_ts, task_id)
 
     def lock_ttl(self, name: str) -> float | None:
-        ms = self.client.pttl(self.store.lock_key(name))
+        ms = self.client.pttl(self.store.keys.lock(name))
         return None if ms < 0 else ms / 1000
 
     def write_raw(self, payment_id: str, **fields: str) -> None:

@@ -679,17 +679,17 @@ def test_history_and_audit(store):
 # ---- locks -----------------------------------------------------------------------------------
 
 def test_lock_acquire_release_by_token(store, tier):
-    token = store.acquire_lock("sweep", 30)
+    token = store.locks.acquire("sweep", 30)
     assert token
-    assert store.acquire_lock("sweep", 30) is None
+    assert store.locks.acquire("sweep", 30) is None
     assert tier.lock_ttl("sweep") > 0
-    assert store.release_lock("sweep", "not-the-token") is False
-    assert store.acquire_lock("sweep", 30) is None
-    assert store.release_lock("sweep", token) is True
-    assert store.release_lock("sweep", token) is False
-    token2 = store.acquire_lock("sweep", 30)
+    assert store.locks.release("sweep", "not-the-token") is False
+    assert store.locks.acquire("sweep", 30) is None
+    assert store.locks.release("sweep", token) is True
+    assert store.locks.release("sweep", token) is False
+    token2 = store.locks.acquire("sweep", 30)
     assert token2 and token2 != token
-    store.release_lock("sweep", token2)
+    store.locks.release("sweep", token2)
 
 
 # ---- card data guard -------------------------------------------------------------------------
@@ -750,7 +750,7 @@ def test_task_outcome_never_shows_pending_or_retrying(status, shown):
 @pytest.mark.parametrize("existing", [None, "APPROVED", "PENDING-other-owner", "mismatch"])
 def test_claim_with_message_id_clears_that_messages_outbox_entry_whatever_the_claim_says(store, tier, existing):
     for msg in ("msg-1", "msg-2"):
-        store.outbox_put(msg, {"name": "payments.sale", "body": [], "headers": {"id": msg}})
+        store.outbox.put(msg, {"name": "payments.sale", "body": [], "headers": {"id": msg}})
     if existing in ("APPROVED", "mismatch"):
         claim(store, "p-1", lease=60, fingerprints=[FP_A])
         approve(store, "p-1", "100000000001")
@@ -761,7 +761,7 @@ def test_claim_with_message_id_clears_that_messages_outbox_entry_whatever_the_cl
                       "mismatch": "mismatch"}[existing]
     assert tier.outbox_entry("msg-1") == (None, None)
     assert tier.outbox_entry("msg-2")[0] is not None  # other messages untouched
-    assert [t for t, _ in store.outbox_stale(-1)] == ["msg-2"]
+    assert [t for t, _ in store.outbox.stale(-1)] == ["msg-2"]
 
 
 @pytest.mark.parametrize("capture_amount,refund_amount,status,refunded", [

@@ -17,14 +17,14 @@ def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celer
     result = sale.apply_async(kwargs={"amount": "49.00", "card": TEST_CARD, "idempotency_key": key},
                               queue="fetch-gap")
     assert e2e_redis.rpop("fetch-gap") is not None and e2e_redis.llen("fetch-gap") == 0
-    entry = json.loads(e2e_redis.hget(store.k_outbox, result.id))
+    entry = json.loads(e2e_redis.hget(store.keys.outbox, result.id))
     assert entry["message"]["name"] == "payments.sale"
     assert "4111111111111111" not in json.dumps(entry)  # the outbox keeps the sealed card only
 
     # Make the entry old enough and send it where the worker listens, then sweep.
     entry["message"]["routing_key"] = "celery"
-    e2e_redis.hset(store.k_outbox, result.id, json.dumps(entry))
-    e2e_redis.zadd(store.k_outbox_ts, {result.id: 1})
+    e2e_redis.hset(store.keys.outbox, result.id, json.dumps(entry))
+    e2e_redis.zadd(store.keys.outbox_ts, {result.id: 1})
     sweeper = Services(Settings(redis_url=E2E_REDIS_URL, bluepay_url=sandbox.interfaces_url,
                                 bluepay_account_id=sandbox.account_id, bluepay_secret_key=sandbox.secret_key,
                                 reconcile_after=3600, visibility_timeout=60))
@@ -34,10 +34,10 @@ def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celer
     assert outcome["status"] == "APPROVED" and outcome["payment_id"] == key
     sales = [e for e in sandbox.ledger(order_id=key) if e["trans_type"] == "SALE"]
     assert len(sales) == 1, (outcome, sandbox.ledger()[-3:])
-    assert e2e_redis.hget(store.k_outbox, result.id) is None  # the worker cleared it when done
+    assert e2e_redis.hget(store.keys.outbox, result.id) is None  # the worker cleared it when done
 
 
 def test_a_finished_payment_leaves_no_outbox_entry(celery_worker, e2e_redis):
     result = sale.delay(amount="51.00", card=TEST_CARD)
     result.get(timeout=30)
-    assert e2e_redis.hget(services().store.k_outbox, result.id) is None
+    assert e2e_redis.hget(services().store.keys.outbox, result.id) is None

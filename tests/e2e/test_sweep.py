@@ -471,7 +471,7 @@ def test_sweeps_that_outlived_their_lock_still_never_void_twice(make_services, s
     """Deterministic void ids: even two sweeps running at once without the lock send one VOID per auth."""
     sweeps = [make_services() for _ in range(3)]
     for s in sweeps:
-        s.store.acquire_lock = lambda name, ttl_seconds: "no-lock"  # as if each one's lock had expired
+        s.store.locks.acquire = lambda name, ttl_seconds: "no-lock"  # as if each one's lock had expired
     auths = [charge(sweeps[0], "auth", amount) for amount in ("31.00", "33.00", "35.00", "37.00")]
     age(sweeps[0].store, 1.5)  # past STALE_AUTH_AGE (1 s)
 

@@ -1354,7 +1354,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
             def sweeper(ignore_lock: bool):
                 s = services_for(settings_for(redis_url, sandbox, prefix, stale_auth_age=1.0))
                 if ignore_lock:
-                    s.store.acquire_lock = lambda name, ttl_seconds: "ignored"
+                    s.store.locks.acquire = lambda name, ttl_seconds: "ignored"
                 try:
                     results.append(run_sweep(s))
                 except Exception as exc:  # a sweep must never fail on what another sweep is doing

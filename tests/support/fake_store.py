@@ -1,7 +1,7 @@
 """An in-memory results store for unit tests: :class:`InMemoryStore`.
 
 It has the public API of :class:`worker.store.ResultsStore` and follows the same rules as its Lua scripts
-(``worker/store_scripts/*.lua``), step by step in the same order: claim modes (run, create_only, reconcile),
+(``worker/store/scripts/*.lua``), step by step in the same order: claim modes (run, create_only, reconcile),
 the attempt journal (``True``/``"prior"``), fingerprints, lease-holder-only writes, ``RETRYING`` turned
 ``UNKNOWN`` once an attempt may have been sent, a takeover's ``sent_ts`` (``min(lease_until, now)``),
 ``check_in``, the lease freed when parked, final records changed only through ``expect``, follow-ups reflected on
@@ -38,9 +38,14 @@ from typing import Any
 
 from worker.carddata import contains_card_number
 from worker.states import FINAL, FOLLOW_UPS, NON_FINAL, OPERATIONS, Status
-from worker.store import _AUDIT_MAXLEN, _HISTORY_CAP, _RESERVED, CONTRACT_FIELDS, Claim, _to_str, _typed
+from worker.store import CONTRACT_FIELDS, Claim
+from worker.store.encoding import to_str as _to_str
+from worker.store.encoding import typed as _typed
+from worker.store.records import _RESERVED
+from worker.store.scripts import AUDIT_MAXLEN as _AUDIT_MAXLEN
+from worker.store.scripts import HISTORY_CAP as _HISTORY_CAP
 
-__all__ = ["InMemoryStore"]
+__all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks"]
 
 _ZSETS = ("time", "non_final", "open_auths", "voids_due", "reflect_due", "outbox")
 _CENTS = re.compile(r"([0-9]+)\.?([0-9]*)")
@@ -117,8 +122,10 @@ class InMemoryStore:
         self._trans: dict[str, str] = {}  # idx:trans
         self._zsets: dict[str, dict[str, float]] = {name: {} for name in _ZSETS}
         self._audit: list[tuple[tuple[int, int], dict[str, str]]] = []
-        self._outbox: dict[str, str] = {}
+        self._outbox_entries: dict[str, str] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self.outbox = InMemoryOutbox(self)
+        self.locks = InMemoryLocks(self)
 
     # ---- clock --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -261,7 +268,7 @@ class InMemoryStore:
         now = self.now()
         now_iso, now_ts = _iso(now), _ts(now)
         if message_id:
-            self._outbox.pop(message_id, None)
+            self._outbox_entries.pop(message_id, None)
             self._zset("outbox", message_id, None)
         rec = self._records.get(pid)
         if rec is None:
@@ -485,61 +492,13 @@ class InMemoryStore:
         with self._lock:
             return self._range("reflect_due", float("inf"), limit)
 
-    # ---- outbox -------------------------------------------------------------------------------
-    def outbox_put(self, task_id: str, message: Mapping[str, Any]) -> None:
-        with self._lock:
-            now = self.now()
-            self._outbox[task_id] = json.dumps({"message": message, "published": now, "republished": 0},
-                                               separators=(",", ":"))
-            self._zset("outbox", task_id, now)
-
-    def outbox_done(self, task_id: str) -> None:
-        with self._lock:
-            self._outbox.pop(task_id, None)
-            self._zset("outbox", task_id, None)
-
-    def outbox_stale(self, older_than_seconds: float, *, limit: int = 1000) -> builtins.list[tuple[str, dict]]:
-        with self._lock:
-            found: builtins.list[tuple[str, dict]] = []
-            for task_id in self._range("outbox", self.now() - float(older_than_seconds), limit):
-                raw = self._outbox.get(task_id)
-                if raw is None:
-                    self._zset("outbox", task_id, None)
-                else:
-                    found.append((task_id, json.loads(raw)))
-            return found
-
-    def outbox_republished(self, task_id: str, entry: dict) -> None:
-        entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
-        with self._lock:
-            self._outbox[task_id] = json.dumps(entry, separators=(",", ":"))
-            self._zset("outbox", task_id, self.now())
-
-    # ---- locks --------------------------------------------------------------------------------
+    # ---- locks (InMemoryLocks) --------------------------------------------------------------
     def _live_lock(self, name: str) -> str | None:
         held = self._locks.get(name)
         if held is not None and held[1] <= self.now():
             del self._locks[name]  # expired, as PX would have removed it
             held = None
         return held[0] if held else None
-
-    def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
-        token = secrets.token_hex(16)
-        ttl_ms = max(1, int(float(ttl_seconds) * 1000))
-        with self._lock:
-            if self._live_lock(name) is not None:
-                return None
-            self._locks[name] = (token, self.now() + ttl_ms / 1000)
-            return token
-
-    def release_lock(self, name: str, token: str) -> bool:
-        if not token:
-            return False
-        with self._lock:
-            if self._live_lock(name) != token:
-                return False
-            del self._locks[name]
-            return True
 
     # ---- for tests: what Redis shows to raw commands ------------------------------------------
     def index(self, name: str) -> builtins.list[str]:
@@ -551,7 +510,7 @@ class InMemoryStore:
     def outbox_entry(self, task_id: str) -> tuple[str | None, float | None]:
         """(HGET outbox, ZSCORE idx:outbox) of one message."""
         with self._lock:
-            return self._outbox.get(task_id), self._zsets["outbox"].get(task_id)
+            return self._outbox_entries.get(task_id), self._zsets["outbox"].get(task_id)
 
     def lock_ttl(self, name: str) -> float | None:
         """Seconds until a lock expires (PTTL / 1000), or None when it is not held."""
@@ -567,4 +526,65 @@ class InMemoryStore:
     def dump(self) -> str:
         """Everything stored, as text (the card-data scan's view of every key)."""
         with self._lock:
-            return repr((self._records, self._history, self._trans, self._zsets, self._audit, self._outbox))
+            return repr((self._records, self._history, self._trans, self._zsets, self._audit, self._outbox_entries))
+
+
+class InMemoryOutbox:
+    """The outbox of an :class:`InMemoryStore` (``store.outbox``), as :class:`worker.store.Outbox`."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+
+    def put(self, task_id: str, message: Mapping[str, Any]) -> None:
+        with self._store._lock:
+            now = self._store.now()
+            self._store._outbox_entries[task_id] = json.dumps({"message": message, "published": now, "republished": 0},
+                                               separators=(",", ":"))
+            self._store._zset("outbox", task_id, now)
+
+    def done(self, task_id: str) -> None:
+        with self._store._lock:
+            self._store._outbox_entries.pop(task_id, None)
+            self._store._zset("outbox", task_id, None)
+
+    def stale(self, older_than_seconds: float, *, limit: int = 1000) -> builtins.list[tuple[str, dict]]:
+        with self._store._lock:
+            found: builtins.list[tuple[str, dict]] = []
+            for task_id in self._store._range("outbox", self._store.now() - float(older_than_seconds), limit):
+                raw = self._store._outbox_entries.get(task_id)
+                if raw is None:
+                    self._store._zset("outbox", task_id, None)
+                else:
+                    found.append((task_id, json.loads(raw)))
+            return found
+
+    def republished(self, task_id: str, entry: dict) -> None:
+        entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
+        with self._store._lock:
+            self._store._outbox_entries[task_id] = json.dumps(entry, separators=(",", ":"))
+            self._store._zset("outbox", task_id, self._store.now())
+
+
+class InMemoryLocks:
+    """The locks of an :class:`InMemoryStore` (``store.locks``), as :class:`worker.store.Locks`."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+
+    def acquire(self, name: str, ttl_seconds: float) -> str | None:
+        token = secrets.token_hex(16)
+        ttl_ms = max(1, int(float(ttl_seconds) * 1000))
+        with self._store._lock:
+            if self._store._live_lock(name) is not None:
+                return None
+            self._store._locks[name] = (token, self._store.now() + ttl_ms / 1000)
+            return token
+
+    def release(self, name: str, token: str) -> bool:
+        if not token:
+            return False
+        with self._store._lock:
+            if self._store._live_lock(name) != token:
+                return False
+            del self._store._locks[name]
+            return True

@@ -38,9 +38,9 @@ def test_advancing_the_clock_lapses_a_lease_and_ages_records(store, clock):
 
 
 def test_locks_expire_on_the_clock(store, clock):
-    assert store.acquire_lock("sweep", 60) and store.acquire_lock("sweep", 60) is None
+    assert store.locks.acquire("sweep", 60) and store.locks.acquire("sweep", 60) is None
     clock.advance(60)
-    assert store.acquire_lock("sweep", 60)
+    assert store.locks.acquire("sweep", 60)
 
 
 def test_a_clock_is_required():
@@ -50,7 +50,7 @@ def test_a_clock_is_required():
         InMemoryStore(clock=1_750_000_000.0)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["redis", "prefix", "k_outbox", "k_trans", "record_key", "history_key", "lock_key"])
+@pytest.mark.parametrize("name", ["redis", "prefix", "keys", "record_key", "history_key"])
 def test_the_redis_layout_is_not_there(store, name):
     with pytest.raises(AttributeError):
         getattr(store, name)

@@ -25,12 +25,17 @@ NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
 LUHN_ORDER = 1234567890123452  # passes Luhn: a numeric order id like one in ten
 
 
+class FakeOutbox:
+    def __init__(self):
+        self.entries: dict[str, dict] = {}
+
+    def put(self, task_id, message):
+        self.entries[task_id] = json.loads(json.dumps(message))  # what Redis would keep (JSON)
+
+
 class FakeStore:
     def __init__(self):
-        self.outbox: dict[str, dict] = {}
-
-    def outbox_put(self, task_id, message):
-        self.outbox[task_id] = json.loads(json.dumps(message))  # what Redis would keep (JSON)
+        self.outbox = FakeOutbox()
 
 
 class FakeServices:
@@ -121,7 +126,7 @@ def test_every_publish_path_seals_every_card_in_the_message(app, fake_services, 
                                  "kwargs": message["body"][1], **message["body"][2]}) is None
     raw = " ".join(m["raw"] for m in messages)
     assert '"sealed"' in raw  # the cards are there, sealed
-    for entry in fake_services.store.outbox.values():  # what the outbox keeps is sealed too
+    for entry in fake_services.store.outbox.entries.values():  # what the outbox keeps is sealed too
         assert NUMBER not in json.dumps(entry)
 
 
@@ -194,7 +199,7 @@ def test_card_data_outside_the_card_is_refused_before_anything_is_published(app,
         publish(app)
     assert exc.value.field == field
     assert field in str(exc.value) and NUMBER not in str(exc.value) and str(LUHN_ORDER) not in str(exc.value)
-    assert drain(app) == [] and fake_services.store.outbox == {}
+    assert drain(app) == [] and fake_services.store.outbox.entries == {}
 
 
 def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(app, fake_services):
@@ -203,10 +208,10 @@ def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(app
     messages = drain(app)
     assert len(messages) == 2
     assert messages[0]["body"][1]["order_id"] == LUHN_ORDER  # published as it is
-    kept = fake_services.store.outbox[result.id]
+    kept = fake_services.store.outbox.entries[result.id]
     assert kept["body"][1]["order_id"] == LUHN_ORDER and kept["name"] == "payments.sale"
-    assert len(fake_services.store.outbox) == 2
-    assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.values())
+    assert len(fake_services.store.outbox.entries) == 2
+    assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.entries.values())
 
 
 # ---- seal_publish and seal_body directly (the chord path, the outbox re-publish) -------------------

@@ -51,11 +51,11 @@ def voided(trans_id=VOID_TRANS):
 def test_a_sweep_while_another_holds_the_lock_does_nothing(store, clock):
     approved(store, "a1", "auth", AUTH_TRANS, amount="5.00")
     clock.advance(WEEK + 1)
-    token = store.acquire_lock(LOCK_NAME, 60)
+    token = store.locks.acquire(LOCK_NAME, 60)
     gw = FakeGateway()
     assert sweep(store, gw) == {"ran": False, "reason": "another sweep is running"}
     assert store.get("a1")["status"] == "APPROVED" and gw.sends == []
-    assert store.release_lock(LOCK_NAME, token)  # still the other sweep's
+    assert store.locks.release(LOCK_NAME, token)  # still the other sweep's
 
 
 def test_the_lock_is_released_after_a_sweep_even_one_that_failed(store, clock):
@@ -64,11 +64,11 @@ def test_the_lock_is_released_after_a_sweep_even_one_that_failed(store, clock):
     clock.advance(WEEK + 1)
     with pytest.raises(UnexpectedCall):
         sweep(store, FakeGateway())  # the stale auth's void meets a gateway with nothing to say
-    assert store.acquire_lock(LOCK_NAME, 60) is not None
+    assert store.locks.acquire(LOCK_NAME, 60) is not None
 
 
 def test_an_expired_lock_of_a_sweep_that_died_does_not_block_the_next(store, clock):
-    store.acquire_lock(LOCK_NAME, 300)
+    store.locks.acquire(LOCK_NAME, 300)
     clock.advance(301)
     assert sweep(store, FakeGateway())["ran"] is True
 
@@ -213,14 +213,14 @@ def test_a_chained_void_that_failed_is_tried_again_under_a_fresh_id(store, clock
 
 # ================================================================================== outbox, progress
 def test_a_message_published_too_often_is_given_up_and_a_young_one_left(store, clock):
-    store.outbox_put("lost", {"name": "payments.sale"})
+    store.outbox.put("lost", {"name": "payments.sale"})
     for _ in range(MAX_REPUBLISH):  # the earlier sweeps' re-publications
-        [(_, entry)] = store.outbox_stale(-1)
-        store.outbox_republished("lost", entry)
+        [(_, entry)] = store.outbox.stale(-1)
+        store.outbox.republished("lost", entry)
     clock.advance(outbox_age(SETTINGS) + 1)
-    store.outbox_put("young", {"name": "payments.sale"})
+    store.outbox.put("young", {"name": "payments.sale"})
     assert sweep(store, FakeGateway()) == {"ran": True, "outbox_given_up": 1}
-    assert [t for t, _ in store.outbox_stale(-1)] == ["young"]
+    assert [t for t, _ in store.outbox.stale(-1)] == ["young"]
 
 
 def test_progress_ticks_once_per_item(store, clock):

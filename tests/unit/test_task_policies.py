@@ -132,11 +132,11 @@ def test_live_mode_refuses_card_data_that_arrived_in_clear(store, wire, mode, ca
 def test_a_sale_runs_under_its_idempotency_key_and_clears_its_outbox_entry(store, wire):
     gw = FakeGateway([reply()])
     wire(gw)
-    store.outbox_put(TASK_ID, {"name": "payments.sale"})
+    store.outbox.put(TASK_ID, {"name": "payments.sale"})
     outcome = deliver(sale, "3.00", CARD, idempotency_key="order-77")
     assert outcome["status"] == "APPROVED" and outcome["payment_id"] == "order-77"
     assert gw.sends[0]["order_id"] == "order-77" and gw.queries == []  # first delivery: no stq
-    assert store.outbox_stale(-1) == []
+    assert store.outbox.stale(-1) == []
 
 
 def test_a_delivery_that_may_have_run_before_asks_stq_first(store, wire):

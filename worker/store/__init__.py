@@ -1,0 +1,48 @@
+"""Results store: one Redis record per payment operation, with atomic state transitions.
+
+Split by concern:
+
+* :mod:`worker.store.records`: :class:`ResultsStore`, the records, their transitions (Lua, one round trip each)
+  and the reads and indexes the sweep and the CLI use;
+* :mod:`worker.store.outbox`: :class:`Outbox`, published payment messages not yet claimed;
+* :mod:`worker.store.locks`: :class:`Locks`, advisory locks (the sweep's);
+* :mod:`worker.store.outcomes`: what a record shows outside (:func:`public_outcome`, :func:`task_outcome`);
+* :mod:`worker.store.keys`, :mod:`worker.store.encoding`, :mod:`worker.store.scripts`: the key layout, how
+  values are written and read, and the Lua scripts (``worker/store/scripts/*.lua``, package data).
+
+A :class:`ResultsStore` holds its outbox and locks (``store.outbox``, ``store.locks``): the claim script
+removes the claimed message's outbox entry in the same round trip, so the three share one key layout.
+
+Key layout (``P`` is the prefix, ``payments:`` by default)::
+
+    P op:<payment_id>      hash    the record (see below)
+    P hist:<payment_id>    list    history entries, JSON {"at", "status", "note"} (oldest first, capped)
+    P idx:trans            hash    gateway trans id -> payment id (first writer wins)
+    P idx:time             zset    payment id, score created_ts            (list(), newest first)
+    P idx:non_final        zset    PENDING/RETRYING/UNKNOWN ids, score updated_ts (reconciliation)
+    P idx:open_auths       zset    APPROVED auths, score created_ts        (stale-auth sweep)
+    P idx:voids_due        zset    APPROVED sales with then_void="1", score updated_ts (chained void)
+    P idx:reflect_due      zset    APPROVED captures/refunds/voids not yet reflected on their original
+    P audit                stream  every transition {payment_id, operation, from, to, note, at,
+                                   trans_id}, XADD MAXLEN ~ 1,000,000
+    P outbox, idx:outbox   hash, zset  published payment messages not yet claimed (:class:`Outbox`)
+    P lock:<name>          string  advisory locks (SET NX PX token; compare-and-delete release)
+
+Internal record fields (dropped by :func:`public_outcome`): ``created_ts``/``updated_ts`` (epoch
+seconds, server time), ``lease_owner``/``lease_until``, ``fingerprint`` (the request the idempotency key is
+bound to), and the attempt journal: ``sends`` (money-moving sends noted), ``attempt_ts`` (when the last was
+noted), ``in_flight`` ("1" between noting an attempt and saying how it ended), ``sent_ts`` (server time by
+which the last attempt that may have reached the gateway had left; empty: none may have), ``next_check_ts``.
+
+Card numbers and CVV2 are never stored: every value written is checked (``worker.carddata``) and a
+card-like value raises ``ValueError`` naming the field (never the value).
+"""
+from worker.store.encoding import looks_like_card_number
+from worker.store.keys import StoreKeys
+from worker.store.locks import Locks
+from worker.store.outbox import Outbox
+from worker.store.outcomes import CONTRACT_FIELDS, OPTIONAL_PUBLIC_FIELDS, public_outcome, task_outcome
+from worker.store.records import Claim, ResultsStore
+
+__all__ = ["ResultsStore", "Claim", "Outbox", "Locks", "StoreKeys", "public_outcome", "task_outcome",
+           "CONTRACT_FIELDS", "OPTIONAL_PUBLIC_FIELDS", "looks_like_card_number"]

@@ -1,0 +1,50 @@
+"""How values are written to and read from Redis, and the card-number guard on every write."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker.carddata import contains_card_number
+
+
+def looks_like_card_number(value: str, **_: object) -> bool:
+    """What the store refuses to keep (the one rule: ``worker.carddata``)."""
+    return contains_card_number(value)
+
+
+def check_no_pan(name: str, value: str) -> None:
+    if contains_card_number(value):
+        raise ValueError(f"refusing to store field {name!r}: its value looks like a card number")
+
+
+def to_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return str(value)
+
+
+def text(v: Any) -> str:
+    """A Redis reply value as text (bytes from a client without decode_responses)."""
+    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+def typed(rec: dict) -> dict:
+    if "attempts" in rec:
+        try:
+            rec["attempts"] = int(rec["attempts"])
+        except (TypeError, ValueError):
+            rec["attempts"] = 0
+    return rec
+
+
+def pairs_to_dict(flat: list | None) -> dict | None:
+    if not flat:
+        return None
+    it = iter(flat)
+    return typed({text(k): text(v) for k, v in zip(it, it, strict=False)})  # flat pairs: even length

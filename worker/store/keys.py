@@ -1,0 +1,40 @@
+"""The store's key names under one prefix (the layout is drawn in :mod:`worker.store`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class StoreKeys:
+    prefix: str = "payments:"
+    trans: str = field(init=False)
+    time: str = field(init=False)
+    non_final: str = field(init=False)
+    open_auths: str = field(init=False)
+    voids_due: str = field(init=False)
+    reflect_due: str = field(init=False)
+    audit: str = field(init=False)
+    outbox: str = field(init=False)
+    outbox_ts: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        p = self.prefix
+        for name, suffix in (("trans", "idx:trans"), ("time", "idx:time"), ("non_final", "idx:non_final"),
+                             ("open_auths", "idx:open_auths"), ("voids_due", "idx:voids_due"),
+                             ("reflect_due", "idx:reflect_due"), ("audit", "audit"), ("outbox", "outbox"),
+                             ("outbox_ts", "idx:outbox")):
+            object.__setattr__(self, name, p + suffix)
+
+    def record(self, payment_id: str) -> str:
+        return f"{self.prefix}op:{payment_id}"
+
+    def history(self, payment_id: str) -> str:
+        return f"{self.prefix}hist:{payment_id}"
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"
+
+    def for_record(self, payment_id: str) -> list[str]:
+        """KEYS of every record script, in the order ``scripts/common.lua`` names them."""
+        return [self.record(payment_id), self.history(payment_id), self.trans, self.time, self.non_final,
+                self.open_auths, self.voids_due, self.audit, self.outbox, self.outbox_ts, self.reflect_due]

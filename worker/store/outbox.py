@@ -1,0 +1,66 @@
+"""The outbox: every published payment message, kept until a worker claims its operation.
+
+kombu's Redis transport pops a message before it records it as unacknowledged, so a worker (or Redis) dying in
+between would lose it without a trace; once the task runs, kombu's restore of unacknowledged messages covers it.
+The claim script removes the entry (``claim(message_id=...)``) in the same round trip as the claim. The sweep
+publishes stale entries again; a second delivery is harmless (the claim answers it).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from worker.store.encoding import text
+from worker.store.keys import StoreKeys
+
+
+def server_time(client: redis.Redis) -> float:
+    """Redis server time: the one clock of leases, ages and next checks."""
+    seconds, micros = client.time()
+    return int(seconds) + int(micros) / 1_000_000
+
+
+class Outbox:
+    def __init__(self, redis_client: redis.Redis, keys: StoreKeys) -> None:
+        self.redis = redis_client
+        self.keys = keys
+
+    def put(self, task_id: str, message: Mapping[str, Any]) -> None:
+        now = server_time(self.redis)
+        entry = json.dumps({"message": message, "published": now, "republished": 0}, separators=(",", ":"))
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.outbox, task_id, entry)
+        pipe.zadd(self.keys.outbox_ts, {task_id: now})
+        pipe.execute()
+
+    def done(self, task_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.keys.outbox, task_id)
+        pipe.zrem(self.keys.outbox_ts, task_id)
+        pipe.execute()
+
+    def stale(self, older_than_seconds: float, *, limit: int = 1000) -> list[tuple[str, dict]]:
+        """Entries not finished for that long, oldest first: ``(task_id, entry)``."""
+        due = self.redis.zrangebyscore(self.keys.outbox_ts, "-inf", server_time(self.redis) - float(older_than_seconds),
+                                       start=0, num=limit)
+        ids = [text(i) for i in due]
+        if not ids:
+            return []
+        found = []
+        for task_id, raw in zip(ids, self.redis.hmget(self.keys.outbox, ids), strict=True):
+            if raw is None:
+                self.redis.zrem(self.keys.outbox_ts, task_id)
+            else:
+                found.append((task_id, json.loads(raw)))
+        return found
+
+    def republished(self, task_id: str, entry: dict) -> None:
+        """Count a re-publication and restart the entry's clock."""
+        entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.outbox, task_id, json.dumps(entry, separators=(",", ":")))
+        pipe.zadd(self.keys.outbox_ts, {task_id: server_time(self.redis)})
+        pipe.execute()

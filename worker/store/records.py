@@ -1,0 +1,263 @@
+"""Payment records and their transitions (the layout and fields are described in :mod:`worker.store`).
+
+Every hot-path call (:meth:`ResultsStore.claim`, :meth:`ResultsStore.transition`) is ONE round trip:
+a single ``EVALSHA`` of a Lua script (``worker/store/scripts/*.lua``). Inside the script the record,
+its history, the indexes and the audit stream are updated together, so two workers can never
+interleave a read-modify-write. The scripts read Redis server time (``TIME``): leases, ages,
+next-check times and the attempt journal use that one clock, whatever each worker's clock says.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
+from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
+from worker.store.keys import StoreKeys
+from worker.store.locks import Locks
+from worker.store.outbox import Outbox, server_time
+from worker.store.outcomes import CONTRACT_FIELDS
+from worker.store.scripts import record_script, script
+
+__all__ = ["ResultsStore", "Claim"]
+
+# Managed by the store: ignored when passed in ``fields``.
+_RESERVED = frozenset({
+    "payment_id", "operation", "status", "attempts", "created_at", "updated_at", "created_ts",
+    "updated_ts", "lease_owner", "lease_until", "history", "fingerprint", "sends", "attempt_ts", "in_flight",
+    "sent_ts", "next_check_ts", "reflected",
+})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Result of :meth:`ResultsStore.claim`.
+
+    ``kind``: ``claimed`` (new record, go ahead), ``final`` (return ``record`` as is), ``busy`` (another
+    live worker holds the lease), ``resumed`` (lease taken over from ``previous_status``: reconcile before
+    sending unless nothing may have been sent), ``mismatch`` (the key is bound to another request),
+    ``exists`` (create_only found a record), ``missing`` (reconcile found none). ``now``: Redis server time.
+    """
+
+    kind: ClaimKind | str
+    record: dict
+    previous_status: str | None = None
+    now: float = 0.0
+
+
+class ResultsStore:
+    FINAL = FINAL
+    NON_FINAL = NON_FINAL
+    STATUSES = FINAL | NON_FINAL
+
+    def __init__(self, redis_client: redis.Redis, prefix: str = "payments:") -> None:
+        self.redis = redis_client
+        self.prefix = prefix
+        self.keys = StoreKeys(prefix)
+        self.outbox = Outbox(redis_client, self.keys)
+        self.locks = Locks(redis_client, self.keys)
+        self._claim = redis_client.register_script(record_script("claim"))
+        self._journal = redis_client.register_script(record_script("journal"))
+        self._transition = redis_client.register_script(record_script("transition"))
+        self._reflect = redis_client.register_script(record_script("reflect"))
+        self._renew = redis_client.register_script(script("renew"))
+
+    # ---- keys -------------------------------------------------------------------------------
+    def record_key(self, payment_id: str) -> str:
+        return self.keys.record(payment_id)
+
+    def history_key(self, payment_id: str) -> str:
+        return self.keys.history(payment_id)
+
+    def _keys(self, payment_id: str) -> list[str]:
+        return self.keys.for_record(payment_id)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _field_args(fields: Mapping[str, Any] | None) -> list[str]:
+        out: list[str] = []
+        for name, value in (fields or {}).items():
+            name = to_str(name)
+            if name in _RESERVED:
+                continue
+            value = to_str(value)
+            check_no_pan(name, value)
+            out += [name, value]
+        return out
+
+    def now(self) -> float:
+        """Redis server time: the one clock of leases, ages and next checks."""
+        return server_time(self.redis)
+
+    # ---- hot path ---------------------------------------------------------------------------
+    def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
+              owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
+              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim:
+        """Claim ``payment_id`` (see :class:`Claim`).
+
+        ``dead_owner``: a lease holder known to be dead (its process is gone), whose live lease may be taken
+        over as if it had expired. ``message_id``: the broker message being worked on; its outbox entry is
+        removed in the same round trip, whatever the claim's result. ``journal``: a new record notes attempt 1
+        at once (the caller sends right after); ``"prior"``: the message was delivered before, so a new record
+        starts as if an attempt may have been sent until now (stq first, commit horizon). ``fingerprints``: the
+        request's fingerprint under each card key (the first is stored); an existing record bound to another
+        request answers ``mismatch``.
+        """
+        payment_id, operation, owner = to_str(payment_id), to_str(operation), to_str(owner)
+        if not payment_id:
+            raise ValueError("payment_id must not be empty")
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}")
+        if not owner:
+            raise ValueError("owner must not be empty")
+        if mode not in ("run", "create_only", "reconcile"):
+            raise ValueError(f"unknown claim mode {mode!r}")
+        check_no_pan("payment_id", payment_id)
+        fps = [to_str(f) for f in fingerprints if f]
+        base = {f: "" for f in CONTRACT_FIELDS if f not in _RESERVED}
+        base.update(fields or {})
+        args = [owner, repr(float(lease_seconds)), payment_id, operation, to_str(dead_owner), to_str(message_id),
+                mode, journal if journal == "prior" else ("1" if journal else "0"), str(len(fps)), *fps]
+        args += self._field_args(base)
+        kind, prev, now, flat = self._claim(keys=self._keys(payment_id), args=args)
+        return Claim(kind=text(kind), record=pairs_to_dict(flat) or {}, previous_status=text(prev) or None,
+                     now=float(now))
+
+    def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None:
+        """Note a money-moving send before making it; server time, or None when ``owner`` lost the lease."""
+        ok, now = self._journal(keys=self._keys(payment_id), args=[owner, repr(float(lease_seconds))])
+        return float(now) if int(ok) else None
+
+    def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
+                   expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
+                   sent: bool | None = None, check_in: float | None = None,
+                   reflect: bool = False) -> dict | None:
+        """Move the record to ``status``; the record written, or None when refused.
+
+        Refused when the current status is not in ``expect``, or the record is not final and ``owner`` does
+        not hold its lease. ``sent``: how the attempt in flight ended (True: may have reached the gateway,
+        False: provably not; None counts as True). A record that may have been sent is never parked
+        ``RETRYING``: it becomes ``UNKNOWN``. ``check_in``: seconds until the next reconciliation.
+        ``reflect``: an APPROVED follow-up is reflected on its original in the same script.
+        """
+        if status not in self.STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        expect_list = [] if expect is None else [to_str(e) for e in ([expect] if isinstance(expect, str) else expect)]
+        if expect is not None and not expect_list:
+            return None  # "current status in an empty set" can never hold
+        note = to_str(note)
+        check_no_pan("note", note)
+        args = [str(status), "1" if status in self.FINAL else "0", to_str(owner), note,
+                "" if sent is None else ("1" if sent else "0"),
+                "" if check_in is None else repr(max(0.0, float(check_in))),
+                self.prefix if reflect else "", str(len(expect_list)), *expect_list]
+        args += self._field_args(fields)
+        written, _now, flat = self._transition(keys=self._keys(to_str(payment_id)), args=args)
+        return pairs_to_dict(flat) if written else None
+
+    def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease (the heartbeat while a call is in flight)."""
+        return bool(self._renew(keys=[self.record_key(payment_id)], args=[to_str(owner), repr(float(lease_seconds))]))
+
+    def reflect(self, payment_id: str) -> str:
+        """Reflect an APPROVED follow-up on its original, if not done yet (idempotent)."""
+        return text(self._reflect(keys=self._keys(payment_id), args=[self.prefix]))
+
+    # ---- reads ------------------------------------------------------------------------------
+    def get(self, payment_id: str) -> dict | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self.record_key(payment_id))
+        pipe.lrange(self.history_key(payment_id), 0, -1)
+        raw, hist = pipe.execute()
+        if not raw:
+            return None
+        rec = typed({text(k): text(v) for k, v in raw.items()})
+        rec["history"] = [json.loads(text(h)) for h in hist]
+        return rec
+
+    def history(self, payment_id: str) -> list[dict]:
+        return [json.loads(text(h)) for h in self.redis.lrange(self.history_key(payment_id), 0, -1)]
+
+    def find_by_trans_id(self, trans_id: str) -> dict | None:
+        if not trans_id:
+            return None
+        pid = self.redis.hget(self.keys.trans, trans_id)
+        return self.get(text(pid)) if pid is not None else None
+
+    def _fetch(self, ids: list) -> list[dict]:
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(self.record_key(text(pid)))
+        return [typed({text(k): text(v) for k, v in raw.items()}) for raw in pipe.execute() if raw]
+
+    def list(self, *, status: str | None = None, operation: str | None = None, limit: int = 100) -> list[dict]:
+        """Records newest first (by creation time), optionally filtered."""
+        if limit <= 0:
+            return []
+        out: list[dict] = []
+        page = max(limit * 2, 100) if (status or operation) else limit
+        start = 0
+        while len(out) < limit:
+            ids = self.redis.zrevrange(self.keys.time, start, start + page - 1)
+            if not ids:
+                break
+            start += len(ids)
+            for rec in self._fetch(ids):
+                if status and rec.get("status") != status:
+                    continue
+                if operation and rec.get("operation") != operation:
+                    continue
+                out.append(rec)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def audit(self, *, count: int = 100, after: str | None = None) -> builtins.list[dict]:
+        """Audit entries oldest first, each with its stream ``id``; ``after`` is an exclusive id."""
+        start = f"({after}" if after else "-"
+        entries = self.redis.xrange(self.keys.audit, min=start, max="+", count=count)
+        # (redis-py's stubs allow None for a reply and an entry; XRANGE gives neither)
+        return [{"id": text(eid), **{text(k): text(v) for k, v in (data or {}).items()}} for eid, data in entries or []]
+
+    def _range(self, key: str, max_score: float, limit: int | None) -> builtins.list[Any]:
+        if limit is None:
+            return self.redis.zrangebyscore(key, "-inf", max_score)
+        return self.redis.zrangebyscore(key, "-inf", max_score, start=0, num=limit)
+
+    def stale_non_final(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
+        """RETRYING/UNKNOWN, and PENDING with an expired lease, not updated for ``older_than_seconds``."""
+        now = self.now()
+        cutoff = now - float(older_than_seconds)
+        out = []
+        for rec in self._fetch(self._range(self.keys.non_final, cutoff, limit)):
+            st = rec.get("status")
+            if st not in self.NON_FINAL or float(rec.get("updated_ts") or 0) > cutoff:
+                continue
+            if st == Status.PENDING and float(rec.get("lease_until") or 0) > now:
+                continue
+            out.append(rec)
+        return out
+
+    def open_auths(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
+        """APPROVED auths (not yet captured or voided) created before now - ``older_than_seconds``."""
+        cutoff = self.now() - float(older_than_seconds)
+        return [r for r in self._fetch(self._range(self.keys.open_auths, cutoff, limit))
+                if r.get("operation") == "auth" and r.get("status") == Status.APPROVED]
+
+    def voids_due(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
+        """APPROVED sales with then_void="1" (not voided) last updated before now - ``older_than_seconds``."""
+        cutoff = self.now() - float(older_than_seconds)
+        return [r for r in self._fetch(self._range(self.keys.voids_due, cutoff, limit))
+                if r.get("operation") == "sale" and r.get("status") == Status.APPROVED and r.get("then_void") == "1"]
+
+    def reflect_due(self, *, limit: int | None = 1000) -> builtins.list[str]:
+        """APPROVED captures/refunds/voids not yet reflected on their original, oldest first."""
+        return [text(i) for i in self._range(self.keys.reflect_due, float("inf"), limit)]
