@@ -42,8 +42,8 @@ from worker.store import CONTRACT_FIELDS, Claim
 from worker.store.encoding import to_str as _to_str
 from worker.store.encoding import typed as _typed
 from worker.store.records import _RESERVED
-from worker.store.scripts import AUDIT_MAXLEN as _AUDIT_MAXLEN
-from worker.store.scripts import HISTORY_CAP as _HISTORY_CAP
+from worker.store.lua import AUDIT_MAXLEN as _AUDIT_MAXLEN
+from worker.store.lua import HISTORY_CAP as _HISTORY_CAP
 
 __all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks"]
 

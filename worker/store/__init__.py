@@ -7,7 +7,7 @@ Split by concern:
 * :mod:`worker.store.outbox`: :class:`Outbox`, published payment messages not yet claimed;
 * :mod:`worker.store.locks`: :class:`Locks`, advisory locks (the sweep's);
 * :mod:`worker.store.outcomes`: what a record shows outside (:func:`public_outcome`, :func:`task_outcome`);
-* :mod:`worker.store.keys`, :mod:`worker.store.encoding`, :mod:`worker.store.scripts`: the key layout, how
+* :mod:`worker.store.keys`, :mod:`worker.store.encoding`, :mod:`worker.store.lua`: the key layout, how
   values are written and read, and the Lua scripts (``worker/store/scripts/*.lua``, package data).
 
 A :class:`ResultsStore` holds its outbox and locks (``store.outbox``, ``store.locks``): the claim script

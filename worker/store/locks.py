@@ -6,7 +6,7 @@ import secrets
 import redis
 
 from worker.store.keys import StoreKeys
-from worker.store.scripts import script
+from worker.store.lua import script
 
 
 class Locks:

@@ -23,7 +23,7 @@ from worker.store.keys import StoreKeys
 from worker.store.locks import Locks
 from worker.store.outbox import Outbox, server_time
 from worker.store.outcomes import CONTRACT_FIELDS
-from worker.store.scripts import record_script, script
+from worker.store.lua import record_script, script
 
 __all__ = ["ResultsStore", "Claim"]
 
