@@ -27,7 +27,8 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -90,6 +91,33 @@ class Store(Protocol):
     def reflect(self, payment_id: str) -> str: ...
 
     def get(self, payment_id: str) -> dict[str, Any] | None: ...
+
+
+class FlowObserver(Protocol):
+    """What the flow tells an observer (metrics, ``worker/metrics.py``): outcomes it wrote, parkings, stq answers,
+    deliveries holding an operation. Bounded words only: operation, status, result; the amount as a string."""
+
+    def outcome(self, operation: str, status: str, amount: str) -> None: ...
+
+    def parked(self, operation: str, status: str) -> None: ...
+
+    def reconciliation(self, result: str) -> None: ...
+
+    def in_flight(self, operation: str, delta: int) -> None: ...
+
+
+class NullFlowObserver:
+    def outcome(self, operation: str, status: str, amount: str) -> None:
+        pass
+
+    def parked(self, operation: str, status: str) -> None:
+        pass
+
+    def reconciliation(self, result: str) -> None:
+        pass
+
+    def in_flight(self, operation: str, delta: int) -> None:
+        pass
 
 
 class GatewayOutage(Exception):
@@ -208,6 +236,8 @@ class PaymentFlow:
     call_budget: float = 30.0
     keeper: LeaseKeeper | None = None
     clock: Callable[[], float] = field(default=time.monotonic)
+    #: told of every outcome this process writes (each final outcome is written once, by one process)
+    observer: FlowObserver = field(default_factory=NullFlowObserver)
 
     def __post_init__(self) -> None:
         if self.keeper is None:
@@ -319,6 +349,7 @@ class PaymentFlow:
             return task_outcome(claim.record)
         record = self.store.transition(payment_id, Status.SKIPPED, fields={"message": reason}, owner=owner,
                                        note=reason, sent=False)
+        self._observe_outcome(operation, record)
         return task_outcome(record or self.store.get(payment_id))
 
     def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
@@ -333,6 +364,7 @@ class PaymentFlow:
         if claim.kind == "claimed":
             record = self.store.transition(payment_id, Status.ERROR, fields={"message": _short(message)},
                                            owner=owner, note=_short(message), sent=False)
+            self._observe_outcome(operation, record)
             return task_outcome(record or self.store.get(payment_id))
         existing = claim.record
         if existing.get("status") == Status.ERROR and existing.get("error_class") == error_class:
@@ -355,9 +387,12 @@ class PaymentFlow:
         if claim.previous_status == Status.RETRYING and not record.get("sent_ts"):
             done = self.store.transition(payment_id, Status.ERROR, owner=owner, sent=False, note=reason,
                                          fields={"message": _short(reason), "not_charged": "1"})
+            self._observe_outcome(operation, done)
             return task_outcome(done or self.store.get(payment_id))
         parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, note=reason,
                                        fields={"message": _short(f"{reason}; outcome unknown: the sweep asks stq")})
+        if parked is not None:
+            self.observer.parked(operation, str(parked.get("status", "")))
         return task_outcome(parked or self.store.get(payment_id))
 
     # ----------------------------------------------------------------- the engine
@@ -385,7 +420,8 @@ class PaymentFlow:
         run = _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS,
                    deadline=self.clock() + self.operation_budget)
         assert self.keeper is not None
-        with self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
+        with _in_flight(self.observer, operation), \
+                self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
             try:
                 return self._drive(run, claim.record, claim.now, journaled=claim.kind == "claimed" and not redelivered)
             except _LeaseLost:
@@ -481,6 +517,7 @@ class PaymentFlow:
                                        note=note or fields.get("message", ""))
         if record is None:  # someone else holds it now (lease lost): their record stands
             raise _LeaseLost()
+        self._observe_outcome(run.operation, record)
         return task_outcome(record)
 
     def _park(self, run: _Run, status: Status, note: str, *, sent: bool | None,
@@ -490,6 +527,7 @@ class PaymentFlow:
                                        fields={"message": _short(note)}, note=note, sent=sent, check_in=check_in)
         if record is None:
             raise _LeaseLost()
+        self.observer.parked(run.operation, str(record.get("status", status)))
         raise GatewayOutage(note, parked_as=record.get("status", status), check_in=check_in)
 
     def _lookup(self, operation: str, payment_id: str) -> Response | Absent | CannotTell:
@@ -498,13 +536,17 @@ class PaymentFlow:
             found = self.gateway.query(order_id=payment_id)
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
             log.warning("reconcile %s: stq failed: %s", payment_id, type(exc).__name__)
+            self.observer.reconciliation("cannot_tell")
             return CannotTell(type(exc).__name__)
         if found is None:
+            self.observer.reconciliation("absent")
             return ABSENT
         trans_type = (found.trans_type or "").upper()
         if trans_type and trans_type != _STQ_TYPE[operation] and not (operation == "refund" and trans_type == "VOID"):
             log.warning("reconcile %s: stq found a %s for a %s", payment_id, trans_type, operation)
+            self.observer.reconciliation("cannot_tell")
             return CannotTell(f"stq found a {trans_type}")
+        self.observer.reconciliation("found")
         return found
 
     # ----------------------------------------------------------------- the sweep's reconciliation
@@ -527,7 +569,8 @@ class PaymentFlow:
         current, now = claim.record, claim.now
         sent_ts = float(current.get("sent_ts") or 0) or None
         assert self.keeper is not None
-        with self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
+        with _in_flight(self.observer, operation), \
+                self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
             found = self._lookup(operation, payment_id)
             try:
                 if isinstance(found, Response):
@@ -547,17 +590,34 @@ class PaymentFlow:
                 delay = min(retry_base * 2 ** (tries - 1), 3600.0)
                 if isinstance(found, Absent) and sent_ts is not None:
                     delay = min(delay, sent_ts + self.commit_horizon - now + 1)
-                self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,), sent=None,
-                                      check_in=delay, note="outcome unknown; the gateway could not tell yet",
-                                      fields={"message": "outcome unknown; the gateway could not tell yet",
-                                              "reconcile_tries": str(tries)})
+                parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,),
+                                               sent=None, check_in=delay,
+                                               note="outcome unknown; the gateway could not tell yet",
+                                               fields={"message": "outcome unknown; the gateway could not tell yet",
+                                                       "reconcile_tries": str(tries)})
+                if parked is not None:
+                    self.observer.parked(operation, str(parked.get("status", "")))
                 return "still_unknown"
             except _LeaseLost:
                 return "skipped"
 
+    def _observe_outcome(self, operation: str, record: Mapping[str, Any] | None) -> None:
+        if record is not None:
+            self.observer.outcome(operation, str(record.get("status", "")), str(record.get("amount") or ""))
+
     def repair(self, payment_id: str) -> str:
         """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
         return self.store.reflect(payment_id)
+
+
+@contextmanager
+def _in_flight(observer: FlowObserver, operation: str) -> Iterator[None]:
+    """One delivery (or sweep) holding ``operation``: +1 now, -1 however the block ends."""
+    observer.in_flight(operation, 1)
+    try:
+        yield
+    finally:
+        observer.in_flight(operation, -1)
 
 
 def _no_send(duplicate_override: bool) -> Response:

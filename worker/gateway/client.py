@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from . import protocol, scrub
 from .errors import InvalidInput
+from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
 from .retry import RetryPolicy, call_with_retry
 from .seal import normalize_hash_type
@@ -50,6 +51,7 @@ class BluePayClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = date.today,
+        observer: GatewayObserver = NULL_OBSERVER,
     ) -> None:
         if not isinstance(account_id, str) or not account_id.strip():
             raise InvalidInput("account_id", "required")
@@ -74,6 +76,7 @@ class BluePayClient:
         self._sleep = sleep
         self._clock = clock
         self._today = today
+        self.observer = observer
 
     def __repr__(self) -> str:
         return f"BluePayClient(account_id={self.account_id!r}, mode={self.mode!r}, base_url={self.base_url!r})"
@@ -144,7 +147,7 @@ class BluePayClient:
         def parse(reply: HttpReply) -> Response | None:
             return protocol.parse_query_reply(reply.status_code, reply.body, secret_key=secret)
 
-        return self._commit("QUERY", self.stq_url, fields, parse, read_only=True)
+        return self._commit("QUERY", self.stq_url, fields, parse, read_only=True, endpoint="stq")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -164,7 +167,7 @@ class BluePayClient:
                 reply.status_code, reply.location, reply.body, secret_key=secret
             )
 
-        return self._commit(transaction_type, self.bp10emu_url, fields, parse, read_only=False)
+        return self._commit(transaction_type, self.bp10emu_url, fields, parse, read_only=False, endpoint="bp10emu")
 
     def _commit(
         self,
@@ -174,9 +177,22 @@ class BluePayClient:
         parse: Callable[[HttpReply], _Parsed],
         *,
         read_only: bool,
+        endpoint: str,
     ) -> _Parsed:
+        observer, clock = self.observer, self._clock
+
         def once() -> _Parsed:
-            return parse(self.transport.post(url, fields))
+            started = clock()
+            try:
+                parsed = parse(self.transport.post(url, fields))
+            except BaseException as exc:
+                observer.request(endpoint, result_of(exc=exc), clock() - started)
+                raise
+            observer.request(endpoint, result_of(parsed), clock() - started)
+            return parsed
+
+        def retried(exc: BaseException) -> None:
+            observer.retry(error_class_of(exc))
 
         try:
             result, attempts = call_with_retry(
@@ -186,6 +202,7 @@ class BluePayClient:
                 operation=operation,
                 sleep=self._sleep,
                 clock=self._clock,
+                on_retry=retried,
             )
         except Exception as exc:
             logger.info(

@@ -77,8 +77,9 @@ def call_with_retry(
     operation: str,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> tuple[T, int]:
-    """Run ``fn`` under ``policy``; return ``(result, attempts)``.
+    """Run ``fn`` under ``policy``; return ``(result, attempts)``. ``on_retry`` hears of each retry's cause.
 
     On give-up or a non-retryable error the last exception is raised with ``.attempts`` set.
     """
@@ -98,6 +99,8 @@ def call_with_retry(
             type(exc).__name__ if exc else "?",
             state.upcoming_sleep,
         )
+        if on_retry is not None and exc is not None:
+            on_retry(exc)
 
     retrying = Retrying(
         stop=stop_after_attempt(policy.max_attempts) | _stop_before_delay_on(policy.max_seconds, clock, clock()),

@@ -1,0 +1,250 @@
+"""The worker's own Prometheus metrics (prometheus-client), served on ``WORKER_METRICS_PORT`` (0: off, the default).
+
+What is counted, and where it is said (the flow and the gateway client only know their observer protocols,
+``worker.flow.FlowObserver`` and ``worker.gateway.observe.GatewayObserver``; ``worker/services.py`` hands them
+:class:`WorkerMetrics` when this process serves metrics)::
+
+    payments_operations_total{operation,status}        final outcomes this process wrote (each final outcome is
+                                                       written once, by one process: the sum over workers equals
+                                                       the store's records that reached that status)
+    payments_amount_total{operation,status}            their amounts (a float: fine for a dashboard, not for books)
+    payments_parked_total{operation,status}            parkings as RETRYING / UNKNOWN (one operation may park often)
+    payments_gateway_request_seconds{endpoint,result}  one HTTP attempt; result: approved, declined, error, absent
+                                                       (stq found nothing), not_sent, unknown, rejected
+    payments_gateway_retries_total{error_class}        in-process retries, by the transport's exception class
+    payments_reconciliations_total{result}             stq lookups by ORDER_ID: found, absent, cannot_tell
+    payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
+
+Labels are bounded: an operation, a status, an endpoint, a result word, an exception class name; never an id,
+an amount or merchant data (anything else is counted as ``other``).
+
+Processes: every pool uses prometheus-client's multiprocess mode, so prefork children's values add up. At worker
+start (:func:`start`, Celery's ``worker_init``) the endpoint is bound first; only then is the directory
+(``PROMETHEUS_MULTIPROC_DIR``, default ``<tmp>/payments-worker-metrics-<port>``) emptied and used, so a second
+worker started on a port already taken never wipes the first one's files: it logs an ERROR and runs without
+metrics (payments never stop for metrics). A prefork child that exits is marked dead (``worker_process_shutdown``),
+and at each scrape the live gauges of processes that no longer exist (a killed child) are dropped.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import tempfile
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from worker.states import OPERATIONS, Status
+
+log = logging.getLogger("payments.metrics")
+
+ENDPOINTS = frozenset({"bp10emu", "stq"})
+RESULTS = frozenset({"approved", "declined", "error", "absent", "not_sent", "unknown", "rejected"})
+RECONCILIATIONS = frozenset({"found", "absent", "cannot_tell"})
+STATUSES = frozenset(s.value for s in Status)
+#: Seconds; the read timeout is 15 s by default, so the top buckets still tell a slow gateway from a dead one.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+#: Set once this process (or, under prefork, its parent before the fork) serves metrics.
+_active: dict[str, Any] = {}
+
+
+def _bounded(value: str, allowed: frozenset[str]) -> str:
+    return value if value in allowed else "other"
+
+
+def _class_name(value: str) -> str:
+    return value if value.isidentifier() and len(value) <= 40 else "other"
+
+
+class WorkerMetrics:
+    """The flow's and the gateway client's observer, over prometheus-client's metric objects.
+
+    Never raises: a metric that cannot be written is logged once and the payment goes on."""
+
+    def __init__(self, registry: Any = None) -> None:
+        """``registry``: None (the multiprocess files are what is served), or a registry a unit test reads."""
+        from prometheus_client import Counter, Gauge, Histogram
+
+        r = registry
+        self.operations = Counter("payments_operations", "Final outcomes written by this process",
+                                  ["operation", "status"], registry=r)
+        self.amount = Counter("payments_amount", "Amounts of the final outcomes written (float)",
+                              ["operation", "status"], registry=r)
+        self.parked_ops = Counter("payments_parked", "Operations parked as RETRYING or UNKNOWN",
+                                  ["operation", "status"], registry=r)
+        self.gateway = Histogram("payments_gateway_request_seconds", "One HTTP attempt to the gateway",
+                                 ["endpoint", "result"], buckets=LATENCY_BUCKETS, registry=r)
+        self.retries = Counter("payments_gateway_retries", "In-process retries of gateway calls", ["error_class"],
+                               registry=r)
+        self.reconciliations = Counter("payments_reconciliations", "stq lookups by ORDER_ID, by answer", ["result"],
+                                       registry=r)
+        self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now", ["operation"],
+                                   multiprocess_mode="livesum", registry=r)
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._failed = False
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def _broken(self, exc: Exception) -> None:
+        if not self._failed:
+            self._failed = True
+            log.error("metrics: not recorded (%s); payments go on", type(exc).__name__)
+
+    # ---- worker.flow.FlowObserver
+    def outcome(self, operation: str, status: str, amount: str) -> None:
+        try:
+            labels = (_bounded(operation, OPERATIONS), _bounded(status, STATUSES))
+            self._child(self.operations, *labels).inc()
+            if amount:
+                try:
+                    value = float(Decimal(amount))
+                except (InvalidOperation, ValueError):
+                    return
+                if value > 0:
+                    self._child(self.amount, *labels).inc(value)
+        except Exception as exc:
+            self._broken(exc)
+
+    def parked(self, operation: str, status: str) -> None:
+        try:
+            self._child(self.parked_ops, _bounded(operation, OPERATIONS), _bounded(status, STATUSES)).inc()
+        except Exception as exc:
+            self._broken(exc)
+
+    def reconciliation(self, result: str) -> None:
+        try:
+            self._child(self.reconciliations, _bounded(result, RECONCILIATIONS)).inc()
+        except Exception as exc:
+            self._broken(exc)
+
+    def in_flight(self, operation: str, delta: int) -> None:
+        try:
+            self._child(self.in_flight_ops, _bounded(operation, OPERATIONS)).inc(delta)
+        except Exception as exc:
+            self._broken(exc)
+
+    # ---- worker.gateway.observe.GatewayObserver
+    def request(self, endpoint: str, result: str, seconds: float) -> None:
+        try:
+            self._child(self.gateway, _bounded(endpoint, ENDPOINTS), _bounded(result, RESULTS)).observe(seconds)
+        except Exception as exc:
+            self._broken(exc)
+
+    def retry(self, error_class: str) -> None:
+        try:
+            self._child(self.retries, _class_name(error_class)).inc()
+        except Exception as exc:
+            self._broken(exc)
+
+
+_metrics_by_pid: dict[int, WorkerMetrics] = {}
+
+
+def observer() -> WorkerMetrics | None:
+    """This process's metrics, or None when it serves none (metrics off, or not a worker)."""
+    if not _active:
+        return None
+    pid = os.getpid()
+    found = _metrics_by_pid.get(pid)
+    if found is None:
+        _metrics_by_pid.clear()
+        found = _metrics_by_pid[pid] = WorkerMetrics()
+    return found
+
+
+def default_dir(port: int) -> Path:
+    """One directory per port: a host runs one worker per metrics port, so it is that worker's alone."""
+    return Path(tempfile.gettempdir()) / f"payments-worker-metrics-{port}"
+
+
+class _LiveCollector:
+    """prometheus-client's multiprocess collector, after dropping the live gauges of processes that are gone
+    (a prefork child killed before it could say so)."""
+
+    def __init__(self, path: str) -> None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.path = path
+        self._collector = MultiProcessCollector(None, path=path)
+
+    def collect(self) -> Any:
+        from prometheus_client import multiprocess
+
+        for name in glob.glob(os.path.join(self.path, "gauge_live*_*.db")):
+            try:
+                pid = int(name.rsplit("_", 1)[1][:-3])
+            except ValueError:
+                continue
+            if not _alive(pid):
+                multiprocess.mark_process_dead(pid, self.path)
+        return self._collector.collect()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start(port: int, addr: str = "0.0.0.0") -> bool:
+    """Serve this worker's metrics on ``port`` (called once, in the worker's main process, before any metric
+    is made). False (logged) when the port cannot be bound: the worker runs on without metrics."""
+    if port <= 0 or _active:
+        return bool(_active)
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(default_dir(port))
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_LiveCollector(path))
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        log.error("metrics: cannot serve on %s:%d (%s): this worker runs WITHOUT metrics; give each worker on a "
+                  "host its own WORKER_METRICS_PORT", addr, port, exc.strerror or type(exc).__name__)
+        return False
+    # Bound, so this directory is ours: empty it (the files of an earlier run on this port would add up).
+    Path(path).mkdir(parents=True, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    from prometheus_client import values
+
+    # Chosen when prometheus_client was imported; the directory may have been set only now.
+    values.ValueClass = values.get_value_class()
+    _active.update(port=port, path=path, server=server, started=time.time())
+    log.info("metrics: serving on %s:%d (multiprocess directory %s)", addr, port, path)
+    return True
+
+
+def child_started() -> None:
+    """In a prefork child: let go of the parent's listening socket (only the parent serves)."""
+    server = _active.get("server")
+    if server is not None:
+        try:
+            server.socket.close()
+        except OSError:
+            pass
+
+
+def child_exiting() -> None:
+    """In a prefork child that exits: its live gauges (in flight) stop counting; its counters stay."""
+    path = _active.get("path")
+    if path:
+        from prometheus_client import multiprocess
+
+        try:
+            multiprocess.mark_process_dead(os.getpid(), path)
+        except OSError:
+            pass
