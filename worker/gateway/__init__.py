@@ -2,13 +2,25 @@
 
 No Celery and no Redis here. Public names::
 
-    BluePayClient, Response, Card, RetryPolicy, HttpTransport, HttpReply,
-    PaymentError, InvalidInput, GatewayError, NotSent, OutcomeUnknown, Rejected
+    BluePayClient, Response, Card, RetryPolicy, HttpTransport, HttpReply, Report, ReportRow,
+    PaymentError, InvalidInput, GatewayError, NotSent, OutcomeUnknown, Rejected,
+    ReportError, MalformedReport, ReportIncomplete
 """
 
 from .client import BluePayClient
-from .errors import GatewayError, InvalidInput, NotSent, OutcomeUnknown, PaymentError, Rejected
+from .errors import (
+    GatewayError,
+    InvalidInput,
+    MalformedReport,
+    NotSent,
+    OutcomeUnknown,
+    PaymentError,
+    Rejected,
+    ReportError,
+    ReportIncomplete,
+)
 from .protocol import Response
+from .report import Report, ReportRow
 from .retry import RetryPolicy
 from .transport import HttpReply, HttpTransport
 from .validation import Card
@@ -26,4 +38,9 @@ __all__ = [
     "NotSent",
     "OutcomeUnknown",
     "Rejected",
+    "Report",
+    "ReportRow",
+    "ReportError",
+    "MalformedReport",
+    "ReportIncomplete",
 ]

@@ -9,7 +9,11 @@
         ├── OutcomeUnknown            read timeout, reset after the request went out, HTTP 5xx, reply that
         │                             cannot be parsed or authenticated (bad/missing BP_STAMP on an approval),
         │                             MESSAGE=DUPLICATE (attribute .duplicate = True): reconcile, never blindly resend
-        └── Rejected(response)        the gateway answered Result=ERROR or MISSING (bad seal, invalid data); final
+        ├── Rejected(response)        the gateway answered Result=ERROR or MISSING (bad seal, invalid data); final
+        └── ReportError               the daily report (bpdailyreport2) cannot be read as a whole; no verdict from it
+            ├── MalformedReport(line, reason)  missing required columns, a row that does not fit the header,
+            │                             a bad id/amount/status/date, garbage instead of CSV
+            └── ReportIncomplete      the body ended (connection cut, truncated) before the report did
 
 No message built here ever contains a card number, CVV2, seal or secret: callers pass
 only field names, gateway MESSAGE texts and exception class names.
@@ -29,6 +33,9 @@ __all__ = [
     "NotSent",
     "OutcomeUnknown",
     "Rejected",
+    "ReportError",
+    "MalformedReport",
+    "ReportIncomplete",
 ]
 
 
@@ -91,6 +98,24 @@ class Rejected(GatewayError):
     @property
     def gateway_message(self) -> str:
         return getattr(self.response, "message", "") or ""
+
+
+class ReportError(GatewayError):
+    """The daily report cannot be used: nothing read from it may be trusted (never a partial verdict)."""
+
+
+class MalformedReport(ReportError):
+    """The report is not what bpdailyreport2 sends. ``line``: 1 is the header (0: the body as a whole)."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        self.line = line
+        self.reason = reason
+        where = f"line {line}: " if line else ""
+        super().__init__(f"malformed report: {where}{reason}")
+
+
+class ReportIncomplete(ReportError):
+    """The report's body ended before the report did (connection cut mid-stream, short body)."""
 
 
 def _describe(response: Any) -> str:

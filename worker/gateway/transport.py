@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from .errors import GatewayError, NotSent, OutcomeUnknown
 
-__all__ = ["HttpReply", "HttpTransport", "classify", "DEFAULT_USER_AGENT", "POOL_MAXSIZE"]
+__all__ = ["HttpReply", "HttpStream", "HttpTransport", "classify", "DEFAULT_USER_AGENT", "POOL_MAXSIZE"]
 
 DEFAULT_USER_AGENT = "payments-worker/0.1 (+bluepay client)"
 #: Connections kept per host: shared by all gevent greenlets / threads of one process.
@@ -34,6 +34,47 @@ class HttpReply:
     status_code: int
     location: str | None
     body: str
+
+
+class HttpStream:
+    """A reply whose body is read as it arrives (the daily report): ``status_code``, ``chunks()``, ``close()``.
+
+    A transport failure while the body is read raises the class :func:`classify` gives it (never chained)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, response: requests.Response, url: str) -> None:
+        self.status_code = response.status_code
+        self._response = response
+        self._url = url
+
+    def chunks(self) -> Iterator[bytes]:
+        failure: type[GatewayError] | None = None
+        cause = ""
+        try:
+            yield from self._response.iter_content(self.CHUNK)
+            return
+        except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
+            failure = classify(exc)
+            cause = _describe(exc)
+        finally:
+            self._response.close()
+        err = failure(f"{cause} reading from {_safe_url(self._url)}")
+        err.cause_name = cause
+        raise err
+
+    def read(self, limit: int = 64 * 1024) -> bytes:
+        """At most ``limit`` bytes of the body (an error reply), then closed."""
+        out = b""
+        for chunk in self.chunks():
+            out += chunk
+            if len(out) >= limit:
+                break
+        self.close()
+        return out[:limit]
+
+    def close(self) -> None:
+        self._response.close()
 
 
 # Evidence, found anywhere in the exception chain, that the request was (or may have been)
@@ -156,19 +197,37 @@ class HttpTransport:
             proxies = self._proxies[url] = requests.utils.get_environ_proxies(url)
         return proxies
 
+    def _send(self, url: str, data: Mapping[str, str | None], *, stream: bool) -> requests.Response:
+        request = requests.PreparedRequest()
+        body = urlencode([(k, v) for k, v in data.items() if v is not None])  # as requests would: None is left out
+        request.prepare(method="POST", url=url, headers=self._headers, data=body)
+        return self.session.get_adapter(url).send(
+            request,
+            stream=stream,
+            timeout=(self.connect_timeout, self.read_timeout),
+            verify=self._verify,
+            proxies=self._proxies_for(url),
+        )
+
+    def stream(self, url: str, data: Mapping[str, str | None]) -> HttpStream:
+        """POST and return as soon as the reply's headers are in; the body is read by the caller (the read
+        timeout applies to each read, so a long body never times out as a whole)."""
+        failure: type[GatewayError] | None = None
+        cause = ""
+        try:
+            return HttpStream(self._send(url, data, stream=True), url)
+        except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
+            failure = classify(exc)
+            cause = _describe(exc)
+        err = failure(f"{cause} posting to {_safe_url(url)}")
+        err.cause_name = cause
+        raise err
+
     def post(self, url: str, data: Mapping[str, str | None]) -> HttpReply:
         failure: type[GatewayError] | None = None
         cause = ""
         try:
-            request = requests.PreparedRequest()
-            body = urlencode([(k, v) for k, v in data.items() if v is not None])  # as requests would: None is left out
-            request.prepare(method="POST", url=url, headers=self._headers, data=body)
-            resp = self.session.get_adapter(url).send(
-                request,
-                timeout=(self.connect_timeout, self.read_timeout),
-                verify=self._verify,
-                proxies=self._proxies_for(url),
-            )
+            resp = self._send(url, data, stream=False)
             try:
                 content = resp.content
             finally:
