@@ -6,7 +6,8 @@ the attempt journal (``True``/``"prior"``), fingerprints, lease-holder-only writ
 ``UNKNOWN`` once an attempt may have been sent, a takeover's ``sent_ts`` (``min(lease_until, now)``),
 ``check_in``, the lease freed when parked, final records changed only through ``expect``, follow-ups reflected on
 their originals (partial refunds, a capture's amount, a void of a capture reopening its auth, a refund answered
-as a VOID), every index, history, audit, outbox and locks, and the card-number guard (``worker.carddata``).
+as a VOID), every index, history, audit, outbox, locks and retention's removal (``forget.lua``: unchanged and still
+archivable), and the card-number guard (``worker.carddata``).
 ``tests/contract/`` is what shows the two equal: the store's contract tests run against both implementations, and
 random sequences of calls (hypothesis) must get the same answers and leave the same state in both. A rule changed
 in one of them and not the other fails there, once a contract test (or, by chance, a random sequence) exercises it.
@@ -41,11 +42,12 @@ from worker.states import FINAL, FOLLOW_UPS, NON_FINAL, OPERATIONS, Status
 from worker.store import CONTRACT_FIELDS, Claim
 from worker.store.encoding import to_str as _to_str
 from worker.store.encoding import typed as _typed
-from worker.store.records import _RESERVED
 from worker.store.lua import AUDIT_MAXLEN as _AUDIT_MAXLEN
 from worker.store.lua import HISTORY_CAP as _HISTORY_CAP
+from worker.store.records import _RESERVED
+from worker.store.retention import archivable, audit_cutoff_id, next_stream_id
 
-__all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks"]
+__all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks", "InMemoryRetention"]
 
 _ZSETS = ("time", "non_final", "open_auths", "voids_due", "reflect_due", "outbox")
 _CENTS = re.compile(r"([0-9]+)\.?([0-9]*)")
@@ -126,6 +128,7 @@ class InMemoryStore:
         self._locks: dict[str, tuple[str, float]] = {}
         self.outbox = InMemoryOutbox(self)
         self.locks = InMemoryLocks(self)
+        self.retention = InMemoryRetention(self)
 
     # ---- clock --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -588,3 +591,54 @@ class InMemoryLocks:
                 return False
             del self._store._locks[name]
             return True
+
+
+class InMemoryRetention:
+    """Retention's side of an :class:`InMemoryStore` (``store.retention``), as :class:`worker.store.retention.Retention`
+    (``scripts/forget.lua``: unchanged and still archivable, cutoff never later than the clock)."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+
+    def due(self, cutoff: float, *, offset: int = 0, limit: int = 500) -> tuple[builtins.list[dict], int]:
+        s = self._store
+        with s._lock:
+            ids = s._range("time", float(cutoff), None)[offset:offset + limit]
+            found = [dict(s._copy(pid), history=s.history(pid)) for pid in ids
+                     if pid in s._records and archivable(s._records[pid], cutoff)]
+        return found, len(ids)
+
+    def forget(self, records: Iterable[Mapping[str, Any]], cutoff: float) -> builtins.list[str]:
+        s = self._store
+        removed: builtins.list[str] = []
+        with s._lock:
+            cutoff = min(float(cutoff), s.now())
+            for given in records:
+                pid = _key(given["payment_id"])
+                rec = s._records.get(pid)
+                if (rec is None or rec.get("status") != str(given.get("status") or "")
+                        or rec.get("updated_ts") != str(given.get("updated_ts") or "") or not archivable(rec, cutoff)):
+                    continue
+                del s._records[pid]
+                s._history.pop(pid, None)
+                for name in ("time", "non_final", "open_auths", "voids_due", "reflect_due"):
+                    s._zset(name, pid, None)
+                trans = rec.get("trans_id") or ""
+                if trans and s._trans.get(trans) == pid:
+                    del s._trans[trans]
+                removed.append(pid)
+        return removed
+
+    def audit_before(self, cutoff: float, *, count: int = 500) -> builtins.list[dict]:
+        last = int(audit_cutoff_id(cutoff))
+        with self._store._lock:
+            entries = [(eid, data) for eid, data in self._store._audit if eid[0] <= last][:count]
+        return [{"id": f"{ms}-{seq}", **data} for (ms, seq), data in entries]
+
+    def trim_audit(self, through_id: str) -> int:
+        ms, _, seq = next_stream_id(through_id).partition("-")
+        keep_from = (int(ms), int(seq))
+        with self._store._lock:
+            before = len(self._store._audit)
+            self._store._audit = [(eid, data) for eid, data in self._store._audit if eid >= keep_from]
+            return before - len(self._store._audit)

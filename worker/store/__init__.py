@@ -6,6 +6,8 @@ Split by concern:
   and the reads and indexes the sweep and the CLI use;
 * :mod:`worker.store.outbox`: :class:`Outbox`, published payment messages not yet claimed;
 * :mod:`worker.store.locks`: :class:`Locks`, advisory locks (the sweep's);
+* :mod:`worker.store.retention`: :class:`Retention` (``store.retention``), which records may leave Redis for the
+  archive and their removal (``scripts/forget.lua``), and the audit stream's trimming by age;
 * :mod:`worker.store.outcomes`: what a record shows outside (:func:`public_outcome`, :func:`task_outcome`);
 * :mod:`worker.store.keys`, :mod:`worker.store.encoding`, :mod:`worker.store.lua`: the key layout, how
   values are written and read, and the Lua scripts (``worker/store/scripts/*.lua``, package data).

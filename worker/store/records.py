@@ -21,9 +21,10 @@ from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
 from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
 from worker.store.keys import StoreKeys
 from worker.store.locks import Locks
+from worker.store.lua import record_script, script
 from worker.store.outbox import Outbox, server_time
 from worker.store.outcomes import CONTRACT_FIELDS
-from worker.store.lua import record_script, script
+from worker.store.retention import Retention
 
 __all__ = ["ResultsStore", "Claim"]
 
@@ -62,6 +63,7 @@ class ResultsStore:
         self.keys = StoreKeys(prefix)
         self.outbox = Outbox(redis_client, self.keys)
         self.locks = Locks(redis_client, self.keys)
+        self.retention = Retention(redis_client, self.keys)
         self._claim = redis_client.register_script(record_script("claim"))
         self._journal = redis_client.register_script(record_script("journal"))
         self._transition = redis_client.register_script(record_script("transition"))

@@ -1,0 +1,96 @@
+"""Retention's side of the store: which records may leave Redis, and removing them once the archive holds them.
+
+The sweep (:mod:`worker.archive.retention`) asks :meth:`Retention.due` for the oldest records older than a cutoff,
+copies them to the archive, then calls :meth:`Retention.forget`, whose Lua script removes each record (hash,
+history, every index) only if it is unchanged since the copy and still :func:`archivable`. A crash between copy and
+delete leaves the record in Redis: the next sweep copies it again (the archive replaces its row). The audit stream
+is trimmed by age the same way: :meth:`audit_before` to copy, :meth:`trim_audit` (``XTRIM MINID``) after.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from worker.states import FINAL, FOLLOW_UPS, Status
+from worker.store.encoding import text, typed
+from worker.store.keys import StoreKeys
+from worker.store.lua import script
+
+__all__ = ["Retention", "archivable", "audit_cutoff_id", "next_stream_id"]
+
+
+def archivable(record: Mapping[str, Any], cutoff: float) -> bool:
+    """May this record leave Redis for the archive (the rule ``scripts/forget.lua`` checks again, atomically)?
+
+    Final, last changed at or before ``cutoff``, and nothing left to do on it: not ``needs_human``, not an open auth
+    (APPROVED, not captured or voided), not a sale whose chained void is due, not a follow-up still to reflect."""
+    status, op = record.get("status"), record.get("operation")
+    try:
+        updated = float(record.get("updated_ts") or "nan")
+    except ValueError:
+        return False
+    approved = status == Status.APPROVED
+    return (status in FINAL and updated <= cutoff and record.get("needs_human") != "1"
+            and not (op == "auth" and approved)
+            and not (op == "sale" and approved and record.get("then_void") == "1")
+            and not (op in FOLLOW_UPS and approved and record.get("reflected") != "1"))
+
+
+def audit_cutoff_id(cutoff: float) -> str:
+    """The last stream id (inclusive, as XRANGE's end) of entries added before ``cutoff``."""
+    return str(int(cutoff * 1000) - 1)
+
+
+def next_stream_id(stream_id: str) -> str:
+    """The smallest stream id after ``stream_id`` (XTRIM MINID keeps it and everything later)."""
+    ms, _, seq = stream_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+class Retention:
+    def __init__(self, redis_client: redis.Redis, keys: StoreKeys) -> None:
+        self.redis = redis_client
+        self.keys = keys
+        self._forget = redis_client.register_script(script("forget"))
+
+    def due(self, cutoff: float, *, offset: int = 0, limit: int = 500) -> tuple[list[dict], int]:
+        """Of the ``limit`` oldest records created before ``cutoff`` (skipping the first ``offset`` of them), those
+        :func:`archivable`, each with its ``history``; and how many were looked at (0: none left)."""
+        ids = [text(i) for i in self.redis.zrangebyscore(self.keys.time, "-inf", cutoff, start=offset, num=limit)]
+        if not ids:
+            return [], 0
+        pipe = self.redis.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(self.keys.record(pid))
+            pipe.lrange(self.keys.history(pid), 0, -1)
+        replies = pipe.execute()
+        found = []
+        for raw, hist in zip(replies[0::2], replies[1::2], strict=True):
+            rec = {text(k): text(v) for k, v in raw.items()}
+            if rec and archivable(rec, cutoff):
+                found.append(typed(dict(rec, history=[json.loads(text(h)) for h in hist])))
+        return found, len(ids)
+
+    def forget(self, records: Sequence[Mapping[str, Any]], cutoff: float) -> list[str]:
+        """Remove these records (as :meth:`due` returned them and the archive now holds them) from Redis, each only
+        if it is unchanged and still archivable; the ids removed. One round trip."""
+        if not records:
+            return []
+        args: list[str] = [self.keys.prefix, repr(float(cutoff))]
+        for rec in records:
+            args += [str(rec["payment_id"]), str(rec.get("status") or ""), str(rec.get("updated_ts") or "")]
+        keys = [self.keys.trans, self.keys.time, self.keys.non_final, self.keys.open_auths, self.keys.voids_due,
+                self.keys.reflect_due]
+        return [text(pid) for pid in self._forget(keys=keys, args=args)]
+
+    def audit_before(self, cutoff: float, *, count: int = 500) -> list[dict]:
+        """The oldest audit entries added before ``cutoff`` (at most ``count``), each with its stream ``id``."""
+        entries = self.redis.xrange(self.keys.audit, min="-", max=audit_cutoff_id(cutoff), count=count)
+        return [{"id": text(eid), **{text(k): text(v) for k, v in (data or {}).items()}} for eid, data in entries or []]
+
+    def trim_audit(self, through_id: str) -> int:
+        """Remove audit entries up to and including ``through_id`` (once the archive holds them); how many."""
+        return int(self.redis.xtrim(self.keys.audit, minid=next_stream_id(through_id), approximate=False))

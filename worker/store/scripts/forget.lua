@@ -1,0 +1,31 @@
+-- Retention: remove records the archive holds now, each only if it is unchanged since it was copied (same status,
+-- same updated_ts: every change of a record moves updated_ts) and is still one retention may remove. A record that
+-- changed in between stays (the next sweep copies it again). The cutoff is never later than Redis TIME.
+-- KEYS: 1 idx:trans 2 idx:time 3 idx:non_final 4 idx:open_auths 5 idx:voids_due 6 idx:reflect_due
+-- ARGV: 1 prefix 2 cutoff, then (payment_id, status, updated_ts) triples. Returns the ids removed.
+local prefix = ARGV[1]
+local t = redis.call('TIME')
+local cutoff = math.min(tonumber(ARGV[2]), tonumber(t[1]) + tonumber(t[2]) / 1000000)
+local FINAL = {APPROVED = true, DECLINED = true, ERROR = true, SKIPPED = true, VOIDED = true, CAPTURED = true,
+               REFUNDED = true, PARTIALLY_REFUNDED = true}
+local FOLLOW_UPS = {capture = true, refund = true, void = true}
+local removed = {}
+for i = 3, #ARGV - 2, 3 do
+  local pid, status, updated = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local rec = prefix .. 'op:' .. pid
+  local r = redis.call('HMGET', rec, 'status', 'updated_ts', 'operation', 'needs_human', 'then_void', 'reflected',
+                       'trans_id')
+  local op, approved = r[3], status == 'APPROVED'
+  if r[1] == status and r[2] == updated and FINAL[status] and (tonumber(updated) or cutoff + 1) <= cutoff
+      and r[4] ~= '1'                                            -- a human must look at it first
+      and not (op == 'auth' and approved)                        -- an open auth (to capture or void)
+      and not (op == 'sale' and approved and r[5] == '1')        -- its chained void is still due
+      and not (FOLLOW_UPS[op] and approved and r[6] ~= '1') then -- not yet reflected on its original
+    redis.call('DEL', rec, prefix .. 'hist:' .. pid)
+    for k = 2, 6 do redis.call('ZREM', KEYS[k], pid) end
+    local trans = r[7] or ''
+    if trans ~= '' and redis.call('HGET', KEYS[1], trans) == pid then redis.call('HDEL', KEYS[1], trans) end
+    removed[#removed + 1] = pid
+  end
+end
+return removed
