@@ -213,6 +213,32 @@ signals.after_setup_logger.connect(_add_scrubber, weak=False)
 signals.after_setup_task_logger.connect(_add_scrubber, weak=False)
 
 
+# ---- metrics (worker/metrics.py) ---------------------------------------------------------------------
+@signals.worker_init.connect(weak=False)
+def _serve_metrics(**_: Any) -> None:
+    """WORKER_METRICS_PORT: the worker's Prometheus endpoint, bound in the main process before the pool forks
+    (its children write to the multiprocess directory, the main process serves their sum)."""
+    settings = services().settings
+    if settings.worker_metrics_port:
+        from worker import metrics
+
+        metrics.start(settings.worker_metrics_port, settings.worker_metrics_addr)
+
+
+@signals.worker_process_init.connect(weak=False)
+def _metrics_child_started(**_: Any) -> None:
+    from worker import metrics
+
+    metrics.child_started()
+
+
+@signals.worker_process_shutdown.connect(weak=False)
+def _metrics_child_exiting(**_: Any) -> None:
+    from worker import metrics
+
+    metrics.child_exiting()
+
+
 @signals.worker_init.connect(weak=False)
 @signals.beat_init.connect(weak=False)
 def _check_card_key(**_: Any) -> None:

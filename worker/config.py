@@ -69,6 +69,9 @@ class Settings:
     # An operation's lease; renewed every third of it while a call is in flight (heartbeat).
     lease_seconds: float = 30.0
     flower_basic_auth: str = field(default="", repr=False)
+    # The worker's Prometheus endpoint (worker/metrics.py): 0 = off; one port per worker process on a host.
+    worker_metrics_port: int = 0
+    worker_metrics_addr: str = "0.0.0.0"
 
     @property
     def soft_time_limit(self) -> float:
@@ -106,6 +109,8 @@ class Settings:
                 f"GATEWAY_COMMIT_HORIZON ({self.commit_horizon:g}s) must exceed the connect + read timeouts "
                 f"({self.connect_timeout + self.read_timeout:g}s): a request the client gave up on can commit later"
             )
+        if not 0 <= self.worker_metrics_port <= 65535:
+            raise ConfigError(f"WORKER_METRICS_PORT ({self.worker_metrics_port}) must be 0 (off) or a TCP port")
         if self.lease_seconds < 3:
             raise ConfigError(f"LEASE_SECONDS ({self.lease_seconds:g}s) must be at least 3 s (renewed every third)")
         if self.visibility_timeout <= self.hard_time_limit:
@@ -145,6 +150,8 @@ class Settings:
                                         if _env("GATEWAY_COMMIT_HORIZON", "") else None),
                 lease_seconds=dur("LEASE_SECONDS", d.lease_seconds),
                 flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
+                worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
+                worker_metrics_addr=_env("WORKER_METRICS_ADDR", d.worker_metrics_addr),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

@@ -204,6 +204,7 @@ def start(port: int, addr: str = "0.0.0.0") -> bool:
     if port <= 0 or _active:
         return bool(_active)
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(default_dir(port))
+    Path(path).mkdir(parents=True, exist_ok=True)
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
@@ -215,7 +216,6 @@ def start(port: int, addr: str = "0.0.0.0") -> bool:
                   "host its own WORKER_METRICS_PORT", addr, port, exc.strerror or type(exc).__name__)
         return False
     # Bound, so this directory is ours: empty it (the files of an earlier run on this port would add up).
-    Path(path).mkdir(parents=True, exist_ok=True)
     for stale in glob.glob(os.path.join(path, "*.db")):
         os.remove(stale)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path

@@ -52,7 +52,15 @@ class Services:
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
+            **({"observer": self.metrics} if self.metrics is not None else {}),
         )
+
+    @cached_property
+    def metrics(self):
+        """This process's Prometheus observer (worker/metrics.py), or None: metrics off, or not a worker."""
+        from worker.metrics import observer
+
+        return observer()
 
     @cached_property
     def vault(self):
@@ -75,7 +83,8 @@ class Services:
         s = self.settings
         return PaymentFlow(store=self.store, gateway=self.gateway, card_keys=self.card_keys,
                            lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
-                           operation_budget=s.operation_budget, call_budget=s.call_budget)
+                           operation_budget=s.operation_budget, call_budget=s.call_budget,
+                           **({"observer": self.metrics} if self.metrics is not None else {}))
 
 
 _by_pid: dict[int, Services] = {}
