@@ -80,6 +80,17 @@ class Sandbox:
     def settle(self, ids: list[str] | None = None) -> list[str]:
         return self._post("settle", {"ids": list(ids)} if ids is not None else {})["settled"]
 
+    def book(self, amount: str = "3.00", **spec: Any) -> dict:
+        """Book a SALE/AUTH directly at the gateway, as a person in BluePay's console would."""
+        return self._post("book", dict(spec, amount=amount))
+
+    def book_many(self, specs: list[dict]) -> list[str]:
+        return self._post("book", {"transactions": specs})["ids"]
+
+    def console_void(self, trans_id: str) -> dict:
+        """Void a transaction in the console (no ORDER_ID on the VOID)."""
+        return self._post("void", {"id": trans_id})
+
     def set_faults(self, faults: dict | None) -> dict:
         return self._post("faults", faults or {})
 

@@ -133,6 +133,7 @@ class Entry:
     origin: str = ""  # the RRNO a follow-up (CAPTURE/REFUND/VOID) refers to
     settled: bool = False
     settle_date: str = ""
+    settled_at: float = 0.0
     voided: bool = False
     voided_by: str = ""
     captured: bool = False
@@ -237,10 +238,74 @@ class Engine:
                 if older_than is not None and now - e.created_at < older_than:
                     continue
                 if e.settleable():
-                    e.settled = True
-                    e.settle_date = now_str(now)
+                    e.settled, e.settle_date, e.settled_at = True, now_str(now), now
                     done.append(e.id)
         return done
+
+    # ---------------------------------------------------------------- the merchant's console
+    def book(self, spec: Mapping[str, Any]) -> Entry:
+        """Book a SALE or AUTH directly, as a person in BluePay's console would: no seal, no card number, no
+        duplicate scrubbing. ``spec``: ``amount`` (required), ``trans_type`` (SALE), ``order_id``, ``invoice_id``,
+        ``status`` ("1" approved, "0" declined; default "1"), ``mode`` (TEST), ``payment_account``
+        (xxxxxxxxxxxx1111), ``card_type`` (VISA), ``created_at`` (epoch seconds; default now), ``settled``.
+        Raises ValueError naming what is wrong."""
+        if not isinstance(spec, Mapping):
+            raise ValueError("a booking is a JSON object")
+        unknown = set(spec) - {"amount", "trans_type", "order_id", "invoice_id", "status", "mode", "payment_account",
+                               "card_type", "created_at", "settled", "message"}
+        if unknown:
+            raise ValueError(f"unknown booking fields {sorted(unknown)}")
+        ttype = str(spec.get("trans_type") or "SALE").upper()
+        if ttype not in ("SALE", "AUTH"):
+            raise ValueError("trans_type must be SALE or AUTH (void with /sandbox/void)")
+        amount = parse_amount(str(spec.get("amount") or ""))
+        if amount is None or (amount == _ZERO and ttype == "SALE"):
+            raise ValueError("amount must be a positive amount with at most two decimals")
+        status = str(spec.get("status", "1"))
+        if status not in ("1", "0"):
+            raise ValueError('status must be "1" (approved) or "0" (declined)')
+        mode = str(spec.get("mode") or "TEST").upper()
+        if mode not in ("TEST", "LIVE"):
+            raise ValueError("mode must be TEST or LIVE")
+        masked = str(spec.get("payment_account") or "xxxxxxxxxxxx1111")
+        if not re.fullmatch(r"x{12}\d{4}", masked):
+            raise ValueError("payment_account must be masked (xxxxxxxxxxxx + last four)")
+        created = spec.get("created_at")
+        if created is None:
+            created = self.clock()
+        if isinstance(created, bool) or not isinstance(created, (int, float)):
+            raise ValueError("created_at must be epoch seconds")
+        approved = status == "1"
+        word = "Approved " if approved else "Declined "
+        with self.lock:
+            e = Entry(
+                id=self._new_id(), account=self.account_id, trans_type=ttype, amount=amount, status=status,
+                result="APPROVED" if approved else "DECLINED",
+                message=str(spec.get("message") or word + ttype.capitalize()), mode=mode,
+                created_at=float(created), issue_date=now_str(float(created)),
+                order_id=str(spec.get("order_id") or ""), invoice_id=str(spec.get("invoice_id") or ""),
+                payment_account=masked, card_type=str(spec.get("card_type") or "VISA"),
+                auth_code=self._auth_code() if approved else "", avs="_", cvv2="_", origin="",
+            )
+            self._add(e)
+            if spec.get("settled") and e.settleable():
+                e.settled, e.settle_date, e.settled_at = True, now_str(float(created)), float(created)
+            return e
+
+    def console_void(self, trans_id: str) -> Entry:
+        """Void a transaction in the console: the gateway's void rules apply; the VOID carries no ORDER_ID (a
+        person typed it, not our worker). Raises ValueError with the gateway's refusal."""
+        with self.lock:
+            o = self._entries.get(str(trans_id))
+            if o is None:
+                raise ValueError("COULD NOT LOCATE ORIGINAL TRANSACTION")
+            err = self._void_error(o, None)
+            if err:
+                raise ValueError(err)
+            now = self.clock()
+            e = self._record({}, o, "VOID", o.amount, "Approved Void", o.mode, now, {"ISSUE_DATE": now_str(now)})
+            self._apply_void(o, e)
+            return e
 
     # ---------------------------------------------------------------- helpers
     def _new_id(self) -> str:
@@ -550,8 +615,55 @@ class Engine:
             }
         return 200, self._stamped(row, STQ_STAMP_DEF, hash_type)
 
+    # ---------------------------------------------------------------- bpdailyreport2
+    def report(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None, list[Entry]]:
+        """The daily report: ``(200, None, entries)`` (render them with :func:`report_row`), or ``(400, error
+        pairs, [])``. By issue date in [start, end) (server local time, as stq), or with QUERY_BY_SETTLEMENT=1
+        settled entries by settlement date; ``MODE`` (default LIVE, as stq) must match. Errors are never in the
+        ledger, so EXCLUDE_ERRORS changes nothing; QUERY_BY_HIERARCHY neither (one account)."""
+        hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
+
+        def error(message: str) -> tuple[int, dict[str, str], list[Entry]]:
+            return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type), []
+
+        if f.get("ACCOUNT_ID", "") != self.account_id or not _seal.verify_seal(
+                self.secret_key, f, _seal.STQ_SEAL_FIELDS):
+            return error("SECURITY ERROR")
+        start_s, end_s = f.get("REPORT_START_DATE", ""), f.get("REPORT_END_DATE", "")
+        try:
+            if not (_DATE_RE.match(start_s) and _DATE_RE.match(end_s)):
+                raise ValueError
+            start = _dt.date.fromisoformat(start_s)
+            end = _dt.date.fromisoformat(end_s)
+        except ValueError:
+            return error("INVALID REPORT DATES (YYYY-MM-DD)")
+        if end <= start:
+            return error("REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)")
+        lo, hi = time.mktime(start.timetuple()), time.mktime(end.timetuple())
+        mode = (f.get("MODE") or "LIVE").strip().upper()
+        by_settlement = (f.get("QUERY_BY_SETTLEMENT") or "0").strip() == "1"
+        with self.lock:
+            if by_settlement:
+                rows = [e for e in self._order if e.mode == mode and e.settled and lo <= e.settled_at < hi]
+            else:
+                rows = [e for e in self._order if e.mode == mode and lo <= e.created_at < hi]
+        return 200, None, rows
+
     def _stamped(self, pairs: dict[str, str], stamp_def: str, hash_type: str) -> dict[str, str]:
         pairs["TPS_HASH_TYPE"] = hash_type
         pairs["BP_STAMP_DEF"] = stamp_def
         pairs["BP_STAMP"] = _seal.stamp(self.secret_key, pairs, stamp_def, hash_type)
         return pairs
+
+
+REPORT_COLUMNS = ("id", "payment_type", "trans_type", "amount", "card_type", "payment_account", "order_id",
+                  "invoice_id", "custom_id", "custom_id2", "master_id", "status", "f_void", "message", "origin",
+                  "issue_date", "settle_date", "settlement_id", "auth_code", "card_expire", "name1", "name2")
+
+
+def report_row(e: Entry) -> list[str]:
+    """One report line's values, in REPORT_COLUMNS order."""
+    return [e.id, e.payment_type, e.trans_type, fmt(e.amount), e.card_type, e.payment_account, e.order_id,
+            e.invoice_id, e.custom_id, e.custom_id2, e.origin, e.status, "1" if e.voided else "", e.message,
+            "bp10emu" if e.card_hash else "console", e.issue_date, e.settle_date,
+            e.settle_date[:10].replace("-", "") if e.settled else "", e.auth_code, e.card_expire, e.name1, e.name2]

@@ -9,7 +9,7 @@ Configuration (JSON; ``--faults``, env ``SANDBOX_FAULTS``, ``POST /sandbox/fault
      "slow_seconds": 5, "late_commit_seconds": 5, "seed": 1}
 
 Every key is optional. For each request on one of ``endpoints`` (default
-``["bp10emu"]``; names: ``bp10emu``, ``stq``, ``wlcatch``, or ``"*"`` for all three):
+``["bp10emu"]``; names: ``bp10emu``, ``stq``, ``wlcatch``, ``bpdailyreport2``, or ``"*"`` for all):
 the next ``sequence`` item is consumed if any is left ("ok" = no fault), otherwise one
 random draw picks at most one kind from ``probabilities`` (their sum must be <= 1).
 ``latency_ms`` + uniform(0, ``jitter_ms``) is slept before every such request.
@@ -19,7 +19,9 @@ Kinds:
 
 * before processing, nothing recorded: ``refuse`` (RST without a reply), ``http_502``, ``http_503``;
 * after processing, the transaction is recorded: ``drop_after_commit`` (RST), ``slow_after_commit``
-  (the reply is written ``slow_seconds`` late), ``http_500_after_commit``, ``garbled``, ``bad_stamp``;
+  (the reply is written ``slow_seconds`` late), ``http_500_after_commit``, ``garbled``, ``bad_stamp``
+  (the report carries no stamp: answered as is), ``truncated`` (about half of the reply is written, then an
+  RST: a report cut mid-row, its chunked body never finished);
 * ``late_commit``: the request is read, then HELD ``late_commit_seconds`` before it is processed at
   all (validated, duplicate-checked, recorded, timestamped); then it is committed whatever the
   client did meanwhile (a client with a shorter read timeout has usually disconnected) and the
@@ -37,12 +39,12 @@ import threading
 from typing import Any
 
 BEFORE_KINDS = ("refuse", "http_502", "http_503")
-AFTER_KINDS = ("drop_after_commit", "slow_after_commit", "http_500_after_commit", "garbled", "bad_stamp")
+AFTER_KINDS = ("drop_after_commit", "slow_after_commit", "http_500_after_commit", "garbled", "bad_stamp", "truncated")
 HOLD_KINDS = ("late_commit",)
 KINDS = BEFORE_KINDS + AFTER_KINDS + HOLD_KINDS
 DEFAULT_SLOW_SECONDS = 5.0
 DEFAULT_LATE_COMMIT_SECONDS = 5.0
-ENDPOINTS = ("bp10emu", "stq", "wlcatch")
+ENDPOINTS = ("bp10emu", "stq", "wlcatch", "bpdailyreport2")
 
 
 class FaultConfigError(ValueError):

@@ -31,6 +31,11 @@ What it serves
   ``id trans_type amount status message order_id f_void settle_date``); 200 with an empty body
   when nothing matches; 400 ``STATUS=E&MESSAGE=...`` on a bad seal, malformed dates, or an end
   date not after the start date (the end is exclusive; equal dates would always be "absent").
+* ``POST /interfaces/bpdailyreport2``: the daily report (seal as stq). 200 ``text/csv``, chunked: a header of
+  lower-case column names (``REPORT_COLUMNS`` in engine.py), then one quoted CSV line per ledger entry issued in
+  [start, end) (``QUERY_BY_SETTLEMENT=1``: settled in it), of ``MODE`` (default LIVE); ``DO_NOT_ESCAPE=1``: no
+  quoting, commas dropped. ``master_id`` is the transaction a follow-up refers to; ``f_void`` 1 when voided.
+  400 ``STATUS=E&MESSAGE=...`` on a bad seal or dates. No stamp (BluePay documents none for reports).
 * ``GET /interfaces/wlcatch``: 200 with a tiny HTML page, for redirect-following clients.
 * ``/sandbox/...``: a JSON control API (health, ledger, orders, reset, settle, faults, duplicates,
   stats, outage); see ``README_TEXT`` below or ``python -m worker.sandbox --help``.
@@ -80,7 +85,7 @@ an outage (it commits on schedule; its connection is gone), not a process exit.
 What it does NOT imitate
 ------------------------
 No card networks, issuers or real authorisations: the amount decides. No ``bp20post``,
-``bpdailyreport2``, ``bp20rebadmin``, rebilling, customer tokens, level 2/3 data, swipe/track
+``bp20rebadmin``, rebilling, customer tokens, level 2/3 data, swipe/track
 data or hosted payment forms; UPDATE answers ERROR ``UPDATE not supported by the sandbox``;
 ACH SALE/AUTH answer ERROR ``ACH not supported by the sandbox``. AVS is always ``_``; CVV2 is
 ``M`` when a well-formed CVV2 was sent, else ``_``; BANK_NAME is empty; AUTH_CODE is random.
@@ -93,6 +98,8 @@ clock-seeded so a restart does not reuse them). Messages for cases bluepay.md do
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import math
 import os
@@ -107,7 +114,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from .engine import DEFAULT_ACCOUNT_ID, DEFAULT_DUPLICATE_WINDOW, DEFAULT_SECRET_KEY, Engine
+from .engine import DEFAULT_ACCOUNT_ID, DEFAULT_DUPLICATE_WINDOW, DEFAULT_SECRET_KEY, REPORT_COLUMNS, Engine, report_row
 from .faults import FaultConfigError, Faults
 
 README_TEXT = """\
@@ -122,6 +129,12 @@ Control API (JSON, never subject to faults; unavailable during an outage):
   POST /sandbox/reset                       clear ledger, faults and counters, drop held late commits,
                                             restore the start duplicate window; {"ok", "held_dropped"}
   POST /sandbox/settle {"ids": [...]}|{}    settle those (or all) approved SALE/CAPTURE/REFUND entries
+  POST /sandbox/book {"amount": "3.00", ...} book a SALE/AUTH directly, as in BluePay's console (no card, no
+                                            seal, no duplicate rule): trans_type, order_id, invoice_id, status
+                                            "1"/"0", mode, payment_account (masked), card_type, created_at
+                                            (epoch), settled; or {"transactions": [...]} for many
+  POST /sandbox/void {"id": "..."}          void a transaction in the console (void rules apply; the VOID
+                                            carries no ORDER_ID)
   GET  /sandbox/faults                      current fault config (+ sequence_remaining, injected)
   POST /sandbox/faults {...}                replace the fault config ({} = none); 400 if invalid
   GET  /sandbox/duplicates                  {"window": seconds, "enabled": bool}
@@ -135,8 +148,8 @@ Fault JSON: {"latency_ms": 0, "jitter_ms": 0, "probabilities": {"refuse": 0.05, 
              "sequence": ["ok", "drop_after_commit", ...], "endpoints": ["bp10emu"],
              "slow_seconds": 5, "late_commit_seconds": 5, "seed": 1}
 Fault kinds: refuse, http_502, http_503 (before processing: nothing recorded);
-             drop_after_commit, slow_after_commit, http_500_after_commit, garbled, bad_stamp
-             (the transaction is recorded first);
+             drop_after_commit, slow_after_commit, http_500_after_commit, garbled, bad_stamp,
+             truncated (about half the reply, then RST) (the transaction is recorded first);
              late_commit (held late_commit_seconds, invisible to stq, then committed whatever the
              client did meanwhile; a reset drops it).
 Env: SANDBOX_FAULTS (= --faults), SANDBOX_DUPLICATE_WINDOW (= --duplicate-window),
@@ -147,6 +160,38 @@ _REASONS = {200: "OK", 302: "Found", 400: "Bad Request", 404: "Not Found", 405: 
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 _GARBLED = b"\x00\xff\xfe<html><body>gateway hiccup \x01\x02 %%% ;;; </bod"
 _WLCATCH_PAGE = b"<html><head><title>BluePay sandbox</title></head><body>Transaction result received.</body></html>"
+
+
+_REPORT_CHUNK = 64 * 1024
+
+
+def _render_report(entries, plain: bool):
+    """The report's CSV, rendered as it is sent, about 64 KiB at a time. ``plain`` (DO_NOT_ESCAPE=1): no
+    quoting; commas inside values are dropped, as BluePay's library does to what it sends."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    rows = [list(REPORT_COLUMNS)]
+
+    def flush() -> bytes:
+        for row in rows:
+            if plain:
+                buffer.write(",".join(v.replace(",", "") for v in row) + "\n")
+            else:
+                writer.writerow(row)
+        rows.clear()
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text.encode("utf-8")
+
+    size = 0
+    for e in entries:
+        rows.append(report_row(e))
+        size += 200
+        if size >= _REPORT_CHUNK:
+            yield flush()
+            size = 0
+    yield flush()
 
 
 class _HTTPServer(socketserver.ThreadingMixIn, HTTPServer):
@@ -254,14 +299,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path.startswith("/interfaces/"):
                 name = path[len("/interfaces/"):].rstrip("/")
-                app._count(name if name in ("bp10emu", "stq", "wlcatch") else "other")
+                app._count(name if name in ("bp10emu", "stq", "wlcatch", "bpdailyreport2") else "other")
                 if name == "wlcatch":
                     return self._faulted("wlcatch", query, self._wlcatch)
-                if name in ("bp10emu", "stq"):
+                if name in ("bp10emu", "stq", "bpdailyreport2"):
                     if method != "POST":
                         self._body()
                         return self._send(405, b"POST only\n", headers=(("Allow", "POST"),))
-                    return self._faulted(name, query, self._bp10emu if name == "bp10emu" else self._stq)
+                    process = {"bp10emu": self._bp10emu, "stq": self._stq, "bpdailyreport2": self._report}[name]
+                    return self._faulted(name, query, process)
                 self._body()
                 return self._send(404, b"no such interface\n")
             if path.startswith("/sandbox/"):
@@ -305,7 +351,43 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, _GARBLED, "text/plain")
         if kind == "bad_stamp" and stamp_holder is not None:
             status, payload, ctype, headers = stamp_holder()
+        if kind == "truncated":
+            return self._truncated(status, payload, ctype, headers)
+        if not isinstance(payload, bytes):
+            return self._send_chunked(status, payload, ctype)
         self._send(status, payload, ctype, headers)
+
+    def _send_chunked(self, status: int, chunks, ctype: str, *, cut: bool = False):
+        """A body of unknown length (the report), chunked as it is rendered. ``cut``: stop about half-way
+        through, mid-chunk, and reset the connection (the chunked body never ends)."""
+        self.close_connection = True
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "Server: BluePaySandbox/1.0",
+                f"Content-Type: {ctype}", "Transfer-Encoding: chunked", "Connection: close"]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        parts = list(chunks) if cut else chunks
+        half = max(1, sum(len(c) for c in parts) // 2) if cut else 0
+        written = 0
+        for chunk in parts:
+            if cut and written + len(chunk) >= half:
+                keep = max(1, half - written)
+                self.wfile.write(b"%x\r\n" % len(chunk) + chunk[:keep])
+                return self._reset_connection()
+            self.wfile.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            written += len(chunk)
+        if cut:
+            return self._reset_connection()
+        self.wfile.write(b"0\r\n\r\n")
+        return None
+
+    def _truncated(self, status: int, payload, ctype: str, headers: tuple):
+        """About half of the reply, then an RST."""
+        if not isinstance(payload, bytes):
+            return self._send_chunked(status, payload, ctype, cut=True)
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", f"Content-Type: {ctype}",
+                 f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in headers)]
+        whole = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
+        self.wfile.write(whole[: max(1, len(whole) // 2)])
+        return self._reset_connection()
 
     def _late_commit(self, endpoint: str, body: bytes, query: str, process, seconds: float):
         """Hold the request ``seconds`` in this connection's thread (the server is threaded:
@@ -317,7 +399,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload, ctype, headers, _ = result
         self.close_connection = True
         try:
-            self._send(status, payload, ctype, headers)
+            if isinstance(payload, bytes):
+                self._send(status, payload, ctype, headers)
+            else:
+                self._send_chunked(status, payload, ctype)
         except OSError:  # the client gave up long ago: the commit stands
             pass
         return None
@@ -359,6 +444,14 @@ class _Handler(BaseHTTPRequestHandler):
 
         return status, urlencode(pairs).encode(), ctype, (), tampered
 
+    def _report(self, body: bytes, query: str):
+        fields = self._form(body, query)
+        status, error, entries = self.server.app.engine.report(fields)
+        if error is not None:
+            return status, urlencode(error).encode(), "application/x-www-form-urlencoded", (), None
+        plain = (fields.get("DO_NOT_ESCAPE") or "").strip() == "1"
+        return 200, _render_report(entries, plain), "text/csv; charset=utf-8", (), None
+
     def _wlcatch(self, body: bytes, query: str):
         return 200, _WLCATCH_PAGE, "text/html; charset=utf-8", (), None
 
@@ -392,6 +485,24 @@ class _Handler(BaseHTTPRequestHandler):
             elif method != "GET":
                 return self._json(405, {"error": "GET or POST"})
             return self._json(200, app.duplicates())
+        if name == "book" and method == "POST":
+            many = data.get("transactions") if isinstance(data, dict) and "transactions" in data else None
+            specs = many if isinstance(many, list) else [data]
+            try:
+                booked = [app.engine.book(spec) for spec in specs]
+            except ValueError as exc:
+                return self._json(400, {"error": str(exc)})
+            if many is None:
+                return self._json(200, booked[0].to_json())
+            return self._json(200, {"booked": len(booked), "ids": [e.id for e in booked]})
+        if name == "void" and method == "POST":
+            trans_id = data.get("id") if isinstance(data, dict) else None
+            if not isinstance(trans_id, str) or not trans_id:
+                return self._json(400, {"error": "id (the transaction to void) is required"})
+            try:
+                return self._json(200, app.engine.console_void(trans_id).to_json())
+            except ValueError as exc:
+                return self._json(400, {"error": str(exc)})
         if name == "settle" and method == "POST":
             ids = data.get("ids") if isinstance(data, dict) else None
             if ids is not None and not isinstance(ids, list):
