@@ -34,7 +34,7 @@ SECRET_KEY = os.environ.get("BENCH_SECRET_KEY", "SANDBOXSECRETKEY000000000000000
 QUEUE = os.environ.get("BENCH_BASELINE_QUEUE", "bench-baseline")
 TASK_NAME = "bench.baseline.sale"
 
-app = Celery("bench_baseline", broker=REDIS_URL, backend=REDIS_URL)
+app = Celery("bench_baseline", broker=REDIS_URL, backend=REDIS_URL, set_as_current=False)
 app.conf.update(
     task_serializer="json",
     result_serializer="json",

@@ -12,16 +12,17 @@ from functools import cached_property
 from typing import Any
 
 import redis
-from celery import Task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+# producers: `from tasks import sale` needs worker.app made (configured from the environment, the current app)
+import worker.celery_app  # noqa: F401
 from worker.carddata import contains_card_number
 from worker.catalogue import PAYMENT_TASKS
-from worker.celery_app import app
 from worker.flow import GatewayOutage, LeaseBusy
 from worker.gateway import InvalidInput, validation
 from worker.sealing import unsealed_card_in
-from worker.services import services
+from worker.services import Services, services_of
 from worker.vault import CardSealError
 
 log = logging.getLogger("payments.tasks")
@@ -56,6 +57,11 @@ class PaymentTask(Task):
     #: whether messages of this task carry a card (sealed on publish)
     carries_card: bool = False
 
+    @property
+    def services(self) -> Services:
+        """This task's app's services in this process (``worker.celery_app.create_app``)."""
+        return services_of(self.app)
+
     @cached_property
     def _run_signature(self) -> inspect.Signature:
         # Once per task per process: inspect.signature costs ~10x the bind, on every payment.
@@ -76,11 +82,11 @@ class PaymentTask(Task):
             return self._on_outage(parked)
         except LeaseBusy as busy:
             if request.retries >= MAX_BUSY_RETRIES:
-                return services().flow.current_outcome(request.payment_id)
+                return self.services.flow.current_outcome(request.payment_id)
             raise self.retry(countdown=busy.countdown) from busy
         except SoftTimeLimitExceeded:
             # the flow parked the operation (UNKNOWN if an attempt may be out): the sweep reconciles it
-            return services().flow.current_outcome(request.payment_id)
+            return self.services.flow.current_outcome(request.payment_id)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The message stays unacknowledged if even the re-queue fails: the broker redelivers it.
             log.warning("%s %s: Redis unavailable (%s); re-queued", self.operation, request.payment_id,
@@ -88,23 +94,23 @@ class PaymentTask(Task):
             raise self.retry(countdown=5, max_retries=None if request.retries < 20 else 0) from exc
         except Exception as exc:  # a bug must not lose the job: parked by the flow, or an ERROR record
             log.error("%s %s failed: %s", self.operation, request.payment_id, type(exc).__name__, exc_info=True)
-            outcome = services().flow.current_outcome(request.payment_id)
+            outcome = self.services.flow.current_outcome(request.payment_id)
             if outcome.get("operation"):
                 return outcome
-            return services().flow.refuse(self.operation, request.payment_id,
-                                          f"internal error: {type(exc).__name__}", error_class="InternalError",
-                                          message_id=request.id)
+            return self.services.flow.refuse(self.operation, request.payment_id,
+                                             f"internal error: {type(exc).__name__}", error_class="InternalError",
+                                             message_id=request.id)
 
     def _refuse(self, exc: InvalidInput) -> dict:
-        return services().flow.refuse(self.operation, self.request.payment_id, f"invalid input: {exc}",
-                                      message_id=self.request.id)
+        return self.services.flow.refuse(self.operation, self.request.payment_id, f"invalid input: {exc}",
+                                         message_id=self.request.id)
 
     def _on_outage(self, parked: GatewayOutage) -> dict:
-        request, settings = self.request, services().settings
+        request, settings = self.request, self.services.settings
         if request.retries >= settings.outage_retries:
-            return services().flow.give_up_retrying(self.operation, request.payment_id,
-                                                    f"gateway unreachable after {request.retries} re-queues: "
-                                                    f"{parked.reason}")
+            return self.services.flow.give_up_retrying(self.operation, request.payment_id,
+                                                       f"gateway unreachable after {request.retries} re-queues: "
+                                                       f"{parked.reason}")
         countdown = outage_countdown(request.retries, backoff=settings.outage_backoff,
                                      backoff_max=settings.outage_backoff_max,
                                      visibility_timeout=settings.visibility_timeout, at_least=parked.check_in)
@@ -150,8 +156,8 @@ def _checked_key(idempotency_key: Any) -> str:
     return key
 
 
-def _open_card(card: Any) -> Any:
-    vault = services().vault
+def _open_card(task: PaymentTask, card: Any) -> Any:
+    vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
     if vault.is_sealed(card):
@@ -159,7 +165,7 @@ def _open_card(card: Any) -> Any:
             return vault.open(card)
         except CardSealError:
             raise InvalidInput("card", "sealed card data cannot be opened with this PAYMENTS_CARD_KEY") from None
-    if services().settings.bluepay_mode == "LIVE":
+    if task.services.settings.bluepay_mode == "LIVE":
         # Only sealed card data may cross the broker in production (PCI DSS); in TEST it is accepted.
         raise InvalidInput("card", "card data arrived unsealed; publish through tasks.sale/auth")
     return card
@@ -168,7 +174,7 @@ def _open_card(card: Any) -> Any:
 def _refuse_clear_card_data(task: PaymentTask) -> None:
     """LIVE mode: a message holding card data in clear anywhere (its own card, a chain link, a callback) is
     refused before anything runs; where it sits is named, never the value."""
-    if services().settings.bluepay_mode == "LIVE":
+    if task.services.settings.bluepay_mode == "LIVE":
         where = unsealed_card_in(task.request)
         if where:
             raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
@@ -177,59 +183,59 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
 def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any) -> dict:
     payment_id = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    return services().flow.charge(task.operation, payment_id, amount=amount, card=_open_card(card), customer=customer,
-                                  invoice_id=order_id, then_void=task.follows_with_void(),
-                                  message_id=task.request.id, redelivered=task.redelivered)
+    return task.services.flow.charge(task.operation, payment_id, amount=amount, card=_open_card(task, card),
+                                     customer=customer, invoice_id=order_id, then_void=task.follows_with_void(),
+                                     message_id=task.request.id, redelivered=task.redelivered)
 
 
 def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
     payment_id = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    return services().flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
-                                     message_id=task.request.id, redelivered=task.redelivered)
+    return task.services.flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
+                                        message_id=task.request.id, redelivered=task.redelivered)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
+@shared_task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
+@shared_task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
+@shared_task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
+@shared_task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
+@shared_task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
         outcome = trans_id
         self.request.payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
         _refuse_clear_card_data(self)
-        return services().flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
-                                          redelivered=self.redelivered)
+        return self.services.flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
+                                             redelivered=self.redelivered)
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
-@app.task(bind=True, name="payments.sweep")
+@shared_task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.sweep import run_sweep
 
-    return run_sweep(services())
+    return run_sweep(services_of(self.app))

@@ -11,16 +11,21 @@ outbox) runs the same code over the stored body.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+import celery
 from celery import Celery, bootsteps, signals
 from celery.app.amqp import AMQP
 
 from worker.catalogue import OUTBOX_TASKS
+from worker.config import Settings
 from worker.sealing import seal_publish
-from worker.services import services
+from worker.services import ProcessServices, Services, attach, services, services_of
 
 # as_task_v2's positional parameters after (task_id, name, args, kwargs): Celery's send_task passes
 # countdown ... chain positionally.
@@ -41,14 +46,58 @@ class SealingAMQP(AMQP):
         options.update(zip(_AS_TASK_V2_POSITIONAL, rest, strict=False))  # rest may stop short
         options["task_id"] = task_id
         args, kwargs, options = seal_publish(
-            name, args, kwargs, options, vault=services().vault,
+            name, args, kwargs, options, vault=services_of(self.app).vault,
             argsrepr_maxsize=self.argsrepr_maxsize, kwargsrepr_maxsize=self.kwargsrepr_maxsize)
         task_id = options.pop("task_id")
         return super().as_task_v2(task_id, name, args, kwargs, **options)
 
+    def _create_task_sender(self) -> Any:
+        # Celery's after_task_publish signal does not say which app published: remember it for the outbox.
+        send = super()._create_task_sender()
+        app = self.app
 
-app = Celery("payments", amqp=SealingAMQP)
-app.config_from_object("celeryconfig")
+        def send_task_message(*args: Any, **kwargs: Any) -> Any:
+            previous, _publishing.app = getattr(_publishing, "app", None), app
+            try:
+                return send(*args, **kwargs)
+            finally:
+                _publishing.app = previous
+
+        return send_task_message
+
+
+_publishing = threading.local()
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None, main: str = "payments",
+               set_as_current: bool = False) -> Celery:
+    """The composition root: a payments Celery app configured for ``settings`` (None: the environment's, through
+    ``celeryconfig``), with its own services (``services``: these instead of the ones built from the settings),
+    the worker steps below, and the payment tasks (shared tasks: every app gets them)."""
+    app = Celery(main, amqp=SealingAMQP, set_as_current=set_as_current)
+    if settings is None:
+        app.config_from_object("celeryconfig")
+    else:
+        from celeryconfig import config_for
+
+        app.conf.update(config_for(settings))
+    attach(app, ProcessServices(settings, given=services))
+    app.steps["worker"].add(GreenPoolPrefetch)
+    app.steps["worker"].add(BrokerConnectionsForConcurrency)
+    app.steps["consumer"].add(GreenTaskEventBuffer)
+    return app
+
+
+@contextlib.contextmanager
+def current(app: Celery) -> Iterator[Celery]:
+    """Make ``app`` Celery's current app in this block (what ``from tasks import sale; sale.delay()`` and
+    ``services()`` use), then the one before again."""
+    previous = celery.current_app._get_current_object()
+    app.set_current()
+    try:
+        yield app
+    finally:
+        previous.set_current()
 
 
 # ---- green pools (gevent/eventlet) ------------------------------------------------------------------
@@ -73,7 +122,6 @@ class GreenPoolPrefetch(bootsteps.Step):
             w.prefetch_multiplier = GREEN_PREFETCH_MULTIPLIER
 
 
-app.steps["worker"].add(GreenPoolPrefetch)
 
 
 # ---- broker connections ------------------------------------------------------------------------------
@@ -105,7 +153,6 @@ class BrokerConnectionsForConcurrency(bootsteps.Step):
             w.app.conf.broker_transport_options = options
 
 
-app.steps["worker"].add(BrokerConnectionsForConcurrency)
 
 
 class GreenTaskEventBuffer(bootsteps.StartStopStep):
@@ -150,7 +197,6 @@ class GreenTaskEventBuffer(bootsteps.StartStopStep):
     shutdown = stop
 
 
-app.steps["consumer"].add(GreenTaskEventBuffer)
 
 
 # Payment messages (worker/catalogue.py: OUTBOX_TASKS) go to the results store's outbox once published; a
@@ -165,8 +211,9 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     # was built (SealingAMQP), so nothing here can hold a card in clear.
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
         return
+    publisher = getattr(_publishing, "app", None)
     try:
-        services().store.outbox.put(headers["id"], {
+        (services_of(publisher) if publisher is not None else services()).store.outbox.put(headers["id"], {
             "name": sender, "body": list(body), "headers": headers,
             "exchange": exchange or "", "routing_key": routing_key or "",
         })
@@ -174,7 +221,7 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
         logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
 
 
-def republish(message: dict) -> None:
+def republish(message: dict, app: Celery | None = None) -> None:
     """Publish an outbox message again, as it was (same task id, chain), through the same sealing and
     refusal as every other publish path (an entry kept by older code is sealed now, or refused with
     CardDataRefused rather than published with card data in clear)."""
@@ -185,7 +232,8 @@ def republish(message: dict) -> None:
     headers = dict(message["headers"])
     # The message may have run before (its record lost with Redis): the worker asks stq before any send.
     headers["payments_republished"] = True
-    body = seal_body(message["name"], message["body"], vault=services().vault)
+    app = app if app is not None else celery.current_app._get_current_object()
+    body = seal_body(message["name"], message["body"], vault=services_of(app).vault)
     headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
                          body=tuple(body), sent_event=None)
@@ -241,12 +289,17 @@ def _metrics_child_exiting(**_: Any) -> None:
 
 @signals.worker_init.connect(weak=False)
 @signals.beat_init.connect(weak=False)
-def _check_card_key(**_: Any) -> None:
+def _check_card_key(sender: Any = None, **_: Any) -> None:
     """LIVE mode without PAYMENTS_CARD_KEY refuses to start; TEST warns and uses the development key."""
     from worker.vault import ConfigurationError
 
     try:
-        _ = services().vault  # built now, so that a LIVE worker without a card key fails at start
+        # built now, so that a LIVE worker without a card key fails at start
+        _ = services_of(getattr(sender, "app", None) or celery.current_app).vault
     except ConfigurationError as exc:
         # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
         raise SystemExit(f"payments: refusing to start: {exc}") from None
+
+
+#: The app of ``celery -A worker`` and of producers (``worker.app``), configured from the environment.
+app = create_app(set_as_current=True)

@@ -1,16 +1,18 @@
-"""The one place that wires dependencies: settings -> Redis, results store, gateway client, card vault.
+"""The one place that wires dependencies: settings -> Redis, results store, gateway client, card vault, flow.
 
 Objects are built lazily, once per process (prefork children build their own after the fork, so no
-socket is shared across processes), and reused by every payment the process runs.
+socket is shared across processes), and reused by every payment the process runs. Each Celery app built by
+``worker.celery_app.create_app`` carries its own (:class:`ProcessServices`); tasks and the publish path use their
+app's, so a test builds an app over its own settings or fakes without touching any global.
 """
 from __future__ import annotations
 
 import os
 from functools import cached_property
+from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+from celery import current_app
 
 from worker.config import Settings, get_settings
 
@@ -21,16 +23,10 @@ class Services:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        # Ride out a Redis restart (about 30 s) instead of failing the payment mid-flight.
-        return redis.Redis.from_url(
-            self.settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=10,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        )
+        # One node or the Sentinel master; rides out a restart or a failover instead of failing mid-flight.
+        from worker.redis_connections import store_client
+
+        return store_client(self.settings)
 
     @cached_property
     def store(self):
@@ -63,6 +59,13 @@ class Services:
         return observer()
 
     @cached_property
+    def archive(self):
+        """The archive of final records (``worker/archive/``, PAYMENTS_ARCHIVE_URL): connected on first use."""
+        from worker.archive import Archive
+
+        return Archive(self.settings.archive_url)
+
+    @cached_property
     def vault(self):
         from worker.vault import load_card_key
 
@@ -87,24 +90,41 @@ class Services:
                            **({"observer": self.metrics} if self.metrics is not None else {}))
 
 
-_by_pid: dict[int, Services] = {}
+class ProcessServices:
+    """One app's :class:`Services`, built once per process: a prefork child builds its own after the fork (no
+    socket crosses processes). ``given``: these services in every process (tests: a fake store and gateway)."""
+
+    def __init__(self, settings: Settings | None = None, *, given: Services | None = None) -> None:
+        self._settings = settings
+        self._given = given
+        self._pid: int | None = None
+        self._built: Services | None = None
+
+    def get(self) -> Services:
+        if self._given is not None:
+            return self._given
+        pid = os.getpid()
+        if self._built is None or self._pid != pid:
+            self._built = Services(self._settings or get_settings())
+            self._pid = pid
+        return self._built
+
+
+#: What an app made without :func:`worker.celery_app.create_app` (or no app at all) uses: the environment's.
+_from_environment = ProcessServices()
+
+
+def attach(app: Any, holder: ProcessServices) -> None:
+    """Make ``holder`` the services of Celery ``app`` (``create_app`` does it)."""
+    app.payments_services = holder
+
+
+def services_of(app: Any) -> Services:
+    """The services of Celery ``app`` in this process."""
+    holder: ProcessServices = getattr(app, "payments_services", None) or _from_environment
+    return holder.get()
 
 
 def services() -> Services:
-    pid = os.getpid()
-    found = _by_pid.get(pid)
-    if found is None:
-        _by_pid.clear()
-        found = _by_pid[pid] = Services(get_settings())
-    return found
-
-
-def install(svc: Services | None) -> Services | None:
-    """Make ``svc`` what :func:`services` returns in this process (None: built from the environment again on
-    next use); returns what was installed before. Tests run the tasks over their own store and gateway this way."""
-    pid = os.getpid()
-    previous = _by_pid.get(pid)
-    _by_pid.clear()
-    if svc is not None:
-        _by_pid[pid] = svc
-    return previous
+    """The services of the current Celery app (a worker's own, a producer's ``worker.app``) in this process."""
+    return services_of(current_app)

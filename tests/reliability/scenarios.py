@@ -44,7 +44,7 @@ from tests.support.card_scan import scan_files, scan_redis
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY, redis_url_with_db
 from tests.support.ports import free_port
 from tests.support.sandbox import running_sandbox
-from worker.config import Settings
+from worker.config import Settings, get_settings
 from worker.processes import start_worker, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,47 +128,19 @@ def worker_env(redis_url: str, sandbox, prefix: str, **overrides) -> dict:
 
 @contextlib.contextmanager
 def producer_for(redis_url: str, settings: Settings | None = None):
-    """Point this process's producer (``worker.app``: broker and result backend) at ``redis_url``, and, with
-    ``settings``, its services too (card vault, results store: what the publish path writes, as a real
-    producer sharing the workers' REDIS_URL and key prefix would).
+    """A producer of its own, pointed at ``redis_url`` (broker, result backend and, as a real producer sharing the
+    workers' REDIS_URL and key prefix would, the results store the publish path writes), made Celery's current app
+    in this block: ``from tasks import sale; sale.delay()`` publishes through it. Built by the composition root
+    (``worker.celery_app.create_app``); nothing of the test process's own app is touched."""
+    from worker.celery_app import create_app, current
 
-    The test process imported ``worker.app`` with the e2e settings (tests/conftest.py); a producer is
-    just the app with a broker URL, so swap the URL and drop the cached connection pools, and put
-    everything back afterwards.
-    """
-    from worker import app
-    from worker import services as services_module
-
-    conf = app.conf
-    saved = {k: conf.get(k) for k in ("broker_url", "result_backend")}
-
-    def drop_pools():  # kombu's pool registry keeps one pool per URL: leave them open for the next use
-        app._pool = None
-        amqp = app.__dict__.get("amqp")
-        if amqp is not None:
-            amqp._producer_pool = None
-        app._backend_cache = None
-        with contextlib.suppress(AttributeError):
-            del app._local.backend
-
-    conf.broker_url = redis_url
-    conf.result_backend = redis_url
-    drop_pools()
-    pid = os.getpid()
-    saved_services = services_module._by_pid.get(pid)
-    if settings is not None:
-        services_module._by_pid[pid] = services_module.Services(settings)
+    settings = dataclasses.replace(settings or get_settings(), redis_url=redis_url)
+    app = create_app(settings, main="reliability-producer")
     try:
-        yield app
+        with current(app):
+            yield app
     finally:
-        conf.broker_url = saved["broker_url"]
-        conf.result_backend = saved["result_backend"]
-        drop_pools()
-        if settings is not None:
-            if saved_services is not None:
-                services_module._by_pid[pid] = saved_services
-            else:
-                services_module._by_pid.pop(pid, None)
+        app.close()
 
 
 def wait_ready(logfile: Path, proc, timeout=60.0) -> None:

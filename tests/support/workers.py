@@ -17,7 +17,7 @@ def running_worker(env: dict, logfile: Path, *, pool="threads", concurrency=4, l
     from worker import app
 
     if env.get("REDIS_URL") and env["REDIS_URL"] != app.conf.broker_url:
-        app = Celery(broker=env["REDIS_URL"])  # ping it where it listens
+        app = Celery(broker=env["REDIS_URL"], set_as_current=False)  # ping it where it listens
     name = f"test-{uuid.uuid4().hex[:8]}"
     proc = start_worker(env=env, pool=pool, concurrency=concurrency, loglevel=loglevel, logfile=logfile,
                         hostname=f"{name}@%h", queues=queues)

@@ -7,7 +7,6 @@ from the broker, the way a worker or a scan of Redis would see it.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import pytest
@@ -15,10 +14,10 @@ from celery import Celery, chain, group
 from celery.app.task import Context
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
-from worker import services as services_module
 from worker.carddata import CardDataRefused
 from worker.celery_app import SealingAMQP
 from worker.sealing import seal_body, seal_publish, unsealed_card_in
+from worker.services import ProcessServices, attach
 from worker.vault import CardVault
 
 NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
@@ -47,13 +46,13 @@ class FakeServices:
 @pytest.fixture
 def fake_services(monkeypatch):
     fake = FakeServices()
-    monkeypatch.setitem(services_module._by_pid, os.getpid(), fake)
     return fake
 
 
 @pytest.fixture
 def app(fake_services):
     app = Celery("unit-sealing", amqp=SealingAMQP, broker="memory://", set_as_current=False)
+    attach(app, ProcessServices(given=fake_services))
     app.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
 
     if "payments.sale" not in app.tasks:  # (tasks/payments.py's shared task when it was imported already)

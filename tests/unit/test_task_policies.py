@@ -1,11 +1,14 @@
 """The tasks' broker policies (tasks/payments.py, ``PaymentTask.__call__``), as unit tests: a delivery runs the
 task as the worker does (Celery's request pushed, then the task called), over the worker's own wiring with the
-in-memory store and a scripted gateway (``install``: no Redis, no broker, no mocks).
+in-memory store and a scripted gateway (an app of their own from ``create_app``, made current: no Redis, no
+broker, no mocks).
 
 What a delivery may end in: an outcome (returned), or a re-queue (Celery's ``Retry``, with its countdown; raised
 only, never published: the request is eager, as under ``Task.apply``).
 """
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import redis
@@ -19,7 +22,7 @@ from tests.support.fake_store import InMemoryStore
 from tests.support.unit_services import UnitServices
 from worker.config import Settings
 from worker.gateway import NotSent, OutcomeUnknown
-from worker.services import Services, install
+from worker.celery_app import create_app, current
 
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 TASK_ID = "msg-aaaa"
@@ -39,18 +42,14 @@ def store(clock):
 
 @pytest.fixture
 def wire(store):
-    """wire(gateway, **settings): the services every task of this test uses."""
-    before: list[Services | None] = []
+    """wire(gateway, **settings): the services every task of this test uses (an app of its own, current)."""
+    with contextlib.ExitStack() as stack:
+        def wire(gateway, **settings):
+            svc = UnitServices(Settings(**{**SETTINGS.__dict__, **settings}), store, gateway)
+            stack.enter_context(current(create_app(svc.settings, services=svc, main="unit-task-policies")))
+            return svc
 
-    def wire(gateway, **settings):
-        svc = UnitServices(Settings(**{**SETTINGS.__dict__, **settings}), store, gateway)
-        previous = install(svc)
-        if not before:
-            before.append(previous)
-        return svc
-
-    yield wire
-    install(before[0] if before else None)
+        yield wire
 
 
 def deliver(task, *args, task_id=TASK_ID, retries=0, **kwargs):
@@ -271,11 +270,8 @@ class ClaimFailsOnce(InMemoryStore):
 
 def test_a_bug_before_any_record_is_a_recorded_internal_error(clock):
     store = ClaimFailsOnce(KeyError("bug"), clock=clock)
-    previous = install(UnitServices(SETTINGS, store, FakeGateway()))
-    try:
+    with current(create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))):
         outcome = deliver(sale, "3.00", CARD)
-    finally:
-        install(previous)
     assert outcome["status"] == "ERROR" and outcome["error_class"] == "InternalError"
     assert outcome["message"] == "internal error: KeyError" and (store.get(TASK_ID) or {})["status"] == "ERROR"
 
@@ -286,19 +282,13 @@ def test_a_bug_before_any_record_is_a_recorded_internal_error(clock):
 def test_redis_unavailable_requeues_the_message(clock, error, retries):
     store = ClaimFailsOnce(error, clock=clock)
     gw = FakeGateway()
-    previous = install(UnitServices(SETTINGS, store, gw))
-    try:
+    with current(create_app(SETTINGS, services=UnitServices(SETTINGS, store, gw))):
         retry = requeued(lambda: deliver(sale, "3.00", CARD, retries=retries))
-    finally:
-        install(previous)
     assert retry.when == 5 and store.get(TASK_ID) is None and gw.sends == []
 
 
 def test_redis_unavailable_for_twenty_requeues_fails_the_task(clock):
     store = ClaimFailsOnce(redis.ConnectionError("down"), clock=clock)
-    previous = install(UnitServices(SETTINGS, store, FakeGateway()))
-    try:
+    with current(create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))):
         with pytest.raises(MaxRetriesExceededError):
             deliver(sale, "3.00", CARD, retries=20)
-    finally:
-        install(previous)

@@ -1,0 +1,206 @@
+"""Where Redis is: one node (``REDIS_URL``) or a Sentinel-managed group (``REDIS_SENTINELS``), for every user.
+
+Every process finds Redis through this module: the results store, locks and the sweep (:func:`store_client`),
+Celery's broker and result backend, so workers, beat, producers and Flower (:func:`celery_settings`), and the
+CLI's one-try probe (:func:`probe_client`). Under Sentinel each asks the sentinels for the current master on
+every (re)connect: redis-py's ``Sentinel.master_for`` for the store, kombu's ``sentinel://`` transport and
+Celery's Sentinel result backend for the rest, so a failover needs no restart of anything that reconnects.
+
+Replication is asynchronous: a write the primary acknowledged can vanish with it in a failover. Where money
+depends on a write (the claim and the attempt journal before a gateway send, the outbox entry at publish),
+:func:`write_durably` sends ``WAIT <replicas> <ms>`` on the same connection right after the write and raises
+:class:`ReplicaAckTimeout` when fewer replicas acknowledged it in time.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from celery.backends import redis as celery_redis
+from kombu.transport import redis as kombu_redis
+from redis.sentinel import Sentinel, SentinelManagedConnection
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+
+__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "SentinelTransport", "SentinelBackend", "parse_sentinels", "check_settings", "uses_sentinel", "store_client",
+           "probe_client", "celery_settings", "describe", "write_durably", "database"]
+
+
+class ReplicaAckTimeout(redis.RedisError):
+    """Fewer replicas than REDIS_MIN_REPLICAS_ACK acknowledged a write in time: a failover now could lose it.
+
+    Nothing that depends on the write may happen (no gateway send); the caller parks and retries."""
+
+    def __init__(self, what: str, wanted: int, acked: int, timeout_ms: int) -> None:
+        super().__init__(f"{what}: {acked} of {wanted} replica(s) acknowledged within {timeout_ms} ms")
+        self.what, self.wanted, self.acked = what, wanted, acked
+
+
+class NotEnoughReplicas(redis.ConnectionError):
+    """NOREPLICAS: the node refuses writes (``min-replicas-to-write``): a primary cut off from its replicas, or
+    one whose replicas are still syncing after a failover. Retried as a lost connection: the reconnect asks the
+    sentinels for the master again."""
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel connection, which already turns READONLY from a demoted master into a ConnectionError
+    (reconnect, ask the sentinels again), doing the same with NOREPLICAS: the store, kombu and the result backend
+    then retry it as they retry a lost connection instead of failing the payment, the publish or the ack."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("NOREPLICAS") and self.connection_pool.is_master:
+                self.disconnect()
+                raise NotEnoughReplicas(str(exc)) from exc
+            raise
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    connection_class = SentinelConnection
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's ``sentinel://`` transport over :class:`SentinelConnection` (celeryconfig's ``broker_transport``)."""
+
+    Channel = SentinelChannel
+
+
+class SentinelBackend(celery_redis.SentinelBackend):
+    """Celery's Sentinel result backend over :class:`SentinelConnection`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connparams["connection_class"] = SentinelConnection
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``"h1:26379, h2:26380"`` -> ``[("h1", 26379), ("h2", 26380)]``; ValueError naming a bad entry."""
+    out: list[tuple[str, int]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def uses_sentinel(settings: Settings) -> bool:
+    return bool(settings.redis_sentinels.strip())
+
+
+def database(settings: Settings) -> int:
+    """The database number: REDIS_URL's path (``/3``), also under Sentinel."""
+    path = urlsplit(settings.redis_url).path.strip("/")
+    return int(path) if path.isdigit() else 0
+
+
+def check_settings(settings: Settings) -> None:
+    from worker.config import ConfigError
+
+    try:
+        sentinels = parse_sentinels(settings.redis_sentinels)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if sentinels and not settings.redis_master_name.strip():
+        raise ConfigError("REDIS_MASTER_NAME must name the master the sentinels monitor")
+    if settings.min_replicas_ack < 0:
+        raise ConfigError("REDIS_MIN_REPLICAS_ACK must be 0 or more")
+    if settings.min_replicas_ack and not 0 < settings.replica_ack_timeout <= 60:
+        raise ConfigError("REDIS_REPLICA_ACK_TIMEOUT must be more than 0 and at most 60 s")
+
+
+def describe(settings: Settings) -> str:
+    """Where Redis is, for messages (never a password)."""
+    if uses_sentinel(settings):
+        return f"Sentinel master {settings.redis_master_name!r} via {settings.redis_sentinels.strip()}"
+    parts = urlsplit(settings.redis_url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+# ---- the store's client ---------------------------------------------------------------------------------
+def _sentinel(settings: Settings, *, socket_timeout: float) -> Sentinel:
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": 2}
+    if settings.redis_sentinel_password:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password
+    return Sentinel(parse_sentinels(settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs)
+
+
+def store_client(settings: Settings) -> redis.Redis:
+    """The results store's client (records, outbox, locks, the sweep): retries ride out a Redis restart or a
+    failover (~35 s of exponential backoff); under Sentinel every reconnect asks the sentinels for the master."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=20),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+    }
+    if not uses_sentinel(settings):
+        return redis.Redis.from_url(settings.redis_url, **options)
+    return _sentinel(settings, socket_timeout=2).master_for(
+        settings.redis_master_name, db=database(settings), password=settings.redis_password or None,
+        connection_class=SentinelConnection, **options)
+
+
+def probe_client(settings: Settings) -> redis.Redis:
+    """One plain try, no retries (the CLI's "is Redis there")."""
+    options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 5}
+    if not uses_sentinel(settings):
+        return redis.Redis.from_url(settings.redis_url, **options)
+    return _sentinel(settings, socket_timeout=2).master_for(
+        settings.redis_master_name, db=database(settings), password=settings.redis_password or None,
+        connection_class=SentinelConnection, retry=Retry(ExponentialBackoff(), retries=0), **options)
+
+
+# ---- Celery: broker, result backend (workers, beat, producers, Flower) -----------------------------------
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    """``broker_url``, ``result_backend`` and the Sentinel transport options to merge into celeryconfig's."""
+    if not uses_sentinel(settings):
+        return {"broker_url": settings.redis_url, "result_backend": settings.redis_url,
+                "broker_transport_options": {}, "result_backend_transport_options": {},
+                "broker_channel_error_retry": False, "broker_transport": None}
+    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    db = database(settings)
+    # kombu and Celery take the master's password from the first URL, the sentinels' from sentinel_kwargs.
+    url = ";".join(f"sentinel://{auth}{_host(h)}:{p}/{db}" for h, p in parse_sentinels(settings.redis_sentinels))
+    options: dict[str, Any] = {"master_name": settings.redis_master_name}
+    if settings.redis_sentinel_password:
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
+    # A demoted or cut-off primary answers READONLY / NOREPLICAS, which kombu counts as channel errors: the worker's
+    # consumer reconnects (through the sentinels) instead of stopping (celery#7946; the workaround celery#6348 cites).
+    return {"broker_url": url, "result_backend": f"{__name__}:SentinelBackend+{url}",
+            "broker_transport": f"{__name__}:SentinelTransport", "broker_transport_options": dict(options),
+            "result_backend_transport_options": dict(options), "broker_channel_error_retry": True}
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# ---- durable writes ------------------------------------------------------------------------------------
+def write_durably(client: redis.Redis, what: str, queue: Callable[[Any], None], *, replicas: int,
+                  timeout: float) -> list[Any]:
+    """Run the commands ``queue`` adds to a pipeline, then ``WAIT replicas timeout`` on the same connection
+    (one round trip, no MULTI: WAIT counts the replicas that acknowledged this connection's writes). Returns the
+    commands' replies; raises :class:`ReplicaAckTimeout` when fewer than ``replicas`` acknowledged in time.
+    ``replicas`` 0: the commands alone, no WAIT."""
+    pipe = client.pipeline(transaction=False)
+    queue(pipe)
+    if replicas <= 0:
+        return list(pipe.execute())
+    timeout_ms = max(1, int(timeout * 1000))
+    pipe.execute_command("WAIT", replicas, timeout_ms)
+    *replies, acked = pipe.execute()
+    if int(acked) < replicas:
+        raise ReplicaAckTimeout(what, replicas, int(acked), timeout_ms)
+    return replies
