@@ -3,13 +3,13 @@
     celery -A bench.baseline worker --pool gevent --concurrency 50
 
 One bare Celery app and one task that sends a signed bp10emu SALE (HMAC_SHA512 seal computed
-inline, bluepay.md) through one pooled ``requests.Session`` per process and returns the gateway's
+inline, docs/bluepay.md) through one pooled ``requests.Session`` per process and returns the gateway's
 result fields. Nothing else: no results store, no idempotency claim, no card sealing, no
 validation, no retries, no task events. Card data travels in clear: bench use only, TEST card.
 
 Deliberately NOT handicapped: the result backend is Redis with ``result_backend_thread_safe=True``
 (the default ``False`` opens one Redis connection per task under threads/gevent and roughly halves
-throughput, design.md), JSON serialisation like ours; everything else is Celery's default
+throughput, docs/design.md), JSON serialisation like ours; everything else is Celery's default
 (early acks, prefetch multiplier 4).
 
 Environment (set by ``bench.run``): ``BENCH_REDIS_URL``, ``BENCH_BLUEPAY_URL`` (the base of the

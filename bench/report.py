@@ -1,5 +1,5 @@
 """What a benchmark run writes and prints: the table, the Markdown table, the PNG chart, the profile
-summary, the files in ``--out`` and, as the LAST line of stdout, one line of JSON (design.md: the
+summary, the files in ``--out`` and, as the LAST line of stdout, one line of JSON (docs/design.md: the
 "benchmark" contract: ``ours_per_s``, ``baseline_per_s``, ``bound_per_s``, ``ours_cpu_ms``,
 ``baseline_cpu_ms``, ``p99_ms`` at least)."""
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Plain Python, no Celery: the tasks in ``tasks/`` are a few lines around these methods, and tests call
 them directly with a store and a fake or real gateway.
 
-Exactly-once rules (design.md, "Payment state and exactly-once charging"):
+Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 
 * The operation id (``payment_id``) is sent as ``ORDER_ID`` and claimed in the store before any call. The
   claim binds the key to its request (:func:`request_fingerprints`): the same key with another request is

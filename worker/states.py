@@ -35,7 +35,7 @@ class Status(StrEnum):
 
 NON_FINAL: frozenset[Status] = frozenset({Status.PENDING, Status.RETRYING, Status.UNKNOWN})
 FINAL: frozenset[Status] = frozenset(Status) - NON_FINAL
-#: What a task may return as ``status`` (design.md's contract): never PENDING or RETRYING.
+#: What a task may return as ``status`` (docs/design.md's contract): never PENDING or RETRYING.
 TASK_STATUSES: frozenset[Status] = FINAL | {Status.UNKNOWN}
 
 Operation = Literal["sale", "auth", "capture", "refund", "void"]

@@ -1,7 +1,7 @@
 """The sandbox speaks BluePay 2.0: seals, replies, stamps, TEST-mode rules, stq, follow-ups.
 
 Real HTTP over loopback against ``python -m worker.sandbox`` in a subprocess. Seals and
-stamps are computed here with hashlib/hmac directly, from bluepay.md, not with project code.
+stamps are computed here with hashlib/hmac directly, from docs/bluepay.md, not with project code.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def sb():
 
 # ----------------------------------------------------------------- seal
 def test_published_md5_example_is_accepted():
-    """bluepay.md: secret raouhc.jbefiougb, MERCHANT=demo, SALE 10.00, no MODE -> 9515409f..."""
+    """docs/bluepay.md: secret raouhc.jbefiougb, MERCHANT=demo, SALE 10.00, no MODE -> 9515409f..."""
     assert H("raouhc.jbefiougb", "demoSALE10.00", "MD5") == "9515409f78817e9da5ee396fb24fea7d"
     with running_sandbox(account_id="demo", secret_key="raouhc.jbefiougb") as demo:
         f = {"MERCHANT": "demo", "TRANSACTION_TYPE": "SALE", "AMOUNT": "10.00", "TPS_HASH_TYPE": "MD5",

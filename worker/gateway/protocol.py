@@ -4,7 +4,7 @@
   result in the ``Location`` query string, or a 200 body of pairs with RESPONSETYPE=DIRECT).
 * ``query_request`` / ``parse_query_reply``: the ``stq`` Single Transaction Query.
 
-The interpretation of ``stq`` replies (bluepay.md, "our conventions") lives only in
+The interpretation of ``stq`` replies (docs/bluepay.md, "our conventions") lives only in
 :func:`parse_query_reply`: 200 + empty body = provably absent (None); 200 + pairs = found;
 HTTP 400 with STATUS=E = Rejected; anything else = OutcomeUnknown ("cannot tell", never "absent").
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import validation
@@ -75,27 +74,6 @@ class Response:
     def approved(self) -> bool:
         """Success as every BluePay library decides it."""
         return self.status == "APPROVED" and self.message != "DUPLICATE"
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-safe view without ``raw``."""
-        return {
-            "status": self.status,
-            "message": self.message,
-            "trans_id": self.trans_id,
-            "trans_type": self.trans_type,
-            "amount": self.amount,
-            "auth_code": self.auth_code,
-            "avs": self.avs,
-            "cvv2": self.cvv2,
-            "masked_account": self.masked_account,
-            "card_type": self.card_type,
-            "bank_name": self.bank_name,
-            "order_id": self.order_id,
-            "missing_field": self.missing_field,
-            "settled": self.settled,
-            "voided": self.voided,
-            "attempts": self.attempts,
-        }
 
 
 # --------------------------------------------------------------------------- requests
@@ -358,7 +336,7 @@ def _settled(lower: Mapping[str, str]) -> bool | None:
 
 
 def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key: str) -> Response | None:
-    """Interpret an stq reply (our conventions, bluepay.md):
+    """Interpret an stq reply (our conventions, docs/bluepay.md):
 
     * 200, empty body                -> None (provably no such transaction)
     * 200, pairs with id and status  -> Response (status 1/0/E -> APPROVED/DECLINED/ERROR)

@@ -88,10 +88,6 @@ class Card:
     def masked(self) -> str:
         return mask(self.number)
 
-    @property
-    def last4(self) -> str:
-        return self.number[-4:]
-
     def __repr__(self) -> str:
         cvv = "***" if self.cvv2 else None
         return f"Card(number={self.masked!r}, expire={self.expire!r}, cvv2={cvv!r})"

@@ -40,7 +40,7 @@ What it serves
 * ``/sandbox/...``: a JSON control API (health, ledger, orders, reset, settle, faults, duplicates,
   stats, outage); see ``README_TEXT`` below or ``python -m worker.sandbox --help``.
 
-Rules (TEST mode, bluepay.md; LIVE mode is accepted and behaves the same, FLAGS empty)
+Rules (TEST mode, docs/bluepay.md; LIVE mode is accepted and behaves the same, FLAGS empty)
 ------------------------------------------------------------------------------------
 Odd dollars approve, even decline (0.50 declines); 0.00 AUTH approves with INFORMATION STORED;
 zero elsewhere ``Amount may not be zero.``. Declines and approvals are ledger entries with a
@@ -52,7 +52,7 @@ ERROR ``INVALID AMOUNT FORMAT``) -> CC_NUM (MISSING ``Missing CC_NUM``; ERROR
 month) -> CVCCVV2 (ERROR ``Invalid CVV2`` unless 3-4 digits; optional) -> duplicate scrubbing.
 Follow-ups need RRNO (MISSING ``Master ID required for <TYPE>``), a known RRNO of the same
 account and MODE (else ERROR ``COULD NOT LOCATE ORIGINAL TRANSACTION``), and obey the void,
-capture and refund rules of bluepay.md. A full REFUND of an unsettled SALE/CAPTURE is turned
+capture and refund rules of docs/bluepay.md. A full REFUND of an unsettled SALE/CAPTURE is turned
 into a VOID (``Approved Void``, TRANS_TYPE=VOID, the original marked voided); a partial refund
 of an unsettled one, or any refund of a settled one, is ``Approved Return`` (cumulative refunds
 may not exceed the original). AUTHs never settle; ``POST /sandbox/settle`` or
@@ -90,7 +90,7 @@ data or hosted payment forms; UPDATE answers ERROR ``UPDATE not supported by the
 ACH SALE/AUTH answer ERROR ``ACH not supported by the sandbox``. AVS is always ``_``; CVV2 is
 ``M`` when a well-formed CVV2 was sent, else ``_``; BANK_NAME is empty; AUTH_CODE is random.
 One merchant account per process. The ledger is in memory only: a restart loses it (ids are
-clock-seeded so a restart does not reuse them). Messages for cases bluepay.md does not list
+clock-seeded so a restart does not reuse them). Messages for cases docs/bluepay.md does not list
 (e.g. ``Cannot VOID a VOID``, ``CAPTURE amount cannot exceed AUTH amount``,
 ``INVALID EXPIRATION DATE``) are our wording. Not TLS: plain HTTP only.
 """
