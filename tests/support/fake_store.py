@@ -42,14 +42,16 @@ from worker.states import FINAL, FOLLOW_UPS, NON_FINAL, OPERATIONS, Status
 from worker.store import CONTRACT_FIELDS, Claim
 from worker.store.encoding import to_str as _to_str
 from worker.store.encoding import typed as _typed
+from worker.store.health import OLDEST_OF
 from worker.store.lua import AUDIT_MAXLEN as _AUDIT_MAXLEN
 from worker.store.lua import HISTORY_CAP as _HISTORY_CAP
 from worker.store.records import _RESERVED
 from worker.store.retention import archivable, audit_cutoff_id, next_stream_id
 
-__all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks", "InMemoryRetention"]
+__all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks", "InMemoryRetention", "InMemoryHealth"]
 
-_ZSETS = ("time", "non_final", "open_auths", "voids_due", "reflect_due", "outbox")
+_ZSETS = ("time", "non_final", "open_auths", "voids_due", "reflect_due", "outbox", "unknown", "retrying",
+          "needs_human")
 _CENTS = re.compile(r"([0-9]+)\.?([0-9]*)")
 
 
@@ -126,9 +128,13 @@ class InMemoryStore:
         self._audit: list[tuple[tuple[int, int], dict[str, str]]] = []
         self._outbox_entries: dict[str, str] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self._counts: dict[str, int] = {}  # idx:status_counts
+        self._stats: dict[str, int] = {}  # stats
+        self._sweep_last: str | None = None  # sweep:last
         self.outbox = InMemoryOutbox(self)
         self.locks = InMemoryLocks(self)
         self.retention = InMemoryRetention(self)
+        self.health = InMemoryHealth(self)
 
     # ---- clock --------------------------------------------------------------------------------
     def now(self) -> float:
@@ -136,6 +142,10 @@ class InMemoryStore:
 
     # ---- the scripts' shared steps (common.lua) ----------------------------------------------------
     def _record_event(self, pid: str, op: str, from_: str, to: str, note: str, at: str, trans_id: str) -> None:
+        if from_ != to:
+            if from_:
+                self._counts[from_] = self._counts.get(from_, 0) - 1
+            self._counts[to] = self._counts.get(to, 0) + 1
         hist = self._history.setdefault(pid, [])
         hist.append({"at": at, "status": to, "note": note})
         del hist[:-_HISTORY_CAP]
@@ -158,6 +168,9 @@ class InMemoryStore:
         created, updated = float(rec["created_ts"]), float(rec["updated_ts"])
         approved = status == Status.APPROVED
         self._zset("non_final", pid, updated if status in NON_FINAL else None)
+        self._zset("unknown", pid, created if status == Status.UNKNOWN else None)
+        self._zset("retrying", pid, created if status == Status.RETRYING else None)
+        self._zset("needs_human", pid, updated if rec.get("needs_human") == "1" else None)
         self._zset("open_auths", pid, created if op == "auth" and approved else None)
         self._zset("voids_due", pid, updated if op == "sale" and approved and rec.get("then_void") == "1" else None)
         self._zset("reflect_due", pid,
@@ -529,7 +542,8 @@ class InMemoryStore:
     def dump(self) -> str:
         """Everything stored, as text (the card-data scan's view of every key)."""
         with self._lock:
-            return repr((self._records, self._history, self._trans, self._zsets, self._audit, self._outbox_entries))
+            return repr((self._records, self._history, self._trans, self._zsets, self._audit, self._outbox_entries,
+                         self._counts, self._stats, self._sweep_last))
 
 
 class InMemoryOutbox:
@@ -566,6 +580,12 @@ class InMemoryOutbox:
         with self._store._lock:
             self._store._outbox_entries[task_id] = json.dumps(entry, separators=(",", ":"))
             self._store._zset("outbox", task_id, self._store.now())
+            self._store.health.count("outbox_republished")
+
+    def give_up(self, task_id: str) -> None:
+        with self._store._lock:
+            self.done(task_id)
+            self._store.health.count("outbox_given_up")
 
 
 class InMemoryLocks:
@@ -626,6 +646,7 @@ class InMemoryRetention:
                 trans = rec.get("trans_id") or ""
                 if trans and s._trans.get(trans) == pid:
                     del s._trans[trans]
+                s._counts[rec["status"]] = s._counts.get(rec["status"], 0) - 1
                 removed.append(pid)
         return removed
 
@@ -642,3 +663,38 @@ class InMemoryRetention:
             before = len(self._store._audit)
             self._store._audit = [(eid, data) for eid, data in self._store._audit if eid >= keep_from]
             return before - len(self._store._audit)
+
+
+class InMemoryHealth:
+    """What an operator asks of an :class:`InMemoryStore` (``store.health``), as :class:`worker.store.health.Health`."""
+
+    def __init__(self, store: InMemoryStore) -> None:
+        self._store = store
+
+    def snapshot(self, *, stale_auth_age: float | None = None) -> dict[str, Any]:
+        s = self._store
+        with s._lock:
+            now = s.now()
+            out: dict[str, Any] = {"now": now, "by_status": {k: v for k, v in s._counts.items() if v}}
+            for name in OLDEST_OF:
+                zset = s._zsets[name]
+                out[name] = {"count": len(zset), "oldest": min(zset.values()) if zset else None}
+            out["stats"] = {k: v for k, v in s._stats.items() if v}
+            out["sweep"] = json.loads(s._sweep_last) if s._sweep_last else None
+            if stale_auth_age is not None:
+                out["stale_auths"] = sum(1 for t in s._zsets["open_auths"].values() if t <= now - stale_auth_age)
+            return out
+
+    def count(self, name: str, by: int = 1) -> None:
+        with self._store._lock:
+            self._store._stats[name] = self._store._stats.get(name, 0) + by
+
+    def record_sweep(self, report: Mapping[str, Any], *, started: float) -> None:
+        with self._store._lock:
+            finished = self._store.now()
+            entry = dict(report, started=started, finished=finished, seconds=round(max(0.0, finished - started), 3))
+            self._store._sweep_last = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+
+    def last_sweep(self) -> dict[str, Any] | None:
+        with self._store._lock:
+            return json.loads(self._store._sweep_last) if self._store._sweep_last else None

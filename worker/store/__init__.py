@@ -8,6 +8,7 @@ Split by concern:
 * :mod:`worker.store.locks`: :class:`Locks`, advisory locks (the sweep's);
 * :mod:`worker.store.retention`: :class:`Retention` (``store.retention``), which records may leave Redis for the
   archive and their removal (``scripts/forget.lua``), and the audit stream's trimming by age;
+* :mod:`worker.store.health`: :class:`Health` (``store.health``), counts and ages for the exporter and status;
 * :mod:`worker.store.outcomes`: what a record shows outside (:func:`public_outcome`, :func:`task_outcome`);
 * :mod:`worker.store.keys`, :mod:`worker.store.encoding`, :mod:`worker.store.lua`: the key layout, how
   values are written and read, and the Lua scripts (``worker/store/scripts/*.lua``, package data).
@@ -28,6 +29,12 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
     P audit                stream  every transition {payment_id, operation, from, to, note, at,
                                    trans_id}, XADD MAXLEN ~ 1,000,000
     P outbox, idx:outbox   hash, zset  published payment messages not yet claimed (:class:`Outbox`)
+    P idx:status_counts    hash    records by status (every status change; retention's removal)
+    P idx:unknown, idx:retrying  zset  UNKNOWN / RETRYING ids, score created_ts (money in doubt, its age)
+    P idx:needs_human      zset    records a human must look at, score updated_ts
+    P stats, sweep:last    hash, string  outbox re-publications and give-ups; the last sweep's report
+                                   (:class:`~worker.store.health.Health`, ``store.health``: what the metrics
+                                   exporter and ``payments status`` read, without a scan)
     P lock:<name>          string  advisory locks (SET NX PX token; compare-and-delete release)
 
 Internal record fields (dropped by :func:`public_outcome`): ``created_ts``/``updated_ts`` (epoch

@@ -16,13 +16,21 @@ class StoreKeys:
     audit: str = field(init=False)
     outbox: str = field(init=False)
     outbox_ts: str = field(init=False)
+    status_counts: str = field(init=False)
+    unknown: str = field(init=False)
+    retrying: str = field(init=False)
+    needs_human: str = field(init=False)
+    stats: str = field(init=False)
+    sweep_last: str = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.prefix
         for name, suffix in (("trans", "idx:trans"), ("time", "idx:time"), ("non_final", "idx:non_final"),
                              ("open_auths", "idx:open_auths"), ("voids_due", "idx:voids_due"),
                              ("reflect_due", "idx:reflect_due"), ("audit", "audit"), ("outbox", "outbox"),
-                             ("outbox_ts", "idx:outbox")):
+                             ("outbox_ts", "idx:outbox"), ("status_counts", "idx:status_counts"),
+                             ("unknown", "idx:unknown"), ("retrying", "idx:retrying"),
+                             ("needs_human", "idx:needs_human"), ("stats", "stats"), ("sweep_last", "sweep:last")):
             object.__setattr__(self, name, p + suffix)
 
     def record(self, payment_id: str) -> str:
@@ -37,4 +45,5 @@ class StoreKeys:
     def for_record(self, payment_id: str) -> list[str]:
         """KEYS of every record script, in the order ``scripts/common.lua`` names them."""
         return [self.record(payment_id), self.history(payment_id), self.trans, self.time, self.non_final,
-                self.open_auths, self.voids_due, self.audit, self.outbox, self.outbox_ts, self.reflect_due]
+                self.open_auths, self.voids_due, self.audit, self.outbox, self.outbox_ts, self.reflect_due,
+                self.status_counts, self.unknown, self.retrying, self.needs_human]

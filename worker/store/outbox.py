@@ -58,9 +58,18 @@ class Outbox:
         return found
 
     def republished(self, task_id: str, entry: dict) -> None:
-        """Count a re-publication and restart the entry's clock."""
+        """Count a re-publication (on the entry and in the store's ``stats``) and restart the entry's clock."""
         entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.outbox, task_id, json.dumps(entry, separators=(",", ":")))
         pipe.zadd(self.keys.outbox_ts, {task_id: server_time(self.redis)})
+        pipe.hincrby(self.keys.stats, "outbox_republished", 1)
+        pipe.execute()
+
+    def give_up(self, task_id: str) -> None:
+        """Drop an entry re-published too often (a human looks at it), counted in ``stats``."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(self.keys.outbox, task_id)
+        pipe.zrem(self.keys.outbox_ts, task_id)
+        pipe.hincrby(self.keys.stats, "outbox_given_up", 1)
         pipe.execute()

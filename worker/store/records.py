@@ -19,6 +19,7 @@ import redis
 
 from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
 from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
+from worker.store.health import Health
 from worker.store.keys import StoreKeys
 from worker.store.locks import Locks
 from worker.store.lua import record_script, script
@@ -64,6 +65,7 @@ class ResultsStore:
         self.outbox = Outbox(redis_client, self.keys)
         self.locks = Locks(redis_client, self.keys)
         self.retention = Retention(redis_client, self.keys)
+        self.health = Health(redis_client, self.keys)
         self._claim = redis_client.register_script(record_script("claim"))
         self._journal = redis_client.register_script(record_script("journal"))
         self._transition = redis_client.register_script(record_script("transition"))

@@ -83,7 +83,7 @@ class Retention:
         for rec in records:
             args += [str(rec["payment_id"]), str(rec.get("status") or ""), str(rec.get("updated_ts") or "")]
         keys = [self.keys.trans, self.keys.time, self.keys.non_final, self.keys.open_auths, self.keys.voids_due,
-                self.keys.reflect_due]
+                self.keys.reflect_due, self.keys.status_counts]
         return [text(pid) for pid in self._forget(keys=keys, args=args)]
 
     def audit_before(self, cutoff: float, *, count: int = 500) -> list[dict]:

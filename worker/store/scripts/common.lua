@@ -2,8 +2,10 @@
 -- ages, next-check times and the attempt journal all come from TIME here, never from a worker's clock.
 -- KEYS (same order everywhere): 1 record 2 history 3 idx:trans 4 idx:time 5 idx:non_final
 --   6 idx:open_auths 7 idx:voids_due 8 audit 9 outbox 10 idx:outbox 11 idx:reflect_due
+--   12 idx:status_counts 13 idx:unknown 14 idx:retrying 15 idx:needs_human (what the metrics exporter reads)
 local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX, IDX_REFLECT =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
 local FOLLOW_UPS = {capture = true, refund = true, void = true}
 local HISTORY_CAP = __HISTORY_CAP__
@@ -37,6 +39,11 @@ local function iso(t)
 end
 
 local function record_event(rec, hist, pid, op, from, to, note, at, trans_id)
+  -- Records by status: every status change passes here (and a record leaves only through forget.lua).
+  if from ~= to then
+    if from ~= '' then redis.call('HINCRBY', IDX_COUNTS, from, -1) end
+    redis.call('HINCRBY', IDX_COUNTS, to, 1)
+  end
   redis.call('RPUSH', hist, cjson.encode({at = at, status = to, note = note}))
   redis.call('LTRIM', hist, -HISTORY_CAP, -1)
   redis.call('XADD', AUDIT, 'MAXLEN', '~', AUDIT_MAXLEN, '*',
@@ -47,10 +54,22 @@ end
 -- Recompute every index membership of the record at ``rec`` from its current state.
 local function reindex(rec, pid, old_trans)
   local r = redis.call('HMGET', rec, 'status', 'operation', 'then_void', 'trans_id',
-                       'created_ts', 'updated_ts', 'reflected')
+                       'created_ts', 'updated_ts', 'reflected', 'needs_human')
   local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
   local created_ts, updated_ts, reflected = r[5], r[6], r[7]
   if NON_FINAL[status] then redis.call('ZADD', IDX_NF, updated_ts, pid) else redis.call('ZREM', IDX_NF, pid) end
+  -- Money in doubt, by age since creation (the metrics exporter: count and oldest without a scan).
+  if status == 'UNKNOWN' then
+    redis.call('ZADD', IDX_UNKNOWN, created_ts, pid)
+  else
+    redis.call('ZREM', IDX_UNKNOWN, pid)
+  end
+  if status == 'RETRYING' then
+    redis.call('ZADD', IDX_RETRYING, created_ts, pid)
+  else
+    redis.call('ZREM', IDX_RETRYING, pid)
+  end
+  if r[8] == '1' then redis.call('ZADD', IDX_HUMAN, updated_ts, pid) else redis.call('ZREM', IDX_HUMAN, pid) end
   if op == 'auth' and status == 'APPROVED' then
     redis.call('ZADD', IDX_OPEN, created_ts, pid)
   else

@@ -2,6 +2,7 @@
 -- same updated_ts: every change of a record moves updated_ts) and is still one retention may remove. A record that
 -- changed in between stays (the next sweep copies it again). The cutoff is never later than Redis TIME.
 -- KEYS: 1 idx:trans 2 idx:time 3 idx:non_final 4 idx:open_auths 5 idx:voids_due 6 idx:reflect_due
+--   7 idx:status_counts (records by status: one fewer of its status)
 -- ARGV: 1 prefix 2 cutoff, then (payment_id, status, updated_ts) triples. Returns the ids removed.
 local prefix = ARGV[1]
 local t = redis.call('TIME')
@@ -25,6 +26,7 @@ for i = 3, #ARGV - 2, 3 do
     for k = 2, 6 do redis.call('ZREM', KEYS[k], pid) end
     local trans = r[7] or ''
     if trans ~= '' and redis.call('HGET', KEYS[1], trans) == pid then redis.call('HDEL', KEYS[1], trans) end
+    redis.call('HINCRBY', KEYS[7], status, -1)
     removed[#removed + 1] = pid
   end
 end

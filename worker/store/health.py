@@ -1,0 +1,77 @@
+"""What an operator (the metrics exporter, ``payments status``) asks of the store, in one cheap round trip.
+
+Every read is an index's size or its first member, or a small hash: O(1) or O(log n) whatever the number of
+records (a scrape with 1,000,000 records is measured in the README). Kept by the record scripts
+(``scripts/common.lua``): ``idx:status_counts`` (records by status), ``idx:unknown`` and ``idx:retrying`` (by
+creation time), ``idx:needs_human`` (by last update). Kept here: ``stats`` (counters: outbox re-publications and
+give-ups) and ``sweep:last`` (the last sweep's report, with when it ended and how long it took).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+
+from worker.store.encoding import text
+from worker.store.keys import StoreKeys
+from worker.store.outbox import server_time
+
+__all__ = ["Health", "OLDEST_OF"]
+
+#: Indexes whose size and oldest member a snapshot reports, by the name it reports them under.
+OLDEST_OF = ("unknown", "retrying", "needs_human", "non_final", "outbox", "open_auths")
+
+
+class Health:
+    def __init__(self, redis_client: redis.Redis, keys: StoreKeys) -> None:
+        self.redis = redis_client
+        self.keys = keys
+
+    def _zset(self, name: str) -> str:
+        return self.keys.outbox_ts if name == "outbox" else str(getattr(self.keys, name))
+
+    def snapshot(self, *, stale_auth_age: float | None = None) -> dict[str, Any]:
+        """``now`` (server time), ``by_status`` {status: records}, for each of :data:`OLDEST_OF` ``{"count",
+        "oldest"}`` (epoch seconds or None), ``stats`` {name: int}, ``sweep`` (the last report or None) and, given
+        ``stale_auth_age``, ``stale_auths``: approved auths older than that."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.hgetall(self.keys.status_counts)
+        for name in OLDEST_OF:
+            pipe.zcard(self._zset(name))
+            pipe.zrange(self._zset(name), 0, 0, withscores=True)
+        pipe.hgetall(self.keys.stats)
+        pipe.get(self.keys.sweep_last)
+        replies = pipe.execute()
+        seconds, micros = replies[0]
+        now = int(seconds) + int(micros) / 1_000_000
+        out: dict[str, Any] = {"now": now, "by_status": _ints(replies[1])}
+        for i, name in enumerate(OLDEST_OF):
+            count, first = replies[2 + 2 * i], replies[3 + 2 * i]
+            out[name] = {"count": int(count), "oldest": float(first[0][1]) if first else None}
+        rest = replies[2 + 2 * len(OLDEST_OF):]
+        out["stats"] = _ints(rest[0])
+        out["sweep"] = json.loads(text(rest[1])) if rest[1] else None
+        if stale_auth_age is not None:
+            out["stale_auths"] = int(self.redis.zcount(self.keys.open_auths, "-inf", now - float(stale_auth_age)))
+        return out
+
+    def count(self, name: str, by: int = 1) -> None:
+        """Add to one of the ``stats`` counters (``outbox_republished``, ``outbox_given_up``)."""
+        self.redis.hincrby(self.keys.stats, name, by)
+
+    def record_sweep(self, report: Mapping[str, Any], *, started: float) -> None:
+        """Keep the sweep's report, with ``started`` and ``finished`` (server time) and its ``seconds``."""
+        finished = server_time(self.redis)
+        entry = dict(report, started=started, finished=finished, seconds=round(max(0.0, finished - started), 3))
+        self.redis.set(self.keys.sweep_last, json.dumps(entry, separators=(",", ":"), sort_keys=True))
+
+    def last_sweep(self) -> dict[str, Any] | None:
+        raw = self.redis.get(self.keys.sweep_last)
+        return json.loads(text(raw)) if raw else None
+
+
+def _ints(raw: Mapping[Any, Any] | None) -> dict[str, int]:
+    return {text(k): int(v) for k, v in (raw or {}).items() if int(v)}
