@@ -32,6 +32,7 @@ def run_sweep(svc, *, progress=None) -> dict:
         log.info("sweep: another sweep holds the lock; nothing done")
         return {"ran": False, "reason": "another sweep is running"}
     counts: Counter = Counter()
+    started = store.now()
     try:
         for payment_id in store.reflect_due():
             counts[f"repair_{flow.repair(payment_id)}"] += 1
@@ -65,6 +66,10 @@ def run_sweep(svc, *, progress=None) -> dict:
         store.locks.release(LOCK_NAME, token)
     report = {"ran": True, **dict(sorted(counts.items()))}
     log.info("sweep: %s", report)
+    try:  # for the metrics exporter and `payments status`: when the sweep last ran and what it did
+        store.health.record_sweep(report, started=started)
+    except Exception as exc:  # monitoring only: the sweep's work is done
+        log.warning("sweep: report not kept: %s", type(exc).__name__)
     return report
 
 
@@ -84,7 +89,7 @@ def republish_lost(store, task_id: str, entry: dict) -> str:
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
         log.error("sweep: message %s was published %d times and never finished: look at it by hand",
                   task_id, MAX_REPUBLISH + 1)
-        store.outbox.done(task_id)
+        store.outbox.give_up(task_id)
         return "given_up"
     # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
     # re-published message had already removed (and the message would be published yet again later).
