@@ -1,4 +1,4 @@
-"""The ``payments`` command: demo, sandbox, show, list, sweep, enqueue, bench.
+"""The ``payments`` command: demo, sandbox, show, list, sweep, archive, enqueue, bench.
 
 Errors a user can act on (Redis down, gateway unreachable, bad arguments) end in one line on stderr
 and exit status 2, not a traceback (``worker.console``).
@@ -9,6 +9,8 @@ import argparse
 import getpass
 import json
 import sys
+import time
+from datetime import UTC, datetime
 
 import redis
 
@@ -38,16 +40,31 @@ def _ping_redis(svc):
         probe.close()
 
 
+def find_record(svc, payment_id: str) -> tuple[dict | None, str]:
+    """Redis first (every live record), then the archive (records older than PAYMENTS_RETENTION); and where."""
+    from worker.archive import ArchiveUnavailable
+
+    record = svc.store.get(payment_id)
+    if record is not None:
+        return record, "redis"
+    try:
+        return svc.archive.get(payment_id), "archive"
+    except ArchiveUnavailable as exc:
+        raise CommandError(f"no payment with id {payment_id!r} in Redis, and the archive cannot be read: "
+                           f"{exc}") from None
+
+
 def cmd_show(args) -> int:
     svc = _services()
     _ping_redis(svc)
-    record = svc.store.get(args.payment_id)
+    record, where = find_record(svc, args.payment_id)
     if record is None:
         raise CommandError(f"no payment with id {args.payment_id!r}")
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
-    print(f"payment {record['payment_id']} ({record.get('operation')}, {record.get('amount') or '-'})")
+    print(f"payment {record['payment_id']} ({record.get('operation')}, {record.get('amount') or '-'})"
+          + (" [archived]" if where == "archive" else ""))
     print(format_outcome(record))
     for key in ("order_id", "target", "parent", "voided_by", "attempts", "created_at", "updated_at"):
         if record.get(key) not in (None, ""):
@@ -61,7 +78,7 @@ def cmd_show(args) -> int:
 def cmd_list(args) -> int:
     svc = _services()
     _ping_redis(svc)
-    records = svc.store.list(status=args.status, operation=args.operation, limit=args.limit)
+    records = list_records(svc, status=args.status, operation=args.operation, limit=args.limit)
     if args.json:
         print(json.dumps(records, indent=2, sort_keys=True))
         return 0
@@ -70,6 +87,91 @@ def cmd_list(args) -> int:
         print(f"{r['payment_id']:<40} {r.get('operation', ''):<8} {r.get('status', ''):<9} "
               f"{r.get('amount') or '':>9} {r.get('trans_id') or '':<12} {r.get('message') or ''}")
     return 0
+
+
+def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[dict]:
+    """Redis's records newest first, then the archive's (older than PAYMENTS_RETENTION) up to ``limit``; a record
+    both hold (changed after it was copied) is shown once, as Redis has it."""
+    from worker.archive import ArchiveUnavailable
+
+    records = svc.store.list(status=status, operation=operation, limit=limit)
+    if len(records) >= limit:
+        return records
+    seen = {r["payment_id"] for r in records}
+    try:
+        archived = svc.archive.list(status=status, operation=operation, limit=limit)
+    except ArchiveUnavailable as exc:
+        print(f"payments: warning: only Redis's records: {exc}", file=sys.stderr)
+        return records
+    for rec in archived:
+        if len(records) >= limit:
+            break
+        if rec["payment_id"] not in seen and svc.store.get(rec["payment_id"]) is None:
+            records.append(rec)
+    return records
+
+
+def cmd_archive(args) -> int:
+    from worker.archive import ArchiveUnavailable
+    from worker.archive.retention import archive_older_than
+    from worker.config import MIN_RETENTION
+    from worker.sweep import LOCK_NAME
+
+    svc = _services()
+    settings, archive = svc.settings, svc.archive
+    try:
+        if args.migrate:
+            print(f"archive {archive.where}: schema at revision {archive.migrate()}")
+            if args.before is None:
+                return 0
+        _ping_redis(svc)
+        store = svc.store
+        now = store.now()
+        if args.before is not None:
+            cutoff = parse_date(args.before)
+        elif settings.retention:
+            cutoff = now - settings.retention
+        else:
+            raise CommandError("PAYMENTS_RETENTION is 0 (off): say which records with --before DATE")
+        if cutoff > now - MIN_RETENTION:
+            raise CommandError(f"--before must be at least {MIN_RETENTION / 86400:g} day(s) ago: a message delivered "
+                               "again after its record left Redis would be taken for a new operation")
+        token = store.locks.acquire(LOCK_NAME, ttl_seconds=MANUAL_ARCHIVE_LOCK)
+        if token is None:
+            raise CommandError("a sweep is running (it holds the sweep lock): try again when it is done")
+        try:
+            counts = archive_older_than(store, archive, cutoff, batch=settings.archive_batch,
+                                        deadline=time.monotonic() + MANUAL_ARCHIVE_LOCK / 2, progress=_archived)
+        finally:
+            store.locks.release(LOCK_NAME, token)
+    except ArchiveUnavailable as exc:
+        raise CommandError(f"{exc}; nothing more archived or deleted (the records stay in Redis)") from None
+    print(json.dumps({"before": _iso(cutoff), **counts}, sort_keys=True))
+    if counts.get("deadline"):
+        print("stopped before the end (the lock's time is half gone): run it again for the rest", file=sys.stderr)
+    return 0
+
+
+#: A manual archive run holds the sweep's lock this long at most (it starts no batch after half of it).
+MANUAL_ARCHIVE_LOCK = 3600.0
+
+
+def _archived(count: int) -> None:
+    if count:
+        print(f"... {count} archived", file=sys.stderr)
+
+
+def parse_date(text: str) -> float:
+    """``2026-10-01`` or an ISO-8601 time (``2026-10-01T12:00:00Z``; without an offset: UTC) -> epoch seconds."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandError(f"--before: {text!r} is not a date (YYYY-MM-DD) or an ISO-8601 time") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def cmd_sweep(args) -> int:
@@ -243,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run the sweep now: stale auths, unknown outcomes, due chain voids")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "archive", help="move final records older than PAYMENTS_RETENTION (or --before) from Redis to the archive",
+        description="Copy final records (with their history) last changed before the cutoff, and the audit "
+                    "entries before it, to the archive (PAYMENTS_ARCHIVE_URL), then remove them from Redis; what "
+                    "must stay (not final, open auths, needs_human, chains not finished) stays. The sweep does the "
+                    "same in bounded batches; this runs until done, under the sweep's lock.")
+    p.add_argument("--before", metavar="DATE", help="cutoff: YYYY-MM-DD or an ISO-8601 time, UTC (default: now "
+                                                    "minus PAYMENTS_RETENTION); at least a day ago")
+    p.add_argument("--migrate", action="store_true",
+                   help="create or upgrade the archive's schema (Alembic) and stop, unless --before is given too")
+    p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser(
         "enqueue", help="enqueue one operation and print its outcome",

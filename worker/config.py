@@ -18,6 +18,9 @@ SANDBOX_SECRET_KEY = "SANDBOXSECRETKEY0000000000000000"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# The shortest PAYMENTS_RETENTION: longer than any redelivery of a payment message (visibility timeout, outbox
+# re-publication) and than RECONCILE_GIVE_UP's default, so no record leaves Redis while its message may come back.
+MIN_RETENTION = 86400.0
 
 
 class ConfigError(ValueError):
@@ -72,6 +75,17 @@ class Settings:
     # The worker's Prometheus endpoint (worker/metrics.py): 0 = off; one port per worker process on a host.
     worker_metrics_port: int = 0
     worker_metrics_addr: str = "0.0.0.0"
+    # Retention: final records older than this move from Redis to the archive (0: keep them in Redis for good).
+    retention: float = 30 * 86400.0
+    # Where the default archive (an SQLite file) and other local data live.
+    data_dir: str = ".data"
+    # The archive's SQLAlchemy URL ("": SQLite in data_dir); PostgreSQL in production (postgresql+psycopg://...).
+    archive_url_setting: str = field(default="", repr=False)
+    # Records a sweep archives at most per batch, and per run (the rest waits for the next sweep).
+    archive_batch: int = 500
+    archive_per_sweep: int = 20_000
+    # Celery results (a convenience for result.get(): the store keeps the outcome) expire after this.
+    result_expires: float = 86400.0
 
     @property
     def soft_time_limit(self) -> float:
@@ -101,6 +115,13 @@ class Settings:
             return self.commit_horizon_setting
         return 2 * self.read_timeout + 30
 
+    @property
+    def archive_url(self) -> str:
+        """PAYMENTS_ARCHIVE_URL, or the SQLite file ``archive.sqlite3`` in PAYMENTS_DATA_DIR."""
+        from worker.archive.db import sqlite_url_in
+
+        return self.archive_url_setting or sqlite_url_in(self.data_dir)
+
     def check(self) -> Settings:
         if self.bluepay_mode not in ("TEST", "LIVE"):
             raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
@@ -118,6 +139,13 @@ class Settings:
                 f"BROKER_VISIBILITY_TIMEOUT ({self.visibility_timeout:g}s) must exceed the task hard time "
                 f"limit ({self.hard_time_limit:g}s), or running payments would be delivered twice"
             )
+        if self.retention and self.retention < MIN_RETENTION:
+            raise ConfigError(
+                f"PAYMENTS_RETENTION ({self.retention:g}s) must be at least {MIN_RETENTION:g}s (or 0: off): a message "
+                "delivered again after its record left Redis would be taken for a new operation"
+            )
+        if self.archive_batch < 1 or self.archive_per_sweep < 1:
+            raise ConfigError("PAYMENTS_ARCHIVE_BATCH and PAYMENTS_ARCHIVE_PER_SWEEP must be at least 1")
         return self
 
     @classmethod
@@ -152,6 +180,12 @@ class Settings:
                 flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
                 worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
                 worker_metrics_addr=_env("WORKER_METRICS_ADDR", d.worker_metrics_addr),
+                retention=dur("PAYMENTS_RETENTION", "30d"),
+                data_dir=_env("PAYMENTS_DATA_DIR", d.data_dir),
+                archive_url_setting=_env("PAYMENTS_ARCHIVE_URL", ""),
+                archive_batch=int(_env("PAYMENTS_ARCHIVE_BATCH", str(d.archive_batch))),
+                archive_per_sweep=int(_env("PAYMENTS_ARCHIVE_PER_SWEEP", str(d.archive_per_sweep))),
+                result_expires=dur("RESULT_EXPIRES", "1d"),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

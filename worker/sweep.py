@@ -8,7 +8,10 @@ Each run, under a Redis lock with expiry so that two beats or a manual run never
 3. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
 4. publishes again payment messages the broker lost (outbox entries no worker claimed in time);
-5. finishes sale->void chains whose void was due but never ran.
+5. finishes sale->void chains whose void was due but never ran;
+6. retention: moves final records older than PAYMENTS_RETENTION (and audit entries) to the archive, in bounded
+   batches, deleting from Redis only what the archive holds (``worker.archive.retention``); an archive that cannot
+   be used stops this step only, logged and counted.
 
 Voids use deterministic operation ids (``<payment_id>:void-stale``, ``<payment_id>:void``), so even a
 sweep that outlived its lock cannot void twice: the store's claim returns the recorded outcome.
@@ -16,8 +19,10 @@ sweep that outlived its lock cannot void twice: the store's claim returns the re
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 
+from worker.archive.retention import retain
 from worker.flow import GatewayOutage, LeaseBusy
 
 log = logging.getLogger("payments.sweep")
@@ -25,14 +30,18 @@ log = logging.getLogger("payments.sweep")
 LOCK_NAME = "sweep"
 
 
-def run_sweep(svc, *, progress=None) -> dict:
+def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
+    """``now``: the time retention judges ages by (default: Redis server time); a test's clock."""
     settings, store, flow = svc.settings, svc.store, svc.flow
-    token = store.locks.acquire(LOCK_NAME, ttl_seconds=max(60.0, settings.sweep_interval))
+    lock_ttl = max(60.0, settings.sweep_interval)
+    token = store.locks.acquire(LOCK_NAME, ttl_seconds=lock_ttl)
     if token is None:
         log.info("sweep: another sweep holds the lock; nothing done")
         return {"ran": False, "reason": "another sweep is running"}
     counts: Counter = Counter()
     started = store.now()
+    # Retention starts no batch past half the lock's life (what comes before it is bounded by its own limits).
+    deadline = time.monotonic() + lock_ttl / 2
     try:
         for payment_id in store.reflect_due():
             counts[f"repair_{flow.repair(payment_id)}"] += 1
@@ -62,6 +71,7 @@ def run_sweep(svc, *, progress=None) -> dict:
                 action = _deferred(record, later)
             counts[f"chain_void_{action}"] += 1
             _tick(progress)
+        counts.update(retain(svc, now=now, deadline=deadline))
     finally:
         store.locks.release(LOCK_NAME, token)
     report = {"ran": True, **dict(sorted(counts.items()))}
