@@ -1,4 +1,4 @@
-"""The ``payments`` command: demo, sandbox, show, list, sweep, archive, enqueue, bench.
+"""The ``payments`` command: demo, sandbox, show, list, sweep, archive, enqueue, metrics, status, bench.
 
 Errors a user can act on (Redis down, gateway unreachable, bad arguments) end in one line on stderr
 and exit status 2, not a traceback (``worker.console``).
@@ -317,6 +317,28 @@ def cmd_bench(args) -> int:
     return bench_main(args.bench_args) or 0
 
 
+def cmd_metrics(args) -> int:
+    from worker import exporter
+    from worker.celery_app import app
+
+    svc = _services()
+    if args.once:
+        _ping_redis(svc)
+        print(exporter.exposition(svc, app), end="")
+        return 0
+    # Serving goes on while Redis is away: the scrape says so (payments_exporter_redis_up 0).
+    return exporter.serve(svc, app, port=args.port, host=args.host)
+
+
+def cmd_status(args) -> int:
+    from worker.celery_app import app
+    from worker.status import main as status_main
+
+    svc = _services()
+    _ping_redis(svc)
+    return status_main(svc, app, as_json=args.json, ping_timeout=args.ping_timeout)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="payments", description="Payments worker: BluePay jobs on Celery.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -381,6 +403,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("metrics", help="serve the store's and the broker's gauges for Prometheus",
+                       description="Prometheus exporter of the results store and the broker (records by status, "
+                                   "UNKNOWN and its age, outbox, queue, sweep); the workers serve their own "
+                                   "counters on WORKER_METRICS_PORT.")
+    p.add_argument("--port", type=int, default=9108, help="default 9108")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--once", action="store_true", help="print one scrape's text and exit")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("status", help="one screen: workers, queue, money in doubt, outbox, sweep, gateway",
+                       description="Exit status 1 when something needs a human (the conditions the alert rules "
+                                   "page on), 0 when all is well, 2 when Redis cannot be reached.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--ping-timeout", type=float, default=1.0, help="seconds to wait for workers' pings (default 1)")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("bench", help="benchmark ours against a bare Celery baseline", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)

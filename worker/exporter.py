@@ -1,0 +1,148 @@
+"""``payments metrics --port P``: the store's and the broker's gauges for Prometheus, from one process.
+
+A custom collector (prometheus-client): each scrape reads :func:`worker.monitor.snapshot` (two round trips to
+Redis, no key scans) and reports::
+
+    payments_records{status}                          records in the store by status
+    payments_unknown_oldest_age_seconds               age of the oldest UNKNOWN (0: none); count: payments_records
+    payments_retrying_oldest_age_seconds              the same for RETRYING
+    payments_needs_human, payments_needs_human_oldest_age_seconds
+    payments_non_final_oldest_age_seconds             the longest an operation has waited since its last change
+    payments_outbox_size, payments_outbox_oldest_age_seconds
+    payments_outbox_republished_total, payments_outbox_given_up_total
+    payments_queue_length{queue}, payments_queue_unacked
+    payments_open_auths, payments_open_auth_oldest_age_seconds, payments_stale_auths (older than STALE_AUTH_AGE)
+    payments_sweep_last_run_timestamp_seconds (0: never), payments_sweep_last_duration_seconds,
+    payments_sweep_last_actions{action}               what the last sweep did (reconcile_adopted, outbox_republished...)
+    payments_config_{reconcile_after,visibility_timeout,sweep_interval,stale_auth_age}_seconds  (for the alerts)
+    payments_exporter_redis_up, payments_exporter_scrape_seconds
+
+Ages use Redis server time. Labels are bounded: statuses, queue names, the sweep's action words.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from worker.monitor import age, snapshot
+from worker.states import Status
+
+log = logging.getLogger("payments.exporter")
+_ACTION = re.compile(r"^[a-z][a-z0-9_]{0,60}$")
+_NOT_ACTIONS = frozenset({"ran", "started", "finished", "seconds", "reason"})
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class PaymentsCollector:
+    def __init__(self, svc: Any, app: Any) -> None:
+        self.svc = svc
+        self.app = app
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on each scrape only (registering must not read Redis)
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        try:
+            found = snapshot(self.svc, self.app)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("scrape: Redis unavailable: %s", type(exc).__name__)
+            yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 0)
+            return
+        yield from self._families(found)
+        yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 1)
+        yield _gauge("payments_exporter_scrape_seconds", "How long reading Redis took in this scrape",
+                     time.perf_counter() - started)
+
+    def _families(self, found: dict[str, Any]) -> Iterator[Metric]:
+        s = self.svc.settings
+        records = GaugeMetricFamily("payments_records", "Records in the store by status", labels=["status"])
+        by_status = found["by_status"]
+        for status in Status:
+            records.add_metric([status.value], by_status.get(status.value, 0))
+        yield records
+        for name, what in (("unknown", "UNKNOWN"), ("retrying", "RETRYING")):
+            yield _gauge(f"payments_{name}_oldest_age_seconds", f"Age of the oldest {what} record since its creation "
+                         "(0: none)", age(found, name) or 0.0)
+        yield _gauge("payments_needs_human", "Records a human must look at", found["needs_human"]["count"])
+        yield _gauge("payments_needs_human_oldest_age_seconds", "Since the oldest needs_human record was last changed",
+                     age(found, "needs_human") or 0.0)
+        yield _gauge("payments_non_final_oldest_age_seconds", "Longest wait of a non-final record since its last "
+                     "change (0: none)", age(found, "non_final") or 0.0)
+        yield _gauge("payments_outbox_size", "Published payment messages no worker has claimed yet",
+                     found["outbox"]["count"])
+        yield _gauge("payments_outbox_oldest_age_seconds", "Age of the oldest outbox entry (0: none)",
+                     age(found, "outbox") or 0.0)
+        stats = found["stats"]
+        yield CounterMetricFamily("payments_outbox_republished", "Outbox messages the sweep published again",
+                                  value=stats.get("outbox_republished", 0))
+        yield CounterMetricFamily("payments_outbox_given_up", "Outbox messages given up for a human",
+                                  value=stats.get("outbox_given_up", 0))
+        queues = GaugeMetricFamily("payments_queue_length", "Messages waiting in a broker queue", labels=["queue"])
+        for name, count in found["broker"]["queues"].items():
+            queues.add_metric([name], count)
+        yield queues
+        yield _gauge("payments_queue_unacked", "Messages taken by workers and not yet acknowledged",
+                     found["broker"]["unacked"])
+        yield _gauge("payments_open_auths", "Approved auths neither captured nor voided", found["open_auths"]["count"])
+        yield _gauge("payments_open_auth_oldest_age_seconds", "Age of the oldest open auth (0: none)",
+                     age(found, "open_auths") or 0.0)
+        yield _gauge("payments_stale_auths", "Open auths older than STALE_AUTH_AGE", found.get("stale_auths", 0))
+        yield from self._sweep(found.get("sweep"))
+        for name, value in (("reconcile_after", s.reconcile_after), ("visibility_timeout", s.visibility_timeout),
+                            ("sweep_interval", s.sweep_interval), ("stale_auth_age", s.stale_auth_age)):
+            yield _gauge(f"payments_config_{name}_seconds", f"The {name.upper()} setting (alert thresholds)", value)
+
+    def _sweep(self, sweep: dict[str, Any] | None) -> Iterator[Metric]:
+        sweep = sweep or {}
+        yield _gauge("payments_sweep_last_run_timestamp_seconds", "When the last sweep ended (0: never)",
+                     float(sweep.get("finished") or 0))
+        yield _gauge("payments_sweep_last_duration_seconds", "How long the last sweep took",
+                     float(sweep.get("seconds") or 0))
+        actions = GaugeMetricFamily("payments_sweep_last_actions", "What the last sweep did, by action",
+                                    labels=["action"])
+        for action, count in sorted(sweep.items()):
+            if action not in _NOT_ACTIONS and _ACTION.match(action) and isinstance(count, int):
+                actions.add_metric([action], count)
+        yield actions
+
+
+def registry_for(svc: Any, app: Any) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PaymentsCollector(svc, app))
+    return registry
+
+
+def exposition(svc: Any, app: Any) -> str:
+    """One scrape's text (``payments metrics --once``)."""
+    return generate_latest(registry_for(svc, app)).decode()
+
+
+def serve(svc: Any, app: Any, *, port: int, host: str = "0.0.0.0") -> int:
+    """Serve until SIGTERM or Ctrl-C."""
+    server, _thread = start_http_server(port, addr=host, registry=registry_for(svc, app))
+    print(f"payments metrics: serving http://{host}:{port}/metrics", flush=True)
+    stopped = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        while not stopped.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return 0

@@ -1,0 +1,98 @@
+"""``payments status``: one screen (or ``--json``) saying whether the payments system needs a human.
+
+Workers alive (a Celery ping), the broker's queue and unacknowledged messages, UNKNOWN / needs_human / RETRYING
+with the oldest, the outbox, the last sweep, and whether the gateway (or the sandbox) answers. Exit status 1 when
+:func:`worker.monitor.attention` finds something, 0 otherwise (2: Redis cannot be reached, as every command).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+from worker.monitor import age, attention, snapshot
+
+EXIT_ATTENTION = 1
+
+
+def ping_workers(app: Any, timeout: float = 1.0) -> list[str]:
+    """Names of the workers that answered a ping within ``timeout`` seconds."""
+    replies = app.control.ping(timeout=timeout) or []
+    return sorted(name for reply in replies for name in reply)
+
+
+def probe_gateway(base_url: str, timeout: float = 3.0) -> str | None:
+    """None when the gateway's host answers HTTP at all (any status: nothing is sent but a GET of the base URL);
+    otherwise the reason, as an exception class name."""
+    try:
+        requests.get(base_url, timeout=(timeout, timeout), allow_redirects=False).close()
+    except requests.RequestException as exc:
+        return type(exc).__name__
+    return None
+
+
+def report(svc: Any, app: Any, *, ping_timeout: float = 1.0) -> dict[str, Any]:
+    found = snapshot(svc, app)
+    workers = ping_workers(app, ping_timeout)
+    gateway_error = probe_gateway(svc.settings.bluepay_url)
+    found["workers"] = workers
+    found["gateway"] = {"url": svc.settings.bluepay_url, "reachable": gateway_error is None, "error": gateway_error}
+    found["ages"] = {name: age(found, name) for name in ("unknown", "retrying", "needs_human", "non_final", "outbox",
+                                                          "open_auths")}
+    found["attention"] = attention(found, svc.settings, workers=workers, gateway_error=gateway_error)
+    found["ok"] = not found["attention"]
+    return found
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _sweep_line(now: float, sweep: dict[str, Any] | None) -> str:
+    if not sweep:
+        return "never"
+    actions = ", ".join(f"{k}={v}" for k, v in sorted(sweep.items()) if isinstance(v, int) and not isinstance(v, bool))
+    return f"{_age(now - float(sweep.get('finished') or 0))} ago, took {sweep.get('seconds')}s: " + (
+        actions or "nothing to do")
+
+
+def render(found: dict[str, Any]) -> str:
+    by_status, ages, broker = found["by_status"], found["ages"], found["broker"]
+    sweep = found.get("sweep")
+    lines = [
+        f"workers      {len(found['workers'])} alive: {', '.join(found['workers']) or '-'}",
+        f"queue        {sum(broker['queues'].values())} waiting "
+        f"({', '.join(f'{q}={n}' for q, n in broker['queues'].items())}), {broker['unacked']} unacked",
+        f"UNKNOWN      {by_status.get('UNKNOWN', 0)} (oldest {_age(ages['unknown'])})",
+        f"RETRYING     {by_status.get('RETRYING', 0)} (oldest {_age(ages['retrying'])})",
+        f"needs_human  {found['needs_human']['count']} (oldest {_age(ages['needs_human'])})",
+        f"in flight    {found['non_final']['count']} non-final (longest wait {_age(ages['non_final'])})",
+        f"outbox       {found['outbox']['count']} (oldest {_age(ages['outbox'])}), "
+        f"{found['stats'].get('outbox_republished', 0)} re-published, "
+        f"{found['stats'].get('outbox_given_up', 0)} given up",
+        f"open auths   {found['open_auths']['count']} (oldest {_age(ages['open_auths'])}), "
+        f"{found.get('stale_auths', 0)} older than STALE_AUTH_AGE",
+        "last sweep   " + _sweep_line(found["now"], sweep),
+        f"gateway      {found['gateway']['url']}: "
+        + ("reachable" if found["gateway"]["reachable"] else f"NOT reachable ({found['gateway']['error']})"),
+        "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),
+        "",
+    ]
+    if found["attention"]:
+        lines.append("NEEDS ATTENTION:")
+        lines += [f"  - {item}" for item in found["attention"]]
+    else:
+        lines.append("OK: nothing needs a human")
+    return "\n".join(lines)
+
+
+def main(svc: Any, app: Any, *, as_json: bool = False, ping_timeout: float = 1.0) -> int:
+    found = report(svc, app, ping_timeout=ping_timeout)
+    print(json.dumps(found, indent=2, sort_keys=True) if as_json else render(found))
+    return 0 if found["ok"] else EXIT_ATTENTION
