@@ -8,6 +8,7 @@ compose file's own (its defaults interpolated), so the test runs exactly what co
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from tests.support.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("sandbox", "worker", "beat", "flower")
+APP_SERVICES = ("sandbox", "worker", "beat", "flower", "metrics")
 _VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)")
 
 
@@ -65,13 +66,13 @@ def service_env(service: dict, variables: dict | None = None) -> dict:
 
 
 def command_of(service: dict) -> list[str]:
-    command = service["command"]
+    command = service.get("command") or []  # prometheus and grafana run their images' own
     return command.split() if isinstance(command, str) else [str(part) for part in command]
 
 
 # ---------------------------------------------------------------------------------------------- the file's shape
-def test_the_stack_is_redis_sandbox_worker_one_beat_and_flower(services):
-    assert set(services) == {"redis", "sandbox", "worker", "beat", "flower"}
+def test_the_stack_is_redis_sandbox_worker_one_beat_flower_and_monitoring(services):
+    assert set(services) == {"redis", "sandbox", "worker", "beat", "flower", "metrics", "prometheus", "grafana"}
     beats = [name for name, svc in services.items() if "beat" in command_of(svc)]
     assert beats == ["beat"], "exactly one service may run celery beat"
     assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
@@ -116,6 +117,32 @@ def test_every_app_service_gets_the_same_settings_and_flower_gets_basic_auth(ser
     assert "FLOWER_BASIC_AUTH" not in envs["worker"]
     images = {services[name].get("image") for name in APP_SERVICES}
     assert len(images) == 1 and all(services[name].get("build") for name in APP_SERVICES)
+
+
+def test_prometheus_scrapes_the_exporter_and_every_worker_and_grafana_gets_the_dashboard(services):
+    mounts = {name: {v.split(":")[1]: ROOT / v.split(":")[0] for v in services[name]["volumes"] if v.startswith("./")}
+              for name in ("prometheus", "grafana")}
+    for target, source in [*mounts["prometheus"].items(), *mounts["grafana"].items()]:
+        assert source.exists(), f"{target} mounts {source}, which does not exist"
+    config = yaml.safe_load(mounts["prometheus"]["/etc/prometheus/prometheus.yml"].read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert "/etc/prometheus/alerts.yml" in mounts["prometheus"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    exporter_cmd = command_of(services["metrics"])
+    assert jobs["payments-exporter"]["static_configs"][0]["targets"] == \
+        [f"metrics:{exporter_cmd[exporter_cmd.index('--port') + 1]}"]
+    assert "--host" in exporter_cmd and exporter_cmd[exporter_cmd.index("--host") + 1] == "0.0.0.0"
+    worker_sd = jobs["payments-worker"]["dns_sd_configs"][0]
+    assert worker_sd["names"] == ["worker"]
+    assert str(worker_sd["port"]) == service_env(services["worker"])["WORKER_METRICS_PORT"]
+    provisioning = mounts["grafana"]["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "payments.yml").read_text())["providers"]
+    dashboard_dir = providers[0]["options"]["path"]
+    assert f"{dashboard_dir}/payments.json" in mounts["grafana"]
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "payments.json").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {datasource["uid"]}
 
 
 def test_the_image_holds_what_the_commands_need():
@@ -207,7 +234,7 @@ def wait_until(predicate, timeout, what, proc=None, log=None):
 def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
     from worker import app
 
-    ports = {"8001": str(free_port()), "5555": str(free_port())}
+    ports = {"8001": str(free_port()), "5555": str(free_port()), "9108": str(free_port())}
     started = Started(tmp_path)
     try:
         # sandbox: answers /sandbox/health
@@ -219,9 +246,10 @@ def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
         assert requests.get(sandbox_url + "/sandbox/health", timeout=2).json()["account_id"] == \
             service_env(services["worker"])["BLUEPAY_ACCOUNT_ID"]
 
-        # worker: answers a ping under its default node name
-        proc, log = started.run("worker", local_command(command_of(services["worker"]), ports, tmp_path),
-                                local_env(services["worker"], sandbox_url))
+        # worker: answers a ping under its default node name, and serves its metrics (its port: a free one here)
+        worker_env = local_env(services["worker"], sandbox_url)
+        worker_env["WORKER_METRICS_PORT"] = str(free_port())
+        proc, log = started.run("worker", local_command(command_of(services["worker"]), ports, tmp_path), worker_env)
         node = f"celery@{socket.gethostname()}"
         wait_until(lambda: app.control.ping(destination=[node], timeout=1.0), 60, "the worker to answer a ping",
                    proc, log)
@@ -244,6 +272,17 @@ def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
         user, _, password = flower_env["FLOWER_BASIC_AUTH"].partition(":")
         assert requests.get(flower_url + "/api/tasks", timeout=5, auth=(user, password)).status_code == 200
         assert requests.get(flower_url + "/api/tasks", timeout=5, auth=(user, password + "x")).status_code == 401
+
+        worker_metrics = f"http://127.0.0.1:{worker_env['WORKER_METRICS_PORT']}/metrics"
+        wait_until(lambda: requests.get(worker_metrics, timeout=2).status_code == 200, 30,
+                   "the worker to serve its metrics")
+
+        # metrics: the exporter answers /metrics with the store's gauges
+        exporter_url = f"http://127.0.0.1:{ports['9108']}/metrics"
+        proc, log = started.run("metrics", local_command(command_of(services["metrics"]), ports, tmp_path),
+                                local_env(services["metrics"], sandbox_url))
+        wait_until(lambda: "payments_exporter_redis_up 1.0" in requests.get(exporter_url, timeout=2).text, 30,
+                   "the exporter to serve the store's gauges", proc, log)
 
         for name, proc, log in started.procs:
             assert proc.poll() is None, f"{name} exited:\n{log.read_text()[-3000:]}"

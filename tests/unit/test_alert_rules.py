@@ -1,0 +1,69 @@
+"""The Prometheus alert rules (ops/prometheus/alerts.yml): promtool checks them and runs their unit tests on
+synthetic series (ops/prometheus/alerts_test.yml); every rule is tested and has a runbook in the README.
+
+promtool comes with Debian's ``prometheus`` package (.ci/run installs it); without it the promtool tests skip,
+saying so. The README and coverage checks need nothing.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+OPS = ROOT / "ops" / "prometheus"
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
+
+
+def rules() -> list[dict]:
+    return [rule for group in yaml.safe_load((OPS / "alerts.yml").read_text())["groups"] for rule in group["rules"]]
+
+
+def github_anchor(heading: str) -> str:
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_rule_has_a_runbook_section_in_the_readme():
+    anchors = {github_anchor(line.lstrip("#")) for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith("#")}
+    for rule in rules():
+        runbook = rule["annotations"]["runbook"]
+        page, _, anchor = runbook.partition("#")
+        assert page == "README.md" and anchor in anchors, (rule["alert"], runbook)
+
+
+def test_every_rule_is_exercised_by_the_promtool_tests():
+    tested = {case["alertname"] for test in yaml.safe_load((OPS / "alerts_test.yml").read_text())["tests"]
+              for case in test.get("alert_rule_test", [])}
+    assert {rule["alert"] for rule in rules()} <= tested
+
+
+@needs_promtool
+def test_promtool_checks_the_rules():
+    done = subprocess.run([PROMTOOL, "check", "rules", str(OPS / "alerts.yml")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+def test_the_rules_fire_on_the_synthetic_series_and_not_on_the_near_misses():
+    done = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], cwd=OPS, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+def test_promtool_checks_the_scrape_config(tmp_path):
+    # prometheus.yml names the rules where the compose service mounts them (/etc/prometheus): point it here.
+    config = yaml.safe_load((OPS / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    config["rule_files"] = [str(OPS / "alerts.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {job["job_name"] for job in config["scrape_configs"]} == {"payments-exporter", "payments-worker"}
