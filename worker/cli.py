@@ -1,4 +1,5 @@
-"""The ``payments`` command: demo, sandbox, show, list, sweep, archive, enqueue, metrics, status, bench.
+"""The ``payments`` command: demo, sandbox, show, list, sweep, reconcile, resolve, archive, enqueue, metrics,
+status, bench.
 
 Errors a user can act on (Redis down, gateway unreachable, bad arguments) end in one line on stderr
 and exit status 2, not a traceback (``worker.console``).
@@ -190,6 +191,22 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_reconcile(args) -> int:
+    from worker.reconcile_commands import cmd_reconcile as reconcile
+
+    svc = _services()
+    _ping_redis(svc)
+    return reconcile(svc, args)
+
+
+def cmd_resolve(args) -> int:
+    from worker.reconcile_commands import cmd_resolve as resolve
+
+    svc = _services()
+    _ping_redis(svc)
+    return resolve(svc, args)
+
+
 def read_card(stdin=None) -> tuple[str | None, str | None]:
     """The card number and CVV2, never from argv (the process list and shell history would keep them).
 
@@ -379,6 +396,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--migrate", action="store_true",
                    help="create or upgrade the archive's schema (Alembic) and stop, unless --before is given too")
     p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser(
+        "reconcile", help="compare the store with the gateway's daily report (exit 0: no difference left)",
+        description="Pull the gateway's daily report (bpdailyreport2) for each day (UTC), match it with the store "
+                    "by ORDER_ID and trans id, finalise operations the store did not know the end of (audited), and "
+                    "list every other difference for a human. The day's reconciliation is kept in the store. Exit "
+                    "status: 0 no difference left, 1 differences, 2 no verdict (gateway, Redis or arguments).")
+    p.add_argument("--date", help="one day: YYYY-MM-DD, today or yesterday")
+    p.add_argument("--from", dest="start", help="first day of a range")
+    p.add_argument("--to", dest="end", help="last day of a range (inclusive)")
+    p.add_argument("--json", action="store_true", help="the days' summaries and findings as JSON")
+    p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser(
+        "resolve", help="record an operator's decision on a needs_human payment",
+        description="Finalise a payment marked needs_human as STATUS, with your user name, the time and REASON in "
+                    "its history and the audit stream. Refused for any other record, and when the gateway's kept "
+                    "report (payments reconcile) says otherwise.")
+    p.add_argument("payment_id")
+    p.add_argument("--status", required=True, help="APPROVED, DECLINED, ERROR (nothing charged) or VOIDED")
+    p.add_argument("--reason", required=True, help="why: what you checked (kept in the audit stream)")
+    p.add_argument("--trans-id", help="the gateway's transaction (APPROVED, VOIDED)")
+    p.set_defaults(func=cmd_resolve)
 
     p = sub.add_parser(
         "enqueue", help="enqueue one operation and print its outcome",

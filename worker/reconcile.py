@@ -320,7 +320,7 @@ class Reconciler:
                     batch = []
             self._classify_batch(batch, result, seen, adopt, kept_rows)
         except GatewayError as exc:
-            raise ReconcileError(f"{day}: no verdict, the gateway's report could not be read whole: "
+            raise ReconcileError(f"{day}: no verdict: the gateway's report could not be fetched and read whole: "
                                  f"{type(exc).__name__}: {exc}") from None
         self._missing_from_report(day, result, seen, kept_rows)
         self._adopt(day, adopt, result)
