@@ -6,6 +6,8 @@ Why each one is set:
 """
 from typing import Any
 
+from celery.schedules import crontab
+
 from worker.config import Settings, get_settings
 from worker.redis_connections import celery_settings
 
@@ -72,8 +74,12 @@ def config_for(_s: Settings) -> dict[str, Any]:
     imports = ("tasks",)
     worker_hijack_root_logger = True
     # The beat schedule: the sweep voids stale authorizations and reconciles unknown outcomes.
+    # ... and once a day, at RECONCILE_REPORT_AT (UTC), the previous day is reconciled against the gateway's report.
+    _hour, _minute = _s.reconcile_report_time
     beat_schedule = {
         "payments-sweep": {"task": "payments.sweep", "schedule": _s.sweep_interval},
+        "payments-reconcile-report": {"task": "payments.reconcile_report",
+                                      "schedule": crontab(hour=_hour, minute=_minute)},
     }
     timezone = "UTC"
     return {name: value for name, value in locals().items() if not name.startswith("_")}

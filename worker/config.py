@@ -72,6 +72,8 @@ class Settings:
     # An operation's lease; renewed every third of it while a call is in flight (heartbeat).
     lease_seconds: float = 30.0
     flower_basic_auth: str = field(default="", repr=False)
+    # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/reconcile.py; beat).
+    reconcile_report_at: str = "02:00"
     # The worker's Prometheus endpoint (worker/metrics.py): 0 = off; one port per worker process on a host.
     worker_metrics_port: int = 0
     worker_metrics_addr: str = "0.0.0.0"
@@ -122,7 +124,16 @@ class Settings:
 
         return self.archive_url_setting or sqlite_url_in(self.data_dir)
 
+    @property
+    def reconcile_report_time(self) -> tuple[int, int]:
+        """RECONCILE_REPORT_AT as (hour, minute), UTC."""
+        match = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*", self.reconcile_report_at)
+        if not match or int(match.group(1)) > 23 or int(match.group(2)) > 59:
+            raise ConfigError(f"RECONCILE_REPORT_AT: {self.reconcile_report_at!r} is not a time of day (HH:MM, UTC)")
+        return int(match.group(1)), int(match.group(2))
+
     def check(self) -> Settings:
+        self.reconcile_report_time  # noqa: B018  (raises ConfigError when malformed)
         if self.bluepay_mode not in ("TEST", "LIVE"):
             raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
         if self.commit_horizon <= self.connect_timeout + self.read_timeout:
@@ -178,6 +189,7 @@ class Settings:
                                         if _env("GATEWAY_COMMIT_HORIZON", "") else None),
                 lease_seconds=dur("LEASE_SECONDS", d.lease_seconds),
                 flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
+                reconcile_report_at=_env("RECONCILE_REPORT_AT", d.reconcile_report_at),
                 worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
                 worker_metrics_addr=_env("WORKER_METRICS_ADDR", d.worker_metrics_addr),
                 retention=dur("PAYMENTS_RETENTION", "30d"),

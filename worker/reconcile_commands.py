@@ -22,10 +22,11 @@ EXIT_DIFFERENCES = 1
 
 
 def reconciler(svc: Any) -> Reconciler:
+    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
     from worker.store.reconciliations import Reconciliations
 
-    return Reconciler(store=svc.store, kept=Reconciliations(svc.store), gateway=svc.gateway,
-                      lease_seconds=svc.settings.lease_seconds)
+    kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
+    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
 
 
 def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:

@@ -1,0 +1,39 @@
+"""The daily settlement reconciliation under Celery beat (``payments.reconcile_report``, at RECONCILE_REPORT_AT):
+the previous UTC day against the gateway's report, as ``payments reconcile --date yesterday`` does."""
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from celery import Task, shared_task
+
+import worker.celery_app  # noqa: F401  (worker.app made, as for the payment tasks)
+from worker.services import services_of
+
+log = logging.getLogger("payments.reconcile")
+
+#: A report that cannot be had (gateway down, cut, malformed) is asked for again this often, this many times.
+RETRY_EVERY = 600
+RETRIES = 12
+
+
+@shared_task(bind=True, name="payments.reconcile_report", max_retries=RETRIES)
+def reconcile_report(self: Task, day: str | None = None) -> dict:
+    """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
+    (those are kept in the store and logged)."""
+    from worker.reconcile import ReconcileError
+    from worker.reconcile_commands import parse_day, reconciler
+
+    when = parse_day(day) if day else datetime.now(UTC).date() - timedelta(days=1)
+    try:
+        result = reconciler(services_of(self.app)).run_day(when)
+    except ReconcileError as exc:
+        log.warning("reconcile %s: %s; trying again in %d s", when, exc, RETRY_EVERY)
+        raise self.retry(countdown=RETRY_EVERY, exc=exc) from None
+    for finding in result.differences:
+        log.error("reconcile %s: %s %s trans %s: %s (ours: %s; gateway: %s)", when, finding.kind.value,
+                  finding.payment_id or "-", finding.trans_id or "-", finding.detail, finding.ours or "-",
+                  finding.gateway or "-")
+    summary = result.summary()
+    summary.pop("findings", None)
+    return summary
