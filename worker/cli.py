@@ -32,11 +32,13 @@ def _services():
 
 def _ping_redis(svc):
     # One plain try: the services' client retries for ~35 s to ride out a Redis restart, too long for a person.
-    probe = redis.Redis.from_url(svc.settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    from worker.redis_connections import describe, probe_client
+
+    probe = probe_client(svc.settings)
     try:
         probe.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise CommandError(f"cannot reach Redis at {svc.settings.redis_url}: {exc}") from None
+        raise CommandError(f"cannot reach Redis at {describe(svc.settings)}: {exc}") from None
     finally:
         probe.close()
 

@@ -45,6 +45,15 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
+    # Redis Sentinel (worker/redis_connections.py): when set, the master found through these sentinels replaces
+    # REDIS_URL's host and port (its database number is kept) for the broker, results and store.
+    redis_sentinels: str = ""
+    redis_master_name: str = "mymaster"
+    redis_sentinel_password: str = field(default="", repr=False)
+    redis_password: str = field(default="", repr=False)
+    # WAIT after the writes money depends on (claim, attempt journal, outbox): None = 1 under Sentinel, else 0.
+    min_replicas_ack_setting: int | None = None
+    replica_ack_timeout: float = 1.0
     key_prefix: str = "payments:"
     bluepay_account_id: str = SANDBOX_ACCOUNT_ID
     bluepay_secret_key: str = field(default=SANDBOX_SECRET_KEY, repr=False)
@@ -118,6 +127,13 @@ class Settings:
         return 2 * self.read_timeout + 30
 
     @property
+    def min_replicas_ack(self) -> int:
+        """REDIS_MIN_REPLICAS_ACK: replicas that must acknowledge a claim, journal or outbox write before a send."""
+        if self.min_replicas_ack_setting is not None:
+            return self.min_replicas_ack_setting
+        return 1 if self.redis_sentinels.strip() else 0
+
+    @property
     def archive_url(self) -> str:
         """PAYMENTS_ARCHIVE_URL, or the SQLite file ``archive.sqlite3`` in PAYMENTS_DATA_DIR."""
         from worker.archive.db import sqlite_url_in
@@ -134,6 +150,9 @@ class Settings:
 
     def check(self) -> Settings:
         self.reconcile_report_time  # noqa: B018  (raises ConfigError when malformed)
+        from worker.redis_connections import check_settings
+
+        check_settings(self)
         if self.bluepay_mode not in ("TEST", "LIVE"):
             raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
         if self.commit_horizon <= self.connect_timeout + self.read_timeout:
@@ -166,6 +185,13 @@ class Settings:
         try:
             settings = cls(
                 redis_url=_env("REDIS_URL", d.redis_url),
+                redis_sentinels=_env("REDIS_SENTINELS", ""),
+                redis_master_name=_env("REDIS_MASTER_NAME", d.redis_master_name),
+                redis_sentinel_password=_env("REDIS_SENTINEL_PASSWORD", ""),
+                redis_password=_env("REDIS_PASSWORD", ""),
+                min_replicas_ack_setting=(int(_env("REDIS_MIN_REPLICAS_ACK", "0"))
+                                          if _env("REDIS_MIN_REPLICAS_ACK", "") else None),
+                replica_ack_timeout=dur("REDIS_REPLICA_ACK_TIMEOUT", d.replica_ack_timeout),
                 key_prefix=_env("PAYMENTS_KEY_PREFIX", d.key_prefix),
                 bluepay_account_id=_env("BLUEPAY_ACCOUNT_ID", d.bluepay_account_id),
                 bluepay_secret_key=_env("BLUEPAY_SECRET_KEY", d.bluepay_secret_key),

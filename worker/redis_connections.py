@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from celery.backends import redis as celery_redis
 from kombu.transport import redis as kombu_redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 if TYPE_CHECKING:
     from worker.config import Settings
 
-__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "SentinelTransport", "SentinelBackend", "parse_sentinels", "check_settings", "uses_sentinel", "store_client",
-           "probe_client", "celery_settings", "describe", "write_durably", "database"]
+__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "SentinelTransport", "SentinelBackend",
+           "parse_sentinels", "check_settings", "uses_sentinel", "store_client", "probe_client", "celery_settings",
+           "describe", "write_durably", "database"]
 
 
 class ReplicaAckTimeout(redis.RedisError):

@@ -6,9 +6,29 @@ from __future__ import annotations
 
 from worker.processes import free_port
 
-__all__ = ["free_port", "closed_port"]
+__all__ = ["free_port", "closed_port", "free_ports_in"]
 
 
 def closed_port() -> int:
     """A port nothing listens on: connecting to it is refused."""
     return free_port()
+
+
+def free_ports_in(first: int, last: int, count: int, *, taken: set[int] | None = None) -> list[int]:
+    """``count`` ports in ``first..last`` that nothing listens on right now (servers a test starts on a port
+    range of its own, e.g. the Sentinel group's)."""
+    import socket
+
+    found: list[int] = []
+    for port in range(first, last + 1):
+        if port in (taken or set()):
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"fewer than {count} free ports in {first}-{last}")

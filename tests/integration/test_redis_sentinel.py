@@ -1,0 +1,186 @@
+"""Redis Sentinel: the store's client, Celery's broker and result backend and the durable writes against a real
+group on loopback (one primary, two replicas, three sentinels: tests/support/sentinel.py), through failovers.
+
+Skipped without ``redis-server``. Passwords on the data nodes and on the sentinels are on in this module, so that
+REDIS_PASSWORD and REDIS_SENTINEL_PASSWORD reach every client that needs them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import signal
+import time
+import uuid
+
+import pytest
+import redis
+
+from tests.support.sentinel import SentinelGroup
+from worker.config import Settings
+from worker.redis_connections import (
+    NotEnoughReplicas,
+    ReplicaAckTimeout,
+    celery_settings,
+    probe_client,
+    store_client,
+    write_durably,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+PASSWORD = "data:p@ss/1"  # characters that must be quoted in a URL
+SENTINEL_PASSWORD = "sentinel-secret"
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel"), password=PASSWORD,
+                       sentinel_password=SENTINEL_PASSWORD) as g:
+        yield g
+
+
+@pytest.fixture
+def settings(group):
+    group.wait_healthy()
+    return dataclasses.replace(Settings(), **group.settings_overrides(db=3))
+
+
+def test_the_store_client_finds_the_master_and_follows_a_failover(group, settings):
+    client = store_client(settings)
+    key = f"t:{uuid.uuid4().hex}"
+    write_durably(client, "set", lambda p: p.set(key, "before"), replicas=1, timeout=2.0)
+    old, new = group.kill_primary()
+    assert old != new
+    # The same client object: its next command reconnects through the sentinels, to the new primary, db 3.
+    assert client.get(key) == "before"
+    client.set(key, "after")
+    direct = redis.Redis(port=new, password=PASSWORD, db=3, decode_responses=True)
+    assert direct.get(key) == "after"
+    assert probe_client(settings).ping()
+
+
+def test_wait_counts_replicas_and_a_short_count_raises(group, settings):
+    client = store_client(settings)
+    key = f"t:{uuid.uuid4().hex}"
+    assert write_durably(client, "set", lambda p: p.set(key, "1"), replicas=2, timeout=2.0) == [True]
+    # Three replicas never acknowledge (there are two): the write happened, but the caller is told.
+    with pytest.raises(ReplicaAckTimeout) as info:
+        write_durably(client, "outbox put", lambda p: p.set(key, "2"), replicas=3, timeout=0.2)
+    assert (info.value.wanted, info.value.acked) == (3, 2) and "outbox put" in str(info.value)
+    # Replicas stopped: nobody acknowledges within the timeout.
+    replicas = [n for n in group.nodes if n.port != group.master_port()]
+    for n in replicas:
+        n.signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplicaAckTimeout):
+            write_durably(client, "claim", lambda p: p.set(key, "3"), replicas=1, timeout=0.3)
+        assert time.monotonic() - started < 5
+    finally:
+        for n in replicas:
+            n.signal(signal.SIGCONT)
+
+
+def _writes_to(port: int, seconds: float) -> dict[str, str]:
+    """Durable writes (SET, WAIT 1) as fast as they go for ``seconds`` on a connection to ``port``: key -> what
+    the writer was told."""
+    stale = redis.Redis(port=port, password=PASSWORD, db=3, decode_responses=True, socket_timeout=2)
+    prefix = f"t:{uuid.uuid4().hex}:"
+    outcomes: dict[str, str] = {}
+    ends = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < ends:
+        key = f"{prefix}{i}"
+        i += 1
+        try:
+            write_durably(stale, "probe", lambda p, k=key: p.set(k, "x"), replicas=1, timeout=0.2)
+            outcomes[key] = "acknowledged"
+        except ReplicaAckTimeout:
+            outcomes[key] = "not acknowledged"
+        except redis.ReadOnlyError:
+            outcomes[key] = "READONLY"
+        except redis.ResponseError as exc:
+            outcomes[key] = "NOREPLICAS" if "NOREPLICAS" in str(exc) else str(exc)
+        except redis.ConnectionError:
+            outcomes[key] = "connection lost"
+            stale = redis.Redis(port=port, password=PASSWORD, db=3, decode_responses=True, socket_timeout=2)
+            time.sleep(0.05)
+    return outcomes
+
+
+def test_a_primary_paused_through_a_failover_takes_no_write_when_it_resumes(group, settings):
+    """The partition: the primary is SIGSTOPped until a replica is promoted and the other replica follows it,
+    then resumed. It believes it is the primary until the sentinels demote it (~10 s), and a client still
+    connected to it writes as fast as it can right after the resume: min-replicas-to-write (its replicas are
+    gone) refuses every write, so none is taken only to be discarded when it becomes a replica."""
+    old = group.primary()
+    redis.Redis(port=old.port, password=PASSWORD, socket_timeout=2).ping()
+    group.pause_primary()
+    outcomes = _writes_to(old.port, 3.0)
+    print({v: list(outcomes.values()).count(v) for v in set(outcomes.values())})
+    assert outcomes and set(outcomes.values()) <= {"NOREPLICAS", "READONLY", "connection lost"}, outcomes
+    group.wait_healthy()
+
+
+def test_min_replicas_to_write_refuses_plain_writes_while_the_replicas_are_away(group, settings):
+    primary = group.primary()
+    replicas = [n for n in group.nodes if n.port != primary.port]
+    client = probe_client(settings)  # no retries: the store's client would retry for ~35 s
+    for n in replicas:
+        n.signal(signal.SIGSTOP)
+    try:
+        direct = primary.client()
+        deadline = time.monotonic() + group.min_replicas_max_lag + 5
+        refused = None
+        while time.monotonic() < deadline and refused is None:
+            try:
+                direct.set("t:lonely", "1")
+            except redis.ResponseError as exc:
+                refused = str(exc)
+            time.sleep(0.2)
+        assert refused is not None and refused.startswith("NOREPLICAS")
+        # NOREPLICAS reaches our clients as a lost connection (retried by the store's, kombu and the backend).
+        with pytest.raises(NotEnoughReplicas):
+            client.set("t:lonely", "1")
+    finally:
+        for n in replicas:
+            n.signal(signal.SIGCONT)
+
+
+def test_celery_broker_and_result_backend_through_the_sentinels_across_a_failover(group, settings):
+    from celery import Celery
+
+    conf = celery_settings(settings)
+    app = Celery("sentinel-test", set_as_current=False)
+    app.conf.update(broker_url=conf["broker_url"], result_backend=conf["result_backend"],
+                    broker_transport=conf["broker_transport"],
+                    broker_transport_options=conf["broker_transport_options"],
+                    result_backend_transport_options=conf["result_backend_transport_options"],
+                    broker_channel_error_retry=conf["broker_channel_error_retry"])
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+
+    def round_trip(round_: int) -> None:
+        # What a consumer does: a connection error (NOREPLICAS right after a failover is one) means reconnect.
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with app.connection_for_write() as conn:
+                    q = conn.SimpleQueue(queue)
+                    q.put({"round": round_})
+                    message = q.get(timeout=5)
+                    message.ack()
+                    assert message.payload == {"round": round_}
+                    q.close()
+                return
+            except conn.recoverable_connection_errors:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    for round_ in range(2):
+        round_trip(round_)
+        app.backend.store_result(f"task-{round_}", {"round": round_}, "SUCCESS")
+        assert app.backend.get_task_meta(f"task-{round_}")["result"] == {"round": round_}
+        if round_ == 0:
+            group.kill_primary()
+    assert app.backend.get_task_meta("task-0")["result"] == {"round": 0}
