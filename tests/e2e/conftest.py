@@ -5,6 +5,7 @@ import pytest
 import redis
 
 from tests.support.env import E2E_REDIS_URL
+from tests.support.ports import free_port
 from tests.support.sandbox import running_sandbox
 from tests.support.workers import running_worker, worker_env
 
@@ -30,8 +31,15 @@ def worker_log(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def celery_worker(e2e_redis, sandbox, worker_log):
-    with running_worker(worker_env(sandbox), worker_log, pool="threads", concurrency=4) as proc:
+def worker_metrics_port():
+    """The session worker serves its metrics here (the card-data scan reads them)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(e2e_redis, sandbox, worker_log, worker_metrics_port):
+    env = worker_env(sandbox, WORKER_METRICS_PORT=worker_metrics_port)
+    with running_worker(env, worker_log, pool="threads", concurrency=4) as proc:
         yield proc
 
 

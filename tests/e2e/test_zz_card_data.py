@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 import uuid
 from typing import Any
 
 import pytest
+import requests
 from celery import chain, group
 
-from tests.support.card_scan import redis_items, scan_redis, scan_redis_aof, scan_text
+from tests.support.card_scan import redis_items, scan_metrics, scan_redis, scan_redis_aof, scan_text
 from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD
 from tests.support.flower import running_flower
+from tests.support.ports import free_port
 from worker.carddata import CardDataRefused
 
 PARKED = "parked-for-scan"  # a queue no worker consumes: what is published there stays for the scan
@@ -163,6 +167,14 @@ def test_card_data_outside_the_card_is_refused_before_it_reaches_redis(flower, e
     assert snapshot(e2e_redis) == before  # nothing at all reached Redis
 
 
+def test_the_metrics_scan_reads_labels_and_whole_values_written_out():
+    leaky = (f'# HELP x\npayments_operations_total{{operation="sale",payment_id="{NUMBER}"}} 1.0\n'
+             f'payments_amount_total 4.111111111111111e+15\n')
+    assert len(scan_metrics(leaky, cvv2=CVV2, where="m")) == 2
+    clean = "payments_gateway_request_seconds_sum 0.4111111111111111\npayments_records 1.764425e+09\n"
+    assert scan_metrics(clean, cvv2=CVV2, where="m") == []
+
+
 # ---- sealed wherever a message carries a card -----------------------------------------------------------
 def test_cards_in_embedded_signatures_are_sealed_in_the_broker(flower, e2e_redis):
     from tasks import auth, sale, void
@@ -249,7 +261,31 @@ def test_the_outbox_republish_seals_an_entry_kept_in_clear(flower, e2e_redis):
 
 
 # ---- everything, at the end -----------------------------------------------------------------------------
-def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worker_log, seen_task_ids):
+def metrics_pages(worker_metrics_port: int) -> list[tuple[str, str]]:
+    """The worker's /metrics and the exporter's (``payments metrics`` started on the e2e database), as scraped."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "metrics", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                exported = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the exporter did not come up"
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    worker = requests.get(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10).text
+    assert 'payments_operations_total{operation="sale",status="APPROVED"}' in worker
+    assert 'payments_records{status="APPROVED"}' in exported
+    return [("worker /metrics", worker), ("exporter /metrics", exported)]
+
+
+def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worker_log, seen_task_ids,
+                                         worker_metrics_port):
     from tasks import sale, void
     from worker import app
 
@@ -290,6 +326,9 @@ def test_no_card_number_or_cvv2_anywhere(celery_worker, flower, e2e_redis, worke
     assert any(path == "/metrics" for path, _ in flower.seen)
     for where, text in flower.texts():
         hits += scan_text(text, cvv2=CVV2, where=where)
+    # Both metrics endpoints: the worker's own (its counters of every payment above) and the exporter's.
+    for where, text in metrics_pages(worker_metrics_port):
+        hits += scan_metrics(text, cvv2=CVV2, where=where)
     by_source: dict[str, int] = {}
     for hit in hits:
         source = "flower" if hit.startswith("flower") else "redis" if hit.startswith("redis") else "worker log"

@@ -316,3 +316,19 @@ def scan_files(paths, *, cvv2: str) -> list[str]:
         else:
             hits += scan_text(path.read_text("utf-8", "replace"), cvv2=cvv2, where=str(path))
     return hits
+
+
+def scan_metrics(text: str, *, cvv2: str, where: str) -> list[str]:
+    """Card data in a Prometheus scrape: the text as it is (names, labels, comments), and each sample's value again
+    when it is a whole number, written out (a card number kept as a gauge reads ``4.111111111111111e+15``)."""
+    hits = scan_text(text, cvv2=cvv2, where=where)
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.startswith("#"):
+            continue
+        try:
+            number = float(line.rpartition(" ")[2])
+        except ValueError:
+            continue
+        if number.is_integer() and abs(number) >= 1e12:
+            hits += scan_text(str(int(number)), cvv2=cvv2, where=f"{where} line {n} (value)")
+    return hits
