@@ -7,10 +7,12 @@ and exit status 2, not a traceback (``worker.console``).
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 import redis
@@ -116,9 +118,7 @@ def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[d
 
 def cmd_archive(args) -> int:
     from worker.archive import ArchiveUnavailable
-    from worker.archive.retention import archive_older_than
     from worker.config import MIN_RETENTION
-    from worker.sweep import LOCK_NAME
 
     svc = _services()
     settings, archive = svc.settings, svc.archive
@@ -139,29 +139,43 @@ def cmd_archive(args) -> int:
         if cutoff > now - MIN_RETENTION:
             raise CommandError(f"--before must be at least {MIN_RETENTION / 86400:g} day(s) ago: a message delivered "
                                "again after its record left Redis would be taken for a new operation")
-        token = store.locks.acquire(LOCK_NAME, ttl_seconds=MANUAL_ARCHIVE_LOCK)
-        if token is None:
-            raise CommandError("a sweep is running (it holds the sweep lock): try again when it is done")
-        try:
-            counts = archive_older_than(store, archive, cutoff, batch=settings.archive_batch,
-                                        deadline=time.monotonic() + MANUAL_ARCHIVE_LOCK / 2, progress=_archived)
-        finally:
-            store.locks.release(LOCK_NAME, token)
+        counts = _archive_in_rounds(store, archive, cutoff, settings)
     except ArchiveUnavailable as exc:
         raise CommandError(f"{exc}; nothing more archived or deleted (the records stay in Redis)") from None
     print(json.dumps({"before": _iso(cutoff), **counts}, sort_keys=True))
-    if counts.get("deadline"):
-        print("stopped before the end (the lock's time is half gone): run it again for the rest", file=sys.stderr)
     return 0
 
 
-#: A manual archive run holds the sweep's lock this long at most (it starts no batch after half of it).
-MANUAL_ARCHIVE_LOCK = 3600.0
+def _archive_in_rounds(store, archive, cutoff: float, settings) -> Counter:
+    """Archive until done, in rounds that each hold the sweep's lock for at most twice the sweep's own time (a run
+    killed mid-way blocks the sweeps no longer than that); a sweep that takes the lock between rounds goes on."""
+    from worker.archive.retention import archive_older_than
+    from worker.sweep import LOCK_NAME
+
+    ttl = 2 * max(60.0, settings.sweep_interval)
+    total: Counter = Counter()
+    while True:
+        token = store.locks.acquire(LOCK_NAME, ttl_seconds=ttl)
+        if token is None:
+            if not total:
+                raise CommandError("a sweep is running (it holds the sweep lock): try again when it is done")
+            print("a sweep took the lock between rounds: it archives the rest", file=sys.stderr)
+            return total
+        try:
+            counts = archive_older_than(store, archive, cutoff, batch=settings.archive_batch,
+                                        deadline=time.monotonic() + ttl / 2,
+                                        progress=functools.partial(_archived, before=total["archived"]))
+        finally:
+            store.locks.release(LOCK_NAME, token)
+        more = counts.pop("deadline", 0)
+        total.update(counts)
+        if not more:
+            return total
 
 
-def _archived(count: int) -> None:
+def _archived(count: int, *, before: int = 0) -> None:
     if count:
-        print(f"... {count} archived", file=sys.stderr)
+        print(f"... {before + count} archived", file=sys.stderr)
 
 
 def parse_date(text: str) -> float:
