@@ -32,6 +32,7 @@ FPS = ["a" * 64, "b" * 64]
 STATUSES = sorted(FINAL | NON_FINAL)
 # Resolved when the call is made, from the record as it is then: its lease holder, its status.
 HOLDER, CURRENT = "<holder>", "<current>"
+FAR_FUTURE = 1e12
 TIME_FIELDS = ("created_at", "updated_at", "created_ts", "updated_ts", "lease_until", "sent_ts", "attempt_ts",
                "next_check_ts")
 
@@ -114,6 +115,8 @@ calls = st.one_of(
                                                                "lease_seconds": leases})),
     st.tuples(st.just("renew"), pids, st.fixed_dictionaries({"owner": writers, "lease_seconds": leases})),
     st.tuples(st.just("reflect"), pids, st.just({})),
+    # retention's removal of the record as it is now (cutoff: any time; both clamp it to their clock)
+    st.tuples(st.just("forget"), pids, st.just({})),
 )
 originals = one_of_values("a9", "s9", "c9")
 follow_ups = one_of_values("c9", "r8", "r9", "v9")
@@ -191,6 +194,9 @@ def _call(store, name: str, pid: str, kw: dict):
             return store.journal(pid, **kw) is not None
         if name == "transition":
             return _record(store.transition(pid, kw.pop("status"), **kw))
+        if name == "forget":
+            rec = store.get(pid)
+            return store.retention.forget([rec] if rec else [], FAR_FUTURE)
         return getattr(store, name)(pid, **kw)
     except ValueError as exc:
         return "raised", type(exc).__name__
@@ -205,6 +211,7 @@ def _state(store) -> dict:
         "open_auths": sorted(r["payment_id"] for r in store.open_auths(-1)),
         "voids_due": sorted(r["payment_id"] for r in store.voids_due(-1)),
         "reflect_due": sorted(store.reflect_due()),
+        "archivable": sorted(r["payment_id"] for r in store.retention.due(FAR_FUTURE, limit=100)[0]),
         "audit": [(e["payment_id"], e["operation"], e["from"], e["to"], e["note"], e["trans_id"])
                   for e in store.audit(count=10_000)],
     }
