@@ -1,8 +1,10 @@
 """The archive's schema, migrated with Alembic from the migrations shipped inside this package.
 
 ``payments archive --migrate`` runs :func:`upgrade`; an :class:`worker.archive.Archive` runs it on first use
-when the database is behind. Developers add a migration with
-``alembic -c /dev/null -x url=sqlite:///x.db revision -m "..."`` pointed at this directory, or by hand.
+when the database is behind. A developer adds one (from the source tree: the template ``script.py.mako`` is not
+installed) with ``python -c "from alembic import command; from worker.archive.migrate import alembic_config;
+command.revision(alembic_config(), message='what changes', rev_id='0002')"``, names the file ``r0002_...py``
+(a module name mypy accepts) and writes its ``upgrade``/``downgrade``.
 """
 from __future__ import annotations
 
