@@ -184,6 +184,8 @@ def last_line(result: dict) -> dict:
 def print_report(result: dict, json_path: Path, png_path: Path) -> None:
     """The table, PASS/FAIL per target, the profile summary, the file names, then the JSON line."""
     print()
+    if result.get("settings", {}).get("metrics_ab"):
+        print("--metrics-ab: 'ours' = our worker with WORKER_METRICS_PORT; 'baseline' = our worker without metrics")
     print(table(result))
     print()
     for t in result["targets"]:

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     what_if.add_argument("--ours-worker-arg", action="append", default=[], metavar="ARG",
                          help="extra `celery worker` argument for our workers, "
                               "e.g. --ours-worker-arg=--prefetch-multiplier=4")
+    what_if.add_argument("--metrics-ab", action="store_true",
+                         help="measure what the worker's metrics cost: 'ours' serves WORKER_METRICS_PORT, and the "
+                              "'baseline' side is our worker without metrics (ratios ours/baseline = on/off)")
     return p
 
 

@@ -33,7 +33,7 @@ from bench.analysis import (
     run_metrics,
     summarize_profile,
 )
-from bench.sides import STORE_PREFIX, Baseline, Ours, Side
+from bench.sides import STORE_PREFIX, Baseline, Ours, OursMetricsOff, Side
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -213,9 +213,15 @@ class Workers:
         for i in range(args.workers):
             name = f"bench-{side.name}-{env.run_id}-{i}@{host}"
             log = env.logdir / f"{side.name}-{pool}-c{concurrency}-{i}.log"
-            extra = args.ours_worker_arg if isinstance(side, Ours) else ()
+            extra = list(args.ours_worker_arg) if isinstance(side, Ours) else []
+            worker_env = dict(env.worker_env)
+            worker_env.pop("WORKER_METRICS_PORT", None)
+            if isinstance(side, OursMetricsOff):
+                extra += ["-Q", side.queue]
+            elif isinstance(side, Ours) and args.metrics_ab:
+                worker_env["WORKER_METRICS_PORT"] = str(procs.free_port())  # one port per worker process
             side.procs.append(procs.start_celery_worker(
-                side.app_module, env=env.worker_env, pool=pool, concurrency=concurrency,
+                side.app_module, env=worker_env, pool=pool, concurrency=concurrency,
                 hostname=name, logfile=log, extra=extra))
             side.hostnames.append(name)
             side.logs.append(log)
@@ -489,7 +495,7 @@ class Bench:
         self.runner = Runner(self.env, self.workers)
         self.profiler = Profiler(self.env, self.runner)
         self.ours: Ours | None = None
-        self.baseline: Baseline | None = None
+        self.baseline: Side | None = None
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -498,7 +504,9 @@ class Bench:
 
     def setup(self) -> None:
         self.env.setup()
-        self.ours, self.baseline = Ours(), Baseline()
+        self.ours = Ours()
+        # --metrics-ab: the other side is our worker without metrics (the ratio is what metrics cost)
+        self.baseline = OursMetricsOff() if self.args.metrics_ab else Baseline()
 
     def close(self) -> None:
         self.profiler.close()
@@ -590,6 +598,7 @@ class Bench:
                 "paced_fraction": a.paced_fraction, "producer_subscribe": a.producer_subscribe,
                 "redis_exclusive": env.redis_exclusive,
                 "ours_worker_args": a.ours_worker_arg,
+                "metrics_ab": a.metrics_ab,
                 "redis": "private redis-server" if env.redis_exclusive else env.redis_url,
             },
             "machine": machine_info(env.r.info("server")),

@@ -4,6 +4,7 @@ status and recorded time afterwards.
 
 * ``Ours``: ``tasks.sale.delay(...)``; done = the results store's record is final (``updated_ts``).
 * ``Baseline``: ``bench.baseline.sale.delay(...)``; done = the result backend's meta (``date_done``).
+* ``OursMetricsOff`` (``--metrics-ab``): our worker without metrics, in the baseline's place.
 """
 from __future__ import annotations
 
@@ -130,6 +131,16 @@ class Ours(Side):
                 meta = json.loads(raw)
                 exc = meta.get("result") if isinstance(meta.get("result"), dict) else {}
                 out[i] = (f"{meta.get('status')}:{exc.get('exc_type', '')}".rstrip(":"), None)
+
+
+class OursMetricsOff(Ours):
+    """``--metrics-ab``: our worker with WORKER_METRICS_PORT unset, in the baseline's place (its own queue, so the
+    two sides of our worker never take each other's messages); "ours" then serves metrics."""
+
+    name, queue = "ours-metrics-off", "bench-ours-metrics-off"
+
+    def enqueue(self, i, tag):
+        return self.task.apply_async(kwargs={"amount": AMOUNT, "card": CARD, "customer": CUSTOMER}, queue=self.queue)
 
 
 class Baseline(Side):
