@@ -122,3 +122,23 @@ def test_a_running_sweep_holds_the_lock(client, prefix, tmp_path):
     finally:
         store.locks.release("sweep", token)
     assert run.returncode == 2 and "a sweep is running" in run.stderr
+
+
+def test_payments_sweep_moves_what_is_past_the_retention_and_goes_on_when_the_archive_is_down(client, prefix,
+                                                                                              tmp_path):
+    store = ResultsStore(client, prefix=prefix)
+    aged(client, store, "old-1", 40)
+    aged(client, store, "old-2", 31)
+    aged(client, store, "young", 29)
+    down = payments("sweep", prefix=prefix, archive_url="postgresql+psycopg://postgres@127.0.0.1:1/none")
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout.strip().splitlines()[-1])["archive_unavailable"] == 1
+    assert "retention: archive postgresql+psycopg://postgres@127.0.0.1:1/none: cannot write 2 records" in down.stderr
+    assert store.get("old-1") and store.get("old-2")
+
+    url = f"sqlite:///{tmp_path}/archive.sqlite3"
+    run = payments("sweep", prefix=prefix, archive_url=url)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report["ran"] is True and report["retention_archived"] == 2 and "archive_unavailable" not in report
+    assert store.get("old-1") is None and store.get("old-2") is None and store.get("young")
