@@ -106,6 +106,19 @@ def test_the_whole_record_is_kept_as_json_whatever_fields_it_has(url):
     archive.close()
 
 
+def test_a_malformed_record_is_archived_not_a_crash(url):
+    """Bad data must not stop retention for good: a time that is not a number, a NUL PostgreSQL refuses in text."""
+    archive = Archive(url)
+    rec = record("p1", trans_id="1000\x0000001", message="bad\x00byte")
+    rec["created_ts"] = "not-a-time"
+    rec["history"][1]["note"] = "gateway said \x00"
+    archive.put([rec])
+    got = archive.get("p1")
+    assert got is not None and got["message"] == "bad\x00byte" and got["created_ts"] == "not-a-time"
+    assert got["history"][1]["note"] == "gateway said \ufffd"
+    archive.close()
+
+
 def test_an_archive_that_cannot_be_reached_raises_one_clear_error_and_reading_a_missing_file_creates_nothing(
         tmp_path):
     down = Archive("postgresql+psycopg://postgres:secret@127.0.0.1:1/test")

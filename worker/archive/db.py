@@ -47,6 +47,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _num(value: Any) -> float:
+    """A record's epoch time as a number (0.0 when it is not one: a malformed record is archived, not a crash)."""
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _text(value: Any) -> str:
+    """A text column's value: PostgreSQL refuses NUL in text, so it is replaced (the record's JSON keeps it)."""
+    return str(value).replace("\x00", "\ufffd")
+
+
 def _typed(record: dict[str, Any]) -> dict[str, Any]:
     try:
         record["attempts"] = int(record.get("attempts") or 0)
@@ -118,17 +131,18 @@ class Archive:
         rows, hist_rows = [], []
         for rec in records:
             fields = {k: v for k, v in rec.items() if k != "history"}
-            pid = str(fields["payment_id"])
+            pid = _text(fields["payment_id"])
+            optional = {name: _text(fields[name]) if fields.get(name) else None
+                        for name in ("trans_id", "order_id", "invoice_id", "amount")}
             rows.append({
-                "payment_id": pid, "operation": str(fields.get("operation") or ""),
-                "status": str(fields.get("status") or ""), "trans_id": fields.get("trans_id") or None,
-                "order_id": fields.get("order_id") or None, "invoice_id": fields.get("invoice_id") or None,
-                "amount": fields.get("amount") or None, "created_ts": float(fields.get("created_ts") or 0),
-                "updated_ts": float(fields.get("updated_ts") or 0), "archived_ts": now,
-                "record": json.dumps(fields, separators=(",", ":"), sort_keys=True),
+                "payment_id": pid, "operation": _text(fields.get("operation") or ""),
+                "status": _text(fields.get("status") or ""), **optional,
+                "created_ts": _num(fields.get("created_ts")), "updated_ts": _num(fields.get("updated_ts")),
+                "archived_ts": now, "record": json.dumps(fields, separators=(",", ":"), sort_keys=True),
             })
-            hist_rows += [{"payment_id": pid, "seq": i, "at": str(h.get("at", "")), "status": str(h.get("status", "")),
-                           "note": str(h.get("note", ""))} for i, h in enumerate(rec.get("history") or [])]
+            hist_rows += [{"payment_id": pid, "seq": i, "at": _text(h.get("at", "")),
+                           "status": _text(h.get("status", "")), "note": _text(h.get("note", ""))}
+                          for i, h in enumerate(rec.get("history") or [])]
         with self._begin(f"write {len(rows)} records") as conn:
             for i in range(0, len(rows), _CHUNK):
                 ids = [r["payment_id"] for r in rows[i:i + _CHUNK]]
@@ -144,9 +158,10 @@ class Archive:
         if not entries:
             return 0
         rows = [{"stream_id": str(e["id"]), "at_ms": int(str(e["id"]).partition("-")[0]),
-                 "payment_id": str(e.get("payment_id", "")), "operation": str(e.get("operation", "")),
-                 "from_status": str(e.get("from", "")), "to_status": str(e.get("to", "")),
-                 "note": str(e.get("note", "")), "at": str(e.get("at", "")), "trans_id": e.get("trans_id") or None}
+                 "payment_id": _text(e.get("payment_id", "")), "operation": _text(e.get("operation", "")),
+                 "from_status": _text(e.get("from", "")), "to_status": _text(e.get("to", "")),
+                 "note": _text(e.get("note", "")), "at": _text(e.get("at", "")),
+                 "trans_id": _text(e["trans_id"]) if e.get("trans_id") else None}
                 for e in entries]
         with self._begin(f"write {len(rows)} audit entries") as conn:
             for i in range(0, len(rows), _CHUNK):
