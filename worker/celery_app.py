@@ -24,6 +24,7 @@ from celery.app.amqp import AMQP
 
 from worker.catalogue import OUTBOX_TASKS
 from worker.config import Settings
+from worker.redis_connections import ReplicaAckTimeout, retry_not_durable
 from worker.sealing import seal_publish
 from worker.services import ProcessServices, Services, attach, services, services_of
 
@@ -58,10 +59,14 @@ class SealingAMQP(AMQP):
 
         def send_task_message(*args: Any, **kwargs: Any) -> Any:
             previous, _publishing.app = getattr(_publishing, "app", None), app
+            _publishing.not_durable = None
             try:
-                return send(*args, **kwargs)
+                sent = send(*args, **kwargs)
             finally:
                 _publishing.app = previous
+            if _publishing.not_durable is not None:  # the outbox entry could vanish in a failover: say so
+                raise _publishing.not_durable
+            return sent
 
         return send_task_message
 
@@ -213,10 +218,15 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
         return
     publisher = getattr(_publishing, "app", None)
     try:
-        (services_of(publisher) if publisher is not None else services()).store.outbox.put(headers["id"], {
+        store = (services_of(publisher) if publisher is not None else services()).store
+        # Under REDIS_MIN_REPLICAS_ACK the entry (and the message before it) must reach a replica: retried as the
+        # publish retry policy says, then the publish raises ReplicaAckTimeout (send_task_message above).
+        retry_not_durable(lambda: store.outbox.put(headers["id"], {
             "name": sender, "body": list(body), "headers": headers,
             "exchange": exchange or "", "routing_key": routing_key or "",
-        })
+        }), (publisher or celery.current_app).conf.task_publish_retry_policy or {})
+    except ReplicaAckTimeout as exc:
+        _publishing.not_durable = exc
     except Exception as exc:  # the message is out; the outbox is a safety net, never a reason to fail
         logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
 

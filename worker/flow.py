@@ -31,12 +31,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from worker.carddata import card_fingerprints, mask_number
 from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response, validation
 from worker.gateway.scrub import scrub
 from worker.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
 
@@ -130,6 +131,12 @@ class GatewayOutage(Exception):
         self.reason = reason
         self.parked_as = parked_as
         self.check_in = check_in
+
+
+class ReplicasBehind(GatewayOutage):
+    """Too few Redis replicas acknowledged the claim or the attempt journal in time (REDIS_MIN_REPLICAS_ACK): a
+    failover could lose it after the gateway was called, so nothing was sent. Parked (RETRYING, or UNKNOWN when an
+    earlier attempt may be out) and re-queued like a gateway outage."""
 
 
 class LeaseBusy(Exception):
@@ -399,13 +406,17 @@ class PaymentFlow:
     def _run(self, operation: str, payment_id: str, fields: dict[str, Any], fingerprints: list[str],
              send: Callable[[bool], Response], message_id: str, redelivered: bool) -> dict[str, Any]:
         owner = new_owner()
-        claim = self.store.claim(payment_id, operation, fields=fields, owner=owner, lease_seconds=self.lease_seconds,
-                                 message_id=message_id, fingerprints=fingerprints,
-                                 journal="prior" if redelivered else True)
-        if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
+        try:
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
-                                     lease_seconds=self.lease_seconds, fingerprints=fingerprints,
-                                     dead_owner=claim.record["lease_owner"])
+                                     lease_seconds=self.lease_seconds, message_id=message_id,
+                                     fingerprints=fingerprints, journal="prior" if redelivered else True)
+            if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
+                claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
+                                         lease_seconds=self.lease_seconds, fingerprints=fingerprints,
+                                         dead_owner=claim.record["lease_owner"])
+        except ReplicaAckTimeout as exc:  # we hold the lease, but a failover could undo the claim: send nothing
+            self._park(_Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=0.0),
+                       Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
         if claim.kind == "mismatch":
             return error_outcome(operation, payment_id,
                                  f"idempotency key {payment_id!r} is already bound to another request "
@@ -462,8 +473,13 @@ class PaymentFlow:
             if self.clock() >= run.deadline:
                 # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
                 self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
-            if not journaled and self.store.journal(run.payment_id, run.owner, self.lease_seconds) is None:
-                raise _LeaseLost()
+            if not journaled:
+                try:
+                    noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
+                except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
+                    self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
+                if noted is None:
+                    raise _LeaseLost()
             journaled = False
             try:
                 response = run.send(duplicate_override)
@@ -521,14 +537,14 @@ class PaymentFlow:
         return task_outcome(record)
 
     def _park(self, run: _Run, status: Status, note: str, *, sent: bool | None,
-              check_in: float | None = None) -> None:
+              check_in: float | None = None, outage: type[GatewayOutage] = GatewayOutage) -> NoReturn:
         """Park the operation (RETRYING: known not sent; UNKNOWN: to reconcile) and re-queue the task."""
         record = self.store.transition(run.payment_id, status, expect=(Status.PENDING,), owner=run.owner,
                                        fields={"message": _short(note)}, note=note, sent=sent, check_in=check_in)
         if record is None:
             raise _LeaseLost()
         self.observer.parked(run.operation, str(record.get("status", status)))
-        raise GatewayOutage(note, parked_as=record.get("status", status), check_in=check_in)
+        raise outage(note, parked_as=record.get("status", status), check_in=check_in)
 
     def _lookup(self, operation: str, payment_id: str) -> Response | Absent | CannotTell:
         """stq by ORDER_ID: a Response of the same type, ABSENT (as of now), or CannotTell."""

@@ -13,23 +13,24 @@ depends on a write (the claim and the attempt journal before a gateway send, the
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import redis
-from celery.backends import redis as celery_redis
-from kombu.transport import redis as kombu_redis
+import tenacity
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 if TYPE_CHECKING:
     from worker.config import Settings
 
-__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "SentinelTransport", "SentinelBackend",
-           "parse_sentinels", "check_settings", "uses_sentinel", "store_client", "probe_client", "celery_settings",
-           "describe", "write_durably", "database"]
+__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "parse_sentinels", "check_settings",
+           "uses_sentinel", "store_client", "probe_client", "celery_settings", "describe", "write_durably",
+           "run_script_durably", "retry_not_durable", "database"]
 
 
 class ReplicaAckTimeout(redis.RedisError):
@@ -61,24 +62,6 @@ class SentinelConnection(SentinelManagedConnection):
                 self.disconnect()
                 raise NotEnoughReplicas(str(exc)) from exc
             raise
-
-
-class SentinelChannel(kombu_redis.SentinelChannel):
-    connection_class = SentinelConnection
-
-
-class SentinelTransport(kombu_redis.SentinelTransport):
-    """kombu's ``sentinel://`` transport over :class:`SentinelConnection` (celeryconfig's ``broker_transport``)."""
-
-    Channel = SentinelChannel
-
-
-class SentinelBackend(celery_redis.SentinelBackend):
-    """Celery's Sentinel result backend over :class:`SentinelConnection`."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.connparams["connection_class"] = SentinelConnection
 
 
 def parse_sentinels(text: str) -> list[tuple[str, int]]:
@@ -179,9 +162,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
     # A demoted or cut-off primary answers READONLY / NOREPLICAS, which kombu counts as channel errors: the worker's
     # consumer reconnects (through the sentinels) instead of stopping (celery#7946; the workaround celery#6348 cites).
-    return {"broker_url": url, "result_backend": f"{__name__}:SentinelBackend+{url}",
-            "broker_transport": f"{__name__}:SentinelTransport", "broker_transport_options": dict(options),
-            "result_backend_transport_options": dict(options), "broker_channel_error_retry": True}
+    return {"broker_url": url, "result_backend": f"worker.sentinel_transport:SentinelBackend+{url}",
+            "broker_transport": "worker.sentinel_transport:SentinelTransport",
+            "broker_transport_options": dict(options), "result_backend_transport_options": dict(options),
+            "broker_channel_error_retry": True}
 
 
 def _host(host: str) -> str:
@@ -205,3 +189,42 @@ def write_durably(client: redis.Redis, what: str, queue: Callable[[Any], None], 
     if int(acked) < replicas:
         raise ReplicaAckTimeout(what, replicas, int(acked), timeout_ms)
     return replies
+
+
+def run_script_durably(client: redis.Redis, script: Script, keys: list[str], args: list[Any], *, what: str,
+                       replicas: int, timeout: float, needed: Callable[[Any], bool] = lambda reply: True) -> Any:
+    """``EVALSHA`` of a registered script, then ``WAIT`` on the same connection (one round trip); the script's
+    reply. Raises :class:`ReplicaAckTimeout` when fewer than ``replicas`` acknowledged in time and ``needed(reply)``
+    says the caller depends on the write (a claim that took no lease moves no money). ``replicas`` 0: the plain
+    script call."""
+    if replicas <= 0:
+        return script(keys=keys, args=args)
+    timeout_ms = max(1, int(timeout * 1000))
+
+    def run() -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        pipe.execute_command("WAIT", replicas, timeout_ms)
+        return list(pipe.execute())
+
+    try:
+        reply, acked = run()
+    except NoScriptError:  # a new primary after a failover has not seen the script yet
+        client.script_load(script.script)
+        reply, acked = run()
+    if int(acked) < replicas and needed(reply):
+        raise ReplicaAckTimeout(what, replicas, int(acked), timeout_ms)
+    return reply
+
+
+def retry_not_durable(call: Callable[[], Any], policy: Mapping[str, Any]) -> Any:
+    """``call()``, again while it raises :class:`ReplicaAckTimeout`, as a Celery publish retry policy says
+    (``max_retries``, ``interval_start``, ``interval_step``, ``interval_max``); then the last error is raised."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ReplicaAckTimeout),
+        stop=tenacity.stop_after_attempt(int(policy.get("max_retries", 3)) + 1),
+        wait=tenacity.wait_incrementing(start=float(policy.get("interval_start", 0)),
+                                        increment=float(policy.get("interval_step", 0.2)),
+                                        max=float(policy.get("interval_max", 1))),
+        reraise=True)
+    return retrying(call)

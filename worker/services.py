@@ -32,7 +32,8 @@ class Services:
     def store(self):
         from worker.store import ResultsStore
 
-        return ResultsStore(self.redis, prefix=self.settings.key_prefix)
+        return ResultsStore(self.redis, prefix=self.settings.key_prefix, replicas=self.settings.min_replicas_ack,
+                            replica_timeout=self.settings.replica_ack_timeout)
 
     @cached_property
     def gateway(self):

@@ -11,6 +11,7 @@ import shutil
 import signal
 import time
 import uuid
+from typing import Any
 
 import pytest
 import redis
@@ -92,8 +93,11 @@ def _writes_to(port: int, seconds: float) -> dict[str, str]:
     while time.monotonic() < ends:
         key = f"{prefix}{i}"
         i += 1
+        def set_it(pipe: Any, k: str = key) -> None:
+            pipe.set(k, "x")
+
         try:
-            write_durably(stale, "probe", lambda p, k=key: p.set(k, "x"), replicas=1, timeout=0.2)
+            write_durably(stale, "probe", set_it, replicas=1, timeout=0.2)
             outcomes[key] = "acknowledged"
         except ReplicaAckTimeout:
             outcomes[key] = "not acknowledged"
@@ -184,3 +188,57 @@ def test_celery_broker_and_result_backend_through_the_sentinels_across_a_failove
         if round_ == 0:
             group.kill_primary()
     assert app.backend.get_task_meta("task-0")["result"] == {"round": 0}
+
+
+def test_the_store_waits_for_a_replica_after_a_claim_or_a_journal_entry_that_may_move_money(group, settings):
+    from worker.store import ResultsStore
+
+    store = ResultsStore(store_client(settings), prefix=f"t:{uuid.uuid4().hex}:", replicas=1, replica_timeout=0.3)
+    done = "pay-done"
+    claim = store.claim(done, "sale", owner="w1", lease_seconds=30)
+    assert claim.kind == "claimed"
+    assert store.transition(done, "APPROVED", owner="w1", sent=True, fields={"trans_id": "100000000001"})
+    replicas = [n for n in group.nodes if n.port != group.master_port()]
+    for n in replicas:
+        n.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(ReplicaAckTimeout, match="claim"):
+            store.claim("pay-new", "sale", owner="w2", lease_seconds=30, journal=True)
+        # A claim that takes no lease moves no money: answered without waiting for the replicas.
+        assert store.claim(done, "sale", owner="w3", lease_seconds=30).kind == "final"
+        assert store.claim("pay-new", "sale", owner="w4", lease_seconds=30).kind == "busy"
+        with pytest.raises(ReplicaAckTimeout, match="outbox entry"):
+            store.outbox.put("task-1", {"name": "payments.sale"})
+        assert store.transition("pay-new", "RETRYING", owner="w2", sent=False)["status"] == "RETRYING"
+        with pytest.raises(ReplicaAckTimeout, match="claim"):  # resumed: the lease is taken over
+            store.claim("pay-new", "sale", owner="w5", lease_seconds=30)
+        with pytest.raises(ReplicaAckTimeout, match="attempt journal"):
+            store.journal("pay-new", "w5", 30)
+        assert store.journal("pay-new", "somebody-else", 30) is None  # refused: nothing to wait for
+    finally:
+        for n in replicas:
+            n.signal(signal.SIGCONT)
+    group.wait_healthy()
+
+
+def test_a_publish_whose_outbox_entry_no_replica_acknowledged_raises_after_the_retry_policy(group, settings):
+    """More replicas asked for than there are: the message goes out, its outbox entry is written, and the producer
+    is told (ReplicaAckTimeout) once the publish retry policy is spent; with the replicas it has, it is not."""
+    from tasks import sale
+    from worker.celery_app import create_app, current
+
+    base = dataclasses.replace(settings, key_prefix=f"t:{uuid.uuid4().hex}:", replica_ack_timeout=0.1)
+    for wanted, fails in ((2, False), (3, True)):
+        app = create_app(dataclasses.replace(base, min_replicas_ack_setting=wanted), main="sentinel-producer")
+        app.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0, "interval_step": 0.1,
+                                              "interval_max": 0.1}
+        try:
+            with current(app):
+                kwargs = {"amount": "1.00", "card": {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}}
+                if fails:
+                    with pytest.raises(ReplicaAckTimeout, match="outbox entry: 2 of 3"):
+                        sale.apply_async(kwargs=kwargs, queue=f"q-{wanted}")
+                else:
+                    sale.apply_async(kwargs=kwargs, queue=f"q-{wanted}")
+        finally:
+            app.close()

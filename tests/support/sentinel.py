@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -201,7 +202,7 @@ class SentinelGroup:
 
     def _sentinels_agree(self) -> bool:
         for s in self.sentinel_nodes:
-            master = s.client().sentinel_master(self.master_name)
+            master: Any = s.client().sentinel_master(self.master_name)
             if (int(master.get("num-slaves", 0)) < self.n_replicas
                     or int(master.get("num-other-sentinels", 0)) < self.n_sentinels - 1):
                 return False
@@ -213,7 +214,7 @@ class SentinelGroup:
             if not s.alive():
                 continue
             try:
-                addr = s.client(timeout=0.5).sentinel_get_master_addr_by_name(self.master_name)
+                addr: Any = s.client(timeout=0.5).sentinel_get_master_addr_by_name(self.master_name)
             except redis.RedisError:
                 continue
             if addr:

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from worker.redis_connections import write_durably
 from worker.store.encoding import text
 from worker.store.keys import StoreKeys
 
@@ -24,13 +25,24 @@ def server_time(client: redis.Redis) -> float:
 
 
 class Outbox:
-    def __init__(self, redis_client: redis.Redis, keys: StoreKeys) -> None:
+    def __init__(self, redis_client: redis.Redis, keys: StoreKeys, *, replicas: int = 0,
+                 replica_timeout: float = 1.0) -> None:
         self.redis = redis_client
         self.keys = keys
+        self.replicas, self.replica_timeout = replicas, replica_timeout
 
     def put(self, task_id: str, message: Mapping[str, Any]) -> None:
+        """Keep a published message; with ``replicas``, WAIT for them (ReplicaAckTimeout: the entry, and the message
+        published before it, could vanish in a failover)."""
         now = server_time(self.redis)
         entry = json.dumps({"message": message, "published": now, "republished": 0}, separators=(",", ":"))
+        if self.replicas > 0:
+            def queue(pipe: Any) -> None:
+                pipe.hset(self.keys.outbox, task_id, entry)
+                pipe.zadd(self.keys.outbox_ts, {task_id: now})
+
+            write_durably(self.redis, "outbox entry", queue, replicas=self.replicas, timeout=self.replica_timeout)
+            return
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.outbox, task_id, entry)
         pipe.zadd(self.keys.outbox_ts, {task_id: now})

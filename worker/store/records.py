@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 
+from worker.redis_connections import run_script_durably
 from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
 from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
 from worker.store.health import Health
@@ -58,11 +59,15 @@ class ResultsStore:
     NON_FINAL = NON_FINAL
     STATUSES = FINAL | NON_FINAL
 
-    def __init__(self, redis_client: redis.Redis, prefix: str = "payments:") -> None:
+    def __init__(self, redis_client: redis.Redis, prefix: str = "payments:", *, replicas: int = 0,
+                 replica_timeout: float = 1.0) -> None:
+        """``replicas``: how many must acknowledge (WAIT) a claim, a journal entry or an outbox entry before the
+        caller relies on it (REDIS_MIN_REPLICAS_ACK); ``ReplicaAckTimeout`` after ``replica_timeout`` seconds."""
         self.redis = redis_client
         self.prefix = prefix
         self.keys = StoreKeys(prefix)
-        self.outbox = Outbox(redis_client, self.keys)
+        self.replicas, self.replica_timeout = replicas, replica_timeout
+        self.outbox = Outbox(redis_client, self.keys, replicas=replicas, replica_timeout=replica_timeout)
         self.locks = Locks(redis_client, self.keys)
         self.retention = Retention(redis_client, self.keys)
         self.health = Health(redis_client, self.keys)
@@ -129,13 +134,20 @@ class ResultsStore:
         args = [owner, repr(float(lease_seconds)), payment_id, operation, to_str(dead_owner), to_str(message_id),
                 mode, journal if journal == "prior" else ("1" if journal else "0"), str(len(fps)), *fps]
         args += self._field_args(base)
-        kind, prev, now, flat = self._claim(keys=self._keys(payment_id), args=args)
+        # A run's claim that took the lease (the caller may send next) must survive a failover: WAIT for replicas.
+        kind, prev, now, flat = run_script_durably(
+            self.redis, self._claim, self._keys(payment_id), args, what="claim", replicas=self.replicas,
+            timeout=self.replica_timeout,
+            needed=lambda reply: mode == "run" and text(reply[0]) in ("claimed", "resumed"))
         return Claim(kind=text(kind), record=pairs_to_dict(flat) or {}, previous_status=text(prev) or None,
                      now=float(now))
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None:
         """Note a money-moving send before making it; server time, or None when ``owner`` lost the lease."""
-        ok, now = self._journal(keys=self._keys(payment_id), args=[owner, repr(float(lease_seconds))])
+        args = [owner, repr(float(lease_seconds))]
+        ok, now = run_script_durably(self.redis, self._journal, self._keys(payment_id), args, what="attempt journal",
+                                     replicas=self.replicas, timeout=self.replica_timeout,
+                                     needed=lambda reply: bool(int(reply[0])))
         return float(now) if int(ok) else None
 
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
