@@ -26,6 +26,9 @@ was charged. Scenarios (sizes from ``--payments N``):
 * clock skew: N/50 sales in flight (and 6 late-committed ones) delivered again to a worker whose clock runs
   two minutes ahead (``faketime``; left out, with a message, when the faketime binary is missing).
 
+The sales scenarios (kills+faults, raw kills, late commits) end as a day ends: ``payments reconcile`` over the
+run's days against the sandbox's daily report; every difference it finds is a problem.
+
 Prints one line per event, then the table (payments, faults injected, kills, duplicates charged, stored
 outcomes that disagree with the ledger, payments lost, payments not in a final state, card-data hits), every
 problem found, and a final line of JSON. Exit status 1 when a promise was broken (a duplicate charge, a stored

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import json
 import os
 import random
@@ -746,6 +747,29 @@ def check_orders(report: Report, orders: dict[str, dict]) -> list[str]:
     return twice
 
 
+def reconcile_run(report: Report, env: dict, wall_started: float, *, log=None) -> None:
+    """The run ends as a day ends: ``payments reconcile`` over its days (UTC) against the sandbox's report must
+    find no difference; each one found is a problem."""
+    first = datetime.datetime.fromtimestamp(wall_started, datetime.UTC).date().isoformat()
+    last = datetime.datetime.now(datetime.UTC).date().isoformat()
+    done = subprocess.run([sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())",
+                           "reconcile", "--from", first, "--to", last, "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode not in (0, 1):
+        report.problem(f"payments reconcile gave no verdict: {done.stderr.strip().splitlines()[-1:]}")
+        return
+    result = json.loads(done.stdout)
+    report.details["reconcile"] = {d["day"]: {"rows": d["report_rows"], "records": d["records"],
+                                              "differences": d["differences"]} for d in result["days"]}
+    _say(log, f"{report.scenario}: payments reconcile --from {first} --to {last}: "
+              f"{result['differences']} differences")
+    for day in result["days"]:
+        for f in day["findings"]:
+            if f["kind"] != "adopted":
+                report.problem(f"reconcile {day['day']}: {f['kind']} {f['payment_id'] or '-'} trans "
+                               f"{f['trans_id'] or '-'}: {f['detail']}")
+
+
 def scan_card_data(*, clients=(), files=()) -> list[str]:
     """Card numbers and the test CVV2 in clear in every key and value of ``clients`` and in ``files``."""
     hits = []
@@ -789,6 +813,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
     rng = random.Random(seed)
     report = Report(name)
     started = time.monotonic()
+    wall_started = time.time()
     prefix = f"payments:{name}:"
     with running_sandbox(duplicate_window=duplicate_window) as sandbox, \
             producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
@@ -846,6 +871,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                                   kill_events=fleet.events)
             verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=faults)
             check_orders(report, sandbox.orders())
+            reconcile_run(report, worker_env(redis_url, sandbox, prefix), wall_started, log=log)
             stats = sandbox.stats()
             report.details["ledger_entries"] = stats["ledger_size"]
             report.details["late_commits"] = stats["late_commits"]["committed"]
