@@ -97,7 +97,7 @@ def test_a_clean_day_then_each_difference_a_person_can_make(world) -> None:
 
 
 def test_an_unknown_operation_is_adopted_and_a_needs_human_one_resolved(world) -> None:
-    sb, store, flow, env = world
+    sb, store, _flow, env = world
     unknown, human = pid(), pid()
     store.claim(unknown, "sale", owner="w1", lease_seconds=30, fields={"amount": "3.00", "order_id": unknown})
     store.transition(unknown, "UNKNOWN", expect={"PENDING"}, owner="w1", sent=True)
