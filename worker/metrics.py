@@ -14,6 +14,9 @@ What is counted, and where it is said (the flow and the gateway client only know
     payments_gateway_retries_total{error_class}        in-process retries, by the transport's exception class
     payments_reconciliations_total{result}             stq lookups by ORDER_ID: found, absent, cannot_tell
     payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
+    payments_archived_records_total                    records the sweep's retention moved to the archive
+    payments_archive_unavailable_total                 sweeps whose retention found the archive unusable (nothing
+                                                       deleted; counted by worker/archive/retention.py)
 
 Labels are bounded: an operation, a status, an endpoint, a result word, an exception class name; never an id,
 an amount or merchant data (anything else is counted as ``other``).
