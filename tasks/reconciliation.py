@@ -1,5 +1,6 @@
 """The daily settlement reconciliation under Celery beat (``payments.reconcile_report``, at RECONCILE_REPORT_AT):
-the previous UTC day against the gateway's report, as ``payments reconcile --date yesterday`` does."""
+the previous UTC day against the gateway's report, as ``payments reconcile --date yesterday`` does. A worker that
+serves metrics counts it (``payments_settlement_reconciliations_total{result}``, ``..._differences_total{kind}``)."""
 from __future__ import annotations
 
 import logging
@@ -21,13 +22,18 @@ RETRIES = 12
 def reconcile_report(self: Task, day: str | None = None) -> dict:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
+    from worker.metrics import observer
     from worker.reconcile import ReconcileError
     from worker.reconcile_commands import parse_day, reconciler
+
+    metrics = observer()
 
     when = parse_day(day) if day else datetime.now(UTC).date() - timedelta(days=1)
     try:
         result = reconciler(services_of(self.app)).run_day(when)
     except ReconcileError as exc:
+        if metrics is not None:
+            metrics.settlement("no_verdict", {})
         log.warning("reconcile %s: %s; trying again in %d s", when, exc, RETRY_EVERY)
         raise self.retry(countdown=RETRY_EVERY, exc=exc) from None
     for finding in result.differences:
@@ -36,4 +42,6 @@ def reconcile_report(self: Task, day: str | None = None) -> dict:
                   finding.gateway or "-")
     summary = result.summary()
     summary.pop("findings", None)
+    if metrics is not None:
+        metrics.settlement("differences" if result.differences else "clean", summary["by_kind"])
     return summary

@@ -13,6 +13,10 @@ What is counted, and where it is said (the flow and the gateway client only know
                                                        (stq found nothing), not_sent, unknown, rejected
     payments_gateway_retries_total{error_class}        in-process retries, by the transport's exception class
     payments_reconciliations_total{result}             stq lookups by ORDER_ID: found, absent, cannot_tell
+    payments_settlement_reconciliations_total{result}  days reconciled against the gateway's daily report by the
+                                                       beat task (tasks/reconciliation.py): clean, differences,
+                                                       no_verdict (the report could not be had or read whole)
+    payments_settlement_differences_total{kind}        what those found, by kind (worker/reconcile.py), adopted too
     payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
     payments_archived_records_total                    records the sweep's retention moved to the archive
     payments_archive_unavailable_total                 sweeps whose retention found the archive unusable (nothing
@@ -46,6 +50,9 @@ log = logging.getLogger("payments.metrics")
 ENDPOINTS = frozenset({"bp10emu", "stq"})
 RESULTS = frozenset({"approved", "declined", "error", "absent", "not_sent", "unknown", "rejected"})
 RECONCILIATIONS = frozenset({"found", "absent", "cannot_tell"})
+SETTLEMENTS = frozenset({"clean", "differences", "no_verdict"})
+SETTLEMENT_KINDS = frozenset({"gateway_only", "ours_only", "status_mismatch", "amount_mismatch", "settled_but_voided",
+                              "voided_at_gateway", "adopted"})
 STATUSES = frozenset(s.value for s in Status)
 #: Seconds; the read timeout is 15 s by default, so the top buckets still tell a slow gateway from a dead one.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -84,6 +91,11 @@ class WorkerMetrics:
                                registry=r)
         self.reconciliations = Counter("payments_reconciliations", "stq lookups by ORDER_ID, by answer", ["result"],
                                        registry=r)
+        self.settlements = Counter("payments_settlement_reconciliations",
+                                   "Days reconciled against the gateway's report, by result", ["result"], registry=r)
+        self.settlement_differences = Counter("payments_settlement_differences",
+                                              "Differences the settlement reconciliation found, by kind", ["kind"],
+                                              registry=r)
         self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now", ["operation"],
                                    multiprocess_mode="livesum", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -125,6 +137,16 @@ class WorkerMetrics:
     def reconciliation(self, result: str) -> None:
         try:
             self._child(self.reconciliations, _bounded(result, RECONCILIATIONS)).inc()
+        except Exception as exc:
+            self._broken(exc)
+
+    def settlement(self, result: str, kinds: dict[str, int]) -> None:
+        """One day reconciled against the gateway's report: its result and what it found by kind."""
+        try:
+            self._child(self.settlements, _bounded(result, SETTLEMENTS)).inc()
+            for kind, n in kinds.items():
+                if n:
+                    self._child(self.settlement_differences, _bounded(kind, SETTLEMENT_KINDS)).inc(n)
         except Exception as exc:
             self._broken(exc)
 

@@ -55,3 +55,28 @@ def test_a_report_that_cannot_be_had_is_asked_for_again_later() -> None:
         reconcile_report.apply(kwargs={"day": "2025-06-15"}, throw=True)
     assert retry.value.when == RETRY_EVERY and gateway.reports[0][0] == date(2025, 6, 15)
     assert svc.reconciliations.kept("2025-06-15") is None  # type: ignore[attr-defined]
+
+
+def test_a_worker_serving_metrics_counts_each_day_and_its_differences(monkeypatch) -> None:
+    from prometheus_client import CollectorRegistry
+
+    import worker.metrics
+    from worker.metrics import WorkerMetrics
+
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    monkeypatch.setattr(worker.metrics, "observer", lambda: metrics)
+    svc, _ = services(FakeReportGateway([row(order_id="walk-in"), row(trans_id="100000000009", order_id="other")]))
+    with current(create_app(Settings(), services=svc)):
+        reconcile_report.apply(kwargs={"day": "2025-06-15"}).get()
+    broken, _ = services(FakeReportGateway([row()], fail_after=0))
+    with current(create_app(Settings(), services=broken)), pytest.raises(Retry):
+        reconcile_report.apply(kwargs={"day": "2025-06-15"}, throw=True)
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert value("payments_settlement_reconciliations_total", result="differences") == 1
+    assert value("payments_settlement_reconciliations_total", result="no_verdict") == 1
+    assert value("payments_settlement_reconciliations_total", result="clean") == 0
+    assert value("payments_settlement_differences_total", kind="gateway_only") == 2
