@@ -137,7 +137,8 @@ class OursMetricsOff(Ours):
     """``--metrics-ab``: our worker with WORKER_METRICS_PORT unset, in the baseline's place (its own queue, so the
     two sides of our worker never take each other's messages); "ours" then serves metrics."""
 
-    name, queue = "ours-metrics-off", "bench-ours-metrics-off"
+    # "baseline": the role the runner and the report key it by (its workers are ``bench-baseline-...``)
+    name, queue = "baseline", "bench-ours-metrics-off"
 
     def enqueue(self, i, tag):
         return self.task.apply_async(kwargs={"amount": AMOUNT, "card": CARD, "customer": CUSTOMER}, queue=self.queue)
