@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from worker.gateway import GatewayError, ReportRow, Response
+from worker.gateway.scrub import scrub
 from worker.leases import new_owner
 from worker.states import FOLLOW_UPS, NON_FINAL, Status
 
@@ -91,8 +92,9 @@ class Finding:
     row: Mapping[str, str] | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
+        # detail may quote an ORDER_ID typed in the console: anything card-like in it is masked
         out: dict[str, Any] = {"kind": self.kind.value, "payment_id": self.payment_id, "trans_id": self.trans_id,
-                               "detail": self.detail, "ours": self.ours, "gateway": self.gateway}
+                               "detail": scrub(self.detail), "ours": self.ours, "gateway": self.gateway}
         if self.row is not None:
             out["row"] = dict(self.row)
         return out

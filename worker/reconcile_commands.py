@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from worker.console import CommandError
+from worker.gateway.scrub import scrub
 from worker.reconcile import ACTIONS, DIFFERENCES, DayResult, Kind, ReconcileError, Reconciler, contradiction, days
 
 log = logging.getLogger("payments.reconcile")
@@ -91,7 +92,7 @@ def print_day(result: DayResult) -> None:
     print(f"  {'kind':<19} {'payment_id':<40} {'trans_id':<12} {'ours':<28} {'gateway':<34} detail")
     for f in result.findings:
         print(f"  {f.kind.value:<19} {f.payment_id or '-':<40} {f.trans_id or '-':<12} {f.ours or '-':<28} "
-              f"{f.gateway or '-':<34} {f.detail}")
+              f"{f.gateway or '-':<34} {scrub(f.detail)}")
 
 
 def print_actions(results: list[DayResult]) -> None:

@@ -2,6 +2,7 @@
 (no Redis, no HTTP): adoption audited, stq confirmations, console voids, nothing changed without a whole report."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -266,3 +267,12 @@ def test_no_verdict_and_no_change_from_a_report_that_did_not_end(world) -> None:
         with pytest.raises(ReconcileError, match="no verdict"):
             run(world, gateway)
         assert store.get("p1")["status"] == "UNKNOWN" and recon.kept("2025-06-15") is None
+
+
+def test_a_card_number_typed_as_an_order_id_in_the_console_is_kept_masked(world) -> None:
+    _, recon = world
+    result = run(world, FakeReportGateway([row(order_id="4111111111111111")]))
+    (finding,) = result.findings
+    assert finding.kind == Kind.GATEWAY_ONLY
+    kept = json.dumps(recon.kept("2025-06-15"))
+    assert "4111111111111111" not in kept and "xxxxxxxxxxxx1111" in kept

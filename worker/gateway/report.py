@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 
 from . import protocol
 from .errors import GatewayError, InvalidInput, MalformedReport, OutcomeUnknown, Rejected, ReportIncomplete
+from .scrub import scrub
 from .seal import normalize_hash_type, query_seal_message, seal
 
 __all__ = ["ReportRow", "Report", "ByteStream", "StreamingTransport", "REQUIRED_COLUMNS", "report_request",
@@ -80,11 +81,12 @@ class ReportRow:
         return f"{self.amount:.2f}"
 
     def as_dict(self) -> dict[str, str]:
-        """JSON-safe, what a kept reconciliation shows of the row (no card data: masked account only)."""
+        """JSON-safe, what a kept reconciliation shows of the row. No card data: the masked account only, and free
+        text (an ORDER_ID or message typed in the console) with anything card-like masked."""
         return {"trans_id": self.trans_id, "trans_type": self.trans_type, "amount": self.amount_text,
-                "status": self.status, "order_id": self.order_id, "master_id": self.master_id,
+                "status": self.status, "order_id": scrub(self.order_id), "master_id": self.master_id,
                 "voided": "1" if self.voided else "", "issue_date": self.issue_date,
-                "settle_date": self.settle_date, "message": self.message, "masked_account": self.masked_account}
+                "settle_date": self.settle_date, "message": scrub(self.message), "masked_account": self.masked_account}
 
 
 def report_request(*, account_id: str, secret_key: str, mode: str, hash_type: str | None, start: date, end: date,
