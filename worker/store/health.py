@@ -2,7 +2,8 @@
 
 Every read is an index's size or its first member, or a small hash: O(1) or O(log n) whatever the number of
 records (a scrape with 1,000,000 records is measured in the README). Kept by the record scripts
-(``scripts/common.lua``): ``idx:status_counts`` (records by status), ``idx:unknown`` and ``idx:retrying`` (by
+(``scripts/common.lua``): ``idx:status_counts`` (records by final status; PENDING, RETRYING and UNKNOWN are the
+sizes of ``idx:non_final``, ``idx:retrying`` and ``idx:unknown``), ``idx:unknown`` and ``idx:retrying`` (by
 creation time), ``idx:needs_human`` (by last update). Kept here: ``stats`` (counters: outbox re-publications and
 give-ups) and ``sweep:last`` (the last sweep's report, with when it ended and how long it took).
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 import redis
 
+from worker.states import FINAL, Status
 from worker.store.encoding import text
 from worker.store.keys import StoreKeys
 from worker.store.outbox import server_time
@@ -47,10 +49,15 @@ class Health:
         replies = pipe.execute()
         seconds, micros = replies[0]
         now = int(seconds) + int(micros) / 1_000_000
-        out: dict[str, Any] = {"now": now, "by_status": _ints(replies[1])}
+        # The hash counts final statuses only (older code counted every status: its non-final entries are ignored);
+        # non-final records are counted by their indexes, which the record scripts keep anyway.
+        out: dict[str, Any] = {"now": now, "by_status": {k: v for k, v in _ints(replies[1]).items() if k in FINAL}}
         for i, name in enumerate(OLDEST_OF):
             count, first = replies[2 + 2 * i], replies[3 + 2 * i]
             out[name] = {"count": int(count), "oldest": float(first[0][1]) if first else None}
+        non_final = {Status.UNKNOWN.value: out["unknown"]["count"], Status.RETRYING.value: out["retrying"]["count"]}
+        non_final[Status.PENDING.value] = out["non_final"]["count"] - sum(non_final.values())
+        out["by_status"].update({k: v for k, v in non_final.items() if v > 0})
         rest = replies[2 + 2 * len(OLDEST_OF):]
         out["stats"] = _ints(rest[0])
         out["sweep"] = json.loads(text(rest[1])) if rest[1] else None

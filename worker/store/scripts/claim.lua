@@ -41,9 +41,11 @@ if not status then
   end
   redis.call('HSET', REC, unpack(args))
   redis.call('ZADD', IDX_TIME, now_ts, pid)
-  local trans_id = reindex(REC, pid, nil)
+  -- A new record: no index holds it yet, and what was written is the whole record (no HMGET, no HGETALL).
+  local rec = to_table(args)
+  local trans_id = reindex_from(pid, nil, rec)
   record_event(REC, HIST, pid, op, '', 'PENDING', note, now_iso, trans_id)
-  return {'claimed', '', now_ts, redis.call('HGETALL', REC)}
+  return {'claimed', '', now_ts, to_pairs(rec)}
 end
 if mode ~= 'reconcile' then
   local r = redis.call('HMGET', REC, 'operation', 'fingerprint')

@@ -39,13 +39,16 @@ local function iso(t)
 end
 
 local function record_event(rec, hist, pid, op, from, to, note, at, trans_id)
-  -- Records by status: every status change passes here (and a record leaves only through forget.lua).
+  -- Records by FINAL status: every status change passes here (and a record leaves only through forget.lua).
+  -- Non-final ones are counted by their indexes (PENDING = non_final - unknown - retrying: store/health.py),
+  -- which saves two HINCRBY per payment.
   if from ~= to then
-    if from ~= '' then redis.call('HINCRBY', IDX_COUNTS, from, -1) end
-    redis.call('HINCRBY', IDX_COUNTS, to, 1)
+    if from ~= '' and not NON_FINAL[from] then redis.call('HINCRBY', IDX_COUNTS, from, -1) end
+    if not NON_FINAL[to] then redis.call('HINCRBY', IDX_COUNTS, to, 1) end
   end
-  redis.call('RPUSH', hist, cjson.encode({at = at, status = to, note = note}))
-  redis.call('LTRIM', hist, -HISTORY_CAP, -1)
+  if redis.call('RPUSH', hist, cjson.encode({at = at, status = to, note = note})) > HISTORY_CAP then
+    redis.call('LTRIM', hist, -HISTORY_CAP, -1)
+  end
   redis.call('XADD', AUDIT, 'MAXLEN', '~', AUDIT_MAXLEN, '*',
     'payment_id', pid, 'operation', op, 'from', from, 'to', to, 'note', note, 'at', at,
     'trans_id', trans_id)
@@ -90,6 +93,55 @@ local function reindex(rec, pid, old_trans)
   end
   if trans_id ~= '' then redis.call('HSETNX', IDX_TRANS, trans_id, pid) end
   return trans_id
+end
+
+-- The hot path's reindex: the index memberships a record in state ``s`` (a table of its fields) has, as
+-- {index key = score}. Same rules as reindex() above.
+local function memberships(s)
+  local m, status, op = {}, s.status, s.operation
+  if NON_FINAL[status] then m[IDX_NF] = s.updated_ts end
+  if status == 'UNKNOWN' then m[IDX_UNKNOWN] = s.created_ts end
+  if status == 'RETRYING' then m[IDX_RETRYING] = s.created_ts end
+  if s.needs_human == '1' then m[IDX_HUMAN] = s.updated_ts end
+  if status == 'APPROVED' then
+    if op == 'auth' then m[IDX_OPEN] = s.created_ts end
+    if op == 'sale' and s.then_void == '1' then m[IDX_VOIDS] = s.updated_ts end
+    if FOLLOW_UPS[op] and s.reflected ~= '1' then m[IDX_REFLECT] = s.updated_ts end
+  end
+  return m
+end
+
+-- Move a record from state ``old`` (nil: a new record) to ``new`` in the indexes: ZADD where it belongs now,
+-- ZREM only where ``old`` put it and ``new`` does not (the same end state as reindex(), without its HMGET and
+-- its no-op ZREMs: ~7 fewer commands per call).
+local function reindex_from(pid, old, new)
+  local before, after = old and memberships(old) or {}, memberships(new)
+  for key, score in pairs(after) do redis.call('ZADD', key, score, pid) end
+  for key in pairs(before) do
+    if after[key] == nil then redis.call('ZREM', key, pid) end
+  end
+  local trans_id, old_trans = new.trans_id or '', old and old.trans_id or ''
+  if old_trans ~= '' and old_trans ~= trans_id then
+    if redis.call('HGET', IDX_TRANS, old_trans) == pid then redis.call('HDEL', IDX_TRANS, old_trans) end
+  end
+  if trans_id ~= '' then redis.call('HSETNX', IDX_TRANS, trans_id, pid) end
+  return trans_id
+end
+
+-- Flat field/value pairs (HGETALL's or HSET's arguments) <-> a table; the last value of a field wins, as in HSET.
+local function to_table(flat, first, t)
+  t = t or {}
+  for i = first or 1, #flat - 1, 2 do t[flat[i]] = flat[i + 1] end
+  return t
+end
+
+local function to_pairs(t)
+  local flat = {}
+  for k, v in pairs(t) do
+    flat[#flat + 1] = k
+    flat[#flat + 1] = v
+  end
+  return flat
 end
 
 -- Amounts are two-decimal strings; arithmetic is in integer cents (exact in Lua's doubles).

@@ -8,29 +8,30 @@ local new_status, is_final, owner, note, sent, check_in, prefix =
 local n_expect = tonumber(ARGV[8])
 local now = server_now()
 local now_iso, now_ts = iso(now), ts(now)
-local cur = redis.call('HMGET', REC, 'status', 'lease_owner', 'operation', 'payment_id', 'trans_id', 'in_flight',
-                       'sent_ts')
-local status = cur[1]
-if not status then return {false, now_ts, {}} end
+-- The whole record, read once: the checks, the indexes it was in and the record returned all come from it.
+local flat = redis.call('HGETALL', REC)
+if #flat == 0 then return {false, now_ts, {}} end
+local cur = to_table(flat)
+local status = cur.status
 if n_expect > 0 then
   local ok = false
   for i = 9, 8 + n_expect do
     if ARGV[i] == status then ok = true break end
   end
-  if not ok then return {false, now_ts, redis.call('HGETALL', REC)} end
+  if not ok then return {false, now_ts, flat} end
 end
-if NON_FINAL[status] and (owner == '' or (cur[2] or '') ~= owner) then
-  return {false, now_ts, redis.call('HGETALL', REC)}
+if NON_FINAL[status] and (owner == '' or (cur.lease_owner or '') ~= owner) then
+  return {false, now_ts, flat}
 end
 if not NON_FINAL[status] and n_expect == 0 then
   -- A final record has no lease to check: a holder that stalled past its lease must not overwrite the outcome
   -- another worker recorded meanwhile. Only a caller naming the final status it expects may change it.
-  return {false, now_ts, redis.call('HGETALL', REC)}
+  return {false, now_ts, flat}
 end
-local sent_ts = cur[7] or ''
+local sent_ts = cur.sent_ts or ''
 local args = {}
 for i = 9 + n_expect, #ARGV do args[#args + 1] = ARGV[i] end
-if cur[6] == '1' then
+if cur.in_flight == '1' then
   if sent ~= '0' then sent_ts = now_ts end  -- unsaid counts as "may have been sent"
   for _, v in ipairs({'in_flight', '0', 'sent_ts', sent_ts}) do args[#args + 1] = v end
 end
@@ -47,9 +48,16 @@ if is_final ~= '1' and new_status ~= 'PENDING' then
   args[#args + 1] = '0'
 end
 redis.call('HSET', REC, unpack(args))
-if is_final == '1' then redis.call('HDEL', REC, 'lease_owner', 'lease_until', 'in_flight', 'next_check_ts') end
-local pid = cur[4]
-local trans_id = reindex(REC, pid, cur[5])
-record_event(REC, HIST, pid, cur[3] or '', status, new_status, note, now_iso, trans_id)
-if prefix ~= '' then reflect(prefix, REC, pid, now_iso, now) end
-return {new_status, now_ts, redis.call('HGETALL', REC)}
+local rec = to_table(args, 1, to_table(flat))
+if is_final == '1' then
+  redis.call('HDEL', REC, 'lease_owner', 'lease_until', 'in_flight', 'next_check_ts')
+  rec.lease_owner, rec.lease_until, rec.in_flight, rec.next_check_ts = nil, nil, nil, nil
+end
+local pid = cur.payment_id
+local trans_id = reindex_from(pid, cur, rec)
+record_event(REC, HIST, pid, cur.operation or '', status, new_status, note, now_iso, trans_id)
+if prefix ~= '' then
+  reflect(prefix, REC, pid, now_iso, now)
+  return {new_status, now_ts, redis.call('HGETALL', REC)}  -- reflect() may have written to the record
+end
+return {new_status, now_ts, to_pairs(rec)}
