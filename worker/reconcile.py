@@ -89,14 +89,14 @@ class Finding:
     detail: str
     ours: str = ""  # our status (and amount)
     gateway: str = ""  # the gateway's status (and amount, voided/settled)
-    row: Mapping[str, str] | None = field(default=None, compare=False)
+    row: ReportRow | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         # detail may quote an ORDER_ID typed in the console: anything card-like in it is masked
         out: dict[str, Any] = {"kind": self.kind.value, "payment_id": self.payment_id, "trans_id": self.trans_id,
                                "detail": scrub(self.detail), "ours": self.ours, "gateway": self.gateway}
         if self.row is not None:
-            out["row"] = dict(self.row)
+            out["row"] = self.row.as_dict()
         return out
 
 
@@ -149,19 +149,18 @@ def classify(row: ReportRow, record: Mapping[str, Any] | None, *, origin: Mappin
     """What one report row says about our records. ``record``: the record whose payment id is the row's ORDER_ID
     (None: no such record); ``origin``: for a VOID/REFUND row unknown to us, our record of the transaction it
     refers to (``master_id``). None: no difference."""
-    row_dict = row.as_dict()
     if record is None:
         if row.approved and origin is not None and row.trans_type == "VOID":
             if origin.get("status") == Status.VOIDED:
                 return None  # our void of it, recorded under another id (or already reconciled)
             return Finding(Kind.VOIDED_AT_GATEWAY, str(origin.get("payment_id", "")), str(origin.get("trans_id", "")),
                            f"voided at the gateway by {row.trans_id} (no ORDER_ID of ours: the console?)",
-                           we_say(origin), gateway_says(row), row_dict)
+                           we_say(origin), gateway_says(row), row)
         if row.approved:
             what = f"refund of our {row.master_id}" if origin is not None else "unknown to us"
             return Finding(Kind.GATEWAY_ONLY, "", row.trans_id,
                            f"approved {row.trans_type} {row.amount_text} under ORDER_ID {row.order_id or '-'}: {what}",
-                           "", gateway_says(row), row_dict)
+                           "", gateway_says(row), row)
         return None  # a decline or error we do not know of moved no money
     pid = str(record.get("payment_id", ""))
     ours_trans = str(record.get("trans_id") or "")
@@ -171,39 +170,39 @@ def classify(row: ReportRow, record: Mapping[str, Any] | None, *, origin: Mappin
             return None
         return Finding(Kind.GATEWAY_ONLY, pid, row.trans_id,
                        f"a second transaction under our ORDER_ID (ours is {ours_trans}): charged twice?",
-                       we_say(record), gateway_says(row), row_dict)
+                       we_say(record), gateway_says(row), row)
     if status in NON_FINAL:
         if row.voided:
             return Finding(Kind.VOIDED_AT_GATEWAY, pid, row.trans_id, f"{status} here, approved then voided there",
-                           we_say(record), gateway_says(row), row_dict)
+                           we_say(record), gateway_says(row), row)
         if row.status in ("1", "0") and row.trans_type in _TRANS_TYPE.get(str(record.get("operation")), ()):
             return Adopt(pid, row)
         return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, f"{status} here; the gateway has this row",
-                       we_say(record), gateway_says(row), row_dict)
+                       we_say(record), gateway_says(row), row)
     expected = expected_status(record)
     if row.trans_type not in _TRANS_TYPE.get(str(record.get("operation")), ()):
         return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id,
                        f"the gateway's {row.trans_type} under the ORDER_ID of our {record.get('operation')}",
-                       we_say(record), gateway_says(row), row_dict)
+                       we_say(record), gateway_says(row), row)
     if expected != row.status:
         if expected is None and not row.approved:
             return None  # we recorded an error; the gateway's row moved no money either
         note = "closed as not charged, but charged" if record.get("not_charged") == "1" and row.approved else (
             f"recorded {status}, the gateway says {_GATEWAY_WORD[row.status]}")
-        return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, note, we_say(record), gateway_says(row), row_dict)
+        return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, note, we_say(record), gateway_says(row), row)
     if status == Status.VOIDED and not row.voided:
         if row.settled:
             return Finding(Kind.SETTLED_BUT_VOIDED, pid, row.trans_id, "recorded VOIDED, but it settled",
-                           we_say(record), gateway_says(row), row_dict)
+                           we_say(record), gateway_says(row), row)
         return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, "recorded VOIDED, live at the gateway",
-                       we_say(record), gateway_says(row), row_dict)
+                       we_say(record), gateway_says(row), row)
     if status in _APPROVED_FAMILY and row.voided:
         return Finding(Kind.VOIDED_AT_GATEWAY, pid, row.trans_id, f"recorded {status}, voided at the gateway",
-                       we_say(record), gateway_says(row), row_dict)
+                       we_say(record), gateway_says(row), row)
     ours_amount = _money(str(record.get("amount") or ""))
     if ours_amount is not None and ours_amount != row.amount:
         return Finding(Kind.AMOUNT_MISMATCH, pid, row.trans_id, f"ours {ours_amount}, the gateway's {row.amount_text}",
-                       we_say(record), gateway_says(row), row_dict)
+                       we_say(record), gateway_says(row), row)
     return None
 
 
@@ -364,8 +363,9 @@ class Reconciler:
         result.counts[finding.kind] = result.counts.get(finding.kind, 0) + 1
         if finding.payment_id and finding.row is not None:
             rows = kept_rows.setdefault(finding.payment_id, [])
-            if dict(finding.row) not in rows:
-                rows.append(dict(finding.row))
+            shown = finding.row.as_dict()
+            if shown not in rows:
+                rows.append(shown)
 
     # ---- records of the day the report did not show
     def _missing_from_report(self, day: date, result: DayResult, seen: set[str],
@@ -467,7 +467,7 @@ class Reconciler:
             return None
         log.warning("reconcile %s: %s", pid, note)
         return Finding(Kind.ADOPTED, pid, row.trans_id, note, f"{claim.previous_status} {operation}", gateway_says(row),
-                       row.as_dict())
+                       row)
 
 
 # --------------------------------------------------------------------------- payments resolve

@@ -112,3 +112,15 @@ def test_a_resolved_void_is_reflected_on_its_sale(store, recon):
     assert rec["status"] == "APPROVED"
     sale = store.get("s")
     assert sale["status"] == "VOIDED" and sale["voided_by"] == "s:void"
+
+
+def test_a_day_is_paged_whole_even_when_many_records_share_a_creation_time(store, recon, tier):
+    ids = [f"t{i}" for i in range(7)]
+    for pid in ids:
+        make(store, pid)
+    score = float(recon.records(["t0"])["t0"]["created_ts"])
+    if tier.name == "redis":  # the fake's clock stands still: its records already share one time
+        tier.client.zadd(tier.store.keys.time, dict.fromkeys(ids[:5], score))
+        tier.client.zadd(tier.store.keys.time, dict.fromkeys(ids[5:], score + 1))
+    pages = list(recon.created_between(score - 1, score + 2, batch=2))
+    assert sorted(pid for page in pages for pid in page) == ids and all(len(p) <= 2 for p in pages)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from worker.states import FINAL, FOLLOW_UPS
 from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
@@ -71,14 +71,20 @@ class Reconciliations:
         return {t: text(p) for t, p in zip(trans_ids, found, strict=True) if p is not None}
 
     def created_between(self, start_ts: float, end_ts: float, *, batch: int = 1000) -> Iterator[list[str]]:
-        """Payment ids created in [start_ts, end_ts) (server time), oldest first, ``batch`` at a time."""
-        offset = 0
+        """Payment ids created in [start_ts, end_ts) (server time), oldest first, ``batch`` at a time.
+
+        Pages go by score (each starts at the last one's last score, skipping the ids already given with it), so a
+        page costs O(log N + batch) however deep into the day it is (an offset would make a day quadratic)."""
+        low, skip = float(start_ts), 0
         while True:
-            ids = self.redis.zrangebyscore(self.store.keys.time, start_ts, f"({end_ts!r}", start=offset, num=batch)
-            if not ids:
+            items = cast(list[tuple[Any, float]], self.redis.zrangebyscore(
+                self.store.keys.time, repr(low), f"({float(end_ts)!r}", start=skip, num=batch, withscores=True))
+            if not items:
                 return
-            offset += len(ids)
-            yield [text(i) for i in ids]
+            yield [text(member) for member, _ in items]
+            last = float(items[-1][1])
+            ties = sum(1 for _, score in items if float(score) == last)
+            low, skip = (low, skip + ties) if last == low else (last, ties)
 
     # ---- kept reports -------------------------------------------------------------------------
     def keep(self, day: str, summary: Mapping[str, Any], rows: Mapping[str, list[dict[str, str]]]) -> None:
