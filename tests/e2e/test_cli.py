@@ -21,7 +21,7 @@ from tests.support.ports import closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SUBCOMMANDS = ("demo", "sandbox", "show", "list", "sweep", "enqueue", "bench")
+SUBCOMMANDS = ("demo", "sandbox", "show", "list", "sweep", "reconcile", "resolve", "enqueue", "bench")
 LABELS = ("Transaction Status", "Transaction Message", "Transaction ID", "Transaction AVS Result",
           "Transaction CVV2 Result", "Masked Payment Account", "Card Type", "Transaction Auth Code")
 # `payments demo` gets a database of its own, so it sees no other test's worker (flushed before and after).
@@ -80,7 +80,8 @@ def test_help_of_each_subcommand(name):
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert "usage:" in done.stdout and "Traceback" not in done.stderr
     expected = {"sandbox": "--port", "bench": "--payments", "enqueue": "--then-void", "list": "--status",
-                "show": "payment_id", "demo": "--start-worker", "sweep": f"payments {name}"}[name]
+                "show": "payment_id", "demo": "--start-worker", "sweep": f"payments {name}", "reconcile": "--from",
+                "resolve": "--trans-id"}[name]
     assert expected in done.stdout
 
 
