@@ -2,8 +2,9 @@
 
 The store says what the worker believes; the report says what happened. For one day D (UTC, the gateway's
 report day D..D+1) every report row is matched to a record by ``ORDER_ID`` (our operation id: the flow sends
-the payment id as ORDER_ID) and trans id, then every record created on D that the report did not show is
-looked for. Each difference is sorted into one :class:`Kind`:
+the payment id as ORDER_ID) and trans id, the day's settlement report (``QUERY_BY_SETTLEMENT=1``) is read for
+what settled although recorded VOIDED, then every record created on D that the report did not show is looked
+for. Each difference is sorted into one :class:`Kind`:
 
 ==================  ==========================================================================================
 gateway_only        an approved transaction we have no record of (or a second one under our ORDER_ID):
@@ -320,6 +321,7 @@ class Reconciler:
                     self._classify_batch(batch, result, seen, adopt, kept_rows)
                     batch = []
             self._classify_batch(batch, result, seen, adopt, kept_rows)
+            self._settled_that_day(day, result, kept_rows)
         except GatewayError as exc:
             raise ReconcileError(f"{day}: no verdict: the gateway's report could not be fetched and read whole: "
                                  f"{type(exc).__name__}: {exc}") from None
@@ -366,6 +368,29 @@ class Reconciler:
             shown = finding.row.as_dict()
             if shown not in rows:
                 rows.append(shown)
+
+    # ---- what settled that day, whenever it was issued
+    def _settled_that_day(self, day: date, result: DayResult, kept_rows: dict[str, list[dict[str, str]]]) -> None:
+        """The settlement report of the day (QUERY_BY_SETTLEMENT=1): a transaction issued days before, voided here
+        since, may have settled that night all the same."""
+        batch: list[ReportRow] = []
+
+        def check() -> None:
+            records = self.kept.records(sorted({r.order_id for r in batch if r.order_id}))
+            for row in batch:
+                record = records.get(row.order_id)
+                if (record is not None and record.get("status") == Status.VOIDED and row.trans_id ==
+                        record.get("trans_id") and row.settled and not row.voided):
+                    self._note(result, Finding(Kind.SETTLED_BUT_VOIDED, row.order_id, row.trans_id,
+                                               "recorded VOIDED, but it settled", we_say(record), gateway_says(row),
+                                               row), kept_rows)
+            batch.clear()
+
+        for row in self.gateway.report(day, day + timedelta(days=1), settled=True):
+            batch.append(row)
+            if len(batch) >= BATCH:
+                check()
+        check()
 
     # ---- records of the day the report did not show
     def _missing_from_report(self, day: date, result: DayResult, seen: set[str],

@@ -143,3 +143,21 @@ def test_no_verdict_when_the_report_cannot_be_had(world) -> None:
     assert Reconciliations(store).kept(TODAY) is None
     bad = payments(env, "reconcile", "--date", "28/11/2026")
     assert bad.returncode == 2 and "not a date" in bad.stderr
+
+
+def test_a_voided_record_whose_transaction_settled_is_found(world) -> None:
+    sb, store, _flow, env = world
+    old, today = pid(), pid()
+    three_days_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(days=3)).timestamp()
+    booked = sb.book("3.00", order_id=old, created_at=three_days_ago)   # issued days before...
+    for p, trans in ((old, booked["id"]), (today, None)):
+        store.claim(p, "sale", owner="w1", lease_seconds=30, fields={"amount": "3.00", "order_id": p})
+        if trans is None:
+            trans = sb.book("3.00", order_id=p)["id"]
+        store.transition(p, "APPROVED", expect={"PENDING"}, owner="w1", sent=True, fields={"trans_id": trans})
+        store.transition(p, "VOIDED", expect={"APPROVED"}, note="voided (as we believe)")
+    store.redis.zadd(store.keys.time, {old: three_days_ago})           # our record is as old as its charge
+    store.redis.hset(store.record_key(old), "created_ts", f"{three_days_ago:.3f}")
+    sb.settle([booked["id"], store.get(today)["trans_id"]])              # ...both settled tonight all the same
+    code, report = reconcile_json(env)
+    assert code == 1 and kinds(report) == sorted([("settled_but_voided", old), ("settled_but_voided", today)])

@@ -133,8 +133,10 @@ def test_days_and_bounds() -> None:
 class FakeReportGateway:
     """``report`` yields its rows (or fails after some); ``query`` answers from a dict by ORDER_ID."""
 
-    def __init__(self, rows, stq=None, fail_after: int | None = None, failure: Exception | None = None):
+    def __init__(self, rows, stq=None, fail_after: int | None = None, failure: Exception | None = None,
+                 settled_rows=()):
         self.rows = rows
+        self.settled_rows = list(settled_rows)
         self.stq = stq or {}
         self.fail_after, self.failure = fail_after, failure
         self.reports: list = []
@@ -142,7 +144,7 @@ class FakeReportGateway:
 
     def report(self, start, end, settled=False) -> Iterator[ReportRow]:
         self.reports.append((start, end, settled))
-        for i, r in enumerate(self.rows):
+        for i, r in enumerate(self.settled_rows if settled else self.rows):
             if self.fail_after is not None and i >= self.fail_after:
                 raise self.failure or ReportIncomplete("cut")
             yield r
@@ -183,7 +185,8 @@ def test_a_clean_day_has_no_difference_and_is_kept(world) -> None:
     gateway = FakeReportGateway([row(), row(trans_id=T2, order_id="p2", status="0", amount="4.00")])
     result = run(world, gateway)
     assert result.differences == [] and result.rows == 2 and result.records == 2
-    assert gateway.reports == [(DAY, date(2025, 6, 16), False)] and gateway.queries == []
+    assert gateway.reports == [(DAY, date(2025, 6, 16), False), (DAY, date(2025, 6, 16), True)]
+    assert gateway.queries == []
     kept = recon.kept("2025-06-15")
     assert kept["differences"] == 0 and kept["report_rows"] == 2 and kept["by_kind"]["gateway_only"] == 0
 
@@ -276,3 +279,18 @@ def test_a_card_number_typed_as_an_order_id_in_the_console_is_kept_masked(world)
     assert finding.kind == Kind.GATEWAY_ONLY
     kept = json.dumps(recon.kept("2025-06-15"))
     assert "4111111111111111" not in kept and "xxxxxxxxxxxx1111" in kept
+
+
+def test_a_void_of_an_earlier_day_that_settled_all_the_same_is_found_in_the_settlement_report(world) -> None:
+    store, _ = world
+    store.clock.advance(-3 * 86400)
+    make(store, "old", status="VOIDED", trans_id=T1)          # issued days before: not in the day's report
+    store.clock.advance(3 * 86400)
+    make(store, "fine", status="APPROVED", trans_id=T2)
+    settled = [row(order_id="old", settled=True), row(trans_id=T2, order_id="fine", settled=True)]
+    gateway = FakeReportGateway([row(trans_id=T2, order_id="fine", settled=True)], settled_rows=settled)
+    result = run(world, gateway)
+    assert [(f.kind, f.payment_id) for f in result.findings] == [(Kind.SETTLED_BUT_VOIDED, "old")]
+    assert gateway.queries == []
+    gateway.rows.append(row(order_id="old", settled=True))    # seen from both reports: said once
+    assert [(f.kind, f.payment_id) for f in run(world, gateway).findings] == [(Kind.SETTLED_BUT_VOIDED, "old")]

@@ -43,7 +43,7 @@ def test_the_task_reconciles_yesterday_and_keeps_it() -> None:
     with current(create_app(Settings(), services=svc)):
         summary = reconcile_report.apply().get()
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
-    assert gateway.reports == [(yesterday, yesterday + timedelta(days=1), False)]
+    assert gateway.reports == [(yesterday, yesterday + timedelta(days=1), settled) for settled in (False, True)]
     assert summary["day"] == yesterday.isoformat() and summary["differences"] == 1 and "findings" not in summary
     assert svc.reconciliations.kept(yesterday.isoformat())["by_kind"]["gateway_only"] == 1  # type: ignore[attr-defined]
 
