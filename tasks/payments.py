@@ -12,13 +12,12 @@ from functools import cached_property
 from typing import Any
 
 import redis
-from celery import Task, shared_task
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-# producers: `from tasks import sale` needs worker.app made (configured from the environment, the current app)
-import worker.celery_app  # noqa: F401
 from worker.carddata import contains_card_number
 from worker.catalogue import PAYMENT_TASKS
+from worker.celery_app import app
 from worker.flow import GatewayOutage, LeaseBusy
 from worker.gateway import InvalidInput, validation
 from worker.sealing import unsealed_card_in
@@ -195,33 +194,33 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
                                         message_id=task.request.id, redelivered=task.redelivered)
 
 
-@shared_task(base=PaymentTask, bind=True, **task_options("payments.sale"))
+@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@shared_task(base=PaymentTask, bind=True, **task_options("payments.auth"))
+@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@shared_task(base=PaymentTask, bind=True, **task_options("payments.capture"))
+@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@shared_task(base=PaymentTask, bind=True, **task_options("payments.refund"))
+@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@shared_task(base=PaymentTask, bind=True, **task_options("payments.void"))
+@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
@@ -233,7 +232,7 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
-@shared_task(bind=True, name="payments.sweep")
+@app.task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.sweep import run_sweep

@@ -127,21 +127,40 @@ def worker_env(redis_url: str, sandbox, prefix: str, **overrides) -> dict:
     return env
 
 
+#: The producer apps of the open ``producer_for`` blocks, innermost last (publishing threads read it too).
+_producers: list = []
+
+
 @contextlib.contextmanager
 def producer_for(redis_url: str, settings: Settings | None = None):
     """A producer of its own, pointed at ``redis_url`` (broker, result backend and, as a real producer sharing the
-    workers' REDIS_URL and key prefix would, the results store the publish path writes), made Celery's current app
-    in this block: ``from tasks import sale; sale.delay()`` publishes through it. Built by the composition root
-    (``worker.celery_app.create_app``); nothing of the test process's own app is touched."""
+    workers' REDIS_URL and key prefix would, the results store the publish path writes), built by the composition
+    root (``worker.celery_app.create_app``); :func:`producer_tasks` publishes through it, from any thread. Nothing
+    of the test process's own app is touched."""
     from worker.celery_app import create_app, current
 
     settings = dataclasses.replace(settings or get_settings(), redis_url=redis_url)
     app = create_app(settings, main="reliability-producer")
+    _producers.append(app)
     try:
         with current(app):
             yield app
     finally:
+        _producers.remove(app)
         app.close()
+
+
+def producer_tasks(*names: str) -> list:
+    """The payment tasks (``"sale"``, ``"void"``...) of this thread's current producer app (``current(app)``), else of
+    the innermost open :func:`producer_for`, else ``worker.app``'s."""
+    import celery
+
+    from worker.celery_app import app as default_app
+
+    app = celery.current_app._get_current_object()
+    if app is default_app or getattr(app, "payments_services", None) is None:
+        app = _producers[-1] if _producers else default_app
+    return [app.tasks[f"payments.{name}"] for name in names]
 
 
 def wait_ready(logfile: Path, proc, timeout=60.0) -> None:
@@ -479,7 +498,7 @@ def publish(spec: dict, *, retry_for: float = 60.0, retries: list | None = None)
     ``spec``: operation, amount, chained, how ("key": idempotency_key; "task_id": an explicit task id;
     "delay": plain ``delay()`` with the id Celery picks, only where the broker stays up).
     """
-    from tasks import auth, sale, void
+    auth, sale, void = producer_tasks("auth", "sale", "void")
 
     task = sale if spec["operation"] == "sale" else auth
     kwargs = {"amount": spec["amount"], "card": dict(TEST_CARD), "customer": dict(spec.get("customer") or CUSTOMER)}
@@ -987,7 +1006,7 @@ def run_clock_skew(name: str, redis_url: str, logdir: Path, *, in_flight: int = 
             ahead_pids |= ahead.pids()
 
             def deliver(queue: str, who: str, job: Job) -> None:
-                from tasks import sale, void
+                sale, void = producer_tasks("sale", "void")
 
                 kwargs = {"amount": job.amount, "card": dict(TEST_CARD), "customer": dict(CUSTOMER),
                           "idempotency_key": job.payment_id}
@@ -1255,14 +1274,13 @@ def run_duplicate_delivery(name: str, redis_url: str, logdir: Path, *, pairs: in
     consumed queue in one RENAME while two workers wait on it; (b) the same task id published twice.
     The sandbox answers in 300 ms so both deliveries are in flight together.
     """
-    from tasks import sale
-
     rng = random.Random(seed)
     report = Report(name)
     started = time.monotonic()
     prefix = f"payments:{name}:"
     queue = f"dupq-{uuid.uuid4().hex[:6]}"
     with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        (sale,) = producer_tasks("sale")
         sandbox.set_faults({"latency_ms": 300})
         svc = services_for(settings_for(redis_url, sandbox, prefix))
         client = svc.redis

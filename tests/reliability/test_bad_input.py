@@ -28,7 +28,15 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.scenarios import Fleet, new_key, producer_for, services_for, settings_for, worker_env
+from tests.reliability.scenarios import (
+    Fleet,
+    new_key,
+    producer_for,
+    producer_tasks,
+    services_for,
+    settings_for,
+    worker_env,
+)
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.sandbox import running_sandbox
 from worker.carddata import CardDataRefused
@@ -339,7 +347,7 @@ def gateway_requests(sandbox) -> tuple:
                                  HealthCheck.data_too_large])
 @given(call=bad_call())
 def test_bad_input_is_a_recorded_error_and_never_reaches_the_gateway(bad_input_worker, call):
-    from tasks import auth, sale
+    auth, sale = producer_tasks("auth", "sale")
 
     sandbox, svc, fleet = bad_input_worker
     name, args, kwargs, what = call
@@ -360,7 +368,7 @@ def test_bad_input_is_a_recorded_error_and_never_reaches_the_gateway(bad_input_w
           derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(call=bad_follow_up())
 def test_bad_follow_up_input_is_a_recorded_error_and_never_reaches_the_gateway(bad_input_worker, call):
-    from tasks import capture, refund, void
+    capture, refund, void = producer_tasks("capture", "refund", "void")
 
     sandbox, svc, fleet = bad_input_worker
     name, args, kwargs, what = call
@@ -379,7 +387,7 @@ def test_bad_follow_up_input_is_a_recorded_error_and_never_reaches_the_gateway(b
 
 
 def test_the_worker_still_charges_after_the_bad_input(bad_input_worker):
-    from tasks import sale
+    (sale,) = producer_tasks("sale")
 
     sandbox, _svc, fleet = bad_input_worker
     key = new_key("after-bad-input")
@@ -391,7 +399,7 @@ def test_the_worker_still_charges_after_the_bad_input(bad_input_worker):
 
 
 def test_a_card_with_an_unknown_key_is_refused_not_charged_without_it(bad_input_worker):
-    from tasks import sale
+    (sale,) = producer_tasks("sale")
 
     sandbox, _svc, _fleet = bad_input_worker
     before = gateway_requests(sandbox)
@@ -402,7 +410,7 @@ def test_a_card_with_an_unknown_key_is_refused_not_charged_without_it(bad_input_
 
 
 def test_a_card_with_an_empty_number_is_a_recorded_error(bad_input_worker):
-    from tasks import sale
+    (sale,) = producer_tasks("sale")
 
     sandbox, _svc, _fleet = bad_input_worker
     before = gateway_requests(sandbox)

@@ -7,7 +7,7 @@ import json
 import pytest
 from celery import chain
 
-from tests.reliability.scenarios import producer_for, scan_card_data
+from tests.reliability.scenarios import producer_for, producer_tasks, scan_card_data
 from tests.support.card_scan import scan_aof, scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from worker.carddata import CardDataRefused
@@ -45,11 +45,10 @@ def test_the_aof_scan_reads_commands_not_the_numbers_redis_writes(tmp_path):
 
 
 def test_no_card_data_in_clear_in_redis_the_aof_or_the_logs(rel_redis_url, rel_redis, own_redis, rel_logdir):
-    from tasks import auth, sale, void
-
     # Messages nobody consumes stay queued, so the scan also covers queued cards (sale, chain, auth) ...
     for url, client in ((rel_redis_url, rel_redis), (own_redis.url, own_redis.client())):
         with producer_for(url, Settings(redis_url=url, key_prefix="payments:card-scan:", card_key=TEST_CARD_KEY)):
+            auth, sale, void = producer_tasks("auth", "sale", "void")
             sale.apply_async(kwargs={"amount": "31.00", "card": TEST_CARD, "customer": CUSTOMER}, queue=PARKED)
             (sale.s(amount="33.00", card=TEST_CARD) | void.s()).apply_async(queue=PARKED)
             auth.apply_async(args=["35.00", TEST_CARD], queue=PARKED)
@@ -71,7 +70,8 @@ def test_no_card_data_in_clear_in_redis_the_aof_or_the_logs(rel_redis_url, rel_r
 def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel_redis, own_redis):
     """Refused at the producer (nothing written), sealed in embedded signatures, an int order id kept in the
     outbox: published into database 12 and our own AOF Redis; then both and the AOF files are scanned."""
-    from tasks import auth, sale, void
+    # The lambdas below read auth/sale/void when called: each producer_for block's own tasks.
+    auth, sale, void = producer_tasks("auth", "sale", "void")
 
     prefix = "payments:card-scan:"
     refused = [
@@ -86,6 +86,7 @@ def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel
     not_refused, kept_in_outbox = [], []
     for url, client in ((rel_redis_url, rel_redis), (own_redis.url, own_redis.client())):
         with producer_for(url, Settings(redis_url=url, key_prefix=prefix, card_key=TEST_CARD_KEY)):
+            auth, sale, void = producer_tasks("auth", "sale", "void")
             for publish, field in refused:
                 before = client.dbsize()
                 try:

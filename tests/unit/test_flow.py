@@ -853,7 +853,8 @@ def test_a_void_of_a_capture_reopens_the_auth(store):
 
 
 def _svc(store, flow):
-    return types.SimpleNamespace(settings=Settings(), store=store, flow=flow)
+    # retention off: no archive here (retention has tests of its own)
+    return types.SimpleNamespace(settings=Settings(retention=0), store=store, flow=flow)
 
 
 def test_sweep_repairs_a_follow_up_whose_reflection_was_skipped(store):
@@ -963,7 +964,7 @@ def test_the_sweep_reconciles_stale_records(store, clock):
     past = _left(store, "unknown")
     retrying = _left(store, "retrying")
     gw = FakeGateway(stq=[reply(), None])
-    svc = types.SimpleNamespace(settings=Settings(reconcile_after=0), store=store,
+    svc = types.SimpleNamespace(settings=Settings(reconcile_after=0, retention=0), store=store,
                                 flow=make_flow(store, gw, horizon=TINY))
     clock.advance(TINY + 0.1)
     report = run_sweep(svc)

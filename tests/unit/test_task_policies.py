@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+import celery
 import pytest
 import redis
 from celery.exceptions import MaxRetriesExceededError, Retry, SoftTimeLimitExceeded
@@ -20,9 +21,9 @@ from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, reply
 from tests.support.fake_store import InMemoryStore
 from tests.support.unit_services import UnitServices
+from worker.celery_app import create_app, current
 from worker.config import Settings
 from worker.gateway import NotSent, OutcomeUnknown
-from worker.celery_app import create_app, current
 
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 TASK_ID = "msg-aaaa"
@@ -53,7 +54,9 @@ def wire(store):
 
 
 def deliver(task, *args, task_id=TASK_ID, retries=0, **kwargs):
-    """One delivery of a message of ``task``: its outcome, or the ``Retry`` it raises (a re-queue)."""
+    """One delivery of a message of ``task`` by the test's app (the current one): its outcome, or the ``Retry`` it
+    raises (a re-queue)."""
+    task = celery.current_app.tasks[task.name]
     task.push_request(id=task_id, task=task.name, args=list(args), kwargs=kwargs, retries=retries,
                       called_directly=False, is_eager=True, delivery_info={})
     try:
@@ -289,6 +292,6 @@ def test_redis_unavailable_requeues_the_message(clock, error, retries):
 
 def test_redis_unavailable_for_twenty_requeues_fails_the_task(clock):
     store = ClaimFailsOnce(redis.ConnectionError("down"), clock=clock)
-    with current(create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))):
-        with pytest.raises(MaxRetriesExceededError):
-            deliver(sale, "3.00", CARD, retries=20)
+    app = create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))
+    with current(app), pytest.raises(MaxRetriesExceededError):
+        deliver(sale, "3.00", CARD, retries=20)
