@@ -224,7 +224,6 @@ def test_the_store_waits_for_a_replica_after_a_claim_or_a_journal_entry_that_may
 def test_a_publish_whose_outbox_entry_no_replica_acknowledged_raises_after_the_retry_policy(group, settings):
     """More replicas asked for than there are: the message goes out, its outbox entry is written, and the producer
     is told (ReplicaAckTimeout) once the publish retry policy is spent; with the replicas it has, it is not."""
-    from tasks import sale
     from worker.celery_app import create_app, current
 
     base = dataclasses.replace(settings, key_prefix=f"t:{uuid.uuid4().hex}:", replica_ack_timeout=0.1)
@@ -237,8 +236,8 @@ def test_a_publish_whose_outbox_entry_no_replica_acknowledged_raises_after_the_r
                 kwargs = {"amount": "1.00", "card": {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}}
                 if fails:
                     with pytest.raises(ReplicaAckTimeout, match="outbox entry: 2 of 3"):
-                        sale.apply_async(kwargs=kwargs, queue=f"q-{wanted}")
+                        app.tasks["payments.sale"].apply_async(kwargs=kwargs, queue=f"q-{wanted}")
                 else:
-                    sale.apply_async(kwargs=kwargs, queue=f"q-{wanted}")
+                    app.tasks["payments.sale"].apply_async(kwargs=kwargs, queue=f"q-{wanted}")
         finally:
             app.close()
