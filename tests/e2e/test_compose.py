@@ -72,7 +72,8 @@ def command_of(service: dict) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- the file's shape
 def test_the_stack_is_redis_sandbox_worker_one_beat_flower_and_monitoring(services):
-    assert set(services) == {"redis", "sandbox", "worker", "beat", "flower", "metrics", "prometheus", "grafana"}
+    default = {name for name, svc in services.items() if not svc.get("profiles")}
+    assert default == {"redis", "sandbox", "worker", "beat", "flower", "metrics", "prometheus", "grafana"}
     beats = [name for name, svc in services.items() if "beat" in command_of(svc)]
     assert beats == ["beat"], "exactly one service may run celery beat"
     assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
@@ -90,6 +91,28 @@ def test_redis_keeps_jobs_with_aof_refuses_eviction_and_has_a_healthcheck(servic
     assert any(v.split(":")[1] == "/data" for v in redis_svc.get("volumes", [])), "AOF must live on a volume"
     test = redis_svc["healthcheck"]["test"]
     assert "redis-cli" in test and "ping" in test
+
+
+def test_the_ha_profile_is_two_replicas_of_redis_and_three_sentinels_the_env_file_points_the_apps_at(services):
+    ha = {name for name, svc in services.items() if "ha" in svc.get("profiles", [])}
+    assert ha == {"redis-replica-1", "redis-replica-2", "sentinel-1", "sentinel-2", "sentinel-3"}
+    env_file = dict(line.split("=", 1) for line in (ROOT / "ops" / "redis-ha.env").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    assert env_file["COMPOSE_PROFILES"] == "ha" and env_file["REDIS_MIN_REPLICAS_TO_WRITE"] == "1"
+    assert sorted(env_file["REDIS_SENTINELS"].split(",")) == [f"sentinel-{i}:26379" for i in (1, 2, 3)]
+    for name in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        script = command_of(services[name])[-1]
+        assert f"sentinel monitor {env_file['REDIS_MASTER_NAME']} redis 6379 2" in script, name  # quorum: a majority
+        assert services[name]["volumes"] == [f"{name}-data:/data"], "each sentinel keeps its own rewritten config"
+    for name in ("redis", "redis-replica-1", "redis-replica-2"):
+        cmd = [interpolate(part, env_file) for part in command_of(services[name])]
+        assert cmd[cmd.index("--min-replicas-to-write") + 1] == "1", name  # every node may become the primary
+        assert cmd[cmd.index("--replica-announce-ip") + 1] == name, name
+        if name != "redis":
+            assert cmd[cmd.index("--replicaof") + 1:cmd.index("--replicaof") + 3] == ["redis", "6379"], name
+    app_env = service_env(services["worker"], env_file)
+    assert app_env["REDIS_SENTINELS"] == env_file["REDIS_SENTINELS"] and app_env["REDIS_MASTER_NAME"] == "payments"
+    assert service_env(services["worker"])["REDIS_SENTINELS"] == ""  # without the env file: one node, REDIS_URL
 
 
 def test_the_worker_scales_and_waits_for_a_healthy_redis(services):
