@@ -1,8 +1,9 @@
 """How long ``payments reconcile`` takes over a big day, and how much memory: N transactions at the sandbox (booked
 through its console API) and the same N approved records in a Redis store under a private prefix, then one
 ``payments reconcile --date today --json`` under ``/usr/bin/time -v`` (wall time, peak RSS of that process).
+``--settled`` settles them all first, so the day's settlement report (read too) holds every row as well.
 
-    python -m bench.reconcile_scale --rows 100000 --redis-url redis://127.0.0.1:6379/13
+    python -m bench.reconcile_scale --rows 100000 --redis-url redis://127.0.0.1:6379/13 [--settled]
 
 Prints one JSON line: rows, differences (must be 0), wall seconds, peak RSS MB, rows/s. The report travels over
 loopback HTTP from a sandbox subprocess; Redis is the one given (its keys under the prefix are deleted after).
@@ -85,6 +86,8 @@ def measure(env: dict, day: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--settled", action="store_true",
+                   help="settle every transaction first: the settlement report then holds the whole day too")
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     args = p.parse_args(argv)
     client = redis.Redis.from_url(args.redis_url, decode_responses=True)
@@ -94,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.monotonic()
         populate(store, url, args.rows, "op-" + uuid.uuid4().hex[:8])
+        if args.settled:
+            requests.post(url + "/sandbox/settle", json={}, timeout=300).raise_for_status()
         setup = time.monotonic() - t0
         env = dict(os.environ, REDIS_URL=args.redis_url, PAYMENTS_KEY_PREFIX=prefix,
                    BLUEPAY_URL=url + "/interfaces/", BLUEPAY_ACCOUNT_ID=ACCOUNT, BLUEPAY_SECRET_KEY=SECRET,
                    BLUEPAY_MODE="TEST")
         result = measure(env, datetime.now(UTC).date().isoformat())
-        result.update(rows=args.rows, setup_s=round(setup, 1),
+        result.update(rows=args.rows, setup_s=round(setup, 1), settled=args.settled,
                       rows_per_s=round(args.rows / result["wall_s"]) if result["wall_s"] else None)
         print(json.dumps(result, sort_keys=True))
         return 0 if result["differences"] == 0 else 1
