@@ -245,6 +245,7 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
         return
     publisher = getattr(_publishing, "app", None)
+    store = None
     try:
         store = (services_of(publisher) if publisher is not None else services()).store
         # Under REDIS_MIN_REPLICAS_ACK the entry (and the message before it) must reach a replica: retried as the
@@ -253,10 +254,12 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
             "name": sender, "body": list(body), "headers": headers,
             "exchange": exchange or "", "routing_key": routing_key or "",
         }), (publisher or celery.current_app).conf.task_publish_retry_policy or {})
-    except ReplicaAckTimeout as exc:
-        _publishing.not_durable = exc
-    except Exception as exc:  # the message is out; the outbox is a safety net, never a reason to fail
+    except Exception as exc:
         logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
+        # One node: the message is out and the outbox a safety net. Under REDIS_MIN_REPLICAS_ACK a failover may
+        # discard the message too (its LPUSH is not WAITed for): the publish raises, the producer publishes again.
+        if isinstance(exc, ReplicaAckTimeout) or (store is not None and store.outbox.replicas > 0):
+            _publishing.not_durable = exc
 
 
 def republish(message: dict, app: Celery | None = None) -> None:

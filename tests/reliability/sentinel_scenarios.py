@@ -1,0 +1,207 @@
+"""Failover scenarios under Redis Sentinel (issue 18): payments while the primary is killed or cut off.
+
+A Sentinel group of our own on loopback (tests/support/sentinel.py: three ``redis-server`` and three
+``redis-server --sentinel``, min-replicas-to-write 1), real ``celery worker`` processes under a supervisor, producers
+publishing through the sentinels, and the sandbox with gateway faults on. The mix: sales (a share chained with a
+void), and auths, each approved one captured by a second producer once its outcome is known. Meanwhile the primary
+is SIGKILLed (``mode="kill"``: a replica is promoted, the old primary restarts as a replica) or SIGSTOPped through
+a whole failover and resumed (``mode="pause"``: the partition), ``failovers`` times. Then the gateway heals, the
+sweep runs until the broker is quiet and everything is final, and every job is checked against the sandbox's
+ledger: none charged twice (per operation and per ORDER_ID), none lost, none non-final, the store equal to the
+ledger, no card data in the Redis nodes or the logs.
+
+Every worker runs with REDIS_MIN_REPLICAS_ACK=1 (the Sentinel default): claims, journal entries and outbox entries
+are acknowledged by a replica before anything depends on them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+from tests.reliability.scenarios import (
+    FAULT_MIX,
+    SLOW_SECONDS,
+    Fleet,
+    Job,
+    Producer,
+    Report,
+    _say,
+    check_orders,
+    faults_injected,
+    producer_for,
+    producer_tasks,
+    sale_specs,
+    scan_for_cards,
+    services_for,
+    settings_for,
+    settle,
+    verify,
+    worker_env,
+)
+from tests.support.sandbox import running_sandbox
+from tests.support.sentinel import SentinelGroup
+
+# A promotion takes ~2-4 s (down-after 1 s, election); the client's retries (store: ~35 s; publish: ~8.5 s) cover it.
+SENTINEL_WORKER_SETTINGS = {"REDIS_MIN_REPLICAS_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT": "1"}
+
+
+class AppProducer(Producer):
+    """A Producer thread publishing through ``app`` (Celery's current app is per thread)."""
+
+    def __init__(self, app, specs: list[dict], rate: float):
+        super().__init__(specs, rate)
+        self.app = app
+
+    def run(self) -> None:
+        from worker.celery_app import current
+
+        with current(self.app):
+            super().run()
+
+
+def mixed_specs(n: int, rng: random.Random) -> list[dict]:
+    """Sales (30 % of them chained with a void) and auths (a quarter of the jobs), by idempotency key or task id."""
+    specs = sale_specs(n, rng, hows=("key", "task_id"))
+    for spec in specs:
+        if not spec["chained"] and rng.random() < 0.35:
+            spec["operation"] = "auth"
+    return specs
+
+
+class Capturer(threading.Thread):
+    """Captures every approved auth once its outcome is in the store (as a shop does when it ships), publishing
+    with the idempotency key ``<auth id>:cap`` and retrying while the broker is away."""
+
+    def __init__(self, app, store, producer: Producer, stop: threading.Event):
+        super().__init__(daemon=True, name="capturer")
+        self.app, self.store, self.producer, self.stop_event = app, store, producer, stop
+        self.jobs: list[Job] = []
+        self.error: BaseException | None = None
+        self.retries: list = []
+
+    def run(self) -> None:
+        from worker.celery_app import current
+
+        with current(self.app):
+            self._run()
+
+    def _run(self) -> None:
+        (capture,) = producer_tasks("capture")  # this thread's current app's (set above)
+
+        done: set[str] = set()
+        try:
+            while True:
+                finished = not self.producer.is_alive()
+                auths = [j for j in list(self.producer.jobs) if j.operation == "auth" and j.payment_id not in done]
+                for job in auths:
+                    try:
+                        rec = self.store.get(job.payment_id)
+                    except Exception:  # Redis failing over: look again
+                        break
+                    if rec is None or rec.get("status") in ("PENDING", "RETRYING", "UNKNOWN"):
+                        continue
+                    done.add(job.payment_id)
+                    if rec.get("status") != "APPROVED" or not rec.get("trans_id"):
+                        continue
+                    key = f"{job.payment_id}:cap"
+                    deadline = time.monotonic() + 60
+                    while True:
+                        try:
+                            tid = capture.delay(rec["trans_id"], idempotency_key=key).id
+                            break
+                        except Exception:
+                            if time.monotonic() > deadline:
+                                raise
+                            self.retries.append(key)
+                            time.sleep(0.3)
+                    self.jobs.append(Job(key, "capture", job.amount, task_id=tid, published_at=time.time()))
+                if finished and not auths:
+                    return
+                if self.stop_event.wait(0.5) and finished:
+                    return
+        except BaseException as exc:
+            self.error = exc
+
+
+def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers: int = 3, mode: str = "kill",
+                           faults: bool = True, rate: float | None = None, seed: int = 18,
+                           settle_timeout: float = 300.0, log=None) -> Report:
+    """See the module's docstring. ``rate``: payments per second (None: spread over the failovers, ~10 s each)."""
+    rng = random.Random(seed)
+    report = Report(f"{name} ({mode})")
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    group = SentinelGroup(Path(logdir) / f"sentinel-{name}").start()
+    try:
+        url = f"redis://127.0.0.1:{group.nodes[0].port}/0"  # names the database; the sentinels find the master
+        with running_sandbox() as sandbox:
+            base = dataclasses.replace(settings_for(url, sandbox, prefix), **group.settings_overrides(),
+                                       replica_ack_timeout=1.0)
+            svc = services_for(base)
+            fault_config: dict = {"latency_ms": 50, "jitter_ms": 100, "slow_seconds": SLOW_SECONDS}
+            if faults:
+                fault_config.update(probabilities=FAULT_MIX, endpoints=["bp10emu", "stq"])
+            sandbox.set_faults(fault_config)
+            env = worker_env(url, sandbox, prefix, **group.env(), **SENTINEL_WORKER_SETTINGS)
+            fleet = Fleet(name, env, logdir, size=2, concurrency=3, rng=rng).start().supervise()
+            try:
+                with producer_for(url, base) as app:
+                    producer = AppProducer(app, mixed_specs(payments, rng),
+                                           rate or max(2.0, payments / (10.0 * failovers)))
+                    stop = threading.Event()
+                    capturer = Capturer(app, svc.store, producer, stop)
+                    producer.start()
+                    capturer.start()
+                    span = payments / producer.rate
+                    for i in range(failovers):
+                        time.sleep(max(2.0, span / (failovers + 1) - (5 if i else 0)))
+                        old, new = (group.kill_primary() if mode == "kill" else group.pause_primary())
+                        _say(log, f"{name}: failover {i + 1} ({mode}) {old} -> {new}; "
+                                  f"{len(producer.jobs)} published so far")
+                    producer.join()
+                    stop.set()
+                    capturer.join(120)
+                    for who in (producer, capturer):
+                        if who.error:
+                            report.problem(f"{who.name} failed: {who.error!r}")
+                    if faults:
+                        report.faults = faults_injected(sandbox)
+                        sandbox.set_faults({})  # the gateway heals; what was unknown is reconciled by the sweep
+                    jobs = producer.jobs + capturer.jobs
+                    settle(svc, jobs, timeout=settle_timeout, report=report, log=log)
+                    sandbox.wait_no_held(60)
+                    verify(report, svc.store, sandbox.ledger(), jobs, allow_error=faults)
+                    check_orders(report, sandbox.orders())
+                    report.restarts = group.failovers
+                    report.details.update(
+                        mode=mode, failovers=group.failovers, captures=len(capturer.jobs),
+                        auths=sum(1 for j in producer.jobs if j.operation == "auth"),
+                        chained=sum(1 for j in producer.jobs if j.chained),
+                        publish_retries=len(producer.publish_retries) + len(capturer.retries),
+                        worker_exits=fleet.crashes, group_events=group.events, fleet_events=fleet.events,
+                        unacked_restored=_count(fleet.logfiles, r"Restoring (\d+) unacknowledged"),
+                        not_replicated=_count(fleet.logfiles, r"ReplicasBehind", count_only=True),
+                        faults_by_kind=sandbox.stats()["faults_injected"] if faults else {})
+            finally:
+                fleet.stop()
+            scan_for_cards(report, clients=[n.client() for n in group.nodes],
+                           files=fleet.logfiles + group.logfiles())
+    finally:
+        group.stop()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _count(files: list[Path], pattern: str, *, count_only: bool = False) -> int:
+    total = 0
+    for f in files:
+        if not f.exists():
+            continue
+        for m in re.findall(pattern, f.read_text("utf-8", "replace")):
+            total += 1 if count_only else int(m)
+    return total
+

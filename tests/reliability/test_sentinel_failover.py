@@ -1,0 +1,33 @@
+"""Issue 18: payments through Redis Sentinel failovers (tests/reliability/sentinel_scenarios.py).
+
+CI size: 150 payments through three SIGKILLs of the primary, 60 through one partition (SIGSTOP through a whole
+failover); ``python -m tests.reliability.large --sentinel`` runs the 1,000-payment version. Skipped without
+``redis-server``.
+"""
+import shutil
+
+import pytest
+
+from tests.reliability.sentinel_scenarios import run_sentinel_failovers
+
+pytestmark = [pytest.mark.reliability,
+              pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")]
+
+
+def _check(report, failovers):
+    print(report.row(), report.details, dict(report.statuses))
+    assert report.problems == []
+    assert report.restarts == failovers
+    assert report.duplicates == report.lost == report.not_final == report.disagreements == report.card_hits == 0
+    assert report.details["captures"] > 0 and report.details["chained"] > 0
+
+
+def test_three_primary_kills_charge_nothing_twice_and_lose_nothing(rel_logdir):
+    report = run_sentinel_failovers("sentinel-kill", rel_logdir, payments=150, failovers=3, mode="kill", log=print)
+    _check(report, 3)
+    assert report.faults > 0
+
+
+def test_a_partitioned_primary_loses_nothing_when_it_comes_back(rel_logdir):
+    report = run_sentinel_failovers("sentinel-pause", rel_logdir, payments=60, failovers=1, mode="pause", log=print)
+    _check(report, 1)
