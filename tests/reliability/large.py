@@ -23,6 +23,9 @@ was charged. Scenarios (sizes from ``--payments N``):
 * late commits: N sales with the gateway's duplicate rule off while 30 % of gateway requests fail, half of
   them held past the read timeout and committed later (``late_commit``), the rest refused, 502 or dropped after
   the commit; prefork children and whole workers SIGKILLed as in kills+faults;
+* Sentinel kills: N payments (sales, chains, auths and their captures) through a Redis Sentinel group of our own
+  (three redis-server, three sentinels) whose primary is SIGKILLed three times (the old one back as a replica),
+  gateway faults on; Sentinel partition: N/4 while the primary is SIGSTOPped through a failover and resumed;
 * clock skew: N/50 sales in flight (and 6 late-committed ones) delivered again to a worker whose clock runs
   two minutes ahead (``faketime``; left out, with a message, when the faketime binary is missing).
 
@@ -70,6 +73,7 @@ def scenarios(args, plain, durable, logdir: Path, say) -> dict:
         run_payments_under_chaos,
         run_redis_restart,
     )
+    from tests.reliability.sentinel_scenarios import run_sentinel_failovers
 
     n = args.payments
     runs = {
@@ -92,6 +96,12 @@ def scenarios(args, plain, durable, logdir: Path, say) -> dict:
         "late commits": lambda: run_late_commits(
             "late-commits", plain.url, logdir, payments=n, kill_every=args.kill_every, rate=args.rate,
             seed=args.seed + 6, settle_timeout=600, log=say),
+        "Sentinel kills": lambda: run_sentinel_failovers(
+            "sentinel-kills", logdir, payments=n, failovers=3, mode="kill", seed=args.seed + 8, settle_timeout=600,
+            log=say),
+        "Sentinel partition": lambda: run_sentinel_failovers(
+            "sentinel-partition", logdir, payments=max(100, n // 4), failovers=1, mode="pause", seed=args.seed + 9,
+            settle_timeout=600, log=say),
         "clock skew": lambda: run_clock_skew(
             "clock-skew", plain.url, logdir, in_flight=max(16, n // 50), late=6, seed=args.seed + 7, log=say),
     }

@@ -1,8 +1,8 @@
 """Issue 18: payments through Redis Sentinel failovers (tests/reliability/sentinel_scenarios.py).
 
 CI size: 150 payments through three SIGKILLs of the primary, 60 through one partition (SIGSTOP through a whole
-failover); ``python -m tests.reliability.large --sentinel`` runs the 1,000-payment version. Skipped without
-``redis-server``.
+failover); ``python -m tests.reliability.large --payments 1000 --only "Sentinel kills,Sentinel partition"``
+runs the 1,000-payment version. Skipped without ``redis-server``.
 """
 import shutil
 
