@@ -205,3 +205,113 @@ def _count(files: list[Path], pattern: str, *, count_only: bool = False) -> int:
             total += 1 if count_only else int(m)
     return total
 
+
+
+def run_beat_through_failovers(name: str, logdir: Path, *, failovers: int = 2, log=None) -> Report:
+    """``celery beat`` (the sweep every second) publishing through the sentinels while the primary is SIGKILLed:
+    it must still be running and publishing sweeps after every failover, without a restart. Nothing consumes the
+    queue here, so its length counts what beat published (a message the old primary took just before dying may
+    be lost with it: beat publishes the next one a second later)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.env import TEST_CARD_KEY
+    from worker.processes import stop as stop_process
+
+    report = Report(f"{name} (beat)")
+    started = time.monotonic()
+    group = SentinelGroup(Path(logdir) / f"sentinel-{name}").start()
+    logfile = Path(logdir) / f"beat-{name}.log"
+    env = {**os.environ, **group.env(), "SWEEP_INTERVAL": "1", "PAYMENTS_CARD_KEY": TEST_CARD_KEY,
+           "BLUEPAY_MODE": "TEST"}
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
+                             "--schedule", str(Path(logdir) / f"beat-{name}.schedule"), "--logfile", str(logfile)],
+                            env=env, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def queued() -> int:
+        return int(group.primary().client().llen("celery"))
+
+    def grows(within: float) -> bool:
+        deadline = time.monotonic() + within
+        first = None
+        while time.monotonic() < deadline:
+            try:
+                n = queued()
+            except Exception:  # between a kill and the promotion
+                time.sleep(0.2)
+                continue
+            first = n if first is None else first
+            if n >= first + 2:
+                return True
+            time.sleep(0.2)
+        return False
+
+    try:
+        if not grows(30):
+            report.problem(f"beat published no sweep before any failover: {_tail_text(logfile)}")
+        for i in range(failovers):
+            old, new = group.kill_primary()
+            report.restarts += 1
+            _say(log, f"{name}: failover {i + 1}: {old} -> {new}")
+            if proc.poll() is not None:
+                report.problem(f"beat exited ({proc.returncode}) after failover {i + 1}: {_tail_text(logfile)}")
+                break
+            if not grows(20):
+                report.problem(f"beat published no sweep within 20 s of failover {i + 1}: {_tail_text(logfile)}")
+        report.details.update(beat_alive=proc.poll() is None, events=group.events,
+                              published_errors=_count([logfile], r"ERROR", count_only=True))
+    finally:
+        stop_process(proc)
+        group.stop()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_worker_through_failover(name: str, logdir: Path, *, log=None) -> Report:
+    """Does a worker survive a failover while it runs a payment (no supervisor)? The sandbox answers in 4 s, so the
+    worker holds one payment while its other slot waits in BRPOP when the primary is SIGKILLed."""
+    report = Report(f"{name} (one worker)")
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    group = SentinelGroup(Path(logdir) / f"sentinel-{name}").start()
+    try:
+        url = f"redis://127.0.0.1:{group.nodes[0].port}/0"
+        with running_sandbox() as sandbox:
+            sandbox.set_faults({"latency_ms": 4000})
+            base = dataclasses.replace(settings_for(url, sandbox, prefix), **group.settings_overrides())
+            svc = services_for(base)
+            fleet = Fleet(name, worker_env(url, sandbox, prefix, **group.env(), **SENTINEL_WORKER_SETTINGS), logdir,
+                          size=1, concurrency=2).start()
+            try:
+                with producer_for(url, base) as app:
+                    app.tasks["payments.sale"].delay(amount="5.00", card={"number": "4111111111111111",
+                                                                           "expire": "1230", "cvv2": "123"},
+                                                     idempotency_key=f"{name}-one")
+                deadline = time.monotonic() + 15
+                while svc.store.get(f"{name}-one") is None and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                group.kill_primary()
+                report.restarts = 1
+                time.sleep(8)
+                alive = [w for w in fleet.workers if w.proc.poll() is None]
+                report.details["workers_alive_after_failover"] = len(alive)
+                if not alive:
+                    report.problem("the worker exited after the failover: " + next(
+                        (line for line in _tail_text(fleet.workers[0].logfile, 10**7).splitlines()
+                         if "Unrecoverable error" in line), "(see its log)"))
+                report.payments = 1
+            finally:
+                fleet.stop()
+    finally:
+        group.stop()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _tail_text(path: Path, n: int = 1500) -> str:
+    try:
+        return path.read_text("utf-8", "replace")[-n:]
+    except OSError:
+        return "(no log)"
