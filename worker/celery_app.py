@@ -245,15 +245,17 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
         return
     publisher = getattr(_publishing, "app", None)
+    if publisher is None:  # published by another Celery app in this process, not through SealingAMQP: not ours
+        return
     store = None
     try:
-        store = (services_of(publisher) if publisher is not None else services()).store
+        store = services_of(publisher).store
         # Under REDIS_MIN_REPLICAS_ACK the entry (and the message before it) must reach a replica: retried as the
         # publish retry policy says, then the publish raises ReplicaAckTimeout (send_task_message above).
         retry_not_durable(lambda: store.outbox.put(headers["id"], {
             "name": sender, "body": list(body), "headers": headers,
             "exchange": exchange or "", "routing_key": routing_key or "",
-        }), (publisher or celery.current_app).conf.task_publish_retry_policy or {})
+        }), publisher.conf.task_publish_retry_policy or {})
     except Exception as exc:
         logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
         # One node: the message is out and the outbox a safety net. Under REDIS_MIN_REPLICAS_ACK a failover may

@@ -15,7 +15,7 @@ from celery.app.task import Context
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from worker.carddata import CardDataRefused
-from worker.celery_app import SealingAMQP
+from worker.celery_app import SealingAMQP, current
 from worker.sealing import seal_body, seal_publish, unsealed_card_in
 from worker.services import ProcessServices, attach
 from worker.vault import CardVault
@@ -210,6 +210,18 @@ def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(app
     kept = fake_services.store.outbox.entries[result.id]
     assert kept["body"][1]["order_id"] == LUHN_ORDER and kept["name"] == "payments.sale"
     assert len(fake_services.store.outbox.entries) == 2
+    assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.entries.values())
+
+
+def test_a_message_another_app_in_the_process_publishes_is_not_kept_in_the_outbox(app, fake_services):
+    # A merchant's own Celery app (current in its process) publishing a payments.sale with a clear card: it did
+    # not go through SealingAMQP, so its body is not ours to keep (the outbox would hold the card in clear).
+    other = Celery("merchant", broker="memory://", set_as_current=False)
+    other.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
+    with current(app):  # what services() answers here is the fake: a wrong keep would land in it
+        other.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD})
+        app.send_task("payments.sale", kwargs={"amount": "5.00", "card": TEST_CARD})
+    assert len(fake_services.store.outbox.entries) == 1
     assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.entries.values())
 
 
