@@ -220,6 +220,11 @@ class Workers:
                 extra += ["-Q", side.queue]
             elif isinstance(side, Ours) and args.metrics_ab:
                 worker_env["WORKER_METRICS_PORT"] = str(procs.free_port())  # one port per worker process
+            if args.metrics_ab:
+                # A message kombu pops just as a consumer is cancelled comes back "redelivered", and waits out the
+                # commit horizon (60 s by default) before stq may clear it: idle worker CPU counted against a few
+                # payments. Short gateway timeouts keep that wait to seconds, the same on both sides.
+                worker_env.update(GATEWAY_READ_TIMEOUT="2", GATEWAY_COMMIT_HORIZON="8")
             side.procs.append(procs.start_celery_worker(
                 side.app_module, env=worker_env, pool=pool, concurrency=concurrency,
                 hostname=name, logfile=log, extra=extra))
