@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 import requests
@@ -82,7 +83,7 @@ def fill(client: redis.Redis, records: int, *, batch: int = 5000) -> dict[str, i
                 pipe.hset(f"{PREFIX}outbox", pid, json.dumps({"message": {}, "published": created, "republished": 0}))
                 pipe.zadd(f"{PREFIX}idx:outbox", {pid: created})
         pipe.execute()
-    client.hset(f"{PREFIX}idx:status_counts", mapping=counts)
+    client.hset(f"{PREFIX}idx:status_counts", mapping={k: str(v) for k, v in counts.items()})
     client.set(f"{PREFIX}sweep:last", json.dumps({"ran": True, "finished": now, "started": now - 1, "seconds": 1.0,
                                                    "reconcile_still_unknown": 3}))
     return counts
@@ -115,7 +116,7 @@ def serve(redis_url: str):
     raise RuntimeError("payments metrics did not come up")
 
 
-def measure(redis_url: str, scrapes: int) -> dict[str, float]:
+def measure(redis_url: str, scrapes: int) -> dict[str, Any]:
     proc, url = serve(redis_url)
     try:
         scrape_times(url, 3)  # warm: imports, connections
