@@ -69,7 +69,13 @@ class Node:
         cmd = ["redis-server", str(self.conf), *(["--sentinel"] if self.sentinel else []), *self.extra_args, *args]
         self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        _wait(lambda: self.client(timeout=0.5).ping(), 15, f"redis on {self.port}")
+        def ours() -> bool:  # answering on our port, and it is this process (not another test's server)
+            if self.proc is None or self.proc.poll() is not None:
+                log = self.log.read_text()[-500:] if self.log.exists() else "(no log)"
+                raise RuntimeError(f"redis-server on {self.port} exited: {log}")
+            return int(self.client(timeout=0.5).info("server")["process_id"]) == self.proc.pid
+
+        _wait(ours, 15, f"redis on {self.port}")
         return self
 
     def client(self, timeout: float = 2.0) -> redis.Redis:
