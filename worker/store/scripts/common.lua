@@ -16,7 +16,9 @@ local function server_now()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
-local function ts(t) return string.format('%.3f', t) end
+-- Milliseconds, rounded down: a stamp is never later than the TIME it came from (rounded to nearest, a lease of 0 s
+-- or a record just written could look up to 0.5 ms in the future to the next script within the same millisecond).
+local function ts(t) return string.format('%.3f', math.floor(t * 1000) / 1000) end
 
 -- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm).
 local function iso(t)
