@@ -89,6 +89,8 @@ def run_metrics(*, n, ids, sent, rows, snapshots, own, t_start, finished, paced_
     cmds = command_delta(s0["cmds"], s2["cmds"], own)
     enqueue_cmds = command_delta(s0["cmds"], s1["cmds"], Counter({"info": 2}))
     burst = paced_rate is None
+    wall = s2["t"] - s0["t"]
+    ours_cpu = sum(s2[k] - s0[k] for k in ("worker_cpu", "producer_cpu", "sandbox_cpu", "redis_cpu"))
     return {
         "n": n,
         "ok": len(ends),
@@ -107,6 +109,9 @@ def run_metrics(*, n, ids, sent, rows, snapshots, own, t_start, finished, paced_
         "redis_cmds_enqueue": round(sum(enqueue_cmds.values()) / n, 2),
         "redis_cmds_top": {k: round(v / n, 2) for k, v in cmds.most_common(10)},
         "redis_cpu_ms": _per_payment(s0, s2, "redis_cpu", n),
+        # cores other processes kept busy meanwhile (whole machine's busy time minus this benchmark's processes)
+        "host_other_cores": round(max(0.0, s2["host_busy"] - s0["host_busy"] - ours_cpu) / wall, 2)
+        if wall > 0 and "host_busy" in s0 else None,
         "sandbox_cpu_ms": _per_payment(s0, s2, "sandbox_cpu", n),
         "producer_cpu_ms": _per_payment(s0, s1 if burst else s2, "producer_cpu", n),
         "enqueue_per_s": round(n / (s1["t"] - s0["t"]), 1) if burst and s1["t"] > s0["t"] else None,
@@ -136,6 +141,8 @@ def _side_summary(rs: list[dict], ps: list[dict], producer_subscribe: bool) -> d
         "redis_cmds_enqueue": med(rs, "redis_cmds_enqueue"),
         "redis_cmds_top": rs[0]["redis_cmds_top"] if rs else {},
         "redis_cpu_ms": med(rs, "redis_cpu_ms"),
+        "redis_ceiling_per_s": ceiling(med(rs, "redis_cpu_ms")),
+        "host_other_cores": med(rs + ps, "host_other_cores"),
         "sandbox_cpu_ms": med(rs, "sandbox_cpu_ms"),
         "producer_cpu_ms": med(rs, "producer_cpu_ms"),
         "enqueue_per_s": med(rs, "enqueue_per_s"),
@@ -150,6 +157,16 @@ def _side_summary(rs: list[dict], ps: list[dict], producer_subscribe: bool) -> d
     }
 
 
+def ceiling(redis_cpu_ms):
+    """Payments/s one Redis core allows at this Redis CPU per payment (Redis runs commands on one thread)."""
+    return round(1000.0 / redis_cpu_ms) if redis_cpu_ms else None
+
+
+def cpu_capacity(workers, cpu_ms):
+    """Payments/s the worker processes reach when CPU-bound: each uses at most one core."""
+    return round(workers * 1000.0 / cpu_ms, 1) if cpu_ms else None
+
+
 def config_summary(key, *, workers, bound, runs, paced, rate, producer_subscribe) -> dict:
     """One pool x concurrency x latency: both sides' medians and the ratios between them."""
     pool, conc, latency = key
@@ -158,11 +175,20 @@ def config_summary(key, *, workers, bound, runs, paced, rate, producer_subscribe
     for name in ("ours", "baseline"):
         cfg[name] = _side_summary(runs[name], paced[name], producer_subscribe)
     o, b = cfg["ours"], cfg["baseline"]
+    for side in (o, b):
+        side["cpu_capacity_per_s"] = cpu_capacity(workers, side["cpu_ms"])
+        # what this side could reach here: the latency bound or its CPU capacity, whichever is lower
+        limits = [v for v in (bound, side["cpu_capacity_per_s"]) if v]
+        side["capacity_per_s"] = min(limits) if limits else None
     cfg["ratios"] = {
         "throughput": ratio(o["per_s"], b["per_s"]),
         "cpu": ratio(o["cpu_ms"], b["cpu_ms"]),
         "bound": ratio(o["per_s"], bound),
         "baseline_bound": ratio(b["per_s"], bound),
+        "capacity": ratio(o["per_s"], o["capacity_per_s"]),
+        "baseline_capacity": ratio(b["per_s"], b["capacity_per_s"]),
+        "redis_cmds": ratio(o["redis_cmds"], b["redis_cmds"]),
+        "redis_cpu": ratio(o["redis_cpu_ms"], b["redis_cpu_ms"]),
     }
     return cfg
 
@@ -216,6 +242,9 @@ def headline(configs) -> dict:
         "p99_ms": o["paced_p99_ms"] if o["paced_p99_ms"] is not None else o["burst_p99_ms"],
         "p99_kind": "paced" if o["paced_p99_ms"] is not None else "burst",
         "throughput_ratio": primary["ratios"]["throughput"], "cpu_ratio": primary["ratios"]["cpu"],
+        "ours_redis_cmds": o["redis_cmds"], "baseline_redis_cmds": b["redis_cmds"],
+        "ours_redis_cpu_ms": o["redis_cpu_ms"], "baseline_redis_cpu_ms": b["redis_cpu_ms"],
+        "ours_redis_ceiling_per_s": o["redis_ceiling_per_s"], "baseline_redis_ceiling_per_s": b["redis_ceiling_per_s"],
         "bound_ratio": at_bound["ratios"]["bound"] if at_bound else None,
         "errors": sum(c["ours"]["errors"] + c["baseline"]["errors"] for c in configs),
     }

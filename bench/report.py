@@ -4,6 +4,7 @@ summary, the files in ``--out`` and, as the LAST line of stdout, one line of JSO
 ``baseline_cpu_ms``, ``p99_ms`` at least)."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -12,12 +13,15 @@ from bench.analysis import p99_of
 #: Keys of the final JSON line taken from the result as they are (then targets and per-config figures).
 LAST_LINE_KEYS = ("ours_per_s", "baseline_per_s", "bound_per_s", "ours_cpu_ms", "baseline_cpu_ms", "p99_ms",
                   "p99_kind", "throughput_ratio", "cpu_ratio", "bound_latency_ms", "ours_per_s_at_bound",
-                  "baseline_per_s_at_bound", "bound_ratio", "errors", "primary", "json_path")
+                  "baseline_per_s_at_bound", "bound_ratio", "ours_redis_cmds", "baseline_redis_cmds",
+                  "ours_redis_cpu_ms", "baseline_redis_cpu_ms", "ours_redis_ceiling_per_s",
+                  "baseline_redis_ceiling_per_s", "errors", "primary", "json_path")
 
 TABLE_COLUMNS = [("pool", 7), ("c", 4), ("w", 2), ("lat", 5), ("ours/s", 7), ("base/s", 7), ("bound/s", 8),
                  ("o/b", 5), ("o/bnd", 6), ("cpu o", 6), ("cpu b", 6), ("cpu o/b", 7), ("p50", 6), ("p95", 6),
                  ("p99", 6), ("p99 b", 6), ("@/s", 5), ("rss o", 6), ("rss b", 6), ("cmd o", 6), ("cmd b", 6),
-                 ("err", 4)]
+                 ("rcpu o", 6), ("rcpu b", 6), ("ceil o", 7), ("ceil b", 7), ("o/cap", 6), ("b/cap", 6),
+                 ("other", 5), ("err", 4)]
 
 
 def fmt(v, nd=1):
@@ -42,7 +46,9 @@ def _row(c: dict) -> list:
             fmt(o["cpu_ms"], 2), fmt(b["cpu_ms"], 2), fmt(r["cpu"], 2), fmt(_pick(o, "p50")),
             fmt(_pick(o, "p95")), fmt(_pick(o, "p99")), fmt(_pick(b, "p99")), fmt(c["paced_rate"], 0),
             fmt(o.get("rss_peak_mb"), 0), fmt(b.get("rss_peak_mb"), 0), fmt(o["redis_cmds"]),
-            fmt(b["redis_cmds"]), o["errors"] + b["errors"]]
+            fmt(b["redis_cmds"]), fmt(o.get("redis_cpu_ms"), 3), fmt(b.get("redis_cpu_ms"), 3),
+            fmt(o.get("redis_ceiling_per_s"), 0), fmt(b.get("redis_ceiling_per_s"), 0), fmt(r.get("capacity"), 2),
+            fmt(r.get("baseline_capacity"), 2), fmt(o.get("host_other_cores"), 2), o["errors"] + b["errors"]]
 
 
 def table(result) -> str:
@@ -57,7 +63,10 @@ def table(result) -> str:
         "p50/p95/p99 (ours) and p99 b (baseline): enqueue->recorded ms in the paced phase at @/s",
         "(half our capacity; burst percentiles when --no-paced); rss: peak MB per worker (VmHWM, all",
         "processes of a worker); cmd: Redis commands per payment (commandstats, Lua inner calls included"
-        + ("" if result["settings"]["redis_exclusive"] else "; SHARED server: others' traffic included") + ").",
+        + ("" if result["settings"]["redis_exclusive"] else "; SHARED server: others' traffic included") + ");",
+        "rcpu: Redis CPU ms per payment (INFO cpu); ceil: payments/s one Redis core allows at that (1000/rcpu);",
+        "o/cap, b/cap: payments/s / min(latency bound, CPU capacity = w x 1000 / cpu ms); other: cores other",
+        "processes on this host kept busy during the runs (median).",
     ]
     return "\n".join(lines)
 
@@ -66,7 +75,9 @@ def markdown(result) -> str:
     """The table as Markdown (written next to the JSON, for docs/performance.md)."""
     head = ("| pool | c | w | latency ms | ours/s | baseline/s | bound/s | ours/base | ours/bound | "
             "CPU ms ours | CPU ms base | CPU ours/base | p50 ms | p95 ms | p99 ms | p99 ms base | paced at /s | "
-            "RSS MB ours | RSS MB base | Redis cmds ours | Redis cmds base | errors | redelivered |")
+            "RSS MB ours | RSS MB base | Redis cmds ours | Redis cmds base | Redis CPU ms ours | Redis CPU ms base | "
+            "Redis ceiling/s ours | Redis ceiling/s base | ours/capacity | base/capacity | other cores | errors | "
+            "redelivered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in result["configs"]:
         vals = [*_row(c), c["ours"].get("redelivered", 0)]
@@ -80,18 +91,24 @@ COLORS = {"gevent": "tab:blue", "threads": "tab:green", "prefork": "tab:red"}
 
 def _plot_latency_row(ax_t, ax_l, configs, pools, lat) -> None:
     """Throughput (left) and p99 (right) against concurrency, for one gateway latency."""
-    for pool in pools:
-        cs = sorted((c for c in configs if c["latency_ms"] == lat and c["pool"] == pool),
+    counts = sorted({c["workers"] for c in configs})
+    for pool, workers in itertools.product(pools, counts):
+        cs = sorted((c for c in configs if c["latency_ms"] == lat and c["pool"] == pool and c["workers"] == workers),
                     key=lambda c: c["concurrency"])
+        if not cs:
+            continue
         xs = [c["concurrency"] for c in cs]
         col = COLORS.get(pool)
-        ax_t.plot(xs, [c["ours"]["per_s"] for c in cs], "o-", color=col, label=f"ours {pool}")
-        ax_t.plot(xs, [c["baseline"]["per_s"] for c in cs], "s--", color=col, alpha=0.6,
-                  label=f"baseline {pool}")
+        name = pool if len(counts) == 1 else f"{pool} w={workers}"
+        alpha = 1.0 if workers == counts[0] else 0.55
+        ax_t.plot(xs, [c["ours"]["per_s"] for c in cs], "o-", color=col, alpha=alpha, label=f"ours {name}")
+        ax_t.plot(xs, [c["baseline"]["per_s"] for c in cs], "s--", color=col, alpha=0.6 * alpha,
+                  label=f"baseline {name}")
         if lat > 0 and pool == pools[0]:
-            ax_t.plot(xs, [c["bound_per_s"] for c in cs], ":", color="grey", label="latency bound")
-        ax_l.plot(xs, [p99_of(c["ours"]) for c in cs], "o-", color=col, label=f"ours {pool}")
-        ax_l.plot(xs, [p99_of(c["baseline"]) for c in cs], "s--", color=col, alpha=0.6, label=f"baseline {pool}")
+            ax_t.plot(xs, [c["bound_per_s"] for c in cs], ":", color="grey", label=f"latency bound ({name})")
+        ax_l.plot(xs, [p99_of(c["ours"]) for c in cs], "o-", color=col, alpha=alpha, label=f"ours {name}")
+        ax_l.plot(xs, [p99_of(c["baseline"]) for c in cs], "s--", color=col, alpha=0.6 * alpha,
+                  label=f"baseline {name}")
     ax_l.axhline(lat + 50, color="grey", ls=":", label="target: latency + 50 ms")
     ax_t.set_title(f"throughput, gateway latency {lat:g} ms")
     ax_t.set_xlabel("concurrency per worker")
@@ -176,6 +193,12 @@ def last_line(result: dict) -> dict:
         "p99_ms": p99_of(c["ours"]),
         "baseline_p99_ms": p99_of(c["baseline"]),
         "ours_redis_cmds": c["ours"]["redis_cmds"], "baseline_redis_cmds": c["baseline"]["redis_cmds"],
+        "ours_redis_cpu_ms": c["ours"]["redis_cpu_ms"], "baseline_redis_cpu_ms": c["baseline"]["redis_cpu_ms"],
+        "ours_redis_ceiling_per_s": c["ours"]["redis_ceiling_per_s"],
+        "baseline_redis_ceiling_per_s": c["baseline"]["redis_ceiling_per_s"],
+        "ours_capacity_per_s": c["ours"]["capacity_per_s"], "capacity_ratio": c["ratios"]["capacity"],
+        "baseline_capacity_ratio": c["ratios"]["baseline_capacity"],
+        "host_other_cores": c["ours"]["host_other_cores"],
         "errors": c["ours"]["errors"] + c["baseline"]["errors"],
     } for c in result["configs"]]
     return last

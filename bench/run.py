@@ -10,7 +10,7 @@ What one run does
   only way to get exact per-payment Redis command counts and Redis CPU when others share the server).
 * The sandbox gateway (``python -m worker.sandbox --port 0 --duplicate-window 0``); the injected
   latency is set through ``POST /sandbox/faults`` and the ledger is reset before every measured run.
-* For every pool x concurrency: ``--workers`` processes of OUR worker (``celery -A worker worker``)
+* For every pool x concurrency x ``--workers`` count: that many processes of OUR worker (``celery -A worker worker``)
   and as many of the BASELINE (``celery -A bench.baseline worker``, bench/baseline.py) with the
   same pool, concurrency and flags, all started once and kept warm.
 * For every latency, ``--repeat`` times, alternating which side goes first:
@@ -35,7 +35,12 @@ What is measured
 * Redis commands per payment: ``INFO commandstats`` delta from before the enqueue to the end
   (commands run inside Lua scripts are counted by Redis too), minus the benchmark's own polling,
   divided by N; with a shared server other clients' traffic is included (``redis_exclusive``).
-* the latency bound = concurrency x workers / latency (latency > 0 only).
+* the latency bound = concurrency x workers / latency (latency > 0 only); the CPU capacity = workers x
+  1000 / worker CPU ms per payment (one worker process uses at most one core); ``ours/min(bound, CPU)``.
+* Redis CPU ms per payment: ``INFO cpu`` (used_cpu_user + used_cpu_sys) delta / N, and the ceiling it implies
+  for the whole system: one Redis core / Redis CPU per payment = payments/s (Redis runs commands on one thread).
+* host load: the machine's CPU time used by other processes during the run (system-wide busy time minus
+  the workers, this producer, the sandbox and Redis), in cores, and the load average at start and end.
 
 Producer and result subscriptions
 ---------------------------------
@@ -102,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="injected gateway latency, comma list (default 0,200)")
     p.add_argument("--pool", type=_pools, default=["gevent"], help="prefork|threads|gevent (comma list allowed)")
     p.add_argument("--concurrency", type=_list(int), default=[50], help="comma list (default 50)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes per side (default 1)")
+    p.add_argument("--workers", type=_list(int), default=[1],
+                   help="worker processes per side, comma list (default 1; 1,2: scale-out, each measured side by side)")
     p.add_argument("--repeat", type=int, default=3, help="repetitions; medians are reported (default 3)")
     p.add_argument("--out", default=None, help="output directory (default bench/results/)")
     p.add_argument("--redis-url", default=None, help=f"Redis for broker/backend/store (default {DEFAULT_REDIS_URL})")
@@ -169,7 +175,7 @@ def main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.payments < 1 or args.repeat < 1 or args.workers < 1 or min(args.concurrency) < 1:
+    if args.payments < 1 or args.repeat < 1 or min(args.workers) < 1 or min(args.concurrency) < 1:
         build_parser().error("--payments, --repeat, --workers and --concurrency must be >= 1")
     if _settings_already_bound():
         # Celery settings are read once per process; this one already has them: run in a fresh one.

@@ -207,10 +207,10 @@ class Workers:
     def __init__(self, env: BenchEnv):
         self.env = env
 
-    def start(self, side: Side, pool: str, concurrency: int) -> None:
+    def start(self, side: Side, pool: str, concurrency: int, workers: int) -> None:
         env, args = self.env, self.env.args
         host = socket.gethostname()
-        for i in range(args.workers):
+        for i in range(workers):
             name = f"bench-{side.name}-{env.run_id}-{i}@{host}"
             log = env.logdir / f"{side.name}-{pool}-c{concurrency}-{i}.log"
             extra = list(args.ours_worker_arg) if isinstance(side, Ours) else []
@@ -293,8 +293,11 @@ class Runner:
         cpu = self.r.info("cpu")
         cmds = commandstats(self.r.info("commandstats"))
         own["info"] += 2
+        host = psutil.cpu_times()
         return {
             "t": time.time(),
+            # the whole machine's busy CPU seconds (every core), for what other processes used meanwhile
+            "host_busy": sum(host) - host.idle - getattr(host, "iowait", 0.0),
             "worker_cpu": sum(procs.tree_cpu_seconds(pid) for pid in side.pids),
             "producer_cpu": me.user + me.system,
             "sandbox_cpu": procs.tree_cpu_seconds(self.env.sandbox.pid),
@@ -501,6 +504,7 @@ class Bench:
         self.profiler = Profiler(self.env, self.runner)
         self.ours: Ours | None = None
         self.baseline: Side | None = None
+        self.loadavg_at_start: list[float] = []
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -524,20 +528,21 @@ class Bench:
         configs: list[dict] = []
         profiles: dict = {}
         started = datetime.now(UTC)
-        for pool, conc in itertools.product(self.args.pool, self.args.concurrency):
-            configs += self._block(pool, conc, profiles)
+        self.loadavg_at_start = [round(x, 2) for x in os.getloadavg()]
+        for pool, conc, workers in itertools.product(self.args.pool, self.args.concurrency, self.args.workers):
+            configs += self._block(pool, conc, workers, profiles)
         return self._result(configs, profiles, started)
 
-    def _block(self, pool: str, conc: int, profiles: dict) -> list[dict]:
-        """One pool x concurrency: start both sides' workers, measure every latency, stop them."""
+    def _block(self, pool: str, conc: int, workers: int, profiles: dict) -> list[dict]:
+        """One pool x concurrency x worker count: start both sides' workers, measure every latency, stop them."""
         a = self.args
-        warm = a.warmup if a.warmup is not None else max(20, min(500, 2 * conc * a.workers))
+        warm = a.warmup if a.warmup is not None else max(20, min(500, 2 * conc * workers))
         for side in self.sides:
-            self.workers.start(side, pool, conc)
+            self.workers.start(side, pool, conc, workers)
         try:
             for side in self.sides:
                 self.workers.consume(side, False)
-            configs = [self._latency(pool, conc, latency, warm, profiles) for latency in a.latency_ms]
+            configs = [self._latency(pool, conc, workers, latency, warm, profiles) for latency in a.latency_ms]
             # Peak RSS over the workers' life in this pool/concurrency block.
             for cfg in configs:
                 for side in self.sides:
@@ -551,10 +556,10 @@ class Bench:
         ours, baseline = self.sides
         return (ours, baseline) if rep % 2 == 0 else (baseline, ours)
 
-    def _latency(self, pool: str, conc: int, latency: float, warm: int, profiles: dict) -> dict:
+    def _latency(self, pool: str, conc: int, workers: int, latency: float, warm: int, profiles: dict) -> dict:
         a = self.args
-        bound = conc * a.workers / (latency / 1000.0) if latency > 0 else None
-        say(f"== {pool} c={conc} w={a.workers} latency={latency:g}ms: warm-up {warm} per side")
+        bound = conc * workers / (latency / 1000.0) if latency > 0 else None
+        say(f"== {pool} c={conc} w={workers} latency={latency:g}ms: warm-up {warm} per side")
         for side in self.sides:
             self.runner.run_once(side, warm, latency, measure=False)
         runs = self._bursts(latency)
@@ -565,7 +570,7 @@ class Bench:
             for side in self.sides:
                 say(f"   profiling {side.name} (one extra burst, not in the medians)")
                 profiles[side.name] = self.profiler.profile(side, a.payments, latency, pool)
-        return config_summary((pool, conc, latency), workers=a.workers, bound=bound, runs=runs, paced=paced,
+        return config_summary((pool, conc, latency), workers=workers, bound=bound, runs=runs, paced=paced,
                               rate=rate, producer_subscribe=a.producer_subscribe)
 
     def _bursts(self, latency: float) -> dict:
@@ -594,6 +599,7 @@ class Bench:
     def _result(self, configs, profiles, started) -> dict:
         a, env = self.args, self.env
         result = {
+            "loadavg_at_start": self.loadavg_at_start,
             "started_at": started.isoformat(timespec="seconds"),
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:])]),
