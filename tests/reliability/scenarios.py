@@ -549,7 +549,7 @@ class Producer(threading.Thread):
             for i, spec in enumerate(self.specs):
                 due = start + i / self.rate
                 if due > time.monotonic():
-                    time.sleep(due - time.monotonic())
+                    time.sleep(max(0.0, due - time.monotonic()))  # the time may pass due in between
                 self.jobs.append(publish(spec, retries=self.publish_retries))
         except BaseException as exc:  # reported by the scenario
             self.error = exc
