@@ -129,8 +129,9 @@ class Capturer(threading.Thread):
 
 def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers: int = 3, mode: str = "kill",
                            faults: bool = True, rate: float | None = None, seed: int = 18,
-                           settle_timeout: float = 300.0, log=None) -> Report:
-    """See the module's docstring. ``rate``: payments per second (None: spread over the failovers, ~10 s each)."""
+                           settle_timeout: float = 300.0, replicas_ack: int = 1, log=None) -> Report:
+    """See the module's docstring. ``rate``: payments per second (None: spread over the failovers, ~10 s each).
+    ``replicas_ack``: REDIS_MIN_REPLICAS_ACK of the workers and the producer (0: no WAIT, to measure its cost)."""
     rng = random.Random(seed)
     report = Report(f"{name} ({mode})")
     started = time.monotonic()
@@ -140,13 +141,14 @@ def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers:
         url = f"redis://127.0.0.1:{group.nodes[0].port}/0"  # names the database; the sentinels find the master
         with running_sandbox() as sandbox:
             base = dataclasses.replace(settings_for(url, sandbox, prefix), **group.settings_overrides(),
-                                       replica_ack_timeout=1.0)
+                                       replica_ack_timeout=1.0, min_replicas_ack_setting=replicas_ack)
             svc = services_for(base)
             fault_config: dict = {"latency_ms": 50, "jitter_ms": 100, "slow_seconds": SLOW_SECONDS}
             if faults:
                 fault_config.update(probabilities=FAULT_MIX, endpoints=["bp10emu", "stq"])
             sandbox.set_faults(fault_config)
-            env = worker_env(url, sandbox, prefix, **group.env(), **SENTINEL_WORKER_SETTINGS)
+            env = worker_env(url, sandbox, prefix, **group.env(),
+                             **{**SENTINEL_WORKER_SETTINGS, "REDIS_MIN_REPLICAS_ACK": str(replicas_ack)})
             fleet = Fleet(name, env, logdir, size=2, concurrency=3, rng=rng).start().supervise()
             try:
                 with producer_for(url, base) as app:
@@ -155,6 +157,7 @@ def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers:
                     stop = threading.Event()
                     capturer = Capturer(app, svc.store, producer, stop)
                     producer.start()
+                    processing_started = time.monotonic()
                     capturer.start()
                     span = payments / producer.rate
                     for i in range(failovers):
@@ -173,6 +176,7 @@ def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers:
                         sandbox.set_faults({})  # the gateway heals; what was unknown is reconciled by the sweep
                     jobs = producer.jobs + capturer.jobs
                     settle(svc, jobs, timeout=settle_timeout, report=report, log=log)
+                    report.details["processing_seconds"] = round(time.monotonic() - processing_started, 2)
                     sandbox.wait_no_held(60)
                     verify(report, svc.store, sandbox.ledger(), jobs, allow_error=faults)
                     check_orders(report, sandbox.orders())

@@ -104,7 +104,7 @@ class SentinelGroup:
     """One primary, ``replicas`` replicas and ``sentinels`` sentinels (quorum: a majority)."""
 
     def __init__(self, directory: Path, *, master_name: str = "payments-ha", replicas: int = 2, sentinels: int = 3,
-                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000, min_replicas_to_write: int = 1,
+                 down_after_ms: int = 2000, failover_timeout_ms: int = 3000, min_replicas_to_write: int = 1,
                  min_replicas_max_lag: int = 2, password: str = "", sentinel_password: str = ""):
         self.dir = Path(directory)
         self.master_name = master_name
