@@ -10,18 +10,18 @@ expiry, everything stored) the way Redis shows it to raw commands, and writes a 
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
 import pytest
 
 from tests.support.clocks import FixedClock
+from tests.support.env import INTEGRATION_REDIS_URL
 from tests.support.fake_store import InMemoryStore
 from tests.support.redis_db import redis_or_skip
 from worker.store import ResultsStore
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = INTEGRATION_REDIS_URL
 
 
 class FakeTier:

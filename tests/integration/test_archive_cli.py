@@ -10,33 +10,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.support.redis_db import redis_or_skip
+from tests.support.env import INTEGRATION_REDIS_URL
 from worker.store import ResultsStore
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = INTEGRATION_REDIS_URL
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
-
-
-@pytest.fixture(scope="module")
-def client():
-    with redis_or_skip(REDIS_URL) as r:
-        yield r
-
-
-@pytest.fixture
-def prefix(client):
-    p = f"test:archive-cli:{uuid.uuid4().hex}:"
-    yield p
-    keys = list(client.scan_iter(match=p + "*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 def payments(*args, prefix, archive_url, timeout=60):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.env import TEST_CARD_KEY
+from tests.support.env import INTEGRATION_REDIS_URL, TEST_CARD_KEY
 from tests.support.redis_db import redis_or_skip
 from tests.support.sandbox import running_sandbox
 from worker.flow import PaymentFlow
@@ -21,7 +21,7 @@ from worker.store import ResultsStore
 from worker.store.reconciliations import Reconciliations
 
 ROOT = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = INTEGRATION_REDIS_URL
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 

@@ -13,40 +13,24 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.support.archive_db import KINDS, archive_url
-from tests.support.redis_db import redis_or_skip
+from tests.support.env import INTEGRATION_REDIS_URL
 from worker.cli import find_record, list_records
 from worker.config import Settings
 from worker.services import Services
 from worker.store import ResultsStore
 from worker.sweep import run_sweep
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = INTEGRATION_REDIS_URL
 ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
 RETENTION_DAYS = 3
 DAYS = 8
 SALES, CHAINS, DECLINES = 40, 30, 20  # per day: 40 + 2 x 30 + 20 = 120 operations
-
-
-@pytest.fixture(scope="module")
-def client():
-    with redis_or_skip(REDIS_URL) as r:
-        yield r
-
-
-@pytest.fixture
-def prefix(client):
-    p = f"test:retention:{uuid.uuid4().hex}:"
-    yield p
-    keys = list(client.scan_iter(match=p + "*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture(params=KINDS)

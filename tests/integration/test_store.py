@@ -5,35 +5,18 @@ The store's contract (claims, journal, transitions, leases, repairs, indexes, ou
 tests/contract/, run against this store and the in-memory fake alike.
 """
 
-import os
 import time
-import uuid
 
 import pytest
 import redis
 
-from tests.support.redis_db import redis_or_skip
+from tests.support.env import INTEGRATION_REDIS_URL
 from worker.store import ResultsStore
 
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REDIS_URL = INTEGRATION_REDIS_URL
 
 SALE_FIELDS = {"amount": "3.00", "order_id": "o-1", "masked_account": "xxxxxxxxxxxx1111"}
 FP_A = "a" * 64
-
-
-@pytest.fixture(scope="module")
-def client():
-    with redis_or_skip(REDIS_URL) as r:
-        yield r
-
-
-@pytest.fixture
-def prefix(client):
-    p = f"test:store:{uuid.uuid4().hex}:"
-    yield p
-    keys = list(client.scan_iter(match=p + "*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

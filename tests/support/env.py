@@ -21,6 +21,7 @@ def redis_url_with_db(db: int, base: str | None = None) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
 
 
+INTEGRATION_REDIS_URL = os.environ.get("TEST_REDIS_URL") or redis_url_with_db(9)
 E2E_REDIS_URL = os.environ.get("TEST_E2E_REDIS_URL") or redis_url_with_db(11)
 
 # Short budgets so that fault scenarios finish in seconds; the relations between them
