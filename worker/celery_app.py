@@ -316,6 +316,13 @@ def _serve_metrics(**_: Any) -> None:
         metrics.start(settings.worker_metrics_port, settings.worker_metrics_addr)
 
 
+@signals.worker_shutdown.connect(weak=False)
+def _stop_metrics(**_: Any) -> None:
+    from worker import metrics
+
+    metrics.stop()
+
+
 @signals.worker_process_init.connect(weak=False)
 def _metrics_child_started(**_: Any) -> None:
     from worker import metrics

@@ -37,6 +37,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import shutil
 import tempfile
 import time
 from decimal import Decimal, InvalidOperation
@@ -251,6 +252,18 @@ def start(port: int, addr: str = "0.0.0.0") -> bool:
     _active.update(port=port, path=path, server=server, started=time.time())
     log.info("metrics: serving on %s:%d (multiprocess directory %s)", addr, port, path)
     return True
+
+
+def stop() -> None:
+    """At worker shutdown: stop serving; remove the directory when it is the default one (made for this run)."""
+    server = _active.pop("server", None)
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    path = _active.get("path")
+    if path and Path(path) == default_dir(int(_active.get("port") or 0)):
+        shutil.rmtree(path, ignore_errors=True)
+    _active.clear()
 
 
 def child_started() -> None:

@@ -107,7 +107,7 @@ def payments_status(env, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def ran(sandbox, metrics_worker, producer, metrics_db, env):
     """N sales through the faulty sandbox, then sweeps (run by the worker) until every record is final."""
-    from tasks import sale
+    sale = producer.tasks["payments.sale"]  # this producer's own (database 15), not worker.app's
 
     sandbox.reset()
     sandbox.set_faults(FAULTS)
