@@ -10,16 +10,6 @@ from tests.support.clocks import FixedClock
 from tests.support.fake_store import InMemoryStore
 
 
-@pytest.fixture
-def clock():
-    return FixedClock()
-
-
-@pytest.fixture
-def store(clock):
-    return InMemoryStore(clock=clock)
-
-
 def test_time_is_the_injected_clock_only(store, clock, monkeypatch):
     monkeypatch.setattr(time, "time", lambda: 0.0)
     monkeypatch.setattr(time, "monotonic", lambda: 0.0)

@@ -18,10 +18,8 @@ import uuid
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, duplicate, reply
-from tests.support.fake_store import InMemoryStore
 from worker.config import Settings
 from worker.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow, request_fingerprints
 from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
@@ -57,16 +55,6 @@ def parsed_stq(row):
         return parse_query_reply(200, R.body(row), secret_key=R.SECRET)
     except Exception as exc:
         return exc
-
-
-@pytest.fixture
-def clock():
-    return FixedClock()
-
-
-@pytest.fixture
-def store(clock):
-    return InMemoryStore(clock=clock)
 
 
 _NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")

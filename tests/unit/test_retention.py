@@ -9,10 +9,8 @@ import logging
 
 import pytest
 
-from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway
-from tests.support.fake_store import InMemoryStore
 from tests.support.unit_services import UnitServices
 from worker.archive import Archive, ArchiveUnavailable
 from worker.archive.retention import archive_older_than
@@ -21,16 +19,6 @@ from worker.sweep import run_sweep
 
 DAY = 86400.0
 RETENTION = 30 * DAY
-
-
-@pytest.fixture
-def clock():
-    return FixedClock()
-
-
-@pytest.fixture
-def store(clock):
-    return InMemoryStore(clock=clock)
 
 
 @pytest.fixture

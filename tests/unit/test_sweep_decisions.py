@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, UnexpectedCall, reply
-from tests.support.fake_store import InMemoryStore
 from tests.support.unit_services import UnitServices
 from worker.config import Settings
 from worker.gateway import NotSent
@@ -20,16 +18,6 @@ WEEK = 7 * 86400.0
 SETTINGS = Settings(card_key=TEST_CARD_KEY, stale_auth_age=WEEK, reconcile_after=600.0, sweep_interval=300.0,
                     visibility_timeout=300.0, commit_horizon_setting=60.0)
 AUTH_TRANS, CAPTURE_TRANS, VOID_TRANS = "100000000111", "100000000222", "100000000333"
-
-
-@pytest.fixture
-def clock():
-    return FixedClock()
-
-
-@pytest.fixture
-def store(clock):
-    return InMemoryStore(clock=clock)
 
 
 def sweep(store, gateway, settings=SETTINGS, **kw):

@@ -16,7 +16,6 @@ import redis
 from celery.exceptions import MaxRetriesExceededError, Retry, SoftTimeLimitExceeded
 
 from tasks.payments import MAX_BUSY_RETRIES, auth, outage_countdown, refund, sale, void
-from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, reply
 from tests.support.fake_store import InMemoryStore
@@ -29,16 +28,6 @@ CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 TASK_ID = "msg-aaaa"
 SETTINGS = Settings(card_key=TEST_CARD_KEY, outage_retries=5, outage_backoff=5.0, outage_backoff_max=60.0,
                     visibility_timeout=300.0, commit_horizon_setting=60.0)
-
-
-@pytest.fixture
-def clock():
-    return FixedClock()
-
-
-@pytest.fixture
-def store(clock):
-    return InMemoryStore(clock=clock)
 
 
 @pytest.fixture
