@@ -547,16 +547,12 @@ class Engine:
         return e
 
     # ---------------------------------------------------------------- stq
-    def stq(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None]:
-        """Single Transaction Query. Returns (http_status, pairs or None for "no match")."""
-        hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
-
-        def error(message: str) -> tuple[int, dict[str, str]]:
-            return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type)
-
+    def _report_window(self, f: Mapping[str, str]) -> tuple[float, float] | str:
+        """stq's and the daily report's account, seal and [REPORT_START_DATE, REPORT_END_DATE) as epoch seconds
+        (server local days), or the error message to answer with."""
         if f.get("ACCOUNT_ID", "") != self.account_id or not _seal.verify_seal(
                 self.secret_key, f, _seal.STQ_SEAL_FIELDS):
-            return error("SECURITY ERROR")
+            return "SECURITY ERROR"
         start_s, end_s = f.get("REPORT_START_DATE", ""), f.get("REPORT_END_DATE", "")
         try:
             if not (_DATE_RE.match(start_s) and _DATE_RE.match(end_s)):
@@ -564,11 +560,22 @@ class Engine:
             start = _dt.date.fromisoformat(start_s)
             end = _dt.date.fromisoformat(end_s)
         except ValueError:
-            return error("INVALID REPORT DATES (YYYY-MM-DD)")
+            return "INVALID REPORT DATES (YYYY-MM-DD)"
         if end <= start:
-            return error("REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)")
-        lo = time.mktime(start.timetuple())
-        hi = time.mktime(end.timetuple())
+            return "REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)"
+        return time.mktime(start.timetuple()), time.mktime(end.timetuple())
+
+    def stq(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None]:
+        """Single Transaction Query. Returns (http_status, pairs or None for "no match")."""
+        hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
+
+        def error(message: str) -> tuple[int, dict[str, str]]:
+            return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type)
+
+        window = self._report_window(f)
+        if isinstance(window, str):
+            return error(window)
+        lo, hi = window
         mode = (f.get("MODE") or "LIVE").strip().upper()
         lower = {k.lower(): v for k, v in f.items()}
         filters: list[tuple[str, str | Decimal]] = []
@@ -626,20 +633,10 @@ class Engine:
         def error(message: str) -> tuple[int, dict[str, str], list[Entry]]:
             return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type), []
 
-        if f.get("ACCOUNT_ID", "") != self.account_id or not _seal.verify_seal(
-                self.secret_key, f, _seal.STQ_SEAL_FIELDS):
-            return error("SECURITY ERROR")
-        start_s, end_s = f.get("REPORT_START_DATE", ""), f.get("REPORT_END_DATE", "")
-        try:
-            if not (_DATE_RE.match(start_s) and _DATE_RE.match(end_s)):
-                raise ValueError
-            start = _dt.date.fromisoformat(start_s)
-            end = _dt.date.fromisoformat(end_s)
-        except ValueError:
-            return error("INVALID REPORT DATES (YYYY-MM-DD)")
-        if end <= start:
-            return error("REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)")
-        lo, hi = time.mktime(start.timetuple()), time.mktime(end.timetuple())
+        window = self._report_window(f)
+        if isinstance(window, str):
+            return error(window)
+        lo, hi = window
         mode = (f.get("MODE") or "LIVE").strip().upper()
         by_settlement = (f.get("QUERY_BY_SETTLEMENT") or "0").strip() == "1"
         with self.lock:
