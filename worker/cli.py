@@ -355,6 +355,10 @@ def cmd_metrics(args) -> int:
     from worker.celery_app import app
 
     svc = _services()
+    if args.recount:
+        _ping_redis(svc)
+        print(json.dumps(svc.store.health.recount(), sort_keys=True))
+        return 0
     if args.once:
         _ping_redis(svc)
         print(exporter.exposition(svc, app), end="")
@@ -467,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9108, help="default 9108")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--once", action="store_true", help="print one scrape's text and exit")
+    p.add_argument("--recount", action="store_true",
+                   help="rebuild records by status and the UNKNOWN/RETRYING/needs_human indexes from the records "
+                        "(once, after upgrading from a version without them; workers stopped), print the counts")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("status", help="one screen: workers, queue, money in doubt, outbox, sweep, gateway",

@@ -56,6 +56,12 @@ class FakeTier:
     def stored_text(self) -> str:
         return self.store.dump()
 
+    def wipe_health_indexes(self) -> None:
+        """What a store written by a version without ``store.health``'s indexes holds (and a count gone wrong)."""
+        self.store._counts = {"APPROVED": -1}
+        for name in ("unknown", "retrying", "needs_human"):
+            self.store._zsets[name].clear()
+
     def close(self) -> None:
         pass
 
@@ -91,6 +97,12 @@ class RedisTier:
 
     def write_raw(self, payment_id: str, **fields: str) -> None:
         self.client.hset(self.store.record_key(payment_id), mapping=fields)
+
+    def wipe_health_indexes(self) -> None:
+        keys = self.store.keys
+        self.client.delete(keys.unknown, keys.retrying, keys.needs_human)
+        self.client.delete(keys.status_counts)
+        self.client.hset(keys.status_counts, "APPROVED", -1)
 
     def stored_text(self) -> str:
         return "".join(repr(self.client.dump(key)) for key in self.client.scan_iter(match=self.prefix + "*"))

@@ -86,3 +86,20 @@ def test_the_last_sweep_is_kept_with_when_it_ran(store, tier):
     assert last["reconcile_adopted"] == 2 and last["started"] == started
     assert last["finished"] >= started and last["seconds"] >= 0
     assert store.health.snapshot()["sweep"] == last
+
+
+def test_recount_rebuilds_what_an_older_version_did_not_keep(store, tier):
+    claim(store, "a")
+    approve(store, "a", "100000000081")
+    claim(store, "u")
+    store.transition("u", "UNKNOWN", owner="w1")
+    claim(store, "h")
+    store.transition("h", "ERROR", owner="w1", fields={"message": "check by hand", "needs_human": "1"})
+    expected = store.health.snapshot()
+    # as an older version left them: no counts, no indexes of money in doubt; a count gone wrong
+    tier.wipe_health_indexes()
+    assert store.health.snapshot()["by_status"] != expected["by_status"] and tier.index("unknown") == []
+    assert store.health.recount(batch=2) == {"APPROVED": 1, "UNKNOWN": 1, "ERROR": 1}
+    again = store.health.snapshot()
+    for name in ("by_status", "unknown", "needs_human", "retrying"):
+        assert again[name] == expected[name], name

@@ -685,6 +685,18 @@ class InMemoryHealth:
                 out["stale_auths"] = sum(1 for t in s._zsets["open_auths"].values() if t <= now - stale_auth_age)
             return out
 
+    def recount(self, *, batch: int = 1000) -> dict[str, int]:
+        s = self._store
+        with s._lock:
+            counts: dict[str, int] = {}
+            for pid, rec in s._records.items():
+                counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+                s._zset("unknown", pid, float(rec["created_ts"]) if rec["status"] == Status.UNKNOWN else None)
+                s._zset("retrying", pid, float(rec["created_ts"]) if rec["status"] == Status.RETRYING else None)
+                s._zset("needs_human", pid, float(rec["updated_ts"]) if rec.get("needs_human") == "1" else None)
+            s._counts = dict(counts)
+            return counts
+
     def count(self, name: str, by: int = 1) -> None:
         with self._store._lock:
             self._store._stats[name] = self._store._stats.get(name, 0) + by

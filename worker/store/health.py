@@ -65,6 +65,44 @@ class Health:
             out["stale_auths"] = int(self.redis.zcount(self.keys.open_auths, "-inf", now - float(stale_auth_age)))
         return out
 
+    def recount(self, *, batch: int = 1000) -> dict[str, int]:
+        """Rebuild records by status and the UNKNOWN / RETRYING / needs_human indexes from the records themselves
+        (every record is in ``idx:time``): once, after upgrading from a version that did not keep them. Reads every
+        record in batches: run it with the workers stopped (a transition during the recount may be miscounted)."""
+        counts: dict[str, int] = {}
+        start = 0
+        while True:
+            ids = [text(i) for i in self.redis.zrange(self.keys.time, start, start + batch - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            pipe = self.redis.pipeline(transaction=False)
+            for pid in ids:
+                pipe.hmget(self.keys.record(pid), "status", "created_ts", "updated_ts", "needs_human")
+            fix = self.redis.pipeline(transaction=False)
+            for pid, (status, created, updated, human) in zip(ids, pipe.execute(), strict=True):
+                if status is None:
+                    continue
+                status = text(status)
+                counts[status] = counts.get(status, 0) + 1
+                for name, member in (("unknown", status == "UNKNOWN"), ("retrying", status == "RETRYING")):
+                    if member:
+                        fix.zadd(str(getattr(self.keys, name)), {pid: float(created or 0)})
+                    else:
+                        fix.zrem(str(getattr(self.keys, name)), pid)
+                if text(human or "") == "1":
+                    fix.zadd(self.keys.needs_human, {pid: float(updated or 0)})
+                else:
+                    fix.zrem(self.keys.needs_human, pid)
+            fix.execute()
+        final: dict[Any, Any] = {k: str(v) for k, v in counts.items() if k in FINAL}  # final statuses only
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.keys.status_counts)
+        if final:
+            pipe.hset(self.keys.status_counts, mapping=final)
+        pipe.execute()
+        return counts
+
     def count(self, name: str, by: int = 1) -> None:
         """Add to one of the ``stats`` counters (``outbox_republished``, ``outbox_given_up``)."""
         self.redis.hincrby(self.keys.stats, name, by)
