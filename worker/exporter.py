@@ -26,7 +26,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -47,9 +47,12 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 class PaymentsCollector:
-    def __init__(self, svc: Any, app: Any) -> None:
+    """``read``: what one scrape looks at (default: :func:`worker.monitor.snapshot` of ``svc`` and ``app``)."""
+
+    def __init__(self, svc: Any, app: Any, read: Callable[[], dict[str, Any]] | None = None) -> None:
         self.svc = svc
         self.app = app
+        self.read = read or (lambda: snapshot(svc, app))
 
     def describe(self) -> list[Metric]:
         return []  # collected on each scrape only (registering must not read Redis)
@@ -57,7 +60,7 @@ class PaymentsCollector:
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         try:
-            found = snapshot(self.svc, self.app)
+            found = self.read()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("scrape: Redis unavailable: %s", type(exc).__name__)
             yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 0)

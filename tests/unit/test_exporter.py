@@ -1,0 +1,97 @@
+"""The exporter's families from a snapshot of the in-memory store (no Redis), and the metric names the alert rules
+and the Grafana dashboard use: each is one the workers or the exporter serve, and each dashboard query parses
+(promtool, through a throw-away rules file; skipped without it)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, generate_latest
+
+from tests.support.clocks import FixedClock
+from tests.support.fake_store import InMemoryStore
+from worker.config import Settings
+from worker.exporter import PaymentsCollector
+from worker.metrics import WorkerMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = Settings(reconcile_after=600, sweep_interval=300)
+PROMTOOL = shutil.which("promtool") or ""
+
+
+def exported_text(store: InMemoryStore, broker: dict) -> str:
+    def read() -> dict:
+        return dict(store.health.snapshot(stale_auth_age=SETTINGS.stale_auth_age), broker=broker)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PaymentsCollector(types.SimpleNamespace(settings=SETTINGS), None, read=read))
+    return generate_latest(registry).decode()
+
+
+def worker_text() -> str:
+    registry = CollectorRegistry()
+    m = WorkerMetrics(registry)
+    m.outcome("sale", "APPROVED", "3.00")
+    m.parked("sale", "UNKNOWN")
+    m.request("bp10emu", "approved", 0.1)
+    m.retry("ConnectTimeout")
+    m.reconciliation("found")
+    m.in_flight("sale", 1)
+    return generate_latest(registry).decode()
+
+
+def names(text: str) -> set[str]:
+    """Sample names, and the families declared (``# TYPE``: a family may have no sample yet)."""
+    samples = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    return samples | {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_the_exporter_reports_the_stores_counts_ages_and_the_broker():
+    clock = FixedClock()
+    store = InMemoryStore(clock=clock)
+    store.claim("u1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00"})
+    store.transition("u1", "UNKNOWN", owner="w")
+    store.outbox.put("t1", {"name": "payments.sale"})
+    clock.advance(90)
+    store.health.record_sweep({"ran": True, "reconcile_still_unknown": 1, "reason": "x"}, started=clock() - 2)
+    text = exported_text(store, {"queues": {"celery": 4}, "unacked": 2})
+    for line in ('payments_records{status="UNKNOWN"} 1.0', 'payments_records{status="APPROVED"} 0.0',
+                 "payments_unknown_oldest_age_seconds 90.0", "payments_outbox_size 1.0",
+                 "payments_outbox_oldest_age_seconds 90.0", 'payments_queue_length{queue="celery"} 4.0',
+                 "payments_queue_unacked 2.0", 'payments_sweep_last_actions{action="reconcile_still_unknown"} 1.0',
+                 "payments_sweep_last_duration_seconds 2.0", "payments_config_reconcile_after_seconds 600.0"):
+        assert line in text, line
+    assert 'action="ran"' not in text and 'action="reason"' not in text
+
+
+def referenced(text: str) -> set[str]:
+    return {name for name in re.findall(r"\bpayments_[a-z_]+\b", text) if not name.endswith("_")}
+
+
+def served() -> set[str]:
+    exported = names(exported_text(InMemoryStore(clock=FixedClock()), {"queues": {"celery": 0}, "unacked": 0}))
+    return exported | names(worker_text())
+
+
+def test_every_metric_the_alerts_and_the_dashboard_use_is_served():
+    alerts = (ROOT / "ops" / "prometheus" / "alerts.yml").read_text()
+    dashboard = (ROOT / "ops" / "grafana" / "payments.json").read_text()
+    missing = (referenced(alerts) | referenced(dashboard)) - served()
+    assert missing == set()
+
+
+@pytest.mark.skipif(not PROMTOOL, reason="promtool not installed (apt-get install prometheus)")
+def test_every_dashboard_query_parses(tmp_path):
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "payments.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e}
+                                                         for i, e in enumerate(exprs)]}]}
+    (tmp_path / "queries.yml").write_text(yaml.safe_dump(rules))
+    done = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "queries.yml")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
