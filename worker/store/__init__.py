@@ -29,7 +29,8 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
     P audit                stream  every transition {payment_id, operation, from, to, note, at,
                                    trans_id}, XADD MAXLEN ~ 1,000,000
     P outbox, idx:outbox   hash, zset  published payment messages not yet claimed (:class:`Outbox`)
-    P idx:status_counts    hash    records by status (every status change; retention's removal)
+    P idx:status_counts    hash    records by FINAL status (every status change; retention's removal); PENDING,
+                                   RETRYING and UNKNOWN are the sizes of idx:non_final/retrying/unknown
     P idx:unknown, idx:retrying  zset  UNKNOWN / RETRYING ids, score created_ts (money in doubt, its age)
     P idx:needs_human      zset    records a human must look at, score updated_ts
     P stats, sweep:last    hash, string  outbox re-publications and give-ups; the last sweep's report
