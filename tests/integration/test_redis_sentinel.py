@@ -237,3 +237,19 @@ def test_a_publish_whose_outbox_entry_no_replica_acknowledged_raises_after_the_r
                     app.tasks["payments.sale"].apply_async(kwargs=kwargs, queue=f"q-{wanted}")
         finally:
             app.close()
+
+
+def test_the_cli_finds_the_primary_through_the_sentinels_and_names_them_when_none_answers(group, settings):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    payments = str(Path(sys.executable).parent / "payments")
+    env = {**os.environ, **group.env(db=3), "PAYMENTS_KEY_PREFIX": f"t:{uuid.uuid4().hex}:"}
+    done = subprocess.run([payments, "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+    env["REDIS_SENTINELS"] = "127.0.0.1:1"  # nothing listens there
+    done = subprocess.run([payments, "list"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Sentinel master 'payments-ha' via 127.0.0.1:1" in done.stderr, done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
