@@ -6,8 +6,8 @@ SETEX, PUBLISH, EXEC: five Redis commands per payment. Here:
 * a SUCCESS is written without the GET: the guard keeps a late duplicate's RETRY or FAILURE from replacing a
   SUCCESS, and every other state still goes through it; a SUCCESS over a SUCCESS is the same outcome again (the
   results store holds the operation's one outcome, and a redelivered payment returns that record);
-* SET (with its expiry) and PUBLISH go out in one pipeline without MULTI/EXEC: one round trip either way, and nothing needs the two
-  to be atomic (a reader polling the key and a subscriber of the channel get the same value).
+* SET (with its expiry) and PUBLISH go out in one pipeline without MULTI/EXEC: one round trip either way, and
+  nothing needs the two to be atomic (a reader polling the key and a subscriber of the channel get the same value).
 
 Keys, values, expiry and the pub/sub message are Celery's own, so ``AsyncResult.get()`` works as before (by polling
 or by pub/sub). :func:`lean_backend` applies it to Celery's ``RedisBackend`` and its subclasses (the Sentinel one
