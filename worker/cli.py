@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 
@@ -376,10 +377,8 @@ def cmd_status(args) -> int:
     return status_main(svc, app, as_json=args.json, ping_timeout=args.ping_timeout)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="payments", description="Payments worker: BluePay jobs on Celery.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_local_commands(sub: Any) -> None:
+    """The demo, the sandbox and the benchmark."""
     p = sub.add_parser("demo", help="run the seed scenario (3.00 sale + void, 4.00 sale + skipped void)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each outcome")
     p.add_argument("--start-worker", choices=("auto", "always", "never"), default="auto",
@@ -390,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sandbox_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_sandbox)
 
+    p = sub.add_parser("bench", help="benchmark ours against a bare Celery baseline", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+
+
+def _add_record_commands(sub: Any) -> None:
+    """Reading stored payments."""
     p = sub.add_parser("show", help="print one stored payment record")
     p.add_argument("payment_id")
     p.add_argument("--json", action="store_true", help="the record as JSON")
@@ -402,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
+
+def _add_operator_commands(sub: Any) -> None:
+    """What operators run: the sweep, the archive, reconciliation and their decisions."""
     p = sub.add_parser("sweep", help="run the sweep now: stale auths, unknown outcomes, due chain voids")
     p.set_defaults(func=cmd_sweep)
 
@@ -440,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trans-id", help="the gateway's transaction (APPROVED, VOIDED)")
     p.set_defaults(func=cmd_resolve)
 
+
+def _add_enqueue_command(sub: Any) -> None:
+    """Enqueueing one operation."""
     p = sub.add_parser(
         "enqueue", help="enqueue one operation and print its outcome",
         description="Enqueue one operation and print its outcome. For sale and auth the card number and CVV2 "
@@ -464,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_enqueue)
 
+
+def _add_monitoring_commands(sub: Any) -> None:
+    """Monitoring: the exporter and the status screen."""
     p = sub.add_parser("metrics", help="serve the store's and the broker's gauges for Prometheus",
                        description="Prometheus exporter of the results store and the broker (records by status, "
                                    "UNKNOWN and its age, outbox, queue, sweep); the workers serve their own "
@@ -483,9 +498,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ping-timeout", type=float, default=1.0, help="seconds to wait for workers' pings (default 1)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("bench", help="benchmark ours against a bare Celery baseline", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payments", description="Payments worker: BluePay jobs on Celery.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_local_commands(sub)
+    _add_record_commands(sub)
+    _add_operator_commands(sub)
+    _add_enqueue_command(sub)
+    _add_monitoring_commands(sub)
     return parser
 
 
