@@ -252,5 +252,5 @@ def test_the_cli_finds_the_primary_through_the_sentinels_and_names_them_when_non
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
     env["REDIS_SENTINELS"] = "127.0.0.1:1"  # nothing listens there
     done = subprocess.run([payments, "list"], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "Sentinel master 'payments-ha' via 127.0.0.1:1" in done.stderr, done.stderr
+    assert done.returncode == 2 and f"Sentinel master '{group.master_name}' via 127.0.0.1:1" in done.stderr, done.stderr
     assert PASSWORD not in done.stderr + done.stdout

@@ -10,6 +10,7 @@ import pytest
 
 from tests.reliability.sentinel_scenarios import (
     run_beat_through_failovers,
+    run_flower_through_failover,
     run_sentinel_failovers,
     run_worker_through_failover,
 )
@@ -53,3 +54,9 @@ def test_a_worker_survives_a_failover_while_it_runs_a_payment(rel_logdir):
     report = run_worker_through_failover("sentinel-survive", rel_logdir)
     print(report.details, report.problems)
     assert report.problems == []
+
+
+def test_flower_shows_tasks_through_the_sentinels_before_and_after_a_failover(rel_logdir):
+    report = run_flower_through_failover("sentinel-flower", rel_logdir, log=print)
+    assert report.problems == [] and report.restarts == 1 and report.details["flower_alive"]
+    assert report.details["broker_page"] == 200

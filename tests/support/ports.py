@@ -16,11 +16,15 @@ def closed_port() -> int:
 
 def free_ports_in(first: int, last: int, count: int, *, taken: set[int] | None = None) -> list[int]:
     """``count`` ports in ``first..last`` that nothing listens on right now (servers a test starts on a port
-    range of its own, e.g. the Sentinel group's)."""
+    range of its own, e.g. the Sentinel group's), picked at random: two runs sharing the range rarely pick a port
+    the other has free only for a moment (a node it killed and is about to start again)."""
+    import random
     import socket
 
     found: list[int] = []
-    for port in range(first, last + 1):
+    candidates = list(range(first, last + 1))
+    random.shuffle(candidates)
+    for port in candidates:
         if port in (taken or set()):
             continue
         with socket.socket() as s:

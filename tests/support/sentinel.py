@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,11 +104,12 @@ class Node:
 class SentinelGroup:
     """One primary, ``replicas`` replicas and ``sentinels`` sentinels (quorum: a majority)."""
 
-    def __init__(self, directory: Path, *, master_name: str = "payments-ha", replicas: int = 2, sentinels: int = 3,
+    def __init__(self, directory: Path, *, master_name: str = "", replicas: int = 2, sentinels: int = 3,
                  down_after_ms: int = 2000, failover_timeout_ms: int = 3000, min_replicas_to_write: int = 1,
                  min_replicas_max_lag: int = 2, password: str = "", sentinel_password: str = ""):
         self.dir = Path(directory)
-        self.master_name = master_name
+        # A name of its own: sentinels of another run that reach one of our ports (reused while it was down) ignore us.
+        self.master_name = master_name or f"payments-ha-{uuid.uuid4().hex[:6]}"
         self.n_replicas, self.n_sentinels = replicas, sentinels
         self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
         self.min_replicas_to_write, self.min_replicas_max_lag = min_replicas_to_write, min_replicas_max_lag
