@@ -200,7 +200,7 @@ def test_the_store_waits_for_a_replica_after_a_claim_or_a_journal_entry_that_may
     done = "pay-done"
     assert plain.claim(done, "sale", owner="w1", lease_seconds=30).kind == "claimed"
     assert plain.transition(done, "APPROVED", owner="w1", sent=True, fields={"trans_id": "100000000001"})
-    with pytest.raises(ReplicaAckTimeout, match="claim: 2 of 3"):
+    with pytest.raises(ReplicaAckTimeout, match=r"claim: [0-2] of 3"):
         store.claim("pay-new", "sale", owner="w2", lease_seconds=30, journal=True)
     # A claim that takes no lease moves no money: answered without waiting for the replicas.
     assert store.claim(done, "sale", owner="w3", lease_seconds=30).kind == "final"
@@ -232,7 +232,7 @@ def test_a_publish_whose_outbox_entry_no_replica_acknowledged_raises_after_the_r
             with current(app):
                 kwargs = {"amount": "1.00", "card": {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}}
                 if fails:
-                    with pytest.raises(ReplicaAckTimeout, match="outbox entry: 2 of 3"):
+                    with pytest.raises(ReplicaAckTimeout, match=r"outbox entry: [0-2] of 3"):
                         app.tasks["payments.sale"].apply_async(kwargs=kwargs, queue=f"q-{wanted}")
                 else:
                     app.tasks["payments.sale"].apply_async(kwargs=kwargs, queue=f"q-{wanted}")
