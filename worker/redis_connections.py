@@ -52,7 +52,16 @@ class NotEnoughReplicas(redis.ConnectionError):
 class SentinelConnection(SentinelManagedConnection):
     """redis-py's Sentinel connection, which already turns READONLY from a demoted master into a ConnectionError
     (reconnect, ask the sentinels again), doing the same with NOREPLICAS: the store, kombu and the result backend
-    then retry it as they retry a lost connection instead of failing the payment, the publish or the ack."""
+    then retry it as they retry a lost connection instead of failing the payment, the publish or the ack. And every
+    reconnect asks the sentinels where the master is (redis-py's own skips that on a retried command)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        # redis-py 8.1 reconnects a dropped connection through here (send_packed_command), not through connect():
+        # without asking the sentinels, a command retried after READONLY/NOREPLICAS went back to the demoted
+        # primary until its retries ran out (measured: ~35 s, then the sweep's lock failed). redis/redis-py#3874.
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:
