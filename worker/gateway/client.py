@@ -34,8 +34,6 @@ class Transport(Protocol):
     def post(self, url: str, data: Mapping[str, str]) -> HttpReply: ...
 
 
-
-
 class BluePayClient:
     def __init__(
         self,
