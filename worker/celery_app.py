@@ -264,7 +264,15 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
             _publishing.not_durable = exc
 
 
-def republish(message: dict, app: Celery | None = None) -> None:
+def current_payments_app() -> Celery:
+    """This thread's current app when it is a payments app (a worker's, a producer built by :func:`create_app` and
+    made :func:`current`), else ``worker.app``: never an unconfigured app that merely happens to be current (a
+    thread of another program, whose current app is Celery's fallback or its own)."""
+    current_app = celery.current_app._get_current_object()
+    return current_app if getattr(current_app, "payments_services", None) is not None else app
+
+
+def republish(message: dict, publisher: Celery | None = None) -> None:
     """Publish an outbox message again, as it was (same task id, chain), through the same sealing and
     refusal as every other publish path (an entry kept by older code is sealed now, or refused with
     CardDataRefused rather than published with card data in clear)."""
@@ -275,8 +283,8 @@ def republish(message: dict, app: Celery | None = None) -> None:
     headers = dict(message["headers"])
     # The message may have run before (its record lost with Redis): the worker asks stq before any send.
     headers["payments_republished"] = True
-    app = app if app is not None else celery.current_app._get_current_object()
-    body = seal_body(message["name"], message["body"], vault=services_of(app).vault)
+    publisher = publisher if publisher is not None else current_payments_app()
+    body = seal_body(message["name"], message["body"], vault=services_of(publisher).vault)
     headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
                          body=tuple(body), sent_event=None)
@@ -284,8 +292,8 @@ def republish(message: dict, app: Celery | None = None) -> None:
     # Published to the default exchange: the routing key names the queue (without queue=, Celery would send
     # it to the default queue whatever the key said).
     queue = routing_key if exchange is None and routing_key else None
-    with app.producer_or_acquire() as producer:
-        app.amqp.send_task_message(producer, message["name"], again, exchange=exchange, routing_key=routing_key,
+    with publisher.producer_or_acquire() as producer:
+        publisher.amqp.send_task_message(producer, message["name"], again, exchange=exchange, routing_key=routing_key,
                                    queue=queue)
 
 
