@@ -244,6 +244,8 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     # was built (SealingAMQP), so nothing here can hold a card in clear.
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
         return
+    if headers.get("payments_republished"):  # the sweep's re-publication: it counted and re-stamped the entry
+        return
     publisher = getattr(_publishing, "app", None)
     if publisher is None:  # published by another Celery app in this process, not through SealingAMQP: not ours
         return

@@ -764,6 +764,33 @@ def test_claim_with_message_id_clears_that_messages_outbox_entry_whatever_the_cl
     assert [t for t, _ in store.outbox.stale(-1)] == ["msg-2"]
 
 
+def test_the_sweep_stamps_an_outbox_entry_once_and_drops_the_stamp_of_a_claimed_one(store, tier):
+    for msg in ("msg-1", "msg-2"):
+        store.outbox.put(msg, {"name": "payments.sale", "body": [], "headers": {"id": msg}})
+    assert tier.outbox_entry("msg-1")[1] is None  # a producer's put has no clock
+    assert store.outbox.stale(3600) == []  # the sweep's first sighting: stamped, not yet due
+    first = tier.outbox_entry("msg-1")[1]
+    assert first is not None and tier.outbox_entry("msg-2")[1] is not None
+    tier.wait(0.01)
+    assert store.outbox.stale(3600) == [] and tier.outbox_entry("msg-1")[1] == first  # stamped once
+    claim(store, "p-1", lease=60, message_id="msg-1")
+    assert tier.outbox_entry("msg-1") == (None, first)  # the claim leaves the stamp to the sweep
+    assert store.health.snapshot()["outbox"]["count"] == 1  # entries, not stamps
+    assert [t for t, _ in store.outbox.stale(0)] == ["msg-2"]
+    assert tier.outbox_entry("msg-1") == (None, None)
+
+
+def test_a_republished_outbox_entry_counts_its_publications_and_restarts_its_clock(store, tier):
+    store.outbox.put("msg-1", {"name": "payments.sale", "body": [], "headers": {"id": "msg-1"}})
+    [(task_id, entry)] = store.outbox.stale(-1)
+    first = tier.outbox_entry("msg-1")[1]
+    tier.wait(0.01)
+    store.outbox.republished(task_id, entry)
+    [(_, again)] = store.outbox.stale(-1)
+    assert again == {"message": entry["message"], "republished": 1}
+    assert tier.outbox_entry("msg-1")[1] > first
+
+
 @pytest.mark.parametrize("capture_amount,refund_amount,status,refunded", [
     ("", "", "REFUNDED", "5.00"),  # full capture, full refund: both amounts left to the gateway
     ("", "2.00", "PARTIALLY_REFUNDED", "2.00"),

@@ -45,6 +45,7 @@ from worker.store.encoding import typed as _typed
 from worker.store.health import OLDEST_OF
 from worker.store.lua import AUDIT_MAXLEN as _AUDIT_MAXLEN
 from worker.store.lua import HISTORY_CAP as _HISTORY_CAP
+from worker.store.outbox import entry_json
 from worker.store.records import _RESERVED
 from worker.store.retention import archivable, audit_cutoff_id, next_stream_id
 
@@ -283,9 +284,8 @@ class InMemoryStore:
                journal: str, fps: list[str], values: dict[str, str]) -> Claim:
         now = self.now()
         now_iso, now_ts = _iso(now), _ts(now)
-        if message_id:
+        if message_id:  # the entry only: a stamp the sweep gave it is the sweep's to drop (outbox_prune.lua)
             self._outbox_entries.pop(message_id, None)
-            self._zset("outbox", message_id, None)
         rec = self._records.get(pid)
         if rec is None:
             if mode == "reconcile":
@@ -553,11 +553,8 @@ class InMemoryOutbox:
         self._store = store
 
     def put(self, task_id: str, message: Mapping[str, Any]) -> None:
-        with self._store._lock:
-            now = self._store.now()
-            self._store._outbox_entries[task_id] = json.dumps({"message": message, "published": now, "republished": 0},
-                                               separators=(",", ":"))
-            self._store._zset("outbox", task_id, now)
+        with self._store._lock:  # no stamp: the sweep gives one when it first sees the entry
+            self._store._outbox_entries[task_id] = entry_json(message)
 
     def done(self, task_id: str) -> None:
         with self._store._lock:
@@ -566,19 +563,18 @@ class InMemoryOutbox:
 
     def stale(self, older_than_seconds: float, *, limit: int = 1000) -> builtins.list[tuple[str, dict]]:
         with self._store._lock:
-            found: builtins.list[tuple[str, dict]] = []
-            for task_id in self._store._range("outbox", self._store.now() - float(older_than_seconds), limit):
-                raw = self._store._outbox_entries.get(task_id)
-                if raw is None:
-                    self._store._zset("outbox", task_id, None)
-                else:
-                    found.append((task_id, json.loads(raw)))
-            return found
+            now = self._store.now()
+            stamps = self._store._zsets["outbox"]
+            for task_id in self._store._outbox_entries:  # outbox_stamp.lua
+                stamps.setdefault(task_id, now)
+            for task_id in [t for t in stamps if t not in self._store._outbox_entries]:  # outbox_prune.lua
+                del stamps[task_id]
+            return [(task_id, json.loads(self._store._outbox_entries[task_id]))
+                    for task_id in self._store._range("outbox", now - float(older_than_seconds), limit)]
 
     def republished(self, task_id: str, entry: dict) -> None:
-        entry = dict(entry, republished=int(entry.get("republished", 0)) + 1)
         with self._store._lock:
-            self._store._outbox_entries[task_id] = json.dumps(entry, separators=(",", ":"))
+            self._store._outbox_entries[task_id] = entry_json(entry["message"], int(entry.get("republished", 0)) + 1)
             self._store._zset("outbox", task_id, self._store.now())
             self._store.health.count("outbox_republished")
 
@@ -678,7 +674,8 @@ class InMemoryHealth:
             out: dict[str, Any] = {"now": now, "by_status": {k: v for k, v in s._counts.items() if v}}
             for name in OLDEST_OF:
                 zset = s._zsets[name]
-                out[name] = {"count": len(zset), "oldest": min(zset.values()) if zset else None}
+                count = len(s._outbox_entries) if name == "outbox" else len(zset)
+                out[name] = {"count": count, "oldest": min(zset.values()) if zset else None}
             out["stats"] = {k: v for k, v in s._stats.items() if v}
             out["sweep"] = json.loads(s._sweep_last) if s._sweep_last else None
             if stale_auth_age is not None:

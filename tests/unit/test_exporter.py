@@ -58,6 +58,7 @@ def test_the_exporter_reports_the_stores_counts_ages_and_the_broker():
     store.claim("u1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00"})
     store.transition("u1", "UNKNOWN", owner="w")
     store.outbox.put("t1", {"name": "payments.sale"})
+    store.outbox.stale(3600)  # a sweep sees the entry: its age starts
     clock.advance(90)
     store.health.record_sweep({"ran": True, "reconcile_still_unknown": 1, "reason": "x"}, started=clock() - 2)
     text = exported_text(store, {"queues": {"celery": 4}, "unacked": 2})

@@ -15,7 +15,7 @@ from celery.app.task import Context
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from worker.carddata import CardDataRefused
-from worker.celery_app import SealingAMQP, current
+from worker.celery_app import SealingAMQP, current, republish
 from worker.sealing import seal_body, seal_publish, unsealed_card_in
 from worker.services import ProcessServices, attach
 from worker.vault import CardVault
@@ -223,6 +223,19 @@ def test_a_message_another_app_in_the_process_publishes_is_not_kept_in_the_outbo
         app.send_task("payments.sale", kwargs={"amount": "5.00", "card": TEST_CARD})
     assert len(fake_services.store.outbox.entries) == 1
     assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.entries.values())
+
+
+def test_the_sweeps_re_publication_leaves_the_outbox_entry_it_counted_alone(app, fake_services):
+    # The sweep counts a re-publication on the entry before it publishes: a put from the publish hook would reset
+    # that count to 0, and a message lost over and over would never be given up.
+    result = app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD})
+    kept = fake_services.store.outbox.entries[result.id]
+    fake_services.store.outbox.entries[result.id] = "counted by the sweep"
+    republish(kept, publisher=app)
+    first, again = drain(app)
+    assert again["headers"]["id"] == first["headers"]["id"] == result.id and again["headers"]["payments_republished"]
+    assert fake_services.store.outbox.entries == {result.id: "counted by the sweep"}
+    assert not clear_card_in(again)
 
 
 # ---- seal_publish and seal_body directly (the chord path, the outbox re-publish) -------------------

@@ -42,7 +42,8 @@ class Health:
         pipe.time()
         pipe.hgetall(self.keys.status_counts)
         for name in OLDEST_OF:
-            pipe.zcard(self._zset(name))
+            # The outbox's size is its entries (the sweep stamps them in idx:outbox only when it first sees them).
+            pipe.hlen(self.keys.outbox) if name == "outbox" else pipe.zcard(self._zset(name))
             pipe.zrange(self._zset(name), 0, 0, withscores=True)
         pipe.hgetall(self.keys.stats)
         pipe.get(self.keys.sweep_last)

@@ -13,10 +13,8 @@ for i = 10, 9 + n_fp do fps[ARGV[i]] = true end
 local first_field = 10 + n_fp
 local now = server_now()
 local now_iso, now_ts = iso(now), ts(now)
-if message_id ~= '' then
-  redis.call('HDEL', OUTBOX, message_id)
-  redis.call('ZREM', IDX_OUTBOX, message_id)
-end
+-- The message's outbox entry goes, whatever the claim says; a stamp the sweep gave it is the sweep's to drop.
+if message_id ~= '' then redis.call('HDEL', OUTBOX, message_id) end
 local status = redis.call('HGET', REC, 'status')
 if not status then
   if mode == 'reconcile' then return {'missing', '', now_ts, {}} end
