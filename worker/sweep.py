@@ -61,7 +61,7 @@ def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
             _tick(progress)
-        for task_id, entry in store.outbox.stale(outbox_age(settings)):
+        for task_id, entry in store.outbox.stale(outbox_due(settings)):
             counts[f"outbox_{republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
@@ -91,6 +91,14 @@ def outbox_age(settings) -> float:
     """A published payment message nobody finished for this long was lost by the broker (kombu's fetch
     gap): twice the redelivery delay of a dead worker's message, and never less than RECONCILE_AFTER."""
     return max(2.2 * settings.visibility_timeout, settings.reconcile_after)
+
+
+def outbox_due(settings) -> float:
+    """How long after its stamp an outbox entry is published again. The stamp comes from the first sweep that saw
+    the entry, up to one sweep interval after it was published: the entry may be :func:`outbox_age` old once its
+    stamp is that minus one interval (with the defaults: stamp 360 s, so the third sweep that sees a lost message
+    publishes it again, 600-900 s after it was published). Never less than the visibility timeout."""
+    return max(outbox_age(settings) - settings.sweep_interval, settings.visibility_timeout)
 
 
 def republish_lost(store, task_id: str, entry: dict) -> str:

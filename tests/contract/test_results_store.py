@@ -791,6 +791,37 @@ def test_a_republished_outbox_entry_counts_its_publications_and_restarts_its_clo
     assert tier.outbox_entry("msg-1")[1] > first
 
 
+@pytest.mark.parametrize("refunds,voided,status,refunded", [
+    (["1.00"], 0, "APPROVED", "0.00"),
+    (["1.00", "2.00"], 1, "PARTIALLY_REFUNDED", "1.00"),       # the sale was REFUNDED: 3.00 of 3.00
+    (["0.50", "1.00"], 0, "PARTIALLY_REFUNDED", "1.00"),
+    (["1.25", ""], 1, "PARTIALLY_REFUNDED", "1.25"),           # the rest (1.75), recorded on the refund, given back
+    ([""], 0, "APPROVED", "0.00"),
+], ids=["one", "second-of-full", "first-of-two", "rest", "whole-rest"])
+def test_a_void_of_a_refund_gives_its_amount_back_to_the_sale(store, refunds, voided, status, refunded):
+    _approved(store, "s1", "sale", "100000000031", amount="3.00")
+    for i, amount in enumerate(refunds):
+        _approved(store, f"r{i}", "refund", f"10000000004{i}", amount=amount, target="100000000031", parent="s1",
+                  reflect=True, message="Approved Return")
+    _approved(store, "v1", "void", "100000000049", target=f"10000000004{voided}", reflect=True,
+              message="Approved Void")
+    refund, sale = store.get(f"r{voided}"), store.get("s1")
+    assert refund["status"] == "VOIDED" and refund["voided_by"] == "v1"
+    assert (sale["status"], sale["refunded_amount"]) == (status, refunded)
+    assert sale["history"][-1]["note"].startswith(f"refund r{voided} of ") and "voided by v1" in sale["history"][-1]["note"]
+    assert store.reflect_due() == []
+    assert store.reflect("v1") == "nothing" and store.get("s1")["refunded_amount"] == refunded  # given back once
+
+
+def test_a_void_of_a_refund_whose_sale_is_not_refunded_leaves_the_sale_alone(store):
+    _approved(store, "s1", "sale", "100000000031", amount="3.00")
+    _approved(store, "r0", "refund", "100000000040", amount="1.00", target="100000000031", reflect=False,
+              message="Approved Return")  # never reflected on the sale (older code, or a repair still due)
+    _approved(store, "v1", "void", "100000000049", target="100000000040", reflect=True, message="Approved Void")
+    assert store.get("r0")["status"] == "VOIDED"
+    assert (store.get("s1")["status"], store.get("s1").get("refunded_amount") or "") == ("APPROVED", "")
+
+
 @pytest.mark.parametrize("capture_amount,refund_amount,status,refunded", [
     ("", "", "REFUNDED", "5.00"),  # full capture, full refund: both amounts left to the gateway
     ("", "2.00", "PARTIALLY_REFUNDED", "2.00"),

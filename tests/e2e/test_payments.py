@@ -88,6 +88,24 @@ def test_void_of_a_settled_sale_says_refund_needed_and_refund_works(sandbox):
     assert services().store.get(sold["payment_id"])["status"] == "REFUNDED"
 
 
+def test_a_void_of_a_partial_refund_gives_the_amount_back_at_the_gateway_and_in_the_store(sandbox):
+    sold = run(sale.delay(amount="15.00", card=TEST_CARD))  # (the sandbox declines even amounts)
+    assert sold["status"] == "APPROVED"
+    first = run(refund.delay(sold["trans_id"], amount="5.00"))
+    second = run(refund.delay(sold["trans_id"], amount="4.00"))
+    assert [first["message"], second["message"]] == ["Approved Return", "Approved Return"]
+    assert services().store.get(sold["payment_id"])["refunded_amount"] == "9.00"
+    voided = run(void.delay(first["trans_id"]))
+    assert voided["status"] == "APPROVED" and voided["message"] == "Approved Void"
+    record = services().store.get(sold["payment_id"])
+    assert (record["status"], record["refunded_amount"]) == ("PARTIALLY_REFUNDED", "4.00")
+    # the gateway agrees: 11.00 is left to refund (15.00 - 4.00)
+    rest = run(refund.delay(sold["trans_id"], amount="11.00"))
+    assert rest["status"] == "APPROVED" and rest["message"] == "Approved Return"
+    record = services().store.get(sold["payment_id"])
+    assert (record["status"], record["refunded_amount"]) == ("REFUNDED", "15.00")
+
+
 def test_a_second_void_of_our_sale_counts_as_done():
     sold = run(sale.delay(amount="13.00", card=TEST_CARD))
     first = run(void.delay(sold["trans_id"]))

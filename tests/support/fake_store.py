@@ -227,6 +227,8 @@ class InMemoryStore:
             if this is None:
                 this = max((total or 0) - before, 0)
             after = before + this
+            if rest and total is not None:
+                fu["amount"] = _money(this)  # what a void of this refund gives back
             new_status = "REFUNDED" if rest or (total is not None and after >= total) else "PARTIALLY_REFUNDED"
             fields = {"refunded_by": fu_pid, "refunded_amount": _money(after)}
             note = f"refunded {_money(this)} by {fu_pid} ({_money(after)} in all)"
@@ -235,7 +237,29 @@ class InMemoryStore:
         self._record_event(orig, oop or "", ostatus, new_status, note, at, otrans)
         if is_void and oop == "capture":
             self._reopen_auth(o, orig, fu_pid, at, now)
+        if is_void and oop == "refund":
+            self._restore_refunded(o, orig, fu_pid, at, now)
         return done("reflected")
+
+    def _restore_refunded(self, refund: dict[str, str], refund_pid: str, fu_pid: str, at: str, now: float) -> None:
+        """A void of a refund gives its amount back to what it refunded, as the gateway does."""
+        this = _cents(refund.get("amount"))
+        parent: str | None = refund.get("parent") or ""
+        if parent == "" or parent not in self._records:
+            parent = self._trans.get(refund["target"]) if refund.get("target") else None
+        if this is None or parent is None or parent == refund_pid:
+            return
+        p = self._records.get(parent)
+        if p is None or p.get("status") not in ("REFUNDED", "PARTIALLY_REFUNDED"):
+            return
+        before_status = p["status"]
+        after = max((_cents(p.get("refunded_amount")) or 0) - this, 0)
+        new_status = "PARTIALLY_REFUNDED" if after > 0 else "APPROVED"
+        p.update(status=new_status, refunded_amount=_money(after), updated_at=at, updated_ts=_ts(now))
+        ptrans = self._reindex(parent, None)
+        self._record_event(parent, p.get("operation") or "", before_status, new_status,
+                           f"refund {refund_pid} of {_money(this)} voided by {fu_pid} ({_money(after)} refunded in all)",
+                           at, ptrans)
 
     def _reopen_auth(self, capture: dict[str, str], capture_pid: str, fu_pid: str, at: str, now: float) -> None:
         """A void of a capture reopens its auth, as the gateway does."""

@@ -12,7 +12,7 @@ from tests.support.fake_gateway import SALE_TRANS, FakeGateway, UnexpectedCall, 
 from tests.support.unit_services import UnitServices
 from worker.config import Settings
 from worker.gateway import NotSent
-from worker.sweep import LOCK_NAME, MAX_REPUBLISH, finish_chain_void, outbox_age, run_sweep
+from worker.sweep import LOCK_NAME, MAX_REPUBLISH, finish_chain_void, outbox_age, outbox_due, run_sweep
 
 WEEK = 7 * 86400.0
 SETTINGS = Settings(card_key=TEST_CARD_KEY, stale_auth_age=WEEK, reconcile_after=600.0, sweep_interval=300.0,
@@ -209,6 +209,28 @@ def test_a_message_published_too_often_is_given_up_and_a_young_one_left(store, c
     store.outbox.put("young", {"name": "payments.sale"})
     assert sweep(store, FakeGateway()) == {"ran": True, "outbox_given_up": 1}
     assert [t for t, _ in store.outbox.stale(-1)] == ["young"]
+
+
+@pytest.mark.parametrize("visibility,interval,reconcile_after,due", [
+    (300, 300, 600, 360),    # the defaults: 2.2 x 300 = 660 from publication, one interval before the stamp
+    (300, 60, 600, 600),     # frequent sweeps: the stamp is close to the publication
+    (300, 3600, 600, 300),   # rare sweeps: never before the visibility timeout
+    (300, 300, 3600, 3300),  # RECONCILE_AFTER longer than 2.2 x the visibility timeout
+])
+def test_an_outbox_entry_is_due_once_it_may_be_outbox_age_old(visibility, interval, reconcile_after, due):
+    settings = Settings(card_key=TEST_CARD_KEY, visibility_timeout=visibility, sweep_interval=interval,
+                        reconcile_after=reconcile_after, commit_horizon_setting=60.0)
+    assert outbox_due(settings) == pytest.approx(due)
+    assert outbox_due(settings) + interval >= outbox_age(settings)  # real age at the due sweep: at least this
+
+
+def test_an_outbox_entry_is_published_again_by_the_first_sweep_past_its_due_age_counted_from_its_stamp(store, clock):
+    store.outbox.put("lost", {"name": "payments.sale"})
+    assert store.outbox.stale(outbox_due(SETTINGS)) == []  # first sighting: stamped
+    clock.advance(SETTINGS.sweep_interval)
+    assert store.outbox.stale(outbox_due(SETTINGS)) == []  # 300 s since the stamp
+    clock.advance(SETTINGS.sweep_interval)
+    assert [t for t, _ in store.outbox.stale(outbox_due(SETTINGS))] == ["lost"]  # 600 s: at least 600 s published
 
 
 def test_progress_ticks_once_per_item(store, clock):

@@ -156,6 +156,29 @@ end
 
 local function money(c) return string.format('%d.%02d', math.floor(c / 100), c % 100) end
 
+-- A void of a refund (``o``: the refund's status, operation, amount, refunded_amount, target, parent) gives its
+-- amount back to what it refunded, as the gateway does: REFUNDED or PARTIALLY_REFUNDED goes back to
+-- PARTIALLY_REFUNDED, or to APPROVED once nothing is refunded.
+local function restore_refunded(prefix, o, refund_pid, fu_pid, at, now)
+  local this = cents(o[3])
+  local parent = o[6] or ''
+  if parent == '' or redis.call('EXISTS', prefix .. 'op:' .. parent) == 0 then
+    parent = (o[5] or '') ~= '' and redis.call('HGET', IDX_TRANS, o[5]) or nil
+  end
+  if not this or not parent or parent == refund_pid then return end
+  local pkey = prefix .. 'op:' .. parent
+  local p = redis.call('HMGET', pkey, 'status', 'refunded_amount', 'operation')
+  if p[1] ~= 'REFUNDED' and p[1] ~= 'PARTIALLY_REFUNDED' then return end
+  local after = math.max((cents(p[2]) or 0) - this, 0)
+  local new_status = after > 0 and 'PARTIALLY_REFUNDED' or 'APPROVED'
+  redis.call('HSET', pkey, 'status', new_status, 'refunded_amount', money(after), 'updated_at', at,
+             'updated_ts', ts(now))
+  local ptrans = reindex(pkey, parent, nil)
+  record_event(pkey, prefix .. 'hist:' .. parent, parent, p[3] or '', p[1], new_status,
+               'refund ' .. refund_pid .. ' of ' .. money(this) .. ' voided by ' .. fu_pid .. ' (' .. money(after) ..
+               ' refunded in all)', at, ptrans)
+end
+
 -- Reflect an APPROVED capture/refund/void (record ``fu_rec``) on its original operation, once
 -- (``reflected`` = 1), atomically with whatever else the calling script does. Returns what happened.
 local function reflect(prefix, fu_rec, fu_pid, at, now)
@@ -199,6 +222,8 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
     local rest = not this  -- no amount: the gateway refunded what was left of it
     if rest then this = math.max((total or 0) - before, 0) end
     local after = before + this
+    -- A refund without an amount took what was left: say how much, or a void of it has nothing to give back.
+    if rest and total then redis.call('HSET', fu_rec, 'amount', money(this)) end
     if rest or (total and after >= total) then new_status = 'REFUNDED' else new_status = 'PARTIALLY_REFUNDED' end
     fields = {'refunded_by', fu_pid, 'refunded_amount', money(after)}
     note = 'refunded ' .. money(this) .. ' by ' .. fu_pid .. ' (' .. money(after) .. ' in all)'
@@ -224,5 +249,6 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
       end
     end
   end
+  if is_void and oop == 'refund' then restore_refunded(prefix, o, orig, fu_pid, at, now) end
   return done('reflected')
 end
