@@ -87,7 +87,8 @@ class PaymentsCollector:
                      "change (0: none)", age(found, "non_final") or 0.0)
         yield _gauge("payments_outbox_size", "Published payment messages no worker has claimed yet",
                      found["outbox"]["count"])
-        yield _gauge("payments_outbox_oldest_age_seconds", "Age of the oldest outbox entry, from the sweep that first saw it (0: none)",
+        yield _gauge("payments_outbox_oldest_age_seconds",
+                     "Age of the oldest outbox entry, from the sweep that first saw it (0: none)",
                      age(found, "outbox") or 0.0)
         stats = found["stats"]
         yield CounterMetricFamily("payments_outbox_republished", "Outbox messages the sweep published again",

@@ -808,7 +808,8 @@ def test_a_void_of_a_refund_gives_its_amount_back_to_the_sale(store, refunds, vo
     refund, sale = store.get(f"r{voided}"), store.get("s1")
     assert refund["status"] == "VOIDED" and refund["voided_by"] == "v1"
     assert (sale["status"], sale["refunded_amount"]) == (status, refunded)
-    assert sale["history"][-1]["note"].startswith(f"refund r{voided} of ") and "voided by v1" in sale["history"][-1]["note"]
+    note = sale["history"][-1]["note"]
+    assert note.startswith(f"refund r{voided} of ") and "voided by v1" in note
     assert store.reflect_due() == []
     assert store.reflect("v1") == "nothing" and store.get("s1")["refunded_amount"] == refunded  # given back once
 

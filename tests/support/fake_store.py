@@ -257,9 +257,8 @@ class InMemoryStore:
         new_status = "PARTIALLY_REFUNDED" if after > 0 else "APPROVED"
         p.update(status=new_status, refunded_amount=_money(after), updated_at=at, updated_ts=_ts(now))
         ptrans = self._reindex(parent, None)
-        self._record_event(parent, p.get("operation") or "", before_status, new_status,
-                           f"refund {refund_pid} of {_money(this)} voided by {fu_pid} ({_money(after)} refunded in all)",
-                           at, ptrans)
+        note = f"refund {refund_pid} of {_money(this)} voided by {fu_pid} ({_money(after)} refunded in all)"
+        self._record_event(parent, p.get("operation") or "", before_status, new_status, note, at, ptrans)
 
     def _reopen_auth(self, capture: dict[str, str], capture_pid: str, fu_pid: str, at: str, now: float) -> None:
         """A void of a capture reopens its auth, as the gateway does."""
