@@ -28,7 +28,9 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
     P idx:reflect_due      zset    APPROVED captures/refunds/voids not yet reflected on their original
     P audit                stream  every transition {payment_id, operation, from, to, note, at,
                                    trans_id}, XADD MAXLEN ~ 1,000,000
-    P outbox, idx:outbox   hash, zset  published payment messages not yet claimed (:class:`Outbox`)
+    P outbox               hash    published payment messages not yet claimed, task id -> JSON (:class:`Outbox`)
+    P idx:outbox           zset    outbox task ids, score when a sweep first saw them (or re-published them);
+                                   written by the sweep only, stamps of claimed entries dropped by the next sweep
     P idx:status_counts    hash    records by FINAL status (every status change; retention's removal); PENDING,
                                    RETRYING and UNKNOWN are the sizes of idx:non_final/retrying/unknown
     P idx:unknown, idx:retrying  zset  UNKNOWN / RETRYING ids, score created_ts (money in doubt, its age)
