@@ -7,7 +7,8 @@ Each run, under a Redis lock with expiry so that two beats or a manual run never
 2. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
 3. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
-4. publishes again payment messages the broker lost (outbox entries no worker claimed in time);
+4. publishes again payment messages the broker lost (outbox entries no worker claimed in time; an entry whose
+   task ran to its outcome before the entry was kept is dropped instead);
 5. finishes sale->void chains whose void was due but never ran;
 6. retention: moves final records older than PAYMENTS_RETENTION (and audit entries) to the archive, in bounded
    batches, deleting from Redis only what the archive holds (``worker.archive.retention``); an archive that cannot
@@ -109,12 +110,31 @@ def republish_lost(store, task_id: str, entry: dict) -> str:
                   task_id, MAX_REPUBLISH + 1)
         store.outbox.give_up(task_id)
         return "given_up"
+    if _ran_to_its_outcome(task_id):
+        # Its worker claimed it before the producer kept the entry (the producer writes it just after publishing):
+        # nothing was lost, and publishing it again would only be answered by the claim.
+        store.outbox.done(task_id)
+        log.info("sweep: message %s ran to its outcome before its outbox entry was kept; entry dropped", task_id)
+        return "finished"
     # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
     # re-published message had already removed (and the message would be published yet again later).
     store.outbox.republished(task_id, entry)
     republish(entry["message"])
     log.warning("sweep: message %s was not finished after publishing; published again", task_id)
     return "republished"
+
+
+def _ran_to_its_outcome(task_id: str) -> bool:
+    """Whether the result backend holds the task's SUCCESS (kept for RESULT_EXPIRES); when it cannot say, no."""
+    from celery import states
+
+    from worker.celery_app import current_payments_app
+
+    try:
+        return current_payments_app().AsyncResult(task_id).state == states.SUCCESS
+    except Exception as exc:  # the backend is a convenience: re-publishing is safe (the claim answers it)
+        log.warning("sweep: result of %s unknown (%s); treated as not run", task_id, type(exc).__name__)
+        return False
 
 
 def finish_chain_void(flow, store, sale_record) -> str:

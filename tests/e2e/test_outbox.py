@@ -38,6 +38,28 @@ def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celer
 
 
 def test_a_finished_payment_leaves_no_outbox_entry(celery_worker, e2e_redis):
-    result = sale.delay(amount="51.00", card=TEST_CARD)
+    # (countdown: the producer keeps the entry just after publishing; a worker quicker than that leaves it behind,
+    # the case the next test covers)
+    result = sale.apply_async(kwargs={"amount": "51.00", "card": TEST_CARD}, countdown=1)
     result.get(timeout=30)
     assert e2e_redis.hget(services().store.keys.outbox, result.id) is None
+
+
+def test_an_entry_kept_after_its_payment_ran_is_dropped_by_the_sweep_not_published_again(celery_worker, sandbox,
+                                                                                          e2e_redis):
+    store = services().store
+    key = f"race-{uuid.uuid4().hex}"
+    result = sale.apply_async(kwargs={"amount": "53.00", "card": TEST_CARD, "idempotency_key": key}, countdown=1)
+    entry = e2e_redis.hget(store.keys.outbox, result.id)
+    assert result.get(timeout=30)["status"] == "APPROVED"
+    # The race's end state: the worker claimed the message before the producer's entry was written.
+    e2e_redis.hset(store.keys.outbox, result.id, entry)
+    e2e_redis.zadd(store.keys.outbox_ts, {result.id: 1})
+    sweeper = Services(Settings(redis_url=E2E_REDIS_URL, bluepay_url=sandbox.interfaces_url,
+                                bluepay_account_id=sandbox.account_id, bluepay_secret_key=sandbox.secret_key,
+                                reconcile_after=3600, visibility_timeout=60))
+    report = run_sweep(sweeper)
+    assert report.get("outbox_finished") == 1 and "outbox_republished" not in report, report
+    assert e2e_redis.hget(store.keys.outbox, result.id) is None
+    assert e2e_redis.zscore(store.keys.outbox_ts, result.id) is None
+    assert len([e for e in sandbox.ledger(order_id=key) if e["trans_type"] == "SALE"]) == 1
