@@ -201,6 +201,10 @@ class BenchEnv:
 
 
 # ------------------------------------------------------------------------------------ workers
+#: kombu's Redis transport: how long a worker's BRPOP waits on the server (``brpop_timeout``, 1 s by default).
+BRPOP_TIMEOUT = 1.0
+
+
 class Workers:
     """Starts, stops, pauses and resumes the ``celery worker`` processes of a side."""
 
@@ -259,6 +263,12 @@ class Workers:
         for _ in range(5):
             replies = verb(side.queue, destination=side.hostnames, reply=True, timeout=5.0) or []
             if len(replies) >= len(side.hostnames):
+                if not on:
+                    # A BRPOP the worker sent before the cancel still waits on the server (up to kombu's 1 s):
+                    # a message published meanwhile would be popped, handed back "redelivered" (no consumer) and
+                    # then wait out the commit horizon, as a redelivered payment must. Under an event-loop pool
+                    # (prefork, threads) that one message made a burst of 1,500 take a minute.
+                    time.sleep(BRPOP_TIMEOUT + 0.5)
                 return
         raise RuntimeError(f"{side.name} workers did not confirm {'add' if on else 'cancel'}_consumer")
 

@@ -1,5 +1,5 @@
-"""A real gevent worker: it prefetches enough not to stall, batches its task events, and has a broker
-connection for every slot.
+"""A real gevent worker: it prefetches enough not to stall, batches its task events (as a threads worker does), and
+has a broker connection for every slot.
 
 The worker listens on a queue of its own, so the session's threads worker never takes these payments.
 """
@@ -55,7 +55,10 @@ def test_a_threads_worker_has_a_broker_connection_for_every_thread(celery_worker
     assert stats[0]["broker"]["transport_options"]["max_connections"] == 4 + BROKER_CONNECTION_HEADROOM
 
 
-def test_task_events_of_a_gevent_worker_arrive_batched_with_masked_arguments(gevent_worker):
+@pytest.mark.parametrize("worker,queue", [("gevent_worker", QUEUE), ("celery_worker", "celery")],
+                         ids=["gevent", "threads"])
+def test_task_events_arrive_batched_with_masked_arguments(request, worker, queue):
+    request.getfixturevalue(worker)
     exchange = app.events.Dispatcher(enabled=False).exchange
     bodies: list = []
     ready = threading.Event()
@@ -79,7 +82,7 @@ def test_task_events_of_a_gevent_worker_arrive_batched_with_masked_arguments(gev
     assert ready.wait(10)
     time.sleep(1.0)  # the fanout subscription is live
     try:
-        result = sale.apply_async(kwargs={"amount": "5.00", "card": TEST_CARD, "customer": CUSTOMER}, queue=QUEUE)
+        result = sale.apply_async(kwargs={"amount": "5.00", "card": TEST_CARD, "customer": CUSTOMER}, queue=queue)
         assert result.get(timeout=30)["status"] == "APPROVED"
         deadline = time.monotonic() + 10
 
