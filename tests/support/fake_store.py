@@ -242,7 +242,9 @@ class InMemoryStore:
         return done("reflected")
 
     def _restore_refunded(self, refund: dict[str, str], refund_pid: str, fu_pid: str, at: str, now: float) -> None:
-        """A void of a refund gives its amount back to what it refunded, as the gateway does."""
+        """A void of a refund gives its amount back to what it refunded, as the gateway does (if it was counted)."""
+        if refund.get("reflected") != "1":
+            return
         this = _cents(refund.get("amount"))
         parent: str | None = refund.get("parent") or ""
         if parent == "" or parent not in self._records:

@@ -158,8 +158,9 @@ local function money(c) return string.format('%d.%02d', math.floor(c / 100), c %
 
 -- A void of a refund (``o``: the refund's status, operation, amount, refunded_amount, target, parent) gives its
 -- amount back to what it refunded, as the gateway does: REFUNDED or PARTIALLY_REFUNDED goes back to
--- PARTIALLY_REFUNDED, or to APPROVED once nothing is refunded.
+-- PARTIALLY_REFUNDED, or to APPROVED once nothing is refunded. Only a refund that was counted (reflected) is.
 local function restore_refunded(prefix, o, refund_pid, fu_pid, at, now)
+  if redis.call('HGET', prefix .. 'op:' .. refund_pid, 'reflected') ~= '1' then return end
   local this = cents(o[3])
   local parent = o[6] or ''
   if parent == '' or redis.call('EXISTS', prefix .. 'op:' .. parent) == 0 then
