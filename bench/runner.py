@@ -225,9 +225,9 @@ class Workers:
             elif isinstance(side, Ours) and args.metrics_ab:
                 worker_env["WORKER_METRICS_PORT"] = str(procs.free_port())  # one port per worker process
             if args.metrics_ab:
-                # A message kombu pops just as a consumer is cancelled comes back "redelivered", and waits out the
-                # commit horizon (60 s by default) before stq may clear it: idle worker CPU counted against a few
-                # payments. Short gateway timeouts keep that wait to seconds, the same on both sides.
+                # Both sides are our worker: a message kombu hands back "redelivered" (a consumer cancelled while
+                # its BRPOP waited; Workers.consume now waits that out) would wait the commit horizon (60 s by
+                # default) on either side. Short gateway timeouts keep any such wait to seconds, the same on both.
                 worker_env.update(GATEWAY_READ_TIMEOUT="2", GATEWAY_COMMIT_HORIZON="8")
             side.procs.append(procs.start_celery_worker(
                 side.app_module, env=worker_env, pool=pool, concurrency=concurrency,
