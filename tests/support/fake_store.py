@@ -196,9 +196,7 @@ class InMemoryStore:
             self._reindex(fu_pid, None)
             return result
 
-        orig = parent if parent and parent in self._records else None
-        if orig is None and target:
-            orig = self._trans.get(target)
+        orig = self._original_of(parent, target)
         if orig is None or orig == fu_pid:
             return done("no_original")
         o = self._records.get(orig)
@@ -241,14 +239,18 @@ class InMemoryStore:
             self._restore_refunded(o, orig, fu_pid, at, now)
         return done("reflected")
 
+    def _original_of(self, parent: str | None, target: str | None) -> str | None:
+        """common.lua's original_of(): the ``parent`` record if there is one, else the record of ``target``."""
+        if parent and parent in self._records:
+            return parent
+        return self._trans.get(target) if target else None
+
     def _restore_refunded(self, refund: dict[str, str], refund_pid: str, fu_pid: str, at: str, now: float) -> None:
         """A void of a refund gives its amount back to what it refunded, as the gateway does (if it was counted)."""
         if refund.get("reflected") != "1":
             return
         this = _cents(refund.get("amount"))
-        parent: str | None = refund.get("parent") or ""
-        if parent == "" or parent not in self._records:
-            parent = self._trans.get(refund["target"]) if refund.get("target") else None
+        parent = self._original_of(refund.get("parent"), refund.get("target"))
         if this is None or parent is None or parent == refund_pid:
             return
         p = self._records.get(parent)
@@ -264,9 +266,7 @@ class InMemoryStore:
 
     def _reopen_auth(self, capture: dict[str, str], capture_pid: str, fu_pid: str, at: str, now: float) -> None:
         """A void of a capture reopens its auth, as the gateway does."""
-        auth: str | None = capture.get("parent") or ""
-        if auth == "" or auth not in self._records:
-            auth = self._trans.get(capture["target"]) if capture.get("target") else None
+        auth = self._original_of(capture.get("parent"), capture.get("target"))
         if auth is None:
             return
         a = self._records.get(auth)

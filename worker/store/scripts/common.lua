@@ -156,16 +156,21 @@ end
 
 local function money(c) return string.format('%d.%02d', math.floor(c / 100), c % 100) end
 
+-- The operation a follow-up refers to: its ``parent`` record if there is one, else the record of its ``target``
+-- trans id (nil: none known).
+local function original_of(prefix, parent, target)
+  if (parent or '') ~= '' and redis.call('EXISTS', prefix .. 'op:' .. parent) == 1 then return parent end
+  if (target or '') ~= '' then return redis.call('HGET', IDX_TRANS, target) or nil end
+  return nil
+end
+
 -- A void of a refund (``o``: the refund's status, operation, amount, refunded_amount, target, parent) gives its
 -- amount back to what it refunded, as the gateway does: REFUNDED or PARTIALLY_REFUNDED goes back to
 -- PARTIALLY_REFUNDED, or to APPROVED once nothing is refunded. Only a refund that was counted (reflected) is.
 local function restore_refunded(prefix, o, refund_pid, fu_pid, at, now)
   if redis.call('HGET', prefix .. 'op:' .. refund_pid, 'reflected') ~= '1' then return end
   local this = cents(o[3])
-  local parent = o[6] or ''
-  if parent == '' or redis.call('EXISTS', prefix .. 'op:' .. parent) == 0 then
-    parent = (o[5] or '') ~= '' and redis.call('HGET', IDX_TRANS, o[5]) or nil
-  end
+  local parent = original_of(prefix, o[6], o[5])
   if not this or not parent or parent == refund_pid then return end
   local pkey = prefix .. 'op:' .. parent
   local p = redis.call('HMGET', pkey, 'status', 'refunded_amount', 'operation')
@@ -189,9 +194,7 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
     f[6] or '', f[7]
   local trans_type = string.upper(f[8] or '')
   if status ~= 'APPROVED' or reflected == '1' or not FOLLOW_UPS[op] then return 'nothing' end
-  local orig = nil
-  if parent ~= '' and redis.call('EXISTS', prefix .. 'op:' .. parent) == 1 then orig = parent end
-  if not orig and target ~= '' then orig = redis.call('HGET', IDX_TRANS, target) end
+  local orig = original_of(prefix, parent, target)
   local function done(result)
     redis.call('HSET', fu_rec, 'reflected', '1')
     reindex(fu_rec, fu_pid, nil)
@@ -235,10 +238,7 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
   record_event(okey, ohist, orig, oop or '', ostatus, new_status, note, at, otrans)
   if is_void and oop == 'capture' then
     -- A void of a capture reopens its auth, as the gateway does.
-    local auth = o[6] or ''
-    if auth == '' or redis.call('EXISTS', prefix .. 'op:' .. auth) == 0 then
-      auth = (o[5] or '') ~= '' and redis.call('HGET', IDX_TRANS, o[5]) or nil
-    end
+    local auth = original_of(prefix, o[6], o[5])
     if auth then
       local akey = prefix .. 'op:' .. auth
       local a = redis.call('HMGET', akey, 'status', 'captured_by', 'operation')
