@@ -91,6 +91,14 @@ class Sandbox:
         """Void a transaction in the console (no ORDER_ID on the VOID)."""
         return self._post("void", {"id": trans_id})
 
+    def dialect(self) -> dict:
+        """How it answers where BluePay's texts are silent (worker/sandbox/dialect.py)."""
+        return self._get("dialect")
+
+    def set_dialect(self, **switches: str) -> dict:
+        """Change some of those answers (until changed again or reset)."""
+        return self._post("dialect", switches)
+
     def set_faults(self, faults: dict | None) -> dict:
         return self._post("faults", faults or {})
 

@@ -189,9 +189,9 @@ def test_final_record_is_returned_as_is_without_a_call(store, final):
     (NotSent("stq unreachable"), "UNKNOWN"),       # cannot tell
     (OutcomeUnknown("stq timed out"), "UNKNOWN"),
     (reply(trans_type="AUTH"), "UNKNOWN"),         # a transaction of another type under our ORDER_ID
-    (parsed_stq(R.stq_row(order_id="x")), "UNKNOWN"),  # an stq row without a valid stamp
+    (OutcomeUnknown("stq row carries a BP_STAMP that does not verify"), "UNKNOWN"),
 ], ids=["found", "found-declined", "absent-within-horizon", "stq-not-sent", "stq-unknown", "stq-wrong-type",
-        "stq-unstamped"])
+        "stq-stamp-fails"])
 def test_outcome_unknown_is_never_resent_within_the_horizon(store, stq_answer, status):
     gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[stq_answer])
     pid = new_id()
@@ -703,13 +703,18 @@ def test_an_unstamped_already_voided_is_not_counted_as_done(store):
     assert len(gw.sends) == 1
 
 
+# Issue 23: BluePay's stq rows carry no stamp; one that does must verify.
 @pytest.mark.parametrize("row,status", [
     (R.stq_stamped(order_id="o"), "APPROVED"),
-    (R.stq_row(order_id="o"), "UNKNOWN"),
+    (R.stq_row(order_id="o"), "APPROVED"),
     (R.stq_stamped(order_id="o", secret="someone-else"), "UNKNOWN"),
 ], ids=["stamped", "unstamped", "other-secret"])
-def test_only_a_stamped_stq_row_is_adopted(store, row, status):
-    gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[parsed_stq(row)])
+def test_an_stq_row_is_adopted_unless_its_stamp_fails(store, row, status):
+    try:
+        answer = parsed_stq(row)
+    except OutcomeUnknown as exc:  # what the client raises for a row whose stamp does not verify
+        answer = exc
+    gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[answer])
     pid = new_id()
     flow = make_flow(store, gw)
     if status == "UNKNOWN":

@@ -179,11 +179,35 @@ def test_query_read_timeout_is_retried():
     assert r.trans_id == TRANS_ID and r.attempts == 3 and len(t.calls) == 3
 
 
-def test_query_unstamped_row_is_outcome_unknown():
-    c, t = make(HttpReply(200, None, R.body(R.stq_row())), retry_policy=RetryPolicy(max_attempts=2))
+def test_query_unstamped_row_is_found():
+    """BluePay's stq rows carry no stamp (issue 23): the row is the answer."""
+    c, t = make(HttpReply(200, None, R.body(R.stq_row())))
+    r = c.query(order_id="order-1")
+    assert r.trans_id == TRANS_ID and r.approved and len(t.calls) == 1
+
+
+def test_query_row_with_a_failing_stamp_is_outcome_unknown():
+    c, t = make(HttpReply(200, None, R.body(R.stq_stamped(secret="someone-else"))),
+                retry_policy=RetryPolicy(max_attempts=2))
     with pytest.raises(OutcomeUnknown) as ei:
         c.query(order_id="order-1")
     assert not isinstance(ei.value, Rejected) and len(t.calls) == 2  # read-only: retried, then "cannot tell"
+
+
+def test_query_rows_of_another_order_prove_nothing():
+    c, t = make(HttpReply(200, None, R.body(R.stq_row(order_id="order-2"))),
+                retry_policy=RetryPolicy(max_attempts=1))
+    with pytest.raises(OutcomeUnknown):
+        c.query(order_id="order-1")
+
+
+def test_query_several_rows_adopts_the_one_approval():
+    rows = "\n".join([R.body(R.stq_row(id="100000000001", status="0", issue_date="2025-11-27 10:00:00")),
+                      R.body(R.stq_row(id="100000000002", status="1", issue_date="2025-11-27 09:00:00")),
+                      R.body(R.stq_row(id="100000000003", status="1", order_id="order-2"))])
+    c, t = make(HttpReply(200, None, rows))
+    r = c.query(order_id="order-1")
+    assert r.trans_id == "100000000002" and r.approved
 
 
 def test_query_rejected_not_retried():

@@ -314,7 +314,7 @@ def test_stq_empty_200_is_absent():
 
 
 def test_stq_found():
-    r = q(200, R.body(R.stq_stamped()))
+    r = q(200, R.body(R.stq_row()))
     assert r.status == "APPROVED" and r.approved and r.trans_id == TRANS_ID and r.order_id == "order-1"
     assert r.masked_account == "xxxxxxxxxxxx1111" and r.card_type == "VISA" and r.amount == "3.00"
     assert r.settled is False and r.voided is False
@@ -339,22 +339,60 @@ def test_stq_stamp_verified():
         q(200, R.body(bad))
 
 
-# Issue 12: an stq row without a BP_STAMP that verifies never settles a record: "cannot tell", not found.
+# Issue 23: BluePay documents no stamp on stq rows: an unstamped row is found...
+@pytest.mark.parametrize("row,status", [
+    (R.stq_row(), "APPROVED"), (R.stq_row(status="0"), "DECLINED"), (R.stq_row(status="E"), "ERROR"),
+    (R.unstamped(R.stq_stamped()), "APPROVED"),
+    ({k.upper(): v for k, v in R.stq_row().items()}, "APPROVED"),  # names as BluePay's Python library reads them
+], ids=["approved", "declined", "error", "stamp-stripped", "upper-case-names"])
+def test_stq_row_without_a_stamp_is_found(row, status):
+    r = q(200, R.body(row))
+    assert r.status == status and r.trans_id == TRANS_ID and r.order_id == "order-1"
+
+
+def test_stq_upper_case_row_with_a_stamp_verifies():
+    row = {k.upper(): v for k, v in R.stq_row().items()}
+    assert q(200, R.body(R.stamped(row, stamp_def="ID STATUS AMOUNT"))).approved
+
+
+# ... and a row that carries a stamp that does not verify never settles a record: "cannot tell", not found.
 @pytest.mark.parametrize("row", [
-    R.stq_row(),
-    R.stq_row(status="0"),
-    R.stq_row(status="E"),
     R.stq_stamped(secret="someone-else"),
     dict(R.stq_stamped(), BP_STAMP="0" * 128),
     dict(R.stq_stamped(), order_id="order-2"),  # a field the stamp covers, changed
-    R.unstamped(R.stq_stamped()),
     {k: v for k, v in R.stq_stamped().items() if k != "BP_STAMP_DEF"},
-], ids=["approved-unstamped", "declined-unstamped", "error-unstamped", "other-secret", "zero-stamp",
-        "tampered-order-id", "stamp-stripped", "no-stamp-def"])
-def test_stq_row_without_a_valid_stamp_is_outcome_unknown(row):
+    {k: v for k, v in R.stq_stamped().items() if k != "BP_STAMP"},
+], ids=["other-secret", "zero-stamp", "tampered-order-id", "no-stamp-def", "def-without-stamp"])
+def test_stq_row_with_a_stamp_that_fails_is_outcome_unknown(row):
     with pytest.raises(OutcomeUnknown) as ei:
         q(200, R.body(row))
     assert not isinstance(ei.value, Rejected)
+
+
+def test_stq_rows_on_lines_and_run_together_are_all_read():
+    one, two = R.stq_row(status="0"), R.stq_row(id="100229460099")
+    for body in (R.body(one) + "\n" + R.body(two), R.body(one) + "&" + R.body(two)):
+        rows = P.parse_query_rows(200, body, secret_key=SECRET)
+        assert [(r.trans_id, r.status) for r in rows] == [(TRANS_ID, "DECLINED"), ("100229460099", "APPROVED")]
+
+
+@pytest.mark.parametrize("rows,asked,expected", [
+    ([], "order-1", None),
+    ([("1", "0", "order-1", "2025-01-01 10:00:00"), ("2", "0", "order-1", "2025-01-01 11:00:00")], "order-1", "2"),
+    ([("1", "0", "order-1", "2025-01-01 12:00:00"), ("2", "1", "order-1", "2025-01-01 11:00:00")], "order-1", "2"),
+    ([("1", "1", "order-1 ", "x"), ("2", "1", "order-10", "x")], "order-1", OutcomeUnknown),
+    ([("1", "1", "order-1", "x"), ("2", "1", "order-1", "x")], "order-1", OutcomeUnknown),
+    ([("1", "1", "order-1", "x"), ("1", "1", "order-1", "x")], "order-1", "1"),
+], ids=["none", "newest-decline", "the-approval", "not-ours", "two-approvals", "same-row-twice"])
+def test_choose_query_row(rows, asked, expected):
+    responses = [P.Response(status={"1": "APPROVED", "0": "DECLINED"}[s], trans_id=i, order_id=o,
+                            raw={"issue_date": d}) for i, s, o, d in rows]
+    if expected is OutcomeUnknown:
+        with pytest.raises(OutcomeUnknown):
+            P.choose_query_row(responses, order_id=asked)
+    else:
+        chosen = P.choose_query_row(responses, order_id=asked)
+        assert (chosen.trans_id if chosen else None) == expected
 
 
 def test_stq_400_status_e_rejected():

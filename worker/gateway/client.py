@@ -143,9 +143,11 @@ class BluePayClient:
             end=today + timedelta(days=2),
         )
         secret = self._secret_key
+        asked_id = fields.get("id")
 
         def parse(reply: HttpReply) -> Response | None:
-            return protocol.parse_query_reply(reply.status_code, reply.body, secret_key=secret)
+            rows = protocol.parse_query_rows(reply.status_code, reply.body, secret_key=secret)
+            return protocol.choose_query_row(rows, trans_id=asked_id, order_id=fields.get("order_id"))
 
         return self._commit("QUERY", self.stq_url, fields, parse, read_only=True, endpoint="stq")
 

@@ -2,11 +2,13 @@
 
 * ``transaction_request`` / ``parse_transaction_reply``: the ``bp10emu`` endpoint (302 with the
   result in the ``Location`` query string, or a 200 body of pairs with RESPONSETYPE=DIRECT).
-* ``query_request`` / ``parse_query_reply``: the ``stq`` Single Transaction Query.
+* ``query_request`` / ``parse_query_rows`` / ``choose_query_row``: the ``stq`` Single Transaction Query.
 
 The interpretation of ``stq`` replies (docs/bluepay.md, "our conventions") lives only in
-:func:`parse_query_reply`: 200 + empty body = provably absent (None); 200 + pairs = found;
+:func:`parse_query_rows`: 200 + empty body = provably absent ([]); 200 + rows of pairs = found;
 HTTP 400 with STATUS=E = Rejected; anything else = OutcomeUnknown ("cannot tell", never "absent").
+Only bp10emu replies must carry a BP_STAMP that verifies; stq rows are trusted on the channel (BluePay
+documents no stamp for them), and a stamp that is present must verify.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ __all__ = [
     "parse_pairs",
     "parse_transaction_reply",
     "parse_query_reply",
+    "parse_query_rows",
+    "choose_query_row",
 ]
 
 TRANSACTION_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID", "UPDATE")
@@ -335,37 +339,42 @@ def _settled(lower: Mapping[str, str]) -> bool | None:
     return None
 
 
-def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key: str) -> Response | None:
-    """Interpret an stq reply (our conventions, docs/bluepay.md):
+def _query_rows(text: str) -> list[dict[str, str]]:
+    """The rows of an stq body. BluePay documents one row of pairs; several matches are undocumented, so
+    both shapes a server could plausibly use are read: one row per line, or rows run together on one line
+    (a row starts again where its first field name repeats)."""
+    rows: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        row: dict[str, str] = {}
+        first = ""
+        for key, value in parse_qsl(line.strip(), keep_blank_values=True):
+            key = key.strip()
+            if not key:
+                continue
+            name = key.lower()
+            if not first:
+                first = name
+            elif name == first:
+                rows.append(row)
+                row = {}
+            row.setdefault(key, value)
+        if row:
+            rows.append(row)
+    return rows
 
-    * 200, empty body                -> None (provably no such transaction)
-    * 200, pairs with id and status  -> Response (status 1/0/E -> APPROVED/DECLINED/ERROR)
-    * 400 with STATUS=E              -> Rejected (bad seal, bad dates)
-    * anything else                  -> OutcomeUnknown ("cannot tell", never "absent")
-    """
-    text = _body_text(body)
-    if status_code == 200 and not text.strip():
-        return None
-    if status_code >= 500:
-        raise OutcomeUnknown(f"stq answered HTTP {status_code}", status_code=status_code)
-    pairs = parse_pairs(text)
+
+def _query_row(pairs: Mapping[str, str], *, secret_key: str, status_code: int) -> Response:
     lower = {k.lower(): v for k, v in pairs.items()}
-
-    if status_code == 400:
-        if (lower.get("status") or "").strip().upper() == "E":
-            resp = Response(status="ERROR", message=lower.get("message", ""), raw=_clean_raw(pairs))
-            raise Rejected(resp)
-        raise OutcomeUnknown("stq answered HTTP 400 without STATUS=E", status_code=status_code)
-    if status_code != 200:
-        raise OutcomeUnknown(f"stq answered HTTP {status_code}", status_code=status_code)
-
     status = _STQ_STATUS.get((lower.get("status") or "").strip().upper())
     trans_id = (lower.get("id") or lower.get("trans_id") or lower.get("rrno") or "").strip()
     if status is None or not trans_id:
         raise OutcomeUnknown("unparseable stq reply", status_code=status_code)
-    if not pairs.get("BP_STAMP") or not stamp_matches(secret_key, pairs):
-        raise OutcomeUnknown("stq row without a BP_STAMP that verifies", status_code=status_code)
-
+    # BluePay's stq text lists no stamp: a row is trusted on the channel (TLS to BluePay's host) and our sealed
+    # request. A stamp that is there must verify: a row that claims authentication and fails it is not trusted.
+    if any(k.upper() in ("BP_STAMP", "BP_STAMP_DEF") for k in pairs) and not _stamp_verifies(secret_key, pairs):
+        raise OutcomeUnknown("stq row carries a BP_STAMP that does not verify", status_code=status_code)
     return Response(
         status=status,
         message=lower.get("message", ""),
@@ -374,7 +383,7 @@ def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key:
         amount=lower.get("amount", ""),
         auth_code=lower.get("auth_code", ""),
         avs=lower.get("avs_result", "") or lower.get("avs", ""),
-        cvv2=lower.get("cvv2_result", "") or lower.get("cvv2", ""),
+        cvv2=lower.get("cvv_result", "") or lower.get("cvv2_result", "") or lower.get("cvv2", ""),
         masked_account=lower.get("payment_account", ""),
         card_type=lower.get("card_type", ""),
         bank_name=lower.get("bank_name", ""),
@@ -382,5 +391,80 @@ def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key:
         missing_field="",
         settled=_settled(lower),
         voided=_flag(lower["f_void"]) if "f_void" in lower else None,
-        raw=_clean_raw(pairs),
+        raw=_clean_raw(lower),
     )
+
+
+def _stamp_verifies(secret_key: str, pairs: Mapping[str, str]) -> bool:
+    """BP_STAMP over an stq row, whatever the case of its names (the stq text uses lower case, BluePay's Python
+    library reads upper case)."""
+    by_upper = {k.upper(): v for k, v in pairs.items()}
+    stamp_def = by_upper.get("BP_STAMP_DEF", "")
+    names = {k.upper(): k for k in pairs}
+    view = {name: pairs.get(name, pairs.get(names.get(name.upper(), ""), "")) for name in stamp_def.split()}
+    view.update(BP_STAMP=by_upper.get("BP_STAMP", ""), BP_STAMP_DEF=stamp_def,
+                TPS_HASH_TYPE=by_upper.get("TPS_HASH_TYPE", ""))
+    return stamp_matches(secret_key, view)
+
+
+def parse_query_rows(status_code: int, body: str | bytes | None, *, secret_key: str) -> list[Response]:
+    """Interpret an stq reply as its rows (our conventions, docs/bluepay.md):
+
+    * 200, empty body                -> [] (provably no such transaction)
+    * 200, one or more rows of pairs -> their Responses (status 1/0/E -> APPROVED/DECLINED/ERROR)
+    * 400 with STATUS=E              -> Rejected (bad seal, bad dates)
+    * anything else                  -> OutcomeUnknown ("cannot tell", never "absent")
+
+    A row needs no BP_STAMP (BluePay documents none for stq); one that carries a stamp must verify.
+    """
+    text = _body_text(body)
+    if status_code == 200 and not text.strip():
+        return []
+    if status_code >= 500:
+        raise OutcomeUnknown(f"stq answered HTTP {status_code}", status_code=status_code)
+    if status_code == 400:
+        lower = {k.lower(): v for k, v in parse_pairs(text).items()}
+        if (lower.get("status") or "").strip().upper() == "E":
+            raise Rejected(Response(status="ERROR", message=lower.get("message", ""), raw=_clean_raw(lower)))
+        raise OutcomeUnknown("stq answered HTTP 400 without STATUS=E", status_code=status_code)
+    if status_code != 200:
+        raise OutcomeUnknown(f"stq answered HTTP {status_code}", status_code=status_code)
+    rows = _query_rows(text)
+    if not rows:
+        raise OutcomeUnknown("unparseable stq reply", status_code=status_code)
+    return [_query_row(row, secret_key=secret_key, status_code=status_code) for row in rows]
+
+
+def choose_query_row(rows: list[Response], *, trans_id: str | None = None,
+                     order_id: str | None = None) -> Response | None:
+    """The one transaction an stq lookup proves, or None when it proves there is none.
+
+    Only rows that answer the question asked count (the same id, or exactly the same ORDER_ID); rows that do
+    not are someone else's, and if only such rows came back nothing is proven (OutcomeUnknown, never "absent").
+    Of the rows that answer: the approved one if there is exactly one; two approved transactions are a
+    double charge for a human, not something to adopt; with none approved, the newest decline or error.
+    """
+    if not rows:
+        return None
+    if trans_id is not None:
+        ours = [r for r in rows if r.trans_id == trans_id]
+    else:
+        ours = [r for r in rows if r.order_id == order_id]
+    if not ours:
+        raise OutcomeUnknown(f"stq answered {len(rows)} row(s), none for the transaction asked about")
+    approved = {r.trans_id: r for r in ours if r.status == "APPROVED"}
+    if len(approved) > 1:
+        raise OutcomeUnknown(f"stq found {len(approved)} approved transactions for one ORDER_ID "
+                             f"({', '.join(sorted(approved))}): a human must look")
+    if approved:
+        return next(iter(approved.values()))
+    return max(ours, key=lambda r: (r.raw.get("issue_date", ""), r.trans_id))
+
+
+def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key: str) -> Response | None:
+    """One stq reply as a single transaction (see :func:`parse_query_rows`): None when absent; with several
+    rows, the one :func:`choose_query_row` picks for the first row's ORDER_ID."""
+    rows = parse_query_rows(status_code, body, secret_key=secret_key)
+    if not rows:
+        return None
+    return choose_query_row(rows, order_id=rows[0].order_id) if len(rows) > 1 else rows[0]

@@ -22,23 +22,31 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlencode
 
 from . import seal as _seal
+from .dialect import Dialect
 
 DEFAULT_ACCOUNT_ID = "100000000001"
 DEFAULT_SECRET_KEY = "SANDBOXSECRETKEY0000000000000000"
 DEFAULT_DUPLICATE_WINDOW = 120.0
 
-# BP_STAMP_DEF used when the request does not name one. Every field named here is
-# present in every bp10emu reply (TRANS_ID is absent from ERROR/MISSING/DUPLICATE
-# replies and then contributes "").
-BP10EMU_STAMP_DEF = "MERCHANT TRANS_ID Result STATUS MESSAGE AMOUNT TRANS_TYPE ORDER_ID ISSUE_DATE"
+# The stamp definition of stq rows in the dialect that stamps them (stq_stamp=on). BluePay documents no stq
+# stamp: this exists only so that a client can be tested against a gateway that sends one anyway.
 STQ_STAMP_DEF = "id trans_type amount status message order_id f_void settle_date"
+
+#: The stq output fields of BluePay's stq text (2013-05-17), in its order: a row names no others.
+STQ_FIELDS = ("id", "payment_type", "trans_type", "amount", "card_type", "payment_account", "order_id",
+              "invoice_id", "custom_id", "custom_id2", "master_id", "status", "f_void", "message", "origin",
+              "issue_date", "settle_date", "rebilling_id", "settlement_id", "card_expire", "bank_name", "addr1",
+              "addr2", "city", "state", "zip", "phone", "email", "auth_code", "name1", "name2", "company_name",
+              "memo", "backend_id", "remote_ip", "avs_result", "cvv_result", "merchdata", "card_present")
 
 _AMOUNT_RE = re.compile(r"^\d{1,9}(?:\.\d{1,2})?$")
 _CVV_RE = re.compile(r"^\d{3,4}$")
 _EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# stq's text writes its dates YYYY-MM-DD HH:MM:SS, the daily report's YYYY-MM-DD: both are read.
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?$")
 
 SUPPORTED_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID")
 _ZERO = Decimal("0.00")
@@ -165,8 +173,10 @@ class Engine:
     """Ledger plus rules. Thread-safe: every ledger read and write holds ``self.lock``."""
 
     def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
-                 duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time) -> None:
+                 duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time,
+                 dialect: Dialect | None = None) -> None:
         self.account_id = account_id
+        self.dialect = dialect or Dialect()
         self.secret_key = secret_key
         self.duplicate_window = float(duplicate_window or 0)
         self.clock = clock
@@ -217,6 +227,12 @@ class Engine:
                 if e.voided:
                     o["voided"][e.trans_type] = o["voided"].get(e.trans_type, 0) + 1
             return out
+
+    def set_dialect(self, dialect: Dialect) -> Dialect:
+        """Answer the questions the sources leave open another way from now on (see dialect.py)."""
+        with self.lock:
+            self.dialect = dialect
+            return dialect
 
     def set_duplicate_window(self, seconds: float) -> float:
         """Change the duplicate window at run time (0 disables scrubbing). Earlier entries
@@ -339,14 +355,13 @@ class Engine:
             "MODE": mode,
             "ISSUE_DATE": now_str(now),
         }
-        stamp_def = (f.get("BP_STAMP_DEF") or "").strip() or BP10EMU_STAMP_DEF
+        stamp_def = (f.get("BP_STAMP_DEF") or "").strip() or self.dialect.bp10emu_stamp_def
 
         def finish(result: str, message: str, **extra: str) -> dict[str, str]:
             reply["Result"] = result
             reply["STATUS"] = {"APPROVED": "1", "DECLINED": "0"}.get(result, "E")
             reply["MESSAGE"] = message
             reply.update(extra)
-            reply.setdefault("MISSING", "")
             reply["TPS_HASH_TYPE"] = hash_type
             reply["BP_STAMP_DEF"] = stamp_def
             reply["BP_STAMP"] = _seal.stamp(self.secret_key, reply, stamp_def, hash_type)
@@ -557,20 +572,21 @@ class Engine:
         try:
             if not (_DATE_RE.match(start_s) and _DATE_RE.match(end_s)):
                 raise ValueError
-            start = _dt.date.fromisoformat(start_s)
-            end = _dt.date.fromisoformat(end_s)
+            start = _dt.datetime.fromisoformat(start_s)
+            end = _dt.datetime.fromisoformat(end_s)
         except ValueError:
             return "INVALID REPORT DATES (YYYY-MM-DD)"
         if end <= start:
             return "REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)"
         return time.mktime(start.timetuple()), time.mktime(end.timetuple())
 
-    def stq(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None]:
-        """Single Transaction Query. Returns (http_status, pairs or None for "no match")."""
+    def stq(self, f: Mapping[str, str]) -> tuple[int, str | None]:
+        """Single Transaction Query. Returns (http_status, the url-encoded body, or None for an empty 200)."""
         hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
 
-        def error(message: str) -> tuple[int, dict[str, str]]:
-            return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type)
+        def error(message: str) -> tuple[int, str]:
+            return 400, self._encode(self._maybe_stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE",
+                                                         hash_type))
 
         window = self._report_window(f)
         if isinstance(window, str):
@@ -599,28 +615,50 @@ class Engine:
                 pool = self._by_order_id.get(str(dict(filters)["order_id"]), [])
             else:
                 pool = self._order
-            match = None
-            for e in reversed(pool):
-                if e.mode != mode or e.account != self.account_id or not lo <= e.created_at < hi:
-                    continue
-                if all(getattr(e, a) == v for a, v in filters):
-                    match = e
-                    break
-            if match is None:
-                return 200, None
-            row = {
-                "id": match.id, "trans_type": match.trans_type, "amount": fmt(match.amount),
-                "status": match.status, "message": match.message, "order_id": match.order_id,
-                "invoice_id": match.invoice_id, "custom_id": match.custom_id,
-                "custom_id2": match.custom_id2, "payment_type": match.payment_type,
-                "payment_account": match.payment_account, "card_type": match.card_type,
-                "card_expire": match.card_expire, "issue_date": match.issue_date,
-                "settle_date": match.settle_date, "f_void": "1" if match.voided else "",
-                "f_captured": "1" if match.captured else "", "origin": match.origin,
-                "master_id": match.origin, "mode": match.mode, "auth_code": match.auth_code,
-                "avs": match.avs, "cvv2": match.cvv2, "name1": match.name1, "name2": match.name2,
-            }
-        return 200, self._stamped(row, STQ_STAMP_DEF, hash_type)
+            matches = [e for e in pool if e.mode == mode and e.account == self.account_id
+                       and lo <= e.created_at < hi and all(getattr(e, a) == v for a, v in filters)]
+            rows = [self._stq_row(e) for e in self._pick(matches)]
+        return self._stq_reply(rows, hash_type)
+
+    def _pick(self, matches: list[Entry]) -> list[Entry]:
+        """The matches stq answers with (dialect ``stq_matches``; ``matches`` are oldest first)."""
+        if not matches:
+            return []
+        how = self.dialect.stq_matches
+        if how == "all":
+            return matches
+        return [matches[0] if how == "oldest" else matches[-1]]
+
+    def _stq_row(self, e: Entry) -> dict[str, str]:
+        """An stq row of documented fields only (caller holds the lock)."""
+        return {
+            "id": e.id, "payment_type": e.payment_type, "trans_type": e.trans_type, "amount": fmt(e.amount),
+            "card_type": e.card_type, "payment_account": e.payment_account, "order_id": e.order_id,
+            "invoice_id": e.invoice_id, "custom_id": e.custom_id, "custom_id2": e.custom_id2,
+            "master_id": e.origin, "status": e.status, "f_void": "1" if e.voided else "",
+            "message": e.message, "origin": "bp10emu" if e.card_hash else "console",
+            "issue_date": e.issue_date, "settle_date": e.settle_date,
+            "settlement_id": e.settle_date[:10].replace("-", "") if e.settled else "",
+            "card_expire": e.card_expire, "bank_name": "", "auth_code": e.auth_code, "name1": e.name1,
+            "name2": e.name2, "avs_result": e.avs, "cvv_result": e.cvv2,
+        }
+
+    def _stq_reply(self, rows: list[dict[str, str]], hash_type: str) -> tuple[int, str | None]:
+        """The body of an stq answer (None: an empty 200), per the dialect."""
+        d = self.dialect
+        if not rows:
+            if d.stq_no_match == "error":
+                return 400, self._encode(self._maybe_stamped(
+                    {"STATUS": "E", "MESSAGE": "NO MATCHING TRANSACTIONS"}, "STATUS MESSAGE", hash_type))
+            if d.stq_no_match == "blank_row":
+                return 200, self._encode(dict.fromkeys(STQ_FIELDS, ""))
+            return 200, None
+        lines = [self._encode(self._maybe_stamped(row, STQ_STAMP_DEF, hash_type)) for row in rows]
+        return 200, "\n".join(lines)
+
+    def _encode(self, pairs: Mapping[str, str]) -> str:
+        upper = self.dialect.stq_names == "upper"
+        return urlencode({(k.upper() if upper else k): v for k, v in pairs.items()})
 
     # ---------------------------------------------------------------- bpdailyreport2
     def report(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None, list[Entry]]:
@@ -631,7 +669,7 @@ class Engine:
         hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
 
         def error(message: str) -> tuple[int, dict[str, str], list[Entry]]:
-            return 400, self._stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type), []
+            return 400, self._maybe_stamped({"STATUS": "E", "MESSAGE": message}, "STATUS MESSAGE", hash_type), []
 
         window = self._report_window(f)
         if isinstance(window, str):
@@ -646,7 +684,10 @@ class Engine:
                 rows = [e for e in self._order if e.mode == mode and lo <= e.created_at < hi]
         return 200, None, rows
 
-    def _stamped(self, pairs: dict[str, str], stamp_def: str, hash_type: str) -> dict[str, str]:
+    def _maybe_stamped(self, pairs: dict[str, str], stamp_def: str, hash_type: str) -> dict[str, str]:
+        """stq and report answers carry no stamp (BluePay documents none) unless the dialect says stq_stamp=on."""
+        if self.dialect.stq_stamp != "on":
+            return pairs
         pairs["TPS_HASH_TYPE"] = hash_type
         pairs["BP_STAMP_DEF"] = stamp_def
         pairs["BP_STAMP"] = _seal.stamp(self.secret_key, pairs, stamp_def, hash_type)

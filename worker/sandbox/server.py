@@ -20,22 +20,24 @@ What it serves
   HMAC_SHA512; hex compared case-insensitively; ``TPS_DEF`` honoured). Every reply carries
   ``TPS_HASH_TYPE`` (the type actually used: the request's, or HMAC_SHA512 when the request's was
   unknown or empty), ``BP_STAMP_DEF`` and ``BP_STAMP``. The stamp definition is the request's
-  ``BP_STAMP_DEF`` if it sent one, else
-  ``MERCHANT TRANS_ID Result STATUS MESSAGE AMOUNT TRANS_TYPE ORDER_ID ISSUE_DATE`` (all of which
-  are reply fields; absent = ""), hashed like the seal with the secret key, upper-case hex.
+  ``BP_STAMP_DEF`` if it sent one, else the dialect's ``bp10emu_stamp_def`` (default
+  ``RRNO ISSUE_DATE Result``, as live TEST replies carried it in 2023; absent = ""), hashed like the
+  seal with the secret key, upper-case hex. ``MISSING`` appears only when Result=MISSING.
 * ``POST /interfaces/stq``: Single Transaction Query (seal = ACCOUNT_ID + REPORT_START_DATE +
-  REPORT_END_DATE). Filters: ``id``, ``order_id``, ``invoice_id``, ``custom_id``, ``custom_id2``,
-  ``trans_type``, ``amount``, ``payment_type``, ``name1``, ``name2`` (names case-insensitive,
-  empty values ignored), within [start, end) by issue date in the server's local time, and
-  ``MODE`` (default LIVE). Reply: 200 with the NEWEST match as lower-case pairs (stamp def
-  ``id trans_type amount status message order_id f_void settle_date``); 200 with an empty body
-  when nothing matches; 400 ``STATUS=E&MESSAGE=...`` on a bad seal, malformed dates, or an end
-  date not after the start date (the end is exclusive; equal dates would always be "absent").
+  REPORT_END_DATE; dates YYYY-MM-DD or YYYY-MM-DD HH:MM:SS). Filters: ``id``, ``order_id``, ``invoice_id``,
+  ``custom_id``, ``custom_id2``, ``trans_type``, ``amount``, ``payment_type``, ``name1``, ``name2`` (names
+  case-insensitive, empty values ignored), within [start, end) by issue date in the server's local time,
+  and ``MODE`` (default LIVE). Reply: 200 with the match as pairs named as BluePay's stq text names its
+  output fields (``STQ_FIELDS`` in engine.py), no stamp; 200 with an empty body when nothing matches;
+  400 ``STATUS=E&MESSAGE=...`` on a bad seal, malformed dates, or an end date not after the start date.
+  What the texts leave open (which of several matches, the no-match answer, a stamp, the names' case)
+  is the dialect (dialect.py): ``--dialect`` / ``SANDBOX_DIALECT`` / ``POST /sandbox/dialect``.
 * ``POST /interfaces/bpdailyreport2``: the daily report (seal as stq). 200 ``text/csv``, chunked: a header of
   lower-case column names (``REPORT_COLUMNS`` in engine.py), then one quoted CSV line per ledger entry issued in
   [start, end) (``QUERY_BY_SETTLEMENT=1``: settled in it), of ``MODE`` (default LIVE); ``DO_NOT_ESCAPE=1``: no
   quoting, commas dropped. ``master_id`` is the transaction a follow-up refers to; ``f_void`` 1 when voided.
-  400 ``STATUS=E&MESSAGE=...`` on a bad seal or dates. No stamp (BluePay documents none for reports).
+  400 ``STATUS=E&MESSAGE=...`` on a bad seal or dates. No stamp (BluePay documents none for reports; the
+  dialect's stq_stamp=on stamps the error).
 * ``GET /interfaces/wlcatch``: 200 with a tiny HTML page, for redirect-following clients.
 * ``/sandbox/...``: a JSON control API (health, ledger, orders, reset, settle, faults, duplicates,
   stats, outage); see ``README_TEXT`` below or ``python -m worker.sandbox --help``.
@@ -114,6 +116,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from .dialect import Dialect, DialectError, parse_dialect
 from .engine import DEFAULT_ACCOUNT_ID, DEFAULT_DUPLICATE_WINDOW, DEFAULT_SECRET_KEY, REPORT_COLUMNS, Engine, report_row
 from .faults import FaultConfigError, Faults
 
@@ -137,6 +140,8 @@ Control API (JSON, never subject to faults; unavailable during an outage):
                                             carries no ORDER_ID)
   GET  /sandbox/faults                      current fault config (+ sequence_remaining, injected)
   POST /sandbox/faults {...}                replace the fault config ({} = none); 400 if invalid
+  GET  /sandbox/dialect                     how it answers where BluePay's texts are silent (dialect.py)
+  POST /sandbox/dialect {"stq_stamp": "on"} change some of those answers (reset restores the start ones)
   GET  /sandbox/duplicates                  {"window": seconds, "enabled": bool}
   POST /sandbox/duplicates {"window": N}    set the duplicate window at run time (0 = scrubbing off)
   GET  /sandbox/stats                       requests by endpoint, faults injected by kind, connections,
@@ -152,7 +157,7 @@ Fault kinds: refuse, http_502, http_503 (before processing: nothing recorded);
              truncated (about half the reply, then RST) (the transaction is recorded first);
              late_commit (held late_commit_seconds, invisible to stq, then committed whatever the
              client did meanwhile; a reset drops it).
-Env: SANDBOX_FAULTS (= --faults), SANDBOX_DUPLICATE_WINDOW (= --duplicate-window),
+Env: SANDBOX_FAULTS (= --faults), SANDBOX_DUPLICATE_WINDOW (= --duplicate-window), SANDBOX_DIALECT (= --dialect),
      BLUEPAY_ACCOUNT_ID, BLUEPAY_SECRET_KEY.
 """
 
@@ -432,17 +437,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stq(self, body: bytes, query: str):
         fields = self._form(body, query)
-        status, pairs = self.server.app.engine.stq(fields)
+        status, text = self.server.app.engine.stq(fields)
         ctype = "application/x-www-form-urlencoded"
-        if pairs is None:
+        if text is None:
             return 200, b"", ctype, (), None
 
         def tampered():
-            bad = dict(pairs)
-            bad["BP_STAMP"] = ("0" if pairs["BP_STAMP"][:1] != "0" else "1") + pairs["BP_STAMP"][1:]
-            return status, urlencode(bad).encode(), ctype, ()
+            """Every row with a stamp that cannot verify (a stamped row's stamp altered; an unstamped row given
+            one), so that a client is seen to refuse a stamp it cannot verify."""
+            rows = []
+            for line in text.split("\n"):
+                pairs = dict(parse_qsl(line, keep_blank_values=True))
+                names = {k.upper(): k for k in pairs}
+                stamp_name = names.get("BP_STAMP", "BP_STAMP")
+                stamp = pairs.get(stamp_name, "")
+                pairs.setdefault(names.get("BP_STAMP_DEF", "BP_STAMP_DEF"), "id status")
+                pairs[stamp_name] = ("0" if stamp[:1] != "0" else "1") + (stamp[1:] or "0" * 127)
+                rows.append(urlencode(pairs))
+            return status, "\n".join(rows).encode(), ctype, ()
 
-        return status, urlencode(pairs).encode(), ctype, (), tampered
+        return status, text.encode(), ctype, (), tampered
 
     def _report(self, body: bytes, query: str):
         fields = self._form(body, query)
@@ -485,6 +499,15 @@ class _Handler(BaseHTTPRequestHandler):
             elif method != "GET":
                 return self._json(405, {"error": "GET or POST"})
             return self._json(200, app.duplicates())
+        if name == "dialect":
+            if method == "POST":
+                try:
+                    app.engine.set_dialect(app.engine.dialect.changed(data))
+                except DialectError as exc:
+                    return self._json(400, {"error": str(exc)})
+            elif method != "GET":
+                return self._json(405, {"error": "GET or POST"})
+            return self._json(200, app.engine.dialect.to_json())
         if name == "book" and method == "POST":
             many = data.get("transactions") if isinstance(data, dict) and "transactions" in data else None
             specs = many if isinstance(many, list) else [data]
@@ -547,14 +570,16 @@ class SandboxServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8001, *,
                  account_id: str | None = None, secret_key: str | None = None,
                  faults: Any = None, duplicate_window: float | None = None,
-                 settle_after: float | None = None, access_log: bool = False):
+                 settle_after: float | None = None, access_log: bool = False, dialect: Dialect | None = None):
         self.host = host
+        self.start_dialect = dialect or Dialect()
         self.start_duplicate_window = float(DEFAULT_DUPLICATE_WINDOW if duplicate_window is None
                                             else duplicate_window)
         self.engine = Engine(
             account_id or os.environ.get("BLUEPAY_ACCOUNT_ID") or DEFAULT_ACCOUNT_ID,
             secret_key or os.environ.get("BLUEPAY_SECRET_KEY") or DEFAULT_SECRET_KEY,
             self.start_duplicate_window,
+            dialect=self.start_dialect,
         )
         self.faults = Faults(faults)
         self.access_log = access_log
@@ -617,6 +642,7 @@ class SandboxServer:
                 "faults": self.faults.snapshot(), "connections": conns,
                 "outages": self._outage_count, "ledger_size": self.engine.count(),
                 "duplicate_window": self.engine.duplicate_window, "late_commits": late,
+                "dialect": self.engine.dialect.to_json(),
                 "uptime_s": self.uptime()}
 
     def duplicates(self) -> dict[str, Any]:
@@ -671,6 +697,7 @@ class SandboxServer:
             self._late_committed = 0
             self.engine.reset()
             self.engine.set_duplicate_window(self.start_duplicate_window)
+            self.engine.set_dialect(self.start_dialect)
         self.faults.reset()
         with self._stats_lock:
             self._requests.clear()
@@ -774,6 +801,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duplicate-window", type=float, default=None,
                    help="seconds; 0 disables duplicate scrubbing (env SANDBOX_DUPLICATE_WINDOW, else 120); "
                         "POST /sandbox/duplicates changes it at run time")
+    p.add_argument("--dialect", default=None,
+                   help="how to answer where BluePay's texts are silent: key=value,... of stq_stamp (off|on), "
+                        "stq_matches (newest|oldest|all), stq_no_match (empty|error|blank_row), stq_names "
+                        "(lower|upper), bp10emu_stamp_def (env SANDBOX_DIALECT; default: what the sources show); "
+                        "POST /sandbox/dialect changes it at run time")
     p.add_argument("--settle-after", type=float, default=None,
                    help="auto-settle approved SALE/CAPTURE/REFUND entries older than this many seconds")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
@@ -793,8 +825,13 @@ def main(argv: list[str] | None = None) -> int:
         print("sandbox: the duplicate window must be a number of seconds >= 0 (0 = off)", file=sys.stderr)
         return 2
     try:
+        dialect = parse_dialect(args.dialect if args.dialect is not None else os.environ.get("SANDBOX_DIALECT"))
+    except DialectError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
+    try:
         server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
-                       faults=faults, duplicate_window=window,
+                       faults=faults, duplicate_window=window, dialect=dialect,
                        settle_after=args.settle_after, access_log=args.access_log)
     except FaultConfigError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)

@@ -1,0 +1,93 @@
+"""How the sandbox answers where BluePay's published texts are silent: one switch per open question.
+
+The defaults are what the sources show (docs/bluepay.md names them); every other value is an answer a real
+gateway could reasonably give, so that the client can be tested against each of them instead of against
+whatever the sandbox happened to choose. Nothing here is something our client asks for.
+
+=================  ==========  =====================================================================
+switch             default     other values (what the sources leave open)
+=================  ==========  =====================================================================
+stq_stamp          ``off``     ``on``: stq rows and stq/report errors carry TPS_HASH_TYPE, BP_STAMP_DEF and
+                               BP_STAMP (BluePay's stq text, 2013-05-17, lists no stamp)
+stq_matches        ``newest``  ``oldest``: the first match; ``all``: every match, one row per line (several
+                               matches under one ORDER_ID are not documented)
+stq_no_match       ``empty``   ``error``: HTTP 400 ``STATUS=E&MESSAGE=NO MATCHING TRANSACTIONS``;
+                               ``blank_row``: 200 with the documented names and empty values
+stq_names          ``lower``   ``upper``: upper-case names (the stq text writes them lower case; BluePay's
+                               Python library 3.0.7 reads ``ID``, ``TRANS_TYPE``, ``AMOUNT``... from stq)
+bp10emu_stamp_def  ``RRNO ISSUE_DATE Result``  (seen in live TEST replies of 2023) any space-separated
+                               list of reply fields, used when the request sends no BP_STAMP_DEF
+=================  ==========  =====================================================================
+
+The duplicate rule (BluePay publishes neither its matching rule nor its window) is the sandbox's
+``duplicate_window`` (0 = off), kept where it always was.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+__all__ = ["Dialect", "DialectError", "OBSERVED_STAMP_DEF", "parse_dialect"]
+
+#: The BP_STAMP_DEF live bp10emu replies carried in 2023 (TEST mode, TokenEx's published examples).
+OBSERVED_STAMP_DEF = "RRNO ISSUE_DATE Result"
+
+_CHOICES = {
+    "stq_stamp": ("off", "on"),
+    "stq_matches": ("newest", "oldest", "all"),
+    "stq_no_match": ("empty", "error", "blank_row"),
+    "stq_names": ("lower", "upper"),
+}
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class DialectError(ValueError):
+    """A dialect setting that is not one of the documented answers."""
+
+
+@dataclass(frozen=True)
+class Dialect:
+    stq_stamp: str = "off"
+    stq_matches: str = "newest"
+    stq_no_match: str = "empty"
+    stq_names: str = "lower"
+    bp10emu_stamp_def: str = OBSERVED_STAMP_DEF
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+    def changed(self, settings: Mapping[str, Any]) -> Dialect:
+        """A copy with ``settings`` applied; raises DialectError naming the first bad one."""
+        if not isinstance(settings, Mapping):
+            raise DialectError("the dialect is a JSON object of switches")
+        values: dict[str, str] = {}
+        for name, value in settings.items():
+            if name == "bp10emu_stamp_def":
+                names = str(value).split() if isinstance(value, str) else []
+                if not names or not all(_FIELD_NAME.match(n) for n in names):
+                    raise DialectError("bp10emu_stamp_def must be a space-separated list of reply field names")
+                values[name] = " ".join(names)
+                continue
+            choices = _CHOICES.get(name)
+            if choices is None:
+                raise DialectError(f"unknown dialect switch {name!r} (known: {', '.join(sorted(self.to_json()))})")
+            if value not in choices:
+                raise DialectError(f"{name} must be one of {', '.join(choices)}")
+            values[name] = value
+        return replace(self, **values)
+
+
+def parse_dialect(text: str | None) -> Dialect:
+    """``key=value,key=value`` (the CLI's --dialect and env SANDBOX_DIALECT) -> Dialect."""
+    settings: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise DialectError(f"dialect setting {part.strip()!r} is not key=value")
+        settings[name.strip()] = value.strip()
+    return Dialect().changed(settings)
