@@ -195,7 +195,7 @@ def test_query_row_with_a_failing_stamp_is_outcome_unknown():
 
 
 def test_query_rows_of_another_order_prove_nothing():
-    c, t = make(HttpReply(200, None, R.body(R.stq_row(order_id="order-2"))),
+    c, _ = make(HttpReply(200, None, R.body(R.stq_row(order_id="order-2"))),
                 retry_policy=RetryPolicy(max_attempts=1))
     with pytest.raises(OutcomeUnknown):
         c.query(order_id="order-1")
@@ -205,7 +205,7 @@ def test_query_several_rows_adopts_the_one_approval():
     rows = "\n".join([R.body(R.stq_row(id="100000000001", status="0", issue_date="2025-11-27 10:00:00")),
                       R.body(R.stq_row(id="100000000002", status="1", issue_date="2025-11-27 09:00:00")),
                       R.body(R.stq_row(id="100000000003", status="1", order_id="order-2"))])
-    c, t = make(HttpReply(200, None, rows))
+    c, _ = make(HttpReply(200, None, rows))
     r = c.query(order_id="order-1")
     assert r.trans_id == "100000000002" and r.approved
 
