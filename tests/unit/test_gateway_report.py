@@ -44,7 +44,7 @@ def test_request_fields_are_the_ones_bluepays_library_sends_and_the_seal_covers_
     assert fields["REPORT_START_DATE"] == "2026-11-28" and fields["REPORT_END_DATE"] == "2026-11-29"
     assert fields["QUERY_BY_SETTLEMENT"] == "0" and fields["EXCLUDE_ERRORS"] == "1"
     assert fields["QUERY_BY_HIERARCHY"] == "0" and fields["MODE"] == "TEST"
-    assert "DO_NOT_ESCAPE" not in fields  # quoted CSV: a message with a comma stays one field
+    assert "DO_NOT_ESCAPE" not in fields  # escaped commas (the text's default) keep a value with a comma whole
     expected = hmac.new(SECRET.encode(), f"{ACCOUNT}2026-11-282026-11-29".encode(), hashlib.sha256).hexdigest()
     assert fields["TAMPER_PROOF_SEAL"] == expected and fields["TPS_HASH_TYPE"] == "HMAC_SHA256"
     settled = report_request(account_id=ACCOUNT, secret_key=SECRET, mode="TEST", hash_type=None,

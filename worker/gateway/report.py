@@ -218,7 +218,8 @@ def parse_report(lines: Iterable[str]) -> Iterator[ReportRow]:
     ignored, blank lines skipped (csv does). Raises :class:`MalformedReport` at the first thing that is not a
     report row."""
     source = iter(lines)
-    reader = csv.reader(source)
+    # bpdailyreport2's text escapes a comma inside a value with a backslash ("\,"); quoted CSV is read too.
+    reader = csv.reader(source, escapechar="\\")
     try:
         header = next(reader, None)
     except csv.Error as exc:
@@ -231,7 +232,7 @@ def parse_report(lines: Iterable[str]) -> Iterator[ReportRow]:
         raise MalformedReport(1, "missing required columns: " + ", ".join(missing))
     if len(set(names)) != len(names):
         raise MalformedReport(1, "a column name appears twice")
-    return _rows(csv.DictReader(source, fieldnames=names), reader.line_num)
+    return _rows(csv.DictReader(source, fieldnames=names, escapechar="\\"), reader.line_num)
 
 
 def _rows(rows: csv.DictReader[str], header_lines: int) -> Iterator[ReportRow]:
@@ -267,14 +268,18 @@ class StreamingTransport(Protocol):
 def start_report(stream: ByteStream) -> Iterator[ReportRow]:
     """Check the reply and read its header (both inside the client's retry); the rows follow as iterated.
 
-    A refusal (HTTP 400, STATUS=E: bad seal or dates) is :class:`Rejected`; any other non-200 reply
-    :class:`OutcomeUnknown` (read-only: retried)."""
+    A refusal (HTTP 400: the text's single line naming the reason, or STATUS=E pairs) is :class:`Rejected`;
+    any other non-200 reply :class:`OutcomeUnknown` (read-only: retried)."""
     try:
         if stream.status_code != 200:
-            pairs = protocol.parse_pairs(stream.read().decode("utf-8", "replace"))
+            text = stream.read(4096).decode("utf-8", "replace")
+            pairs = protocol.parse_pairs(text)
             lower = {k.lower(): v for k, v in pairs.items()}
             if stream.status_code == 400 and (lower.get("status") or "").strip().upper() == "E":
                 raise Rejected(protocol.Response(status="ERROR", message=lower.get("message", "")))
+            line = text.strip().splitlines()[0].strip() if text.strip() else ""
+            if stream.status_code == 400 and line and "=" not in line:
+                raise Rejected(protocol.Response(status="ERROR", message=scrub(line)[:200]))
             raise OutcomeUnknown(f"bpdailyreport2 answered HTTP {stream.status_code}", status_code=stream.status_code)
         return parse_report(iter_lines(stream.chunks()))
     except BaseException:

@@ -170,9 +170,10 @@ _WLCATCH_PAGE = b"<html><head><title>BluePay sandbox</title></head><body>Transac
 _REPORT_CHUNK = 64 * 1024
 
 
-def _render_report(entries, plain: bool):
+def _render_report(entries, plain: bool, quoting: str = "backslash"):
     """The report's CSV, rendered as it is sent, about 64 KiB at a time. ``plain`` (DO_NOT_ESCAPE=1): no
-    quoting; commas inside values are dropped, as BluePay's library does to what it sends."""
+    quoting; commas and quotes inside values are dropped (bpdailyreport2 text). Otherwise each comma in a value
+    is escaped with a backslash, as the text says (``quoting="csv"``, the dialect's other answer: quoted CSV)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     rows = [list(REPORT_COLUMNS)]
@@ -180,7 +181,9 @@ def _render_report(entries, plain: bool):
     def flush() -> bytes:
         for row in rows:
             if plain:
-                buffer.write(",".join(v.replace(",", "") for v in row) + "\n")
+                buffer.write(",".join(v.replace(",", "").replace('"', "") for v in row) + "\n")
+            elif quoting == "backslash":
+                buffer.write(",".join(v.replace("\\", "\\\\").replace(",", "\\,") for v in row) + "\n")
             else:
                 writer.writerow(row)
         rows.clear()
@@ -460,11 +463,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _report(self, body: bytes, query: str):
         fields = self._form(body, query)
-        status, error, entries = self.server.app.engine.report(fields)
+        engine = self.server.app.engine
+        status, error, entries = engine.report(fields)
         if error is not None:
+            if engine.dialect.report_errors == "line":  # the text: "only a single line, containing a message"
+                return status, (error["MESSAGE"] + "\n").encode(), "text/plain; charset=utf-8", (), None
             return status, urlencode(error).encode(), "application/x-www-form-urlencoded", (), None
         plain = (fields.get("DO_NOT_ESCAPE") or "").strip() == "1"
-        return 200, _render_report(entries, plain), "text/csv; charset=utf-8", (), None
+        rendered = _render_report(entries, plain, engine.dialect.report_quoting)
+        return 200, rendered, "text/csv; charset=utf-8", (), None
 
     def _wlcatch(self, body: bytes, query: str):
         return 200, _WLCATCH_PAGE, "text/html; charset=utf-8", (), None
