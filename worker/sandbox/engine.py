@@ -504,7 +504,7 @@ class Engine:
 
     def _void_error(self, o: Entry, amount: Decimal | None) -> str | None:
         if o.trans_type == "VOID":
-            return "Cannot VOID a VOID"
+            return "VOID cannot be undone"  # BluePay_MESSAGE_values.txt
         if o.status != "1":
             return "Can only REFUND or VOID approved transactions"
         if o.voided:
@@ -522,7 +522,7 @@ class Engine:
         if o.trans_type != "AUTH":
             return "Only AUTH can be CAPTURED"
         if o.status != "1":
-            return "Only approved AUTH can be CAPTURED"
+            return "Need voice auth code to CAPTURE this AUTH"  # BluePay_MESSAGE_values.txt: a declined AUTH
         if o.voided:
             return "This AUTH is VOID"
         if o.captured:

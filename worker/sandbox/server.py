@@ -93,7 +93,7 @@ ACH SALE/AUTH answer ERROR ``ACH not supported by the sandbox``. AVS is always `
 ``M`` when a well-formed CVV2 was sent, else ``_``; BANK_NAME is empty; AUTH_CODE is random.
 One merchant account per process. The ledger is in memory only: a restart loses it (ids are
 clock-seeded so a restart does not reuse them). Messages for cases docs/bluepay.md does not list
-(e.g. ``Cannot VOID a VOID``, ``CAPTURE amount cannot exceed AUTH amount``,
+(e.g. ``CAPTURE amount cannot exceed AUTH amount``,
 ``INVALID EXPIRATION DATE``) are our wording. Not TLS: plain HTTP only.
 """
 
