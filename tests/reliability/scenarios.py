@@ -643,6 +643,7 @@ def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.
         if left != last_left:
             last_left, last_change = left, now
         if not left and quiet_since and now - quiet_since >= quiet_for:
+            report.details["all_final_at"] = time.time() - (now - last_change)
             break
         stuck = quiet_since and now - max(quiet_since, last_change) > 100  # past lease, visibility, reconcile delay
         if now > deadline or stuck:
@@ -819,7 +820,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                              faults: bool, rate: float = 20.0, seed: int = 0, workers: int = 2,
                              concurrency: int = 3, settle_timeout: float = 240.0, sweep_during_faults=False,
                              fenced_kills=True, worker_overrides=None, fault_mix: dict | None = None,
-                             duplicate_window: float | None = None, late_commit_seconds: float | None = None,
+                             duplicate_window: float | None = 0, late_commit_seconds: float | None = None,
                              latency_ms=(100, 200), log=None) -> Report:
     """Scenarios 1 and 2 (and both at once): sales, some chained with a void, while workers are
     SIGKILLed (prefork children, and whole workers every third kill) and/or 30 % of gateway requests
@@ -828,7 +829,9 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
     ``fenced_kills``: whole workers die at a safe point (:meth:`Fleet.stop_at_safe_point`), never inside
     kombu's fetch gap, which :func:`run_fetch_gap` hits on purpose; without it a kill may land anywhere.
     ``fault_mix``: the fault kinds and their shares (default :data:`FAULT_MIX`); ``duplicate_window``: the
-    sandbox's duplicate rule (0: off); ``late_commit_seconds``: how long a ``late_commit`` is held."""
+    sandbox's duplicate rule (default 0: off, as BluePay publishes none; the sandbox otherwise answers in its
+    documented dialect: stq unstamped); ``late_commit_seconds``: how long a ``late_commit`` is held.
+    ``details["last_kill_to_all_final_s"]``: from the last SIGKILL to the moment every record was final."""
     rng = random.Random(seed)
     report = Report(name)
     started = time.monotonic()
@@ -888,6 +891,9 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
             report.kills = fleet.kills
             report.details.update(child_kills=fleet.child_kills, worker_kills=fleet.worker_kills,
                                   kill_events=fleet.events)
+            kill_times = [float(e.split()[0]) for e in fleet.events if "SIGKILL" in e]
+            if kill_times and "all_final_at" in report.details:
+                report.details["last_kill_to_all_final_s"] = round(report.details["all_final_at"] - max(kill_times), 1)
             verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=faults)
             check_orders(report, sandbox.orders())
             reconcile_run(report, worker_env(redis_url, sandbox, prefix), wall_started, log=log)
