@@ -97,7 +97,7 @@ def cmd_list(args) -> int:
 
 def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[dict]:
     """Redis's records newest first, then the archive's (older than PAYMENTS_RETENTION) up to ``limit``; a record
-    both hold (changed after it was copied) is shown once, as Redis has it."""
+    both hold (changed after it was copied: same key, same creation) is shown once, as Redis has it."""
     from worker.archive import ArchiveUnavailable
 
     records = svc.store.list(status=status, operation=operation, limit=limit)
@@ -112,7 +112,8 @@ def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[d
     for rec in archived:
         if len(records) >= limit:
             break
-        if rec["payment_id"] not in seen and svc.store.get(rec["payment_id"]) is None:
+        live = None if rec["payment_id"] in seen else svc.store.get(rec["payment_id"])
+        if rec["payment_id"] not in seen and (live is None or live.get("created_ts") != rec.get("created_ts")):
             records.append(rec)
     return records
 

@@ -46,7 +46,7 @@ def test_migrate_creates_the_schema_and_says_its_revision(prefix, tmp_path):
     url = f"sqlite:///{tmp_path}/data/archive.sqlite3"
     run = payments("archive", "--migrate", prefix=prefix, archive_url=url)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == f"archive {url}: schema at revision 0001"
+    assert run.stdout.strip() == f"archive {url}: schema at revision 0002"
     assert (tmp_path / "data" / "archive.sqlite3").exists()
 
 
