@@ -165,7 +165,7 @@ def _archive_in_rounds(store, archive, cutoff: float, settings) -> Counter:
             return total
         try:
             counts = archive_older_than(store, archive, cutoff, batch=settings.archive_batch,
-                                        deadline=time.monotonic() + ttl / 2,
+                                        deadline=time.monotonic() + ttl / 2, key_retention=settings.key_retention,
                                         progress=functools.partial(_archived, before=total["archived"]))
         finally:
             store.locks.release(LOCK_NAME, token)

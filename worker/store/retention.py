@@ -5,6 +5,13 @@ copies them to the archive, then calls :meth:`Retention.forget`, whose Lua scrip
 history, every index) only if it is unchanged since the copy and still :func:`archivable`. A crash between copy and
 delete leaves the record in Redis: the next sweep copies it again (the archive replaces its row). The audit stream
 is trimmed by age the same way: :meth:`audit_before` to copy, :meth:`trim_audit` (``XTRIM MINID``) after.
+
+The key index: a record removed leaves ``P key:<payment_id>``, a hash of its :data:`KEPT_FIELDS` (the fingerprint
+its idempotency key is bound to, and its public outcome: no card data, the account masked as the record had it),
+expiring ``key_retention`` seconds after the record's last change (``PAYMENTS_KEY_RETENTION``). The claim reads it
+when the record is missing (``scripts/claim.lua``): the same request gets that outcome back and nothing is sent, a
+different one is a mismatch. It lives in Redis and is written in the script that removes the record, so no moment
+exists when a key is in neither, and claims never wait on the archive.
 """
 from __future__ import annotations
 
@@ -14,12 +21,18 @@ from typing import Any
 
 import redis
 
+from worker.config import DEFAULT_KEY_RETENTION
 from worker.states import FINAL, FOLLOW_UPS, Status
 from worker.store.encoding import text, typed
 from worker.store.keys import StoreKeys
 from worker.store.lua import script
+from worker.store.outcomes import CONTRACT_FIELDS, OPTIONAL_PUBLIC_FIELDS
 
-__all__ = ["Retention", "archivable", "audit_cutoff_id", "next_stream_id"]
+__all__ = ["KEPT_FIELDS", "Retention", "archivable", "audit_cutoff_id", "next_stream_id"]
+
+#: What a key index entry keeps of a record (those not empty): what the claim compares (operation, fingerprint)
+#: and what it answers (the public outcome, as the record's first delivery returned it).
+KEPT_FIELDS = ("fingerprint", *CONTRACT_FIELDS, *OPTIONAL_PUBLIC_FIELDS)
 
 
 def archivable(record: Mapping[str, Any], cutoff: float) -> bool:
@@ -74,17 +87,25 @@ class Retention:
                 found.append(typed(dict(rec, history=[json.loads(text(h)) for h in hist])))
         return found, len(ids)
 
-    def forget(self, records: Sequence[Mapping[str, Any]], cutoff: float) -> list[str]:
+    def forget(self, records: Sequence[Mapping[str, Any]], cutoff: float, *,
+               key_retention: float = DEFAULT_KEY_RETENTION) -> list[str]:
         """Remove these records (as :meth:`due` returned them and the archive now holds them) from Redis, each only
-        if it is unchanged and still archivable; the ids removed. One round trip."""
+        if it is unchanged and still archivable, leaving each one's key index entry (expiring ``key_retention``
+        seconds after the record's last change); the ids removed. One round trip."""
         if not records:
             return []
-        args: list[str] = [self.keys.prefix, repr(float(cutoff))]
+        args: list[str] = [self.keys.prefix, repr(float(cutoff)), repr(float(key_retention)), str(len(KEPT_FIELDS)),
+                           *KEPT_FIELDS]
         for rec in records:
             args += [str(rec["payment_id"]), str(rec.get("status") or ""), str(rec.get("updated_ts") or "")]
         keys = [self.keys.trans, self.keys.time, self.keys.non_final, self.keys.open_auths, self.keys.voids_due,
                 self.keys.reflect_due, self.keys.status_counts]
         return [text(pid) for pid in self._forget(keys=keys, args=args)]
+
+    def kept(self, payment_id: str) -> dict[str, str] | None:
+        """The key index entry of ``payment_id`` (its record left Redis), or None."""
+        entry = self.redis.hgetall(self.keys.kept(payment_id))
+        return {text(k): text(v) for k, v in entry.items()} or None
 
     def audit_before(self, cutoff: float, *, count: int = 500) -> list[dict]:
         """The oldest audit entries added before ``cutoff`` (at most ``count``), each with its stream ``id``."""
