@@ -7,11 +7,14 @@ import json
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from tests.support.archive_db import KINDS, archive_url
 from worker.archive import Archive, ArchiveUnavailable
 from worker.archive.migrate import alembic_config, head_revision
+from worker.archive.schema import metadata
 
 
 @pytest.fixture(params=KINDS)
@@ -44,6 +47,18 @@ def test_the_first_use_creates_the_schema_from_the_migrations_with_its_indexes(u
         engine.dispose()
     assert archive.migrate() == head_revision() == "0002"
     archive.close()
+
+
+def test_the_migrations_give_exactly_the_tables_the_code_reads_and_writes(url):
+    archive = Archive(url)
+    archive.migrate()
+    archive.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        engine.dispose()
 
 
 def test_migrations_go_down_and_up_again(url):
