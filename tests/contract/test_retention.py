@@ -191,3 +191,22 @@ def test_a_key_index_entry_lives_key_retention_after_the_records_last_change_the
     tier.wait(1.1)
     assert store.retention.kept("k2") is None
     assert claim(store, "k2", fingerprints=[OTHER_FP]).kind == "claimed"
+
+
+def test_remember_gives_an_archived_record_its_key_entry_back_unless_redis_knows_the_key(store, tier):
+    """The upgrade step (``payments archive --restore-keys``): records archived before the key index existed."""
+    outcome = archived_sale(store, tier, "old", key_retention=0)  # archived the old way: no entry
+    archived = dict(outcome, fingerprint=FP, updated_ts=f"{tier.server_now() - 5:.3f}")
+    assert store.retention.kept("old") is None
+    assert store.retention.remember([archived], key_retention=3600) == ["old"]
+    again = claim(store, "old", fingerprints=[FP])
+    assert again.kind == "final" and task_outcome(again.record) == outcome
+    assert claim(store, "old", fingerprints=[OTHER_FP]).kind == "mismatch"
+    # never over what Redis knows: an entry (a newer record's), a live record; nor past the key retention
+    assert store.retention.remember([dict(archived, status="DECLINED")], key_retention=3600) == []
+    assert store.retention.kept("old")["status"] == "APPROVED"
+    claim(store, "live")
+    assert store.retention.remember([dict(archived, payment_id="live")], key_retention=3600) == []
+    assert store.retention.kept("live") is None
+    assert store.retention.remember([dict(archived, payment_id="expired")], key_retention=1) == []
+    assert store.retention.remember([dict(archived, payment_id="bad", updated_ts="not-a-time")]) == []

@@ -48,7 +48,7 @@ from worker.store.lua import AUDIT_MAXLEN as _AUDIT_MAXLEN
 from worker.store.lua import HISTORY_CAP as _HISTORY_CAP
 from worker.store.outbox import entry_json
 from worker.store.records import _RESERVED
-from worker.store.retention import KEPT_FIELDS, archivable, audit_cutoff_id, next_stream_id
+from worker.store.retention import KEPT_FIELDS, archivable, audit_cutoff_id, kept_fields, next_stream_id
 
 __all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks", "InMemoryRetention", "InMemoryHealth"]
 
@@ -697,6 +697,24 @@ class InMemoryRetention:
                 s._counts[rec["status"]] = s._counts.get(rec["status"], 0) - 1
                 removed.append(pid)
         return removed
+
+    def remember(self, records: Iterable[Mapping[str, Any]], *,
+                 key_retention: float = DEFAULT_KEY_RETENTION) -> builtins.list[str]:
+        s = self._store
+        written: builtins.list[str] = []
+        with s._lock:
+            now = math.floor(s.now() * 1000) / 1000
+            for rec in records:
+                pid = _key(rec["payment_id"])
+                try:
+                    expires = math.floor((float(rec.get("updated_ts") or "nan") + float(key_retention)) * 1000) / 1000
+                except ValueError:
+                    continue
+                kept = kept_fields(rec)
+                if expires > now and pid not in s._records and s._kept_entry(pid) is None and kept:
+                    s._kept[pid] = (kept, expires)
+                    written.append(pid)
+        return written
 
     def kept(self, payment_id: str) -> dict[str, str] | None:
         with self._store._lock:

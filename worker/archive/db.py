@@ -244,6 +244,17 @@ class Archive:
         with self._begin("read") as conn:
             return self._records(conn, conn.execute(q.limit(limit)).all(), with_history=False)
 
+    def changed_since(self, since: float, *, limit: int = 500, offset: int = 0) -> builtins.list[dict[str, Any]]:
+        """Records last changed at or after ``since`` (epoch seconds), newest created first (the newest operation
+        under a key before any earlier one), without history; a page of ``limit`` from ``offset``."""
+        if limit <= 0 or self._absent():
+            return []
+        q = (select(*self._ROW).where(operations.c.updated_ts >= since)
+             .order_by(operations.c.created_ts.desc(), operations.c.payment_id, operations.c.operation)
+             .limit(limit).offset(offset))
+        with self._begin("read") as conn:
+            return self._records(conn, conn.execute(q).all(), with_history=False)
+
     def audit(self, *, payment_id: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Archived audit entries oldest first, as the store's ``audit`` shows them."""
         if self._absent():
