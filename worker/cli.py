@@ -97,7 +97,7 @@ def cmd_list(args) -> int:
 
 def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[dict]:
     """Redis's records newest first, then the archive's (older than PAYMENTS_RETENTION) up to ``limit``; a record
-    both hold (changed after it was copied) is shown once, as Redis has it."""
+    both hold (changed after it was copied: same key, same creation) is shown once, as Redis has it."""
     from worker.archive import ArchiveUnavailable
 
     records = svc.store.list(status=status, operation=operation, limit=limit)
@@ -112,7 +112,8 @@ def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[d
     for rec in archived:
         if len(records) >= limit:
             break
-        if rec["payment_id"] not in seen and svc.store.get(rec["payment_id"]) is None:
+        live = None if rec["payment_id"] in seen else svc.store.get(rec["payment_id"])
+        if rec["payment_id"] not in seen and (live is None or live.get("created_ts") != rec.get("created_ts")):
             records.append(rec)
     return records
 
@@ -126,9 +127,12 @@ def cmd_archive(args) -> int:
     try:
         if args.migrate:
             print(f"archive {archive.where}: schema at revision {archive.migrate()}")
-            if args.before is None:
+            if args.before is None and not args.restore_keys:
                 return 0
         _ping_redis(svc)
+        if args.restore_keys:
+            print(json.dumps(restore_keys(svc.store, archive, settings.key_retention), sort_keys=True))
+            return 0
         store = svc.store
         now = store.now()
         if args.before is not None:
@@ -145,6 +149,20 @@ def cmd_archive(args) -> int:
         raise CommandError(f"{exc}; nothing more archived or deleted (the records stay in Redis)") from None
     print(json.dumps({"before": _iso(cutoff), **counts}, sort_keys=True))
     return 0
+
+
+def restore_keys(store, archive, key_retention: float, *, batch: int = 500) -> dict[str, int]:
+    """Give every archived record changed within ``key_retention`` its key index entry back, unless Redis holds a
+    record or an entry under its key (``store.retention.remember``): the upgrade step for records archived before
+    the key index existed (issue 24). Idempotent; the newest operation under a key is the one its key answers."""
+    since = store.now() - key_retention
+    looked = restored = 0
+    while True:
+        page = archive.changed_since(since, limit=batch, offset=looked)
+        if not page:
+            return {"archived_looked_at": looked, "keys_restored": restored}
+        looked += len(page)
+        restored += len(store.retention.remember(page, key_retention=key_retention))
 
 
 def _archive_in_rounds(store, archive, cutoff: float, settings) -> Counter:
@@ -164,7 +182,7 @@ def _archive_in_rounds(store, archive, cutoff: float, settings) -> Counter:
             return total
         try:
             counts = archive_older_than(store, archive, cutoff, batch=settings.archive_batch,
-                                        deadline=time.monotonic() + ttl / 2,
+                                        deadline=time.monotonic() + ttl / 2, key_retention=settings.key_retention,
                                         progress=functools.partial(_archived, before=total["archived"]))
         finally:
             store.locks.release(LOCK_NAME, token)
@@ -424,6 +442,9 @@ def _add_operator_commands(sub: Any) -> None:
                                                     "minus PAYMENTS_RETENTION); at least a day ago")
     p.add_argument("--migrate", action="store_true",
                    help="create or upgrade the archive's schema (Alembic) and stop, unless --before is given too")
+    p.add_argument("--restore-keys", action="store_true",
+                   help="give archived records changed within PAYMENTS_KEY_RETENTION their key index entry back "
+                        "(records archived before the key index existed: run once after upgrading), and stop")
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser(

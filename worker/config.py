@@ -21,6 +21,12 @@ _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # The shortest PAYMENTS_RETENTION: longer than any redelivery of a payment message (visibility timeout, outbox
 # re-publication) and than RECONCILE_GIVE_UP's default, so no record leaves Redis while its message may come back.
 MIN_RETENTION = 86400.0
+# How long an idempotency key is honoured after its record's last change, once the record has left Redis (its key
+# index entry: fingerprint and outcome, worker/store/retention.py). At least BluePay's lookback as the client uses it
+# (stq is asked 30 days back: past that, reconciliation could not find the key's transaction at the gateway either)
+# and at least PAYMENTS_RETENTION (the entry is written when the record leaves).
+MIN_KEY_RETENTION = 30 * 86400.0
+DEFAULT_KEY_RETENTION = 90 * 86400.0
 
 
 class ConfigError(ValueError):
@@ -88,6 +94,9 @@ class Settings:
     worker_metrics_addr: str = "0.0.0.0"
     # Retention: final records older than this move from Redis to the archive (0: keep them in Redis for good).
     retention: float = 30 * 86400.0
+    # Idempotency keys of records that left Redis are honoured this long after the record's last change (key index);
+    # None: the default (see key_retention).
+    key_retention_setting: float | None = None
     # Where the default archive (an SQLite file) and other local data live.
     data_dir: str = ".data"
     # The archive's SQLAlchemy URL ("": SQLite in data_dir); PostgreSQL in production (postgresql+psycopg://...).
@@ -125,6 +134,14 @@ class Settings:
         if self.commit_horizon_setting is not None:
             return self.commit_horizon_setting
         return 2 * self.read_timeout + 30
+
+    @property
+    def key_retention(self) -> float:
+        """PAYMENTS_KEY_RETENTION: how long after its record's last change an idempotency key is still honoured once
+        the record has left Redis. Default: 90 days, or PAYMENTS_RETENTION when that is longer."""
+        if self.key_retention_setting is not None:
+            return self.key_retention_setting
+        return max(DEFAULT_KEY_RETENTION, self.retention)
 
     @property
     def min_replicas_ack(self) -> int:
@@ -174,6 +191,12 @@ class Settings:
                 f"PAYMENTS_RETENTION ({self.retention:g}s) must be at least {MIN_RETENTION:g}s (or 0: off): a message "
                 "delivered again after its record left Redis would be taken for a new operation"
             )
+        if self.retention and self.key_retention < max(self.retention, MIN_KEY_RETENTION):
+            raise ConfigError(
+                f"PAYMENTS_KEY_RETENTION ({self.key_retention:g}s) must be at least PAYMENTS_RETENTION and "
+                f"{MIN_KEY_RETENTION:g}s (stq's lookback): a key sent again after its record left Redis would be "
+                "charged again"
+            )
         if self.archive_batch < 1 or self.archive_per_sweep < 1:
             raise ConfigError("PAYMENTS_ARCHIVE_BATCH and PAYMENTS_ARCHIVE_PER_SWEEP must be at least 1")
         return self
@@ -219,6 +242,8 @@ class Settings:
                 worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
                 worker_metrics_addr=_env("WORKER_METRICS_ADDR", d.worker_metrics_addr),
                 retention=dur("PAYMENTS_RETENTION", "30d"),
+                key_retention_setting=(dur("PAYMENTS_KEY_RETENTION", 0)
+                                       if _env("PAYMENTS_KEY_RETENTION", "") else None),
                 data_dir=_env("PAYMENTS_DATA_DIR", d.data_dir),
                 archive_url_setting=_env("PAYMENTS_ARCHIVE_URL", ""),
                 archive_batch=int(_env("PAYMENTS_ARCHIVE_BATCH", str(d.archive_batch))),

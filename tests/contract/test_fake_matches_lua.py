@@ -212,6 +212,7 @@ def _state(store) -> dict:
         "voids_due": sorted(r["payment_id"] for r in store.voids_due(-1)),
         "reflect_due": sorted(store.reflect_due()),
         "archivable": sorted(r["payment_id"] for r in store.retention.due(FAR_FUTURE, limit=100)[0]),
+        "kept": {pid: _record(store.retention.kept(pid)) for pid in PIDS},
         "audit": [(e["payment_id"], e["operation"], e["from"], e["to"], e["note"], e["trans_id"])
                   for e in store.audit(count=10_000)],
     }

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pytest
 
+from worker.store.outcomes import task_outcome
 from worker.store.retention import archivable
 
 INDEXES = ("time", "non_final", "open_auths", "voids_due", "reflect_due")
 
 
-def claim(store, pid, op="sale", owner="w1", **fields):
-    return store.claim(pid, op, fields={"amount": "3.00", "order_id": pid, **fields}, owner=owner, lease_seconds=30)
+def claim(store, pid, op="sale", owner="w1", fingerprints=(), mode="run", **fields):
+    return store.claim(pid, op, fields={"amount": "3.00", "order_id": pid, **fields}, owner=owner, lease_seconds=30,
+                       fingerprints=fingerprints, mode=mode)
 
 
 def finish(store, pid, status="APPROVED", trans_id="", reflect=False, **fields):
@@ -147,3 +149,64 @@ def test_audit_entries_before_the_cutoff_are_listed_then_trimmed_through_the_las
     assert store.retention.trim_audit(old[1]["id"]) == 1
     assert store.retention.audit_before(cutoff) == []
     assert [(e["payment_id"], e["to"]) for e in store.audit()] == [("b", "PENDING")]
+
+
+FP, OTHER_FP = "f" * 64, "e" * 64
+
+
+def archived_sale(store, tier, pid="k1", **forget_kw):
+    """An approved sale bound to FP, then retention's removal; its outcome as the first delivery returned it."""
+    claim(store, pid, fingerprints=[FP], masked_account="xxxxxxxxxxxx1111")
+    done = finish(store, pid, trans_id="100000000001", auth_code="ABC123")
+    cutoff = cutoff_after(tier)
+    due, _ = store.retention.due(cutoff)
+    assert store.retention.forget(due, cutoff, **forget_kw) == [pid]
+    return task_outcome(done)
+
+
+def test_a_forgotten_record_leaves_its_key_bound_to_its_request_with_its_outcome(store, tier):
+    outcome = archived_sale(store, tier)
+    kept = store.retention.kept("k1")
+    assert kept["fingerprint"] == FP and kept["operation"] == "sale" and kept["status"] == "APPROVED"
+    assert not {"lease_owner", "lease_until", "sends", "history", "created_ts"} & set(kept)  # only what answers
+    assert "4111111111111111" not in tier.stored_text()
+    # the same request: its outcome, and nothing runs again (no record made)
+    again = claim(store, "k1", fingerprints=["x" * 64, FP])  # FP under an older card key still matches
+    assert again.kind == "final" and task_outcome(again.record) == outcome
+    assert store.get("k1") is None and store.list() == []
+    # another request under the key: a mismatch, whatever differs
+    for other in (claim(store, "k1", fingerprints=[OTHER_FP]), claim(store, "k1", op="auth", fingerprints=[FP])):
+        assert other.kind == "mismatch" and other.record["operation"] == "sale"
+    assert claim(store, "k1", op="void", mode="create_only").kind == "mismatch"
+    assert claim(store, "k1", mode="create_only").kind == "exists"
+    assert store.claim("k1", "sale", owner="sweep", lease_seconds=30, mode="reconcile").kind == "missing"
+    assert store.get("k1") is None and store.retention.kept("k1") == kept
+
+
+def test_a_key_index_entry_lives_key_retention_after_the_records_last_change_then_the_key_is_new(store, tier):
+    archived_sale(store, tier, "gone", key_retention=0)  # already past its key retention: no entry
+    assert store.retention.kept("gone") is None and claim(store, "gone", fingerprints=[OTHER_FP]).kind == "claimed"
+    archived_sale(store, tier, "k2", key_retention=1.0)
+    assert claim(store, "k2", fingerprints=[OTHER_FP]).kind == "mismatch"
+    tier.wait(1.1)
+    assert store.retention.kept("k2") is None
+    assert claim(store, "k2", fingerprints=[OTHER_FP]).kind == "claimed"
+
+
+def test_remember_gives_an_archived_record_its_key_entry_back_unless_redis_knows_the_key(store, tier):
+    """The upgrade step (``payments archive --restore-keys``): records archived before the key index existed."""
+    outcome = archived_sale(store, tier, "old", key_retention=0)  # archived the old way: no entry
+    archived = dict(outcome, fingerprint=FP, updated_ts=f"{tier.server_now() - 5:.3f}")
+    assert store.retention.kept("old") is None
+    assert store.retention.remember([archived], key_retention=3600) == ["old"]
+    again = claim(store, "old", fingerprints=[FP])
+    assert again.kind == "final" and task_outcome(again.record) == outcome
+    assert claim(store, "old", fingerprints=[OTHER_FP]).kind == "mismatch"
+    # never over what Redis knows: an entry (a newer record's), a live record; nor past the key retention
+    assert store.retention.remember([dict(archived, status="DECLINED")], key_retention=3600) == []
+    assert store.retention.kept("old")["status"] == "APPROVED"
+    claim(store, "live")
+    assert store.retention.remember([dict(archived, payment_id="live")], key_retention=3600) == []
+    assert store.retention.kept("live") is None
+    assert store.retention.remember([dict(archived, payment_id="expired")], key_retention=1) == []
+    assert store.retention.remember([dict(archived, payment_id="bad", updated_ts="not-a-time")]) == []

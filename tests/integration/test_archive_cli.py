@@ -46,7 +46,7 @@ def test_migrate_creates_the_schema_and_says_its_revision(prefix, tmp_path):
     url = f"sqlite:///{tmp_path}/data/archive.sqlite3"
     run = payments("archive", "--migrate", prefix=prefix, archive_url=url)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == f"archive {url}: schema at revision 0001"
+    assert run.stdout.strip() == f"archive {url}: schema at revision 0002"
     assert (tmp_path / "data" / "archive.sqlite3").exists()
 
 
@@ -126,3 +126,28 @@ def test_payments_sweep_moves_what_is_past_the_retention_and_goes_on_when_the_ar
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["ran"] is True and report["retention_archived"] == 2 and "archive_unavailable" not in report
     assert store.get("old-1") is None and store.get("old-2") is None and store.get("young")
+
+
+def test_restore_keys_binds_keys_archived_before_the_key_index_existed(client, prefix, tmp_path):
+    """A record archived the old way (its key index entry never written): after ``payments archive --restore-keys``
+    the key answers again, with the archived outcome; a second run restores nothing more."""
+    from worker.archive import Archive
+    from worker.archive.retention import archive_older_than
+
+    url = f"sqlite:///{tmp_path}/archive.sqlite3"
+    store = ResultsStore(client, prefix=prefix)
+    store.claim("old-key", "sale", fields={"amount": "3.00"}, owner="w", lease_seconds=30, fingerprints=["f" * 64])
+    store.transition("old-key", "APPROVED", owner="w", expect="PENDING", fields={"trans_id": "100000000001"})
+    archive = Archive(url)
+    assert archive_older_than(store, archive, store.now() + 1, key_retention=0)["archived"] == 1
+    archive.close()
+    assert store.get("old-key") is None and store.retention.kept("old-key") is None
+
+    run = payments("archive", "--migrate", "--restore-keys", prefix=prefix, archive_url=url)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == {"archived_looked_at": 1, "keys_restored": 1}
+    again = store.claim("old-key", "sale", owner="w2", lease_seconds=30, fingerprints=["f" * 64])
+    assert again.kind == "final" and again.record["trans_id"] == "100000000001"
+    assert store.claim("old-key", "sale", owner="w2", lease_seconds=30, fingerprints=["e" * 64]).kind == "mismatch"
+    run = payments("archive", "--restore-keys", prefix=prefix, archive_url=url)
+    assert json.loads(run.stdout) == {"archived_looked_at": 1, "keys_restored": 0}

@@ -7,11 +7,14 @@ import json
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from tests.support.archive_db import KINDS, archive_url
 from worker.archive import Archive, ArchiveUnavailable
 from worker.archive.migrate import alembic_config, head_revision
+from worker.archive.schema import metadata
 
 
 @pytest.fixture(params=KINDS)
@@ -42,8 +45,20 @@ def test_the_first_use_creates_the_schema_from_the_migrations_with_its_indexes(u
                                                                for ix in found.get_indexes("audit_entries")}
     finally:
         engine.dispose()
-    assert archive.migrate() == head_revision() == "0001"
+    assert archive.migrate() == head_revision() == "0002"
     archive.close()
+
+
+def test_the_migrations_give_exactly_the_tables_the_code_reads_and_writes(url):
+    archive = Archive(url)
+    archive.migrate()
+    archive.close()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        engine.dispose()
 
 
 def test_migrations_go_down_and_up_again(url):
@@ -57,7 +72,59 @@ def test_migrations_go_down_and_up_again(url):
     finally:
         engine.dispose()
     archive.close()
-    assert Archive(url).migrate() == "0001"
+    assert Archive(url).migrate() == "0002"
+
+
+def test_every_operation_under_one_key_keeps_its_own_row_and_history(url):
+    """A key used for a sale, then (once its record had left Redis) for a void, then for a refund: three rows, each
+    with its own history; copying any of them again replaces only that one."""
+    archive = Archive(url)
+    sale = record("k1", trans_id="100000000001")
+    void = record("k1", trans_id="100000000002", created=1_750_100_000.0, operation="void", target="100000000001",
+                  message="Approved Void")
+    refund = record("k1", trans_id="100000000003", created=1_750_200_000.0, operation="refund",
+                    target="100000000001", message="Approved Return")
+    for rec in (sale, void, refund):
+        archive.put([rec])
+    archive.put([void])  # a batch copied again (crash between copy and delete)
+    assert archive.counts() == {"operations": 3, "operation_history": 6, "audit_entries": 0}
+    assert archive.operations_of("k1") == [sale, void, refund]
+    assert archive.get("k1") == refund  # the newest
+    assert archive.find_by_trans_id("100000000001") == sale and archive.find_by_trans_id("100000000002") == void
+    assert [r["operation"] for r in archive.list()] == ["refund", "void", "sale"]
+    archive.close()
+
+
+def test_the_migration_to_rows_per_operation_keeps_every_row_of_a_0001_archive(url):
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            conn.exec_driver_sql(
+                "INSERT INTO operations (payment_id, operation, status, amount, created_ts, updated_ts, record, "
+                "archived_ts) VALUES ('p1', 'sale', 'APPROVED', '3.00', 1750000000.5, 1750000001.5, "
+                "'{\"payment_id\":\"p1\",\"operation\":\"sale\",\"status\":\"APPROVED\"}', 1750000002.0)")
+            conn.exec_driver_sql("INSERT INTO operation_history (payment_id, seq, at, status, note) VALUES "
+                                 "('p1', 0, 'a', 'PENDING', 'claimed'), ('p1', 1, 'b', 'APPROVED', 'ok')")
+    finally:
+        engine.dispose()
+    archive = Archive(url)
+    assert archive.migrate() == "0002"
+    assert archive.get("p1") == {"payment_id": "p1", "operation": "sale", "status": "APPROVED", "attempts": 0,
+                                 "history": [{"at": "a", "status": "PENDING", "note": "claimed"},
+                                             {"at": "b", "status": "APPROVED", "note": "ok"}]}
+    later = record("p1", created=1_750_300_000.0, operation="void")
+    archive.put([later])
+    assert [r["operation"] for r in archive.operations_of("p1")] == ["sale", "void"]
+    # going back would lose a row: refused, nothing changed
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn, pytest.raises(RuntimeError, match="more than one operation"):
+            command.downgrade(alembic_config(conn), "0001")
+    finally:
+        engine.dispose()
+    assert archive.counts()["operations"] == 2
+    archive.close()
 
 
 def test_writes_replace_what_was_held_so_a_batch_copied_twice_leaves_the_same_rows(url):

@@ -68,9 +68,12 @@ def one_day(store, day: int) -> list[str]:
     return pids
 
 
-def redis_size(client, prefix: str) -> tuple[int, int]:
-    """(keys, bytes): every key under the prefix and the sum of their MEMORY USAGE (every element counted)."""
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+def redis_size(client, prefix: str, *, key_index: bool = False) -> tuple[int, int]:
+    """(keys, bytes): every key under the prefix and the sum of their MEMORY USAGE (every element counted); without
+    the key index entries records leave (they live PAYMENTS_KEY_RETENTION in Redis time, which the simulated days do
+    not move), or only those (``key_index``)."""
+    keys = [k for k in client.scan_iter(match=prefix + "*", count=1000)
+            if k.startswith(prefix + "key:") == key_index]
     pipe = client.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)
@@ -104,6 +107,10 @@ def test_steady_state_over_simulated_days_and_every_archived_record_reads_back(c
 
     gone = [pid for pid in written if store.get(pid) is None]
     assert len(gone) == (DAYS - RETENTION_DAYS) * 120
+    # each record gone left its key index entry (its key still bound to its request): one small hash, with an expiry
+    entries, entry_bytes = redis_size(client, prefix, key_index=True)
+    assert entries == len(gone) and all(store.retention.kept(pid)["status"] == written[pid]["status"] for pid in gone)
+    assert all(client.pttl(f"{prefix}key:{pid}") > 0 for pid in gone[:10])
     for pid in gone:
         record, where = find_record(svc, pid)
         assert where == "archive" and record == written[pid], pid
@@ -119,4 +126,4 @@ def test_steady_state_over_simulated_days_and_every_archived_record_reads_back(c
         assert json.loads(run.stdout) == written[pid]
     assert written["d0-chain-7"]["status"] == "VOIDED"
     print(f"\nretention steady state ({url.split(':')[0]}): days -> (keys, bytes) {sizes}; "
-          f"{steady[-1][1] / records:.0f} bytes per record held")
+          f"{steady[-1][1] / records:.0f} bytes per record held; {entry_bytes / entries:.0f} bytes per key index entry")

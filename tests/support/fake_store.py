@@ -7,7 +7,7 @@ the attempt journal (``True``/``"prior"``), fingerprints, lease-holder-only writ
 ``check_in``, the lease freed when parked, final records changed only through ``expect``, follow-ups reflected on
 their originals (partial refunds, a capture's amount, a void of a capture reopening its auth, a refund answered
 as a VOID), every index, history, audit, outbox, locks and retention's removal (``forget.lua``: unchanged and still
-archivable), and the card-number guard (``worker.carddata``).
+archivable, leaving the key index entry the claim answers from), and the card-number guard (``worker.carddata``).
 ``tests/contract/`` is what shows the two equal: the store's contract tests run against both implementations, and
 random sequences of calls (hypothesis) must get the same answers and leave the same state in both. A rule changed
 in one of them and not the other fails there, once a contract test (or, by chance, a random sequence) exercises it.
@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.carddata import contains_card_number
+from worker.config import DEFAULT_KEY_RETENTION
 from worker.states import FINAL, FOLLOW_UPS, NON_FINAL, OPERATIONS, Status
 from worker.store import CONTRACT_FIELDS, Claim
 from worker.store.encoding import to_str as _to_str
@@ -47,7 +48,7 @@ from worker.store.lua import AUDIT_MAXLEN as _AUDIT_MAXLEN
 from worker.store.lua import HISTORY_CAP as _HISTORY_CAP
 from worker.store.outbox import entry_json
 from worker.store.records import _RESERVED
-from worker.store.retention import archivable, audit_cutoff_id, next_stream_id
+from worker.store.retention import KEPT_FIELDS, archivable, audit_cutoff_id, kept_fields, next_stream_id
 
 __all__ = ["InMemoryStore", "InMemoryOutbox", "InMemoryLocks", "InMemoryRetention", "InMemoryHealth"]
 
@@ -130,6 +131,7 @@ class InMemoryStore:
         self._outbox_entries: dict[str, str] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._counts: dict[str, int] = {}  # idx:status_counts
+        self._kept: dict[str, tuple[dict[str, str], float]] = {}  # key:<payment_id> (fields, expiry)
         self._stats: dict[str, int] = {}  # stats
         self._sweep_last: str | None = None  # sweep:last
         self.outbox = InMemoryOutbox(self)
@@ -315,6 +317,16 @@ class InMemoryStore:
         if rec is None:
             if mode == "reconcile":
                 return Claim(kind="missing", record={}, previous_status=None, now=float(now_ts))
+            kept = self._kept_entry(pid)
+            if kept is not None:  # the record left Redis: its key index entry answers (claim.lua)
+                kept_fp = kept.get("fingerprint") or ""
+                kind = "final"
+                if kept.get("operation") != op or (fps and kept_fp != "" and kept_fp not in fps):
+                    kind = "mismatch"
+                elif mode == "create_only":
+                    kind = "exists"
+                return Claim(kind=kind, record=_typed(dict(kept)), previous_status=kept.get("status") or None,
+                             now=float(now_ts))
             rec = self._records[pid] = dict(values)
             rec.update(payment_id=pid, operation=op, status="PENDING", attempts="1", created_at=now_iso,
                        updated_at=now_iso, created_ts=now_ts, updated_ts=now_ts, lease_owner=owner,
@@ -359,6 +371,14 @@ class InMemoryStore:
         trans_id = self._reindex(pid, None)
         self._record_event(pid, rec.get("operation") or op, status, "PENDING", note, now_iso, trans_id)
         return answer("resumed")
+
+    def _kept_entry(self, pid: str) -> dict[str, str] | None:
+        """The live key index entry of ``pid`` (an expired one is gone, as PEXPIREAT would have it)."""
+        held = self._kept.get(pid)
+        if held is not None and held[1] <= self.now():
+            del self._kept[pid]
+            held = None
+        return dict(held[0]) if held else None
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None:
         if not isinstance(owner, str):  # ResultsStore sends it as is: redis-py refuses None (DataError)
@@ -568,7 +588,7 @@ class InMemoryStore:
         """Everything stored, as text (the card-data scan's view of every key)."""
         with self._lock:
             return repr((self._records, self._history, self._trans, self._zsets, self._audit, self._outbox_entries,
-                         self._counts, self._stats, self._sweep_last))
+                         self._counts, self._stats, self._sweep_last, self._kept))
 
 
 class InMemoryOutbox:
@@ -649,17 +669,24 @@ class InMemoryRetention:
                      if pid in s._records and archivable(s._records[pid], cutoff)]
         return found, len(ids)
 
-    def forget(self, records: Iterable[Mapping[str, Any]], cutoff: float) -> builtins.list[str]:
+    def forget(self, records: Iterable[Mapping[str, Any]], cutoff: float, *,
+               key_retention: float = DEFAULT_KEY_RETENTION) -> builtins.list[str]:
         s = self._store
         removed: builtins.list[str] = []
         with s._lock:
-            cutoff = min(float(cutoff), s.now())
+            now = s.now()
+            cutoff = min(float(cutoff), now)
             for given in records:
                 pid = _key(given["payment_id"])
                 rec = s._records.get(pid)
                 if (rec is None or rec.get("status") != str(given.get("status") or "")
                         or rec.get("updated_ts") != str(given.get("updated_ts") or "") or not archivable(rec, cutoff)):
                     continue
+                expires = math.floor((float(rec["updated_ts"]) + float(key_retention)) * 1000) / 1000
+                s._kept.pop(pid, None)
+                kept = {name: rec[name] for name in KEPT_FIELDS if rec.get(name)}
+                if kept and expires > math.floor(now * 1000) / 1000:
+                    s._kept[pid] = (kept, expires)
                 del s._records[pid]
                 s._history.pop(pid, None)
                 for name in ("time", "non_final", "open_auths", "voids_due", "reflect_due"):
@@ -670,6 +697,28 @@ class InMemoryRetention:
                 s._counts[rec["status"]] = s._counts.get(rec["status"], 0) - 1
                 removed.append(pid)
         return removed
+
+    def remember(self, records: Iterable[Mapping[str, Any]], *,
+                 key_retention: float = DEFAULT_KEY_RETENTION) -> builtins.list[str]:
+        s = self._store
+        written: builtins.list[str] = []
+        with s._lock:
+            now = math.floor(s.now() * 1000) / 1000
+            for rec in records:
+                pid = _key(rec["payment_id"])
+                try:
+                    expires = math.floor((float(rec.get("updated_ts") or "nan") + float(key_retention)) * 1000) / 1000
+                except ValueError:
+                    continue
+                kept = kept_fields(rec)
+                if expires > now and pid not in s._records and s._kept_entry(pid) is None and kept:
+                    s._kept[pid] = (kept, expires)
+                    written.append(pid)
+        return written
+
+    def kept(self, payment_id: str) -> dict[str, str] | None:
+        with self._store._lock:
+            return self._store._kept_entry(_key(payment_id))
 
     def audit_before(self, cutoff: float, *, count: int = 500) -> builtins.list[dict]:
         last = int(audit_cutoff_id(cutoff))

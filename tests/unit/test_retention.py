@@ -10,7 +10,7 @@ import logging
 import pytest
 
 from tests.support.env import TEST_CARD_KEY
-from tests.support.fake_gateway import FakeGateway
+from tests.support.fake_gateway import FakeGateway, reply
 from tests.support.unit_services import UnitServices
 from worker.archive import Archive, ArchiveUnavailable
 from worker.archive.retention import archive_older_than
@@ -112,7 +112,7 @@ def test_a_crash_between_copy_and_delete_copies_again_and_then_deletes(store, cl
 
     real_forget = store.retention.forget
 
-    def crash(records, cutoff):
+    def crash(records, cutoff, **_):
         raise Crash("the sweep's process died here")
 
     store.retention.forget = crash
@@ -175,3 +175,23 @@ def test_an_unreachable_archive_is_one_clear_error():
     archive = Archive("postgresql+psycopg://nobody@127.0.0.1:1/none")
     with pytest.raises(ArchiveUnavailable, match=r"archive postgresql\+psycopg://nobody@127.0.0.1:1/none: cannot "):
         archive.put([{"payment_id": "p", "history": []}])
+
+
+def test_a_key_sent_again_after_its_record_left_redis_is_answered_not_charged(store, clock, archive_url):
+    """Over the fake store and a scripted gateway: the sale's record is archived and removed; the same request under
+    its key gets the stored outcome without a gateway call (the script has one reply only: a second send fails the
+    test); a different request is an IdempotencyMismatch. The archive is not asked."""
+    gateway = FakeGateway(script=[reply(trans_id="100000000077")])
+    svc = UnitServices(settings(archive_url, retention=DAY), store, gateway)
+    card = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
+    first = svc.flow.charge("sale", "key-1", amount="3.00", card=dict(card))
+    assert first["status"] == "APPROVED" and len(gateway.sends) == 1
+    clock.advance(3 * DAY)
+    assert sweep(store, archive_url, retention=DAY)["retention_archived"] == 1 and store.get("key-1") is None
+    svc.archive = Archive("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert svc.flow.charge("sale", "key-1", amount="3.00", card=dict(card)) == first
+    other = svc.flow.charge("sale", "key-1", amount="5.00", card=dict(card))
+    assert other["status"] == "ERROR" and other["error_class"] == "IdempotencyMismatch"
+    assert len(gateway.sends) == 1 and store.get("key-1") is None
+    clock.advance(90 * DAY)  # the key index entry has expired: the key is a new one now
+    assert store.retention.kept("key-1") is None

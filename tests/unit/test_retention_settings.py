@@ -8,7 +8,8 @@ from celeryconfig import config_for
 from worker.config import MIN_RETENTION, ConfigError, Settings
 
 NAMES = ("PAYMENTS_RETENTION", "PAYMENTS_DATA_DIR", "PAYMENTS_ARCHIVE_URL", "PAYMENTS_ARCHIVE_BATCH",
-         "PAYMENTS_ARCHIVE_PER_SWEEP", "RESULT_EXPIRES")
+         "PAYMENTS_ARCHIVE_PER_SWEEP", "RESULT_EXPIRES", "PAYMENTS_KEY_RETENTION")
+DAY = 86400
 
 
 @pytest.fixture
@@ -58,4 +59,20 @@ def test_a_retention_shorter_than_a_day_is_refused(env, value):
 def test_bad_values_are_a_clear_config_error(env, name, value):
     env.setenv(name, value)
     with pytest.raises(ConfigError):
+        Settings.from_env()
+
+
+def test_keys_are_honoured_90_days_or_the_retention_when_longer(env):
+    assert Settings.from_env().key_retention == 90 * DAY
+    env.setenv("PAYMENTS_RETENTION", "120d")
+    assert Settings.from_env().key_retention == 120 * DAY
+    env.setenv("PAYMENTS_KEY_RETENTION", "400d")
+    assert Settings.from_env().key_retention == 400 * DAY
+
+
+@pytest.mark.parametrize(("retention", "key_retention"), [("30d", "29d"), ("1d", "10d"), ("60d", "45d")])
+def test_a_key_retention_shorter_than_stqs_lookback_or_the_retention_is_refused(env, retention, key_retention):
+    env.setenv("PAYMENTS_RETENTION", retention)
+    env.setenv("PAYMENTS_KEY_RETENTION", key_retention)
+    with pytest.raises(ConfigError, match="PAYMENTS_KEY_RETENTION"):
         Settings.from_env()

@@ -1,8 +1,10 @@
 """The archive of final payment records: SQL through SQLAlchemy Core (SQLite file by default, PostgreSQL in
 production), written by the sweep's retention step and read by ``payments show`` / ``payments list``.
 
-Writes are idempotent: a batch replaces whatever the archive held for its payment ids (or audit entry ids) in one
-transaction, so a batch copied again after a crash between copy and delete leaves the same rows. Any failure to
+Every operation is a row of its own, keyed by (payment id, operation, created_ts): a key used again for a later
+operation adds a row, it never replaces the earlier one (the archive is the record of every payment). Writes are
+idempotent: a batch replaces whatever the archive held for the very records it holds (same key) or audit entry ids,
+in one transaction, so a batch copied again after a crash between copy and delete leaves the same rows. Any failure to
 reach or write the database is raised as :class:`ArchiveUnavailable`: the caller deletes nothing from Redis.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, tuple_
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -123,31 +125,34 @@ class Archive:
 
     # ---- writes -------------------------------------------------------------------------------
     def put(self, records: Sequence[Mapping[str, Any]]) -> int:
-        """Store records (each with its ``history``), replacing what the archive held for them; committed
-        (durably) when this returns. Returns how many."""
+        """Store records (each with its ``history``), replacing what the archive held for the same records (payment
+        id, operation and created_ts: an earlier operation under the same key keeps its row); committed (durably)
+        when this returns. Returns how many."""
         if not records:
             return 0
         now = time.time()
         rows, hist_rows = [], []
         for rec in records:
             fields = {k: v for k, v in rec.items() if k != "history"}
-            pid = _text(fields["payment_id"])
+            key = {"payment_id": _text(fields["payment_id"]), "operation": _text(fields.get("operation") or ""),
+                   "created_ts": _num(fields.get("created_ts"))}
             optional = {name: _text(fields[name]) if fields.get(name) else None
                         for name in ("trans_id", "order_id", "invoice_id", "amount")}
             rows.append({
-                "payment_id": pid, "operation": _text(fields.get("operation") or ""),
-                "status": _text(fields.get("status") or ""), **optional,
-                "created_ts": _num(fields.get("created_ts")), "updated_ts": _num(fields.get("updated_ts")),
+                **key, "status": _text(fields.get("status") or ""), **optional,
+                "updated_ts": _num(fields.get("updated_ts")),
                 "archived_ts": now, "record": json.dumps(fields, separators=(",", ":"), sort_keys=True),
             })
-            hist_rows += [{"payment_id": pid, "seq": i, "at": _text(h.get("at", "")),
+            hist_rows += [{**key, "seq": i, "at": _text(h.get("at", "")),
                            "status": _text(h.get("status", "")), "note": _text(h.get("note", ""))}
                           for i, h in enumerate(rec.get("history") or [])]
         with self._begin(f"write {len(rows)} records") as conn:
             for i in range(0, len(rows), _CHUNK):
-                ids = [r["payment_id"] for r in rows[i:i + _CHUNK]]
-                conn.execute(delete(history).where(history.c.payment_id.in_(ids)))
-                conn.execute(delete(operations).where(operations.c.payment_id.in_(ids)))
+                keys = [(r["payment_id"], r["operation"], r["created_ts"]) for r in rows[i:i + _CHUNK]]
+                conn.execute(delete(history).where(
+                    tuple_(history.c.payment_id, history.c.operation, history.c.created_ts).in_(keys)))
+                conn.execute(delete(operations).where(
+                    tuple_(operations.c.payment_id, operations.c.operation, operations.c.created_ts).in_(keys)))
             conn.execute(insert(operations), rows)
             if hist_rows:
                 conn.execute(insert(history), hist_rows)
@@ -176,26 +181,41 @@ class Archive:
         return (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
                 and not os.path.exists(str(url.database)))
 
+    _ROW = (operations.c.record, operations.c.payment_id, operations.c.operation, operations.c.created_ts)
+
     def _records(self, conn: Connection, rows: Sequence[Any], *, with_history: bool) -> list[dict[str, Any]]:
+        """Rows of :attr:`_ROW` as records (each with its own history, by the row's whole key, when asked)."""
         out = [_typed(json.loads(r.record)) for r in rows]
         if with_history and out:
-            by_id: dict[str, list[dict[str, str]]] = {rec["payment_id"]: [] for rec in out}
-            q = (select(history.c.payment_id, history.c.at, history.c.status, history.c.note)
-                 .where(history.c.payment_id.in_(list(by_id))).order_by(history.c.payment_id, history.c.seq))
+            keys = [(r.payment_id, r.operation, r.created_ts) for r in rows]
+            by_key: dict[tuple[str, str, float], list[dict[str, str]]] = {key: [] for key in keys}
+            q = (select(history.c.payment_id, history.c.operation, history.c.created_ts, history.c.at,
+                        history.c.status, history.c.note)
+                 .where(history.c.payment_id.in_({key[0] for key in keys}))
+                 .order_by(history.c.payment_id, history.c.operation, history.c.created_ts, history.c.seq))
             for h in conn.execute(q):
-                by_id[h.payment_id].append({"at": h.at, "status": h.status, "note": h.note})
-            for rec in out:
-                rec["history"] = by_id[rec["payment_id"]]
+                entries = by_key.get((h.payment_id, h.operation, h.created_ts))
+                if entries is not None:
+                    entries.append({"at": h.at, "status": h.status, "note": h.note})
+            for rec, key in zip(out, keys, strict=True):
+                rec["history"] = by_key[key]
         return out
 
     def get(self, payment_id: str) -> dict[str, Any] | None:
-        """The record as the store's ``get`` returned it (history included), or None."""
+        """The newest record archived under ``payment_id`` as the store's ``get`` returned it (history included), or
+        None. :meth:`operations_of` gives every one."""
+        found = self.operations_of(payment_id)
+        return found[-1] if found else None
+
+    def operations_of(self, payment_id: str) -> list[dict[str, Any]]:
+        """Every record archived under ``payment_id`` (one per operation run under that key), oldest first, each
+        with its history."""
         if self._absent():
-            return None
+            return []
         with self._begin("read") as conn:
-            rows = conn.execute(select(operations.c.record).where(operations.c.payment_id == payment_id)).all()
-            found = self._records(conn, rows, with_history=True)
-        return found[0] if found else None
+            rows = conn.execute(select(*self._ROW).where(operations.c.payment_id == payment_id)
+                                .order_by(operations.c.created_ts, operations.c.operation)).all()
+            return self._records(conn, rows, with_history=True)
 
     def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None:
         if not trans_id:
@@ -203,7 +223,7 @@ class Archive:
         if self._absent():
             return None
         with self._begin("read") as conn:
-            rows = conn.execute(select(operations.c.record).where(operations.c.trans_id == trans_id)
+            rows = conn.execute(select(*self._ROW).where(operations.c.trans_id == trans_id)
                                 .order_by(operations.c.created_ts).limit(1)).all()
             found = self._records(conn, rows, with_history=True)
         return found[0] if found else None
@@ -215,13 +235,25 @@ class Archive:
             return []
         if self._absent():
             return []
-        q = select(operations.c.record).order_by(operations.c.created_ts.desc(), operations.c.payment_id.desc())
+        q = select(*self._ROW).order_by(operations.c.created_ts.desc(), operations.c.payment_id.desc(),
+                                        operations.c.operation.desc())
         for column, value in ((operations.c.status, status), (operations.c.operation, operation),
                               (operations.c.order_id, order_id), (operations.c.invoice_id, invoice_id)):
             if value:
                 q = q.where(column == value)
         with self._begin("read") as conn:
             return self._records(conn, conn.execute(q.limit(limit)).all(), with_history=False)
+
+    def changed_since(self, since: float, *, limit: int = 500, offset: int = 0) -> builtins.list[dict[str, Any]]:
+        """Records last changed at or after ``since`` (epoch seconds), newest created first (the newest operation
+        under a key before any earlier one), without history; a page of ``limit`` from ``offset``."""
+        if limit <= 0 or self._absent():
+            return []
+        q = (select(*self._ROW).where(operations.c.updated_ts >= since)
+             .order_by(operations.c.created_ts.desc(), operations.c.payment_id, operations.c.operation)
+             .limit(limit).offset(offset))
+        with self._begin("read") as conn:
+            return self._records(conn, conn.execute(q).all(), with_history=False)
 
     def audit(self, *, payment_id: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         """Archived audit entries oldest first, as the store's ``audit`` shows them."""

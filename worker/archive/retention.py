@@ -4,8 +4,10 @@ Each batch: the store lists the oldest records created before the cutoff that ma
 final, unchanged since the cutoff, nothing left to do on them), the archive stores them with their history and
 commits, and only then the store removes them (``store.retention.forget``: one Lua script that removes a record, its
 history and every index entry only if it is unchanged since the copy). A crash between the two leaves the records in
-Redis and the next run copies them again (the archive replaces its rows). Then the audit stream's entries older than
-the cutoff are copied the same way and trimmed (``XTRIM MINID``).
+Redis and the next run copies them again (the archive replaces its rows for those very records). Each record removed
+leaves its key index entry in Redis (``PAYMENTS_KEY_RETENTION``: see :mod:`worker.store.retention`), so its
+idempotency key is still honoured. Then the audit stream's entries older than the cutoff are copied the same way
+and trimmed (``XTRIM MINID``).
 
 When the archive cannot be reached or written, nothing is deleted: the run stops with a clear log line, counts it
 (``archive_unavailable``), and the records wait in Redis for the next run. Payments never depend on the archive.
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.archive.db import Archive, ArchiveUnavailable
+from worker.config import DEFAULT_KEY_RETENTION
 
 log = logging.getLogger("payments.retention")
 
@@ -30,9 +33,11 @@ _SCAN_FACTOR = 5
 
 
 def archive_older_than(store: Any, archive: Archive, cutoff: float, *, batch: int = 500, limit: int | None = None,
-                       deadline: float | None = None, progress: Callable[[int], None] | None = None) -> Counter:
-    """Archive, then remove from Redis, what may leave and was last changed at or before ``cutoff`` (epoch seconds);
-    then the audit entries before it. At most ``limit`` records (None: all), and no new batch after ``deadline``
+                       deadline: float | None = None, progress: Callable[[int], None] | None = None,
+                       key_retention: float = DEFAULT_KEY_RETENTION) -> Counter:
+    """Archive, then remove from Redis, what may leave and was last changed at or before ``cutoff`` (epoch seconds),
+    each record leaving its key index entry for ``key_retention`` seconds after its last change; then the audit
+    entries before it. At most ``limit`` records (None: all), and no new batch after ``deadline``
     (``time.monotonic()``). Raises :class:`ArchiveUnavailable` (having deleted only what the archive holds)."""
     counts: Counter = Counter()
     offset, looked = 0, 0
@@ -48,7 +53,7 @@ def archive_older_than(store: Any, archive: Archive, cutoff: float, *, batch: in
         removed: list[str] = []
         if records:
             archive.put(records)  # committed before anything leaves Redis
-            removed = store.retention.forget(records, cutoff)
+            removed = store.retention.forget(records, cutoff, key_retention=key_retention)
         counts["archived"] += len(removed)
         counts["changed_since_copy"] += len(records) - len(removed)
         counts["kept"] += scanned - len(records)
@@ -82,7 +87,8 @@ def retain(svc: Any, *, now: float | None = None, deadline: float | None = None)
     cutoff = (store.now() if now is None else float(now)) - settings.retention
     try:
         counts = archive_older_than(store, svc.archive, cutoff, batch=settings.archive_batch,
-                                    limit=settings.archive_per_sweep, deadline=deadline)
+                                    limit=settings.archive_per_sweep, deadline=deadline,
+                                    key_retention=settings.key_retention)
     except ArchiveUnavailable as exc:
         log.error("retention: %s; nothing more archived or deleted this run, the records stay in Redis", exc)
         _count("payments_archive_unavailable", "Sweeps whose retention step found the archive unusable")

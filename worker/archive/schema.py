@@ -13,17 +13,19 @@ metadata = MetaData(naming_convention={
 })
 
 #: One row per archived payment operation: the record as Redis held it (``record``: every field, JSON) and the
-#: columns it is looked up by.
+#: columns it is looked up by. A row is one record's life, (payment id, operation, created_ts): an idempotency key
+#: used again for a later operation (after its key index entry expired, or for another operation kept by hand) is a
+#: row of its own, never a replacement of the earlier one (migration 0002).
 operations = Table(
     "operations", metadata,
     Column("payment_id", String(), primary_key=True),
-    Column("operation", String(), nullable=False),
+    Column("operation", String(), primary_key=True),
     Column("status", String(), nullable=False),
     Column("trans_id", String(), nullable=True),
     Column("order_id", String(), nullable=True),
     Column("invoice_id", String(), nullable=True),
     Column("amount", String(), nullable=True),
-    Column("created_ts", Float, nullable=False),
+    Column("created_ts", Float, primary_key=True, autoincrement=False),
     Column("updated_ts", Float, nullable=False),
     Column("record", Text, nullable=False),
     Column("archived_ts", Float, nullable=False),
@@ -34,10 +36,13 @@ operations = Table(
     Index(None, "updated_ts"),
 )
 
-#: A record's state history, oldest first (``seq`` from 0), as ``hist:<payment_id>`` held it.
+#: A record's state history, oldest first (``seq`` from 0), as ``hist:<payment_id>`` held it; a row of
+#: ``operations`` by its whole key.
 history = Table(
     "operation_history", metadata,
     Column("payment_id", String(), primary_key=True),
+    Column("operation", String(), primary_key=True),
+    Column("created_ts", Float, primary_key=True, autoincrement=False),
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", String(), nullable=False),
     Column("status", String(), nullable=False),

@@ -20,6 +20,9 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
 
     P op:<payment_id>      hash    the record (see below)
     P hist:<payment_id>    list    history entries, JSON {"at", "status", "note"} (oldest first, capped)
+    P key:<payment_id>     hash    a record that left Redis (retention): its fingerprint and public outcome, what
+                                   the claim answers the key with; expires PAYMENTS_KEY_RETENTION after the
+                                   record's last change (:mod:`worker.store.retention`)
     P idx:trans            hash    gateway trans id -> payment id (first writer wins)
     P idx:time             zset    payment id, score created_ts            (list(), newest first)
     P idx:non_final        zset    PENDING/RETRYING/UNKNOWN ids, score updated_ts (reconciliation)

@@ -39,6 +39,10 @@ class StoreKeys:
     def history(self, payment_id: str) -> str:
         return f"{self.prefix}hist:{payment_id}"
 
+    def kept(self, payment_id: str) -> str:
+        """The key index entry of a record that left Redis (retention): its fingerprint and outcome."""
+        return f"{self.prefix}key:{payment_id}"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
 
@@ -46,4 +50,4 @@ class StoreKeys:
         """KEYS of every record script, in the order ``scripts/common.lua`` names them."""
         return [self.record(payment_id), self.history(payment_id), self.trans, self.time, self.non_final,
                 self.open_auths, self.voids_due, self.audit, self.outbox, self.outbox_ts, self.reflect_due,
-                self.status_counts, self.unknown, self.retrying, self.needs_human]
+                self.status_counts, self.unknown, self.retrying, self.needs_human, self.kept(payment_id)]

@@ -5,7 +5,8 @@ a single ``EVALSHA`` of a Lua script (``worker/store/scripts/*.lua``). Inside th
 its history, the indexes and the audit stream are updated together, so two workers can never
 interleave a read-modify-write. Redis counts every command a script runs, so the hot paths run few: a new
 record's claim and a transition touch only the indexes whose membership changes and answer with the record they
-wrote instead of reading it back (10 commands each with the EVALSHA, README "Performance"). The scripts read
+wrote instead of reading it back (10 commands each with the EVALSHA, README "Performance"; the claim's include the
+``EXISTS`` of the key index entry a record leaves when retention removes it). The scripts read
 Redis server time (``TIME``): leases, ages, next-check times and the attempt journal use that one clock, whatever
 each worker's clock says.
 """

@@ -18,6 +18,19 @@ if message_id ~= '' then redis.call('HDEL', OUTBOX, message_id) end
 local status = redis.call('HGET', REC, 'status')
 if not status then
   if mode == 'reconcile' then return {'missing', '', now_ts, {}} end
+  -- A record that left Redis (retention) left its key index entry: the key is still bound to its request and
+  -- answered with its final outcome (never run again); a different request is a mismatch, as for a live record.
+  -- (EXISTS first: a new key, the common case, costs one command and reads nothing)
+  if redis.call('EXISTS', KEPT) == 1 then
+    local kept = redis.call('HGETALL', KEPT)
+    local k = to_table(kept)
+    local kept_fp = k['fingerprint'] or ''
+    if k['operation'] ~= op or (n_fp > 0 and kept_fp ~= '' and not fps[kept_fp]) then
+      return {'mismatch', k['status'] or '', now_ts, kept}
+    end
+    if mode == 'create_only' then return {'exists', k['status'] or '', now_ts, kept} end
+    return {'final', k['status'] or '', now_ts, kept}
+  end
   local args = {}
   for i = first_field, #ARGV do args[#args + 1] = ARGV[i] end
   local fp = ''

@@ -3,9 +3,10 @@
 -- KEYS (same order everywhere): 1 record 2 history 3 idx:trans 4 idx:time 5 idx:non_final
 --   6 idx:open_auths 7 idx:voids_due 8 audit 9 outbox 10 idx:outbox 11 idx:reflect_due
 --   12 idx:status_counts 13 idx:unknown 14 idx:retrying 15 idx:needs_human (what the metrics exporter reads)
+--   16 key:<payment_id> (the key index entry forget.lua leaves when the record leaves Redis; read by claim.lua)
 local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX, IDX_REFLECT =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
+local IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN, KEPT = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
 local FOLLOW_UPS = {capture = true, refund = true, void = true}
 local HISTORY_CAP = __HISTORY_CAP__
