@@ -266,7 +266,7 @@ def bad_call(draw):
         ))
     elif what == "order_id":  # the producer's own order reference (sent as INVOICE_ID)
         kwargs["order_id"] = draw(st.one_of(
-            st.just(""), st.integers(), st.lists(st.integers(), max_size=2),
+            st.just(""), st.booleans(), st.lists(st.integers(), max_size=2),  # (an int is an order id: issue 25)
             st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=65, max_size=200),
             st.text(min_size=1, max_size=40).filter(lambda t: not printable_ascii(t, 64)),
         ))
