@@ -215,3 +215,34 @@ def test_free_text_without_a_card_number_is_published_as_it_is(producer, text):
                                                 "customer": {**CUSTOMER, "addr2": text}})
     (message,) = drain(producer)
     assert message["body"][1]["customer"]["addr2"] == text
+
+
+# ---- the keyed id across a key rotation, the sealed identifier itself ------------------------------------------------
+def test_a_record_made_before_a_key_rotation_is_found_under_the_older_key_s_id(store):
+    from tests.support.fake_gateway import FakeGateway as Gateway
+    from worker.flow import PaymentFlow
+
+    new_key = "Zm9yLXRoZS1yb3RhdGlvbi10ZXN0LW9ubHktMzJieXQ="
+    old_id, new_id = keyed_ids(SNOWFLAKE, [TEST_CARD_KEY, new_key])
+    before = PaymentFlow(store=store, gateway=Gateway(), card_keys=[TEST_CARD_KEY])
+    assert before.payment_id_for(SNOWFLAKE) == old_id
+    rotated = PaymentFlow(store=store, gateway=Gateway(), card_keys=[new_key, TEST_CARD_KEY])
+    assert rotated.payment_id_for(SNOWFLAKE) == keyed_ids(SNOWFLAKE, [new_key])[0] == new_id  # nothing kept yet
+    before.refuse("sale", old_id, "kept before the rotation")  # a record under the old key's id
+    assert rotated.payment_id_for(SNOWFLAKE) == old_id  # found: the same operation, not a second one
+    assert rotated.payment_id_for("order-77") == "order-77"  # not card-like: the key itself, no lookup
+
+
+@pytest.mark.parametrize("value", [SNOWFLAKE, int(SNOWFLAKE), "5555.5555.5555.4444"])
+def test_a_sealed_identifier_opens_to_what_was_sealed_and_refuses_tampering(value):
+    from worker.vault import CardSealError
+
+    sealed = VAULT.seal_identifier(value)
+    assert set(sealed) == {"sealed_id", "masked"} and str(value) not in json.dumps(sealed)
+    assert VAULT.open_identifier(sealed) == value and type(VAULT.open_identifier(sealed)) is type(value)
+    assert VAULT.seal_identifier(sealed) is sealed and VAULT.open_identifier("plain") == "plain"
+    with pytest.raises(CardSealError) as exc:
+        VAULT.open_identifier({**sealed, "sealed_id": sealed["sealed_id"][:-4] + "AAAA"})
+    assert str(value) not in str(exc.value)
+    with pytest.raises(CardSealError):
+        CardVault(["Zm9yLXRoZS1yb3RhdGlvbi10ZXN0LW9ubHktMzJieXQ="]).open_identifier(sealed)  # another key
