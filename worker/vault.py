@@ -108,11 +108,12 @@ class CardVault:
             raise CardSealError("sealed card could not be opened (wrong key or tampered token)") from None
         return {**sealed, "sealed": token}
 
-    def seal_identifier(self, value: str | int) -> dict:
-        """Seal a card-like identifier (``idempotency_key``, ``order_id``): ``{"sealed_id": token, "masked": ...}``.
-        The token keeps the value's type (an ``int`` opens as an ``int``)."""
+    def seal_identifier(self, value: Any) -> dict:
+        """Seal a card-like identifier (``idempotency_key``, ``order_id``: a ``str`` or an ``int``) as ``{"sealed_id":
+        token, "masked": ...}``; an already sealed one is returned as it is. The token keeps the value's type (an
+        ``int`` opens as an ``int``)."""
         if self.is_sealed_identifier(value):
-            return value  # type: ignore[return-value]  # (already the sealed dict)
+            return value  # (is_sealed_identifier: already the sealed dict)
         payload = json.dumps({"id": value}, separators=(",", ":")).encode()
         return {"sealed_id": self._fernet.encrypt(payload).decode("ascii"), "masked": mask_number(value)}
 
