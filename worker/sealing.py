@@ -273,8 +273,9 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     return args, kwargs, options
 
 
-#: Headers Celery makes itself (reprs are made again from the sealed body; the others hold ids and times).
-_MADE_HEADERS = frozenset({"argsrepr", "kwargsrepr"})
+#: Headers Celery makes itself, not checked on the re-publish: the reprs (made again from the sealed body) and the
+#: publishing host's name (``origin``: ``gen<pid>@<hostname>``, whose digits are no one's data).
+_MADE_HEADERS = frozenset({"argsrepr", "kwargsrepr", "origin"})
 
 
 def seal_body(name: str, body: Any, *, vault: CardVault, headers: Mapping[str, Any] | None = None) -> list:

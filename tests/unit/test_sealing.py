@@ -292,6 +292,17 @@ def test_seal_body_seals_an_old_outbox_entry_and_refuses_card_data():
     assert exc.value.field == "customer.name1"
 
 
+def test_seal_body_refuses_an_old_outbox_entry_whose_headers_hold_card_data():
+    vault = CardVault([TEST_CARD_KEY])
+    body = [[], {"amount": "3.00", "card": vault.seal(TEST_CARD)}, {}]
+    headers: dict[str, Any] = {"id": "cd27c305-6820-4063-903f-1a2b3c4d5e6f", "origin": "gen4111111111111111@host",
+               "argsrepr": "()", "stamps": {}, "stamped_headers": None}
+    assert seal_body("payments.sale", body, vault=vault, headers=headers)[1] == body[1]
+    with pytest.raises(CardDataRefused) as exc:
+        seal_body("payments.sale", body, vault=vault, headers={**headers, "merchant_ref": "5555/5555/5555/4444"})
+    assert exc.value.field == "merchant_ref"
+
+
 # ---- the worker's check -------------------------------------------------------------------------------
 SEALED = CardVault([TEST_CARD_KEY]).seal(TEST_CARD)
 CLEAR = dict(TEST_CARD)
