@@ -246,3 +246,24 @@ def test_a_sealed_identifier_opens_to_what_was_sealed_and_refuses_tampering(valu
     assert str(value) not in str(exc.value)
     with pytest.raises(CardSealError):
         CardVault(["Zm9yLXRoZS1yb3RhdGlvbi10ZXN0LW9ubHktMzJieXQ="]).open_identifier(sealed)  # another key
+
+
+@pytest.mark.parametrize("task_name", ["payments.capture", "payments.refund", "payments.void"])
+def test_a_follow_up_s_card_like_key_is_sealed_then_kept_under_its_keyed_id(store, wire, task_name):
+    from tests.support.fake_gateway import SALE_TRANS
+
+    gateway = FakeGateway([reply(trans_type=task_name.split(".")[1].upper())])
+    wire(gateway)
+    task = celery.current_app.tasks[task_name]
+    args, kwargs, _ = seal_publish(task_name, [SALE_TRANS], {"idempotency_key": int(SNOWFLAKE)}, {"task_id": "m-1"},
+                                   vault=VAULT)
+    assert VAULT.is_sealed_identifier(kwargs["idempotency_key"])
+    task.push_request(id="m-1", task=task_name, args=args, kwargs=kwargs, retries=0, called_directly=False,
+                      is_eager=True, delivery_info={})
+    try:
+        outcome = task(*args, **kwargs)
+    finally:
+        task.pop_request()
+    expected = keyed_ids(SNOWFLAKE, [TEST_CARD_KEY])[0]
+    assert outcome["payment_id"] == expected and gateway.sends[0]["order_id"] == expected
+    assert outcome["idempotency_key"] == "xxxxxxxxxxxx" + SNOWFLAKE[-4:] and SNOWFLAKE not in store.dump()
