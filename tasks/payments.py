@@ -15,7 +15,7 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.carddata import contains_card_number
+from worker.carddata import is_card_like_identifier, mask_number
 from worker.catalogue import PAYMENT_TASKS
 from worker.celery_app import app
 from worker.flow import GatewayOutage, LeaseBusy
@@ -117,9 +117,16 @@ class PaymentTask(Task):
 
     # ---- helpers for the task bodies -------------------------------------------------------------
     def bind_payment_id(self, idempotency_key: Any) -> str:
-        """The operation id: the producer's idempotency key, else the task id."""
+        """The operation id: the producer's idempotency key (opened when it travelled sealed; a card-like key's
+        keyed id, never the key), else the task id."""
+        self.request.shown_key = None
         if idempotency_key is not None:
-            self.request.payment_id = _checked_key(idempotency_key)
+            key = _checked_key(open_identifier(self, "idempotency_key", idempotency_key))
+            if is_card_like_identifier(key):
+                self.request.shown_key = mask_number(key)
+                self.request.payment_id = self.services.flow.payment_id_for(key)
+            else:
+                self.request.payment_id = key
         return str(self.request.payment_id)
 
     @property
@@ -141,17 +148,25 @@ def task_options(name: str) -> dict[str, Any]:
     return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
 
 
+def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
+    """An identifier as the producer gave it: a card-like one travels sealed (worker/sealing.py)."""
+    try:
+        return task.services.vault.open_identifier(value)
+    except CardSealError:
+        raise InvalidInput(name, "sealed identifier cannot be opened with this PAYMENTS_CARD_KEY") from None
+
+
 def _checked_key(idempotency_key: Any) -> str:
+    if type(idempotency_key) is int:  # a numeric key is its decimal digits (not bool: True is no key)
+        idempotency_key = str(idempotency_key)
     if not isinstance(idempotency_key, str) or not idempotency_key.strip():
-        raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string")
+        raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string or an int")
     if len(idempotency_key) > 100:
         raise InvalidInput("idempotency_key", "idempotency_key is longer than 100 characters")
     try:
         key = validation.order_id(idempotency_key)
     except InvalidInput as exc:  # name the argument the producer passed, not the gateway field
         raise InvalidInput("idempotency_key", exc.message) from None
-    if contains_card_number(key):  # it becomes the record's id: never a card number
-        raise InvalidInput("idempotency_key", "looks like a card number")
     return key
 
 
@@ -183,15 +198,17 @@ def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: 
     payment_id = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
     return task.services.flow.charge(task.operation, payment_id, amount=amount, card=_open_card(task, card),
-                                     customer=customer, invoice_id=order_id, then_void=task.follows_with_void(),
-                                     message_id=task.request.id, redelivered=task.redelivered)
+                                     customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
+                                     then_void=task.follows_with_void(), message_id=task.request.id,
+                                     redelivered=task.redelivered, shown_key=task.request.shown_key)
 
 
 def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
     payment_id = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
     return task.services.flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
-                                        message_id=task.request.id, redelivered=task.redelivered)
+                                        message_id=task.request.id, redelivered=task.redelivered,
+                                        shown_key=task.request.shown_key)
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))

@@ -10,19 +10,23 @@ The rule
 --------
 
 A **card number** is a *maximal run* of ASCII digits holding 13 to 19 digits and passing the Luhn check,
-written either in one piece (``4111111111111111``) or in groups of 3 to 6 digits separated by single spaces
-or dashes, as people and card networks write them (``4111 1111 1111 1111``, ``4111-1111-1111-1111``, Amex
-``3782 822463 10005``, 19 digits ``6011 0009 9013 9424 009``). Letters and other characters around the run
-do not matter: a number glued to an identifier is still a card number (``ORD-4111111111111111``,
+written either in one piece (``4111111111111111``) or in groups of 3 to 6 digits joined by **separator runs**,
+as people, forms and URLs write them (``4111 1111 1111 1111``, ``4111-1111-1111-1111``, ``4111.1111.1111.1111``,
+``4111/1111/1111/1111``, ``4111_1111_1111_1111``, tabs, ``+``, several spaces, ``4111%201111%201111%201111``,
+mixed: ``4111 -_ 1111./1111\t1111``; Amex ``3782 822463 10005``, 19 digits ``6011 0009 9013 9424 009``). A
+separator run is 1 to 12 characters of: space, tab, ``-``, ``.``, ``/``, ``_``, ``+``, the percent-escapes of those
+(``%20``, ``%09``, ``%2D``, ``%2E``, ``%2F``, ``%5F``, ``%2B``, any case; 3 characters each) and a written ``\\t``
+(a repr; 2). A newline does not join groups (lines of numbers are not one number). Letters and other characters
+around the run do not matter: a number glued to an identifier is still a card number (``ORD-4111111111111111``,
 ``x4111111111111111y``, ``card=4111...``). When a run of groups holds more than 19 digits, or fails Luhn as a
-whole, its consecutive groups are tried too (leftmost first, longest first), so a card written next to
-other numbers is found (``4111 1111 1111 1111 123`` -> the first four groups; ``qty 1 4111111111111111`` ->
-the second). One contiguous run of 20 or more digits is one long number, not a card.
+whole, its consecutive groups are tried too (leftmost first, longest first), so a card written next to other
+numbers is found (``4111 1111 1111 1111 123`` -> the first four groups; ``qty 1 4111111111111111`` -> the second).
+One contiguous run of 20 or more digits is one long number, not a card.
 
 Groups of 1, 2 or more than 6 digits do not join into a card number: dates (``2025-11-27 10:00``), phone
-numbers, SVG path data (``M8 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8``, in every Flower page) and a 12-digit trans id
-followed by an amount (``100000000123 3.00``) are not read as one. The price, accepted: a card typed one digit
-at a time (``4 1 1 1 ...``) is not found.
+numbers, IP addresses, versions, SVG path data (``M8 12a4 4 0 1 0 0-8 4 4 0 0 0 0 8``, in every Flower page) and
+a 12-digit trans id followed by an amount (``100000000123 3.00``) are not read as one. The price, accepted: a card
+typed one digit at a time (``4 1 1 1 ...``) is not found.
 
 What is *not* a card number, and why:
 
@@ -34,27 +38,40 @@ What is *not* a card number, and why:
   in a fixed shape, so no card number written as people write them can hide in one.
 * **Hex identifiers and digests** of 32 or more hex digits with at least one letter (``uuid4().hex``, MD5,
   SHA-1/256/512 hex), not glued to a letter or digit: machine-made identifiers (an idempotency key made
-  from ``uuid4().hex`` would otherwise be refused about once in 400 times). The price, accepted: a card
+  from ``uuid4().hex`` would otherwise be card-like about once in 400 times). The price, accepted: a card
   number deliberately concatenated into such a token is not found.
-* **The fractional digits of a decimal number** (the digits right after ``<digit>.``): float reprs such as
-  Celery's ``succeeded in 0.05183274700085167s``. Only that first group is skipped; the integer part of a
-  decimal is read (``4111111111111111.00`` is a card).
-* **An explicitly numeric order id**: a Python ``int`` (not ``bool``) given under the name ``order_id``
-  (the producer's own order reference, which travels as ``INVOICE_ID``). About one 16-digit id in ten
-  passes Luhn; a producer whose order ids are numbers says so by passing an ``int``, and that value is
-  accepted and published as it is. The same digits as a *string* are refused like any other field: a
-  string cannot say it is not a card. Only the structured checks (:func:`card_data_field`,
-  :func:`refuse_card_data`, the test scanner's walk of decoded JSON) can see the type; text is text, so
-  :func:`mask_text` and the log scrubber mask those digits wherever they are printed.
+* **The fractional digits of a decimal number**: a group of more than 6 digits right after ``<digit>.``
+  (float reprs such as Celery's ``succeeded in 0.05183274700085167s``) is not read on its own. The integer part
+  is read (``4111111111111111.00`` is a card), and groups of 3-6 digits after a dot join as any others do.
 
 Unicode digits (``٤١١١...``, full-width ``４１１１...``) are not read as card digits; the gateway refuses them
 as a card number anyway.
+
+What follows from finding one: identifiers and free text
+--------------------------------------------------------
+
+**Identifiers** (:data:`IDENTIFIER_NAMES`: ``idempotency_key``, ``order_id``, ``invoice_id``, wherever they sit:
+the task's own arguments or an embedded signature's) are never refused for being card-like, whether ``str`` or
+``int`` (not ``bool``): about one numeric id in ten passes Luhn. A card-like identifier is *card data* and
+travels and rests like it: sealed in the message (:meth:`worker.vault.CardVault.seal_identifier`), a keyed hash
+where only lookup is needed (:func:`identifier_digests`: the payment id of a card-like idempotency key, sent as
+ORDER_ID), masked where shown (:func:`mask_number`). An ``int`` is no exception: ``order_id=4111111111111111`` is
+sealed like ``"4111111111111111"``. :func:`is_card_like_identifier` says which.
+
+**Free text** (every other value: ``customer.*`` names and address, memo, custom fields, ``amount``,
+``trans_id``, extra arguments, message headers, stamps and publish options, the Celery ids ``task_id``,
+``group_id``, ``root_id``, ``parent_id``, ``shadow``) holding a card number is **refused** at the producer
+(:class:`CardDataRefused`, naming the field, never the value): nothing there is needed to find a payment, a
+card number in it is a card put in the wrong place, and a refusal tells the producer so, where sealing would
+quietly carry it on (and BluePay would receive it in NAME1 or a memo in clear). Near misses are accepted as they
+are (``PO Box 4111 1111``, a phone number, a 12-digit reference, a date).
 
 ==============================================  ==========  ==============================================
 text / value                                    card?       why
 ==============================================  ==========  ==============================================
 ``4111111111111111``                            yes         16 digits, Luhn
-``4111 1111 1111 1111`` / ``4111-1111-...``     yes         grouped by single spaces or dashes
+``4111 1111 1111 1111`` / ``4111-1111-...``     yes         grouped by a separator run
+``4111.1111.1111.1111``, ``4111%201111...``     yes         any separator run, escapes included
 ``ORD-4111111111111111``, ``x4111111111111111``  yes         glued to letters or separators
 ``4111 1111 1111 1111 123``                     yes         the card among the groups (123 stays)
 ``4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1``                no          groups of one digit
@@ -64,9 +81,8 @@ text / value                                    card?       why
 ``order-`` + ``uuid4().hex``                    no          32-hex identifier
 ``0.00585255199985113``                         no          fractional digits of a decimal
 ``12345678901234567890123``                     no          one run of more than 19 digits
-``order_id=1234567890123452`` (``int``)           no          explicitly numeric order id
-``order_id="1234567890123452"`` (``str``)         yes         a string that matches the rule
-``amount=1234567890123452`` (``int``)             yes         only ``order_id`` may be a numeric id
+``order_id=1234567890123452`` (``int``)           yes         an int is no exception (sealed: an identifier)
+``amount=1234567890123452`` (``int``)             yes         refused: not an identifier
 ==============================================  ==========  ==============================================
 
 (``tests/unit/test_carddata.py`` holds this table as a test.)
@@ -90,20 +106,30 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 __all__ = [
     "luhn_ok", "find_card_numbers", "contains_card_number", "mask_number", "mask_text",
-    "CardDataRefused", "refuse_card_data", "card_data_field", "is_numeric_order_id", "card_fingerprints",
-    "MIN_DIGITS", "MAX_DIGITS", "MASK_PREFIX", "FINGERPRINT_INFO",
+    "CardDataRefused", "refuse_card_data", "card_data_field", "card_fingerprints",
+    "IDENTIFIER_NAMES", "is_identifier_field", "is_card_like_identifier", "identifier_digests", "keyed_ids",
+    "KEYED_ID_PREFIX", "MIN_DIGITS", "MAX_DIGITS", "MASK_PREFIX", "FINGERPRINT_INFO", "IDENTIFIER_INFO",
 ]
 
 MIN_DIGITS = 13
 MAX_DIGITS = 19
 MASK_PREFIX = "x" * 12
 FINGERPRINT_INFO = b"payments card fingerprint v1"
+IDENTIFIER_INFO = b"payments identifier digest v1"
+#: The arguments that are identifiers: card-like values there are sealed and hashed, never refused.
+IDENTIFIER_NAMES = frozenset({"idempotency_key", "order_id", "invoice_id"})
+#: What a keyed id starts with (the payment id and ORDER_ID of a card-like idempotency key).
+KEYED_ID_PREFIX = "kh-"
 
 _ID = r"(?<![0-9A-Za-z])(?:{})(?![0-9A-Za-z])"
 _IDENTIFIER = re.compile(_ID.format(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # canonical UUID
     r"|(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{32,}"))  # hex identifier / digest, 32+ with a letter
-_RUN = re.compile(r"[0-9]+(?:[ \-][0-9]+)*")
+#: Separators written as escapes (URL percent-escapes of the separators, a repr's ``\t``): read as blanks of the
+#: same length, so that spans stay where they are and an escape's own digits (the 20 of ``%20``) are no digits.
+_ESCAPED_SEPARATOR = re.compile(r"%(?:20|09|2[bBdDeEfF]|5[fF])|\\t")
+_MAX_SEPARATORS = 12  # characters in one separator run (an escape counts as its length)
+_RUN = re.compile(rf"[0-9]+(?:[ \t\-./_+]{{1,{_MAX_SEPARATORS}}}[0-9]+)*")
 _GROUP_MIN, _GROUP_MAX = 3, 6  # digits per group when a number is written in groups
 _GROUP = re.compile(r"[0-9]+")
 _NON_DIGIT = re.compile(r"[^0-9]")
@@ -126,13 +152,24 @@ def luhn_ok(digits: str) -> bool:
 
 
 def _blank_identifiers(text: str) -> str:
-    return _IDENTIFIER.sub(lambda m: "#" * len(m.group()), text) if len(text) >= 32 else text
+    """``text`` as the rule reads it, same length: identifiers blanked out, escaped separators made blanks."""
+    if len(text) >= 32:
+        text = _IDENTIFIER.sub(lambda m: "#" * len(m.group()), text)
+    if "%" in text or "\\" in text:
+        text = _ESCAPED_SEPARATOR.sub(lambda m: " " * len(m.group()), text)
+    return text
+
+
+def _is_long_fraction(text: str, group: tuple[int, int]) -> bool:
+    """The fractional digits of a decimal number (a float repr): more than 6 digits right after ``<digit>.``."""
+    begin, end = group
+    return (end - begin > _GROUP_MAX and begin >= 2 and text[begin - 1] == "."
+            and "0" <= text[begin - 2] <= "9")
 
 
 def _cards_in_run(text: str, start: int, end: int) -> list[tuple[int, int]]:
     groups = [m.span() for m in _GROUP.finditer(text, start, end)]
-    if start >= 2 and text[start - 1] == "." and "0" <= text[start - 2] <= "9":
-        groups = groups[1:]  # the fractional digits of a decimal number
+    groups = [g for g in groups if not _is_long_fraction(text, g)]
     found = []
     i, n = 0, len(groups)
     while i < n:
@@ -198,22 +235,32 @@ def mask_text(text: str) -> str:
 # ---- structured values: fields, the numeric order id rule, refusal ------------------------------------
 
 class CardDataRefused(ValueError):
-    """A card-like value sits in a field that must never hold one. ``field`` names it (a path such as
-    ``customer.name1`` or ``chain[0].kwargs.order_id``); neither the message nor ``field`` holds the value."""
+    """A card-like value sits in a free-text field (anything but an identifier or the card). ``field`` names it
+    (a path such as ``customer.name1`` or ``chain[0].kwargs.customer.addr1``); neither the message nor ``field``
+    holds the value."""
 
     def __init__(self, field: str):
         self.field = mask_text(str(field)) or "value"
         super().__init__(f"refused: {self.field} looks like a card number; card data may travel only as the "
-                         f"card argument of payments.sale/payments.auth (sealed)")
+                         f"card argument of payments.sale/payments.auth (sealed) or as an identifier "
+                         f"({', '.join(sorted(IDENTIFIER_NAMES))}, sealed)")
 
 
-def is_numeric_order_id(field: str, value: Any) -> bool:
-    """The explicitly numeric order id: a Python ``int`` (not ``bool``) under the name ``order_id``
-    (the last part of the field path)."""
-    if type(value) is not int:
+def field_name(field: str) -> str:
+    """The last name of a field path (``chain[0].kwargs.order_id`` -> ``order_id``)."""
+    return re.split(r"[.\[]", str(field or ""))[-1]
+
+
+def is_identifier_field(field: str) -> bool:
+    """Whether ``field`` (a path) names an identifier (:data:`IDENTIFIER_NAMES`)."""
+    return field_name(field) in IDENTIFIER_NAMES
+
+
+def is_card_like_identifier(value: Any) -> bool:
+    """Whether an identifier's value (``str`` or ``int``, not ``bool``) is card-like: card data from then on."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         return False
-    name = re.split(r"[.\[]", str(field or ""))[-1]
-    return name == "order_id"
+    return contains_card_number(value if isinstance(value, str) else str(value))
 
 
 def _join(field: str, name: str) -> str:
@@ -223,16 +270,15 @@ def _join(field: str, name: str) -> str:
 def card_data_field(value: Any, field: str = "") -> str | None:
     """The path (``field`` and below) of the first card number in ``value``, or None.
 
-    ``value`` may be a string, a number or any nesting of mappings and sequences; keys are read too
-    (a key that holds a card is named masked). The numeric order id rule applies (:func:`is_numeric_order_id`).
+    ``value`` may be a string, a number or any nesting of mappings and sequences; keys are read too (a key that
+    holds a card is named masked). Identifiers are not exempt: a card-like identifier in clear is card data in
+    clear (the producer seals it before this check; the worker's check finds it when it was not).
     """
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, str):
         return (field or "value") if contains_card_number(value) else None
     if isinstance(value, int):
-        if is_numeric_order_id(field, value):
-            return None
         return (field or "value") if contains_card_number(str(value)) else None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return card_data_field(bytes(value).decode("utf-8", "replace"), field)
@@ -264,8 +310,8 @@ def refuse_card_data(field: str, value: Any) -> None:
 
 # ---- the card fingerprint ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=16)  # one HKDF per key per process, not per payment
-def _fingerprint_key(fernet_key: str | bytes) -> bytes:
+@functools.lru_cache(maxsize=32)  # one HKDF per key and purpose per process, not per payment
+def _derived_key(fernet_key: str | bytes, info: bytes = FINGERPRINT_INFO) -> bytes:
     raw = fernet_key.encode("ascii") if isinstance(fernet_key, str) else bytes(fernet_key)
     try:
         material = base64.urlsafe_b64decode(raw.strip())
@@ -273,7 +319,7 @@ def _fingerprint_key(fernet_key: str | bytes) -> bytes:
         material = b""
     if len(material) != 32:
         raise ValueError("card key is not a valid Fernet key (expected 32 url-safe base64-encoded bytes)")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=FINGERPRINT_INFO).derive(material)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
 
 
 def card_fingerprints(number: str, keys: Sequence[str]) -> list[str]:
@@ -286,10 +332,33 @@ def card_fingerprints(number: str, keys: Sequence[str]) -> list[str]:
     A value without digits (bad input, refused later by validation) hashes the empty digit string; a key that
     is not a Fernet key, or no key, raises ``ValueError`` (naming no key material).
     """
+    digits = _NON_DIGIT.sub("", "" if number is None else str(number))
+    return _keyed_hashes(digits.encode("ascii"), _key_list(keys), FINGERPRINT_INFO)
+
+
+def _key_list(keys: Sequence[str] | str | bytes) -> list[str]:
     if isinstance(keys, (str, bytes)):
         keys = [k for k in (keys.decode("ascii") if isinstance(keys, bytes) else keys).split(",") if k.strip()]
-    digits = _NON_DIGIT.sub("", "" if number is None else str(number))
     if not keys:
         raise ValueError("no card key given")
-    message = digits.encode("ascii")
-    return [hmac.new(_fingerprint_key(k), message, hashlib.sha256).hexdigest() for k in keys]
+    return [k.strip() for k in keys]
+
+
+def _keyed_hashes(message: bytes, keys: list[str], info: bytes) -> list[str]:
+    return [hmac.new(_derived_key(k, info), message, hashlib.sha256).hexdigest() for k in keys]
+
+
+def identifier_digests(value: Any, keys: Sequence[str] | str) -> list[str]:
+    """One keyed hash of an identifier per Fernet key, in ``PAYMENTS_CARD_KEY`` order (the first is the current key).
+
+    ``HMAC-SHA256(HKDF-SHA256(fernet key bytes, info=IDENTIFIER_INFO), text)`` in hex, where ``text`` is the
+    identifier as written (UTF-8; an ``int`` as its decimal digits, so ``4111...`` and ``"4111..."`` are one id;
+    ``"4111 1111 ..."`` is another id than ``"41111111..."``: identifiers are compared exactly). Another key than
+    the card fingerprint's, so the two hashes of one number never match."""
+    return _keyed_hashes(str(value).encode("utf-8"), _key_list(keys), IDENTIFIER_INFO)
+
+
+def keyed_ids(value: Any, keys: Sequence[str] | str) -> list[str]:
+    """The ids a card-like identifier is kept and looked up under: :data:`KEYED_ID_PREFIX` + its digest, one per
+    key (the first: where a new record goes; the others: where one made before a key rotation may be)."""
+    return [KEYED_ID_PREFIX + digest for digest in identifier_digests(value, keys)]

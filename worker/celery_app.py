@@ -287,7 +287,7 @@ def republish(message: dict, publisher: Celery | None = None) -> None:
     # The message may have run before (its record lost with Redis): the worker asks stq before any send.
     headers["payments_republished"] = True
     publisher = publisher if publisher is not None else current_payments_app()
-    body = seal_body(message["name"], message["body"], vault=services_of(publisher).vault)
+    body = seal_body(message["name"], message["body"], vault=services_of(publisher).vault, headers=headers)
     headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
                          body=tuple(body), sent_event=None)

@@ -46,17 +46,34 @@ def _ping_redis(svc):
         probe.close()
 
 
-def find_record(svc, payment_id: str) -> tuple[dict | None, str]:
-    """Redis first (every live record), then the archive (records older than PAYMENTS_RETENTION); and where."""
-    from worker.archive import ArchiveUnavailable
+def record_ids(svc, payment_id: str) -> list[str]:
+    """Where a payment id or idempotency key is kept: itself, but a card-like key under its keyed ids (one per
+    card key: a record made before a key rotation too), never under the key (worker.carddata)."""
+    from worker.carddata import is_card_like_identifier, keyed_ids
 
-    record = svc.store.get(payment_id)
-    if record is not None:
-        return record, "redis"
+    return keyed_ids(payment_id, svc.card_keys) if is_card_like_identifier(payment_id) else [payment_id]
+
+
+def find_record(svc, payment_id: str) -> tuple[dict | None, str]:
+    """Redis first (every live record), then the archive (records older than PAYMENTS_RETENTION); and where.
+    ``payment_id``: a payment id or the idempotency key it was made from (a card-like key is looked up by its
+    keyed id); refusals never repeat a card-like key (masked)."""
+    from worker.archive import ArchiveUnavailable
+    from worker.carddata import mask_text
+
+    ids = record_ids(svc, payment_id)
+    for pid in ids:
+        record = svc.store.get(pid)
+        if record is not None:
+            return record, "redis"
     try:
-        return svc.archive.get(payment_id), "archive"
+        for pid in ids:
+            record = svc.archive.get(pid)
+            if record is not None:
+                return record, "archive"
+        return None, "archive"
     except ArchiveUnavailable as exc:
-        raise CommandError(f"no payment with id {payment_id!r} in Redis, and the archive cannot be read: "
+        raise CommandError(f"no payment with id {mask_text(payment_id)!r} in Redis, and the archive cannot be read: "
                            f"{exc}") from None
 
 
@@ -65,14 +82,17 @@ def cmd_show(args) -> int:
     _ping_redis(svc)
     record, where = find_record(svc, args.payment_id)
     if record is None:
-        raise CommandError(f"no payment with id {args.payment_id!r}")
+        from worker.carddata import mask_text
+
+        raise CommandError(f"no payment with id {mask_text(args.payment_id)!r}")
     if args.json:
         print(json.dumps(record, indent=2, sort_keys=True))
         return 0
     print(f"payment {record['payment_id']} ({record.get('operation')}, {record.get('amount') or '-'})"
           + (" [archived]" if where == "archive" else ""))
     print(format_outcome(record))
-    for key in ("order_id", "target", "parent", "voided_by", "attempts", "created_at", "updated_at"):
+    for key in ("order_id", "idempotency_key", "invoice_id", "target", "parent", "voided_by", "attempts",
+                "created_at", "updated_at"):
         if record.get(key) not in (None, ""):
             print(f"{key}: {record[key]}")
     print("history:")

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 
-from worker.carddata import card_fingerprints, mask_number
+from worker.carddata import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
 from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response, validation
 from worker.gateway.scrub import scrub
 from worker.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
+from worker.vault import DEVELOPMENT_KEY
 
 log = logging.getLogger("payments.flow")
 
@@ -251,17 +252,31 @@ class PaymentFlow:
             self.keeper = LeaseKeeper(self.store, self.lease_seconds)
 
     # ----------------------------------------------------------------- public operations
+    def payment_id_for(self, key: str) -> str:
+        """The operation id of an idempotency key: the key itself, but a card-like key's keyed id (``kh-`` + an
+        HMAC under a key derived from ``PAYMENTS_CARD_KEY``, worker.carddata.keyed_ids): the record's name, its
+        ORDER_ID at the gateway and reconciliation's lookup, so the key is never kept or sent in clear. While keys
+        rotate (several keys), a record made under an older key's id is found and kept: one GET per older key,
+        only then and only for card-like keys; a UUID key costs nothing here."""
+        if not is_card_like_identifier(key):
+            return key
+        ids = keyed_ids(key, self.card_keys or [DEVELOPMENT_KEY])
+        for older in ids[1:]:
+            if self.store.get(older) is not None:
+                return older
+        return ids[0]
+
     def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
-               redelivered: bool = False) -> dict[str, Any]:
+               redelivered: bool = False, shown_key: str | None = None) -> dict[str, Any]:
         """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
 
-        ``message_id``: the broker message being run, whose outbox entry the claim removes.
-        ``redelivered``: the message was delivered before (stq is asked before the first send)."""
+        ``invoice_id``: the producer's ``order_id`` (str or int), in clear: sent as INVOICE_ID, recorded masked
+        when card-like (``_short`` scrubs it). ``message_id``: the broker message being run, whose outbox entry the
+        claim removes. ``redelivered``: the message was delivered before (stq is asked before the first send).
+        ``shown_key``: the masked idempotency key of a card-like key (recorded as ``idempotency_key``)."""
         number = card.get("number") if isinstance(card, dict) else None
-        if isinstance(invoice_id, int) and not isinstance(invoice_id, bool):
-            # An explicitly numeric order id (carddata: an int is never a card number) goes to the gateway whole;
-            # the record keeps it masked when its digits look like a card (no scanner could tell them apart).
+        if type(invoice_id) is int:  # a numeric order id travels as its digits (masked in the record if card-like)
             invoice_id = str(invoice_id)
         fields: dict[str, Any] = {
             "amount": _short(amount, 32) if amount is not None else "",
@@ -270,6 +285,8 @@ class PaymentFlow:
         }
         if invoice_id is not None:
             fields["invoice_id"] = _short(invoice_id, 64)
+        if shown_key:
+            fields["idempotency_key"] = shown_key
         if then_void:
             fields["then_void"] = "1"
         try:
@@ -292,10 +309,12 @@ class PaymentFlow:
 
     def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
-                  redelivered: bool = False) -> dict[str, Any]:
+                  redelivered: bool = False, shown_key: str | None = None) -> dict[str, Any]:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
         target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
         fields: dict[str, Any] = {"target": target, "order_id": payment_id}
+        if shown_key:
+            fields["idempotency_key"] = shown_key
         if amount is not None:
             fields["amount"] = _short(amount, 32)
         if parent:

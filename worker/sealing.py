@@ -12,11 +12,14 @@ message exists, :func:`seal_publish`:
   any of those, in their arguments or in their options (``link``, ``link_error``, ``chord``). A card that is
   not a dict with a number is replaced by ``{"invalid": reason}``: a value that cannot be a card never travels
   (the worker records an ERROR naming ``card``). Signatures are copied, never changed in place;
-* **refuses** card data anywhere else (:class:`worker.carddata.CardDataRefused`, a ``ValueError``, raised to
-  the producer before anything reaches Redis): every other argument (``amount``, ``customer.*``, ``order_id``,
-  ``idempotency_key``, ``trans_id``, extra ones), every argument and option of every embedded signature, the
-  task id and the other ids. One rule decides (:mod:`worker.carddata`), including its one exception: a Python
-  ``int`` ``order_id`` is an explicitly numeric order id and is accepted;
+* **seals** every card-like identifier (``idempotency_key``, ``order_id`` of a payment task, ``str`` or ``int``,
+  in the message's own call and in every embedded signature) as ``{"sealed_id": token, "masked": ...}``
+  (:meth:`worker.vault.CardVault.seal_identifier`): identifiers are never refused for looking like a card;
+* **refuses** card data in free text (:class:`worker.carddata.CardDataRefused`, a ``ValueError``, raised to
+  the producer before anything reaches Redis): every other argument (``amount``, ``customer.*``, ``trans_id``,
+  extra ones), every other argument and option of every embedded signature, the task id and the other ids,
+  ``apply_async(headers=...)``, stamped headers and any extra publish option (:func:`refuse_in_options`). One
+  rule decides what is card-like (:mod:`worker.carddata`);
 * **masks** ``argsrepr``/``kwargsrepr`` (what task events, Flower, ``inspect`` and logs show): the card as
   ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, any other card-like digits masked too.
 
@@ -38,7 +41,15 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
-from worker.carddata import CardDataRefused, card_data_field, contains_card_number, mask_text, refuse_card_data
+from worker.carddata import (
+    IDENTIFIER_NAMES,
+    CardDataRefused,
+    card_data_field,
+    contains_card_number,
+    is_card_like_identifier,
+    mask_text,
+    refuse_card_data,
+)
 from worker.catalogue import CARD_ARGUMENT, PARAMETERS
 from worker.vault import CardVault, mask_card
 
@@ -73,6 +84,12 @@ def seal_card(card: Any, vault: CardVault) -> Any:
     return {_INVALID: f"card must be a dict with a number, got {type(card).__name__}"}
 
 
+def _is_identifier(task: str | None, name: object) -> bool:
+    """An identifier argument of a payment task (sealed when card-like; other tasks' arguments are free text:
+    sealing would change what they receive)."""
+    return name in IDENTIFIER_NAMES and name in PARAMETERS.get(task or "", ())
+
+
 def _param_name(task: str | None, index: int) -> str | None:
     params = PARAMETERS.get(task or "")
     return params[index] if params and index < len(params) else None
@@ -97,9 +114,12 @@ class _Walk:
                 args[i] = seal_card(value, self.vault)
                 continue
             name = _param_name(task, i)
+            if _is_identifier(task, name) and is_card_like_identifier(value):
+                args[i] = self.vault.seal_identifier(value)
+                continue
             if prefix:
                 field = f"{prefix}.args[{i}]"
-                check_as = f"{field}.{name}" if name else field  # the numeric order id rule reads the name
+                check_as = f"{field}.{name}" if name else field  # named by its parameter
             else:
                 field = check_as = name or f"args[{i}]"
             args[i] = self.value(value, field, check_as)
@@ -110,6 +130,9 @@ class _Walk:
             field = f"{prefix}.kwargs.{key}" if prefix else str(key)
             if contains_card_number(str(key)):
                 raise CardDataRefused(field)
+            if _is_identifier(task, key) and is_card_like_identifier(kwargs[key]):
+                kwargs[key] = self.vault.seal_identifier(kwargs[key])
+                continue
             kwargs[key] = self.value(kwargs[key], field, field)
         return args, kwargs
 
@@ -192,14 +215,15 @@ def _refuse(check_as: str, value: Any, shown_as: str | None = None) -> None:
 # ---- masked reprs -------------------------------------------------------------------------------------
 
 def _shown(value: Any, is_card: bool) -> Any:
+    if CardVault.is_sealed_identifier(value):
+        return value["masked"]
     return mask_card(value) if is_card or CardVault.is_sealed(value) else value
 
 
 def masked_reprs(name: str, args: Any, kwargs: Any, *, argsrepr_maxsize: int = 1024,
                  kwargsrepr_maxsize: int = 1024) -> tuple[str, str]:
-    """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, everything
-    card-like in the text masked (an int ``order_id`` too: a repr is text). Card data elsewhere has been refused
-    before this runs; the mask of the whole text is what keeps an explicitly numeric order id out of reprs."""
+    """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, a sealed
+    identifier as its mask, everything card-like in the text masked too (a repr is text)."""
     position = CARD_ARGUMENT.get(name)
     shown_args = tuple(_shown(v, i == position) for i, v in enumerate(args or ()))
     shown_kwargs = {k: _shown(v, position is not None and k == "card") for k, v in (kwargs or {}).items()}
@@ -209,15 +233,36 @@ def masked_reprs(name: str, args: Any, kwargs: Any, *, argsrepr_maxsize: int = 1
 
 # ---- the entry points -----------------------------------------------------------------------------------
 
+#: ``as_task_v2`` arguments that are walked (embedded signatures) or made here (the reprs), not checked as values.
+_NOT_OPTION_VALUES = frozenset({*EMBEDDED, "argsrepr", "kwargsrepr"})
+
+
+def refuse_in_options(options: Mapping[str, Any]) -> None:
+    """Every other part of a message: the ids (``task_id``, ``group_id``, ``root_id``, ``parent_id``,
+    ``shadow``), ``apply_async(headers=...)`` (``headers.<name>``), stamped headers (their values are options
+    named by ``stamped_headers``) and any extra publish option (which kombu sends as a message property): free text,
+    so a card-like value there is refused (:class:`CardDataRefused` naming ``task_id``, ``headers.x``,
+    ``stamps.x``, ``x``)."""
+    for key in _ID_OPTIONS:
+        if options.get(key) is not None:
+            refuse_card_data(key, options[key])
+    stamped = options.get("stamped_headers") or ()
+    for key, value in options.items():
+        if key in _NOT_OPTION_VALUES or key in _ID_OPTIONS:
+            continue
+        field = f"stamps.{key}" if key in stamped else str(key)
+        if contains_card_number(str(key)):
+            raise CardDataRefused(field)
+        refuse_card_data(field, value)
+
+
 def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: CardVault,
                  argsrepr_maxsize: int = 1024, kwargsrepr_maxsize: int = 1024) -> tuple[list, dict, dict]:
     """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
     (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
     options)`` with ``argsrepr``/``kwargsrepr`` set; raises :class:`CardDataRefused` naming the field."""
     walk = _Walk(vault)
-    for key in _ID_OPTIONS:
-        if options.get(key) is not None:
-            refuse_card_data(key, options[key])
+    refuse_in_options(options)
     args, kwargs = walk.call(name, args, kwargs, "")
     options = dict(options)
     for key in EMBEDDED:
@@ -228,10 +273,18 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     return args, kwargs, options
 
 
-def seal_body(name: str, body: Any, *, vault: CardVault) -> list:
-    """A stored message body ``[args, kwargs, embed]`` sealed and checked the same way (the outbox re-publish)."""
+#: Headers Celery makes itself, not checked on the re-publish: the reprs (made again from the sealed body) and the
+#: publishing host's name (``origin``: ``gen<pid>@<hostname>``, whose digits are no one's data).
+_MADE_HEADERS = frozenset({"argsrepr", "kwargsrepr", "origin"})
+
+
+def seal_body(name: str, body: Any, *, vault: CardVault, headers: Mapping[str, Any] | None = None) -> list:
+    """A stored message body ``[args, kwargs, embed]`` sealed and checked the same way (the outbox re-publish);
+    ``headers``: the stored message's headers, refused when one holds card data (an entry kept by older code)."""
     args, kwargs, embed = [*body, None, None, None][:3]
     walk = _Walk(vault)
+    if headers is not None:
+        refuse_in_options({key: value for key, value in headers.items() if key not in _MADE_HEADERS})
     args, kwargs = walk.call(name, args, kwargs, "")
     embed = dict(embed or {})
     for key in EMBEDDED:
@@ -314,15 +367,21 @@ def unsealed_card_in(request_like: Any) -> str | None:
     """Where a task's own message holds card data in clear, or None.
 
     ``request_like``: the task's ``self.request`` (Celery's Context: ``task``, ``args``, ``kwargs``, ``chain``,
-    ``callbacks``, ``errbacks``, ``chord``) or a dict with those keys. Finds a ``card`` of ``payments.sale`` /
-    ``payments.auth`` that is not sealed (the task's own, or in any embedded signature, recursively), and a card
-    number anywhere else in the arguments or embedded signatures (the numeric order id rule applies). Returns the
-    field's path (``card``, ``chain[0].kwargs.card``, ``customer.name1``, ...), never the value.
+    ``callbacks``, ``errbacks``, ``chord``, ``headers``, ``stamps``, the ids) or a dict with those keys. Finds a
+    ``card`` of ``payments.sale`` / ``payments.auth`` that is not sealed (the task's own, or in any embedded
+    signature, recursively), and a card number anywhere else: the arguments (a card-like identifier that was not
+    sealed included), embedded signatures, custom headers (``headers.<name>``), stamps (``stamps.<name>``) and the
+    message ids. Returns the field's path (``card``, ``chain[0].kwargs.card``, ``customer.name1``,
+    ``headers.x``, ...), never the value.
     """
     task = _get(request_like, "task") or _get(request_like, "name")
     found = _clear_in_call(task, _get(request_like, "args"), _get(request_like, "kwargs"), "")
     if found:
         return found
+    for key in ("headers", "stamps", "id", "group", "root_id", "parent_id", "shadow"):
+        found = card_data_field(_get(request_like, key), key)
+        if found:
+            return found
     for key in EMBEDDED:
         value = _get(request_like, key)
         if not value:

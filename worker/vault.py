@@ -108,6 +108,32 @@ class CardVault:
             raise CardSealError("sealed card could not be opened (wrong key or tampered token)") from None
         return {**sealed, "sealed": token}
 
+    def seal_identifier(self, value: Any) -> dict:
+        """Seal a card-like identifier (``idempotency_key``, ``order_id``: a ``str`` or an ``int``) as ``{"sealed_id":
+        token, "masked": ...}``; an already sealed one is returned as it is. The token keeps the value's type (an
+        ``int`` opens as an ``int``)."""
+        if self.is_sealed_identifier(value):
+            return value  # (is_sealed_identifier: already the sealed dict)
+        payload = json.dumps({"id": value}, separators=(",", ":")).encode()
+        return {"sealed_id": self._fernet.encrypt(payload).decode("ascii"), "masked": mask_number(value)}
+
+    def open_identifier(self, sealed: Any) -> Any:
+        """The identifier inside a :meth:`seal_identifier` dict; anything else is returned as it is."""
+        if not self.is_sealed_identifier(sealed):
+            return sealed
+        try:
+            value = json.loads(self._fernet.decrypt(sealed["sealed_id"].encode("ascii")))["id"]
+        except (InvalidToken, UnicodeError, ValueError, TypeError, KeyError):
+            raise CardSealError("sealed identifier could not be opened (wrong key or tampered token)") from None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise CardSealError("sealed identifier payload is malformed")
+        return value
+
+    @staticmethod
+    def is_sealed_identifier(value: Any) -> bool:
+        return isinstance(value, dict) and isinstance(value.get("sealed_id"), str) and set(value) <= {
+            "sealed_id", "masked"}
+
     @staticmethod
     def is_sealed(value: Any) -> bool:
         return (isinstance(value, dict) and isinstance(value.get("sealed"), str)

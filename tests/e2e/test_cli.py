@@ -283,11 +283,12 @@ def test_bad_expiry_cvv2_customer_and_trans_id_are_refused_before_anything_is_en
 def test_card_data_outside_the_card_is_one_line_and_reaches_no_redis(lonely_redis):
     client, url = lonely_redis
     client.flushdb()
-    done = payments("enqueue", "sale", "--amount", "3.00", "--expire", "1230", "--order-id", "ORD-4111111111111111",
+    # (free text: a card-like order id or key is sealed instead, issue 25)
+    done = payments("enqueue", "sale", "--amount", "3.00", "--expire", "1230", "--name1", "4111.1111.1111.1111",
                     env=dict(os.environ, REDIS_URL=url), card=GOOD_CARD)
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("PAYMENTS_CARD_KEY")]
-    assert len(lines) == 1 and lines[0].startswith("payments: error: refused: order_id looks like a card number")
+    assert len(lines) == 1 and lines[0].startswith("payments: error: refused: customer.name1 looks like a card number")
     assert "4111111111111111" not in done.stderr and "Traceback" not in done.stderr
     assert client.dbsize() == 0, "something reached Redis"
 

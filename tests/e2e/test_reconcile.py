@@ -46,3 +46,23 @@ def test_what_the_worker_charged_agrees_and_console_changes_are_found(sandbox):
     assert code == 1
     assert findings_about(report, ours) == {("gateway_only", first["payment_id"]),
                                             ("voided_at_gateway", second["payment_id"])}
+
+
+def test_a_card_like_key_is_reconciled_by_its_keyed_id(sandbox):
+    """Issue 25: a card-like idempotency key's ORDER_ID is its keyed id: the report's rows match the record, a second
+    charge under it is found, and the report never holds the key."""
+    import uuid
+
+    from worker.carddata import luhn_ok
+
+    prefix = f"17592884729{uuid.uuid4().int % 10**7:07d}"  # 18 digits: a snowflake id
+    key = next(prefix + d for d in "0123456789" if luhn_ok(prefix + d))
+    outcome = sale.delay(amount="9.00", card=TEST_CARD, customer=CUSTOMER, idempotency_key=key).get(timeout=30)
+    assert outcome["status"] == "APPROVED" and outcome["payment_id"].startswith("kh-")
+    ours = {outcome["payment_id"]}
+    _, report = reconcile(sandbox)
+    assert findings_about(report, ours) == set()
+    sandbox.book("11.00", order_id=outcome["payment_id"])  # a second charge under our ORDER_ID, by hand
+    code, report = reconcile(sandbox)
+    assert code == 1 and findings_about(report, ours) == {("gateway_only", outcome["payment_id"])}
+    assert key not in json.dumps(report)

@@ -6,15 +6,17 @@ inside those) and reads every key of the e2e database (queues, ``unacked``, resu
 audit stream), the AOF if this Redis has one, the worker's log, and every page and API answer of a Flower that ran
 while the payments were made (``/metrics`` included).
 
-The leaks, each its own test below: an idempotency key holding a card (refused at the producer); a card in a
-chain's later link, a ``link=`` or a ``link_error=`` (sealed: nothing clear in Redis); a card number in a
-customer field (refused: nothing reaches Redis); a numeric ``int`` order id that passes Luhn (accepted and
-kept in the outbox).
+The leaks, each its own test below: a card in a chain's later link, a ``link=`` or a ``link_error=`` (sealed:
+nothing clear in Redis); a card number in a customer field, a header, a stamp or a publish option (refused:
+nothing reaches Redis). Issue 25: identifiers that only look like card numbers (19-digit keys, 16-digit invoice
+numbers, ``int`` order ids, any separator) are accepted, charged once, found by ``payments show KEY`` and never
+kept in clear (sealed in the broker and the outbox, a keyed id at rest, masked where shown).
 """
 from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,10 +28,11 @@ import requests
 from celery import chain, group
 
 from tests.support.card_scan import redis_items, scan_metrics, scan_redis, scan_redis_aof, scan_text
-from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD
+from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY
 from tests.support.flower import running_flower
 from tests.support.ports import free_port
-from worker.carddata import CardDataRefused
+from worker.carddata import CardDataRefused, keyed_ids, luhn_ok
+from worker.vault import CardVault
 
 PARKED = "parked-for-scan"  # a queue no worker consumes: what is published there stays for the scan
 NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
@@ -95,8 +98,12 @@ SCANNER_TABLE = [
     ("idempotency key glued to letters", '{"payment_id": "ORD-4111111111111111-x"}', True),
     ("grouped in a customer field", '{"customer": {"name1": "4111 1111 1111 1111"}}', True),
     ("order id as a string", f'[[], {{"order_id": "{LUHN_ORDER}"}}, {{}}]', True),
-    ("order id as an int (explicitly numeric)", f'[[], {{"order_id": {LUHN_ORDER}}}, {{}}]', False),
-    ("a queued message with an int order id", kombu_envelope([[], {"order_id": LUHN_ORDER}, {}]), False),
+    ("order id as an int (no exception since issue 25)", f'[[], {{"order_id": {LUHN_ORDER}}}, {{}}]', True),
+    ("a queued message with an int order id", kombu_envelope([[], {"order_id": LUHN_ORDER}, {}]), True),
+    ("dotted in a header", json.dumps({"headers": {"ref": "5555.5555.5555.4444"}}), True),
+    ("url-encoded in a form", "x=1&ref=5555%205555%205555%204444", True),
+    ("a sealed identifier", json.dumps({"order_id": {"sealed_id": "gAAAAABpZ3xBqf3-c1XJ1Q4h8Xb2mNn3X4i5Vt8m3q2lS",
+                                                     "masked": "xxxxxxxxxxxx3452"}}), False),
     ("trans id, timestamps, masked", "trans 100000000123 at 1764213456.123 xxxxxxxxxxxx1111", False),
     ("a task id (holds 305-6820-4063-903)", "celery-task-meta-cd27c305-6820-4063-903f-1a2b3c4d5e6f", False),
     ("a runtime", "succeeded in 0.05183274700085167s", False),
@@ -117,10 +124,17 @@ def _refused_cases():
     from tasks import auth, sale, void
 
     return {
-        "idempotency key holding a card": (
-            lambda **o: sale.apply_async(kwargs={"amount": "61.00", "card": TEST_CARD,
-                                                 "idempotency_key": f"ORD-{NUMBER}-{uuid.uuid4().hex[:6]}"}, **o),
-            "idempotency_key"),
+        "card number in a header": (
+            lambda **o: sale.apply_async(kwargs={"amount": "61.00", "card": TEST_CARD},
+                                         headers={"merchant_ref": "5555555555554444"}, **o),
+            "headers.merchant_ref"),
+        "card number in a stamped header": (
+            lambda **o: sale.apply_async(kwargs={"amount": "62.00", "card": TEST_CARD}, stamped_headers=["mark"],
+                                         mark="5555 5555 5555 4444", **o),
+            "stamps.mark"),
+        "card number in an extra publish option": (
+            lambda **o: sale.apply_async(kwargs={"amount": "64.00", "card": TEST_CARD}, merchant_ref=NUMBER, **o),
+            "merchant_ref"),
         "card number in customer.name1": (
             lambda **o: sale.apply_async(kwargs={"amount": "63.00", "card": TEST_CARD,
                                                  "customer": {**CUSTOMER, "name1": "4111 1111 1111 1111"}}, **o),
@@ -128,10 +142,11 @@ def _refused_cases():
         "card number in customer.addr1 (positional)": (
             lambda **o: auth.apply_async(("65.00", TEST_CARD, {**CUSTOMER, "addr1": f"x{NUMBER}"}), **o),
             "customer.addr1"),
-        "order id string in a chain's later link": (
+        "dotted card number in a chain's later link's customer": (
             lambda **o: chain(sale.si(amount="67.00", card=TEST_CARD),
-                              sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).apply_async(**o),
-            "chain[0].kwargs.order_id"),
+                              sale.si(amount="69.00", card=TEST_CARD,
+                                      customer={"addr2": "5555.5555.5555.4444"})).apply_async(**o),
+            "chain[0].kwargs.customer.addr2"),
         "card number in a link='s customer": (
             lambda **o: sale.apply_async(kwargs={"amount": "71.00", "card": TEST_CARD},
                                          link=sale.si(amount="73.00", card=TEST_CARD, customer={"name1": NUMBER}), **o),
@@ -143,9 +158,10 @@ def _refused_cases():
     }
 
 
-REFUSED = ["idempotency key holding a card", "card number in customer.name1",
-           "card number in customer.addr1 (positional)", "order id string in a chain's later link",
-           "card number in a link='s customer", "card number as a void's trans id, link_error="]
+REFUSED = ["card number in a header", "card number in a stamped header", "card number in an extra publish option",
+           "card number in customer.name1", "card number in customer.addr1 (positional)",
+           "dotted card number in a chain's later link's customer", "card number in a link='s customer",
+           "card number as a void's trans id, link_error="]
 
 
 @pytest.mark.parametrize("case", REFUSED)
@@ -217,22 +233,83 @@ def test_cards_in_embedded_signatures_run_through_the_worker(flower, e2e_redis, 
     assert hits == [], f"card data in clear in Redis: {hits}"
 
 
-# ---- a numeric order id ---------------------------------------------------------------------------------
-def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(flower, e2e_redis):
+# ---- identifiers that look like card numbers (issue 25) ----------------------------------------------------
+def test_a_card_like_order_id_is_accepted_and_kept_sealed_in_the_outbox(flower, e2e_redis):
     from tasks import sale, void
 
+    vault = CardVault([TEST_CARD_KEY])
     before = snapshot(e2e_redis)
     single = sale.apply_async(kwargs={"amount": "105.00", "card": TEST_CARD, "order_id": LUHN_ORDER}, queue=PARKED)
-    chained = chain(sale.si(amount="107.00", card=TEST_CARD, order_id=LUHN_ORDER), void.s()).apply_async(queue=PARKED)
-    for task_id in (single.id, chained.parent.id):
+    chained = chain(sale.si(amount="107.00", card=TEST_CARD, order_id=str(LUHN_ORDER)),
+                    void.s()).apply_async(queue=PARKED)
+    for task_id, given in ((single.id, LUHN_ORDER), (chained.parent.id, str(LUHN_ORDER))):
         kept = e2e_redis.hget(OUTBOX, task_id)
         assert kept, "not kept in the outbox"
         body = json.loads(kept)["message"]["body"]
-        assert body[1]["order_id"] == LUHN_ORDER  # kept as the producer sent it
-        assert '"sealed"' in kept and NUMBER not in kept
-        assert scan_text(kept.replace(str(LUHN_ORDER), f'"{LUHN_ORDER}"'), cvv2=CVV2, where="x")  # as a string: a hit
+        assert vault.open_identifier(body[1]["order_id"]) == given  # sealed; opens to what the producer sent
+        assert '"sealed"' in kept and NUMBER not in kept and str(LUHN_ORDER) not in kept
     hits = new_hits(e2e_redis, before)
     assert hits == [], f"card data in clear in Redis: {hits}"
+
+
+def luhn_complete(prefix: str) -> str:
+    return next(prefix + d for d in "0123456789" if luhn_ok(prefix + d))
+
+
+def test_card_like_keys_and_invoice_numbers_are_charged_once_found_and_never_in_clear(
+        flower, e2e_redis, sandbox, worker_log, seen_task_ids):
+    """Luhn-valid 19-digit idempotency keys (a str, an int, one written with dots) and 16-digit invoice numbers
+    (a str, an int): all accepted, each charged once, the same outcome on a second delivery, found by ``payments
+    show KEY``; none of the values in clear in Redis (bodies decoded), the worker's log or Flower (the final scan
+    of this module reads /metrics and everything again, with these payments in it)."""
+    from tasks import sale
+
+    base = 1_759_288_472_991_170_000 + uuid.uuid4().int % 10_000 * 10
+    keys: list[Any] = [luhn_complete(str(base)[:18]), int(luhn_complete(str(base + 1_000_000)[:18])),
+                       ".".join(luhn_complete(str(base + 2_000_000)[:18])[i:i + 4] for i in range(0, 19, 4))]
+    tail = f"{base % 10**7:07d}"
+    invoices: list[Any] = [luhn_complete(f"20261207{tail}"), int(luhn_complete(f"30261207{tail}")),
+                           luhn_complete(f"40261207{tail}")]
+    values = [str(v) for v in keys + invoices]
+    assert all(luhn_ok("".join(c for c in v if c.isdigit())) for v in values)
+    before = snapshot(e2e_redis)
+    outcomes = []
+    for n, (key, invoice) in enumerate(zip(keys, invoices, strict=True)):
+        amount = f"{111 + 2 * n}.00"  # (odd whole amounts: the sandbox approves them)
+        first = sale.delay(amount=amount, card=TEST_CARD, order_id=invoice, idempotency_key=key)
+        again = sale.delay(amount=amount, card=TEST_CARD, order_id=invoice, idempotency_key=key)  # delivered twice
+        outcome = first.get(timeout=TIMEOUT)
+        assert outcome["status"] == "APPROVED", outcome
+        assert again.get(timeout=TIMEOUT) == outcome  # the recorded outcome: no second charge
+        payment_id = keyed_ids(key, [TEST_CARD_KEY])[0]
+        assert outcome["payment_id"] == outcome["order_id"] == payment_id  # the ORDER_ID: the keyed id
+        assert outcome["idempotency_key"] == "xxxxxxxxxxxx" + "".join(c for c in str(key) if c.isdigit())[-4:]
+        assert "xxxxxxxxxxxx" in outcome["invoice_id"]
+        assert sandbox.charges(payment_id) == 1  # charged once
+        (entry,) = [e for e in sandbox.ledger(order_id=payment_id) if e["trans_type"] == "SALE"]
+        assert entry["invoice_id"] == str(invoice)  # INVOICE_ID: the merchant's number, whole (the gateway's own)
+        outcomes.append(outcome)
+        seen_task_ids += [first.id, again.id]
+    for key, outcome in zip(keys, outcomes, strict=True):  # payments show KEY
+        shown = subprocess.run([sys.executable, "-m", "worker.cli", "show", str(key)], capture_output=True, text=True,
+                               timeout=TIMEOUT, env={**os.environ, "REDIS_URL": E2E_REDIS_URL,
+                                                     "PAYMENTS_CARD_KEY": TEST_CARD_KEY})
+        assert shown.returncode == 0, shown.stderr
+        assert outcome["payment_id"] in shown.stdout and outcome["trans_id"] in shown.stdout
+        assert str(key) not in shown.stdout + shown.stderr
+    hits = new_hits(e2e_redis, before, wait=1)
+    hits += scan_text(worker_log.read_text("utf-8", "replace"), cvv2=CVV2, where=str(worker_log))
+    now = "\n".join(text for _, text in redis_items(e2e_redis)) + worker_log.read_text("utf-8", "replace")
+    deadline = time.monotonic() + TIMEOUT
+    while not all(i in flower.json("/api/tasks") for i in seen_task_ids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    flower.read_everything(seen_task_ids)
+    for where, text in flower.texts():
+        hits += scan_text(text, cvv2=CVV2, where=where)
+        now += text
+    assert hits == [], f"card data in clear: {hits[:20]}"
+    for value in values:
+        assert value not in now and value.replace(".", "") not in now
 
 
 # ---- the outbox re-publish ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from tests.support.card_scan import scan_aof, scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from worker.carddata import CardDataRefused
 from worker.config import Settings
+from worker.vault import CardVault
 
 pytestmark = pytest.mark.reliability
 
@@ -27,7 +28,8 @@ def test_the_scanner_finds_card_data_in_clear():
     assert scan_text(f'{{"cvv2": "{cvv2}"}}', cvv2=cvv2, where="x")
     assert scan_text("eyJjYXJkIjogIjQxMTExMTExMTExMTExMTEiLCAiY3Z2MiI6ICI3MzkxIn0=", cvv2=cvv2, where="x")
     assert scan_text('{"payment_id": "ORD-4111111111111111-x"}', cvv2=cvv2, where="x")  # glued to letters
-    assert not scan_text(f'[[], {{"order_id": {LUHN_ORDER}}}, {{}}]', cvv2=cvv2, where="x")  # an int order id
+    assert scan_text(f'[[], {{"order_id": {LUHN_ORDER}}}, {{}}]', cvv2=cvv2, where="x")  # an int: no exception
+    assert scan_text("ref=5555%205555%205555%204444 5555.5555.5555.4444", cvv2=cvv2, where="x")  # any separator
 
 
 def test_the_aof_scan_reads_commands_not_the_numbers_redis_writes(tmp_path):
@@ -68,20 +70,22 @@ def test_no_card_data_in_clear_in_redis_the_aof_or_the_logs(rel_redis_url, rel_r
 
 
 def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel_redis, own_redis):
-    """Refused at the producer (nothing written), sealed in embedded signatures, an int order id kept in the
+    """Free text refused at the producer (nothing written), cards sealed in embedded signatures, card-like
+    identifiers (a key, a str order id in a chain's later link, an int order id) sealed and kept sealed in the
     outbox: published into database 12 and our own AOF Redis; then both and the AOF files are scanned."""
     # The lambdas below read auth/sale/void when called: each producer_for block's own tasks.
     auth, sale, void = producer_tasks("auth", "sale", "void")
 
     prefix = "payments:card-scan:"
     refused = [
-        (lambda: sale.delay(amount="61.00", card=TEST_CARD, idempotency_key=f"ORD-{NUMBER}-x"), "idempotency_key"),
+        (lambda: sale.apply_async(kwargs={"amount": "61.00", "card": TEST_CARD},
+                                  headers={"ref": "5555.5555.5555.4444"}), "headers.ref"),
         (lambda: sale.delay(amount="63.00", card=TEST_CARD, customer={**CUSTOMER, "name1": "4111 1111 1111 1111"}),
          "customer.name1"),
         (lambda: auth.delay("65.00", TEST_CARD, {**CUSTOMER, "addr1": f"x{NUMBER}"}), "customer.addr1"),
         (lambda: chain(sale.si(amount="67.00", card=TEST_CARD),
-                       sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).delay(),
-         "chain[0].kwargs.order_id"),
+                       sale.si(amount="69.00", card=TEST_CARD, customer={"addr2": "5555/5555/5555/4444"})).delay(),
+         "chain[0].kwargs.customer.addr2"),
     ]
     not_refused, kept_in_outbox = [], []
     for url, client in ((rel_redis_url, rel_redis), (own_redis.url, own_redis.client())):
@@ -97,13 +101,18 @@ def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel
                     not_refused.append(field)
             chain(auth.si(amount="81.00", card=TEST_CARD), sale.si(amount="83.00", card=TEST_CARD),
                   void.s()).apply_async(queue=PARKED)
+            sale.apply_async(kwargs={"amount": "61.00", "card": TEST_CARD, "idempotency_key": f"ORD-{NUMBER}-x"},
+                             queue=PARKED)  # a card-like key: sealed
+            chain(sale.si(amount="67.00", card=TEST_CARD),
+                  sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).apply_async(queue=PARKED)
             sale.apply_async(kwargs={"amount": "85.00", "card": TEST_CARD}, queue=PARKED,
                              link=sale.si(amount="87.00", card=TEST_CARD),
                              link_error=auth.si(amount="89.00", card=TEST_CARD))
             kept = sale.apply_async(kwargs={"amount": "91.00", "card": TEST_CARD, "order_id": LUHN_ORDER},
                                     queue=PARKED)
             entry = client.hget(prefix + "outbox", kept.id)
-            kept_in_outbox.append(bool(entry) and json.loads(entry)["message"]["body"][1]["order_id"] == LUHN_ORDER)
+            kept_in_outbox.append(bool(entry) and CardVault([TEST_CARD_KEY]).open_identifier(
+                json.loads(entry)["message"]["body"][1]["order_id"]) == LUHN_ORDER)
         assert client.llen(PARKED) >= 3
     try:
         aof = [p for p in own_redis.files() if ".aof" in p.name]
@@ -112,7 +121,7 @@ def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel
         in_aof = [h for h in hits if ".aof" in h.split(":")[0]]
         assert hits == [], f"card data in clear: {len(hits)} hits, {len(in_aof)} in the AOF: {(in_aof + hits)[:20]}"
         assert not_refused == [], "published, not refused at the producer"
-        assert kept_in_outbox == [True, True], "the int order id's message was not kept in the outbox"
+        assert kept_in_outbox == [True, True], "the int order id's message was not kept (sealed) in the outbox"
     finally:
         rel_redis.delete(PARKED)
         own_redis.client().delete(PARKED)

@@ -5,8 +5,8 @@ Decoded before it is read, so that nothing hides behind an encoding:
 
 * **JSON** (Redis values, kombu's message envelopes, results, the outbox, records' JSON fields, Flower's API) is
   walked as data: its strings are scanned as text, and decoded further when they are JSON or base64 themselves;
-  its numbers are scanned too, except the rule's one exception, an ``int`` under ``order_id`` (an explicitly
-  numeric order id). Text that is not JSON is scanned as text, and base64 runs in it (40+ characters) decoded.
+  its numbers are scanned too (an ``int`` order id or key that is card-like is card data like any other: the
+  producer seals it). Text that is not JSON is scanned as text, and base64 runs in it (40+ characters) decoded.
 * **kombu's Redis transport** keeps each message as a JSON envelope whose ``body`` is base64
   (``properties.body_encoding``): decoded, then walked (the task's args, kwargs and embedded signatures).
 * **Redis** (:func:`scan_redis`): every key of the database and every value: strings, hash fields and values
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worker.carddata import find_card_numbers, is_numeric_order_id
+from worker.carddata import find_card_numbers
 
 B64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 B64_WHOLE = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")
@@ -89,7 +89,7 @@ def scan_text(text: str, *, cvv2: str, where: str, _depth: int = 0) -> list[str]
 
 
 def scan_value(value: Any, *, cvv2: str, where: str, field: str = "", _depth: int = 0) -> list[str]:
-    """Card numbers and the CVV2 in decoded data (JSON-like): the numeric order id rule applies."""
+    """Card numbers and the CVV2 in decoded data (JSON-like), numbers included."""
     here = f"{where} {field}".rstrip()
     if value is None or isinstance(value, bool):
         return []
@@ -109,8 +109,6 @@ def scan_value(value: Any, *, cvv2: str, where: str, field: str = "", _depth: in
             hits += scan_value(item, cvv2=cvv2, where=where, field=f"{field}[{i}]", _depth=_depth)
         return hits
     if isinstance(value, int):
-        if is_numeric_order_id(field, value):
-            return []
         return _card_hits(str(value), here)
     if isinstance(value, float):
         return _card_hits(repr(value), here)

@@ -55,6 +55,20 @@ TEXT_TABLE = [
     ("1.5 4111 1111 1111 1111", True),  # only the fraction's own digits are skipped
     (TASK_ID + "-4111111111111111", True),  # a card next to a task id is still a card
     ("a4111111111111111b", True),  # short hex-looking token: not an identifier
+    # any separator run joins groups of 3-6 digits (issue 25: six spellings went into the broker in clear)
+    ("5555.5555.5555.4444", True),
+    ("5555/5555/5555/4444", True),
+    ("5555_5555_5555_4444", True),
+    ("5555\t5555\t5555\t4444", True),  # tabs
+    (repr("5555\t5555\t5555\t4444"), True),  # the same in a repr (a written \t)
+    ("5555+5555+5555+4444", True),
+    ("5555   5555  5555    4444", True),  # several spaces
+    ("5555%205555%205555%204444", True),  # URL-encoded spaces
+    ("5555%2D5555%2d5555%2F4444", True),  # other escapes, any case
+    ("5555 -_ 5555./5555\t+4444", True),  # mixed
+    ("card=%205555555555554444&x=1", True),  # an escape before the number is no digit of it
+    ("1234.5678.9012.3452", True),  # groups after a dot join like any others
+    ("x 5555-_-_-_-_-_-_5555 5555 4444", True),  # a separator run of 12
     # does not count
     ("4111111111111112", False),  # fails Luhn
     ("4111 1111 1111 1112", False),
@@ -78,6 +92,13 @@ TEXT_TABLE = [
     ("trans 100000000123 3.00", False),  # 12 + 1 digits: a trans id and an amount
     ("100000000123 4567", False),  # a 12-digit group does not join others
     ("4111 11111111 1111", False),  # an 8-digit group does not either
+    ("5555-_-_-_-_-_-_-5555 5555 4444", False),  # a separator run of 13 separates
+    ("5555\n5555\n5555\n4444", False),  # lines are not joined
+    ("5555,5555,5555,4444", False),  # a comma lists numbers
+    ("1764213456.1234567 and 0.12345678", False),  # timestamps and fractions
+    ("192.168.100.200 10.0.0.1", False),  # IP addresses
+    ("%5555555555554444", True),  # a percent sign before a card is no escape of a separator
+    ("%205%20555", False),
     ("", False),
     ("xxxxxxxxxxxx1111", False),
     ("٤١١١١١١١١١١١١١١١", False),  # Arabic-Indic digits are not card digits here
@@ -156,17 +177,17 @@ def test_mask_text(text, masked):
     assert C.mask_text(text) == masked
 
 
-# ---- structured values and the numeric order id rule -----------------------------------------------
+# ---- structured values: where card data sits (identifiers are not exempt here: the producer seals them) -----
 FIELD_TABLE = [
-    # (field, value, where the card data is: None = accepted)
-    ("order_id", int(LUHN_ORDER), None),  # explicitly numeric order id: accepted
-    ("order_id", LUHN_ORDER, "order_id"),  # the same digits as a string: refused
-    ("chain[0].kwargs.order_id", int(LUHN_ORDER), None),
+    # (field, value, where the card data is: None = none)
+    ("order_id", int(LUHN_ORDER), "order_id"),  # an int is no exception (issue 25)
+    ("order_id", LUHN_ORDER, "order_id"),
+    ("chain[0].kwargs.order_id", int(LUHN_ORDER), "chain[0].kwargs.order_id"),
     ("chain[0].kwargs.order_id", LUHN_ORDER, "chain[0].kwargs.order_id"),
-    ("order_id", 4111111111111111, None),
+    ("order_id", 4111111111111111, "order_id"),
     ("order_id", "ORD-2026-0042", None),
     ("order_id", 42, None),
-    ("amount", int(LUHN_ORDER), "amount"),  # only order_id may be a numeric id
+    ("amount", int(LUHN_ORDER), "amount"),
     ("amount", float(LUHN_ORDER), "amount"),
     ("amount", Decimal(LUHN_ORDER), "amount"),
     ("amount", "3.00", None),
@@ -180,7 +201,7 @@ FIELD_TABLE = [
     ("customer", {"name1": "4111 1111 1111 1111"}, "customer.name1"),
     ("customer", {"name1": "Bob", "addr1": "x4111111111111111"}, "customer.addr1"),
     ("customer", {"4111111111111111": "x"}, "customer.xxxxxxxxxxxx1111"),  # a key: named masked
-    ("customer", {"order_id": int(LUHN_ORDER)}, None),  # the rule reads the name, wherever it sits
+    ("customer", {"order_id": int(LUHN_ORDER)}, "customer.order_id"),
     ("args", ["3.00", {"nested": ["a", "4111111111111111"]}], "args[1].nested[1]"),
     ("flag", True, None),
     ("nothing", None, None),
@@ -204,17 +225,42 @@ def test_card_data_field_and_refusal(field, value, where):
             assert leak not in message
 
 
-@pytest.mark.parametrize("field,value,numeric", [
-    ("order_id", 7, True), ("chain[1].kwargs.order_id", 7, True), ("order_id", "7", False),
-    ("order_id", True, False), ("order_id", 7.0, False), ("amount", 7, False), ("my_order_id", 7, False),
+@pytest.mark.parametrize("field,identifier", [
+    ("order_id", True), ("chain[1].kwargs.order_id", True), ("idempotency_key", True), ("invoice_id", True),
+    ("callbacks[0].kwargs.idempotency_key", True), ("amount", False), ("my_order_id", False),
+    ("customer.name1", False), ("task_id", False), ("headers.order_id", True),
 ])
-def test_is_numeric_order_id(field, value, numeric):
-    assert C.is_numeric_order_id(field, value) is numeric
+def test_is_identifier_field(field, identifier):
+    assert C.is_identifier_field(field) is identifier
+
+
+@pytest.mark.parametrize("value,card_like", [
+    (int(LUHN_ORDER), True), (LUHN_ORDER, True), ("ORD-4111111111111111", True), (4111111111111111, True),
+    (42, False), ("ORD-2026-0042", False), (TASK_ID, False), (True, False), (None, False), (4111111111111111.0, False),
+    ({"sealed_id": "x", "masked": "xxxxxxxxxxxx3452"}, False),
+])
+def test_is_card_like_identifier(value, card_like):
+    assert C.is_card_like_identifier(value) is card_like
 
 
 def test_refusal_never_names_the_value_even_in_a_field_name():
     exc = C.CardDataRefused("customer.4111111111111111")
     assert exc.field == "customer.xxxxxxxxxxxx1111" and "4111111111111111" not in str(exc)
+
+
+# ---- keyed ids of card-like identifiers ----------------------------------------------------------------
+def test_keyed_ids_are_keyed_hashes_in_key_order_and_never_card_like():
+    ids = C.keyed_ids(LUHN_ORDER, [KEY_A, KEY_B])
+    expected = []
+    for key in (KEY_A, KEY_B):
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                       info=b"payments identifier digest v1").derive(base64.urlsafe_b64decode(key))
+        expected.append("kh-" + hmac.new(derived, LUHN_ORDER.encode(), hashlib.sha256).hexdigest())
+    assert ids == expected
+    assert C.keyed_ids(int(LUHN_ORDER), [KEY_A]) == ids[:1]  # an int key is its digits
+    assert C.keyed_ids("1234 5678 9012 3452", [KEY_A]) != ids[:1]  # identifiers compare exactly
+    assert ids[0][3:] != C.card_fingerprints(LUHN_ORDER, [KEY_A])[0]  # another derived key than the card's
+    assert not any(C.contains_card_number(i) or LUHN_ORDER in i for i in ids)
 
 
 # ---- fingerprints ------------------------------------------------------------------------------------

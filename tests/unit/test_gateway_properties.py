@@ -36,6 +36,9 @@ def test_scrub_never_leaks_a_card(number, before, after):
     # The one documented exception: a number inside a 32+ hex-digit token is part of a digest/identifier.
     assume(not any(s <= len(before) and len(before) + len(number) <= e
                    for s, e in (m.span() for m in C._IDENTIFIER.finditer(text))))
+    # And a percent sign and digit before it that make a separator's escape with its first digit (``%0`` + ``9...``
+    # reads as a URL-encoded tab): the card is then the digits after it.
+    assume(not any((before + number[:1]).endswith(e) for e in ("%09", "%20")))
     out = S.scrub(text)
     assert number not in out
     assert "xxxxxxxxxxxx" + number[-4:] in out

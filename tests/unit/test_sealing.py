@@ -159,12 +159,13 @@ def test_a_value_that_cannot_be_a_card_never_travels(app):
     assert list(message["body"][1]["card"]) == ["invalid"] and NUMBER not in message["raw"]
 
 
+def _name1_publisher(spelling: str) -> Any:
+    return lambda app: app.send_task("payments.sale", kwargs={
+        "amount": "3.00", "card": TEST_CARD, "customer": {**CUSTOMER, "name1": spelling}})
+
+
 # ---- refused at the door ---------------------------------------------------------------------------
-REFUSED = {
-    "idempotency key": (lambda app: app.send_task("payments.sale", kwargs={
-        "amount": "3.00", "card": TEST_CARD, "idempotency_key": f"ORD-{NUMBER}-retry"}), "idempotency_key"),
-    "string order id": (lambda app: app.send_task("payments.sale", kwargs={
-        "amount": "3.00", "card": TEST_CARD, "order_id": str(LUHN_ORDER)}), "order_id"),
+REFUSED = {  # free text (identifiers are sealed instead: tests/unit/test_identifiers.py)
     "customer name1": (lambda app: app.send_task("payments.sale", kwargs={
         "amount": "3.00", "card": TEST_CARD, "customer": {**CUSTOMER, "name1": "4111 1111 1111 1111"}}),
         "customer.name1"),
@@ -179,15 +180,35 @@ REFUSED = {
     "task id": (lambda app: app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD},
                                           task_id=NUMBER), "task_id"),
     "chain's later link": (lambda app: chain(
-        card_sale(app), card_sale(app, order_id=str(LUHN_ORDER))).apply_async(), "chain[0].kwargs.order_id"),
+        card_sale(app), card_sale(app, customer={"addr2": str(LUHN_ORDER)})).apply_async(),
+        "chain[0].kwargs.customer.addr2"),
     "link=": (lambda app: app.send_task("payments.void", args=["100000000001"], link=sig(
         app, "payments.sale", amount="3.00", card=TEST_CARD, customer={"name1": NUMBER})),
         "callbacks[0].kwargs.customer.name1"),
     "link_error=": (lambda app: app.send_task("payments.void", args=["100000000001"], link_error=sig(
         app, "payments.void", NUMBER)), "errbacks[0].args[0]"),
     "group member": (lambda app: app.send_task("payments.void", args=["100000000001"], link=group(
-        card_sale(app), card_sale(app, idempotency_key=NUMBER))),
-        "callbacks[0].kwargs.tasks[1].kwargs.idempotency_key"),
+        card_sale(app), card_sale(app, customer={"name2": NUMBER}))),
+        "callbacks[0].kwargs.tasks[1].kwargs.customer.name2"),
+    # every spelling of the rule (issue 25: six of them went into the broker in clear)
+    **{f"customer name1 as {spelling!r}": (_name1_publisher(spelling), "customer.name1")
+       for spelling in ("5555.5555.5555.4444", "5555/5555/5555/4444", "5555_5555_5555_4444", "5555\t5555\t5555\t4444",
+                        "5555+5555+5555+4444", "5555   5555   5555   4444", "5555%205555%205555%204444",
+                        "5555 -_5555./5555\t+4444")},
+    # every other part of a message (issue 25: a header went to the broker and the outbox in clear)
+    "headers=": (lambda app: app.tasks["payments.sale"].apply_async(
+        kwargs={"amount": "3.00", "card": TEST_CARD}, headers={"merchant_ref": "5555555555554444"}),
+        "headers.merchant_ref"),
+    "headers= of send_task, int": (lambda app: app.send_task(
+        "payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD}, headers={"n": 5555555555554444}), "headers.n"),
+    "stamped header": (lambda app: app.send_task(
+        "payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD}, stamped_headers=["mark"],
+        mark="5555 5555 5555 4444"), "stamps.mark"),
+    "extra publish option": (lambda app: app.send_task(
+        "payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD}, merchant_ref="5555555555554444"),
+        "merchant_ref"),
+    "a signature's headers": (lambda app: app.send_task("payments.void", args=["100000000001"], link=app.signature(
+        "payments.void", args=["100000000002"], headers={"x": NUMBER})), "callbacks[0].options.headers.x"),
 }
 
 
@@ -201,16 +222,18 @@ def test_card_data_outside_the_card_is_refused_before_anything_is_published(app,
     assert drain(app) == [] and fake_services.store.outbox.entries == {}
 
 
-def test_an_int_order_id_that_passes_luhn_is_accepted_and_kept_in_the_outbox(app, fake_services):
+def test_an_int_order_id_that_passes_luhn_is_accepted_sealed_and_kept_sealed_in_the_outbox(app, fake_services):
     result = app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD, "order_id": LUHN_ORDER})
     chain(card_sale(app), card_sale(app, order_id=LUHN_ORDER)).apply_async()
     messages = drain(app)
     assert len(messages) == 2
-    assert messages[0]["body"][1]["order_id"] == LUHN_ORDER  # published as it is
+    vault = fake_services.vault
+    assert vault.open_identifier(messages[0]["body"][1]["order_id"]) == LUHN_ORDER  # sealed, opens to the int
     kept = fake_services.store.outbox.entries[result.id]
-    assert kept["body"][1]["order_id"] == LUHN_ORDER and kept["name"] == "payments.sale"
+    assert vault.open_identifier(kept["body"][1]["order_id"]) == LUHN_ORDER and kept["name"] == "payments.sale"
     assert len(fake_services.store.outbox.entries) == 2
-    assert all(NUMBER not in json.dumps(e) for e in fake_services.store.outbox.entries.values())
+    for text in [json.dumps(e) for e in fake_services.store.outbox.entries.values()] + [m["raw"] for m in messages]:
+        assert NUMBER not in text and str(LUHN_ORDER) not in text
 
 
 def test_a_message_another_app_in_the_process_publishes_is_not_kept_in_the_outbox(app, fake_services):
@@ -269,6 +292,17 @@ def test_seal_body_seals_an_old_outbox_entry_and_refuses_card_data():
     assert exc.value.field == "customer.name1"
 
 
+def test_seal_body_refuses_an_old_outbox_entry_whose_headers_hold_card_data():
+    vault = CardVault([TEST_CARD_KEY])
+    body = [[], {"amount": "3.00", "card": vault.seal(TEST_CARD)}, {}]
+    headers: dict[str, Any] = {"id": "cd27c305-6820-4063-903f-1a2b3c4d5e6f", "origin": "gen4111111111111111@host",
+               "argsrepr": "()", "stamps": {}, "stamped_headers": None}
+    assert seal_body("payments.sale", body, vault=vault, headers=headers)[1] == body[1]
+    with pytest.raises(CardDataRefused) as exc:
+        seal_body("payments.sale", body, vault=vault, headers={**headers, "merchant_ref": "5555/5555/5555/4444"})
+    assert exc.value.field == "merchant_ref"
+
+
 # ---- the worker's check -------------------------------------------------------------------------------
 SEALED = CardVault([TEST_CARD_KEY]).seal(TEST_CARD)
 CLEAR = dict(TEST_CARD)
@@ -285,7 +319,10 @@ def s(task, *args, **kwargs):
 
 UNSEALED_TABLE = [
     (request(kwargs={"amount": "3.00", "card": SEALED}), None),
-    (request(args=["3.00", SEALED, CUSTOMER, LUHN_ORDER]), None),  # an int order id is not card data
+    (request(args=["3.00", SEALED, CUSTOMER, CardVault([TEST_CARD_KEY]).seal_identifier(LUHN_ORDER)]), None),
+    (request(kwargs={"card": SEALED, "idempotency_key": CardVault([TEST_CARD_KEY]).seal_identifier(NUMBER)}), None),
+    (request(args=["3.00", SEALED, CUSTOMER, LUHN_ORDER]), "order_id"),  # an int is no exception
+    (request(kwargs={"card": SEALED, "idempotency_key": f"k-{NUMBER}"}), "idempotency_key"),
     (request(kwargs={"amount": "3.00", "card": {"invalid": "card must be a dict"}}), None),
     (request(task="payments.void", args=[{"payment_id": "p", "trans_id": "100000000123",
                                           "masked_account": "xxxxxxxxxxxx1111"}]), None),
@@ -304,6 +341,15 @@ UNSEALED_TABLE = [
      "callbacks[0].kwargs.tasks[1].kwargs.card"),
     (request(kwargs={"card": SEALED}, chord=s("payments.sale", card=CLEAR)), "chord.kwargs.card"),
     ({"task": "payments.sale", "args": [], "kwargs": {"card": CLEAR}}, "card"),  # a plain dict works too
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": SEALED}, "headers": {"ref": "5555.5555.5555.4444"}},
+     "headers.ref"),
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": SEALED}, "stamps": {"mark": 5555555555554444}},
+     "stamps.mark"),
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": SEALED}, "headers": {"payments_republished": True}},
+     None),
+    # as the worker builds it: a custom message header becomes Context.headers
+    (Context(task="payments.sale", args=[], kwargs={"card": SEALED}, merchant_ref="5555 5555 5555 4444"),
+     "headers.merchant_ref"),
 ]
 
 

@@ -80,14 +80,15 @@ def test_bad_arguments_are_a_recorded_error_not_a_lost_job(store, wire, task, ar
 
 @pytest.mark.parametrize("kwargs,named", [
     ({"idempotency_key": ""}, "idempotency_key"),
-    ({"idempotency_key": 42}, "idempotency_key"),
+    ({"idempotency_key": True}, "idempotency_key"),
     ({"idempotency_key": "k" * 101}, "idempotency_key"),
     ({"idempotency_key": "key\n1"}, "idempotency_key"),
-    ({"idempotency_key": "4111 1111 1111 1111"}, "idempotency_key"),  # it would become the record's id
+    ({"idempotency_key": {"sealed_id": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "idempotency_key"),
+    ({"order_id": {"sealed_id": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "order_id"),
     ({"card": {"invalid": "card data refused at publish"}}, "card"),
     ({"card": {"sealed": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "card"),
-], ids=["empty-key", "int-key", "long-key", "control-char-key", "card-number-key", "invalid-marker",
-        "seal-does-not-open"])
+], ids=["empty-key", "bool-key", "long-key", "control-char-key", "sealed-key-does-not-open",
+        "sealed-order-id-does-not-open", "invalid-marker", "seal-does-not-open"])
 def test_invalid_input_found_by_the_task_is_refused(store, wire, kwargs, named):
     gw = FakeGateway()
     wire(gw)
@@ -96,6 +97,23 @@ def test_invalid_input_found_by_the_task_is_refused(store, wire, kwargs, named):
     assert f"invalid input: {named}" in outcome["message"] and "4111" not in repr(outcome)
     assert outcome["payment_id"] == TASK_ID and store.get(TASK_ID)["status"] == "ERROR"
     assert gw.sends == []
+
+
+@pytest.mark.parametrize("key", ["4111 1111 1111 1111", 5555555555554444, 42])
+def test_a_card_like_or_int_idempotency_key_is_accepted(store, wire, key):
+    gw = FakeGateway([reply()])
+    wire(gw)
+    outcome = deliver(sale, "3.00", CARD, idempotency_key=key)
+    assert outcome["status"] == "APPROVED" and len(gw.sends) == 1
+    assert str(key) not in store.dump() or key == 42
+
+
+def test_live_mode_refuses_a_card_like_identifier_that_arrived_in_clear(store, wire):
+    gw = FakeGateway()
+    svc = wire(gw, bluepay_mode="LIVE")
+    outcome = deliver(sale, "3.00", svc.vault.seal(CARD), order_id=5555555555554444)
+    assert outcome["status"] == "ERROR" and outcome["message"].startswith("invalid input: order_id")
+    assert gw.sends == [] and "5555555555554444" not in store.dump()
 
 
 def test_a_refusal_delivered_again_returns_the_stored_one(store, wire):
