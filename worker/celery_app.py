@@ -362,5 +362,27 @@ def _check_card_key(sender: Any = None, **_: Any) -> None:
         raise SystemExit(f"payments: refusing to start: {exc}") from None
 
 
+@signals.worker_init.connect(weak=False)
+def _check_gateway_settings(sender: Any = None, **_: Any) -> None:
+    """One sealed stq probe before the first payment: a 404 (BLUEPAY_URL) or SECURITY ERROR (secret, account, hash
+    type) refuses to start, naming the setting; an unreachable gateway is an outage and only warns."""
+    from worker.preflight import check_at_start
+
+    _start_warning[:] = [check_at_start(services_of(getattr(sender, "app", None) or celery.current_app).settings)]
+
+
+#: what the start probe found worth a warning, logged once the worker's logging is set up (not yet at worker_init)
+_start_warning: list[str | None] = []
+
+
+@signals.worker_ready.connect(weak=False)
+def _log_start_warning(**_: Any) -> None:
+    from worker.preflight import log_start_warning
+
+    for warning in _start_warning:
+        log_start_warning(warning)
+    _start_warning.clear()
+
+
 #: The app of ``celery -A worker`` and of producers (``worker.app``), configured from the environment.
 app = create_app(set_as_current=True)
