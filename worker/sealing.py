@@ -17,6 +17,8 @@ message exists, :func:`seal_publish`:
   ``idempotency_key``, ``trans_id``, extra ones), every argument and option of every embedded signature, the
   task id and the other ids. One rule decides (:mod:`worker.carddata`), including its one exception: a Python
   ``int`` ``order_id`` is an explicitly numeric order id and is accepted;
+* **checks amounts** on a first publish (:mod:`worker.amounts`): an ``int`` or ``float`` ``amount`` is refused with
+  :class:`worker.amounts.AmountRefused` (dollars or cents?), ``amount_cents=300`` becomes ``amount="3.00"``;
 * **masks** ``argsrepr``/``kwargsrepr`` (what task events, Flower, ``inspect`` and logs show): the card as
   ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, any other card-like digits masked too.
 
@@ -38,6 +40,7 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
+from worker.amounts import publish_amounts
 from worker.carddata import CardDataRefused, card_data_field, contains_card_number, mask_text, refuse_card_data
 from worker.catalogue import CARD_ARGUMENT, PARAMETERS
 from worker.vault import CardVault, mask_card
@@ -83,14 +86,18 @@ def _param_name(task: str | None, index: int) -> str | None:
 class _Walk:
     """One message: seals cards in place of copies, refuses card data elsewhere."""
 
-    def __init__(self, vault: CardVault) -> None:
+    def __init__(self, vault: CardVault, *, check_amounts: bool = False) -> None:
         self.vault = vault
+        #: a first publish: amounts are checked and amount_cents turned into amount (worker/amounts.py)
+        self.check_amounts = check_amounts
 
     def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list, dict]:
         """Seal/refuse one task call's arguments. ``prefix``: "" for the message's own task (fields named
         by parameter), else the signature's path (fields named ``<prefix>.args[i]`` / ``.kwargs.<name>``)."""
         args = list(args or ())
         kwargs = dict(kwargs or {})
+        if self.check_amounts:
+            args, kwargs = publish_amounts(task, args, kwargs, prefix)
         position = CARD_ARGUMENT.get(task or "")
         for i, value in enumerate(args):
             if position is not None and i == position:
@@ -214,7 +221,8 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
     (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
     options)`` with ``argsrepr``/``kwargsrepr`` set; raises :class:`CardDataRefused` naming the field."""
-    walk = _Walk(vault)
+    # A worker's retry publishes again what was accepted once (perhaps before amounts were checked): kept as is.
+    walk = _Walk(vault, check_amounts=not options.get("retries"))
     for key in _ID_OPTIONS:
         if options.get(key) is not None:
             refuse_card_data(key, options[key])
