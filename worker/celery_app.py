@@ -90,14 +90,14 @@ class PaymentsCelery(Celery):
 def create_app(settings: Settings | None = None, *, services: Services | None = None, main: str = "payments",
                set_as_current: bool = False) -> Celery:
     """The composition root: a payments Celery app configured for ``settings`` (None: the environment's, through
-    ``celeryconfig``), with its own services (``services``: these instead of the ones built from the settings),
+    ``worker.celeryconfig``), with its own services (``services``: these instead of the ones built from the settings),
     the worker steps below, and the payment tasks: ``app.tasks["payments.sale"]`` is a task of this app, running
-    over this app's services (``from tasks import sale`` stays ``worker.app``'s, whatever app is current)."""
+    over this app's services (``from worker.tasks import sale`` stays ``worker.app``'s, whatever app is current)."""
     app = PaymentsCelery(main, amqp=SealingAMQP, set_as_current=set_as_current)
     if settings is None:
-        app.config_from_object("celeryconfig")
+        app.config_from_object("worker.celeryconfig")
     else:
-        from celeryconfig import config_for
+        from worker.celeryconfig import config_for
 
         app.conf.update(config_for(settings))
     attach(app, ProcessServices(settings, given=services))
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.steps["worker"].add(LeanUnackedBookkeeping)
     app.steps["consumer"].add(TaskEventBuffer)
     if "app" in globals():  # not worker.app itself: tasks/payments.py defines the tasks on worker.app
-        import tasks  # noqa: F401  (its tasks are shared: this app gets its own copies when it is finalized)
+        import worker.tasks  # noqa: F401  (its tasks are shared: this app gets its own copies when it is finalized)
     return app
 
 

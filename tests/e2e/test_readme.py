@@ -1,5 +1,6 @@
 """Every Python block of the README runs as written: each in a producer process of its own (a fresh interpreter in
-an empty directory, with only what the README says a producer needs: the workers' REDIS_URL and PAYMENTS_CARD_KEY),
+a web app's directory that has its own tasks.py and celeryconfig.py, with only what the README says a producer
+needs: the workers' REDIS_URL and PAYMENTS_CARD_KEY),
 against a real worker and the sandbox (the session's, tests/e2e/conftest.py). The blocks assert their own outcomes."""
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def test_every_python_block_compiles(index):
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_every_python_block_runs_in_a_producer_against_a_worker(celery_worker, tmp_path, index):
+    for name in ("tasks", "celeryconfig"):  # a web app's own modules (Celery's default layout), first on the path
+        (tmp_path / f"{name}.py").write_text(f"raise RuntimeError('the application\'s own {name}.py')\n")
     done = subprocess.run([sys.executable, "-c", BLOCKS[index]], cwd=tmp_path, env=producer_env(),
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, f"block {index + 1}:\n{BLOCKS[index]}\n--- stderr:\n{done.stderr[-3000:]}"
