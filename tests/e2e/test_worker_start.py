@@ -61,3 +61,32 @@ def test_payments_status_names_the_misconfigured_setting_and_exits_1(sandbox):
     code, found = status(BLUEPAY_SECRET_KEY="WRONGSECRET0000000000000000000000")
     assert code == 1 and "BLUEPAY_SECRET_KEY" in found["gateway"]["misconfigured"]
     assert found["attention"][0].startswith("gateway misconfigured:") and "BLUEPAY_SECRET_KEY" in found["attention"][0]
+
+
+def test_a_secret_found_wrong_during_payments_is_logged_at_error_once_naming_it(tmp_path):
+    """The gateway away at start (the worker starts), then back with another secret (a key rotated at BluePay):
+    every payment stays UNKNOWN, and the worker log names BLUEPAY_SECRET_KEY at ERROR once, not per payment."""
+    import redis
+
+    from tests.reliability.scenarios import producer_for
+    from tests.support.env import TEST_CARD, redis_url_with_db
+    from tests.support.sandbox import running_sandbox
+
+    redis_url, port = redis_url_with_db(13), closed_port()
+    db = redis.Redis.from_url(redis_url)
+    db.flushdb()
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "REDIS_URL": redis_url, "BLUEPAY_URL": f"http://127.0.0.1:{port}/interfaces/"}
+    try:
+        with running_worker(env, log, pool="threads", concurrency=2), \
+                running_sandbox(secret_key="ROTATEDSECRET0000000000000000000", extra_args=("--port", port)), \
+                producer_for(redis_url) as producer:
+            sale = producer.tasks["payments.sale"]
+            results = [sale.delay(amount="3.00", card=dict(TEST_CARD)) for _ in range(3)]
+            outcomes = [r.get(timeout=60) for r in results]
+        assert [o["status"] for o in outcomes] == ["UNKNOWN"] * 3, outcomes  # never taken for a refusal
+        errors = [line for line in log.read_text().splitlines() if "gateway misconfigured" in line]
+        assert len(errors) == 1 and "ERROR" in errors[0] and "BLUEPAY_SECRET_KEY" in errors[0], errors
+    finally:
+        db.flushdb()
+        db.close()
