@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.steps["worker"].add(BrokerConnectionsForConcurrency)
     app.steps["worker"].add(LeanUnackedBookkeeping)
     app.steps["consumer"].add(TaskEventBuffer)
-    if "app" in globals():  # not worker.app itself: tasks/payments.py defines the tasks on worker.app
+    if "app" in globals():  # not worker.app itself: worker/tasks/payments.py defines the tasks on worker.app
         import worker.tasks  # noqa: F401  (its tasks are shared: this app gets its own copies when it is finalized)
     return app
 

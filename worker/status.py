@@ -1,7 +1,8 @@
 """``payments status``: one screen (or ``--json``) saying whether the payments system needs a human.
 
 Workers alive (a Celery ping), the broker's queue and unacknowledged messages, UNKNOWN / needs_human / RETRYING
-with the oldest, the outbox, the last sweep, and whether the gateway (or the sandbox) answers. Exit status 1 when
+with the oldest, the outbox, the last sweep, and whether the gateway (or the sandbox) answers a sealed stq probe
+(worker/preflight.py: HTTP 404 or SECURITY ERROR names the misconfigured setting). Exit status 1 when
 :func:`worker.monitor.attention` finds something, 0 otherwise (2: Redis cannot be reached, as every command).
 """
 from __future__ import annotations
