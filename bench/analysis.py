@@ -271,9 +271,9 @@ def _lib(path: str, package: str) -> bool:
 
 
 STAGES = (
-    ("task body (tasks/payments.py: sale)", lambda f, p: _ours(p, "tasks/payments.py") and f == "sale"),
-    ("  argument binding (tasks/payments.py:_bind, inspect)",
-     lambda f, p: _ours(p, "tasks/payments.py") and f == "_bind"),
+    ("task body (worker/tasks/payments.py: sale)", lambda f, p: _ours(p, "worker/tasks/payments.py") and f == "sale"),
+    ("  argument binding (worker/tasks/payments.py:_bind, inspect)",
+     lambda f, p: _ours(p, "worker/tasks/payments.py") and f == "_bind"),
     ("  card vault open (worker/vault.py)", lambda f, p: _ours(p, "worker/vault.py")),
     ("  results store (worker/store/)", lambda f, p: _ours_under(p, "worker/store/")),
     ("  gateway client (worker/gateway/*)", lambda f, p: "site-packages" not in p and "/worker/gateway/" in p),
@@ -312,7 +312,7 @@ PARTITION = (
      lambda f, p: "site-packages" not in p and "/worker/gateway/" in p),
     ("baseline task HTTP POST (requests)", lambda f, p: p.endswith("bench/baseline.py")),
     ("task body rest (tasks/, worker/flow.py, argument binding)",
-     lambda f, p: _ours(p, "tasks/payments.py", "worker/flow.py", "worker/services.py")),
+     lambda f, p: _ours(p, "worker/tasks/payments.py", "worker/flow.py", "worker/services.py")),
     ("celery task events", lambda f, p: _lib(p, "celery/events")),
     ("celery result backend", lambda f, p: _lib(p, "celery/backends")),
     ("broker receive + ack (kombu)", lambda f, p: _lib(p, "kombu")),

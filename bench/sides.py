@@ -61,7 +61,7 @@ class Ours(Side):
 
     def __init__(self) -> None:
         super().__init__()
-        from tasks import sale  # after the environment is set (bench.runner.BenchEnv.setup)
+        from worker.tasks import sale  # after the environment is set (bench.runner.BenchEnv.setup)
 
         self.task = sale
         self._base = 0

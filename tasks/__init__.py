@@ -1,8 +1,14 @@
-"""Celery tasks: thin glue between the broker and the payment flow (worker/flow.py).
+"""An alias of :mod:`worker.tasks` (the public contract ``from tasks import sale, auth, capture, refund, void``).
 
-``from tasks import sale, auth, capture, refund, void, sweep``; ``reconcile_report`` (tasks/reconciliation.py).
+The tasks live in ``worker/tasks/``, where a merchant's own ``tasks.py`` cannot shadow them; in an application that
+has one, import ``from worker.tasks import sale``. ``tasks.payments`` and ``tasks.reconciliation`` are the same
+modules as ``worker.tasks.payments`` and ``worker.tasks.reconciliation``.
 """
-from tasks.payments import auth, capture, refund, sale, sweep, void
-from tasks.reconciliation import reconcile_report
+import sys
+
+from worker.tasks import auth, capture, payments, reconcile_report, reconciliation, refund, sale, sweep, void
+
+sys.modules[__name__ + ".payments"] = payments
+sys.modules[__name__ + ".reconciliation"] = reconciliation
 
 __all__ = ["sale", "auth", "capture", "refund", "void", "sweep", "reconcile_report"]

@@ -90,14 +90,14 @@ class PaymentsCelery(Celery):
 def create_app(settings: Settings | None = None, *, services: Services | None = None, main: str = "payments",
                set_as_current: bool = False) -> Celery:
     """The composition root: a payments Celery app configured for ``settings`` (None: the environment's, through
-    ``celeryconfig``), with its own services (``services``: these instead of the ones built from the settings),
+    ``worker.celeryconfig``), with its own services (``services``: these instead of the ones built from the settings),
     the worker steps below, and the payment tasks: ``app.tasks["payments.sale"]`` is a task of this app, running
-    over this app's services (``from tasks import sale`` stays ``worker.app``'s, whatever app is current)."""
+    over this app's services (``from worker.tasks import sale`` stays ``worker.app``'s, whatever app is current)."""
     app = PaymentsCelery(main, amqp=SealingAMQP, set_as_current=set_as_current)
     if settings is None:
-        app.config_from_object("celeryconfig")
+        app.config_from_object("worker.celeryconfig")
     else:
-        from celeryconfig import config_for
+        from worker.celeryconfig import config_for
 
         app.conf.update(config_for(settings))
     attach(app, ProcessServices(settings, given=services))
@@ -105,8 +105,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.steps["worker"].add(BrokerConnectionsForConcurrency)
     app.steps["worker"].add(LeanUnackedBookkeeping)
     app.steps["consumer"].add(TaskEventBuffer)
-    if "app" in globals():  # not worker.app itself: tasks/payments.py defines the tasks on worker.app
-        import tasks  # noqa: F401  (its tasks are shared: this app gets its own copies when it is finalized)
+    if "app" in globals():  # not worker.app itself: worker/tasks/payments.py defines the tasks on worker.app
+        import worker.tasks  # noqa: F401  (its tasks are shared: this app gets its own copies when it is finalized)
     return app
 
 
@@ -360,6 +360,28 @@ def _check_card_key(sender: Any = None, **_: Any) -> None:
     except ConfigurationError as exc:
         # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
         raise SystemExit(f"payments: refusing to start: {exc}") from None
+
+
+@signals.worker_init.connect(weak=False)
+def _check_gateway_settings(sender: Any = None, **_: Any) -> None:
+    """One sealed stq probe before the first payment: a 404 (BLUEPAY_URL) or SECURITY ERROR (secret, account, hash
+    type) refuses to start, naming the setting; an unreachable gateway is an outage and only warns."""
+    from worker.preflight import check_at_start
+
+    _start_warning[:] = [check_at_start(services_of(getattr(sender, "app", None) or celery.current_app).settings)]
+
+
+#: what the start probe found worth a warning, logged once the worker's logging is set up (not yet at worker_init)
+_start_warning: list[str | None] = []
+
+
+@signals.worker_ready.connect(weak=False)
+def _log_start_warning(**_: Any) -> None:
+    from worker.preflight import log_start_warning
+
+    for warning in _start_warning:
+        log_start_warning(warning)
+    _start_warning.clear()
 
 
 #: The app of ``celery -A worker`` and of producers (``worker.app``), configured from the environment.

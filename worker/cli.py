@@ -312,7 +312,7 @@ def _refuse_card_options(args) -> None:
 
 def _publish(op: str, args):
     """Validate, then enqueue; returns the AsyncResult (the void's, chained after the sale, with --then-void)."""
-    import tasks
+    from worker import tasks
 
     if op in ("sale", "auth"):
         number, cvv2 = read_card()

@@ -9,6 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REAL_BLUEPAY_URL = "https://secure.bluepay.com/interfaces/"
@@ -46,6 +47,36 @@ def parse_duration(value: str | float | int, *, name: str = "duration") -> float
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "")
     return value if value.strip() else default
+
+
+def _int(name: str, default: int) -> int:
+    """An integer setting; the error names the variable (``GATEWAY_RETRY_ATTEMPTS: 'four' is not a whole number``)."""
+    text = _env(name, str(default))
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a whole number") from None
+
+
+def _hash_type_error(value: str) -> str | None:
+    from worker.gateway.seal import HASH_TYPES
+
+    if value in HASH_TYPES:
+        return None
+    squeezed = re.sub(r"[-_ ]", "", value.upper())
+    guesses = [t for t in HASH_TYPES if t.replace("_", "") == squeezed]
+    hint = f" (did you mean {guesses[0]}?)" if guesses else ""
+    return f"BLUEPAY_HASH_TYPE: {value!r} is not one of {', '.join(HASH_TYPES)}{hint}"
+
+
+def _url_error(name: str, url: str, schemes: tuple[str, ...]) -> str | None:
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in schemes or (not parts.hostname and parts.scheme != "unix"):
+        return f"{name}: {url!r} is not a URL ({' or '.join(s + '://' for s in schemes)} and a host)"
+    return None
+
+
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -167,11 +198,11 @@ class Settings:
 
     def check(self) -> Settings:
         self.reconcile_report_time  # noqa: B018  (raises ConfigError when malformed)
+        self._check_shapes()
+        self._check_gateway()
         from worker.redis_connections import check_settings
 
         check_settings(self)
-        if self.bluepay_mode not in ("TEST", "LIVE"):
-            raise ConfigError("BLUEPAY_MODE must be TEST or LIVE")
         if self.commit_horizon <= self.connect_timeout + self.read_timeout:
             raise ConfigError(
                 f"GATEWAY_COMMIT_HORIZON ({self.commit_horizon:g}s) must exceed the connect + read timeouts "
@@ -201,6 +232,53 @@ class Settings:
             raise ConfigError("PAYMENTS_ARCHIVE_BATCH and PAYMENTS_ARCHIVE_PER_SWEEP must be at least 1")
         return self
 
+    def _check_shapes(self) -> None:
+        """Each setting on its own: the error names the variable and says what is expected."""
+        error = _url_error("REDIS_URL", self.redis_url, ("redis", "rediss", "unix"))
+        if error:
+            raise ConfigError(error)
+        positive = {"GATEWAY_CONNECT_TIMEOUT": self.connect_timeout, "GATEWAY_READ_TIMEOUT": self.read_timeout,
+                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} ({value:g}s) must be more than 0")
+        if self.retry_attempts < 1:
+            raise ConfigError(f"GATEWAY_RETRY_ATTEMPTS ({self.retry_attempts}) must be at least 1")
+        if self.outage_retries < 0:
+            raise ConfigError(f"OUTAGE_RETRIES ({self.outage_retries}) must be 0 or more")
+        if self.flower_basic_auth and not all(
+                user.strip() and password for user, _, password in
+                (pair.partition(":") for pair in self.flower_basic_auth.split(","))):
+            raise ConfigError("FLOWER_BASIC_AUTH must be user:password (comma-separated for several)")
+
+    def _check_gateway(self) -> None:
+        """BluePay's settings: their shape, and LIVE mode never with the sandbox's demo account or over plain HTTP."""
+        if self.bluepay_mode not in ("TEST", "LIVE"):
+            raise ConfigError(f"BLUEPAY_MODE: {self.bluepay_mode!r} must be TEST or LIVE")
+        error = _url_error("BLUEPAY_URL", self.bluepay_url, ("https", "http")) or _hash_type_error(
+            self.bluepay_hash_type)
+        if error:
+            raise ConfigError(error)
+        if not re.fullmatch(r"[A-Za-z0-9]+", self.bluepay_account_id):
+            raise ConfigError(f"BLUEPAY_ACCOUNT_ID: {self.bluepay_account_id!r} is not an account id (letters and "
+                              "digits; BluePay's are 12 digits)")
+        if not self.bluepay_secret_key or self.bluepay_secret_key != self.bluepay_secret_key.strip() or any(
+                c.isspace() for c in self.bluepay_secret_key):
+            raise ConfigError("BLUEPAY_SECRET_KEY must not be empty nor hold spaces or line breaks (a pasted "
+                              "newline makes every seal fail with SECURITY ERROR)")
+        if self.bluepay_mode != "LIVE":
+            return
+        if self.bluepay_account_id == SANDBOX_ACCOUNT_ID or self.bluepay_secret_key == SANDBOX_SECRET_KEY:
+            raise ConfigError("BLUEPAY_MODE=LIVE with the sandbox's demo BLUEPAY_ACCOUNT_ID / BLUEPAY_SECRET_KEY "
+                              "(the defaults): set the merchant account's own")
+        if not re.fullmatch(r"\d{12}", self.bluepay_account_id):
+            raise ConfigError(f"BLUEPAY_ACCOUNT_ID: {self.bluepay_account_id!r} is not a 12-digit BluePay account id "
+                              "(BLUEPAY_MODE=LIVE)")
+        url = urlsplit(self.bluepay_url.strip())
+        if url.scheme.lower() != "https" and url.hostname not in _LOOPBACK_HOSTS:
+            raise ConfigError(f"BLUEPAY_URL: {self.bluepay_url!r} must be https:// in LIVE mode (card data travels "
+                              "in the request)")
+
     @classmethod
     def from_env(cls) -> Settings:
         d = cls()
@@ -212,7 +290,7 @@ class Settings:
                 redis_master_name=_env("REDIS_MASTER_NAME", d.redis_master_name),
                 redis_sentinel_password=_env("REDIS_SENTINEL_PASSWORD", ""),
                 redis_password=_env("REDIS_PASSWORD", ""),
-                min_replicas_ack_setting=(int(_env("REDIS_MIN_REPLICAS_ACK", "0"))
+                min_replicas_ack_setting=(_int("REDIS_MIN_REPLICAS_ACK", 0)
                                           if _env("REDIS_MIN_REPLICAS_ACK", "") else None),
                 replica_ack_timeout=dur("REDIS_REPLICA_ACK_TIMEOUT", d.replica_ack_timeout),
                 key_prefix=_env("PAYMENTS_KEY_PREFIX", d.key_prefix),
@@ -224,9 +302,9 @@ class Settings:
                 card_key=_env("PAYMENTS_CARD_KEY", ""),
                 connect_timeout=dur("GATEWAY_CONNECT_TIMEOUT", d.connect_timeout),
                 read_timeout=dur("GATEWAY_READ_TIMEOUT", d.read_timeout),
-                retry_attempts=int(_env("GATEWAY_RETRY_ATTEMPTS", str(d.retry_attempts))),
+                retry_attempts=_int("GATEWAY_RETRY_ATTEMPTS", d.retry_attempts),
                 retry_seconds=dur("GATEWAY_RETRY_SECONDS", d.retry_seconds),
-                outage_retries=int(_env("OUTAGE_RETRIES", str(d.outage_retries))),
+                outage_retries=_int("OUTAGE_RETRIES", d.outage_retries),
                 outage_backoff=dur("OUTAGE_BACKOFF", d.outage_backoff),
                 outage_backoff_max=dur("OUTAGE_BACKOFF_MAX", d.outage_backoff_max),
                 visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
@@ -239,15 +317,15 @@ class Settings:
                 lease_seconds=dur("LEASE_SECONDS", d.lease_seconds),
                 flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
                 reconcile_report_at=_env("RECONCILE_REPORT_AT", d.reconcile_report_at),
-                worker_metrics_port=int(_env("WORKER_METRICS_PORT", "0")),
+                worker_metrics_port=_int("WORKER_METRICS_PORT", 0),
                 worker_metrics_addr=_env("WORKER_METRICS_ADDR", d.worker_metrics_addr),
                 retention=dur("PAYMENTS_RETENTION", "30d"),
                 key_retention_setting=(dur("PAYMENTS_KEY_RETENTION", 0)
                                        if _env("PAYMENTS_KEY_RETENTION", "") else None),
                 data_dir=_env("PAYMENTS_DATA_DIR", d.data_dir),
                 archive_url_setting=_env("PAYMENTS_ARCHIVE_URL", ""),
-                archive_batch=int(_env("PAYMENTS_ARCHIVE_BATCH", str(d.archive_batch))),
-                archive_per_sweep=int(_env("PAYMENTS_ARCHIVE_PER_SWEEP", str(d.archive_per_sweep))),
+                archive_batch=_int("PAYMENTS_ARCHIVE_BATCH", d.archive_batch),
+                archive_per_sweep=_int("PAYMENTS_ARCHIVE_PER_SWEEP", d.archive_per_sweep),
                 result_expires=dur("RESULT_EXPIRES", "1d"),
             )
         except ValueError as exc:

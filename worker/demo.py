@@ -71,7 +71,7 @@ def start_worker_proc(env, hostname):
 def _scenario(timeout: float) -> int:
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    from tasks import sale, void
+    from worker.tasks import sale, void
 
     steps = [("3.00", "approved, then voided"), ("4.00", "declined, so the void is skipped")]
     for number, (amount, expected) in enumerate(steps, 1):

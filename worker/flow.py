@@ -268,13 +268,16 @@ class PaymentFlow:
 
     def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
-               redelivered: bool = False, shown_key: str | None = None) -> dict[str, Any]:
+               redelivered: bool = False, shown_key: str | None = None,
+               retry_failed: bool = False) -> dict[str, Any]:
         """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
 
         ``invoice_id``: the producer's ``order_id`` (str or int), in clear: sent as INVOICE_ID, recorded masked
         when card-like (``_short`` scrubs it). ``message_id``: the broker message being run, whose outbox entry the
         claim removes. ``redelivered``: the message was delivered before (stq is asked before the first send).
-        ``shown_key``: the masked idempotency key of a card-like key (recorded as ``idempotency_key``)."""
+        ``shown_key``: the masked idempotency key of a card-like key (recorded as ``idempotency_key``).
+        ``retry_failed``: the producer's choice to run again a final ERROR of this key that provably charged
+        nothing (not_charged, or refused as invalid input); the key stays bound to its request."""
         number = card.get("number") if isinstance(card, dict) else None
         if type(invoice_id) is int:  # a numeric order id travels as its digits (masked in the record if card-like)
             invoice_id = str(invoice_id)
@@ -305,11 +308,13 @@ class PaymentFlow:
             return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
                         duplicate_override=duplicate_override, invoice_id=checked_invoice)
 
-        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
+        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
+                         retry_failed=retry_failed)
 
     def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
-                  redelivered: bool = False, shown_key: str | None = None) -> dict[str, Any]:
+                  redelivered: bool = False, shown_key: str | None = None,
+                  retry_failed: bool = False) -> dict[str, Any]:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
         target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
         fields: dict[str, Any] = {"target": target, "order_id": payment_id}
@@ -338,7 +343,8 @@ class PaymentFlow:
                 return verb(checked_id, order_id=payment_id)
             return verb(checked_id, checked_amount, order_id=payment_id)
 
-        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
+        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
+                         retry_failed=retry_failed)
 
     def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
                    redelivered: bool = False) -> dict[str, Any]:
@@ -423,11 +429,13 @@ class PaymentFlow:
 
     # ----------------------------------------------------------------- the engine
     def _run(self, operation: str, payment_id: str, fields: dict[str, Any], fingerprints: list[str],
-             send: Callable[[bool], Response], message_id: str, redelivered: bool) -> dict[str, Any]:
+             send: Callable[[bool], Response], message_id: str, redelivered: bool, *,
+             retry_failed: bool = False) -> dict[str, Any]:
         owner = new_owner()
         try:
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                      lease_seconds=self.lease_seconds, message_id=message_id,
+                                     mode="retry_failed" if retry_failed else "run",
                                      fingerprints=fingerprints, journal="prior" if redelivered else True)
             if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
                 claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,

@@ -20,6 +20,8 @@ message exists, :func:`seal_publish`:
   extra ones), every other argument and option of every embedded signature, the task id and the other ids,
   ``apply_async(headers=...)``, stamped headers and any extra publish option (:func:`refuse_in_options`). One
   rule decides what is card-like (:mod:`worker.carddata`);
+* **checks amounts** on a first publish (:mod:`worker.amounts`): an ``int`` or ``float`` ``amount`` is refused with
+  :class:`worker.amounts.AmountRefused` (dollars or cents?), ``amount_cents=300`` becomes ``amount="3.00"``;
 * **masks** ``argsrepr``/``kwargsrepr`` (what task events, Flower, ``inspect`` and logs show): the card as
   ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, any other card-like digits masked too.
 
@@ -41,6 +43,7 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
+from worker.amounts import publish_amounts
 from worker.carddata import (
     IDENTIFIER_NAMES,
     CardDataRefused,
@@ -100,14 +103,18 @@ def _param_name(task: str | None, index: int) -> str | None:
 class _Walk:
     """One message: seals cards in place of copies, refuses card data elsewhere."""
 
-    def __init__(self, vault: CardVault) -> None:
+    def __init__(self, vault: CardVault, *, check_amounts: bool = False) -> None:
         self.vault = vault
+        #: a first publish: amounts are checked and amount_cents turned into amount (worker/amounts.py)
+        self.check_amounts = check_amounts
 
     def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list, dict]:
         """Seal/refuse one task call's arguments. ``prefix``: "" for the message's own task (fields named
         by parameter), else the signature's path (fields named ``<prefix>.args[i]`` / ``.kwargs.<name>``)."""
         args = list(args or ())
         kwargs = dict(kwargs or {})
+        if self.check_amounts:
+            args, kwargs = publish_amounts(task, args, kwargs, prefix)
         position = CARD_ARGUMENT.get(task or "")
         for i, value in enumerate(args):
             if position is not None and i == position:
@@ -261,7 +268,8 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
     (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
     options)`` with ``argsrepr``/``kwargsrepr`` set; raises :class:`CardDataRefused` naming the field."""
-    walk = _Walk(vault)
+    # A worker's retry publishes again what was accepted once (perhaps before amounts were checked): kept as is.
+    walk = _Walk(vault, check_amounts=not options.get("retries"))
     refuse_in_options(options)
     args, kwargs = walk.call(name, args, kwargs, "")
     options = dict(options)

@@ -38,6 +38,7 @@ class Services:
     @cached_property
     def gateway(self):
         from worker.gateway import BluePayClient, RetryPolicy
+        from worker.preflight import MisconfigurationReporter
 
         s = self.settings
         return BluePayClient(
@@ -49,6 +50,7 @@ class Services:
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
+            on_failure=MisconfigurationReporter(s),
             **({"observer": self.metrics} if self.metrics is not None else {}),
         )
 

@@ -1,15 +1,14 @@
 """``payments status``: one screen (or ``--json``) saying whether the payments system needs a human.
 
 Workers alive (a Celery ping), the broker's queue and unacknowledged messages, UNKNOWN / needs_human / RETRYING
-with the oldest, the outbox, the last sweep, and whether the gateway (or the sandbox) answers. Exit status 1 when
+with the oldest, the outbox, the last sweep, and whether the gateway (or the sandbox) answers a sealed stq probe
+(worker/preflight.py: HTTP 404 or SECURITY ERROR names the misconfigured setting). Exit status 1 when
 :func:`worker.monitor.attention` finds something, 0 otherwise (2: Redis cannot be reached, as every command).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
-
-import requests
 
 from worker.monitor import age, attention, snapshot
 
@@ -22,25 +21,27 @@ def ping_workers(app: Any, timeout: float = 1.0) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def probe_gateway(base_url: str, timeout: float = 3.0) -> str | None:
-    """None when the gateway's host answers HTTP at all (any status: nothing is sent but a GET of the base URL);
-    otherwise the reason, as an exception class name."""
-    try:
-        requests.get(base_url, timeout=(timeout, timeout), allow_redirects=False).close()
-    except requests.RequestException as exc:
-        return type(exc).__name__
-    return None
+def probe_gateway(settings: Any) -> tuple[str | None, str | None]:
+    """(misconfiguration, unreachable): one sealed stq probe (worker/preflight.py). The first names the setting a
+    definite answer (HTTP 404, SECURITY ERROR) proves wrong; the second says why the gateway could not tell now."""
+    from worker.preflight import probe
+
+    result = probe(settings)
+    return (result.misconfigured.message if result.misconfigured else None), result.unreachable
 
 
 def report(svc: Any, app: Any, *, ping_timeout: float = 1.0) -> dict[str, Any]:
     found = snapshot(svc, app)
     workers = ping_workers(app, ping_timeout)
-    gateway_error = probe_gateway(svc.settings.bluepay_url)
+    misconfigured, gateway_error = probe_gateway(svc.settings)
     found["workers"] = workers
-    found["gateway"] = {"url": svc.settings.bluepay_url, "reachable": gateway_error is None, "error": gateway_error}
+    found["gateway"] = {"url": svc.settings.bluepay_url, "reachable": gateway_error is None, "error": gateway_error,
+                        "misconfigured": misconfigured}
     found["ages"] = {name: age(found, name) for name in ("unknown", "retrying", "needs_human", "non_final", "outbox",
                                                           "open_auths")}
     found["attention"] = attention(found, svc.settings, workers=workers, gateway_error=gateway_error)
+    if misconfigured:
+        found["attention"].insert(0, f"gateway misconfigured: {misconfigured}")
     found["ok"] = not found["attention"]
     return found
 
@@ -62,6 +63,12 @@ def _sweep_line(now: float, sweep: dict[str, Any] | None) -> str:
         actions or "nothing to do")
 
 
+def _gateway_line(gateway: dict[str, Any]) -> str:
+    if gateway.get("misconfigured"):
+        return f"MISCONFIGURED ({gateway['misconfigured']})"
+    return "settings proved (stq)" if gateway["reachable"] else f"NOT reachable ({gateway['error']})"
+
+
 def render(found: dict[str, Any]) -> str:
     by_status, ages, broker = found["by_status"], found["ages"], found["broker"]
     sweep = found.get("sweep")
@@ -79,8 +86,7 @@ def render(found: dict[str, Any]) -> str:
         f"open auths   {found['open_auths']['count']} (oldest {_age(ages['open_auths'])}), "
         f"{found.get('stale_auths', 0)} older than STALE_AUTH_AGE",
         "last sweep   " + _sweep_line(found["now"], sweep),
-        f"gateway      {found['gateway']['url']}: "
-        + ("reachable" if found["gateway"]["reachable"] else f"NOT reachable ({found['gateway']['error']})"),
+        f"gateway      {found['gateway']['url']}: " + _gateway_line(found["gateway"]),
         "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),
         "",
     ]

@@ -51,6 +51,9 @@ any_fields = {
     "then_void": one_of_values("1", ""),
     "message": one_of_values("Approved", "Approved Void", "Approved Return", "Declined"),
     "trans_type": one_of_values("", "VOID", "REFUND", "CAPTURE", "SALE"),
+    # what retry_failed reads (claim.lua charged_nothing)
+    "error_class": one_of_values("", "InvalidInput", "Rejected"),
+    "not_charged": one_of_values("", "1"),
 }
 # per id: its own trans id is the likely one
 fields = {pid: st.fixed_dictionaries({}, optional={
@@ -67,7 +70,7 @@ claim_options = {
     "fingerprints": st.lists(st.sampled_from(FPS), max_size=2),
     "dead_owner": one_of_values("", "", "w1", "w2"),
 }
-modes = one_of_values("run", "run", "run", "create_only", "reconcile")
+modes = one_of_values("run", "run", "run", "retry_failed", "create_only", "reconcile")
 
 
 @st.composite

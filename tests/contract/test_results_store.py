@@ -219,6 +219,66 @@ def test_mismatch_in_create_only_mode_and_not_checked_by_the_sweep(store):
     assert claim(store, "k1", owner="sweep", mode="reconcile", fingerprints=[FP_B]).kind == "resumed"
 
 
+# ---- retry_failed: an ERROR that provably charged nothing runs again under its key ---------------
+
+def refused(store, pid, *, fields=None):
+    """What PaymentFlow.refuse writes: a create_only record, then ERROR (InvalidInput), never sent."""
+    claim(store, pid, owner="refuser", mode="create_only", fields={**(fields or SALE_FIELDS),
+                                                                   "error_class": "InvalidInput"})
+    store.transition(pid, "ERROR", fields={"message": "invalid input: card: sealed card data cannot be opened"},
+                     owner="refuser", sent=False)
+
+
+def closed_not_charged(store, pid, fingerprints=(FP_A,)):
+    claim(store, pid, owner="w1", fingerprints=list(fingerprints), journal=True)
+    store.transition(pid, "RETRYING", owner="w1", sent=False)
+    c = claim(store, pid, owner="sweep", mode="reconcile")
+    assert c.kind == "resumed"
+    store.transition(pid, "ERROR", owner="sweep", sent=False, fields={"message": "gave up", "not_charged": "1"})
+
+
+def test_retry_failed_reopens_a_refusal_with_this_requests_fields_and_binds_its_fingerprint(store):
+    refused(store, "k1", fields={"amount": "3,00", "order_id": "k1"})
+    assert claim(store, "k1", owner="w2", fingerprints=[FP_A]).kind == "final"  # run: the stored ERROR
+    c = claim(store, "k1", owner="w2", mode="retry_failed", fingerprints=[FP_A])
+    assert c.kind == "resumed" and c.previous_status == "ERROR"
+    record = store.get("k1")
+    assert record["status"] == "PENDING" and record["lease_owner"] == "w2" and record["fingerprint"] == FP_A
+    assert record["amount"] == "3.00" and record["message"] == "" and "error_class" not in record
+    assert int(record["attempts"]) == 2 and statuses(store, "k1") == ["PENDING", "ERROR", "PENDING"]
+    assert "retry_failed" in store.history("k1")[-1]["note"]
+    # bound now: another request under the key is a mismatch, even with retry_failed
+    store.transition("k1", "ERROR", owner="w2", sent=False, fields={"not_charged": "1"})
+    assert claim(store, "k1", owner="w3", mode="retry_failed", fingerprints=[FP_B]).kind == "mismatch"
+
+
+def test_retry_failed_reopens_an_error_closed_as_not_charged_for_the_same_request_only(store):
+    closed_not_charged(store, "k1")
+    before = store.get("k1")
+    assert claim(store, "k1", owner="w2", mode="retry_failed", fingerprints=[FP_B]).kind == "mismatch"
+    assert store.get("k1") == before
+    c = claim(store, "k1", owner="w2", mode="retry_failed", fingerprints=[FP_A])
+    assert c.kind == "resumed" and "not_charged" not in store.get("k1")
+    assert store.get("k1")["sent_ts"] == before["sent_ts"]  # kept: stq is asked again before any send
+
+
+@pytest.mark.parametrize("outcome", ["APPROVED", "DECLINED", "ERROR-rejected", "ERROR-invalid-after-send",
+                                     "ERROR-with-trans-id", "VOIDED"])
+def test_retry_failed_never_reopens_what_may_have_charged_or_was_answered(store, outcome):
+    status = outcome.split("-")[0]
+    journal = outcome == "ERROR-invalid-after-send"
+    claim(store, "k1", fingerprints=[FP_A], journal=journal)
+    fields = {"message": "x", "trans_id": "100000000001" if outcome != "ERROR-invalid-after-send" else ""}
+    if outcome == "ERROR-rejected":
+        fields.update(error_class="Rejected", trans_id="")
+    elif outcome == "ERROR-invalid-after-send":
+        fields.update(error_class="InvalidInput")
+    store.transition("k1", status, fields=fields, owner="w1", sent=True)
+    before = store.get("k1")
+    c = claim(store, "k1", owner="w2", mode="retry_failed", fingerprints=[FP_A])
+    assert c.kind == "final" and store.get("k1") == before
+
+
 # ---- takeover of an attempt in flight --------------------------------------------------------
 
 def test_takeover_of_an_expired_in_flight_attempt_counts_it_sent_until_its_lease_ended(store, tier):

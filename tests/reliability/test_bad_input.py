@@ -39,6 +39,7 @@ from tests.reliability.scenarios import (
 )
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.sandbox import running_sandbox
+from worker.amounts import AmountRefused
 from worker.carddata import CardDataRefused
 
 pytestmark = pytest.mark.reliability
@@ -120,6 +121,13 @@ def publish_or_refused(task, name, args, kwargs, what, sandbox):
     before = gateway_requests(sandbox)
     try:
         result = task.apply_async(args=args, kwargs=kwargs)
+    except AmountRefused as exc:
+        event("refused at the producer: an int or float amount (dollars or cents?)")
+        amount = kwargs.get("amount", args[0] if name in ("sale", "auth") and args else None)
+        assert what == "amount" and exc.field == "amount", (exc.field, what)
+        assert isinstance(amount, (int, float)), amount  # only those are refused at delay(); the rest is recorded
+        assert gateway_requests(sandbox) == before
+        return None
     except CardDataRefused as exc:
         event("refused at the producer: card data outside the card")
         assert expected, f"refused {exc.field!r}, but nothing there is card data"

@@ -107,6 +107,14 @@ def _field_values(fields: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
+def _charged_nothing(rec: Mapping[str, str]) -> bool:
+    """claim.lua's charged_nothing: closed as not charged, or refused as invalid input before any attempt."""
+    if rec.get("not_charged") == "1":
+        return True
+    return (rec.get("error_class") == "InvalidInput" and (rec.get("sends") or "0") == "0"
+            and not rec.get("sent_ts") and not rec.get("trans_id"))
+
+
 def _key(payment_id: Any) -> str:
     if not isinstance(payment_id, str):
         raise TypeError(f"payment_id must be a str, not {type(payment_id).__name__}")
@@ -293,7 +301,7 @@ class InMemoryStore:
             raise ValueError(f"unknown operation {operation!r}")
         if not owner:
             raise ValueError("owner must not be empty")
-        if mode not in ("run", "create_only", "reconcile"):
+        if mode not in ("run", "retry_failed", "create_only", "reconcile"):
             raise ValueError(f"unknown claim mode {mode!r}")
         _refuse_card("payment_id", payment_id)
         fps = [str(_to_str(f)) for f in fingerprints if f]
@@ -353,14 +361,24 @@ class InMemoryStore:
                 return answer("mismatch")
         if mode == "create_only":
             return answer("exists")
+        reopened = False
         if status not in NON_FINAL:
-            return answer("final")
+            if not (mode == "retry_failed" and status == "ERROR" and _charged_nothing(rec)):
+                return answer("final")
+            reopened = True
         cur_owner, until = rec.get("lease_owner") or "", _num(rec.get("lease_until"))
         if until > now and cur_owner != owner and (dead_owner == "" or cur_owner != dead_owner):
             return answer("busy")
         rec.update(status="PENDING", lease_owner=owner, lease_until=_ts(now + lease), updated_at=now_iso,
                    updated_ts=now_ts)
         note = f"resumed by {owner} from {status}"
+        if reopened:  # claim.lua: this request's fields, its fingerprint if the refusal had none
+            for name in ("error_class", "not_charged", "needs_human", "next_check_ts"):
+                rec.pop(name, None)
+            rec.update(values)
+            if not rec.get("fingerprint") and fps:
+                rec["fingerprint"] = fps[0]
+            note = f"retry_failed: reopened by {owner} from ERROR (nothing was charged)"
         if rec.get("in_flight") == "1":
             # The last holder noted an attempt and never said how it ended: it may have been sent until its
             # lease ran out (or until now, if its process is known dead).

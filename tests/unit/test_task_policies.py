@@ -302,3 +302,49 @@ def test_redis_unavailable_for_twenty_requeues_fails_the_task(clock):
     app = create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))
     with current(app), pytest.raises(MaxRetriesExceededError):
         deliver(sale, "3.00", CARD, retries=20)
+
+
+# ================================================================================== retry_failed: a burnt key re-run
+def test_a_refusal_burns_the_key_until_the_producer_says_retry_failed(store, wire):
+    # a card sealed with another PAYMENTS_CARD_KEY: refused, nothing sent; fixed, sent again under the same key
+    gw = FakeGateway([reply(order_id="order-9")])
+    svc = wire(gw)
+    foreign = {"sealed": "not-a-token", "masked": "xxxxxxxxxxxx1111"}
+    refused = deliver(sale, "3.00", foreign, idempotency_key="order-9")
+    assert refused["status"] == "ERROR" and refused["error_class"] == "InvalidInput"
+    sealed = svc.vault.seal(CARD)
+    assert deliver(sale, "3.00", sealed, idempotency_key="order-9", task_id="msg-2") == refused  # burnt
+    assert gw.sends == []
+    outcome = deliver(sale, "3.00", sealed, idempotency_key="order-9", retry_failed=True, task_id="msg-3")
+    assert outcome["status"] == "APPROVED" and outcome["payment_id"] == "order-9" and len(gw.sends) == 1
+    assert "error_class" not in outcome
+    # done: retry_failed changes nothing about an answered payment (no second charge)
+    again = deliver(sale, "3.00", sealed, idempotency_key="order-9", retry_failed=True, task_id="msg-4")
+    assert again["status"] == "APPROVED" and len(gw.sends) == 1
+
+
+def test_retry_failed_keeps_the_key_bound_to_its_request(store, wire):
+    gw = FakeGateway([NotSent("refused"), reply(order_id="order-10")])
+    wire(gw, outage_retries=0)
+    first = deliver(sale, "3.00", CARD, idempotency_key="order-10")  # unreachable, out of re-queues: not_charged
+    assert first["status"] == "ERROR" and first.get("not_charged") == "1"
+    other = deliver(sale, "4.00", CARD, idempotency_key="order-10", retry_failed=True, task_id="msg-2")
+    assert other["status"] == "ERROR" and other["error_class"] == "IdempotencyMismatch"
+    assert store.get("order-10")["status"] == "ERROR" and store.get("order-10")["amount"] == "3.00"
+    # the same request, once the gateway is back
+    outcome = deliver(sale, "3.00", CARD, idempotency_key="order-10", retry_failed=True, task_id="msg-3")
+    assert outcome["status"] == "APPROVED" and len(gw.sends) == 2 and "not_charged" not in outcome
+
+
+def test_retry_failed_never_reruns_a_decline(store, wire):
+    gw = FakeGateway([reply(status="DECLINED", message="Declined Sale", order_id="order-11")])
+    wire(gw)
+    declined = deliver(sale, "4.00", CARD, idempotency_key="order-11")
+    assert deliver(sale, "4.00", CARD, idempotency_key="order-11", retry_failed=True, task_id="msg-2") == declined
+    assert len(gw.sends) == 1
+
+
+def test_retry_failed_must_be_a_bool(store, wire):
+    wire(FakeGateway())
+    outcome = deliver(sale, "3.00", CARD, retry_failed="yes")
+    assert outcome["status"] == "ERROR" and "retry_failed" in outcome["message"]

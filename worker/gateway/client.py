@@ -51,6 +51,7 @@ class BluePayClient:
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], date] = date.today,
         observer: GatewayObserver = NULL_OBSERVER,
+        on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         if not isinstance(account_id, str) or not account_id.strip():
             raise InvalidInput("account_id", "required")
@@ -77,6 +78,8 @@ class BluePayClient:
         self._clock = clock
         self._today = today
         self.observer = observer
+        # told of every call that failed after its retries (worker/preflight.py names a misconfiguration)
+        self._on_failure = on_failure
 
     def __repr__(self) -> str:
         return f"BluePayClient(account_id={self.account_id!r}, mode={self.mode!r}, base_url={self.base_url!r})"
@@ -236,6 +239,8 @@ class BluePayClient:
                 "gateway %s order_id=%s failed: %s",
                 operation, fields.get("ORDER_ID") or fields.get("order_id") or "-", type(exc).__name__,
             )
+            if self._on_failure is not None:
+                self._on_failure(exc)
             raise
         if result is not None:
             logger.info(

@@ -120,7 +120,9 @@ class ResultsStore:
         at once (the caller sends right after); ``"prior"``: the message was delivered before, so a new record
         starts as if an attempt may have been sent until now (stq first, commit horizon). ``fingerprints``: the
         request's fingerprint under each card key (the first is stored); an existing record bound to another
-        request answers ``mismatch``.
+        request answers ``mismatch``. ``mode="retry_failed"``: as ``run``, but a final ERROR that provably charged
+        nothing (``not_charged``, or an ``InvalidInput`` refusal before any attempt) is reopened (``resumed``) with
+        this request's fields, and bound to its fingerprint if the refusal had none.
         """
         payment_id, operation, owner = to_str(payment_id), to_str(operation), to_str(owner)
         if not payment_id:
@@ -129,7 +131,7 @@ class ResultsStore:
             raise ValueError(f"unknown operation {operation!r}")
         if not owner:
             raise ValueError("owner must not be empty")
-        if mode not in ("run", "create_only", "reconcile"):
+        if mode not in ("run", "retry_failed", "create_only", "reconcile"):
             raise ValueError(f"unknown claim mode {mode!r}")
         check_no_pan("payment_id", payment_id)
         fps = [to_str(f) for f in fingerprints if f]
@@ -142,7 +144,7 @@ class ResultsStore:
         kind, prev, now, flat = run_script_durably(
             self.redis, self._claim, self._keys(payment_id), args, what="claim", replicas=self.replicas,
             timeout=self.replica_timeout,
-            needed=lambda reply: mode == "run" and text(reply[0]) in ("claimed", "resumed"))
+            needed=lambda reply: mode in ("run", "retry_failed") and text(reply[0]) in ("claimed", "resumed"))
         return Claim(kind=text(kind), record=pairs_to_dict(flat) or {}, previous_status=text(prev) or None,
                      now=float(now))
 

@@ -2,7 +2,8 @@
 --       8 journal ('1': note attempt 1 in the same round trip; 'prior': the message was delivered before,
 --       so an earlier delivery may have sent it until now) 9 n_fingerprints, fingerprints...,
 --       then field/value pairs for a new record.
--- mode: run (claim to work on it), create_only (record only if absent: a delivery that cannot run),
+-- mode: run (claim to work on it), retry_failed (run; a final ERROR that provably charged nothing is reopened:
+--       common.lua charged_nothing), create_only (record only if absent: a delivery that cannot run),
 --       reconcile (the sweep: never creates).
 -- Returns {kind, previous_status, now, record pairs}.
 local owner, lease_seconds, pid, op, dead_owner, message_id, mode, journal =
@@ -11,6 +12,14 @@ local n_fp = tonumber(ARGV[9])
 local fps = {}
 for i = 10, 9 + n_fp do fps[ARGV[i]] = true end
 local first_field = 10 + n_fp
+-- An ERROR that provably charged nothing (retry_failed may reopen it): closed as not charged (stq proved the
+-- absence past the commit horizon, or it was never sent), or refused as invalid input (a card sealed with another
+-- PAYMENTS_CARD_KEY included) before any attempt was noted. Kept in step with tests/support/fake_store.py.
+local function charged_nothing(rec)
+  local r = redis.call('HMGET', rec, 'not_charged', 'error_class', 'sends', 'sent_ts', 'trans_id')
+  if r[1] == '1' then return true end
+  return r[2] == 'InvalidInput' and (r[3] or '0') == '0' and (r[4] or '') == '' and (r[5] or '') == ''
+end
 local now = server_now()
 local now_iso, now_ts = iso(now), ts(now)
 -- The message's outbox entry goes, whatever the claim says; a stamp the sweep gave it is the sweep's to drop.
@@ -66,7 +75,13 @@ if mode ~= 'reconcile' then
   end
 end
 if mode == 'create_only' then return {'exists', status, now_ts, redis.call('HGETALL', REC)} end
-if not NON_FINAL[status] then return {'final', status, now_ts, redis.call('HGETALL', REC)} end
+local reopened = false
+if not NON_FINAL[status] then
+  if not (mode == 'retry_failed' and status == 'ERROR' and charged_nothing(REC)) then
+    return {'final', status, now_ts, redis.call('HGETALL', REC)}
+  end
+  reopened = true
+end
 local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until', 'in_flight', 'sent_ts')
 local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
 if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
@@ -75,6 +90,18 @@ end
 local updates = {'status', 'PENDING', 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
                  'updated_at', now_iso, 'updated_ts', now_ts}
 local note = 'resumed by ' .. owner .. ' from ' .. status
+if reopened then
+  -- retry_failed: an ERROR that provably charged nothing runs again under its key. This request's fields replace
+  -- the refused one's (its outcome fields are reset), and it binds the key when the refusal had no fingerprint.
+  for i = first_field, #ARGV do updates[#updates + 1] = ARGV[i] end
+  local stored_fp = redis.call('HGET', REC, 'fingerprint') or ''
+  if stored_fp == '' and n_fp > 0 then
+    updates[#updates + 1] = 'fingerprint'
+    updates[#updates + 1] = ARGV[10]
+  end
+  redis.call('HDEL', REC, 'error_class', 'not_charged', 'needs_human', 'next_check_ts')
+  note = 'retry_failed: reopened by ' .. owner .. ' from ERROR (nothing was charged)'
+end
 if r[3] == '1' then
   -- The last holder noted an attempt and never said how it ended: it may have been sent until its
   -- lease ran out (or until now, if its process is known dead).

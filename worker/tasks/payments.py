@@ -69,6 +69,11 @@ class PaymentTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
         request.payment_id = request.id
+        # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
+        # charged nothing (worker/flow.py); an option of the message, not an argument of the operation.
+        request.retry_failed = kwargs.pop("retry_failed", False)
+        if not isinstance(request.retry_failed, bool):
+            return self._refuse(InvalidInput("retry_failed", "retry_failed must be True or False"))
         try:
             self._run_signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -200,7 +205,8 @@ def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: 
     return task.services.flow.charge(task.operation, payment_id, amount=amount, card=_open_card(task, card),
                                      customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
                                      then_void=task.follows_with_void(), message_id=task.request.id,
-                                     redelivered=task.redelivered, shown_key=task.request.shown_key)
+                                     redelivered=task.redelivered, shown_key=task.request.shown_key,
+                                     retry_failed=task.request.retry_failed)
 
 
 def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
@@ -208,7 +214,7 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
     _refuse_clear_card_data(task)
     return task.services.flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
                                         message_id=task.request.id, redelivered=task.redelivered,
-                                        shown_key=task.request.shown_key)
+                                        shown_key=task.request.shown_key, retry_failed=task.request.retry_failed)
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))

@@ -1,0 +1,10 @@
+"""Celery tasks: thin glue between the broker and the payment flow (worker/flow.py).
+
+``from worker.tasks import sale, auth, capture, refund, void, sweep``; ``reconcile_report``
+(worker/tasks/reconciliation.py). They live in the ``worker`` package so that a merchant's own ``tasks.py`` (Django's
+and Celery's default layout) cannot shadow them; the top-level ``tasks`` package is a documented alias.
+"""
+from worker.tasks.payments import auth, capture, refund, sale, sweep, void
+from worker.tasks.reconciliation import reconcile_report
+
+__all__ = ["sale", "auth", "capture", "refund", "void", "sweep", "reconcile_report"]
