@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.carddata import contains_card_number
 from worker.catalogue import PAYMENT_TASKS
 from worker.celery_app import app
-from worker.flow import GatewayOutage, LeaseBusy
+from worker.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
 from worker.gateway import InvalidInput, validation
 from worker.sealing import unsealed_card_in
 from worker.services import Services, services_of
@@ -101,8 +101,12 @@ class PaymentTask(Task):
                                              message_id=request.id)
 
     def _refuse(self, exc: InvalidInput) -> dict:
-        return self.services.flow.refuse(self.operation, self.request.payment_id, f"invalid input: {exc}",
-                                         message_id=self.request.id)
+        flow, request = self.services.flow, self.request
+        # The key is bound to this request as given (its card sealed or not): another request under it is an
+        # IdempotencyMismatch, this one again the stored refusal.
+        given = {"args": list(request.args or ()), "kwargs": dict(request.kwargs or {})}
+        return flow.refuse(self.operation, request.payment_id, f"invalid input: {exc}", message_id=request.id,
+                           fingerprints=refusal_fingerprints(self.operation, given, flow.card_keys))
 
     def _on_outage(self, parked: GatewayOutage) -> dict:
         request, settings = self.request, self.services.settings

@@ -24,6 +24,7 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -172,6 +173,36 @@ def request_fingerprints(operation: str, *, amount: str | None, target: str = ""
             for part in card_parts]
 
 
+def refusal_fingerprints(operation: str, request: Mapping[str, Any], card_keys: Sequence[str] = ()) -> list[str]:
+    """What a key is bound to when its request was refused for bad input: the whole input as given (it was never
+    sent, so nothing narrower identifies it), any card number as a keyed hash (never the number, never the CVV2).
+    The ``refused`` namespace is no runnable request's: a later, different request under the key is an
+    ``IdempotencyMismatch``, and the same request again gets the stored refusal. One fingerprint per card key."""
+    keys = list(card_keys)
+    return [hashlib.sha256(f"v1|refused|{operation}|{_canonical(request, keys, i)}".encode()).hexdigest()
+            for i in range(max(len(keys), 1))]
+
+
+def _canonical(value: Any, card_keys: list[str], key_index: int) -> str:
+    return json.dumps(_fingerprintable(value, card_keys, key_index), sort_keys=True, default=str)
+
+
+def _fingerprintable(value: Any, card_keys: list[str], key_index: int) -> Any:
+    """``value`` with every card (a mapping with a number) as a keyed hash of its number and its expiry."""
+    if isinstance(value, Mapping):
+        if "number" in value:
+            number = value.get("number")
+            hashed = (card_fingerprints(str(number), card_keys)[key_index]
+                      if card_keys and isinstance(number, str | int) else "unhashed")
+            return {"card": hashed, "expire": str(value.get("expire"))}
+        return {str(k): _fingerprintable(v, card_keys, key_index) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fingerprintable(v, card_keys, key_index) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return f"{type(value).__name__}:{value}"
+
+
 def response_fields(response: Response) -> dict[str, str]:
     fields = {
         "message": response.message or "",
@@ -278,7 +309,9 @@ class PaymentFlow:
             checked_customer = validation.customer(customer)
             checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
         except InvalidInput as exc:
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
+            request = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id}
+            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
+                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
         fields["amount"] = checked_amount
         fingerprints = request_fingerprints(operation, amount=checked_amount, card_number=checked_card.number,
                                             card_keys=self.card_keys)
@@ -308,7 +341,9 @@ class PaymentFlow:
             if operation != "void" and amount is not None:
                 checked_amount = validation.amount(amount)
         except InvalidInput as exc:
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
+            request = {"trans_id": trans_id, "amount": amount}
+            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
+                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
         if checked_amount is not None:
             fields["amount"] = checked_amount
         fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
@@ -360,21 +395,26 @@ class PaymentFlow:
         return task_outcome(record or self.store.get(payment_id))
 
     def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
-               error_class: str = "InvalidInput", message_id: str = "") -> dict[str, Any]:
+               error_class: str = "InvalidInput", message_id: str = "",
+               fingerprints: Sequence[str] = ()) -> dict[str, Any]:
         """A delivery that cannot run (bad arguments, a seal that does not open): a final ERROR record when the
-        operation has none; when it has one, this delivery's own ERROR, and the record is left alone."""
+        operation has none; when it has one, this delivery's own ERROR, and the record is left alone.
+
+        ``fingerprints`` (:func:`refusal_fingerprints`) bind the key to the refused request, as any claim does:
+        a later, different request under it is an ``IdempotencyMismatch``, not this refusal."""
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, fields=dict(fields or {}, order_id=payment_id,
                                                                     error_class=error_class),
                                  owner=owner, lease_seconds=self.lease_seconds, message_id=message_id,
-                                 mode="create_only")
+                                 mode="create_only", fingerprints=fingerprints)
         if claim.kind == "claimed":
             record = self.store.transition(payment_id, Status.ERROR, fields={"message": _short(message)},
                                            owner=owner, note=_short(message), sent=False)
             self._observe_outcome(operation, record)
             return task_outcome(record or self.store.get(payment_id))
         existing = claim.record
-        if existing.get("status") == Status.ERROR and existing.get("error_class") == error_class:
+        if claim.kind == "exists" and existing.get("status") == Status.ERROR and \
+                existing.get("error_class") == error_class:
             return task_outcome(existing)  # this very refusal, delivered again
         return error_outcome(operation, payment_id, _short(message), error_class)
 

@@ -484,6 +484,38 @@ def test_refuse_without_a_record_records_a_final_error_once(store):
     assert gw.sends == [] and gw.queries == []
 
 
+@pytest.mark.parametrize("bad,later", [
+    (dict(amount="abc"), dict(amount="3.00")),
+    (dict(amount="abc"), dict(amount="abc", card=OTHER_CARD)),  # another bad request: not the stored refusal either
+    (dict(card={"number": "4111111111111112", "expire": "1230"}), dict(amount="5.00")),
+], ids=["bad-amount-then-valid", "bad-then-other-bad", "bad-card-then-valid"])
+def test_a_key_refused_for_bad_input_is_bound_to_that_request(store, bad, later):
+    pid = new_id()
+    gw = FakeGateway()
+    flow = make_flow(store, gw)
+    refused = sale(flow, pid, **bad)
+    assert refused["status"] == "ERROR" and refused["error_class"] == "InvalidInput"
+    stored = store.get(pid)
+    other = sale(flow, pid, **later)
+    assert other["status"] == "ERROR" and other != refused
+    if later.get("amount") != "abc":
+        assert other["error_class"] == "IdempotencyMismatch", other
+    assert store.get(pid) == stored  # the refusal's record is left alone
+    assert sale(flow, pid, **bad) == refused  # the same refused request again: the stored refusal
+    assert gw.sends == [] and gw.queries == []
+
+
+def test_a_refused_follow_up_key_is_bound_to_that_request(store):
+    pid = new_id("refund")
+    gw = FakeGateway()
+    flow = make_flow(store, gw)
+    refused = checked(flow.follow_up("refund", pid, trans_id="not-a-trans-id"))
+    assert refused["error_class"] == "InvalidInput"
+    other = checked(flow.follow_up("refund", pid, trans_id=SALE_TRANS, amount="1.00"))
+    assert other["error_class"] == "IdempotencyMismatch" and gw.sends == []
+    assert checked(flow.follow_up("refund", pid, trans_id="not-a-trans-id")) == refused
+
+
 def test_a_foreign_transition_is_refused(store):
     pid = new_id()
     gw = FakeGateway([NotSent("refused")])
