@@ -259,6 +259,7 @@ class _Run:
     send: Callable[[bool], Response]
     follow_up: bool
     deadline: float  # monotonic: no gateway call starts after this
+    amount: str = ""  # the amount we asked for ("" for a void, or a capture/refund of the whole or the rest)
 
 
 @dataclass
@@ -469,7 +470,7 @@ class PaymentFlow:
             raise LeaseBusy(f"{payment_id} is being processed by another worker",
                             countdown=max(0.5, min(remaining + 0.5, 10.0)))
         run = _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS,
-                   deadline=self.clock() + self.operation_budget)
+                   deadline=self.clock() + self.operation_budget, amount=str(fields.get("amount") or ""))
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
@@ -560,10 +561,11 @@ class PaymentFlow:
             if isinstance(found, Response) and found.approved:
                 return self._adopt(run, found)
         status, fields = interpret(run.operation, response)
-        return self._finish(run, status, dict(fields, **extra))
+        return self._finish(run, status, dict(fields, **extra, **_amount_taken(run, status, response)))
 
     def _adopt(self, run: _Run, found: Response) -> dict[str, Any]:
         status, fields = interpret(run.operation, found)
+        fields.update(_amount_taken(run, status, found))
         fields["reconciled"] = "stq"
         return self._finish(run, status, fields, note="adopted from stq")
 
@@ -620,9 +622,9 @@ class PaymentFlow:
                                  mode="reconcile")
         if claim.kind != "resumed":
             return "skipped"
-        run = _Run(operation, payment_id, owner, _no_send, operation in FOLLOW_UPS,
-                   deadline=self.clock() + self.operation_budget)
         current, now = claim.record, claim.now
+        run = _Run(operation, payment_id, owner, _no_send, operation in FOLLOW_UPS,
+                   deadline=self.clock() + self.operation_budget, amount=str(current.get("amount") or ""))
         sent_ts = float(current.get("sent_ts") or 0) or None
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
@@ -664,6 +666,19 @@ class PaymentFlow:
     def repair(self, payment_id: str) -> str:
         """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
         return self.store.reflect(payment_id)
+
+
+def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]:
+    """A capture or refund sent without an amount took what the gateway says it took (the AMOUNT of its reply or of
+    the stq row): recorded as the operation's amount, which is what its original counts. The store's own figure
+    (the total minus what it has counted) is only the fallback for an answer without a usable AMOUNT: refunds
+    recorded in another order than the gateway processed them would otherwise count more than was charged."""
+    if run.operation not in ("capture", "refund") or run.amount or status != Status.APPROVED:
+        return {}
+    try:
+        return {"amount": validation.amount(answer.amount)}
+    except InvalidInput:
+        return {}
 
 
 @contextmanager

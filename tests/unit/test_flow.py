@@ -846,8 +846,9 @@ def test_refund_answered_as_a_void_marks_the_sale_voided(store):
 ], ids=["1+2", "0.5+1+1.5", "1+rest"])
 def test_partial_refunds_accumulate(store, amounts, after):
     sold = approved_sale(store)
-    gw = FakeGateway([reply(message="Approved Return", trans_type="REFUND", trans_id=f"10000000090{i}")
-                      for i in range(len(amounts))])
+    took = [amount or "3.00" if i == 0 else amount or "2.00" for i, amount in enumerate(amounts)]  # the gateway's
+    gw = FakeGateway([reply(message="Approved Return", trans_type="REFUND", trans_id=f"10000000090{i}", amount=t)
+                      for i, t in enumerate(took)])
     flow = make_flow(store, gw)
     for amount, (status, total) in zip(amounts, after, strict=True):
         refunded = checked(flow.follow_up("refund", new_id("refund"), trans_id=SALE_TRANS, amount=amount))
@@ -855,6 +856,39 @@ def test_partial_refunds_accumulate(store, amounts, after):
         record = store.get(sold["payment_id"])
         assert (record["status"], record["refunded_amount"]) == (status, total)
     assert len(gw.sends) == len(amounts)
+
+
+@pytest.mark.parametrize("first_recorded", ["rest", "partial"])
+def test_a_refund_without_an_amount_counts_what_the_gateway_says_it_took(store, first_recorded):
+    """The gateway refunded 1.00 (partial), then the rest, 2.00 (no amount): whichever answer the store records first,
+    the sale ends REFUNDED with 3.00 refunded, never 4.00 (the rest counted as "total minus what the store knew")."""
+    sold = approved_sale(store)
+    answers = {"partial": reply(message="Approved Return", trans_type="REFUND", trans_id=OTHER_TRANS, amount="1.00"),
+               "rest": reply(message="Approved Return", trans_type="REFUND", trans_id=THIRD_TRANS, amount="2.00")}
+    asked = {"partial": "1.00", "rest": None}
+    order = [first_recorded, "partial" if first_recorded == "rest" else "rest"]
+    gw = FakeGateway([answers[name] for name in order])
+    flow = make_flow(store, gw)
+    ids = {}
+    for name in order:
+        ids[name] = new_id("refund")
+        assert checked(flow.follow_up("refund", ids[name], trans_id=SALE_TRANS, amount=asked[name]))["status"] == \
+            "APPROVED"
+    record = store.get(sold["payment_id"])
+    assert (record["status"], record["refunded_amount"]) == ("REFUNDED", "3.00")
+    assert store.get(ids["rest"])["amount"] == "2.00"  # the refund says what it took
+    assert len(gw.sends) == 2
+
+
+def test_a_refund_without_an_amount_adopted_from_stq_counts_the_rows_amount(store):
+    sold = approved_sale(store)
+    pid = new_id("refund")
+    row = reply(message="Approved Return", trans_type="REFUND", trans_id=OTHER_TRANS, amount="1.25", order_id=pid)
+    gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[row])
+    assert checked(make_flow(store, gw).follow_up("refund", pid, trans_id=SALE_TRANS))["status"] == "APPROVED"
+    record = store.get(sold["payment_id"])
+    assert (record["status"], record["refunded_amount"]) == ("PARTIALLY_REFUNDED", "1.25")
+    assert store.get(pid)["amount"] == "1.25" and store.get(pid)["reconciled"] == "stq"
 
 
 def test_a_void_of_a_capture_reopens_the_auth(store):
