@@ -124,6 +124,8 @@ class PaymentTask(Task):
         """The operation id: the producer's idempotency key, else the task id."""
         if idempotency_key is not None:
             self.request.payment_id = _checked_key(idempotency_key)
+        else:  # the task id stands for the key: sent as ORDER_ID all the same
+            validation.idempotency_key(self.request.payment_id, "task_id")
         return str(self.request.payment_id)
 
     @property
@@ -146,14 +148,9 @@ def task_options(name: str) -> dict[str, Any]:
 
 
 def _checked_key(idempotency_key: Any) -> str:
-    if not isinstance(idempotency_key, str) or not idempotency_key.strip():
-        raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string")
-    if len(idempotency_key) > 100:
-        raise InvalidInput("idempotency_key", "idempotency_key is longer than 100 characters")
-    try:
-        key = validation.order_id(idempotency_key)
-    except InvalidInput as exc:  # name the argument the producer passed, not the gateway field
-        raise InvalidInput("idempotency_key", exc.message) from None
+    """The producer's key as the operation id: the rule ``delay()`` already applied (worker/sealing.py), for a
+    message that did not come through it."""
+    key = validation.idempotency_key(idempotency_key)
     if contains_card_number(key):  # it becomes the record's id: never a card number
         raise InvalidInput("idempotency_key", "looks like a card number")
     return key

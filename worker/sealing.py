@@ -40,6 +40,7 @@ from celery.utils.saferepr import saferepr
 
 from worker.carddata import CardDataRefused, card_data_field, contains_card_number, mask_text, refuse_card_data
 from worker.catalogue import CARD_ARGUMENT, PARAMETERS
+from worker.gateway import InvalidInput, validation
 from worker.vault import CardVault, mask_card
 
 __all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "masked_reprs", "unsealed_card_in",
@@ -53,6 +54,8 @@ _SIGNATURE_OPTIONS = ("link", "link_error", "chord", "chain")
 _ID_OPTIONS = ("task_id", "group_id", "root_id", "parent_id", "shadow")
 
 _INVALID = "invalid"
+#: The argument of every payment task that becomes its operation id (store key and ORDER_ID).
+KEY_ARGUMENT = "idempotency_key"
 
 
 def _is_signature(value: Any) -> bool:
@@ -71,6 +74,16 @@ def seal_card(card: Any, vault: CardVault) -> Any:
     if isinstance(card, Mapping) and card.get("number"):
         return vault.seal(dict(card))
     return {_INVALID: f"card must be a dict with a number, got {type(card).__name__}"}
+
+
+def _check_key(value: Any, field: str) -> None:
+    """An idempotency key is refused at the door, as the worker would refuse it (validation.idempotency_key):
+    ``InvalidInput`` (a ``ValueError``) naming the field; nothing is published."""
+    if value is not None:
+        try:
+            validation.idempotency_key(value)
+        except InvalidInput as exc:
+            raise InvalidInput(field, exc.message) from None
 
 
 def _param_name(task: str | None, index: int) -> str | None:
@@ -97,6 +110,8 @@ class _Walk:
                 args[i] = seal_card(value, self.vault)
                 continue
             name = _param_name(task, i)
+            if name == KEY_ARGUMENT:
+                _check_key(value, f"{prefix}.args[{i}]" if prefix else name)
             if prefix:
                 field = f"{prefix}.args[{i}]"
                 check_as = f"{field}.{name}" if name else field  # the numeric order id rule reads the name
@@ -110,6 +125,8 @@ class _Walk:
             field = f"{prefix}.kwargs.{key}" if prefix else str(key)
             if contains_card_number(str(key)):
                 raise CardDataRefused(field)
+            if key == KEY_ARGUMENT and task in PARAMETERS:
+                _check_key(kwargs[key], field)
             kwargs[key] = self.value(kwargs[key], field, field)
         return args, kwargs
 
@@ -218,6 +235,8 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     for key in _ID_OPTIONS:
         if options.get(key) is not None:
             refuse_card_data(key, options[key])
+    if name in PARAMETERS and options.get("task_id") is not None:  # a payment's task id stands for its key
+        validation.idempotency_key(options["task_id"], "task_id")
     args, kwargs = walk.call(name, args, kwargs, "")
     options = dict(options)
     for key in EMBEDDED:

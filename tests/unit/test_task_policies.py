@@ -83,11 +83,15 @@ def test_bad_arguments_are_a_recorded_error_not_a_lost_job(store, wire, task, ar
     ({"idempotency_key": 42}, "idempotency_key"),
     ({"idempotency_key": "k" * 101}, "idempotency_key"),
     ({"idempotency_key": "key\n1"}, "idempotency_key"),
+    ({"idempotency_key": "key "}, "idempotency_key"),   # a message that did not come through delay(): the same rule
+    ({"idempotency_key": " key"}, "idempotency_key"),
+    ({"idempotency_key": "a key"}, "idempotency_key"),
     ({"idempotency_key": "4111 1111 1111 1111"}, "idempotency_key"),  # it would become the record's id
+    ({"idempotency_key": "ORD-4111111111111111"}, "idempotency_key"),
     ({"card": {"invalid": "card data refused at publish"}}, "card"),
     ({"card": {"sealed": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "card"),
-], ids=["empty-key", "int-key", "long-key", "control-char-key", "card-number-key", "invalid-marker",
-        "seal-does-not-open"])
+], ids=["empty-key", "int-key", "long-key", "control-char-key", "trailing-space-key", "leading-space-key",
+        "inner-space-key", "spaced-card-number-key", "card-number-key", "invalid-marker", "seal-does-not-open"])
 def test_invalid_input_found_by_the_task_is_refused(store, wire, kwargs, named):
     gw = FakeGateway()
     wire(gw)
