@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
 from worker.carddata import card_fingerprints, mask_number
@@ -68,7 +69,8 @@ class Gateway(Protocol):
 
     def void(self, trans_id: str, order_id: str | None = None) -> Response: ...
 
-    def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None: ...
+    def query_all(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30,
+                  between: tuple[float, float] | None = None) -> list[Response]: ...
 
 
 class Store(Protocol):
@@ -93,6 +95,8 @@ class Store(Protocol):
     def reflect(self, payment_id: str) -> str: ...
 
     def get(self, payment_id: str) -> dict[str, Any] | None: ...
+
+    def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None: ...
 
 
 class FlowObserver(Protocol):
@@ -260,6 +264,10 @@ class _Run:
     follow_up: bool
     deadline: float  # monotonic: no gateway call starts after this
     amount: str = ""  # the amount we asked for ("" for a void, or a capture/refund of the whole or the rest)
+    created_ts: float = 0.0  # Redis time the record was created: no attempt of it is older (stq's window)
+    masked_account: str = ""  # the card we charged (sale, auth)
+    target: str = ""  # the trans id a follow-up refers to
+    parent: str = ""  # the payment id of a follow-up's original, when known
 
 
 @dataclass
@@ -469,8 +477,8 @@ class PaymentFlow:
             remaining = float(claim.record.get("lease_until") or 0) - claim.now
             raise LeaseBusy(f"{payment_id} is being processed by another worker",
                             countdown=max(0.5, min(remaining + 0.5, 10.0)))
-        run = _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS,
-                   deadline=self.clock() + self.operation_budget, amount=str(fields.get("amount") or ""))
+        run = _run_of(operation, payment_id, owner, send, self.clock() + self.operation_budget,
+                      {**fields, **claim.record})
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
@@ -496,7 +504,7 @@ class PaymentFlow:
         sent_ts = float(record.get("sent_ts") or 0) or None
         if sent_ts is not None:
             # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
-            found = self._lookup(run.operation, run.payment_id)
+            found = self._lookup(run, now)
             if isinstance(found, Response):
                 return self._adopt(run, found)
             if isinstance(found, CannotTell):
@@ -531,7 +539,7 @@ class PaymentFlow:
             except OutcomeUnknown as exc:
                 refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
                 now = self.store.now()
-                found = self._lookup(run.operation, run.payment_id)
+                found = self._lookup(run, now)
                 if isinstance(found, Response):
                     return self._adopt(run, found)
                 if isinstance(found, CannotTell):
@@ -557,7 +565,7 @@ class PaymentFlow:
         """Record the gateway's answer to our request."""
         if run.operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
             # An earlier delivery of this very void may have gone through: record that VOID with its trans id.
-            found = self._lookup(run.operation, run.payment_id)
+            found = self._lookup(run, self.store.now())
             if isinstance(found, Response) and found.approved:
                 return self._adopt(run, found)
         status, fields = interpret(run.operation, response)
@@ -588,24 +596,69 @@ class PaymentFlow:
         self.observer.parked(run.operation, str(record.get("status", status)))
         raise outage(note, parked_as=record.get("status", status), check_in=check_in)
 
-    def _lookup(self, operation: str, payment_id: str) -> Response | Absent | CannotTell:
-        """stq by ORDER_ID: a Response of the same type, ABSENT (as of now), or CannotTell."""
+    def _lookup(self, run: _Run, now: float) -> Response | Absent | CannotTell:
+        """stq by ORDER_ID over the gateway days of this operation's attempts (the record's Redis times: its creation
+        up to ``now``, never this process's calendar): the row that is provably ours, ABSENT (stq has no row at all,
+        as of now), or CannotTell (stq failed; rows, none provably ours; or several approved rows of ours)."""
         try:
-            found = self.gateway.query(order_id=payment_id)
+            rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now, now))
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
-            log.warning("reconcile %s: stq failed: %s", payment_id, type(exc).__name__)
+            log.warning("reconcile %s: stq failed: %s", run.payment_id, type(exc).__name__)
             self.observer.reconciliation("cannot_tell")
             return CannotTell(type(exc).__name__)
-        if found is None:
+        if not rows:
             self.observer.reconciliation("absent")
             return ABSENT
-        trans_type = (found.trans_type or "").upper()
-        if trans_type and trans_type != _STQ_TYPE[operation] and not (operation == "refund" and trans_type == "VOID"):
-            log.warning("reconcile %s: stq found a %s for a %s", payment_id, trans_type, operation)
-            self.observer.reconciliation("cannot_tell")
-            return CannotTell(f"stq found a {trans_type}")
-        self.observer.reconciliation("found")
+        found = self._ours(run, rows)
+        self.observer.reconciliation("found" if isinstance(found, Response) else "cannot_tell")
         return found
+
+    def _ours(self, run: _Run, rows: Sequence[Response]) -> Response | CannotTell:
+        """The row to adopt among what stq returned. BluePay does not say how many rows stq returns (our sandbox: the
+        newest), so every row is judged: rows that are not provably ours are never adopted; among ours, the approved
+        one; two approved rows of ours are a human's to look at (a charge may have been made twice)."""
+        expected = self._expected(run)
+        ours, reasons = [], []
+        for row in rows:
+            reason = why_not_ours(row, expected)
+            if reason is None:
+                ours.append(row)
+            else:
+                reasons.append(reason)
+        if not ours:
+            log.warning("reconcile %s: stq returned %d row(s), none provably ours: %s", run.payment_id, len(rows),
+                        "; ".join(reasons))
+            return CannotTell(f"stq found no row provably ours ({_short(reasons[0], 120)})")
+        approved = [row for row in ours if row.approved]
+        if len(approved) > 1:
+            log.error("reconcile %s: stq shows %d approved %s rows under this ORDER_ID (%s): check by hand",
+                      run.payment_id, len(approved), expected.trans_types, ", ".join(r.trans_id for r in approved))
+            return CannotTell(f"stq shows {len(approved)} approved rows under this ORDER_ID")
+        return approved[0] if approved else ours[0]
+
+    def _expected(self, run: _Run) -> Expected:
+        """What a row of ours shows: our ORDER_ID and type, the amount we sent (or, without one, no more than the
+        original's), the card's last four (ours, or the original's), the trans id a follow-up referred to."""
+        types = frozenset({_STQ_TYPE[run.operation]} | ({"VOID"} if run.operation == "refund" else set()))
+        if run.operation in ("sale", "auth"):
+            return Expected(run.payment_id, types, amount=_money(run.amount), last_four=_last_four(run.masked_account))
+        original = self._original(run)
+        last_four = _last_four(str(original.get("masked_account") or "")) if original else ""
+        if run.operation == "void" or run.amount:
+            return Expected(run.payment_id, types, amount=_money(run.amount) if run.amount else None,
+                            last_four=last_four, target=run.target)
+        ceiling = _money(str(original.get("amount") or "")) if original else None
+        return Expected(run.payment_id, types, at_most=ceiling, amount_required=True, last_four=last_four,
+                        target=run.target)
+
+    def _original(self, run: _Run) -> dict[str, Any] | None:
+        """The record a follow-up refers to, when this store knows it."""
+        try:
+            original = self.store.get(run.parent) if run.parent else None
+            return original or (self.store.find_by_trans_id(run.target) if run.target else None)
+        except Exception as exc:  # without it, only the rules that need no original apply
+            log.warning("reconcile %s: original not read: %s", run.payment_id, type(exc).__name__)
+            return None
 
     # ----------------------------------------------------------------- the sweep's reconciliation
     def reconcile(self, record: dict[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
@@ -623,13 +676,12 @@ class PaymentFlow:
         if claim.kind != "resumed":
             return "skipped"
         current, now = claim.record, claim.now
-        run = _Run(operation, payment_id, owner, _no_send, operation in FOLLOW_UPS,
-                   deadline=self.clock() + self.operation_budget, amount=str(current.get("amount") or ""))
+        run = _run_of(operation, payment_id, owner, _no_send, self.clock() + self.operation_budget, current)
         sent_ts = float(current.get("sent_ts") or 0) or None
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
-            found = self._lookup(operation, payment_id)
+            found = self._lookup(run, now)
             try:
                 if isinstance(found, Response):
                     self._adopt(run, found)
@@ -666,6 +718,64 @@ class PaymentFlow:
     def repair(self, payment_id: str) -> str:
         """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
         return self.store.reflect(payment_id)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What an stq row must show to be provably ours (:func:`why_not_ours`)."""
+
+    order_id: str
+    trans_types: frozenset[str]
+    amount: Decimal | None = None  # exactly this amount (we sent it)
+    at_most: Decimal | None = None  # an amount-less capture/refund: no more than its original
+    amount_required: bool = False  # some positive amount (an amount-less capture/refund)
+    last_four: str = ""  # the card's last four, when known
+    target: str = ""  # the trans id a follow-up referred to (compared with the row's master_id/origin)
+
+
+def why_not_ours(row: Response, expected: Expected) -> str | None:
+    """Why an stq row is not provably ours, or None when it is: exact ORDER_ID, transaction type, amount, card last
+    four (when both sides know it), the original a follow-up referred to (when the row names it)."""
+    if row.order_id != expected.order_id:
+        return "its ORDER_ID is another" if row.order_id else "it shows no ORDER_ID"
+    trans_type = (row.trans_type or "").upper()
+    if trans_type not in expected.trans_types:
+        return f"it is a {_short(trans_type, 16)}" if trans_type else "it shows no transaction type"
+    amount = _money(row.amount)
+    if expected.amount is not None and amount != expected.amount:
+        return f"its amount {_short(row.amount, 16)!r} is not ours"
+    if expected.amount_required and (amount is None or amount <= 0):
+        return "it shows no amount"
+    if expected.at_most is not None and amount is not None and amount > expected.at_most:
+        return "its amount is more than the original's"
+    row_four = _last_four(row.masked_account)
+    if expected.last_four and row_four and row_four != expected.last_four:
+        return "it is another card"
+    origin = (row.raw.get("master_id") or row.raw.get("origin") or "").strip()
+    if expected.target and origin and origin != expected.target:
+        return "it refers to another transaction"
+    return None
+
+
+def _money(text: str) -> Decimal | None:
+    try:
+        return Decimal(validation.amount(text, allow_zero=True))
+    except InvalidInput:
+        return None
+
+
+def _last_four(masked: str) -> str:
+    digits = re.sub(r"\D", "", masked or "")
+    return digits[-4:] if len(digits) >= 4 else ""
+
+
+def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool], Response], deadline: float,
+            record: Mapping[str, Any]) -> _Run:
+    """One delivery's run of the operation whose record (or claim fields) is ``record``."""
+    return _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=deadline,
+                amount=str(record.get("amount") or ""), created_ts=float(record.get("created_ts") or 0),
+                masked_account=str(record.get("masked_account") or ""), target=str(record.get("target") or ""),
+                parent=str(record.get("parent") or ""))
 
 
 def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]:

@@ -15,8 +15,8 @@ from celery.app.task import Context
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from worker.carddata import CardDataRefused
-from worker.gateway import InvalidInput
 from worker.celery_app import SealingAMQP, current, republish
+from worker.gateway import InvalidInput
 from worker.sealing import seal_body, seal_publish, unsealed_card_in
 from worker.services import ProcessServices, attach
 from worker.vault import CardVault

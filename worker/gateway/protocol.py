@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from . import validation
 from .errors import InvalidInput, OutcomeUnknown, Rejected
@@ -30,6 +30,7 @@ __all__ = [
     "parse_pairs",
     "parse_transaction_reply",
     "parse_query_reply",
+    "parse_query_rows",
 ]
 
 TRANSACTION_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID", "UPDATE")
@@ -384,3 +385,33 @@ def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key:
         voided=_flag(lower["f_void"]) if "f_void" in lower else None,
         raw=_clean_raw(pairs),
     )
+
+
+def split_query_rows(text: str) -> list[str]:
+    """An stq body as one text per row. BluePay does not say how several matches come back (docs/bluepay.md): a new
+    row starts at each new line, and where a field name comes again within a line (``id=1&...&id=2&...``)."""
+    rows: list[str] = []
+    for line in text.splitlines():
+        current: list[tuple[str, str]] = []
+        seen: set[str] = set()
+        for key, value in parse_qsl(line.strip(), keep_blank_values=True):
+            name = key.strip().lower()
+            if name in seen:
+                rows.append(urlencode(current))
+                current, seen = [], set()
+            current.append((key, value))
+            seen.add(name)
+        if current:
+            rows.append(urlencode(current))
+    return rows
+
+
+def parse_query_rows(status_code: int, body: str | bytes | None, *, secret_key: str) -> list[Response]:
+    """Every row of an stq reply, each read by :func:`parse_query_reply` (the one reading of a row): ``[]`` when stq
+    proved absence; its errors as they are. The client never assumes a single match."""
+    text = _body_text(body)
+    if status_code != 200 or not text.strip():
+        found = parse_query_reply(status_code, body, secret_key=secret_key)
+        return [] if found is None else [found]
+    rows = [parse_query_reply(200, row, secret_key=secret_key) for row in split_query_rows(text)]
+    return [row for row in rows if row is not None]
