@@ -71,3 +71,17 @@ def test_a_row_provably_ours_is_adopted(world):
     outcome = redelivered_sale(flow, key)
     assert (outcome["status"], outcome["trans_id"], outcome["reconciled"]) == ("APPROVED", ours["id"], "stq")
     assert len(sb.ledger(order_id=key)) == 1
+
+
+def test_a_refund_without_an_amount_records_what_the_gateway_refunded(world):
+    """Issue 24, item 4: 1.00 of a settled 3.00 sale was refunded at the gateway before (not through this store); a
+    refund without an amount takes the 2.00 left. The store records the reply's AMOUNT, not its own 3.00 - 0."""
+    sb, store, flow = world
+    sold = flow.charge("sale", f"sale-{uuid.uuid4().hex[:10]}", amount="3.00", card=dict(CARD))
+    sb.settle([sold["trans_id"]])
+    assert flow.gateway.refund(sold["trans_id"], "1.00", order_id=f"elsewhere-{uuid.uuid4().hex[:8]}").approved
+    key = f"refund-{uuid.uuid4().hex[:10]}"
+    refunded = flow.follow_up("refund", key, trans_id=sold["trans_id"])
+    assert refunded["status"] == "APPROVED" and refunded["amount"] == "2.00"
+    sale = store.get(sold["payment_id"])  # the store counts the refunds it recorded, each as the gateway did it
+    assert (sale["status"], sale["refunded_amount"]) == ("PARTIALLY_REFUNDED", "2.00")
