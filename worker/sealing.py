@@ -110,14 +110,14 @@ class _Walk:
                 args[i] = seal_card(value, self.vault)
                 continue
             name = _param_name(task, i)
-            if name == KEY_ARGUMENT:
-                _check_key(value, f"{prefix}.args[{i}]" if prefix else name)
             if prefix:
                 field = f"{prefix}.args[{i}]"
                 check_as = f"{field}.{name}" if name else field  # the numeric order id rule reads the name
             else:
                 field = check_as = name or f"args[{i}]"
             args[i] = self.value(value, field, check_as)
+            if name == KEY_ARGUMENT:  # after the card-data rule: a card is refused as one
+                _check_key(args[i], field)
         for key in list(kwargs):
             if position is not None and key == "card":
                 kwargs[key] = seal_card(kwargs[key], self.vault)
@@ -125,9 +125,9 @@ class _Walk:
             field = f"{prefix}.kwargs.{key}" if prefix else str(key)
             if contains_card_number(str(key)):
                 raise CardDataRefused(field)
-            if key == KEY_ARGUMENT and task in PARAMETERS:
-                _check_key(kwargs[key], field)
             kwargs[key] = self.value(kwargs[key], field, field)
+            if key == KEY_ARGUMENT and task in PARAMETERS:  # after the card-data rule: a card is refused as one
+                _check_key(kwargs[key], field)
         return args, kwargs
 
     def value(self, value: Any, field: str, check_as: str | None = None) -> Any:

@@ -40,6 +40,7 @@ from tests.reliability.scenarios import (
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.sandbox import running_sandbox
 from worker.carddata import CardDataRefused
+from worker.gateway import InvalidInput
 
 pytestmark = pytest.mark.reliability
 
@@ -111,6 +112,12 @@ def publish_or_refused(task, name, args, kwargs, what, sandbox):
     before = gateway_requests(sandbox)
     try:
         result = task.apply_async(args=args, kwargs=kwargs)
+    except InvalidInput as exc:  # the idempotency key's rule is applied at the producer too (issue 24)
+        event("refused at the producer: idempotency key")
+        assert what == "idempotency_key" and exc.field == "idempotency_key", (exc.field, what)
+        assert not visible_ascii_key(kwargs.get("idempotency_key"))
+        assert gateway_requests(sandbox) == before
+        return None
     except CardDataRefused as exc:
         event("refused at the producer: card data outside the card")
         assert expected, f"refused {exc.field!r}, but nothing there is card data"
@@ -121,6 +128,11 @@ def publish_or_refused(task, name, args, kwargs, what, sandbox):
         return None
     assert not expected, "card data outside the card was published"
     return result
+
+
+def visible_ascii_key(value) -> bool:
+    """The documented key rule (README): 1-100 visible ASCII characters, no space, no control character."""
+    return isinstance(value, str) and 1 <= len(value) <= 100 and all(0x21 <= ord(c) <= 0x7e for c in value)
 
 
 def amount_ok(value, allow_zero=False) -> bool:
