@@ -108,6 +108,19 @@ def test_a_refusal_delivered_again_returns_the_stored_one(store, wire):
     assert deliver(sale, amount="3.00", retries=1) == first
 
 
+def test_a_key_refused_for_bad_arguments_answers_another_request_with_a_mismatch(store, wire):
+    """Issue 24, item 6: the refusal binds the key to the refused message's arguments."""
+    gw = FakeGateway()
+    wire(gw)
+    refused = deliver(sale, amount="3.00", colour="blue", idempotency_key="order-78", task_id="t-1")
+    assert refused["error_class"] == "InvalidInput" and refused["payment_id"] == "t-1"  # not bound: the task id
+    stored = store.get(refused["payment_id"])
+    other = deliver(sale, "3.00", CARD, idempotency_key=refused["payment_id"], task_id="t-2")
+    assert other["status"] == "ERROR" and other["error_class"] == "IdempotencyMismatch", other
+    assert deliver(sale, amount="3.00", colour="blue", idempotency_key="order-78", task_id="t-1") == refused
+    assert store.get(refused["payment_id"]) == stored and gw.sends == []
+
+
 @pytest.mark.parametrize("mode,card,sealed,status", [
     ("LIVE", CARD, False, "ERROR"),     # in production only sealed card data may cross the broker
     ("LIVE", CARD, True, "APPROVED"),
