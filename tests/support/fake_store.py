@@ -225,6 +225,8 @@ class InMemoryStore:
             if this is None:
                 this = max((total or 0) - before, 0)
             after = before + this
+            if total is not None:  # the gateway never refunds more than was charged: a count past it is ours
+                after = min(after, total)
             if rest and total is not None:
                 fu["amount"] = _money(this)  # what a void of this refund gives back
             new_status = "REFUNDED" if rest or (total is not None and after >= total) else "PARTIALLY_REFUNDED"
