@@ -601,7 +601,8 @@ class PaymentFlow:
         up to ``now``, never this process's calendar): the row that is provably ours, ABSENT (stq has no row at all,
         as of now), or CannotTell (stq failed; rows, none provably ours; or several approved rows of ours)."""
         try:
-            rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now, now))
+            # (a record without its creation time, which the claim always writes: the last 30 days by Redis time)
+            rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now - 30 * 86400, now))
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
             log.warning("reconcile %s: stq failed: %s", run.payment_id, type(exc).__name__)
             self.observer.reconciliation("cannot_tell")
