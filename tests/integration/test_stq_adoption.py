@@ -65,7 +65,7 @@ def test_a_row_under_our_order_id_that_is_not_ours_is_never_adopted_nor_taken_fo
 
 
 def test_a_row_provably_ours_is_adopted(world):
-    sb, store, flow = world
+    sb, _store, flow = world
     key = f"adopt-{uuid.uuid4().hex[:10]}"
     ours = sb.book(order_id=key, amount="3.00")  # what an earlier delivery's request left at the gateway
     outcome = redelivered_sale(flow, key)
