@@ -24,6 +24,7 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
 from worker.carddata import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
@@ -68,7 +70,8 @@ class Gateway(Protocol):
 
     def void(self, trans_id: str, order_id: str | None = None) -> Response: ...
 
-    def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None: ...
+    def query_all(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30,
+                  between: tuple[float, float] | None = None) -> list[Response]: ...
 
 
 class Store(Protocol):
@@ -93,6 +96,8 @@ class Store(Protocol):
     def reflect(self, payment_id: str) -> str: ...
 
     def get(self, payment_id: str) -> dict[str, Any] | None: ...
+
+    def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None: ...
 
 
 class FlowObserver(Protocol):
@@ -173,6 +178,36 @@ def request_fingerprints(operation: str, *, amount: str | None, target: str = ""
             for part in card_parts]
 
 
+def refusal_fingerprints(operation: str, request: Mapping[str, Any], card_keys: Sequence[str] = ()) -> list[str]:
+    """What a key is bound to when its request was refused for bad input: the whole input as given (it was never
+    sent, so nothing narrower identifies it), any card number as a keyed hash (never the number, never the CVV2).
+    The ``refused`` namespace is no runnable request's: a later, different request under the key is an
+    ``IdempotencyMismatch``, and the same request again gets the stored refusal. One fingerprint per card key."""
+    keys = list(card_keys)
+    return [hashlib.sha256(f"v1|refused|{operation}|{_canonical(request, keys, i)}".encode()).hexdigest()
+            for i in range(max(len(keys), 1))]
+
+
+def _canonical(value: Any, card_keys: list[str], key_index: int) -> str:
+    return json.dumps(_fingerprintable(value, card_keys, key_index), sort_keys=True, default=str)
+
+
+def _fingerprintable(value: Any, card_keys: list[str], key_index: int) -> Any:
+    """``value`` with every card (a mapping with a number) as a keyed hash of its number and its expiry."""
+    if isinstance(value, Mapping):
+        if "number" in value:
+            number = value.get("number")
+            hashed = (card_fingerprints(str(number), card_keys)[key_index]
+                      if card_keys and isinstance(number, str | int) else "unhashed")
+            return {"card": hashed, "expire": str(value.get("expire"))}
+        return {str(k): _fingerprintable(v, card_keys, key_index) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_fingerprintable(v, card_keys, key_index) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return f"{type(value).__name__}:{value}"
+
+
 def response_fields(response: Response) -> dict[str, str]:
     fields = {
         "message": response.message or "",
@@ -229,6 +264,11 @@ class _Run:
     send: Callable[[bool], Response]
     follow_up: bool
     deadline: float  # monotonic: no gateway call starts after this
+    amount: str = ""  # the amount we asked for ("" for a void, or a capture/refund of the whole or the rest)
+    created_ts: float = 0.0  # Redis time the record was created: no attempt of it is older (stq's window)
+    masked_account: str = ""  # the card we charged (sale, auth)
+    target: str = ""  # the trans id a follow-up refers to
+    parent: str = ""  # the payment id of a follow-up's original, when known
 
 
 @dataclass
@@ -298,7 +338,9 @@ class PaymentFlow:
             checked_customer = validation.customer(customer)
             checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
         except InvalidInput as exc:
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
+            request = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id}
+            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
+                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
         fields["amount"] = checked_amount
         fingerprints = request_fingerprints(operation, amount=checked_amount, card_number=checked_card.number,
                                             card_keys=self.card_keys)
@@ -332,7 +374,9 @@ class PaymentFlow:
             if operation != "void" and amount is not None:
                 checked_amount = validation.amount(amount)
         except InvalidInput as exc:
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id)
+            request = {"trans_id": trans_id, "amount": amount}
+            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
+                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
         if checked_amount is not None:
             fields["amount"] = checked_amount
         fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
@@ -385,21 +429,26 @@ class PaymentFlow:
         return task_outcome(record or self.store.get(payment_id))
 
     def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
-               error_class: str = "InvalidInput", message_id: str = "") -> dict[str, Any]:
+               error_class: str = "InvalidInput", message_id: str = "",
+               fingerprints: Sequence[str] = ()) -> dict[str, Any]:
         """A delivery that cannot run (bad arguments, a seal that does not open): a final ERROR record when the
-        operation has none; when it has one, this delivery's own ERROR, and the record is left alone."""
+        operation has none; when it has one, this delivery's own ERROR, and the record is left alone.
+
+        ``fingerprints`` (:func:`refusal_fingerprints`) bind the key to the refused request, as any claim does:
+        a later, different request under it is an ``IdempotencyMismatch``, not this refusal."""
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, fields=dict(fields or {}, order_id=payment_id,
                                                                     error_class=error_class),
                                  owner=owner, lease_seconds=self.lease_seconds, message_id=message_id,
-                                 mode="create_only")
+                                 mode="create_only", fingerprints=fingerprints)
         if claim.kind == "claimed":
             record = self.store.transition(payment_id, Status.ERROR, fields={"message": _short(message)},
                                            owner=owner, note=_short(message), sent=False)
             self._observe_outcome(operation, record)
             return task_outcome(record or self.store.get(payment_id))
         existing = claim.record
-        if existing.get("status") == Status.ERROR and existing.get("error_class") == error_class:
+        if claim.kind == "exists" and existing.get("status") == Status.ERROR and \
+                existing.get("error_class") == error_class:
             return task_outcome(existing)  # this very refusal, delivered again
         return error_outcome(operation, payment_id, _short(message), error_class)
 
@@ -455,8 +504,8 @@ class PaymentFlow:
             remaining = float(claim.record.get("lease_until") or 0) - claim.now
             raise LeaseBusy(f"{payment_id} is being processed by another worker",
                             countdown=max(0.5, min(remaining + 0.5, 10.0)))
-        run = _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS,
-                   deadline=self.clock() + self.operation_budget)
+        run = _run_of(operation, payment_id, owner, send, self.clock() + self.operation_budget,
+                      {**fields, **claim.record})
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
@@ -482,7 +531,7 @@ class PaymentFlow:
         sent_ts = float(record.get("sent_ts") or 0) or None
         if sent_ts is not None:
             # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
-            found = self._lookup(run.operation, run.payment_id)
+            found = self._lookup(run, now)
             if isinstance(found, Response):
                 return self._adopt(run, found)
             if isinstance(found, CannotTell):
@@ -517,7 +566,7 @@ class PaymentFlow:
             except OutcomeUnknown as exc:
                 refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
                 now = self.store.now()
-                found = self._lookup(run.operation, run.payment_id)
+                found = self._lookup(run, now)
                 if isinstance(found, Response):
                     return self._adopt(run, found)
                 if isinstance(found, CannotTell):
@@ -543,14 +592,15 @@ class PaymentFlow:
         """Record the gateway's answer to our request."""
         if run.operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
             # An earlier delivery of this very void may have gone through: record that VOID with its trans id.
-            found = self._lookup(run.operation, run.payment_id)
+            found = self._lookup(run, self.store.now())
             if isinstance(found, Response) and found.approved:
                 return self._adopt(run, found)
         status, fields = interpret(run.operation, response)
-        return self._finish(run, status, dict(fields, **extra))
+        return self._finish(run, status, dict(fields, **extra, **_amount_taken(run, status, response)))
 
     def _adopt(self, run: _Run, found: Response) -> dict[str, Any]:
         status, fields = interpret(run.operation, found)
+        fields.update(_amount_taken(run, status, found))
         fields["reconciled"] = "stq"
         return self._finish(run, status, fields, note="adopted from stq")
 
@@ -573,24 +623,70 @@ class PaymentFlow:
         self.observer.parked(run.operation, str(record.get("status", status)))
         raise outage(note, parked_as=record.get("status", status), check_in=check_in)
 
-    def _lookup(self, operation: str, payment_id: str) -> Response | Absent | CannotTell:
-        """stq by ORDER_ID: a Response of the same type, ABSENT (as of now), or CannotTell."""
+    def _lookup(self, run: _Run, now: float) -> Response | Absent | CannotTell:
+        """stq by ORDER_ID over the gateway days of this operation's attempts (the record's Redis times: its creation
+        up to ``now``, never this process's calendar): the row that is provably ours, ABSENT (stq has no row at all,
+        as of now), or CannotTell (stq failed; rows, none provably ours; or several approved rows of ours)."""
         try:
-            found = self.gateway.query(order_id=payment_id)
+            # (a record without its creation time, which the claim always writes: the last 30 days by Redis time)
+            rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now - 30 * 86400, now))
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
-            log.warning("reconcile %s: stq failed: %s", payment_id, type(exc).__name__)
+            log.warning("reconcile %s: stq failed: %s", run.payment_id, type(exc).__name__)
             self.observer.reconciliation("cannot_tell")
             return CannotTell(type(exc).__name__)
-        if found is None:
+        if not rows:
             self.observer.reconciliation("absent")
             return ABSENT
-        trans_type = (found.trans_type or "").upper()
-        if trans_type and trans_type != _STQ_TYPE[operation] and not (operation == "refund" and trans_type == "VOID"):
-            log.warning("reconcile %s: stq found a %s for a %s", payment_id, trans_type, operation)
-            self.observer.reconciliation("cannot_tell")
-            return CannotTell(f"stq found a {trans_type}")
-        self.observer.reconciliation("found")
+        found = self._ours(run, rows)
+        self.observer.reconciliation("found" if isinstance(found, Response) else "cannot_tell")
         return found
+
+    def _ours(self, run: _Run, rows: Sequence[Response]) -> Response | CannotTell:
+        """The row to adopt among what stq returned. BluePay does not say how many rows stq returns (our sandbox: the
+        newest), so every row is judged: rows that are not provably ours are never adopted; among ours, the approved
+        one; two approved rows of ours are a human's to look at (a charge may have been made twice)."""
+        expected = self._expected(run)
+        ours, reasons = [], []
+        for row in rows:
+            reason = why_not_ours(row, expected)
+            if reason is None:
+                ours.append(row)
+            else:
+                reasons.append(reason)
+        if not ours:
+            log.warning("reconcile %s: stq returned %d row(s), none provably ours: %s", run.payment_id, len(rows),
+                        "; ".join(reasons))
+            return CannotTell(f"stq found no row provably ours ({_short(reasons[0], 120)})")
+        approved = [row for row in ours if row.approved]
+        if len(approved) > 1:
+            log.error("reconcile %s: stq shows %d approved %s rows under this ORDER_ID (%s): check by hand",
+                      run.payment_id, len(approved), expected.trans_types, ", ".join(r.trans_id for r in approved))
+            return CannotTell(f"stq shows {len(approved)} approved rows under this ORDER_ID")
+        return approved[0] if approved else ours[0]
+
+    def _expected(self, run: _Run) -> Expected:
+        """What a row of ours shows: our ORDER_ID and type, the amount we sent (or, without one, no more than the
+        original's), the card's last four (ours, or the original's), the trans id a follow-up referred to."""
+        types = frozenset({_STQ_TYPE[run.operation]} | ({"VOID"} if run.operation == "refund" else set()))
+        if run.operation in ("sale", "auth"):
+            return Expected(run.payment_id, types, amount=_money(run.amount), last_four=_last_four(run.masked_account))
+        original = self._original(run)
+        last_four = _last_four(str(original.get("masked_account") or "")) if original else ""
+        if run.operation == "void" or run.amount:
+            return Expected(run.payment_id, types, amount=_money(run.amount) if run.amount else None,
+                            last_four=last_four, target=run.target)
+        ceiling = _money(str(original.get("amount") or "")) if original else None
+        return Expected(run.payment_id, types, at_most=ceiling, amount_required=True, last_four=last_four,
+                        target=run.target)
+
+    def _original(self, run: _Run) -> dict[str, Any] | None:
+        """The record a follow-up refers to, when this store knows it."""
+        try:
+            original = self.store.get(run.parent) if run.parent else None
+            return original or (self.store.find_by_trans_id(run.target) if run.target else None)
+        except Exception as exc:  # without it, only the rules that need no original apply
+            log.warning("reconcile %s: original not read: %s", run.payment_id, type(exc).__name__)
+            return None
 
     # ----------------------------------------------------------------- the sweep's reconciliation
     def reconcile(self, record: dict[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
@@ -607,14 +703,13 @@ class PaymentFlow:
                                  mode="reconcile")
         if claim.kind != "resumed":
             return "skipped"
-        run = _Run(operation, payment_id, owner, _no_send, operation in FOLLOW_UPS,
-                   deadline=self.clock() + self.operation_budget)
         current, now = claim.record, claim.now
+        run = _run_of(operation, payment_id, owner, _no_send, self.clock() + self.operation_budget, current)
         sent_ts = float(current.get("sent_ts") or 0) or None
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
-            found = self._lookup(operation, payment_id)
+            found = self._lookup(run, now)
             try:
                 if isinstance(found, Response):
                     self._adopt(run, found)
@@ -651,6 +746,77 @@ class PaymentFlow:
     def repair(self, payment_id: str) -> str:
         """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
         return self.store.reflect(payment_id)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What an stq row must show to be provably ours (:func:`why_not_ours`)."""
+
+    order_id: str
+    trans_types: frozenset[str]
+    amount: Decimal | None = None  # exactly this amount (we sent it)
+    at_most: Decimal | None = None  # an amount-less capture/refund: no more than its original
+    amount_required: bool = False  # some positive amount (an amount-less capture/refund)
+    last_four: str = ""  # the card's last four, when known
+    target: str = ""  # the trans id a follow-up referred to (compared with the row's master_id/origin)
+
+
+def why_not_ours(row: Response, expected: Expected) -> str | None:
+    """Why an stq row is not provably ours, or None when it is: exact ORDER_ID, transaction type, amount, card last
+    four (when both sides know it), the original a follow-up referred to (when the row names it)."""
+    if row.order_id != expected.order_id:
+        return "its ORDER_ID is another" if row.order_id else "it shows no ORDER_ID"
+    trans_type = (row.trans_type or "").upper()
+    if trans_type not in expected.trans_types:
+        return f"it is a {_short(trans_type, 16)}" if trans_type else "it shows no transaction type"
+    amount = _money(row.amount)
+    if expected.amount is not None and amount != expected.amount:
+        return f"its amount {_short(row.amount, 16)!r} is not ours"
+    if expected.amount_required and (amount is None or amount <= 0):
+        return "it shows no amount"
+    if expected.at_most is not None and amount is not None and amount > expected.at_most:
+        return "its amount is more than the original's"
+    row_four = _last_four(row.masked_account)
+    if expected.last_four and row_four and row_four != expected.last_four:
+        return "it is another card"
+    origin = (row.raw.get("master_id") or row.raw.get("origin") or "").strip()
+    if expected.target and origin and origin != expected.target:
+        return "it refers to another transaction"
+    return None
+
+
+def _money(text: str) -> Decimal | None:
+    try:
+        return Decimal(validation.amount(text, allow_zero=True))
+    except InvalidInput:
+        return None
+
+
+def _last_four(masked: str) -> str:
+    digits = re.sub(r"\D", "", masked or "")
+    return digits[-4:] if len(digits) >= 4 else ""
+
+
+def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool], Response], deadline: float,
+            record: Mapping[str, Any]) -> _Run:
+    """One delivery's run of the operation whose record (or claim fields) is ``record``."""
+    return _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=deadline,
+                amount=str(record.get("amount") or ""), created_ts=float(record.get("created_ts") or 0),
+                masked_account=str(record.get("masked_account") or ""), target=str(record.get("target") or ""),
+                parent=str(record.get("parent") or ""))
+
+
+def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]:
+    """A capture or refund sent without an amount took what the gateway says it took (the AMOUNT of its reply or of
+    the stq row): recorded as the operation's amount, which is what its original counts. The store's own figure
+    (the total minus what it has counted) is only the fallback for an answer without a usable AMOUNT: refunds
+    recorded in another order than the gateway processed them would otherwise count more than was charged."""
+    if run.operation not in ("capture", "refund") or run.amount or status != Status.APPROVED:
+        return {}
+    try:
+        return {"amount": validation.amount(answer.amount)}
+    except InvalidInput:
+        return {}
 
 
 @contextmanager

@@ -54,6 +54,7 @@ from worker.carddata import (
     refuse_card_data,
 )
 from worker.catalogue import CARD_ARGUMENT, PARAMETERS
+from worker.gateway import InvalidInput, validation
 from worker.vault import CardVault, mask_card
 
 __all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "masked_reprs", "unsealed_card_in",
@@ -67,6 +68,8 @@ _SIGNATURE_OPTIONS = ("link", "link_error", "chord", "chain")
 _ID_OPTIONS = ("task_id", "group_id", "root_id", "parent_id", "shadow")
 
 _INVALID = "invalid"
+#: The argument of every payment task that becomes its operation id (store key and ORDER_ID).
+KEY_ARGUMENT = "idempotency_key"
 
 
 def _is_signature(value: Any) -> bool:
@@ -91,6 +94,16 @@ def _is_identifier(task: str | None, name: object) -> bool:
     """An identifier argument of a payment task (sealed when card-like; other tasks' arguments are free text:
     sealing would change what they receive)."""
     return name in IDENTIFIER_NAMES and name in PARAMETERS.get(task or "", ())
+
+
+def _check_key(value: Any, field: str) -> None:
+    """An idempotency key is refused at the door, as the worker would refuse it (validation.idempotency_key):
+    ``InvalidInput`` (a ``ValueError``) naming the field; nothing is published."""
+    if value is not None:
+        try:
+            validation.idempotency_key(str(value) if type(value) is int else value)
+        except InvalidInput as exc:
+            raise InvalidInput(field, exc.message) from None
 
 
 def _param_name(task: str | None, index: int) -> str | None:
@@ -121,14 +134,16 @@ class _Walk:
                 args[i] = seal_card(value, self.vault)
                 continue
             name = _param_name(task, i)
-            if _is_identifier(task, name) and is_card_like_identifier(value):
-                args[i] = self.vault.seal_identifier(value)
-                continue
             if prefix:
                 field = f"{prefix}.args[{i}]"
                 check_as = f"{field}.{name}" if name else field  # named by its parameter
             else:
                 field = check_as = name or f"args[{i}]"
+            if name == KEY_ARGUMENT:
+                _check_key(value, field)
+            if _is_identifier(task, name) and is_card_like_identifier(value):
+                args[i] = self.vault.seal_identifier(value)
+                continue
             args[i] = self.value(value, field, check_as)
         for key in list(kwargs):
             if position is not None and key == "card":
@@ -137,6 +152,8 @@ class _Walk:
             field = f"{prefix}.kwargs.{key}" if prefix else str(key)
             if contains_card_number(str(key)):
                 raise CardDataRefused(field)
+            if key == KEY_ARGUMENT and task in PARAMETERS:
+                _check_key(kwargs[key], field)
             if _is_identifier(task, key) and is_card_like_identifier(kwargs[key]):
                 kwargs[key] = self.vault.seal_identifier(kwargs[key])
                 continue
@@ -271,6 +288,8 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     # A worker's retry publishes again what was accepted once (perhaps before amounts were checked): kept as is.
     walk = _Walk(vault, check_amounts=not options.get("retries"))
     refuse_in_options(options)
+    if name in PARAMETERS and options.get("task_id") is not None:  # a payment's task id stands for its key
+        validation.idempotency_key(options["task_id"], "task_id")
     args, kwargs = walk.call(name, args, kwargs, "")
     options = dict(options)
     for key in EMBEDDED:

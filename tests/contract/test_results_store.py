@@ -576,6 +576,34 @@ def test_refunds_accumulate_on_the_sale(store, refunds, statuses_after, amounts_
     assert store.reflect_due() == []
 
 
+@pytest.mark.parametrize("order", [("rest", "partial"), ("partial", "rest")])
+def test_a_refund_claimed_without_an_amount_counts_the_amount_its_answer_recorded(store, order):
+    """The flow records what the gateway took on an amount-less refund (its reply's AMOUNT); the store counts that,
+    not "total minus what it has counted so far", in whichever order the answers are recorded."""
+    _approved(store, "s1", "sale", "100000000031", amount="3.00")
+    took = {"partial": ("1.00", "1.00"), "rest": ("", "2.00")}  # (asked, taken)
+    for i, name in enumerate(order):
+        asked, taken = took[name]
+        store.claim(f"r{i}", "refund", fields={"amount": asked, "target": "100000000031"}, owner="w1",
+                    lease_seconds=30)
+        store.transition(f"r{i}", "APPROVED", owner="w1", expect="PENDING", reflect=True,
+                         fields={"trans_id": f"10000000004{i}", "message": "Approved Return", "amount": taken})
+    sale = store.get("s1")
+    assert (sale["status"], sale["refunded_amount"]) == ("REFUNDED", "3.00")
+
+
+def test_refunds_never_count_more_than_the_sale(store):
+    """An amount-less refund whose answer had no AMOUNT counts "what was left" (3.00); a partial refund the gateway
+    made before it, recorded after it, cannot take the count past the sale's 3.00."""
+    _approved(store, "s1", "sale", "100000000031", amount="3.00")
+    _approved(store, "r0", "refund", "100000000040", amount="", target="100000000031", reflect=True,
+              message="Approved Return")
+    _approved(store, "r1", "refund", "100000000041", amount="1.00", target="100000000031", reflect=True,
+              message="Approved Return")
+    sale = store.get("s1")
+    assert (sale["status"], sale["refunded_amount"]) == ("REFUNDED", "3.00")
+
+
 def test_a_void_of_a_capture_reopens_the_auth(store):
     _approved(store, "a1", "auth", "100000000051", amount="5.00")
     _approved(store, "c1", "capture", "100000000052", target="100000000051", reflect=True)

@@ -1112,6 +1112,106 @@ def run_clock_skew(name: str, redis_url: str, logdir: Path, *, in_flight: int = 
     return report
 
 
+# A worker and a sweep whose calendar is days behind (issue 24, item 3): stq's REPORT_START_DATE/REPORT_END_DATE
+# must come from the records' Redis times in the gateway's day, or stq says "absent" for every payment of today.
+CALENDAR_BEHIND = "-3d"
+
+
+def _sweep_under(prefix: list[str], env: dict, *, reconcile_after: float = 1.0) -> dict:
+    """One sweep (``worker.sweep.run_sweep``) in a process of its own run under ``prefix`` (faketime)."""
+    code = ("import dataclasses, json; from worker.config import get_settings; from worker.services import Services; "
+            "from worker.sweep import run_sweep; "
+            f"s = dataclasses.replace(get_settings(), reconcile_after={reconcile_after!r}); "
+            "print(json.dumps(run_sweep(Services(s)), default=str))")
+    out = subprocess.run([*prefix, sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_calendar_behind(name: str, redis_url: str, logdir: Path, *, sales: int = 8, skew: str = CALENDAR_BEHIND,
+                        seed: int = 43, settle_timeout: float = 180.0, log=None) -> Report:
+    """Workers and a sweep whose calendar is ``skew`` behind (``faketime``), every sale committed late (held
+    :data:`LATE_COMMIT_SECONDS`, longer than the read timeout, shorter than the horizon), the duplicate rule off.
+
+    1. Worker: each sale times out on read, stq says absent (held), it is parked UNKNOWN and re-queued; the next
+       delivery asks stq again after the horizon. With a window from the worker's calendar stq says "absent" again
+       and the sale is sent a second time (a second charge); it must be found and adopted instead.
+    2. Sweep: another worker (``OUTAGE_RETRIES=0``) leaves each sale UNKNOWN for the sweep at its first parking;
+       once the sales have committed and the horizon has passed, one sweep under the same ``faketime`` reconciles
+       them. With a window from its calendar it closed them ``not_charged`` while the gateway had the charge; each
+       must be adopted. Checked right after that sweep, before any sweep of this process (real clock) runs.
+    Then :func:`verify` (no charge twice, store = ledger) and :func:`check_orders`.
+    """
+    offset = faketime_offset(skew)
+    if offset is None:
+        raise RuntimeError("faketime is missing or has no effect (Debian package: faketime)")
+    rng = random.Random(seed)
+    report = Report(name)
+    report.details["skew_seconds"] = round(offset, 1)
+    prefix_cmd = ["faketime", "-f", skew]
+    prefix = f"payments:{name}:"
+    tag = uuid.uuid4().hex[:6]
+    q_resend, q_sweep = f"behind-resend-{tag}", f"behind-sweep-{tag}"
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        svc = services_for(settings_for(redis_url, sandbox, prefix))
+        env = {**worker_env(redis_url, sandbox, prefix), **FAKETIME_ENV}
+        resending = Fleet(f"{name}-resend", env, logdir, size=1, concurrency=2, queues=q_resend, rng=rng,
+                          prefix=prefix_cmd)
+        leaving = Fleet(f"{name}-sweep", {**env, "OUTAGE_RETRIES": "0"}, logdir, size=1, concurrency=2,
+                        queues=q_sweep, rng=rng, prefix=prefix_cmd)
+        try:
+            resending.start()
+            leaving.start()
+            sandbox.set_faults({"probabilities": {"late_commit": 1.0}, "late_commit_seconds": LATE_COMMIT_SECONDS,
+                                "endpoints": ["bp10emu"]})
+            (sale,) = producer_tasks("sale")
+            jobs: dict[str, list[Job]] = {q_resend: [], q_sweep: []}
+            for i in range(sales):
+                queue = q_resend if i % 2 == 0 else q_sweep
+                job = Job(new_key(f"rel-behind-{'resend' if queue == q_resend else 'sweep'}"), "sale",
+                          make_amount(rng, approve=True), how="key", published_at=time.time())
+                job.task_id = sale.apply_async(kwargs={"amount": job.amount, "card": dict(TEST_CARD),
+                                                       "customer": dict(CUSTOMER), "idempotency_key": job.payment_id},
+                                               queue=queue).id
+                jobs[queue].append(job)
+            _say(log, f"{name}: {sales} sales published to workers {skew} behind, every one committed late")
+            # 2. the sweep's share: left UNKNOWN at the first parking, then the late commits land
+            deadline = time.monotonic() + 60
+            left = [j.payment_id for j in jobs[q_sweep]]
+            while left and time.monotonic() < deadline:
+                left = [pid for pid in left if (svc.store.get(pid) or {}).get("status") != "UNKNOWN"]
+                time.sleep(0.2)
+            if left:
+                report.problem(f"never left UNKNOWN for the sweep: {left}")
+            sandbox.wait_no_held(60)
+            time.sleep(float(RELIABILITY_SETTINGS["GATEWAY_COMMIT_HORIZON"]) + 2)  # the horizon and next check passed
+            swept = _sweep_under(prefix_cmd, {**env, "OUTAGE_RETRIES": "0"})
+            report.details["sweep_behind"] = {k: v for k, v in swept.items() if isinstance(v, int)}
+            for job in jobs[q_sweep]:
+                rec = svc.store.get(job.payment_id) or {}
+                if rec.get("status") != "APPROVED" or rec.get("reconciled") != "stq":
+                    report.problem(f"{job.payment_id}: the sweep {skew} behind left it {rec.get('status')} "
+                                   f"{'not_charged ' if rec.get('not_charged') else ''}({rec.get('message')!r})")
+            # 1. the resending worker's share: settled by its own re-queued deliveries
+            deadline = time.monotonic() + 60
+            while pending_work(svc.store, jobs[q_resend]) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            sandbox.set_faults({})
+            every = jobs[q_resend] + jobs[q_sweep]
+            settle(svc, every, timeout=settle_timeout, report=report, queues=(q_resend, q_sweep), log=log)
+            sandbox.wait_no_held(60)
+            verify(report, svc.store, sandbox.ledger(), every, allow_error=False)
+            check_orders(report, sandbox.orders())
+            report.details["late_commits"] = sandbox.stats()["late_commits"]["committed"]
+            report.details["adopted_by_the_worker"] = sum(
+                (svc.store.get(j.payment_id) or {}).get("reconciled") == "stq" for j in jobs[q_resend])
+        finally:
+            resending.stop()
+            leaving.stop()
+    return report
+
+
 def fenced_restart(fleet: Fleet, own: OwnRedis, how: str, attempts=20) -> None:
     """Restart ``own`` while every worker of ``fleet`` is stopped at a safe point, then resume them."""
     client = own.client()

@@ -41,6 +41,7 @@ from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.sandbox import running_sandbox
 from worker.amounts import AmountRefused
 from worker.carddata import CardDataRefused
+from worker.gateway import InvalidInput
 
 pytestmark = pytest.mark.reliability
 
@@ -128,6 +129,12 @@ def publish_or_refused(task, name, args, kwargs, what, sandbox):
         assert isinstance(amount, (int, float)), amount  # only those are refused at delay(); the rest is recorded
         assert gateway_requests(sandbox) == before
         return None
+    except InvalidInput as exc:  # the idempotency key's rule is applied at the producer too (issue 24)
+        event("refused at the producer: idempotency key")
+        assert what == "idempotency_key" and exc.field == "idempotency_key", (exc.field, what)
+        assert not visible_ascii_key(kwargs.get("idempotency_key"))
+        assert gateway_requests(sandbox) == before
+        return None
     except CardDataRefused as exc:
         event("refused at the producer: card data outside the card")
         assert expected, f"refused {exc.field!r}, but nothing there is card data"
@@ -138,6 +145,11 @@ def publish_or_refused(task, name, args, kwargs, what, sandbox):
         return None
     assert not expected, "card data outside the card was published"
     return result
+
+
+def visible_ascii_key(value) -> bool:
+    """The documented key rule (README): 1-100 visible ASCII characters, no space, no control character."""
+    return isinstance(value, str) and 1 <= len(value) <= 100 and all(0x21 <= ord(c) <= 0x7e for c in value)
 
 
 def amount_ok(value, allow_zero=False) -> bool:

@@ -5,6 +5,7 @@ and sweep tests use the same one.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from worker.gateway import OutcomeUnknown, Response
@@ -43,6 +44,7 @@ class FakeGateway:
         self.stq = list(stq)
         self.sends: list[dict] = []
         self.queries: list[dict] = []
+        self.windows: list[tuple[float, float] | None] = []  # each query's ``between`` (Unix times)
 
     def _next(self, queue, what, call=None):
         if not queue:
@@ -75,6 +77,16 @@ class FakeGateway:
     def void(self, trans_id, order_id=None):
         return self._send("void", trans_id=trans_id, order_id=order_id)
 
-    def query(self, *, trans_id=None, order_id=None, days_back=30):
+    def query_all(self, *, trans_id=None, order_id=None, days_back=30, between=None):
+        """The rows of the next ``stq`` item: None -> [] (absent), a Response -> [it], a list as it is. A scripted row
+        without an order_id is a row under the ORDER_ID asked for (what stq searched by); a test of a row of another
+        payment says so (``order_id=...``)."""
         self.queries.append({"trans_id": trans_id, "order_id": order_id})
-        return self._next(self.stq, f"query {order_id or trans_id}")
+        self.windows.append(between)
+        item = self._next(self.stq, f"query {order_id or trans_id}")
+        rows = [] if item is None else list(item) if isinstance(item, (list, tuple)) else [item]
+        return [row if row.order_id or not order_id else dataclasses.replace(row, order_id=order_id) for row in rows]
+
+    def query(self, *, trans_id=None, order_id=None, days_back=30, between=None):
+        rows = self.query_all(trans_id=trans_id, order_id=order_id, days_back=days_back, between=between)
+        return rows[0] if rows else None

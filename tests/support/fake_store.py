@@ -107,12 +107,15 @@ def _field_values(fields: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _charged_nothing(rec: Mapping[str, str]) -> bool:
-    """claim.lua's charged_nothing: closed as not charged, or refused as invalid input before any attempt."""
-    if rec.get("not_charged") == "1":
-        return True
+def _refused_unsent(rec: Mapping[str, str]) -> bool:
+    """claim.lua's refused_unsent: refused as invalid input before any attempt."""
     return (rec.get("error_class") == "InvalidInput" and (rec.get("sends") or "0") == "0"
             and not rec.get("sent_ts") and not rec.get("trans_id"))
+
+
+def _charged_nothing(rec: Mapping[str, str]) -> bool:
+    """claim.lua's charged_nothing: closed as not charged, or refused as invalid input before any attempt."""
+    return rec.get("not_charged") == "1" or _refused_unsent(rec)
 
 
 def _key(payment_id: Any) -> str:
@@ -235,6 +238,8 @@ class InMemoryStore:
             if this is None:
                 this = max((total or 0) - before, 0)
             after = before + this
+            if total is not None:  # the gateway never refunds more than was charged: a count past it is ours
+                after = min(after, total)
             if rest and total is not None:
                 fu["amount"] = _money(this)  # what a void of this refund gives back
             new_status = "REFUNDED" if rest or (total is not None and after >= total) else "PARTIALLY_REFUNDED"
@@ -355,9 +360,11 @@ class InMemoryStore:
         def answer(kind: str) -> Claim:
             return Claim(kind=kind, record=self._copy(pid), previous_status=status or None, now=float(now_ts))
 
+        # claim.lua: retry_failed of a refused, never-sent request binds the key again, to this request
+        rebind = mode == "retry_failed" and status == "ERROR" and _refused_unsent(rec)
         if mode != "reconcile":
             stored_fp = rec.get("fingerprint") or ""
-            if rec.get("operation") != op or (fps and stored_fp != "" and stored_fp not in fps):
+            if rec.get("operation") != op or (fps and stored_fp != "" and stored_fp not in fps and not rebind):
                 return answer("mismatch")
         if mode == "create_only":
             return answer("exists")
@@ -376,7 +383,7 @@ class InMemoryStore:
             for name in ("error_class", "not_charged", "needs_human", "next_check_ts"):
                 rec.pop(name, None)
             rec.update(values)
-            if not rec.get("fingerprint") and fps:
+            if (not rec.get("fingerprint") or rebind) and fps:
                 rec["fingerprint"] = fps[0]
             note = f"retry_failed: reopened by {owner} from ERROR (nothing was charged)"
         if rec.get("in_flight") == "1":

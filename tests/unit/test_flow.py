@@ -8,6 +8,7 @@ gateway received.
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import sys
@@ -213,6 +214,105 @@ def test_outcome_unknown_is_never_resent_within_the_horizon(store, stq_answer, s
         assert outcome["reconciled"] == "stq"
     assert len(gw.sends) == 1  # never blindly resent
     assert gw.queries == [{"trans_id": None, "order_id": pid}]
+
+
+# ================================================================================== only a row provably ours
+def _row(*args, **over):
+    return reply(*args, **{"trans_id": OTHER_TRANS, **over})
+
+
+@pytest.mark.parametrize("rows,status,trans_id", [
+    ([_row()], "APPROVED", OTHER_TRANS),
+    ([_row(order_id="{pid} ")], "UNKNOWN", None),            # another key's row (stq may trim what it searches)
+    ([_row(order_id="other-payment")], "UNKNOWN", None),
+    ([_row(amount="4.00")], "UNKNOWN", None),                   # another amount
+    ([_row(amount="")], "UNKNOWN", None),
+    ([_row(masked_account="xxxxxxxxxxxx4242")], "UNKNOWN", None),  # another card
+    ([_row(masked_account="")], "APPROVED", OTHER_TRANS),      # the card not shown: the other rules decide
+    ([_row(trans_type="")], "UNKNOWN", None),                   # no type: cannot tell
+    ([_row(trans_type="AUTH")], "UNKNOWN", None),
+    ([_row("DECLINED", "Declined Sale", trans_id=THIRD_TRANS), _row()], "APPROVED", OTHER_TRANS),  # several rows
+    ([_row(order_id="other-payment", trans_id=THIRD_TRANS), _row()], "APPROVED", OTHER_TRANS),
+    ([_row(), _row(trans_id=THIRD_TRANS)], "UNKNOWN", None),   # two approved rows of ours: a human looks
+    ([_row("DECLINED", "Declined Sale")], "DECLINED", OTHER_TRANS),
+], ids=["ours", "key-with-a-space", "other-order-id", "other-amount", "no-amount", "other-card", "card-not-shown",
+        "no-type", "other-type", "declined-then-approved", "foreign-then-ours", "two-approved", "declined"])
+def test_only_a_row_provably_ours_is_adopted(store, clock, rows, status, trans_id):
+    """Past the horizon, so "absent" would mean sending again: a row that is not provably ours is "cannot tell"."""
+    pid = new_id()
+    late_commit_first_delivery(store, pid, TINY)
+    clock.advance(TINY + 0.1)
+    rows = [dataclasses.replace(r, order_id=r.order_id.replace("{pid}", pid)) for r in rows]
+    gw = FakeGateway(stq=[rows])
+    flow = make_flow(store, gw, horizon=TINY)
+    if status == "UNKNOWN":
+        out = parked(lambda: sale(flow, pid))
+        assert out.parked_as == "UNKNOWN" and "stq" in store.get(pid)["message"]
+    else:
+        outcome = sale(flow, pid)
+        assert (outcome["status"], outcome["trans_id"], outcome["reconciled"]) == (status, trans_id, "stq")
+    assert gw.sends == [] and len(gw.queries) == 1  # never resent
+
+
+@pytest.mark.parametrize("operation,asked,row,adopted", [
+    ("refund", None, dict(amount="2.00"), True),                  # no more than the sale's 3.00
+    ("refund", None, dict(amount="3.00"), True),
+    ("refund", None, dict(amount="5.00"), False),                 # more than the sale: not this refund
+    ("refund", None, dict(amount=""), False),
+    ("refund", "1.00", dict(amount="1.00"), True),
+    ("refund", "1.00", dict(amount="2.00"), False),
+    ("refund", None, dict(amount="3.00", trans_type="VOID"), True),  # a refund of an unsettled sale: a VOID
+    ("refund", None, dict(amount="2.00", raw={"master_id": THIRD_TRANS}), False),  # of another transaction
+    ("refund", None, dict(amount="2.00", raw={"master_id": SALE_TRANS}), True),
+    ("refund", None, dict(amount="2.00", masked_account="xxxxxxxxxxxx4242"), False),  # the sale's card was 1111
+    ("void", None, dict(amount="3.00"), True),
+    ("void", None, dict(amount="", raw={"origin": THIRD_TRANS}), False),
+    ("capture", None, dict(amount="3.00"), True),
+    ("capture", None, dict(amount="3.01"), False),
+], ids=["refund-rest", "refund-all", "refund-more-than-sale", "refund-no-amount", "refund-asked", "refund-other-amount",
+        "refund-as-void", "refund-of-another", "refund-of-ours", "refund-other-card", "void", "void-of-another",
+        "capture-all", "capture-more"])
+def test_a_follow_up_adopts_only_a_row_provably_its_own(store, clock, operation, asked, row, adopted):
+    approved_sale(store, amount="3.00")  # its trans id is SALE_TRANS, card 1111 (an auth for the capture is alike)
+    if operation == "capture":
+        approved_auth(store, trans_id=SALE_TRANS, amount="3.00")
+    pid = new_id(operation)
+    types = {"refund": "REFUND", "void": "VOID", "capture": "CAPTURE"}
+    found = reply(message="Approved", trans_id=OTHER_TRANS, order_id=pid, **{"trans_type": types[operation], **row})
+    gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[found])
+    flow = make_flow(store, gw)
+    kwargs = {} if operation == "void" else {"amount": asked}
+    if adopted:
+        outcome = checked(flow.follow_up(operation, pid, trans_id=SALE_TRANS, **kwargs))
+        assert outcome["status"] == "APPROVED" and outcome["reconciled"] == "stq"
+    else:
+        assert parked(lambda: flow.follow_up(operation, pid, trans_id=SALE_TRANS, **kwargs)).parked_as == "UNKNOWN"
+    assert len(gw.sends) == 1
+
+
+def test_the_sweep_never_adopts_nor_closes_on_a_row_not_ours(store, clock):
+    pid = new_id()
+    late_commit_first_delivery(store, pid, TINY)
+    clock.advance(5)  # past the horizon and the next check
+    gw = FakeGateway(stq=[_row(order_id="other-payment")])
+    flow = make_flow(store, gw, horizon=TINY)
+    assert flow.reconcile(store.get(pid), give_up_after=3600) == "still_unknown"
+    record = store.get(pid)
+    assert record["status"] == "UNKNOWN" and not record.get("not_charged") and gw.sends == []
+
+
+def test_stq_is_asked_over_the_records_redis_times(store, clock):
+    """The window comes from the attempt journal's times in the store (Redis TIME), never this process's calendar."""
+    pid = new_id()
+    late_commit_first_delivery(store, pid, TINY)
+    created = float(store.get(pid)["created_ts"])
+    clock.advance(3 * 86400)  # the sweep looks three days later
+    gw = FakeGateway(stq=[_row()])
+    assert make_flow(store, gw, horizon=TINY).reconcile(store.get(pid), give_up_after=10 * 86400) == "adopted"
+    window = gw.windows[0]
+    assert window is not None
+    first, last = window
+    assert first == pytest.approx(created) and last == pytest.approx(created + 3 * 86400, abs=1)
 
 
 @pytest.mark.parametrize("wait,stq_answer,sends,status", [
@@ -484,6 +584,38 @@ def test_refuse_without_a_record_records_a_final_error_once(store):
     assert gw.sends == [] and gw.queries == []
 
 
+@pytest.mark.parametrize("bad,later", [
+    (dict(amount="abc"), dict(amount="3.00")),
+    (dict(amount="abc"), dict(amount="abc", card=OTHER_CARD)),  # another bad request: not the stored refusal either
+    (dict(card={"number": "4111111111111112", "expire": "1230"}), dict(amount="5.00")),
+], ids=["bad-amount-then-valid", "bad-then-other-bad", "bad-card-then-valid"])
+def test_a_key_refused_for_bad_input_is_bound_to_that_request(store, bad, later):
+    pid = new_id()
+    gw = FakeGateway()
+    flow = make_flow(store, gw)
+    refused = sale(flow, pid, **bad)
+    assert refused["status"] == "ERROR" and refused["error_class"] == "InvalidInput"
+    stored = store.get(pid)
+    other = sale(flow, pid, **later)
+    assert other["status"] == "ERROR" and other != refused
+    if later.get("amount") != "abc":
+        assert other["error_class"] == "IdempotencyMismatch", other
+    assert store.get(pid) == stored  # the refusal's record is left alone
+    assert sale(flow, pid, **bad) == refused  # the same refused request again: the stored refusal
+    assert gw.sends == [] and gw.queries == []
+
+
+def test_a_refused_follow_up_key_is_bound_to_that_request(store):
+    pid = new_id("refund")
+    gw = FakeGateway()
+    flow = make_flow(store, gw)
+    refused = checked(flow.follow_up("refund", pid, trans_id="not-a-trans-id"))
+    assert refused["error_class"] == "InvalidInput"
+    other = checked(flow.follow_up("refund", pid, trans_id=SALE_TRANS, amount="1.00"))
+    assert other["error_class"] == "IdempotencyMismatch" and gw.sends == []
+    assert checked(flow.follow_up("refund", pid, trans_id="not-a-trans-id")) == refused
+
+
 def test_a_foreign_transition_is_refused(store):
     pid = new_id()
     gw = FakeGateway([NotSent("refused")])
@@ -715,7 +847,7 @@ def test_an_stq_row_is_adopted_unless_its_stamp_fails(store, row, status):
     except OutcomeUnknown as exc:  # what the client raises for a row whose stamp does not verify
         answer = exc
     gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[answer])
-    pid = new_id()
+    pid = "o"  # the rows' ORDER_ID: only a row under ours is ever adopted
     flow = make_flow(store, gw)
     if status == "UNKNOWN":
         assert parked(lambda: sale(flow, pid)).parked_as == "UNKNOWN"
@@ -819,8 +951,9 @@ def test_refund_answered_as_a_void_marks_the_sale_voided(store):
 ], ids=["1+2", "0.5+1+1.5", "1+rest"])
 def test_partial_refunds_accumulate(store, amounts, after):
     sold = approved_sale(store)
-    gw = FakeGateway([reply(message="Approved Return", trans_type="REFUND", trans_id=f"10000000090{i}")
-                      for i in range(len(amounts))])
+    took = [amount or "3.00" if i == 0 else amount or "2.00" for i, amount in enumerate(amounts)]  # the gateway's
+    gw = FakeGateway([reply(message="Approved Return", trans_type="REFUND", trans_id=f"10000000090{i}", amount=t)
+                      for i, t in enumerate(took)])
     flow = make_flow(store, gw)
     for amount, (status, total) in zip(amounts, after, strict=True):
         refunded = checked(flow.follow_up("refund", new_id("refund"), trans_id=SALE_TRANS, amount=amount))
@@ -828,6 +961,39 @@ def test_partial_refunds_accumulate(store, amounts, after):
         record = store.get(sold["payment_id"])
         assert (record["status"], record["refunded_amount"]) == (status, total)
     assert len(gw.sends) == len(amounts)
+
+
+@pytest.mark.parametrize("first_recorded", ["rest", "partial"])
+def test_a_refund_without_an_amount_counts_what_the_gateway_says_it_took(store, first_recorded):
+    """The gateway refunded 1.00 (partial), then the rest, 2.00 (no amount): whichever answer the store records first,
+    the sale ends REFUNDED with 3.00 refunded, never 4.00 (the rest counted as "total minus what the store knew")."""
+    sold = approved_sale(store)
+    answers = {"partial": reply(message="Approved Return", trans_type="REFUND", trans_id=OTHER_TRANS, amount="1.00"),
+               "rest": reply(message="Approved Return", trans_type="REFUND", trans_id=THIRD_TRANS, amount="2.00")}
+    asked = {"partial": "1.00", "rest": None}
+    order = [first_recorded, "partial" if first_recorded == "rest" else "rest"]
+    gw = FakeGateway([answers[name] for name in order])
+    flow = make_flow(store, gw)
+    ids = {}
+    for name in order:
+        ids[name] = new_id("refund")
+        assert checked(flow.follow_up("refund", ids[name], trans_id=SALE_TRANS, amount=asked[name]))["status"] == \
+            "APPROVED"
+    record = store.get(sold["payment_id"])
+    assert (record["status"], record["refunded_amount"]) == ("REFUNDED", "3.00")
+    assert store.get(ids["rest"])["amount"] == "2.00"  # the refund says what it took
+    assert len(gw.sends) == 2
+
+
+def test_a_refund_without_an_amount_adopted_from_stq_counts_the_rows_amount(store):
+    sold = approved_sale(store)
+    pid = new_id("refund")
+    row = reply(message="Approved Return", trans_type="REFUND", trans_id=OTHER_TRANS, amount="1.25", order_id=pid)
+    gw = FakeGateway([OutcomeUnknown("read timeout")], stq=[row])
+    assert checked(make_flow(store, gw).follow_up("refund", pid, trans_id=SALE_TRANS))["status"] == "APPROVED"
+    record = store.get(sold["payment_id"])
+    assert (record["status"], record["refunded_amount"]) == ("PARTIALLY_REFUNDED", "1.25")
+    assert store.get(pid)["amount"] == "1.25" and store.get(pid)["reconciled"] == "stq"
 
 
 def test_a_void_of_a_capture_reopens_the_auth(store):

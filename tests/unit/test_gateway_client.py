@@ -16,6 +16,7 @@ from worker.gateway import (
     Response,
     RetryPolicy,
 )
+from worker.gateway.client import gateway_day, gateway_window
 from worker.gateway.transport import HttpReply
 
 from . import gateway_replies as R
@@ -57,7 +58,7 @@ def test_the_client_is_what_the_flow_calls_a_gateway() -> None:
     from worker.flow import Gateway
 
     gateway: Gateway = BluePayClient(account_id=ACCOUNT, secret_key=SECRET, transport=FakeTransport())
-    assert callable(gateway.sale) and callable(gateway.query)
+    assert callable(gateway.sale) and callable(gateway.query_all)
 
 
 def test_sale_approved_fields_sent():
@@ -225,6 +226,31 @@ def test_query_absent_and_request_window():
     assert data["MODE"] == "LIVE" and data["order_id"] == "order-9" and "id" not in data
     assert data["REPORT_START_DATE"] == "2025-02-19" and data["REPORT_END_DATE"] == "2025-03-03"
     assert data["TAMPER_PROOF_SEAL"] == independent_seal(SECRET, ACCOUNT + "2025-02-192025-03-03", "HMAC_SHA512")
+
+
+def test_query_window_comes_from_the_times_given_in_the_gateways_day_not_the_local_calendar():
+    """``between``: the record's Redis times. The local calendar (three days behind here) plays no part: the window is
+    the gateway's (US Central) day before the first time to the day after the last, end exclusive."""
+    c, t = make(HttpReply(200, None, ""), today=lambda: date(2025, 2, 26))
+    created = 1740960000.0  # 2025-03-03 00:00 UTC = 2025-03-02 18:00 US Central
+    assert c.query_all(order_id="order-9", between=(created, created + 600)) == []
+    data = t.calls[0][1]
+    assert data["REPORT_START_DATE"] == "2025-03-01" and data["REPORT_END_DATE"] == "2025-03-04"
+    assert data["TAMPER_PROOF_SEAL"] == independent_seal(SECRET, ACCOUNT + "2025-03-012025-03-04", "HMAC_SHA512")
+    assert gateway_day(created) == date(2025, 3, 2)
+    assert gateway_window(created, created + 86400 * 2) == (date(2025, 3, 1), date(2025, 3, 6))
+
+
+def test_query_all_returns_every_row_stq_gives():
+    """BluePay does not say how several matches come back: a row per line, or a field name coming again."""
+    first = R.stq_stamped(order_id="order-1", status="0", message="Declined Sale")
+    second = R.stq_stamped(order_id="order-1", id="100229460098")
+    for text in (R.body(first) + "\n" + R.body(second), R.body(first) + "&" + R.body(second)):
+        c, _ = make(HttpReply(200, None, text))
+        rows = c.query_all(order_id="order-1")
+        assert [(r.trans_id, r.status) for r in rows] == [(TRANS_ID, "DECLINED"), ("100229460098", "APPROVED")]
+        c, _ = make(HttpReply(200, None, text))
+        assert c.query(order_id="order-1").trans_id == "100229460098"  # query: the one approval among them
 
 
 def test_query_unknown_after_give_up():

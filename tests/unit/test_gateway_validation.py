@@ -144,12 +144,29 @@ def test_trans_id():
 
 
 def test_order_id():
-    assert V.order_id("order-1 #2") == "order-1 #2"
+    assert V.order_id("order-1#2") == "order-1#2"
     assert V.order_id("x" * 128) == "x" * 128
-    for bad in ("", "x" * 129, "a\nb", "tab\t", None, 5, "é"):
+    # a space anywhere: a gateway may trim or collapse it when it stores or searches (stq), so never sent
+    for bad in ("", "x" * 129, "a\nb", "tab\t", None, 5, "é", "order-1 #2", "key ", " key", "a\x00b", "a\x7fb"):
         with pytest.raises(InvalidInput) as ei:
             V.order_id(bad)
         assert ei.value.field == "order_id"
+
+
+@pytest.mark.parametrize("bad", ["", "key ", " key", "two words", "tab\tkey", "line\nkey", "nul\x00", "del\x7f",
+                                 "nbsp\u00a0", "x" * 101, None, 5])
+def test_an_idempotency_key_with_spaces_or_control_characters_is_refused_not_normalised(bad):
+    with pytest.raises(InvalidInput) as ei:
+        V.idempotency_key(bad)
+    assert ei.value.field == "idempotency_key"
+
+
+def test_an_idempotency_key_is_kept_as_given():
+    for good in ("checkout-8f2c", "a", "x" * 100, "ORD:42/7~!"):
+        assert V.idempotency_key(good) == good
+    with pytest.raises(InvalidInput) as ei:
+        V.idempotency_key("a b", "task_id")
+    assert ei.value.field == "task_id"
 
 
 def test_invalid_input_is_payment_error():

@@ -16,6 +16,7 @@ from celery.app.task import Context
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from worker.carddata import CardDataRefused
 from worker.celery_app import SealingAMQP, current, republish
+from worker.gateway import InvalidInput
 from worker.sealing import seal_body, seal_publish, unsealed_card_in
 from worker.services import ProcessServices, attach
 from worker.vault import CardVault
@@ -220,6 +221,39 @@ def test_card_data_outside_the_card_is_refused_before_anything_is_published(app,
     assert exc.value.field == field
     assert field in str(exc.value) and NUMBER not in str(exc.value) and str(LUHN_ORDER) not in str(exc.value)
     assert drain(app) == [] and fake_services.store.outbox.entries == {}
+
+
+BAD_KEYS = {
+    "trailing space": (lambda app: app.send_task("payments.sale", kwargs={
+        "amount": "3.00", "card": TEST_CARD, "idempotency_key": "checkout-1 "}), "idempotency_key"),
+    "leading space, positional": (lambda app: app.send_task("payments.sale", args=[
+        "3.00", TEST_CARD, None, None, " checkout-1"]), "idempotency_key"),
+    "inner space": (lambda app: app.send_task("payments.refund", args=["100000000001"], kwargs={
+        "idempotency_key": "refund 1"}), "idempotency_key"),
+    "control character": (lambda app: app.send_task("payments.void", args=["100000000001"], kwargs={
+        "idempotency_key": "void\t1"}), "idempotency_key"),
+    "a chain's later link": (lambda app: chain(card_sale(app), card_sale(app, idempotency_key="k\r")).apply_async(),
+                             "chain[0].kwargs.idempotency_key"),
+    "task id standing for the key": (lambda app: app.send_task("payments.sale", kwargs={
+        "amount": "3.00", "card": TEST_CARD}, task_id="pay 1"), "task_id"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_KEYS)
+def test_an_idempotency_key_with_spaces_or_control_characters_is_refused_at_delay(app, fake_services, case):
+    """The key becomes the store's key and the gateway's ORDER_ID: refused at the door (a ValueError naming the
+    field), never trimmed; nothing is published."""
+    publish, field = BAD_KEYS[case]
+    with pytest.raises(InvalidInput) as exc:
+        publish(app)
+    assert isinstance(exc.value, ValueError) and exc.value.field == field and field in str(exc.value)
+    assert drain(app) == [] and fake_services.store.outbox.entries == {}
+
+
+def test_a_visible_ascii_idempotency_key_is_published_as_given(app, fake_services):
+    app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD, "idempotency_key": "ORD:42/7~!"})
+    [message] = drain(app)
+    assert message["body"][1]["idempotency_key"] == "ORD:42/7~!"
 
 
 def test_an_int_order_id_that_passes_luhn_is_accepted_sealed_and_kept_sealed_in_the_outbox(app, fake_services):

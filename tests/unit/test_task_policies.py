@@ -85,10 +85,15 @@ def test_bad_arguments_are_a_recorded_error_not_a_lost_job(store, wire, task, ar
     ({"idempotency_key": "key\n1"}, "idempotency_key"),
     ({"idempotency_key": {"sealed_id": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "idempotency_key"),
     ({"order_id": {"sealed_id": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "order_id"),
+    ({"idempotency_key": "key "}, "idempotency_key"),   # a message that did not come through delay(): the same rule
+    ({"idempotency_key": " key"}, "idempotency_key"),
+    ({"idempotency_key": "a key"}, "idempotency_key"),
+    ({"idempotency_key": "4111 1111 1111 1111"}, "idempotency_key"),  # spaces: refused whatever it looks like
     ({"card": {"invalid": "card data refused at publish"}}, "card"),
     ({"card": {"sealed": "not-a-token", "masked": "xxxxxxxxxxxx1111"}}, "card"),
 ], ids=["empty-key", "bool-key", "long-key", "control-char-key", "sealed-key-does-not-open",
-        "sealed-order-id-does-not-open", "invalid-marker", "seal-does-not-open"])
+        "sealed-order-id-does-not-open", "trailing-space-key", "leading-space-key", "inner-space-key",
+        "spaced-card-number-key", "invalid-marker", "seal-does-not-open"])
 def test_invalid_input_found_by_the_task_is_refused(store, wire, kwargs, named):
     gw = FakeGateway()
     wire(gw)
@@ -99,7 +104,7 @@ def test_invalid_input_found_by_the_task_is_refused(store, wire, kwargs, named):
     assert gw.sends == []
 
 
-@pytest.mark.parametrize("key", ["4111 1111 1111 1111", 5555555555554444, 42])
+@pytest.mark.parametrize("key", ["4111-1111-1111-1111", 5555555555554444, 42])
 def test_a_card_like_or_int_idempotency_key_is_accepted(store, wire, key):
     gw = FakeGateway([reply()])
     wire(gw)
@@ -120,6 +125,19 @@ def test_a_refusal_delivered_again_returns_the_stored_one(store, wire):
     wire(FakeGateway())
     first = deliver(sale, amount="3.00")
     assert deliver(sale, amount="3.00", retries=1) == first
+
+
+def test_a_key_refused_for_bad_arguments_answers_another_request_with_a_mismatch(store, wire):
+    """Issue 24, item 6: the refusal binds the key to the refused message's arguments."""
+    gw = FakeGateway()
+    wire(gw)
+    refused = deliver(sale, amount="3.00", colour="blue", idempotency_key="order-78", task_id="t-1")
+    assert refused["error_class"] == "InvalidInput" and refused["payment_id"] == "t-1"  # not bound: the task id
+    stored = store.get(refused["payment_id"])
+    other = deliver(sale, "3.00", CARD, idempotency_key=refused["payment_id"], task_id="t-2")
+    assert other["status"] == "ERROR" and other["error_class"] == "IdempotencyMismatch", other
+    assert deliver(sale, amount="3.00", colour="blue", idempotency_key="order-78", task_id="t-1") == refused
+    assert store.get(refused["payment_id"]) == stored and gw.sends == []
 
 
 @pytest.mark.parametrize("mode,card,sealed,status", [
@@ -313,8 +331,10 @@ def test_a_refusal_burns_the_key_until_the_producer_says_retry_failed(store, wir
     refused = deliver(sale, "3.00", foreign, idempotency_key="order-9")
     assert refused["status"] == "ERROR" and refused["error_class"] == "InvalidInput"
     sealed = svc.vault.seal(CARD)
-    assert deliver(sale, "3.00", sealed, idempotency_key="order-9", task_id="msg-2") == refused  # burnt
-    assert gw.sends == []
+    # without the producer's word, another request under a refused key is a mismatch (issue 24 item 6)
+    mismatch = deliver(sale, "3.00", sealed, idempotency_key="order-9", task_id="msg-2")
+    assert mismatch["error_class"] == "IdempotencyMismatch" and gw.sends == []
+    assert deliver(sale, "3.00", foreign, idempotency_key="order-9", task_id="msg-2b") == refused  # burnt
     outcome = deliver(sale, "3.00", sealed, idempotency_key="order-9", retry_failed=True, task_id="msg-3")
     assert outcome["status"] == "APPROVED" and outcome["payment_id"] == "order-9" and len(gw.sends) == 1
     assert "error_class" not in outcome

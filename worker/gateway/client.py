@@ -9,10 +9,10 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import date, timedelta
-from typing import Any, Protocol, TypeVar
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Protocol, TypeVar, cast
 
-from . import protocol, scrub
+from . import protocol, scrub, validation
 from .errors import InvalidInput
 from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
@@ -26,8 +26,23 @@ __all__ = ["BluePayClient", "Transport", "DEFAULT_BASE_URL"]
 DEFAULT_BASE_URL = "https://secure.bluepay.com/interfaces/"
 DEFAULT_RETRY_POLICY = RetryPolicy()
 logger = logging.getLogger("payments.gateway")
-#: what a reply parser gives: a Response, or None (stq proved absence)
-_Parsed = TypeVar("_Parsed", Response, Response | None)
+#: what a reply parser gives: a Response, None (stq proved absence), or every row stq returned
+_Parsed = TypeVar("_Parsed", Response, Response | None, list[Response])
+#: BluePay keeps its day in US Central time. A fixed UTC-6 (CST) is at most an hour off in summer (CDT), far inside
+#: the day either side that :func:`gateway_window` adds.
+GATEWAY_TZ = timezone(timedelta(hours=-6), "US Central (CST)")
+
+
+def gateway_day(epoch_seconds: float) -> date:
+    """The gateway's calendar day at a Unix time."""
+    return datetime.fromtimestamp(epoch_seconds, GATEWAY_TZ).date()
+
+
+def gateway_window(first: float, last: float) -> tuple[date, date]:
+    """stq's REPORT_START_DATE and REPORT_END_DATE (exclusive) for a transaction made between Unix times ``first``
+    and ``last`` (the attempt journal's Redis times, never this process's clock): from the gateway's day before
+    ``first`` to the day after ``last``, both included, for clocks and time zones a day off."""
+    return gateway_day(min(first, last)) - timedelta(days=1), gateway_day(max(first, last)) + timedelta(days=2)
 
 
 class Transport(Protocol):
@@ -124,17 +139,27 @@ class BluePayClient:
     def void(self, trans_id: Any, order_id: str | None = None) -> Response:
         return self._transaction("VOID", rrno=trans_id, order_id=order_id)
 
-    def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None:
-        """stq lookup by exactly one of ``trans_id`` / ``order_id``.
+    def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30,
+              between: tuple[float, float] | None = None) -> Response | None:
+        """stq lookup by exactly one of ``trans_id`` / ``order_id``: the one transaction the rows prove
+        (:func:`protocol.choose_query_row`: only rows answering the question asked; the approval if there is exactly
+        one; OutcomeUnknown for two approvals or only others' rows), or None only when the gateway proves absence.
+        Callers that weigh every row themselves use :meth:`query_all`.
 
-        Window: today - days_back .. tomorrow + 1 (end exclusive, so tomorrow is included to
-        absorb time-zone differences). Returns None only when the gateway proves absence.
+        Window: ``between`` (Unix times: see :func:`gateway_window`); without it, today - days_back .. tomorrow + 1
+        (end exclusive) by this process's calendar, which only a caller that knows no better may rely on.
         """
+        rows = self.query_all(trans_id=trans_id, order_id=order_id, days_back=days_back, between=between)
+        asked_id = validation.trans_id(trans_id) if trans_id is not None else None
+        asked_order = validation.order_id(order_id) if order_id is not None else None
+        return protocol.choose_query_row(rows, trans_id=asked_id, order_id=asked_order)
+
+    def query_all(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30,
+                  between: tuple[float, float] | None = None) -> list[Response]:
+        """Every row stq returns (``[]``: provably absent), in its order. Same arguments as :meth:`query`."""
         if (trans_id is None) == (order_id is None):
             raise InvalidInput("query", "give exactly one of trans_id and order_id")
-        if isinstance(days_back, bool) or not isinstance(days_back, int) or days_back < 0:
-            raise InvalidInput("days_back", "must be a non-negative int")
-        today = self._today()
+        start, end = self._window(days_back, between)
         fields = protocol.query_request(
             account_id=self.account_id,
             secret_key=self._secret_key,
@@ -142,17 +167,26 @@ class BluePayClient:
             hash_type=self.hash_type,
             trans_id=trans_id,
             order_id=order_id,
-            start=today - timedelta(days=days_back),
-            end=today + timedelta(days=2),
+            start=start,
+            end=end,
         )
         secret = self._secret_key
-        asked_id = fields.get("id")
 
-        def parse(reply: HttpReply) -> Response | None:
-            rows = protocol.parse_query_rows(reply.status_code, reply.body, secret_key=secret)
-            return protocol.choose_query_row(rows, trans_id=asked_id, order_id=fields.get("order_id"))
+        def parse(reply: HttpReply) -> list[Response]:
+            return protocol.parse_query_rows(reply.status_code, reply.body, secret_key=secret)
 
         return self._commit("QUERY", self.stq_url, fields, parse, read_only=True, endpoint="stq")
+
+    def _window(self, days_back: int, between: tuple[float, float] | None) -> tuple[date, date]:
+        if between is not None:
+            first, last = between
+            if not all(isinstance(t, int | float) and not isinstance(t, bool) for t in (first, last)):
+                raise InvalidInput("between", "must be two Unix times")
+            return gateway_window(float(first), float(last))
+        if isinstance(days_back, bool) or not isinstance(days_back, int) or days_back < 0:
+            raise InvalidInput("days_back", "must be a non-negative int")
+        today = self._today()
+        return today - timedelta(days=days_back), today + timedelta(days=2)
 
     def report(self, start: date, end: date, settled: bool = False) -> Report:
         """The daily report (bpdailyreport2) of ``start`` .. ``end`` (exclusive: one day is D, D+1), by issue
@@ -242,7 +276,11 @@ class BluePayClient:
             if self._on_failure is not None:
                 self._on_failure(exc)
             raise
-        if result is not None:
+        if isinstance(result, list):
+            logger.info("gateway %s order_id=%s -> %d row(s) attempts=%d", operation,
+                        fields.get("ORDER_ID") or fields.get("order_id") or "-", len(result), attempts)
+            return cast(_Parsed, [dataclasses.replace(row, attempts=attempts) for row in result])
+        elif result is not None:
             logger.info(
                 "gateway %s order_id=%s -> %s %s trans_id=%s attempts=%d",
                 operation, result.order_id or fields.get("ORDER_ID") or fields.get("order_id") or "-",

@@ -34,8 +34,9 @@ class NullObserver:
 NULL_OBSERVER = NullObserver()
 
 
-def result_of(reply: Response | None = None, exc: BaseException | None = None) -> str:
-    """approved, declined, error, absent (stq found nothing), not_sent, unknown (outcome unknown), rejected."""
+def result_of(reply: Response | list[Response] | None = None, exc: BaseException | None = None) -> str:
+    """approved, declined, error, absent (stq found nothing), not_sent, unknown (outcome unknown), rejected.
+    Several stq rows: the first one's (the newest, on our sandbox)."""
     if exc is not None:
         if isinstance(exc, NotSent):
             return "not_sent"
@@ -44,6 +45,8 @@ def result_of(reply: Response | None = None, exc: BaseException | None = None) -
         if isinstance(exc, Rejected):
             return "rejected"
         return "error"  # InvalidInput of a reply, or a bug: neither an answer nor a transport failure
+    if isinstance(reply, list):
+        reply = reply[0] if reply else None
     if reply is None:
         return "absent"
     if reply.approved:

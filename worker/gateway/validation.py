@@ -26,6 +26,8 @@ __all__ = [
     "customer",
     "trans_id",
     "order_id",
+    "idempotency_key",
+    "IDEMPOTENCY_KEY_MAX",
     "luhn_ok",
     "mask",
 ]
@@ -52,9 +54,13 @@ CUSTOMER_FIELDS: dict[str, tuple[str, int]] = {
 
 _CUSTOMER_BY_BP_NAME = {bp: (bp, limit) for bp, limit in CUSTOMER_FIELDS.values()}
 
-#: ORDER_ID: up to 128 printable ASCII characters (0x20-0x7E), our choice so that the
-#: gateway and the sandbox match it byte for byte.
+#: ORDER_ID: up to 128 visible ASCII characters (0x21-0x7E: no space, no control character), our choice so that
+#: the gateway and the sandbox match it byte for byte (a gateway may trim or collapse spaces when it stores or
+#: searches one: two ids differing only by spaces could find each other's transactions in stq).
 ORDER_ID_MAX = 128
+#: An idempotency key (the operation id: the store's key and the gateway's ORDER_ID): up to 100 visible ASCII
+#: characters, refused otherwise, never normalised (the producer would not know which key its payment has).
+IDEMPOTENCY_KEY_MAX = 100
 
 _AMOUNT_RE = re.compile(r"^[0-9]+(?:\.[0-9]{1,2})?$")
 _DIGITS_RE = re.compile(r"^[0-9]+$")
@@ -62,7 +68,8 @@ _CARD_SEPARATORS = re.compile(r"[ \-]")
 _EXPIRE_RE = re.compile(r"^([0-9]{2})/?([0-9]{2})$")
 _CVV2_RE = re.compile(r"^[0-9]{3,4}$")
 _TRANS_ID_RE = re.compile(r"^[0-9]{12}$")
-_ORDER_ID_RE = re.compile(rf"^[\x20-\x7e]{{1,{ORDER_ID_MAX}}}$")
+_ORDER_ID_RE = re.compile(rf"^[\x21-\x7e]{{1,{ORDER_ID_MAX}}}$")
+_INVOICE_ID_RE = re.compile(r"^[\x20-\x7e]+$")
 
 _CARD_KEYS = frozenset({"number", "expire", "cvv2"})
 
@@ -226,7 +233,7 @@ def trans_id(value: object, *, field: str = "trans_id") -> str:
 
 
 def order_id(value: object) -> str:
-    """ORDER_ID: 1..128 printable ASCII characters."""
+    """ORDER_ID: 1..128 visible ASCII characters (no space, no control character)."""
     if not isinstance(value, str):
         raise InvalidInput("order_id", "must be a string")
     if not value:
@@ -234,7 +241,20 @@ def order_id(value: object) -> str:
     if len(value) > ORDER_ID_MAX:
         raise InvalidInput("order_id", f"at most {ORDER_ID_MAX} characters")
     if not _ORDER_ID_RE.fullmatch(value):
-        raise InvalidInput("order_id", "printable ASCII characters only")
+        raise InvalidInput("order_id", "visible ASCII characters only: no spaces or control characters")
+    return value
+
+
+def idempotency_key(value: object, field: str = "idempotency_key") -> str:
+    """An operation id as given (never trimmed or otherwise changed): 1..100 visible ASCII characters, no space
+    anywhere, no control character. ``field`` names it in the refusal (``task_id`` when a task id stands for it)."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(field, f"{field} must be a non-empty string")
+    if len(value) > IDEMPOTENCY_KEY_MAX:
+        raise InvalidInput(field, f"{field} is longer than {IDEMPOTENCY_KEY_MAX} characters")
+    if not _ORDER_ID_RE.fullmatch(value):
+        raise InvalidInput(field, f"{field} must be visible ASCII characters only: no spaces (leading, trailing or "
+                                  "inner) and no control characters")
     return value
 
 
@@ -245,6 +265,6 @@ def invoice_id(value: object) -> str:
     """INVOICE_ID (the producer's own order reference): 1..64 printable ASCII characters."""
     if not isinstance(value, str):
         raise InvalidInput("order_id", "must be a string")
-    if not value or len(value) > INVOICE_ID_MAX or not _ORDER_ID_RE.fullmatch(value):
+    if not value or len(value) > INVOICE_ID_MAX or not _INVOICE_ID_RE.fullmatch(value):
         raise InvalidInput("order_id", f"1 to {INVOICE_ID_MAX} printable ASCII characters")
     return value

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.carddata import is_card_like_identifier, mask_number
 from worker.catalogue import PAYMENT_TASKS
 from worker.celery_app import app
-from worker.flow import GatewayOutage, LeaseBusy
+from worker.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
 from worker.gateway import InvalidInput, validation
 from worker.sealing import unsealed_card_in
 from worker.services import Services, services_of
@@ -106,8 +106,12 @@ class PaymentTask(Task):
                                              message_id=request.id)
 
     def _refuse(self, exc: InvalidInput) -> dict:
-        return self.services.flow.refuse(self.operation, self.request.payment_id, f"invalid input: {exc}",
-                                         message_id=self.request.id)
+        flow, request = self.services.flow, self.request
+        # The key is bound to this request as given (its card sealed or not): another request under it is an
+        # IdempotencyMismatch, this one again the stored refusal.
+        given = {"args": list(request.args or ()), "kwargs": dict(request.kwargs or {})}
+        return flow.refuse(self.operation, request.payment_id, f"invalid input: {exc}", message_id=request.id,
+                           fingerprints=refusal_fingerprints(self.operation, given, flow.card_keys))
 
     def _on_outage(self, parked: GatewayOutage) -> dict:
         request, settings = self.request, self.services.settings
@@ -132,6 +136,8 @@ class PaymentTask(Task):
                 self.request.payment_id = self.services.flow.payment_id_for(key)
             else:
                 self.request.payment_id = key
+        else:  # the task id stands for the key: sent as ORDER_ID all the same
+            validation.idempotency_key(self.request.payment_id, "task_id")
         return str(self.request.payment_id)
 
     @property
@@ -162,16 +168,11 @@ def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
 
 
 def _checked_key(idempotency_key: Any) -> str:
-    if type(idempotency_key) is int:  # a numeric key is its decimal digits (not bool: True is no key)
+    """The producer's key as the operation id: the rule ``delay()`` already applied (worker/sealing.py), for a
+    message that did not come through it. An ``int`` is its decimal digits (not a bool: True is no key)."""
+    if type(idempotency_key) is int:
         idempotency_key = str(idempotency_key)
-    if not isinstance(idempotency_key, str) or not idempotency_key.strip():
-        raise InvalidInput("idempotency_key", "idempotency_key must be a non-empty string or an int")
-    if len(idempotency_key) > 100:
-        raise InvalidInput("idempotency_key", "idempotency_key is longer than 100 characters")
-    try:
-        key = validation.order_id(idempotency_key)
-    except InvalidInput as exc:  # name the argument the producer passed, not the gateway field
-        raise InvalidInput("idempotency_key", exc.message) from None
+    key = validation.idempotency_key(idempotency_key)
     return key
 
 

@@ -15,10 +15,12 @@ local first_field = 10 + n_fp
 -- An ERROR that provably charged nothing (retry_failed may reopen it): closed as not charged (stq proved the
 -- absence past the commit horizon, or it was never sent), or refused as invalid input (a card sealed with another
 -- PAYMENTS_CARD_KEY included) before any attempt was noted. Kept in step with tests/support/fake_store.py.
+local function refused_unsent(rec)
+  local r = redis.call('HMGET', rec, 'error_class', 'sends', 'sent_ts', 'trans_id')
+  return r[1] == 'InvalidInput' and (r[2] or '0') == '0' and (r[3] or '') == '' and (r[4] or '') == ''
+end
 local function charged_nothing(rec)
-  local r = redis.call('HMGET', rec, 'not_charged', 'error_class', 'sends', 'sent_ts', 'trans_id')
-  if r[1] == '1' then return true end
-  return r[2] == 'InvalidInput' and (r[3] or '0') == '0' and (r[4] or '') == '' and (r[5] or '') == ''
+  return redis.call('HGET', rec, 'not_charged') == '1' or refused_unsent(rec)
 end
 local now = server_now()
 local now_iso, now_ts = iso(now), ts(now)
@@ -67,10 +69,13 @@ if not status then
   record_event(REC, HIST, pid, op, '', 'PENDING', note, now_iso, trans_id)
   return {'claimed', '', now_ts, to_pairs(rec)}
 end
+-- retry_failed of a request refused as invalid input (never sent): the producer fixed the input, so the key is
+-- bound again, to this request. A request that was sent and closed not charged stays bound to itself.
+local rebind = mode == 'retry_failed' and status == 'ERROR' and refused_unsent(REC)
 if mode ~= 'reconcile' then
   local r = redis.call('HMGET', REC, 'operation', 'fingerprint')
   local stored_fp = r[2] or ''
-  if r[1] ~= op or (n_fp > 0 and stored_fp ~= '' and not fps[stored_fp]) then
+  if r[1] ~= op or (n_fp > 0 and stored_fp ~= '' and not fps[stored_fp] and not rebind) then
     return {'mismatch', status, now_ts, redis.call('HGETALL', REC)}
   end
 end
@@ -95,7 +100,7 @@ if reopened then
   -- the refused one's (its outcome fields are reset), and it binds the key when the refusal had no fingerprint.
   for i = first_field, #ARGV do updates[#updates + 1] = ARGV[i] end
   local stored_fp = redis.call('HGET', REC, 'fingerprint') or ''
-  if stored_fp == '' and n_fp > 0 then
+  if (stored_fp == '' or rebind) and n_fp > 0 then
     updates[#updates + 1] = 'fingerprint'
     updates[#updates + 1] = ARGV[10]
   end

@@ -227,6 +227,9 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
     local rest = not this  -- no amount: the gateway refunded what was left of it
     if rest then this = math.max((total or 0) - before, 0) end
     local after = before + this
+    -- The gateway never refunds more than was charged: a count past it is ours (an answer without AMOUNT, counted
+    -- as "what was left" before an earlier refund was recorded).
+    if total and after > total then after = total end
     -- A refund without an amount took what was left: say how much, or a void of it has nothing to give back.
     if rest and total then redis.call('HSET', fu_rec, 'amount', money(this)) end
     if rest or (total and after >= total) then new_status = 'REFUNDED' else new_status = 'PARTIALLY_REFUNDED' end
