@@ -10,8 +10,13 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
   an ``IdempotencyMismatch`` ERROR that touches neither the record nor the gateway.
 * A final record is returned as it is: no gateway call.
 * Every money-moving send is first noted in the attempt journal (the claim notes attempt 1 in the same round
-  trip). ``stq`` "absent" proves nothing until the commit horizon has passed since the last attempt that may
-  have been sent (``sent_ts``): before that the operation is parked ``UNKNOWN`` with a next-check time.
+  trip). Every attempt, each in-process retry included, is fenced just before it goes out: the lease is checked in
+  Redis and the attempt is stamped with that Redis time (TRANS_SUBMIT_TIMESTAMP, expiring after
+  ``expire_minutes``), so a holder stalled past its lease sends nothing more, and an attempt already past its
+  check when the process froze is refused by the gateway (TRANSACTION TOO OLD) once a takeover could send.
+  ``stq`` "absent" proves nothing until the commit horizon has passed since the last attempt that may have been
+  sent (``sent_ts``; for a holder that stopped answering, when its last stamp expires at the gateway): before that
+  the operation is parked ``UNKNOWN`` with a next-check time.
 * Wherever the outcome is ambiguous (a lease taken over, ``UNKNOWN``, a message delivered before, an outcome
   unknown error, ``DUPLICATE``): stq by ORDER_ID; found -> adopt; absent past the horizon -> send again with
   the same ORDER_ID; otherwise -> ``UNKNOWN``.
@@ -34,7 +39,17 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 
 from worker.carddata import card_fingerprints, mask_number
-from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response, validation
+from worker.gateway import (
+    Expired,
+    FenceLost,
+    InvalidInput,
+    NotSent,
+    OutcomeUnknown,
+    Rejected,
+    Response,
+    expiry,
+    validation,
+)
 from worker.gateway.scrub import scrub
 from worker.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.redis_connections import ReplicaAckTimeout
@@ -49,23 +64,31 @@ MAX_SENDS = 3
 TRANS_ID = re.compile(r"\d{12}")
 ALREADY_VOIDED = "Already Voided"
 SETTLED_REFUSAL = "cannot void a settled transaction"
+#: The check before each money-moving attempt (the client calls it): (Redis time, TRANS_EXPIRE_PERIOD minutes).
+Fence = Callable[[], tuple[float, int]]
 _STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
 
 
 class Gateway(Protocol):
-    """The verbs the flow uses: ``worker.gateway.BluePayClient`` and the test fakes satisfy it."""
+    """The verbs the flow uses: ``worker.gateway.BluePayClient`` and the test fakes satisfy it. ``fence``: called
+    before each attempt of a money-moving call (the first and every retry); it returns the attempt's stamp (Redis
+    time) and TRANS_EXPIRE_PERIOD (minutes), or raises FenceLost, and then nothing is sent."""
 
     def sale(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
-             duplicate_override: bool = False, invoice_id: str | None = None) -> Response: ...
+             duplicate_override: bool = False, invoice_id: str | None = None,
+             fence: Fence | None = None) -> Response: ...
 
     def auth(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
-             duplicate_override: bool = False, invoice_id: str | None = None) -> Response: ...
+             duplicate_override: bool = False, invoice_id: str | None = None,
+             fence: Fence | None = None) -> Response: ...
 
-    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None) -> Response: ...
+    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+                fence: Fence | None = None) -> Response: ...
 
-    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None) -> Response: ...
+    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+               fence: Fence | None = None) -> Response: ...
 
-    def void(self, trans_id: str, order_id: str | None = None) -> Response: ...
+    def void(self, trans_id: str, order_id: str | None = None, fence: Fence | None = None) -> Response: ...
 
     def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30) -> Response | None: ...
 
@@ -81,6 +104,8 @@ class Store(Protocol):
               mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim: ...
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None: ...
+
+    def fence(self, payment_id: str, owner: str, lease_seconds: float, accepted_for: float) -> float | None: ...
 
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
@@ -225,7 +250,7 @@ class _Run:
     operation: str
     payment_id: str
     owner: str
-    send: Callable[[bool], Response]
+    send: Callable[[bool, Fence], Response]
     follow_up: bool
     deadline: float  # monotonic: no gateway call starts after this
 
@@ -245,6 +270,10 @@ class PaymentFlow:
     clock: Callable[[], float] = field(default=time.monotonic)
     #: told of every outcome this process writes (each final outcome is written once, by one process)
     observer: FlowObserver = field(default_factory=NullFlowObserver)
+    #: TRANS_EXPIRE_PERIOD of every attempt (GATEWAY_SUBMIT_EXPIRY, whole minutes)
+    expire_minutes: int = 3
+    #: how far the gateway's clock may lag Redis's (GATEWAY_CLOCK_SKEW_MARGIN): added to a stamp's expiry
+    skew_margin: float = 60.0
 
     def __post_init__(self) -> None:
         if self.keeper is None:
@@ -284,9 +313,9 @@ class PaymentFlow:
                                             card_keys=self.card_keys)
         verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.sale or Gateway.auth
 
-        def send(duplicate_override: bool) -> Response:
+        def send(duplicate_override: bool, fence: Fence) -> Response:
             return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
-                        duplicate_override=duplicate_override, invoice_id=checked_invoice)
+                        duplicate_override=duplicate_override, invoice_id=checked_invoice, fence=fence)
 
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
 
@@ -314,10 +343,10 @@ class PaymentFlow:
         fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
         verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.capture, .refund or .void
 
-        def send(duplicate_override: bool) -> Response:
+        def send(duplicate_override: bool, fence: Fence) -> Response:
             if operation == "void":
-                return verb(checked_id, order_id=payment_id)
-            return verb(checked_id, checked_amount, order_id=payment_id)
+                return verb(checked_id, order_id=payment_id, fence=fence)
+            return verb(checked_id, checked_amount, order_id=payment_id, fence=fence)
 
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered)
 
@@ -404,12 +433,13 @@ class PaymentFlow:
 
     # ----------------------------------------------------------------- the engine
     def _run(self, operation: str, payment_id: str, fields: dict[str, Any], fingerprints: list[str],
-             send: Callable[[bool], Response], message_id: str, redelivered: bool) -> dict[str, Any]:
+             send: Callable[[bool, Fence], Response], message_id: str, redelivered: bool) -> dict[str, Any]:
         owner = new_owner()
         try:
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                      lease_seconds=self.lease_seconds, message_id=message_id,
-                                     fingerprints=fingerprints, journal="prior" if redelivered else True)
+                                     fingerprints=fingerprints, journal="prior" if redelivered else True,
+                                     dead_owner=self._dead_holder(payment_id) if redelivered else "")
             if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
                 claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                          lease_seconds=self.lease_seconds, fingerprints=fingerprints,
@@ -482,7 +512,9 @@ class PaymentFlow:
                     raise _LeaseLost()
             journaled = False
             try:
-                response = run.send(duplicate_override)
+                response = run.send(duplicate_override, self._fence_for(run))
+            except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
+                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
             except NotSent as exc:
                 self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
             except Rejected as exc:
@@ -511,6 +543,40 @@ class PaymentFlow:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _dead_holder(self, payment_id: str) -> str:
+        """The holder of ``payment_id``'s unreported attempt when its process is known dead (this host, pid gone),
+        else "". Asked only for a message delivered before (a worker died with it): a dead holder sends nothing
+        later, so its takeover need not wait for its attempt's stamp to expire, only for the commit horizon."""
+        try:
+            return _dead(self.store.get(payment_id))
+        except Exception as exc:  # a look only: without it the takeover waits for the stamp (the safe side)
+            log.warning("%s: holder not looked at: %s", payment_id, type(exc).__name__)
+            return ""
+
+    def _fence_for(self, run: _Run) -> Fence:
+        """The check the client runs before each attempt of ``run``: the Redis time of a live lease (the attempt's
+        stamp), or FenceLost. The store keeps how long an attempt stamped then may be accepted (fence_until), which
+        a takeover of an attempt that never reported waits out (claim.lua)."""
+        window = self.expire_minutes * 60 + expiry.MINUTE + self.skew_margin
+
+        def fence() -> tuple[float, int]:
+            now = self._fenced(run, window)
+            longer = expiry.accepted_until(now, self.expire_minutes, self.skew_margin) - now
+            if longer > window:  # a stamp in the hour repeated when daylight saving ends: the later reading counts
+                self._fenced(run, longer)
+            return now, self.expire_minutes
+
+        return fence
+
+    def _fenced(self, run: _Run, accepted_for: float) -> float:
+        try:
+            now = self.store.fence(run.payment_id, run.owner, self.lease_seconds, accepted_for)
+        except ReplicaAckTimeout as exc:  # a failover could lose fence_until: a takeover would not wait for it
+            raise FenceLost(f"fence not replicated ({exc})") from None
+        if now is None:
+            raise FenceLost("lease lost before the attempt")
+        return now
 
     def _answer(self, run: _Run, response: Response, **extra: str) -> dict[str, Any]:
         """Record the gateway's answer to our request."""
@@ -577,7 +643,7 @@ class PaymentFlow:
             return "skipped"
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
-                                 mode="reconcile")
+                                 mode="reconcile", dead_owner=_dead(record))
         if claim.kind != "resumed":
             return "skipped"
         run = _Run(operation, payment_id, owner, _no_send, operation in FOLLOW_UPS,
@@ -626,6 +692,12 @@ class PaymentFlow:
         return self.store.reflect(payment_id)
 
 
+def _dead(record: Mapping[str, Any] | None) -> str:
+    """``record``'s lease holder if it left an attempt in flight and its process is known dead, else ""."""
+    holder = str((record or {}).get("lease_owner") or "")
+    return holder if (record or {}).get("in_flight") == "1" and holder and owner_is_dead(holder) else ""
+
+
 @contextmanager
 def _in_flight(observer: FlowObserver, operation: str) -> Iterator[None]:
     """One delivery (or sweep) holding ``operation``: +1 now, -1 however the block ends."""
@@ -636,5 +708,5 @@ def _in_flight(observer: FlowObserver, operation: str) -> Iterator[None]:
         observer.in_flight(operation, -1)
 
 
-def _no_send(duplicate_override: bool) -> Response:
+def _no_send(duplicate_override: bool, fence: Fence) -> Response:
     raise AssertionError("the sweep's reconciliation never sends")
