@@ -117,6 +117,11 @@ class Settings:
     commit_horizon_setting: float | None = None
     # An operation's lease; renewed every third of it while a call is in flight (heartbeat).
     lease_seconds: float = 30.0
+    # Every money-moving attempt carries TRANS_SUBMIT_TIMESTAMP (Redis time of its lease check) and this
+    # TRANS_EXPIRE_PERIOD (whole minutes): the gateway refuses it once older (TRANSACTION TOO OLD, not saved).
+    submit_expiry: float = 180.0
+    # How far the gateway's clock may differ from Redis's: a takeover waits this much longer than the expiry.
+    clock_skew_margin: float = 60.0
     flower_basic_auth: str = field(default="", repr=False)
     # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/reconcile.py; beat).
     reconcile_report_at: str = "02:00"
@@ -175,6 +180,11 @@ class Settings:
         return max(DEFAULT_KEY_RETENTION, self.retention)
 
     @property
+    def submit_expiry_minutes(self) -> int:
+        """GATEWAY_SUBMIT_EXPIRY in the whole minutes TRANS_EXPIRE_PERIOD takes."""
+        return int(self.submit_expiry // 60)
+
+    @property
     def min_replicas_ack(self) -> int:
         """REDIS_MIN_REPLICAS_ACK: replicas that must acknowledge a claim, journal or outbox write before a send."""
         if self.min_replicas_ack_setting is not None:
@@ -208,6 +218,7 @@ class Settings:
                 f"GATEWAY_COMMIT_HORIZON ({self.commit_horizon:g}s) must exceed the connect + read timeouts "
                 f"({self.connect_timeout + self.read_timeout:g}s): a request the client gave up on can commit later"
             )
+        self._check_submit_expiry()
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigError(f"WORKER_METRICS_PORT ({self.worker_metrics_port}) must be 0 (off) or a TCP port")
         if self.lease_seconds < 3:
@@ -279,6 +290,25 @@ class Settings:
             raise ConfigError(f"BLUEPAY_URL: {self.bluepay_url!r} must be https:// in LIVE mode (card data travels "
                               "in the request)")
 
+    def _check_submit_expiry(self) -> None:
+        if self.submit_expiry < 60 or self.submit_expiry % 60:
+            raise ConfigError(f"GATEWAY_SUBMIT_EXPIRY ({self.submit_expiry:g}s) must be a whole number of minutes, "
+                              "at least 1 (BluePay's TRANS_EXPIRE_PERIOD is \"N MINUTES\")")
+        if self.clock_skew_margin < 0:
+            raise ConfigError(f"GATEWAY_CLOCK_SKEW_MARGIN ({self.clock_skew_margin:g}s) must be >= 0")
+        one_attempt = self.connect_timeout + self.read_timeout
+        if self.submit_expiry <= one_attempt + self.clock_skew_margin:
+            raise ConfigError(
+                f"GATEWAY_SUBMIT_EXPIRY ({self.submit_expiry:g}s) must exceed one attempt ({one_attempt:g}s) plus "
+                f"GATEWAY_CLOCK_SKEW_MARGIN ({self.clock_skew_margin:g}s), or a gateway clock that far ahead would "
+                "refuse every attempt as TRANSACTION TOO OLD")
+        try:
+            from worker.gateway.expiry import CENTRAL
+
+            CENTRAL.utcoffset(None)
+        except Exception as exc:  # no time zone database: the stamps cannot be written in US Central time
+            raise ConfigError(f"the America/Chicago time zone is needed for TRANS_SUBMIT_TIMESTAMP: {exc}") from None
+
     @classmethod
     def from_env(cls) -> Settings:
         d = cls()
@@ -315,6 +345,8 @@ class Settings:
                 commit_horizon_setting=(dur("GATEWAY_COMMIT_HORIZON", 0)
                                         if _env("GATEWAY_COMMIT_HORIZON", "") else None),
                 lease_seconds=dur("LEASE_SECONDS", d.lease_seconds),
+                submit_expiry=dur("GATEWAY_SUBMIT_EXPIRY", "3m"),
+                clock_skew_margin=dur("GATEWAY_CLOCK_SKEW_MARGIN", "60s"),
                 flower_basic_auth=_env("FLOWER_BASIC_AUTH", ""),
                 reconcile_report_at=_env("RECONCILE_REPORT_AT", d.reconcile_report_at),
                 worker_metrics_port=_int("WORKER_METRICS_PORT", 0),

@@ -10,8 +10,13 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
   an ``IdempotencyMismatch`` ERROR that touches neither the record nor the gateway.
 * A final record is returned as it is: no gateway call.
 * Every money-moving send is first noted in the attempt journal (the claim notes attempt 1 in the same round
-  trip). ``stq`` "absent" proves nothing until the commit horizon has passed since the last attempt that may
-  have been sent (``sent_ts``): before that the operation is parked ``UNKNOWN`` with a next-check time.
+  trip). Every attempt, each in-process retry included, is fenced just before it goes out: the lease is checked in
+  Redis and the attempt is stamped with that Redis time (TRANS_SUBMIT_TIMESTAMP, expiring after
+  ``expire_minutes``), so a holder stalled past its lease sends nothing more, and an attempt already past its
+  check when the process froze is refused by the gateway (TRANSACTION TOO OLD) once a takeover could send.
+  ``stq`` "absent" proves nothing until the commit horizon has passed since the last attempt that may have been
+  sent (``sent_ts``; for a holder that stopped answering, when its last stamp expires at the gateway): before that
+  the operation is parked ``UNKNOWN`` with a next-check time.
 * Wherever the outcome is ambiguous (a lease taken over, ``UNKNOWN``, a message delivered before, an outcome
   unknown error, ``DUPLICATE``): stq by ORDER_ID; found -> adopt; absent past the horizon -> send again with
   the same ORDER_ID; otherwise -> ``UNKNOWN``.
@@ -36,7 +41,17 @@ from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
 from worker.carddata import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
-from worker.gateway import InvalidInput, NotSent, OutcomeUnknown, Rejected, Response, validation
+from worker.gateway import (
+    Expired,
+    FenceLost,
+    InvalidInput,
+    NotSent,
+    OutcomeUnknown,
+    Rejected,
+    Response,
+    expiry,
+    validation,
+)
 from worker.gateway.scrub import scrub
 from worker.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.redis_connections import ReplicaAckTimeout
@@ -52,23 +67,31 @@ MAX_SENDS = 3
 TRANS_ID = re.compile(r"\d{12}")
 ALREADY_VOIDED = "Already Voided"
 SETTLED_REFUSAL = "cannot void a settled transaction"
+#: The check before each money-moving attempt (the client calls it): (Redis time, TRANS_EXPIRE_PERIOD minutes).
+Fence = Callable[[], tuple[float, int]]
 _STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
 
 
 class Gateway(Protocol):
-    """The verbs the flow uses: ``worker.gateway.BluePayClient`` and the test fakes satisfy it."""
+    """The verbs the flow uses: ``worker.gateway.BluePayClient`` and the test fakes satisfy it. ``fence``: called
+    before each attempt of a money-moving call (the first and every retry); it returns the attempt's stamp (Redis
+    time) and TRANS_EXPIRE_PERIOD (minutes), or raises FenceLost, and then nothing is sent."""
 
     def sale(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
-             duplicate_override: bool = False, invoice_id: str | None = None) -> Response: ...
+             duplicate_override: bool = False, invoice_id: str | None = None,
+             fence: Fence | None = None) -> Response: ...
 
     def auth(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
-             duplicate_override: bool = False, invoice_id: str | None = None) -> Response: ...
+             duplicate_override: bool = False, invoice_id: str | None = None,
+             fence: Fence | None = None) -> Response: ...
 
-    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None) -> Response: ...
+    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+                fence: Fence | None = None) -> Response: ...
 
-    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None) -> Response: ...
+    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+               fence: Fence | None = None) -> Response: ...
 
-    def void(self, trans_id: str, order_id: str | None = None) -> Response: ...
+    def void(self, trans_id: str, order_id: str | None = None, fence: Fence | None = None) -> Response: ...
 
     def query_all(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30,
                   between: tuple[float, float] | None = None) -> list[Response]: ...
@@ -85,6 +108,8 @@ class Store(Protocol):
               mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim: ...
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None: ...
+
+    def fence(self, payment_id: str, owner: str, lease_seconds: float, accepted_for: float) -> float | None: ...
 
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
@@ -261,7 +286,7 @@ class _Run:
     operation: str
     payment_id: str
     owner: str
-    send: Callable[[bool], Response]
+    send: Callable[[bool, Fence], Response]
     follow_up: bool
     deadline: float  # monotonic: no gateway call starts after this
     amount: str = ""  # the amount we asked for ("" for a void, or a capture/refund of the whole or the rest)
@@ -286,6 +311,10 @@ class PaymentFlow:
     clock: Callable[[], float] = field(default=time.monotonic)
     #: told of every outcome this process writes (each final outcome is written once, by one process)
     observer: FlowObserver = field(default_factory=NullFlowObserver)
+    #: TRANS_EXPIRE_PERIOD of every attempt (GATEWAY_SUBMIT_EXPIRY, whole minutes)
+    expire_minutes: int = 3
+    #: how far the gateway's clock may lag Redis's (GATEWAY_CLOCK_SKEW_MARGIN): added to a stamp's expiry
+    skew_margin: float = 60.0
 
     def __post_init__(self) -> None:
         if self.keeper is None:
@@ -346,9 +375,9 @@ class PaymentFlow:
                                             card_keys=self.card_keys)
         verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.sale or Gateway.auth
 
-        def send(duplicate_override: bool) -> Response:
+        def send(duplicate_override: bool, fence: Fence) -> Response:
             return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
-                        duplicate_override=duplicate_override, invoice_id=checked_invoice)
+                        duplicate_override=duplicate_override, invoice_id=checked_invoice, fence=fence)
 
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
                          retry_failed=retry_failed)
@@ -382,10 +411,10 @@ class PaymentFlow:
         fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
         verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.capture, .refund or .void
 
-        def send(duplicate_override: bool) -> Response:
+        def send(duplicate_override: bool, fence: Fence) -> Response:
             if operation == "void":
-                return verb(checked_id, order_id=payment_id)
-            return verb(checked_id, checked_amount, order_id=payment_id)
+                return verb(checked_id, order_id=payment_id, fence=fence)
+            return verb(checked_id, checked_amount, order_id=payment_id, fence=fence)
 
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
                          retry_failed=retry_failed)
@@ -478,14 +507,15 @@ class PaymentFlow:
 
     # ----------------------------------------------------------------- the engine
     def _run(self, operation: str, payment_id: str, fields: dict[str, Any], fingerprints: list[str],
-             send: Callable[[bool], Response], message_id: str, redelivered: bool, *,
+             send: Callable[[bool, Fence], Response], message_id: str, redelivered: bool, *,
              retry_failed: bool = False) -> dict[str, Any]:
         owner = new_owner()
         try:
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                      lease_seconds=self.lease_seconds, message_id=message_id,
                                      mode="retry_failed" if retry_failed else "run",
-                                     fingerprints=fingerprints, journal="prior" if redelivered else True)
+                                     fingerprints=fingerprints, journal="prior" if redelivered else True,
+                                     dead_owner=self._dead_holder(payment_id) if redelivered else "")
             if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
                 claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                          lease_seconds=self.lease_seconds, fingerprints=fingerprints,
@@ -558,7 +588,9 @@ class PaymentFlow:
                     raise _LeaseLost()
             journaled = False
             try:
-                response = run.send(duplicate_override)
+                response = run.send(duplicate_override, self._fence_for(run))
+            except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
+                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
             except NotSent as exc:
                 self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
             except Rejected as exc:
@@ -587,6 +619,40 @@ class PaymentFlow:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _dead_holder(self, payment_id: str) -> str:
+        """The holder of ``payment_id``'s unreported attempt when its process is known dead (this host, pid gone),
+        else "". Asked only for a message delivered before (a worker died with it): a dead holder sends nothing
+        later, so its takeover need not wait for its attempt's stamp to expire, only for the commit horizon."""
+        try:
+            return _dead(self.store.get(payment_id))
+        except Exception as exc:  # a look only: without it the takeover waits for the stamp (the safe side)
+            log.warning("%s: holder not looked at: %s", payment_id, type(exc).__name__)
+            return ""
+
+    def _fence_for(self, run: _Run) -> Fence:
+        """The check the client runs before each attempt of ``run``: the Redis time of a live lease (the attempt's
+        stamp), or FenceLost. The store keeps how long an attempt stamped then may be accepted (fence_until), which
+        a takeover of an attempt that never reported waits out (claim.lua)."""
+        window = self.expire_minutes * 60 + expiry.MINUTE + self.skew_margin
+
+        def fence() -> tuple[float, int]:
+            now = self._fenced(run, window)
+            longer = expiry.accepted_until(now, self.expire_minutes, self.skew_margin) - now
+            if longer > window:  # a stamp in the hour repeated when daylight saving ends: the later reading counts
+                self._fenced(run, longer)
+            return now, self.expire_minutes
+
+        return fence
+
+    def _fenced(self, run: _Run, accepted_for: float) -> float:
+        try:
+            now = self.store.fence(run.payment_id, run.owner, self.lease_seconds, accepted_for)
+        except ReplicaAckTimeout as exc:  # a failover could lose fence_until: a takeover would not wait for it
+            raise FenceLost(f"fence not replicated ({exc})") from None
+        if now is None:
+            raise FenceLost("lease lost before the attempt")
+        return now
 
     def _answer(self, run: _Run, response: Response, **extra: str) -> dict[str, Any]:
         """Record the gateway's answer to our request."""
@@ -700,7 +766,7 @@ class PaymentFlow:
             return "skipped"
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
-                                 mode="reconcile")
+                                 mode="reconcile", dead_owner=_dead(record))
         if claim.kind != "resumed":
             return "skipped"
         current, now = claim.record, claim.now
@@ -797,7 +863,7 @@ def _last_four(masked: str) -> str:
     return digits[-4:] if len(digits) >= 4 else ""
 
 
-def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool], Response], deadline: float,
+def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool, Fence], Response], deadline: float,
             record: Mapping[str, Any]) -> _Run:
     """One delivery's run of the operation whose record (or claim fields) is ``record``."""
     return _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=deadline,
@@ -819,6 +885,12 @@ def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]
         return {}
 
 
+def _dead(record: Mapping[str, Any] | None) -> str:
+    """``record``'s lease holder if it left an attempt in flight and its process is known dead, else ""."""
+    holder = str((record or {}).get("lease_owner") or "")
+    return holder if (record or {}).get("in_flight") == "1" and holder and owner_is_dead(holder) else ""
+
+
 @contextmanager
 def _in_flight(observer: FlowObserver, operation: str) -> Iterator[None]:
     """One delivery (or sweep) holding ``operation``: +1 now, -1 however the block ends."""
@@ -829,5 +901,5 @@ def _in_flight(observer: FlowObserver, operation: str) -> Iterator[None]:
         observer.in_flight(operation, -1)
 
 
-def _no_send(duplicate_override: bool) -> Response:
+def _no_send(duplicate_override: bool, fence: Fence) -> Response:
     raise AssertionError("the sweep's reconciliation never sends")

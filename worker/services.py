@@ -90,6 +90,7 @@ class Services:
         return PaymentFlow(store=self.store, gateway=self.gateway, card_keys=self.card_keys,
                            lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
                            operation_budget=s.operation_budget, call_budget=s.call_budget,
+                           expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
                            **({"observer": self.metrics} if self.metrics is not None else {}))
 
 

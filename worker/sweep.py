@@ -7,8 +7,9 @@ Each run, under a Redis lock with expiry so that two beats or a manual run never
 2. voids approved AUTHs older than STALE_AUTH_AGE that were neither captured nor voided;
 3. reconciles operations left UNKNOWN or in flight for longer than RECONCILE_AFTER through ``stq``
    (with a growing delay between tries, and a final state after RECONCILE_GIVE_UP);
-4. publishes again payment messages the broker lost (outbox entries no worker claimed in time; an entry whose
-   task ran to its outcome before the entry was kept is dropped instead);
+4. publishes again payment messages the broker lost (outbox entries no worker claimed in time, whose message is
+   neither in its queue nor unacknowledged in kombu's hash: a backlog is not published again; an entry whose task
+   ran to its outcome before the entry was kept is dropped instead);
 5. finishes sale->void chains whose void was due but never ran;
 6. retention: moves final records older than PAYMENTS_RETENTION (and audit entries) to the archive, in bounded
    batches, deleting from Redis only what the archive holds (``worker.archive.retention``); an archive that cannot
@@ -62,8 +63,11 @@ def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
             counts[f"reconcile_{result}"] += 1
             _tick(progress)
-        for task_id, entry in store.outbox.stale(outbox_due(settings)):
-            counts[f"outbox_{republish_lost(store, task_id, entry)}"] += 1
+        due = store.outbox.stale(outbox_due(settings))
+        queued = store.outbox.still_in_broker(due)  # not lost: the workers are behind, not the broker
+        store.outbox.restamp(queued)
+        for task_id, entry in due:
+            counts[f"outbox_{'still_queued' if task_id in queued else republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
             try:

@@ -34,7 +34,7 @@ STATUSES = sorted(FINAL | NON_FINAL)
 HOLDER, CURRENT = "<holder>", "<current>"
 FAR_FUTURE = 1e12
 TIME_FIELDS = ("created_at", "updated_at", "created_ts", "updated_ts", "lease_until", "sent_ts", "attempt_ts",
-               "next_check_ts")
+               "next_check_ts", "fence_until")
 
 def one_of_values(*values):
     return st.sampled_from(list(values))
@@ -116,6 +116,10 @@ calls = st.one_of(
     st.tuples(st.just("journal"), pids, st.fixed_dictionaries({"owner": st.one_of(st.just(HOLDER),
                                                                                   one_of_values("w1", "w2", "")),
                                                                "lease_seconds": leases})),
+    st.tuples(st.just("fence"), pids, st.fixed_dictionaries({"owner": st.one_of(st.just(HOLDER),
+                                                                                one_of_values("w1", "w2", "")),
+                                                             "lease_seconds": leases,
+                                                             "accepted_for": one_of_values(0.0, 300.0)})),
     st.tuples(st.just("renew"), pids, st.fixed_dictionaries({"owner": writers, "lease_seconds": leases})),
     st.tuples(st.just("reflect"), pids, st.just({})),
     # retention's removal of the record as it is now (cutoff: any time; both clamp it to their clock)
@@ -193,8 +197,8 @@ def _call(store, name: str, pid: str, kw: dict):
         if name == "claim":
             c = store.claim(pid, kw.pop("operation"), **kw)
             return c.kind, c.previous_status, _record(c.record)
-        if name == "journal":
-            return store.journal(pid, **kw) is not None
+        if name in ("journal", "fence"):
+            return getattr(store, name)(pid, **kw) is not None
         if name == "transition":
             return _record(store.transition(pid, kw.pop("status"), **kw))
         if name == "forget":

@@ -345,6 +345,54 @@ def test_journal_refused_unless_the_owner_holds_a_pending_record(store, state):
     assert store.get("p1") == before
 
 
+# ---- fence: the check before every money-moving attempt (issue 24, item 1) ------------------
+
+def test_fence_answers_server_time_renews_the_lease_and_keeps_how_long_the_attempt_may_be_accepted(store, tier):
+    claim(store, "p1", journal=True, lease=30)
+    before = tier.server_now()
+    at = store.fence("p1", "w1", 45, 300)
+    after = tier.server_now()
+    assert at is not None and before - 0.001 <= at <= after + 0.001
+    rec = store.get("p1")
+    assert rec["in_flight"] == "1" and float(rec["lease_until"]) == pytest.approx(at + 45, abs=0.002)
+    assert float(rec["fence_until"]) == pytest.approx(at + 300, abs=0.002)
+    assert store.fence("p1", "w1", 45, 10) is not None  # a shorter window never moves it back
+    assert float(store.get("p1")["fence_until"]) == pytest.approx(at + 300, abs=0.01)
+
+
+@pytest.mark.parametrize("state", ["other-owner", "lapsed", "UNKNOWN", "APPROVED", "missing"])
+def test_fence_refused_unless_the_owner_holds_a_live_lease_on_a_pending_record(store, tier, state):
+    if state != "missing":
+        claim(store, "p1", journal=True, lease=0.3 if state == "lapsed" else 60)
+        if state == "UNKNOWN":
+            store.transition("p1", state, owner="w1", sent=True)
+        elif state == "APPROVED":
+            approve(store, "p1", "100000000001")
+        elif state == "lapsed":
+            tier.wait(0.5)  # nobody took it over yet, but the lease is gone: no new attempt
+    before = store.get("p1")
+    owner = "w2" if state == "other-owner" else "w1"
+    assert store.fence("p1", owner, 30, 300) is None
+    assert store.get("p1") == before
+
+
+def test_a_takeover_of_a_fenced_attempt_counts_it_as_sent_until_it_can_no_longer_be_accepted(store, tier):
+    claim(store, "p1", journal=True, lease=0.3)
+    at = store.fence("p1", "w1", 0.3, 300)
+    assert at is not None
+    tier.wait(0.5)  # the holder stalled: its lease lapsed with its attempt unreported
+    taken = claim(store, "p1", owner="w2")
+    assert taken.kind == "resumed"
+    assert float(taken.record["sent_ts"]) == pytest.approx(at + 300, abs=0.01)
+
+
+def test_a_takeover_from_a_dead_holder_does_not_wait_for_its_fence(store, tier):
+    claim(store, "p1", journal=True, lease=60)
+    assert store.fence("p1", "w1", 60, 300) is not None
+    taken = claim(store, "p1", owner="w2", dead_owner="w1")  # its process is gone: it sends nothing later
+    assert taken.kind == "resumed" and float(taken.record["sent_ts"]) <= tier.server_now() + 0.001
+
+
 # ---- transition: only the lease holder writes a non-final record -----------------------------
 
 @pytest.mark.parametrize("owner,expect,ok", [

@@ -646,3 +646,51 @@ def test_late_commit_fault_from_the_command_line():
         assert s.ledger(order_id=f["ORDER_ID"]) == []
         s.wait_no_held(timeout=3)
         assert s.charges(f["ORDER_ID"]) == 1
+
+
+# ----------------------------------------------------------------- TRANSACTION TIMESTAMP (bp10emu text)
+def central(seconds_ago: float) -> str:
+    """Now minus ``seconds_ago`` as BluePay's TRANS_SUBMIT_TIMESTAMP: US Central time, YYYY-MM-DD HH:MM:SS."""
+    from zoneinfo import ZoneInfo
+
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
+    return when.astimezone(ZoneInfo("America/Chicago")).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_an_expired_submit_timestamp_is_too_old_and_not_saved(sb):
+    fields = bp_fields(sb, "SALE", "3.00", TRANS_SUBMIT_TIMESTAMP=central(6 * 60), TRANS_EXPIRE_PERIOD="5 MINUTES")
+    r = send_fields(sb, fields)
+    assert r["Result"] == "ERROR" and r["MESSAGE"] == "TRANSACTION TOO OLD" and stamp_ok(sb.secret_key, r)
+    assert not r.get("TRANS_ID") and sb.ledger(order_id=fields["ORDER_ID"]) == []
+
+
+def test_a_fresh_submit_timestamp_is_processed_and_the_fields_are_outside_the_seal(sb):
+    fields = bp_fields(sb, "SALE", "3.00", TRANS_SUBMIT_TIMESTAMP=central(4 * 60), TRANS_EXPIRE_PERIOD="5 MINUTES")
+    r = send_fields(sb, fields)  # sealed over the documented bp10emu fields only
+    assert r["Result"] == "APPROVED" and len(sb.ledger(order_id=fields["ORDER_ID"])) == 1
+
+
+def test_the_timestamp_is_read_as_central_time_not_utc(sb):
+    # Central is 5-6 hours behind UTC: a UTC "now" read as Central lies hours in the future (never too old), and
+    # a Central "now" read as UTC would be hours old (too old): only the Central reading accepts this one.
+    fields = bp_fields(sb, "SALE", "3.00", TRANS_SUBMIT_TIMESTAMP=central(30), TRANS_EXPIRE_PERIOD="1 MINUTES")
+    assert send_fields(sb, fields)["Result"] == "APPROVED"
+
+
+def test_a_follow_up_is_fenced_too(sb):
+    sale = send(sb, "SALE", "3.00")
+    fields = bp_fields(sb, "VOID", rrno=sale["RRNO"], card=False, TRANS_SUBMIT_TIMESTAMP=central(3 * 60),
+                       TRANS_EXPIRE_PERIOD="2 MINUTES")
+    r = send_fields(sb, fields)
+    assert r["MESSAGE"] == "TRANSACTION TOO OLD"
+    assert send(sb, "VOID", rrno=sale["RRNO"], card=False)["Result"] == "APPROVED"  # the sale was not voided
+
+
+def test_a_gateway_clock_ahead_refuses_what_ours_would_accept():
+    with running_sandbox(extra_args=("--clock-offset", "120")) as skewed:
+        fields = bp_fields(skewed, "SALE", "3.00", TRANS_SUBMIT_TIMESTAMP=central(0), TRANS_EXPIRE_PERIOD="1 MINUTES")
+        assert send_fields(skewed, fields)["MESSAGE"] == "TRANSACTION TOO OLD"
+
+
+def send_fields(sb, fields: dict) -> dict:
+    return reply_of(post_raw(sb, fields))

@@ -72,6 +72,7 @@ def scenarios(args, plain, durable, logdir: Path, say) -> dict:
         run_late_commits,
         run_payments_under_chaos,
         run_redis_restart,
+        run_stalled_holder,
     )
     from tests.reliability.sentinel_scenarios import run_sentinel_failovers
 
@@ -102,6 +103,8 @@ def scenarios(args, plain, durable, logdir: Path, say) -> dict:
         "Sentinel partition": lambda: run_sentinel_failovers(
             "sentinel-partition", logdir, payments=max(100, n // 4), failovers=1, mode="pause", seed=args.seed + 9,
             settle_timeout=600, log=say),
+        "stalled holder": lambda: run_stalled_holder(
+            "stall", plain.url, logdir, payments=max(3, n // 20), seed=args.seed + 10, settle_timeout=600, log=say),
         "clock skew": lambda: run_clock_skew(
             "clock-skew", plain.url, logdir, in_flight=max(16, n // 50), late=6, seed=args.seed + 7, log=say),
     }

@@ -1540,3 +1540,119 @@ def table(reports: list[Report]) -> str:
     head = line({c: c for c in COLUMNS})
     sep = "|" + "|".join(("-" * (widths[c] + 1)) + (":" if c != "scenario" else "-") for c in COLUMNS) + "|"
     return "\n".join([head, sep, *(line(r) for r in rows)])
+
+
+# A holder frozen inside the client's retry loop (issue 24, item 1). The loop keeps retrying "not sent" for up to
+# 30 s (the sandbox refuses connections); the lease (3 s) lapses while the worker is stopped. Submit expiry 1 minute,
+# no skew margin (one host): a takeover waits 2 minutes (+ the 3 s horizon) after the frozen attempt's stamp before it
+# may send. Visibility > hard limit (3 x 31.5 + 20 = 114.5 s); enough outage re-queues (each <= visibility / 4) for
+# the taker to outlast the fence.
+STALL_SETTINGS = {"GATEWAY_RETRY_ATTEMPTS": "100", "GATEWAY_RETRY_SECONDS": "30", "LEASE_SECONDS": "3",
+                  "BROKER_VISIBILITY_TIMEOUT": "150", "RECONCILE_AFTER": "200", "OUTAGE_RETRIES": "12",
+                  "OUTAGE_BACKOFF_MAX": "30", "GATEWAY_SUBMIT_EXPIRY": "1m", "GATEWAY_CLOCK_SKEW_MARGIN": "0"}
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    top = psutil.Process(pid)
+    for proc in [top, *top.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def run_stalled_holder(name: str, redis_url: str, logdir: Path, *, payments: int = 3, stop_for: float = 20.0,
+                       seed: int = 24, settle_timeout: float = 400.0, log=None) -> Report:
+    """Workers SIGSTOPped inside the gateway client's retry loop for longer than their lease; meanwhile each of
+    their sales is delivered again, to another worker, which takes the operation over; then SIGCONT.
+
+    The sandbox refuses connections (a 6 s outage), so the holder's attempts are "not sent" and its client retries
+    them. Once every sale is in the loop, the holder's whole worker is stopped for ``stop_for`` seconds; the outage
+    ends meanwhile, and once the 3 s lease has lapsed the same sales (same idempotency keys) are published to the
+    second worker's queue; then the stopped worker is resumed. Before the fence, the taker charged each sale 3 s
+    (the commit horizon) after the lease ran out, and the resumed holder's retry charged it again (the duplicate rule
+    is off). Checked: exactly one charge per sale in the ledger (an approved one; none for
+    a decline), the record final and equal to the ledger, and the stalled worker's deliveries all ended (no task
+    left running, none recorded anything else)."""
+    rng = random.Random(seed)
+    report = Report(name)
+    started = time.monotonic()
+    prefix = f"payments:{name}:"
+    tag = uuid.uuid4().hex[:6]
+    q_stalled, q_taker = f"stall-held-{tag}", f"stall-taker-{tag}"
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+        svc = services_for(settings_for(redis_url, sandbox, prefix, lease_seconds=3.0, visibility_timeout=150.0,
+                                        retry_attempts=100, retry_seconds=30.0, submit_expiry=60.0,
+                                        clock_skew_margin=0.0))
+        env = worker_env(redis_url, sandbox, prefix, **STALL_SETTINGS)
+        stalled = Fleet(f"{name}-held", env, logdir, size=1, pool="threads", concurrency=payments, queues=q_stalled,
+                        rng=rng)
+        taker = Fleet(f"{name}-taker", env, logdir, size=1, pool="threads", concurrency=payments, queues=q_taker,
+                      rng=rng)
+        jobs = [Job(new_key("rel-stall"), "sale", make_amount(rng, approve=i % 3 != 2), published_at=time.time())
+                for i in range(payments)]
+        deliveries: list[tuple[str, str, str]] = []
+        stopped_pid = None
+        try:
+            stalled.start()
+            taker.start()
+            sale = producer_tasks("sale")[0]
+
+            def deliver(queue: str, who: str, job: Job) -> None:
+                kwargs = {"amount": job.amount, "card": dict(TEST_CARD), "customer": dict(CUSTOMER),
+                          "idempotency_key": job.payment_id}
+                deliveries.append((job.payment_id, who, sale.apply_async(kwargs=kwargs, queue=queue).id))
+
+            sandbox.outage(6)  # the holder's first attempts are refused: its client retries them
+            for job in jobs:
+                deliver(q_stalled, "stalled", job)
+            deadline = time.monotonic() + 5
+            rows: list = []
+            while time.monotonic() < deadline:  # every sale in flight (journalled), retried at least once below
+                rows = [svc.redis.hmget(svc.store.record_key(j.payment_id), "status", "in_flight") for j in jobs]
+                if all(r[0] == "PENDING" and r[1] == "1" for r in rows):
+                    break
+                time.sleep(0.05)
+            time.sleep(1.0)  # a retry or two: the loop is running
+            stopped_at = time.monotonic()
+            stopped_pid = stalled.workers[0].proc.pid
+            _signal_tree(stopped_pid, signal.SIGSTOP)
+            rows = [svc.redis.hmget(svc.store.record_key(j.payment_id), "status", "in_flight") for j in jobs]
+            if not all(r[0] == "PENDING" and r[1] == "1" for r in rows):
+                report.problem(f"the holder was not inside its retry loop with every sale when stopped: {rows}")
+            report.details["stopped_for_s"] = stop_for
+            _say(log, f"{name}: holder stopped inside its retry loop")
+            sandbox.wait_ready(30)  # the outage ends while the holder is stopped: a retry it sent would be processed
+            time.sleep(max(0.0, stopped_at + 4.0 - time.monotonic()))  # past the 3 s lease
+            for job in jobs:
+                deliver(q_taker, "taker", job)
+            _say(log, f"{name}: sales delivered again, to the taker")
+            time.sleep(max(0.0, stopped_at + stop_for - time.monotonic()))
+            _signal_tree(stopped_pid, signal.SIGCONT)
+            stopped_pid = None
+            _say(log, f"{name}: holder resumed")
+            settle(svc, jobs, timeout=settle_timeout, report=report, queues=(q_stalled, q_taker), log=log)
+            verify(report, svc.store, sandbox.ledger(), jobs, allow_error=False)
+            check_orders(report, sandbox.orders())
+            results: Counter = Counter()
+            for pid, who, task_id in deliveries:
+                raw = svc.redis.get(f"celery-task-meta-{task_id}")
+                meta: dict = json.loads(raw) if raw else {}
+                outcome: dict = meta["result"] if isinstance(meta.get("result"), dict) else {}
+                results[f"{who}:{meta.get('status')}:{outcome.get('status')}"] += 1
+                if meta.get("status") != "SUCCESS":
+                    report.problem(f"{pid}: the {who} worker's task {task_id} did not end: {meta.get('status')}")
+            report.details["task_results"] = dict(results)
+            held_log = "\n".join(f.read_text("utf-8", "replace") for f in stalled.logfiles if f.exists())
+            report.details["holder_fence_lost"] = held_log.count("FenceLost")
+            report.details["holder_too_old"] = held_log.count("Expired")
+            report.payments = len(jobs)
+        finally:
+            if stopped_pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    _signal_tree(stopped_pid, signal.SIGCONT)
+            stalled.stop()
+            taker.stop()
+        scan_for_cards(report, clients=[svc.redis], files=stalled.logfiles + taker.logfiles)
+    report.seconds = time.monotonic() - started
+    return report
+

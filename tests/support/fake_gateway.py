@@ -43,6 +43,8 @@ class FakeGateway:
         self.script = list(script)
         self.stq = list(stq)
         self.sends: list[dict] = []
+        #: the fence's answer before each send: (Redis time: TRANS_SUBMIT_TIMESTAMP, TRANS_EXPIRE_PERIOD minutes)
+        self.stamps: list[tuple[float, int]] = []
         self.queries: list[dict] = []
         self.windows: list[tuple[float, float] | None] = []  # each query's ``between`` (Unix times)
 
@@ -56,26 +58,28 @@ class FakeGateway:
             raise item
         return item
 
-    def _send(self, verb, **call):
+    def _send(self, verb, fence=None, **call):
+        if fence is not None:  # as the client does before each attempt: FenceLost propagates, nothing is "sent"
+            self.stamps.append(fence())
         self.sends.append({"verb": verb, **call})
         return self._next(self.script, f"{verb} {call}", call)
 
-    def sale(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None):
-        return self._send("sale", amount=amount, card=card, order_id=order_id,
+    def sale(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None, fence=None):
+        return self._send("sale", fence, amount=amount, card=card, order_id=order_id,
                           duplicate_override=duplicate_override, invoice_id=invoice_id)
 
-    def auth(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None):
-        return self._send("auth", amount=amount, card=card, order_id=order_id,
+    def auth(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None, fence=None):
+        return self._send("auth", fence, amount=amount, card=card, order_id=order_id,
                           duplicate_override=duplicate_override, invoice_id=invoice_id)
 
-    def capture(self, trans_id, amount=None, order_id=None):
-        return self._send("capture", trans_id=trans_id, amount=amount, order_id=order_id)
+    def capture(self, trans_id, amount=None, order_id=None, fence=None):
+        return self._send("capture", fence, trans_id=trans_id, amount=amount, order_id=order_id)
 
-    def refund(self, trans_id, amount=None, order_id=None):
-        return self._send("refund", trans_id=trans_id, amount=amount, order_id=order_id)
+    def refund(self, trans_id, amount=None, order_id=None, fence=None):
+        return self._send("refund", fence, trans_id=trans_id, amount=amount, order_id=order_id)
 
-    def void(self, trans_id, order_id=None):
-        return self._send("void", trans_id=trans_id, order_id=order_id)
+    def void(self, trans_id, order_id=None, fence=None):
+        return self._send("void", fence, trans_id=trans_id, order_id=order_id)
 
     def query_all(self, *, trans_id=None, order_id=None, days_back=30, between=None):
         """The rows of the next ``stq`` item: None -> [] (absent), a Response -> [it], a list as it is. A scripted row

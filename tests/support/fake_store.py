@@ -390,6 +390,8 @@ class InMemoryStore:
             # The last holder noted an attempt and never said how it ended: it may have been sent until its
             # lease ran out (or until now, if its process is known dead).
             sent = max(_num(rec.get("sent_ts")), min(until, now))
+            if dead_owner == "" or cur_owner != dead_owner:  # only stalled, maybe: fenced attempts (fence.lua)
+                sent = max(sent, _num(rec.get("fence_until")))
             rec.update(in_flight="0", sent_ts=_ts(sent))
             note += "; its attempt may have been sent"
         rec["attempts"] = str(int(rec.get("attempts") or "0") + 1)
@@ -419,6 +421,19 @@ class InMemoryStore:
             self._record_event(rec["payment_id"], rec.get("operation") or "", "PENDING", "PENDING", f"attempt {n}",
                                _iso(now), rec.get("trans_id") or "")
             return float(_ts(now))
+
+    def fence(self, payment_id: str, owner: str, lease_seconds: float, accepted_for: float) -> float | None:
+        pid = _key(payment_id)
+        with self._lock:
+            now = self.now()
+            rec = self._records.get(pid)
+            if (rec is None or rec.get("status") != Status.PENDING or rec.get("lease_owner") != owner
+                    or _num(rec.get("lease_until")) <= now):
+                return None
+            fence_until = max(now + float(accepted_for), _num(rec.get("fence_until")))
+            rec.update(lease_until=_ts(now + float(lease_seconds)), in_flight="1",
+                       fence_until=f"{math.ceil(fence_until * 1000) / 1000:.3f}")
+            return float(f"{now:.6f}")
 
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
@@ -621,6 +636,8 @@ class InMemoryOutbox:
 
     def __init__(self, store: InMemoryStore) -> None:
         self._store = store
+        #: task ids a test says are still in the broker (queued or unacknowledged)
+        self.queued: set[str] = set()
 
     def put(self, task_id: str, message: Mapping[str, Any]) -> None:
         with self._store._lock:  # no stamp: the sweep gives one when it first sees the entry
@@ -641,6 +658,18 @@ class InMemoryOutbox:
                 del stamps[task_id]
             return [(task_id, json.loads(self._store._outbox_entries[task_id]))
                     for task_id in self._store._range("outbox", now - float(older_than_seconds), limit)]
+
+    def still_in_broker(self, entries: builtins.list[tuple[str, dict]]) -> set[str]:
+        """No broker here: what a test put in :attr:`queued` (the task ids it says are still queued)."""
+        return {task_id for task_id, _ in entries if task_id in self.queued}
+
+    def restamp(self, task_ids: set[str]) -> None:
+        with self._store._lock:
+            for task_id in task_ids:
+                if task_id in self._store._zsets["outbox"]:
+                    self._store._zset("outbox", task_id, self._store.now())
+            if task_ids:
+                self._store.health.count("outbox_still_queued", len(task_ids))
 
     def republished(self, task_id: str, entry: dict) -> None:
         with self._store._lock:

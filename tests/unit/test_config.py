@@ -305,3 +305,42 @@ def test_repr_never_shows_secrets():
 def test_describe_was_removed():
     # dead code, removed on purpose: repr (secrets excluded) is what the CLI and logs use
     assert not hasattr(Settings, "describe")
+
+
+def test_submit_expiry_and_skew_margin_defaults():
+    s = Settings().check()
+    assert s.submit_expiry == 180.0 and s.submit_expiry_minutes == 3 and s.clock_skew_margin == 60.0
+
+
+@pytest.mark.parametrize("expiry,margin,ok", [
+    (60.0, 0.0, True),
+    (120.0, 60.0, True),
+    (90.0, 0.0, False),   # not whole minutes: TRANS_EXPIRE_PERIOD is "N MINUTES"
+    (0.0, 0.0, False),
+    (60.0, 45.0, False),  # one attempt (18.05 s) + 45 s > 60 s: a gateway clock that far ahead refuses everything
+    (180.0, -1.0, False),
+])
+def test_submit_expiry_must_be_whole_minutes_longer_than_an_attempt_plus_the_margin(expiry, margin, ok):
+    s = Settings(submit_expiry=expiry, clock_skew_margin=margin)
+    if ok:
+        assert s.check().submit_expiry == expiry
+    else:
+        with pytest.raises(ConfigError, match=r"GATEWAY_SUBMIT_EXPIRY|GATEWAY_CLOCK_SKEW_MARGIN"):
+            s.check()
+
+
+def test_submit_expiry_and_margin_from_env(clean_env):
+    clean_env.setenv("GATEWAY_SUBMIT_EXPIRY", "5m")
+    clean_env.setenv("GATEWAY_CLOCK_SKEW_MARGIN", "30s")
+    s = Settings.from_env()
+    assert s.submit_expiry_minutes == 5 and s.clock_skew_margin == 30.0
+    clean_env.setenv("GATEWAY_SUBMIT_EXPIRY", "soon")
+    with pytest.raises(ConfigError, match="GATEWAY_SUBMIT_EXPIRY"):
+        Settings.from_env()
+
+
+def test_the_flow_gets_the_expiry_and_margin():
+    from worker.services import Services
+
+    flow = Services(Settings(submit_expiry=120.0, clock_skew_margin=15.0)).flow
+    assert flow.expire_minutes == 2 and flow.skew_margin == 15.0

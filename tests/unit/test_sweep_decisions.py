@@ -211,6 +211,17 @@ def test_a_message_published_too_often_is_given_up_and_a_young_one_left(store, c
     assert [t for t, _ in store.outbox.stale(-1)] == ["young"]
 
 
+def test_a_due_entry_still_in_the_broker_is_not_published_again_and_its_clock_restarts(store, clock):
+    store.outbox.put("queued", {"name": "payments.sale"})
+    store.outbox.stale(-1)  # stamped
+    store.outbox.queued.add("queued")  # the broker still holds its message (a backlog): not lost
+    clock.advance(outbox_age(SETTINGS) + 1)
+    assert sweep(store, FakeGateway()) == {"ran": True, "outbox_still_queued": 1}  # no republish, no give-up
+    assert store.outbox.stale(outbox_due(SETTINGS)) == []  # its clock restarted
+    [(_, entry)] = store.outbox.stale(-1)
+    assert entry["republished"] == 0
+
+
 @pytest.mark.parametrize("visibility,interval,reconcile_after,due", [
     (300, 300, 600, 360),    # the defaults: 2.2 x 300 = 660 from publication, one interval before the stamp
     (300, 60, 600, 600),     # frequent sweeps: the stamp is close to the publication

@@ -3,12 +3,14 @@
 No Celery and no Redis here. Public names::
 
     BluePayClient, Response, Card, RetryPolicy, HttpTransport, HttpReply, Report, ReportRow,
-    PaymentError, InvalidInput, GatewayError, NotSent, OutcomeUnknown, Rejected,
+    PaymentError, InvalidInput, GatewayError, NotSent, Expired, FenceLost, OutcomeUnknown, Rejected,
     ReportError, MalformedReport, ReportIncomplete
 """
 
 from .client import BluePayClient
 from .errors import (
+    Expired,
+    FenceLost,
     GatewayError,
     InvalidInput,
     MalformedReport,
@@ -36,6 +38,8 @@ __all__ = [
     "InvalidInput",
     "GatewayError",
     "NotSent",
+    "Expired",
+    "FenceLost",
     "OutcomeUnknown",
     "Rejected",
     "Report",

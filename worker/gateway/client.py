@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol, TypeVar, cast
 
-from . import protocol, scrub, validation
-from .errors import InvalidInput
+from . import expiry, protocol, scrub, validation
+from .errors import Expired, InvalidInput, Rejected
 from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
 from .report import ByteStream, Report, ReportRow, StreamingTransport, report_request, start_report
@@ -28,6 +28,10 @@ DEFAULT_RETRY_POLICY = RetryPolicy()
 logger = logging.getLogger("payments.gateway")
 #: what a reply parser gives: a Response, None (stq proved absence), or every row stq returned
 _Parsed = TypeVar("_Parsed", Response, Response | None, list[Response])
+#: The caller's check before each money-moving attempt: returns the Redis server time at which it found the
+#: operation still its own (the attempt's TRANS_SUBMIT_TIMESTAMP) and the attempt's TRANS_EXPIRE_PERIOD in minutes,
+#: or raises FenceLost (nothing is sent).
+Fence = Callable[[], tuple[float, int]]
 #: BluePay keeps its day in US Central time. A fixed UTC-6 (CST) is at most an hour off in summer (CDT), far inside
 #: the day either side that :func:`gateway_window` adds.
 GATEWAY_TZ = timezone(timedelta(hours=-6), "US Central (CST)")
@@ -109,9 +113,10 @@ class BluePayClient:
         order_id: str | None = None,
         duplicate_override: bool = False,
         invoice_id: str | None = None,
+        fence: Fence | None = None,
     ) -> Response:
         return self._transaction(
-            "SALE", amount=amount, card=card, customer=customer, order_id=order_id,
+            "SALE", fence, amount=amount, card=card, customer=customer, order_id=order_id,
             duplicate_override=duplicate_override, invoice_id=invoice_id,
         )
 
@@ -123,21 +128,24 @@ class BluePayClient:
         order_id: str | None = None,
         duplicate_override: bool = False,
         invoice_id: str | None = None,
+        fence: Fence | None = None,
     ) -> Response:
         """AUTH; ``amount`` may be "0.00" (card verification, TEST: INFORMATION STORED)."""
         return self._transaction(
-            "AUTH", amount=amount, card=card, customer=customer, order_id=order_id,
+            "AUTH", fence, amount=amount, card=card, customer=customer, order_id=order_id,
             duplicate_override=duplicate_override, invoice_id=invoice_id,
         )
 
-    def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None) -> Response:
-        return self._transaction("CAPTURE", rrno=trans_id, amount=amount, order_id=order_id)
+    def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None,
+                fence: Fence | None = None) -> Response:
+        return self._transaction("CAPTURE", fence, rrno=trans_id, amount=amount, order_id=order_id)
 
-    def refund(self, trans_id: Any, amount: Any = None, order_id: str | None = None) -> Response:
-        return self._transaction("REFUND", rrno=trans_id, amount=amount, order_id=order_id)
+    def refund(self, trans_id: Any, amount: Any = None, order_id: str | None = None,
+               fence: Fence | None = None) -> Response:
+        return self._transaction("REFUND", fence, rrno=trans_id, amount=amount, order_id=order_id)
 
-    def void(self, trans_id: Any, order_id: str | None = None) -> Response:
-        return self._transaction("VOID", rrno=trans_id, order_id=order_id)
+    def void(self, trans_id: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
+        return self._transaction("VOID", fence, rrno=trans_id, order_id=order_id)
 
     def query(self, *, trans_id: Any = None, order_id: str | None = None, days_back: int = 30,
               between: tuple[float, float] | None = None) -> Response | None:
@@ -215,7 +223,12 @@ class BluePayClient:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _transaction(self, transaction_type: str, **kwargs: Any) -> Response:
+    def _transaction(self, transaction_type: str, fence: Fence | None, **kwargs: Any) -> Response:
+        """A money-moving bp10emu call. With a ``fence``, every attempt (the first and each retry) is preceded by
+        it and carries TRANS_SUBMIT_TIMESTAMP (the fence's Redis time) + TRANS_EXPIRE_PERIOD, outside the seal
+        (docs/bluepay.md): a stalled process cannot send a retry after losing its lease, and an attempt sent
+        after any pause is refused by the gateway once expired (``Expired``: not saved, retried freshly
+        stamped)."""
         fields = protocol.transaction_request(
             account_id=self.account_id,
             secret_key=self._secret_key,
@@ -227,11 +240,25 @@ class BluePayClient:
         secret = self._secret_key
 
         def parse(reply: HttpReply) -> Response:
-            return protocol.parse_transaction_reply(
-                reply.status_code, reply.location, reply.body, secret_key=secret
-            )
+            try:
+                return protocol.parse_transaction_reply(
+                    reply.status_code, reply.location, reply.body, secret_key=secret
+                )
+            except Rejected as exc:  # a verified reply (the parser checked BP_STAMP before raising Rejected)
+                if fence is not None and exc.gateway_message.strip().upper() in expiry.TOO_OLD_MESSAGES:
+                    raise Expired(f"gateway refused the attempt as {expiry.TOO_OLD} (not saved)") from None
+                raise
 
-        return self._commit(transaction_type, self.bp10emu_url, fields, parse, read_only=False, endpoint="bp10emu")
+        return self._commit(transaction_type, self.bp10emu_url, fields, parse, read_only=False, endpoint="bp10emu",
+                            fields_now=None if fence is None else self._stamped(fields, fence))
+
+    def _stamped(self, fields: Mapping[str, str], fence: Fence) -> Callable[[], Mapping[str, str]]:
+        """Each attempt's fields: the fence runs first (FenceLost: nothing is sent); its Redis time is the stamp."""
+
+        def now() -> Mapping[str, str]:
+            return {**fields, **expiry.submit_fields(*fence())}
+
+        return now
 
     def _commit(
         self,
@@ -242,13 +269,16 @@ class BluePayClient:
         *,
         read_only: bool,
         endpoint: str,
+        fields_now: Callable[[], Mapping[str, str]] | None = None,
     ) -> _Parsed:
+        """``fields_now``: the fields of each attempt, asked for just before it is sent (the fence and stamp)."""
         observer, clock = self.observer, self._clock
 
         def once() -> _Parsed:
+            attempt_fields = fields_now() if fields_now is not None else fields
             started = clock()
             try:
-                parsed = parse(self.transport.post(url, fields))
+                parsed = parse(self.transport.post(url, attempt_fields))
             except BaseException as exc:
                 observer.request(endpoint, result_of(exc=exc), clock() - started)
                 raise

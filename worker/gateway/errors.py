@@ -6,6 +6,8 @@
     ├── InvalidInput(field, message)  our validation refused the request; nothing was sent
     └── GatewayError
         ├── NotSent                   connection refused, DNS failure, connect timeout: safe to retry
+        │   ├── Expired               the gateway refused an attempt as TRANSACTION TOO OLD (not saved): retried
+        │   └── FenceLost             the caller's fence (lease check) before an attempt failed: nothing sent, stop
         ├── OutcomeUnknown            read timeout, reset after the request went out, HTTP 5xx, reply that
         │                             cannot be parsed or authenticated (bad/missing BP_STAMP on an approval),
         │                             MESSAGE=DUPLICATE (attribute .duplicate = True): reconcile, never blindly resend
@@ -31,6 +33,8 @@ __all__ = [
     "InvalidInput",
     "GatewayError",
     "NotSent",
+    "Expired",
+    "FenceLost",
     "OutcomeUnknown",
     "Rejected",
     "ReportError",
@@ -64,6 +68,17 @@ class GatewayError(PaymentError):
 
 class NotSent(GatewayError):
     """The request provably never reached the gateway: safe to retry."""
+
+
+class Expired(NotSent):
+    """The gateway answered ``TRANSACTION TOO OLD`` (a verified reply): the attempt's TRANS_SUBMIT_TIMESTAMP had
+    expired, and BluePay does not save such a transaction. Nothing was charged by this attempt; another attempt
+    (freshly stamped, after the fence passes again) is safe."""
+
+
+class FenceLost(NotSent):
+    """The fence the caller gave (the flow: "do I still hold this operation's lease?") refused an attempt before it
+    was sent. Never retried: whoever holds the operation now decides."""
 
 
 class OutcomeUnknown(GatewayError):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from . import seal as _seal
 from .dialect import Dialect
@@ -49,6 +50,11 @@ _EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?$")
 
 SUPPORTED_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID")
+# TRANS_SUBMIT_TIMESTAMP is US Central time (bp10emu text, TRANSACTION TIMESTAMP); TRANS_EXPIRE_PERIOD "N MINUTES".
+_CENTRAL = ZoneInfo("America/Chicago")
+_SUBMIT_FORMAT = "%Y-%m-%d %H:%M:%S"
+_PERIOD_RE = re.compile(r"^\s*(\d{1,6})\s*MINUTES?\s*$", re.IGNORECASE)
+TOO_OLD = "TRANSACTION TOO OLD"
 _ZERO = Decimal("0.00")
 
 # stq search fields (request name, lower-case) -> ledger attribute
@@ -174,12 +180,14 @@ class Engine:
 
     def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
                  duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time,
-                 dialect: Dialect | None = None) -> None:
+                 dialect: Dialect | None = None, clock_offset: float = 0.0) -> None:
         self.account_id = account_id
         self.dialect = dialect or Dialect()
         self.secret_key = secret_key
         self.duplicate_window = float(duplicate_window or 0)
         self.clock = clock
+        #: seconds added to the clock when a TRANS_SUBMIT_TIMESTAMP is judged (a gateway clock ahead of ours)
+        self.clock_offset = float(clock_offset)
         self.lock = threading.Lock()
         self._salt = os.urandom(16)
         self._rng = random.Random()
@@ -372,6 +380,9 @@ class Engine:
             return finish("ERROR", "SECURITY ERROR")
         if mode not in ("TEST", "LIVE"):
             return finish("ERROR", "INVALID MODE")
+        expired = self._submit_window_error(f, now + self.clock_offset)
+        if expired:  # an ERROR: nothing is saved (bp10emu text)
+            return finish("ERROR", expired)
         if ttype == "UPDATE":
             return finish("ERROR", "UPDATE not supported by the sandbox")
         if ttype not in SUPPORTED_TYPES:
@@ -390,6 +401,28 @@ class Engine:
         if ttype in ("SALE", "AUTH"):
             return self._sale_or_auth(f, ttype, mode, amount, now, reply, finish)
         return self._follow_up(f, ttype, mode, amount, now, reply, finish)
+
+    @staticmethod
+    def _submit_window_error(f: Mapping[str, str], now: float) -> str | None:
+        """TRANSACTION TOO OLD when ``now`` is past TRANS_SUBMIT_TIMESTAMP (US Central) + TRANS_EXPIRE_PERIOD.
+
+        Ours where the text is silent: a stamp without a period never expires; a malformed stamp or period is an
+        ERROR; a stamp in the hour repeated when daylight saving ends is read as the earlier instant; the age is
+        compared to the second."""
+        stamp = (f.get("TRANS_SUBMIT_TIMESTAMP") or "").strip()
+        period = (f.get("TRANS_EXPIRE_PERIOD") or "").strip()
+        if not stamp or not period:
+            return None
+        match = _PERIOD_RE.match(period)
+        if not match:
+            return "INVALID TRANS_EXPIRE_PERIOD"
+        try:
+            submitted = _dt.datetime.strptime(stamp, _SUBMIT_FORMAT).replace(tzinfo=_CENTRAL, fold=0)
+        except ValueError:
+            return "INVALID TRANS_SUBMIT_TIMESTAMP"
+        if now > submitted.timestamp() + int(match.group(1)) * 60:
+            return TOO_OLD
+        return None
 
     def _sale_or_auth(self, f, ttype, mode, amount, now, reply, finish):
         if amount is None:

@@ -84,6 +84,16 @@ it. Until then neither ``stq`` nor ``/sandbox/ledger`` sees it (``/sandbox/stats
 commit: it never commits, and a client still waiting gets a connection reset. A held commit survives
 an outage (it commits on schedule; its connection is gone), not a process exit.
 
+Transaction timestamp (bp10emu text, TRANSACTION TIMESTAMP)
+-----------------------------------------------------------
+A request carrying ``TRANS_SUBMIT_TIMESTAMP`` (``YYYY-MM-DD HH:MM:SS``, US Central time: America/Chicago) and
+``TRANS_EXPIRE_PERIOD`` (``N MINUTES``) is answered ``Result=ERROR``, ``MESSAGE=TRANSACTION TOO OLD`` and not
+recorded when the sandbox's clock (plus ``--clock-offset`` / ``SANDBOX_CLOCK_OFFSET`` seconds: a gateway clock
+ahead of the client's) is past the stamp plus the period. Judged when the request is processed (a late commit: at
+its commit). Neither field is in the seal. Ours where the text is silent: a stamp without a period never expires;
+a malformed one is ERROR ``INVALID TRANS_SUBMIT_TIMESTAMP`` / ``INVALID TRANS_EXPIRE_PERIOD``; a stamp in the hour
+repeated when daylight saving ends is read as the earlier instant; the age is compared to the second.
+
 What it does NOT imitate
 ------------------------
 No card networks, issuers or real authorisations: the amount decides. No ``bp20post``,
@@ -158,6 +168,7 @@ Fault kinds: refuse, http_502, http_503 (before processing: nothing recorded);
              late_commit (held late_commit_seconds, invisible to stq, then committed whatever the
              client did meanwhile; a reset drops it).
 Env: SANDBOX_FAULTS (= --faults), SANDBOX_DUPLICATE_WINDOW (= --duplicate-window), SANDBOX_DIALECT (= --dialect),
+     SANDBOX_CLOCK_OFFSET (= --clock-offset),
      BLUEPAY_ACCOUNT_ID, BLUEPAY_SECRET_KEY.
 """
 
@@ -577,7 +588,8 @@ class SandboxServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 8001, *,
                  account_id: str | None = None, secret_key: str | None = None,
                  faults: Any = None, duplicate_window: float | None = None,
-                 settle_after: float | None = None, access_log: bool = False, dialect: Dialect | None = None):
+                 settle_after: float | None = None, access_log: bool = False, dialect: Dialect | None = None,
+                 clock_offset: float = 0.0):
         self.host = host
         self.start_dialect = dialect or Dialect()
         self.start_duplicate_window = float(DEFAULT_DUPLICATE_WINDOW if duplicate_window is None
@@ -587,6 +599,7 @@ class SandboxServer:
             secret_key or os.environ.get("BLUEPAY_SECRET_KEY") or DEFAULT_SECRET_KEY,
             self.start_duplicate_window,
             dialect=self.start_dialect,
+            clock_offset=clock_offset,
         )
         self.faults = Faults(faults)
         self.access_log = access_log
@@ -816,6 +829,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--settle-after", type=float, default=None,
                    help="auto-settle approved SALE/CAPTURE/REFUND entries older than this many seconds")
     p.add_argument("--access-log", action="store_true", help="log every request to stderr")
+    p.add_argument("--clock-offset", type=float, default=None,
+                   help="seconds the gateway's clock runs ahead (negative: behind) when it judges "
+                        "TRANS_SUBMIT_TIMESTAMP (env SANDBOX_CLOCK_OFFSET, else 0)")
     return p
 
 
@@ -831,6 +847,15 @@ def main(argv: list[str] | None = None) -> int:
     if window is not None and (not math.isfinite(window) or window < 0):
         print("sandbox: the duplicate window must be a number of seconds >= 0 (0 = off)", file=sys.stderr)
         return 2
+    offset = args.clock_offset
+    if offset is None:
+        try:
+            offset = float((os.environ.get("SANDBOX_CLOCK_OFFSET") or "0").strip() or "0")
+        except ValueError:
+            offset = math.nan
+    if not math.isfinite(offset):
+        print("sandbox: the clock offset must be a number of seconds", file=sys.stderr)
+        return 2
     try:
         dialect = parse_dialect(args.dialect if args.dialect is not None else os.environ.get("SANDBOX_DIALECT"))
     except DialectError as exc:
@@ -839,7 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
                        faults=faults, duplicate_window=window, dialect=dialect,
-                       settle_after=args.settle_after, access_log=args.access_log)
+                       settle_after=args.settle_after, access_log=args.access_log, clock_offset=offset)
     except FaultConfigError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2

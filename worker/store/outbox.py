@@ -9,6 +9,12 @@ The hot path is two commands: the producer's ``HSET`` of the entry (no script, n
 (``scripts/outbox_prune.lua``) and publishes again what has been waiting too long since its stamp. A message's age
 therefore counts from the first sweep that saw it: at most one ``SWEEP_INTERVAL`` late, never early. A second
 delivery is harmless (the claim answers it).
+
+Only what provably left the broker is published again (:meth:`Outbox.still_in_broker`): a due entry whose message
+still waits in its queue, or is held unacknowledged (kombu's ``unacked`` hash: a live worker runs it or waits for its
+countdown, or kombu restores it after the visibility timeout), is not lost: workers that fell behind would otherwise
+find every queued payment published again on each due sweep. Its stamp restarts instead. The broker shares the
+store's Redis database (REDIS_URL), so the check is a script over the queue lists and the hash, in slices.
 """
 from __future__ import annotations
 
@@ -25,6 +31,13 @@ from worker.store.lua import script
 
 #: Entries (or stamps) one sweep script call looks at: a few ms of Redis time.
 SCAN_BATCH = 500
+#: kombu's Redis transport: delivered, unacknowledged messages; a queue's list for priority ``p`` > 0 is
+#: ``queue + PRIORITY_SEP + p`` (kombu.transport.redis: ``sep``, ``priority_steps``).
+UNACKED = "unacked"
+PRIORITY_SEP = "\x06\x16"
+PRIORITY_STEPS = (3, 6, 9)
+#: The queue of a message published without a routing key (Celery's task_default_queue).
+DEFAULT_QUEUE = "celery"
 
 
 def server_time(client: redis.Redis) -> float:
@@ -45,6 +58,7 @@ class Outbox:
         self.replicas, self.replica_timeout = replicas, replica_timeout
         self._stamp = redis_client.register_script(script("outbox_stamp"))
         self._prune = redis_client.register_script(script("outbox_prune"))
+        self._queued = redis_client.register_script(script("outbox_queued"))
 
     def put(self, task_id: str, message: Mapping[str, Any]) -> None:
         """Keep a published message: one ``HSET`` (the sweep stamps it). With ``replicas``, WAIT for them
@@ -84,6 +98,43 @@ class Outbox:
             cursor = text(cursor)
             if cursor == "0":
                 return
+
+    def still_in_broker(self, entries: list[tuple[str, dict]]) -> set[str]:
+        """The task ids of ``entries`` whose message is still in the broker: in its queue's list (each priority's)
+        or in kombu's unacked hash. Looked for in slices of :data:`SCAN_BATCH` (``scripts/outbox_queued.lua``):
+        queues first, then the hash, so a message moving from one to the other meanwhile is seen in one of them,
+        unless a worker popped it and had not recorded it yet (then it counts as gone: publishing it again is the
+        safe side, the claim answers it)."""
+        ids = [task_id for task_id, _ in entries]
+        if not ids:
+            return set()
+        queues = {str(entry.get("message", {}).get("routing_key") or DEFAULT_QUEUE) for _, entry in entries}
+        lists = [name for queue in sorted(queues)
+                 for name in (queue, *(f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS))]
+        found: set[str] = set()
+        for key in lists:
+            found |= self._walk(key, "list", ids)
+        return found | self._walk(UNACKED, "hash", ids)
+
+    def _walk(self, key: str, kind: str, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        at = "0"
+        while True:
+            reply = self._queued(keys=[key], args=[kind, at, SCAN_BATCH, *ids])
+            at = text(reply[0])
+            found.update(text(task_id) for task_id in reply[1:])
+            if at == "0":
+                return found
+
+    def restamp(self, task_ids: set[str]) -> None:
+        """Restart the clock of entries whose message is still in the broker (not published again)."""
+        if not task_ids:
+            return
+        now = server_time(self.redis)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(self.keys.outbox_ts, dict.fromkeys(task_ids, now), xx=True)
+        pipe.hincrby(self.keys.stats, "outbox_still_queued", len(task_ids))
+        pipe.execute()
 
     def republished(self, task_id: str, entry: dict) -> None:
         """Count a re-publication (on the entry and in the store's ``stats``) and restart the entry's clock."""

@@ -80,6 +80,7 @@ class ResultsStore:
         self._transition = redis_client.register_script(record_script("transition"))
         self._reflect = redis_client.register_script(record_script("reflect"))
         self._renew = redis_client.register_script(script("renew"))
+        self._fence = redis_client.register_script(script("fence"))
 
     # ---- keys -------------------------------------------------------------------------------
     def record_key(self, payment_id: str) -> str:
@@ -152,6 +153,16 @@ class ResultsStore:
         """Note a money-moving send before making it; server time, or None when ``owner`` lost the lease."""
         args = [owner, repr(float(lease_seconds))]
         ok, now = run_script_durably(self.redis, self._journal, self._keys(payment_id), args, what="attempt journal",
+                                     replicas=self.replicas, timeout=self.replica_timeout,
+                                     needed=lambda reply: bool(int(reply[0])))
+        return float(now) if int(ok) else None
+
+    def fence(self, payment_id: str, owner: str, lease_seconds: float, accepted_for: float) -> float | None:
+        """The check before each money-moving attempt (``scripts/fence.lua``): Redis server time (the attempt's
+        stamp) while ``owner`` holds a live lease, else None (send nothing). Renews the lease and keeps, as
+        ``fence_until``, the latest moment an attempt stamped now may be accepted (``accepted_for`` seconds on)."""
+        args = [to_str(owner), repr(float(lease_seconds)), repr(float(accepted_for))]
+        ok, now = run_script_durably(self.redis, self._fence, [self.record_key(payment_id)], args, what="fence",
                                      replicas=self.replicas, timeout=self.replica_timeout,
                                      needed=lambda reply: bool(int(reply[0])))
         return float(now) if int(ok) else None

@@ -87,7 +87,7 @@ if not NON_FINAL[status] then
   end
   reopened = true
 end
-local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until', 'in_flight', 'sent_ts')
+local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until', 'in_flight', 'sent_ts', 'fence_until')
 local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
 if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
   return {'busy', status, now_ts, redis.call('HGETALL', REC)}
@@ -109,8 +109,10 @@ if reopened then
 end
 if r[3] == '1' then
   -- The last holder noted an attempt and never said how it ended: it may have been sent until its
-  -- lease ran out (or until now, if its process is known dead).
+  -- lease ran out (or until now, if its process is known dead). A holder that is not known dead may only be
+  -- stalled: its fenced attempts can still be accepted by the gateway until fence_until (fence.lua).
   local sent = math.max(tonumber(r[4] or '0') or 0, math.min(until_, now))
+  if dead_owner == '' or cur_owner ~= dead_owner then sent = math.max(sent, tonumber(r[5] or '0') or 0) end
   for _, v in ipairs({'in_flight', '0', 'sent_ts', ts(sent)}) do updates[#updates + 1] = v end
   note = note .. '; its attempt may have been sent'
 end
