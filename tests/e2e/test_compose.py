@@ -165,7 +165,14 @@ def test_prometheus_scrapes_the_exporter_and_every_worker_and_grafana_gets_the_d
     datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
     dashboard = json.loads((ROOT / "ops" / "grafana" / "payments.json").read_text())
-    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {datasource["uid"]}
+    # the data source is a dashboard variable (any Prometheus of the Grafana it is imported into), defaulting to the
+    # one provisioned here
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == datasource["uid"]
+    used = [p["datasource"] for p in dashboard["panels"]]
+    used += [t["datasource"] for p in dashboard["panels"] for t in p["targets"] if "datasource" in t]
+    assert {(d["type"], d["uid"]) for d in used} == {("prometheus", "${datasource}")}
 
 
 def test_the_image_holds_what_the_commands_need():
