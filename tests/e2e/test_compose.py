@@ -329,6 +329,21 @@ def test_every_long_running_production_service_has_a_healthcheck(prod):
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
 
 
+def test_the_python_healthchecks_compile_and_the_http_ones_probe_the_services_own_port(prod):
+    services = prod["services"]
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test") or []
+        if test[1:3] == ["python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+    assert "127.0.0.1:9109/metrics" in services["worker"]["healthcheck"]["test"][3]
+    assert service_env(services["worker"])["WORKER_METRICS_PORT"] == "9109"
+    assert "127.0.0.1:5555/healthcheck" in services["flower"]["healthcheck"]["test"][3]
+    assert "--port=5555" in command_of(services["flower"])
+    exporter_cmd = command_of(services["metrics"])
+    assert f"127.0.0.1:{exporter_cmd[exporter_cmd.index('--port') + 1]}/metrics" in \
+        services["metrics"]["healthcheck"]["test"][3]
+
+
 @pytest.mark.parametrize(("asked", "bound"), [({}, "127.0.0.1"), ({"PUBLISH_ADDRESS": "0.0.0.0"}, "0.0.0.0")])
 def test_production_ports_are_on_127_0_0_1_unless_asked(asked, bound):
     services = config_of(PROD_FILE, {**PROD_REQUIRED, **asked})["services"]
