@@ -283,11 +283,18 @@ def test_payments_flower_refuses_without_authentication(celery_worker, tmp_path)
     wait_for_exit(proc, log_path, port)
 
 
-def test_payments_flower_is_locked_and_read_only_even_when_asked_otherwise(celery_worker, tmp_path):
+@pytest.mark.parametrize("how", ["payments flower, FLOWER_BASIC_AUTH", "celery flower --basic-auth"])
+def test_flower_elsewhere_is_locked_and_read_only_even_when_asked_otherwise(celery_worker, tmp_path, how):
+    """The issue's case: ``celery -A worker flower --basic-auth=...`` outside the repository answered an
+    authenticated revoke with 200."""
     port = free_port()
-    log_path = tmp_path / "payments-flower.log"
-    proc = start_flower(port, flower_env(FLOWER_BASIC_AUTH=":".join(AUTH)), log_path,
-                        command=[*payments_cmd(), "flower"], extra_args=("--read_only=False",))
+    log_path = tmp_path / "flower-elsewhere.log"
+    if how.startswith("payments"):
+        proc = start_flower(port, flower_env(FLOWER_BASIC_AUTH=":".join(AUTH)), log_path,
+                            command=[*payments_cmd(), "flower"], extra_args=("--read_only=False",))
+    else:
+        proc = start_flower(port, flower_env(), log_path,
+                            extra_args=(f"--basic-auth={':'.join(AUTH)}", "--read_only=False"))
     url = f"http://127.0.0.1:{port}"
     try:
         def up():
