@@ -511,3 +511,38 @@ def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
         started.stop_all()
     for name, _proc, log in started.procs:
         assert "Traceback" not in log.read_text(), f"{name}:\n{log.read_text()[-3000:]}"
+
+
+def test_the_production_flower_and_exporter_commands_come_up_locked_and_pass_their_healthchecks(prod, e2e_redis,
+                                                                                                tmp_path):
+    """docker-compose.prod.yml's flower (``payments flower --address=0.0.0.0``) and metrics commands run here as
+    processes (0.0.0.0 -> 127.0.0.1, their ports -> free ones, Redis -> the e2e one), then their own healthcheck
+    commands, pointed at those ports."""
+    services = prod["services"]
+    ports = {"5555": str(free_port()), "9108": str(free_port())}
+    started = Started(tmp_path)
+    try:
+        flower_env = local_env(services["flower"], None)
+        proc, log = started.run("flower", local_command(command_of(services["flower"]), ports, tmp_path), flower_env)
+        flower_url = f"http://127.0.0.1:{ports['5555']}"
+        wait_until(lambda: requests.get(flower_url + "/api/tasks", timeout=2).status_code == 401, 30,
+                   "the production flower to answer", proc, log)
+        user, _, password = PROD_REQUIRED["FLOWER_BASIC_AUTH"].partition(":")
+        assert requests.get(flower_url + "/api/tasks", auth=(user, password), timeout=5).status_code == 200
+        assert requests.post(flower_url + "/api/task/revoke/x", auth=(user, password), timeout=5).status_code == 403
+
+        proc, log = started.run("metrics", local_command(command_of(services["metrics"]), ports, tmp_path),
+                                local_env(services["metrics"], None))
+        exporter_url = f"http://127.0.0.1:{ports['9108']}/metrics"
+        wait_until(lambda: "payments_redis_used_memory_bytes" in requests.get(exporter_url, timeout=2).text, 30,
+                   "the production exporter to serve", proc, log)
+
+        for name, port in (("flower", "5555"), ("metrics", "9108")):
+            check = services[name]["healthcheck"]["test"]
+            code = check[3].replace(f"127.0.0.1:{port}", f"127.0.0.1:{ports[port]}")
+            assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0, name
+        stopped = [sys.executable, "-c", services["flower"]["healthcheck"]["test"][3].replace(
+            "127.0.0.1:5555", f"127.0.0.1:{free_port()}")]
+        assert subprocess.run(stopped, capture_output=True, timeout=30).returncode != 0  # nobody there: unhealthy
+    finally:
+        started.stop_all()
