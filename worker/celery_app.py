@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -386,3 +387,10 @@ def _log_start_warning(**_: Any) -> None:
 
 #: The app of ``celery -A worker`` and of producers (``worker.app``), configured from the environment.
 app = create_app(set_as_current=True)
+
+if "flower.command" in sys.modules:
+    # Loaded by Flower's command (celery -A worker flower, python -m flower; Celery's CLI loads its plugin
+    # commands before the app): lock Flower from the package, whatever the working directory (worker/flower.py).
+    from worker.flower import install as _lock_flower
+
+    _lock_flower()

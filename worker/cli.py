@@ -389,6 +389,18 @@ def cmd_bench(args) -> int:
     return bench_main(args.bench_args) or 0
 
 
+def cmd_flower(args) -> int:
+    """Flower, locked by the package (worker/flower.py), on 127.0.0.1 unless an address or socket is given."""
+    from worker import flower
+    from worker.celery_app import app
+
+    flower.install()
+    argv = list(args.flower_args)
+    if not any(arg.lstrip("-").replace("-", "_").startswith(("address", "unix_socket")) for arg in argv):
+        argv.append("--address=127.0.0.1")
+    return app.start(["flower", *argv]) or 0
+
+
 def cmd_metrics(args) -> int:
     from worker import exporter
     from worker.celery_app import app
@@ -430,6 +442,11 @@ def _add_local_commands(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark ours against a bare Celery baseline", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("flower", help="Flower, read-only and behind authentication (FLOWER_BASIC_AUTH), on 127.0.0.1 "
+                       "unless --address is given; takes Flower's options", add_help=False)
+    p.add_argument("flower_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_flower)
 
 
 def _add_record_commands(sub: Any) -> None:
@@ -553,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands whose arguments belong to another parser. argparse's REMAINDER does not take arguments that
 # start with "-" ("payments sandbox --port 8001" failed), so they are handed over untouched.
-PASS_THROUGH = {"sandbox": "sandbox_args", "bench": "bench_args"}
+PASS_THROUGH = {"sandbox": "sandbox_args", "bench": "bench_args", "flower": "flower_args"}
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,8 @@ Redis, no key scans) and reports::
     payments_outbox_size, payments_outbox_oldest_age_seconds
     payments_outbox_republished_total, payments_outbox_given_up_total
     payments_queue_length{queue}, payments_queue_unacked
+    payments_redis_used_memory_bytes, payments_redis_maxmemory_bytes (0: no limit),
+    payments_redis_total_system_memory_bytes     Redis's INFO memory (the memory alert: noeviction refuses writes)
     payments_open_auths, payments_open_auth_oldest_age_seconds, payments_stale_auths (older than STALE_AUTH_AGE)
     payments_sweep_last_run_timestamp_seconds (0: never), payments_sweep_last_duration_seconds,
     payments_sweep_last_actions{action}               what the last sweep did (reconcile_adopted, outbox_republished...)
@@ -101,6 +103,7 @@ class PaymentsCollector:
         yield queues
         yield _gauge("payments_queue_unacked", "Messages taken by workers and not yet acknowledged",
                      found["broker"]["unacked"])
+        yield from self._memory(found["broker"].get("memory") or {})
         yield _gauge("payments_open_auths", "Approved auths neither captured nor voided", found["open_auths"]["count"])
         yield _gauge("payments_open_auth_oldest_age_seconds", "Age of the oldest open auth (0: none)",
                      age(found, "open_auths") or 0.0)
@@ -109,6 +112,13 @@ class PaymentsCollector:
         for name, value in (("reconcile_after", s.reconcile_after), ("visibility_timeout", s.visibility_timeout),
                             ("sweep_interval", s.sweep_interval), ("stale_auth_age", s.stale_auth_age)):
             yield _gauge(f"payments_config_{name}_seconds", f"The {name.upper()} setting (alert thresholds)", value)
+
+    def _memory(self, memory: dict[str, int]) -> Iterator[Metric]:
+        # noeviction: at maxmemory Redis refuses writes and every payment stops (the alert watches the ratio)
+        yield _gauge("payments_redis_used_memory_bytes", "Redis used_memory (INFO memory)", memory.get("used", 0))
+        yield _gauge("payments_redis_maxmemory_bytes", "Redis maxmemory (0: no limit set)", memory.get("maxmemory", 0))
+        yield _gauge("payments_redis_total_system_memory_bytes", "The memory of Redis's host (INFO memory; 0: unknown)",
+                     memory.get("total_system_memory", 0))
 
     def _sweep(self, sweep: dict[str, Any] | None) -> Iterator[Metric]:
         sweep = sweep or {}

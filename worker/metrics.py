@@ -99,6 +99,12 @@ class WorkerMetrics:
                                               registry=r)
         self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now", ["operation"],
                                    multiprocess_mode="livesum", registry=r)
+        # Rare counters start at 0 on every worker: a series born at 1 (the day's one gateway_only) has no
+        # increase() to Prometheus, and the settlement alerts would never fire.
+        for result in sorted(SETTLEMENTS):
+            self.settlements.labels(result)
+        for kind in sorted(SETTLEMENT_KINDS):
+            self.settlement_differences.labels(kind)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._failed = False
 

@@ -23,16 +23,33 @@ def broker_queues(app: Any) -> list[str]:
 
 
 def broker_snapshot(client: Any, queues: list[str], *, unacked_key: str = "unacked") -> dict[str, Any]:
-    """``{"queues": {name: messages waiting}, "unacked": messages taken by a worker and not acknowledged}``."""
+    """``{"queues": {name: messages waiting}, "unacked": messages taken by a worker and not acknowledged,
+    "memory": Redis's memory use and limits}`` (one round trip)."""
     pipe = client.pipeline(transaction=False)
     for name in queues:
         for pri in PRIORITY_STEPS:
             pipe.llen(f"{name}{PRIORITY_SEP}{pri}" if pri else name)
     pipe.hlen(unacked_key)
+    pipe.info("memory")
     replies = pipe.execute()
     per = len(PRIORITY_STEPS)
     waiting = {name: sum(int(n) for n in replies[i * per:(i + 1) * per]) for i, name in enumerate(queues)}
-    return {"queues": waiting, "unacked": int(replies[-1])}
+    return {"queues": waiting, "unacked": int(replies[-2]), "memory": redis_memory(replies[-1])}
+
+
+def redis_memory(info: Any) -> dict[str, int]:
+    """What the memory alert compares (INFO memory): ``used``, ``maxmemory`` (0: no limit) and
+    ``total_system_memory`` (0 when Redis does not say)."""
+    info = info if isinstance(info, dict) else {}
+
+    def number(name: str) -> int:
+        try:
+            return int(info.get(name) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return {"used": number("used_memory"), "maxmemory": number("maxmemory"),
+            "total_system_memory": number("total_system_memory")}
 
 
 def unacked_key(app: Any) -> str:

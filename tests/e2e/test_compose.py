@@ -20,18 +20,31 @@ import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import requests
 import yaml
 
-from tests.support.env import E2E_REDIS_URL
+from tests.support.archive_db import archive_url
+from tests.support.env import E2E_REDIS_URL, TEST_CARD_KEY
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 APP_SERVICES = ("sandbox", "worker", "beat", "flower", "metrics")
-_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?-)([^}]*))?\}|\$(\w+)")
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
+PROD_FILE = ROOT / "docker-compose.prod.yml"
+COMPOSE_SCHEMA = ROOT / "tests" / "support" / "compose-spec.json"
+# what an operator must set for docker-compose.prod.yml (each is required there, none has a default)
+PROD_REQUIRED = {"REDIS_PASSWORD": "0f3c9a7e51d2b8", "BLUEPAY_ACCOUNT_ID": "100200300400",
+                 "BLUEPAY_SECRET_KEY": "LIVESECRETKEY0000000000000000042", "PAYMENTS_CARD_KEY": TEST_CARD_KEY,
+                 "POSTGRES_PASSWORD": "9d2e4b7a0c1f", "FLOWER_BASIC_AUTH": "ops:9b8c7d6e",
+                 "GRAFANA_ADMIN_PASSWORD": "5e4d3c2b"}
+
+
+class MissingVariable(Exception):
+    """Compose's ``${VAR:?message}`` / ``${VAR?message}`` with VAR unset (or, for ``:?``, empty)."""
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +58,8 @@ def services(compose):
 
 
 def interpolate(value, variables: dict) -> str:
-    """Compose's variable substitution: ${VAR}, ${VAR:-default}, ${VAR-default}, $VAR, $$."""
+    """Compose's variable substitution: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR,
+    $$."""
     def sub(m):
         if m.group(0) == "$$":
             return "$"
@@ -54,6 +68,8 @@ def interpolate(value, variables: dict) -> str:
             return variables.get(name) or m.group(3)
         if m.group(2) == "-":
             return variables[name] if name in variables else m.group(3)
+        if (m.group(2) == ":?" and not variables.get(name)) or (m.group(2) == "?" and name not in variables):
+            raise MissingVariable(f"{name}: {m.group(3)}")
         return variables.get(name, "")
     return _VAR.sub(sub, str(value))
 
@@ -165,7 +181,14 @@ def test_prometheus_scrapes_the_exporter_and_every_worker_and_grafana_gets_the_d
     datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
     assert datasource["url"] == "http://prometheus:9090"
     dashboard = json.loads((ROOT / "ops" / "grafana" / "payments.json").read_text())
-    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {datasource["uid"]}
+    # the data source is a dashboard variable (any Prometheus of the Grafana it is imported into), defaulting to the
+    # one provisioned here
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == datasource["uid"]
+    used = [p["datasource"] for p in dashboard["panels"]]
+    used += [t["datasource"] for p in dashboard["panels"] for t in p["targets"] if "datasource" in t]
+    assert {(d["type"], d["uid"]) for d in used} == {("prometheus", "${datasource}")}
 
 
 def test_the_image_holds_what_the_commands_need():
@@ -176,6 +199,181 @@ def test_the_image_holds_what_the_commands_need():
     assert "pip install" in dockerfile
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["payments"] == "worker.cli:main"  # the entry point payments_cmd() runs when not installed
+
+
+# ---------------------------------------------------------------------------------------------- both files validate
+def interpolated(node, variables: dict):
+    """The file as compose reads it: every value interpolated (keys are not)."""
+    if isinstance(node, dict):
+        return {k: interpolated(v, variables) for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolated(v, variables) for v in node]
+    return interpolate(node, variables) if isinstance(node, str) else node
+
+
+def config_of(path: Path, variables: dict) -> dict:
+    return interpolated(yaml.safe_load(path.read_text()), variables)
+
+
+@pytest.fixture(scope="module")
+def prod():
+    return config_of(PROD_FILE, PROD_REQUIRED)
+
+
+@pytest.mark.parametrize(("path", "variables"), [(COMPOSE_FILE, {}), (PROD_FILE, PROD_REQUIRED)],
+                         ids=["docker-compose.yml", "docker-compose.prod.yml"])
+def test_both_compose_files_are_valid_by_the_compose_spec_schema(path, variables):
+    """The compose-spec JSON schema (tests/support/compose-spec.json: compose-spec/compose-spec's
+    schema/compose-spec.json at commit 170098ba07d9, Apache-2.0), on the file as compose interpolates it."""
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text()))
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in validator.iter_errors(config_of(path, variables))]
+    assert errors == []
+
+
+def docker_compose() -> list[str] | None:
+    """A Compose CLI that reads the compose spec and runs ``config`` without an engine: the v2 plugin, or
+    docker-compose 1.29 (Debian's package; .ci/run installs it)."""
+    for cmd in (["docker", "compose"], ["docker-compose"]):
+        try:
+            done = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        version = re.search(r"version v?(\d+)\.(\d+)", done.stdout)
+        if done.returncode == 0 and version and (int(version[1]), int(version[2])) >= (1, 29):
+            return cmd
+    return None
+
+
+@pytest.mark.parametrize(("path", "variables"), [(COMPOSE_FILE, {}), (PROD_FILE, PROD_REQUIRED)],
+                         ids=["docker-compose.yml", "docker-compose.prod.yml"])
+def test_docker_compose_config_accepts_both_files(path, variables):
+    cmd = docker_compose()
+    if cmd is None:
+        pytest.skip("no Compose CLI here (docker compose plugin, or apt-get install docker-compose); the schema test "
+                    "covers it")
+    env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ} | variables
+    done = subprocess.run([*cmd, "-f", str(path), "config", "--quiet"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if path == PROD_FILE:  # and it refuses, naming it, when a secret is missing
+        missing = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
+        done = subprocess.run([*cmd, "-f", str(path), "config", "--quiet"], cwd=ROOT, env=missing,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "set POSTGRES_PASSWORD" in done.stderr
+
+
+def test_production_has_no_sandbox_and_talks_to_the_gateway_in_live_mode(prod):
+    services = prod["services"]
+    assert "sandbox" not in services
+    assert not any("sandbox" in " ".join(command_of(svc)) for svc in services.values())
+    for name in ("worker", "beat", "flower", "metrics", "migrate"):
+        env = service_env(services[name])
+        assert env["BLUEPAY_URL"] == "https://secure.bluepay.com/interfaces/", name
+        assert env["BLUEPAY_MODE"] == "LIVE", name
+        assert env["BLUEPAY_ACCOUNT_ID"] == PROD_REQUIRED["BLUEPAY_ACCOUNT_ID"], name
+        assert env["PAYMENTS_CARD_KEY"] == PROD_REQUIRED["PAYMENTS_CARD_KEY"], name
+    assert "SANDBOXSECRETKEY" not in json.dumps(prod) and "change-me" not in json.dumps(prod)
+
+
+@pytest.mark.parametrize("name", sorted(PROD_REQUIRED))
+def test_every_production_secret_is_required_and_compose_names_it(name):
+    rest = {k: v for k, v in PROD_REQUIRED.items() if k != name}
+    with pytest.raises(MissingVariable, match=f"^{name}: set {name}"):
+        config_of(PROD_FILE, rest)
+    with pytest.raises(MissingVariable, match=f"^{name}: "):
+        config_of(PROD_FILE, {**rest, name: ""})
+
+
+def test_no_password_key_or_secret_in_the_production_file_has_a_default():
+    defaulted = set(re.findall(r"\$\{(\w+):?-", PROD_FILE.read_text()))
+    assert {v for v in defaulted if re.search(r"PASSWORD|SECRET|_KEY$|BASIC_AUTH|TOKEN|ACCOUNT", v)} == set()
+    assert set(PROD_REQUIRED) <= set(re.findall(r"\$\{(\w+):\?", PROD_FILE.read_text()))
+
+
+def test_the_archive_is_postgresql_migrated_by_a_one_shot_the_workers_wait_for(prod):
+    services = prod["services"]
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == PROD_REQUIRED["POSTGRES_PASSWORD"]
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+    migrate = services["migrate"]
+    assert command_of(migrate) == ["payments", "archive", "--migrate"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker", "migrate", "beat", "metrics", "flower"):
+        url = service_env(services[name])["PAYMENTS_ARCHIVE_URL"]
+        assert url == f"postgresql+psycopg://payments:{PROD_REQUIRED['POSTGRES_PASSWORD']}@postgres:5432/payments"
+    for name in ("worker", "beat"):  # the sweep (retention) runs on workers; beat schedules it
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_production_redis_has_a_password_a_memory_limit_aof_and_noeviction(prod):
+    redis_svc = prod["services"]["redis"]
+    cmd = command_of(redis_svc)
+    options = dict(zip(cmd[1::2], cmd[2::2], strict=False))
+    assert options["--requirepass"] == PROD_REQUIRED["REDIS_PASSWORD"]
+    assert options["--maxmemory-policy"] == "noeviction" and options["--appendonly"] == "yes"
+    assert options["--maxmemory"]  # what PaymentsRedisMemoryNearLimit compares with
+    assert redis_svc["environment"]["REDISCLI_AUTH"] == PROD_REQUIRED["REDIS_PASSWORD"]  # the healthcheck's ping
+    url = urlsplit(service_env(prod["services"]["worker"])["REDIS_URL"])
+    assert (url.hostname, url.password) == ("redis", PROD_REQUIRED["REDIS_PASSWORD"])
+
+
+@pytest.mark.parametrize("path", [COMPOSE_FILE, PROD_FILE], ids=["docker-compose.yml", "docker-compose.prod.yml"])
+def test_beat_keeps_its_schedule_on_a_volume(path):
+    config = config_of(path, PROD_REQUIRED)
+    beat = config["services"]["beat"]
+    cmd = command_of(beat)
+    schedule_dir = str(Path(cmd[cmd.index("--schedule") + 1]).parent)
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in beat["volumes"]}
+    assert volumes[schedule_dir] in config["volumes"], "a named volume: kept across restarts and new images"
+
+
+def test_every_long_running_production_service_has_a_healthcheck(prod):
+    for name, svc in prod["services"].items():
+        if name == "migrate":
+            assert "healthcheck" not in svc  # a one-shot
+            continue
+        test = svc.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
+
+
+def test_the_python_healthchecks_compile_and_the_http_ones_probe_the_services_own_port(prod):
+    services = prod["services"]
+    for name, svc in services.items():
+        test = svc.get("healthcheck", {}).get("test") or []
+        if test[1:3] == ["python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+    assert "127.0.0.1:9109/metrics" in services["worker"]["healthcheck"]["test"][3]
+    assert service_env(services["worker"])["WORKER_METRICS_PORT"] == "9109"
+    assert "127.0.0.1:5555/healthcheck" in services["flower"]["healthcheck"]["test"][3]
+    assert "--port=5555" in command_of(services["flower"])
+    exporter_cmd = command_of(services["metrics"])
+    assert f"127.0.0.1:{exporter_cmd[exporter_cmd.index('--port') + 1]}/metrics" in \
+        services["metrics"]["healthcheck"]["test"][3]
+
+
+@pytest.mark.parametrize(("asked", "bound"), [({}, "127.0.0.1"), ({"PUBLISH_ADDRESS": "0.0.0.0"}, "0.0.0.0")])
+def test_production_ports_are_on_127_0_0_1_unless_asked(asked, bound):
+    services = config_of(PROD_FILE, {**PROD_REQUIRED, **asked})["services"]
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"flower", "prometheus", "grafana"}
+    for name, ports in published.items():
+        for port in ports:
+            assert str(port).startswith(f"{bound}:"), (name, port)
+
+
+def test_the_migration_one_shot_creates_the_archive_in_postgresql(tmp_path):
+    """The migrate service's own command, run here against a private schema of the local PostgreSQL."""
+    migrate = config_of(PROD_FILE, PROD_REQUIRED)["services"]["migrate"]
+    with archive_url("postgresql", tmp_path) as url:
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+        env.update(service_env(migrate), PAYMENTS_ARCHIVE_URL=url, REDIS_URL="redis://127.0.0.1:1/0")
+        cmd = [*payments_cmd(), *command_of(migrate)[1:]]
+        for _ in range(2):  # and again on the next deploy: nothing to do, exit 0
+            done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "schema at revision 0001" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------- running each command
@@ -313,3 +511,38 @@ def test_every_compose_command_runs_and_comes_up(services, e2e_redis, tmp_path):
         started.stop_all()
     for name, _proc, log in started.procs:
         assert "Traceback" not in log.read_text(), f"{name}:\n{log.read_text()[-3000:]}"
+
+
+def test_the_production_flower_and_exporter_commands_come_up_locked_and_pass_their_healthchecks(prod, e2e_redis,
+                                                                                                tmp_path):
+    """docker-compose.prod.yml's flower (``payments flower --address=0.0.0.0``) and metrics commands run here as
+    processes (0.0.0.0 -> 127.0.0.1, their ports -> free ones, Redis -> the e2e one), then their own healthcheck
+    commands, pointed at those ports."""
+    services = prod["services"]
+    ports = {"5555": str(free_port()), "9108": str(free_port())}
+    started = Started(tmp_path)
+    try:
+        flower_env = local_env(services["flower"], None)
+        proc, log = started.run("flower", local_command(command_of(services["flower"]), ports, tmp_path), flower_env)
+        flower_url = f"http://127.0.0.1:{ports['5555']}"
+        wait_until(lambda: requests.get(flower_url + "/api/tasks", timeout=2).status_code == 401, 30,
+                   "the production flower to answer", proc, log)
+        user, _, password = PROD_REQUIRED["FLOWER_BASIC_AUTH"].partition(":")
+        assert requests.get(flower_url + "/api/tasks", auth=(user, password), timeout=5).status_code == 200
+        assert requests.post(flower_url + "/api/task/revoke/x", auth=(user, password), timeout=5).status_code == 403
+
+        proc, log = started.run("metrics", local_command(command_of(services["metrics"]), ports, tmp_path),
+                                local_env(services["metrics"], None))
+        exporter_url = f"http://127.0.0.1:{ports['9108']}/metrics"
+        wait_until(lambda: "payments_redis_used_memory_bytes" in requests.get(exporter_url, timeout=2).text, 30,
+                   "the production exporter to serve", proc, log)
+
+        for name, port in (("flower", "5555"), ("metrics", "9108")):
+            check = services[name]["healthcheck"]["test"]
+            code = check[3].replace(f"127.0.0.1:{port}", f"127.0.0.1:{ports[port]}")
+            assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0, name
+        stopped = [sys.executable, "-c", services["flower"]["healthcheck"]["test"][3].replace(
+            "127.0.0.1:5555", f"127.0.0.1:{free_port()}")]
+        assert subprocess.run(stopped, capture_output=True, timeout=30).returncode != 0  # nobody there: unhealthy
+    finally:
+        started.stop_all()

@@ -1,5 +1,8 @@
 """A real ``celery -A worker flower`` for a test (started, waited for and stopped as tests/e2e/test_flower.py does,
-with these helpers), and every page and API answer it gives, kept for the card-data scan."""
+with these helpers), and every page and API answer it gives, kept for the card-data scan.
+
+Flower is started outside the repository by default (in the directory of its log), as a merchant would start it:
+there it finds no flowerconfig.py, so what locks it must come from the package (worker/flower.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -30,10 +33,22 @@ def flower_env(redis_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_flower(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+def payments_cmd() -> list[str]:
+    exe = Path(sys.executable).parent / "payments"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from worker.cli import main; "
+                                            "sys.exit(main())"]
+
+
+def start_flower(port: int, env: dict[str, str], log_path: Path, *, cwd: Path | None = None,
+                 command: list[str] | None = None, extra_args: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``celery -A worker flower`` (or ``command``, e.g. ``payments flower``) on 127.0.0.1:``port``, run in ``cwd``
+    (default: the log's directory, outside the repository)."""
+    base = command if command is not None else [*celery_cmd(), "-A", "worker", "flower"]
+    cwd = cwd if cwd is not None else log_path.parent
+    assert cwd == ROOT or ROOT not in cwd.resolve().parents, cwd
     with open(log_path, "w") as log:
-        return subprocess.Popen([*celery_cmd(), "-A", "worker", "flower", f"--port={port}", "--address=127.0.0.1"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen([*base, f"--port={port}", "--address=127.0.0.1", *extra_args],
+                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_process(proc: subprocess.Popen) -> None:

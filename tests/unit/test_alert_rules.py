@@ -29,13 +29,22 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
-def test_every_rule_has_a_runbook_section_in_the_readme():
-    anchors = {github_anchor(line.lstrip("#")) for line in (ROOT / "README.md").read_text().splitlines()
-               if line.startswith("#")}
+RUNBOOK = ROOT / "docs" / "runbook.md"
+DEFAULT_BASE = re.compile(r"\{\{ with \$externalLabels\.runbook_base \}\}\{\{ \. \}\}\{\{ else \}\}"
+                          r"(https://[^{}\s]+/docs/runbook\.md)\{\{ end \}\}#([a-z0-9-]+)")
+
+
+def test_every_rule_links_an_absolute_runbook_url_to_its_section_of_docs_runbook():
+    anchors = {github_anchor(line.lstrip("#")) for line in RUNBOOK.read_text().splitlines() if line.startswith("#")}
+    bases = set()
     for rule in rules():
-        runbook = rule["annotations"]["runbook"]
-        page, _, anchor = runbook.partition("#")
-        assert page == "README.md" and anchor in anchors, (rule["alert"], runbook)
+        assert "runbook" not in rule["annotations"], rule["alert"]  # the old relative README.md#... links
+        match = DEFAULT_BASE.fullmatch(rule["annotations"]["runbook_url"])
+        assert match, (rule["alert"], rule["annotations"]["runbook_url"])
+        base, anchor = match.groups()
+        bases.add(base)
+        assert anchor == f"alert-{rule['alert'].lower()}" and anchor in anchors, (rule["alert"], anchor)
+    assert len(bases) == 1  # one default base for every rule
 
 
 def test_every_rule_is_exercised_by_the_promtool_tests():

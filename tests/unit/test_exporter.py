@@ -75,9 +75,31 @@ def referenced(text: str) -> set[str]:
     return {name for name in re.findall(r"\bpayments_[a-z_]+\b", text) if not name.endswith("_")}
 
 
+def retention_counters() -> set[str]:
+    """The counters the sweep's retention step declares itself (worker/archive/retention.py's ``_count``)."""
+    source = (ROOT / "worker" / "archive" / "retention.py").read_text()
+    return {f"{name}_total" for name in re.findall(r'_count\("(payments_[a-z_]+)"', source)}
+
+
 def served() -> set[str]:
     exported = names(exported_text(InMemoryStore(clock=FixedClock()), {"queues": {"celery": 0}, "unacked": 0}))
-    return exported | names(worker_text())
+    return exported | names(worker_text()) | retention_counters()
+
+
+def test_the_exporter_reports_redis_memory_and_its_limits():
+    text = exported_text(InMemoryStore(clock=FixedClock()), {"queues": {"celery": 0}, "unacked": 0, "memory": {
+        "used": 900, "maxmemory": 1000, "total_system_memory": 8000}})
+    for line in ("payments_redis_used_memory_bytes 900.0", "payments_redis_maxmemory_bytes 1000.0",
+                 "payments_redis_total_system_memory_bytes 8000.0"):
+        assert line in text, line
+
+
+def test_the_settlement_counters_start_at_zero_so_the_first_finding_is_an_increase():
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    text = generate_latest(registry).decode()
+    assert 'payments_settlement_differences_total{kind="gateway_only"} 0.0' in text
+    assert 'payments_settlement_reconciliations_total{result="no_verdict"} 0.0' in text
 
 
 def test_every_metric_the_alerts_and_the_dashboard_use_is_served():

@@ -71,3 +71,12 @@ def test_the_screen_over_the_in_memory_stores_own_snapshot():
     text = render(found)
     assert "UNKNOWN      1 (oldest 5s)" in text and "queue        2 waiting (celery=2), 1 unacked" in text
     assert "NEEDS ATTENTION:\n  - the sweep has never run" in text
+
+
+def test_redis_memory_reads_info_memory_and_tolerates_what_is_missing():
+    from worker.monitor import redis_memory
+
+    info = {"used_memory": 123, "maxmemory": 0, "total_system_memory": 4096, "used_memory_human": "123B"}
+    assert redis_memory(info) == {"used": 123, "maxmemory": 0, "total_system_memory": 4096}
+    assert redis_memory(None) == {"used": 0, "maxmemory": 0, "total_system_memory": 0}
+    assert redis_memory({"maxmemory": "bad"})["maxmemory"] == 0
