@@ -59,6 +59,18 @@ class Flower:
         return r.json()
 
 
+def wait_for_flower(proc, url: str, log_path) -> None:
+    """Until Flower answers its health check (its log shown if it exits first)."""
+    def up():
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return requests.get(url + "/healthcheck", timeout=2).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    wait_until(up, 30, "flower to answer")
+
+
 @pytest.fixture(scope="module")
 def flower(celery_worker, tmp_path_factory):
     port = free_port()
@@ -67,14 +79,7 @@ def flower(celery_worker, tmp_path_factory):
     proc = start_flower(port, flower_env(FLOWER_BASIC_AUTH=":".join(AUTH), FLOWER_READ_ONLY="false"), log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        def up():
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                return requests.get(url + "/healthcheck", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(up, 30, "flower to answer")
+        wait_for_flower(proc, url, log_path)
         handle = Flower(url, proc, log_path)
         # Flower only knows the events it received: wait until its event receiver has heard a worker's
         # heartbeat (status=1 answers from the events state) before running payments.
@@ -297,14 +302,7 @@ def test_flower_elsewhere_is_locked_and_read_only_even_when_asked_otherwise(cele
                             extra_args=(f"--basic-auth={':'.join(AUTH)}", "--read_only=False"))
     url = f"http://127.0.0.1:{port}"
     try:
-        def up():
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                return requests.get(url + "/healthcheck", timeout=2).status_code == 200
-            except requests.ConnectionError:
-                return False
-
-        wait_until(up, 30, "payments flower to answer")
+        wait_for_flower(proc, url, log_path)
         assert requests.get(url + "/api/tasks", timeout=10).status_code == 401
         assert requests.get(url + "/api/tasks", auth=AUTH, timeout=10).status_code == 200
         r = requests.post(url + "/api/task/revoke/any-id?terminate=true", auth=AUTH, timeout=10)
