@@ -205,7 +205,8 @@ STQ_REPLIES = {
     "empty-200": (200, "", ("absent", None, None)),
     "html-error-page": (200, "<html><body>Service Unavailable</body></html>", ("cannot_tell", None, None)),
     "status-e-400": (400, "STATUS=E&MESSAGE=SECURITY%20ERROR", ("rejected", None, None)),
-    "line-400": (400, "SECURITY ERROR\n", ("cannot_tell", None, None)),
+    # REPORT_TEXT's refusal shape (stq's text is silent): read as a refusal naming its reason, never "absent"
+    "line-400": (400, "SECURITY ERROR\n", ("rejected", None, None)),
     "blank-row": (200, urlencode(dict.fromkeys(STQ_ROW, "")), ("cannot_tell", None, None)),
     "http-500": (500, "", ("cannot_tell", None, None)),
 }

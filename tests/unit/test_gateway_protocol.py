@@ -395,6 +395,13 @@ def test_choose_query_row(rows, asked, expected):
         assert (chosen.trans_id if chosen else None) == expected
 
 
+def test_stq_400_of_one_line_is_a_refusal_naming_it():
+    """The daily report's text: a refusal is a single line naming the reason (stq's own text is silent)."""
+    with pytest.raises(Rejected) as ei:
+        q(400, "SECURITY ERROR\n")
+    assert ei.value.response.message == "SECURITY ERROR"
+
+
 def test_stq_400_status_e_rejected():
     with pytest.raises(Rejected) as ei:
         q(400, "STATUS=E&MESSAGE=SECURITY+ERROR")
@@ -404,7 +411,7 @@ def test_stq_400_status_e_rejected():
 @pytest.mark.parametrize(
     "status,body",
     [(200, "<html>oops</html>"), (200, "status=1"), (200, "id=100229460097&status=X"), (500, ""),
-     (503, "STATUS=E"), (400, "bad request"), (404, ""), (302, ""), (200, "message=no+match")],
+     (503, "STATUS=E"), (400, "<html>bad request</html>"), (404, ""), (302, ""), (200, "message=no+match")],
 )
 def test_stq_cannot_tell(status, body):
     with pytest.raises(OutcomeUnknown):

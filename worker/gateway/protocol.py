@@ -412,7 +412,7 @@ def parse_query_rows(status_code: int, body: str | bytes | None, *, secret_key: 
 
     * 200, empty body                -> [] (provably no such transaction)
     * 200, one or more rows of pairs -> their Responses (status 1/0/E -> APPROVED/DECLINED/ERROR)
-    * 400 with STATUS=E              -> Rejected (bad seal, bad dates)
+    * 400 with STATUS=E, or one line -> Rejected (bad seal, bad dates)
     * anything else                  -> OutcomeUnknown ("cannot tell", never "absent")
 
     A row needs no BP_STAMP (BluePay documents none for stq); one that carries a stamp must verify.
@@ -426,6 +426,10 @@ def parse_query_rows(status_code: int, body: str | bytes | None, *, secret_key: 
         lower = {k.lower(): v for k, v in parse_pairs(text).items()}
         if (lower.get("status") or "").strip().upper() == "E":
             raise Rejected(Response(status="ERROR", message=lower.get("message", ""), raw=_clean_raw(lower)))
+        line = text.strip()
+        if line and "\n" not in line and "=" not in line and "<" not in line:
+            # the daily report's text: a refusal is "a single line, containing a message"; stq's text is silent
+            raise Rejected(Response(status="ERROR", message=line[:200]))
         raise OutcomeUnknown("stq answered HTTP 400 without STATUS=E", status_code=status_code)
     if status_code != 200:
         raise OutcomeUnknown(f"stq answered HTTP {status_code}", status_code=status_code)
