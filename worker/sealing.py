@@ -99,7 +99,7 @@ def _is_identifier(task: str | None, name: object) -> bool:
 def _check_key(value: Any, field: str) -> None:
     """An idempotency key is refused at the door, as the worker would refuse it (validation.idempotency_key):
     ``InvalidInput`` (a ``ValueError``) naming the field; nothing is published."""
-    if value is not None:
+    if value is not None and not CardVault.is_sealed_identifier(value):  # a sealed one was checked when sealed
         try:
             validation.idempotency_key(str(value) if type(value) is int else value)
         except InvalidInput as exc:

@@ -390,3 +390,16 @@ UNSEALED_TABLE = [
 @pytest.mark.parametrize("req,where", UNSEALED_TABLE)
 def test_unsealed_card_in(req, where):
     assert unsealed_card_in(req) == where
+
+
+def test_a_retry_publishes_a_sealed_card_like_key_again_as_it_is():
+    """A worker's retry (a busy lease, an outage) publishes the message it runs: its card-like key is already
+    sealed, and is neither refused as "not a string" nor sealed twice (it made Celery's retry a Reject)."""
+    vault = CardVault([TEST_CARD_KEY])
+    key = 4111111111111111110  # a Luhn-valid 19-digit int
+    _, kwargs, _ = seal_publish("payments.sale", [], {"amount": "3.00", "card": TEST_CARD, "idempotency_key": key}, {},
+                                vault=vault)
+    assert CardVault.is_sealed_identifier(kwargs["idempotency_key"])
+    _, again, _ = seal_publish("payments.sale", [], kwargs, {"retries": 1}, vault=vault)
+    assert again["idempotency_key"] == kwargs["idempotency_key"]
+    assert vault.open_identifier(again["idempotency_key"]) == key
