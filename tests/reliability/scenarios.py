@@ -1252,7 +1252,7 @@ def run_fetch_gap(name: str, redis_url: str, logdir: Path, *, settle_timeout=150
     report = Report(name)
     started = time.monotonic()
     prefix = f"payments:{name}:"
-    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         svc = services_for(settings_for(redis_url, sandbox, prefix))
         fleet = Fleet(name, worker_env(redis_url, sandbox, prefix), logdir, size=1, concurrency=2).start()
         try:
@@ -1294,7 +1294,7 @@ def run_redis_restart(name: str, own: OwnRedis, logdir: Path, *, payments: int, 
     report = Report(name)
     started = time.monotonic()
     prefix = f"payments:{name}:"
-    with running_sandbox() as sandbox, producer_for(own.url, settings_for(own.url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, producer_for(own.url, settings_for(own.url, sandbox, prefix)):
         sandbox.set_faults({"latency_ms": latency_ms[0], "jitter_ms": latency_ms[1]})
         svc = services_for(settings_for(own.url, sandbox, prefix))
         fleet = Fleet(name, worker_env(own.url, sandbox, prefix), logdir, size=2, concurrency=3,
@@ -1347,7 +1347,7 @@ def run_workers_through_redis_restart(name: str, own: OwnRedis, logdir: Path, *,
     report = Report(name)
     started = time.monotonic()
     prefix = f"payments:{name}:"
-    with running_sandbox() as sandbox, producer_for(own.url, settings_for(own.url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, producer_for(own.url, settings_for(own.url, sandbox, prefix)):
         sandbox.set_faults({"latency_ms": 4000})
         svc = services_for(settings_for(own.url, sandbox, prefix))
         fleet = Fleet(name, worker_env(own.url, sandbox, prefix), logdir, size=1, concurrency=2).start()
@@ -1385,7 +1385,7 @@ def run_duplicate_delivery(name: str, redis_url: str, logdir: Path, *, pairs: in
     started = time.monotonic()
     prefix = f"payments:{name}:"
     queue = f"dupq-{uuid.uuid4().hex[:6]}"
-    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         (sale,) = producer_tasks("sale")
         sandbox.set_faults({"latency_ms": 300})
         svc = services_for(settings_for(redis_url, sandbox, prefix))
@@ -1449,7 +1449,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
     started = time.monotonic()
     prefix = f"payments:{name}:"
     beat = None
-    with running_sandbox() as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         env = worker_env(redis_url, sandbox, prefix, STALE_AUTH_AGE="1s", SWEEP_INTERVAL="1")
         svc = services_for(settings_for(redis_url, sandbox, prefix))
         fleet = Fleet(name, env, logdir, size=1, pool="threads", concurrency=8, rng=rng).start()
