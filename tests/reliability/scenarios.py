@@ -1252,7 +1252,8 @@ def run_fetch_gap(name: str, redis_url: str, logdir: Path, *, settle_timeout=150
     report = Report(name)
     started = time.monotonic()
     prefix = f"payments:{name}:"
-    with running_sandbox(duplicate_window=0) as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         svc = services_for(settings_for(redis_url, sandbox, prefix))
         fleet = Fleet(name, worker_env(redis_url, sandbox, prefix), logdir, size=1, concurrency=2).start()
         try:
@@ -1385,7 +1386,8 @@ def run_duplicate_delivery(name: str, redis_url: str, logdir: Path, *, pairs: in
     started = time.monotonic()
     prefix = f"payments:{name}:"
     queue = f"dupq-{uuid.uuid4().hex[:6]}"
-    with running_sandbox(duplicate_window=0) as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         (sale,) = producer_tasks("sale")
         sandbox.set_faults({"latency_ms": 300})
         svc = services_for(settings_for(redis_url, sandbox, prefix))
@@ -1449,7 +1451,8 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
     started = time.monotonic()
     prefix = f"payments:{name}:"
     beat = None
-    with running_sandbox(duplicate_window=0) as sandbox, producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         env = worker_env(redis_url, sandbox, prefix, STALE_AUTH_AGE="1s", SWEEP_INTERVAL="1")
         svc = services_for(settings_for(redis_url, sandbox, prefix))
         fleet = Fleet(name, env, logdir, size=1, pool="threads", concurrency=8, rng=rng).start()
