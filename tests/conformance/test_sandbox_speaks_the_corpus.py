@@ -163,3 +163,21 @@ def test_the_report_names_only_documented_columns_and_escapes_as_its_text_says(s
         assert refused.status_code == 400 and "=" not in refused.text and len(refused.text.splitlines()) == 1
     finally:
         sb.reset()
+
+
+def test_a_gateway_that_trims_search_values_never_hands_the_client_another_payment(sb):
+    """BluePay does not say whether stq trims what it searches for. With ``stq_values=trimmed`` a lookup for
+    ``k`` finds a transaction booked under ``k `` (someone else's ORDER_ID): the client must not adopt it."""
+    sb.reset()
+    sb.set_duplicate_window(0)
+    sb.set_dialect(stq_values="trimmed")
+    try:
+        order = new_order()
+        sb.book("3.00", order_id=order + " ")
+        answer = stq(sb, order_id=order)
+        assert _stq_pairs(answer)[0]["order_id"] == order + " "  # the gateway answered with the other one
+        assert _client_reads(sb, answer, order) == "cannot_tell"
+        sb.set_dialect(stq_values="exact")
+        assert _client_reads(sb, stq(sb, order_id=order), order) == "absent"
+    finally:
+        sb.reset()

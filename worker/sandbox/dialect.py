@@ -15,6 +15,7 @@ stq_no_match       ``empty``   ``error``: HTTP 400 ``STATUS=E&MESSAGE=NO MATCHIN
                                ``blank_row``: 200 with the documented names and empty values
 stq_names          ``lower``   ``upper``: upper-case names (the stq text writes them lower case; BluePay's
                                Python library 3.0.7 reads ``ID``, ``TRANS_TYPE``, ``AMOUNT``... from stq)
+stq_values         ``exact``   ``trimmed``: search values and stored ones compared without surrounding spaces
 report_quoting     ``backslash``  ``csv``: quoted CSV instead of the text's backslash before each comma in a value
 report_errors      ``line``    ``pairs``: a 400 body ``STATUS=E&MESSAGE=...`` instead of the text's single line
 bp10emu_stamp_def  ``RRNO ISSUE_DATE Result``  (seen in live TEST replies of 2023) any space-separated
@@ -42,6 +43,7 @@ _CHOICES = {
     "stq_matches": ("newest", "oldest", "all"),
     "stq_no_match": ("empty", "error", "blank_row"),
     "stq_names": ("lower", "upper"),
+    "stq_values": ("exact", "trimmed"),
     "report_quoting": ("backslash", "csv"),
     "report_errors": ("line", "pairs"),
 }
@@ -58,6 +60,7 @@ class Dialect:
     stq_matches: str = "newest"
     stq_no_match: str = "empty"
     stq_names: str = "lower"
+    stq_values: str = "exact"
     report_quoting: str = "backslash"
     report_errors: str = "line"
     bp10emu_stamp_def: str = OBSERVED_STAMP_DEF

@@ -628,9 +628,11 @@ class Engine:
         mode = (f.get("MODE") or "LIVE").strip().upper()
         lower = {k.lower(): v for k, v in f.items()}
         filters: list[tuple[str, str | Decimal]] = []
+        trimmed = self.dialect.stq_values == "trimmed"
         for name, attr in _STQ_FILTERS.items():
-            value = (lower.get(name) or "").strip()
-            if value:
+            raw = lower.get(name) or ""
+            value = raw.strip() if trimmed or attr in ("amount", "trans_type", "payment_type") else raw
+            if value.strip():
                 if attr == "amount":
                     parsed = parse_amount(value)
                     if parsed is None:
@@ -644,12 +646,17 @@ class Engine:
             if filters and filters[0][0] == "id":
                 e0 = self._entries.get(str(filters[0][1]))  # a str already: only amounts are Decimals
                 pool: list[Entry] = [e0] if e0 is not None else []
-            elif any(a == "order_id" for a, _ in filters):
+            elif any(a == "order_id" for a, _ in filters) and not trimmed:
                 pool = self._by_order_id.get(str(dict(filters)["order_id"]), [])
             else:
                 pool = self._order
+
+            def same(e: Entry, attr: str, v: str | Decimal) -> bool:
+                mine = getattr(e, attr)
+                return (mine.strip() if trimmed and isinstance(mine, str) else mine) == v
+
             matches = [e for e in pool if e.mode == mode and e.account == self.account_id
-                       and lo <= e.created_at < hi and all(getattr(e, a) == v for a, v in filters)]
+                       and lo <= e.created_at < hi and all(same(e, a, v) for a, v in filters)]
             rows = [self._stq_row(e) for e in self._pick(matches)]
         return self._stq_reply(rows, hash_type)
 
