@@ -399,11 +399,9 @@ def _stamp_verifies(secret_key: str, pairs: Mapping[str, str]) -> bool:
     """BP_STAMP over an stq row, whatever the case of its names (the stq text uses lower case, BluePay's Python
     library reads upper case)."""
     by_upper = {k.upper(): v for k, v in pairs.items()}
-    stamp_def = by_upper.get("BP_STAMP_DEF", "")
-    names = {k.upper(): k for k in pairs}
-    view = {name: pairs.get(name, pairs.get(names.get(name.upper(), ""), "")) for name in stamp_def.split()}
-    view.update(BP_STAMP=by_upper.get("BP_STAMP", ""), BP_STAMP_DEF=stamp_def,
-                TPS_HASH_TYPE=by_upper.get("TPS_HASH_TYPE", ""))
+    view = {name: by_upper.get(name.upper(), "") for name in by_upper.get("BP_STAMP_DEF", "").split()}
+    for name in ("BP_STAMP", "BP_STAMP_DEF", "TPS_HASH_TYPE"):
+        view[name] = by_upper.get(name, "")
     return stamp_matches(secret_key, view)
 
 
@@ -466,9 +464,9 @@ def choose_query_row(rows: list[Response], *, trans_id: str | None = None,
 
 
 def parse_query_reply(status_code: int, body: str | bytes | None, *, secret_key: str) -> Response | None:
-    """One stq reply as a single transaction (see :func:`parse_query_rows`): None when absent; with several
-    rows, the one :func:`choose_query_row` picks for the first row's ORDER_ID."""
+    """A one-row stq reply (see :func:`parse_query_rows`): None when absent. Several rows cannot be judged without
+    the question asked: OutcomeUnknown (the client asks :func:`choose_query_row` with it)."""
     rows = parse_query_rows(status_code, body, secret_key=secret_key)
-    if not rows:
-        return None
-    return choose_query_row(rows, order_id=rows[0].order_id) if len(rows) > 1 else rows[0]
+    if len(rows) > 1:
+        raise OutcomeUnknown(f"stq answered {len(rows)} rows", status_code=status_code)
+    return rows[0] if rows else None
