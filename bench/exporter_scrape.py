@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import procs  # noqa: E402
-from worker.processes import free_port  # noqa: E402
+from worker.ops.processes import free_port  # noqa: E402
 
 PREFIX = "payments:"
 #: status of record i, by i % 100: what a busy store looks like (mostly final, a few in doubt)

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 d = tempfile.mkdtemp(prefix="metrics-micro-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
-from worker.metrics import WorkerMetrics  # noqa: E402  (after the directory is set: multiprocess values)
+from worker.ops.metrics import WorkerMetrics  # noqa: E402  (after the directory is set: multiprocess values)
 
 m = WorkerMetrics()
 

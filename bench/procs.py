@@ -2,7 +2,7 @@
 
 Every child gets ``PR_SET_PDEATHSIG`` (SIGTERM) so that it does not outlive a benchmark that is
 killed outright (SIGKILL skips ``finally``); the normal path stops them with
-``worker.processes.stop`` (TERM to the process group, then KILL).
+``worker.ops.processes.stop`` (TERM to the process group, then KILL).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from worker.processes import ROOT, StartError, free_port, stop
+from worker.ops.processes import ROOT, StartError, free_port, stop
 
 __all__ = ["ROOT", "StartError", "stop", "start_sandbox", "start_celery_worker", "start_private_redis",
            "tree", "tree_cpu_seconds", "tree_peak_rss_bytes", "free_port", "py_spy_path"]
@@ -65,7 +65,7 @@ def start_sandbox(*, args=(), env=None, timeout=20.0):
 
 def start_celery_worker(app_module: str, *, env, pool, concurrency, hostname, logfile, loglevel="WARNING",
                         extra=()):
-    """``celery -A APP worker`` with the flags of ``worker.processes.start_worker`` (no gossip, no
+    """``celery -A APP worker`` with the flags of ``worker.ops.processes.start_worker`` (no gossip, no
     mingle), in its own session, dying with us."""
     cmd = [sys.executable, "-m", "celery", "-A", app_module, "worker", "--pool", pool,
            "--concurrency", str(concurrency), "--loglevel", loglevel, "--without-gossip", "--without-mingle",

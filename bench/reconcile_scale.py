@@ -64,7 +64,7 @@ def populate(store: ResultsStore, url: str, n: int, prefix_id: str) -> None:
 
 
 def measure(env: dict, day: str) -> dict:
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())",
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "worker.cli",
            "reconcile", "--date", day, "--json"]
     started = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

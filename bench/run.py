@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------ main
 def _settings_already_bound() -> bool:
-    return any(m in sys.modules for m in ("celeryconfig", "tasks", "worker.celeryconfig", "worker.tasks",
-                                          "worker.celery_app"))
+    return any(m in sys.modules for m in ("celeryconfig", "tasks", "worker.broker.celeryconfig", "worker.tasks",
+                                          "worker.broker.app"))
 
 
 def _sigterm(signum, frame):

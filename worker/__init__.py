@@ -7,7 +7,7 @@
 
 def __getattr__(name):
     if name in ("app", "celery"):
-        from worker.celery_app import app
+        from worker.broker.app import app
 
         return app
     raise AttributeError(f"module 'worker' has no attribute {name!r}")

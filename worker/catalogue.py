@@ -1,8 +1,8 @@
 """The payment tasks' names and parameters, in one place.
 
-Celery glue (``tasks/payments.py``: the task functions), the publish path (``worker/sealing.py``: which
+Celery glue (``tasks/payments.py``: the task functions), the publish path (``worker/cards/messages.py``: which
 argument is the card, how to name a positional argument in a refusal) and the outbox
-(``worker/celery_app.py``: which messages it keeps) all read this table; a unit test checks that every task
+(``worker/broker/app.py``: which messages it keeps) all read this table; a unit test checks that every task
 function's signature matches it. Plain data: no Celery import.
 """
 from __future__ import annotations

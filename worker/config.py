@@ -123,9 +123,9 @@ class Settings:
     # How far the gateway's clock may differ from Redis's: a takeover waits this much longer than the expiry.
     clock_skew_margin: float = 60.0
     flower_basic_auth: str = field(default="", repr=False)
-    # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/reconcile.py; beat).
+    # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/payments/reconciliation.py; beat).
     reconcile_report_at: str = "02:00"
-    # The worker's Prometheus endpoint (worker/metrics.py): 0 = off; one port per worker process on a host.
+    # The worker's Prometheus endpoint (worker/ops/metrics.py): 0 = off; one port per worker process on a host.
     worker_metrics_port: int = 0
     worker_metrics_addr: str = "0.0.0.0"
     # Retention: final records older than this move from Redis to the archive (0: keep them in Redis for good).

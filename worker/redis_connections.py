@@ -171,10 +171,10 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
     # A demoted or cut-off primary answers READONLY / NOREPLICAS, which kombu counts as channel errors: the worker's
     # consumer reconnects (through the sentinels) instead of stopping (celery#7946; the workaround celery#6348 cites).
-    from worker.sentinel_transport import install
+    from worker.broker.sentinel import install
 
     install()  # sentinel:// is kombu's Sentinel transport over SentinelConnection, in this process
-    return {"broker_url": url, "result_backend": f"worker.sentinel_transport:SentinelBackend+{url}",
+    return {"broker_url": url, "result_backend": f"worker.broker.sentinel:SentinelBackend+{url}",
             "broker_transport": None,
             "broker_transport_options": dict(options), "result_backend_transport_options": dict(options),
             "broker_channel_error_retry": True}

@@ -2,7 +2,7 @@
 
 Objects are built lazily, once per process (prefork children build their own after the fork, so no
 socket is shared across processes), and reused by every payment the process runs. Each Celery app built by
-``worker.celery_app.create_app`` carries its own (:class:`ProcessServices`); tasks and the publish path use their
+``worker.broker.app.create_app`` carries its own (:class:`ProcessServices`); tasks and the publish path use their
 app's, so a test builds an app over its own settings or fakes without touching any global.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Services:
     @cached_property
     def gateway(self):
         from worker.gateway import BluePayClient, RetryPolicy
-        from worker.preflight import MisconfigurationReporter
+        from worker.ops.preflight import MisconfigurationReporter
 
         s = self.settings
         return BluePayClient(
@@ -56,8 +56,8 @@ class Services:
 
     @cached_property
     def metrics(self):
-        """This process's Prometheus observer (worker/metrics.py), or None: metrics off, or not a worker."""
-        from worker.metrics import observer
+        """This process's Prometheus observer (worker/ops/metrics.py), or None: metrics off, or not a worker."""
+        from worker.ops.metrics import observer
 
         return observer()
 
@@ -70,21 +70,21 @@ class Services:
 
     @cached_property
     def vault(self):
-        from worker.vault import load_card_key
+        from worker.cards.vault import load_card_key
 
         return load_card_key(self.settings.card_key, self.settings.bluepay_mode)
 
     @cached_property
     def card_keys(self) -> list[str]:
         """The card keys (first seals), also keying the card fingerprints idempotency keys are bound to."""
-        from worker.vault import DEVELOPMENT_KEY
+        from worker.cards.vault import DEVELOPMENT_KEY
 
         keys = [k.strip() for k in self.settings.card_key.split(",") if k.strip()]
         return keys or [DEVELOPMENT_KEY]
 
     @cached_property
     def flow(self):
-        from worker.flow import PaymentFlow
+        from worker.payments.flow import PaymentFlow
 
         s = self.settings
         return PaymentFlow(store=self.store, gateway=self.gateway, card_keys=self.card_keys,
@@ -114,7 +114,7 @@ class ProcessServices:
         return self._built
 
 
-#: What an app made without :func:`worker.celery_app.create_app` (or no app at all) uses: the environment's.
+#: What an app made without :func:`worker.broker.app.create_app` (or no app at all) uses: the environment's.
 _from_environment = ProcessServices()
 
 

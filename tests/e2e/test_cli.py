@@ -30,11 +30,11 @@ DEMO_REDIS_URL = os.environ.get("TEST_DEMO_REDIS_URL") or redis_url_with_db(10)
 
 def payments_cmd() -> list[str]:
     """The installed console script when there is one (./dev installs it), else the same entry point
-    (pyproject: payments = "worker.cli:main") run by this interpreter."""
+    (pyproject: payments = "worker.cli.main:main") run by this interpreter."""
     exe = BIN / "payments"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())"]
+    return [sys.executable, "-m", "worker.cli"]
 
 
 def payments(*args, env=None, timeout=60, card=None) -> subprocess.CompletedProcess:

@@ -198,7 +198,7 @@ def test_the_image_holds_what_the_commands_need():
         assert needed in copied, needed
     assert "pip install" in dockerfile
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["payments"] == "worker.cli:main"  # the entry point payments_cmd() runs when not installed
+    assert scripts["payments"] == "worker.cli.main:main"  # the entry point payments_cmd() runs when not installed
 
 
 # ---------------------------------------------------------------------------------------------- both files validate
@@ -381,8 +381,8 @@ def payments_cmd() -> list[str]:
     exe = BIN / "payments"
     if exe.exists():
         return [str(exe)]
-    # not installed in this virtualenv: the same console-script entry point (pyproject: worker.cli:main)
-    return [sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())"]
+    # not installed in this virtualenv: the same console-script entry point (pyproject: worker.cli.main:main)
+    return [sys.executable, "-m", "worker.cli"]
 
 
 def local_command(cmd: list[str], ports: dict[str, str], data_dir: Path) -> list[str]:

@@ -2,7 +2,7 @@
 and never controls anything, wherever it is started.
 
 A real ``celery -A worker flower`` is started from a directory outside the repository (no flowerconfig.py there:
-what locks it comes from the package, worker/flower.py) on a free port, against the e2e Redis, with
+what locks it comes from the package, worker/ops/flower.py) on a free port, against the e2e Redis, with
 FLOWER_BASIC_AUTH and FLOWER_READ_ONLY=false (which must not open it up); payments then run through the session's
 worker. ``payments flower`` and Flower started in the repository are tested too, and the pages are read in headless
 Chromium (Playwright, the distribution's /usr/bin/chromium; those tests skip, saying so, without either).

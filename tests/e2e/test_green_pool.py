@@ -17,7 +17,7 @@ from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.workers import running_worker, worker_env
 from worker import app
-from worker.celery_app import BROKER_CONNECTION_HEADROOM, GREEN_PREFETCH_MULTIPLIER
+from worker.broker.app import BROKER_CONNECTION_HEADROOM, GREEN_PREFETCH_MULTIPLIER
 
 QUEUE = f"green-test-{uuid.uuid4().hex[:6]}"
 CONCURRENCY = 3

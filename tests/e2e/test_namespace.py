@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from tests.support.workers import worker_env
-from worker.processes import stop
+from worker.ops.processes import stop
 
 MERCHANT_MODULE = 'raise RuntimeError("the merchant\'s own {name}.py was imported by the payments worker")\n'
 

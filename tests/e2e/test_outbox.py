@@ -7,8 +7,8 @@ from tasks import sale
 from tests.support.env import E2E_REDIS_URL, TEST_CARD
 from tests.support.workers import running_worker, worker_env
 from worker.config import Settings
+from worker.payments.sweep import run_sweep
 from worker.services import Services, services
-from worker.sweep import run_sweep
 
 
 def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celery_worker, sandbox, e2e_redis):

@@ -53,7 +53,7 @@ def test_a_card_like_key_is_reconciled_by_its_keyed_id(sandbox):
     charge under it is found, and the report never holds the key."""
     import uuid
 
-    from worker.carddata import luhn_ok
+    from worker.cards.numbers import luhn_ok
 
     prefix = f"17592884729{uuid.uuid4().int % 10**7:07d}"  # 18 digits: a snowflake id
     key = next(prefix + d for d in "0123456789" if luhn_ok(prefix + d))

@@ -1,4 +1,4 @@
-"""The sweep (worker/sweep.py) against the e2e Redis and the sandbox over HTTP.
+"""The sweep (worker/payments/sweep.py) against the e2e Redis and the sandbox over HTTP.
 
 Each test has its own key prefix, so a sweep sees only the records the test made; the sandbox's ledger
 (shared by the session) is the proof of what the gateway was asked to do.
@@ -38,10 +38,10 @@ from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY,
 from tests.support.ports import closed_port
 from tests.support.workers import running_worker, worker_env
 from worker.config import Settings
-from worker.flow import response_fields
 from worker.gateway import BluePayClient
+from worker.payments.flow import response_fields
+from worker.payments.sweep import run_sweep
 from worker.services import Services
-from worker.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -505,8 +505,8 @@ def test_the_report_counts_each_action_and_payments_sweep_prints_it(make_service
                RECONCILE_AFTER="0.5s", GATEWAY_CONNECT_TIMEOUT="1", GATEWAY_READ_TIMEOUT="2",
                GATEWAY_COMMIT_HORIZON=f"{COMMIT_HORIZON:g}s")
     exe = BIN / "payments"
-    cmd = [str(exe)] if exe.exists() else [  # not installed here: the same entry point (worker.cli:main)
-        sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())"]
+    cmd = [str(exe)] if exe.exists() else [  # not installed here: the same entry point (worker.cli.main:main)
+        sys.executable, "-m", "worker.cli"]
     done = subprocess.run([*cmd, "sweep"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done.stderr

@@ -8,7 +8,7 @@ import sys
 from tests.support.env import E2E_REDIS_URL
 from tests.support.ports import closed_port
 from tests.support.workers import running_worker, worker_env
-from worker.processes import ROOT
+from worker.ops.processes import ROOT
 
 
 def _start(env_overrides, seconds=20):
@@ -25,7 +25,7 @@ def test_live_mode_without_a_card_key_refuses_to_start():
     assert "refusing to start" in done.stderr and "PAYMENTS_CARD_KEY" in done.stderr
 
 
-# ---- the sealed stq probe at start (worker/preflight.py) ---------------------------------------------------------
+# ---- the sealed stq probe at start (worker/ops/preflight.py) ---------------------------------------------------------
 def test_a_wrong_secret_refuses_to_start_naming_bluepay_secret_key(sandbox):
     done = _start({**worker_env(sandbox), "BLUEPAY_SECRET_KEY": "WRONGSECRET0000000000000000000000"})
     assert done.returncode != 0

@@ -31,8 +31,8 @@ from tests.support.card_scan import redis_items, scan_metrics, scan_redis, scan_
 from tests.support.env import CUSTOMER, E2E_REDIS_URL, TEST_CARD, TEST_CARD_KEY
 from tests.support.flower import running_flower
 from tests.support.ports import free_port
-from worker.carddata import CardDataRefused, keyed_ids, luhn_ok
-from worker.vault import CardVault
+from worker.cards.numbers import CardDataRefused, keyed_ids, luhn_ok
+from worker.cards.vault import CardVault
 
 PARKED = "parked-for-scan"  # a queue no worker consumes: what is published there stays for the scan
 NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
@@ -317,7 +317,7 @@ def test_the_outbox_republish_seals_an_entry_kept_in_clear(flower, e2e_redis):
     """An outbox entry kept by older code with a clear card (here: a real entry, its card put back in clear by
     hand, chain included) is published again sealed, its reprs masked."""
     from tasks import sale
-    from worker.celery_app import republish
+    from worker.broker.app import republish
 
     published = sale.apply_async(kwargs={"amount": "109.00", "card": TEST_CARD}, queue=PARKED)
     message = json.loads(e2e_redis.hget(OUTBOX, published.id))["message"]

@@ -25,7 +25,7 @@ DAY = 86400.0
 
 def payments(*args, prefix, archive_url, timeout=60):
     env = dict(os.environ, REDIS_URL=REDIS_URL, PAYMENTS_KEY_PREFIX=prefix, PAYMENTS_ARCHIVE_URL=archive_url)
-    return subprocess.run([sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())", *args],
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

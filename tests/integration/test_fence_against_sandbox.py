@@ -10,8 +10,8 @@ import pytest
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from tests.support.sandbox import running_sandbox
-from worker.flow import GatewayOutage, PaymentFlow
 from worker.gateway import BluePayClient, RetryPolicy
+from worker.payments.flow import GatewayOutage, PaymentFlow
 from worker.store import ResultsStore
 
 

@@ -1,4 +1,4 @@
-"""The worker's metrics endpoint (worker/metrics.py) on real sockets and files, each case in a fresh Python process
+"""The worker's metrics endpoint (worker/ops/metrics.py) on real sockets and files, each case in a fresh Python process
 (multiprocess mode is chosen per process): a port already taken leaves the other worker's directory alone and runs
 without metrics; a bound port empties its directory and serves the sum of every process's files; the in-flight
 gauge of a process that is gone is dropped at the next scrape, its counters stay."""
@@ -30,7 +30,7 @@ def test_a_port_already_taken_runs_without_metrics_and_leaves_the_directory_alon
         taken.bind(("127.0.0.1", port))
         taken.listen()
         done = run(f"""
-            from worker import metrics
+            from worker.ops import metrics
             print(metrics.start({port}, "127.0.0.1"), metrics.observer())
         """, {"PROMETHEUS_MULTIPROC_DIR": str(other)})
     assert done.stdout.split() == ["False", "None"], done.stdout + done.stderr
@@ -45,7 +45,7 @@ def test_a_bound_port_empties_its_directory_and_serves_every_process_and_drops_t
     (mp_dir / "counter_999999.db").write_bytes(b"an earlier run's")
     done = run(f"""
         import os, requests
-        from worker import metrics
+        from worker.ops import metrics
         assert metrics.start({port}, "127.0.0.1")
         assert not os.path.exists({str(mp_dir / "counter_999999.db")!r}), "not emptied"
         mine = metrics.observer()

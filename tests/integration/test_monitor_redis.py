@@ -2,7 +2,7 @@
 trip; what the exporter's memory gauges and PaymentsRedisMemoryNearLimit read."""
 from __future__ import annotations
 
-from worker.monitor import broker_snapshot
+from worker.ops.monitor import broker_snapshot
 
 
 def test_the_broker_snapshot_reads_redis_memory_and_its_limit(client, prefix):

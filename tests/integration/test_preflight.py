@@ -1,4 +1,4 @@
-"""The sealed stq probe (worker/preflight.py) against the sandbox over HTTP: it tells a wrong BLUEPAY_URL or secret
+"""The sealed stq probe (worker/ops/preflight.py) against the sandbox over HTTP: it tells a wrong BLUEPAY_URL or secret
 (definite answers, naming the setting) from a gateway that is merely away (an outage), and during payments the
 cause is logged at ERROR once per process."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tests.support.ports import closed_port
 from tests.support.sandbox import running_sandbox
 from worker.config import Settings
 from worker.gateway import BluePayClient, OutcomeUnknown, RetryPolicy
-from worker.preflight import MisconfigurationReporter, probe
+from worker.ops.preflight import MisconfigurationReporter, probe
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import pytest
 from tests.support.env import INTEGRATION_REDIS_URL, TEST_CARD_KEY
 from tests.support.redis_db import redis_or_skip
 from tests.support.sandbox import running_sandbox
-from worker.flow import PaymentFlow
 from worker.gateway import BluePayClient, RetryPolicy
+from worker.payments.flow import PaymentFlow
 from worker.store import ResultsStore
 from worker.store.reconciliations import Reconciliations
 
@@ -48,7 +48,7 @@ def world(client):
 
 
 def payments(env, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())", *args],
+    return subprocess.run([sys.executable, "-m", "worker.cli", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
 

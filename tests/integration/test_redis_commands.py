@@ -19,8 +19,8 @@ from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
 from tests.support.env import INTEGRATION_REDIS_URL
+from worker.broker.lean_transport import LeanQoS, install
 from worker.config import Settings
-from worker.lean_broker import LeanQoS, install
 from worker.store import ResultsStore
 
 SALE_FIELDS = {"amount": "3.00", "order_id": "o-1", "masked_account": "xxxxxxxxxxxx1111"}
@@ -126,7 +126,7 @@ def test_records_by_status_count_non_final_ones_from_their_indexes(store):
 # ---- Celery's result backend ------------------------------------------------------------------------------
 @pytest.fixture
 def app():
-    from worker.celery_app import create_app
+    from worker.broker.app import create_app
 
     return create_app(Settings(redis_url=INTEGRATION_REDIS_URL))
 

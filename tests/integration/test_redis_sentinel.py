@@ -221,7 +221,7 @@ def test_the_store_waits_for_a_replica_after_a_claim_or_a_journal_entry_that_may
 def test_a_publish_whose_outbox_entry_no_replica_acknowledged_raises_after_the_retry_policy(group, settings):
     """More replicas asked for than there are: the message goes out, its outbox entry is written, and the producer
     is told (ReplicaAckTimeout) once the publish retry policy is spent; with the replicas it has, it is not."""
-    from worker.celery_app import create_app, current
+    from worker.broker.app import create_app, current
 
     base = dataclasses.replace(settings, key_prefix=f"t:{uuid.uuid4().hex}:", replica_ack_timeout=0.1)
     for wanted, fails in ((2, False), (3, True)):

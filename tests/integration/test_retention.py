@@ -19,11 +19,11 @@ import pytest
 
 from tests.support.archive_db import KINDS, archive_url
 from tests.support.env import INTEGRATION_REDIS_URL
-from worker.cli import find_record, list_records
+from worker.cli.main import find_record, list_records
 from worker.config import Settings
+from worker.payments.sweep import run_sweep
 from worker.services import Services
 from worker.store import ResultsStore
-from worker.sweep import run_sweep
 
 REDIS_URL = INTEGRATION_REDIS_URL
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ def test_steady_state_over_simulated_days_and_every_archived_record_reads_back(c
     # payments show, the command, for a voided sale and its void long gone from Redis
     env = dict(os.environ, REDIS_URL=REDIS_URL, PAYMENTS_KEY_PREFIX=prefix, PAYMENTS_ARCHIVE_URL=url)
     for pid in ("d0-chain-7", "d0-chain-7:void"):
-        run = subprocess.run([sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())",
+        run = subprocess.run([sys.executable, "-m", "worker.cli",
                               "show", pid, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout) == written[pid]

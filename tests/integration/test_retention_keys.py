@@ -17,9 +17,9 @@ from tests.support.sandbox import running_sandbox
 from worker.archive import Archive
 from worker.archive.retention import archive_older_than
 from worker.config import Settings
+from worker.payments.sweep import run_sweep
 from worker.services import Services
 from worker.store import ResultsStore
-from worker.sweep import run_sweep
 
 DAY = 86400.0
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}

@@ -12,8 +12,8 @@ import pytest
 from tests.support.env import INTEGRATION_REDIS_URL, TEST_CARD_KEY
 from tests.support.redis_db import redis_or_skip
 from tests.support.sandbox import running_sandbox
-from worker.flow import GatewayOutage, PaymentFlow
 from worker.gateway import BluePayClient, RetryPolicy
+from worker.payments.flow import GatewayOutage, PaymentFlow
 from worker.store import ResultsStore
 
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}

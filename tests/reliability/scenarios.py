@@ -46,7 +46,7 @@ from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY, redis_url_with
 from tests.support.ports import free_port
 from tests.support.sandbox import running_sandbox
 from worker.config import Settings, get_settings
-from worker.processes import start_worker, stop
+from worker.ops.processes import start_worker, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,9 +135,9 @@ _producers: list = []
 def producer_for(redis_url: str, settings: Settings | None = None):
     """A producer of its own, pointed at ``redis_url`` (broker, result backend and, as a real producer sharing the
     workers' REDIS_URL and key prefix would, the results store the publish path writes), built by the composition
-    root (``worker.celery_app.create_app``); :func:`producer_tasks` publishes through it, from any thread. Nothing
+    root (``worker.broker.app.create_app``); :func:`producer_tasks` publishes through it, from any thread. Nothing
     of the test process's own app is touched."""
-    from worker.celery_app import create_app, current
+    from worker.broker.app import create_app, current
 
     settings = dataclasses.replace(settings or get_settings(), redis_url=redis_url)
     app = create_app(settings, main="reliability-producer")
@@ -155,7 +155,7 @@ def producer_tasks(*names: str) -> list:
     the innermost open :func:`producer_for`, else ``worker.app``'s."""
     import celery
 
-    from worker.celery_app import app as default_app
+    from worker.broker.app import app as default_app
 
     app = celery.current_app._get_current_object()
     if app is default_app or getattr(app, "payments_services", None) is None:
@@ -624,7 +624,7 @@ def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.
     The sweep runs only once the broker has been quiet for ``quiet_for`` seconds: by then no job of a
     record it looks at is still queued or running, as RECONCILE_AFTER guarantees in production.
     """
-    from worker.sweep import run_sweep
+    from worker.payments.sweep import run_sweep
 
     sweeps: Counter = Counter()
     deadline = time.monotonic() + timeout
@@ -772,7 +772,7 @@ def reconcile_run(report: Report, env: dict, wall_started: float, *, log=None) -
     find no difference; each one found is a problem."""
     first = datetime.datetime.fromtimestamp(wall_started, datetime.UTC).date().isoformat()
     last = datetime.datetime.now(datetime.UTC).date().isoformat()
-    done = subprocess.run([sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())",
+    done = subprocess.run([sys.executable, "-m", "worker.cli",
                            "reconcile", "--from", first, "--to", last, "--json"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     if done.returncode not in (0, 1):
@@ -873,7 +873,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
             if faults and sweep_during_faults:
                 # One sweep while the gateway still fails: it must neither raise nor do harm. (What it
                 # cannot tell waits RECONCILE's 60 s retry delay, so CI leaves this to the sweep tests.)
-                from worker.sweep import run_sweep
+                from worker.payments.sweep import run_sweep
 
                 while not broker_quiet(svc.redis) and time.monotonic() - started < settle_timeout:
                     time.sleep(1)
@@ -1118,9 +1118,9 @@ CALENDAR_BEHIND = "-3d"
 
 
 def _sweep_under(prefix: list[str], env: dict, *, reconcile_after: float = 1.0) -> dict:
-    """One sweep (``worker.sweep.run_sweep``) in a process of its own run under ``prefix`` (faketime)."""
+    """One sweep (``worker.payments.sweep.run_sweep``) in a process of its own run under ``prefix`` (faketime)."""
     code = ("import dataclasses, json; from worker.config import get_settings; from worker.services import Services; "
-            "from worker.sweep import run_sweep; "
+            "from worker.payments.sweep import run_sweep; "
             f"s = dataclasses.replace(get_settings(), reconcile_after={reconcile_after!r}); "
             "print(json.dumps(run_sweep(Services(s)), default=str))")
     out = subprocess.run([*prefix, sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -1444,7 +1444,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
     processes and a beat that schedules ``payments.sweep`` on the worker every second, all with
     STALE_AUTH_AGE = 1 s. The sandbox answers in 100 ms so the sweeps overlap.
     """
-    from worker.sweep import run_sweep
+    from worker.payments.sweep import run_sweep
 
     rng = random.Random(seed)
     report = Report(name)

@@ -57,7 +57,7 @@ class AppProducer(Producer):
         self.app = app
 
     def run(self) -> None:
-        from worker.celery_app import current
+        from worker.broker.app import current
 
         with current(self.app):
             super().run()
@@ -84,7 +84,7 @@ class Capturer(threading.Thread):
         self.retries: list = []
 
     def run(self) -> None:
-        from worker.celery_app import current
+        from worker.broker.app import current
 
         with current(self.app):
             self._run()
@@ -221,7 +221,7 @@ def run_beat_through_failovers(name: str, logdir: Path, *, failovers: int = 2, l
     import sys
 
     from tests.support.env import TEST_CARD_KEY
-    from worker.processes import stop as stop_process
+    from worker.ops.processes import stop as stop_process
 
     report = Report(f"{name} (beat)")
     started = time.monotonic()

@@ -31,7 +31,7 @@ DAY = 86400.0
 def payments_archive(redis_url, prefix, url, before):
     env = dict(os.environ, REDIS_URL=redis_url, PAYMENTS_KEY_PREFIX=prefix, PAYMENTS_ARCHIVE_URL=url,
                PAYMENTS_ARCHIVE_BATCH="500")
-    return subprocess.Popen([sys.executable, "-c", "import sys; from worker.cli import main; sys.exit(main())",
+    return subprocess.Popen([sys.executable, "-m", "worker.cli",
                              "archive", "--before", before], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

@@ -12,7 +12,7 @@ documented rule it breaks.
 Card data outside the card (a card number as the amount, a customer field, the idempotency key, a trans id...)
 never reaches the broker at all: the producer refuses it (``CardDataRefused`` naming the field, issue 13), so
 for those examples that refusal is what is checked. Which examples hold card data is decided here by
-:func:`card_like`, written from the documented rule (worker/carddata.py), not by calling it.
+:func:`card_like`, written from the documented rule (worker/cards/numbers.py), not by calling it.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ from tests.reliability.scenarios import (
 )
 from tests.support.env import CUSTOMER, TEST_CARD
 from tests.support.sandbox import running_sandbox
-from worker.amounts import AmountRefused
-from worker.carddata import CardDataRefused
+from worker.cards.numbers import CardDataRefused
 from worker.gateway import InvalidInput
+from worker.payments.amounts import AmountRefused
 
 pytestmark = pytest.mark.reliability
 

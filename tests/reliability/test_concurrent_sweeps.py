@@ -26,7 +26,7 @@ def test_a_stale_auth_void_closed_by_another_sweeps_reconcile_is_still_voided(re
     from tests.reliability.scenarios import new_key, services_for, settings_for
     from tests.support.env import TEST_CARD
     from tests.support.sandbox import running_sandbox
-    from worker.sweep import run_sweep
+    from worker.payments.sweep import run_sweep
 
     with running_sandbox() as sandbox:
         svc = services_for(settings_for(rel_redis_url, sandbox, "payments:stalevoid:", stale_auth_age=1.0,

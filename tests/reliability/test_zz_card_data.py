@@ -10,9 +10,9 @@ from celery import chain
 from tests.reliability.scenarios import producer_for, producer_tasks, scan_card_data
 from tests.support.card_scan import scan_aof, scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
-from worker.carddata import CardDataRefused
+from worker.cards.numbers import CardDataRefused
+from worker.cards.vault import CardVault
 from worker.config import Settings
-from worker.vault import CardVault
 
 pytestmark = pytest.mark.reliability
 

@@ -1,4 +1,4 @@
-"""Scan what the system wrote for card data in clear: card numbers by the one rule (``worker.carddata``) and
+"""Scan what the system wrote for card data in clear: card numbers by the one rule (``worker.cards.numbers``) and
 the test CVV2 next to a cvv-ish name or standing alone as a string.
 
 Decoded before it is read, so that nothing hides behind an encoding:
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from worker.carddata import find_card_numbers
+from worker.cards.numbers import find_card_numbers
 
 B64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 B64_WHOLE = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")

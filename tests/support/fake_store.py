@@ -7,7 +7,7 @@ the attempt journal (``True``/``"prior"``), fingerprints, lease-holder-only writ
 ``check_in``, the lease freed when parked, final records changed only through ``expect``, follow-ups reflected on
 their originals (partial refunds, a capture's amount, a void of a capture reopening its auth, a refund answered
 as a VOID), every index, history, audit, outbox, locks and retention's removal (``forget.lua``: unchanged and still
-archivable, leaving the key index entry the claim answers from), and the card-number guard (``worker.carddata``).
+archivable, leaving the key index entry the claim answers from), and the card-number guard (``worker.cards.numbers``).
 ``tests/contract/`` is what shows the two equal: the store's contract tests run against both implementations, and
 random sequences of calls (hypothesis) must get the same answers and leave the same state in both. A rule changed
 in one of them and not the other fails there, once a contract test (or, by chance, a random sequence) exercises it.
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.carddata import contains_card_number
+from worker.cards.numbers import contains_card_number
 from worker.config import DEFAULT_KEY_RETENTION
 from worker.states import FINAL, FOLLOW_UPS, NON_FINAL, OPERATIONS, Status
 from worker.store import CONTRACT_FIELDS, Claim

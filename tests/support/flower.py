@@ -2,7 +2,7 @@
 with these helpers), and every page and API answer it gives, kept for the card-data scan.
 
 Flower is started outside the repository by default (in the directory of its log), as a merchant would start it:
-there it finds no flowerconfig.py, so what locks it must come from the package (worker/flower.py)."""
+there it finds no flowerconfig.py, so what locks it must come from the package (worker/ops/flower.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from worker.processes import free_port
+from worker.ops.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = ("flower-user", "s3cret-pass")
@@ -35,7 +35,7 @@ def flower_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 def payments_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "payments"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from worker.cli import main; "
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from worker.cli.main import main; "
                                             "sys.exit(main())"]
 
 

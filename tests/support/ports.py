@@ -1,10 +1,10 @@
 """Free TCP ports on 127.0.0.1, for servers a test starts and for addresses nothing listens on.
 
-One implementation (``worker.processes.free_port``, which the benchmark uses too); tests import it from here.
+One implementation (``worker.ops.processes.free_port``, which the benchmark uses too); tests import it from here.
 """
 from __future__ import annotations
 
-from worker.processes import free_port
+from worker.ops.processes import free_port
 
 __all__ = ["free_port", "closed_port", "free_ports_in"]
 

@@ -6,7 +6,7 @@ import os
 import uuid
 from pathlib import Path
 
-from worker.processes import start_worker, stop, wait_for_worker
+from worker.ops.processes import start_worker, stop, wait_for_worker
 
 
 @contextlib.contextmanager

@@ -10,11 +10,11 @@ from celery import Celery, chain
 
 from tests.support.env import TEST_CARD, TEST_CARD_KEY
 from tests.unit.test_sealing import FakeServices, drain
-from worker.amounts import AmountRefused, cents_to_amount, publish_amounts
-from worker.celery_app import SealingAMQP
-from worker.sealing import seal_body
+from worker.broker.app import SealingAMQP
+from worker.cards.messages import seal_body
+from worker.cards.vault import CardVault
+from worker.payments.amounts import AmountRefused, cents_to_amount, publish_amounts
 from worker.services import ProcessServices, attach
-from worker.vault import CardVault
 
 CHARGES = ("payments.sale", "payments.auth")
 FOLLOW_UPS = ("payments.capture", "payments.refund")

@@ -1,4 +1,4 @@
-"""worker.carddata: the one rule for "is this a card number", as tables (the module docstring's table first)."""
+"""worker.cards.numbers: the one rule for "is this a card number", as tables (the module docstring's table first)."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from worker import carddata as C
+from worker.cards import numbers as C
 
 # A task id whose digits hold a Luhn-valid 14-digit dash-grouped run (305-6820-4063-903).
 TASK_ID = "cd27c305-6820-4063-903f-1a2b3c4d5e6f"
@@ -20,7 +20,7 @@ LUHN_ORDER = "1234567890123452"  # a 16-digit id that passes Luhn, like ~1 in 10
 
 
 def luhn_independent(digits: str) -> bool:
-    """Luhn, written out differently from worker.carddata (double every second digit from the right)."""
+    """Luhn, written out differently from worker.cards.numbers (double every second digit from the right)."""
     doubled = [int(d) * (2 if i % 2 else 1) for i, d in enumerate(reversed(digits))]
     return sum(d // 10 + d % 10 for d in doubled) % 10 == 0
 

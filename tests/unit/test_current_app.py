@@ -5,8 +5,8 @@ import threading
 
 from celery import Celery
 
-from worker.celery_app import app as worker_app
-from worker.celery_app import create_app, current, current_payments_app
+from worker.broker.app import app as worker_app
+from worker.broker.app import create_app, current, current_payments_app
 from worker.config import Settings
 
 

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.support.clocks import FixedClock
 from tests.support.fake_store import InMemoryStore
 from worker.config import Settings
-from worker.exporter import PaymentsCollector
-from worker.metrics import WorkerMetrics
+from worker.ops.exporter import PaymentsCollector
+from worker.ops.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(reconcile_after=600, sweep_interval=300)

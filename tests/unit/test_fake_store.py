@@ -64,10 +64,10 @@ def test_what_it_returns_is_a_copy(store):
 
 
 def test_the_fake_and_the_redis_store_are_what_the_flow_calls_a_store() -> None:
-    # Checked by mypy (./dev lint): both have every method of worker.flow.Store, with compatible signatures.
+    # Checked by mypy (./dev lint): both have every method of worker.payments.flow.Store, with compatible signatures.
     import redis
 
-    from worker.flow import Store
+    from worker.payments.flow import Store
     from worker.store import ResultsStore
 
     fake: Store = InMemoryStore(clock=FixedClock())

@@ -22,13 +22,13 @@ from cryptography.fernet import Fernet
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, duplicate, reply
 from worker.config import Settings
-from worker.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow, request_fingerprints
 from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
 from worker.gateway.protocol import parse_query_reply, parse_transaction_reply
-from worker.leases import LeaseKeeper
+from worker.payments.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow, request_fingerprints
+from worker.payments.leases import LeaseKeeper
+from worker.payments.sweep import run_sweep
 from worker.states import TASK_STATUSES
 from worker.store import CONTRACT_FIELDS
-from worker.sweep import run_sweep
 
 from . import gateway_replies as R
 

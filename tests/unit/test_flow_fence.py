@@ -9,9 +9,9 @@ import socket
 import pytest
 
 from tests.support.fake_gateway import FakeGateway, reply
-from worker.flow import GatewayOutage, PaymentFlow
 from worker.gateway import BluePayClient, NotSent, RetryPolicy, expiry
 from worker.gateway.transport import HttpReply
+from worker.payments.flow import GatewayOutage, PaymentFlow
 
 from . import gateway_replies as R
 from .test_flow import CARD, CUSTOMER, KEY, _dead_pid, new_id

@@ -12,7 +12,7 @@ from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
 from tests.support.fake_store import InMemoryStore
-from worker.flow import GatewayOutage, PaymentFlow, ReplicasBehind
+from worker.payments.flow import GatewayOutage, PaymentFlow, ReplicasBehind
 from worker.redis_connections import ReplicaAckTimeout
 
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}

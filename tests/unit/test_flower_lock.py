@@ -1,4 +1,4 @@
-"""worker/flower.py's pure parts: what counts as authentication, the forced read-only mode, and how a payment task's
+"""worker/ops/flower.py's pure parts: what counts as authentication, the forced read-only mode, and how a payment task's
 outcome is shown (state and one-line summary) on Flower's pages. The real Flower processes: tests/e2e/test_flower.py."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from celery.events.state import Task
 
-from worker.flower import REFUSAL, basic_auth_ok, lock, payment_status, show_payment_status, summary
+from worker.ops.flower import REFUSAL, basic_auth_ok, lock, payment_status, show_payment_status, summary
 
 DECLINED = repr({"payment_id": "p1", "operation": "sale", "status": "DECLINED", "message": "DECLINED",
                  "trans_id": "100000000004", "masked_account": "xxxxxxxxxxxx1111", "amount": "4.00", "attempts": 1})

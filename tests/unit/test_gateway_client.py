@@ -54,8 +54,9 @@ def make(*script, **kw):
 
 
 def test_the_client_is_what_the_flow_calls_a_gateway() -> None:
-    # Checked by mypy (./dev lint): BluePayClient has every verb of worker.flow.Gateway, with compatible signatures.
-    from worker.flow import Gateway
+    # Checked by mypy (./dev lint): BluePayClient has every verb of worker.payments.flow.Gateway, with compatible
+    # signatures.
+    from worker.payments.flow import Gateway
 
     gateway: Gateway = BluePayClient(account_id=ACCOUNT, secret_key=SECRET, transport=FakeTransport())
     assert callable(gateway.sale) and callable(gateway.query_all)

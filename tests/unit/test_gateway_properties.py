@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worker import carddata as C
+from worker.cards import numbers as C
 from worker.gateway import protocol as P
 from worker.gateway import scrub as S
 from worker.gateway import validation as V
@@ -22,7 +22,7 @@ def _with_luhn(prefix: str) -> str:
     raise AssertionError
 
 
-# 13-19 digits (worker.carddata's rule; 12-digit trans ids are not card numbers)
+# 13-19 digits (worker.cards.numbers's rule; 12-digit trans ids are not card numbers)
 cards = st.integers(12, 18).flatmap(
     lambda n: st.text("0123456789", min_size=n, max_size=n).filter(lambda s: s[0] != "0").map(_with_luhn)
 )

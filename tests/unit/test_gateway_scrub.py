@@ -25,7 +25,7 @@ def test_card_numbers_masked(text, leak, want):
 
 def test_non_luhn_and_short_runs_kept():
     assert S.scrub("order 4111111111111112 amount 300") == "order 4111111111111112 amount 300"
-    # worker.carddata's rule: a 12-digit trans id (even Luhn-valid) and a task id are not card numbers
+    # worker.cards.numbers's rule: a 12-digit trans id (even Luhn-valid) and a task id are not card numbers
     assert S.scrub("RRNO=100000000123") == "RRNO=100000000123"
     task_id = "cd27c305-6820-4063-903f-1a2b3c4d5e6f"  # holds the Luhn-valid run 305-6820-4063-903
     assert S.scrub(f"Task payments.sale[{task_id}] succeeded in 0.05183274700085167s") == \

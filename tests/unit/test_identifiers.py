@@ -32,13 +32,13 @@ from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
 from tests.support.unit_services import UnitServices
-from worker.carddata import contains_card_number, keyed_ids, luhn_ok
-from worker.celery_app import SealingAMQP, create_app, current
-from worker.cli import record_ids
+from worker.broker.app import SealingAMQP, create_app, current
+from worker.cards.messages import seal_publish
+from worker.cards.numbers import contains_card_number, keyed_ids, luhn_ok
+from worker.cards.vault import CardVault
+from worker.cli.main import record_ids
 from worker.config import Settings
-from worker.sealing import seal_publish
 from worker.services import ProcessServices, attach
-from worker.vault import CardVault
 
 VAULT = CardVault([TEST_CARD_KEY])
 CVV2 = TEST_CARD["cvv2"]
@@ -221,7 +221,7 @@ def test_free_text_without_a_card_number_is_published_as_it_is(producer, text):
 # ---- the keyed id across a key rotation, the sealed identifier itself ------------------------------------------------
 def test_a_record_made_before_a_key_rotation_is_found_under_the_older_key_s_id(store):
     from tests.support.fake_gateway import FakeGateway as Gateway
-    from worker.flow import PaymentFlow
+    from worker.payments.flow import PaymentFlow
 
     new_key = "Zm9yLXRoZS1yb3RhdGlvbi10ZXN0LW9ubHktMzJieXQ="
     old_id, new_id = keyed_ids(SNOWFLAKE, [TEST_CARD_KEY, new_key])
@@ -236,7 +236,7 @@ def test_a_record_made_before_a_key_rotation_is_found_under_the_older_key_s_id(s
 
 @pytest.mark.parametrize("value", [SNOWFLAKE, int(SNOWFLAKE), "5555.5555.5555.4444"])
 def test_a_sealed_identifier_opens_to_what_was_sealed_and_refuses_tampering(value):
-    from worker.vault import CardSealError
+    from worker.cards.vault import CardSealError
 
     sealed = VAULT.seal_identifier(value)
     assert set(sealed) == {"sealed_id", "masked"} and str(value) not in json.dumps(sealed)

@@ -12,11 +12,11 @@ from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
 from tests.support.fake_store import InMemoryStore
-from worker.flow import GatewayOutage, PaymentFlow
 from worker.gateway import BluePayClient, NotSent, OutcomeUnknown
 from worker.gateway.observe import error_class_of, result_of
 from worker.gateway.transport import HttpReply
-from worker.metrics import WorkerMetrics
+from worker.ops.metrics import WorkerMetrics
+from worker.payments.flow import GatewayOutage, PaymentFlow
 
 from . import gateway_replies as R
 from .test_gateway_client import CARD, FakeTransport, ok302

@@ -1,4 +1,4 @@
-"""What needs a human (worker/monitor.py's attention, which `payments status` exits on and the alert rules mirror),
+"""What needs a human (worker/ops/monitor.py's attention, which `payments status` exits on and the alert rules mirror),
 and what the status screen says, from snapshots shaped as ``store.health.snapshot()`` makes them."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from tests.support.clocks import FixedClock
 from tests.support.fake_store import InMemoryStore
 from worker.config import Settings
-from worker.monitor import attention
-from worker.status import render
+from worker.ops.monitor import attention
+from worker.ops.status import render
 
 SETTINGS = Settings(reconcile_after=600, visibility_timeout=300, sweep_interval=300, stale_auth_age=7 * 86400)
 NOW = 1_800_000_000.0
@@ -74,7 +74,7 @@ def test_the_screen_over_the_in_memory_stores_own_snapshot():
 
 
 def test_redis_memory_reads_info_memory_and_tolerates_what_is_missing():
-    from worker.monitor import redis_memory
+    from worker.ops.monitor import redis_memory
 
     info = {"used_memory": 123, "maxmemory": 0, "total_system_memory": 4096, "used_memory_human": "123B"}
     assert redis_memory(info) == {"used": 123, "maxmemory": 0, "total_system_memory": 4096}

@@ -1,4 +1,4 @@
-"""worker/preflight.py's pure part: which gateway errors prove a misconfiguration (and name the setting), and the
+"""worker/ops/preflight.py's pure part: which gateway errors prove a misconfiguration (and name the setting), and the
 once-per-cause ERROR log during payments. The probe itself runs against the sandbox (tests/integration)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from worker.config import Settings
 from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
-from worker.preflight import MisconfigurationReporter, diagnose
+from worker.ops.preflight import MisconfigurationReporter, diagnose
 
 SETTINGS = Settings()
 

@@ -14,7 +14,7 @@ from tests.support.fake_gateway import reply
 from tests.support.fake_reconciliations import InMemoryReconciliations
 from tests.support.fake_store import InMemoryStore
 from worker.gateway import MalformedReport, ReportIncomplete, ReportRow
-from worker.reconcile import (
+from worker.payments.reconciliation import (
     Adopt,
     Finding,
     Kind,

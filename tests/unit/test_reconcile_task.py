@@ -15,7 +15,7 @@ from tests.support.fake_reconciliations import InMemoryReconciliations
 from tests.support.fake_store import InMemoryStore
 from tests.support.unit_services import UnitServices
 from tests.unit.test_reconcile import FakeReportGateway, row
-from worker.celery_app import create_app, current
+from worker.broker.app import create_app, current
 from worker.config import ConfigError, Settings
 from worker.gateway import ReportIncomplete
 
@@ -60,12 +60,12 @@ def test_a_report_that_cannot_be_had_is_asked_for_again_later() -> None:
 def test_a_worker_serving_metrics_counts_each_day_and_its_differences(monkeypatch) -> None:
     from prometheus_client import CollectorRegistry
 
-    import worker.metrics
-    from worker.metrics import WorkerMetrics
+    import worker.ops.metrics
+    from worker.ops.metrics import WorkerMetrics
 
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    monkeypatch.setattr(worker.metrics, "observer", lambda: metrics)
+    monkeypatch.setattr(worker.ops.metrics, "observer", lambda: metrics)
     svc, _ = services(FakeReportGateway([row(order_id="walk-in"), row(trans_id="100000000009", order_id="other")]))
     with current(create_app(Settings(), services=svc)):
         reconcile_report.apply(kwargs={"day": "2025-06-15"}).get()

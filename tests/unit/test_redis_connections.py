@@ -71,7 +71,7 @@ def test_kombu_and_celery_read_the_password_back():
     from kombu import Connection
 
     conf = celery_settings(SENTINEL)
-    from worker.sentinel_transport import SentinelTransport
+    from worker.broker.sentinel import SentinelTransport
 
     conn = Connection(conf["broker_url"], transport_options=conf["broker_transport_options"])
     assert conn.password == "p@ss:/" and isinstance(conn.transport, SentinelTransport)

@@ -15,7 +15,7 @@ from tests.support.unit_services import UnitServices
 from worker.archive import Archive, ArchiveUnavailable
 from worker.archive.retention import archive_older_than
 from worker.config import Settings
-from worker.sweep import run_sweep
+from worker.payments.sweep import run_sweep
 
 DAY = 86400.0
 RETENTION = 30 * DAY

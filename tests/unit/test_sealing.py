@@ -1,4 +1,4 @@
-"""worker.sealing through Celery's real publish paths, on an in-memory broker (kombu's ``memory://``).
+"""worker.cards.messages through Celery's real publish paths, on an in-memory broker (kombu's ``memory://``).
 
 The producer is a Celery app with the project's ``SealingAMQP``; ``services()`` is a fake with the real card vault
 and an in-memory outbox (the project's ``after_task_publish`` hook writes there). Every message is read back raw
@@ -14,12 +14,12 @@ from celery import Celery, chain, group
 from celery.app.task import Context
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
-from worker.carddata import CardDataRefused
-from worker.celery_app import SealingAMQP, current, republish
+from worker.broker.app import SealingAMQP, current, republish
+from worker.cards.messages import seal_body, seal_publish, unsealed_card_in
+from worker.cards.numbers import CardDataRefused
+from worker.cards.vault import CardVault
 from worker.gateway import InvalidInput
-from worker.sealing import seal_body, seal_publish, unsealed_card_in
 from worker.services import ProcessServices, attach
-from worker.vault import CardVault
 
 NUMBER, CVV2 = TEST_CARD["number"], TEST_CARD["cvv2"]
 LUHN_ORDER = 1234567890123452  # passes Luhn: a numeric order id like one in ten

@@ -1,4 +1,5 @@
-"""The sweep's decisions (worker/sweep.py ``run_sweep``), as unit tests: the worker's own wiring over the in-memory
+"""The sweep's decisions (worker/payments/sweep.py ``run_sweep``), as unit tests: the worker's own wiring over the
+in-memory
 store and a scripted gateway, with a fake clock, so that a week-old authorization takes ``clock.advance``.
 
 Not here: re-publishing a lost outbox message (it publishes to the broker: tests/e2e/test_outbox.py).
@@ -12,7 +13,7 @@ from tests.support.fake_gateway import SALE_TRANS, FakeGateway, UnexpectedCall, 
 from tests.support.unit_services import UnitServices
 from worker.config import Settings
 from worker.gateway import NotSent
-from worker.sweep import LOCK_NAME, MAX_REPUBLISH, finish_chain_void, outbox_age, outbox_due, run_sweep
+from worker.payments.sweep import LOCK_NAME, MAX_REPUBLISH, finish_chain_void, outbox_age, outbox_due, run_sweep
 
 WEEK = 7 * 86400.0
 SETTINGS = Settings(card_key=TEST_CARD_KEY, stale_auth_age=WEEK, reconcile_after=600.0, sweep_interval=300.0,

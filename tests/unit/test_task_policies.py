@@ -20,7 +20,7 @@ from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, reply
 from tests.support.fake_store import InMemoryStore
 from tests.support.unit_services import UnitServices
-from worker.celery_app import create_app, current
+from worker.broker.app import create_app, current
 from worker.config import Settings
 from worker.gateway import NotSent, OutcomeUnknown
 

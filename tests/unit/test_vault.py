@@ -6,7 +6,7 @@ from cryptography.fernet import Fernet
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.vault import (
+from worker.cards.vault import (
     DEVELOPMENT_KEY,
     CardSealError,
     CardVault,
@@ -79,12 +79,12 @@ def test_wrong_key_or_tampered_token():
 
 
 def test_test_mode_without_key_uses_dev_key_and_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="worker.vault"):
+    with caplog.at_level(logging.WARNING, logger="worker.cards.vault"):
         vault = load_card_key(None, "TEST")
     assert any(r.levelno == logging.WARNING and "PAYMENTS_CARD_KEY" in r.getMessage() for r in caplog.records)
     assert CardVault([DEVELOPMENT_KEY]).open(vault.seal(CARD)) == CARD
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="worker.vault"):
+    with caplog.at_level(logging.WARNING, logger="worker.cards.vault"):
         load_card_key("  ", "test")
     assert caplog.records
 

@@ -102,9 +102,9 @@ _counters: dict[str, Any] = {}
 
 
 def _count(name: str, documentation: str, amount: float = 1) -> None:
-    """Counted in the worker's Prometheus metrics (``worker.metrics``) when this process serves them; the counters
+    """Counted in the worker's Prometheus metrics (``worker.ops.metrics``) when this process serves them; the counters
     are this module's own (``payments_archive_unavailable_total``, ``payments_archived_records_total``)."""
-    from worker import metrics
+    from worker.ops import metrics
 
     if metrics.observer() is None:
         return

@@ -97,7 +97,7 @@ class BluePayClient:
         self._clock = clock
         self._today = today
         self.observer = observer
-        # told of every call that failed after its retries (worker/preflight.py names a misconfiguration)
+        # told of every call that failed after its retries (worker/ops/preflight.py names a misconfiguration)
         self._on_failure = on_failure
 
     def __repr__(self) -> str:

@@ -1,6 +1,6 @@
 """What the client tells an observer (metrics): one call per HTTP attempt and one per retry.
 
-The client knows nothing of Prometheus: ``worker/metrics.py`` implements :class:`GatewayObserver` and
+The client knows nothing of Prometheus: ``worker/ops/metrics.py`` implements :class:`GatewayObserver` and
 ``worker/services.py`` hands it to the client. Labels stay bounded: an endpoint name, a result word, an
 exception class name; never an id, an amount or anything from the request.
 """

@@ -1,13 +1,13 @@
 """Remove card data, seals and secrets from text before it is logged.
 
-* card numbers: whatever :mod:`worker.carddata` (the one rule for "is this a card number": 13-19 digits,
+* card numbers: whatever :mod:`worker.cards.numbers` (the one rule for "is this a card number": 13-19 digits,
   also grouped or glued to letters, passing Luhn; not task ids, not 12-digit trans ids) finds becomes
   ``xxxxxxxxxxxx`` + last four;
 * CVV2 values (``CVCCVV2=..``, ``cvv2=..``, ``"cvv2": ".."``, ``'cvv2': '..'``), ``TAMPER_PROOF_SEAL=..``,
   ``BP_STAMP=..``, ``SECRET_KEY=..`` values become ``***``;
 * every secret passed to :func:`register_secret` becomes ``***``.
 
-:class:`ScrubbingFilter` applies :func:`scrub` to every log record it sees (``worker/celery_app.py`` puts
+:class:`ScrubbingFilter` applies :func:`scrub` to every log record it sees (``worker/broker/app.py`` puts
 one on every handler of the worker's and beat's loggers).
 """
 
@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 
-from worker.carddata import mask_text
+from worker.cards.numbers import mask_text
 
 __all__ = ["scrub", "register_secret", "ScrubbingFilter"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from worker import carddata as _carddata
+from worker.cards import numbers as _carddata
 
 from .errors import InvalidInput
 
@@ -74,7 +74,7 @@ _INVOICE_ID_RE = re.compile(r"^[\x20-\x7e]+$")
 _CARD_KEYS = frozenset({"number", "expire", "cvv2"})
 
 
-# Luhn lives with the card-number rule (worker.carddata: stdlib + cryptography only); re-exported here.
+# Luhn lives with the card-number rule (worker.cards.numbers: stdlib + cryptography only); re-exported here.
 luhn_ok = _carddata.luhn_ok
 
 

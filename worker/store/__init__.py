@@ -49,7 +49,7 @@ bound to), and the attempt journal: ``sends`` (money-moving sends noted), ``atte
 noted), ``in_flight`` ("1" between noting an attempt and saying how it ended), ``sent_ts`` (server time by
 which the last attempt that may have reached the gateway had left; empty: none may have), ``next_check_ts``.
 
-Card numbers and CVV2 are never stored: every value written is checked (``worker.carddata``) and a
+Card numbers and CVV2 are never stored: every value written is checked (``worker.cards.numbers``) and a
 card-like value raises ``ValueError`` naming the field (never the value).
 """
 from worker.store.encoding import looks_like_card_number

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.carddata import contains_card_number
+from worker.cards.numbers import contains_card_number
 
 
 def looks_like_card_number(value: str, **_: object) -> bool:
-    """What the store refuses to keep (the one rule: ``worker.carddata``)."""
+    """What the store refuses to keep (the one rule: ``worker.cards.numbers``)."""
     return contains_card_number(value)
 
 

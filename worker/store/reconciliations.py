@@ -1,4 +1,4 @@
-"""What settlement reconciliation (``worker/reconcile.py``) keeps and reads in the store.
+"""What settlement reconciliation (``worker/payments/reconciliation.py``) keeps and reads in the store.
 
 Key layout (``P`` is the prefix)::
 

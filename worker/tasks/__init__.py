@@ -1,4 +1,4 @@
-"""Celery tasks: thin glue between the broker and the payment flow (worker/flow.py).
+"""Celery tasks: thin glue between the broker and the payment flow (worker/payments/flow.py).
 
 ``from worker.tasks import sale, auth, capture, refund, void, sweep``; ``reconcile_report``
 (worker/tasks/reconciliation.py). They live in the ``worker`` package so that a merchant's own ``tasks.py`` (Django's

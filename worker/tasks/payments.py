@@ -1,4 +1,4 @@
-"""The payment tasks: each decodes its arguments, calls the flow (worker/flow.py) and returns the outcome.
+"""The payment tasks: each decodes its arguments, calls the flow (worker/payments/flow.py) and returns the outcome.
 
 The broker-level policies (bad arguments, re-queue while the gateway is away or another worker holds the
 operation, time limits, Redis hiccups) live in :class:`PaymentTask`, the tasks' base class.
@@ -15,14 +15,14 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.carddata import is_card_like_identifier, mask_number
+from worker.broker.app import app
+from worker.cards.messages import unsealed_card_in
+from worker.cards.numbers import is_card_like_identifier, mask_number
+from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
-from worker.celery_app import app
-from worker.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
 from worker.gateway import InvalidInput, validation
-from worker.sealing import unsealed_card_in
+from worker.payments.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
 from worker.services import Services, services_of
-from worker.vault import CardSealError
 
 log = logging.getLogger("payments.tasks")
 
@@ -58,7 +58,7 @@ class PaymentTask(Task):
 
     @property
     def services(self) -> Services:
-        """This task's app's services in this process (``worker.celery_app.create_app``)."""
+        """This task's app's services in this process (``worker.broker.app.create_app``)."""
         return services_of(self.app)
 
     @cached_property
@@ -70,7 +70,7 @@ class PaymentTask(Task):
         request = self.request
         request.payment_id = request.id
         # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
-        # charged nothing (worker/flow.py); an option of the message, not an argument of the operation.
+        # charged nothing (worker/payments/flow.py); an option of the message, not an argument of the operation.
         request.retry_failed = kwargs.pop("retry_failed", False)
         if not isinstance(request.retry_failed, bool):
             return self._refuse(InvalidInput("retry_failed", "retry_failed must be True or False"))
@@ -160,7 +160,7 @@ def task_options(name: str) -> dict[str, Any]:
 
 
 def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
-    """An identifier as the producer gave it: a card-like one travels sealed (worker/sealing.py)."""
+    """An identifier as the producer gave it: a card-like one travels sealed (worker/cards/messages.py)."""
     try:
         return task.services.vault.open_identifier(value)
     except CardSealError:
@@ -168,7 +168,7 @@ def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
 
 
 def _checked_key(idempotency_key: Any) -> str:
-    """The producer's key as the operation id: the rule ``delay()`` already applied (worker/sealing.py), for a
+    """The producer's key as the operation id: the rule ``delay()`` already applied (worker/cards/messages.py), for a
     message that did not come through it. An ``int`` is its decimal digits (not a bool: True is no key)."""
     if type(idempotency_key) is int:
         idempotency_key = str(idempotency_key)
@@ -259,6 +259,6 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
 @app.task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
-    from worker.sweep import run_sweep
+    from worker.payments.sweep import run_sweep
 
     return run_sweep(services_of(self.app))

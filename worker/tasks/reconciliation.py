@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from celery import Task, shared_task
 
-import worker.celery_app  # noqa: F401  (worker.app made, as for the payment tasks)
+import worker.broker.app  # noqa: F401  (worker.app made, as for the payment tasks)
 from worker.services import services_of
 
 log = logging.getLogger("payments.reconcile")
@@ -22,9 +22,9 @@ RETRIES = 12
 def reconcile_report(self: Task, day: str | None = None) -> dict:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
-    from worker.metrics import observer
-    from worker.reconcile import ReconcileError
-    from worker.reconcile_commands import parse_day, reconciler
+    from worker.cli.reconcile import parse_day, reconciler
+    from worker.ops.metrics import observer
+    from worker.payments.reconciliation import ReconcileError
 
     metrics = observer()
 

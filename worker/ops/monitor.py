@@ -1,4 +1,4 @@
-"""One look at the whole system, for the metrics exporter (``worker/exporter.py``) and ``payments status``.
+"""One look at the whole system, for the metrics exporter (``worker/ops/exporter.py``) and ``payments status``.
 
 Every read is cheap whatever the store holds (``store.health``: index sizes and first members, small hashes;
 the broker: ``LLEN`` of each queue and ``HLEN`` of kombu's ``unacked`` hash). :func:`attention` says what a

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from worker.gateway import GatewayError, ReportRow, Response
 from worker.gateway.scrub import scrub
-from worker.leases import new_owner
+from worker.payments.leases import new_owner
 from worker.states import FOLLOW_UPS, NON_FINAL, Status
 
 log = logging.getLogger("payments.reconcile")

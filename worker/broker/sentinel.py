@@ -31,7 +31,7 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 
 
 class SentinelBackend(celery_redis.SentinelBackend):
-    """celeryconfig's ``result_backend`` class under Sentinel (``worker.sentinel_transport:SentinelBackend+sentinel://``)."""
+    """celeryconfig's ``result_backend`` class under Sentinel (``worker.broker.sentinel:SentinelBackend+sentinel://``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -2,15 +2,15 @@
 
 Workers alive (a Celery ping), the broker's queue and unacknowledged messages, UNKNOWN / needs_human / RETRYING
 with the oldest, the outbox, the last sweep, and whether the gateway (or the sandbox) answers a sealed stq probe
-(worker/preflight.py: HTTP 404 or SECURITY ERROR names the misconfigured setting). Exit status 1 when
-:func:`worker.monitor.attention` finds something, 0 otherwise (2: Redis cannot be reached, as every command).
+(worker/ops/preflight.py: HTTP 404 or SECURITY ERROR names the misconfigured setting). Exit status 1 when
+:func:`worker.ops.monitor.attention` finds something, 0 otherwise (2: Redis cannot be reached, as every command).
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from worker.monitor import age, attention, snapshot
+from worker.ops.monitor import age, attention, snapshot
 
 EXIT_ATTENTION = 1
 
@@ -22,9 +22,9 @@ def ping_workers(app: Any, timeout: float = 1.0) -> list[str]:
 
 
 def probe_gateway(settings: Any) -> tuple[str | None, str | None]:
-    """(misconfiguration, unreachable): one sealed stq probe (worker/preflight.py). The first names the setting a
+    """(misconfiguration, unreachable): one sealed stq probe (worker/ops/preflight.py). The first names the setting a
     definite answer (HTTP 404, SECURITY ERROR) proves wrong; the second says why the gateway could not tell now."""
-    from worker.preflight import probe
+    from worker.ops.preflight import probe
 
     result = probe(settings)
     return (result.misconfigured.message if result.misconfigured else None), result.unreachable

@@ -1,7 +1,7 @@
 """The worker's own Prometheus metrics (prometheus-client), served on ``WORKER_METRICS_PORT`` (0: off, the default).
 
 What is counted, and where it is said (the flow and the gateway client only know their observer protocols,
-``worker.flow.FlowObserver`` and ``worker.gateway.observe.GatewayObserver``; ``worker/services.py`` hands them
+``worker.payments.flow.FlowObserver`` and ``worker.gateway.observe.GatewayObserver``; ``worker/services.py`` hands them
 :class:`WorkerMetrics` when this process serves metrics)::
 
     payments_operations_total{operation,status}        final outcomes this process wrote (each final outcome is
@@ -16,7 +16,8 @@ What is counted, and where it is said (the flow and the gateway client only know
     payments_settlement_reconciliations_total{result}  days reconciled against the gateway's daily report by the
                                                        beat task (tasks/reconciliation.py): clean, differences,
                                                        no_verdict (the report could not be had or read whole)
-    payments_settlement_differences_total{kind}        what those found, by kind (worker/reconcile.py), adopted too
+    payments_settlement_differences_total{kind}        what those found, by kind (worker/payments/reconciliation.py),
+                                                       adopted too
     payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
     payments_archived_records_total                    records the sweep's retention moved to the archive
     payments_archive_unavailable_total                 sweeps whose retention found the archive unusable (nothing
@@ -120,7 +121,7 @@ class WorkerMetrics:
             self._failed = True
             log.error("metrics: not recorded (%s); payments go on", type(exc).__name__)
 
-    # ---- worker.flow.FlowObserver
+    # ---- worker.payments.flow.FlowObserver
     def outcome(self, operation: str, status: str, amount: str) -> None:
         try:
             labels = (_bounded(operation, OPERATIONS), _bounded(status, STATUSES))

@@ -1,6 +1,6 @@
 """Card data in task messages: sealed wherever a message carries a card, refused everywhere else.
 
-Every task message this app publishes is built by ``SealingAMQP.as_task_v2`` (``worker/celery_app.py``):
+Every task message this app publishes is built by ``SealingAMQP.as_task_v2`` (``worker/broker/app.py``):
 ``delay``, ``apply_async``, signatures, chains, groups, chords, ``retry`` and plain ``app.send_task`` (Flower's
 too); the outbox re-publish (``celery_app.republish``) runs the same code over the stored body. Before the
 message exists, :func:`seal_publish`:
@@ -14,14 +14,15 @@ message exists, :func:`seal_publish`:
   (the worker records an ERROR naming ``card``). Signatures are copied, never changed in place;
 * **seals** every card-like identifier (``idempotency_key``, ``order_id`` of a payment task, ``str`` or ``int``,
   in the message's own call and in every embedded signature) as ``{"sealed_id": token, "masked": ...}``
-  (:meth:`worker.vault.CardVault.seal_identifier`): identifiers are never refused for looking like a card;
-* **refuses** card data in free text (:class:`worker.carddata.CardDataRefused`, a ``ValueError``, raised to
+  (:meth:`worker.cards.vault.CardVault.seal_identifier`): identifiers are never refused for looking like a card;
+* **refuses** card data in free text (:class:`worker.cards.numbers.CardDataRefused`, a ``ValueError``, raised to
   the producer before anything reaches Redis): every other argument (``amount``, ``customer.*``, ``trans_id``,
   extra ones), every other argument and option of every embedded signature, the task id and the other ids,
   ``apply_async(headers=...)``, stamped headers and any extra publish option (:func:`refuse_in_options`). One
-  rule decides what is card-like (:mod:`worker.carddata`);
-* **checks amounts** on a first publish (:mod:`worker.amounts`): an ``int`` or ``float`` ``amount`` is refused with
-  :class:`worker.amounts.AmountRefused` (dollars or cents?), ``amount_cents=300`` becomes ``amount="3.00"``;
+  rule decides what is card-like (:mod:`worker.cards.numbers`);
+* **checks amounts** on a first publish (:mod:`worker.payments.amounts`): an ``int`` or ``float`` ``amount`` is
+  refused with
+  :class:`worker.payments.amounts.AmountRefused` (dollars or cents?), ``amount_cents=300`` becomes ``amount="3.00"``;
 * **masks** ``argsrepr``/``kwargsrepr`` (what task events, Flower, ``inspect`` and logs show): the card as
   ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, any other card-like digits masked too.
 
@@ -34,7 +35,7 @@ first task to run after this one, ``callbacks[0]``/``errbacks[0]`` the first ``l
 On the worker side :func:`unsealed_card_in` tells a task whether its own message holds a card that is not
 sealed (or card data in clear anywhere in its arguments or embedded signatures), so LIVE mode can refuse it.
 
-Imports: the card vault and worker.carddata (cryptography, stdlib) and Celery's ``saferepr``; no Redis.
+Imports: the card vault and worker.cards.numbers (cryptography, stdlib) and Celery's ``saferepr``; no Redis.
 """
 from __future__ import annotations
 
@@ -43,8 +44,7 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
-from worker.amounts import publish_amounts
-from worker.carddata import (
+from worker.cards.numbers import (
     IDENTIFIER_NAMES,
     CardDataRefused,
     card_data_field,
@@ -53,9 +53,10 @@ from worker.carddata import (
     mask_text,
     refuse_card_data,
 )
+from worker.cards.vault import CardVault, mask_card
 from worker.catalogue import CARD_ARGUMENT, PARAMETERS
 from worker.gateway import InvalidInput, validation
-from worker.vault import CardVault, mask_card
+from worker.payments.amounts import publish_amounts
 
 __all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "masked_reprs", "unsealed_card_in",
            "CardDataRefused"]
@@ -118,7 +119,7 @@ class _Walk:
 
     def __init__(self, vault: CardVault, *, check_amounts: bool = False) -> None:
         self.vault = vault
-        #: a first publish: amounts are checked and amount_cents turned into amount (worker/amounts.py)
+        #: a first publish: amounts are checked and amount_cents turned into amount (worker/payments/amounts.py)
         self.check_amounts = check_amounts
 
     def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list, dict]:

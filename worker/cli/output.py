@@ -1,4 +1,4 @@
-"""What every ``payments`` subcommand prints and how it fails: shared by ``worker.cli`` and ``worker.demo``.
+"""What every ``payments`` subcommand prints and how it fails: shared by ``worker.cli.main`` and ``worker.cli.demo``.
 
 Errors a user can act on end in one line on stderr (``payments: error: ...``) and exit status 2.
 """

@@ -6,7 +6,7 @@ payment must not guess. A ``float`` is refused too: binary floating point cannot
 counts in cents says so: ``amount_cents=300`` becomes ``amount="3.00"`` in the message (the worker never sees
 ``amount_cents``).
 
-:func:`publish_amounts` runs on the publish path (``worker/sealing.py``, for the message's own task and every
+:func:`publish_amounts` runs on the publish path (``worker/cards/messages.py``, for the message's own task and every
 signature embedded in it), so ``sale.delay(...)``, ``sale.s(...)`` in a chain and ``apply_async`` all get the same
 rule. It is not applied to a message published again (the outbox, a worker's retry): what was accepted once keeps
 its meaning. Plain Python: no Celery import.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from worker.carddata import refuse_card_data
+from worker.cards.numbers import refuse_card_data
 from worker.catalogue import PARAMETERS
 
 __all__ = ["AmountRefused", "publish_amounts", "cents_to_amount"]

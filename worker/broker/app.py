@@ -2,10 +2,10 @@
 
 Card data is sealed where every task message is made: ``SealingAMQP.as_task_v2`` runs for
 ``delay``, ``apply_async``, ``s(...).delay()``, chains, groups, chords, ``retry`` and plain ``app.send_task``
-(Flower's included), and hands the message's arguments to :func:`worker.sealing.seal_publish`: the card of
+(Flower's included), and hands the message's arguments to :func:`worker.cards.messages.seal_publish`: the card of
 every ``payments.sale``/``payments.auth`` in the message (its own and every embedded signature: chain tail,
 ``link``, ``link_error``, group and chord members) is sealed with the card vault, card data anywhere else is
-refused with :class:`worker.carddata.CardDataRefused` before anything reaches the broker, and
+refused with :class:`worker.cards.numbers.CardDataRefused` before anything reaches the broker, and
 ``argsrepr``/``kwargsrepr`` (what task events, Flower and ``inspect`` show) are masked. ``republish`` (the
 outbox) runs the same code over the stored body.
 """
@@ -23,10 +23,10 @@ import celery
 from celery import Celery, bootsteps, signals
 from celery.app.amqp import AMQP
 
+from worker.cards.messages import seal_publish
 from worker.catalogue import OUTBOX_TASKS
 from worker.config import Settings
 from worker.redis_connections import ReplicaAckTimeout, retry_not_durable
-from worker.sealing import seal_publish
 from worker.services import ProcessServices, Services, attach, services, services_of
 
 # as_task_v2's positional parameters after (task_id, name, args, kwargs): Celery's send_task passes
@@ -76,13 +76,13 @@ _publishing = threading.local()
 
 
 class PaymentsCelery(Celery):
-    """Celery with the leaner Redis result backend (worker/result_backend.py: same keys, values and pub/sub
+    """Celery with the leaner Redis result backend (worker/broker/result_backend.py: same keys, values and pub/sub
     message; 2-3 fewer Redis commands per task). The backend is still named by ``result_backend``."""
 
     def _get_backend(self) -> Any:
         from celery.app import backends
 
-        from worker.result_backend import lean_backend
+        from worker.broker.result_backend import lean_backend
 
         cls, url = backends.by_url(self.backend_cls or self.conf.result_backend, self.loader)
         return lean_backend(cls)(app=self, url=url)
@@ -91,14 +91,15 @@ class PaymentsCelery(Celery):
 def create_app(settings: Settings | None = None, *, services: Services | None = None, main: str = "payments",
                set_as_current: bool = False) -> Celery:
     """The composition root: a payments Celery app configured for ``settings`` (None: the environment's, through
-    ``worker.celeryconfig``), with its own services (``services``: these instead of the ones built from the settings),
+    ``worker.broker.celeryconfig``), with its own services (``services``: these instead of the ones built from the
+    settings),
     the worker steps below, and the payment tasks: ``app.tasks["payments.sale"]`` is a task of this app, running
     over this app's services (``from worker.tasks import sale`` stays ``worker.app``'s, whatever app is current)."""
     app = PaymentsCelery(main, amqp=SealingAMQP, set_as_current=set_as_current)
     if settings is None:
-        app.config_from_object("worker.celeryconfig")
+        app.config_from_object("worker.broker.celeryconfig")
     else:
-        from worker.celeryconfig import config_for
+        from worker.broker.celeryconfig import config_for
 
         app.conf.update(config_for(settings))
     attach(app, ProcessServices(settings, given=services))
@@ -180,11 +181,12 @@ class BrokerConnectionsForConcurrency(bootsteps.Step):
 
 class LeanUnackedBookkeeping(bootsteps.Step):
     """kombu's record of unacknowledged messages without MULTI/EXEC around its two-command pairs (4 fewer Redis
-    commands per task; worker/lean_broker.py says why nothing needs them atomic). Set before the consumer connects."""
+    commands per task; worker/broker/lean_transport.py says why nothing needs them atomic). Set before the consumer
+    connects."""
 
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
-        from worker.lean_broker import install
+        from worker.broker.lean_transport import install
 
         install()
 
@@ -282,7 +284,7 @@ def republish(message: dict, publisher: Celery | None = None) -> None:
     CardDataRefused rather than published with card data in clear)."""
     from celery.app.amqp import task_message
 
-    from worker.sealing import masked_reprs, seal_body
+    from worker.cards.messages import masked_reprs, seal_body
 
     headers = dict(message["headers"])
     # The message may have run before (its record lost with Redis): the worker asks stq before any send.
@@ -316,35 +318,35 @@ signals.after_setup_logger.connect(_add_scrubber, weak=False)
 signals.after_setup_task_logger.connect(_add_scrubber, weak=False)
 
 
-# ---- metrics (worker/metrics.py) ---------------------------------------------------------------------
+# ---- metrics (worker/ops/metrics.py) ---------------------------------------------------------------------
 @signals.worker_init.connect(weak=False)
 def _serve_metrics(**_: Any) -> None:
     """WORKER_METRICS_PORT: the worker's Prometheus endpoint, bound in the main process before the pool forks
     (its children write to the multiprocess directory, the main process serves their sum)."""
     settings = services().settings
     if settings.worker_metrics_port:
-        from worker import metrics
+        from worker.ops import metrics
 
         metrics.start(settings.worker_metrics_port, settings.worker_metrics_addr)
 
 
 @signals.worker_shutdown.connect(weak=False)
 def _stop_metrics(**_: Any) -> None:
-    from worker import metrics
+    from worker.ops import metrics
 
     metrics.stop()
 
 
 @signals.worker_process_init.connect(weak=False)
 def _metrics_child_started(**_: Any) -> None:
-    from worker import metrics
+    from worker.ops import metrics
 
     metrics.child_started()
 
 
 @signals.worker_process_shutdown.connect(weak=False)
 def _metrics_child_exiting(**_: Any) -> None:
-    from worker import metrics
+    from worker.ops import metrics
 
     metrics.child_exiting()
 
@@ -353,7 +355,7 @@ def _metrics_child_exiting(**_: Any) -> None:
 @signals.beat_init.connect(weak=False)
 def _check_card_key(sender: Any = None, **_: Any) -> None:
     """LIVE mode without PAYMENTS_CARD_KEY refuses to start; TEST warns and uses the development key."""
-    from worker.vault import ConfigurationError
+    from worker.cards.vault import ConfigurationError
 
     try:
         # built now, so that a LIVE worker without a card key fails at start
@@ -367,7 +369,7 @@ def _check_card_key(sender: Any = None, **_: Any) -> None:
 def _check_gateway_settings(sender: Any = None, **_: Any) -> None:
     """One sealed stq probe before the first payment: a 404 (BLUEPAY_URL) or SECURITY ERROR (secret, account, hash
     type) refuses to start, naming the setting; an unreachable gateway is an outage and only warns."""
-    from worker.preflight import check_at_start
+    from worker.ops.preflight import check_at_start
 
     _start_warning[:] = [check_at_start(services_of(getattr(sender, "app", None) or celery.current_app).settings)]
 
@@ -378,7 +380,7 @@ _start_warning: list[str | None] = []
 
 @signals.worker_ready.connect(weak=False)
 def _log_start_warning(**_: Any) -> None:
-    from worker.preflight import log_start_warning
+    from worker.ops.preflight import log_start_warning
 
     for warning in _start_warning:
         log_start_warning(warning)
@@ -390,7 +392,7 @@ app = create_app(set_as_current=True)
 
 if "flower.command" in sys.modules:
     # Loaded by Flower's command (celery -A worker flower, python -m flower; Celery's CLI loads its plugin
-    # commands before the app): lock Flower from the package, whatever the working directory (worker/flower.py).
-    from worker.flower import install as _lock_flower
+    # commands before the app): lock Flower from the package, whatever the working directory (worker/ops/flower.py).
+    from worker.ops.flower import install as _lock_flower
 
     _lock_flower()

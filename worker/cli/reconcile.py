@@ -1,4 +1,4 @@
-"""``payments reconcile`` and ``payments resolve``: the settlement reconciliation's commands (worker/cli.py wires
+"""``payments reconcile`` and ``payments resolve``: the settlement reconciliation's commands (worker/cli/main.py wires
 them; the daily beat task in tasks/reconciliation.py runs the same :func:`reconcile_days`).
 
 ``reconcile`` prints a table (or ``--json``) and exits 0 only when no difference is left; ``resolve`` records an
@@ -13,9 +13,18 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from worker.console import CommandError
+from worker.cli.output import CommandError
 from worker.gateway.scrub import scrub
-from worker.reconcile import ACTIONS, DIFFERENCES, DayResult, Kind, ReconcileError, Reconciler, contradiction, days
+from worker.payments.reconciliation import (
+    ACTIONS,
+    DIFFERENCES,
+    DayResult,
+    Kind,
+    ReconcileError,
+    Reconciler,
+    contradiction,
+    days,
+)
 
 log = logging.getLogger("payments.reconcile")
 

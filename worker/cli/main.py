@@ -2,7 +2,7 @@
 status, bench.
 
 Errors a user can act on (Redis down, gateway unreachable, bad arguments) end in one line on stderr
-and exit status 2, not a traceback (``worker.console``).
+and exit status 2, not a traceback (``worker.cli.output``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from worker.console import EXIT_USAGE, OUTCOME_LINES, CommandError, format_outcome, release
+from worker.cli.output import EXIT_USAGE, OUTCOME_LINES, CommandError, format_outcome, release
 
 __all__ = ["EXIT_USAGE", "OUTCOME_LINES", "CommandError", "format_outcome", "build_parser", "main"]
 
@@ -48,8 +48,8 @@ def _ping_redis(svc):
 
 def record_ids(svc, payment_id: str) -> list[str]:
     """Where a payment id or idempotency key is kept: itself, but a card-like key under its keyed ids (one per
-    card key: a record made before a key rotation too), never under the key (worker.carddata)."""
-    from worker.carddata import is_card_like_identifier, keyed_ids
+    card key: a record made before a key rotation too), never under the key (worker.cards.numbers)."""
+    from worker.cards.numbers import is_card_like_identifier, keyed_ids
 
     return keyed_ids(payment_id, svc.card_keys) if is_card_like_identifier(payment_id) else [payment_id]
 
@@ -59,7 +59,7 @@ def find_record(svc, payment_id: str) -> tuple[dict | None, str]:
     ``payment_id``: a payment id or the idempotency key it was made from (a card-like key is looked up by its
     keyed id); refusals never repeat a card-like key (masked)."""
     from worker.archive import ArchiveUnavailable
-    from worker.carddata import mask_text
+    from worker.cards.numbers import mask_text
 
     ids = record_ids(svc, payment_id)
     for pid in ids:
@@ -82,7 +82,7 @@ def cmd_show(args) -> int:
     _ping_redis(svc)
     record, where = find_record(svc, args.payment_id)
     if record is None:
-        from worker.carddata import mask_text
+        from worker.cards.numbers import mask_text
 
         raise CommandError(f"no payment with id {mask_text(args.payment_id)!r}")
     if args.json:
@@ -189,7 +189,7 @@ def _archive_in_rounds(store, archive, cutoff: float, settings) -> Counter:
     """Archive until done, in rounds that each hold the sweep's lock for at most twice the sweep's own time (a run
     killed mid-way blocks the sweeps no longer than that); a sweep that takes the lock between rounds goes on."""
     from worker.archive.retention import archive_older_than
-    from worker.sweep import LOCK_NAME
+    from worker.payments.sweep import LOCK_NAME
 
     ttl = 2 * max(60.0, settings.sweep_interval)
     total: Counter = Counter()
@@ -231,7 +231,7 @@ def _iso(epoch: float) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from worker.sweep import run_sweep
+    from worker.payments.sweep import run_sweep
 
     svc = _services()
     _ping_redis(svc)
@@ -247,7 +247,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_reconcile(args) -> int:
-    from worker.reconcile_commands import cmd_reconcile as reconcile
+    from worker.cli.reconcile import cmd_reconcile as reconcile
 
     svc = _services()
     _ping_redis(svc)
@@ -255,7 +255,7 @@ def cmd_reconcile(args) -> int:
 
 
 def cmd_resolve(args) -> int:
-    from worker.reconcile_commands import cmd_resolve as resolve
+    from worker.cli.reconcile import cmd_resolve as resolve
 
     svc = _services()
     _ping_redis(svc)
@@ -284,7 +284,7 @@ def read_card(stdin=None) -> tuple[str | None, str | None]:
 def check_input(op: str, *, amount, card=None, customer=None, order_id=None, trans_id=None) -> None:
     """Refuse what the worker would refuse, before anything is enqueued, with the message it would record
     (``invalid input: FIELD: ...``): the worker's own validation (worker/gateway/validation.py), called in
-    the order the flow calls it (worker/flow.py: card, amount, customer, order id; trans id, amount)."""
+    the order the flow calls it (worker/payments/flow.py: card, amount, customer, order id; trans id, amount)."""
     from worker.gateway import InvalidInput, validation
 
     try:
@@ -354,7 +354,7 @@ def cmd_enqueue(args) -> int:
         raise CommandError("--then-void follows a sale or an auth")
     svc = _services()
     _ping_redis(svc)
-    from worker.carddata import CardDataRefused
+    from worker.cards.numbers import CardDataRefused
 
     try:
         result = _publish(op, args)
@@ -378,7 +378,7 @@ def cmd_sandbox(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from worker.demo import run_demo
+    from worker.cli.demo import run_demo
 
     return run_demo(timeout=args.timeout, start_worker=args.start_worker)
 
@@ -390,9 +390,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_flower(args) -> int:
-    """Flower, locked by the package (worker/flower.py), on 127.0.0.1 unless an address or socket is given."""
-    from worker import flower
-    from worker.celery_app import app
+    """Flower, locked by the package (worker/ops/flower.py), on 127.0.0.1 unless an address or socket is given."""
+    from worker.broker.app import app
+    from worker.ops import flower
 
     flower.install()
     argv = list(args.flower_args)
@@ -402,8 +402,8 @@ def cmd_flower(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from worker import exporter
-    from worker.celery_app import app
+    from worker.broker.app import app
+    from worker.ops import exporter
 
     svc = _services()
     if args.recount:
@@ -419,8 +419,8 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from worker.celery_app import app
-    from worker.status import main as status_main
+    from worker.broker.app import app
+    from worker.ops.status import main as status_main
 
     svc = _services()
     _ping_redis(svc)

@@ -40,7 +40,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
-from worker.carddata import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
+from worker.cards.numbers import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
+from worker.cards.vault import DEVELOPMENT_KEY
 from worker.gateway import (
     Expired,
     FenceLost,
@@ -53,11 +54,10 @@ from worker.gateway import (
     validation,
 )
 from worker.gateway.scrub import scrub
-from worker.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
-from worker.vault import DEVELOPMENT_KEY
 
 log = logging.getLogger("payments.flow")
 
@@ -126,7 +126,7 @@ class Store(Protocol):
 
 
 class FlowObserver(Protocol):
-    """What the flow tells an observer (metrics, ``worker/metrics.py``): outcomes it wrote, parkings, stq answers,
+    """What the flow tells an observer (metrics, ``worker/ops/metrics.py``): outcomes it wrote, parkings, stq answers,
     deliveries holding an operation. Bounded words only: operation, status, result; the amount as a string."""
 
     def outcome(self, operation: str, status: str, amount: str) -> None: ...
@@ -323,7 +323,7 @@ class PaymentFlow:
     # ----------------------------------------------------------------- public operations
     def payment_id_for(self, key: str) -> str:
         """The operation id of an idempotency key: the key itself, but a card-like key's keyed id (``kh-`` + an
-        HMAC under a key derived from ``PAYMENTS_CARD_KEY``, worker.carddata.keyed_ids): the record's name, its
+        HMAC under a key derived from ``PAYMENTS_CARD_KEY``, worker.cards.numbers.keyed_ids): the record's name, its
         ORDER_ID at the gateway and reconciliation's lookup, so the key is never kept or sent in clear. While keys
         rotate (several keys), a record made under an older key's id is found and kept: one GET per older key,
         only then and only for card-like keys; a UUID key costs nothing here."""

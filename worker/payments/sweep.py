@@ -25,7 +25,7 @@ import time
 from collections import Counter
 
 from worker.archive.retention import retain
-from worker.flow import GatewayOutage, LeaseBusy
+from worker.payments.flow import GatewayOutage, LeaseBusy
 
 log = logging.getLogger("payments.sweep")
 
@@ -107,7 +107,7 @@ def outbox_due(settings) -> float:
 
 
 def republish_lost(store, task_id: str, entry: dict) -> str:
-    from worker.celery_app import republish
+    from worker.broker.app import republish
 
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
         log.error("sweep: message %s was published %d times and never finished: look at it by hand",
@@ -132,7 +132,7 @@ def _ran_to_its_outcome(task_id: str) -> bool:
     """Whether the result backend holds the task's SUCCESS (kept for RESULT_EXPIRES); when it cannot say, no."""
     from celery import states
 
-    from worker.celery_app import current_payments_app
+    from worker.broker.app import current_payments_app
 
     try:
         return current_payments_app().AsyncResult(task_id).state == states.SUCCESS

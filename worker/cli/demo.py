@@ -12,8 +12,8 @@ import os
 import sys
 from datetime import date
 
-from worker.console import CommandError, format_outcome, release
-from worker.processes import StartError, redis_answers, start_sandbox, start_worker, stop, wait_for_worker
+from worker.cli.output import CommandError, format_outcome, release
+from worker.ops.processes import StartError, redis_answers, start_sandbox, start_worker, stop, wait_for_worker
 
 BOB = {"name1": "Bob", "name2": "Tester", "addr1": "123 Test St.", "addr2": "Apt #500", "city": "Testville",
        "state": "IL", "zipcode": "54321", "country": "USA"}

@@ -1,6 +1,6 @@
 """``payments metrics --port P``: the store's and the broker's gauges for Prometheus, from one process.
 
-A custom collector (prometheus-client): each scrape reads :func:`worker.monitor.snapshot` (two round trips to
+A custom collector (prometheus-client): each scrape reads :func:`worker.ops.monitor.snapshot` (two round trips to
 Redis, no key scans) and reports::
 
     payments_records{status}                          records in the store by status
@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from worker.monitor import age, snapshot
+from worker.ops.monitor import age, snapshot
 from worker.states import Status
 
 log = logging.getLogger("payments.exporter")
@@ -49,7 +49,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 
 class PaymentsCollector:
-    """``read``: what one scrape looks at (default: :func:`worker.monitor.snapshot` of ``svc`` and ``app``)."""
+    """``read``: what one scrape looks at (default: :func:`worker.ops.monitor.snapshot` of ``svc`` and ``app``)."""
 
     def __init__(self, svc: Any, app: Any, read: Callable[[], dict[str, Any]] | None = None) -> None:
         self.svc = svc

@@ -11,7 +11,7 @@ SETEX, PUBLISH, EXEC: five Redis commands per payment. Here:
 
 Keys, values, expiry and the pub/sub message are Celery's own, so ``AsyncResult.get()`` works as before (by polling
 or by pub/sub). :func:`lean_backend` applies it to Celery's ``RedisBackend`` and its subclasses (the Sentinel one
-too, worker/sentinel_transport.py); ``worker.celery_app.create_app`` uses it for every payments app.
+too, worker/broker/sentinel.py); ``worker.broker.app.create_app`` uses it for every payments app.
 """
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-# Masking is decided in worker.carddata, for every guard and scanner alike (mask_number is re-exported).
-from worker.carddata import MASK_PREFIX as _MASK_PREFIX
-from worker.carddata import mask_number
+# Masking is decided in worker.cards.numbers, for every guard and scanner alike (mask_number is re-exported).
+from worker.cards.numbers import MASK_PREFIX as _MASK_PREFIX
+from worker.cards.numbers import mask_number
 
 __all__ = [
     "DEVELOPMENT_KEY", "ConfigurationError", "CardSealError", "CardVault", "load_card_key",

@@ -1,7 +1,7 @@
 """The one module that decides "is this a card number" (PCI DSS 3.3.1, 3.5.1).
 
 Every guard and scanner asks this module: the log scrubber (``worker/gateway/scrub.py``), the card
-vault's masking, the results store's guard, the producer's guard (``worker/sealing.py``, run where every
+vault's masking, the results store's guard, the producer's guard (``worker/cards/messages.py``, run where every
 task message is built) and the test scanner (``tests/support/card_scan.py``). The sandbox keeps its own,
 independent code on purpose. Only the standard library and ``cryptography`` are imported here, so the
 gateway package (no Celery, no Redis) may use it.
@@ -53,7 +53,7 @@ What follows from finding one: identifiers and free text
 **Identifiers** (:data:`IDENTIFIER_NAMES`: ``idempotency_key``, ``order_id``, ``invoice_id``, wherever they sit:
 the task's own arguments or an embedded signature's) are never refused for being card-like, whether ``str`` or
 ``int`` (not ``bool``): about one numeric id in ten passes Luhn. A card-like identifier is *card data* and
-travels and rests like it: sealed in the message (:meth:`worker.vault.CardVault.seal_identifier`), a keyed hash
+travels and rests like it: sealed in the message (:meth:`worker.cards.vault.CardVault.seal_identifier`), a keyed hash
 where only lookup is needed (:func:`identifier_digests`: the payment id of a card-like idempotency key, sent as
 ORDER_ID), masked where shown (:func:`mask_number`). An ``int`` is no exception: ``order_id=4111111111111111`` is
 sealed like ``"4111111111111111"``. :func:`is_card_like_identifier` says which.

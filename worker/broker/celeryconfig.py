@@ -1,7 +1,7 @@
 """Celery settings for the payments worker; every value comes from worker.config (the environment).
 
-``config_for(settings)`` gives them for any settings (``worker.celery_app.create_app`` uses it); the module's own
-names are those of the environment's settings, so ``app.config_from_object("worker.celeryconfig")`` works (the
+``config_for(settings)`` gives them for any settings (``worker.broker.app.create_app`` uses it); the module's own
+names are those of the environment's settings, so ``app.config_from_object("worker.broker.celeryconfig")`` works (the
 top-level ``celeryconfig`` is an alias of this module).
 Why each one is set:
 """
@@ -33,7 +33,7 @@ def config_for(_s: Settings) -> dict[str, Any]:
     task_reject_on_worker_lost = True
     # One message per worker process at a time: a crashed process holds at most one payment hostage,
     # and a slow gateway call does not leave prefetched jobs waiting behind it. Green pools (gevent) get 2
-    # instead (worker/celery_app.py: GreenPoolPrefetch): with 1 they stall; their spawn still bounds what
+    # instead (worker/broker/app.py: GreenPoolPrefetch): with 1 they stall; their spawn still bounds what
     # they hold to concurrency + 1.
     worker_prefetch_multiplier = 1
     # Events for Flower: task-sent from producers and the worker's own task events. Arguments in the

@@ -8,7 +8,7 @@ under WATCH before it re-publishes, so an ack landing in between still wins (a m
 timeout may run twice either way: the results store's claim answers that). Both pairs still go out in one round
 trip. Everything else (restore, reject, requeue, the sentinel transport's master lookup) is kombu's own.
 
-:func:`install` (the worker step ``worker.celery_app.LeanUnackedBookkeeping``) sets it on kombu's Redis channel in a
+:func:`install` (the worker step ``worker.broker.app.LeanUnackedBookkeeping``) sets it on kombu's Redis channel in a
 worker process, for a single node and the Sentinel transport alike; the broker URL, what Flower shows and every
 producer are unchanged.
 """
