@@ -36,8 +36,8 @@ from worker.broker.app import SealingAMQP, create_app, current
 from worker.cards.messages import seal_publish
 from worker.cards.numbers import contains_card_number, keyed_ids, luhn_ok
 from worker.cards.vault import CardVault
-from worker.cli.main import record_ids
 from worker.config import Settings
+from worker.payments.lookup import record_ids
 from worker.services import ProcessServices, attach
 
 VAULT = CardVault([TEST_CARD_KEY])

@@ -46,35 +46,14 @@ def _ping_redis(svc):
         probe.close()
 
 
-def record_ids(svc, payment_id: str) -> list[str]:
-    """Where a payment id or idempotency key is kept: itself, but a card-like key under its keyed ids (one per
-    card key: a record made before a key rotation too), never under the key (worker.cards.numbers)."""
-    from worker.cards.numbers import is_card_like_identifier, keyed_ids
-
-    return keyed_ids(payment_id, svc.card_keys) if is_card_like_identifier(payment_id) else [payment_id]
-
-
 def find_record(svc, payment_id: str) -> tuple[dict | None, str]:
-    """Redis first (every live record), then the archive (records older than PAYMENTS_RETENTION); and where.
-    ``payment_id``: a payment id or the idempotency key it was made from (a card-like key is looked up by its
-    keyed id); refusals never repeat a card-like key (masked)."""
-    from worker.archive import ArchiveUnavailable
-    from worker.cards.numbers import mask_text
+    from worker.payments.lookup import ArchiveUnreadable
+    from worker.payments.lookup import find_record as lookup
 
-    ids = record_ids(svc, payment_id)
-    for pid in ids:
-        record = svc.store.get(pid)
-        if record is not None:
-            return record, "redis"
     try:
-        for pid in ids:
-            record = svc.archive.get(pid)
-            if record is not None:
-                return record, "archive"
-        return None, "archive"
-    except ArchiveUnavailable as exc:
-        raise CommandError(f"no payment with id {mask_text(payment_id)!r} in Redis, and the archive cannot be read: "
-                           f"{exc}") from None
+        return lookup(svc, payment_id)
+    except ArchiveUnreadable as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_show(args) -> int:
@@ -116,26 +95,10 @@ def cmd_list(args) -> int:
 
 
 def list_records(svc, *, status=None, operation=None, limit: int = 50) -> list[dict]:
-    """Redis's records newest first, then the archive's (older than PAYMENTS_RETENTION) up to ``limit``; a record
-    both hold (changed after it was copied: same key, same creation) is shown once, as Redis has it."""
-    from worker.archive import ArchiveUnavailable
+    from worker.payments.lookup import list_records as lookup
 
-    records = svc.store.list(status=status, operation=operation, limit=limit)
-    if len(records) >= limit:
-        return records
-    seen = {r["payment_id"] for r in records}
-    try:
-        archived = svc.archive.list(status=status, operation=operation, limit=limit)
-    except ArchiveUnavailable as exc:
-        print(f"payments: warning: only Redis's records: {exc}", file=sys.stderr)
-        return records
-    for rec in archived:
-        if len(records) >= limit:
-            break
-        live = None if rec["payment_id"] in seen else svc.store.get(rec["payment_id"])
-        if rec["payment_id"] not in seen and (live is None or live.get("created_ts") != rec.get("created_ts")):
-            records.append(rec)
-    return records
+    return lookup(svc, status=status, operation=operation, limit=limit,
+                  warn=lambda text: print(f"payments: warning: {text}", file=sys.stderr))
 
 
 def cmd_archive(args) -> int:
