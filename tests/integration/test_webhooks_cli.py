@@ -80,6 +80,8 @@ def test_the_webhooks_commands_manage_endpoints_and_replay_events(app, client, p
         assert len(rx.got) == 2
         code, out, _ = run(capsys, "failed", "--json")
         assert code == 0 and [r["error"] for r in json.loads(out)] == ["endpoint removed"]
+        assert run(capsys, "failed", "--clear")[1].startswith("1 failed deliveries forgotten")
+        assert json.loads(run(capsys, "failed", "--json")[1]) == []
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -109,6 +109,9 @@ def cmd_rotate(args: Any) -> int:
 
 def cmd_failed(args: Any) -> int:
     _client, _settings, d = _parts()
+    if args.clear:
+        print(f"{d.deliveries.clear_failed()} failed deliveries forgotten (their outcomes stay in the store)")
+        return 0
     rows = d.deliveries.failed(limit=args.limit)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -172,6 +175,7 @@ def add_webhooks_commands(sub: Any) -> None:
     p = cmds.add_parser("failed", help="deliveries given up (after the last attempt, or endpoint disabled/removed)")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--clear", action="store_true", help="forget them all (not to be sent: replay is the other way)")
     p.set_defaults(func=cmd_failed)
     p = cmds.add_parser("replay", help="send an event again (EVENT_ID), or every event since --since T")
     p.add_argument("event_id", nargs="?")

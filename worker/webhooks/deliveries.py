@@ -102,6 +102,13 @@ class Deliveries:
         return [{"event_id": m.split(" ", 1)[0], "endpoint_id": m.split(" ", 1)[1], "at": s, "error": w or ""}
                 for (m, s), w in zip(members, why, strict=True)]
 
+    def clear_failed(self) -> int:
+        """Forget every failed delivery (an operator decided not to send them); how many."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zcard(self.keys.failed)
+        pipe.delete(self.keys.failed, self.keys.failed_why)
+        return int(pipe.execute()[0])
+
     def trim(self, *, before: float) -> int:
         """Forget the replay index of events older than ``before`` (their bodies expire by themselves)."""
         return int(self.redis.zremrangebyscore(self.keys.events, "-inf", f"({before!r}"))
