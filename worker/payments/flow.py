@@ -55,6 +55,7 @@ from worker.gateway import (
 )
 from worker.gateway.scrub import scrub
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.payments.record import PaymentRecord, decode, decode_or_none
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
@@ -427,7 +428,8 @@ class PaymentFlow:
         parent = str(sale_outcome["payment_id"])
         payment_id = payment_id or f"{parent}:void"
         current = self.store.get(parent) or sale_outcome
-        status = current.get("status")
+        sale = decode(current)
+        status = sale.status
         if status == Status.VOIDED:
             return self.skip("void", payment_id, parent, f"sale {parent} is already voided", sale=current,
                              message_id=message_id)
@@ -435,10 +437,10 @@ class PaymentFlow:
             return self.skip("void", payment_id, parent,
                              f"sale {parent} is {status}: not voided now; the sweep voids it if it was approved",
                              sale=current, message_id=message_id)
-        if status != Status.APPROVED or not current.get("trans_id"):
+        if status != Status.APPROVED or not sale.trans_id:
             return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void", sale=current,
                              message_id=message_id)
-        return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent, message_id=message_id,
+        return self.follow_up("void", payment_id, trans_id=sale.trans_id, parent=parent, message_id=message_id,
                               redelivered=redelivered)
 
     def skip(self, operation: str, payment_id: str, parent: str, reason: str, *,
@@ -475,10 +477,9 @@ class PaymentFlow:
                                            owner=owner, note=_short(message), sent=False)
             self._observe_outcome(operation, record)
             return task_outcome(record or self.store.get(payment_id))
-        existing = claim.record
-        if claim.kind == "exists" and existing.get("status") == Status.ERROR and \
-                existing.get("error_class") == error_class:
-            return task_outcome(existing)  # this very refusal, delivered again
+        existing = decode(claim.record)
+        if claim.kind == "exists" and existing.status == Status.ERROR and existing.error_class == error_class:
+            return existing.outcome()  # this very refusal, delivered again
         return error_outcome(operation, payment_id, _short(message), error_class)
 
     def current_outcome(self, payment_id: str) -> dict[str, Any]:
@@ -493,16 +494,14 @@ class PaymentFlow:
                                  mode="reconcile")
         if claim.kind != "resumed":
             return task_outcome(claim.record) if claim.record else self.current_outcome(payment_id)
-        record = claim.record
-        if claim.previous_status == Status.RETRYING and not record.get("sent_ts"):
+        if claim.previous_status == Status.RETRYING and decode(claim.record).sent_ts is None:
             done = self.store.transition(payment_id, Status.ERROR, owner=owner, sent=False, note=reason,
                                          fields={"message": _short(reason), "not_charged": "1"})
             self._observe_outcome(operation, done)
             return task_outcome(done or self.store.get(payment_id))
         parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, note=reason,
                                        fields={"message": _short(f"{reason}; outcome unknown: the sweep asks stq")})
-        if parked is not None:
-            self.observer.parked(operation, str(parked.get("status", "")))
+        self._observe_parked(operation, parked)
         return task_outcome(parked or self.store.get(payment_id))
 
     # ----------------------------------------------------------------- the engine
@@ -516,31 +515,33 @@ class PaymentFlow:
                                      mode="retry_failed" if retry_failed else "run",
                                      fingerprints=fingerprints, journal="prior" if redelivered else True,
                                      dead_owner=self._dead_holder(payment_id) if redelivered else "")
-            if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
+            holder = decode(claim.record).lease_owner if claim.kind == "busy" else ""
+            if holder and owner_is_dead(holder):
                 claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                          lease_seconds=self.lease_seconds, fingerprints=fingerprints,
-                                         dead_owner=claim.record["lease_owner"])
+                                         dead_owner=holder)
         except ReplicaAckTimeout as exc:  # we hold the lease, but a failover could undo the claim: send nothing
             self._park(_Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=0.0),
                        Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
+        held = decode(claim.record)
         if claim.kind == "mismatch":
             return error_outcome(operation, payment_id,
                                  f"idempotency key {payment_id!r} is already bound to another request "
-                                 f"({claim.record.get('operation')}, amount {claim.record.get('amount') or '-'}); "
-                                 "nothing was sent", "IdempotencyMismatch")
+                                 f"({held.operation}, amount {held.amount or '-'}); nothing was sent",
+                                 "IdempotencyMismatch")
         if claim.kind == "final":
-            return task_outcome(claim.record)
+            return held.outcome()
         if claim.kind == "busy":
-            remaining = float(claim.record.get("lease_until") or 0) - claim.now
+            remaining = (held.lease_until or 0.0) - claim.now
             raise LeaseBusy(f"{payment_id} is being processed by another worker",
                             countdown=max(0.5, min(remaining + 0.5, 10.0)))
         run = _run_of(operation, payment_id, owner, send, self.clock() + self.operation_budget,
-                      {**fields, **claim.record})
+                      decode({**fields, **claim.record}))
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
             try:
-                return self._drive(run, claim.record, claim.now, journaled=claim.kind == "claimed" and not redelivered)
+                return self._drive(run, held, claim.now, journaled=claim.kind == "claimed" and not redelivered)
             except _LeaseLost:
                 return self.current_outcome(payment_id)
             except (GatewayOutage, LeaseBusy):
@@ -557,8 +558,8 @@ class PaymentFlow:
                                 type(park_exc).__name__)
                 raise
 
-    def _drive(self, run: _Run, record: dict[str, Any], now: float, *, journaled: bool) -> dict[str, Any]:
-        sent_ts = float(record.get("sent_ts") or 0) or None
+    def _drive(self, run: _Run, record: PaymentRecord, now: float, *, journaled: bool) -> dict[str, Any]:
+        sent_ts = record.sent_ts
         if sent_ts is not None:
             # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
             found = self._lookup(run, now)
@@ -625,7 +626,7 @@ class PaymentFlow:
         else "". Asked only for a message delivered before (a worker died with it): a dead holder sends nothing
         later, so its takeover need not wait for its attempt's stamp to expire, only for the commit horizon."""
         try:
-            return _dead(self.store.get(payment_id))
+            return _dead(decode_or_none(self.store.get(payment_id)))
         except Exception as exc:  # a look only: without it the takeover waits for the stamp (the safe side)
             log.warning("%s: holder not looked at: %s", payment_id, type(exc).__name__)
             return ""
@@ -686,8 +687,9 @@ class PaymentFlow:
                                        fields={"message": _short(note)}, note=note, sent=sent, check_in=check_in)
         if record is None:
             raise _LeaseLost()
-        self.observer.parked(run.operation, str(record.get("status", status)))
-        raise outage(note, parked_as=record.get("status", status), check_in=check_in)
+        parked_as = decode(record).status or status
+        self.observer.parked(run.operation, parked_as)
+        raise outage(note, parked_as=parked_as, check_in=check_in)
 
     def _lookup(self, run: _Run, now: float) -> Response | Absent | CannotTell:
         """stq by ORDER_ID over the gateway days of this operation's attempts (the record's Redis times: its creation
@@ -737,41 +739,42 @@ class PaymentFlow:
         if run.operation in ("sale", "auth"):
             return Expected(run.payment_id, types, amount=_money(run.amount), last_four=_last_four(run.masked_account))
         original = self._original(run)
-        last_four = _last_four(str(original.get("masked_account") or "")) if original else ""
+        last_four = _last_four(original.masked_account) if original else ""
         if run.operation == "void" or run.amount:
             return Expected(run.payment_id, types, amount=_money(run.amount) if run.amount else None,
                             last_four=last_four, target=run.target)
-        ceiling = _money(str(original.get("amount") or "")) if original else None
+        ceiling = original.amount_value if original else None
         return Expected(run.payment_id, types, at_most=ceiling, amount_required=True, last_four=last_four,
                         target=run.target)
 
-    def _original(self, run: _Run) -> dict[str, Any] | None:
+    def _original(self, run: _Run) -> PaymentRecord | None:
         """The record a follow-up refers to, when this store knows it."""
         try:
             original = self.store.get(run.parent) if run.parent else None
-            return original or (self.store.find_by_trans_id(run.target) if run.target else None)
+            return decode_or_none(original or (self.store.find_by_trans_id(run.target) if run.target else None))
         except Exception as exc:  # without it, only the rules that need no original apply
             log.warning("reconcile %s: original not read: %s", run.payment_id, type(exc).__name__)
             return None
 
     # ----------------------------------------------------------------- the sweep's reconciliation
-    def reconcile(self, record: dict[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
+    def reconcile(self, record: Mapping[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
         """The sweep's look at an operation left non-final: adopt, close as not charged, or wait.
 
         Returns what happened: adopted, not_charged, still_unknown, gave_up, or skipped (taken/final/not due).
         """
-        payment_id, operation = record["payment_id"], record["operation"]
+        seen = decode(record)
+        payment_id, operation = seen.payment_id, seen.operation
         now = self.store.now()
-        if float(record.get("next_check_ts") or 0) > now:
+        if (seen.next_check_ts or 0.0) > now:
             return "skipped"
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
-                                 mode="reconcile", dead_owner=_dead(record))
+                                 mode="reconcile", dead_owner=_dead(seen))
         if claim.kind != "resumed":
             return "skipped"
-        current, now = claim.record, claim.now
+        current, now = decode(claim.record), claim.now
         run = _run_of(operation, payment_id, owner, _no_send, self.clock() + self.operation_budget, current)
-        sent_ts = float(current.get("sent_ts") or 0) or None
+        sent_ts = current.sent_ts
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
@@ -784,8 +787,8 @@ class PaymentFlow:
                     self._finish(run, Status.ERROR, {"message": "not processed by the gateway: nothing was charged",
                                                      "not_charged": "1"})
                     return "not_charged"
-                tries = int(current.get("reconcile_tries") or 0) + 1
-                age = now - float(current.get("created_ts") or now)
+                tries = current.reconcile_tries + 1
+                age = now - (current.created_ts or now)
                 if age >= give_up_after:
                     message = f"outcome still unknown after {age / 3600:.1f} h: check the gateway by hand"
                     log.error("reconcile %s: %s", payment_id, message)
@@ -799,15 +802,19 @@ class PaymentFlow:
                                                note="outcome unknown; the gateway could not tell yet",
                                                fields={"message": "outcome unknown; the gateway could not tell yet",
                                                        "reconcile_tries": str(tries)})
-                if parked is not None:
-                    self.observer.parked(operation, str(parked.get("status", "")))
+                self._observe_parked(operation, parked)
                 return "still_unknown"
             except _LeaseLost:
                 return "skipped"
 
     def _observe_outcome(self, operation: str, record: Mapping[str, Any] | None) -> None:
         if record is not None:
-            self.observer.outcome(operation, str(record.get("status", "")), str(record.get("amount") or ""))
+            written = decode(record)
+            self.observer.outcome(operation, written.status or "", written.amount)
+
+    def _observe_parked(self, operation: str, record: Mapping[str, Any] | None) -> None:
+        if record is not None:
+            self.observer.parked(operation, decode(record).status or "")
 
     def repair(self, payment_id: str) -> str:
         """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
@@ -864,12 +871,11 @@ def _last_four(masked: str) -> str:
 
 
 def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool, Fence], Response], deadline: float,
-            record: Mapping[str, Any]) -> _Run:
+            record: PaymentRecord) -> _Run:
     """One delivery's run of the operation whose record (or claim fields) is ``record``."""
     return _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=deadline,
-                amount=str(record.get("amount") or ""), created_ts=float(record.get("created_ts") or 0),
-                masked_account=str(record.get("masked_account") or ""), target=str(record.get("target") or ""),
-                parent=str(record.get("parent") or ""))
+                amount=record.amount, created_ts=record.created_ts or 0.0, masked_account=record.masked_account,
+                target=record.target, parent=record.parent)
 
 
 def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]:
@@ -885,10 +891,10 @@ def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]
         return {}
 
 
-def _dead(record: Mapping[str, Any] | None) -> str:
+def _dead(record: PaymentRecord | None) -> str:
     """``record``'s lease holder if it left an attempt in flight and its process is known dead, else ""."""
-    holder = str((record or {}).get("lease_owner") or "")
-    return holder if (record or {}).get("in_flight") == "1" and holder and owner_is_dead(holder) else ""
+    holder = record.lease_owner if record is not None else ""
+    return holder if record is not None and record.in_flight and holder and owner_is_dead(holder) else ""
 
 
 @contextmanager
