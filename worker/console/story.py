@@ -109,8 +109,10 @@ def build(svc: Any, record: dict[str, Any], where: str) -> Story:
         audit = svc.archive.audit(payment_id=pid, limit=500) + audit
     except ArchiveUnavailable as exc:
         notes.append(f"the archive's audit entries cannot be read: {exc}")
-    seen: set[str] = set()
-    audit = [e for e in audit if not (e.get("id") in seen or seen.add(str(e.get("id"))))]
+    unique: dict[str, dict[str, Any]] = {}
+    for entry in audit:  # an entry copied to the archive and still in the stream is shown once
+        unique.setdefault(str(entry.get("id")), entry)
+    audit = list(unique.values())
     rows, checked = kept_rows(Reconciliations(svc.store), record)
     reports = [(checked, rows)]
     return Story(record=record, where=where, history=list(record.get("history") or []), journal=journal(record),
