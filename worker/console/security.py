@@ -71,7 +71,7 @@ class ConsoleConfig:
 
 
 class RateLimits:
-    """Moving-window limits per key (a user's actions; login attempts per address and per name)."""
+    """Moving-window limits per key (a user's actions; failed logins per address and per name)."""
 
     def __init__(self, action_rate: str, login_rate: str) -> None:
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -81,6 +81,11 @@ class RateLimits:
     def allow_action(self, who: str) -> bool:
         return self.limiter.hit(self.action, "action", who)
 
-    def allow_login(self, address: str, name: str) -> bool:
-        by_address = self.limiter.hit(self.login, "login-address", address)
-        return self.limiter.hit(self.login, "login-name", name.lower()) and by_address
+    def login_allowed(self, address: str, name: str) -> bool:
+        """Whether a login may be tried: fewer failures than the limit, from this address and for this name."""
+        return (self.limiter.test(self.login, "login-address", address)
+                and self.limiter.test(self.login, "login-name", name.lower()))
+
+    def login_failed(self, address: str, name: str) -> None:
+        self.limiter.hit(self.login, "login-address", address)
+        self.limiter.hit(self.login, "login-name", name.lower())

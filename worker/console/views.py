@@ -40,10 +40,12 @@ def register(app: Flask) -> None:
             return render_template("login.html", next=request.args.get("next", ""))
         name = (request.form.get("username") or "").strip()[:64]
         password = request.form.get("password") or ""
-        if not ext()["limits"].allow_login(request.remote_addr or "-", name):
+        limits, address = ext()["limits"], request.remote_addr or "-"
+        if not limits.login_allowed(address, name):
             abort(429)
         user = ext()["users"].authenticate(name, password)
         if user is None:
+            limits.login_failed(address, name)
             log.warning("console: failed login for %r from %s", name, request.remote_addr)
             return render_template("login.html", error="wrong user name or password",
                                    next=request.form.get("next", "")), 401
