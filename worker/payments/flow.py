@@ -28,8 +28,6 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import time
@@ -40,7 +38,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
-from worker.cards.numbers import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
+from worker.cards.numbers import is_card_like_identifier, keyed_ids
 from worker.cards.vault import DEVELOPMENT_KEY
 from worker.gateway import (
     Expired,
@@ -53,9 +51,20 @@ from worker.gateway import (
     expiry,
     validation,
 )
-from worker.gateway.scrub import scrub
+from worker.gateway.validation import Card, Money
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.payments.record import PaymentRecord, decode, decode_or_none
+from worker.payments.requests import (
+    ChargeOperation,
+    ChargeRequest,
+    Delivery,
+    FollowUpOperation,
+    PaymentRequest,
+    Refusal,
+    charge_request,
+    follow_up_request,
+)
+from worker.payments.requests import short as _short
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
@@ -65,11 +74,12 @@ log = logging.getLogger("payments.flow")
 # How many times one delivery may send a money-moving request (first send + resends after a DUPLICATE
 # that the gateway proved was not ours).
 MAX_SENDS = 3
-TRANS_ID = re.compile(r"\d{12}")
 ALREADY_VOIDED = "Already Voided"
 SETTLED_REFUSAL = "cannot void a settled transaction"
 #: The check before each money-moving attempt (the client calls it): (Redis time, TRANS_EXPIRE_PERIOD minutes).
 Fence = Callable[[], tuple[float, int]]
+#: a delivery of a message that never ran before (the sweep's own requests; tests)
+FIRST_DELIVERY = Delivery()
 _STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
 
 
@@ -78,18 +88,18 @@ class Gateway(Protocol):
     before each attempt of a money-moving call (the first and every retry); it returns the attempt's stamp (Redis
     time) and TRANS_EXPIRE_PERIOD (minutes), or raises FenceLost, and then nothing is sent."""
 
-    def sale(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+    def sale(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
 
-    def auth(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+    def auth(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
 
-    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+    def capture(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
                 fence: Fence | None = None) -> Response: ...
 
-    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+    def refund(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
                fence: Fence | None = None) -> Response: ...
 
     def void(self, trans_id: str, order_id: str | None = None, fence: Fence | None = None) -> Response: ...
@@ -184,54 +194,8 @@ class _LeaseLost(Exception):
     """This delivery no longer holds the operation: whoever does owns the record now."""
 
 
-def _short(text: object, limit: int = 200) -> str:
-    """What we record of a caller's value: scrubbed of anything card-like, and bounded."""
-    cleaned = scrub(str(text))
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
 def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def request_fingerprints(operation: str, *, amount: str | None, target: str = "", card_number: str | None = None,
-                         card_keys: Sequence[str] = ()) -> list[str]:
-    """What an idempotency key is bound to: operation, amount, target trans id and a keyed hash of the card
-    number (never the number), one fingerprint per card key (the first is stored; the others still match a
-    record stored before a key rotation)."""
-    card_parts = card_fingerprints(card_number, card_keys) if card_number else [""]
-    return [hashlib.sha256(f"v1|{operation}|{amount or ''}|{target}|{part}".encode()).hexdigest()
-            for part in card_parts]
-
-
-def refusal_fingerprints(operation: str, request: Mapping[str, Any], card_keys: Sequence[str] = ()) -> list[str]:
-    """What a key is bound to when its request was refused for bad input: the whole input as given (it was never
-    sent, so nothing narrower identifies it), any card number as a keyed hash (never the number, never the CVV2).
-    The ``refused`` namespace is no runnable request's: a later, different request under the key is an
-    ``IdempotencyMismatch``, and the same request again gets the stored refusal. One fingerprint per card key."""
-    keys = list(card_keys)
-    return [hashlib.sha256(f"v1|refused|{operation}|{_canonical(request, keys, i)}".encode()).hexdigest()
-            for i in range(max(len(keys), 1))]
-
-
-def _canonical(value: Any, card_keys: list[str], key_index: int) -> str:
-    return json.dumps(_fingerprintable(value, card_keys, key_index), sort_keys=True, default=str)
-
-
-def _fingerprintable(value: Any, card_keys: list[str], key_index: int) -> Any:
-    """``value`` with every card (a mapping with a number) as a keyed hash of its number and its expiry."""
-    if isinstance(value, Mapping):
-        if "number" in value:
-            number = value.get("number")
-            hashed = (card_fingerprints(str(number), card_keys)[key_index]
-                      if card_keys and isinstance(number, str | int) else "unhashed")
-            return {"card": hashed, "expire": str(value.get("expire"))}
-        return {str(k): _fingerprintable(v, card_keys, key_index) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_fingerprintable(v, card_keys, key_index) for v in value]
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    return f"{type(value).__name__}:{value}"
 
 
 def response_fields(response: Response) -> dict[str, str]:
@@ -336,89 +300,64 @@ class PaymentFlow:
                 return older
         return ids[0]
 
-    def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
+    def charge(self, operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
                redelivered: bool = False, shown_key: str | None = None,
                retry_failed: bool = False) -> dict[str, Any]:
-        """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
+        """SALE or AUTH as given (:func:`worker.payments.requests.charge_request` checks it), then :meth:`submit`.
+        ``card`` is the clear card dict (opened by the task just before).
 
         ``invoice_id``: the producer's ``order_id`` (str or int), in clear: sent as INVOICE_ID, recorded masked
-        when card-like (``_short`` scrubs it). ``message_id``: the broker message being run, whose outbox entry the
-        claim removes. ``redelivered``: the message was delivered before (stq is asked before the first send).
-        ``shown_key``: the masked idempotency key of a card-like key (recorded as ``idempotency_key``).
-        ``retry_failed``: the producer's choice to run again a final ERROR of this key that provably charged
-        nothing (not_charged, or refused as invalid input); the key stays bound to its request."""
-        number = card.get("number") if isinstance(card, dict) else None
-        if type(invoice_id) is int:  # a numeric order id travels as its digits (masked in the record if card-like)
-            invoice_id = str(invoice_id)
-        fields: dict[str, Any] = {
-            "amount": _short(amount, 32) if amount is not None else "",
-            "order_id": payment_id,
-            "masked_account": mask_number(str(number)) if number else "",
-        }
-        if invoice_id is not None:
-            fields["invoice_id"] = _short(invoice_id, 64)
-        if shown_key:
-            fields["idempotency_key"] = shown_key
-        if then_void:
-            fields["then_void"] = "1"
-        try:
-            checked_card = validation.card(card)
-            checked_amount = validation.amount(amount, allow_zero=(operation == "auth"))
-            checked_customer = validation.customer(customer)
-            checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
-        except InvalidInput as exc:
-            request = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id}
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
-                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
-        fields["amount"] = checked_amount
-        fingerprints = request_fingerprints(operation, amount=checked_amount, card_number=checked_card.number,
-                                            card_keys=self.card_keys)
-        verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.sale or Gateway.auth
+        when card-like. ``message_id``: the broker message being run, whose outbox entry the claim removes.
+        ``redelivered``: the message was delivered before (stq is asked before the first send). ``shown_key``: the
+        masked idempotency key of a card-like key (recorded as ``idempotency_key``). ``retry_failed``: the
+        producer's choice to run again a final ERROR of this key that provably charged nothing (not_charged, or
+        refused as invalid input); the key stays bound to its request."""
+        request = charge_request(operation, payment_id, amount=amount, card=card, customer=customer,
+                                 invoice_id=invoice_id, then_void=then_void, shown_key=shown_key,
+                                 card_keys=self.card_keys)
+        return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-        def send(duplicate_override: bool, fence: Fence) -> Response:
-            return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
-                        duplicate_override=duplicate_override, invoice_id=checked_invoice, fence=fence)
-
-        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
-                         retry_failed=retry_failed)
-
-    def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
+    def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
                   redelivered: bool = False, shown_key: str | None = None,
                   retry_failed: bool = False) -> dict[str, Any]:
-        """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
-        target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
-        fields: dict[str, Any] = {"target": target, "order_id": payment_id}
-        if shown_key:
-            fields["idempotency_key"] = shown_key
-        if amount is not None:
-            fields["amount"] = _short(amount, 32)
-        if parent:
-            fields["parent"] = parent
-        if reason:
-            fields["reason"] = _short(reason)
-        try:
-            checked_id = validation.trans_id(trans_id)
-            checked_amount = None
-            if operation != "void" and amount is not None:
-                checked_amount = validation.amount(amount)
-        except InvalidInput as exc:
-            request = {"trans_id": trans_id, "amount": amount}
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
-                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
-        if checked_amount is not None:
-            fields["amount"] = checked_amount
-        fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
-        verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.capture, .refund or .void
+        """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id`` (checked by
+        :func:`worker.payments.requests.follow_up_request`), then :meth:`submit`; ``reason`` is kept on the record."""
+        request = follow_up_request(operation, payment_id, trans_id=trans_id, amount=amount, parent=parent,
+                                    reason=reason, shown_key=shown_key, card_keys=self.card_keys)
+        return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-        def send(duplicate_override: bool, fence: Fence) -> Response:
-            if operation == "void":
-                return verb(checked_id, order_id=payment_id, fence=fence)
-            return verb(checked_id, checked_amount, order_id=payment_id, fence=fence)
+    def submit(self, request: PaymentRequest | Refusal, delivery: Delivery = FIRST_DELIVERY) -> dict[str, Any]:
+        """Run a checked request (built once at the task edge), or record its refusal."""
+        if isinstance(request, Refusal):
+            return self.refuse(request.operation, request.payment_id, request.message, fields=request.fields,
+                               message_id=delivery.message_id, fingerprints=request.fingerprints)
+        return self._run(request.operation, request.payment_id, dict(request.fields),
+                         request.fingerprints(self.card_keys), self._sender(request), delivery.message_id,
+                         delivery.redelivered, retry_failed=delivery.retry_failed)
 
-        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
-                         retry_failed=retry_failed)
+    def _sender(self, request: PaymentRequest) -> Callable[[bool, Fence], Response]:
+        """The gateway verb of ``request``, called by name, with our ORDER_ID and the attempt's fence."""
+        gateway, order_id = self.gateway, request.payment_id
+        if isinstance(request, ChargeRequest):
+            verb = gateway.auth if request.operation == "auth" else gateway.sale
+            charge = request
+
+            def send_charge(duplicate_override: bool, fence: Fence) -> Response:
+                return verb(charge.amount, charge.card, charge.customer, order_id=order_id,
+                            duplicate_override=duplicate_override, invoice_id=charge.invoice_id, fence=fence)
+
+            return send_charge
+        follow_up = request
+
+        def send_follow_up(duplicate_override: bool, fence: Fence) -> Response:
+            if follow_up.operation == "void":
+                return gateway.void(follow_up.trans_id, order_id=order_id, fence=fence)
+            verb = gateway.capture if follow_up.operation == "capture" else gateway.refund
+            return verb(follow_up.trans_id, follow_up.amount, order_id=order_id, fence=fence)
+
+        return send_follow_up
 
     def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
                    redelivered: bool = False) -> dict[str, Any]:
