@@ -32,9 +32,11 @@ def test_the_users_file_and_the_environment(tmp_path) -> None:
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     env_entry = "ben:operator:" + hash_password("ben-other-pw")
     users = Users({"CONSOLE_USERS_FILE": str(path), "CONSOLE_USERS": env_entry})
-    assert users.authenticate("ann", "ann-password").role == "operator"
+    ann = users.authenticate("ann", "ann-password")
+    assert ann is not None and ann.role == "operator"
     assert users.authenticate("ann", "wrong-password") is None
-    assert users.authenticate("ben", "ben-other-pw").role == "operator"  # the environment wins for a name in both
+    ben = users.authenticate("ben", "ben-other-pw")
+    assert ben is not None and ben.role == "operator"  # the environment wins for a name in both
     assert users.authenticate("ben", "ben-password") is None
     assert users.authenticate("nobody", "ann-password") is None
     with pytest.raises(UsersError):
@@ -91,7 +93,8 @@ def test_a_login_leads_only_to_a_page_of_this_site(target, expected) -> None:
 
 
 def test_the_card_amount_day_search() -> None:
-    assert CARD_AMOUNT_DAY.match("1111 3.00 2026-12-07").groups() == ("1111", "3.00", "2026-12-07")
+    found = CARD_AMOUNT_DAY.match("1111 3.00 2026-12-07")
+    assert found is not None and found.groups() == ("1111", "3.00", "2026-12-07")
     assert CARD_AMOUNT_DAY.match("4111111111111111 3.00 2026-12-07") is None
     record = {"masked_account": "xxxxxxxxxxxx1111", "amount": "3.00"}
     assert _matches(record, "1111", Decimal("3")) and not _matches(record, "1112", Decimal("3.00"))
