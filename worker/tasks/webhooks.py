@@ -29,7 +29,7 @@ def deliverer_for(svc: Any) -> Any:
 
 
 @shared_task(bind=True, name="payments.webhooks.drain", ignore_result=True)
-def drain(self: Task) -> dict:
+def drain(self: Task) -> dict[str, Any]:
     report = deliverer_for(services_of(self.app)).drain()
     if report.events or report.results:
         log.info("webhooks: %d event(s), deliveries %s", report.events, report.results)
