@@ -438,7 +438,8 @@ class InMemoryStore:
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False) -> dict | None:
+                   reflect: bool = False, then: Any = None) -> dict | None:
+        # ``then`` (a final write's Celery result and ack): there is no broker nor result backend in memory.
         if status not in self.STATUSES:
             raise ValueError(f"unknown status {status!r}")
         expected = [] if expect is None else [str(_to_str(e)) for e in ([expect] if isinstance(expect, str)

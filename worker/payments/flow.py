@@ -57,7 +57,8 @@ from worker.gateway.scrub import scrub
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
-from worker.store import Claim, public_outcome, task_outcome
+from worker.store import Claim, final_write, public_outcome, task_outcome
+from worker.store.final_write import FinalWrite
 
 log = logging.getLogger("payments.flow")
 
@@ -114,7 +115,7 @@ class Store(Protocol):
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False) -> dict[str, Any] | None: ...
+                   reflect: bool = False, then: FinalWrite | None = None) -> dict[str, Any] | None: ...
 
     def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool: ...
 
@@ -671,9 +672,10 @@ class PaymentFlow:
         return self._finish(run, status, fields, note="adopted from stq")
 
     def _finish(self, run: _Run, status: Status, fields: dict[str, Any], *, note: str = "") -> dict[str, Any]:
+        # The task's final write: its Celery result and ack go in the same call (worker/store/final_write.py).
         record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
                                        owner=run.owner, sent=True, reflect=run.follow_up,
-                                       note=note or fields.get("message", ""))
+                                       note=note or fields.get("message", ""), then=final_write.current())
         if record is None:  # someone else holds it now (lease lost): their record stands
             raise _LeaseLost()
         self._observe_outcome(run.operation, record)

@@ -16,13 +16,16 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.broker.app import app
+from worker.broker.final_write import final_write_for
 from worker.cards.messages import unsealed_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
 from worker.payments.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
+from worker.redis_connections import celery_settings
 from worker.services import Services, services_of
+from worker.store.final_write import finishing
 
 log = logging.getLogger("payments.tasks")
 
@@ -62,6 +65,10 @@ class PaymentTask(Task):
         return services_of(self.app)
 
     @cached_property
+    def _store_broker_url(self) -> str:
+        return str(celery_settings(self.services.settings)["broker_url"])
+
+    @cached_property
     def _run_signature(self) -> inspect.Signature:
         # Once per task per process: inspect.signature costs ~10x the bind, on every payment.
         return inspect.signature(self.run)
@@ -79,7 +86,8 @@ class PaymentTask(Task):
         except TypeError as exc:
             return self._refuse(InvalidInput("arguments", f"bad arguments: {exc}"))
         try:
-            return self.run(*args, **kwargs)
+            with finishing(final_write_for(self, self._store_broker_url)):  # outcome, result and ack in one call
+                return self.run(*args, **kwargs)
         except InvalidInput as exc:
             return self._refuse(exc)
         except GatewayOutage as parked:
