@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task
-from kombu.utils.encoding import bytes_to_str
 
 from worker.broker.result_backend import LeanResults
 from worker.store.final_write import OUTCOME_PLACEHOLDER, FinalWrite
@@ -40,15 +39,19 @@ def final_write_for(task: Task, store_broker_url: str) -> FinalWrite | None:
     tag = (getattr(request, "properties", None) or {}).get("delivery_tag")  # kombu's, set when it was published
     if not isinstance(tag, str) or not tag:
         return None
-    task_id = bytes_to_str(request.id)
+    task_id = _text(request.id)
     meta = backend._get_result_meta(result=OUTCOME_PLACEHOLDER, state="SUCCESS", traceback=None, request=request)
     meta["task_id"] = task_id
     expires = backend.expires
-    return FinalWrite(task_id=task_id, result_key=bytes_to_str(backend.get_key_for_task(task_id)),
+    return FinalWrite(task_id=task_id, result_key=_text(backend.get_key_for_task(task_id)),
                       meta=backend.encode(meta), expires=int(expires) if expires else 0,
                       unacked_key=prefix + options.get("unacked_key", "unacked"),
                       unacked_index_key=prefix + options.get("unacked_index_key", "unacked_index"),
                       delivery_tag=tag)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _same_redis(broker_url: Any, result_backend: Any) -> bool:

@@ -32,9 +32,9 @@ class LeanQoS(kombu_redis.QoS):
         # outcome (worker/store/final_write.py): only kombu's in-memory bookkeeping is left. All it needs from this
         # transport: acks go through QoS.ack, with kombu's own unacked key names.
         if isinstance(delivery_tag, str) and final_write.acked(delivery_tag):
-            kombu_virtual.QoS.ack(self, delivery_tag)
+            kombu_virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # (no annotations)
             return
-        super().ack(delivery_tag)
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]  # kombu has no annotations
 
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:

@@ -2,12 +2,12 @@
 
 Every hot-path call (:meth:`ResultsStore.claim`, :meth:`ResultsStore.transition`) is ONE round trip:
 a single ``FCALL`` of the store's Redis function (``worker/store/scripts/*.lua``, :mod:`worker.store.lua`). Inside it
-the record, its history, the indexes and the audit stream are updated together, so two workers can never interleave a read-modify-write. Redis counts every command a script runs, so the hot paths run few: a new
+the record, its history, the indexes and the audit stream are updated together, so two workers can never
+interleave a read-modify-write. Redis counts every command a function runs, so the hot paths run few: a new
 record's claim and a transition touch only the indexes whose membership changes and answer with the record they
-wrote instead of reading it back (10 commands each with the FCALL, README "Performance"; the claim's include the
-``EXISTS`` of the key index entry a record leaves when retention removes it). The scripts read
-Redis server time (``TIME``): leases, ages, next-check times and the attempt journal use that one clock, whatever
-each worker's clock says.
+wrote instead of reading it back (10 commands each with the FCALL; the claim's include the ``EXISTS`` of the key
+index entry a record leaves when retention removes it). The functions read Redis server time (``TIME``): leases,
+ages, next-check times and the attempt journal use that one clock, whatever each worker's clock says.
 """
 
 from __future__ import annotations
