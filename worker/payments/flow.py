@@ -55,6 +55,7 @@ from worker.gateway import (
 )
 from worker.gateway.scrub import scrub
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.payments.repeat import RepeatCharge, plan_repeat
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
@@ -246,6 +247,9 @@ def response_fields(response: Response) -> dict[str, str]:
     }
     if response.masked_account:
         fields["masked_account"] = response.masked_account
+    for name in ("customer_token", "stored_id"):  # a repeat charge's (docs/tokens.md), when the reply has them
+        if getattr(response, name):
+            fields[name] = getattr(response, name)
     return fields
 
 
@@ -338,7 +342,7 @@ class PaymentFlow:
     def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
                redelivered: bool = False, shown_key: str | None = None,
-               retry_failed: bool = False) -> dict[str, Any]:
+               retry_failed: bool = False, repeat: RepeatCharge | None = None) -> dict[str, Any]:
         """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
 
         ``invoice_id``: the producer's ``order_id`` (str or int), in clear: sent as INVOICE_ID, recorded masked
@@ -346,7 +350,9 @@ class PaymentFlow:
         claim removes. ``redelivered``: the message was delivered before (stq is asked before the first send).
         ``shown_key``: the masked idempotency key of a card-like key (recorded as ``idempotency_key``).
         ``retry_failed``: the producer's choice to run again a final ERROR of this key that provably charged
-        nothing (not_charged, or refused as invalid input); the key stays bound to its request."""
+        nothing (not_charged, or refused as invalid input); the key stays bound to its request.
+        ``repeat``: a charge of a stored card (token, customer token) or one that stores it (docs/tokens.md)."""
+        repeat = repeat or RepeatCharge()
         number = card.get("number") if isinstance(card, dict) else None
         if type(invoice_id) is int:  # a numeric order id travels as its digits (masked in the record if card-like)
             invoice_id = str(invoice_id)
@@ -362,25 +368,43 @@ class PaymentFlow:
         if then_void:
             fields["then_void"] = "1"
         try:
-            checked_card = validation.card(card)
+            checked_card = validation.card(card) if card is not None else None
             checked_amount = validation.amount(amount, allow_zero=(operation == "auth"))
             checked_customer = validation.customer(customer)
             checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
+            plan = plan_repeat(operation, payment_id, repeat, card_given=checked_card is not None,
+                               amount=checked_amount, stored_id=self._stored_id_of(repeat.token))
         except InvalidInput as exc:
-            request = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id}
+            request = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id,
+                       **repeat.as_request()}
             return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
                                fingerprints=refusal_fingerprints(operation, request, self.card_keys))
         fields["amount"] = checked_amount
-        fingerprints = request_fingerprints(operation, amount=checked_amount, card_number=checked_card.number,
+        fields.update(plan.record_fields)
+        fingerprints = request_fingerprints(operation, amount=checked_amount, target=plan.target,
+                                            card_number=checked_card.number if checked_card else None,
                                             card_keys=self.card_keys)
         verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.sale or Gateway.auth
 
         def send(duplicate_override: bool, fence: Fence) -> Response:
+            # the repeat-charge arguments only when there are some: a card charge calls the verb as before
             return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
-                        duplicate_override=duplicate_override, invoice_id=checked_invoice, fence=fence)
+                        duplicate_override=duplicate_override, invoice_id=checked_invoice, fence=fence,
+                        **plan.gateway_kwargs)
 
         return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
                          retry_failed=retry_failed)
+
+    def _stored_id_of(self, token: Any) -> str:
+        """The STORED_ID BluePay returned for the transaction a token names (its record, when this store has it)."""
+        if not isinstance(token, str) or not TRANS_ID.fullmatch(token):
+            return ""
+        try:
+            record = self.store.find_by_trans_id(token)
+        except Exception as exc:  # a look only: without it the charge goes without STORED_ID
+            log.warning("stored id of token not read: %s", type(exc).__name__)
+            return ""
+        return str((record or {}).get("stored_id") or "")
 
     def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",

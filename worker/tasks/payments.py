@@ -22,6 +22,7 @@ from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
 from worker.payments.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
+from worker.payments.repeat import RepeatCharge
 from worker.services import Services, services_of
 
 log = logging.getLogger("payments.tasks")
@@ -200,14 +201,17 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
             raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
 
 
-def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any) -> dict:
+def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any,
+            repeat: RepeatCharge) -> dict:
     payment_id = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    return task.services.flow.charge(task.operation, payment_id, amount=amount, card=_open_card(task, card),
+    # no card: a repeat charge by token (docs/tokens.md), or a card missing (the flow refuses it by name)
+    opened = _open_card(task, card) if card is not None else None
+    return task.services.flow.charge(task.operation, payment_id, amount=amount, card=opened,
                                      customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
                                      then_void=task.follows_with_void(), message_id=task.request.id,
                                      redelivered=task.redelivered, shown_key=task.request.shown_key,
-                                     retry_failed=task.request.retry_failed)
+                                     retry_failed=task.request.retry_failed, repeat=repeat)
 
 
 def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
@@ -219,17 +223,22 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
-def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None) -> dict:
-    """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
-    return _charge(self, amount, card, customer, order_id, idempotency_key)
+def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
+         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
+         initiator: Any = None, scheduled: Any = False) -> dict:
+    """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal), or a stored card: ``token`` (an earlier
+    trans_id) or ``customer_token`` (docs/tokens.md)."""
+    return _charge(self, amount, card, customer, order_id, idempotency_key,
+                   RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
-def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None) -> dict:
-    """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
-    return _charge(self, amount, card, customer, order_id, idempotency_key)
+def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
+         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
+         initiator: Any = None, scheduled: Any = False) -> dict:
+    """AUTH: same arguments as sale; amount may be 0.00 (stores the card: its trans_id is a token)."""
+    return _charge(self, amount, card, customer, order_id, idempotency_key,
+                   RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
