@@ -4,8 +4,8 @@ about the charge (``classify``).
 urllib3 directly rather than through ``requests``: a gateway call needs none of requests' session, hooks, cookie
 jar or ``Response`` model, which cost ~40 % of a POST's client CPU on loopback (docs/performance.md). What requests
 gave is kept: the same headers (``requests.utils.default_headers``), proxies from the environment (``no_proxy``
-honoured), the CA bundle of ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or certifi's, connect and read timeouts,
-pooled keep-alive connections, no retries, and the body decoded as requests would (charset of the reply).
+honoured), the CA bundle of ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or requests' own (certifi's), connect and
+read timeouts, pooled keep-alive connections, no retries, and the body decoded as requests would (its charset).
 
 Nothing here follows redirects: bp10emu answers 302 and the result is in ``Location``.
 Exceptions raised from here never carry the request (its body holds card data): the
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-import certifi
 import requests
 import requests.utils
 import urllib3
@@ -197,7 +196,8 @@ class HttpTransport:
         self._headers = dict(requests.utils.default_headers(), **{
             "User-Agent": user_agent, "Content-Type": "application/x-www-form-urlencoded"})
         # The CA bundle as requests finds it: the environment's, else certifi's.
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or certifi.where()
+        bundle = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                  or requests.utils.DEFAULT_CA_BUNDLE_PATH)
         self._pool_kw: dict[str, Any] = {"num_pools": 4, "maxsize": POOL_MAXSIZE, "block": False,
                                          "cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
         self.pool = urllib3.PoolManager(**self._pool_kw)
