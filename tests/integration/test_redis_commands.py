@@ -1,6 +1,6 @@
 """Redis commands a payment costs, as Redis itself runs them (MONITOR: a script's own commands included), against a
 real Redis (database 9, or TEST_REDIS_URL): the store's hot path, the result backend's writes and kombu's record of
-unacknowledged messages (README "Performance"). The end-to-end total is the bench's ``cmd`` column.
+unacknowledged messages (docs/performance.md). The end-to-end total is the bench's ``cmd`` column.
 
 MONITOR sees every client of a shared server: only our calls are counted (the EVALSHA naming our key prefix and the
 commands its script ran, which Redis runs atomically and so lists together; or the commands naming our keys).
