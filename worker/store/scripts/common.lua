@@ -65,7 +65,7 @@ end
 -- Recompute every index membership of the record at ``rec`` from its current state.
 local function reindex(rec, pid, old_trans)
   local r = redis.call('HMGET', rec, 'status', 'operation', 'then_void', 'trans_id',
-                       'created_ts', 'updated_ts', 'reflected', 'needs_human')
+                       'created_ts', 'updated_ts', 'reflected', 'needs_human', 'amount')
   local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
   local created_ts, updated_ts, reflected = r[5], r[6], r[7]
   if NON_FINAL[status] then redis.call('ZADD', IDX_NF, updated_ts, pid) else redis.call('ZREM', IDX_NF, pid) end
@@ -81,7 +81,8 @@ local function reindex(rec, pid, old_trans)
     redis.call('ZREM', IDX_RETRYING, pid)
   end
   if r[8] == '1' then redis.call('ZADD', IDX_HUMAN, updated_ts, pid) else redis.call('ZREM', IDX_HUMAN, pid) end
-  if op == 'auth' and status == 'APPROVED' then
+  -- A $0 auth only stores the card (its id is a token): nothing is held, so the stale-auth sweep never voids it.
+  if op == 'auth' and status == 'APPROVED' and tonumber(r[9] or '') ~= 0 then
     redis.call('ZADD', IDX_OPEN, created_ts, pid)
   else
     redis.call('ZREM', IDX_OPEN, pid)
@@ -112,7 +113,7 @@ local function memberships(s)
   if status == 'RETRYING' then m[IDX_RETRYING] = s.created_ts end
   if s.needs_human == '1' then m[IDX_HUMAN] = s.updated_ts end
   if status == 'APPROVED' then
-    if op == 'auth' then m[IDX_OPEN] = s.created_ts end
+    if op == 'auth' and tonumber(s.amount or '') ~= 0 then m[IDX_OPEN] = s.created_ts end  -- $0: a stored card
     if op == 'sale' and s.then_void == '1' then m[IDX_VOIDS] = s.updated_ts end
     if FOLLOW_UPS[op] and s.reflected ~= '1' then m[IDX_REFLECT] = s.updated_ts end
   end
