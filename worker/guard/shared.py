@@ -84,7 +84,8 @@ class RedisGuard:
         while True:
             verdict, seconds, _state = self._admit(
                 keys=[self._breaker_key, self._bucket_key + lane],
-                args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease)])
+                args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
+                      repr(s.cooldown)])
             verdict = _text(verdict)
             value = float(_text(seconds))
             if verdict == "ok":

@@ -2,13 +2,13 @@
 -- lane's token bucket. One round trip; Redis's clock is the only clock.
 -- KEYS[1] breaker hash {state, failures, open_until, probe_until, opened, changed_at}
 -- KEYS[2] the lane's bucket hash {tokens, ts}
--- ARGV: rate (tokens/s, 0: no limit), burst (bucket size), breaker on ("1"/"0"), probe lease (s)
+-- ARGV: rate (tokens/s, 0: no limit), burst (bucket size), breaker on ("1"/"0"), probe lease (s), cooldown (s)
 -- Returns {verdict, seconds, state}: verdict ok | probe | throttled | open; seconds: failures so far (ok), or how
 -- long to wait (throttled, open).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
-local breaker_on, probe_lease = ARGV[3] == '1', tonumber(ARGV[4])
+local breaker_on, probe_lease, cooldown = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
 local probe, failures = false, 0
 if breaker_on then
   local b = redis.call('HMGET', KEYS[1], 'state', 'open_until', 'probe_until', 'failures')
@@ -23,8 +23,8 @@ if breaker_on then
   end
   if state == 'half_open' then
     local probe_until = tonumber(b[3] or '0') or 0
-    if now < probe_until then
-      return {'open', string.format('%.3f', probe_until - now), 'half_open'}
+    if now < probe_until then  -- another worker's probe is out: look again when it must have answered, or sooner
+      return {'open', string.format('%.3f', math.min(probe_until - now, cooldown)), 'half_open'}
     end
     probe = true
   end
