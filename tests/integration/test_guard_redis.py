@@ -97,3 +97,20 @@ def test_merchants_have_their_own_breaker_and_bucket(client, prefix):
         down.admit("pay")
     other.settle(other.admit("pay"), UP)
     assert breaker_state(client, prefix=prefix, merchant="m2").state == "closed"
+
+
+def test_payments_status_shows_the_limit_and_the_breaker_as_it_stands(client, prefix):
+    import dataclasses
+    import types
+
+    from worker.config import Settings
+    from worker.ops.status import _guard_line, guard_report
+
+    settings = dataclasses.replace(Settings(), key_prefix=prefix,
+                                   guard=GuardSettings(rate=8.0, look_rate=2.0, breaker_failures=1, cooldown=30.0))
+    svc = types.SimpleNamespace(settings=settings, redis=client)
+    assert _guard_line(guard_report(svc)) == "10/s (stq 2/s), breaker CLOSED (0 failures in a row; opened 0 times)"
+    g = guard(client, prefix, merchant="default", breaker_failures=1, cooldown=30.0)
+    g.settle(g.admit("pay"), DOWN)
+    line = _guard_line(guard_report(svc))
+    assert line.startswith("10/s (stq 2/s), breaker OPEN (1 failures in a row, ") and "opened 1 times" in line
