@@ -23,26 +23,37 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from worker.archive.retention import retain
 from worker.payments.flow import GatewayOutage, LeaseBusy
 from worker.payments.record import decode, decode_or_none
 from worker.states import Status
 
+if TYPE_CHECKING:  # annotations only: the services build the flow and the store (no import loop at run time)
+    from worker.config import Settings
+    from worker.payments.flow import PaymentFlow
+    from worker.store import ResultsStore
+
 log = logging.getLogger("payments.sweep")
 
 LOCK_NAME = "sweep"
 
 
-def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
-    """``now``: the time retention judges ages by (default: Redis server time); a test's clock."""
-    settings, store, flow = svc.settings, svc.store, svc.flow
+def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
+              now: float | None = None) -> dict[str, Any]:
+    """``svc``: the process's :class:`~worker.services.Services` (or a test's namespace of ``settings``, ``store``,
+    ``flow``). ``now``: the time retention judges ages by (default: Redis server time); a test's clock."""
+    settings: Settings = svc.settings
+    store: ResultsStore = svc.store
+    flow: PaymentFlow = svc.flow
     lock_ttl = max(60.0, settings.sweep_interval)
     token = store.locks.acquire(LOCK_NAME, ttl_seconds=lock_ttl)
     if token is None:
         log.info("sweep: another sweep holds the lock; nothing done")
         return {"ran": False, "reason": "another sweep is running"}
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     started = store.now()
     # Retention starts no batch past half the lock's life (what comes before it is bounded by its own limits).
     deadline = time.monotonic() + lock_ttl / 2
@@ -51,16 +62,7 @@ def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
             counts[f"repair_{flow.repair(payment_id)}"] += 1
             _tick(progress)
         for record in store.open_auths(settings.stale_auth_age):
-            auth = decode(record)
-            reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
-                      f"({settings.stale_auth_age:g}s), neither captured nor voided")
-            try:
-                outcome = flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
-                                         trans_id=auth.trans_id, parent=auth.payment_id, reason=reason)
-                action = str(outcome.get("status", "NONE")).lower()
-            except (GatewayOutage, LeaseBusy) as later:
-                action = _deferred(record, later)
-            counts[f"stale_auth_void_{action}"] += 1
+            counts[f"stale_auth_void_{void_stale_auth(svc, record)}"] += 1
             _tick(progress)
         for record in store.stale_non_final(settings.reconcile_after):
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
@@ -73,11 +75,7 @@ def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
             counts[f"outbox_{'still_queued' if task_id in queued else republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
-            try:
-                action = finish_chain_void(flow, store, record)
-            except (GatewayOutage, LeaseBusy) as later:
-                action = _deferred(record, later)
-            counts[f"chain_void_{action}"] += 1
+            counts[f"chain_void_{chain_void(svc, record)}"] += 1
             _tick(progress)
         counts.update(retain(svc, now=now, deadline=deadline))
     finally:
@@ -91,17 +89,79 @@ def run_sweep(svc, *, progress=None, now: float | None = None) -> dict:
     return report
 
 
+def void_stale_auth(svc, record) -> str:
+    """Void an approved auth older than STALE_AUTH_AGE, neither captured nor voided (step 2)."""
+    store, age, auth = svc.store, svc.settings.stale_auth_age, decode(record)
+    reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
+              f"({age:g}s), neither captured nor voided")
+    try:
+        outcome = svc.flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
+                                     trans_id=auth.trans_id, parent=auth.payment_id, reason=reason)
+        return str(outcome.get("status", "NONE")).lower()
+    except (GatewayOutage, LeaseBusy) as later:
+        return _deferred(record, later)
+
+
+def chain_void(svc, record) -> str:
+    """Finish a sale->void chain whose void was due but never ran (step 5)."""
+    try:
+        return finish_chain_void(svc.flow, svc.store, record)
+    except (GatewayOutage, LeaseBusy) as later:
+        return _deferred(record, later)
+
+
+def sweep_one(svc, payment_id: str) -> dict:
+    """The sweep's steps 1, 2, 3 and 5 for one payment now (an operator's "sweep this one"), under the sweep's lock
+    so that it never runs beside a sweep: each step only where the sweep itself would take the record (the same
+    indexes and ages). ``{"ran": False, ...}`` when a sweep holds the lock or there is no such record."""
+    settings, store = svc.settings, svc.store
+    token = store.locks.acquire(LOCK_NAME, ttl_seconds=max(60.0, settings.sweep_interval))
+    if token is None:
+        return {"ran": False, "reason": "a sweep is running: try again when it is done"}
+    try:
+        if store.get(payment_id) is None:
+            return {"ran": False, "reason": "no such payment in Redis"}
+        counts: Counter = Counter()
+        if payment_id in _due(store, store.keys.reflect_due, payment_id, float("inf")):
+            counts[f"repair_{svc.flow.repair(payment_id)}"] += 1
+        for record in _only(store, payment_id, "open_auths", store.open_auths, settings.stale_auth_age):
+            counts[f"stale_auth_void_{void_stale_auth(svc, record)}"] += 1
+        for record in _only(store, payment_id, "non_final", store.stale_non_final, settings.reconcile_after):
+            counts[f"reconcile_{svc.flow.reconcile(record, give_up_after=settings.reconcile_give_up)}"] += 1
+        for record in _only(store, payment_id, "voids_due", store.voids_due, settings.reconcile_after):
+            counts[f"chain_void_{chain_void(svc, record)}"] += 1
+    finally:
+        store.locks.release(LOCK_NAME, token)
+    report = {"ran": True, "payment_id": payment_id, **dict(sorted(counts.items()))}
+    log.warning("sweep of %s: %s", payment_id, report)
+    return report
+
+
+def _due(store, key: str, payment_id: str, cutoff: float) -> list[str]:
+    """``[payment_id]`` when the sweep index ``key`` holds it with a score at or below ``cutoff``."""
+    score = store.redis.zscore(key, payment_id)
+    return [payment_id] if score is not None and float(score) <= cutoff else []
+
+
+def _only(store, payment_id: str, index: str, query, older_than: float) -> list[dict]:
+    """What the store's sweep ``query`` (over the index named ``index``) returns for this one payment: asked only
+    when the index holds it old enough, and then by the query itself, so its rules stay the store's."""
+    if not _due(store, getattr(store.keys, index), payment_id, store.now() - float(older_than)):
+        return []
+    return [r for r in query(older_than, limit=None) if r.get("payment_id") == payment_id]
+
+
 # How many times a message the broker lost is published again before a human is asked to look.
 MAX_REPUBLISH = 5
 
 
-def outbox_age(settings) -> float:
+def outbox_age(settings: Settings) -> float:
     """A published payment message nobody finished for this long was lost by the broker (kombu's fetch
     gap): twice the redelivery delay of a dead worker's message, and never less than RECONCILE_AFTER."""
     return max(2.2 * settings.visibility_timeout, settings.reconcile_after)
 
 
-def outbox_due(settings) -> float:
+def outbox_due(settings: Settings) -> float:
     """How long after its stamp an outbox entry is published again. The stamp comes from the first sweep that saw
     the entry, up to one sweep interval after it was published: the entry may be :func:`outbox_age` old once its
     stamp is that minus one interval (with the defaults: stamp 360 s, so the third sweep that sees a lost message
@@ -109,7 +169,7 @@ def outbox_due(settings) -> float:
     return max(outbox_age(settings) - settings.sweep_interval, settings.visibility_timeout)
 
 
-def republish_lost(store, task_id: str, entry: dict) -> str:
+def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any]) -> str:
     from worker.broker.app import republish
 
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
@@ -125,7 +185,7 @@ def republish_lost(store, task_id: str, entry: dict) -> str:
         return "finished"
     # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
     # re-published message had already removed (and the message would be published yet again later).
-    store.outbox.republished(task_id, entry)
+    store.outbox.republished(task_id, dict(entry))
     republish(entry["message"])
     log.warning("sweep: message %s was not finished after publishing; published again", task_id)
     return "republished"
@@ -138,13 +198,13 @@ def _ran_to_its_outcome(task_id: str) -> bool:
     from worker.broker.app import current_payments_app
 
     try:
-        return current_payments_app().AsyncResult(task_id).state == states.SUCCESS
+        return bool(current_payments_app().AsyncResult(task_id).state == states.SUCCESS)
     except Exception as exc:  # the backend is a convenience: re-publishing is safe (the claim answers it)
         log.warning("sweep: result of %s unknown (%s); treated as not run", task_id, type(exc).__name__)
         return False
 
 
-def finish_chain_void(flow, store, sale_record) -> str:
+def finish_chain_void(flow: PaymentFlow, store: ResultsStore, sale_record: Mapping[str, Any]) -> str:
     """Void an approved sale whose chained void never ran (or was skipped while the sale was unknown)."""
     sale_id = decode(sale_record).payment_id
     void_id = f"{sale_id}:void"
@@ -157,11 +217,11 @@ def finish_chain_void(flow, store, sale_record) -> str:
         return "repaired" if result == "reflected" else f"repair_{result}"
     if earlier and earlier.final:
         void_id = fresh_void_id(store, f"{sale_id}:void-sweep")
-    outcome = flow.void_after(sale_record, payment_id=void_id)
+    outcome = flow.void_after(dict(sale_record), payment_id=void_id)
     return str(outcome.get("status", "NONE")).lower()
 
 
-def fresh_void_id(store, void_id: str) -> str:
+def fresh_void_id(store: ResultsStore, void_id: str) -> str:
     """``void_id``, or ``<void_id>-2``, ``-3``... past the ones the reconcile pass closed as never sent ("not
     charged": stq proved the gateway never got them). Such a void did nothing, and the sale/auth is still open:
     retrying under its id would only return that recorded ERROR forever. Deterministic, so two sweeps at once
@@ -175,13 +235,13 @@ def fresh_void_id(store, void_id: str) -> str:
         candidate = f"{void_id}-{n}"
 
 
-def _deferred(record, later: GatewayOutage | LeaseBusy) -> str:
+def _deferred(record: Mapping[str, Any], later: GatewayOutage | LeaseBusy) -> str:
     """A void the gateway could not take now (parked RETRYING/UNKNOWN) or that another worker holds: the next
     sweep picks it up again; one such record must not abort the sweep for all the others."""
     log.warning("sweep: %s deferred: %s", record.get("payment_id"), later.reason)
     return "deferred" if isinstance(later, GatewayOutage) else "busy"
 
 
-def _tick(progress):
+def _tick(progress: Callable[[], object] | None) -> None:
     if progress is not None:
         progress()

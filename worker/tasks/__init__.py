@@ -6,5 +6,6 @@ and Celery's default layout) cannot shadow them; the top-level ``tasks`` package
 """
 from worker.tasks.payments import auth, capture, refund, sale, sweep, void
 from worker.tasks.reconciliation import reconcile_report
+from worker.tasks.webhooks import drain as webhooks_drain
 
-__all__ = ["sale", "auth", "capture", "refund", "void", "sweep", "reconcile_report"]
+__all__ = ["sale", "auth", "capture", "refund", "void", "sweep", "reconcile_report", "webhooks_drain"]
