@@ -66,7 +66,8 @@ def create_app(svc: Any, *, config: ConsoleConfig | None = None, celery_app: Any
 
     @app.template_global()
     def csrf_field() -> Markup:
-        return Markup('<input type="hidden" name="csrf_token" value="%s">') % generate_csrf()
+        token: str = generate_csrf()
+        return Markup('<input type="hidden" name="csrf_token" value="%s">') % token
 
     @app.template_filter("when")
     def _when(epoch: Any) -> str:

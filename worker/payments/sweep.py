@@ -89,7 +89,7 @@ def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
     return report
 
 
-def void_stale_auth(svc, record) -> str:
+def void_stale_auth(svc: Any, record: dict[str, Any]) -> str:
     """Void an approved auth older than STALE_AUTH_AGE, neither captured nor voided (step 2)."""
     store, age, auth = svc.store, svc.settings.stale_auth_age, decode(record)
     reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
@@ -102,7 +102,7 @@ def void_stale_auth(svc, record) -> str:
         return _deferred(record, later)
 
 
-def chain_void(svc, record) -> str:
+def chain_void(svc: Any, record: dict[str, Any]) -> str:
     """Finish a sale->void chain whose void was due but never ran (step 5)."""
     try:
         return finish_chain_void(svc.flow, svc.store, record)
@@ -110,7 +110,7 @@ def chain_void(svc, record) -> str:
         return _deferred(record, later)
 
 
-def sweep_one(svc, payment_id: str) -> dict:
+def sweep_one(svc: Any, payment_id: str) -> dict[str, Any]:
     """The sweep's steps 1, 2, 3 and 5 for one payment now (an operator's "sweep this one"), under the sweep's lock
     so that it never runs beside a sweep: each step only where the sweep itself would take the record (the same
     indexes and ages). ``{"ran": False, ...}`` when a sweep holds the lock or there is no such record."""
@@ -121,7 +121,7 @@ def sweep_one(svc, payment_id: str) -> dict:
     try:
         if store.get(payment_id) is None:
             return {"ran": False, "reason": "no such payment in Redis"}
-        counts: Counter = Counter()
+        counts: Counter[str] = Counter()
         if payment_id in _due(store, store.keys.reflect_due, payment_id, float("inf")):
             counts[f"repair_{svc.flow.repair(payment_id)}"] += 1
         for record in _only(store, payment_id, "open_auths", store.open_auths, settings.stale_auth_age):
@@ -137,13 +137,14 @@ def sweep_one(svc, payment_id: str) -> dict:
     return report
 
 
-def _due(store, key: str, payment_id: str, cutoff: float) -> list[str]:
+def _due(store: ResultsStore, key: str, payment_id: str, cutoff: float) -> list[str]:
     """``[payment_id]`` when the sweep index ``key`` holds it with a score at or below ``cutoff``."""
     score = store.redis.zscore(key, payment_id)
     return [payment_id] if score is not None and float(score) <= cutoff else []
 
 
-def _only(store, payment_id: str, index: str, query, older_than: float) -> list[dict]:
+def _only(store: ResultsStore, payment_id: str, index: str, query: Callable[..., list[dict[str, Any]]],
+          older_than: float) -> list[dict[str, Any]]:
     """What the store's sweep ``query`` (over the index named ``index``) returns for this one payment: asked only
     when the index holds it old enough, and then by the query itself, so its rules stay the store's."""
     if not _due(store, getattr(store.keys, index), payment_id, store.now() - float(older_than)):
