@@ -72,6 +72,13 @@ class Deliveries:
     def event(self, event_id: str) -> dict[str, str]:
         return {str(a): str(b) for a, b in self.redis.hgetall(self.keys.event(event_id)).items()}
 
+    def events(self, event_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Several events in one round trip ({} for one no longer kept)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hgetall(self.keys.event(event_id))
+        return [{str(a): str(b) for a, b in found.items()} for found in pipe.execute()]
+
     def events_since(self, since: float, *, limit: int = 100_000) -> list[str]:
         return [str(m) for m in self.redis.zrangebyscore(self.keys.events, since, "+inf", start=0, num=limit)]
 
