@@ -1,5 +1,5 @@
 """``payments reconcile`` and ``payments resolve``: the settlement reconciliation's commands (worker/cli/main.py wires
-them; the daily beat task in tasks/reconciliation.py runs the same :func:`reconcile_days`).
+them; the daily beat task in tasks/reconciliation.py runs the same reconciliation, worker/payments/reconciliation.py).
 
 ``reconcile`` prints a table (or ``--json``) and exits 0 only when no difference is left; ``resolve`` records an
 operator's decision on a ``needs_human`` record, refused when the gateway's kept report says otherwise.
@@ -9,21 +9,20 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from worker.cli.output import CommandError
 from worker.gateway.scrub import scrub
+from worker.payments import reconciliation
 from worker.payments.reconciliation import (
     ACTIONS,
     DIFFERENCES,
     DayResult,
     Kind,
     ReconcileError,
-    Reconciler,
     contradiction,
-    days,
+    reconcile_days,
 )
 
 log = logging.getLogger("payments.reconcile")
@@ -31,37 +30,12 @@ log = logging.getLogger("payments.reconcile")
 EXIT_DIFFERENCES = 1
 
 
-def reconciler(svc: Any) -> Reconciler:
-    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
-    from worker.store.reconciliations import Reconciliations
-
-    kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
-    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
-
-
-def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:
-    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC)."""
-    word = text.strip().lower()
-    if word == "today":
-        return today()
-    if word == "yesterday":
-        return today() - timedelta(days=1)
+def parse_day(text: str) -> date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC), or a CommandError."""
     try:
-        return date.fromisoformat(word)
-    except ValueError:
-        raise CommandError(f"not a date (YYYY-MM-DD, today, yesterday): {text!r}") from None
-
-
-def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayResult], None] | None = None
-                   ) -> list[DayResult]:
-    rec = reconciler(svc)
-    results = []
-    for day in days(start, end):
-        result = rec.run_day(day)
-        results.append(result)
-        if progress is not None:
-            progress(result)
-    return results
+        return reconciliation.parse_day(text)
+    except reconciliation.NotADay as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_reconcile(svc: Any, args: Any) -> int:

@@ -40,6 +40,7 @@ from worker.gateway import GatewayError, ReportRow, Response
 from worker.gateway.scrub import scrub
 from worker.payments.leases import new_owner
 from worker.states import FOLLOW_UPS, NON_FINAL, Status
+from worker.store.reconciliations import Reconciliations
 
 log = logging.getLogger("payments.reconcile")
 
@@ -522,3 +523,39 @@ def contradiction(status: str, trans_id: str, rows: Sequence[Mapping[str, str]] 
     elif approved:  # ERROR: nothing charged
         return f"the gateway's report shows {shown}: it was charged"
     return None
+
+
+# ---- running it over the services (the CLI and the daily beat task) --------------------------------------------
+def reconciler(svc: Any) -> Reconciler:
+    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
+    kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
+    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
+
+
+class NotADay(ValueError):
+    """A day that is neither ``YYYY-MM-DD`` nor ``today``/``yesterday``."""
+
+
+def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC)."""
+    word = text.strip().lower()
+    if word == "today":
+        return today()
+    if word == "yesterday":
+        return today() - timedelta(days=1)
+    try:
+        return date.fromisoformat(word)
+    except ValueError:
+        raise NotADay(f"not a date (YYYY-MM-DD, today, yesterday): {text!r}") from None
+
+
+def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayResult], None] | None = None
+                   ) -> list[DayResult]:
+    rec = reconciler(svc)
+    results = []
+    for day in days(start, end):
+        result = rec.run_day(day)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results

@@ -15,7 +15,7 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.broker.app import app
+from worker.broker.outbox import AppPublisher
 from worker.cards.messages import unsealed_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
@@ -23,8 +23,12 @@ from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
 from worker.payments.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
 from worker.services import Services, services_of
+from worker.tasks.registry import TaskTable
 
 log = logging.getLogger("payments.tasks")
+
+#: The payment tasks and the sweep, made on an app by ``worker.broker.app.create_app`` (``TASKS.register(app)``).
+TASKS = TaskTable()
 
 # How often a delivery may be re-queued because another worker holds the operation's lease.
 MAX_BUSY_RETRIES = 60
@@ -218,33 +222,33 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
                                         shown_key=task.request.shown_key, retry_failed=task.request.retry_failed)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None) -> dict:
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
@@ -256,9 +260,9 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
-@app.task(bind=True, name="payments.sweep")
+@TASKS.task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 
-    return run_sweep(services_of(self.app))
+    return run_sweep(services_of(self.app), publisher=AppPublisher(self.app))
