@@ -24,8 +24,9 @@ from tests.support.fake_gateway import SALE_TRANS, FakeGateway, duplicate, reply
 from worker.config import Settings
 from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
 from worker.gateway.protocol import parse_query_reply, parse_transaction_reply
-from worker.payments.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow, request_fingerprints
+from worker.payments.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow
 from worker.payments.leases import LeaseKeeper
+from worker.payments.requests import request_fingerprints
 from worker.payments.sweep import run_sweep
 from worker.states import TASK_STATUSES
 from worker.store import CONTRACT_FIELDS
@@ -931,7 +932,7 @@ def test_capture_marks_the_auth_captured(store):
     outcome = checked(make_flow(store, gw).follow_up("capture", new_id("capture"), trans_id=SALE_TRANS,
                                                      amount="5.00"))
     assert outcome["status"] == "APPROVED"
-    assert gw.sends[0]["trans_id"] == SALE_TRANS and gw.sends[0]["amount"] == "5.00" and len(gw.sends) == 1
+    assert gw.sends[0]["trans_id"] == SALE_TRANS and str(gw.sends[0]["amount"]) == "5.00" and len(gw.sends) == 1
     auth = store.get(authorized["payment_id"])
     assert auth["status"] == "CAPTURED" and auth["captured_by"] == outcome["payment_id"]
 

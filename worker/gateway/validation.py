@@ -20,7 +20,9 @@ __all__ = [
     "CUSTOMER_FIELDS",
     "ORDER_ID_MAX",
     "Card",
+    "Money",
     "amount",
+    "money",
     "card",
     "customer",
     "trans_id",
@@ -101,12 +103,44 @@ class Card:
     __str__ = __repr__
 
 
+_CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True, order=True)
+class Money:
+    """A checked amount of dollars and cents: the one money type from the task edge to the gateway and the record.
+
+    Built by :func:`money` (the rule of :func:`amount`), never from a float; ``str()`` is the two-decimal text
+    BluePay takes and the record keeps ("3.00")."""
+
+    value: Decimal
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, Decimal) or not self.value.is_finite():
+            raise TypeError("Money holds a finite Decimal")
+        object.__setattr__(self, "value", self.value.quantize(_CENT))
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f}"
+
+    @property
+    def cents(self) -> int:
+        return int(self.value.scaleb(2))
+
+
+def money(value: object, *, allow_zero: bool = False) -> Money:
+    """``value`` as :class:`Money`, by the rule of :func:`amount` (InvalidInput naming ``amount`` otherwise)."""
+    return Money(Decimal(amount(value, allow_zero=allow_zero)))
+
+
 def amount(value: object, *, allow_zero: bool = False) -> str:
     """Canonical two-decimal amount string ("3.00").
 
-    Accepts ``str``, ``Decimal`` or ``int`` (never ``float``, never ``bool``); at most two
+    Accepts ``str``, ``Decimal``, ``int`` or :class:`Money` (never ``float``, never ``bool``); at most two
     decimals; > 0 unless ``allow_zero``; at most :data:`MAX_AMOUNT`.
     """
+    if isinstance(value, Money):
+        value = value.value
     if isinstance(value, (bool, float)):
         raise InvalidInput("amount", "must be a string, Decimal or int, not a float")
     if isinstance(value, int):

@@ -28,8 +28,6 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 import time
@@ -40,7 +38,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NoReturn, Protocol
 
-from worker.cards.numbers import card_fingerprints, is_card_like_identifier, keyed_ids, mask_number
+from worker.cards.numbers import is_card_like_identifier, keyed_ids
 from worker.cards.vault import DEVELOPMENT_KEY
 from worker.gateway import (
     Expired,
@@ -53,8 +51,20 @@ from worker.gateway import (
     expiry,
     validation,
 )
-from worker.gateway.scrub import scrub
+from worker.gateway.validation import Card, Money
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.payments.record import PaymentRecord, decode, decode_or_none
+from worker.payments.requests import (
+    ChargeOperation,
+    ChargeRequest,
+    Delivery,
+    FollowUpOperation,
+    PaymentRequest,
+    Refusal,
+    charge_request,
+    follow_up_request,
+)
+from worker.payments.requests import short as _short
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
 from worker.store import Claim, public_outcome, task_outcome
@@ -64,11 +74,12 @@ log = logging.getLogger("payments.flow")
 # How many times one delivery may send a money-moving request (first send + resends after a DUPLICATE
 # that the gateway proved was not ours).
 MAX_SENDS = 3
-TRANS_ID = re.compile(r"\d{12}")
 ALREADY_VOIDED = "Already Voided"
 SETTLED_REFUSAL = "cannot void a settled transaction"
 #: The check before each money-moving attempt (the client calls it): (Redis time, TRANS_EXPIRE_PERIOD minutes).
 Fence = Callable[[], tuple[float, int]]
+#: a delivery of a message that never ran before (the sweep's own requests; tests)
+FIRST_DELIVERY = Delivery()
 _STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
 
 
@@ -77,18 +88,18 @@ class Gateway(Protocol):
     before each attempt of a money-moving call (the first and every retry); it returns the attempt's stamp (Redis
     time) and TRANS_EXPIRE_PERIOD (minutes), or raises FenceLost, and then nothing is sent."""
 
-    def sale(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+    def sale(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
 
-    def auth(self, amount: str, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+    def auth(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
 
-    def capture(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+    def capture(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
                 fence: Fence | None = None) -> Response: ...
 
-    def refund(self, trans_id: str, amount: str | None = None, order_id: str | None = None,
+    def refund(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
                fence: Fence | None = None) -> Response: ...
 
     def void(self, trans_id: str, order_id: str | None = None, fence: Fence | None = None) -> Response: ...
@@ -183,54 +194,8 @@ class _LeaseLost(Exception):
     """This delivery no longer holds the operation: whoever does owns the record now."""
 
 
-def _short(text: object, limit: int = 200) -> str:
-    """What we record of a caller's value: scrubbed of anything card-like, and bounded."""
-    cleaned = scrub(str(text))
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
-
-
 def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def request_fingerprints(operation: str, *, amount: str | None, target: str = "", card_number: str | None = None,
-                         card_keys: Sequence[str] = ()) -> list[str]:
-    """What an idempotency key is bound to: operation, amount, target trans id and a keyed hash of the card
-    number (never the number), one fingerprint per card key (the first is stored; the others still match a
-    record stored before a key rotation)."""
-    card_parts = card_fingerprints(card_number, card_keys) if card_number else [""]
-    return [hashlib.sha256(f"v1|{operation}|{amount or ''}|{target}|{part}".encode()).hexdigest()
-            for part in card_parts]
-
-
-def refusal_fingerprints(operation: str, request: Mapping[str, Any], card_keys: Sequence[str] = ()) -> list[str]:
-    """What a key is bound to when its request was refused for bad input: the whole input as given (it was never
-    sent, so nothing narrower identifies it), any card number as a keyed hash (never the number, never the CVV2).
-    The ``refused`` namespace is no runnable request's: a later, different request under the key is an
-    ``IdempotencyMismatch``, and the same request again gets the stored refusal. One fingerprint per card key."""
-    keys = list(card_keys)
-    return [hashlib.sha256(f"v1|refused|{operation}|{_canonical(request, keys, i)}".encode()).hexdigest()
-            for i in range(max(len(keys), 1))]
-
-
-def _canonical(value: Any, card_keys: list[str], key_index: int) -> str:
-    return json.dumps(_fingerprintable(value, card_keys, key_index), sort_keys=True, default=str)
-
-
-def _fingerprintable(value: Any, card_keys: list[str], key_index: int) -> Any:
-    """``value`` with every card (a mapping with a number) as a keyed hash of its number and its expiry."""
-    if isinstance(value, Mapping):
-        if "number" in value:
-            number = value.get("number")
-            hashed = (card_fingerprints(str(number), card_keys)[key_index]
-                      if card_keys and isinstance(number, str | int) else "unhashed")
-            return {"card": hashed, "expire": str(value.get("expire"))}
-        return {str(k): _fingerprintable(v, card_keys, key_index) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_fingerprintable(v, card_keys, key_index) for v in value]
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    return f"{type(value).__name__}:{value}"
 
 
 def response_fields(response: Response) -> dict[str, str]:
@@ -335,89 +300,64 @@ class PaymentFlow:
                 return older
         return ids[0]
 
-    def charge(self, operation: str, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
+    def charge(self, operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
                redelivered: bool = False, shown_key: str | None = None,
                retry_failed: bool = False) -> dict[str, Any]:
-        """SALE or AUTH. ``card`` is the clear card dict (opened by the task just before).
+        """SALE or AUTH as given (:func:`worker.payments.requests.charge_request` checks it), then :meth:`submit`.
+        ``card`` is the clear card dict (opened by the task just before).
 
         ``invoice_id``: the producer's ``order_id`` (str or int), in clear: sent as INVOICE_ID, recorded masked
-        when card-like (``_short`` scrubs it). ``message_id``: the broker message being run, whose outbox entry the
-        claim removes. ``redelivered``: the message was delivered before (stq is asked before the first send).
-        ``shown_key``: the masked idempotency key of a card-like key (recorded as ``idempotency_key``).
-        ``retry_failed``: the producer's choice to run again a final ERROR of this key that provably charged
-        nothing (not_charged, or refused as invalid input); the key stays bound to its request."""
-        number = card.get("number") if isinstance(card, dict) else None
-        if type(invoice_id) is int:  # a numeric order id travels as its digits (masked in the record if card-like)
-            invoice_id = str(invoice_id)
-        fields: dict[str, Any] = {
-            "amount": _short(amount, 32) if amount is not None else "",
-            "order_id": payment_id,
-            "masked_account": mask_number(str(number)) if number else "",
-        }
-        if invoice_id is not None:
-            fields["invoice_id"] = _short(invoice_id, 64)
-        if shown_key:
-            fields["idempotency_key"] = shown_key
-        if then_void:
-            fields["then_void"] = "1"
-        try:
-            checked_card = validation.card(card)
-            checked_amount = validation.amount(amount, allow_zero=(operation == "auth"))
-            checked_customer = validation.customer(customer)
-            checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
-        except InvalidInput as exc:
-            request = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id}
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
-                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
-        fields["amount"] = checked_amount
-        fingerprints = request_fingerprints(operation, amount=checked_amount, card_number=checked_card.number,
-                                            card_keys=self.card_keys)
-        verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.sale or Gateway.auth
+        when card-like. ``message_id``: the broker message being run, whose outbox entry the claim removes.
+        ``redelivered``: the message was delivered before (stq is asked before the first send). ``shown_key``: the
+        masked idempotency key of a card-like key (recorded as ``idempotency_key``). ``retry_failed``: the
+        producer's choice to run again a final ERROR of this key that provably charged nothing (not_charged, or
+        refused as invalid input); the key stays bound to its request."""
+        request = charge_request(operation, payment_id, amount=amount, card=card, customer=customer,
+                                 invoice_id=invoice_id, then_void=then_void, shown_key=shown_key,
+                                 card_keys=self.card_keys)
+        return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-        def send(duplicate_override: bool, fence: Fence) -> Response:
-            return verb(checked_amount, checked_card, checked_customer, order_id=payment_id,
-                        duplicate_override=duplicate_override, invoice_id=checked_invoice, fence=fence)
-
-        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
-                         retry_failed=retry_failed)
-
-    def follow_up(self, operation: str, payment_id: str, *, trans_id: Any, amount: Any = None,
+    def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
                   redelivered: bool = False, shown_key: str | None = None,
                   retry_failed: bool = False) -> dict[str, Any]:
-        """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id``; ``reason`` is kept on the record."""
-        target = trans_id if isinstance(trans_id, str) and TRANS_ID.fullmatch(trans_id) else _short(trans_id, 32)
-        fields: dict[str, Any] = {"target": target, "order_id": payment_id}
-        if shown_key:
-            fields["idempotency_key"] = shown_key
-        if amount is not None:
-            fields["amount"] = _short(amount, 32)
-        if parent:
-            fields["parent"] = parent
-        if reason:
-            fields["reason"] = _short(reason)
-        try:
-            checked_id = validation.trans_id(trans_id)
-            checked_amount = None
-            if operation != "void" and amount is not None:
-                checked_amount = validation.amount(amount)
-        except InvalidInput as exc:
-            request = {"trans_id": trans_id, "amount": amount}
-            return self.refuse(operation, payment_id, f"invalid input: {exc}", fields=fields, message_id=message_id,
-                               fingerprints=refusal_fingerprints(operation, request, self.card_keys))
-        if checked_amount is not None:
-            fields["amount"] = checked_amount
-        fingerprints = request_fingerprints(operation, amount=checked_amount, target=checked_id)
-        verb: Callable[..., Response] = getattr(self.gateway, operation)  # Gateway.capture, .refund or .void
+        """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id`` (checked by
+        :func:`worker.payments.requests.follow_up_request`), then :meth:`submit`; ``reason`` is kept on the record."""
+        request = follow_up_request(operation, payment_id, trans_id=trans_id, amount=amount, parent=parent,
+                                    reason=reason, shown_key=shown_key, card_keys=self.card_keys)
+        return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-        def send(duplicate_override: bool, fence: Fence) -> Response:
-            if operation == "void":
-                return verb(checked_id, order_id=payment_id, fence=fence)
-            return verb(checked_id, checked_amount, order_id=payment_id, fence=fence)
+    def submit(self, request: PaymentRequest | Refusal, delivery: Delivery = FIRST_DELIVERY) -> dict[str, Any]:
+        """Run a checked request (built once at the task edge), or record its refusal."""
+        if isinstance(request, Refusal):
+            return self.refuse(request.operation, request.payment_id, request.message, fields=request.fields,
+                               message_id=delivery.message_id, fingerprints=request.fingerprints)
+        return self._run(request.operation, request.payment_id, dict(request.fields),
+                         request.fingerprints(self.card_keys), self._sender(request), delivery.message_id,
+                         delivery.redelivered, retry_failed=delivery.retry_failed)
 
-        return self._run(operation, payment_id, fields, fingerprints, send, message_id, redelivered,
-                         retry_failed=retry_failed)
+    def _sender(self, request: PaymentRequest) -> Callable[[bool, Fence], Response]:
+        """The gateway verb of ``request``, called by name, with our ORDER_ID and the attempt's fence."""
+        gateway, order_id = self.gateway, request.payment_id
+        if isinstance(request, ChargeRequest):
+            verb = gateway.auth if request.operation == "auth" else gateway.sale
+            charge = request
+
+            def send_charge(duplicate_override: bool, fence: Fence) -> Response:
+                return verb(charge.amount, charge.card, charge.customer, order_id=order_id,
+                            duplicate_override=duplicate_override, invoice_id=charge.invoice_id, fence=fence)
+
+            return send_charge
+        follow_up = request
+
+        def send_follow_up(duplicate_override: bool, fence: Fence) -> Response:
+            if follow_up.operation == "void":
+                return gateway.void(follow_up.trans_id, order_id=order_id, fence=fence)
+            verb = gateway.capture if follow_up.operation == "capture" else gateway.refund
+            return verb(follow_up.trans_id, follow_up.amount, order_id=order_id, fence=fence)
+
+        return send_follow_up
 
     def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
                    redelivered: bool = False) -> dict[str, Any]:
@@ -427,7 +367,8 @@ class PaymentFlow:
         parent = str(sale_outcome["payment_id"])
         payment_id = payment_id or f"{parent}:void"
         current = self.store.get(parent) or sale_outcome
-        status = current.get("status")
+        sale = decode(current)
+        status = sale.status
         if status == Status.VOIDED:
             return self.skip("void", payment_id, parent, f"sale {parent} is already voided", sale=current,
                              message_id=message_id)
@@ -435,10 +376,10 @@ class PaymentFlow:
             return self.skip("void", payment_id, parent,
                              f"sale {parent} is {status}: not voided now; the sweep voids it if it was approved",
                              sale=current, message_id=message_id)
-        if status != Status.APPROVED or not current.get("trans_id"):
+        if status != Status.APPROVED or not sale.trans_id:
             return self.skip("void", payment_id, parent, f"sale {parent} was {status}: nothing to void", sale=current,
                              message_id=message_id)
-        return self.follow_up("void", payment_id, trans_id=current["trans_id"], parent=parent, message_id=message_id,
+        return self.follow_up("void", payment_id, trans_id=sale.trans_id, parent=parent, message_id=message_id,
                               redelivered=redelivered)
 
     def skip(self, operation: str, payment_id: str, parent: str, reason: str, *,
@@ -475,10 +416,9 @@ class PaymentFlow:
                                            owner=owner, note=_short(message), sent=False)
             self._observe_outcome(operation, record)
             return task_outcome(record or self.store.get(payment_id))
-        existing = claim.record
-        if claim.kind == "exists" and existing.get("status") == Status.ERROR and \
-                existing.get("error_class") == error_class:
-            return task_outcome(existing)  # this very refusal, delivered again
+        existing = decode(claim.record)
+        if claim.kind == "exists" and existing.status == Status.ERROR and existing.error_class == error_class:
+            return existing.outcome()  # this very refusal, delivered again
         return error_outcome(operation, payment_id, _short(message), error_class)
 
     def current_outcome(self, payment_id: str) -> dict[str, Any]:
@@ -493,16 +433,14 @@ class PaymentFlow:
                                  mode="reconcile")
         if claim.kind != "resumed":
             return task_outcome(claim.record) if claim.record else self.current_outcome(payment_id)
-        record = claim.record
-        if claim.previous_status == Status.RETRYING and not record.get("sent_ts"):
+        if claim.previous_status == Status.RETRYING and decode(claim.record).sent_ts is None:
             done = self.store.transition(payment_id, Status.ERROR, owner=owner, sent=False, note=reason,
                                          fields={"message": _short(reason), "not_charged": "1"})
             self._observe_outcome(operation, done)
             return task_outcome(done or self.store.get(payment_id))
         parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, note=reason,
                                        fields={"message": _short(f"{reason}; outcome unknown: the sweep asks stq")})
-        if parked is not None:
-            self.observer.parked(operation, str(parked.get("status", "")))
+        self._observe_parked(operation, parked)
         return task_outcome(parked or self.store.get(payment_id))
 
     # ----------------------------------------------------------------- the engine
@@ -516,31 +454,33 @@ class PaymentFlow:
                                      mode="retry_failed" if retry_failed else "run",
                                      fingerprints=fingerprints, journal="prior" if redelivered else True,
                                      dead_owner=self._dead_holder(payment_id) if redelivered else "")
-            if claim.kind == "busy" and owner_is_dead(claim.record.get("lease_owner", "")):
+            holder = decode(claim.record).lease_owner if claim.kind == "busy" else ""
+            if holder and owner_is_dead(holder):
                 claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                          lease_seconds=self.lease_seconds, fingerprints=fingerprints,
-                                         dead_owner=claim.record["lease_owner"])
+                                         dead_owner=holder)
         except ReplicaAckTimeout as exc:  # we hold the lease, but a failover could undo the claim: send nothing
             self._park(_Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=0.0),
                        Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
+        held = decode(claim.record)
         if claim.kind == "mismatch":
             return error_outcome(operation, payment_id,
                                  f"idempotency key {payment_id!r} is already bound to another request "
-                                 f"({claim.record.get('operation')}, amount {claim.record.get('amount') or '-'}); "
-                                 "nothing was sent", "IdempotencyMismatch")
+                                 f"({held.operation}, amount {held.amount or '-'}); nothing was sent",
+                                 "IdempotencyMismatch")
         if claim.kind == "final":
-            return task_outcome(claim.record)
+            return held.outcome()
         if claim.kind == "busy":
-            remaining = float(claim.record.get("lease_until") or 0) - claim.now
+            remaining = (held.lease_until or 0.0) - claim.now
             raise LeaseBusy(f"{payment_id} is being processed by another worker",
                             countdown=max(0.5, min(remaining + 0.5, 10.0)))
         run = _run_of(operation, payment_id, owner, send, self.clock() + self.operation_budget,
-                      {**fields, **claim.record})
+                      decode({**fields, **claim.record}))
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
             try:
-                return self._drive(run, claim.record, claim.now, journaled=claim.kind == "claimed" and not redelivered)
+                return self._drive(run, held, claim.now, journaled=claim.kind == "claimed" and not redelivered)
             except _LeaseLost:
                 return self.current_outcome(payment_id)
             except (GatewayOutage, LeaseBusy):
@@ -557,8 +497,8 @@ class PaymentFlow:
                                 type(park_exc).__name__)
                 raise
 
-    def _drive(self, run: _Run, record: dict[str, Any], now: float, *, journaled: bool) -> dict[str, Any]:
-        sent_ts = float(record.get("sent_ts") or 0) or None
+    def _drive(self, run: _Run, record: PaymentRecord, now: float, *, journaled: bool) -> dict[str, Any]:
+        sent_ts = record.sent_ts
         if sent_ts is not None:
             # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
             found = self._lookup(run, now)
@@ -625,7 +565,7 @@ class PaymentFlow:
         else "". Asked only for a message delivered before (a worker died with it): a dead holder sends nothing
         later, so its takeover need not wait for its attempt's stamp to expire, only for the commit horizon."""
         try:
-            return _dead(self.store.get(payment_id))
+            return _dead(decode_or_none(self.store.get(payment_id)))
         except Exception as exc:  # a look only: without it the takeover waits for the stamp (the safe side)
             log.warning("%s: holder not looked at: %s", payment_id, type(exc).__name__)
             return ""
@@ -686,8 +626,9 @@ class PaymentFlow:
                                        fields={"message": _short(note)}, note=note, sent=sent, check_in=check_in)
         if record is None:
             raise _LeaseLost()
-        self.observer.parked(run.operation, str(record.get("status", status)))
-        raise outage(note, parked_as=record.get("status", status), check_in=check_in)
+        parked_as = decode(record).status or status
+        self.observer.parked(run.operation, parked_as)
+        raise outage(note, parked_as=parked_as, check_in=check_in)
 
     def _lookup(self, run: _Run, now: float) -> Response | Absent | CannotTell:
         """stq by ORDER_ID over the gateway days of this operation's attempts (the record's Redis times: its creation
@@ -737,41 +678,42 @@ class PaymentFlow:
         if run.operation in ("sale", "auth"):
             return Expected(run.payment_id, types, amount=_money(run.amount), last_four=_last_four(run.masked_account))
         original = self._original(run)
-        last_four = _last_four(str(original.get("masked_account") or "")) if original else ""
+        last_four = _last_four(original.masked_account) if original else ""
         if run.operation == "void" or run.amount:
             return Expected(run.payment_id, types, amount=_money(run.amount) if run.amount else None,
                             last_four=last_four, target=run.target)
-        ceiling = _money(str(original.get("amount") or "")) if original else None
+        ceiling = original.amount_value if original else None
         return Expected(run.payment_id, types, at_most=ceiling, amount_required=True, last_four=last_four,
                         target=run.target)
 
-    def _original(self, run: _Run) -> dict[str, Any] | None:
+    def _original(self, run: _Run) -> PaymentRecord | None:
         """The record a follow-up refers to, when this store knows it."""
         try:
             original = self.store.get(run.parent) if run.parent else None
-            return original or (self.store.find_by_trans_id(run.target) if run.target else None)
+            return decode_or_none(original or (self.store.find_by_trans_id(run.target) if run.target else None))
         except Exception as exc:  # without it, only the rules that need no original apply
             log.warning("reconcile %s: original not read: %s", run.payment_id, type(exc).__name__)
             return None
 
     # ----------------------------------------------------------------- the sweep's reconciliation
-    def reconcile(self, record: dict[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
+    def reconcile(self, record: Mapping[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
         """The sweep's look at an operation left non-final: adopt, close as not charged, or wait.
 
         Returns what happened: adopted, not_charged, still_unknown, gave_up, or skipped (taken/final/not due).
         """
-        payment_id, operation = record["payment_id"], record["operation"]
+        seen = decode(record)
+        payment_id, operation = seen.payment_id, seen.operation
         now = self.store.now()
-        if float(record.get("next_check_ts") or 0) > now:
+        if (seen.next_check_ts or 0.0) > now:
             return "skipped"
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
-                                 mode="reconcile", dead_owner=_dead(record))
+                                 mode="reconcile", dead_owner=_dead(seen))
         if claim.kind != "resumed":
             return "skipped"
-        current, now = claim.record, claim.now
+        current, now = decode(claim.record), claim.now
         run = _run_of(operation, payment_id, owner, _no_send, self.clock() + self.operation_budget, current)
-        sent_ts = float(current.get("sent_ts") or 0) or None
+        sent_ts = current.sent_ts
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
@@ -784,8 +726,8 @@ class PaymentFlow:
                     self._finish(run, Status.ERROR, {"message": "not processed by the gateway: nothing was charged",
                                                      "not_charged": "1"})
                     return "not_charged"
-                tries = int(current.get("reconcile_tries") or 0) + 1
-                age = now - float(current.get("created_ts") or now)
+                tries = current.reconcile_tries + 1
+                age = now - (current.created_ts or now)
                 if age >= give_up_after:
                     message = f"outcome still unknown after {age / 3600:.1f} h: check the gateway by hand"
                     log.error("reconcile %s: %s", payment_id, message)
@@ -799,15 +741,19 @@ class PaymentFlow:
                                                note="outcome unknown; the gateway could not tell yet",
                                                fields={"message": "outcome unknown; the gateway could not tell yet",
                                                        "reconcile_tries": str(tries)})
-                if parked is not None:
-                    self.observer.parked(operation, str(parked.get("status", "")))
+                self._observe_parked(operation, parked)
                 return "still_unknown"
             except _LeaseLost:
                 return "skipped"
 
     def _observe_outcome(self, operation: str, record: Mapping[str, Any] | None) -> None:
         if record is not None:
-            self.observer.outcome(operation, str(record.get("status", "")), str(record.get("amount") or ""))
+            written = decode(record)
+            self.observer.outcome(operation, written.status or "", written.amount)
+
+    def _observe_parked(self, operation: str, record: Mapping[str, Any] | None) -> None:
+        if record is not None:
+            self.observer.parked(operation, decode(record).status or "")
 
     def repair(self, payment_id: str) -> str:
         """Reflect an APPROVED follow-up on its original if a crash left that undone (the sweep)."""
@@ -864,12 +810,11 @@ def _last_four(masked: str) -> str:
 
 
 def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool, Fence], Response], deadline: float,
-            record: Mapping[str, Any]) -> _Run:
+            record: PaymentRecord) -> _Run:
     """One delivery's run of the operation whose record (or claim fields) is ``record``."""
     return _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=deadline,
-                amount=str(record.get("amount") or ""), created_ts=float(record.get("created_ts") or 0),
-                masked_account=str(record.get("masked_account") or ""), target=str(record.get("target") or ""),
-                parent=str(record.get("parent") or ""))
+                amount=record.amount, created_ts=record.created_ts or 0.0, masked_account=record.masked_account,
+                target=record.target, parent=record.parent)
 
 
 def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]:
@@ -885,10 +830,10 @@ def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]
         return {}
 
 
-def _dead(record: Mapping[str, Any] | None) -> str:
+def _dead(record: PaymentRecord | None) -> str:
     """``record``'s lease holder if it left an attempt in flight and its process is known dead, else ""."""
-    holder = str((record or {}).get("lease_owner") or "")
-    return holder if (record or {}).get("in_flight") == "1" and holder and owner_is_dead(holder) else ""
+    holder = record.lease_owner if record is not None else ""
+    return holder if record is not None and record.in_flight and holder and owner_is_dead(holder) else ""
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from worker.gateway import GatewayError, ReportRow, Response
 from worker.gateway.scrub import scrub
 from worker.payments.leases import new_owner
+from worker.payments.record import PaymentRecord, decode
 from worker.states import FOLLOW_UPS, NON_FINAL, Status
 from worker.store.reconciliations import Reconciliations
 
@@ -129,44 +130,58 @@ def gateway_says(row: ReportRow) -> str:
                                                                                 else "")
 
 
-def we_say(record: Mapping[str, Any]) -> str:
-    amount = record.get("amount") or ""
-    return f"{record.get('status')} {record.get('operation')}" + (f" {amount}" if amount else "")
+def _typed(record: Mapping[str, Any] | PaymentRecord) -> PaymentRecord:
+    return record if isinstance(record, PaymentRecord) else decode(record)
 
 
-def expected_status(record: Mapping[str, Any]) -> str | None:
+def we_say(record: Mapping[str, Any] | PaymentRecord) -> str:
+    ours = _typed(record)
+    status = ours.status or ours.fields.get("status")
+    return f"{status} {ours.operation or None}" + (f" {ours.amount}" if ours.amount else "")
+
+
+def expected_status(record: Mapping[str, Any] | PaymentRecord) -> str | None:
     """The gateway status ("1", "0") the record's own transaction should have; None: no transaction expected
     (ERROR, SKIPPED, a void answered "Already Voided" without a transaction of its own)."""
-    status = record.get("status")
-    if status in _APPROVED_FAMILY or status == Status.VOIDED:
-        if not record.get("trans_id") and str(record.get("message") or "").startswith("Already Voided"):
+    ours = _typed(record)
+    if ours.status in _APPROVED_FAMILY or ours.status == Status.VOIDED:
+        if not ours.trans_id and ours.message.startswith("Already Voided"):
             return None
         return "1"
-    if status == Status.DECLINED:
+    if ours.status == Status.DECLINED:
         return "0"
     return None
 
 
-def classify(row: ReportRow, record: Mapping[str, Any] | None, *, origin: Mapping[str, Any] | None = None) -> Verdict:
+def classify(row: ReportRow, record: Mapping[str, Any] | PaymentRecord | None, *,
+             origin: Mapping[str, Any] | PaymentRecord | None = None) -> Verdict:
     """What one report row says about our records. ``record``: the record whose payment id is the row's ORDER_ID
     (None: no such record); ``origin``: for a VOID/REFUND row unknown to us, our record of the transaction it
     refers to (``master_id``). None: no difference."""
     if record is None:
-        if row.approved and origin is not None and row.trans_type == "VOID":
-            if origin.get("status") == Status.VOIDED:
-                return None  # our void of it, recorded under another id (or already reconciled)
-            return Finding(Kind.VOIDED_AT_GATEWAY, str(origin.get("payment_id", "")), str(origin.get("trans_id", "")),
-                           f"voided at the gateway by {row.trans_id} (no ORDER_ID of ours: the console?)",
-                           we_say(origin), gateway_says(row), row)
-        if row.approved:
-            what = f"refund of our {row.master_id}" if origin is not None else "unknown to us"
-            return Finding(Kind.GATEWAY_ONLY, "", row.trans_id,
-                           f"approved {row.trans_type} {row.amount_text} under ORDER_ID {row.order_id or '-'}: {what}",
-                           "", gateway_says(row), row)
-        return None  # a decline or error we do not know of moved no money
-    pid = str(record.get("payment_id", ""))
-    ours_trans = str(record.get("trans_id") or "")
-    status = record.get("status")
+        return _unknown_to_us(row, _typed(origin) if origin is not None else None)
+    return _ours(row, _typed(record))
+
+
+def _unknown_to_us(row: ReportRow, origin: PaymentRecord | None) -> Verdict:
+    """A row under no ORDER_ID of ours: a void of one of ours made elsewhere, or money we know nothing of."""
+    if row.approved and origin is not None and row.trans_type == "VOID":
+        if origin.status == Status.VOIDED:
+            return None  # our void of it, recorded under another id (or already reconciled)
+        return Finding(Kind.VOIDED_AT_GATEWAY, origin.payment_id, origin.trans_id,
+                       f"voided at the gateway by {row.trans_id} (no ORDER_ID of ours: the console?)",
+                       we_say(origin), gateway_says(row), row)
+    if row.approved:
+        what = f"refund of our {row.master_id}" if origin is not None else "unknown to us"
+        return Finding(Kind.GATEWAY_ONLY, "", row.trans_id,
+                       f"approved {row.trans_type} {row.amount_text} under ORDER_ID {row.order_id or '-'}: {what}",
+                       "", gateway_says(row), row)
+    return None  # a decline or error we do not know of moved no money
+
+
+def _ours(row: ReportRow, record: PaymentRecord) -> Verdict:
+    """A row under the ORDER_ID of ``record``."""
+    pid, ours_trans, status = record.payment_id, record.trans_id, record.status
     if ours_trans and row.trans_id != ours_trans:
         if not row.approved:
             return None
@@ -174,24 +189,36 @@ def classify(row: ReportRow, record: Mapping[str, Any] | None, *, origin: Mappin
                        f"a second transaction under our ORDER_ID (ours is {ours_trans}): charged twice?",
                        we_say(record), gateway_says(row), row)
     if status in NON_FINAL:
-        if row.voided:
-            return Finding(Kind.VOIDED_AT_GATEWAY, pid, row.trans_id, f"{status} here, approved then voided there",
-                           we_say(record), gateway_says(row), row)
-        if row.status in ("1", "0") and row.trans_type in _TRANS_TYPE.get(str(record.get("operation")), ()):
-            return Adopt(pid, row)
-        return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, f"{status} here; the gateway has this row",
-                       we_say(record), gateway_says(row), row)
+        return _not_final_yet(row, record)
     expected = expected_status(record)
-    if row.trans_type not in _TRANS_TYPE.get(str(record.get("operation")), ()):
+    if row.trans_type not in _TRANS_TYPE.get(record.operation, ()):
         return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id,
-                       f"the gateway's {row.trans_type} under the ORDER_ID of our {record.get('operation')}",
+                       f"the gateway's {row.trans_type} under the ORDER_ID of our {record.operation}",
                        we_say(record), gateway_says(row), row)
     if expected != row.status:
         if expected is None and not row.approved:
             return None  # we recorded an error; the gateway's row moved no money either
-        note = "closed as not charged, but charged" if record.get("not_charged") == "1" and row.approved else (
+        note = "closed as not charged, but charged" if record.not_charged and row.approved else (
             f"recorded {status}, the gateway says {_GATEWAY_WORD[row.status]}")
         return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, note, we_say(record), gateway_says(row), row)
+    return _final_agrees(row, record)
+
+
+def _not_final_yet(row: ReportRow, record: PaymentRecord) -> Verdict:
+    """A row of an operation the store has not finished: adopted when it is the operation's own kind."""
+    pid, status = record.payment_id, record.status
+    if row.voided:
+        return Finding(Kind.VOIDED_AT_GATEWAY, pid, row.trans_id, f"{status} here, approved then voided there",
+                       we_say(record), gateway_says(row), row)
+    if row.status in ("1", "0") and row.trans_type in _TRANS_TYPE.get(record.operation, ()):
+        return Adopt(pid, row)
+    return Finding(Kind.STATUS_MISMATCH, pid, row.trans_id, f"{status} here; the gateway has this row",
+                   we_say(record), gateway_says(row), row)
+
+
+def _final_agrees(row: ReportRow, record: PaymentRecord) -> Verdict:
+    """A final record whose status the row confirms: voided/settled and the amount still to compare."""
+    pid, status = record.payment_id, record.status
     if status == Status.VOIDED and not row.voided:
         if row.settled:
             return Finding(Kind.SETTLED_BUT_VOIDED, pid, row.trans_id, "recorded VOIDED, but it settled",
@@ -201,7 +228,7 @@ def classify(row: ReportRow, record: Mapping[str, Any] | None, *, origin: Mappin
     if status in _APPROVED_FAMILY and row.voided:
         return Finding(Kind.VOIDED_AT_GATEWAY, pid, row.trans_id, f"recorded {status}, voided at the gateway",
                        we_say(record), gateway_says(row), row)
-    ours_amount = _money(str(record.get("amount") or ""))
+    ours_amount = _money(record.amount)
     if ours_amount is not None and ours_amount != row.amount:
         return Finding(Kind.AMOUNT_MISMATCH, pid, row.trans_id, f"ours {ours_amount}, the gateway's {row.amount_text}",
                        we_say(record), gateway_says(row), row)
@@ -346,10 +373,11 @@ class Reconciler:
             found = self.kept.records(sorted(set(by_trans.values())))
             origins = {t: found[p] for t, p in by_trans.items() if p in found}
         for row in batch:
-            record = records.get(row.order_id) if row.order_id else None
+            stored = records.get(row.order_id) if row.order_id else None
+            record = decode(stored) if stored is not None else None
             if record is not None:
                 seen.add(row.order_id)
-                if record.get("needs_human") == "1" or record.get("status") in NON_FINAL:
+                if record.needs_human or record.status in NON_FINAL:
                     kept_rows.setdefault(row.order_id, []).append(row.as_dict())
             verdict = classify(row, record, origin=origins.get(row.master_id) if row.master_id else None)
             if isinstance(verdict, Adopt):
@@ -379,9 +407,10 @@ class Reconciler:
         def check() -> None:
             records = self.kept.records(sorted({r.order_id for r in batch if r.order_id}))
             for row in batch:
-                record = records.get(row.order_id)
-                if (record is not None and record.get("status") == Status.VOIDED and row.trans_id ==
-                        record.get("trans_id") and row.settled and not row.voided):
+                found = records.get(row.order_id)
+                record = decode(found) if found is not None else None
+                if (record is not None and record.status == Status.VOIDED and row.trans_id == record.trans_id
+                        and row.settled and not row.voided):
                     self._note(result, Finding(Kind.SETTLED_BUT_VOIDED, row.order_id, row.trans_id,
                                                "recorded VOIDED, but it settled", we_say(record), gateway_says(row),
                                                row), kept_rows)
@@ -404,37 +433,38 @@ class Reconciler:
             missing = [pid for pid in ids if pid not in seen]
             if not missing:
                 continue
-            for pid, record in self.kept.records(missing).items():
-                if record.get("status") in NON_FINAL:
+            for pid, found in self.kept.records(missing).items():
+                record = decode(found)
+                if record.status in NON_FINAL:
                     result.still_non_final += 1  # the sweep's (stq) to settle; shown, not a difference yet
                     kept_rows.setdefault(pid, [])
                     continue
                 expected = expected_status(record)
-                if record.get("needs_human") == "1":
+                if record.needs_human:
                     kept_rows.setdefault(pid, [])  # the report has nothing under it: what resolve checks against
                 if expected != "1":
                     continue
                 if asked >= MAX_STQ_CONFIRMATIONS:
-                    self._note(result, Finding(Kind.OURS_ONLY, pid, str(record.get("trans_id") or ""),
+                    self._note(result, Finding(Kind.OURS_ONLY, pid, record.trans_id,
                                                "not in the report (not confirmed with stq: too many)",
                                                we_say(record), "absent"), kept_rows)
                     continue
                 asked += 1
                 self._confirm(pid, record, days_back, result, kept_rows)
 
-    def _confirm(self, pid: str, record: dict[str, Any], days_back: int, result: DayResult,
+    def _confirm(self, pid: str, record: PaymentRecord, days_back: int, result: DayResult,
                  kept_rows: dict[str, list[dict[str, str]]]) -> None:
         """A record the day's report did not show: stq by ORDER_ID (its transaction may sit on the next day)."""
         try:
             found = self.gateway.query(order_id=pid, days_back=days_back)
         except Exception as exc:  # cannot tell: still reported, saying so
-            self._note(result, Finding(Kind.OURS_ONLY, pid, str(record.get("trans_id") or ""),
+            self._note(result, Finding(Kind.OURS_ONLY, pid, record.trans_id,
                                        f"not in the report; stq could not confirm ({type(exc).__name__})",
                                        we_say(record), "absent"), kept_rows)
             return
         result.confirmed_by_stq += 1
         if found is None:
-            self._note(result, Finding(Kind.OURS_ONLY, pid, str(record.get("trans_id") or ""),
+            self._note(result, Finding(Kind.OURS_ONLY, pid, record.trans_id,
                                        "not in the report, and stq finds no transaction under its ORDER_ID",
                                        we_say(record), "absent"), kept_rows)
             return
@@ -461,7 +491,7 @@ class Reconciler:
         earlier is no longer a difference."""
         voided = [f for f in result.findings if f.kind == Kind.VOIDED_AT_GATEWAY and f.payment_id]
         now = self.kept.records(sorted({f.payment_id for f in voided}))
-        gone = {id(f) for f in voided if now.get(f.payment_id, {}).get("status") == Status.VOIDED}
+        gone = {id(f) for f in voided if decode(now.get(f.payment_id, {})).status == Status.VOIDED}
         if gone:
             result.findings = [f for f in result.findings if id(f) not in gone]
             result.counts[Kind.VOIDED_AT_GATEWAY] -= len(gone)
@@ -471,7 +501,7 @@ class Reconciler:
         current = self.kept.records([pid]).get(pid)
         if current is None:
             return None
-        operation = str(current.get("operation"))
+        operation = decode(current).operation
         owner = new_owner()
         claim = self.store.claim(pid, operation, owner=owner, lease_seconds=self.lease_seconds, mode="reconcile")
         if claim.kind == "busy":

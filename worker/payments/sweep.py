@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 from worker.archive.retention import retain
 from worker.payments.flow import GatewayOutage, LeaseBusy
+from worker.payments.record import decode, decode_or_none
+from worker.states import Status
 
 log = logging.getLogger("payments.sweep")
 
@@ -63,11 +65,12 @@ def run_sweep(svc, *, publisher: OutboxPublisher | None = None, progress=None, n
             counts[f"repair_{flow.repair(payment_id)}"] += 1
             _tick(progress)
         for record in store.open_auths(settings.stale_auth_age):
-            reason = (f"stale authorization: approved at {record.get('created_at')}, older than STALE_AUTH_AGE "
+            auth = decode(record)
+            reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
                       f"({settings.stale_auth_age:g}s), neither captured nor voided")
             try:
-                outcome = flow.follow_up("void", fresh_void_id(store, f"{record['payment_id']}:void-stale"),
-                                         trans_id=record["trans_id"], parent=record["payment_id"], reason=reason)
+                outcome = flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
+                                         trans_id=auth.trans_id, parent=auth.payment_id, reason=reason)
                 action = str(outcome.get("status", "NONE")).lower()
             except (GatewayOutage, LeaseBusy) as later:
                 action = _deferred(record, later)
@@ -146,16 +149,16 @@ def republish_lost(store, task_id: str, entry: dict, publisher: OutboxPublisher 
 
 def finish_chain_void(flow, store, sale_record) -> str:
     """Void an approved sale whose chained void never ran (or was skipped while the sale was unknown)."""
-    sale_id = sale_record["payment_id"]
+    sale_id = decode(sale_record).payment_id
     void_id = f"{sale_id}:void"
-    earlier = store.get(void_id)
-    if earlier and earlier.get("status") == "APPROVED":
+    earlier = decode_or_none(store.get(void_id))
+    if earlier and earlier.status == Status.APPROVED:
         # The void went through but the sale's record was not updated (crash in between): repair it.
         result = store.reflect(void_id)
         # "reflected": repaired now; anything else (already reflected, original not final) is said as it is,
         # so a sale that stays APPROVED is not counted "repaired" on every sweep.
         return "repaired" if result == "reflected" else f"repair_{result}"
-    if earlier and earlier.get("status") in store.FINAL:
+    if earlier and earlier.final:
         void_id = fresh_void_id(store, f"{sale_id}:void-sweep")
     outcome = flow.void_after(sale_record, payment_id=void_id)
     return str(outcome.get("status", "NONE")).lower()
@@ -168,8 +171,8 @@ def fresh_void_id(store, void_id: str) -> str:
     still pick the same id and the store's claim lets only one of them send."""
     candidate, n = void_id, 1
     while True:
-        earlier = store.get(candidate)
-        if not (earlier and earlier.get("status") == "ERROR" and earlier.get("not_charged") == "1"):
+        earlier = decode_or_none(store.get(candidate))
+        if not (earlier and earlier.status == Status.ERROR and earlier.not_charged):
             return candidate
         n += 1
         candidate = f"{void_id}-{n}"

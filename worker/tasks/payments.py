@@ -21,7 +21,15 @@ from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
-from worker.payments.flow import GatewayOutage, LeaseBusy, refusal_fingerprints
+from worker.payments.flow import GatewayOutage, LeaseBusy
+from worker.payments.requests import (
+    CHARGES,
+    FOLLOW_UPS,
+    Delivery,
+    charge_request,
+    follow_up_request,
+    refusal_fingerprints,
+)
 from worker.services import Services, services_of
 from worker.tasks.registry import TaskTable
 
@@ -129,20 +137,25 @@ class PaymentTask(Task):
         raise self.retry(countdown=countdown)
 
     # ---- helpers for the task bodies -------------------------------------------------------------
-    def bind_payment_id(self, idempotency_key: Any) -> str:
-        """The operation id: the producer's idempotency key (opened when it travelled sealed; a card-like key's
-        keyed id, never the key), else the task id."""
-        self.request.shown_key = None
+    def bind_payment_id(self, idempotency_key: Any) -> tuple[str, str | None]:
+        """The operation id (ours) and the producer's key as the record shows it: the producer's idempotency key
+        (opened when it travelled sealed; a card-like key's keyed id, never the key, shown masked), else the task
+        id. The id is kept on the request for the policies of :meth:`__call__` (outage, busy, time limit)."""
+        shown_key = None
         if idempotency_key is not None:
             key = _checked_key(open_identifier(self, "idempotency_key", idempotency_key))
             if is_card_like_identifier(key):
-                self.request.shown_key = mask_number(key)
+                shown_key = mask_number(key)
                 self.request.payment_id = self.services.flow.payment_id_for(key)
             else:
                 self.request.payment_id = key
         else:  # the task id stands for the key: sent as ORDER_ID all the same
             validation.idempotency_key(self.request.payment_id, "task_id")
-        return str(self.request.payment_id)
+        return str(self.request.payment_id), shown_key
+
+    def delivery(self) -> Delivery:
+        """This run of the message: its id, whether it may have run before, the producer's retry_failed."""
+        return Delivery(self.request.id, self.redelivered, self.request.retry_failed)
 
     @property
     def redelivered(self) -> bool:
@@ -205,21 +218,24 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
 
 
 def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any) -> dict:
-    payment_id = task.bind_payment_id(idempotency_key)
+    """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
+    payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    return task.services.flow.charge(task.operation, payment_id, amount=amount, card=_open_card(task, card),
-                                     customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
-                                     then_void=task.follows_with_void(), message_id=task.request.id,
-                                     redelivered=task.redelivered, shown_key=task.request.shown_key,
-                                     retry_failed=task.request.retry_failed)
+    flow = task.services.flow
+    request = charge_request(CHARGES[task.operation], payment_id, amount=amount, card=_open_card(task, card),
+                             customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
+                             then_void=task.follows_with_void(), shown_key=shown_key, card_keys=flow.card_keys)
+    return flow.submit(request, task.delivery())
 
 
 def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
-    payment_id = task.bind_payment_id(idempotency_key)
+    """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
+    payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    return task.services.flow.follow_up(task.operation, payment_id, trans_id=trans_id, amount=amount,
-                                        message_id=task.request.id, redelivered=task.redelivered,
-                                        shown_key=task.request.shown_key, retry_failed=task.request.retry_failed)
+    flow = task.services.flow
+    request = follow_up_request(FOLLOW_UPS[task.operation], payment_id, trans_id=trans_id, amount=amount,
+                                shown_key=shown_key, card_keys=flow.card_keys)
+    return flow.submit(request, task.delivery())
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
