@@ -39,7 +39,7 @@ print("ok", len(names))
 
 def test_create_app_registers_the_payment_tasks_on_its_app_only():
     app = create_app(Settings())
-    assert PAYMENT_TASK_NAMES <= set(app.tasks)
+    assert set(app.tasks) >= PAYMENT_TASK_NAMES
     assert app.tasks["payments.sale"].app is app
     other = Celery("someone-else", set_as_current=False)
     assert not PAYMENT_TASK_NAMES & set(other.tasks)  # not shared tasks: another program's app gets none
