@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -433,7 +434,8 @@ def test_approved_follow_ups_never_reflected_on_their_originals_are_repaired_onc
 # ---------------------------------------------------------------------------------------------- 5. concurrency
 def _sweep_in_threads(services_list):
     barrier = threading.Barrier(len(services_list))
-    results, errors = [None] * len(services_list), []
+    results: list[dict[str, Any] | None] = [None] * len(services_list)
+    errors: list[str] = []
 
     def run(i, s):
         try:

@@ -23,8 +23,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("worker.redis_connections", "worker.cards", "worker.archive", "worker.ops.metrics",
      "worker.payments.amounts"),                                          # the money rule: checked at publish too
     ("worker.store", "worker.payments"),                                  # the ledger, the payment domain
-    ("worker.ops", "worker.services"),                                    # operations; the wiring of services
-    ("worker.broker", "worker.tasks.payments", "worker.tasks.reconciliation", "worker.tasks.registry"),
+    ("worker.ops", "worker.services", "worker.webhooks"),                 # operations, webhooks; services wired
+    ("worker.broker", "worker.tasks.payments", "worker.tasks.reconciliation", "worker.tasks.webhooks",
+     "worker.tasks.registry"),
     ("worker.broker.app",),                                               # the composition root: create_app
     ("worker", "worker.tasks", "worker.cli", "tasks", "celeryconfig", "flowerconfig"),  # faces, public names
 ]

@@ -34,12 +34,12 @@ _SCAN_FACTOR = 5
 
 def archive_older_than(store: Any, archive: Archive, cutoff: float, *, batch: int = 500, limit: int | None = None,
                        deadline: float | None = None, progress: Callable[[int], None] | None = None,
-                       key_retention: float = DEFAULT_KEY_RETENTION) -> Counter:
+                       key_retention: float = DEFAULT_KEY_RETENTION) -> Counter[str]:
     """Archive, then remove from Redis, what may leave and was last changed at or before ``cutoff`` (epoch seconds),
     each record leaving its key index entry for ``key_retention`` seconds after its last change; then the audit
     entries before it. At most ``limit`` records (None: all), and no new batch after ``deadline``
     (``time.monotonic()``). Raises :class:`ArchiveUnavailable` (having deleted only what the archive holds)."""
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     offset, looked = 0, 0
     max_looked = None if limit is None else limit * _SCAN_FACTOR
     while limit is None or counts["archived"] < limit:
@@ -76,7 +76,7 @@ def archive_older_than(store: Any, archive: Archive, cutoff: float, *, batch: in
     return +counts  # zero counts dropped
 
 
-def retain(svc: Any, *, now: float | None = None, deadline: float | None = None) -> Counter:
+def retain(svc: Any, *, now: float | None = None, deadline: float | None = None) -> Counter[str]:
     """The sweep's retention step: ``archive_older_than(now - PAYMENTS_RETENTION)`` with the sweep's bounds, ``now``
     being Redis server time unless given (a test's clock). An archive that cannot be used stops the step and is
     counted, never raised: the rest of the sweep and the payments go on."""

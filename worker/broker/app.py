@@ -37,6 +37,7 @@ from worker.redis_connections import ReplicaAckTimeout, retry_not_durable
 from worker.services import ProcessServices, Services, attach, services, services_of
 from worker.tasks import payments as payment_tasks
 from worker.tasks import reconciliation as reconciliation_tasks
+from worker.tasks import webhooks as webhook_tasks
 
 # as_task_v2's positional parameters after (task_id, name, args, kwargs): Celery's send_task passes
 # countdown ... chain positionally.
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.steps["consumer"].add(TaskEventBuffer)
     payment_tasks.TASKS.register(app)
     reconciliation_tasks.TASKS.register(app)
+    webhook_tasks.TASKS.register(app)
     _connect_signals()
     return app
 

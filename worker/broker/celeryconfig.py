@@ -7,10 +7,12 @@ from typing import Any
 from urllib.parse import quote
 
 from celery.schedules import crontab
+from kombu import Queue
 
 from worker.broker import sentinel
 from worker.config import Settings, parse_sentinels
 from worker.redis_connections import database, uses_sentinel
+from worker.webhooks.settings import drain_interval_from_env
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
@@ -109,5 +111,12 @@ def config_for(_s: Settings) -> dict[str, Any]:
         "payments-reconcile-report": {"task": "payments.reconcile_report",
                                       "schedule": crontab(hour=_hour, minute=_minute)},
     }
+    # ... and the webhook schedule, every WEBHOOK_DRAIN_INTERVAL (1 s), on its own queue: a slow endpoint never holds
+    # a payment's message. Expiring: drains a stopped worker missed are dropped, not run in a burst.
+    beat_schedule["payments-webhooks"] = {"task": "payments.webhooks.drain", "schedule": drain_interval_from_env(),
+                                          "options": {"queue": "webhooks", "expires": 10}}
+    task_routes = {"payments.webhooks.*": {"queue": "webhooks"}}
+    # A worker started without -Q consumes both queues (a one-worker setup delivers); "-Q celery" / "-Q webhooks" pin.
+    task_queues = (Queue("celery"), Queue("webhooks"))
     timezone = "UTC"
     return {name: value for name, value in locals().items() if not name.startswith("_")}

@@ -70,7 +70,7 @@ class CardVault:
     def __repr__(self) -> str:
         return f"<CardVault keys={self.key_count}>"
 
-    def seal(self, card: dict) -> dict:
+    def seal(self, card: dict[str, Any]) -> dict[str, Any]:
         """Seal a clear card ``{"number", "expire", "cvv2"?}``; an already sealed dict is returned as is."""
         if self.is_sealed(card):
             return card
@@ -82,7 +82,7 @@ class CardVault:
         token = self._fernet.encrypt(payload).decode("ascii")
         return {"sealed": token, "masked": mask_number(str(card["number"]))}
 
-    def open(self, sealed: dict, *, ttl: int | None = None) -> dict:
+    def open(self, sealed: dict[str, Any], *, ttl: int | None = None) -> dict[str, Any]:
         """Return the clear card dict. ``ttl`` (seconds) optionally rejects older seals."""
         if not self.is_sealed(sealed):
             raise CardSealError("not a sealed card")
@@ -98,7 +98,7 @@ class CardVault:
             raise CardSealError("sealed card payload is malformed")
         return card
 
-    def rotate(self, sealed: dict) -> dict:
+    def rotate(self, sealed: dict[str, Any]) -> dict[str, Any]:
         """Re-seal with the current first key (for draining old keys)."""
         if not self.is_sealed(sealed):
             raise CardSealError("not a sealed card")
@@ -108,12 +108,13 @@ class CardVault:
             raise CardSealError("sealed card could not be opened (wrong key or tampered token)") from None
         return {**sealed, "sealed": token}
 
-    def seal_identifier(self, value: Any) -> dict:
+    def seal_identifier(self, value: Any) -> dict[str, Any]:
         """Seal a card-like identifier (``idempotency_key``, ``order_id``: a ``str`` or an ``int``) as ``{"sealed_id":
         token, "masked": ...}``; an already sealed one is returned as it is. The token keeps the value's type (an
         ``int`` opens as an ``int``)."""
         if self.is_sealed_identifier(value):
-            return value  # (is_sealed_identifier: already the sealed dict)
+            sealed: dict[str, Any] = value  # (is_sealed_identifier: already the sealed dict)
+            return sealed
         payload = json.dumps({"id": value}, separators=(",", ":")).encode()
         return {"sealed_id": self._fernet.encrypt(payload).decode("ascii"), "masked": mask_number(value)}
 
@@ -160,7 +161,7 @@ def load_card_key(env_value: str | None, mode: str) -> CardVault:
         raise ConfigurationError(f"PAYMENTS_CARD_KEY: {exc}") from None
 
 
-def mask_card(card: Any) -> dict:
+def mask_card(card: Any) -> dict[str, Any]:
     """Masked view of a clear or sealed card, safe for logs, argsrepr and Flower."""
     if CardVault.is_sealed(card):
         return {"number": mask_number(card.get("masked")), "expire": "**"}

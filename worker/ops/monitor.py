@@ -58,7 +58,7 @@ def unacked_key(app: Any) -> str:
 
 def snapshot(svc: Any, app: Any) -> dict[str, Any]:
     """The store's health (``store.health.snapshot``) plus ``broker``: two round trips to Redis."""
-    found = svc.store.health.snapshot(stale_auth_age=svc.settings.stale_auth_age)
+    found: dict[str, Any] = svc.store.health.snapshot(stale_auth_age=svc.settings.stale_auth_age)
     found["broker"] = broker_snapshot(svc.store.redis, broker_queues(app), unacked_key=unacked_key(app))
     return found
 

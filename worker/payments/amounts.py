@@ -13,6 +13,7 @@ its meaning. Plain Python: no Celery import.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -58,14 +59,15 @@ def _check_amount(value: Any, field: str) -> None:
             f"(amount=\"{value:.2f}\") or amount_cents=<int>"))
 
 
-def publish_amounts(task: str | None, args: list, kwargs: dict, prefix: str = "") -> tuple[list, dict]:
+def publish_amounts(task: str | None, args: Sequence[Any], kwargs: Mapping[str, Any],
+                    prefix: str = "") -> tuple[list[Any], dict[str, Any]]:
     """``args``/``kwargs`` of one call of a payment task with ``amount_cents`` turned into ``amount`` and every
     ``amount`` checked; raises :class:`AmountRefused` naming the field. Other tasks pass through untouched."""
     params = PARAMETERS.get(task or "")
     if not params or AMOUNT not in params:
-        return args, kwargs
+        return list(args), dict(kwargs)
     position = params.index(AMOUNT)
-    args, kwargs = list(args), dict(kwargs)
+    args, kwargs = list(args), dict(kwargs)  # copies: the caller's message is not changed
 
     def named(name: str, index: int | None = None) -> str:
         if not prefix:

@@ -23,12 +23,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.archive.retention import retain
 from worker.payments.flow import GatewayOutage, LeaseBusy
 from worker.payments.record import decode, decode_or_none
 from worker.states import Status
+
+if TYPE_CHECKING:  # annotations only: the services build the flow and the store (no import loop at run time)
+    from worker.config import Settings
+    from worker.payments.flow import PaymentFlow
+    from worker.store import ResultsStore
 
 log = logging.getLogger("payments.sweep")
 
@@ -45,18 +51,22 @@ class OutboxPublisher(Protocol):
         """Whether the task already ran to its outcome (the result backend's SUCCESS); when unsure, False."""
 
 
-def run_sweep(svc, *, publisher: OutboxPublisher | None = None, progress=None, now: float | None = None) -> dict:
-    """``publisher``: how lost payment messages are published again (the sweep task and ``payments sweep`` hand in
-    their app's); None: this sweep publishes nothing, and counts what it would have published
+def run_sweep(svc: Any, *, publisher: OutboxPublisher | None = None, progress: Callable[[], object] | None = None,
+              now: float | None = None) -> dict[str, Any]:
+    """``svc``: the process's :class:`~worker.services.Services` (or a test's namespace of ``settings``, ``store``,
+    ``flow``). ``publisher``: how lost payment messages are published again (the sweep task and ``payments sweep``
+    hand in their app's); None: this sweep publishes nothing, and counts what it would have published
     (``outbox_not_republished``). ``now``: the time retention judges ages by (default: Redis server time); a test's
     clock."""
-    settings, store, flow = svc.settings, svc.store, svc.flow
+    settings: Settings = svc.settings
+    store: ResultsStore = svc.store
+    flow: PaymentFlow = svc.flow
     lock_ttl = max(60.0, settings.sweep_interval)
     token = store.locks.acquire(LOCK_NAME, ttl_seconds=lock_ttl)
     if token is None:
         log.info("sweep: another sweep holds the lock; nothing done")
         return {"ran": False, "reason": "another sweep is running"}
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     started = store.now()
     # Retention starts no batch past half the lock's life (what comes before it is bounded by its own limits).
     deadline = time.monotonic() + lock_ttl / 2
@@ -110,13 +120,13 @@ def run_sweep(svc, *, publisher: OutboxPublisher | None = None, progress=None, n
 MAX_REPUBLISH = 5
 
 
-def outbox_age(settings) -> float:
+def outbox_age(settings: Settings) -> float:
     """A published payment message nobody finished for this long was lost by the broker (kombu's fetch
     gap): twice the redelivery delay of a dead worker's message, and never less than RECONCILE_AFTER."""
     return max(2.2 * settings.visibility_timeout, settings.reconcile_after)
 
 
-def outbox_due(settings) -> float:
+def outbox_due(settings: Settings) -> float:
     """How long after its stamp an outbox entry is published again. The stamp comes from the first sweep that saw
     the entry, up to one sweep interval after it was published: the entry may be :func:`outbox_age` old once its
     stamp is that minus one interval (with the defaults: stamp 360 s, so the third sweep that sees a lost message
@@ -124,7 +134,8 @@ def outbox_due(settings) -> float:
     return max(outbox_age(settings) - settings.sweep_interval, settings.visibility_timeout)
 
 
-def republish_lost(store, task_id: str, entry: dict, publisher: OutboxPublisher | None) -> str:
+def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any],
+                   publisher: OutboxPublisher | None) -> str:
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
         log.error("sweep: message %s was published %d times and never finished: look at it by hand",
                   task_id, MAX_REPUBLISH + 1)
@@ -141,13 +152,13 @@ def republish_lost(store, task_id: str, entry: dict, publisher: OutboxPublisher 
         return "finished"
     # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
     # re-published message had already removed (and the message would be published yet again later).
-    store.outbox.republished(task_id, entry)
+    store.outbox.republished(task_id, dict(entry))
     publisher.republish(entry["message"])
     log.warning("sweep: message %s was not finished after publishing; published again", task_id)
     return "republished"
 
 
-def finish_chain_void(flow, store, sale_record) -> str:
+def finish_chain_void(flow: PaymentFlow, store: ResultsStore, sale_record: Mapping[str, Any]) -> str:
     """Void an approved sale whose chained void never ran (or was skipped while the sale was unknown)."""
     sale_id = decode(sale_record).payment_id
     void_id = f"{sale_id}:void"
@@ -160,11 +171,11 @@ def finish_chain_void(flow, store, sale_record) -> str:
         return "repaired" if result == "reflected" else f"repair_{result}"
     if earlier and earlier.final:
         void_id = fresh_void_id(store, f"{sale_id}:void-sweep")
-    outcome = flow.void_after(sale_record, payment_id=void_id)
+    outcome = flow.void_after(dict(sale_record), payment_id=void_id)
     return str(outcome.get("status", "NONE")).lower()
 
 
-def fresh_void_id(store, void_id: str) -> str:
+def fresh_void_id(store: ResultsStore, void_id: str) -> str:
     """``void_id``, or ``<void_id>-2``, ``-3``... past the ones the reconcile pass closed as never sent ("not
     charged": stq proved the gateway never got them). Such a void did nothing, and the sale/auth is still open:
     retrying under its id would only return that recorded ERROR forever. Deterministic, so two sweeps at once
@@ -178,13 +189,13 @@ def fresh_void_id(store, void_id: str) -> str:
         candidate = f"{void_id}-{n}"
 
 
-def _deferred(record, later: GatewayOutage | LeaseBusy) -> str:
+def _deferred(record: Mapping[str, Any], later: GatewayOutage | LeaseBusy) -> str:
     """A void the gateway could not take now (parked RETRYING/UNKNOWN) or that another worker holds: the next
     sweep picks it up again; one such record must not abort the sweep for all the others."""
     log.warning("sweep: %s deferred: %s", record.get("payment_id"), later.reason)
     return "deferred" if isinstance(later, GatewayOutage) else "busy"
 
 
-def _tick(progress):
+def _tick(progress: Callable[[], object] | None) -> None:
     if progress is not None:
         progress()

@@ -31,5 +31,6 @@ refund = _of_the_default_app("payments.refund")
 void = _of_the_default_app("payments.void")
 sweep = _of_the_default_app("payments.sweep")
 reconcile_report = _of_the_default_app("payments.reconcile_report")
+webhooks_drain = _of_the_default_app("payments.webhooks.drain")
 
-__all__ = ["sale", "auth", "capture", "refund", "void", "sweep", "reconcile_report"]
+__all__ = ["sale", "auth", "capture", "refund", "void", "sweep", "reconcile_report", "webhooks_drain"]

@@ -21,7 +21,7 @@ from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
-from worker.payments.flow import GatewayOutage, LeaseBusy
+from worker.payments.flow import GatewayOutage, LeaseBusy, PaymentFlow
 from worker.payments.requests import (
     CHARGES,
     FOLLOW_UPS,
@@ -48,7 +48,7 @@ def outage_countdown(retries: int, *, backoff: float, backoff_max: float, visibi
     horizon still running), and always well under the visibility timeout (ETA messages are redelivered
     after it)."""
     ceiling = visibility_timeout / 4
-    wait = min(backoff_max, backoff * 2 ** retries) * (random.uniform(0.5, 1.0) if jitter is None else jitter)
+    wait = min(backoff_max, backoff * 2.0 ** retries) * (random.uniform(0.5, 1.0) if jitter is None else jitter)
     if at_least is not None:
         wait = max(wait, at_least)
     return min(ceiling, wait)
@@ -72,6 +72,12 @@ class PaymentTask(Task):
     def services(self) -> Services:
         """This task's app's services in this process (``worker.broker.app.create_app``)."""
         return services_of(self.app)
+
+    @property
+    def flow(self) -> PaymentFlow:
+        """The payment flow of this task's app (``Services.flow``)."""
+        flow: PaymentFlow = self.services.flow
+        return flow
 
     @cached_property
     def _run_signature(self) -> inspect.Signature:
@@ -98,11 +104,11 @@ class PaymentTask(Task):
             return self._on_outage(parked)
         except LeaseBusy as busy:
             if request.retries >= MAX_BUSY_RETRIES:
-                return self.services.flow.current_outcome(request.payment_id)
+                return self.flow.current_outcome(request.payment_id)
             raise self.retry(countdown=busy.countdown) from busy
         except SoftTimeLimitExceeded:
             # the flow parked the operation (UNKNOWN if an attempt may be out): the sweep reconciles it
-            return self.services.flow.current_outcome(request.payment_id)
+            return self.flow.current_outcome(request.payment_id)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The message stays unacknowledged if even the re-queue fails: the broker redelivers it.
             log.warning("%s %s: Redis unavailable (%s); re-queued", self.operation, request.payment_id,
@@ -110,25 +116,25 @@ class PaymentTask(Task):
             raise self.retry(countdown=5, max_retries=None if request.retries < 20 else 0) from exc
         except Exception as exc:  # a bug must not lose the job: parked by the flow, or an ERROR record
             log.error("%s %s failed: %s", self.operation, request.payment_id, type(exc).__name__, exc_info=True)
-            outcome = self.services.flow.current_outcome(request.payment_id)
+            outcome = self.flow.current_outcome(request.payment_id)
             if outcome.get("operation"):
                 return outcome
-            return self.services.flow.refuse(self.operation, request.payment_id,
+            return self.flow.refuse(self.operation, request.payment_id,
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
 
-    def _refuse(self, exc: InvalidInput) -> dict:
-        flow, request = self.services.flow, self.request
+    def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
+        flow, request = self.flow, self.request
         # The key is bound to this request as given (its card sealed or not): another request under it is an
         # IdempotencyMismatch, this one again the stored refusal.
         given = {"args": list(request.args or ()), "kwargs": dict(request.kwargs or {})}
         return flow.refuse(self.operation, request.payment_id, f"invalid input: {exc}", message_id=request.id,
                            fingerprints=refusal_fingerprints(self.operation, given, flow.card_keys))
 
-    def _on_outage(self, parked: GatewayOutage) -> dict:
+    def _on_outage(self, parked: GatewayOutage) -> dict[str, Any]:
         request, settings = self.request, self.services.settings
         if request.retries >= settings.outage_retries:
-            return self.services.flow.give_up_retrying(self.operation, request.payment_id,
+            return self.flow.give_up_retrying(self.operation, request.payment_id,
                                                        f"gateway unreachable after {request.retries} re-queues: "
                                                        f"{parked.reason}")
         countdown = outage_countdown(request.retries, backoff=settings.outage_backoff,
@@ -146,7 +152,7 @@ class PaymentTask(Task):
             key = _checked_key(open_identifier(self, "idempotency_key", idempotency_key))
             if is_card_like_identifier(key):
                 shown_key = mask_number(key)
-                self.request.payment_id = self.services.flow.payment_id_for(key)
+                self.request.payment_id = self.flow.payment_id_for(key)
             else:
                 self.request.payment_id = key
         else:  # the task id stands for the key: sent as ORDER_ID all the same
@@ -217,22 +223,23 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
             raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
 
 
-def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any) -> dict:
+def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any,
+            idempotency_key: Any) -> dict[str, Any]:
     """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    flow = task.services.flow
+    flow = task.flow
     request = charge_request(CHARGES[task.operation], payment_id, amount=amount, card=_open_card(task, card),
                              customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
                              then_void=task.follows_with_void(), shown_key=shown_key, card_keys=flow.card_keys)
     return flow.submit(request, task.delivery())
 
 
-def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict:
+def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict[str, Any]:
     """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
-    flow = task.services.flow
+    flow = task.flow
     request = follow_up_request(FOLLOW_UPS[task.operation], payment_id, trans_id=trans_id, amount=amount,
                                 shown_key=shown_key, card_keys=flow.card_keys)
     return flow.submit(request, task.delivery())
@@ -240,44 +247,44 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None) -> dict:
+         idempotency_key: Any = None) -> dict[str, Any]:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None) -> dict:
+         idempotency_key: Any = None) -> dict[str, Any]:
     """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
-def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
+def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
-def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict:
+def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
-def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict:
+def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[str, Any]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
         outcome = trans_id
         self.request.payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
         _refuse_clear_card_data(self)
-        return self.services.flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
+        return self.flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
                                              redelivered=self.redelivered)
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
 @TASKS.task(bind=True, name="payments.sweep")
-def sweep(self: Task) -> dict:
+def sweep(self: Task) -> dict[str, Any]:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 

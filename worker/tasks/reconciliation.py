@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from celery import Task
 
@@ -23,7 +24,7 @@ TASKS = TaskTable()
 
 
 @TASKS.task(bind=True, name="payments.reconcile_report", max_retries=RETRIES)
-def reconcile_report(self: Task, day: str | None = None) -> dict:
+def reconcile_report(self: Task, day: str | None = None) -> dict[str, Any]:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
     from worker.ops.metrics import observer

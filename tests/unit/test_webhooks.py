@@ -1,0 +1,99 @@
+"""Webhooks, pure parts: which transitions are events, the body, the retry schedule, the settings, and signatures
+as the ``standardwebhooks`` package itself verifies them (rotation: either secret verifies)."""
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from worker.config import ConfigError
+from worker.webhooks.events import event_body, event_data, event_type
+from worker.webhooks.schedule import attempts_allowed, next_delay, total_span
+from worker.webhooks.settings import DEFAULT_RETRY_SCHEDULE, WebhookSettings, parse_schedule
+from worker.webhooks.signing import check_secret, headers, new_secret
+
+
+def entry(before: str, after: str, note: str = "") -> dict[str, str]:
+    return {"payment_id": "p1", "operation": "sale", "from": before, "to": after, "note": note,
+            "at": "2026-12-07T21:00:00.000Z", "trans_id": "100200300400"}
+
+
+@pytest.mark.parametrize(("before", "after", "kind"), [
+    ("PENDING", "APPROVED", "payment.approved"), ("UNKNOWN", "DECLINED", "payment.declined"),
+    ("PENDING", "ERROR", "payment.error"), ("PENDING", "SKIPPED", "payment.skipped"),
+    ("APPROVED", "VOIDED", "payment.voided"), ("APPROVED", "CAPTURED", "payment.captured"),
+    ("APPROVED", "PARTIALLY_REFUNDED", "payment.partially_refunded"),
+    ("PARTIALLY_REFUNDED", "REFUNDED", "payment.refunded"), ("CAPTURED", "APPROVED", "payment.reopened"),
+    ("", "PENDING", None), ("PENDING", "UNKNOWN", None), ("PENDING", "RETRYING", None), ("APPROVED", "APPROVED", None),
+])
+def test_final_outcomes_and_later_changes_are_events_and_in_flight_states_are_not(before, after, kind):
+    assert event_type(entry(before, after)) == kind
+
+
+def test_an_error_that_needs_a_human_and_an_operators_resolution_have_their_own_types():
+    assert event_type(entry("UNKNOWN", "ERROR"), needs_human=True) == "payment.needs_human"
+    assert event_type(entry("ERROR", "APPROVED", "resolved by ann: checked the console (report)")) == "payment.resolved"
+
+
+def test_the_body_is_the_stored_outcome_masked_with_the_transitions_status_and_a_sequence():
+    record = {"payment_id": "p1", "operation": "sale", "status": "VOIDED", "amount": "3.00", "trans_id": "100200300400",
+              "masked_account": "xxxxxxxxxxxx1111", "message": "card 4111 1111 1111 1111 approved",
+              "lease_owner": "w1", "created_ts": "1.0"}
+    data = event_data(entry("PENDING", "APPROVED"), record)
+    body = json.loads(event_body("payment.approved", "2026-12-07T21:00:00.000Z", data, 3))
+    assert body["type"] == "payment.approved" and body["timestamp"] == "2026-12-07T21:00:00.000Z"
+    assert body["data"]["status"] == "APPROVED" and body["data"]["previous_status"] == "PENDING"
+    assert body["data"]["sequence"] == 3 and body["data"]["amount"] == "3.00"
+    assert "4111 1111 1111 1111" not in json.dumps(body) and "lease_owner" not in body["data"]
+
+
+def test_the_default_schedule_is_svixs_and_gives_up_after_eight_attempts():
+    assert DEFAULT_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert attempts_allowed(DEFAULT_RETRY_SCHEDULE) == 8
+    assert [next_delay(DEFAULT_RETRY_SCHEDULE, n) for n in range(1, 9)] == [5, 300, 1800, 7200, 18000, 36000, 36000,
+                                                                           None]
+    assert total_span(DEFAULT_RETRY_SCHEDULE) == pytest.approx(27.6 * 3600, rel=0.01)
+
+
+def test_settings_read_the_schedule_and_refuse_what_cannot_work():
+    s = WebhookSettings.from_env({"WEBHOOK_RETRY_SCHEDULE": "1s, 2m ,1h", "WEBHOOK_DISABLE_AFTER": "2d"})
+    assert s.retry_schedule == (1.0, 120.0, 3600.0) and s.disable_after == 172800.0
+    with pytest.raises(ConfigError, match="WEBHOOK_RETRY_SCHEDULE"):
+        parse_schedule("5s, soon")
+    with pytest.raises(ConfigError, match="PAYMENTS_WEBHOOK_SECRET"):
+        WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/hook"})
+    with pytest.raises(ConfigError, match="whsec_"):
+        WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/h", "PAYMENTS_WEBHOOK_SECRET": "abc"})
+    two = WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/h",
+                                    "PAYMENTS_WEBHOOK_SECRET": f"{new_secret()} {new_secret()}"})
+    assert len(two.secrets) == 2
+
+
+def test_signatures_verify_with_the_standardwebhooks_package_and_both_secrets_sign_during_a_rotation():
+    old, new = new_secret(), new_secret()
+    body = b'{"type":"payment.approved"}'
+    now = int(datetime.now(UTC).timestamp())
+    sent = headers([new, old], "evt_1-0", now, body)
+    assert sent["webhook-signature"].count("v1,") == 2
+    for secret in (old, new):
+        assert Webhook(secret).verify(body, sent) == {"type": "payment.approved"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(body, sent)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify(body + b" ", sent)
+
+
+def test_secrets_are_whsec_and_long_enough():
+    assert check_secret(new_secret()).startswith("whsec_")
+    with pytest.raises(ConfigError):
+        check_secret("whsec_c2hvcnQ=")
+
+
+def test_event_ids_are_one_per_audit_entry_and_never_card_like():
+    from worker.cards.numbers import contains_card_number
+    from worker.webhooks.events import event_id
+
+    ids = {event_id(f"{ms}-{seq}") for ms in (1796679738299, 4111111111111) for seq in (0, 1, 11)}
+    assert len(ids) == 6 and not any(contains_card_number(i) for i in ids)
