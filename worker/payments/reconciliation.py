@@ -41,7 +41,6 @@ from worker.gateway.scrub import scrub
 from worker.payments.leases import new_owner
 from worker.payments.record import PaymentRecord, decode
 from worker.states import FOLLOW_UPS, NON_FINAL, Status
-from worker.store.reconciliations import Reconciliations
 
 log = logging.getLogger("payments.reconcile")
 
@@ -555,13 +554,7 @@ def contradiction(status: str, trans_id: str, rows: Sequence[Mapping[str, str]] 
     return None
 
 
-# ---- running it over the services (the CLI and the daily beat task) --------------------------------------------
-def reconciler(svc: Any) -> Reconciler:
-    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
-    kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
-    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
-
-
+# ---- the day a run is asked for (the CLI and the daily beat task) -------------------------------------------------
 class NotADay(ValueError):
     """A day that is neither ``YYYY-MM-DD`` nor ``today``/``yesterday``."""
 
@@ -577,15 +570,3 @@ def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC
         return date.fromisoformat(word)
     except ValueError:
         raise NotADay(f"not a date (YYYY-MM-DD, today, yesterday): {text!r}") from None
-
-
-def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayResult], None] | None = None
-                   ) -> list[DayResult]:
-    rec = reconciler(svc)
-    results = []
-    for day in days(start, end):
-        result = rec.run_day(day)
-        results.append(result)
-        if progress is not None:
-            progress(result)
-    return results

@@ -253,6 +253,25 @@ class ResultsStore:
                     break
         return out
 
+    #: The indexes :meth:`indexed` pages through (the console's lists).
+    LISTED = ("unknown", "retrying", "needs_human", "open_auths", "non_final")
+
+    def indexed(self, index: str, *, offset: int = 0, limit: int = 50) -> builtins.list[dict]:
+        """A page of the records the index ``index`` (one of :attr:`LISTED`) holds, highest score (newest) first;
+        entries whose record is gone are skipped."""
+        if index not in self.LISTED:
+            raise ValueError(f"index must be one of {', '.join(self.LISTED)}")
+        ids = self.redis.zrevrange(getattr(self.keys, index), offset, offset + limit - 1) if limit > 0 else []
+        return self._fetch(ids)
+
+    def audit_of(self, payment_id: str, *, scan: int = 5000) -> builtins.list[dict]:
+        """The audit entries of ``payment_id`` among the newest ``scan`` of the stream, oldest first (older ones
+        are in the archive once retention moved them)."""
+        entries = self.redis.xrevrange(self.keys.audit, max="+", min="-", count=scan)
+        found = [{"id": text(eid), **{text(k): text(v) for k, v in (data or {}).items()}}
+                 for eid, data in entries or []]
+        return [e for e in reversed(found) if e.get("payment_id") == payment_id]
+
     def audit(self, *, count: int = 100, after: str | None = None) -> builtins.list[dict]:
         """Audit entries oldest first, each with its stream ``id``; ``after`` is an exclusive id."""
         start = f"({after}" if after else "-"

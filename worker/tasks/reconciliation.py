@@ -28,7 +28,8 @@ def reconcile_report(self: Task, day: str | None = None) -> dict[str, Any]:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
     from worker.ops.metrics import observer
-    from worker.payments.reconciliation import ReconcileError, parse_day, reconciler
+    from worker.payments.decisions import reconciler
+    from worker.payments.reconciliation import ReconcileError, parse_day
 
     metrics = observer()
 
