@@ -27,8 +27,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("worker.broker", "worker.tasks.payments", "worker.tasks.reconciliation", "worker.tasks.webhooks",
      "worker.tasks.registry"),
     ("worker.broker.app",),                                               # the composition root: create_app
-    ("worker", "worker.tasks", "worker.cli", "tasks", "celeryconfig", "flowerconfig"),  # faces, public names
+    ("worker", "worker.tasks", "worker.cli", "worker.console", "tasks", "celeryconfig", "flowerconfig"),  # faces
 ]
+#: Names in LAYERS that stand for themselves only, not for what is under them.
+EXACT = {"worker", "worker.tasks"}
 
 
 def _module_files() -> dict[str, Path]:
@@ -91,7 +93,8 @@ def layer_of(module: str) -> int:
     best, rank = -1, -1
     for i, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+            under = module.startswith(prefix + ".") and prefix not in EXACT
+            if (module == prefix or under) and len(prefix) > best:
                 best, rank = len(prefix), i
     assert rank >= 0, f"{module} is in no layer: add its wing to LAYERS"
     return rank

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Flask, abort, flash, g, redirect, render_template, request, session, url_for
 
-from worker.console.app import LISTS, PAGE_SIZE, ext, operator_action, parse_day
+from worker.console.common import LISTS, PAGE_SIZE, ext, operator_action, parse_day
 
 log = logging.getLogger("payments.console")
 
