@@ -14,14 +14,15 @@ from bench.analysis import p99_of
 LAST_LINE_KEYS = ("ours_per_s", "baseline_per_s", "bound_per_s", "ours_cpu_ms", "baseline_cpu_ms", "p99_ms",
                   "p99_kind", "throughput_ratio", "cpu_ratio", "bound_latency_ms", "ours_per_s_at_bound",
                   "baseline_per_s_at_bound", "bound_ratio", "ours_redis_cmds", "baseline_redis_cmds",
-                  "ours_redis_cpu_ms", "baseline_redis_cpu_ms", "ours_redis_ceiling_per_s",
+                  "ours_redis_cpu_ms", "baseline_redis_cpu_ms", "ours_redis_round_trips",
+                  "baseline_redis_round_trips", "ours_redis_ceiling_per_s",
                   "baseline_redis_ceiling_per_s", "errors", "primary", "json_path")
 
 TABLE_COLUMNS = [("pool", 7), ("c", 4), ("w", 2), ("lat", 5), ("ours/s", 7), ("base/s", 7), ("bound/s", 8),
                  ("o/b", 5), ("o/bnd", 6), ("cpu o", 6), ("cpu b", 6), ("cpu o/b", 7), ("p50", 6), ("p95", 6),
                  ("p99", 6), ("p99 b", 6), ("@/s", 5), ("rss o", 6), ("rss b", 6), ("cmd o", 6), ("cmd b", 6),
-                 ("rcpu o", 6), ("rcpu b", 6), ("ceil o", 7), ("ceil b", 7), ("o/cap", 6), ("b/cap", 6),
-                 ("other", 5), ("err", 4)]
+                 ("rcpu o", 6), ("rcpu b", 6), ("rt o", 5), ("rt b", 5), ("ceil o", 7), ("ceil b", 7),
+                 ("o/cap", 6), ("b/cap", 6), ("other", 5), ("err", 4)]
 
 
 def fmt(v, nd=1):
@@ -47,6 +48,7 @@ def _row(c: dict) -> list:
             fmt(_pick(o, "p95")), fmt(_pick(o, "p99")), fmt(_pick(b, "p99")), fmt(c["paced_rate"], 0),
             fmt(o.get("rss_peak_mb"), 0), fmt(b.get("rss_peak_mb"), 0), fmt(o["redis_cmds"]),
             fmt(b["redis_cmds"]), fmt(o.get("redis_cpu_ms"), 3), fmt(b.get("redis_cpu_ms"), 3),
+            fmt(o.get("redis_round_trips")), fmt(b.get("redis_round_trips")),
             fmt(o.get("redis_ceiling_per_s"), 0), fmt(b.get("redis_ceiling_per_s"), 0), fmt(r.get("capacity"), 2),
             fmt(r.get("baseline_capacity"), 2), fmt(o.get("host_other_cores"), 2), o["errors"] + b["errors"]]
 
@@ -64,10 +66,61 @@ def table(result) -> str:
         "(half our capacity; burst percentiles when --no-paced); rss: peak MB per worker (VmHWM, all",
         "processes of a worker); cmd: Redis commands per payment (commandstats, Lua inner calls included"
         + ("" if result["settings"]["redis_exclusive"] else "; SHARED server: others' traffic included") + ");",
-        "rcpu: Redis CPU ms per payment (INFO cpu); ceil: payments/s one Redis core allows at that (1000/rcpu);",
+        "rcpu: Redis CPU ms per payment (INFO cpu); rt: Redis round trips per payment (read events Redis handled,",
+        "INFO stats total_reads_processed; the bench's own polling taken out); ceil: payments/s one Redis core",
+        "allows at that (1000/rcpu);",
         "o/cap, b/cap: payments/s / min(latency bound, CPU capacity = w x 1000 / cpu ms); other: cores other",
         "processes on this host kept busy during the runs (median).",
+        "",
+        spread_table(result),
     ]
+    return "\n".join(lines)
+
+
+def _span(median_value, bounds, nd=2) -> str:
+    """``median (min-max)``."""
+    if median_value is None:
+        return "-"
+    if not bounds:
+        return fmt(median_value, nd)
+    return f"{fmt(median_value, nd)} ({fmt(bounds[0], nd)}-{fmt(bounds[1], nd)})"
+
+
+def _spread_row(c: dict) -> list[str]:
+    o, b, r = c["ours"], c["baseline"], c["ratios"]
+    rs = c.get("ratio_spread") or {}
+    so, sb = o.get("spread") or {}, b.get("spread") or {}
+    return [f"{c['pool']} c={c['concurrency']} w={c['workers']} {c['latency_ms']:g}ms",
+            str(len(o["runs"]["burst"])),
+            _span(r["throughput"], rs.get("throughput")), _span(r["cpu"], rs.get("cpu")),
+            _span(r["redis_cpu"], rs.get("redis_cpu")),
+            _span(o["per_s"], so.get("per_s"), 1), _span(b["per_s"], sb.get("per_s"), 1),
+            _span(o["cpu_ms"], so.get("cpu_ms")), _span(b["cpu_ms"], sb.get("cpu_ms")),
+            _span(o.get("redis_cpu_ms"), so.get("redis_cpu_ms"), 3),
+            _span(b.get("redis_cpu_ms"), sb.get("redis_cpu_ms"), 3),
+            _span(o.get("redis_round_trips"), so.get("redis_round_trips"), 1),
+            _span(b.get("redis_round_trips"), sb.get("redis_round_trips"), 1)]
+
+
+SPREAD_HEAD = ["configuration", "runs", "throughput o/b", "worker CPU o/b", "Redis CPU o/b", "ours/s", "base/s",
+               "CPU ms ours", "CPU ms base", "Redis CPU ms ours", "Redis CPU ms base", "round trips ours",
+               "round trips base"]
+
+
+def spread_table(result) -> str:
+    """Median (min-max) over the burst runs of each configuration; the ratios' spread is over the pairs of runs
+    (each repetition ran both sides back to back)."""
+    rows = [SPREAD_HEAD, *(_spread_row(c) for c in result["configs"])]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(SPREAD_HEAD))]
+    lines = ["spread over the burst runs: median (min-max); ratios of each pair of runs (ours, baseline back to back)"]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def spread_markdown(result) -> str:
+    """The spread table as Markdown (docs/performance.md)."""
+    lines = ["| " + " | ".join(SPREAD_HEAD) + " |", "|" + "---|" * len(SPREAD_HEAD)]
+    lines += ["| " + " | ".join(_spread_row(c)) + " |" for c in result["configs"]]
     return "\n".join(lines)
 
 
@@ -76,13 +129,14 @@ def markdown(result) -> str:
     head = ("| pool | c | w | latency ms | ours/s | baseline/s | bound/s | ours/base | ours/bound | "
             "CPU ms ours | CPU ms base | CPU ours/base | p50 ms | p95 ms | p99 ms | p99 ms base | paced at /s | "
             "RSS MB ours | RSS MB base | Redis cmds ours | Redis cmds base | Redis CPU ms ours | Redis CPU ms base | "
+            "Redis round trips ours | Redis round trips base | "
             "Redis ceiling/s ours | Redis ceiling/s base | ours/capacity | base/capacity | other cores | errors | "
             "redelivered |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in result["configs"]:
         vals = [*_row(c), c["ours"].get("redelivered", 0)]
         lines.append("| " + " | ".join(str(v) for v in vals) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + spread_markdown(result)
 
 
 # ------------------------------------------------------------------------------------ the chart
@@ -194,6 +248,9 @@ def last_line(result: dict) -> dict:
         "baseline_p99_ms": p99_of(c["baseline"]),
         "ours_redis_cmds": c["ours"]["redis_cmds"], "baseline_redis_cmds": c["baseline"]["redis_cmds"],
         "ours_redis_cpu_ms": c["ours"]["redis_cpu_ms"], "baseline_redis_cpu_ms": c["baseline"]["redis_cpu_ms"],
+        "ours_redis_round_trips": c["ours"]["redis_round_trips"],
+        "baseline_redis_round_trips": c["baseline"]["redis_round_trips"],
+        "ratio_spread": c.get("ratio_spread"),
         "ours_redis_ceiling_per_s": c["ours"]["redis_ceiling_per_s"],
         "baseline_redis_ceiling_per_s": c["baseline"]["redis_ceiling_per_s"],
         "ours_capacity_per_s": c["ours"]["capacity_per_s"], "capacity_ratio": c["ratios"]["capacity"],

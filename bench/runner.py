@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from bench import procs
 from bench.analysis import (
+    ROUND_TRIPS,
     commandstats,
     config_summary,
     evaluate_targets,
@@ -194,6 +195,7 @@ class BenchEnv:
         """Bytes Redis holds in output buffers for pub/sub clients: results published to channels a
         producer subscribed to but never reads pile up there (client-output-buffer-limit pubsub)."""
         own["client"] += 1
+        own[ROUND_TRIPS] += 1
         total = 0
         for client in self.r.client_list(_type="pubsub"):
             total += int(client.get("omem", 0) or 0)
@@ -300,9 +302,11 @@ class Runner:
         import psutil
 
         me = psutil.Process().cpu_times()
+        reads = int(self.r.info("stats").get("total_reads_processed", 0))
         cpu = self.r.info("cpu")
         cmds = commandstats(self.r.info("commandstats"))
-        own["info"] += 2
+        own["info"] += 3
+        own[ROUND_TRIPS] += 3
         host = psutil.cpu_times()
         return {
             "t": time.time(),
@@ -313,6 +317,8 @@ class Runner:
             "sandbox_cpu": procs.tree_cpu_seconds(self.env.sandbox.pid),
             "redis_cpu": float(cpu.get("used_cpu_user", 0)) + float(cpu.get("used_cpu_sys", 0)),
             "cmds": cmds,
+            # read events Redis handled: one per client round trip (a pipeline's commands arrive in one read)
+            "reads": reads,
         }
 
     def _nothing_in_flight(self, side: Side, own: Counter) -> bool:
@@ -322,6 +328,7 @@ class Runner:
         queued, unacked = pipe.execute()
         own["llen"] += 1
         own["hlen"] += 1
+        own[ROUND_TRIPS] += 1
         return not queued and not unacked
 
     def wait_done(self, side: Side, ids: list, own: Counter, deadline: float, latency_ms: float) -> bool:
@@ -352,6 +359,7 @@ class Runner:
         end = time.monotonic() + limit
         while time.monotonic() < end:
             own["llen"] += 1
+            own[ROUND_TRIPS] += 1
             if self.r.llen(side.queue) < n:
                 return time.time()
             time.sleep(0.001)
@@ -373,6 +381,7 @@ class Runner:
         s1 = self.snapshot(side, own)
         queued = self.r.llen(side.queue)  # n, plus any redelivered message of an earlier run
         own["llen"] += 1
+        own[ROUND_TRIPS] += 1
         self.workers.consume(side, True)
         t_start = self.wait_first_pop(side, queued, own)
         return s0, s1, t_start, sent, ids

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from bench.analysis import FINAL_STATUSES
+from bench.analysis import FINAL_STATUSES, ROUND_TRIPS
 
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 CUSTOMER = {"name1": "Bob", "name2": "Tester", "addr1": "123 Test St.", "addr2": "Apt #500",
@@ -76,6 +76,7 @@ class Ours(Side):
         pipe.zcard(STORE_PREFIX + "idx:non_final")
         created, non_final = pipe.execute()
         own["zcard"] += 2
+        own[ROUND_TRIPS] += 1
         return int(created) - int(non_final)
 
     def reset_poll(self, r, own):
@@ -98,6 +99,7 @@ class Ours(Side):
             for pid in chunk:
                 pipe.hget(f"{STORE_PREFIX}op:{pid}", "status")
             own["hget"] += len(chunk)
+            own[ROUND_TRIPS] += 1
             statuses = pipe.execute()
             still += [pid for pid, status in zip(chunk, statuses, strict=True) if text(status) not in FINAL_STATUSES]
         self._unconfirmed = still
@@ -163,6 +165,7 @@ class Baseline(Side):
         while self._checked < len(pending):
             batch = pending[self._checked:self._checked + 50]
             own["exists"] += 1
+            own[ROUND_TRIPS] += 1
             if r.exists(*[f"celery-task-meta-{t}" for t in batch]) < len(batch):
                 break
             self._checked += len(batch)

@@ -32,7 +32,7 @@ from tests.support.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-APP_SERVICES = ("sandbox", "worker", "beat", "flower", "metrics")
+APP_SERVICES = ("sandbox", "worker", "beat", "flower", "metrics", "console")
 _VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?[-?])([^}]*))?\}|\$(\w+)")
 PROD_FILE = ROOT / "docker-compose.prod.yml"
 COMPOSE_SCHEMA = ROOT / "tests" / "support" / "compose-spec.json"
@@ -40,7 +40,7 @@ COMPOSE_SCHEMA = ROOT / "tests" / "support" / "compose-spec.json"
 PROD_REQUIRED = {"REDIS_PASSWORD": "0f3c9a7e51d2b8", "BLUEPAY_ACCOUNT_ID": "100200300400",
                  "BLUEPAY_SECRET_KEY": "LIVESECRETKEY0000000000000000042", "PAYMENTS_CARD_KEY": TEST_CARD_KEY,
                  "POSTGRES_PASSWORD": "9d2e4b7a0c1f", "FLOWER_BASIC_AUTH": "ops:9b8c7d6e",
-                 "GRAFANA_ADMIN_PASSWORD": "5e4d3c2b"}
+                 "GRAFANA_ADMIN_PASSWORD": "5e4d3c2b", "CONSOLE_SECRET_KEY": "7a6b5c4d3e2f1a0b"}
 
 
 class MissingVariable(Exception):
@@ -89,7 +89,7 @@ def command_of(service: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the file's shape
 def test_the_stack_is_redis_sandbox_worker_one_beat_flower_and_monitoring(services):
     default = {name for name, svc in services.items() if not svc.get("profiles")}
-    assert default == {"redis", "sandbox", "worker", "beat", "flower", "metrics", "prometheus", "grafana"}
+    assert default == {"redis", "sandbox", "worker", "beat", "flower", "metrics", "console", "prometheus", "grafana"}
     beats = [name for name, svc in services.items() if "beat" in command_of(svc)]
     assert beats == ["beat"], "exactly one service may run celery beat"
     assert services["beat"].get("deploy", {}).get("replicas", 1) == 1
@@ -167,6 +167,8 @@ def test_prometheus_scrapes_the_exporter_and_every_worker_and_grafana_gets_the_d
     assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert "/etc/prometheus/alerts.yml" in mounts["prometheus"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert "127.0.0.1:8090/healthz" in services["console"]["healthcheck"]["test"][3]
+    assert command_of(services["console"])[-2:] == ["--port", "8090"]
     exporter_cmd = command_of(services["metrics"])
     assert jobs["payments-exporter"]["static_configs"][0]["targets"] == \
         [f"metrics:{exporter_cmd[exporter_cmd.index('--port') + 1]}"]
@@ -267,7 +269,7 @@ def test_production_has_no_sandbox_and_talks_to_the_gateway_in_live_mode(prod):
     services = prod["services"]
     assert "sandbox" not in services
     assert not any("sandbox" in " ".join(command_of(svc)) for svc in services.values())
-    for name in ("worker", "beat", "flower", "metrics", "migrate"):
+    for name in ("worker", "beat", "flower", "metrics", "migrate", "console"):
         env = service_env(services[name])
         assert env["BLUEPAY_URL"] == "https://secure.bluepay.com/interfaces/", name
         assert env["BLUEPAY_MODE"] == "LIVE", name
@@ -300,7 +302,7 @@ def test_the_archive_is_postgresql_migrated_by_a_one_shot_the_workers_wait_for(p
     assert command_of(migrate) == ["payments", "archive", "--migrate"]
     assert migrate["restart"] == "no"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("worker", "migrate", "beat", "metrics", "flower"):
+    for name in ("worker", "migrate", "beat", "metrics", "flower", "console"):
         url = service_env(services[name])["PAYMENTS_ARCHIVE_URL"]
         assert url == f"postgresql+psycopg://payments:{PROD_REQUIRED['POSTGRES_PASSWORD']}@postgres:5432/payments"
     for name in ("worker", "beat"):  # the sweep (retention) runs on workers; beat schedules it
@@ -348,6 +350,8 @@ def test_the_python_healthchecks_compile_and_the_http_ones_probe_the_services_ow
     assert service_env(services["worker"])["WORKER_METRICS_PORT"] == "9109"
     assert "127.0.0.1:5555/healthcheck" in services["flower"]["healthcheck"]["test"][3]
     assert "--port=5555" in command_of(services["flower"])
+    assert "127.0.0.1:8090/healthz" in services["console"]["healthcheck"]["test"][3]
+    assert command_of(services["console"])[-2:] == ["--port", "8090"]
     exporter_cmd = command_of(services["metrics"])
     assert f"127.0.0.1:{exporter_cmd[exporter_cmd.index('--port') + 1]}/metrics" in \
         services["metrics"]["healthcheck"]["test"][3]
@@ -357,7 +361,7 @@ def test_the_python_healthchecks_compile_and_the_http_ones_probe_the_services_ow
 def test_production_ports_are_on_127_0_0_1_unless_asked(asked, bound):
     services = config_of(PROD_FILE, {**PROD_REQUIRED, **asked})["services"]
     published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
-    assert set(published) == {"flower", "prometheus", "grafana"}
+    assert set(published) == {"flower", "console", "prometheus", "grafana"}
     for name, ports in published.items():
         for port in ports:
             assert str(port).startswith(f"{bound}:"), (name, port)

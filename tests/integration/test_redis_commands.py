@@ -1,6 +1,6 @@
 """Redis commands a payment costs, as Redis itself runs them (MONITOR: a script's own commands included), against a
 real Redis (database 9, or TEST_REDIS_URL): the store's hot path, the result backend's writes and kombu's record of
-unacknowledged messages (README "Performance"). The end-to-end total is the bench's ``cmd`` column.
+unacknowledged messages (docs/performance.md). The end-to-end total is the bench's ``cmd`` column.
 
 MONITOR sees every client of a shared server: only our calls are counted (the EVALSHA naming our key prefix and the
 commands its script ran, which Redis runs atomically and so lists together; or the commands naming our keys).
@@ -19,7 +19,7 @@ from kombu import Connection
 from kombu.transport import redis as kombu_redis
 
 from tests.support.env import INTEGRATION_REDIS_URL
-from worker.broker.lean_transport import LeanQoS, install
+from worker.broker.lean_transport import LeanQoS, install, pooled_conn_or_acquire
 from worker.config import Settings
 from worker.store import ResultsStore
 
@@ -41,7 +41,7 @@ def monitored(client: redis.Redis, marker_key: str) -> Iterator[list[dict]]:
 
 
 def script_commands(seen: list[dict], prefix: str) -> list[list[str]]:
-    """Per EVALSHA naming ``prefix``: its name followed by the commands its script ran."""
+    """Per FCALL (or EVALSHA) naming ``prefix``: its name followed by the commands its function ran."""
     runs: list[list[str]] = []
     current: list[str] | None = None
     for command in seen:
@@ -51,7 +51,7 @@ def script_commands(seen: list[dict], prefix: str) -> list[list[str]]:
                 current.append(name)
             continue
         current = None
-        if name == "EVALSHA" and prefix in command["command"]:
+        if name in ("EVALSHA", "FCALL") and prefix in command["command"]:
             current = [name]
             runs.append(current)
     return runs
@@ -173,7 +173,8 @@ def test_a_subscribed_producer_gets_the_result_by_pub_sub(app, client, prefix):
 @pytest.fixture
 def lean_qos(monkeypatch):
     monkeypatch.setattr(kombu_redis.Channel, "QoS", kombu_redis.QoS)
-    install()  # what the worker step does; monkeypatch puts kombu's own class back afterwards
+    monkeypatch.setattr(kombu_redis.Channel, "conn_or_acquire", kombu_redis.Channel.conn_or_acquire)
+    install()  # what the worker step does; monkeypatch puts kombu's own class and method back afterwards
     assert kombu_redis.Channel.QoS is LeanQoS
 
 
@@ -214,3 +215,34 @@ def test_unacked_bookkeeping_has_no_transaction_and_an_old_unacked_message_is_st
             simple.close()
             client.delete(queue, f"{queue}\x06\x163", f"{queue}\x06\x166", f"{queue}\x06\x169")
 
+
+
+def test_a_channel_uses_one_client_until_kombu_replaces_its_pool(lean_qos, client, prefix):
+    assert kombu_redis.Channel.conn_or_acquire is pooled_conn_or_acquire
+    queue = f"{prefix}q1"
+    options = {"unacked_key": f"{prefix}unacked", "unacked_index_key": f"{prefix}unacked_index",
+               "unacked_mutex_key": f"{prefix}unacked_mutex"}
+    with Connection(INTEGRATION_REDIS_URL, transport_options=options) as conn:
+        channel = conn.default_channel
+        simple = conn.SimpleQueue(queue)
+        try:
+            with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+                assert first is second and first.connection_pool is channel.pool
+            given = redis.Redis.from_url(INTEGRATION_REDIS_URL)
+            with channel.conn_or_acquire(given) as passed:
+                assert passed is given  # a caller's client (a WATCH transaction's) as it is
+            given.close()
+            simple.put({"n": 1})
+            got = simple.get(timeout=5)
+            got.ack()  # publish, unacked record and ack all went through the one client
+            assert got.payload == {"n": 1} and not client.hexists(channel.unacked_key, got.delivery_tag)
+            channel._disconnect_pools()  # what kombu does after a fork or when the connection is lost
+            with channel.conn_or_acquire() as third:
+                assert third is not first and third.connection_pool is channel.pool
+            simple.put({"n": 2})
+            again = simple.get(timeout=5)
+            again.ack()
+            assert again.payload == {"n": 2}
+        finally:
+            simple.close()
+            client.delete(queue, f"{queue}\x06\x163", f"{queue}\x06\x166", f"{queue}\x06\x169")

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
+import urllib3
 import urllib3.exceptions as u3
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
@@ -34,6 +34,16 @@ def _mre(reason):
 
 RE = requests.exceptions
 CASES = [
+    # urllib3 directly (worker/gateway/transport.py posts with retries=False: the error itself, unwrapped)
+    ("u3 refused", u3.NewConnectionError(CONN, "[Errno 111] Connection refused"), NotSent),
+    ("u3 connect timeout", u3.ConnectTimeoutError(CONN, "timed out"), NotSent),
+    ("u3 bad url", u3.LocationParseError("http://[::1"), NotSent),
+    ("u3 unknown scheme", u3.URLSchemeUnknown("ftp"), NotSent),
+    ("u3 read timeout", u3.ReadTimeoutError(POOL, URL, "read timed out"), OutcomeUnknown),
+    ("u3 aborted", u3.ProtocolError("Connection aborted.", http.client.RemoteDisconnected("closed")), OutcomeUnknown),
+    ("u3 reset", u3.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")), OutcomeUnknown),
+    ("socket refused", ConnectionRefusedError(111, "refused"), NotSent),
+    ("socket reset", ConnectionResetError(104, "reset"), OutcomeUnknown),
     ("connect timeout", RE.ConnectTimeout(_mre(u3.ConnectTimeoutError(CONN, "timed out"))), NotSent),
     ("refused", RE.ConnectionError(_mre(u3.NewConnectionError(CONN, "[Errno 111] Connection refused"))), NotSent),
     ("dns", RE.ConnectionError(_mre(u3.NameResolutionError(
@@ -67,20 +77,51 @@ def test_classify_table(name, exc, expected):
     assert classify(exc) is expected
 
 
-def test_session_pooled():
+def test_one_pool_manager_with_keep_alive_pools():
     t = HttpTransport(connect_timeout=1, read_timeout=1)
-    adapter = t.session.get_adapter("https://secure.bluepay.com/interfaces/bp10emu")
-    assert isinstance(adapter, HTTPAdapter)
-    assert adapter.poolmanager.connection_pool_kw["maxsize"] == POOL_MAXSIZE >= 50
-    assert t.session.get_adapter("http://127.0.0.1/") is adapter
+    manager = t._pool_for("https://secure.bluepay.com/interfaces/bp10emu")
+    assert manager is t.pool and manager.connection_pool_kw["maxsize"] == POOL_MAXSIZE >= 50
+    assert t._pool_for("http://127.0.0.1/") is manager
+    assert manager.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED" and manager.connection_pool_kw["ca_certs"]
+    t.close()
+
+
+def test_a_connection_is_reused_between_posts(http_server):
+    srv, seen = http_server
+    t = HttpTransport(connect_timeout=2, read_timeout=2)
+    url = f"http://127.0.0.1:{srv.server_port}/interfaces/bp10emu"
+    t.post(url, {"A": "1"})
+    t.post(url, {"A": "2"})
+    assert len(seen) == 2 and len(_Handler.peers) == 1  # both POSTs on one kept-alive connection
+    t.close()
+
+
+def test_a_proxied_url_goes_through_a_proxy_manager(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    t = HttpTransport(connect_timeout=1, read_timeout=1)
+    proxied = t._pool_for("https://secure.bluepay.com/interfaces/bp10emu")
+    assert isinstance(proxied, urllib3.ProxyManager) and proxied.proxy is not None
+    assert proxied.proxy.host == "proxy.example" and proxied.proxy.port == 3128
+    assert t._pool_for("https://internal.example/interfaces/bp10emu") is t.pool
+    t.close()
+
+
+def test_garbage_charset_is_read_as_utf8(http_server):
+    srv, _seen = http_server
+    t = HttpTransport(connect_timeout=2, read_timeout=2)
+    reply = t.post(f"http://127.0.0.1:{srv.server_port}/interfaces/charset", {"A": "1"})
+    assert reply.status_code == 200 and reply.body == "STATUS=1"
     t.close()
 
 
 # ------------------------------------------------------------------ real local servers
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as a gateway answers
     seen: ClassVar[list[tuple[Any, ...]]] = []
     headers_seen: ClassVar[list[dict[str, str]]] = []
+    peers: ClassVar[set[Any]] = set()
 
     def log_message(self, *a):  # quiet
         pass
@@ -90,6 +131,15 @@ class _Handler(BaseHTTPRequestHandler):
         form = parse_qs(self.rfile.read(length).decode())
         self.seen.append(("POST", self.path, self.headers.get("User-Agent"), form))
         self.headers_seen.append(dict(self.headers))
+        self.peers.add(self.client_address)
+        if self.path.endswith("/charset"):
+            body = b"STATUS=1"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=no-such-charset")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.path.endswith("/stq"):
             body = R.body(R.stq_stamped()).encode()
             self.send_response(200)
@@ -113,6 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
 def http_server():
     _Handler.seen = []
     _Handler.headers_seen = []
+    _Handler.peers = set()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     th = threading.Thread(target=srv.serve_forever, daemon=True)
     th.start()

@@ -528,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator_commands(sub)
     _add_enqueue_command(sub)
     _add_monitoring_commands(sub)
+    __import__("worker.cli.console", fromlist=["add_parser"]).add_parser(sub)
     return parser
 
 

@@ -8,35 +8,19 @@ from __future__ import annotations
 
 import getpass
 import json
-import logging
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from worker.cli.output import CommandError
 from worker.gateway.scrub import scrub
-from worker.payments.reconciliation import (
-    ACTIONS,
-    DIFFERENCES,
-    DayResult,
-    Kind,
-    ReconcileError,
-    Reconciler,
-    contradiction,
-    days,
-)
+from worker.payments.decisions import DecisionRefused, kept_rows, reconcile_days, reconciler, resolve
+from worker.payments.reconciliation import ACTIONS, DIFFERENCES, DayResult, Kind, ReconcileError
 
-log = logging.getLogger("payments.reconcile")
+# Shared with the operator console (worker/payments/decisions.py); named here for existing callers.
+__all__ = ["cmd_reconcile", "cmd_resolve", "kept_rows", "parse_day", "reconcile_days", "reconciler"]
 
 EXIT_DIFFERENCES = 1
-
-
-def reconciler(svc: Any) -> Reconciler:
-    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
-    from worker.store.reconciliations import Reconciliations
-
-    kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
-    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
 
 
 def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:
@@ -52,18 +36,6 @@ def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC
         raise CommandError(f"not a date (YYYY-MM-DD, today, yesterday): {text!r}") from None
 
 
-def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayResult], None] | None = None
-                   ) -> list[DayResult]:
-    rec = reconciler(svc)
-    results = []
-    for day in days(start, end):
-        result = rec.run_day(day)
-        results.append(result)
-        if progress is not None:
-            progress(result)
-    return results
-
-
 def cmd_reconcile(svc: Any, args: Any) -> int:
     if args.date and (args.start or args.end):
         raise CommandError("give --date, or --from and --to, not both")
@@ -75,11 +47,9 @@ def cmd_reconcile(svc: Any, args: Any) -> int:
         raise CommandError("give --date D, or --from A --to B")
     if end < start:
         raise CommandError("--to is before --from")
-    if (end - start).days >= 31:
-        raise CommandError("at most 31 days at a time")
     try:
         results = reconcile_days(svc, start, end, progress=None if args.json else print_day)
-    except ReconcileError as exc:
+    except (ReconcileError, DecisionRefused) as exc:
         raise CommandError(str(exc)) from None
     left = sum(len(r.differences) for r in results)
     if args.json:
@@ -111,59 +81,16 @@ def print_actions(results: list[DayResult]) -> None:
 
 
 def cmd_resolve(svc: Any, args: Any) -> int:
-    from worker.gateway import InvalidInput, validation
-    from worker.store.reconciliations import RESOLVE_STATUSES, Reconciliations, ResolveRefused
+    from worker.store.reconciliations import RESOLVE_STATUSES
 
-    status = args.status.strip().upper()
-    if status not in RESOLVE_STATUSES:
+    if args.status.strip().upper() not in RESOLVE_STATUSES:
         raise CommandError(f"--status must be one of {', '.join(RESOLVE_STATUSES)}")
-    reason = (args.reason or "").strip()
-    if not reason:
+    if not (args.reason or "").strip():
         raise CommandError("--reason is required: say why (it is kept in the history and the audit stream)")
-    record = svc.store.get(args.payment_id)
-    if record is None:
-        raise CommandError(f"no payment with id {args.payment_id!r}")
-    if record.get("needs_human") != "1":
-        raise CommandError(f"refused: {args.payment_id} does not need a human (status {record.get('status')}); "
-                           "only records marked needs_human are resolved by hand")
-    trans_id = ""
-    if args.trans_id:
-        try:
-            trans_id = validation.trans_id(args.trans_id)
-        except InvalidInput as exc:
-            raise CommandError(f"invalid input: {exc}") from None
-    if record.get("trans_id") and trans_id and trans_id != record["trans_id"]:
-        raise CommandError(f"refused: the record already has trans id {record['trans_id']}")
-    effective = trans_id or str(record.get("trans_id") or "")
-    if status in ("APPROVED", "VOIDED") and not effective:
-        raise CommandError(f"--trans-id is required for {status}: the gateway's transaction")
-    recon = Reconciliations(svc.store)
-    rows, checked = kept_rows(recon, record)
-    why = contradiction(status, effective, rows)
-    if why is not None:
-        raise CommandError(f"refused: it would contradict {checked}: {why}")
-    who = getpass.getuser()
     try:
-        done = recon.resolve(args.payment_id, status, who=who, reason=reason, trans_id=trans_id,
-                             checked=f"checked against {checked}" if rows is not None else "no report kept")
-    except ResolveRefused as exc:
-        raise CommandError(f"refused: {exc.reason.replace('_', ' ')}") from None
-    log.warning("resolve %s: %s by %s: %s", args.payment_id, status, who, reason)
-    print(f"{args.payment_id}: {record.get('status')} -> {done.get('status')} "
-          f"(trans {done.get('trans_id') or '-'}) by {who} at {done.get('resolved_at')}"
-          + ("" if rows is not None else "; no report of its day is kept: run payments reconcile for it"))
+        done = resolve(svc, args.payment_id, args.status, reason=args.reason, who=getpass.getuser(),
+                       trans_id=args.trans_id or "")
+    except DecisionRefused as exc:
+        raise CommandError(str(exc)) from None
+    print(done.line())
     return 0
-
-
-def kept_rows(recon: Any, record: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str]:
-    """The kept reports' rows under the record's ORDER_ID on its creation day and the next (a transaction issued
-    after midnight), and which reports they are; None when neither report looked at it."""
-    created = datetime.fromtimestamp(float(record.get("created_ts") or 0), UTC).date()
-    found: list[dict[str, str]] | None = None
-    looked: list[str] = []
-    for day in (created, created + timedelta(days=1)):
-        rows = recon.kept_rows(day.isoformat(), record["payment_id"])
-        if rows is not None:
-            looked.append(day.isoformat())
-            found = (found or []) + rows
-    return found, "the gateway's report of " + " and ".join(looked) if looked else "no report"

@@ -19,6 +19,7 @@ from .protocol import Response
 from .report import ByteStream, Report, ReportRow, StreamingTransport, report_request, start_report
 from .retry import RetryPolicy, call_with_retry
 from .seal import normalize_hash_type
+from .tokens import StoredCredential
 from .transport import HttpReply, HttpTransport
 
 __all__ = ["BluePayClient", "Transport", "DEFAULT_BASE_URL"]
@@ -108,32 +109,44 @@ class BluePayClient:
     def sale(
         self,
         amount: Any,
-        card: Any,
+        card: Any = None,
         customer: Mapping[str, Any] | None = None,
         order_id: str | None = None,
         duplicate_override: bool = False,
         invoice_id: str | None = None,
         fence: Fence | None = None,
+        *,
+        token: Any = None,
+        customer_token: str | None = None,
+        new_customer_token: str | None = None,
+        stored: StoredCredential | None = None,
     ) -> Response:
         return self._transaction(
             "SALE", fence, amount=amount, card=card, customer=customer, order_id=order_id,
-            duplicate_override=duplicate_override, invoice_id=invoice_id,
+            duplicate_override=duplicate_override, invoice_id=invoice_id, token=token, customer_token=customer_token,
+            new_customer_token=new_customer_token, stored=stored,
         )
 
     def auth(
         self,
         amount: Any,
-        card: Any,
+        card: Any = None,
         customer: Mapping[str, Any] | None = None,
         order_id: str | None = None,
         duplicate_override: bool = False,
         invoice_id: str | None = None,
         fence: Fence | None = None,
+        *,
+        token: Any = None,
+        customer_token: str | None = None,
+        new_customer_token: str | None = None,
+        stored: StoredCredential | None = None,
     ) -> Response:
         """AUTH; ``amount`` may be "0.00" (card verification, TEST: INFORMATION STORED)."""
         return self._transaction(
             "AUTH", fence, amount=amount, card=card, customer=customer, order_id=order_id,
-            duplicate_override=duplicate_override, invoice_id=invoice_id,
+            duplicate_override=duplicate_override, invoice_id=invoice_id, token=token, customer_token=customer_token,
+            new_customer_token=new_customer_token, stored=stored,
         )
 
     def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None,

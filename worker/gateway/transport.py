@@ -1,5 +1,11 @@
-"""HTTP transport: one pooled ``requests.Session``; requests exceptions mapped to what they
-say about the charge (``classify``).
+"""HTTP transport: POSTs on one pooled ``urllib3.PoolManager``; transport exceptions mapped to what they say
+about the charge (``classify``).
+
+urllib3 directly rather than through ``requests``: a gateway call needs none of requests' session, hooks, cookie
+jar or ``Response`` model, which cost ~40 % of a POST's client CPU on loopback (docs/performance.md). What requests
+gave is kept: the same headers (``requests.utils.default_headers``), proxies from the environment (``no_proxy``
+honoured), the CA bundle of ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` or requests' own (certifi's), connect and
+read timeouts, pooled keep-alive connections, no retries, and the body decoded as requests would (its charset).
 
 Nothing here follows redirects: bp10emu answers 302 and the result is in ``Location``.
 Exceptions raised from here never carry the request (its body holds card data): the
@@ -14,15 +20,20 @@ import socket
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 import requests
+import requests.utils
+import urllib3
 import urllib3.exceptions as u3
-from requests.adapters import HTTPAdapter
 
 from .errors import GatewayError, NotSent, OutcomeUnknown
 
 __all__ = ["HttpReply", "HttpStream", "HttpTransport", "classify", "DEFAULT_USER_AGENT", "POOL_MAXSIZE"]
+
+#: What a transport call may raise (urllib3's own errors, the socket's, http.client's; requests' from older callers).
+_TRANSPORT_ERRORS = (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException)
 
 DEFAULT_USER_AGENT = "payments-worker/0.1 (+bluepay client)"
 #: Connections kept per host: shared by all gevent greenlets / threads of one process.
@@ -43,8 +54,8 @@ class HttpStream:
 
     CHUNK = 64 * 1024
 
-    def __init__(self, response: requests.Response, url: str) -> None:
-        self.status_code = response.status_code
+    def __init__(self, response: urllib3.BaseHTTPResponse, url: str) -> None:
+        self.status_code = response.status
         self._response = response
         self._url = url
 
@@ -52,13 +63,15 @@ class HttpStream:
         failure: type[GatewayError] | None = None
         cause = ""
         try:
-            yield from self._response.iter_content(self.CHUNK)
+            for chunk in self._response.stream(self.CHUNK, decode_content=True):
+                if chunk:
+                    yield chunk
             return
-        except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
+        except _TRANSPORT_ERRORS as exc:
             failure = classify(exc)
             cause = _describe(exc)
         finally:
-            self._response.close()
+            self.close()
         err = failure(f"{cause} reading from {_safe_url(self._url)}")
         err.cause_name = cause
         raise err
@@ -74,7 +87,9 @@ class HttpStream:
         return out[:limit]
 
     def close(self) -> None:
+        # as requests' Response.close(): a body left unread closes its connection rather than going back to the pool
         self._response.close()
+        self._response.release_conn()
 
 
 # Evidence, found anywhere in the exception chain, that the request was (or may have been)
@@ -94,7 +109,7 @@ _AFTER_SEND = (
 # Evidence that no connection was ever established: nothing was sent.
 _BEFORE_SEND = (
     u3.ConnectTimeoutError,  # NewConnectionError and NameResolutionError derive from it
-    u3.LocationParseError,
+    u3.LocationValueError,  # LocationParseError, URLSchemeUnknown: nothing was even attempted
     ConnectionRefusedError,
     socket.gaierror,
     ssl.SSLCertVerificationError,
@@ -131,6 +146,10 @@ def classify(exc: BaseException) -> type[GatewayError]:
     ConnectionError caused by refused/DNS/NewConnectionError NotSent
        /certificate verification
     InvalidURL / MissingSchema / InvalidSchema (local)      NotSent
+    urllib3 / socket / http.client errors (urllib3 direct,  as above, by the chain: after-send
+       no retries): ConnectTimeoutError/NewConnectionError   evidence first (OutcomeUnknown),
+       /refused/DNS/bad URL NotSent; ReadTimeoutError,        then before-send (NotSent), else
+       ProtocolError/reset/RemoteDisconnected unknown         OutcomeUnknown
     anything else                                           OutcomeUnknown
     ======================================================  ==============
     """
@@ -147,7 +166,7 @@ def classify(exc: BaseException) -> type[GatewayError]:
         (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema),
     ):
         return NotSent
-    if isinstance(exc, requests.exceptions.ConnectionError):
+    if isinstance(exc, (requests.exceptions.ConnectionError, u3.HTTPError, OSError, http.client.HTTPException)):
         chain = list(_chain(exc))
         if any(isinstance(e, _AFTER_SEND) for e in chain):
             return OutcomeUnknown
@@ -158,13 +177,9 @@ def classify(exc: BaseException) -> type[GatewayError]:
 
 
 class HttpTransport:
-    """POSTs form data through one pooled keep-alive session; never follows redirects.
-
-    A request is prepared and handed to the session's adapter directly: a gateway call needs none of
-    ``Session.request``'s cookie, hook, redirect and environment merging, which cost a third of the
-    client's CPU per call (bench/: ~370 -> ~250 us per POST on loopback). A ``session`` passed in lends
-    its mounted adapters (connection pools) only; proxies and the CA bundle come from the environment.
-    """
+    """POSTs form data over pooled keep-alive connections (one ``urllib3.PoolManager``, one ``ProxyManager`` per
+    proxy the environment names); never follows redirects, never retries (the client decides what may be sent
+    again)."""
 
     def __init__(
         self,
@@ -172,42 +187,43 @@ class HttpTransport:
         connect_timeout: float,
         read_timeout: float,
         user_agent: str = DEFAULT_USER_AGENT,
-        session: requests.Session | None = None,
     ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.user_agent = user_agent
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
-            session.trust_env = False
-        self.session = session
-        # The headers Session.request would send (Accept, Accept-Encoding, Connection), ours on top.
+        self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        # The headers a requests Session would send (Accept, Accept-Encoding, Connection), ours on top.
         self._headers = dict(requests.utils.default_headers(), **{
             "User-Agent": user_agent, "Content-Type": "application/x-www-form-urlencoded"})
-        # Proxy and CA-bundle settings come from the environment once, not on every request.
-        self._verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        # The CA bundle as requests finds it: the environment's, else certifi's.
+        bundle = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                  or requests.utils.DEFAULT_CA_BUNDLE_PATH)
+        self._pool_kw: dict[str, Any] = {"num_pools": 4, "maxsize": POOL_MAXSIZE, "block": False,
+                                         "cert_reqs": "CERT_REQUIRED", "ca_certs": bundle}
+        self.pool = urllib3.PoolManager(**self._pool_kw)
+        self._proxy_pools: dict[str, urllib3.ProxyManager] = {}
         self._proxies: dict[str, dict[str, str]] = {}
 
     def _proxies_for(self, url: str) -> dict[str, str]:
         proxies = self._proxies.get(url)
-        if proxies is None:  # per URL, honouring no_proxy; the client posts to two URLs
+        if proxies is None:  # per URL, honouring no_proxy; the client posts to a few URLs
             proxies = self._proxies[url] = requests.utils.get_environ_proxies(url)
         return proxies
 
-    def _send(self, url: str, data: Mapping[str, str | None], *, stream: bool) -> requests.Response:
-        request = requests.PreparedRequest()
+    def _pool_for(self, url: str) -> urllib3.PoolManager:
+        proxy = requests.utils.select_proxy(url, self._proxies_for(url)) if self._proxies_for(url) else None
+        if not proxy:
+            return self.pool
+        manager = self._proxy_pools.get(proxy)
+        if manager is None:
+            manager = self._proxy_pools[proxy] = urllib3.ProxyManager(proxy, **self._pool_kw)
+        return manager
+
+    def _send(self, url: str, data: Mapping[str, str | None], *, stream: bool) -> urllib3.BaseHTTPResponse:
         body = urlencode([(k, v) for k, v in data.items() if v is not None])  # as requests would: None is left out
-        request.prepare(method="POST", url=url, headers=self._headers, data=body)
-        return self.session.get_adapter(url).send(
-            request,
-            stream=stream,
-            timeout=(self.connect_timeout, self.read_timeout),
-            verify=self._verify,
-            proxies=self._proxies_for(url),
-        )
+        return self._pool_for(url).request(
+            "POST", url, body=body, headers=self._headers, timeout=self._timeout, retries=False, redirect=False,
+            preload_content=not stream, decode_content=True)
 
     def stream(self, url: str, data: Mapping[str, str | None]) -> HttpStream:
         """POST and return as soon as the reply's headers are in; the body is read by the caller (the read
@@ -216,7 +232,7 @@ class HttpTransport:
         cause = ""
         try:
             return HttpStream(self._send(url, data, stream=True), url)
-        except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
+        except _TRANSPORT_ERRORS as exc:
             failure = classify(exc)
             cause = _describe(exc)
         err = failure(f"{cause} posting to {_safe_url(url)}")
@@ -227,24 +243,31 @@ class HttpTransport:
         failure: type[GatewayError] | None = None
         cause = ""
         try:
-            resp = self._send(url, data, stream=False)
-            try:
-                content = resp.content
-            finally:
-                resp.close()
-            body = content.decode(resp.encoding or "utf-8", "replace")
-            return HttpReply(resp.status_code, resp.headers.get("Location"), body)
-        except (requests.exceptions.RequestException, OSError, u3.HTTPError, http.client.HTTPException) as exc:
+            resp = self._send(url, data, stream=False)  # the body read, the connection back in the pool
+            return HttpReply(resp.status, resp.headers.get("Location"), _text(resp))
+        except _TRANSPORT_ERRORS as exc:
             failure = classify(exc)
             cause = _describe(exc)
-        # Raised outside the except block: the requests exception (which holds the request
+        # Raised outside the except block: the exception (which may hold the request
         # body, i.e. card data) is neither chained nor kept as context.
         err = failure(f"{cause} posting to {_safe_url(url)}")
         err.cause_name = cause
         raise err
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.clear()
+        for manager in self._proxy_pools.values():
+            manager.clear()
+
+
+def _text(resp: urllib3.BaseHTTPResponse) -> str:
+    """The body as text, as requests decodes it: the reply's charset (ISO-8859-1 for text/* without one), else
+    UTF-8; an unknown charset name (gateway garbage) is read as UTF-8, never an exception."""
+    encoding = requests.utils.get_encoding_from_headers(resp.headers) or "utf-8"
+    try:
+        return resp.data.decode(encoding, "replace")
+    except LookupError:
+        return resp.data.decode("utf-8", "replace")
 
 
 def _describe(exc: BaseException) -> str:

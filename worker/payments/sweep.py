@@ -62,16 +62,7 @@ def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
             counts[f"repair_{flow.repair(payment_id)}"] += 1
             _tick(progress)
         for record in store.open_auths(settings.stale_auth_age):
-            auth = decode(record)
-            reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
-                      f"({settings.stale_auth_age:g}s), neither captured nor voided")
-            try:
-                outcome = flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
-                                         trans_id=auth.trans_id, parent=auth.payment_id, reason=reason)
-                action = str(outcome.get("status", "NONE")).lower()
-            except (GatewayOutage, LeaseBusy) as later:
-                action = _deferred(record, later)
-            counts[f"stale_auth_void_{action}"] += 1
+            counts[f"stale_auth_void_{void_stale_auth(svc, record)}"] += 1
             _tick(progress)
         for record in store.stale_non_final(settings.reconcile_after):
             result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
@@ -84,11 +75,7 @@ def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
             counts[f"outbox_{'still_queued' if task_id in queued else republish_lost(store, task_id, entry)}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
-            try:
-                action = finish_chain_void(flow, store, record)
-            except (GatewayOutage, LeaseBusy) as later:
-                action = _deferred(record, later)
-            counts[f"chain_void_{action}"] += 1
+            counts[f"chain_void_{chain_void(svc, record)}"] += 1
             _tick(progress)
         counts.update(retain(svc, now=now, deadline=deadline))
     finally:
@@ -100,6 +87,69 @@ def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
     except Exception as exc:  # monitoring only: the sweep's work is done
         log.warning("sweep: report not kept: %s", type(exc).__name__)
     return report
+
+
+def void_stale_auth(svc: Any, record: dict[str, Any]) -> str:
+    """Void an approved auth older than STALE_AUTH_AGE, neither captured nor voided (step 2)."""
+    store, age, auth = svc.store, svc.settings.stale_auth_age, decode(record)
+    reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
+              f"({age:g}s), neither captured nor voided")
+    try:
+        outcome = svc.flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
+                                     trans_id=auth.trans_id, parent=auth.payment_id, reason=reason)
+        return str(outcome.get("status", "NONE")).lower()
+    except (GatewayOutage, LeaseBusy) as later:
+        return _deferred(record, later)
+
+
+def chain_void(svc: Any, record: dict[str, Any]) -> str:
+    """Finish a sale->void chain whose void was due but never ran (step 5)."""
+    try:
+        return finish_chain_void(svc.flow, svc.store, record)
+    except (GatewayOutage, LeaseBusy) as later:
+        return _deferred(record, later)
+
+
+def sweep_one(svc: Any, payment_id: str) -> dict[str, Any]:
+    """The sweep's steps 1, 2, 3 and 5 for one payment now (an operator's "sweep this one"), under the sweep's lock
+    so that it never runs beside a sweep: each step only where the sweep itself would take the record (the same
+    indexes and ages). ``{"ran": False, ...}`` when a sweep holds the lock or there is no such record."""
+    settings, store = svc.settings, svc.store
+    token = store.locks.acquire(LOCK_NAME, ttl_seconds=max(60.0, settings.sweep_interval))
+    if token is None:
+        return {"ran": False, "reason": "a sweep is running: try again when it is done"}
+    try:
+        if store.get(payment_id) is None:
+            return {"ran": False, "reason": "no such payment in Redis"}
+        counts: Counter[str] = Counter()
+        if payment_id in _due(store, store.keys.reflect_due, payment_id, float("inf")):
+            counts[f"repair_{svc.flow.repair(payment_id)}"] += 1
+        for record in _only(store, payment_id, "open_auths", store.open_auths, settings.stale_auth_age):
+            counts[f"stale_auth_void_{void_stale_auth(svc, record)}"] += 1
+        for record in _only(store, payment_id, "non_final", store.stale_non_final, settings.reconcile_after):
+            counts[f"reconcile_{svc.flow.reconcile(record, give_up_after=settings.reconcile_give_up)}"] += 1
+        for record in _only(store, payment_id, "voids_due", store.voids_due, settings.reconcile_after):
+            counts[f"chain_void_{chain_void(svc, record)}"] += 1
+    finally:
+        store.locks.release(LOCK_NAME, token)
+    report = {"ran": True, "payment_id": payment_id, **dict(sorted(counts.items()))}
+    log.warning("sweep of %s: %s", payment_id, report)
+    return report
+
+
+def _due(store: ResultsStore, key: str, payment_id: str, cutoff: float) -> list[str]:
+    """``[payment_id]`` when the sweep index ``key`` holds it with a score at or below ``cutoff``."""
+    score = store.redis.zscore(key, payment_id)
+    return [payment_id] if score is not None and float(score) <= cutoff else []
+
+
+def _only(store: ResultsStore, payment_id: str, index: str, query: Callable[..., list[dict[str, Any]]],
+          older_than: float) -> list[dict[str, Any]]:
+    """What the store's sweep ``query`` (over the index named ``index``) returns for this one payment: asked only
+    when the index holds it old enough, and then by the query itself, so its rules stay the store's."""
+    if not _due(store, getattr(store.keys, index), payment_id, store.now() - float(older_than)):
+        return []
+    return [r for r in query(older_than, limit=None) if r.get("payment_id") == payment_id]
 
 
 # How many times a message the broker lost is published again before a human is asked to look.

@@ -16,12 +16,14 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from worker.broker.app import app
+from worker.broker.final_write import final_write_for
 from worker.cards.messages import unsealed_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
 from worker.payments.flow import GatewayOutage, LeaseBusy, PaymentFlow
+from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
     CHARGES,
     FOLLOW_UPS,
@@ -30,7 +32,9 @@ from worker.payments.requests import (
     follow_up_request,
     refusal_fingerprints,
 )
+from worker.redis_connections import celery_settings
 from worker.services import Services, services_of
+from worker.store.final_write import finishing
 
 log = logging.getLogger("payments.tasks")
 
@@ -76,6 +80,10 @@ class PaymentTask(Task):
         return flow
 
     @cached_property
+    def _store_broker_url(self) -> str:
+        return str(celery_settings(self.services.settings)["broker_url"])
+
+    @cached_property
     def _run_signature(self) -> inspect.Signature:
         # Once per task per process: inspect.signature costs ~10x the bind, on every payment.
         return inspect.signature(self.run)
@@ -90,7 +98,8 @@ class PaymentTask(Task):
         if bad is not None:
             return self._refuse(bad)
         try:
-            return self.run(*args, **kwargs)
+            with finishing(final_write_for(self, self._store_broker_url)):  # outcome, result and ack in one call
+                return self.run(*args, **kwargs)
         except InvalidInput as exc:
             return self._refuse(exc)
         except GatewayOutage as parked:
@@ -226,15 +235,18 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
             raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
 
 
-def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any,
-            idempotency_key: Any) -> dict[str, Any]:
+def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any,
+            repeat: RepeatCharge) -> dict[str, Any]:
     """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
     flow = task.flow
-    request = charge_request(CHARGES[task.operation], payment_id, amount=amount, card=_open_card(task, card),
+    # no card: a repeat charge by token (docs/tokens.md), or a card missing (the request names it)
+    opened = _open_card(task, card) if card is not None else None
+    request = charge_request(CHARGES[task.operation], payment_id, amount=amount, card=opened,
                              customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
-                             then_void=task.follows_with_void(), shown_key=shown_key, card_keys=flow.card_keys)
+                             then_void=task.follows_with_void(), shown_key=shown_key, card_keys=flow.card_keys,
+                             repeat=repeat)
     return flow.submit(request, task.delivery())
 
 
@@ -249,17 +261,22 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
-def sale(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None) -> dict[str, Any]:
-    """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal)."""
-    return _charge(self, amount, card, customer, order_id, idempotency_key)
+def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
+         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
+         initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
+    """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal), or a stored card: ``token`` (an earlier
+    trans_id) or ``customer_token`` (docs/tokens.md)."""
+    return _charge(self, amount, card, customer, order_id, idempotency_key,
+                   RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
-def auth(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None) -> dict[str, Any]:
-    """AUTH: same arguments as sale; amount may be 0.00 (card verification)."""
-    return _charge(self, amount, card, customer, order_id, idempotency_key)
+def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
+         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
+         initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
+    """AUTH: same arguments as sale; amount may be 0.00 (stores the card: its trans_id is a token)."""
+    return _charge(self, amount, card, customer, order_id, idempotency_key,
+                   RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
 @app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))

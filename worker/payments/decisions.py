@@ -1,0 +1,121 @@
+"""What an operator may do to payments, one implementation for every face (``payments resolve`` / ``reconcile``,
+the operator console): resolve a ``needs_human`` payment (refused where a kept report contradicts it) and run a
+reconciliation day. Errors say what to do in one line (:class:`DecisionRefused`); the caller shows them.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from worker.payments.reconciliation import DayResult, Reconciler, contradiction, days
+
+log = logging.getLogger("payments.reconcile")
+
+#: At most this many days in one reconciliation run.
+MAX_DAYS = 31
+
+
+class DecisionRefused(Exception):
+    """An operator's request that is refused (or cannot be carried out), with the reason in one line."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    payment_id: str
+    before: str
+    record: dict[str, Any]
+    who: str
+    report_kept: bool
+
+    def line(self) -> str:
+        return (f"{self.payment_id}: {self.before} -> {self.record.get('status')} "
+                f"(trans {self.record.get('trans_id') or '-'}) by {self.who} at {self.record.get('resolved_at')}"
+                + ("" if self.report_kept else "; no report of its day is kept: run payments reconcile for it"))
+
+
+def reconciler(svc: Any) -> Reconciler:
+    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
+    from worker.store.reconciliations import Reconciliations
+
+    kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
+    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
+
+
+def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayResult], None] | None = None
+                   ) -> list[DayResult]:
+    """Reconcile each day from ``start`` to ``end`` (inclusive); each day's result is kept in the store."""
+    if end < start:
+        raise DecisionRefused("the last day is before the first")
+    if (end - start).days >= MAX_DAYS:
+        raise DecisionRefused(f"at most {MAX_DAYS} days at a time")
+    rec = reconciler(svc)
+    results = []
+    for day in days(start, end):
+        result = rec.run_day(day)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
+
+
+def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, trans_id: str = "") -> Resolved:
+    """Finalise the ``needs_human`` record ``payment_id`` as ``status`` with ``who``, the time and ``reason`` in its
+    history and the audit stream. Raises :class:`DecisionRefused` for any other record, bad input, and when the
+    gateway's kept report (``payments reconcile``) says otherwise."""
+    from worker.gateway import InvalidInput, validation
+    from worker.store.reconciliations import RESOLVE_STATUSES, Reconciliations, ResolveRefused
+
+    status = (status or "").strip().upper()
+    if status not in RESOLVE_STATUSES:
+        raise DecisionRefused(f"status must be one of {', '.join(RESOLVE_STATUSES)}")
+    reason = (reason or "").strip()
+    if not reason:
+        raise DecisionRefused("a reason is required: say why (it is kept in the history and the audit stream)")
+    if not (who or "").strip():
+        raise DecisionRefused("who decides must be named")
+    record = svc.store.get(payment_id)
+    if record is None:
+        raise DecisionRefused(f"no payment with id {payment_id!r} in Redis (only live records are resolved)")
+    if record.get("needs_human") != "1":
+        raise DecisionRefused(f"refused: {payment_id} does not need a human (status {record.get('status')}); "
+                              "only records marked needs_human are resolved by hand")
+    checked_trans = ""
+    if trans_id:
+        try:
+            checked_trans = validation.trans_id(trans_id)
+        except InvalidInput as exc:
+            raise DecisionRefused(f"invalid input: {exc}") from None
+    if record.get("trans_id") and checked_trans and checked_trans != record["trans_id"]:
+        raise DecisionRefused(f"refused: the record already has trans id {record['trans_id']}")
+    effective = checked_trans or str(record.get("trans_id") or "")
+    if status in ("APPROVED", "VOIDED") and not effective:
+        raise DecisionRefused(f"a trans id is required for {status}: the gateway's transaction")
+    recon = Reconciliations(svc.store)
+    rows, checked = kept_rows(recon, record)
+    why = contradiction(status, effective, rows)
+    if why is not None:
+        raise DecisionRefused(f"refused: it would contradict {checked}: {why}")
+    try:
+        done = recon.resolve(payment_id, status, who=who, reason=reason, trans_id=checked_trans,
+                             checked=f"checked against {checked}" if rows is not None else "no report kept")
+    except ResolveRefused as exc:
+        raise DecisionRefused(f"refused: {exc.reason.replace('_', ' ')}") from None
+    log.warning("resolve %s: %s by %s: %s", payment_id, status, who, reason)
+    return Resolved(payment_id, str(record.get("status")), done, who, rows is not None)
+
+
+def kept_rows(recon: Any, record: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str]:
+    """The kept reports' rows under the record's ORDER_ID on its creation day and the next (a transaction issued
+    after midnight), and which reports they are; None when neither report looked at it."""
+    created = datetime.fromtimestamp(float(record.get("created_ts") or 0), UTC).date()
+    found: list[dict[str, str]] | None = None
+    looked: list[str] = []
+    for day in (created, created + timedelta(days=1)):
+        rows = recon.kept_rows(day.isoformat(), record["payment_id"])
+        if rows is not None:
+            looked.append(day.isoformat())
+            found = (found or []) + rows
+    return found, "the gateway's report of " + " and ".join(looked) if looked else "no report"
