@@ -44,11 +44,13 @@ from worker.cards.vault import DEVELOPMENT_KEY
 from worker.gateway import (
     Expired,
     FenceLost,
+    Held,
     InvalidInput,
     NotSent,
     OutcomeUnknown,
     Rejected,
     Response,
+    Throttled,
     expiry,
     validation,
 )
@@ -177,6 +179,11 @@ class GatewayOutage(Exception):
         self.reason = reason
         self.parked_as = parked_as
         self.check_in = check_in
+
+
+class GatewayThrottled(GatewayOutage):
+    """The shared rate limit held the attempt back (nothing sent; parked RETRYING): re-queued after ``check_in``
+    seconds, and never counted as an outage re-queue (the gateway is fine)."""
 
 
 class ReplicasBehind(GatewayOutage):
@@ -555,6 +562,10 @@ class PaymentFlow:
                 response = run.send(duplicate_override, self._fence_for(run))
             except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
                 self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
+            except Held as exc:  # the shared guard (rate limit, breaker) held it back: nothing was sent
+                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False,
+                           check_in=exc.retry_after, outage=GatewayThrottled if isinstance(exc, Throttled) else
+                           GatewayOutage)
             except NotSent as exc:
                 self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
             except Rejected as exc:
