@@ -20,13 +20,12 @@ from urllib.parse import quote, urlsplit
 import redis
 import tenacity
 from redis.backoff import ExponentialBackoff
-from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 if TYPE_CHECKING:
     from worker.config import Settings
+    from worker.store.lua import Function
 
 __all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "parse_sentinels", "check_settings",
            "uses_sentinel", "store_client", "probe_client", "celery_settings", "describe", "write_durably",
@@ -203,10 +202,10 @@ def write_durably(client: redis.Redis, what: str, queue: Callable[[Any], None], 
     return replies
 
 
-def run_script_durably(client: redis.Redis, script: Script, keys: list[str], args: list[Any], *, what: str,
+def run_script_durably(client: redis.Redis, script: Function, keys: list[str], args: list[Any], *, what: str,
                        replicas: int, timeout: float, needed: Callable[[Any], bool] = lambda reply: True) -> Any:
-    """``EVALSHA`` of a registered script, then ``WAIT`` on the same connection (one round trip); the script's
-    reply. Raises :class:`ReplicaAckTimeout` when fewer than ``replicas`` acknowledged in time and ``needed(reply)``
+    """``FCALL`` of a store function (``worker.store.lua``), then ``WAIT`` on the same connection (one round trip);
+    its reply. Raises :class:`ReplicaAckTimeout` when fewer than ``replicas`` acknowledged in time and ``needed(reply)``
     says the caller depends on the write (a claim that took no lease moves no money). ``replicas`` 0: the plain
     script call."""
     if replicas <= 0:
@@ -215,15 +214,12 @@ def run_script_durably(client: redis.Redis, script: Script, keys: list[str], arg
 
     def run() -> list[Any]:
         pipe = client.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        script.queue(pipe, keys, args)
         pipe.execute_command("WAIT", replicas, timeout_ms)
         return list(pipe.execute())
 
-    try:
-        reply, acked = run()
-    except NoScriptError:  # a new primary after a failover has not seen the script yet
-        client.script_load(script.script)
-        reply, acked = run()
+    # (a new primary after a failover, or a restarted one, that has not got the library: loaded, then run again)
+    reply, acked = script.functions.call(run)
     if int(acked) < replicas and needed(reply):
         raise ReplicaAckTimeout(what, replicas, int(acked), timeout_ms)
     return reply
