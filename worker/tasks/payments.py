@@ -15,8 +15,9 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.broker.app import app
+from worker.broker.celeryconfig import celery_settings
 from worker.broker.final_write import final_write_for
+from worker.broker.outbox import AppPublisher
 from worker.cards.messages import unsealed_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
@@ -32,11 +33,14 @@ from worker.payments.requests import (
     follow_up_request,
     refusal_fingerprints,
 )
-from worker.redis_connections import celery_settings
 from worker.services import Services, services_of
 from worker.store.final_write import finishing
+from worker.tasks.registry import TaskTable
 
 log = logging.getLogger("payments.tasks")
+
+#: The payment tasks and the sweep, made on an app by ``worker.broker.app.create_app`` (``TASKS.register(app)``).
+TASKS = TaskTable()
 
 # How often a delivery may be re-queued because another worker holds the operation's lease.
 MAX_BUSY_RETRIES = 60
@@ -97,12 +101,9 @@ class PaymentTask(Task):
         # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
         # charged nothing (worker/payments/flow.py); an option of the message, not an argument of the operation.
         request.retry_failed = kwargs.pop("retry_failed", False)
-        if not isinstance(request.retry_failed, bool):
-            return self._refuse(InvalidInput("retry_failed", "retry_failed must be True or False"))
-        try:
-            self._run_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            return self._refuse(InvalidInput("arguments", f"bad arguments: {exc}"))
+        bad = self._bad_arguments(args, kwargs)
+        if bad is not None:
+            return self._refuse(bad)
         try:
             with finishing(final_write_for(self, self._store_broker_url)):  # outcome, result and ack in one call
                 return self.run(*args, **kwargs)
@@ -130,6 +131,16 @@ class PaymentTask(Task):
             return self.flow.refuse(self.operation, request.payment_id,
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
+
+    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidInput | None:
+        """What is wrong with the message's arguments as such (their values are the request builder's)."""
+        if not isinstance(self.request.retry_failed, bool):
+            return InvalidInput("retry_failed", "retry_failed must be True or False")
+        try:
+            self._run_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return InvalidInput("arguments", f"bad arguments: {exc}")
+        return None
 
     def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
         flow, request = self.flow, self.request
@@ -266,7 +277,7 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
     return flow.submit(request, task.delivery())
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
          initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
@@ -276,7 +287,7 @@ def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
          initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
@@ -285,19 +296,19 @@ def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[str, Any]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
@@ -309,9 +320,9 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
-@app.task(bind=True, name="payments.sweep")
+@TASKS.task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict[str, Any]:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 
-    return run_sweep(services_of(self.app))
+    return run_sweep(services_of(self.app), publisher=AppPublisher(self.app))
