@@ -50,15 +50,16 @@ def populate(store: ResultsStore, url: str, n: int, prefix_id: str) -> None:
             {"amount": "3.00", "order_id": pid} for pid in pids]}, timeout=120)
         r.raise_for_status()
         ids = r.json()["ids"]
+        store.functions.load()  # the library, before pipelining its calls
         pipe = store.redis.pipeline(transaction=False)
         for pid in pids:
-            store._claim(keys=store.keys.for_record(pid), client=pipe, args=[
+            store._claim.queue(pipe, store.keys.for_record(pid), [
                 "bench", "30.0", pid, "sale", "", "", "run", "0", "0", "amount", "3.00", "order_id", pid])
         pipe.execute()
         pipe = store.redis.pipeline(transaction=False)
         for pid, trans in zip(pids, ids, strict=True):
-            store._transition(keys=store.keys.for_record(pid), client=pipe, args=[
-                "APPROVED", "1", "bench", "approved", "1", "", "", "1", "PENDING", "trans_id", trans,
+            store._transition.queue(pipe, store.keys.for_record(pid), [
+                "APPROVED", "1", "bench", "approved", "1", "", "", "", "", "", "1", "PENDING", "trans_id", trans,
                 "message", "Approved Sale", "trans_type", "SALE"])
         pipe.execute()
 

@@ -27,7 +27,9 @@ class PaymentTaskSpec:
         return self.parameters.index(self.card_parameter) if self.card_parameter else None
 
 
-_CHARGE = ("amount", "card", "customer", "order_id", "idempotency_key")
+#: a repeat charge (issue 29, docs/tokens.md) names a token instead of a card; these come after the card ones
+_CHARGE = ("amount", "card", "customer", "order_id", "idempotency_key", "token", "customer_token",
+           "new_customer_token", "initiator", "scheduled")
 _FOLLOW_UP = ("trans_id", "amount", "idempotency_key")
 
 PAYMENT_TASKS: dict[str, PaymentTaskSpec] = {spec.name: spec for spec in (

@@ -206,7 +206,7 @@ BAD_INPUT = [
     ("customer", dict(amount="3.00", card=TEST_CARD, customer={"name1": "Bob\x00"})),
     ("customer", dict(amount="3.00", card=TEST_CARD, customer={"name1": "B" * 500})),
     ("customer", dict(amount="3.00", card=TEST_CARD, customer={"shoe_size": "9"})),
-    ("arguments", dict(amount="3.00")),
+    ("card", dict(amount="3.00")),  # neither a card nor a token (docs/tokens.md)
     ("arguments", dict(card=TEST_CARD)),
     ("arguments", dict(amount="3.00", card=TEST_CARD, colour="blue")),
 ]

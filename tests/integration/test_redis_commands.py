@@ -41,7 +41,7 @@ def monitored(client: redis.Redis, marker_key: str) -> Iterator[list[dict]]:
 
 
 def script_commands(seen: list[dict], prefix: str) -> list[list[str]]:
-    """Per EVALSHA naming ``prefix``: its name followed by the commands its script ran."""
+    """Per FCALL (or EVALSHA) naming ``prefix``: its name followed by the commands its function ran."""
     runs: list[list[str]] = []
     current: list[str] | None = None
     for command in seen:
@@ -51,7 +51,7 @@ def script_commands(seen: list[dict], prefix: str) -> list[list[str]]:
                 current.append(name)
             continue
         current = None
-        if name == "EVALSHA" and prefix in command["command"]:
+        if name in ("EVALSHA", "FCALL") and prefix in command["command"]:
             current = [name]
             runs.append(current)
     return runs

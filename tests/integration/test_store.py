@@ -1,17 +1,20 @@
 """What only the Redis store can show, against a real Redis (database 9 by default, env TEST_REDIS_URL): every
-hot-path call is one EVALSHA, the scripts load themselves, and every timestamp comes from Redis ``TIME``.
+hot-path call is one FCALL, the library loads itself, every timestamp comes from Redis ``TIME``, and a final write
+puts the outcome, Celery's result and the message's ack in one call.
 
 The store's contract (claims, journal, transitions, leases, repairs, indexes, outbox, locks, the card guard) is in
 tests/contract/, run against this store and the in-memory fake alike.
 """
 
+import json
 import time
 
 import pytest
 import redis
 
 from tests.support.env import INTEGRATION_REDIS_URL
-from worker.store import ResultsStore
+from worker.store import ResultsStore, task_outcome
+from worker.store.final_write import OUTCOME_PLACEHOLDER, FinalWrite, acked, written
 
 REDIS_URL = INTEGRATION_REDIS_URL
 
@@ -86,18 +89,86 @@ def _hot_path(store, pid, counting):
 
 
 @pytest.mark.parametrize("decode", [True, False])
-def test_one_evalsha_per_hot_path_call(prefix, decode):
+def test_one_fcall_per_hot_path_call(prefix, decode):
     counting = CountingRedis.from_url(REDIS_URL, decode_responses=decode)
     try:
         store = ResultsStore(counting, prefix=prefix)
-        _hot_path(store, "warm-up", counting)  # a cold server answers NOSCRIPT once per script
-        assert _hot_path(store, "p1", counting) == [["EVALSHA"]] * 7
+        _hot_path(store, "warm-up", counting)  # a server without the library answers "Function not found" once
+        assert _hot_path(store, "p1", counting) == [["FCALL"]] * 7
     finally:
         counting.close()
 
 
-def test_works_without_explicit_script_load(client, prefix):
-    # redis-py's Script falls back to SCRIPT LOAD on NOSCRIPT; no warm-up is required. (No SCRIPT FLUSH here:
-    # the server is shared with the other tiers.)
+def test_a_server_without_the_library_gets_it_loaded_again_and_nothing_fails(client, prefix):
+    # What a restarted Redis without persistence, or a primary that missed the load, looks like: our library gone.
+    # (Only ours is deleted: the server is shared with the other tiers, which load it again the same way.)
     store = ResultsStore(client, prefix=prefix)
     assert claim(store, "p1").kind == "claimed"
+    library = f"payments_{store.functions.version}"
+    client.function_delete(library)
+    assert claim(store, "p2").kind == "claimed"  # plain call: loaded, then called again
+    client.function_delete(library)
+    assert store.journal("p2", "w1", 30) is not None
+    names = [entry[1] if isinstance(entry, list) else entry["library_name"] for entry in client.function_list(library)]
+    assert names == [library]
+
+
+def _final(prefix: str, task_id: str) -> FinalWrite:
+    meta = json.dumps({"status": "SUCCESS", "result": OUTCOME_PLACEHOLDER, "traceback": None, "children": [],
+                       "date_done": "2026-12-07T00:00:00+00:00", "task_id": task_id})
+    return FinalWrite(task_id=task_id, result_key=f"{prefix}meta-{task_id}", meta=meta, expires=60,
+                      unacked_key=f"{prefix}unacked", unacked_index_key=f"{prefix}unacked_index",
+                      delivery_tag=f"tag-{task_id}")
+
+
+def _delivered(client, final: FinalWrite) -> None:
+    client.hset(final.unacked_key, final.delivery_tag, "[message]")
+    client.zadd(final.unacked_index_key, {final.delivery_tag: 1.0})
+
+
+def test_a_final_write_puts_the_outcome_the_result_and_the_ack_in_one_call(store, client, prefix):
+    claim(store, "sale1", fields={**SALE_FIELDS, "then_void": "1"}, journal=True)
+    sale = store.transition("sale1", "APPROVED", expect=("PENDING",), owner="w1", sent=True,
+                            fields={"trans_id": "100000000101", "message": "Approved Sale", "auth_code": "A1"})
+    assert sale is not None
+    claim(store, "ref1", op="refund", fields={"target": "100000000101", "amount": "1.25", "parent": "sale1"},
+          journal=True)
+    final = _final(prefix, "task-ref1")
+    _delivered(client, final)
+    with client.monitor() as monitor:
+        rec = store.transition("ref1", "APPROVED", expect=("PENDING",), owner="w1", sent=True, reflect=True,
+                               fields={"trans_id": "100000000102", "message": "Approved Refund"}, then=final)
+        client.get(f"{prefix}marker")
+        seen = []
+        while f"{prefix}marker" not in (command := monitor.next_command())["command"]:
+            seen.append(command)
+    assert [c["command"].split(" ", 1)[0] for c in seen if c["client_type"] != "lua" and prefix in c["command"]] \
+        == ["FCALL"]
+    assert rec is not None and rec["status"] == "APPROVED"
+    meta = json.loads(client.get(final.result_key))
+    assert meta["result"] == task_outcome(rec) and meta["task_id"] == "task-ref1" and meta["children"] == []
+    assert meta["result"]["attempts"] == 1 and "refunded_amount" not in meta["result"]
+    assert 0 < client.ttl(final.result_key) <= 60
+    assert not client.hexists(final.unacked_key, final.delivery_tag)
+    assert client.zscore(final.unacked_index_key, final.delivery_tag) is None
+    assert store.get("sale1")["status"] == "PARTIALLY_REFUNDED"  # reflected in the same call
+    # what the backend and kombu's ack then skip, once each
+    assert written("task-ref1") and not written("task-ref1")
+    assert acked("tag-task-ref1") and not acked("tag-task-ref1")
+
+
+def test_a_refused_final_write_writes_no_result_and_acks_nothing(store, client, prefix):
+    claim(store, "p1", journal=True)
+    final = _final(prefix, "task-p1")
+    _delivered(client, final)
+    # another worker's lease: the transition is refused, and so are the result and the ack
+    assert store.transition("p1", "APPROVED", expect=("PENDING",), owner="w2", sent=True, then=final) is None
+    assert client.get(final.result_key) is None
+    assert client.hexists(final.unacked_key, final.delivery_tag)
+    assert not written("task-p1") and not acked("tag-task-p1")
+    # a status a task may not return is shown as UNKNOWN in the result, as the task returns it
+    parked = store.transition("p1", "UNKNOWN", owner="w1", sent=True, then=final)
+    assert parked is not None
+    assert json.loads(client.get(final.result_key))["result"] == task_outcome(parked)
+    assert task_outcome(parked)["status"] == "UNKNOWN"
+    client.delete(final.result_key, final.unacked_key, final.unacked_index_key)

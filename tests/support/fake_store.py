@@ -185,7 +185,9 @@ class InMemoryStore:
         self._zset("unknown", pid, created if status == Status.UNKNOWN else None)
         self._zset("retrying", pid, created if status == Status.RETRYING else None)
         self._zset("needs_human", pid, updated if rec.get("needs_human") == "1" else None)
-        self._zset("open_auths", pid, created if op == "auth" and approved else None)
+        # a $0 auth only stores the card (common.lua): never an open auth
+        holds = _amount_number(rec.get("amount")) != 0
+        self._zset("open_auths", pid, created if op == "auth" and approved and holds else None)
         self._zset("voids_due", pid, updated if op == "sale" and approved and rec.get("then_void") == "1" else None)
         self._zset("reflect_due", pid,
                    updated if op in FOLLOW_UPS and approved and rec.get("reflected") != "1" else None)
@@ -438,7 +440,8 @@ class InMemoryStore:
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False) -> dict | None:
+                   reflect: bool = False, then: Any = None) -> dict | None:
+        # ``then`` (a final write's Celery result and ack): there is no broker nor result backend in memory.
         if status not in self.STATUSES:
             raise ValueError(f"unknown status {status!r}")
         expected = [] if expect is None else [str(_to_str(e)) for e in ([expect] if isinstance(expect, str)
@@ -835,3 +838,11 @@ class InMemoryHealth:
     def last_sweep(self) -> dict[str, Any] | None:
         with self._store._lock:
             return json.loads(self._store._sweep_last) if self._store._sweep_last else None
+
+
+def _amount_number(text: object) -> float | None:
+    """The amount as Lua's tonumber reads it (None where it gives nil)."""
+    try:
+        return float(str(text).strip()) if text not in (None, "") else None
+    except ValueError:
+        return None

@@ -176,8 +176,9 @@ REFUSED = {  # free text (identifiers are sealed instead: tests/unit/test_identi
     "int amount": (lambda app: app.send_task("payments.sale", kwargs={"amount": LUHN_ORDER, "card": TEST_CARD}),
                    "amount"),
     "trans id": (lambda app: app.send_task("payments.capture", args=[NUMBER]), "trans_id"),
-    "extra argument": (lambda app: app.send_task("payments.sale", args=["3.00", TEST_CARD, None, None, None, NUMBER]),
-                       "args[5]"),
+    "extra argument": (lambda app: app.send_task("payments.sale", args=["3.00", TEST_CARD, *[None] * 8, NUMBER]),
+                       "args[10]"),
+    "token": (lambda app: app.send_task("payments.sale", kwargs={"amount": "3.00", "token": NUMBER}), "token"),
     "task id": (lambda app: app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD},
                                           task_id=NUMBER), "task_id"),
     "chain's later link": (lambda app: chain(

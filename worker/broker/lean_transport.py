@@ -26,11 +26,23 @@ from contextlib import contextmanager
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
+
+from worker.store import final_write
 
 __all__ = ["LeanQoS", "install", "pooled_conn_or_acquire"]
 
 
 class LeanQoS(kombu_redis.QoS):
+    def ack(self, delivery_tag: Any) -> None:
+        # (store) The results store's final write already ran this ack's HDEL/ZREM in the same call as the payment's
+        # outcome (worker/store/final_write.py): only kombu's in-memory bookkeeping is left. All it needs from this
+        # transport: acks go through QoS.ack, with kombu's own unacked key names.
+        if isinstance(delivery_tag, str) and final_write.acked(delivery_tag):
+            kombu_virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # (no annotations)
+            return
+        super().ack(delivery_tag)  # type: ignore[no-untyped-call]  # kombu has no annotations
+
     @contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
         if pipe:  # a caller's pipeline (restore_by_tag's WATCH transaction): as it is

@@ -6,6 +6,8 @@ SETEX, PUBLISH, EXEC: five Redis commands per payment. Here:
 * a SUCCESS is written without the GET: the guard keeps a late duplicate's RETRY or FAILURE from replacing a
   SUCCESS, and every other state still goes through it; a SUCCESS over a SUCCESS is the same outcome again (the
   results store holds the operation's one outcome, and a redelivered payment returns that record);
+* a SUCCESS the results store already wrote with the payment's outcome (worker/store/final_write.py) is not
+  written again;
 * SET (with its expiry) and PUBLISH go out in one pipeline without MULTI/EXEC: one round trip either way, and
   nothing needs the two to be atomic (a reader polling the key and a subscriber of the channel get the same value).
 
@@ -23,6 +25,8 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from worker.store import final_write
+
 __all__ = ["LeanResults", "lean_backend"]
 
 
@@ -31,6 +35,8 @@ class LeanResults:
 
     def _store_result(self, task_id: Any, result: Any, state: str, traceback: Any = None, request: Any = None,
                       **kwargs: Any) -> Any:
+        if state == states.SUCCESS and final_write.written(bytes_to_str(task_id)):
+            return result  # the store wrote it with the outcome, in the same call (worker/store/final_write.py)
         if state != states.SUCCESS:
             return super()._store_result(task_id, result, state, traceback=traceback,  # type: ignore[misc]
                                          request=request, **kwargs)

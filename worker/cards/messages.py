@@ -83,8 +83,9 @@ def _is_invalid_marker(value: Any) -> bool:
 
 
 def seal_card(card: Any, vault: CardVault) -> Any:
-    """The sealed card; a value that cannot be a card never travels at all (the worker records why)."""
-    if vault.is_sealed(card) or _is_invalid_marker(card):
+    """The sealed card; a value that cannot be a card never travels at all (the worker records why). No card (a
+    repeat charge by token, docs/tokens.md) stays None: there is nothing to seal."""
+    if card is None or vault.is_sealed(card) or _is_invalid_marker(card):
         return card
     if isinstance(card, Mapping) and card.get("number"):
         return vault.seal(dict(card))

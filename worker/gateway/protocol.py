@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from urllib.parse import parse_qsl, urlsplit
 
-from . import validation
+from . import tokens, validation
 from .errors import InvalidInput, OutcomeUnknown, Rejected
 from .seal import normalize_hash_type, query_seal_message, seal, stamp_matches, transaction_seal_message
+from .tokens import StoredCredential
 
 __all__ = [
     "Response",
@@ -70,6 +71,8 @@ class Response:
     missing_field: str = ""
     settled: bool | None = None
     voided: bool | None = None
+    customer_token: str = ""  # CUST_TOKEN: the customer token used or established
+    stored_id: str = ""  # STORED_ID: the stored-credential id used or established
     raw: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     #: gateway calls made to get this reply (set by the client; 1 for a bare parse)
     attempts: int = field(default=1, compare=False)
@@ -110,8 +113,17 @@ def transaction_request(
     order_id: str | None = None,
     duplicate_override: bool = False,
     invoice_id: str | None = None,
+    token: object = None,
+    customer_token: str | None = None,
+    new_customer_token: str | None = None,
+    stored: StoredCredential | None = None,
 ) -> dict[str, str]:
-    """The sealed form fields of a bp10emu request. Validates every input (InvalidInput)."""
+    """The sealed form fields of a bp10emu request. Validates every input (InvalidInput).
+
+    A SALE or AUTH charges exactly one of: ``card``, ``token`` (an earlier transaction id, sent as RRNO: "CC_NUM
+    required unless ... you include an RRNO") or ``customer_token`` (CUST_TOKEN). ``new_customer_token`` stores
+    the card under that name (with a card only); ``stored``: the stored-credential flags (worker/gateway/tokens.py).
+    """
     account = _required_text("account_id", account_id)
     secret = _required_text("secret_key", secret_key)
     mode_ = _mode(mode)
@@ -131,18 +143,32 @@ def transaction_request(
         fields[name] = ""
 
     if ttype in _NEEDS_CARD:
-        if card is None:
-            raise InvalidInput("card", f"required for {ttype}")
+        sources = [name for name, given in (("card", card), ("token", token), ("customer_token", customer_token))
+                   if given is not None]
+        if len(sources) != 1:
+            raise InvalidInput("card", f"{ttype} needs exactly one of card, token and customer_token"
+                               + (f" (got {', '.join(sources)})" if sources else ""))
         if amount is None:
             raise InvalidInput("amount", f"required for {ttype}")
-        c = validation.card(card)
         fields["AMOUNT"] = validation.amount(amount, allow_zero=(ttype == "AUTH"))
-        fields["PAYMENT_TYPE"] = "CREDIT"
-        fields["CC_NUM"] = c.number
-        fields["CC_EXPIRES"] = c.expire
-        if c.cvv2:
-            fields["CVCCVV2"] = c.cvv2
+        if card is not None:
+            c = validation.card(card)
+            fields["PAYMENT_TYPE"] = "CREDIT"
+            fields["CC_NUM"] = c.number
+            fields["CC_EXPIRES"] = c.expire
+            if c.cvv2:
+                fields["CVCCVV2"] = c.cvv2
+        elif token is not None:  # PAYMENT_TYPE left out, as BluePay's library does: the token's own applies
+            fields["RRNO"] = validation.trans_id(token, field="token")
+        else:
+            fields["CUST_TOKEN"] = tokens.customer_token(customer_token)
+        if new_customer_token is not None:
+            if card is None:
+                raise InvalidInput("new_customer_token", "stores a card: give the card")
+            fields["NEW_CUST_TOKEN"] = tokens.customer_token(new_customer_token, "new_customer_token")
     else:
+        if any(v is not None for v in (token, customer_token, new_customer_token, stored)):
+            raise InvalidInput("token", f"not allowed for {ttype}")
         if card is not None:
             raise InvalidInput("card", f"not allowed for {ttype}")
         if rrno is None:
@@ -161,6 +187,8 @@ def transaction_request(
         fields["INVOICE_ID"] = validation.invoice_id(invoice_id)
     if duplicate_override:
         fields["DUPLICATE_OVERRIDE"] = "1"
+    if stored is not None:
+        fields.update(stored.fields())
     fields["RESPONSEVERSION"] = RESPONSE_VERSION
     fields["TPS_HASH_TYPE"] = ht
     fields["TAMPER_PROOF_SEAL"] = seal(secret, transaction_seal_message(fields), ht)
@@ -251,6 +279,8 @@ def _transaction_response(pairs: Mapping[str, str], result: str) -> Response:
         bank_name=pairs.get("BANK_NAME", ""),
         order_id=pairs.get("ORDER_ID", ""),
         missing_field=pairs.get("MISSING", ""),
+        customer_token=pairs.get("CUST_TOKEN", ""),
+        stored_id=pairs.get("STORED_ID", ""),
         raw=_clean_raw(pairs),
     )
 

@@ -28,6 +28,7 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -43,17 +44,21 @@ from worker.cards.vault import DEVELOPMENT_KEY
 from worker.gateway import (
     Expired,
     FenceLost,
+    Held,
     InvalidInput,
     NotSent,
     OutcomeUnknown,
     Rejected,
     Response,
+    Throttled,
     expiry,
     validation,
 )
+from worker.gateway.tokens import StoredCredential
 from worker.gateway.validation import Card, Money
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.payments.record import PaymentRecord, decode, decode_or_none
+from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
     ChargeOperation,
     ChargeRequest,
@@ -67,7 +72,8 @@ from worker.payments.requests import (
 from worker.payments.requests import short as _short
 from worker.redis_connections import ReplicaAckTimeout
 from worker.states import ABSENT, FOLLOW_UPS, NON_FINAL, Absent, CannotTell, Status
-from worker.store import Claim, public_outcome, task_outcome
+from worker.store import Claim, final_write, public_outcome, task_outcome
+from worker.store.final_write import FinalWrite
 
 log = logging.getLogger("payments.flow")
 
@@ -125,7 +131,7 @@ class Store(Protocol):
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False) -> dict[str, Any] | None: ...
+                   reflect: bool = False, then: FinalWrite | None = None) -> dict[str, Any] | None: ...
 
     def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool: ...
 
@@ -175,6 +181,11 @@ class GatewayOutage(Exception):
         self.check_in = check_in
 
 
+class GatewayThrottled(GatewayOutage):
+    """The shared rate limit held the attempt back (nothing sent; parked RETRYING): re-queued after ``check_in``
+    seconds, and never counted as an outage re-queue (the gateway is fine)."""
+
+
 class ReplicasBehind(GatewayOutage):
     """Too few Redis replicas acknowledged the claim or the attempt journal in time (REDIS_MIN_REPLICAS_ACK): a
     failover could lose it after the gateway was called, so nothing was sent. Parked (RETRYING, or UNKNOWN when an
@@ -211,6 +222,9 @@ def response_fields(response: Response) -> dict[str, str]:
     }
     if response.masked_account:
         fields["masked_account"] = response.masked_account
+    for name in ("customer_token", "stored_id"):  # a repeat charge's (docs/tokens.md), when the reply has them
+        if getattr(response, name):
+            fields[name] = getattr(response, name)
     return fields
 
 
@@ -303,7 +317,7 @@ class PaymentFlow:
     def charge(self, operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                invoice_id: Any = None, then_void: bool = False, message_id: str = "",
                redelivered: bool = False, shown_key: str | None = None,
-               retry_failed: bool = False) -> dict[str, Any]:
+               retry_failed: bool = False, repeat: RepeatCharge | None = None) -> dict[str, Any]:
         """SALE or AUTH as given (:func:`worker.payments.requests.charge_request` checks it), then :meth:`submit`.
         ``card`` is the clear card dict (opened by the task just before).
 
@@ -315,7 +329,7 @@ class PaymentFlow:
         refused as invalid input); the key stays bound to its request."""
         request = charge_request(operation, payment_id, amount=amount, card=card, customer=customer,
                                  invoice_id=invoice_id, then_void=then_void, shown_key=shown_key,
-                                 card_keys=self.card_keys)
+                                 card_keys=self.card_keys, repeat=repeat)
         return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
     def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,
@@ -341,12 +355,18 @@ class PaymentFlow:
         """The gateway verb of ``request``, called by name, with our ORDER_ID and the attempt's fence."""
         gateway, order_id = self.gateway, request.payment_id
         if isinstance(request, ChargeRequest):
-            verb = gateway.auth if request.operation == "auth" else gateway.sale
+            # Callable[..., Response]: a repeat charge also passes token/customer_token/stored (BluePayClient's
+            # keywords, docs/tokens.md) and no card; the Gateway protocol keeps the card charge's shape for the fakes
+            verb: Callable[..., Response] = gateway.auth if request.operation == "auth" else gateway.sale
             charge = request
 
+            repeat = self._repeat_arguments(charge)
+
             def send_charge(duplicate_override: bool, fence: Fence) -> Response:
+                # the repeat-charge arguments only when there are some: a card charge calls the verb as before
                 return verb(charge.amount, charge.card, charge.customer, order_id=order_id,
-                            duplicate_override=duplicate_override, invoice_id=charge.invoice_id, fence=fence)
+                            duplicate_override=duplicate_override, invoice_id=charge.invoice_id, fence=fence,
+                            **repeat)
 
             return send_charge
         follow_up = request
@@ -358,6 +378,22 @@ class PaymentFlow:
             return verb(follow_up.trans_id, follow_up.amount, order_id=order_id, fence=fence)
 
         return send_follow_up
+
+    def _repeat_arguments(self, charge: ChargeRequest) -> dict[str, Any]:
+        """The gateway verb's repeat-charge arguments; a later charge by token carries the STORED_ID BluePay gave the
+        transaction it names (its record, when this store has it: docs/tokens.md)."""
+        kwargs = dict(charge.repeat.gateway_kwargs)
+        stored, token = kwargs.get("stored"), kwargs.get("token")
+        if isinstance(stored, StoredCredential) and stored.indicator == "S" and not stored.stored_id and token:
+            try:
+                record = self.store.find_by_trans_id(token)
+            except Exception as exc:  # a look only: without it the charge goes without STORED_ID
+                log.warning("%s: stored id of its token not read: %s", charge.payment_id, type(exc).__name__)
+                record = None
+            stored_id = str((record or {}).get("stored_id") or "")
+            if stored_id:
+                kwargs["stored"] = dataclasses.replace(stored, stored_id=stored_id)
+        return kwargs
 
     def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
                    redelivered: bool = False) -> dict[str, Any]:
@@ -516,49 +552,68 @@ class PaymentFlow:
     def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict[str, Any]:
         duplicate_override = False
         for _ in range(MAX_SENDS):
-            if self.clock() >= run.deadline:
-                # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
-                self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
-            if not journaled:
-                try:
-                    noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
-                except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
-                    self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
-                if noted is None:
-                    raise _LeaseLost()
+            self._before_attempt(run, journaled=journaled)
             journaled = False
             try:
                 response = run.send(duplicate_override, self._fence_for(run))
             except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
                 self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
+            except Held as exc:  # the shared guard (rate limit, breaker) held it back: nothing was sent
+                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False,
+                           check_in=exc.retry_after, outage=GatewayThrottled if isinstance(exc, Throttled) else
+                           GatewayOutage)
             except NotSent as exc:
                 self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
             except Rejected as exc:
                 return self._answer(run, exc.response, error_class="Rejected")
             except OutcomeUnknown as exc:
-                refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
-                now = self.store.now()
-                found = self._lookup(run, now)
-                if isinstance(found, Response):
-                    return self._adopt(run, found)
-                if isinstance(found, CannotTell):
-                    self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
-                               sent=not refused)
-                if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
-                    # A DUPLICATE of another operation (same card and amount): ours never landed.
-                    duplicate_override = True
-                    self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
-                                          expect=(Status.PENDING,), note="DUPLICATE of another operation; "
-                                          "sending again with DUPLICATE_OVERRIDE")
-                    continue
-                wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
-                self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
-                                                f"far: looked at again after the commit horizon",
-                           sent=not refused, check_in=wait + 1)
+                adopted = self._after_unknown(run, exc, sent_before)
+                if adopted is not None:
+                    return adopted
+                duplicate_override = True  # a DUPLICATE of another operation: ours never landed
             else:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _before_attempt(self, run: _Run, *, journaled: bool) -> None:
+        """Within the wall-time budget, and the attempt noted in the journal (the claim may have noted it)."""
+        if self.clock() >= run.deadline:
+            # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
+            self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
+        if not journaled:
+            self._journal(run)
+
+    def _journal(self, run: _Run) -> None:
+        """Note the next attempt in the journal before it may leave (or park, or give the operation up)."""
+        try:
+            noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
+        except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
+            self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
+        if noted is None:
+            raise _LeaseLost()
+
+    def _after_unknown(self, run: _Run, exc: OutcomeUnknown, sent_before: float | None) -> dict[str, Any] | None:
+        """An attempt whose outcome is unknown: stq's row of ours adopted, or the operation parked UNKNOWN (raises),
+        or None: the gateway refused it as a DUPLICATE of another operation and ours never landed, so it is sent
+        again with DUPLICATE_OVERRIDE."""
+        refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
+        now = self.store.now()
+        found = self._lookup(run, now)
+        if isinstance(found, Response):
+            return self._adopt(run, found)
+        if isinstance(found, CannotTell):
+            self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
+                       sent=not refused)
+        if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
+            self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
+                                  expect=(Status.PENDING,), note="DUPLICATE of another operation; "
+                                  "sending again with DUPLICATE_OVERRIDE")
+            return None
+        wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
+        self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
+                                        f"far: looked at again after the commit horizon",
+                   sent=not refused, check_in=wait + 1)
 
     def _dead_holder(self, payment_id: str) -> str:
         """The holder of ``payment_id``'s unreported attempt when its process is known dead (this host, pid gone),
@@ -611,9 +666,10 @@ class PaymentFlow:
         return self._finish(run, status, fields, note="adopted from stq")
 
     def _finish(self, run: _Run, status: Status, fields: dict[str, Any], *, note: str = "") -> dict[str, Any]:
+        # The task's final write: its Celery result and ack go in the same call (worker/store/final_write.py).
         record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
                                        owner=run.owner, sent=True, reflect=run.follow_up,
-                                       note=note or fields.get("message", ""))
+                                       note=note or fields.get("message", ""), then=final_write.current())
         if record is None:  # someone else holds it now (lease lost): their record stands
             raise _LeaseLost()
         self._observe_outcome(run.operation, record)

@@ -24,6 +24,7 @@ from worker.cards.numbers import card_fingerprints, mask_number
 from worker.gateway import Card, InvalidInput, validation
 from worker.gateway.scrub import scrub
 from worker.gateway.validation import Money
+from worker.payments.repeat import RepeatCharge, RepeatPlan, plan_repeat
 
 __all__ = ["Delivery", "ChargeRequest", "FollowUpRequest", "Refusal", "PaymentRequest", "charge_request",
            "follow_up_request", "CHARGES", "FOLLOW_UPS", "request_fingerprints", "refusal_fingerprints", "short"]
@@ -60,17 +61,19 @@ class ChargeRequest:
     operation: ChargeOperation
     payment_id: str
     amount: Money
-    card: Card
+    card: Card | None  # None: a repeat charge of a stored card (``repeat``: its token)
     customer: Mapping[str, str]  # BluePay's field names, checked
     invoice_id: str | None = None
     shown_key: str | None = None
     then_void: bool = False
     #: the record's fields as claimed (the card masked; never the number or CVV2)
     fields: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: a token, a customer token, a card being stored, stored-credential flags (docs/tokens.md)
+    repeat: RepeatPlan = field(default_factory=RepeatPlan)
 
     def fingerprints(self, card_keys: Sequence[str]) -> list[str]:
-        return request_fingerprints(self.operation, amount=str(self.amount), card_number=self.card.number,
-                                    card_keys=card_keys)
+        return request_fingerprints(self.operation, amount=str(self.amount), target=self.repeat.target,
+                                    card_number=self.card.number if self.card else None, card_keys=card_keys)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ PaymentRequest = ChargeRequest | FollowUpRequest
 
 def charge_request(operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
                    invoice_id: Any = None, then_void: bool = False, shown_key: str | None = None,
-                   card_keys: Sequence[str] = ()) -> ChargeRequest | Refusal:
-    """SALE or AUTH as the producer gave it (``card``: the clear card dict, opened just before)."""
+                   card_keys: Sequence[str] = (), repeat: RepeatCharge | None = None) -> ChargeRequest | Refusal:
+    """SALE or AUTH as the producer gave it (``card``: the clear card dict, opened just before; None with a token
+    or customer token in ``repeat``, docs/tokens.md)."""
+    repeat = repeat or RepeatCharge()
     number = card.get("number") if isinstance(card, dict) else None
     if type(invoice_id) is int:  # a numeric order id travels as its digits (masked in the record if card-like)
         invoice_id = str(invoice_id)
@@ -119,17 +124,20 @@ def charge_request(operation: ChargeOperation, payment_id: str, *, amount: Any, 
     if then_void:
         fields["then_void"] = "1"
     try:
-        checked_card = validation.card(card)
+        checked_card = validation.card(card) if card is not None else None
         checked_amount = validation.money(amount, allow_zero=(operation == "auth"))
         checked_customer = validation.customer(customer)
         checked_invoice = validation.invoice_id(invoice_id) if invoice_id is not None else None
+        plan = plan_repeat(operation, payment_id, repeat, card_given=checked_card is not None,
+                           amount=str(checked_amount))
     except InvalidInput as exc:
-        given = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id}
+        given = {"amount": amount, "card": card, "customer": customer, "order_id": invoice_id, **repeat.as_request()}
         return Refusal(operation, payment_id, f"invalid input: {exc}", fields,
                        refusal_fingerprints(operation, given, card_keys))
     fields["amount"] = str(checked_amount)
+    fields.update(plan.record_fields)
     return ChargeRequest(operation, payment_id, checked_amount, checked_card, checked_customer, checked_invoice,
-                         shown_key, then_void, fields)
+                         shown_key, then_void, fields, plan)
 
 
 def follow_up_request(operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,

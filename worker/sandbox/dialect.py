@@ -18,6 +18,11 @@ stq_names          ``lower``   ``upper``: upper-case names (the stq text writes 
 stq_values         ``exact``   ``trimmed``: search values and stored ones compared without surrounding spaces
 report_quoting     ``backslash``  ``csv``: quoted CSV instead of the text's backslash before each comma in a value
 report_errors      ``line``    ``pairs``: a 400 body ``STATUS=E&MESSAGE=...`` instead of the text's single line
+token_source       ``any``     ``approved``: a SALE/AUTH with RRNO = an earlier id (a token) charges only an approved
+                               transaction's card (else COULD NOT LOCATE ORIGINAL TRANSACTION); ``any``: any
+                               transaction that carried a card (the bp10emu text names no such rule)
+stored_id          ``established``  ``none``: replies never carry STORED_ID (BluePay's samples read it "used or
+                               established by transaction" but print it only in comments)
 bp10emu_stamp_def  ``RRNO ISSUE_DATE Result``  (seen in live TEST replies of 2023) any space-separated
                                list of reply fields, used when the request sends no BP_STAMP_DEF
 =================  ==========  =====================================================================
@@ -46,6 +51,8 @@ _CHOICES = {
     "stq_values": ("exact", "trimmed"),
     "report_quoting": ("backslash", "csv"),
     "report_errors": ("line", "pairs"),
+    "token_source": ("any", "approved"),
+    "stored_id": ("established", "none"),
 }
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -63,6 +70,8 @@ class Dialect:
     stq_values: str = "exact"
     report_quoting: str = "backslash"
     report_errors: str = "line"
+    token_source: str = "any"
+    stored_id: str = "established"
     bp10emu_stamp_def: str = OBSERVED_STAMP_DEF
 
     def to_json(self) -> dict[str, str]:

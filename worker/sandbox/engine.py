@@ -154,6 +154,10 @@ class Entry:
     captured_by: str = ""
     refunded: Decimal = _ZERO
     refunds: list = field(default_factory=list)
+    cust_token: str = ""  # CUST_TOKEN used, or NEW_CUST_TOKEN established
+    stored_indicator: str = ""  # STORED_INDICATOR / STORED_TYPE / STORED_ID as received (STORED_ID: as answered)
+    stored_type: str = ""
+    stored_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +172,8 @@ class Entry:
             "voided": self.voided, "voided_by": self.voided_by,
             "captured": self.captured, "captured_by": self.captured_by,
             "refunded": fmt(self.refunded), "refunds": list(self.refunds),
+            "cust_token": self.cust_token, "stored_indicator": self.stored_indicator,
+            "stored_type": self.stored_type, "stored_id": self.stored_id,
         }
 
     def settleable(self) -> bool:
@@ -199,6 +205,8 @@ class Engine:
         self._order: list[Entry] = []  # insertion order == creation order
         self._by_order_id: dict[str, list[Entry]] = {}
         self._dup: dict[tuple, Entry] = {}
+        #: customer tokens (NEW_CUST_TOKEN) -> the transaction that stored the card
+        self._customer_tokens: dict[tuple[str, str, str], Entry] = {}
 
     # ---------------------------------------------------------------- ledger admin
     def reset(self) -> None:
@@ -207,6 +215,7 @@ class Engine:
             self._order.clear()
             self._by_order_id.clear()
             self._dup.clear()
+            self._customer_tokens.clear()
 
     def ledger(self, order_id: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
@@ -429,6 +438,8 @@ class Engine:
             return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
         if amount == _ZERO and ttype == "SALE":
             return finish("ERROR", "Amount may not be zero.")
+        if (f.get("RRNO") or "").strip() or (f.get("CUST_TOKEN") or "").strip():
+            return self._token_charge(f, ttype, mode, amount, now, reply, finish)
         number = re.sub(r"[\s-]", "", f.get("CC_NUM") or "")
         if not number:
             return finish("MISSING", "Missing CC_NUM", MISSING="CC_NUM")
@@ -447,9 +458,42 @@ class Engine:
         if cvv and not _CVV_RE.match(cvv):
             return finish("ERROR", "Invalid CVV2")
 
-        masked, ctype = mask(number), card_type(number)
+        return self._charge(f, ttype, mode, amount, now, reply, finish, masked=mask(number), ctype=card_type(number),
+                            expires=expires, chash=self._card_hash(number), cvv_given=bool(cvv))
+
+    def _token_charge(self, f, ttype, mode, amount, now, reply, finish):
+        """SALE/AUTH of a stored card: RRNO = an earlier transaction id (the bp10emu text: CC_NUM "required unless
+        ... you include an RRNO"), or CUST_TOKEN (BluePay's library). The card is the stored one."""
+        rrno, name = (f.get("RRNO") or "").strip(), (f.get("CUST_TOKEN") or "").strip()
+        if (f.get("CC_NUM") or "").strip() or (rrno and name):
+            return finish("ERROR", "INVALID PAYMENT INFORMATION")  # ours: a charge names one payment source
+        with self.lock:
+            if rrno:
+                source = self._entries.get(rrno)
+                usable = source is not None and source.account == self.account_id and source.mode == mode \
+                    and bool(source.card_hash) and (self.dialect.token_source == "any" or source.status == "1")
+                if not usable:
+                    return finish("ERROR", "COULD NOT LOCATE ORIGINAL TRANSACTION")
+            else:
+                source = self._customer_tokens.get((self.account_id, mode, name))
+                if source is None:
+                    return finish("ERROR", "INVALID CUSTOMER TOKEN")  # ours: the sources name no message
+                reply["CUST_TOKEN"] = name
+        assert source is not None
+        m = _EXP_RE.match(source.card_expire)
+        today = _dt.date.fromtimestamp(now)
+        if m and (2000 + int(m.group(2)), int(m.group(1))) < (today.year, today.month):
+            return finish("ERROR", "Card Expired")
+        return self._charge(f, ttype, mode, amount, now, reply, finish, masked=source.payment_account,
+                            ctype=source.card_type, expires=source.card_expire, chash=source.card_hash,
+                            cvv_given=False, origin=rrno, cust_token=name, first_stored_id=source.stored_id)
+
+    def _charge(self, f, ttype, mode, amount, now, reply, finish, *, masked: str, ctype: str, expires: str,
+                chash: str, cvv_given: bool, origin: str = "", cust_token: str = "", first_stored_id: str = ""):
         reply.update(PAYMENT_ACCOUNT=masked, CARD_TYPE=ctype, CARD_EXPIRE=expires, BANK_NAME="")
-        chash = self._card_hash(number)
+        new_token = (f.get("NEW_CUST_TOKEN") or "").strip()
+        if new_token and (origin or cust_token):  # ours: NEW_CUST_TOKEN stores a card given in the request
+            return finish("ERROR", "INVALID PAYMENT INFORMATION")
         order_id = f.get("ORDER_ID", "")
         dup_key = (self.account_id, mode, ttype, chash, amount, order_id)
         override = (f.get("DUPLICATE_OVERRIDE") or "").strip() == "1"
@@ -460,12 +504,20 @@ class Engine:
             approved = int(amount) % 2 == 1
             message = ("Approved " if approved else "Declined ") + ttype.capitalize()
 
+        indicator = (f.get("STORED_INDICATOR") or "").strip().upper()
+        stored_id = (f.get("STORED_ID") or "").strip()
         with self.lock:
+            if new_token and (self.account_id, mode, new_token) in self._customer_tokens:
+                return finish("ERROR", "Customer Tokens must be unique")  # the phrase BluePay's samples look for
             if not override and self.duplicate_window > 0:
                 prev = self._dup.get(dup_key)
                 if prev is not None and now - prev.created_at <= self.duplicate_window:
                     return finish(prev.result, "DUPLICATE", AVS="", CVV2="", AUTH_CODE="",
                                   FLAGS="T" if mode == "TEST" else "")
+            if not stored_id and indicator and self.dialect.stored_id == "established":
+                # ours (the samples only say STORED_ID is "used or established by transaction"): a first storing
+                # establishes one; a later charge of a stored card answers the one its card was stored with
+                stored_id = first_stored_id if indicator == "S" else f"TESTID{self._rng.randrange(10**9):09d}"
             e = Entry(
                 id=self._new_id(), account=self.account_id, trans_type=ttype, amount=amount,
                 status="1" if approved else "0", result="APPROVED" if approved else "DECLINED",
@@ -475,11 +527,20 @@ class Engine:
                 name1=f.get("NAME1", ""), name2=f.get("NAME2", ""),
                 payment_account=masked, card_type=ctype, card_expire=expires, card_hash=chash,
                 auth_code=self._auth_code() if approved else "",
-                avs="_", cvv2=("M" if cvv else "_"),
+                avs="_", cvv2=("M" if cvv_given else "_"), origin=origin, cust_token=new_token or cust_token,
+                stored_indicator=indicator, stored_type=(f.get("STORED_TYPE") or "").strip().upper(),
+                stored_id=stored_id if self.dialect.stored_id == "established" else "",
             )
             self._add(e)
             self._dup[dup_key] = e
-        return finish(e.result, e.message, **self._entry_fields(e, mode))
+            if new_token and approved:  # ours: a declined storing stores nothing
+                self._customer_tokens[(self.account_id, mode, new_token)] = e
+        extra = self._entry_fields(e, mode)
+        if new_token and approved:
+            extra["CUST_TOKEN"] = new_token
+        if e.stored_id:
+            extra["STORED_ID"] = e.stored_id
+        return finish(e.result, e.message, **extra)
 
     def _entry_fields(self, e: Entry, mode: str) -> dict[str, str]:
         return {

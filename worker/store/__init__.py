@@ -2,8 +2,10 @@
 
 Split by concern:
 
-* :mod:`worker.store.records`: :class:`ResultsStore`, the records, their transitions (Lua, one round trip each)
+* :mod:`worker.store.records`: :class:`ResultsStore`, the records, their transitions (one Redis function call each)
   and the reads and indexes the sweep and the CLI use;
+* :mod:`worker.store.final_write`: a payment's final write, its outcome, Celery's result and the broker message's
+  ack in the same function call;
 * :mod:`worker.store.outbox`: :class:`Outbox`, published payment messages not yet claimed;
 * :mod:`worker.store.locks`: :class:`Locks`, advisory locks (the sweep's);
 * :mod:`worker.store.retention`: :class:`Retention` (``store.retention``), which records may leave Redis for the
@@ -11,7 +13,9 @@ Split by concern:
 * :mod:`worker.store.health`: :class:`Health` (``store.health``), counts and ages for the exporter and status;
 * :mod:`worker.store.outcomes`: what a record shows outside (:func:`public_outcome`, :func:`task_outcome`);
 * :mod:`worker.store.keys`, :mod:`worker.store.encoding`, :mod:`worker.store.lua`: the key layout, how
-  values are written and read, and the Lua scripts (``worker/store/scripts/*.lua``, package data).
+  values are written and read, and the Lua (``worker/store/scripts/*.lua``, package data), loaded as one Redis
+  Functions library (``FUNCTION LOAD`` once per server, ``FCALL``; loaded again when a restarted or new primary
+  has not got it).
 
 A :class:`ResultsStore` holds its outbox and locks (``store.outbox``, ``store.locks``): the claim script
 removes the claimed message's outbox entry in the same round trip, so the three share one key layout.
@@ -29,8 +33,8 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
     P idx:open_auths       zset    APPROVED auths, score created_ts        (stale-auth sweep)
     P idx:voids_due        zset    APPROVED sales with then_void="1", score updated_ts (chained void)
     P idx:reflect_due      zset    APPROVED captures/refunds/voids not yet reflected on their original
-    P audit                stream  every transition {payment_id, operation, from, to, note, at,
-                                   trans_id}, XADD MAXLEN ~ 1,000,000
+    P audit                stream  every transition (the event log: see "Audit events" below),
+                                   XADD MAXLEN ~ 1,000,000
     P outbox               hash    published payment messages not yet claimed, task id -> JSON (:class:`Outbox`)
     P idx:outbox           zset    outbox task ids, score when a sweep first saw them (or re-published them);
                                    written by the sweep only, stamps of claimed entries dropped by the next sweep
@@ -48,6 +52,20 @@ seconds, server time), ``lease_owner``/``lease_until``, ``fingerprint`` (the req
 bound to), and the attempt journal: ``sends`` (money-moving sends noted), ``attempt_ts`` (when the last was
 noted), ``in_flight`` ("1" between noting an attempt and saying how it ended), ``sent_ts`` (server time by
 which the last attempt that may have reached the gateway had left; empty: none may have), ``next_check_ts``.
+
+Audit events: every function that changes a record's status or notes an attempt (claim, journal, transition,
+reflect, resolve, and a reflection's change of the original) adds, in the same atomic call, one entry to
+``P audit`` (``common.lua`` record_event), so an entry exists if and only if its transition happened. Each entry is
+a flat map of strings::
+
+    payment_id  the record's id                 operation  sale | auth | capture | refund | void
+    from        the status before ('' for a new record)       to  the status after (= from for an attempt note)
+    note        why (gateway message, "attempt 2", "claimed by ...", "resolved by ...: reason")
+    at          Redis server time, ISO-8601 UTC with milliseconds     trans_id  the gateway's id ('' if none yet)
+
+Entry ids are Redis stream ids (ordered by Redis time); a reader keeps the last id it handled and reads on with
+``XREAD``/``XRANGE`` (``ResultsStore.audit(after=...)``); retention trims entries by age. Card data never appears
+(every written value is checked, below). A final outcome is an entry whose ``to`` is a final status.
 
 Card numbers and CVV2 are never stored: every value written is checked (``worker.cards.numbers``) and a
 card-like value raises ``ValueError`` naming the field (never the value).

@@ -6,14 +6,14 @@ import secrets
 import redis
 
 from worker.store.keys import StoreKeys
-from worker.store.lua import script
+from worker.store.lua import Functions
 
 
 class Locks:
     def __init__(self, redis_client: redis.Redis, keys: StoreKeys) -> None:
         self.redis = redis_client
         self.keys = keys
-        self._release = redis_client.register_script(script("release_lock"))
+        self._release = Functions(redis_client).function("release_lock")
 
     def acquire(self, name: str, ttl_seconds: float) -> str | None:
         """A token when the lock was free (held for ``ttl_seconds``), else None."""

@@ -27,7 +27,7 @@ import redis
 from worker.redis_connections import write_durably
 from worker.store.encoding import text
 from worker.store.keys import StoreKeys
-from worker.store.lua import script
+from worker.store.lua import Functions
 
 #: Entries (or stamps) one sweep script call looks at: a few ms of Redis time.
 SCAN_BATCH = 500
@@ -56,9 +56,10 @@ class Outbox:
         self.redis = redis_client
         self.keys = keys
         self.replicas, self.replica_timeout = replicas, replica_timeout
-        self._stamp = redis_client.register_script(script("outbox_stamp"))
-        self._prune = redis_client.register_script(script("outbox_prune"))
-        self._queued = redis_client.register_script(script("outbox_queued"))
+        functions = Functions(redis_client)
+        self._stamp = functions.function("outbox_stamp")
+        self._prune = functions.function("outbox_prune")
+        self._queued = functions.function("outbox_queued")
 
     def put(self, task_id: str, message: Mapping[str, Any]) -> None:
         """Keep a published message: one ``HSET`` (the sweep stamps it). With ``replicas``, WAIT for them

@@ -20,7 +20,6 @@ from typing import Any, cast
 
 from worker.states import FINAL, FOLLOW_UPS
 from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
-from worker.store.lua import record_script
 from worker.store.records import ResultsStore
 
 __all__ = ["Reconciliations", "ResolveRefused", "RESOLVE_STATUSES"]
@@ -44,7 +43,7 @@ class Reconciliations:
         self.redis = store.redis
         self.prefix = store.prefix
         self.k_days = store.prefix + "idx:recon"
-        self._resolve = store.redis.register_script(record_script("resolve"))
+        self._resolve = store.functions.function("resolve")
 
     def day_key(self, day: str) -> str:
         return f"{self.prefix}recon:{day}"

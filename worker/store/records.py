@@ -1,14 +1,13 @@
 """Payment records and their transitions (the layout and fields are described in :mod:`worker.store`).
 
 Every hot-path call (:meth:`ResultsStore.claim`, :meth:`ResultsStore.transition`) is ONE round trip:
-a single ``EVALSHA`` of a Lua script (``worker/store/scripts/*.lua``). Inside the script the record,
-its history, the indexes and the audit stream are updated together, so two workers can never
-interleave a read-modify-write. Redis counts every command a script runs, so the hot paths run few: a new
+a single ``FCALL`` of the store's Redis function (``worker/store/scripts/*.lua``, :mod:`worker.store.lua`). Inside it
+the record, its history, the indexes and the audit stream are updated together, so two workers can never
+interleave a read-modify-write. Redis counts every command a function runs, so the hot paths run few: a new
 record's claim and a transition touch only the indexes whose membership changes and answer with the record they
-wrote instead of reading it back (10 commands each with the EVALSHA, README "Performance"; the claim's include the
-``EXISTS`` of the key index entry a record leaves when retention removes it). The scripts read
-Redis server time (``TIME``): leases, ages, next-check times and the attempt journal use that one clock, whatever
-each worker's clock says.
+wrote instead of reading it back (10 commands each with the FCALL; the claim's include the ``EXISTS`` of the key
+index entry a record leaves when retention removes it). The functions read Redis server time (``TIME``): leases,
+ages, next-check times and the attempt journal use that one clock, whatever each worker's clock says.
 """
 
 from __future__ import annotations
@@ -24,10 +23,11 @@ import redis
 from worker.redis_connections import run_script_durably
 from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
 from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
+from worker.store.final_write import FinalWrite, mark_written
 from worker.store.health import Health
 from worker.store.keys import StoreKeys
 from worker.store.locks import Locks
-from worker.store.lua import record_script, script
+from worker.store.lua import Functions
 from worker.store.outbox import Outbox, server_time
 from worker.store.outcomes import CONTRACT_FIELDS
 from worker.store.retention import Retention
@@ -75,12 +75,13 @@ class ResultsStore:
         self.locks = Locks(redis_client, self.keys)
         self.retention = Retention(redis_client, self.keys)
         self.health = Health(redis_client, self.keys)
-        self._claim = redis_client.register_script(record_script("claim"))
-        self._journal = redis_client.register_script(record_script("journal"))
-        self._transition = redis_client.register_script(record_script("transition"))
-        self._reflect = redis_client.register_script(record_script("reflect"))
-        self._renew = redis_client.register_script(script("renew"))
-        self._fence = redis_client.register_script(script("fence"))
+        self.functions = Functions(redis_client)
+        self._claim = self.functions.function("claim")
+        self._journal = self.functions.function("journal")
+        self._transition = self.functions.function("transition")
+        self._reflect = self.functions.function("reflect")
+        self._renew = self.functions.function("renew")
+        self._fence = self.functions.function("fence")
 
     # ---- keys -------------------------------------------------------------------------------
     def record_key(self, payment_id: str) -> str:
@@ -170,14 +171,15 @@ class ResultsStore:
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False) -> dict | None:
+                   reflect: bool = False, then: FinalWrite | None = None) -> dict | None:
         """Move the record to ``status``; the record written, or None when refused.
 
         Refused when the current status is not in ``expect``, or the record is not final and ``owner`` does
         not hold its lease. ``sent``: how the attempt in flight ended (True: may have reached the gateway,
         False: provably not; None counts as True). A record that may have been sent is never parked
         ``RETRYING``: it becomes ``UNKNOWN``. ``check_in``: seconds until the next reconciliation.
-        ``reflect``: an APPROVED follow-up is reflected on its original in the same script.
+        ``reflect``: an APPROVED follow-up is reflected on its original in the same script. ``then``: a final
+        write's Celery result and ack, written in the same call only if the record is (:mod:`worker.store.final_write`).
         """
         if status not in self.STATUSES:
             raise ValueError(f"unknown status {status!r}")
@@ -189,10 +191,16 @@ class ResultsStore:
         args = [str(status), "1" if status in self.FINAL else "0", to_str(owner), note,
                 "" if sent is None else ("1" if sent else "0"),
                 "" if check_in is None else repr(max(0.0, float(check_in))),
-                self.prefix if reflect else "", str(len(expect_list)), *expect_list]
+                self.prefix if reflect else "", *(then.args() if then else ("", "", "")),
+                str(len(expect_list)), *expect_list]
         args += self._field_args(fields)
-        written, _now, flat = self._transition(keys=self._keys(to_str(payment_id)), args=args)
-        return pairs_to_dict(flat) if written else None
+        keys = self._keys(to_str(payment_id)) + (then.keys() if then else [])
+        written, _now, flat = self._transition(keys=keys, args=args)
+        if not written:
+            return None
+        if then is not None:
+            mark_written(then)
+        return pairs_to_dict(flat)
 
     def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool:
         """Extend ``owner``'s lease (the heartbeat while a call is in flight)."""

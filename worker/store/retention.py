@@ -27,7 +27,7 @@ from worker.config import DEFAULT_KEY_RETENTION
 from worker.states import FINAL, FOLLOW_UPS, Status
 from worker.store.encoding import text, typed
 from worker.store.keys import StoreKeys
-from worker.store.lua import script
+from worker.store.lua import Functions
 from worker.store.outcomes import CONTRACT_FIELDS, OPTIONAL_PUBLIC_FIELDS
 
 __all__ = ["KEPT_FIELDS", "Retention", "archivable", "audit_cutoff_id", "kept_fields", "next_stream_id"]
@@ -74,8 +74,9 @@ class Retention:
     def __init__(self, redis_client: redis.Redis, keys: StoreKeys) -> None:
         self.redis = redis_client
         self.keys = keys
-        self._forget = redis_client.register_script(script("forget"))
-        self._remember = redis_client.register_script(script("remember"))
+        functions = Functions(redis_client)
+        self._forget = functions.function("forget")
+        self._remember = functions.function("remember")
 
     def due(self, cutoff: float, *, offset: int = 0, limit: int = 500) -> tuple[list[dict], int]:
         """Of the ``limit`` oldest records created before ``cutoff`` (skipping the first ``offset`` of them), those

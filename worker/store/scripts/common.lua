@@ -1,12 +1,17 @@
--- Shared by every script that writes a payment record. Redis server time is the one clock: leases,
+-- Shared by every function that writes a payment record. Redis server time is the one clock: leases,
 -- ages, next-check times and the attempt journal all come from TIME here, never from a worker's clock.
 -- KEYS (same order everywhere): 1 record 2 history 3 idx:trans 4 idx:time 5 idx:non_final
 --   6 idx:open_auths 7 idx:voids_due 8 audit 9 outbox 10 idx:outbox 11 idx:reflect_due
 --   12 idx:status_counts 13 idx:unknown 14 idx:retrying 15 idx:needs_human (what the metrics exporter reads)
 --   16 key:<payment_id> (the key index entry forget.lua leaves when the record leaves Redis; read by claim.lua)
-local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX, IDX_REFLECT =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN, KEPT = KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+-- This file runs once, when the library loads (worker/store/lua.py); bind() names the keys of each call.
+local REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX, IDX_REFLECT
+local IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN, KEPT
+local function bind(keys)
+  REC, HIST, IDX_TRANS, IDX_TIME, IDX_NF, IDX_OPEN, IDX_VOIDS, AUDIT, OUTBOX, IDX_OUTBOX, IDX_REFLECT =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[7], keys[8], keys[9], keys[10], keys[11]
+  IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN, KEPT = keys[12], keys[13], keys[14], keys[15], keys[16]
+end
 local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
 local FOLLOW_UPS = {capture = true, refund = true, void = true}
 local HISTORY_CAP = __HISTORY_CAP__
@@ -60,7 +65,7 @@ end
 -- Recompute every index membership of the record at ``rec`` from its current state.
 local function reindex(rec, pid, old_trans)
   local r = redis.call('HMGET', rec, 'status', 'operation', 'then_void', 'trans_id',
-                       'created_ts', 'updated_ts', 'reflected', 'needs_human')
+                       'created_ts', 'updated_ts', 'reflected', 'needs_human', 'amount')
   local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
   local created_ts, updated_ts, reflected = r[5], r[6], r[7]
   if NON_FINAL[status] then redis.call('ZADD', IDX_NF, updated_ts, pid) else redis.call('ZREM', IDX_NF, pid) end
@@ -76,7 +81,8 @@ local function reindex(rec, pid, old_trans)
     redis.call('ZREM', IDX_RETRYING, pid)
   end
   if r[8] == '1' then redis.call('ZADD', IDX_HUMAN, updated_ts, pid) else redis.call('ZREM', IDX_HUMAN, pid) end
-  if op == 'auth' and status == 'APPROVED' then
+  -- A $0 auth only stores the card (its id is a token): nothing is held, so the stale-auth sweep never voids it.
+  if op == 'auth' and status == 'APPROVED' and tonumber(r[9] or '') ~= 0 then
     redis.call('ZADD', IDX_OPEN, created_ts, pid)
   else
     redis.call('ZREM', IDX_OPEN, pid)
@@ -107,7 +113,7 @@ local function memberships(s)
   if status == 'RETRYING' then m[IDX_RETRYING] = s.created_ts end
   if s.needs_human == '1' then m[IDX_HUMAN] = s.updated_ts end
   if status == 'APPROVED' then
-    if op == 'auth' then m[IDX_OPEN] = s.created_ts end
+    if op == 'auth' and tonumber(s.amount or '') ~= 0 then m[IDX_OPEN] = s.created_ts end  -- $0: a stored card
     if op == 'sale' and s.then_void == '1' then m[IDX_VOIDS] = s.updated_ts end
     if FOLLOW_UPS[op] and s.reflected ~= '1' then m[IDX_REFLECT] = s.updated_ts end
   end
@@ -256,4 +262,46 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
   end
   if is_void and oop == 'refund' then restore_refunded(prefix, o, orig, fu_pid, at, now) end
   return done('reflected')
+end
+
+-- The task's outcome as the task returns it (worker/store/outcomes.py task_outcome, from its field lists, injected
+-- when the library is built): the contract's fields ('' when absent; attempts a number), the optional public ones
+-- that are not empty, and a status a task may not return (in flight) shown as UNKNOWN.
+local CONTRACT_FIELDS = {__CONTRACT_FIELDS__}
+local OPTIONAL_FIELDS = {__OPTIONAL_FIELDS__}
+local TASK_STATUSES = {__TASK_STATUSES__}
+local function task_outcome(rec)
+  local out = {}
+  for _, f in ipairs(CONTRACT_FIELDS) do out[f] = rec[f] or '' end
+  out.attempts = tonumber(rec.attempts or '0') or 0
+  for _, f in ipairs(OPTIONAL_FIELDS) do
+    if (rec[f] or '') ~= '' then out[f] = rec[f] end
+  end
+  if not TASK_STATUSES[out.status] then out.status = 'UNKNOWN' end
+  return out
+end
+
+-- The final write's other two parts (transition.lua, ARGV 8-10), in the same atomic call as the outcome: Celery's
+-- result (its own key, value and pub/sub message: the meta the worker encoded, with the outcome in place of its
+-- placeholder) and the broker message's ack (kombu's unacked hash and index). KEYS 17-19: result key, unacked,
+-- unacked_index. ``meta`` '': no result to write; ``tag`` '': no ack.
+local OUTCOME_PLACEHOLDER = '"__PAYMENTS_OUTCOME__"'
+local function finish_task(keys, rec, meta, expires, tag)
+  if meta ~= '' then
+    local at = string.find(meta, OUTCOME_PLACEHOLDER, 1, true)
+    if at then
+      local value = string.sub(meta, 1, at - 1) .. cjson.encode(task_outcome(rec)) ..
+        string.sub(meta, at + #OUTCOME_PLACEHOLDER)
+      if tonumber(expires) and tonumber(expires) > 0 then
+        redis.call('SET', keys[17], value, 'EX', expires)
+      else
+        redis.call('SET', keys[17], value)
+      end
+      redis.call('PUBLISH', keys[17], value)
+    end
+  end
+  if tag ~= '' then
+    redis.call('HDEL', keys[18], tag)
+    redis.call('ZREM', keys[19], tag)
+  end
 end

@@ -1,11 +1,15 @@
 -- ARGV: 1 status 2 is_final 3 owner 4 note 5 sent ('1' the attempt in flight may have been sent,
 --       '0' it provably was not, '' none in flight) 6 check_in (seconds until the next check, or '')
---       7 prefix (for reflecting a follow-up on its original) 8 n_expect, expect..., field/value pairs.
+--       7 prefix (for reflecting a follow-up on its original) 8 the final write's Celery result meta ('' none)
+--       9 its expiry (seconds) 10 the broker message's delivery tag to ack ('' none: common.lua finish_task)
+--       11 n_expect, expect..., field/value pairs.
 -- Only the lease holder writes a non-final record (owner must match); a final record is changed only
--- through ``expect``. Returns {status written or false, now, record pairs}.
+-- through ``expect``; the result and the ack are written only with the record. Returns {status written or false,
+-- now, record pairs}.
 local new_status, is_final, owner, note, sent, check_in, prefix =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-local n_expect = tonumber(ARGV[8])
+local meta, expires, tag = ARGV[8], ARGV[9], ARGV[10]
+local n_expect = tonumber(ARGV[11])
 local now = server_now()
 local now_iso, now_ts = iso(now), ts(now)
 -- The whole record, read once: the checks, the indexes it was in and the record returned all come from it.
@@ -15,7 +19,7 @@ local cur = to_table(flat)
 local status = cur.status
 if n_expect > 0 then
   local ok = false
-  for i = 9, 8 + n_expect do
+  for i = 12, 11 + n_expect do
     if ARGV[i] == status then ok = true break end
   end
   if not ok then return {false, now_ts, flat} end
@@ -30,7 +34,7 @@ if not NON_FINAL[status] and n_expect == 0 then
 end
 local sent_ts = cur.sent_ts or ''
 local args = {}
-for i = 9 + n_expect, #ARGV do args[#args + 1] = ARGV[i] end
+for i = 12 + n_expect, #ARGV do args[#args + 1] = ARGV[i] end
 if cur.in_flight == '1' then
   if sent ~= '0' then sent_ts = now_ts end  -- unsaid counts as "may have been sent"
   for _, v in ipairs({'in_flight', '0', 'sent_ts', sent_ts}) do args[#args + 1] = v end
@@ -58,6 +62,9 @@ local trans_id = reindex_from(pid, cur, rec)
 record_event(REC, HIST, pid, cur.operation or '', status, new_status, note, now_iso, trans_id)
 if prefix ~= '' then
   reflect(prefix, REC, pid, now_iso, now)
-  return {new_status, now_ts, redis.call('HGETALL', REC)}  -- reflect() may have written to the record
+  local written = redis.call('HGETALL', REC)  -- reflect() may have written to the record
+  if meta ~= '' or tag ~= '' then finish_task(KEYS, to_table(written), meta, expires, tag) end
+  return {new_status, now_ts, written}
 end
+if meta ~= '' or tag ~= '' then finish_task(KEYS, rec, meta, expires, tag) end
 return {new_status, now_ts, to_pairs(rec)}
