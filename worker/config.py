@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
+
+from worker.guard.rates import GuardSettings, parse_rate
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REAL_BLUEPAY_URL = "https://secure.bluepay.com/interfaces/"
@@ -123,6 +126,8 @@ class Settings:
     # How far the gateway's clock may differ from Redis's: a takeover waits this much longer than the expiry.
     clock_skew_margin: float = 60.0
     flower_basic_auth: str = field(default="", repr=False)
+    # The gateway's guard shared by every worker (worker/guard/, docs/resilience.md): rate limit and circuit breaker.
+    guard: GuardSettings = field(default_factory=GuardSettings)
     # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/payments/reconciliation.py; beat).
     reconcile_report_at: str = "02:00"
     # The worker's Prometheus endpoint (worker/ops/metrics.py): 0 = off; one port per worker process on a host.
@@ -219,6 +224,10 @@ class Settings:
                 f"({self.connect_timeout + self.read_timeout:g}s): a request the client gave up on can commit later"
             )
         self._check_submit_expiry()
+        try:
+            self.guard.check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigError(f"WORKER_METRICS_PORT ({self.worker_metrics_port}) must be 0 (off) or a TCP port")
         if self.lease_seconds < 3:
@@ -359,10 +368,26 @@ class Settings:
                 archive_batch=_int("PAYMENTS_ARCHIVE_BATCH", d.archive_batch),
                 archive_per_sweep=_int("PAYMENTS_ARCHIVE_PER_SWEEP", d.archive_per_sweep),
                 result_expires=dur("RESULT_EXPIRES", "1d"),
+                guard=_guard_settings(dur),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return settings.check()
+
+
+def _guard_settings(dur: Callable[[str, object], float]) -> GuardSettings:
+    """GATEWAY_RATE_LIMIT is every request's total: stq and the daily report take GATEWAY_STQ_RATE_LIMIT of it
+    (default a fifth), a bucket of their own so reconciliation is never starved by a backlog of charges."""
+    total = parse_rate(_env("GATEWAY_RATE_LIMIT", ""))
+    look = parse_rate(_env("GATEWAY_STQ_RATE_LIMIT", ""), name="GATEWAY_STQ_RATE_LIMIT") if _env(
+        "GATEWAY_STQ_RATE_LIMIT", "") else total / 5
+    if total and look >= total:
+        raise ValueError(f"GATEWAY_STQ_RATE_LIMIT ({look:g}/s) must be less than GATEWAY_RATE_LIMIT ({total:g}/s), "
+                         "its share of it")
+    return GuardSettings(rate=total - look if total else 0.0, look_rate=look, burst=_int("GATEWAY_RATE_BURST", 1),
+                         breaker_failures=_int("GATEWAY_BREAKER_FAILURES", 0),
+                         cooldown=dur("GATEWAY_BREAKER_COOLDOWN", "30s"),
+                         max_wait=dur("GATEWAY_THROTTLE_WAIT", "0.5s"))
 
 
 @lru_cache(maxsize=1)

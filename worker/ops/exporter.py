@@ -17,6 +17,9 @@ Redis, no key scans) and reports::
     payments_sweep_last_run_timestamp_seconds (0: never), payments_sweep_last_duration_seconds,
     payments_sweep_last_actions{action}               what the last sweep did (reconcile_adopted, outbox_republished...)
     payments_config_{reconcile_after,visibility_timeout,sweep_interval,stale_auth_age}_seconds  (for the alerts)
+    payments_gateway_breaker_state{merchant}          the shared circuit breaker (GATEWAY_BREAKER_FAILURES > 0):
+                                                      0 closed, 1 half-open, 2 open; and
+                                                      payments_gateway_breaker_opened_total{merchant}
     payments_exporter_redis_up, payments_exporter_scrape_seconds
 
 Ages use Redis server time. Labels are bounded: statuses, queue names, the sweep's action words.
@@ -68,6 +71,7 @@ class PaymentsCollector:
             yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 0)
             return
         yield from self._families(found)
+        yield from self._breaker()
         yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 1)
         yield _gauge("payments_exporter_scrape_seconds", "How long reading Redis took in this scrape",
                      time.perf_counter() - started)
@@ -112,6 +116,23 @@ class PaymentsCollector:
         for name, value in (("reconcile_after", s.reconcile_after), ("visibility_timeout", s.visibility_timeout),
                             ("sweep_interval", s.sweep_interval), ("stale_auth_age", s.stale_auth_age)):
             yield _gauge(f"payments_config_{name}_seconds", f"The {name.upper()} setting (alert thresholds)", value)
+
+    def _breaker(self) -> Iterator[Metric]:
+        """The circuit breaker shared by every worker (worker/guard/), when it is on: 0 closed, 1 half-open, 2 open."""
+        s = self.svc.settings
+        if not s.guard.breaker_failures:
+            return
+        from worker.guard import breaker_state
+
+        state = breaker_state(self.svc.redis, prefix=s.key_prefix, merchant="default")
+        gauge = GaugeMetricFamily("payments_gateway_breaker_state", "The gateway circuit breaker: 0 closed, "
+                                  "1 half-open, 2 open (nothing is sent)", labels=["merchant"])
+        gauge.add_metric([state.merchant], {"closed": 0, "half_open": 1, "open": 2}[state.state])
+        yield gauge
+        opened = CounterMetricFamily("payments_gateway_breaker_opened", "Times the breaker opened",
+                                     labels=["merchant"])
+        opened.add_metric([state.merchant], state.opened)
+        yield opened
 
     def _memory(self, memory: dict[str, int]) -> Iterator[Metric]:
         # noeviction: at maxmemory Redis refuses writes and every payment stops (the alert watches the ratio)

@@ -22,7 +22,7 @@ from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
-from worker.payments.flow import GatewayOutage, LeaseBusy, PaymentFlow
+from worker.payments.flow import GatewayOutage, GatewayThrottled, LeaseBusy, PaymentFlow
 from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
     CHARGES,
@@ -40,6 +40,9 @@ log = logging.getLogger("payments.tasks")
 
 # How often a delivery may be re-queued because another worker holds the operation's lease.
 MAX_BUSY_RETRIES = 60
+# How often the shared rate limit may re-queue one delivery before the re-queues count as outage re-queues (a limit
+# far below the load must not keep a payment waiting forever).
+MAX_THROTTLED_REQUEUES = 200
 
 
 def outage_countdown(retries: int, *, backoff: float, backoff_max: float, visibility_timeout: float,
@@ -94,12 +97,9 @@ class PaymentTask(Task):
         # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
         # charged nothing (worker/payments/flow.py); an option of the message, not an argument of the operation.
         request.retry_failed = kwargs.pop("retry_failed", False)
-        if not isinstance(request.retry_failed, bool):
-            return self._refuse(InvalidInput("retry_failed", "retry_failed must be True or False"))
-        try:
-            self._run_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            return self._refuse(InvalidInput("arguments", f"bad arguments: {exc}"))
+        bad = self._bad_arguments(args, kwargs)
+        if bad is not None:
+            return self._refuse(bad)
         try:
             with finishing(final_write_for(self, self._store_broker_url)):  # outcome, result and ack in one call
                 return self.run(*args, **kwargs)
@@ -128,6 +128,16 @@ class PaymentTask(Task):
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
 
+    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidInput | None:
+        """What is wrong with the message's arguments as such (their values are the request builder's)."""
+        if not isinstance(self.request.retry_failed, bool):
+            return InvalidInput("retry_failed", "retry_failed must be True or False")
+        try:
+            self._run_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return InvalidInput("arguments", f"bad arguments: {exc}")
+        return None
+
     def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
         flow, request = self.flow, self.request
         # The key is bound to this request as given (its card sealed or not): another request under it is an
@@ -138,14 +148,19 @@ class PaymentTask(Task):
 
     def _on_outage(self, parked: GatewayOutage) -> dict[str, Any]:
         request, settings = self.request, self.services.settings
-        if request.retries >= settings.outage_retries:
+        # Re-queues by the shared rate limit travel in a header: they are not outage re-queues (worker/guard/).
+        throttled = _count(getattr(request, "payments_throttled", 0))
+        if isinstance(parked, GatewayThrottled) and throttled < MAX_THROTTLED_REQUEUES:
+            countdown = (parked.check_in or 0.0) + random.uniform(0.0, 1.0)  # spread: the backlog drains at the rate
+            raise self.retry(countdown=countdown, headers={"payments_throttled": throttled + 1})
+        outages = request.retries - throttled
+        if outages >= settings.outage_retries:
             return self.flow.give_up_retrying(self.operation, request.payment_id,
-                                                       f"gateway unreachable after {request.retries} re-queues: "
-                                                       f"{parked.reason}")
-        countdown = outage_countdown(request.retries, backoff=settings.outage_backoff,
+                                              f"gateway unreachable after {outages} re-queues: {parked.reason}")
+        countdown = outage_countdown(outages, backoff=settings.outage_backoff,
                                      backoff_max=settings.outage_backoff_max,
                                      visibility_timeout=settings.visibility_timeout, at_least=parked.check_in)
-        raise self.retry(countdown=countdown)
+        raise self.retry(countdown=countdown, **({"headers": {"payments_throttled": throttled}} if throttled else {}))
 
     # ---- helpers for the task bodies -------------------------------------------------------------
     def bind_payment_id(self, idempotency_key: Any) -> tuple[str, str | None]:
@@ -179,6 +194,11 @@ class PaymentTask(Task):
     def follows_with_void(self) -> bool:
         following = list(self.request.chain or []) + list(self.request.callbacks or [])
         return any(isinstance(sig, dict) and sig.get("task") == "payments.void" for sig in following)
+
+
+def _count(value: Any) -> int:
+    """A counter from a message header (absent or malformed: 0)."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 def task_options(name: str) -> dict[str, Any]:
