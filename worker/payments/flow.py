@@ -678,6 +678,9 @@ class PaymentFlow:
         try:
             # (a record without its creation time, which the claim always writes: the last 30 days by Redis time)
             rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now - 30 * 86400, now))
+        except Held as exc:  # the shared guard sent nothing: not even a try
+            log.info("reconcile %s: stq held back: %s", run.payment_id, type(exc).__name__)
+            return CannotTell(type(exc).__name__, held_for=exc.retry_after)
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
             log.warning("reconcile %s: stq failed: %s", run.payment_id, type(exc).__name__)
             self.observer.reconciliation("cannot_tell")
@@ -774,6 +777,15 @@ class PaymentFlow:
                     log.error("reconcile %s: %s", payment_id, message)
                     self._finish(run, Status.ERROR, {"message": message, "needs_human": "1"})
                     return "gave_up"
+                if isinstance(found, CannotTell) and found.held_for is not None:
+                    # the guard held stq back (breaker open, rate limit): no try spent, look again once it lets us
+                    parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,),
+                                                   sent=None, check_in=found.held_for + 1.0,
+                                                   note=f"outcome unknown; stq held back ({found.reason})",
+                                                   fields={"message": "outcome unknown; the gateway is unavailable "
+                                                                      "(circuit breaker) or busy (rate limit)"})
+                    self._observe_parked(operation, parked)
+                    return "still_unknown"
                 delay = min(retry_base * 2 ** (tries - 1), 3600.0)
                 if isinstance(found, Absent) and sent_ts is not None:
                     delay = min(delay, sent_ts + self.commit_horizon - now + 1)
