@@ -283,21 +283,22 @@ def card_data_field(value: Any, field: str = "") -> str | None:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return card_data_field(bytes(value).decode("utf-8", "replace"), field)
     if isinstance(value, Mapping):
-        for key, item in value.items():
-            name = str(key)
-            if contains_card_number(name):
-                return _join(field, mask_text(name))
-            found = card_data_field(item, _join(field, name))
-            if found:
-                return found
-        return None
+        return _card_data_in_mapping(value, field)
     if isinstance(value, (list, tuple, set, frozenset)):
-        for i, item in enumerate(value):
-            found = card_data_field(item, f"{field}[{i}]")
-            if found:
-                return found
-        return None
+        return next((found for i, item in enumerate(value) if (found := card_data_field(item, f"{field}[{i}]"))),
+                    None)
     return (field or "value") if contains_card_number(str(value)) else None  # float, Decimal, anything else
+
+
+def _card_data_in_mapping(value: Mapping[Any, Any], field: str) -> str | None:
+    for key, item in value.items():
+        name = str(key)
+        if contains_card_number(name):
+            return _join(field, mask_text(name))
+        found = card_data_field(item, _join(field, name))
+        if found:
+            return found
+    return None
 
 
 def refuse_card_data(field: str, value: Any) -> None:

@@ -5,7 +5,7 @@ reconciliation day. Errors say what to do in one line (:class:`DecisionRefused`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -68,14 +68,7 @@ def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, tr
     from worker.gateway import InvalidInput, validation
     from worker.store.reconciliations import RESOLVE_STATUSES, Reconciliations, ResolveRefused
 
-    status = (status or "").strip().upper()
-    if status not in RESOLVE_STATUSES:
-        raise DecisionRefused(f"status must be one of {', '.join(RESOLVE_STATUSES)}")
-    reason = (reason or "").strip()
-    if not reason:
-        raise DecisionRefused("a reason is required: say why (it is kept in the history and the audit stream)")
-    if not (who or "").strip():
-        raise DecisionRefused("who decides must be named")
+    status, reason = _decision(status, reason, who, RESOLVE_STATUSES)
     record = svc.store.get(payment_id)
     if record is None:
         raise DecisionRefused(f"no payment with id {payment_id!r} in Redis (only live records are resolved)")
@@ -105,6 +98,19 @@ def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, tr
         raise DecisionRefused(f"refused: {exc.reason.replace('_', ' ')}") from None
     log.warning("resolve %s: %s by %s: %s", payment_id, status, who, reason)
     return Resolved(payment_id, str(record.get("status")), done, who, rows is not None)
+
+
+def _decision(status: str, reason: str, who: str, statuses: Sequence[str]) -> tuple[str, str]:
+    """The operator's status and reason, checked: a known status, a reason, a name."""
+    status = (status or "").strip().upper()
+    if status not in statuses:
+        raise DecisionRefused(f"status must be one of {', '.join(statuses)}")
+    reason = (reason or "").strip()
+    if not reason:
+        raise DecisionRefused("a reason is required: say why (it is kept in the history and the audit stream)")
+    if not (who or "").strip():
+        raise DecisionRefused("who decides must be named")
+    return status, reason
 
 
 def kept_rows(recon: Any, record: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str]:

@@ -556,12 +556,7 @@ class PaymentFlow:
                 # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
                 self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
             if not journaled:
-                try:
-                    noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
-                except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
-                    self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
-                if noted is None:
-                    raise _LeaseLost()
+                self._journal(run)
             journaled = False
             try:
                 response = run.send(duplicate_override, self._fence_for(run))
@@ -576,29 +571,45 @@ class PaymentFlow:
             except Rejected as exc:
                 return self._answer(run, exc.response, error_class="Rejected")
             except OutcomeUnknown as exc:
-                refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
-                now = self.store.now()
-                found = self._lookup(run, now)
-                if isinstance(found, Response):
-                    return self._adopt(run, found)
-                if isinstance(found, CannotTell):
-                    self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
-                               sent=not refused)
-                if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
-                    # A DUPLICATE of another operation (same card and amount): ours never landed.
-                    duplicate_override = True
-                    self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
-                                          expect=(Status.PENDING,), note="DUPLICATE of another operation; "
-                                          "sending again with DUPLICATE_OVERRIDE")
-                    continue
-                wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
-                self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
-                                                f"far: looked at again after the commit horizon",
-                           sent=not refused, check_in=wait + 1)
+                adopted = self._after_unknown(run, exc, sent_before)
+                if adopted is not None:
+                    return adopted
+                duplicate_override = True  # a DUPLICATE of another operation: ours never landed
             else:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _journal(self, run: _Run) -> None:
+        """Note the next attempt in the journal before it may leave (or park, or give the operation up)."""
+        try:
+            noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
+        except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
+            self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
+        if noted is None:
+            raise _LeaseLost()
+
+    def _after_unknown(self, run: _Run, exc: OutcomeUnknown, sent_before: float | None) -> dict[str, Any] | None:
+        """An attempt whose outcome is unknown: stq's row of ours adopted, or the operation parked UNKNOWN (raises),
+        or None: the gateway refused it as a DUPLICATE of another operation and ours never landed, so it is sent
+        again with DUPLICATE_OVERRIDE."""
+        refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
+        now = self.store.now()
+        found = self._lookup(run, now)
+        if isinstance(found, Response):
+            return self._adopt(run, found)
+        if isinstance(found, CannotTell):
+            self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
+                       sent=not refused)
+        if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
+            self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
+                                  expect=(Status.PENDING,), note="DUPLICATE of another operation; "
+                                  "sending again with DUPLICATE_OVERRIDE")
+            return None
+        wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
+        self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
+                                        f"far: looked at again after the commit horizon",
+                   sent=not refused, check_in=wait + 1)
 
     def _dead_holder(self, payment_id: str) -> str:
         """The holder of ``payment_id``'s unreported attempt when its process is known dead (this host, pid gone),

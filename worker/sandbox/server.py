@@ -122,6 +122,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -359,7 +360,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(code, f"{code} {_REASONS[code]}\n".encode(), "text/html")
         if kind == "late_commit":
             return self._late_commit(endpoint, body, query, process, seconds)
-        status, payload, ctype, headers, stamp_holder = process(body, query)
+        return self._after_commit(kind, seconds, process(body, query))
+
+    def _after_commit(self, kind: str | None, seconds: float, processed: tuple[Any, ...]) -> Any:
+        """The reply to a committed request, spoilt as ``kind`` says (None: as it is)."""
+        status, payload, ctype, headers, stamp_holder = processed
         if kind == "drop_after_commit":
             return self._reset_connection()
         if kind == "slow_after_commit":
@@ -488,8 +493,7 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, _WLCATCH_PAGE, "text/html; charset=utf-8", (), None
 
     # ------------------------------------------------------------ control API
-    def _control(self, method: str, name: str, query: str):
-        app = self.server.app
+    def _control(self, method: str, name: str, query: str) -> Any:
         raw = self._body()
         data: Any = {}
         if method == "POST" and raw.strip():
@@ -497,78 +501,119 @@ class _Handler(BaseHTTPRequestHandler):
                 data = json.loads(raw)
             except ValueError:
                 return self._json(400, {"error": "body is not JSON"})
-        params = dict(parse_qsl(query, keep_blank_values=True))
-        if name == "health" and method == "GET":
-            return self._json(200, {"ok": True, "account_id": app.engine.account_id,
-                                    "ledger_size": app.engine.count(), "uptime_s": app.uptime()})
-        if name == "ledger" and method == "GET":
-            return self._json(200, app.engine.ledger(params.get("order_id")))
-        if name == "orders" and method == "GET":
-            return self._json(200, app.orders(params.get("order_id")))
-        if name == "reset" and method == "POST":
-            return self._json(200, {"ok": True, "held_dropped": app.reset()})
-        if name == "duplicates":
-            if method == "POST":
-                window = data.get("window") if isinstance(data, dict) else None
-                if (isinstance(window, bool) or not isinstance(window, (int, float))
-                        or not math.isfinite(window) or window < 0):
-                    return self._json(400, {"error": "window must be a number of seconds >= 0 (0 = off)"})
-                app.engine.set_duplicate_window(window)
-            elif method != "GET":
-                return self._json(405, {"error": "GET or POST"})
-            return self._json(200, app.duplicates())
-        if name == "dialect":
-            if method == "POST":
-                try:
-                    app.engine.set_dialect(app.engine.dialect.changed(data))
-                except DialectError as exc:
-                    return self._json(400, {"error": str(exc)})
-            elif method != "GET":
-                return self._json(405, {"error": "GET or POST"})
-            return self._json(200, app.engine.dialect.to_json())
-        if name == "book" and method == "POST":
-            many = data.get("transactions") if isinstance(data, dict) and "transactions" in data else None
-            specs = many if isinstance(many, list) else [data]
-            try:
-                booked = [app.engine.book(spec) for spec in specs]
-            except ValueError as exc:
-                return self._json(400, {"error": str(exc)})
-            if many is None:
-                return self._json(200, booked[0].to_json())
-            return self._json(200, {"booked": len(booked), "ids": [e.id for e in booked]})
-        if name == "void" and method == "POST":
-            trans_id = data.get("id") if isinstance(data, dict) else None
-            if not isinstance(trans_id, str) or not trans_id:
-                return self._json(400, {"error": "id (the transaction to void) is required"})
-            try:
-                return self._json(200, app.engine.console_void(trans_id).to_json())
-            except ValueError as exc:
-                return self._json(400, {"error": str(exc)})
-        if name == "settle" and method == "POST":
-            ids = data.get("ids") if isinstance(data, dict) else None
-            if ids is not None and not isinstance(ids, list):
-                return self._json(400, {"error": "ids must be a list"})
-            return self._json(200, {"settled": app.engine.settle(ids)})
-        if name == "faults":
-            if method == "POST":
-                try:
-                    app.faults.configure(data)
-                except FaultConfigError as exc:
-                    return self._json(400, {"error": str(exc)})
-            elif method != "GET":
-                return self._json(405, {"error": "GET or POST"})
-            return self._json(200, dict(app.faults.snapshot(), injected=app.faults.counts()))
-        if name == "stats" and method == "GET":
-            return self._json(200, app.stats())
-        if name == "outage" and method == "POST":
-            seconds = data.get("seconds") if isinstance(data, dict) else None
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
-                return self._json(400, {"error": "seconds must be a number in (0, 3600]"})
-            self.close_connection = True
-            self._json(200, {"outage_seconds": seconds, "port": app.port})
-            app.start_outage(float(seconds))
-            return None
-        return self._json(404, {"error": f"no control endpoint {method} /sandbox/{name}"})
+        if name in _READ_WRITE and method not in ("GET", "POST"):
+            return self._json(405, {"error": "GET or POST"})
+        handler = _CONTROL.get((method, name))
+        if handler is None:
+            return self._json(404, {"error": f"no control endpoint {method} /sandbox/{name}"})
+        return handler(self, data, dict(parse_qsl(query, keep_blank_values=True)))
+
+    # ---- the control endpoints (the table _CONTROL below): (JSON body, query parameters) -> the reply
+    def _c_health(self, data: Any, params: dict[str, str]) -> Any:
+        app = self.server.app
+        return self._json(200, {"ok": True, "account_id": app.engine.account_id,
+                                "ledger_size": app.engine.count(), "uptime_s": app.uptime()})
+
+    def _c_ledger(self, data: Any, params: dict[str, str]) -> Any:
+        return self._json(200, self.server.app.engine.ledger(params.get("order_id")))
+
+    def _c_orders(self, data: Any, params: dict[str, str]) -> Any:
+        return self._json(200, self.server.app.orders(params.get("order_id")))
+
+    def _c_reset(self, data: Any, params: dict[str, str]) -> Any:
+        return self._json(200, {"ok": True, "held_dropped": self.server.app.reset()})
+
+    def _c_duplicates(self, data: Any, params: dict[str, str]) -> Any:
+        return self._json(200, self.server.app.duplicates())
+
+    def _c_set_duplicates(self, data: Any, params: dict[str, str]) -> Any:
+        window = data.get("window") if isinstance(data, dict) else None
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not math.isfinite(window) or window < 0:
+            return self._json(400, {"error": "window must be a number of seconds >= 0 (0 = off)"})
+        self.server.app.engine.set_duplicate_window(window)
+        return self._c_duplicates(data, params)
+
+    def _c_dialect(self, data: Any, params: dict[str, str]) -> Any:
+        return self._json(200, self.server.app.engine.dialect.to_json())
+
+    def _c_set_dialect(self, data: Any, params: dict[str, str]) -> Any:
+        engine = self.server.app.engine
+        try:
+            engine.set_dialect(engine.dialect.changed(data))
+        except DialectError as exc:
+            return self._json(400, {"error": str(exc)})
+        return self._c_dialect(data, params)
+
+    def _c_book(self, data: Any, params: dict[str, str]) -> Any:
+        many = data.get("transactions") if isinstance(data, dict) and "transactions" in data else None
+        specs = many if isinstance(many, list) else [data]
+        try:
+            booked = [self.server.app.engine.book(spec) for spec in specs]
+        except ValueError as exc:
+            return self._json(400, {"error": str(exc)})
+        if many is None:
+            return self._json(200, booked[0].to_json())
+        return self._json(200, {"booked": len(booked), "ids": [e.id for e in booked]})
+
+    def _c_void(self, data: Any, params: dict[str, str]) -> Any:
+        trans_id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(trans_id, str) or not trans_id:
+            return self._json(400, {"error": "id (the transaction to void) is required"})
+        try:
+            return self._json(200, self.server.app.engine.console_void(trans_id).to_json())
+        except ValueError as exc:
+            return self._json(400, {"error": str(exc)})
+
+    def _c_settle(self, data: Any, params: dict[str, str]) -> Any:
+        ids = data.get("ids") if isinstance(data, dict) else None
+        if ids is not None and not isinstance(ids, list):
+            return self._json(400, {"error": "ids must be a list"})
+        return self._json(200, {"settled": self.server.app.engine.settle(ids)})
+
+    def _c_faults(self, data: Any, params: dict[str, str]) -> Any:
+        faults = self.server.app.faults
+        return self._json(200, dict(faults.snapshot(), injected=faults.counts()))
+
+    def _c_set_faults(self, data: Any, params: dict[str, str]) -> Any:
+        try:
+            self.server.app.faults.configure(data)
+        except FaultConfigError as exc:
+            return self._json(400, {"error": str(exc)})
+        return self._c_faults(data, params)
+
+    def _c_stats(self, data: Any, params: dict[str, str]) -> Any:
+        return self._json(200, self.server.app.stats())
+
+    def _c_outage(self, data: Any, params: dict[str, str]) -> Any:
+        app = self.server.app
+        seconds = data.get("seconds") if isinstance(data, dict) else None
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
+            return self._json(400, {"error": "seconds must be a number in (0, 3600]"})
+        self.close_connection = True
+        self._json(200, {"outage_seconds": seconds, "port": app.port})
+        app.start_outage(float(seconds))
+        return None
+
+
+#: (method, name) of /sandbox/<name> -> its handler; the names in _READ_WRITE answer 405 to other methods.
+_CONTROL: dict[tuple[str, str], Callable[[Any, Any, dict[str, str]], Any]] = {
+    ("GET", "health"): _Handler._c_health,
+    ("GET", "ledger"): _Handler._c_ledger,
+    ("GET", "orders"): _Handler._c_orders,
+    ("POST", "reset"): _Handler._c_reset,
+    ("GET", "duplicates"): _Handler._c_duplicates,
+    ("POST", "duplicates"): _Handler._c_set_duplicates,
+    ("GET", "dialect"): _Handler._c_dialect,
+    ("POST", "dialect"): _Handler._c_set_dialect,
+    ("POST", "book"): _Handler._c_book,
+    ("POST", "void"): _Handler._c_void,
+    ("POST", "settle"): _Handler._c_settle,
+    ("GET", "faults"): _Handler._c_faults,
+    ("POST", "faults"): _Handler._c_set_faults,
+    ("GET", "stats"): _Handler._c_stats,
+    ("POST", "outage"): _Handler._c_outage,
+}
+_READ_WRITE = frozenset({"duplicates", "dialect", "faults"})
 
 
 class _Held:
@@ -835,24 +880,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _duplicate_window(given: float | None) -> float | None:
+    """--duplicate-window, else SANDBOX_DUPLICATE_WINDOW; -1.0 for an unreadable value (refused by main)."""
+    if given is None and (os.environ.get("SANDBOX_DUPLICATE_WINDOW") or "").strip():
+        try:
+            return float(os.environ["SANDBOX_DUPLICATE_WINDOW"])
+        except ValueError:
+            return -1.0
+    return given
+
+
+def _clock_offset(given: float | None) -> float:
+    """--clock-offset, else SANDBOX_CLOCK_OFFSET (default 0); NaN for an unreadable value (refused by main)."""
+    if given is not None:
+        return given
+    try:
+        return float((os.environ.get("SANDBOX_CLOCK_OFFSET") or "0").strip() or "0")
+    except ValueError:
+        return math.nan
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     faults = args.faults if args.faults is not None else os.environ.get("SANDBOX_FAULTS")
-    window = args.duplicate_window
-    if window is None and (os.environ.get("SANDBOX_DUPLICATE_WINDOW") or "").strip():
-        try:
-            window = float(os.environ["SANDBOX_DUPLICATE_WINDOW"])
-        except ValueError:
-            window = -1.0
+    window = _duplicate_window(args.duplicate_window)
     if window is not None and (not math.isfinite(window) or window < 0):
         print("sandbox: the duplicate window must be a number of seconds >= 0 (0 = off)", file=sys.stderr)
         return 2
-    offset = args.clock_offset
-    if offset is None:
-        try:
-            offset = float((os.environ.get("SANDBOX_CLOCK_OFFSET") or "0").strip() or "0")
-        except ValueError:
-            offset = math.nan
+    offset = _clock_offset(args.clock_offset)
     if not math.isfinite(offset):
         print("sandbox: the clock offset must be a number of seconds", file=sys.stderr)
         return 2

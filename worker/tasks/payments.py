@@ -97,12 +97,9 @@ class PaymentTask(Task):
         # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
         # charged nothing (worker/payments/flow.py); an option of the message, not an argument of the operation.
         request.retry_failed = kwargs.pop("retry_failed", False)
-        if not isinstance(request.retry_failed, bool):
-            return self._refuse(InvalidInput("retry_failed", "retry_failed must be True or False"))
-        try:
-            self._run_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            return self._refuse(InvalidInput("arguments", f"bad arguments: {exc}"))
+        bad = self._bad_arguments(args, kwargs)
+        if bad is not None:
+            return self._refuse(bad)
         try:
             with finishing(final_write_for(self, self._store_broker_url)):  # outcome, result and ack in one call
                 return self.run(*args, **kwargs)
@@ -130,6 +127,16 @@ class PaymentTask(Task):
             return self.flow.refuse(self.operation, request.payment_id,
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
+
+    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidInput | None:
+        """What is wrong with the message's arguments as such (their values are the request builder's)."""
+        if not isinstance(self.request.retry_failed, bool):
+            return InvalidInput("retry_failed", "retry_failed must be True or False")
+        try:
+            self._run_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return InvalidInput("arguments", f"bad arguments: {exc}")
+        return None
 
     def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
         flow, request = self.flow, self.request
