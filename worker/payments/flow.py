@@ -560,14 +560,8 @@ class PaymentFlow:
             journaled = False
             try:
                 response = run.send(duplicate_override, self._fence_for(run))
-            except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
-                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
-            except Held as exc:  # the shared guard (rate limit, breaker) held it back: nothing was sent
-                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False,
-                           check_in=exc.retry_after, outage=GatewayThrottled if isinstance(exc, Throttled) else
-                           GatewayOutage)
-            except NotSent as exc:
-                self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
+            except NotSent as exc:  # nothing was sent, or the gateway did not save it
+                self._park_unsent(run, exc)
             except Rejected as exc:
                 return self._answer(run, exc.response, error_class="Rejected")
             except OutcomeUnknown as exc:
@@ -579,6 +573,15 @@ class PaymentFlow:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _park_unsent(self, run: _Run, exc: NotSent) -> NoReturn:
+        """RETRYING: the attempt provably left nothing at the gateway (re-queued; a throttle is no outage)."""
+        if isinstance(exc, (FenceLost, Expired)):  # our fence stopped it, or the gateway refused it unsaved
+            self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
+        if isinstance(exc, Held):  # the shared guard (rate limit, breaker) held it back
+            self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False, check_in=exc.retry_after,
+                       outage=GatewayThrottled if isinstance(exc, Throttled) else GatewayOutage)
+        self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
 
     def _journal(self, run: _Run) -> None:
         """Note the next attempt in the journal before it may leave (or park, or give the operation up)."""
