@@ -194,6 +194,8 @@ def _iso(epoch: float) -> str:
 
 
 def cmd_sweep(args) -> int:
+    from worker.broker.app import default_app
+    from worker.broker.outbox import AppPublisher
     from worker.payments.sweep import run_sweep
 
     svc = _services()
@@ -205,7 +207,7 @@ def cmd_sweep(args) -> int:
         if done[0] % 50 == 0:
             print(f"... {done[0]} handled", file=sys.stderr)
 
-    print(json.dumps(run_sweep(svc, progress=progress), sort_keys=True))
+    print(json.dumps(run_sweep(svc, publisher=AppPublisher(default_app()), progress=progress), sort_keys=True))
     return 0
 
 
