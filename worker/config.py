@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from worker.guard.rates import GuardSettings, parse_rate
 
@@ -33,8 +34,28 @@ MIN_KEY_RETENTION = 30 * 86400.0
 DEFAULT_KEY_RETENTION = 90 * 86400.0
 
 
+#: BLUEPAY_HASH_TYPE's values: the TAMPER_PROOF_SEAL algorithms worker/gateway/seal.py computes (config imports
+#: nothing of ours; tests/unit/test_config.py holds the two lists equal).
+HASH_TYPES = ("MD5", "SHA256", "SHA512", "HMAC_SHA256", "HMAC_SHA512")
+#: The default archive's file in PAYMENTS_DATA_DIR (an SQLite database).
+ARCHIVE_FILE = "archive.sqlite3"
+
+
 class ConfigError(ValueError):
     """A setting in the environment cannot be used."""
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``"h1:26379, h2:26380"`` -> ``[("h1", 26379), ("h2", 26380)]``; ValueError naming a bad entry."""
+    out: list[tuple[str, int]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 def parse_duration(value: str | float | int, *, name: str = "duration") -> float:
@@ -62,8 +83,6 @@ def _int(name: str, default: int) -> int:
 
 
 def _hash_type_error(value: str) -> str | None:
-    from worker.gateway.seal import HASH_TYPES
-
     if value in HASH_TYPES:
         return None
     squeezed = re.sub(r"[-_ ]", "", value.upper())
@@ -80,6 +99,8 @@ def _url_error(name: str, url: str, schemes: tuple[str, ...]) -> str | None:
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: TRANS_SUBMIT_TIMESTAMP's time zone (US Central, worker/gateway/expiry.py): checked at start.
+SUBMIT_TIME_ZONE = "America/Chicago"
 
 
 @dataclass(frozen=True)
@@ -199,9 +220,7 @@ class Settings:
     @property
     def archive_url(self) -> str:
         """PAYMENTS_ARCHIVE_URL, or the SQLite file ``archive.sqlite3`` in PAYMENTS_DATA_DIR."""
-        from worker.archive.db import sqlite_url_in
-
-        return self.archive_url_setting or sqlite_url_in(self.data_dir)
+        return self.archive_url_setting or f"sqlite:///{os.path.join(self.data_dir, ARCHIVE_FILE)}"
 
     @property
     def reconcile_report_time(self) -> tuple[int, int]:
@@ -215,9 +234,7 @@ class Settings:
         self.reconcile_report_time  # noqa: B018  (raises ConfigError when malformed)
         self._check_shapes()
         self._check_gateway()
-        from worker.redis_connections import check_settings
-
-        check_settings(self)
+        self._check_redis()
         if self.commit_horizon <= self.connect_timeout + self.read_timeout:
             raise ConfigError(
                 f"GATEWAY_COMMIT_HORIZON ({self.commit_horizon:g}s) must exceed the connect + read timeouts "
@@ -271,6 +288,19 @@ class Settings:
                 (pair.partition(":") for pair in self.flower_basic_auth.split(","))):
             raise ConfigError("FLOWER_BASIC_AUTH must be user:password (comma-separated for several)")
 
+    def _check_redis(self) -> None:
+        """Sentinel and replica settings (worker/redis_connections.py uses them)."""
+        try:
+            sentinels = parse_sentinels(self.redis_sentinels)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if sentinels and not self.redis_master_name.strip():
+            raise ConfigError("REDIS_MASTER_NAME must name the master the sentinels monitor")
+        if self.min_replicas_ack < 0:
+            raise ConfigError("REDIS_MIN_REPLICAS_ACK must be 0 or more")
+        if self.min_replicas_ack and not 0 < self.replica_ack_timeout <= 60:
+            raise ConfigError("REDIS_REPLICA_ACK_TIMEOUT must be more than 0 and at most 60 s")
+
     def _check_gateway(self) -> None:
         """BluePay's settings: their shape, and LIVE mode never with the sandbox's demo account or over plain HTTP."""
         if self.bluepay_mode not in ("TEST", "LIVE"):
@@ -312,9 +342,7 @@ class Settings:
                 f"GATEWAY_CLOCK_SKEW_MARGIN ({self.clock_skew_margin:g}s), or a gateway clock that far ahead would "
                 "refuse every attempt as TRANSACTION TOO OLD")
         try:
-            from worker.gateway.expiry import CENTRAL
-
-            CENTRAL.utcoffset(None)
+            ZoneInfo(SUBMIT_TIME_ZONE)
         except Exception as exc:  # no time zone database: the stamps cannot be written in US Central time
             raise ConfigError(f"the America/Chicago time zone is needed for TRANS_SUBMIT_TIMESTAMP: {exc}") from None
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Flask, abort, flash, g, redirect, render_template, request, session, url_for
 
-from worker.console.app import LISTS, PAGE_SIZE, ext, operator_action, parse_day
+from worker.console.common import LISTS, PAGE_SIZE, ext, operator_action, parse_day
 
 log = logging.getLogger("payments.console")
 
@@ -199,6 +199,8 @@ def register(app: Flask) -> None:
 
         celery_app = ext()["celery"]
         if celery_app is None:
-            from worker.broker.app import app as celery_app
+            from worker.broker.app import default_app
+
+            celery_app = default_app()
         found = report(ext()["svc"], celery_app, ping_timeout=1.0)
         return render_template("health.html", found=found, text=render(found))

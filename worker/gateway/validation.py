@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from worker.cards import numbers as _carddata
-
+from . import card_numbers as _carddata
 from .errors import InvalidInput
 
 __all__ = [

@@ -552,11 +552,7 @@ class PaymentFlow:
     def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict[str, Any]:
         duplicate_override = False
         for _ in range(MAX_SENDS):
-            if self.clock() >= run.deadline:
-                # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
-                self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
-            if not journaled:
-                self._journal(run)
+            self._before_attempt(run, journaled=journaled)
             journaled = False
             try:
                 response = run.send(duplicate_override, self._fence_for(run))
@@ -579,6 +575,14 @@ class PaymentFlow:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _before_attempt(self, run: _Run, *, journaled: bool) -> None:
+        """Within the wall-time budget, and the attempt noted in the journal (the claim may have noted it)."""
+        if self.clock() >= run.deadline:
+            # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
+            self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
+        if not journaled:
+            self._journal(run)
 
     def _journal(self, run: _Run) -> None:
         """Note the next attempt in the journal before it may leave (or park, or give the operation up)."""

@@ -15,8 +15,9 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.broker.app import app
+from worker.broker.celeryconfig import celery_settings
 from worker.broker.final_write import final_write_for
+from worker.broker.outbox import AppPublisher
 from worker.cards.messages import unsealed_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
@@ -32,11 +33,14 @@ from worker.payments.requests import (
     follow_up_request,
     refusal_fingerprints,
 )
-from worker.redis_connections import celery_settings
 from worker.services import Services, services_of
 from worker.store.final_write import finishing
+from worker.tasks.registry import TaskTable
 
 log = logging.getLogger("payments.tasks")
+
+#: The payment tasks and the sweep, made on an app by ``worker.broker.app.create_app`` (``TASKS.register(app)``).
+TASKS = TaskTable()
 
 # How often a delivery may be re-queued because another worker holds the operation's lease.
 MAX_BUSY_RETRIES = 60
@@ -273,7 +277,7 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
     return flow.submit(request, task.delivery())
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
          initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
@@ -283,7 +287,7 @@ def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
          idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
          initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
@@ -292,19 +296,19 @@ def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[str, Any]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
@@ -316,9 +320,9 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
-@app.task(bind=True, name="payments.sweep")
+@TASKS.task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict[str, Any]:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 
-    return run_sweep(services_of(self.app))
+    return run_sweep(services_of(self.app), publisher=AppPublisher(self.app))
