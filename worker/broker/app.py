@@ -28,7 +28,7 @@ import celery
 from celery import Celery, bootsteps, signals
 from celery.app.amqp import AMQP
 
-from worker.broker import outbox
+from worker.broker import one_trip, outbox
 from worker.broker.celeryconfig import config_for
 from worker.cards.messages import seal_publish
 from worker.catalogue import OUTBOX_TASKS
@@ -72,7 +72,11 @@ class SealingAMQP(AMQP):
             previous, _publishing.app = getattr(_publishing, "app", None), app
             _publishing.not_durable = None
             try:
-                sent = send(*args, **kwargs)
+                name = args[1] if len(args) > 1 else kwargs.get("name")
+                if name in OUTBOX_TASKS:  # message, outbox entry and task-sent event in one round trip
+                    sent = one_trip.publish(send, lambda: services_of(app).store, args, kwargs)
+                else:
+                    sent = send(*args, **kwargs)
             finally:
                 _publishing.app = previous
             if _publishing.not_durable is not None:  # the outbox entry could vanish in a failover: say so
@@ -313,12 +317,14 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     store = None
     try:
         store = services_of(publisher).store
+        message = {"name": sender, "body": list(body), "headers": headers,
+                   "exchange": exchange or "", "routing_key": routing_key or ""}
+        if one_trip.keep_in_batch(headers["id"], message):  # in the publish's own pipeline, after the message
+            return
         # Under REDIS_MIN_REPLICAS_ACK the entry (and the message before it) must reach a replica: retried as the
         # publish retry policy says, then the publish raises ReplicaAckTimeout (send_task_message above).
-        retry_not_durable(lambda: store.outbox.put(headers["id"], {
-            "name": sender, "body": list(body), "headers": headers,
-            "exchange": exchange or "", "routing_key": routing_key or "",
-        }), publisher.conf.task_publish_retry_policy or {})
+        retry_not_durable(lambda: store.outbox.put(headers["id"], message),
+                          publisher.conf.task_publish_retry_policy or {})
     except Exception as exc:
         logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
         # One node: the message is out and the outbox a safety net. Under REDIS_MIN_REPLICAS_ACK a failover may

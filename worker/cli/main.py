@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from worker.cli.output import EXIT_USAGE, OUTCOME_LINES, CommandError, format_outcome, release
+from worker.cli.webhooks import add_webhooks_commands
 
 __all__ = ["EXIT_USAGE", "OUTCOME_LINES", "CommandError", "format_outcome", "build_parser", "main"]
 
@@ -530,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator_commands(sub)
     _add_enqueue_command(sub)
     _add_monitoring_commands(sub)
+    add_webhooks_commands(sub)
     __import__("worker.cli.console", fromlist=["add_parser"]).add_parser(sub)
     return parser
 

@@ -20,6 +20,12 @@ Redis, no key scans) and reports::
     payments_gateway_breaker_state{merchant}          the shared circuit breaker (GATEWAY_BREAKER_FAILURES > 0):
                                                       0 closed, 1 half-open, 2 open; and
                                                       payments_gateway_breaker_opened_total{merchant}
+    payments_webhook_deliveries_total{result}         webhook attempts by result: delivered, failed_attempt (tried
+                                                      again later), exhausted (the last attempt failed), abandoned
+                                                      (endpoint removed or disabled)
+    payments_webhook_events_total, payments_webhook_endpoints_disabled_total (by WEBHOOK_DISABLE_AFTER)
+    payments_webhook_undelivered, payments_webhook_oldest_undelivered_age_seconds, payments_webhook_failed
+                                                      (the failed set's size: until replayed)
     payments_exporter_redis_up, payments_exporter_scrape_seconds
 
 Ages use Redis server time. Labels are bounded: statuses, queue names, the sweep's action words.
@@ -113,6 +119,7 @@ class PaymentsCollector:
                      age(found, "open_auths") or 0.0)
         yield _gauge("payments_stale_auths", "Open auths older than STALE_AUTH_AGE", found.get("stale_auths", 0))
         yield from self._sweep(found.get("sweep"))
+        yield from _webhooks(found.get("webhooks") or {})
         for name, value in (("reconcile_after", s.reconcile_after), ("visibility_timeout", s.visibility_timeout),
                             ("sweep_interval", s.sweep_interval), ("stale_auth_age", s.stale_auth_age)):
             yield _gauge(f"payments_config_{name}_seconds", f"The {name.upper()} setting (alert thresholds)", value)
@@ -153,6 +160,28 @@ class PaymentsCollector:
             if action not in _NOT_ACTIONS and _ACTION.match(action) and isinstance(count, int):
                 actions.add_metric([action], count)
         yield actions
+
+
+#: the webhook counters' names in the schedule's stats hash -> the result label
+_WEBHOOK_RESULTS = {"delivered": "delivered", "failed_attempts": "failed_attempt", "exhausted": "exhausted",
+                    "abandoned": "abandoned"}
+
+
+def _webhooks(hooks: dict[str, Any]) -> Iterator[Metric]:
+    stats = hooks.get("stats") or {}
+    deliveries = CounterMetricFamily("payments_webhook_deliveries", "Webhook delivery attempts by result",
+                                     labels=["result"])
+    for name, label in _WEBHOOK_RESULTS.items():
+        deliveries.add_metric([label], stats.get(name, 0))
+    yield deliveries
+    yield CounterMetricFamily("payments_webhook_events", "Webhook events recorded", value=stats.get("events", 0))
+    yield CounterMetricFamily("payments_webhook_endpoints_disabled", "Endpoints disabled by WEBHOOK_DISABLE_AFTER",
+                              value=stats.get("endpoints_disabled", 0))
+    yield _gauge("payments_webhook_undelivered", "Webhook deliveries not yet made", hooks.get("undelivered", 0))
+    yield _gauge("payments_webhook_oldest_undelivered_age_seconds", "Age of the oldest undelivered webhook event "
+                 "(0: none)", hooks.get("oldest_undelivered_age", 0.0))
+    yield _gauge("payments_webhook_failed", "Webhook deliveries given up (the failed set, until replayed)",
+                 hooks.get("failed", 0))
 
 
 def registry_for(svc: Any, app: Any) -> CollectorRegistry:

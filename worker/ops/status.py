@@ -99,6 +99,11 @@ def _gateway_line(gateway: dict[str, Any]) -> str:
     return "settings proved (stq)" if gateway["reachable"] else f"NOT reachable ({gateway['error']})"
 
 
+def _webhooks_line(hooks: dict[str, Any]) -> str:
+    return (f"webhooks     {hooks.get('undelivered', 0)} undelivered (oldest "
+            f"{_age(hooks.get('oldest_undelivered_age') or None)}), {hooks.get('failed', 0)} failed for good")
+
+
 def render(found: dict[str, Any]) -> str:
     by_status, ages, broker = found["by_status"], found["ages"], found["broker"]
     sweep = found.get("sweep")
@@ -116,6 +121,7 @@ def render(found: dict[str, Any]) -> str:
         f"open auths   {found['open_auths']['count']} (oldest {_age(ages['open_auths'])}), "
         f"{found.get('stale_auths', 0)} older than STALE_AUTH_AGE",
         "last sweep   " + _sweep_line(found["now"], sweep),
+        _webhooks_line(found.get("webhooks") or {}),
         f"gateway      {found['gateway']['url']}: " + _gateway_line(found["gateway"]),
         *(["guard        " + _guard_line(found["guard"])] if "guard" in found else []),
         "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),

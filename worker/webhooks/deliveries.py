@@ -72,6 +72,13 @@ class Deliveries:
     def event(self, event_id: str) -> dict[str, str]:
         return {str(a): str(b) for a, b in self.redis.hgetall(self.keys.event(event_id)).items()}
 
+    def events(self, event_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Several events in one round trip ({} for one no longer kept)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hgetall(self.keys.event(event_id))
+        return [{str(a): str(b) for a, b in found.items()} for found in pipe.execute()]
+
     def events_since(self, since: float, *, limit: int = 100_000) -> list[str]:
         return [str(m) for m in self.redis.zrangebyscore(self.keys.events, since, "+inf", start=0, num=limit)]
 
@@ -101,6 +108,13 @@ class Deliveries:
         why = self.redis.hmget(k.failed_why, [m for m, _ in members]) if members else []
         return [{"event_id": m.split(" ", 1)[0], "endpoint_id": m.split(" ", 1)[1], "at": s, "error": w or ""}
                 for (m, s), w in zip(members, why, strict=True)]
+
+    def clear_failed(self) -> int:
+        """Forget every failed delivery (an operator decided not to send them); how many."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zcard(self.keys.failed)
+        pipe.delete(self.keys.failed, self.keys.failed_why)
+        return int(pipe.execute()[0])
 
     def trim(self, *, before: float) -> int:
         """Forget the replay index of events older than ``before`` (their bodies expire by themselves)."""
