@@ -2,10 +2,10 @@
 
 Every process finds Redis through this module: the results store, locks and the sweep (:func:`store_client`),
 Celery's broker and result backend, so workers, beat, producers and Flower
-(``worker.broker.celeryconfig.celery_settings``), and the CLI's one-try probe (:func:`probe_client`). Under Sentinel
-each asks the sentinels for the current master on every (re)connect: redis-py's ``Sentinel.master_for`` for the
-store, kombu's ``sentinel://`` transport and Celery's Sentinel result backend for the rest, so a failover needs no
-restart of anything that reconnects.
+(``worker.broker.celeryconfig.celery_settings``), and the CLI's one-try probe (:func:`probe_client`). Under
+Sentinel each asks the sentinels for the current master on every (re)connect: redis-py's ``Sentinel.master_for``
+for the store, kombu's ``sentinel://`` transport and Celery's Sentinel result backend for the rest, so a failover
+needs no restart of anything that reconnects.
 
 Replication is asynchronous: a write the primary acknowledged can vanish with it in a failover. Where money
 depends on a write (the claim and the attempt journal before a gateway send, the outbox entry at publish),

@@ -166,6 +166,25 @@ def test_an_operator_runs_the_sweep_for_one_unknown_payment(world) -> None:
     assert world.client("vic").post(f"/payments/{pid}/sweep", {}).status_code == 403
 
 
+def test_the_story_shows_the_webhook_deliveries_of_the_payments_events(world) -> None:
+    from tests.support.ports import closed_port
+    from worker.webhooks.deliverer import Deliverer
+    from worker.webhooks.endpoints import Endpoints
+    from worker.webhooks.keys import WebhookKeys
+    from worker.webhooks.settings import WebhookSettings
+
+    client, prefix = world.store.redis, world.store.prefix
+    endpoint, _secret = Endpoints(client, WebhookKeys(prefix)).add(f"http://127.0.0.1:{closed_port()}/hook",
+                                                                   now=world.store.now())
+    pid = "hook-" + uuid.uuid4().hex[:10]
+    assert world.flow.charge("sale", pid, amount="3.00", card=CARD)["status"] == "APPROVED"
+    Deliverer(client, WebhookSettings(timeout=1.0), prefix=prefix).drain(seconds=5)  # refused: due again later
+    page = world.client("vic").get(f"/payments/{pid}").text
+    section = page[page.index("Webhook deliveries"):]
+    row = section[:section.index("</table>")]
+    assert endpoint.id in row and "pending" in row and "<td>1</td>" in row
+
+
 def test_actions_are_rate_limited_per_user(world) -> None:
     rita = world.client("rita")
     codes = [rita.post("/payments/no-such/sweep", {}, allow_redirects=False).status_code for _ in range(31)]
