@@ -556,14 +556,8 @@ class PaymentFlow:
             journaled = False
             try:
                 response = run.send(duplicate_override, self._fence_for(run))
-            except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
-                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
-            except Held as exc:  # the shared guard (rate limit, breaker) held it back: nothing was sent
-                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False,
-                           check_in=exc.retry_after, outage=GatewayThrottled if isinstance(exc, Throttled) else
-                           GatewayOutage)
-            except NotSent as exc:
-                self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
+            except NotSent as exc:  # nothing was sent, or the gateway did not save it
+                self._park_unsent(run, exc)
             except Rejected as exc:
                 return self._answer(run, exc.response, error_class="Rejected")
             except OutcomeUnknown as exc:
@@ -575,6 +569,15 @@ class PaymentFlow:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _park_unsent(self, run: _Run, exc: NotSent) -> NoReturn:
+        """RETRYING: the attempt provably left nothing at the gateway (re-queued; a throttle is no outage)."""
+        if isinstance(exc, (FenceLost, Expired)):  # our fence stopped it, or the gateway refused it unsaved
+            self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
+        if isinstance(exc, Held):  # the shared guard (rate limit, breaker) held it back
+            self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False, check_in=exc.retry_after,
+                       outage=GatewayThrottled if isinstance(exc, Throttled) else GatewayOutage)
+        self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
 
     def _before_attempt(self, run: _Run, *, journaled: bool) -> None:
         """Within the wall-time budget, and the attempt noted in the journal (the claim may have noted it)."""
@@ -693,6 +696,9 @@ class PaymentFlow:
         try:
             # (a record without its creation time, which the claim always writes: the last 30 days by Redis time)
             rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now - 30 * 86400, now))
+        except Held as exc:  # the shared guard sent nothing: not even a try
+            log.info("reconcile %s: stq held back: %s", run.payment_id, type(exc).__name__)
+            return CannotTell(type(exc).__name__, held_for=exc.retry_after)
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
             log.warning("reconcile %s: stq failed: %s", run.payment_id, type(exc).__name__)
             self.observer.reconciliation("cannot_tell")
@@ -789,6 +795,15 @@ class PaymentFlow:
                     log.error("reconcile %s: %s", payment_id, message)
                     self._finish(run, Status.ERROR, {"message": message, "needs_human": "1"})
                     return "gave_up"
+                if isinstance(found, CannotTell) and found.held_for is not None:
+                    # the guard held stq back (breaker open, rate limit): no try spent, look again once it lets us
+                    parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,),
+                                                   sent=None, check_in=found.held_for + 1.0,
+                                                   note=f"outcome unknown; stq held back ({found.reason})",
+                                                   fields={"message": "outcome unknown; the gateway is unavailable "
+                                                                      "(circuit breaker) or busy (rate limit)"})
+                    self._observe_parked(operation, parked)
+                    return "still_unknown"
                 delay = min(retry_base * 2 ** (tries - 1), 3600.0)
                 if isinstance(found, Absent) and sent_ts is not None:
                     delay = min(delay, sent_ts + self.commit_horizon - now + 1)
