@@ -119,6 +119,20 @@ def test_a_payment_is_found_by_id_key_trans_id_invoice_and_card_amount_day(world
     assert c.get("/payments/never-was").status_code == 404
 
 
+def test_the_story_links_a_sale_and_its_void_both_ways(world) -> None:
+    pid = "chain-" + uuid.uuid4().hex[:10]
+    sold = world.flow.charge("sale", pid, amount="3.10", card=CARD)
+    voided = world.flow.void_after(sold)
+    assert sold["status"] == "APPROVED" and voided["status"] == "APPROVED", (sold, voided)
+    c = world.client("vic")
+    sale_page = c.get(f"/payments/{pid}").text
+    chain = sale_page[sale_page.index("Follow-ups and chain"):sale_page.index("Reconciliation</h2>")]
+    assert f'href="/payments/{voided["payment_id"]}"' in chain and voided["trans_id"] in chain
+    assert "VOIDED" in sale_page
+    void_page = c.get(f"/payments/{voided['payment_id']}").text
+    assert f'href="/payments/{pid}"' in void_page[void_page.index("Follow-ups and chain"):]
+
+
 def test_an_operator_resolves_a_needs_human_payment_a_viewer_and_a_forged_form_cannot(world) -> None:
     pid = world.needs_human()
     viewer = world.client("vic")
@@ -162,6 +176,9 @@ def test_an_operator_runs_the_sweep_for_one_unknown_payment(world) -> None:
     assert done.status_code == 200 and "reconcile_adopted=1" in done.text and "by olga" in done.text
     record = world.store.get(pid)
     assert record["status"] == "APPROVED" and record["trans_id"] == charged["id"]
+    page = world.client("vic").get(f"/payments/{pid}").text
+    lookups = page[page.index("stq lookups"):page.index("Follow-ups and chain")]
+    assert "adopted from stq" in lookups and "settled by: stq" in lookups
     assert "nothing was due" in world.client("olga").post(f"/payments/{pid}/sweep", {}).text
     assert world.client("vic").post(f"/payments/{pid}/sweep", {}).status_code == 403
 

@@ -172,3 +172,20 @@ def test_the_flow_parks_a_held_attempt_as_retrying_not_sent(store):
         record = store.get(pid)
         assert type(out) is kind and out.parked_as == "RETRYING" and out.check_in == held.retry_after
         assert record["status"] == "RETRYING" and not record.get("sent_ts") and words in record["message"]
+
+
+def test_the_sweep_spends_no_try_when_the_guard_holds_stq_back(store, clock):
+    from tests.support.fake_gateway import FakeGateway
+
+    from .test_flow import _left, make_flow
+
+    pid = _left(store, "unknown")
+    flow = make_flow(store, FakeGateway(stq=[GatewayUnavailable("breaker open", retry_after=20.0), NotSent("down")]))
+    assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
+    held = store.get(pid)
+    assert held["status"] == "UNKNOWN" and not held.get("reconcile_tries") and "unavailable" in held["message"]
+    assert float(held["next_check_ts"]) - float(held["updated_ts"]) == pytest.approx(21.0, abs=0.01)
+    assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "skipped"  # not due yet
+    clock.advance(21.1)
+    assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
+    assert store.get(pid)["reconcile_tries"] == "1"  # a real failure of stq is a try

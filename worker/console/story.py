@@ -37,6 +37,12 @@ class Story:
     def needs_human(self) -> bool:
         return self.where == "redis" and self.record.get("needs_human") == "1"
 
+    @property
+    def stq_lookups(self) -> list[dict[str, Any]]:
+        """The states the flow and the sweep noted from asking the gateway (stq by ORDER_ID): adopted, cannot
+        tell yet, no row provably ours, not charged."""
+        return [h for h in self.history if "stq" in str(h.get("note", "")).lower()]
+
     def details(self) -> list[tuple[str, str]]:
         return [(f, str(self.record[f])) for f in DETAIL_FIELDS if self.record.get(f) not in (None, "")]
 
