@@ -133,6 +133,9 @@ class Settings:
     outage_backoff_max: float = 60.0
     visibility_timeout: float = 300.0
     stale_auth_age: float = 7 * 86400.0
+    # AVS_POLICY / CVV2_POLICY: result codes that void an approved sale or auth at once (worker/payments/policy.py)
+    avs_policy: frozenset[str] = frozenset()
+    cvv2_policy: frozenset[str] = frozenset()
     sweep_interval: float = 300.0
     reconcile_after: float = 600.0
     # After this long an operation whose outcome stayed unknown is given a final state for a human.
@@ -376,6 +379,8 @@ class Settings:
                 outage_backoff_max=dur("OUTAGE_BACKOFF_MAX", d.outage_backoff_max),
                 visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
                 stale_auth_age=dur("STALE_AUTH_AGE", d.stale_auth_age),
+                avs_policy=parse_codes(_env("AVS_POLICY", ""), "AVS_POLICY"),
+                cvv2_policy=parse_codes(_env("CVV2_POLICY", ""), "CVV2_POLICY"),
                 sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
                 reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),
                 reconcile_give_up=dur("RECONCILE_GIVE_UP", d.reconcile_give_up),
@@ -401,6 +406,20 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return settings.check()
+
+
+def parse_codes(text: str | None, name: str) -> frozenset[str]:
+    """AVS_POLICY / CVV2_POLICY (worker/payments/policy.py): ``"N, A"`` or ``"NA"`` -> {"N", "A"}; "" -> no policy.
+    One code is one letter, digit or ``_`` (BluePay's AVS codes A-Z and 1-8, CVV2 M N P S U, ``_`` in TEST)."""
+    raw = (text or "").strip().upper()
+    if not raw:
+        return frozenset()
+    parts = [p for p in re.split(r"[\s,]+", raw) if p]
+    codes = list(parts[0]) if len(parts) == 1 else parts  # "NA" as AVS_ALLOWED writes it, or "N,A"
+    bad = [c for c in codes if not re.fullmatch(r"[A-Z0-9_]", c)]
+    if bad:
+        raise ValueError(f"{name}: {bad[0]!r} is not a result code (one letter, digit or _ each; e.g. {name}=N,A)")
+    return frozenset(codes)
 
 
 def _guard_settings(dur: Callable[[str, object], float]) -> GuardSettings:
