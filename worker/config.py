@@ -73,6 +73,16 @@ def _env(name: str, default: str) -> str:
     return value if value.strip() else default
 
 
+def _flag(name: str) -> bool:
+    """An on/off setting, off by default: 1/true/yes/on, or 0/false/no/off (anything else names the variable)."""
+    text = _env(name, "0").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {text!r} is not on or off (1/0, true/false, yes/no)")
+
+
 def _int(name: str, default: int) -> int:
     """An integer setting; the error names the variable (``GATEWAY_RETRY_ATTEMPTS: 'four' is not a whole number``)."""
     text = _env(name, str(default))
@@ -135,6 +145,8 @@ class Settings:
     stale_auth_age: float = 7 * 86400.0
     # AVS_POLICY / CVV2_POLICY: result codes that void an approved sale or auth at once (worker/payments/policy.py)
     avs_policy: frozenset[str] = frozenset()
+    # PAYMENTS_ENABLE_CREDIT: payments.credit (money out to a card with no original) runs only when set
+    enable_credit: bool = False
     cvv2_policy: frozenset[str] = frozenset()
     sweep_interval: float = 300.0
     reconcile_after: float = 600.0
@@ -380,6 +392,7 @@ class Settings:
                 visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
                 stale_auth_age=dur("STALE_AUTH_AGE", d.stale_auth_age),
                 avs_policy=parse_codes(_env("AVS_POLICY", ""), "AVS_POLICY"),
+                enable_credit=_flag("PAYMENTS_ENABLE_CREDIT"),
                 cvv2_policy=parse_codes(_env("CVV2_POLICY", ""), "CVV2_POLICY"),
                 sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
                 reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),

@@ -371,3 +371,35 @@ def test_retry_failed_must_be_a_bool(store, wire):
     wire(FakeGateway())
     outcome = deliver(sale, "3.00", CARD, retry_failed="yes")
     assert outcome["status"] == "ERROR" and "retry_failed" in outcome["message"]
+
+
+# ================================================================================== CREDIT (docs/tokens.md)
+def test_credit_is_off_unless_enabled(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway()
+    wire(gw)
+    outcome = deliver(credit, amount="3.00", card=CARD)
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "CreditDisabled"
+    assert "PAYMENTS_ENABLE_CREDIT" in outcome["message"] and gw.sends == []
+
+
+def test_credit_when_enabled_sends_money_to_the_card(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway([reply(message="Approved Credit", trans_type="CREDIT")])
+    wire(gw, enable_credit=True)
+    outcome = deliver(credit, amount="3.00", card=CARD, idempotency_key="credit-1")
+    assert outcome["status"] == "APPROVED" and outcome["operation"] == "credit"
+    assert [s["verb"] for s in gw.sends] == ["credit"] and str(gw.sends[0]["amount"]) == "3.00"
+    again = deliver(credit, amount="3.00", card=CARD, idempotency_key="credit-1", task_id="msg-bbbb")
+    assert again["trans_id"] == outcome["trans_id"] and len(gw.sends) == 1  # the key: once
+
+
+def test_credit_takes_no_token(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway()
+    wire(gw, enable_credit=True)
+    outcome = deliver(credit, amount="3.00", card=None)
+    assert outcome["status"] == "ERROR" and "card" in outcome["message"] and gw.sends == []

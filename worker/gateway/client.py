@@ -154,6 +154,14 @@ class BluePayClient:
             new_customer_token=new_customer_token, stored=stored,
         )
 
+    def credit(self, amount: Any, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+               duplicate_override: bool = False, invoice_id: str | None = None,
+               fence: Fence | None = None) -> Response:
+        """CREDIT: money to ``card`` with no original transaction (BluePay_MESSAGE_values.txt: "Expiration date
+        required for CREDIT", "Cannot REFUND a CREDIT"; ActiveMerchant's ``credit``: "an unmatched credit")."""
+        return self._transaction("CREDIT", fence, amount=amount, card=card, customer=customer, order_id=order_id,
+                                 duplicate_override=duplicate_override, invoice_id=invoice_id)
+
     def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None,
                 fence: Fence | None = None) -> Response:
         return self._transaction("CAPTURE", fence, rrno=trans_id, amount=amount, order_id=order_id)

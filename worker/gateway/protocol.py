@@ -37,14 +37,14 @@ __all__ = [
     "choose_query_row",
 ]
 
-TRANSACTION_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID", "UPDATE")
+TRANSACTION_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID", "UPDATE")
 MODES = ("TEST", "LIVE")
 RESULTS = ("APPROVED", "DECLINED", "ERROR", "MISSING")
 #: Libraries send 8..20; a high version gets every reply field (BP_STAMP included).
 RESPONSE_VERSION = "15"
 REBILLING_FIELDS = ("REBILLING", "REB_FIRST_DATE", "REB_EXPR", "REB_CYCLES", "REB_AMOUNT")
 _NEEDS_RRNO = ("CAPTURE", "REFUND", "VOID", "UPDATE")
-_NEEDS_CARD = ("SALE", "AUTH")
+_NEEDS_CARD = ("SALE", "AUTH", "CREDIT")
 #: Never kept in Response.raw even if a (broken) gateway echoed them.
 _SENSITIVE_KEYS = frozenset({"CC_NUM", "CVCCVV2", "CVCVV2", "CC_CVV2", "TAMPER_PROOF_SEAL", "SECRET_KEY"})
 _STQ_STATUS = {"1": "APPROVED", "0": "DECLINED", "E": "ERROR"}
@@ -148,6 +148,8 @@ def transaction_request(
         if len(sources) != 1:
             raise InvalidInput("card", f"{ttype} needs exactly one of card, token and customer_token"
                                + (f" (got {', '.join(sources)})" if sources else ""))
+        if ttype == "CREDIT" and card is None:
+            raise InvalidInput("card", "a CREDIT goes to a card (no token)")
         if amount is None:
             raise InvalidInput("amount", f"required for {ttype}")
         fields["AMOUNT"] = validation.amount(amount, allow_zero=(ttype == "AUTH"))

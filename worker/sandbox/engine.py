@@ -49,7 +49,7 @@ _EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
 # stq's text writes its dates YYYY-MM-DD HH:MM:SS, the daily report's YYYY-MM-DD: both are read.
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?$")
 
-SUPPORTED_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID")
+SUPPORTED_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID")
 # TRANS_SUBMIT_TIMESTAMP is US Central time (bp10emu text, TRANSACTION TIMESTAMP); TRANS_EXPIRE_PERIOD "N MINUTES".
 _CENTRAL = ZoneInfo("America/Chicago")
 _SUBMIT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -178,7 +178,7 @@ class Entry:
 
     def settleable(self) -> bool:
         return (self.status == "1" and not self.settled and not self.voided
-                and self.trans_type in ("SALE", "CAPTURE", "REFUND"))
+                and self.trans_type in ("SALE", "CAPTURE", "REFUND", "CREDIT"))
 
 
 class Engine:
@@ -407,7 +407,7 @@ class Engine:
                 return finish("ERROR", "INVALID AMOUNT FORMAT")
             reply["AMOUNT"] = fmt(amount)
 
-        if ttype in ("SALE", "AUTH"):
+        if ttype in ("SALE", "AUTH", "CREDIT"):  # CREDIT: money to a card, no original (docs/tokens.md)
             return self._sale_or_auth(f, ttype, mode, amount, now, reply, finish)
         return self._follow_up(f, ttype, mode, amount, now, reply, finish)
 
@@ -436,11 +436,11 @@ class Engine:
     def _sale_or_auth(self, f, ttype, mode, amount, now, reply, finish):
         if amount is None:
             return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
-        if amount == _ZERO and ttype == "SALE":
+        if amount == _ZERO and ttype in ("SALE", "CREDIT"):
             return finish("ERROR", "Amount may not be zero.")
         # CC_NUM "required unless ... you include an RRNO" (bp10emu text); a card given beside a token is charged
         stored_card = (f.get("RRNO") or "").strip() or (f.get("CUST_TOKEN") or "").strip()
-        if stored_card and not (f.get("CC_NUM") or "").strip():
+        if stored_card and not (f.get("CC_NUM") or "").strip() and ttype != "CREDIT":
             return self._token_charge(f, ttype, mode, amount, now, reply, finish)
         number = re.sub(r"[\s-]", "", f.get("CC_NUM") or "")
         if not number:
