@@ -1,4 +1,8 @@
-"""An alias of :mod:`worker.broker.celeryconfig` (the Celery settings of the payments worker), kept for
-``app.config_from_object("celeryconfig")`` and ``from celeryconfig import config_for``. The app itself reads
-``worker.broker.celeryconfig``, so a merchant's own ``celeryconfig.py`` on the path cannot replace ours."""
-from worker.broker.celeryconfig import *  # noqa: F403  (every setting and config_for, as Celery reads them from a module)
+"""The environment's Celery settings as a module, for ``app.config_from_object("celeryconfig")``: what
+``worker.broker.celeryconfig.config_for`` gives for the environment's settings (the reasons for each are there).
+The payments app does not read this module (``create_app`` calls ``config_for``), so a merchant's own
+``celeryconfig.py`` on the path cannot replace ours."""
+from worker.broker.celeryconfig import config_for
+from worker.config import get_settings
+
+globals().update(config_for(get_settings()))

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REAL_BLUEPAY_URL = "https://secure.bluepay.com/interfaces/"
@@ -30,8 +32,82 @@ MIN_KEY_RETENTION = 30 * 86400.0
 DEFAULT_KEY_RETENTION = 90 * 86400.0
 
 
+#: BLUEPAY_HASH_TYPE's values: the TAMPER_PROOF_SEAL algorithms worker/gateway/seal.py computes (config imports
+#: nothing of ours; tests/unit/test_config.py holds the two lists equal).
+HASH_TYPES = ("MD5", "SHA256", "SHA512", "HMAC_SHA256", "HMAC_SHA512")
+#: The default archive's file in PAYMENTS_DATA_DIR (an SQLite database).
+ARCHIVE_FILE = "archive.sqlite3"
+
+
+# ---- the gateway guard's settings (worker/guard/, docs/resilience.md) -------------------------------------------
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.IGNORECASE)
+_UNIT = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str, *, name: str = "GATEWAY_RATE_LIMIT") -> float:
+    """Requests per second of ``20/s``, ``600/m``, ``5/2s``; "" or "0" or "off": 0.0 (no limit)."""
+    if text.strip().lower() in ("", "0", "off", "none"):
+        return 0.0
+    match = _RATE.match(text)
+    if not match:
+        raise ValueError(f"{name}: {text!r} is not a rate (e.g. 20/s, 600/m, or off)")
+    count, per, unit = float(match.group(1)), int(match.group(2) or 1), _UNIT[match.group(3).lower()]
+    if count <= 0 or per <= 0:
+        raise ValueError(f"{name}: {text!r} must allow at least some requests (or say off)")
+    return count / (per * unit)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    #: bp10emu requests (charges, follow-ups) per second for one merchant, all workers together; 0: no limit
+    rate: float = 0.0
+    #: stq and daily-report requests per second (a bucket of their own, so reconciliation is never starved)
+    look_rate: float = 0.0
+    #: requests a bucket may hold up after an idle moment (the burst over the rate in any one-second window)
+    burst: int = 1
+    #: consecutive failures proving the gateway down that open the breaker; 0: no breaker
+    breaker_failures: int = 0
+    #: seconds the breaker stays open before one probe may go
+    cooldown: float = 30.0
+    #: how long the probe's place is kept if its process never settles it (dies): one attempt's timeouts
+    #: (worker/services.py sets it from GATEWAY_CONNECT_TIMEOUT + GATEWAY_READ_TIMEOUT)
+    probe_lease: float = 20.0
+    #: the longest one attempt waits in process for a token before it is re-queued instead (holds a worker slot)
+    max_wait: float = 0.5
+
+    @property
+    def on(self) -> bool:
+        return self.rate > 0 or self.look_rate > 0 or self.breaker_failures > 0
+
+    def check(self) -> GuardSettings:
+        if self.rate < 0 or self.look_rate < 0:
+            raise ValueError("GATEWAY_RATE_LIMIT / GATEWAY_STQ_RATE_LIMIT must be a rate or off")
+        if self.burst < 1:
+            raise ValueError(f"GATEWAY_RATE_BURST ({self.burst}) must be at least 1")
+        if self.breaker_failures < 0:
+            raise ValueError(f"GATEWAY_BREAKER_FAILURES ({self.breaker_failures}) must be 0 (off) or more")
+        if self.breaker_failures and self.cooldown <= 0:
+            raise ValueError(f"GATEWAY_BREAKER_COOLDOWN ({self.cooldown:g}s) must be more than 0")
+        if self.max_wait < 0:
+            raise ValueError(f"GATEWAY_THROTTLE_WAIT ({self.max_wait:g}s) must be 0 or more")
+        return self
+
+
 class ConfigError(ValueError):
     """A setting in the environment cannot be used."""
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """``"h1:26379, h2:26380"`` -> ``[("h1", 26379), ("h2", 26380)]``; ValueError naming a bad entry."""
+    out: list[tuple[str, int]] = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 def parse_duration(value: str | float | int, *, name: str = "duration") -> float:
@@ -59,8 +135,6 @@ def _int(name: str, default: int) -> int:
 
 
 def _hash_type_error(value: str) -> str | None:
-    from worker.gateway.seal import HASH_TYPES
-
     if value in HASH_TYPES:
         return None
     squeezed = re.sub(r"[-_ ]", "", value.upper())
@@ -77,6 +151,8 @@ def _url_error(name: str, url: str, schemes: tuple[str, ...]) -> str | None:
 
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: TRANS_SUBMIT_TIMESTAMP's time zone (US Central, worker/gateway/expiry.py): checked at start.
+SUBMIT_TIME_ZONE = "America/Chicago"
 
 
 @dataclass(frozen=True)
@@ -109,6 +185,9 @@ class Settings:
     outage_backoff_max: float = 60.0
     visibility_timeout: float = 300.0
     stale_auth_age: float = 7 * 86400.0
+    # AVS_POLICY / CVV2_POLICY: result codes that void an approved sale or auth at once (worker/payments/policy.py)
+    avs_policy: frozenset[str] = frozenset()
+    cvv2_policy: frozenset[str] = frozenset()
     sweep_interval: float = 300.0
     reconcile_after: float = 600.0
     # After this long an operation whose outcome stayed unknown is given a final state for a human.
@@ -123,6 +202,8 @@ class Settings:
     # How far the gateway's clock may differ from Redis's: a takeover waits this much longer than the expiry.
     clock_skew_margin: float = 60.0
     flower_basic_auth: str = field(default="", repr=False)
+    # The gateway's guard shared by every worker (worker/guard/, docs/resilience.md): rate limit and circuit breaker.
+    guard: GuardSettings = field(default_factory=GuardSettings)
     # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/payments/reconciliation.py; beat).
     reconcile_report_at: str = "02:00"
     # The worker's Prometheus endpoint (worker/ops/metrics.py): 0 = off; one port per worker process on a host.
@@ -194,9 +275,7 @@ class Settings:
     @property
     def archive_url(self) -> str:
         """PAYMENTS_ARCHIVE_URL, or the SQLite file ``archive.sqlite3`` in PAYMENTS_DATA_DIR."""
-        from worker.archive.db import sqlite_url_in
-
-        return self.archive_url_setting or sqlite_url_in(self.data_dir)
+        return self.archive_url_setting or f"sqlite:///{os.path.join(self.data_dir, ARCHIVE_FILE)}"
 
     @property
     def reconcile_report_time(self) -> tuple[int, int]:
@@ -210,15 +289,17 @@ class Settings:
         self.reconcile_report_time  # noqa: B018  (raises ConfigError when malformed)
         self._check_shapes()
         self._check_gateway()
-        from worker.redis_connections import check_settings
-
-        check_settings(self)
+        self._check_redis()
         if self.commit_horizon <= self.connect_timeout + self.read_timeout:
             raise ConfigError(
                 f"GATEWAY_COMMIT_HORIZON ({self.commit_horizon:g}s) must exceed the connect + read timeouts "
                 f"({self.connect_timeout + self.read_timeout:g}s): a request the client gave up on can commit later"
             )
         self._check_submit_expiry()
+        try:
+            self.guard.check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigError(f"WORKER_METRICS_PORT ({self.worker_metrics_port}) must be 0 (off) or a TCP port")
         if self.lease_seconds < 3:
@@ -262,6 +343,19 @@ class Settings:
                 (pair.partition(":") for pair in self.flower_basic_auth.split(","))):
             raise ConfigError("FLOWER_BASIC_AUTH must be user:password (comma-separated for several)")
 
+    def _check_redis(self) -> None:
+        """Sentinel and replica settings (worker/redis_connections.py uses them)."""
+        try:
+            sentinels = parse_sentinels(self.redis_sentinels)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if sentinels and not self.redis_master_name.strip():
+            raise ConfigError("REDIS_MASTER_NAME must name the master the sentinels monitor")
+        if self.min_replicas_ack < 0:
+            raise ConfigError("REDIS_MIN_REPLICAS_ACK must be 0 or more")
+        if self.min_replicas_ack and not 0 < self.replica_ack_timeout <= 60:
+            raise ConfigError("REDIS_REPLICA_ACK_TIMEOUT must be more than 0 and at most 60 s")
+
     def _check_gateway(self) -> None:
         """BluePay's settings: their shape, and LIVE mode never with the sandbox's demo account or over plain HTTP."""
         if self.bluepay_mode not in ("TEST", "LIVE"):
@@ -303,9 +397,7 @@ class Settings:
                 f"GATEWAY_CLOCK_SKEW_MARGIN ({self.clock_skew_margin:g}s), or a gateway clock that far ahead would "
                 "refuse every attempt as TRANSACTION TOO OLD")
         try:
-            from worker.gateway.expiry import CENTRAL
-
-            CENTRAL.utcoffset(None)
+            ZoneInfo(SUBMIT_TIME_ZONE)
         except Exception as exc:  # no time zone database: the stamps cannot be written in US Central time
             raise ConfigError(f"the America/Chicago time zone is needed for TRANS_SUBMIT_TIMESTAMP: {exc}") from None
 
@@ -339,6 +431,8 @@ class Settings:
                 outage_backoff_max=dur("OUTAGE_BACKOFF_MAX", d.outage_backoff_max),
                 visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
                 stale_auth_age=dur("STALE_AUTH_AGE", d.stale_auth_age),
+                avs_policy=parse_codes(_env("AVS_POLICY", ""), "AVS_POLICY"),
+                cvv2_policy=parse_codes(_env("CVV2_POLICY", ""), "CVV2_POLICY"),
                 sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
                 reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),
                 reconcile_give_up=dur("RECONCILE_GIVE_UP", d.reconcile_give_up),
@@ -359,10 +453,40 @@ class Settings:
                 archive_batch=_int("PAYMENTS_ARCHIVE_BATCH", d.archive_batch),
                 archive_per_sweep=_int("PAYMENTS_ARCHIVE_PER_SWEEP", d.archive_per_sweep),
                 result_expires=dur("RESULT_EXPIRES", "1d"),
+                guard=_guard_settings(dur),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return settings.check()
+
+
+def parse_codes(text: str | None, name: str) -> frozenset[str]:
+    """AVS_POLICY / CVV2_POLICY (worker/payments/policy.py): ``"N, A"`` or ``"NA"`` -> {"N", "A"}; "" -> no policy.
+    One code is one letter, digit or ``_`` (BluePay's AVS codes A-Z and 1-8, CVV2 M N P S U, ``_`` in TEST)."""
+    raw = (text or "").strip().upper()
+    if not raw:
+        return frozenset()
+    parts = [p for p in re.split(r"[\s,]+", raw) if p]
+    codes = list(parts[0]) if len(parts) == 1 else parts  # "NA" as AVS_ALLOWED writes it, or "N,A"
+    bad = [c for c in codes if not re.fullmatch(r"[A-Z0-9_]", c)]
+    if bad:
+        raise ValueError(f"{name}: {bad[0]!r} is not a result code (one letter, digit or _ each; e.g. {name}=N,A)")
+    return frozenset(codes)
+
+
+def _guard_settings(dur: Callable[[str, object], float]) -> GuardSettings:
+    """GATEWAY_RATE_LIMIT is every request's total: stq and the daily report take GATEWAY_STQ_RATE_LIMIT of it
+    (default a fifth), a bucket of their own so reconciliation is never starved by a backlog of charges."""
+    total = parse_rate(_env("GATEWAY_RATE_LIMIT", ""))
+    look = parse_rate(_env("GATEWAY_STQ_RATE_LIMIT", ""), name="GATEWAY_STQ_RATE_LIMIT") if _env(
+        "GATEWAY_STQ_RATE_LIMIT", "") else total / 5
+    if total and look >= total:
+        raise ValueError(f"GATEWAY_STQ_RATE_LIMIT ({look:g}/s) must be less than GATEWAY_RATE_LIMIT ({total:g}/s), "
+                         "its share of it")
+    return GuardSettings(rate=total - look if total else 0.0, look_rate=look, burst=_int("GATEWAY_RATE_BURST", 1),
+                         breaker_failures=_int("GATEWAY_BREAKER_FAILURES", 0),
+                         cooldown=dur("GATEWAY_BREAKER_COOLDOWN", "30s"),
+                         max_wait=dur("GATEWAY_THROTTLE_WAIT", "0.5s"))
 
 
 @lru_cache(maxsize=1)

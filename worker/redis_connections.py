@@ -1,10 +1,11 @@
 """Where Redis is: one node (``REDIS_URL``) or a Sentinel-managed group (``REDIS_SENTINELS``), for every user.
 
 Every process finds Redis through this module: the results store, locks and the sweep (:func:`store_client`),
-Celery's broker and result backend, so workers, beat, producers and Flower (:func:`celery_settings`), and the
-CLI's one-try probe (:func:`probe_client`). Under Sentinel each asks the sentinels for the current master on
-every (re)connect: redis-py's ``Sentinel.master_for`` for the store, kombu's ``sentinel://`` transport and
-Celery's Sentinel result backend for the rest, so a failover needs no restart of anything that reconnects.
+Celery's broker and result backend, so workers, beat, producers and Flower
+(``worker.broker.celeryconfig.celery_settings``), and the CLI's one-try probe (:func:`probe_client`). Under
+Sentinel each asks the sentinels for the current master on every (re)connect: redis-py's ``Sentinel.master_for``
+for the store, kombu's ``sentinel://`` transport and Celery's Sentinel result backend for the rest, so a failover
+needs no restart of anything that reconnects.
 
 Replication is asynchronous: a write the primary acknowledged can vanish with it in a failover. Where money
 depends on a write (the claim and the attempt journal before a gateway send, the outbox entry at publish),
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 import tenacity
@@ -23,12 +24,14 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from worker.config import parse_sentinels
+
 if TYPE_CHECKING:
     from worker.config import Settings
     from worker.store.lua import Function
 
-__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "parse_sentinels", "check_settings",
-           "uses_sentinel", "store_client", "probe_client", "celery_settings", "describe", "write_durably",
+__all__ = ["ReplicaAckTimeout", "NotEnoughReplicas", "SentinelConnection", "parse_sentinels",
+           "uses_sentinel", "store_client", "probe_client", "describe", "write_durably",
            "run_script_durably", "retry_not_durable", "database"]
 
 
@@ -72,19 +75,6 @@ class SentinelConnection(SentinelManagedConnection):
             raise
 
 
-def parse_sentinels(text: str) -> list[tuple[str, int]]:
-    """``"h1:26379, h2:26380"`` -> ``[("h1", 26379), ("h2", 26380)]``; ValueError naming a bad entry."""
-    out: list[tuple[str, int]] = []
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        host, sep, port = entry.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"REDIS_SENTINELS: {entry!r} is not host:port")
-        out.append((host.strip("[]"), int(port)))
-    return out
-
-
 def uses_sentinel(settings: Settings) -> bool:
     return bool(settings.redis_sentinels.strip())
 
@@ -93,21 +83,6 @@ def database(settings: Settings) -> int:
     """The database number: REDIS_URL's path (``/3``), also under Sentinel."""
     path = urlsplit(settings.redis_url).path.strip("/")
     return int(path) if path.isdigit() else 0
-
-
-def check_settings(settings: Settings) -> None:
-    from worker.config import ConfigError
-
-    try:
-        sentinels = parse_sentinels(settings.redis_sentinels)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if sentinels and not settings.redis_master_name.strip():
-        raise ConfigError("REDIS_MASTER_NAME must name the master the sentinels monitor")
-    if settings.min_replicas_ack < 0:
-        raise ConfigError("REDIS_MIN_REPLICAS_ACK must be 0 or more")
-    if settings.min_replicas_ack and not 0 < settings.replica_ack_timeout <= 60:
-        raise ConfigError("REDIS_REPLICA_ACK_TIMEOUT must be more than 0 and at most 60 s")
 
 
 def describe(settings: Settings) -> str:
@@ -155,34 +130,6 @@ def probe_client(settings: Settings) -> redis.Redis:
 
 
 # ---- Celery: broker, result backend (workers, beat, producers, Flower) -----------------------------------
-def celery_settings(settings: Settings) -> dict[str, Any]:
-    """``broker_url``, ``result_backend`` and the Sentinel transport options to merge into celeryconfig's."""
-    if not uses_sentinel(settings):
-        return {"broker_url": settings.redis_url, "result_backend": settings.redis_url,
-                "broker_transport_options": {}, "result_backend_transport_options": {},
-                "broker_channel_error_retry": False, "broker_transport": None}
-    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
-    db = database(settings)
-    # kombu and Celery take the master's password from the first URL, the sentinels' from sentinel_kwargs.
-    url = ";".join(f"sentinel://{auth}{_host(h)}:{p}/{db}" for h, p in parse_sentinels(settings.redis_sentinels))
-    options: dict[str, Any] = {"master_name": settings.redis_master_name}
-    if settings.redis_sentinel_password:
-        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
-    # A demoted or cut-off primary answers READONLY / NOREPLICAS, which kombu counts as channel errors: the worker's
-    # consumer reconnects (through the sentinels) instead of stopping (celery#7946; the workaround celery#6348 cites).
-    from worker.broker.sentinel import install
-
-    install()  # sentinel:// is kombu's Sentinel transport over SentinelConnection, in this process
-    return {"broker_url": url, "result_backend": f"worker.broker.sentinel:SentinelBackend+{url}",
-            "broker_transport": None,
-            "broker_transport_options": dict(options), "result_backend_transport_options": dict(options),
-            "broker_channel_error_retry": True}
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 # ---- durable writes ------------------------------------------------------------------------------------
 def write_durably(client: redis.Redis, what: str, queue: Callable[[Any], None], *, replicas: int,
                   timeout: float) -> list[Any]:

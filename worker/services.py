@@ -15,6 +15,7 @@ import redis
 from celery import current_app
 
 from worker.config import Settings, get_settings
+from worker.payments.policy import ChargePolicy
 
 
 class Services:
@@ -51,8 +52,24 @@ class Services:
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
             on_failure=MisconfigurationReporter(s),
+            guard=self.guard,
             **({"observer": self.metrics} if self.metrics is not None else {}),
         )
+
+    @cached_property
+    def guard(self):
+        """The gateway's rate limit and circuit breaker shared by every worker (worker/guard/), or None: both off."""
+        if not self.settings.guard.on:
+            return None
+        import dataclasses
+
+        from worker.guard import RedisGuard
+
+        s = self.settings
+        # the probe's place is kept for one attempt's timeouts: a probe whose process died frees it then
+        settings = dataclasses.replace(s.guard, probe_lease=s.connect_timeout + s.read_timeout + 5)
+        return RedisGuard(self.redis, prefix=s.key_prefix, merchant="default", settings=settings,
+                          observer=self.metrics)
 
     @cached_property
     def metrics(self):
@@ -91,6 +108,7 @@ class Services:
                            lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
                            operation_budget=s.operation_budget, call_budget=s.call_budget,
                            expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
+                           policy=ChargePolicy(s.avs_policy, s.cvv2_policy),
                            **({"observer": self.metrics} if self.metrics is not None else {}))
 
 

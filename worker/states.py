@@ -56,6 +56,9 @@ class CannotTell:
     """stq gave no usable answer (failed, unauthenticated, or a row of another type)."""
 
     reason: str = ""
+    #: seconds after which asking makes sense again when the shared guard held the lookup back (worker/guard/:
+    #: breaker open, rate limit): stq was not asked at all, so it is no try of the sweep's
+    held_for: float | None = None
 
 
 ABSENT = Absent()

@@ -69,6 +69,7 @@ Already Captured|Already Voided|Amount may not be zero.|APPROVED|Approved|Approv
 Approved Return|Approved Sale|Approved Void|Declined Auth|Declined Sale|Can only REFUND or VOID approved transactions|
 Cannot CAPTURE Zero AUTH|Cannot VOID a CAPTURED AUTH (void the CAPTURE instead).|Cannot VOID except for full amount.|
 CARD ACCOUNT NOT VALID|COULD NOT LOCATE ORIGINAL TRANSACTION|Card Expired|DECLINED|Decline|DUPLICATE|
+Error reading master transaction|
 Expiration date required for CREDIT|Expired Card|INFORMATION STORED|Invalid CVV2|Invalid transaction type.|
 MISSING PAYMENT ACCOUNT|Master ID required for UPDATE|Master ID required for VOID|Master ID required for CAPTURE|
 Need voice auth code to CAPTURE this AUTH|

@@ -56,8 +56,13 @@ def test_every_bp10emu_message_is_one_bluepay_lists(sb):
     sale = send(sb, "SALE", "3.00")
     void = send(sb, "VOID", "", sale["RRNO"])
     declined_auth = send(sb, "AUTH", "4.00")
+    stored = send(sb, "AUTH", "0.00")
     extra = {"void-of-void": send(sb, "VOID", "", void["RRNO"]),
-             "capture-declined": send(sb, "CAPTURE", "", declined_auth["RRNO"])}
+             "capture-declined": send(sb, "CAPTURE", "", declined_auth["RRNO"]),
+             "capture-zero-auth": send(sb, "CAPTURE", "", stored["RRNO"]),
+             "token-sale": send(sb, "SALE", "3.00", stored["RRNO"], card=False),  # docs/tokens.md
+             "unknown-token": send(sb, "SALE", "3.00", "999999999999", card=False),
+             "unknown-customer-token": send(sb, "SALE", "3.00", card=False, CUST_TOKEN="nobody")}
     for kind, pairs in {**_every_bp10emu_reply(sb), **extra}.items():
         message = pairs["MESSAGE"]
         assert message in C.MESSAGES or any(re.fullmatch(p, message) for p in C.MESSAGE_PATTERNS), (kind, message)

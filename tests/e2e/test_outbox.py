@@ -6,6 +6,8 @@ import uuid
 from tasks import sale
 from tests.support.env import E2E_REDIS_URL, TEST_CARD
 from tests.support.workers import running_worker, worker_env
+from worker.broker.app import current_payments_app
+from worker.broker.outbox import AppPublisher
 from worker.config import Settings
 from worker.payments.sweep import run_sweep
 from worker.services import Services, services
@@ -29,7 +31,7 @@ def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celer
     sweeper = Services(Settings(redis_url=E2E_REDIS_URL, bluepay_url=sandbox.interfaces_url,
                                 bluepay_account_id=sandbox.account_id, bluepay_secret_key=sandbox.secret_key,
                                 reconcile_after=3600, visibility_timeout=60))
-    report = run_sweep(sweeper)
+    report = run_sweep(sweeper, publisher=_publisher())
     assert report.get("outbox_republished", 0) >= 1
     outcome = result.get(timeout=30)
     assert outcome["status"] == "APPROVED" and outcome["payment_id"] == key
@@ -59,11 +61,16 @@ def test_an_entry_kept_after_its_payment_ran_is_dropped_by_the_sweep_not_publish
     sweeper = Services(Settings(redis_url=E2E_REDIS_URL, bluepay_url=sandbox.interfaces_url,
                                 bluepay_account_id=sandbox.account_id, bluepay_secret_key=sandbox.secret_key,
                                 reconcile_after=3600, visibility_timeout=60))
-    report = run_sweep(sweeper)
+    report = run_sweep(sweeper, publisher=_publisher())
     assert report.get("outbox_finished") == 1 and "outbox_republished" not in report, report
     assert e2e_redis.hget(store.keys.outbox, result.id) is None
     assert e2e_redis.zscore(store.keys.outbox_ts, result.id) is None
     assert len([e for e in sandbox.ledger(order_id=key) if e["trans_type"] == "SALE"]) == 1
+
+
+def _publisher() -> AppPublisher:
+    """The producer's app (``from tasks import sale``) publishes lost messages again, as the sweep task's does."""
+    return AppPublisher(current_payments_app())
 
 
 def _sweeper(sandbox) -> Services:
@@ -84,7 +91,7 @@ def test_a_backlog_still_in_its_queue_is_not_published_again_by_due_sweeps(sandb
     for _ in range(3):  # three due sweeps while no worker reads the queue
         for r in results:
             e2e_redis.zadd(store.keys.outbox_ts, {r.id: 1})  # each entry older than the due age
-        report = run_sweep(_sweeper(sandbox))
+        report = run_sweep(_sweeper(sandbox), publisher=_publisher())
         assert report.get("outbox_still_queued") == n and "outbox_republished" not in report, report
         assert e2e_redis.llen(queue) == n  # not multiplied
     log = tmp_path / "drain.log"
@@ -108,12 +115,12 @@ def test_a_message_held_unacknowledged_is_not_published_again(sandbox, e2e_redis
     e2e_redis.hset("unacked", "tag-" + result.id, json.dumps([json.loads(raw), "", queue]))
     try:
         e2e_redis.zadd(store.keys.outbox_ts, {result.id: 1})
-        report = run_sweep(_sweeper(sandbox))
+        report = run_sweep(_sweeper(sandbox), publisher=_publisher())
         assert report.get("outbox_still_queued") == 1 and "outbox_republished" not in report, report
         # once it is gone from the hash as well (acknowledged by a worker that then died: lost), it is published
         e2e_redis.hdel("unacked", "tag-" + result.id)
         e2e_redis.zadd(store.keys.outbox_ts, {result.id: 1})
-        report = run_sweep(_sweeper(sandbox))
+        report = run_sweep(_sweeper(sandbox), publisher=_publisher())
         assert report.get("outbox_republished") == 1, report
     finally:
         e2e_redis.hdel("unacked", "tag-" + result.id)

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.card_scan import scan_text
 from tests.support.console import USERS, ConsoleClient, running_console
@@ -119,6 +120,20 @@ def test_a_payment_is_found_by_id_key_trans_id_invoice_and_card_amount_day(world
     assert c.get("/payments/never-was").status_code == 404
 
 
+def test_the_story_links_a_sale_and_its_void_both_ways(world) -> None:
+    pid = "chain-" + uuid.uuid4().hex[:10]
+    sold = world.flow.charge("sale", pid, amount="3.10", card=CARD)
+    voided = world.flow.void_after(sold)
+    assert sold["status"] == "APPROVED" and voided["status"] == "APPROVED", (sold, voided)
+    c = world.client("vic")
+    sale_page = c.get(f"/payments/{pid}").text
+    chain = sale_page[sale_page.index("Follow-ups and chain"):sale_page.index("Reconciliation</h2>")]
+    assert f'href="/payments/{voided["payment_id"]}"' in chain and voided["trans_id"] in chain
+    assert "VOIDED" in sale_page
+    void_page = c.get(f"/payments/{voided['payment_id']}").text
+    assert f'href="/payments/{pid}"' in void_page[void_page.index("Follow-ups and chain"):]
+
+
 def test_an_operator_resolves_a_needs_human_payment_a_viewer_and_a_forged_form_cannot(world) -> None:
     pid = world.needs_human()
     viewer = world.client("vic")
@@ -162,8 +177,30 @@ def test_an_operator_runs_the_sweep_for_one_unknown_payment(world) -> None:
     assert done.status_code == 200 and "reconcile_adopted=1" in done.text and "by olga" in done.text
     record = world.store.get(pid)
     assert record["status"] == "APPROVED" and record["trans_id"] == charged["id"]
+    page = world.client("vic").get(f"/payments/{pid}").text
+    lookups = page[page.index("stq lookups"):page.index("Follow-ups and chain")]
+    assert "adopted from stq" in lookups and "settled by: stq" in lookups
     assert "nothing was due" in world.client("olga").post(f"/payments/{pid}/sweep", {}).text
     assert world.client("vic").post(f"/payments/{pid}/sweep", {}).status_code == 403
+
+
+def test_the_story_shows_the_webhook_deliveries_of_the_payments_events(world) -> None:
+    from tests.support.ports import closed_port
+    from worker.webhooks.deliverer import Deliverer
+    from worker.webhooks.endpoints import Endpoints
+    from worker.webhooks.keys import WebhookKeys
+    from worker.webhooks.settings import WebhookSettings
+
+    client, prefix = world.store.redis, world.store.prefix
+    endpoint, _secret = Endpoints(client, WebhookKeys(prefix)).add(f"http://127.0.0.1:{closed_port()}/hook",
+                                                                   now=world.store.now())
+    pid = "hook-" + uuid.uuid4().hex[:10]
+    assert world.flow.charge("sale", pid, amount="3.00", card=CARD)["status"] == "APPROVED"
+    Deliverer(client, WebhookSettings(timeout=1.0), prefix=prefix).drain(seconds=5)  # refused: due again later
+    page = world.client("vic").get(f"/payments/{pid}").text
+    section = page[page.index("Webhook deliveries"):]
+    row = section[:section.index("</table>")]
+    assert endpoint.id in row and "pending" in row and "<td>1</td>" in row
 
 
 def test_actions_are_rate_limited_per_user(world) -> None:
@@ -190,6 +227,16 @@ def test_the_trusted_proxy_header_is_off_by_default_and_believed_only_when_set(w
         # (this console's own limits) failed logins are throttled: after 10, even the right password waits
         assert [c.login("vic", "wrong-password").status_code for _ in range(10)] == [401] * 10
         assert c.login("vic").status_code == 429
+
+
+def test_the_health_probe_says_503_when_redis_cannot_be_reached(world, tmp_path) -> None:
+    from tests.support.console import start_console
+    from tests.support.ports import closed_port
+
+    env = dict(world.env, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    with start_console(env, tmp_path, users={}) as url:
+        reply = requests.get(url + "/healthz", timeout=10)
+        assert reply.status_code == 503 and reply.text == "redis unreachable\n"
 
 
 def test_adduser_reads_the_password_from_standard_input_and_keeps_only_its_hash(tmp_path) -> None:

@@ -17,11 +17,11 @@ import pytest
 import redis
 
 from tests.support.sentinel import SentinelGroup
+from worker.broker.celeryconfig import celery_settings
 from worker.config import Settings
 from worker.redis_connections import (
     NotEnoughReplicas,
     ReplicaAckTimeout,
-    celery_settings,
     probe_client,
     store_client,
     write_durably,

@@ -56,11 +56,23 @@ def test_a_token_sale_sends_no_card_data(sb, client):
     assert not {"CC_NUM", "CC_EXPIRES", "CVCCVV2", "PAYMENT_TYPE"} & set(fields)
 
 
-def test_an_unknown_token_is_an_error_answer(client):
+@pytest.mark.parametrize("answer,message", [("error_reading", "Error reading master transaction"),
+                                            ("could_not_locate", "COULD NOT LOCATE ORIGINAL TRANSACTION")])
+def test_an_unknown_token_is_an_error_answer_whichever_message(sb, client, answer, message):
+    sb.set_dialect(unknown_token=answer)
+    try:
+        with pytest.raises(Rejected) as raised:
+            client.sale("3.00", token="999999999999", order_id=order())
+    finally:
+        sb.set_dialect(unknown_token="error_reading")
+    assert raised.value.response.status == "ERROR" and raised.value.response.message == message
+
+
+def test_a_stored_card_auth_cannot_be_captured(client):
+    stored = stored_card(client)
     with pytest.raises(Rejected) as raised:
-        client.sale("3.00", token="999999999999", order_id=order())
-    assert raised.value.response.status == "ERROR"
-    assert raised.value.response.message == "COULD NOT LOCATE ORIGINAL TRANSACTION"
+        client.capture(stored.trans_id, order_id=order())
+    assert raised.value.response.message == "Cannot CAPTURE Zero AUTH"
 
 
 def test_a_token_sale_can_be_voided(client):

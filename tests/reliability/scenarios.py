@@ -107,6 +107,14 @@ def settings_for(redis_url: str, sandbox, prefix: str, **overrides) -> Settings:
     return dataclasses.replace(s, **overrides)
 
 
+def _publisher():
+    """What the sweep task hands in: the current payments app publishes lost messages again."""
+    from worker.broker.app import current_payments_app
+    from worker.broker.outbox import AppPublisher
+
+    return AppPublisher(current_payments_app())
+
+
 def services_for(settings: Settings):
     from worker.services import Services
 
@@ -650,7 +658,7 @@ def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.
             report.details["left_at_timeout"] = left[:20]
             break
         if left and quiet_since and now - quiet_since >= quiet_for:
-            result = run_sweep(svc)
+            result = run_sweep(svc, publisher=_publisher())
             sweeps.update({k: v for k, v in result.items() if isinstance(v, int) and not isinstance(v, bool)})
             sweeps["runs"] += 1
             if log:
@@ -879,7 +887,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                     time.sleep(1)
                 try:
                     report.details["sweep_during_faults"] = run_sweep(services_for(settings_for(
-                        redis_url, sandbox, prefix, reconcile_after=0.5)))
+                        redis_url, sandbox, prefix, reconcile_after=0.5)), publisher=_publisher())
                 except Exception as exc:
                     report.problem(f"a sweep during gateway faults raised {type(exc).__name__}: {exc}")
             if faults:
@@ -1122,7 +1130,8 @@ def _sweep_under(prefix: list[str], env: dict, *, reconcile_after: float = 1.0) 
     code = ("import dataclasses, json; from worker.config import get_settings; from worker.services import Services; "
             "from worker.payments.sweep import run_sweep; "
             f"s = dataclasses.replace(get_settings(), reconcile_after={reconcile_after!r}); "
-            "print(json.dumps(run_sweep(Services(s)), default=str))")
+            "from worker.broker.app import default_app; from worker.broker.outbox import AppPublisher; "
+            "print(json.dumps(run_sweep(Services(s), publisher=AppPublisher(default_app())), default=str))")
     out = subprocess.run([*prefix, sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -1467,7 +1476,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
             sandbox.set_faults({"probabilities": {"http_502": 1.0}, "endpoints": ["bp10emu", "stq"]})
             try:
                 report.details["sweep_while_gateway_fails"] = run_sweep(
-                    services_for(settings_for(redis_url, sandbox, prefix, stale_auth_age=1.0)))
+                    services_for(settings_for(redis_url, sandbox, prefix, stale_auth_age=1.0)), publisher=_publisher())
             except Exception as exc:
                 report.problem(f"a sweep while the gateway fails raised {type(exc).__name__}: {exc}")
             if any(e["trans_type"] == "VOID" for e in sandbox.ledger()):
@@ -1481,7 +1490,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
                 if ignore_lock:
                     s.store.locks.acquire = lambda name, ttl_seconds: "ignored"
                 try:
-                    results.append(run_sweep(s))
+                    results.append(run_sweep(s, publisher=_publisher()))
                 except Exception as exc:  # a sweep must never fail on what another sweep is doing
                     errors.append(f"sweep raised {type(exc).__name__}: {exc}")
 

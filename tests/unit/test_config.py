@@ -344,3 +344,11 @@ def test_the_flow_gets_the_expiry_and_margin():
 
     flow = Services(Settings(submit_expiry=120.0, clock_skew_margin=15.0)).flow
     assert flow.expire_minutes == 2 and flow.skew_margin == 15.0
+
+
+def test_the_hash_types_config_accepts_are_the_ones_the_gateway_computes():
+    # config imports nothing of ours (tests/unit/test_import_rules.py), so it names them itself
+    from worker.config import HASH_TYPES
+    from worker.gateway.seal import HASH_TYPES as COMPUTED
+
+    assert HASH_TYPES == COMPUTED

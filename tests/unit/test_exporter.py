@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.support.redis_store import StoreUnderTest, new_store
 from worker.config import Settings
+from worker.guard import GuardSettings
 from worker.ops.exporter import PaymentsCollector
 from worker.ops.metrics import WorkerMetrics
 
@@ -82,7 +83,35 @@ def retention_counters() -> set[str]:
 
 def served() -> set[str]:
     exported = names(exported_text(new_store(), {"queues": {"celery": 0}, "unacked": 0}))
-    return exported | names(worker_text()) | retention_counters()
+    return exported | names(worker_text()) | names(breaker_text()) | retention_counters()
+
+
+class OpenBreakerRedis:
+    """The two reads the breaker gauge makes (worker/guard/shared.py: breaker_state), of a breaker open 10 s more."""
+
+    def hmget(self, key: str, *fields: str) -> list[str]:
+        assert key == "payments:guard:default:breaker" and fields == ("state", "failures", "open_until", "opened")
+        return ["open", "5", "1010.0", "3"]
+
+    def time(self) -> tuple[int, int]:
+        return 1000, 0
+
+
+def breaker_text() -> str:
+    settings = Settings(guard=GuardSettings(breaker_failures=5))
+    registry = CollectorRegistry(auto_describe=False)
+    svc = types.SimpleNamespace(settings=settings, redis=OpenBreakerRedis())
+    registry.register(PaymentsCollector(svc, None, read=lambda: dict(
+        new_store().health.snapshot(stale_auth_age=1.0), broker={"queues": {}, "unacked": 0})))
+    return generate_latest(registry).decode()
+
+
+def test_the_exporter_shows_the_shared_breaker_when_it_is_on():
+    text = breaker_text()
+    assert 'payments_gateway_breaker_state{merchant="default"} 2.0' in text
+    assert 'payments_gateway_breaker_opened_total{merchant="default"} 3.0' in text
+    assert "payments_gateway_breaker_state" not in exported_text(new_store(),
+                                                                 {"queues": {}, "unacked": 0})
 
 
 def test_the_exporter_reports_redis_memory_and_its_limits():

@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from worker.cards import numbers as C
+from worker.gateway import card_numbers as C
 from worker.gateway import protocol as P
 from worker.gateway import scrub as S
 from worker.gateway import validation as V

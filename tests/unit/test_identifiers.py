@@ -27,7 +27,7 @@ import celery
 import pytest
 from celery import Celery, chain, group
 
-from tasks.payments import sale
+from tasks import sale
 from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply

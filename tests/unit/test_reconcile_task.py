@@ -9,7 +9,7 @@ from celery.exceptions import Retry
 from celery.schedules import crontab
 
 from celeryconfig import config_for
-from tasks.reconciliation import RETRY_EVERY, reconcile_report
+from tasks.reconciliation import RETRY_EVERY
 from tests.support.redis_store import StoreUnderTest, new_store
 from tests.support.unit_services import UnitServices
 from tests.unit.test_reconcile import FakeReportGateway, row
@@ -39,8 +39,8 @@ def services(gateway) -> tuple[UnitServices, StoreUnderTest]:
 def test_the_task_reconciles_yesterday_and_keeps_it() -> None:
     gateway = FakeReportGateway([row(order_id="walk-in")])
     svc, _ = services(gateway)
-    with current(create_app(Settings(), services=svc)):
-        summary = reconcile_report.apply().get()
+    with current(create_app(Settings(), services=svc)) as app:
+        summary = app.tasks["payments.reconcile_report"].apply().get()
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     assert gateway.reports == [(yesterday, yesterday + timedelta(days=1), settled) for settled in (False, True)]
     assert summary["day"] == yesterday.isoformat() and summary["differences"] == 1 and "findings" not in summary
@@ -50,8 +50,8 @@ def test_the_task_reconciles_yesterday_and_keeps_it() -> None:
 def test_a_report_that_cannot_be_had_is_asked_for_again_later() -> None:
     gateway = FakeReportGateway([row()], fail_after=0, failure=ReportIncomplete("cut"))
     svc, _ = services(gateway)
-    with current(create_app(Settings(), services=svc)), pytest.raises(Retry) as retry:
-        reconcile_report.apply(kwargs={"day": "2025-06-15"}, throw=True)
+    with current(create_app(Settings(), services=svc)) as app, pytest.raises(Retry) as retry:
+        app.tasks["payments.reconcile_report"].apply(kwargs={"day": "2025-06-15"}, throw=True)
     assert retry.value.when == RETRY_EVERY and gateway.reports[0][0] == date(2025, 6, 15)
     assert svc.reconciliations.kept("2025-06-15") is None  # type: ignore[attr-defined]
 
@@ -66,11 +66,11 @@ def test_a_worker_serving_metrics_counts_each_day_and_its_differences(monkeypatc
     metrics = WorkerMetrics(registry)
     monkeypatch.setattr(worker.ops.metrics, "observer", lambda: metrics)
     svc, _ = services(FakeReportGateway([row(order_id="walk-in"), row(trans_id="100000000009", order_id="other")]))
-    with current(create_app(Settings(), services=svc)):
-        reconcile_report.apply(kwargs={"day": "2025-06-15"}).get()
+    with current(create_app(Settings(), services=svc)) as app:
+        app.tasks["payments.reconcile_report"].apply(kwargs={"day": "2025-06-15"}).get()
     broken, _ = services(FakeReportGateway([row()], fail_after=0))
-    with current(create_app(Settings(), services=broken)), pytest.raises(Retry):
-        reconcile_report.apply(kwargs={"day": "2025-06-15"}, throw=True)
+    with current(create_app(Settings(), services=broken)) as app, pytest.raises(Retry):
+        app.tasks["payments.reconcile_report"].apply(kwargs={"day": "2025-06-15"}, throw=True)
 
     def value(name: str, **labels: str) -> float:
         return registry.get_sample_value(name, labels) or 0.0

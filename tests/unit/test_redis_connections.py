@@ -5,8 +5,9 @@ import dataclasses
 
 import pytest
 
+from worker.broker.celeryconfig import celery_settings
 from worker.config import ConfigError, Settings
-from worker.redis_connections import celery_settings, describe, parse_sentinels
+from worker.redis_connections import describe, parse_sentinels
 
 SENTINEL = dataclasses.replace(Settings(), redis_url="redis://ignored:1/4", redis_sentinels="10.0.0.1:26379, s2:26380",
                                redis_master_name="pay", redis_password="p@ss:/", redis_sentinel_password="sp")

@@ -15,7 +15,8 @@ import pytest
 import redis
 from celery.exceptions import MaxRetriesExceededError, Retry, SoftTimeLimitExceeded
 
-from tasks.payments import MAX_BUSY_RETRIES, auth, outage_countdown, refund, sale, void
+from tasks import auth, refund, sale, void
+from tasks.payments import MAX_BUSY_RETRIES, outage_countdown
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, reply
 from tests.support.redis_store import StoreUnderTest, new_store

@@ -97,3 +97,33 @@ def test_event_ids_are_one_per_audit_entry_and_never_card_like():
 
     ids = {event_id(f"{ms}-{seq}") for ms in (1796679738299, 4111111111111) for seq in (0, 1, 11)}
     assert len(ids) == 6 and not any(contains_card_number(i) for i in ids)
+
+
+def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status_asks_for_a_human():
+    import types
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from worker.config import Settings
+    from worker.ops.exporter import PaymentsCollector
+    from worker.ops.monitor import attention
+    from worker.ops.status import _webhooks_line
+
+    hooks = {"undelivered": 3, "oldest_undelivered_age": 42.0, "failed": 2,
+             "stats": {"delivered": 7, "failed_attempts": 4, "exhausted": 1, "abandoned": 1, "events": 9}}
+    from tests.support.redis_store import new_store
+
+    store = new_store()
+    found = dict(store.health.snapshot(stale_auth_age=1.0), broker={"queues": {"celery": 0}, "unacked": 0},
+                 webhooks=hooks, sweep={"finished": store.clock()})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PaymentsCollector(types.SimpleNamespace(settings=Settings()), None, read=lambda: found))
+    text = generate_latest(registry).decode()
+    for line in ('payments_webhook_deliveries_total{result="delivered"} 7.0',
+                 'payments_webhook_deliveries_total{result="failed_attempt"} 4.0',
+                 'payments_webhook_deliveries_total{result="exhausted"} 1.0', "payments_webhook_events_total 9.0",
+                 "payments_webhook_undelivered 3.0", "payments_webhook_oldest_undelivered_age_seconds 42.0",
+                 "payments_webhook_failed 2.0"):
+        assert line in text, line
+    assert any("2 webhook deliveries failed" in a for a in attention(found, Settings()))
+    assert _webhooks_line(hooks) == "webhooks     3 undelivered (oldest 42s), 2 failed for good"

@@ -23,10 +23,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from worker.archive import migrate
 from worker.archive.schema import audit, history, operations
+from worker.config import Settings
 
 __all__ = ["Archive", "ArchiveUnavailable", "sqlite_url_in"]
 
-ARCHIVE_FILE = "archive.sqlite3"
 # Statements stay below SQLite's bound-parameter limit (32,766) whatever the batch size.
 _CHUNK = 500
 
@@ -37,7 +37,7 @@ class ArchiveUnavailable(RuntimeError):
 
 def sqlite_url_in(data_dir: str) -> str:
     """The default archive: an SQLite file in the data directory."""
-    return f"sqlite:///{os.path.join(data_dir, ARCHIVE_FILE)}"
+    return Settings(data_dir=data_dir).archive_url
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -7,7 +7,11 @@ every ``payments.sale``/``payments.auth`` in the message (its own and every embe
 ``link``, ``link_error``, group and chord members) is sealed with the card vault, card data anywhere else is
 refused with :class:`worker.cards.numbers.CardDataRefused` before anything reaches the broker, and
 ``argsrepr``/``kwargsrepr`` (what task events, Flower and ``inspect`` show) are masked. ``republish`` (the
-outbox) runs the same code over the stored body.
+outbox, worker/broker/outbox.py) runs the same code over the stored body.
+
+Nothing is built at import: :func:`create_app` is the composition root (configures an app from settings, registers
+the tasks, connects the signal handlers once per process); ``worker.app`` / :func:`default_app` is the environment's
+app, built on first use (``celery -A worker``, ``from tasks import sale; sale.delay(...)``).
 """
 from __future__ import annotations
 
@@ -16,18 +20,24 @@ import inspect
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from functools import cache, cached_property
 from typing import Any
 
 import celery
 from celery import Celery, bootsteps, signals
 from celery.app.amqp import AMQP
 
+from worker.broker import one_trip, outbox
+from worker.broker.celeryconfig import config_for
 from worker.cards.messages import seal_publish
 from worker.catalogue import OUTBOX_TASKS
-from worker.config import Settings
+from worker.config import Settings, get_settings
 from worker.redis_connections import ReplicaAckTimeout, retry_not_durable
 from worker.services import ProcessServices, Services, attach, services, services_of
+from worker.tasks import payments as payment_tasks
+from worker.tasks import reconciliation as reconciliation_tasks
+from worker.tasks import webhooks as webhook_tasks
 
 # as_task_v2's positional parameters after (task_id, name, args, kwargs): Celery's send_task passes
 # countdown ... chain positionally.
@@ -62,7 +72,11 @@ class SealingAMQP(AMQP):
             previous, _publishing.app = getattr(_publishing, "app", None), app
             _publishing.not_durable = None
             try:
-                sent = send(*args, **kwargs)
+                name = args[1] if len(args) > 1 else kwargs.get("name")
+                if name in OUTBOX_TASKS:  # message, outbox entry and task-sent event in one round trip
+                    sent = one_trip.publish(send, lambda: services_of(app).store, args, kwargs)
+                else:
+                    sent = send(*args, **kwargs)
             finally:
                 _publishing.app = previous
             if _publishing.not_durable is not None:  # the outbox entry could vanish in a failover: say so
@@ -90,26 +104,74 @@ class PaymentsCelery(Celery):
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None, main: str = "payments",
                set_as_current: bool = False) -> Celery:
-    """The composition root: a payments Celery app configured for ``settings`` (None: the environment's, through
-    ``worker.broker.celeryconfig``), with its own services (``services``: these instead of the ones built from the
-    settings),
-    the worker steps below, and the payment tasks: ``app.tasks["payments.sale"]`` is a task of this app, running
-    over this app's services (``from worker.tasks import sale`` stays ``worker.app``'s, whatever app is current)."""
+    """The composition root: a payments Celery app configured for ``settings`` (None: the environment's), with its
+    own services (``services``: these instead of the ones built from the settings), the worker steps below, and the
+    payment tasks: ``app.tasks["payments.sale"]`` is a task of this app, running over this app's services
+    (``from worker.tasks import sale`` stays ``worker.app``'s, whatever app is current). The signal handlers (outbox,
+    log scrubbing, metrics, start-up checks) are connected once per process, by the first app made."""
     app = PaymentsCelery(main, amqp=SealingAMQP, set_as_current=set_as_current)
     if settings is None:
-        app.config_from_object("worker.broker.celeryconfig")
+        # Read when the configuration is first used, as Celery reads a config module: Flower's refusal to start
+        # without authentication (worker/ops/flower.py) then comes before any other settings error.
+        app.config_from_object(_EnvironmentConfig())
     else:
-        from worker.broker.celeryconfig import config_for
-
         app.conf.update(config_for(settings))
     attach(app, ProcessServices(settings, given=services))
     app.steps["worker"].add(GreenPoolPrefetch)
     app.steps["worker"].add(BrokerConnectionsForConcurrency)
     app.steps["worker"].add(LeanUnackedBookkeeping)
     app.steps["consumer"].add(TaskEventBuffer)
-    if "app" in globals():  # not worker.app itself: worker/tasks/payments.py defines the tasks on worker.app
-        import worker.tasks  # noqa: F401  (its tasks are shared: this app gets its own copies when it is finalized)
+    payment_tasks.TASKS.register(app)
+    reconciliation_tasks.TASKS.register(app)
+    webhook_tasks.TASKS.register(app)
+    _connect_signals()
     return app
+
+
+class _EnvironmentConfig(Mapping[str, Any]):
+    """``config_for`` of the environment's settings, computed on first read."""
+
+    @cached_property
+    def _values(self) -> dict[str, Any]:
+        return config_for(get_settings())
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+_default_lock = threading.Lock()
+
+
+def default_app() -> Celery:
+    """The app of ``celery -A worker`` and of producers (``worker.app``), configured from the environment; built on
+    first use, once per process, and made Celery's current app."""
+    with _default_lock:
+        return _build_default_app()
+
+
+@cache
+def _build_default_app() -> Celery:
+    app = create_app(set_as_current=True)
+    if "flower.command" in sys.modules:
+        # Loaded by Flower's command (celery -A worker flower, python -m flower; Celery's CLI loads its plugin
+        # commands before the app): lock Flower from the package, whatever the working directory
+        # (worker/ops/flower.py).
+        from worker.ops.flower import install as lock_flower
+
+        lock_flower()
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # ``from worker.broker.app import app``: the default app, built on first use
+        return default_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -241,7 +303,6 @@ class TaskEventBuffer(bootsteps.StartStopStep):
 # too long again.
 
 
-@signals.after_task_publish.connect(weak=False)
 def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[str, Any] | None = None,
                     exchange: str | None = None, routing_key: str | None = None, **_: Any) -> None:
     # Every payment message is kept: its cards are sealed and card data elsewhere was refused before it
@@ -256,12 +317,14 @@ def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[s
     store = None
     try:
         store = services_of(publisher).store
+        message = {"name": sender, "body": list(body), "headers": headers,
+                   "exchange": exchange or "", "routing_key": routing_key or ""}
+        if one_trip.keep_in_batch(headers["id"], message):  # in the publish's own pipeline, after the message
+            return
         # Under REDIS_MIN_REPLICAS_ACK the entry (and the message before it) must reach a replica: retried as the
         # publish retry policy says, then the publish raises ReplicaAckTimeout (send_task_message above).
-        retry_not_durable(lambda: store.outbox.put(headers["id"], {
-            "name": sender, "body": list(body), "headers": headers,
-            "exchange": exchange or "", "routing_key": routing_key or "",
-        }), publisher.conf.task_publish_retry_policy or {})
+        retry_not_durable(lambda: store.outbox.put(headers["id"], message),
+                          publisher.conf.task_publish_retry_policy or {})
     except Exception as exc:
         logging.getLogger("payments.outbox").warning("outbox: %s not kept: %s", headers["id"], type(exc).__name__)
         # One node: the message is out and the outbox a safety net. Under REDIS_MIN_REPLICAS_ACK a failover may
@@ -275,32 +338,13 @@ def current_payments_app() -> Celery:
     made :func:`current`), else ``worker.app``: never an unconfigured app that merely happens to be current (a
     thread of another program, whose current app is Celery's fallback or its own)."""
     current_app = celery.current_app._get_current_object()
-    return current_app if getattr(current_app, "payments_services", None) is not None else app
+    return current_app if getattr(current_app, "payments_services", None) is not None else default_app()
 
 
-def republish(message: dict, publisher: Celery | None = None) -> None:
-    """Publish an outbox message again, as it was (same task id, chain), through the same sealing and
-    refusal as every other publish path (an entry kept by older code is sealed now, or refused with
-    CardDataRefused rather than published with card data in clear)."""
-    from celery.app.amqp import task_message
-
-    from worker.cards.messages import masked_reprs, seal_body
-
-    headers = dict(message["headers"])
-    # The message may have run before (its record lost with Redis): the worker asks stq before any send.
-    headers["payments_republished"] = True
-    publisher = publisher if publisher is not None else current_payments_app()
-    body = seal_body(message["name"], message["body"], vault=services_of(publisher).vault, headers=headers)
-    headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
-    again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
-                         body=tuple(body), sent_event=None)
-    exchange, routing_key = message["exchange"] or None, message["routing_key"] or None
-    # Published to the default exchange: the routing key names the queue (without queue=, Celery would send
-    # it to the default queue whatever the key said).
-    queue = routing_key if exchange is None and routing_key else None
-    with publisher.producer_or_acquire() as producer:
-        publisher.amqp.send_task_message(producer, message["name"], again, exchange=exchange, routing_key=routing_key,
-                                   queue=queue)
+def republish(message: dict[str, Any], publisher: Celery | None = None) -> None:
+    """Publish an outbox message again, as it was (worker/broker/outbox.py), through ``publisher`` (None: the current
+    payments app)."""
+    outbox.republish(message, publisher if publisher is not None else current_payments_app())
 
 
 def _add_scrubber(logger: logging.Logger | None = None, **_: Any) -> None:
@@ -314,12 +358,9 @@ def _add_scrubber(logger: logging.Logger | None = None, **_: Any) -> None:
                 handler.addFilter(ScrubbingFilter())
 
 
-signals.after_setup_logger.connect(_add_scrubber, weak=False)
-signals.after_setup_task_logger.connect(_add_scrubber, weak=False)
 
 
 # ---- metrics (worker/ops/metrics.py) ---------------------------------------------------------------------
-@signals.worker_init.connect(weak=False)
 def _serve_metrics(**_: Any) -> None:
     """WORKER_METRICS_PORT: the worker's Prometheus endpoint, bound in the main process before the pool forks
     (its children write to the multiprocess directory, the main process serves their sum)."""
@@ -330,29 +371,24 @@ def _serve_metrics(**_: Any) -> None:
         metrics.start(settings.worker_metrics_port, settings.worker_metrics_addr)
 
 
-@signals.worker_shutdown.connect(weak=False)
 def _stop_metrics(**_: Any) -> None:
     from worker.ops import metrics
 
     metrics.stop()
 
 
-@signals.worker_process_init.connect(weak=False)
 def _metrics_child_started(**_: Any) -> None:
     from worker.ops import metrics
 
     metrics.child_started()
 
 
-@signals.worker_process_shutdown.connect(weak=False)
 def _metrics_child_exiting(**_: Any) -> None:
     from worker.ops import metrics
 
     metrics.child_exiting()
 
 
-@signals.worker_init.connect(weak=False)
-@signals.beat_init.connect(weak=False)
 def _check_card_key(sender: Any = None, **_: Any) -> None:
     """LIVE mode without PAYMENTS_CARD_KEY refuses to start; TEST warns and uses the development key."""
     from worker.cards.vault import ConfigurationError
@@ -365,7 +401,6 @@ def _check_card_key(sender: Any = None, **_: Any) -> None:
         raise SystemExit(f"payments: refusing to start: {exc}") from None
 
 
-@signals.worker_init.connect(weak=False)
 def _check_gateway_settings(sender: Any = None, **_: Any) -> None:
     """One sealed stq probe before the first payment: a 404 (BLUEPAY_URL) or SECURITY ERROR (secret, account, hash
     type) refuses to start, naming the setting; an unreachable gateway is an outage and only warns."""
@@ -378,7 +413,6 @@ def _check_gateway_settings(sender: Any = None, **_: Any) -> None:
 _start_warning: list[str | None] = []
 
 
-@signals.worker_ready.connect(weak=False)
 def _log_start_warning(**_: Any) -> None:
     from worker.ops.preflight import log_start_warning
 
@@ -387,12 +421,21 @@ def _log_start_warning(**_: Any) -> None:
     _start_warning.clear()
 
 
-#: The app of ``celery -A worker`` and of producers (``worker.app``), configured from the environment.
-app = create_app(set_as_current=True)
-
-if "flower.command" in sys.modules:
-    # Loaded by Flower's command (celery -A worker flower, python -m flower; Celery's CLI loads its plugin
-    # commands before the app): lock Flower from the package, whatever the working directory (worker/ops/flower.py).
-    from worker.ops.flower import install as _lock_flower
-
-    _lock_flower()
+# ---- the handlers above, connected once per process (Celery's signals are the process's, not an app's) ------------
+def _connect_signals() -> None:
+    handlers = [
+        (signals.after_task_publish, _keep_in_outbox),
+        (signals.after_setup_logger, _add_scrubber),
+        (signals.after_setup_task_logger, _add_scrubber),
+        (signals.worker_init, _serve_metrics),
+        (signals.worker_shutdown, _stop_metrics),
+        (signals.worker_process_init, _metrics_child_started),
+        (signals.worker_process_shutdown, _metrics_child_exiting),
+        (signals.worker_init, _check_card_key),
+        (signals.beat_init, _check_card_key),
+        (signals.worker_init, _check_gateway_settings),
+        (signals.worker_ready, _log_start_warning),
+    ]
+    for signal, handler in handlers:
+        # dispatch_uid: a second app (tests, producers) connects nothing twice
+        signal.connect(handler, weak=False, dispatch_uid=f"payments.{signal.name}.{handler.__name__}")

@@ -1,23 +1,50 @@
-"""Celery settings for the payments worker; every value comes from worker.config (the environment).
-
-``config_for(settings)`` gives them for any settings (``worker.broker.app.create_app`` uses it); the module's own
-names are those of the environment's settings, so ``app.config_from_object("worker.broker.celeryconfig")`` works (the
-top-level ``celeryconfig`` is an alias of this module).
+"""Celery settings for the payments worker, as ``config_for(settings)``: every value comes from the settings
+(worker/config.py). ``worker.broker.app.create_app`` uses it; the module itself builds and reads nothing at import
+(the top-level ``celeryconfig.py`` is the environment's settings as a module, for ``config_from_object``).
 Why each one is set:
 """
 from typing import Any
+from urllib.parse import quote
 
 from celery.schedules import crontab
 from kombu import Queue
 
-from worker.config import Settings, get_settings
-from worker.redis_connections import celery_settings
+from worker.broker import sentinel
+from worker.config import Settings, parse_sentinels
+from worker.redis_connections import database, uses_sentinel
 from worker.webhooks.settings import drain_interval_from_env
+
+
+def celery_settings(settings: Settings) -> dict[str, Any]:
+    """``broker_url``, ``result_backend`` and the Sentinel transport options to merge into the rest (REDIS_URL, or
+    sentinel:// URLs with the master's name when REDIS_SENTINELS is set: worker/redis_connections.py)."""
+    if not uses_sentinel(settings):
+        return {"broker_url": settings.redis_url, "result_backend": settings.redis_url,
+                "broker_transport_options": {}, "result_backend_transport_options": {},
+                "broker_channel_error_retry": False, "broker_transport": None}
+    auth = f":{quote(settings.redis_password, safe='')}@" if settings.redis_password else ""
+    db = database(settings)
+    # kombu and Celery take the master's password from the first URL, the sentinels' from sentinel_kwargs.
+    url = ";".join(f"sentinel://{auth}{_host(h)}:{p}/{db}" for h, p in parse_sentinels(settings.redis_sentinels))
+    options: dict[str, Any] = {"master_name": settings.redis_master_name}
+    if settings.redis_sentinel_password:
+        options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
+    # A demoted or cut-off primary answers READONLY / NOREPLICAS, which kombu counts as channel errors: the worker's
+    # consumer reconnects (through the sentinels) instead of stopping (celery#7946; the workaround celery#6348 cites).
+    sentinel.install()  # sentinel:// is kombu's Sentinel transport over SentinelConnection, in this process
+    return {"broker_url": url, "result_backend": f"{sentinel.__name__}:SentinelBackend+{url}",
+            "broker_transport": None,
+            "broker_transport_options": dict(options), "result_backend_transport_options": dict(options),
+            "broker_channel_error_retry": True}
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def config_for(_s: Settings) -> dict[str, Any]:
     """Celery's settings for ``_s``: every lowercase name assigned below."""
-    # REDIS_URL, or sentinel:// URLs with the master's name when REDIS_SENTINELS is set (worker/redis_connections.py).
+    # REDIS_URL, or sentinel:// URLs with the master's name when REDIS_SENTINELS is set (celery_settings above).
     _redis = celery_settings(_s)
 
     # Redis is both the broker and the result backend, so AsyncResult.get() returns the outcome dict.
@@ -73,8 +100,8 @@ def config_for(_s: Settings) -> dict[str, Any]:
     # When the broker connection drops mid-payment, let the running payment finish and record its outcome
     # instead of cancelling it mid-call; its message is redelivered and the store's claim answers it.
     worker_cancel_long_running_tasks_on_connection_loss = False
-    # Tasks find their own names (payments.*) in worker/tasks/ (a merchant's own tasks.py cannot shadow it).
-    imports = ("worker.tasks",)
+    # No ``imports``: create_app registers the payment tasks on the app (worker/tasks/; a merchant's own tasks.py
+    # cannot shadow them).
     worker_hijack_root_logger = True
     # The beat schedule: the sweep voids stale authorizations and reconciles unknown outcomes.
     # ... and once a day, at RECONCILE_REPORT_AT (UTC), the previous day is reconciled against the gateway's report.
@@ -93,6 +120,3 @@ def config_for(_s: Settings) -> dict[str, Any]:
     task_queues = (Queue("celery"), Queue("webhooks"))
     timezone = "UTC"
     return {name: value for name, value in locals().items() if not name.startswith("_")}
-
-
-globals().update(config_for(get_settings()))

@@ -55,7 +55,7 @@ def _text(value: Any) -> str:
 
 
 def _same_redis(broker_url: Any, result_backend: Any) -> bool:
-    """The broker and the result backend on one Redis database (worker/redis_connections.py celery_settings: both
+    """The broker and the result backend on one Redis database (worker/broker/celeryconfig.py celery_settings: both
     REDIS_URL, or the same sentinels), the one the store uses."""
     if not isinstance(broker_url, str) or not isinstance(result_backend, str):
         return False

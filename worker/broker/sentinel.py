@@ -4,7 +4,7 @@ Both are the libraries' own classes; only their Redis connection class changes t
 :class:`worker.redis_connections.SentinelConnection`, which turns NOREPLICAS (a primary cut off from its replicas,
 or one whose replicas are still syncing after a failover) into a connection error, as redis-py already does with
 READONLY from a demoted master: kombu reconnects through the sentinels and retries the publish, the consumer
-restarts, the result backend retries. ``worker.redis_connections.celery_settings`` installs the transport as what
+restarts, the result backend retries. ``worker.broker.celeryconfig.celery_settings`` installs the transport as what
 ``sentinel://`` means (:func:`install`) and names the backend in celeryconfig.
 """
 from __future__ import annotations

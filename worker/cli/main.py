@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from worker.cli.output import EXIT_USAGE, OUTCOME_LINES, CommandError, format_outcome, release
+from worker.cli.webhooks import add_webhooks_commands
 
 __all__ = ["EXIT_USAGE", "OUTCOME_LINES", "CommandError", "format_outcome", "build_parser", "main"]
 
@@ -194,6 +195,8 @@ def _iso(epoch: float) -> str:
 
 
 def cmd_sweep(args) -> int:
+    from worker.broker.app import default_app
+    from worker.broker.outbox import AppPublisher
     from worker.payments.sweep import run_sweep
 
     svc = _services()
@@ -205,7 +208,7 @@ def cmd_sweep(args) -> int:
         if done[0] % 50 == 0:
             print(f"... {done[0]} handled", file=sys.stderr)
 
-    print(json.dumps(run_sweep(svc, progress=progress), sort_keys=True))
+    print(json.dumps(run_sweep(svc, publisher=AppPublisher(default_app()), progress=progress), sort_keys=True))
     return 0
 
 
@@ -528,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_operator_commands(sub)
     _add_enqueue_command(sub)
     _add_monitoring_commands(sub)
+    add_webhooks_commands(sub)
     __import__("worker.cli.console", fromlist=["add_parser"]).add_parser(sub)
     return parser
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from worker.cli.output import CommandError
 from worker.gateway.scrub import scrub
+from worker.payments import reconciliation
 from worker.payments.decisions import DecisionRefused, kept_rows, reconcile_days, reconciler, resolve
 from worker.payments.reconciliation import ACTIONS, DIFFERENCES, DayResult, Kind, ReconcileError
 
@@ -24,16 +25,11 @@ EXIT_DIFFERENCES = 1
 
 
 def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:
-    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC)."""
-    word = text.strip().lower()
-    if word == "today":
-        return today()
-    if word == "yesterday":
-        return today() - timedelta(days=1)
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC), or a CommandError."""
     try:
-        return date.fromisoformat(word)
-    except ValueError:
-        raise CommandError(f"not a date (YYYY-MM-DD, today, yesterday): {text!r}") from None
+        return reconciliation.parse_day(text, today=today)
+    except reconciliation.NotADay as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_reconcile(svc: Any, args: Any) -> int:

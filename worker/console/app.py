@@ -8,30 +8,21 @@ were stored. Reads and actions go through the code the CLI uses (lookup, decisio
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
-from functools import wraps
+from datetime import timedelta
 from typing import Any
 
-from flask import Flask, abort, flash, g, redirect, render_template, request, session, url_for
+import redis
+from flask import Flask, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import Markup
 
 from worker.cards.numbers import mask_text
+from worker.console.common import LISTS, PAGE_SIZE, ext, operator_action, parse_day
 from worker.console.security import HEADERS, ConsoleConfig, RateLimits
-from worker.console.users import User, Users
+from worker.console.users import User, Users, UsersError
 
 log = logging.getLogger("payments.console")
 
-PAGE_SIZE = 50
-#: The lists the console pages through: title, and how (a store index, or stale auths).
-LISTS = {
-    "unknown": ("UNKNOWN: money in doubt", "unknown"),
-    "needs-human": ("Needs a human", "needs_human"),
-    "retrying": ("RETRYING", "retrying"),
-    "in-flight": ("Not final yet", "non_final"),
-    "stale-auths": ("Stale authorizations (older than STALE_AUTH_AGE)", None),
-}
 
 
 def _mask(value: Any) -> Any:
@@ -99,6 +90,18 @@ def create_app(svc: Any, *, config: ConsoleConfig | None = None, celery_app: Any
     def _limited(_exc: Any) -> Any:
         return render_template("error.html", title="Too many", message="too many attempts: wait a minute"), 429
 
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> Any:
+        log.warning("console: Redis: %s", type(exc).__name__)
+        return render_template("error.html", title="Redis unreachable",
+                               message="Redis cannot be reached now: nothing was read or changed; try again"), 503
+
+    @app.errorhandler(UsersError)
+    def _users_broken(exc: UsersError) -> Any:
+        log.error("console: users: %s", exc)
+        return render_template("error.html", title="Users unreadable",
+                               message="the console's users cannot be read: see the console's log"), 503
+
     @app.before_request
     def _who() -> Any:
         g.user = current_user(config, users)
@@ -127,42 +130,6 @@ def current_user(config: ConsoleConfig, users: Users) -> User | None:
         session.clear()
         return None
     return User(name, role)
-
-
-def operator_action(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Operators only (403 otherwise), rate-limited per user (429), logged with who acted."""
-
-    @wraps(view)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        user: User = g.user
-        if not user.may_act:
-            log.warning("console: %s (viewer) refused %s", user.name, request.path)
-            abort(403)
-        if not ext()["limits"].allow_action(user.name):
-            abort(429)
-        return view(*args, **kwargs)
-
-    return guarded
-
-
-def ext() -> dict[str, Any]:
-    from flask import current_app
-
-    found: dict[str, Any] = current_app.extensions["payments"]  # set by create_app
-    return found
-
-
-def parse_day(text: str) -> date | None:
-    word = (text or "").strip().lower()
-    today = datetime.now(UTC).date()
-    if word in ("", "today"):
-        return today
-    if word == "yesterday":
-        return today - timedelta(days=1)
-    try:
-        return date.fromisoformat(word)
-    except ValueError:
-        return None
 
 
 __all__ = ["create_app", "current_user", "operator_action", "ext", "flash", "LISTS", "PAGE_SIZE", "parse_day"]

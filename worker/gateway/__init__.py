@@ -3,7 +3,8 @@
 No Celery and no Redis here. Public names::
 
     BluePayClient, Response, Card, RetryPolicy, HttpTransport, HttpReply, Report, ReportRow,
-    PaymentError, InvalidInput, GatewayError, NotSent, Expired, FenceLost, OutcomeUnknown, Rejected,
+    PaymentError, InvalidInput, GatewayError, NotSent, Expired, FenceLost, Held, Throttled,
+    GatewayUnavailable, OutcomeUnknown, Rejected,
     ReportError, MalformedReport, ReportIncomplete
 """
 
@@ -12,6 +13,8 @@ from .errors import (
     Expired,
     FenceLost,
     GatewayError,
+    GatewayUnavailable,
+    Held,
     InvalidInput,
     MalformedReport,
     NotSent,
@@ -20,6 +23,7 @@ from .errors import (
     Rejected,
     ReportError,
     ReportIncomplete,
+    Throttled,
 )
 from .protocol import Response
 from .report import Report, ReportRow
@@ -40,6 +44,9 @@ __all__ = [
     "NotSent",
     "Expired",
     "FenceLost",
+    "Held",
+    "Throttled",
+    "GatewayUnavailable",
     "OutcomeUnknown",
     "Rejected",
     "Report",

@@ -9,11 +9,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Protocol, TypeVar, cast
 
 from . import expiry, protocol, scrub, validation
 from .errors import Expired, InvalidInput, Rejected
+from .guarding import Guard, verdict_of
 from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
 from .report import ByteStream, Report, ReportRow, StreamingTransport, report_request, start_report
@@ -72,6 +74,7 @@ class BluePayClient:
         today: Callable[[], date] = date.today,
         observer: GatewayObserver = NULL_OBSERVER,
         on_failure: Callable[[BaseException], None] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         if not isinstance(account_id, str) or not account_id.strip():
             raise InvalidInput("account_id", "required")
@@ -100,6 +103,8 @@ class BluePayClient:
         self.observer = observer
         # told of every call that failed after its retries (worker/ops/preflight.py names a misconfiguration)
         self._on_failure = on_failure
+        # shared by every worker (worker/guard/): asked before each HTTP attempt, told how it went
+        self.guard = guard
 
     def __repr__(self) -> str:
         return f"BluePayClient(account_id={self.account_id!r}, mode={self.mode!r}, base_url={self.base_url!r})"
@@ -223,8 +228,9 @@ class BluePayClient:
         url = self.report_url
 
         def once() -> tuple[ByteStream, Iterator[ReportRow]]:
-            stream = transport.stream(url, fields)
-            return stream, start_report(stream)
+            with self._guarded("look"):
+                stream = transport.stream(url, fields)
+                return stream, start_report(stream)
 
         try:
             (stream, rows), attempts = call_with_retry(once, policy=self.retry_policy, read_only=True,
@@ -265,6 +271,21 @@ class BluePayClient:
         return self._commit(transaction_type, self.bp10emu_url, fields, parse, read_only=False, endpoint="bp10emu",
                             fields_now=None if fence is None else self._stamped(fields, fence))
 
+    @contextmanager
+    def _guarded(self, lane: str) -> Iterator[None]:
+        """One HTTP attempt under the shared guard: admitted first (Held: nothing is sent, the fence not even asked),
+        then told whether it proved the gateway up, down, or neither."""
+        if self.guard is None:
+            yield
+            return
+        ticket = self.guard.admit(lane)
+        try:
+            yield
+        except BaseException as exc:
+            self.guard.settle(ticket, verdict_of(exc))
+            raise
+        self.guard.settle(ticket, verdict_of(None))
+
     def _stamped(self, fields: Mapping[str, str], fence: Fence) -> Callable[[], Mapping[str, str]]:
         """Each attempt's fields: the fence runs first (FenceLost: nothing is sent); its Redis time is the stamp."""
 
@@ -288,15 +309,16 @@ class BluePayClient:
         observer, clock = self.observer, self._clock
 
         def once() -> _Parsed:
-            attempt_fields = fields_now() if fields_now is not None else fields
-            started = clock()
-            try:
-                parsed = parse(self.transport.post(url, attempt_fields))
-            except BaseException as exc:
-                observer.request(endpoint, result_of(exc=exc), clock() - started)
-                raise
-            observer.request(endpoint, result_of(parsed), clock() - started)
-            return parsed
+            with self._guarded("look" if read_only else "pay"):
+                attempt_fields = fields_now() if fields_now is not None else fields
+                started = clock()
+                try:
+                    parsed = parse(self.transport.post(url, attempt_fields))
+                except BaseException as exc:
+                    observer.request(endpoint, result_of(exc=exc), clock() - started)
+                    raise
+                observer.request(endpoint, result_of(parsed), clock() - started)
+                return parsed
 
         def retried(exc: BaseException) -> None:
             observer.retry(error_class_of(exc))

@@ -7,7 +7,10 @@
     └── GatewayError
         ├── NotSent                   connection refused, DNS failure, connect timeout: safe to retry
         │   ├── Expired               the gateway refused an attempt as TRANSACTION TOO OLD (not saved): retried
-        │   └── FenceLost             the caller's fence (lease check) before an attempt failed: nothing sent, stop
+        │   ├── FenceLost             the caller's fence (lease check) before an attempt failed: nothing sent, stop
+        │   └── Held(retry_after)     the shared guard (worker/guard/) held the attempt back: nothing sent, re-queue
+        │       ├── Throttled         the shared rate limit (GATEWAY_RATE_LIMIT) has no room now
+        │       └── GatewayUnavailable  the shared circuit breaker is open (or another worker's probe is out)
         ├── OutcomeUnknown            read timeout, reset after the request went out, HTTP 5xx, reply that
         │                             cannot be parsed or authenticated (bad/missing BP_STAMP on an approval),
         │                             MESSAGE=DUPLICATE (attribute .duplicate = True): reconcile, never blindly resend
@@ -35,6 +38,9 @@ __all__ = [
     "NotSent",
     "Expired",
     "FenceLost",
+    "Held",
+    "Throttled",
+    "GatewayUnavailable",
     "OutcomeUnknown",
     "Rejected",
     "ReportError",
@@ -79,6 +85,23 @@ class Expired(NotSent):
 class FenceLost(NotSent):
     """The fence the caller gave (the flow: "do I still hold this operation's lease?") refused an attempt before it
     was sent. Never retried: whoever holds the operation now decides."""
+
+
+class Held(NotSent):
+    """The shared guard (worker/guard/: rate limit, circuit breaker) held the attempt back before anything was sent.
+    Never retried in process: the caller re-queues after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = max(0.0, retry_after)
+        super().__init__(message)
+
+
+class Throttled(Held):
+    """The shared rate limit has no room for this attempt now (not an outage: the gateway is fine)."""
+
+
+class GatewayUnavailable(Held):
+    """The shared circuit breaker is open: the gateway proved down; nothing is sent until the cooldown ends."""
 
 
 class OutcomeUnknown(GatewayError):

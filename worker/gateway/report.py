@@ -164,7 +164,8 @@ def _show(value: str, limit: int = 24) -> str:
     return repr(shown if len(shown) <= limit else shown[:limit] + "...")
 
 
-def _row(line: int, raw: dict[str | None, str | list[str] | None]) -> ReportRow:
+def _fields(line: int, raw: dict[str | None, str | list[str] | None]) -> dict[str, str]:
+    """A CSV row's fields by name, exactly as many as the header names."""
     if None in raw:  # DictReader's restkey: more fields than the header
         raise MalformedReport(line, "more fields than the header (garbled row)")
     values: dict[str, str] = {}
@@ -172,19 +173,28 @@ def _row(line: int, raw: dict[str | None, str | list[str] | None]) -> ReportRow:
         if not isinstance(value, str):  # DictReader's restval: fewer fields than the header
             raise MalformedReport(line, "fewer fields than the header (truncated or garbled row)")
         values[key or ""] = value
+    return values
+
+
+def _amount(line: int, text: str) -> Decimal:
+    amount_text = text.strip()
+    if not _AMOUNT.fullmatch(amount_text):
+        raise MalformedReport(line, f"amount is not a two-decimal number ({_show(amount_text)})")
+    try:
+        return Decimal(amount_text).quantize(Decimal("0.01"))
+    except InvalidOperation:  # pragma: no cover - the pattern guards it
+        raise MalformedReport(line, f"amount is not a number ({_show(amount_text)})") from None
+
+
+def _row(line: int, raw: dict[str | None, str | list[str] | None]) -> ReportRow:
+    values = _fields(line, raw)
     trans_id = values["id"].strip()
     if not _TRANS_ID.fullmatch(trans_id):
         raise MalformedReport(line, f"id is not a 12-digit transaction id ({_show(trans_id)})")
     trans_type = values["trans_type"].strip().upper()
     if not _TRANS_TYPE.fullmatch(trans_type):
         raise MalformedReport(line, f"trans_type is not a transaction type ({_show(trans_type)})")
-    amount_text = values["amount"].strip()
-    if not _AMOUNT.fullmatch(amount_text):
-        raise MalformedReport(line, f"amount is not a two-decimal number ({_show(amount_text)})")
-    try:
-        amount = Decimal(amount_text).quantize(Decimal("0.01"))
-    except InvalidOperation:  # pragma: no cover - the pattern guards it
-        raise MalformedReport(line, f"amount is not a number ({_show(amount_text)})") from None
+    amount = _amount(line, values["amount"])
     status = values["status"].strip().upper()
     if status not in STATUSES:
         raise MalformedReport(line, f"status is not 1, 0 or E ({_show(status)})")

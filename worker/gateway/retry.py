@@ -1,7 +1,8 @@
 """Retry policy for gateway calls (tenacity).
 
 * NotSent is retried (nothing reached the gateway, or the gateway refused it as too old and did not save it),
-  except FenceLost: the caller's fence before the attempt said it no longer holds the operation.
+  except FenceLost (the caller's fence before the attempt said it no longer holds the operation) and Held (the
+  shared guard held it back: the caller re-queues instead of holding a worker slot).
 * A read-only call (stq) is retried on any GatewayError except Rejected.
 * OutcomeUnknown on a money-moving call is never retried: reconcile first.
 * Rejected / InvalidInput are final.
@@ -24,7 +25,7 @@ from typing import TypeVar
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 from tenacity.stop import stop_base
 
-from .errors import FenceLost, GatewayError, InvalidInput, NotSent, OutcomeUnknown, Rejected
+from .errors import FenceLost, GatewayError, Held, InvalidInput, NotSent, OutcomeUnknown, Rejected
 
 __all__ = ["RetryPolicy", "should_retry", "call_with_retry", "logger"]
 
@@ -47,7 +48,7 @@ class RetryPolicy:
 
 
 def should_retry(exc: BaseException, *, read_only: bool) -> bool:
-    if isinstance(exc, (InvalidInput, Rejected, FenceLost)):
+    if isinstance(exc, (InvalidInput, Rejected, FenceLost, Held)):
         return False
     if isinstance(exc, NotSent):
         return True

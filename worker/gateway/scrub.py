@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 
-from worker.cards.numbers import mask_text
+from .card_numbers import mask_text
 
 __all__ = ["scrub", "register_secret", "ScrubbingFilter"]
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from worker.cards import numbers as _carddata
-
+from . import card_numbers as _carddata
 from .errors import InvalidInput
 
 __all__ = [
@@ -140,31 +139,7 @@ def amount(value: object, *, allow_zero: bool = False) -> str:
     Accepts ``str``, ``Decimal``, ``int`` or :class:`Money` (never ``float``, never ``bool``); at most two
     decimals; > 0 unless ``allow_zero``; at most :data:`MAX_AMOUNT`.
     """
-    if isinstance(value, Money):
-        value = value.value
-    if isinstance(value, (bool, float)):
-        raise InvalidInput("amount", "must be a string, Decimal or int, not a float")
-    if isinstance(value, int):
-        dec = Decimal(value)
-    elif isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidInput("amount", "must be a finite number")
-        exponent = value.as_tuple().exponent
-        if isinstance(exponent, int) and exponent < -2:
-            raise InvalidInput("amount", "at most two decimals")
-        dec = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if not _AMOUNT_RE.fullmatch(text):
-            if re.match(r"^-?[0-9]*\.[0-9]{3,}$", text):
-                raise InvalidInput("amount", "at most two decimals")
-            raise InvalidInput("amount", "must be a non-negative number with at most two decimals")
-        try:
-            dec = Decimal(text)
-        except InvalidOperation:  # pragma: no cover - regex guards this
-            raise InvalidInput("amount", "not a number") from None
-    else:
-        raise InvalidInput("amount", "must be a string, Decimal or int")
+    dec = _amount_decimal(value.value if isinstance(value, Money) else value)
     if dec < 0:
         raise InvalidInput("amount", "must not be negative")
     if dec == 0 and not allow_zero:
@@ -174,7 +149,37 @@ def amount(value: object, *, allow_zero: bool = False) -> str:
     return str(dec.quantize(Decimal("0.01")))
 
 
-def card(value: Mapping[str, object] | Card, *, today: date | None = None) -> Card:
+def _amount_decimal(value: object) -> Decimal:
+    """The amount as given, as a Decimal with at most two decimals (its range is checked by :func:`amount`)."""
+    if isinstance(value, (bool, float)):
+        raise InvalidInput("amount", "must be a string, Decimal or int, not a float")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise InvalidInput("amount", "must be a finite number")
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -2:
+            raise InvalidInput("amount", "at most two decimals")
+        return value
+    if isinstance(value, str):
+        return _amount_text(value)
+    raise InvalidInput("amount", "must be a string, Decimal or int")
+
+
+def _amount_text(value: str) -> Decimal:
+    text = value.strip()
+    if not _AMOUNT_RE.fullmatch(text):
+        if re.match(r"^-?[0-9]*\.[0-9]{3,}$", text):
+            raise InvalidInput("amount", "at most two decimals")
+        raise InvalidInput("amount", "must be a non-negative number with at most two decimals")
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # pragma: no cover - regex guards this
+        raise InvalidInput("amount", "not a number") from None
+
+
+def card(value: object, *, today: date | None = None) -> Card:
     """Validate card data (dict with number/expire/cvv2, or a Card) into a :class:`Card`."""
     if isinstance(value, Card):
         value = {"number": value.number, "expire": value.expire, "cvv2": value.cvv2}
@@ -183,8 +188,11 @@ def card(value: Mapping[str, object] | Card, *, today: date | None = None) -> Ca
     unknown = set(value) - _CARD_KEYS
     if unknown:
         raise InvalidInput("card", "unknown keys: " + ", ".join(sorted(map(str, unknown))))
+    return Card(number=_card_number(value.get("number")), expire=_card_expire(value.get("expire"), today),
+                cvv2=_card_cvv2(value.get("cvv2")))
 
-    raw_number = value.get("number")
+
+def _card_number(raw_number: object) -> str:
     if not isinstance(raw_number, str):
         raise InvalidInput("card.number", "required, as a string of digits")
     number = _CARD_SEPARATORS.sub("", raw_number.strip())
@@ -194,8 +202,11 @@ def card(value: Mapping[str, object] | Card, *, today: date | None = None) -> Ca
         raise InvalidInput("card.number", "must have 12 to 19 digits")
     if not luhn_ok(number):
         raise InvalidInput("card.number", "fails the Luhn check")
+    return number
 
-    raw_expire = value.get("expire")
+
+def _card_expire(raw_expire: object, today: date | None) -> str:
+    """MMYY, not before this month."""
     if not isinstance(raw_expire, str):
         raise InvalidInput("card.expire", "required, as MMYY")
     m = _EXPIRE_RE.fullmatch(raw_expire.strip())
@@ -205,27 +216,24 @@ def card(value: Mapping[str, object] | Card, *, today: date | None = None) -> Ca
     if not 1 <= month <= 12:
         raise InvalidInput("card.expire", "month must be 01-12")
     today = today or date.today()
-    year = 2000 + yy
-    if (year, month) < (today.year, today.month):
+    if (2000 + yy, month) < (today.year, today.month):
         raise InvalidInput("card.expire", "card has expired")
-    expire = f"{month:02d}{yy:02d}"
+    return f"{month:02d}{yy:02d}"
 
-    raw_cvv2 = value.get("cvv2")
-    cvv2: str | None
+
+def _card_cvv2(raw_cvv2: object) -> str | None:
     if raw_cvv2 is None or raw_cvv2 == "":
-        cvv2 = None
-    else:
-        if not isinstance(raw_cvv2, str) or not _CVV2_RE.fullmatch(raw_cvv2.strip()):
-            raise InvalidInput("card.cvv2", "must be 3 or 4 digits")
-        cvv2 = raw_cvv2.strip()
-    return Card(number=number, expire=expire, cvv2=cvv2)
+        return None
+    if not isinstance(raw_cvv2, str) or not _CVV2_RE.fullmatch(raw_cvv2.strip()):
+        raise InvalidInput("card.cvv2", "must be 3 or 4 digits")
+    return raw_cvv2.strip()
 
 
 def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text)
 
 
-def customer(value: Mapping[str, object] | None) -> dict[str, str]:
+def customer(value: object) -> dict[str, str]:
     """Map our customer keys to BluePay fields (see :data:`CUSTOMER_FIELDS`).
 
     ``None`` or ``{}`` gives ``{}``; ``None`` values are skipped; values are stripped.

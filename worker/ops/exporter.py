@@ -17,6 +17,15 @@ Redis, no key scans) and reports::
     payments_sweep_last_run_timestamp_seconds (0: never), payments_sweep_last_duration_seconds,
     payments_sweep_last_actions{action}               what the last sweep did (reconcile_adopted, outbox_republished...)
     payments_config_{reconcile_after,visibility_timeout,sweep_interval,stale_auth_age}_seconds  (for the alerts)
+    payments_gateway_breaker_state{merchant}          the shared circuit breaker (GATEWAY_BREAKER_FAILURES > 0):
+                                                      0 closed, 1 half-open, 2 open; and
+                                                      payments_gateway_breaker_opened_total{merchant}
+    payments_webhook_deliveries_total{result}         webhook attempts by result: delivered, failed_attempt (tried
+                                                      again later), exhausted (the last attempt failed), abandoned
+                                                      (endpoint removed or disabled)
+    payments_webhook_events_total, payments_webhook_endpoints_disabled_total (by WEBHOOK_DISABLE_AFTER)
+    payments_webhook_undelivered, payments_webhook_oldest_undelivered_age_seconds, payments_webhook_failed
+                                                      (the failed set's size: until replayed)
     payments_exporter_redis_up, payments_exporter_scrape_seconds
 
 Ages use Redis server time. Labels are bounded: statuses, queue names, the sweep's action words.
@@ -68,6 +77,7 @@ class PaymentsCollector:
             yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 0)
             return
         yield from self._families(found)
+        yield from self._breaker()
         yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 1)
         yield _gauge("payments_exporter_scrape_seconds", "How long reading Redis took in this scrape",
                      time.perf_counter() - started)
@@ -109,9 +119,27 @@ class PaymentsCollector:
                      age(found, "open_auths") or 0.0)
         yield _gauge("payments_stale_auths", "Open auths older than STALE_AUTH_AGE", found.get("stale_auths", 0))
         yield from self._sweep(found.get("sweep"))
+        yield from _webhooks(found.get("webhooks") or {})
         for name, value in (("reconcile_after", s.reconcile_after), ("visibility_timeout", s.visibility_timeout),
                             ("sweep_interval", s.sweep_interval), ("stale_auth_age", s.stale_auth_age)):
             yield _gauge(f"payments_config_{name}_seconds", f"The {name.upper()} setting (alert thresholds)", value)
+
+    def _breaker(self) -> Iterator[Metric]:
+        """The circuit breaker shared by every worker (worker/guard/), when it is on: 0 closed, 1 half-open, 2 open."""
+        s = self.svc.settings
+        if not s.guard.breaker_failures:
+            return
+        from worker.guard import breaker_state
+
+        state = breaker_state(self.svc.redis, prefix=s.key_prefix, merchant="default")
+        gauge = GaugeMetricFamily("payments_gateway_breaker_state", "The gateway circuit breaker: 0 closed, "
+                                  "1 half-open, 2 open (nothing is sent)", labels=["merchant"])
+        gauge.add_metric([state.merchant], {"closed": 0, "half_open": 1, "open": 2}[state.state])
+        yield gauge
+        opened = CounterMetricFamily("payments_gateway_breaker_opened", "Times the breaker opened",
+                                     labels=["merchant"])
+        opened.add_metric([state.merchant], state.opened)
+        yield opened
 
     def _memory(self, memory: dict[str, int]) -> Iterator[Metric]:
         # noeviction: at maxmemory Redis refuses writes and every payment stops (the alert watches the ratio)
@@ -132,6 +160,28 @@ class PaymentsCollector:
             if action not in _NOT_ACTIONS and _ACTION.match(action) and isinstance(count, int):
                 actions.add_metric([action], count)
         yield actions
+
+
+#: the webhook counters' names in the schedule's stats hash -> the result label
+_WEBHOOK_RESULTS = {"delivered": "delivered", "failed_attempts": "failed_attempt", "exhausted": "exhausted",
+                    "abandoned": "abandoned"}
+
+
+def _webhooks(hooks: dict[str, Any]) -> Iterator[Metric]:
+    stats = hooks.get("stats") or {}
+    deliveries = CounterMetricFamily("payments_webhook_deliveries", "Webhook delivery attempts by result",
+                                     labels=["result"])
+    for name, label in _WEBHOOK_RESULTS.items():
+        deliveries.add_metric([label], stats.get(name, 0))
+    yield deliveries
+    yield CounterMetricFamily("payments_webhook_events", "Webhook events recorded", value=stats.get("events", 0))
+    yield CounterMetricFamily("payments_webhook_endpoints_disabled", "Endpoints disabled by WEBHOOK_DISABLE_AFTER",
+                              value=stats.get("endpoints_disabled", 0))
+    yield _gauge("payments_webhook_undelivered", "Webhook deliveries not yet made", hooks.get("undelivered", 0))
+    yield _gauge("payments_webhook_oldest_undelivered_age_seconds", "Age of the oldest undelivered webhook event "
+                 "(0: none)", hooks.get("oldest_undelivered_age", 0.0))
+    yield _gauge("payments_webhook_failed", "Webhook deliveries given up (the failed set, until replayed)",
+                 hooks.get("failed", 0))
 
 
 def registry_for(svc: Any, app: Any) -> CollectorRegistry:

@@ -18,6 +18,10 @@ What is counted, and where it is said (the flow and the gateway client only know
                                                        no_verdict (the report could not be had or read whole)
     payments_settlement_differences_total{kind}        what those found, by kind (worker/payments/reconciliation.py),
                                                        adopted too
+    payments_gateway_held_total{reason}                attempts the shared guard held back (worker/guard/): throttled
+                                                       (rate limit), breaker_open (circuit breaker)
+    payments_gateway_breaker_changes_total{change}     breaker changes this process made: opened, closed (its state,
+                                                       shared by every worker: payments_gateway_breaker_state, exporter)
     payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
     payments_archived_records_total                    records the sweep's retention moved to the archive
     payments_archive_unavailable_total                 sweeps whose retention found the archive unusable (nothing
@@ -52,6 +56,8 @@ log = logging.getLogger("payments.metrics")
 ENDPOINTS = frozenset({"bp10emu", "stq"})
 RESULTS = frozenset({"approved", "declined", "error", "absent", "not_sent", "unknown", "rejected"})
 RECONCILIATIONS = frozenset({"found", "absent", "cannot_tell"})
+HELD = frozenset({"throttled", "breaker_open"})
+BREAKER_CHANGES = frozenset({"opened", "closed"})
 SETTLEMENTS = frozenset({"clean", "differences", "no_verdict"})
 SETTLEMENT_KINDS = frozenset({"gateway_only", "ours_only", "status_mismatch", "amount_mismatch", "settled_but_voided",
                               "voided_at_gateway", "adopted"})
@@ -98,12 +104,18 @@ class WorkerMetrics:
         self.settlement_differences = Counter("payments_settlement_differences",
                                               "Differences the settlement reconciliation found, by kind", ["kind"],
                                               registry=r)
+        self.held_attempts = Counter("payments_gateway_held", "Attempts the shared guard held back, by reason",
+                                     ["reason"], registry=r)
+        self.breaker_changes = Counter("payments_gateway_breaker_changes", "Breaker changes made by this process",
+                                       ["change"], registry=r)
         self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now", ["operation"],
                                    multiprocess_mode="livesum", registry=r)
         # Rare counters start at 0 on every worker: a series born at 1 (the day's one gateway_only) has no
         # increase() to Prometheus, and the settlement alerts would never fire.
         for result in sorted(SETTLEMENTS):
             self.settlements.labels(result)
+        for change in sorted(BREAKER_CHANGES):
+            self.breaker_changes.labels(change)
         for kind in sorted(SETTLEMENT_KINDS):
             self.settlement_differences.labels(kind)
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -174,6 +186,19 @@ class WorkerMetrics:
     def retry(self, error_class: str) -> None:
         try:
             self._child(self.retries, _class_name(error_class)).inc()
+        except Exception as exc:
+            self._broken(exc)
+
+    # ---- worker.guard.GuardObserver (the merchant is not a label yet: one account)
+    def held(self, merchant: str, reason: str) -> None:
+        try:
+            self._child(self.held_attempts, _bounded(reason, HELD)).inc()
+        except Exception as exc:
+            self._broken(exc)
+
+    def breaker(self, merchant: str, change: str) -> None:
+        try:
+            self._child(self.breaker_changes, _bounded(change, BREAKER_CHANGES)).inc()
         except Exception as exc:
             self._broken(exc)
 

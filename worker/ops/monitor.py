@@ -57,10 +57,20 @@ def unacked_key(app: Any) -> str:
 
 
 def snapshot(svc: Any, app: Any) -> dict[str, Any]:
-    """The store's health (``store.health.snapshot``) plus ``broker``: two round trips to Redis."""
+    """The store's health (``store.health.snapshot``) plus ``broker`` and ``webhooks``: three round trips to Redis."""
     found: dict[str, Any] = svc.store.health.snapshot(stale_auth_age=svc.settings.stale_auth_age)
     found["broker"] = broker_snapshot(svc.store.redis, broker_queues(app), unacked_key=unacked_key(app))
+    found["webhooks"] = webhook_snapshot(svc)
     return found
+
+
+def webhook_snapshot(svc: Any) -> dict[str, Any]:
+    """The webhook schedule's sizes, oldest undelivered age and counters (one round trip, no scan)."""
+    from worker.webhooks.deliveries import Deliveries
+    from worker.webhooks.keys import WebhookKeys
+
+    keys = WebhookKeys(svc.settings.key_prefix)
+    return Deliveries(svc.store.redis, keys).health()
 
 
 def age(found: dict[str, Any], name: str) -> float | None:
@@ -116,4 +126,7 @@ def attention(found: dict[str, Any], settings: Settings, *, workers: list[str] |
         out.append(f"no worker answers a ping ({waiting} messages waiting)")
     if gateway_error is not None:
         out.append(f"the gateway cannot be reached: {gateway_error}")
+    failed_hooks = (found.get("webhooks") or {}).get("failed", 0)
+    if failed_hooks:
+        out.append(f"{failed_hooks} webhook deliveries failed for good (payments webhooks failed; replay them)")
     return out

@@ -37,13 +37,43 @@ def report(svc: Any, app: Any, *, ping_timeout: float = 1.0) -> dict[str, Any]:
     found["workers"] = workers
     found["gateway"] = {"url": svc.settings.bluepay_url, "reachable": gateway_error is None, "error": gateway_error,
                         "misconfigured": misconfigured}
+    found["guard"] = guard_report(svc)
     found["ages"] = {name: age(found, name) for name in ("unknown", "retrying", "needs_human", "non_final", "outbox",
                                                           "open_auths")}
     found["attention"] = attention(found, svc.settings, workers=workers, gateway_error=gateway_error)
     if misconfigured:
         found["attention"].insert(0, f"gateway misconfigured: {misconfigured}")
+    breaker = found["guard"].get("breaker")  # the shared guard: worker/guard/
+    if breaker and breaker["state"] != "closed":
+        found["attention"].append(f"gateway circuit breaker {breaker['state'].upper()}: nothing is sent to BluePay "
+                                  "until a probe answers (docs/runbook.md, 'Gateway breaker open')")
     found["ok"] = not found["attention"]
     return found
+
+
+def guard_report(svc: Any) -> dict[str, Any]:
+    """The shared guard's settings and the breaker as it stands in Redis (worker/guard/)."""
+    from dataclasses import asdict
+
+    from worker.guard import breaker_state
+
+    s = svc.settings
+    out: dict[str, Any] = {"rate_limit": round(s.guard.rate + s.guard.look_rate, 3), "stq_rate": s.guard.look_rate,
+                           "breaker_failures": s.guard.breaker_failures}
+    if s.guard.breaker_failures:
+        out["breaker"] = asdict(breaker_state(svc.redis, prefix=s.key_prefix, merchant="default"))
+    return out
+
+
+def _guard_line(guard: dict[str, Any]) -> str:
+    limit = f"{guard['rate_limit']:g}/s (stq {guard['stq_rate']:g}/s)" if guard["rate_limit"] else "no rate limit"
+    breaker = guard.get("breaker")
+    if not breaker:
+        return f"{limit}, no breaker"
+    state = breaker["state"].upper().replace("_", "-")
+    extra = f", {breaker['open_for']:g}s of cooldown left" if breaker["state"] == "open" else ""
+    return (f"{limit}, breaker {state} ({breaker['failures']} failures in a row{extra}; opened "
+            f"{breaker['opened']} times)")
 
 
 def _age(seconds: float | None) -> str:
@@ -69,6 +99,11 @@ def _gateway_line(gateway: dict[str, Any]) -> str:
     return "settings proved (stq)" if gateway["reachable"] else f"NOT reachable ({gateway['error']})"
 
 
+def _webhooks_line(hooks: dict[str, Any]) -> str:
+    return (f"webhooks     {hooks.get('undelivered', 0)} undelivered (oldest "
+            f"{_age(hooks.get('oldest_undelivered_age') or None)}), {hooks.get('failed', 0)} failed for good")
+
+
 def render(found: dict[str, Any]) -> str:
     by_status, ages, broker = found["by_status"], found["ages"], found["broker"]
     sweep = found.get("sweep")
@@ -86,7 +121,9 @@ def render(found: dict[str, Any]) -> str:
         f"open auths   {found['open_auths']['count']} (oldest {_age(ages['open_auths'])}), "
         f"{found.get('stale_auths', 0)} older than STALE_AUTH_AGE",
         "last sweep   " + _sweep_line(found["now"], sweep),
+        _webhooks_line(found.get("webhooks") or {}),
         f"gateway      {found['gateway']['url']}: " + _gateway_line(found["gateway"]),
+        *(["guard        " + _guard_line(found["guard"])] if "guard" in found else []),
         "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),
         "",
     ]

@@ -44,17 +44,20 @@ from worker.cards.vault import DEVELOPMENT_KEY
 from worker.gateway import (
     Expired,
     FenceLost,
+    Held,
     InvalidInput,
     NotSent,
     OutcomeUnknown,
     Rejected,
     Response,
+    Throttled,
     expiry,
     validation,
 )
 from worker.gateway.tokens import StoredCredential
 from worker.gateway.validation import Card, Money
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.payments.policy import ChargePolicy
 from worker.payments.record import PaymentRecord, decode, decode_or_none
 from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
@@ -179,6 +182,11 @@ class GatewayOutage(Exception):
         self.check_in = check_in
 
 
+class GatewayThrottled(GatewayOutage):
+    """The shared rate limit held the attempt back (nothing sent; parked RETRYING): re-queued after ``check_in``
+    seconds, and never counted as an outage re-queue (the gateway is fine)."""
+
+
 class ReplicasBehind(GatewayOutage):
     """Too few Redis replicas acknowledged the claim or the attempt journal in time (REDIS_MIN_REPLICAS_ACK): a
     failover could lose it after the gateway was called, so nothing was sent. Parked (RETRYING, or UNKNOWN when an
@@ -287,6 +295,8 @@ class PaymentFlow:
     expire_minutes: int = 3
     #: how far the gateway's clock may lag Redis's (GATEWAY_CLOCK_SKEW_MARGIN): added to a stamp's expiry
     skew_margin: float = 60.0
+    #: AVS_POLICY / CVV2_POLICY: approvals with these results are voided at once (worker/payments/policy.py)
+    policy: ChargePolicy = field(default_factory=ChargePolicy)
 
     def __post_init__(self) -> None:
         if self.keeper is None:
@@ -545,49 +555,71 @@ class PaymentFlow:
     def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict[str, Any]:
         duplicate_override = False
         for _ in range(MAX_SENDS):
-            if self.clock() >= run.deadline:
-                # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
-                self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
-            if not journaled:
-                try:
-                    noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
-                except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
-                    self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
-                if noted is None:
-                    raise _LeaseLost()
+            self._before_attempt(run, journaled=journaled)
             journaled = False
             try:
                 response = run.send(duplicate_override, self._fence_for(run))
-            except (FenceLost, Expired) as exc:  # nothing was sent, or the gateway did not save it
-                self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
-            except NotSent as exc:
-                self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
+            except NotSent as exc:  # nothing was sent, or the gateway did not save it
+                self._park_unsent(run, exc)
             except Rejected as exc:
                 return self._answer(run, exc.response, error_class="Rejected")
             except OutcomeUnknown as exc:
-                refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
-                now = self.store.now()
-                found = self._lookup(run, now)
-                if isinstance(found, Response):
-                    return self._adopt(run, found)
-                if isinstance(found, CannotTell):
-                    self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
-                               sent=not refused)
-                if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
-                    # A DUPLICATE of another operation (same card and amount): ours never landed.
-                    duplicate_override = True
-                    self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
-                                          expect=(Status.PENDING,), note="DUPLICATE of another operation; "
-                                          "sending again with DUPLICATE_OVERRIDE")
-                    continue
-                wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
-                self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
-                                                f"far: looked at again after the commit horizon",
-                           sent=not refused, check_in=wait + 1)
+                adopted = self._after_unknown(run, exc, sent_before)
+                if adopted is not None:
+                    return adopted
+                duplicate_override = True  # a DUPLICATE of another operation: ours never landed
             else:
                 return self._answer(run, response)
         self._park(run, Status.UNKNOWN, f"{MAX_SENDS} sends answered DUPLICATE", sent=False)
         raise AssertionError("unreachable")  # _park raises
+
+    def _park_unsent(self, run: _Run, exc: NotSent) -> NoReturn:
+        """RETRYING: the attempt provably left nothing at the gateway (re-queued; a throttle is no outage)."""
+        if isinstance(exc, (FenceLost, Expired)):  # our fence stopped it, or the gateway refused it unsaved
+            self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False)
+        if isinstance(exc, Held):  # the shared guard (rate limit, breaker) held it back
+            self._park(run, Status.RETRYING, f"not sent: {_short(exc, 120)}", sent=False, check_in=exc.retry_after,
+                       outage=GatewayThrottled if isinstance(exc, Throttled) else GatewayOutage)
+        self._park(run, Status.RETRYING, f"gateway not reached: {type(exc).__name__}", sent=False)
+
+    def _before_attempt(self, run: _Run, *, journaled: bool) -> None:
+        """Within the wall-time budget, and the attempt noted in the journal (the claim may have noted it)."""
+        if self.clock() >= run.deadline:
+            # Nothing was sent since the last journal entry (the claim's attempt 1, or none): provably unsent.
+            self._park(run, Status.RETRYING, "wall-time budget spent before sending", sent=False)
+        if not journaled:
+            self._journal(run)
+
+    def _journal(self, run: _Run) -> None:
+        """Note the next attempt in the journal before it may leave (or park, or give the operation up)."""
+        try:
+            noted = self.store.journal(run.payment_id, run.owner, self.lease_seconds)
+        except ReplicaAckTimeout as exc:  # a failover could undo the journal entry: send nothing
+            self._park(run, Status.RETRYING, f"not sent: {exc}", sent=False, outage=ReplicasBehind)
+        if noted is None:
+            raise _LeaseLost()
+
+    def _after_unknown(self, run: _Run, exc: OutcomeUnknown, sent_before: float | None) -> dict[str, Any] | None:
+        """An attempt whose outcome is unknown: stq's row of ours adopted, or the operation parked UNKNOWN (raises),
+        or None: the gateway refused it as a DUPLICATE of another operation and ours never landed, so it is sent
+        again with DUPLICATE_OVERRIDE."""
+        refused = bool(getattr(exc, "duplicate", False))  # the gateway said it did not process this one
+        now = self.store.now()
+        found = self._lookup(run, now)
+        if isinstance(found, Response):
+            return self._adopt(run, found)
+        if isinstance(found, CannotTell):
+            self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
+                       sent=not refused)
+        if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
+            self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
+                                  expect=(Status.PENDING,), note="DUPLICATE of another operation; "
+                                  "sending again with DUPLICATE_OVERRIDE")
+            return None
+        wait = self.commit_horizon if not refused else (sent_before or now) + self.commit_horizon - now
+        self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); absent at the gateway so "
+                                        f"far: looked at again after the commit horizon",
+                   sent=not refused, check_in=wait + 1)
 
     def _dead_holder(self, payment_id: str) -> str:
         """The holder of ``payment_id``'s unreported attempt when its process is known dead (this host, pid gone),
@@ -640,6 +672,10 @@ class PaymentFlow:
         return self._finish(run, status, fields, note="adopted from stq")
 
     def _finish(self, run: _Run, status: Status, fields: dict[str, Any], *, note: str = "") -> dict[str, Any]:
+        refused = (self.policy.refuses(str(fields.get("avs") or ""), str(fields.get("cvv2") or ""))
+                   if run.operation in ("sale", "auth") and status == Status.APPROVED else "")
+        if refused:
+            return self._void_by_policy(run, fields, refused)
         # The task's final write: its Celery result and ack go in the same call (worker/store/final_write.py).
         record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
                                        owner=run.owner, sent=True, reflect=run.follow_up,
@@ -648,6 +684,25 @@ class PaymentFlow:
             raise _LeaseLost()
         self._observe_outcome(run.operation, record)
         return task_outcome(record)
+
+    def _void_by_policy(self, run: _Run, fields: dict[str, Any], refused: str) -> dict[str, Any]:
+        """An approval the AVS/CVV2 policy does not accept (worker/payments/policy.py): recorded APPROVED with
+        ``declined_by_policy`` and ``then_void`` (a sale the sweep voids if this process dies now; an auth, the
+        stale-auth sweep), then voided at once as ``<payment_id>:void``. Neither write is the task's final one
+        (its Celery result is the record after the void, stored by Celery as before)."""
+        fields = dict(fields, declined_by_policy=refused, then_void="1")
+        with final_write.finishing(None):
+            record = self.store.transition(run.payment_id, Status.APPROVED, fields=fields, expect=(Status.PENDING,),
+                                           owner=run.owner, sent=True, note=f"approved; declined by policy ({refused})")
+            if record is None:
+                raise _LeaseLost()
+            self._observe_outcome(run.operation, record)
+            try:
+                self.follow_up("void", f"{run.payment_id}:void", trans_id=str(fields.get("trans_id") or ""),
+                               parent=run.payment_id, reason=f"declined by policy: {refused}")
+            except Exception as exc:  # the gateway away, a bug: the sweep voids it (then_void / stale auth)
+                log.warning("%s: void by policy deferred to the sweep: %s", run.payment_id, type(exc).__name__)
+        return task_outcome(self.store.get(run.payment_id) or record)
 
     def _park(self, run: _Run, status: Status, note: str, *, sent: bool | None,
               check_in: float | None = None, outage: type[GatewayOutage] = GatewayOutage) -> NoReturn:
@@ -667,6 +722,9 @@ class PaymentFlow:
         try:
             # (a record without its creation time, which the claim always writes: the last 30 days by Redis time)
             rows = self.gateway.query_all(order_id=run.payment_id, between=(run.created_ts or now - 30 * 86400, now))
+        except Held as exc:  # the shared guard sent nothing: not even a try
+            log.info("reconcile %s: stq held back: %s", run.payment_id, type(exc).__name__)
+            return CannotTell(type(exc).__name__, held_for=exc.retry_after)
         except Exception as exc:  # any failure of a read-only query means "cannot tell", never "absent"
             log.warning("reconcile %s: stq failed: %s", run.payment_id, type(exc).__name__)
             self.observer.reconciliation("cannot_tell")
@@ -763,6 +821,15 @@ class PaymentFlow:
                     log.error("reconcile %s: %s", payment_id, message)
                     self._finish(run, Status.ERROR, {"message": message, "needs_human": "1"})
                     return "gave_up"
+                if isinstance(found, CannotTell) and found.held_for is not None:
+                    # the guard held stq back (breaker open, rate limit): no try spent, look again once it lets us
+                    parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,),
+                                                   sent=None, check_in=found.held_for + 1.0,
+                                                   note=f"outcome unknown; stq held back ({found.reason})",
+                                                   fields={"message": "outcome unknown; the gateway is unavailable "
+                                                                      "(circuit breaker) or busy (rate limit)"})
+                    self._observe_parked(operation, parked)
+                    return "still_unknown"
                 delay = min(retry_base * 2 ** (tries - 1), 3600.0)
                 if isinstance(found, Absent) and sent_ts is not None:
                     delay = min(delay, sent_ts + self.commit_horizon - now + 1)

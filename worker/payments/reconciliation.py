@@ -552,3 +552,21 @@ def contradiction(status: str, trans_id: str, rows: Sequence[Mapping[str, str]] 
     elif approved:  # ERROR: nothing charged
         return f"the gateway's report shows {shown}: it was charged"
     return None
+
+
+# ---- the day a run is asked for (the CLI and the daily beat task) -------------------------------------------------
+class NotADay(ValueError):
+    """A day that is neither ``YYYY-MM-DD`` nor ``today``/``yesterday``."""
+
+
+def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (UTC)."""
+    word = text.strip().lower()
+    if word == "today":
+        return today()
+    if word == "yesterday":
+        return today() - timedelta(days=1)
+    try:
+        return date.fromisoformat(word)
+    except ValueError:
+        raise NotADay(f"not a date (YYYY-MM-DD, today, yesterday): {text!r}") from None

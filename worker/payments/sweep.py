@@ -24,7 +24,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.archive.retention import retain
 from worker.payments.flow import GatewayOutage, LeaseBusy
@@ -41,10 +41,23 @@ log = logging.getLogger("payments.sweep")
 LOCK_NAME = "sweep"
 
 
-def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
+class OutboxPublisher(Protocol):
+    """What the sweep needs of the broker for step 4 (worker/broker/outbox.py: ``AppPublisher`` over an app)."""
+
+    def republish(self, message: dict[str, Any]) -> None:
+        """Publish a kept message again, as it was."""
+
+    def finished(self, task_id: str) -> bool:
+        """Whether the task already ran to its outcome (the result backend's SUCCESS); when unsure, False."""
+
+
+def run_sweep(svc: Any, *, publisher: OutboxPublisher | None = None, progress: Callable[[], object] | None = None,
               now: float | None = None) -> dict[str, Any]:
     """``svc``: the process's :class:`~worker.services.Services` (or a test's namespace of ``settings``, ``store``,
-    ``flow``). ``now``: the time retention judges ages by (default: Redis server time); a test's clock."""
+    ``flow``). ``publisher``: how lost payment messages are published again (the sweep task and ``payments sweep``
+    hand in their app's); None: this sweep publishes nothing, and counts what it would have published
+    (``outbox_not_republished``). ``now``: the time retention judges ages by (default: Redis server time); a test's
+    clock."""
     settings: Settings = svc.settings
     store: ResultsStore = svc.store
     flow: PaymentFlow = svc.flow
@@ -72,7 +85,8 @@ def run_sweep(svc: Any, *, progress: Callable[[], object] | None = None,
         queued = store.outbox.still_in_broker(due)  # not lost: the workers are behind, not the broker
         store.outbox.restamp(queued)
         for task_id, entry in due:
-            counts[f"outbox_{'still_queued' if task_id in queued else republish_lost(store, task_id, entry)}"] += 1
+            action = "still_queued" if task_id in queued else republish_lost(store, task_id, entry, publisher)
+            counts[f"outbox_{action}"] += 1
             _tick(progress)
         for record in store.voids_due(settings.reconcile_after):
             counts[f"chain_void_{chain_void(svc, record)}"] += 1
@@ -170,15 +184,17 @@ def outbox_due(settings: Settings) -> float:
     return max(outbox_age(settings) - settings.sweep_interval, settings.visibility_timeout)
 
 
-def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any]) -> str:
-    from worker.broker.app import republish
-
+def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any],
+                   publisher: OutboxPublisher | None) -> str:
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
         log.error("sweep: message %s was published %d times and never finished: look at it by hand",
                   task_id, MAX_REPUBLISH + 1)
         store.outbox.give_up(task_id)
         return "given_up"
-    if _ran_to_its_outcome(task_id):
+    if publisher is None:
+        log.warning("sweep: message %s was not finished after publishing; this sweep has no publisher", task_id)
+        return "not_republished"
+    if publisher.finished(task_id):
         # Its worker claimed it before the producer kept the entry (the producer writes it just after publishing):
         # nothing was lost, and publishing it again would only be answered by the claim.
         store.outbox.done(task_id)
@@ -187,22 +203,9 @@ def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any]) 
     # Count first, then publish: counted after, it would put back an entry that the worker's claim of the
     # re-published message had already removed (and the message would be published yet again later).
     store.outbox.republished(task_id, dict(entry))
-    republish(entry["message"])
+    publisher.republish(entry["message"])
     log.warning("sweep: message %s was not finished after publishing; published again", task_id)
     return "republished"
-
-
-def _ran_to_its_outcome(task_id: str) -> bool:
-    """Whether the result backend holds the task's SUCCESS (kept for RESULT_EXPIRES); when it cannot say, no."""
-    from celery import states
-
-    from worker.broker.app import current_payments_app
-
-    try:
-        return bool(current_payments_app().AsyncResult(task_id).state == states.SUCCESS)
-    except Exception as exc:  # the backend is a convenience: re-publishing is safe (the claim answers it)
-        log.warning("sweep: result of %s unknown (%s); treated as not run", task_id, type(exc).__name__)
-        return False
 
 
 def finish_chain_void(flow: PaymentFlow, store: ResultsStore, sale_record: Mapping[str, Any]) -> str:

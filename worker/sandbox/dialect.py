@@ -21,6 +21,10 @@ report_errors      ``line``    ``pairs``: a 400 body ``STATUS=E&MESSAGE=...`` in
 token_source       ``any``     ``approved``: a SALE/AUTH with RRNO = an earlier id (a token) charges only an approved
                                transaction's card (else COULD NOT LOCATE ORIGINAL TRANSACTION); ``any``: any
                                transaction that carried a card (the bp10emu text names no such rule)
+unknown_token      ``error_reading``  ``could_not_locate``: a token (RRNO on SALE/AUTH) that names no usable
+                               transaction is answered ``COULD NOT LOCATE ORIGINAL TRANSACTION`` ("unable to lookup
+                               the master_id") instead of ``Error reading master transaction`` ("unable to locate
+                               tokenized transaction"); BluePay_MESSAGE_values.txt lists both
 stored_id          ``established``  ``none``: replies never carry STORED_ID (BluePay's samples read it "used or
                                established by transaction" but print it only in comments)
 bp10emu_stamp_def  ``RRNO ISSUE_DATE Result``  (seen in live TEST replies of 2023) any space-separated
@@ -53,6 +57,7 @@ _CHOICES = {
     "report_errors": ("line", "pairs"),
     "token_source": ("any", "approved"),
     "stored_id": ("established", "none"),
+    "unknown_token": ("error_reading", "could_not_locate"),
 }
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -72,6 +77,7 @@ class Dialect:
     report_errors: str = "line"
     token_source: str = "any"
     stored_id: str = "established"
+    unknown_token: str = "error_reading"
     bp10emu_stamp_def: str = OBSERVED_STAMP_DEF
 
     def to_json(self) -> dict[str, str]:

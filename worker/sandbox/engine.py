@@ -438,7 +438,9 @@ class Engine:
             return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
         if amount == _ZERO and ttype == "SALE":
             return finish("ERROR", "Amount may not be zero.")
-        if (f.get("RRNO") or "").strip() or (f.get("CUST_TOKEN") or "").strip():
+        # CC_NUM "required unless ... you include an RRNO" (bp10emu text); a card given beside a token is charged
+        stored_card = (f.get("RRNO") or "").strip() or (f.get("CUST_TOKEN") or "").strip()
+        if stored_card and not (f.get("CC_NUM") or "").strip():
             return self._token_charge(f, ttype, mode, amount, now, reply, finish)
         number = re.sub(r"[\s-]", "", f.get("CC_NUM") or "")
         if not number:
@@ -465,19 +467,20 @@ class Engine:
         """SALE/AUTH of a stored card: RRNO = an earlier transaction id (the bp10emu text: CC_NUM "required unless
         ... you include an RRNO"), or CUST_TOKEN (BluePay's library). The card is the stored one."""
         rrno, name = (f.get("RRNO") or "").strip(), (f.get("CUST_TOKEN") or "").strip()
-        if (f.get("CC_NUM") or "").strip() or (rrno and name):
-            return finish("ERROR", "INVALID PAYMENT INFORMATION")  # ours: a charge names one payment source
+        if rrno:
+            name = ""  # ours where the sources are silent: RRNO names the transaction; a CUST_TOKEN beside it is unused
         with self.lock:
             if rrno:
                 source = self._entries.get(rrno)
                 usable = source is not None and source.account == self.account_id and source.mode == mode \
                     and bool(source.card_hash) and (self.dialect.token_source == "any" or source.status == "1")
-                if not usable:
-                    return finish("ERROR", "COULD NOT LOCATE ORIGINAL TRANSACTION")
+                if not usable:  # BluePay_MESSAGE_values.txt names both (dialect unknown_token)
+                    return finish("ERROR", "Error reading master transaction" if self.dialect.unknown_token ==
+                                  "error_reading" else "COULD NOT LOCATE ORIGINAL TRANSACTION")
             else:
                 source = self._customer_tokens.get((self.account_id, mode, name))
-                if source is None:
-                    return finish("ERROR", "INVALID CUSTOMER TOKEN")  # ours: the sources name no message
+                if source is None:  # BluePay_MESSAGE_values.txt: "Unable to locate tokenized transaction."
+                    return finish("ERROR", "Error reading master transaction")
                 reply["CUST_TOKEN"] = name
         assert source is not None
         m = _EXP_RE.match(source.card_expire)
@@ -491,9 +494,7 @@ class Engine:
     def _charge(self, f, ttype, mode, amount, now, reply, finish, *, masked: str, ctype: str, expires: str,
                 chash: str, cvv_given: bool, origin: str = "", cust_token: str = "", first_stored_id: str = ""):
         reply.update(PAYMENT_ACCOUNT=masked, CARD_TYPE=ctype, CARD_EXPIRE=expires, BANK_NAME="")
-        new_token = (f.get("NEW_CUST_TOKEN") or "").strip()
-        if new_token and (origin or cust_token):  # ours: NEW_CUST_TOKEN stores a card given in the request
-            return finish("ERROR", "INVALID PAYMENT INFORMATION")
+        new_token = (f.get("NEW_CUST_TOKEN") or "").strip()  # (with a token: the stored card under a new name)
         order_id = f.get("ORDER_ID", "")
         dup_key = (self.account_id, mode, ttype, chash, amount, order_id)
         override = (f.get("DUPLICATE_OVERRIDE") or "").strip() == "1"
@@ -623,8 +624,8 @@ class Engine:
             return "Already Captured"
         if amount is not None and amount > o.amount:
             return "CAPTURE amount cannot exceed AUTH amount"
-        if amount is None and o.amount == _ZERO:
-            return "Amount may not be zero."
+        if o.amount == _ZERO:
+            return "Cannot CAPTURE Zero AUTH"  # BluePay_MESSAGE_values.txt: a $0 auth only stores the card
         return None
 
     def _apply_void(self, o: Entry, e: Entry) -> None:

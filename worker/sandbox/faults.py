@@ -51,50 +51,33 @@ class FaultConfigError(ValueError):
     pass
 
 
+_CONFIG_KEYS = frozenset({"latency_ms", "jitter_ms", "probabilities", "sequence", "endpoints", "slow_seconds",
+                          "late_commit_seconds", "seed"})
+
+
 def parse_config(raw: Any) -> dict[str, Any]:
     """Validate and normalise a fault configuration (dict or JSON text)."""
-    if raw is None or raw == "":
-        raw = {}
-    if isinstance(raw, (str, bytes)):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise FaultConfigError(f"faults: not JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise FaultConfigError("faults: expected a JSON object")
-    unknown = set(raw) - {"latency_ms", "jitter_ms", "probabilities", "sequence", "endpoints",
-                          "slow_seconds", "late_commit_seconds", "seed"}
-    if unknown:
-        raise FaultConfigError(f"faults: unknown keys {sorted(unknown)}")
+    config = _config_object(raw)
 
     def number(key: str, default: float) -> float:
-        value = raw.get(key, default)
+        value = config.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise FaultConfigError(f"faults: {key} must be a number >= 0")
         return float(value)
 
-    probs = raw.get("probabilities") or {}
-    if not isinstance(probs, dict):
-        raise FaultConfigError("faults: probabilities must be an object")
-    for kind, p in probs.items():
-        if kind not in KINDS:
-            raise FaultConfigError(f"faults: unknown kind {kind!r} (known: {', '.join(KINDS)})")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise FaultConfigError(f"faults: probability of {kind} must be within 0..1")
-    if sum(probs.values()) > 1.0000001:
-        raise FaultConfigError("faults: probabilities add up to more than 1")
-    seq = raw.get("sequence") or []
+    probs = _probabilities(config.get("probabilities") or {})
+    seq = config.get("sequence") or []
     if not isinstance(seq, list):
         raise FaultConfigError("faults: sequence must be a list")
     for item in seq:
         if item != "ok" and item not in KINDS:
             raise FaultConfigError(f"faults: unknown sequence item {item!r}")
-    endpoints = raw.get("endpoints") or ["bp10emu"]
+    endpoints = config.get("endpoints") or ["bp10emu"]
     if endpoints == "*" or endpoints == ["*"]:
         endpoints = list(ENDPOINTS)
     if not isinstance(endpoints, list) or any(e not in ENDPOINTS for e in endpoints):
         raise FaultConfigError(f"faults: endpoints must be a list drawn from {ENDPOINTS}")
-    seed = raw.get("seed")
+    seed = config.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise FaultConfigError("faults: seed must be an integer")
     return {
@@ -105,6 +88,36 @@ def parse_config(raw: Any) -> dict[str, Any]:
         "late_commit_seconds": number("late_commit_seconds", DEFAULT_LATE_COMMIT_SECONDS),
         "seed": seed,
     }
+
+
+def _config_object(raw: Any) -> dict[str, Any]:
+    """The configuration as a dict of known keys (JSON text is parsed; nothing is an empty configuration)."""
+    if raw is None or raw == "":
+        raw = {}
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise FaultConfigError(f"faults: not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FaultConfigError("faults: expected a JSON object")
+    unknown = set(raw) - _CONFIG_KEYS
+    if unknown:
+        raise FaultConfigError(f"faults: unknown keys {sorted(unknown)}")
+    return raw
+
+
+def _probabilities(probs: Any) -> dict[str, Any]:
+    if not isinstance(probs, dict):
+        raise FaultConfigError("faults: probabilities must be an object")
+    for kind, p in probs.items():
+        if kind not in KINDS:
+            raise FaultConfigError(f"faults: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise FaultConfigError(f"faults: probability of {kind} must be within 0..1")
+    if sum(probs.values()) > 1.0000001:
+        raise FaultConfigError("faults: probabilities add up to more than 1")
+    return probs
 
 
 class Faults:

@@ -68,6 +68,11 @@ class Outbox:
         write_durably(self.redis, "outbox entry", lambda pipe: pipe.hset(self.keys.outbox, task_id, entry),
                       replicas=self.replicas, timeout=self.replica_timeout)
 
+    def put_into(self, pipe: Any, task_id: str, message: Mapping[str, Any]) -> None:
+        """The same ``HSET`` as :meth:`put`, added to a pipeline of the broker's that shares this store's database
+        (the producer's publish batch: worker/broker/one_trip.py); no replicas to wait for there."""
+        pipe.hset(self.keys.outbox, task_id, entry_json(message))
+
     def done(self, task_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hdel(self.keys.outbox, task_id)

@@ -15,14 +15,15 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.broker.app import app
+from worker.broker.celeryconfig import celery_settings
 from worker.broker.final_write import final_write_for
+from worker.broker.outbox import AppPublisher
 from worker.cards.messages import unsealed_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardSealError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
-from worker.payments.flow import GatewayOutage, LeaseBusy, PaymentFlow
+from worker.payments.flow import GatewayOutage, GatewayThrottled, LeaseBusy, PaymentFlow
 from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
     CHARGES,
@@ -32,14 +33,20 @@ from worker.payments.requests import (
     follow_up_request,
     refusal_fingerprints,
 )
-from worker.redis_connections import celery_settings
 from worker.services import Services, services_of
 from worker.store.final_write import finishing
+from worker.tasks.registry import TaskTable
 
 log = logging.getLogger("payments.tasks")
 
+#: The payment tasks and the sweep, made on an app by ``worker.broker.app.create_app`` (``TASKS.register(app)``).
+TASKS = TaskTable()
+
 # How often a delivery may be re-queued because another worker holds the operation's lease.
 MAX_BUSY_RETRIES = 60
+# How often the shared rate limit may re-queue one delivery before the re-queues count as outage re-queues (a limit
+# far below the load must not keep a payment waiting forever).
+MAX_THROTTLED_REQUEUES = 200
 
 
 def outage_countdown(retries: int, *, backoff: float, backoff_max: float, visibility_timeout: float,
@@ -94,12 +101,9 @@ class PaymentTask(Task):
         # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
         # charged nothing (worker/payments/flow.py); an option of the message, not an argument of the operation.
         request.retry_failed = kwargs.pop("retry_failed", False)
-        if not isinstance(request.retry_failed, bool):
-            return self._refuse(InvalidInput("retry_failed", "retry_failed must be True or False"))
-        try:
-            self._run_signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            return self._refuse(InvalidInput("arguments", f"bad arguments: {exc}"))
+        bad = self._bad_arguments(args, kwargs)
+        if bad is not None:
+            return self._refuse(bad)
         try:
             with finishing(final_write_for(self, self._store_broker_url)):  # outcome, result and ack in one call
                 return self.run(*args, **kwargs)
@@ -128,6 +132,16 @@ class PaymentTask(Task):
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
 
+    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidInput | None:
+        """What is wrong with the message's arguments as such (their values are the request builder's)."""
+        if not isinstance(self.request.retry_failed, bool):
+            return InvalidInput("retry_failed", "retry_failed must be True or False")
+        try:
+            self._run_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            return InvalidInput("arguments", f"bad arguments: {exc}")
+        return None
+
     def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
         flow, request = self.flow, self.request
         # The key is bound to this request as given (its card sealed or not): another request under it is an
@@ -138,17 +152,22 @@ class PaymentTask(Task):
 
     def _on_outage(self, parked: GatewayOutage) -> dict[str, Any]:
         request, settings = self.request, self.services.settings
-        if request.retries >= settings.outage_retries:
+        # Re-queues by the shared rate limit travel in a header: they are not outage re-queues (worker/guard/).
+        throttled = _count(getattr(request, "payments_throttled", 0))
+        if isinstance(parked, GatewayThrottled) and throttled < MAX_THROTTLED_REQUEUES:
+            countdown = (parked.check_in or 0.0) + random.uniform(0.0, 1.0)  # spread: the backlog drains at the rate
+            raise self.retry(countdown=countdown, headers={"payments_throttled": throttled + 1})
+        outages = request.retries - throttled
+        if outages >= settings.outage_retries:
             return self.flow.give_up_retrying(self.operation, request.payment_id,
-                                                       f"gateway unreachable after {request.retries} re-queues: "
-                                                       f"{parked.reason}")
-        countdown = outage_countdown(request.retries, backoff=settings.outage_backoff,
+                                              f"gateway unreachable after {outages} re-queues: {parked.reason}")
+        countdown = outage_countdown(outages, backoff=settings.outage_backoff,
                                      backoff_max=settings.outage_backoff_max,
                                      visibility_timeout=settings.visibility_timeout, at_least=parked.check_in)
-        raise self.retry(countdown=countdown)
+        raise self.retry(countdown=countdown, **({"headers": {"payments_throttled": throttled}} if throttled else {}))
 
     # ---- helpers for the task bodies -------------------------------------------------------------
-    def bind_payment_id(self, idempotency_key: Any) -> tuple[str, str | None]:
+    def bind_payment_id(self, idempotency_key: object) -> tuple[str, str | None]:
         """The operation id (ours) and the producer's key as the record shows it: the producer's idempotency key
         (opened when it travelled sealed; a card-like key's keyed id, never the key, shown masked), else the task
         id. The id is kept on the request for the policies of :meth:`__call__` (outage, busy, time limit)."""
@@ -181,13 +200,18 @@ class PaymentTask(Task):
         return any(isinstance(sig, dict) and sig.get("task") == "payments.void" for sig in following)
 
 
+def _count(value: object) -> int:
+    """A counter from a message header (absent or malformed: 0)."""
+    return value if type(value) is int and value >= 0 else 0
+
+
 def task_options(name: str) -> dict[str, Any]:
     """A payment task's name and attributes, from the one table of them (worker/catalogue.py)."""
     spec = PAYMENT_TASKS[name]
     return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
 
 
-def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
+def open_identifier(task: PaymentTask, name: str, value: object) -> object:
     """An identifier as the producer gave it: a card-like one travels sealed (worker/cards/messages.py)."""
     try:
         return task.services.vault.open_identifier(value)
@@ -195,7 +219,7 @@ def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
         raise InvalidInput(name, "sealed identifier cannot be opened with this PAYMENTS_CARD_KEY") from None
 
 
-def _checked_key(idempotency_key: Any) -> str:
+def _checked_key(idempotency_key: object) -> str:
     """The producer's key as the operation id: the rule ``delay()`` already applied (worker/cards/messages.py), for a
     message that did not come through it. An ``int`` is its decimal digits (not a bool: True is no key)."""
     if type(idempotency_key) is int:
@@ -204,7 +228,7 @@ def _checked_key(idempotency_key: Any) -> str:
     return key
 
 
-def _open_card(task: PaymentTask, card: Any) -> Any:
+def _open_card(task: PaymentTask, card: object) -> object:
     vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
@@ -228,8 +252,8 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
             raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
 
 
-def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any,
-            repeat: RepeatCharge) -> dict[str, Any]:
+def _charge(task: PaymentTask, amount: object, card: object, customer: object, order_id: object,
+            idempotency_key: object, repeat: RepeatCharge) -> dict[str, Any]:
     """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -243,7 +267,7 @@ def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: 
     return flow.submit(request, task.delivery())
 
 
-def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict[str, Any]:
+def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_key: object) -> dict[str, Any]:
     """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -253,39 +277,41 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
     return flow.submit(request, task.delivery())
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
-def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
-         initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
+def sale(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
+         idempotency_key: object = None, token: object = None, customer_token: object = None,
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal), or a stored card: ``token`` (an earlier
     trans_id) or ``customer_token`` (docs/tokens.md)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
-def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
-         initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
+def auth(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
+         idempotency_key: object = None, token: object = None, customer_token: object = None,
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
     """AUTH: same arguments as sale; amount may be 0.00 (stores the card: its trans_id is a token)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
-def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
+def capture(self: PaymentTask, trans_id: object, amount: object = None,
+            idempotency_key: object = None) -> dict[str, Any]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
-def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
+def refund(self: PaymentTask, trans_id: object, amount: object = None,
+           idempotency_key: object = None) -> dict[str, Any]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
-@app.task(base=PaymentTask, bind=True, **task_options("payments.void"))
-def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[str, Any]:
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
+def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, Any]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
         outcome = trans_id
@@ -296,9 +322,9 @@ def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[
     return _follow_up(self, trans_id, None, idempotency_key)
 
 
-@app.task(bind=True, name="payments.sweep")
+@TASKS.task(bind=True, name="payments.sweep")
 def sweep(self: Task) -> dict[str, Any]:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 
-    return run_sweep(services_of(self.app))
+    return run_sweep(services_of(self.app), publisher=AppPublisher(self.app))

@@ -7,10 +7,10 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task
 
-import worker.broker.app  # noqa: F401  (worker.app made, as for the payment tasks)
 from worker.services import services_of
+from worker.tasks.registry import TaskTable
 
 log = logging.getLogger("payments.reconcile")
 
@@ -19,13 +19,17 @@ RETRY_EVERY = 600
 RETRIES = 12
 
 
-@shared_task(bind=True, name="payments.reconcile_report", max_retries=RETRIES)
+#: made on an app by ``worker.broker.app.create_app``
+TASKS = TaskTable()
+
+
+@TASKS.task(bind=True, name="payments.reconcile_report", max_retries=RETRIES)
 def reconcile_report(self: Task, day: str | None = None) -> dict[str, Any]:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
-    from worker.cli.reconcile import parse_day, reconciler
     from worker.ops.metrics import observer
-    from worker.payments.reconciliation import ReconcileError
+    from worker.payments.decisions import reconciler
+    from worker.payments.reconciliation import ReconcileError, parse_day
 
     metrics = observer()
 

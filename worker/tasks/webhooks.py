@@ -7,10 +7,10 @@ import logging
 import os
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task
 
-import worker.broker.app  # noqa: F401  (worker.app made, as for the payment tasks)
 from worker.services import services_of
+from worker.tasks.registry import TaskTable
 
 log = logging.getLogger("payments.webhooks")
 QUEUE = "webhooks"
@@ -28,7 +28,11 @@ def deliverer_for(svc: Any) -> Any:
     return _deliverers[key]
 
 
-@shared_task(bind=True, name="payments.webhooks.drain", ignore_result=True)
+#: made on an app by ``worker.broker.app.create_app``
+TASKS = TaskTable()
+
+
+@TASKS.task(bind=True, name="payments.webhooks.drain", ignore_result=True)
 def drain(self: Task) -> dict[str, Any]:
     report = deliverer_for(services_of(self.app)).drain()
     if report.events or report.results:

@@ -84,8 +84,10 @@ class Deliverer:
                     now = self.clock()
                     claimed = self.deliveries.claim(now=now, until=now + self.settings.claim_seconds,
                                                     limit=self.settings.concurrency * 4)
-                    for result in pool.map(self._deliver, claimed, [endpoints] * len(claimed)):
-                        report.count(result)
+                    groups = _by_payment(claimed, self.deliveries)
+                    for results in pool.map(self._deliver_in_order, groups, [endpoints] * len(groups)):
+                        for result in results:
+                            report.count(result)
                     if not claimed or time.monotonic() >= deadline:
                         break
         finally:
@@ -93,10 +95,13 @@ class Deliverer:
                 _release(self.redis, self.keys.lock, token)
         return report
 
-    def _deliver(self, claimed: Claimed, endpoints: dict[str, Endpoint]) -> str:
+    def _deliver_in_order(self, group: list[tuple[Claimed, dict[str, str]]],
+                          endpoints: dict[str, Endpoint]) -> list[str]:
+        return [self._deliver(claimed, event, endpoints) for claimed, event in group]
+
+    def _deliver(self, claimed: Claimed, event: dict[str, str], endpoints: dict[str, Endpoint]) -> str:
         s = self.settings
         endpoint = endpoints.get(claimed.endpoint_id)
-        event = self.deliveries.event(claimed.event_id)
         now = self.clock()
         reason = ("endpoint removed" if endpoint is None else "endpoint disabled" if endpoint.disabled
                   else "event no longer kept" if not event.get("body") else "")
@@ -125,6 +130,16 @@ class Deliverer:
         if disabled:
             log.error("webhook endpoint %s disabled: failing for longer than WEBHOOK_DISABLE_AFTER", endpoint.id)
         return outcome
+
+
+def _by_payment(claimed: list[Claimed], deliveries: Deliveries) -> list[list[tuple[Claimed, dict[str, str]]]]:
+    """The claimed deliveries with their events, one group per (payment, endpoint) in sequence order: one payment's
+    events due together reach an endpoint one after the other, in order (the sequence number orders the rest)."""
+    events = deliveries.events([c.event_id for c in claimed])
+    groups: dict[tuple[str, str], list[tuple[Claimed, dict[str, str]]]] = {}
+    for c, event in zip(claimed, events, strict=True):
+        groups.setdefault((event.get("payment_id", c.event_id), c.endpoint_id), []).append((c, event))
+    return [sorted(g, key=lambda pair: int(pair[1].get("sequence") or 0)) for g in groups.values()]
 
 
 def _acquire(client: redis.Redis, key: str, ttl: float) -> str | None:

@@ -72,6 +72,13 @@ class Deliveries:
     def event(self, event_id: str) -> dict[str, str]:
         return {str(a): str(b) for a, b in self.redis.hgetall(self.keys.event(event_id)).items()}
 
+    def events(self, event_ids: Sequence[str]) -> list[dict[str, str]]:
+        """Several events in one round trip ({} for one no longer kept)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.hgetall(self.keys.event(event_id))
+        return [{str(a): str(b) for a, b in found.items()} for found in pipe.execute()]
+
     def events_since(self, since: float, *, limit: int = 100_000) -> list[str]:
         return [str(m) for m in self.redis.zrangebyscore(self.keys.events, since, "+inf", start=0, num=limit)]
 
@@ -101,6 +108,37 @@ class Deliveries:
         why = self.redis.hmget(k.failed_why, [m for m, _ in members]) if members else []
         return [{"event_id": m.split(" ", 1)[0], "endpoint_id": m.split(" ", 1)[1], "at": s, "error": w or ""}
                 for (m, s), w in zip(members, why, strict=True)]
+
+    def of_event(self, event_id: str, endpoint_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Where each of ``endpoint_ids``' delivery of ``event_id`` stands (the operator console's payment page):
+        ``pending`` (with its failed attempts so far), ``failed`` (given up, and why) or ``delivered``; an event no
+        longer kept (past WEBHOOK_EVENT_RETENTION) gives []. One round trip."""
+        k = self.keys
+        members = [f"{event_id} {e}" for e in endpoint_ids]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(k.event(event_id))
+        for m in members:
+            pipe.zscore(k.pending, m)
+            pipe.zscore(k.failed, m)
+            pipe.hget(k.attempts, m)
+            pipe.hget(k.failed_why, m)
+        kept, *rest = pipe.execute()
+        if not kept:
+            return []
+        out = []
+        for i, endpoint_id in enumerate(endpoint_ids):
+            pending, failed, attempts, why = rest[4 * i:4 * i + 4]
+            state = "failed" if failed is not None else "pending" if pending is not None else "delivered"
+            out.append({"event_id": event_id, "endpoint_id": endpoint_id, "state": state,
+                        "failed_attempts": int(attempts or 0), "error": str(why or "")})
+        return out
+
+    def clear_failed(self) -> int:
+        """Forget every failed delivery (an operator decided not to send them); how many."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zcard(self.keys.failed)
+        pipe.delete(self.keys.failed, self.keys.failed_why)
+        return int(pipe.execute()[0])
 
     def trim(self, *, before: float) -> int:
         """Forget the replay index of events older than ``before`` (their bodies expire by themselves)."""

@@ -1,0 +1,116 @@
+"""The gateway's shared guard (worker/guard/) on a real Redis: the token bucket's bound, the breaker's states, the
+lanes' separate budgets. Two guards over one Redis stand for two worker processes."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from worker.gateway import GatewayUnavailable, Throttled
+from worker.gateway.guarding import DOWN, NEUTRAL, UP
+from worker.guard import GuardSettings, RedisGuard, breaker_state
+
+
+def guard(client, prefix, merchant="m1", **settings) -> RedisGuard:
+    return RedisGuard(client, prefix=prefix, merchant=merchant,
+                      settings=GuardSettings(**{"max_wait": 0.0, **settings}))
+
+
+def test_two_processes_share_one_bucket_and_never_pass_rate_plus_burst_in_a_second(client, prefix):
+    a, b = guard(client, prefix, rate=10.0), guard(client, prefix, rate=10.0)
+    admitted: list[float] = []
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        for g in (a, b):
+            try:
+                g.admit("pay")
+                admitted.append(time.monotonic())
+            except Throttled as exc:
+                assert 0 < exc.retry_after <= 0.1 + 1e-3
+        time.sleep(0.005)
+    worst = max(sum(1 for t in admitted if start <= t < start + 1.0) for start in admitted)
+    assert 10 <= worst <= 11  # the rate, plus the burst of 1 a full bucket holds
+
+
+def test_a_throttled_attempt_waits_a_bounded_moment_in_process_instead(client, prefix):
+    g = guard(client, prefix, rate=5.0, max_wait=0.5)
+    started = time.monotonic()
+    for _ in range(3):  # the first takes the bucket's one token; the next two wait ~0.2 s each
+        g.admit("pay")
+    assert 0.3 <= time.monotonic() - started < 1.0
+    quick = guard(client, prefix, rate=5.0, max_wait=0.05)
+    with pytest.raises(Throttled):
+        quick.admit("pay")
+
+
+def test_stq_keeps_its_own_budget(client, prefix):
+    g = guard(client, prefix, rate=1.0, look_rate=1.0)
+    g.admit("pay")
+    with pytest.raises(Throttled):
+        g.admit("pay")
+    g.admit("look")  # a backlog of charges never takes reconciliation's tokens
+
+
+def test_the_breaker_opens_after_consecutive_failures_and_one_probe_closes_it(client, prefix):
+    a = guard(client, prefix, breaker_failures=3, cooldown=1.0)
+    b = guard(client, prefix, breaker_failures=3, cooldown=1.0)
+    for g in (a, b, a):
+        g.settle(g.admit("pay"), DOWN)
+    assert breaker_state(client, prefix=prefix, merchant="m1").state == "open"
+    with pytest.raises(GatewayUnavailable) as held:
+        b.admit("look")  # nothing goes while open, stq included
+    assert 0 < held.value.retry_after <= 1.0
+    time.sleep(1.05)
+    probe = a.admit("pay")
+    with pytest.raises(GatewayUnavailable):
+        b.admit("pay")  # one probe at a time
+    a.settle(probe, UP)
+    state = breaker_state(client, prefix=prefix, merchant="m1")
+    assert (state.state, state.failures, state.opened) == ("closed", 0, 1)
+    b.settle(b.admit("pay"), UP)
+
+
+def test_a_success_between_failures_resets_the_count(client, prefix):
+    g = guard(client, prefix, breaker_failures=2, cooldown=5.0)
+    g.settle(g.admit("pay"), DOWN)
+    g.settle(g.admit("pay"), UP)
+    g.settle(g.admit("pay"), DOWN)
+    assert breaker_state(client, prefix=prefix, merchant="m1").state == "closed"
+
+
+def test_a_failed_probe_opens_it_again_and_a_neutral_one_frees_its_place(client, prefix):
+    g = guard(client, prefix, breaker_failures=1, cooldown=0.3)
+    g.settle(g.admit("pay"), DOWN)
+    time.sleep(0.35)
+    g.settle(g.admit("pay"), NEUTRAL)  # e.g. our own fence refused it: says nothing of the gateway
+    probe = g.admit("pay")  # the place was freed at once, not after the probe lease
+    g.settle(probe, DOWN)
+    state = breaker_state(client, prefix=prefix, merchant="m1")
+    assert state.state == "open" and state.opened == 2 and state.open_for > 0
+
+
+def test_merchants_have_their_own_breaker_and_bucket(client, prefix):
+    down = guard(client, prefix, merchant="m1", breaker_failures=1, cooldown=30.0, rate=1.0)
+    other = guard(client, prefix, merchant="m2", breaker_failures=1, cooldown=30.0, rate=1.0)
+    down.settle(down.admit("pay"), DOWN)
+    with pytest.raises(GatewayUnavailable):
+        down.admit("pay")
+    other.settle(other.admit("pay"), UP)
+    assert breaker_state(client, prefix=prefix, merchant="m2").state == "closed"
+
+
+def test_payments_status_shows_the_limit_and_the_breaker_as_it_stands(client, prefix):
+    import dataclasses
+    import types
+
+    from worker.config import Settings
+    from worker.ops.status import _guard_line, guard_report
+
+    settings = dataclasses.replace(Settings(), key_prefix=prefix,
+                                   guard=GuardSettings(rate=8.0, look_rate=2.0, breaker_failures=1, cooldown=30.0))
+    svc = types.SimpleNamespace(settings=settings, redis=client)
+    assert _guard_line(guard_report(svc)) == "10/s (stq 2/s), breaker CLOSED (0 failures in a row; opened 0 times)"
+    g = guard(client, prefix, merchant="default", breaker_failures=1, cooldown=30.0)
+    g.settle(g.admit("pay"), DOWN)
+    line = _guard_line(guard_report(svc))
+    assert line.startswith("10/s (stq 2/s), breaker OPEN (1 failures in a row, ") and "opened 1 times" in line

@@ -1,0 +1,8 @@
+"""The gateway's guard, shared by every worker through Redis: a rate limit (a token bucket per merchant and lane) and a
+circuit breaker (per merchant). The client asks it before each HTTP attempt (worker/gateway/guarding.py); one Lua
+round trip per attempt (two when an attempt fails or the breaker is not closed). docs/resilience.md says how to run it.
+"""
+from worker.guard.rates import GuardSettings, parse_rate
+from worker.guard.shared import BreakerState, GuardObserver, RedisGuard, breaker_state
+
+__all__ = ["GuardSettings", "parse_rate", "RedisGuard", "BreakerState", "GuardObserver", "breaker_state"]

@@ -1,0 +1,152 @@
+"""The guard on Redis: every worker process of every host shares one token bucket per merchant and lane and one
+circuit breaker per merchant (scripts/admit.lua, scripts/settle.lua).
+
+Breaker states: ``closed`` (requests go; consecutive failures are counted), ``open`` (nothing is sent until the
+cooldown ends: :class:`~worker.gateway.GatewayUnavailable`), ``half_open`` (the cooldown is over: one probe at a time
+goes; its answer closes the breaker, its failure opens it again for another cooldown).
+
+Why not the ``limits`` library: its Redis moving window takes the caller's clock (``time.time()`` in each process,
+where the design wants Redis time as the one clock) and the breaker's state would be a second round trip per
+attempt; one script does both in one. pybreaker is not a dependency: the breaker is these two short scripts.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from worker.gateway.errors import GatewayUnavailable, Throttled
+from worker.gateway.guarding import NEUTRAL, UP
+from worker.guard.rates import GuardSettings
+
+__all__ = ["RedisGuard", "GuardObserver", "BreakerState", "breaker_state", "LANES"]
+
+log = logging.getLogger("payments.guard")
+#: pay: bp10emu (charges, follow-ups); look: stq and the daily report (their own budget)
+LANES = ("pay", "look")
+
+
+def _script(name: str) -> str:
+    return (resources.files("worker.guard") / "scripts" / f"{name}.lua").read_text()
+
+
+class GuardObserver(Protocol):
+    def held(self, merchant: str, reason: str) -> None:
+        """An attempt was held back: ``reason`` throttled or breaker_open."""
+
+    def breaker(self, merchant: str, change: str) -> None:
+        """This process changed the breaker: opened or closed."""
+
+
+class _NullObserver:
+    def held(self, merchant: str, reason: str) -> None:
+        pass
+
+    def breaker(self, merchant: str, change: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    probe: bool
+    failures: int  # consecutive failures the breaker had counted when this attempt was admitted
+
+
+def _keys(prefix: str, merchant: str) -> tuple[str, str]:
+    base = f"{prefix}guard:{merchant}:"
+    return base + "breaker", base + "bucket:"
+
+
+class RedisGuard:
+    """One merchant's guard (``worker.gateway.guarding.Guard``). ``sleep``: the bounded in-process wait for a token."""
+
+    def __init__(self, redis_client: Any, *, prefix: str, merchant: str, settings: GuardSettings,
+                 observer: GuardObserver | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings.check()
+        self.merchant = merchant
+        self._breaker_key, self._bucket_key = _keys(prefix, merchant)
+        self._admit = redis_client.register_script(_script("admit"))
+        self._settle = redis_client.register_script(_script("settle"))
+        self._observer: GuardObserver = observer or _NullObserver()
+        self._sleep = sleep
+
+    def _rate(self, lane: str) -> float:
+        return self.settings.look_rate if lane == "look" else self.settings.rate
+
+    def admit(self, lane: str) -> _Ticket:
+        """Admit one attempt in ``lane``, waiting at most ``max_wait`` in all for a token; else raise Throttled
+        (the limit) or GatewayUnavailable (the breaker), with how long to wait before asking again."""
+        s = self.settings
+        waited = 0.0
+        while True:
+            verdict, seconds, _state = self._admit(
+                keys=[self._breaker_key, self._bucket_key + lane],
+                args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
+                      repr(s.cooldown)])
+            verdict = _text(verdict)
+            value = float(_text(seconds))
+            if verdict == "ok":
+                return _Ticket(probe=False, failures=int(value))
+            if verdict == "probe":
+                log.info("gateway breaker (%s): half-open, this attempt is the probe", self.merchant)
+                return _Ticket(probe=True, failures=0)
+            if verdict == "throttled" and waited + value <= s.max_wait:
+                self._sleep(value)
+                waited += value
+                continue
+            if verdict == "throttled":
+                self._observer.held(self.merchant, "throttled")
+                raise Throttled(f"gateway rate limit reached ({self.merchant})", retry_after=value)
+            self._observer.held(self.merchant, "breaker_open")
+            raise GatewayUnavailable(f"gateway unavailable: circuit breaker open ({self.merchant})",
+                                     retry_after=value)
+
+    def settle(self, ticket: _Ticket, verdict: str) -> None:
+        """Tell the breaker how the attempt went: a round trip only when it changes something (a failure, a probe's
+        answer, the first success after failures)."""
+        s = self.settings
+        if not s.breaker_failures:
+            return
+        if verdict == UP and not ticket.probe and ticket.failures == 0:
+            return
+        if verdict == NEUTRAL and not ticket.probe:
+            return
+        change = _text(self._settle(keys=[self._breaker_key],
+                                    args=[verdict, s.breaker_failures, repr(s.cooldown), "1" if ticket.probe else "0"]))
+        if change == "opened":
+            log.warning("gateway breaker (%s): OPEN for %gs after %s", self.merchant, s.cooldown,
+                        "the probe failed" if ticket.probe else f"{s.breaker_failures} consecutive failures")
+            self._observer.breaker(self.merchant, "opened")
+        elif change == "closed":
+            log.warning("gateway breaker (%s): closed (the gateway answered)", self.merchant)
+            self._observer.breaker(self.merchant, "closed")
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    merchant: str
+    state: str  # closed, open, half_open
+    failures: int
+    opened: int  # how many times it opened (since the key was made)
+    open_for: float  # seconds left of the cooldown (open only)
+
+
+def breaker_state(redis_client: Any, *, prefix: str, merchant: str) -> BreakerState:
+    """What ``payments status`` and the metrics show: the breaker as it stands, by Redis time."""
+    key, _ = _keys(prefix, merchant)
+    state, failures, open_until, opened = (_text(v) if v is not None else "" for v in
+                                           redis_client.hmget(key, "state", "failures", "open_until", "opened"))
+    seconds, micros = redis_client.time()
+    now = float(seconds) + float(micros) / 1e6
+    state = state or "closed"
+    left = max(0.0, float(open_until or 0) - now)
+    if state == "open" and left == 0:
+        state = "half_open"  # the cooldown is over: the next attempt is the probe
+    return BreakerState(merchant, state, int(failures or 0), int(opened or 0), round(left, 1))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
