@@ -15,6 +15,7 @@ import redis
 from celery import current_app
 
 from worker.config import Settings, get_settings
+from worker.payments.policy import ChargePolicy
 
 
 class Services:
@@ -108,6 +109,7 @@ class Services:
                            lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
                            operation_budget=s.operation_budget, call_budget=s.call_budget,
                            expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
+                           policy=ChargePolicy(s.avs_policy, s.cvv2_policy),
                            **({"observer": self.metrics} if self.metrics is not None else {}))
 
 

@@ -57,6 +57,7 @@ from worker.gateway import (
 from worker.gateway.tokens import StoredCredential
 from worker.gateway.validation import Card, Money
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
+from worker.payments.policy import ChargePolicy
 from worker.payments.record import PaymentRecord, decode, decode_or_none
 from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
@@ -294,6 +295,8 @@ class PaymentFlow:
     expire_minutes: int = 3
     #: how far the gateway's clock may lag Redis's (GATEWAY_CLOCK_SKEW_MARGIN): added to a stamp's expiry
     skew_margin: float = 60.0
+    #: AVS_POLICY / CVV2_POLICY: approvals with these results are voided at once (worker/payments/policy.py)
+    policy: ChargePolicy = field(default_factory=ChargePolicy)
 
     def __post_init__(self) -> None:
         if self.keeper is None:
@@ -669,6 +672,10 @@ class PaymentFlow:
         return self._finish(run, status, fields, note="adopted from stq")
 
     def _finish(self, run: _Run, status: Status, fields: dict[str, Any], *, note: str = "") -> dict[str, Any]:
+        refused = (self.policy.refuses(str(fields.get("avs") or ""), str(fields.get("cvv2") or ""))
+                   if run.operation in ("sale", "auth") and status == Status.APPROVED else "")
+        if refused:
+            return self._void_by_policy(run, fields, refused)
         # The task's final write: its Celery result and ack go in the same call (worker/store/final_write.py).
         record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
                                        owner=run.owner, sent=True, reflect=run.follow_up,
@@ -677,6 +684,25 @@ class PaymentFlow:
             raise _LeaseLost()
         self._observe_outcome(run.operation, record)
         return task_outcome(record)
+
+    def _void_by_policy(self, run: _Run, fields: dict[str, Any], refused: str) -> dict[str, Any]:
+        """An approval the AVS/CVV2 policy does not accept (worker/payments/policy.py): recorded APPROVED with
+        ``declined_by_policy`` and ``then_void`` (a sale the sweep voids if this process dies now; an auth, the
+        stale-auth sweep), then voided at once as ``<payment_id>:void``. Neither write is the task's final one
+        (its Celery result is the record after the void, stored by Celery as before)."""
+        fields = dict(fields, declined_by_policy=refused, then_void="1")
+        with final_write.finishing(None):
+            record = self.store.transition(run.payment_id, Status.APPROVED, fields=fields, expect=(Status.PENDING,),
+                                           owner=run.owner, sent=True, note=f"approved; declined by policy ({refused})")
+            if record is None:
+                raise _LeaseLost()
+            self._observe_outcome(run.operation, record)
+            try:
+                self.follow_up("void", f"{run.payment_id}:void", trans_id=str(fields.get("trans_id") or ""),
+                               parent=run.payment_id, reason=f"declined by policy: {refused}")
+            except Exception as exc:  # the gateway away, a bug: the sweep voids it (then_void / stale auth)
+                log.warning("%s: void by policy deferred to the sweep: %s", run.payment_id, type(exc).__name__)
+        return task_outcome(self.store.get(run.payment_id) or record)
 
     def _park(self, run: _Run, status: Status, note: str, *, sent: bool | None,
               check_in: float | None = None, outage: type[GatewayOutage] = GatewayOutage) -> NoReturn:

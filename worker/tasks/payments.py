@@ -167,7 +167,7 @@ class PaymentTask(Task):
         raise self.retry(countdown=countdown, **({"headers": {"payments_throttled": throttled}} if throttled else {}))
 
     # ---- helpers for the task bodies -------------------------------------------------------------
-    def bind_payment_id(self, idempotency_key: Any) -> tuple[str, str | None]:
+    def bind_payment_id(self, idempotency_key: object) -> tuple[str, str | None]:
         """The operation id (ours) and the producer's key as the record shows it: the producer's idempotency key
         (opened when it travelled sealed; a card-like key's keyed id, never the key, shown masked), else the task
         id. The id is kept on the request for the policies of :meth:`__call__` (outage, busy, time limit)."""
@@ -200,7 +200,7 @@ class PaymentTask(Task):
         return any(isinstance(sig, dict) and sig.get("task") == "payments.void" for sig in following)
 
 
-def _count(value: Any) -> int:
+def _count(value: object) -> int:
     """A counter from a message header (absent or malformed: 0)."""
     return value if type(value) is int and value >= 0 else 0
 
@@ -211,7 +211,7 @@ def task_options(name: str) -> dict[str, Any]:
     return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
 
 
-def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
+def open_identifier(task: PaymentTask, name: str, value: object) -> object:
     """An identifier as the producer gave it: a card-like one travels sealed (worker/cards/messages.py)."""
     try:
         return task.services.vault.open_identifier(value)
@@ -219,7 +219,7 @@ def open_identifier(task: PaymentTask, name: str, value: Any) -> Any:
         raise InvalidInput(name, "sealed identifier cannot be opened with this PAYMENTS_CARD_KEY") from None
 
 
-def _checked_key(idempotency_key: Any) -> str:
+def _checked_key(idempotency_key: object) -> str:
     """The producer's key as the operation id: the rule ``delay()`` already applied (worker/cards/messages.py), for a
     message that did not come through it. An ``int`` is its decimal digits (not a bool: True is no key)."""
     if type(idempotency_key) is int:
@@ -228,7 +228,7 @@ def _checked_key(idempotency_key: Any) -> str:
     return key
 
 
-def _open_card(task: PaymentTask, card: Any) -> Any:
+def _open_card(task: PaymentTask, card: object) -> object:
     vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
@@ -252,8 +252,8 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
             raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
 
 
-def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: Any, idempotency_key: Any,
-            repeat: RepeatCharge) -> dict[str, Any]:
+def _charge(task: PaymentTask, amount: object, card: object, customer: object, order_id: object,
+            idempotency_key: object, repeat: RepeatCharge) -> dict[str, Any]:
     """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -267,7 +267,7 @@ def _charge(task: PaymentTask, amount: Any, card: Any, customer: Any, order_id: 
     return flow.submit(request, task.delivery())
 
 
-def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: Any) -> dict[str, Any]:
+def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_key: object) -> dict[str, Any]:
     """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -278,9 +278,9 @@ def _follow_up(task: PaymentTask, trans_id: Any, amount: Any, idempotency_key: A
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
-def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
-         initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
+def sale(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
+         idempotency_key: object = None, token: object = None, customer_token: object = None,
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal), or a stored card: ``token`` (an earlier
     trans_id) or ``customer_token`` (docs/tokens.md)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
@@ -288,28 +288,30 @@ def sale(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None,
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
-def auth(self: PaymentTask, amount: Any, card: Any = None, customer: Any = None, order_id: Any = None,
-         idempotency_key: Any = None, token: Any = None, customer_token: Any = None, new_customer_token: Any = None,
-         initiator: Any = None, scheduled: Any = False) -> dict[str, Any]:
+def auth(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
+         idempotency_key: object = None, token: object = None, customer_token: object = None,
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
     """AUTH: same arguments as sale; amount may be 0.00 (stores the card: its trans_id is a token)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
-def capture(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+def capture(self: PaymentTask, trans_id: object, amount: object = None,
+            idempotency_key: object = None) -> dict[str, Any]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
-def refund(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+def refund(self: PaymentTask, trans_id: object, amount: object = None,
+           idempotency_key: object = None) -> dict[str, Any]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
-def void(self: PaymentTask, trans_id: Any, idempotency_key: Any = None) -> dict[str, Any]:
+def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, Any]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
         outcome = trans_id
