@@ -116,8 +116,8 @@ class Gateway(Protocol):
 
 
 class Store(Protocol):
-    """What the flow needs of the results store: ``worker.store.ResultsStore`` (Redis + Lua) and the in-memory
-    fake the unit tests use (tests/support/fake_store.py) both satisfy it (checked by mypy)."""
+    """What the flow needs of the results store: ``worker.store.ResultsStore`` (Redis + Lua) satisfies it (checked
+    by mypy: tests/unit/test_flow.py)."""
 
     def now(self) -> float: ...
 
