@@ -183,6 +183,9 @@ class Settings:
     bluepay_mode: str = "TEST"
     bluepay_url: str = REAL_BLUEPAY_URL
     bluepay_hash_type: str = "HMAC_SHA512"
+    # A platform charging for a sub-merchant: its PLATFORM_MERCHANT_ID, sent and sealed after the account id (BluePay's
+    # C# library 3.0.8); "": none (docs/bluepay.md).
+    bluepay_platform_merchant_id: str = ""
     card_key: str = field(default="", repr=False)
     # Gateway budgets: one HTTP attempt, and the in-process retry of "not sent" errors.
     connect_timeout: float = 3.05
@@ -379,6 +382,10 @@ class Settings:
         if not re.fullmatch(r"[A-Za-z0-9]+", self.bluepay_account_id):
             raise ConfigError(f"BLUEPAY_ACCOUNT_ID: {self.bluepay_account_id!r} is not an account id (letters and "
                               "digits; BluePay's are 12 digits)")
+        if self.bluepay_platform_merchant_id and not re.fullmatch(r"[A-Za-z0-9]{1,64}",
+                                                                  self.bluepay_platform_merchant_id):
+            raise ConfigError(f"BLUEPAY_PLATFORM_MERCHANT_ID: {self.bluepay_platform_merchant_id!r} is not a merchant "
+                              "id (letters and digits)")
         if not self.bluepay_secret_key or self.bluepay_secret_key != self.bluepay_secret_key.strip() or any(
                 c.isspace() for c in self.bluepay_secret_key):
             raise ConfigError("BLUEPAY_SECRET_KEY must not be empty nor hold spaces or line breaks (a pasted "
@@ -433,6 +440,7 @@ class Settings:
                 bluepay_mode=_env("BLUEPAY_MODE", d.bluepay_mode).upper(),
                 bluepay_url=_env("BLUEPAY_URL", d.bluepay_url),
                 bluepay_hash_type=_env("BLUEPAY_HASH_TYPE", d.bluepay_hash_type).upper(),
+                bluepay_platform_merchant_id=_env("BLUEPAY_PLATFORM_MERCHANT_ID", ""),
                 card_key=_env("PAYMENTS_CARD_KEY", ""),
                 connect_timeout=dur("GATEWAY_CONNECT_TIMEOUT", d.connect_timeout),
                 read_timeout=dur("GATEWAY_READ_TIMEOUT", d.read_timeout),
