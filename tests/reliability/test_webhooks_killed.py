@@ -1,8 +1,8 @@
 """Webhooks under worker kills (slow: PAYMENTS_SLOW_TESTS=1; about 30 s): 30 sales through real ``celery worker -B``
 processes SIGKILLed one after the other while they charge and deliver, to a real receiver that is down (503) until
 the last kill, then fails 3 deliveries in 10 (HTTP 500, a hang past the timeout, HTTP 502) and verifies every
-delivery with the ``standardwebhooks`` package. Every final outcome is told at least once, every attempt at one event carries its id,
-and no card data is in what was sent or what Redis keeps.
+delivery with the ``standardwebhooks`` package. Every final outcome is told at least once, every attempt at one event
+carries its id, and no card data is in what was sent or what Redis keeps.
 
 Its own Redis database (14, flushed), as tests/e2e/test_webhooks.py."""
 from __future__ import annotations
