@@ -66,7 +66,7 @@ def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_n
     up = {"now": True}
     with running_receiver(secret, lambda n, body: 200 if up["now"] else 503) as rx:
         env = worker_env(sandbox, REDIS_URL=REDIS_URL, PAYMENTS_WEBHOOK_URL=rx.url, PAYMENTS_WEBHOOK_SECRET=secret,
-                         WEBHOOK_RETRY_SCHEDULE="1s, 1s, 1s, 2s, 2s, 5s, 5s, 10s")
+                         WEBHOOK_RETRY_SCHEDULE="1s, 1s, 1s, 2s, 2s, 5s, 5s, 10s", WEBHOOK_TIMEOUT="2")
         settings = dataclasses.replace(Settings.from_env(), redis_url=REDIS_URL, card_key=env["PAYMENTS_CARD_KEY"])
         app = create_app(settings, main="webhooks-producer")
         proc = start(env, tmp_path, "wh1")
