@@ -66,7 +66,7 @@ def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_n
     up = {"now": True}
     with running_receiver(secret, lambda n, body: 200 if up["now"] else 503) as rx:
         env = worker_env(sandbox, REDIS_URL=REDIS_URL, PAYMENTS_WEBHOOK_URL=rx.url, PAYMENTS_WEBHOOK_SECRET=secret,
-                         WEBHOOK_RETRY_SCHEDULE="1s, 1s, 1s, 2s, 2s, 5s, 5s, 10s")
+                         WEBHOOK_RETRY_SCHEDULE="1s, 1s, 1s, 2s, 2s, 5s, 5s, 10s", WEBHOOK_TIMEOUT="2")
         settings = dataclasses.replace(Settings.from_env(), redis_url=REDIS_URL, card_key=env["PAYMENTS_CARD_KEY"])
         app = create_app(settings, main="webhooks-producer")
         proc = start(env, tmp_path, "wh1")
@@ -99,6 +99,9 @@ def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_n
     assert [(e["type"], e["data"]["sequence"]) for e in of_sale] == [("payment.approved", 1), ("payment.voided", 2)]
     assert of_sale[0]["data"]["trans_id"] == sold["trans_id"] and of_sale[0]["data"]["amount"] == "3.00"
     assert of_sale[0]["data"]["masked_account"] == "xxxxxxxxxxxx1111"
+    told = {(r.event["data"]["payment_id"], r.event["type"]) for r in rx.delivered()}
+    assert told >= {(sold["payment_id"], "payment.approved"), (sold["payment_id"], "payment.voided"),
+                    (voided["payment_id"], "payment.approved"), (second["payment_id"], "payment.approved")}
     retried = {r.headers["webhook-id"] for r in got if r.event["data"]["payment_id"] == second["payment_id"]}
     assert len(retried) == 1  # every attempt, before and after the kill, carried the same event id
     hits = [h for r in got for h in scan_text(r.body.decode(), cvv2=TEST_CARD["cvv2"], where="webhook body")]

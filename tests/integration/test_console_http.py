@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.support.card_scan import scan_text
 from tests.support.console import USERS, ConsoleClient, running_console
@@ -226,6 +227,16 @@ def test_the_trusted_proxy_header_is_off_by_default_and_believed_only_when_set(w
         # (this console's own limits) failed logins are throttled: after 10, even the right password waits
         assert [c.login("vic", "wrong-password").status_code for _ in range(10)] == [401] * 10
         assert c.login("vic").status_code == 429
+
+
+def test_the_health_probe_says_503_when_redis_cannot_be_reached(world, tmp_path) -> None:
+    from tests.support.console import start_console
+    from tests.support.ports import closed_port
+
+    env = dict(world.env, REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    with start_console(env, tmp_path, users={}) as url:
+        reply = requests.get(url + "/healthz", timeout=10)
+        assert reply.status_code == 503 and reply.text == "redis unreachable\n"
 
 
 def test_adduser_reads_the_password_from_standard_input_and_keeps_only_its_hash(tmp_path) -> None:

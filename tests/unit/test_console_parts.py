@@ -82,7 +82,8 @@ def test_whatever_a_page_shows_is_masked_by_the_card_rule() -> None:
 
 
 @pytest.mark.parametrize("target, expected", [("/payments/a?b=1", "/payments/a?b=1"), ("https://evil.example/", "/"),
-                                              ("//evil.example/x", "/"), ("", "/"), ("javascript:x", "/")])
+                                              ("//evil.example/x", "/"), ("", "/"), ("javascript:x", "/"),
+                                              ("/\\evil.example", "/")])
 def test_a_login_leads_only_to_a_page_of_this_site(target, expected) -> None:
     from flask import Flask
 

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import redis
 from flask import Flask, abort, flash, g, redirect, render_template, request, session, url_for
 
-from worker.console.common import LISTS, PAGE_SIZE, ext, operator_action, parse_day
+from worker.console.common import LISTS, MAX_PAGE, PAGE_SIZE, ext, operator_action, parse_day
 
 log = logging.getLogger("payments.console")
 
@@ -19,7 +19,7 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return url_for("index")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")):
         return url_for("index")
     return target
 
@@ -28,10 +28,16 @@ def register(app: Flask) -> None:
     @app.get("/healthz")
     def healthz() -> Any:
         """The only page served without a login: 200 when Redis answers, 503 otherwise; nothing else said."""
+        from worker.redis_connections import probe_client
+
+        # One plain try (the store's client rides out a restart for ~35 s: too long for a probe).
+        probe = probe_client(ext()["svc"].settings)
         try:
-            ext()["svc"].store.redis.ping()
+            probe.ping()
         except (redis.ConnectionError, redis.TimeoutError):
             return "redis unreachable\n", 503, {"Content-Type": "text/plain"}
+        finally:
+            probe.close()
         return "ok\n", 200, {"Content-Type": "text/plain"}
 
     @app.route("/login", methods=["GET", "POST"])
@@ -130,7 +136,7 @@ def register(app: Flask) -> None:
         if name not in LISTS:
             abort(404)
         title, index = LISTS[name]
-        page = max(1, request.args.get("page", 1, type=int) or 1)
+        page = min(MAX_PAGE, max(1, request.args.get("page", 1, type=int) or 1))
         svc = ext()["svc"]
         offset = (page - 1) * PAGE_SIZE
         if index is None:
@@ -145,7 +151,7 @@ def register(app: Flask) -> None:
         from worker.payments.lookup import list_records
 
         status = (request.args.get("status") or "").strip().upper() or None
-        page = max(1, request.args.get("page", 1, type=int) or 1)
+        page = min(MAX_PAGE, max(1, request.args.get("page", 1, type=int) or 1))
         notes: list[str] = []
         records = list_records(ext()["svc"], status=status, limit=page * PAGE_SIZE + 1, warn=notes.append)
         shown = records[(page - 1) * PAGE_SIZE:]
