@@ -48,6 +48,7 @@ class Services:
             mode=s.bluepay_mode,
             base_url=s.bluepay_url,
             hash_type=s.bluepay_hash_type,
+            platform_merchant_id=s.bluepay_platform_merchant_id,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),

@@ -93,3 +93,12 @@ def test_a_token_charge_message_carries_no_card_data(e2e_redis, token):
         assert scan_text(raw, cvv2=TEST_CARD["cvv2"], where="parked token sale") == []
     finally:
         e2e_redis.delete(PARKED)
+
+
+def test_credit_is_off_by_default(sandbox):
+    from tasks import credit
+
+    key = f"credit-{uuid.uuid4().hex}"
+    outcome = run(credit.delay(amount="3.00", card=TEST_CARD, idempotency_key=key))
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "CreditDisabled"
+    assert sandbox.ledger(order_id=key) == []

@@ -99,6 +99,9 @@ def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_n
     assert [(e["type"], e["data"]["sequence"]) for e in of_sale] == [("payment.approved", 1), ("payment.voided", 2)]
     assert of_sale[0]["data"]["trans_id"] == sold["trans_id"] and of_sale[0]["data"]["amount"] == "3.00"
     assert of_sale[0]["data"]["masked_account"] == "xxxxxxxxxxxx1111"
+    told = {(r.event["data"]["payment_id"], r.event["type"]) for r in rx.delivered()}
+    assert told >= {(sold["payment_id"], "payment.approved"), (sold["payment_id"], "payment.voided"),
+                    (voided["payment_id"], "payment.approved"), (second["payment_id"], "payment.approved")}
     retried = {r.headers["webhook-id"] for r in got if r.event["data"]["payment_id"] == second["payment_id"]}
     assert len(retried) == 1  # every attempt, before and after the kill, carried the same event id
     hits = [h for r in got for h in scan_text(r.body.decode(), cvv2=TEST_CARD["cvv2"], where="webhook body")]

@@ -59,6 +59,11 @@ class Receiver:
                 isinstance(r.status, int) and 200 <= r.status < 300))]
 
 
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the listen backlog: 5 (the default) drops concurrent connects (a 1 s SYN retry)
+    daemon_threads = True
+
 @contextlib.contextmanager
 def running_receiver(secret: str, answer: Callable[[int, bytes], int | str] | None = None,
                      **kw: Any) -> Iterator[Receiver]:
@@ -94,7 +99,7 @@ def running_receiver(secret: str, answer: Callable[[int, bytes], int | str] | No
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -19,7 +19,7 @@ from tasks import auth, refund, sale, void
 from tasks.payments import MAX_BUSY_RETRIES, outage_countdown
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, reply
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import StoreUnderTest, new_store
 from tests.support.unit_services import UnitServices
 from worker.broker.app import create_app, current
 from worker.config import Settings
@@ -285,11 +285,11 @@ def test_a_bug_mid_call_returns_the_parked_outcome(store, wire):
     assert outcome["status"] == "UNKNOWN" and "RuntimeError" in outcome["message"]
 
 
-class ClaimFailsOnce(InMemoryStore):
+class ClaimFailsOnce(StoreUnderTest):
     """A store whose first claim fails with ``error`` (a bug, or Redis away); then it works."""
 
-    def __init__(self, error: Exception, **kw):
-        super().__init__(**kw)
+    def __init__(self, client, *, error: Exception, **kw):
+        super().__init__(client, **kw)
         self.error: Exception | None = error
 
     def claim(self, *args, **kwargs):
@@ -300,7 +300,7 @@ class ClaimFailsOnce(InMemoryStore):
 
 
 def test_a_bug_before_any_record_is_a_recorded_internal_error(clock):
-    store = ClaimFailsOnce(KeyError("bug"), clock=clock)
+    store = new_store(ClaimFailsOnce, error=KeyError("bug"))
     with current(create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))):
         outcome = deliver(sale, "3.00", CARD)
     assert outcome["status"] == "ERROR" and outcome["error_class"] == "InternalError"
@@ -311,7 +311,7 @@ def test_a_bug_before_any_record_is_a_recorded_internal_error(clock):
                          ids=["connection", "timeout"])
 @pytest.mark.parametrize("retries", [0, 19])
 def test_redis_unavailable_requeues_the_message(clock, error, retries):
-    store = ClaimFailsOnce(error, clock=clock)
+    store = new_store(ClaimFailsOnce, error=error)
     gw = FakeGateway()
     with current(create_app(SETTINGS, services=UnitServices(SETTINGS, store, gw))):
         retry = requeued(lambda: deliver(sale, "3.00", CARD, retries=retries))
@@ -319,7 +319,7 @@ def test_redis_unavailable_requeues_the_message(clock, error, retries):
 
 
 def test_redis_unavailable_for_twenty_requeues_fails_the_task(clock):
-    store = ClaimFailsOnce(redis.ConnectionError("down"), clock=clock)
+    store = new_store(ClaimFailsOnce, error=redis.ConnectionError("down"))
     app = create_app(SETTINGS, services=UnitServices(SETTINGS, store, FakeGateway()))
     with current(app), pytest.raises(MaxRetriesExceededError):
         deliver(sale, "3.00", CARD, retries=20)
@@ -371,3 +371,35 @@ def test_retry_failed_must_be_a_bool(store, wire):
     wire(FakeGateway())
     outcome = deliver(sale, "3.00", CARD, retry_failed="yes")
     assert outcome["status"] == "ERROR" and "retry_failed" in outcome["message"]
+
+
+# ================================================================================== CREDIT (docs/tokens.md)
+def test_credit_is_off_unless_enabled(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway()
+    wire(gw)
+    outcome = deliver(credit, amount="3.00", card=CARD)
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "CreditDisabled"
+    assert "PAYMENTS_ENABLE_CREDIT" in outcome["message"] and gw.sends == []
+
+
+def test_credit_when_enabled_sends_money_to_the_card(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway([reply(message="Approved Credit", trans_type="CREDIT")])
+    wire(gw, enable_credit=True)
+    outcome = deliver(credit, amount="3.00", card=CARD, idempotency_key="credit-1")
+    assert outcome["status"] == "APPROVED" and outcome["operation"] == "credit"
+    assert [s["verb"] for s in gw.sends] == ["credit"] and str(gw.sends[0]["amount"]) == "3.00"
+    again = deliver(credit, amount="3.00", card=CARD, idempotency_key="credit-1", task_id="msg-bbbb")
+    assert again["trans_id"] == outcome["trans_id"] and len(gw.sends) == 1  # the key: once
+
+
+def test_credit_takes_no_token(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway()
+    wire(gw, enable_credit=True)
+    outcome = deliver(credit, amount="3.00", card=None)
+    assert outcome["status"] == "ERROR" and "card" in outcome["message"] and gw.sends == []

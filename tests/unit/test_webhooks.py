@@ -111,12 +111,11 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
 
     hooks = {"undelivered": 3, "oldest_undelivered_age": 42.0, "failed": 2,
              "stats": {"delivered": 7, "failed_attempts": 4, "exhausted": 1, "abandoned": 1, "events": 9}}
-    from tests.support.clocks import FixedClock
-    from tests.support.fake_store import InMemoryStore
+    from tests.support.redis_store import new_store
 
-    store = InMemoryStore(clock=FixedClock())
+    store = new_store()
     found = dict(store.health.snapshot(stale_auth_age=1.0), broker={"queues": {"celery": 0}, "unacked": 0},
-                 webhooks=hooks, sweep={"finished": FixedClock()()})
+                 webhooks=hooks, sweep={"finished": store.clock()})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PaymentsCollector(types.SimpleNamespace(settings=Settings()), None, read=lambda: found))
     text = generate_latest(registry).decode()

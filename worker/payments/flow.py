@@ -87,7 +87,8 @@ SETTLED_REFUSAL = "cannot void a settled transaction"
 Fence = Callable[[], tuple[float, int]]
 #: a delivery of a message that never ran before (the sweep's own requests; tests)
 FIRST_DELIVERY = Delivery()
-_STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
+_STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "credit": "CREDIT", "capture": "CAPTURE", "refund": "REFUND",
+             "void": "VOID"}
 
 
 class Gateway(Protocol):
@@ -103,6 +104,10 @@ class Gateway(Protocol):
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
 
+    def credit(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+               duplicate_override: bool = False, invoice_id: str | None = None,
+               fence: Fence | None = None) -> Response: ...
+
     def capture(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
                 fence: Fence | None = None) -> Response: ...
 
@@ -116,8 +121,8 @@ class Gateway(Protocol):
 
 
 class Store(Protocol):
-    """What the flow needs of the results store: ``worker.store.ResultsStore`` (Redis + Lua) and the in-memory
-    fake the unit tests use (tests/support/fake_store.py) both satisfy it (checked by mypy)."""
+    """What the flow needs of the results store: ``worker.store.ResultsStore`` (Redis + Lua) satisfies it (checked
+    by mypy: tests/unit/test_flow.py)."""
 
     def now(self) -> float: ...
 
@@ -360,7 +365,8 @@ class PaymentFlow:
         if isinstance(request, ChargeRequest):
             # Callable[..., Response]: a repeat charge also passes token/customer_token/stored (BluePayClient's
             # keywords, docs/tokens.md) and no card; the Gateway protocol keeps the card charge's shape for the fakes
-            verb: Callable[..., Response] = gateway.auth if request.operation == "auth" else gateway.sale
+            verb: Callable[..., Response] = {"auth": gateway.auth, "sale": gateway.sale,
+                                             "credit": gateway.credit}[request.operation]
             charge = request
 
             repeat = self._repeat_arguments(charge)
@@ -764,7 +770,7 @@ class PaymentFlow:
         """What a row of ours shows: our ORDER_ID and type, the amount we sent (or, without one, no more than the
         original's), the card's last four (ours, or the original's), the trans id a follow-up referred to."""
         types = frozenset({_STQ_TYPE[run.operation]} | ({"VOID"} if run.operation == "refund" else set()))
-        if run.operation in ("sale", "auth"):
+        if run.operation in ("sale", "auth", "credit"):
             return Expected(run.payment_id, types, amount=_money(run.amount), last_four=_last_four(run.masked_account))
         original = self._original(run)
         last_four = _last_four(original.masked_account) if original else ""

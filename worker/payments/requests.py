@@ -29,10 +29,10 @@ from worker.payments.repeat import RepeatCharge, RepeatPlan, plan_repeat
 __all__ = ["Delivery", "ChargeRequest", "FollowUpRequest", "Refusal", "PaymentRequest", "charge_request",
            "follow_up_request", "CHARGES", "FOLLOW_UPS", "request_fingerprints", "refusal_fingerprints", "short"]
 
-ChargeOperation = Literal["sale", "auth"]
+ChargeOperation = Literal["sale", "auth", "credit"]
 FollowUpOperation = Literal["capture", "refund", "void"]
 #: the operation names (worker/catalogue.py's) as the request types' words
-CHARGES: dict[str, ChargeOperation] = {"sale": "sale", "auth": "auth"}
+CHARGES: dict[str, ChargeOperation] = {"sale": "sale", "auth": "auth", "credit": "credit"}
 FOLLOW_UPS: dict[str, FollowUpOperation] = {"capture": "capture", "refund": "refund", "void": "void"}
 TRANS_ID = re.compile(r"\d{12}")
 

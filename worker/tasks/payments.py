@@ -296,6 +296,19 @@ def auth(self: PaymentTask, amount: object, card: object = None, customer: objec
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.credit"))
+def credit(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
+           idempotency_key: Any = None) -> dict[str, Any]:
+    """CREDIT: money to ``card`` with no original. It moves money out, so it runs only where the workers have
+    PAYMENTS_ENABLE_CREDIT=1; otherwise a final ERROR (``CreditDisabled``), nothing sent (docs/tokens.md)."""
+    if not self.services.settings.enable_credit:
+        payment_id, _shown = self.bind_payment_id(idempotency_key)
+        return self.flow.refuse("credit", payment_id, "CREDIT is disabled: set PAYMENTS_ENABLE_CREDIT=1 on the "
+                                "workers to send money to cards with no original; nothing was sent",
+                                error_class="CreditDisabled", message_id=self.request.id)
+    return _charge(self, amount, card, customer, order_id, idempotency_key, RepeatCharge())
+
+
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: object, amount: object = None,
             idempotency_key: object = None) -> dict[str, object]:
