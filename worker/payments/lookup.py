@@ -21,7 +21,7 @@ def record_ids(svc: Any, payment_id: str) -> list[str]:
     return keyed_ids(payment_id, svc.card_keys) if is_card_like_identifier(payment_id) else [payment_id]
 
 
-def find_record(svc: Any, payment_id: str) -> tuple[dict[str, object] | None, str]:
+def find_record(svc: Any, payment_id: str) -> tuple[dict[str, Any] | None, str]:
     """The record and where it was found (``"redis"`` or ``"archive"``). ``payment_id``: a payment id or the
     idempotency key it was made from (a card-like key is looked up by its keyed id); errors never repeat a
     card-like key (masked)."""
@@ -42,11 +42,11 @@ def find_record(svc: Any, payment_id: str) -> tuple[dict[str, object] | None, st
 
 
 def list_records(svc: Any, *, status: str | None = None, operation: str | None = None, limit: int = 50,
-                 warn: Any = None) -> list[dict[str, object]]:
+                 warn: Any = None) -> list[dict[str, Any]]:
     """Redis's records newest first, then the archive's up to ``limit``; a record both hold (changed after it was
     copied: same key, same creation) is shown once, as Redis has it. ``warn(text)`` hears that only Redis's
     records could be read."""
-    records: list[dict[str, object]] = svc.store.list(status=status, operation=operation, limit=limit)
+    records: list[dict[str, Any]] = svc.store.list(status=status, operation=operation, limit=limit)
     if len(records) >= limit:
         return records
     seen = {r["payment_id"] for r in records}
