@@ -446,7 +446,7 @@ class PaymentFlow:
     def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
                error_class: str = "InvalidInput", message_id: str = "",
                fingerprints: Sequence[str] = ()) -> dict[str, Any]:
-        """A delivery that cannot run (bad arguments, a seal that does not open): a final ERROR record when the
+        """A delivery that cannot run (bad arguments, a encrypt that does not open): a final ERROR record when the
         operation has none; when it has one, this delivery's own ERROR, and the record is left alone.
 
         ``fingerprints`` (:func:`refusal_fingerprints`) bind the key to the refused request, as any claim does:

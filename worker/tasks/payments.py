@@ -18,9 +18,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.broker.celeryconfig import celery_settings
 from worker.broker.final_write import final_write_for
 from worker.broker.outbox import AppPublisher
-from worker.cards.messages import unsealed_card_in
+from worker.cards.messages import unencrypted_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
-from worker.cards.vault import CardSealError
+from worker.cards.vault import CardDecryptError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
 from worker.payments.flow import GatewayOutage, GatewayThrottled, LeaseBusy, PaymentFlow
@@ -72,7 +72,7 @@ class PaymentTask(Task):
     max_retries = None  # every kind of re-queue is bounded below
     #: the operation this task runs (the store's and the gateway's word)
     operation: str = ""
-    #: whether messages of this task carry a card (sealed on publish)
+    #: whether messages of this task carry a card (encrypted on publish)
     carries_card: bool = False
 
     @property
@@ -144,7 +144,7 @@ class PaymentTask(Task):
 
     def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
         flow, request = self.flow, self.request
-        # The key is bound to this request as given (its card sealed or not): another request under it is an
+        # The key is bound to this request as given (its card encrypted or not): another request under it is an
         # IdempotencyMismatch, this one again the stored refusal.
         given = {"args": list(request.args or ()), "kwargs": dict(request.kwargs or {})}
         return flow.refuse(self.operation, request.payment_id, f"invalid input: {exc}", message_id=request.id,
@@ -169,11 +169,11 @@ class PaymentTask(Task):
     # ---- helpers for the task bodies -------------------------------------------------------------
     def bind_payment_id(self, idempotency_key: object) -> tuple[str, str | None]:
         """The operation id (ours) and the producer's key as the record shows it: the producer's idempotency key
-        (opened when it travelled sealed; a card-like key's keyed id, never the key, shown masked), else the task
+        (opened when it travelled encrypted; a card-like key's keyed id, never the key, shown masked), else the task
         id. The id is kept on the request for the policies of :meth:`__call__` (outage, busy, time limit)."""
         shown_key = None
         if idempotency_key is not None:
-            key = _checked_key(open_identifier(self, "idempotency_key", idempotency_key))
+            key = _checked_key(decrypt_identifier(self, "idempotency_key", idempotency_key))
             if is_card_like_identifier(key):
                 shown_key = mask_number(key)
                 self.request.payment_id = self.flow.payment_id_for(key)
@@ -211,12 +211,12 @@ def task_options(name: str) -> dict[str, Any]:
     return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
 
 
-def open_identifier(task: PaymentTask, name: str, value: object) -> object:
-    """An identifier as the producer gave it: a card-like one travels sealed (worker/cards/messages.py)."""
+def decrypt_identifier(task: PaymentTask, name: str, value: object) -> object:
+    """An identifier as the producer gave it: a card-like one travels encrypted (worker/cards/messages.py)."""
     try:
-        return task.services.vault.open_identifier(value)
-    except CardSealError:
-        raise InvalidInput(name, "sealed identifier cannot be opened with this PAYMENTS_CARD_KEY") from None
+        return task.services.vault.decrypt_identifier(value)
+    except CardDecryptError:
+        raise InvalidInput(name, "encrypted identifier cannot be decrypted with this PAYMENTS_CARD_KEY") from None
 
 
 def _checked_key(idempotency_key: object) -> str:
@@ -232,14 +232,14 @@ def _open_card(task: PaymentTask, card: object) -> object:
     vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
-    if vault.is_sealed(card):
+    if vault.is_encrypted(card):
         try:
-            return vault.open(card)
-        except CardSealError:
-            raise InvalidInput("card", "sealed card data cannot be opened with this PAYMENTS_CARD_KEY") from None
+            return vault.decrypt(card)
+        except CardDecryptError:
+            raise InvalidInput("card", "encrypted card data cannot be decrypted with this PAYMENTS_CARD_KEY") from None
     if task.services.settings.bluepay_mode == "LIVE":
-        # Only sealed card data may cross the broker in production (PCI DSS); in TEST it is accepted.
-        raise InvalidInput("card", "card data arrived unsealed; publish through tasks.sale/auth")
+        # Only encrypted card data may cross the broker in production (PCI DSS); in TEST it is accepted.
+        raise InvalidInput("card", "card data arrived unencrypted; publish through tasks.sale/auth")
     return card
 
 
@@ -247,9 +247,9 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
     """LIVE mode: a message holding card data in clear anywhere (its own card, a chain link, a callback) is
     refused before anything runs; where it sits is named, never the value."""
     if task.services.settings.bluepay_mode == "LIVE":
-        where = unsealed_card_in(task.request)
+        where = unencrypted_card_in(task.request)
         if where:
-            raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
+            raise InvalidInput(where, "card data arrived unencrypted in the message; publish through tasks.sale/auth")
 
 
 def _charge(task: PaymentTask, amount: object, card: object, customer: object, order_id: object,
@@ -261,7 +261,7 @@ def _charge(task: PaymentTask, amount: object, card: object, customer: object, o
     # no card: a repeat charge by token (docs/tokens.md), or a card missing (the request names it)
     opened = _open_card(task, card) if card is not None else None
     request = charge_request(CHARGES[task.operation], payment_id, amount=amount, card=opened,
-                             customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
+                             customer=customer, invoice_id=decrypt_identifier(task, "order_id", order_id),
                              then_void=task.follows_with_void(), shown_key=shown_key, card_keys=flow.card_keys,
                              repeat=repeat)
     return flow.submit(request, task.delivery())
