@@ -322,8 +322,8 @@ class PaymentFlow:
                 return older
         return ids[0]
 
-    def charge(self, operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
-               invoice_id: Any = None, then_void: bool = False, message_id: str = "",
+    def charge(self, operation: ChargeOperation, payment_id: str, *, amount: object, card: object,
+               customer: object = None, invoice_id: object = None, then_void: bool = False, message_id: str = "",
                redelivered: bool = False, shown_key: str | None = None,
                retry_failed: bool = False, repeat: RepeatCharge | None = None) -> dict[str, object]:
         """SALE or AUTH as given (:func:`worker.payments.requests.charge_request` checks it), then :meth:`submit`.
@@ -340,7 +340,7 @@ class PaymentFlow:
                                  card_keys=self.card_keys, repeat=repeat)
         return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-    def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,
+    def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: object, amount: object = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
                   redelivered: bool = False, shown_key: str | None = None,
                   retry_failed: bool = False) -> dict[str, object]:
@@ -404,7 +404,7 @@ class PaymentFlow:
                 kwargs["stored"] = dataclasses.replace(stored, stored_id=stored_id)
         return kwargs
 
-    def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
+    def void_after(self, sale_outcome: object, payment_id: str | None = None, *, message_id: str = "",
                    redelivered: bool = False) -> dict[str, object]:
         """The chain link: void a sale outcome only when it was approved, otherwise SKIPPED."""
         if not isinstance(sale_outcome, dict) or not sale_outcome.get("payment_id"):
