@@ -17,7 +17,7 @@ class PaymentTaskSpec:
     name: str
     operation: str
     parameters: tuple[str, ...]
-    #: the card travels in this parameter (sealed on publish), or None
+    #: the card travels in this parameter (encrypted on publish), or None
     card_parameter: str | None = None
     #: kept in the results store's outbox from publish until a worker claims it
     kept_in_outbox: bool = True

@@ -94,7 +94,7 @@ class Services:
 
     @cached_property
     def card_keys(self) -> list[str]:
-        """The card keys (first seals), also keying the card fingerprints idempotency keys are bound to."""
+        """The card keys (first encrypts), also keying the card fingerprints idempotency keys are bound to."""
         from worker.cards.vault import DEVELOPMENT_KEY
 
         keys = [k.strip() for k in self.settings.card_key.split(",") if k.strip()]

@@ -1,5 +1,5 @@
 """Repeat charges without card data (issue 29, docs/tokens.md) end to end: producer -> Redis -> real celery worker ->
-sandbox over HTTP -> store. A token charge's broker message carries no card data at all (not even sealed)."""
+sandbox over HTTP -> store. A token charge's broker message carries no card data at all (not even encrypted)."""
 from __future__ import annotations
 
 import base64
@@ -89,7 +89,7 @@ def test_a_token_charge_message_carries_no_card_data(e2e_redis, token):
         args, kwargs, _embed = body
         assert args == []
         assert kwargs["token"] == token["trans_id"] and kwargs.get("card") is None
-        assert "sealed" not in json.dumps(body)  # no card at all, not even sealed
+        assert "sealed" not in json.dumps(body)  # no card at all, not even encrypted
         assert scan_text(raw, cvv2=TEST_CARD["cvv2"], where="parked token sale") == []
     finally:
         e2e_redis.delete(PARKED)
