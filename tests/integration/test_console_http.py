@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "7391"}
 TODAY = dt.datetime.now(dt.UTC).date().isoformat()
 PAGES = ["/", "/search?q=x", "/payments/x", "/lists/unknown", "/payments", "/reconciliation",
-         "/reconciliation/2026-01-01", "/health"]
+         "/reconciliation/2026-01-01", "/health", "/actions"]
 
 
 class World:
@@ -152,6 +152,10 @@ def test_an_operator_resolves_a_needs_human_payment_a_viewer_and_a_forged_form_c
     assert any("console:olga" in e.get("note", "") for e in world.store.audit_of(pid))
     again = operator.post(f"/payments/{pid}/resolve", {"status": "ERROR", "reason": "twice"})
     assert "does not need a human" in again.text
+    kept = world.client("vic").get(f"/payments/{pid}").text
+    shown = kept[kept.index("Console actions"):]
+    assert shown.count("<td>olga</td><td>resolve</td>") == 2 and "does not need a human" in shown
+    assert pid in world.client("vic").get("/actions").text
 
 
 def test_a_resolution_the_kept_report_contradicts_is_refused(world) -> None:
