@@ -1,6 +1,6 @@
-"""Every Python block of the README and of docs/producer.md (the producer API in full) runs as written: each in a producer process of its own (a fresh interpreter in
-a web app's directory that has its own tasks.py and celeryconfig.py, with only what the README says a producer
-needs: the workers' REDIS_URL and PAYMENTS_CARD_KEY),
+"""Every Python block of the README and of docs/producer.md (the producer API in full) runs as written: each in a
+producer process of its own (a fresh interpreter in a web app's directory that has its own tasks.py and
+celeryconfig.py, with only what the README says a producer needs: the workers' REDIS_URL and PAYMENTS_CARD_KEY),
 against a real worker and the sandbox (the session's, tests/e2e/conftest.py). The blocks assert their own outcomes."""
 from __future__ import annotations
 
