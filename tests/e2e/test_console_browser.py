@@ -109,6 +109,8 @@ def test_an_operator_finds_a_payment_by_key_reads_its_story_and_resolves_one_tha
     olga = Person(browser, url, served)
     olga.shot("login") if olga.page.goto(url + "/login") else None
     olga.log_in("olga")
+    olga.page.goto(url + "/")
+    assert olga.page.get_by_text("Needs a human").first.is_visible()
     olga.shot("overview")
     key, outcome = outcomes["key"]
     olga.search(key)
@@ -135,6 +137,7 @@ def test_an_operator_finds_a_payment_by_key_reads_its_story_and_resolves_one_tha
     assert record.get("needs_human") != "1" and record["resolved_by"] == "console:olga"
     olga.page.goto(url + "/lists/needs-human")
     assert humans[1] in olga.page.content() and humans[0] not in olga.page.content()
+    olga.shot("needs-human")
     olga.context.close()
 
 
@@ -160,7 +163,7 @@ def test_a_viewer_is_refused_and_a_form_without_its_csrf_token_is_refused(browse
     olga.page.get_by_role("button", name="Resolve").click()
     assert olga.page.get_by_text("The CSRF token is missing").is_visible()
     assert store.get(humans[1])["needs_human"] == "1"
-    for path in ("/", "/reconciliation", "/health", "/payments", "/lists/unknown"):
+    for path in ("/", "/reconciliation", "/payments", "/lists/unknown", "/actions", "/health"):
         olga.page.goto(url + path)
         assert olga.page.locator("h1").count() == 1
     olga.shot("health")
