@@ -61,7 +61,7 @@ class Kind(StrEnum):
 #: What is left for a human (``adopted`` was corrected, audited).
 DIFFERENCES: frozenset[Kind] = frozenset(Kind) - {Kind.ADOPTED}
 
-#: What each difference asks of a person (README, the table's footer).
+#: What each difference asks of a person (docs/reconciliation.md, the table's footer).
 ACTIONS: dict[Kind, str] = {
     Kind.GATEWAY_ONLY: "find who charged it (console? another system? a second send?); refund it, or record it",
     Kind.OURS_ONLY: "look the ORDER_ID up in the console; if it never existed, resolve the record",
