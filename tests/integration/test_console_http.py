@@ -120,6 +120,30 @@ def test_a_payment_is_found_by_id_key_trans_id_invoice_and_card_amount_day(world
     assert c.get("/payments/never-was").status_code == 404
 
 
+def test_an_archived_payment_is_found_and_its_story_read_from_the_archive(world) -> None:
+    from worker.archive import Archive
+    from worker.archive.db import sqlite_url_in
+
+    pid = "old-" + uuid.uuid4().hex[:10]
+    done = world.flow.charge("sale", pid, amount="2.25", card=CARD)
+    record = world.store.get(pid)
+    archive = Archive(sqlite_url_in(str(world.tmp)))  # the console's archive: SQLite in its PAYMENTS_DATA_DIR
+    try:
+        archive.put([record])
+        archive.put_audit(world.store.audit_of(pid))
+    finally:
+        archive.close()
+    world.store.redis.delete(world.store.record_key(pid), world.store.history_key(pid))  # as retention leaves it
+    c = world.client("olga")
+    reply = c.get("/search", params={"q": done["trans_id"]})
+    assert reply.url.endswith(f"/payments/{pid}")
+    page = reply.text
+    assert "archived" in page and done["status"] in page and "claimed by" in page and "2.25" in page
+    audit = page[page.index("<h2>Audit</h2>"):]
+    assert done["trans_id"] in audit and "none found" not in audit[:audit.index("</table>")]
+    assert 'action="/payments/' not in page  # nothing to act on in the archive
+
+
 def test_the_story_links_a_sale_and_its_void_both_ways(world) -> None:
     pid = "chain-" + uuid.uuid4().hex[:10]
     sold = world.flow.charge("sale", pid, amount="3.10", card=CARD)
