@@ -139,6 +139,7 @@ def test_beat_drains_the_webhook_schedule_every_second_on_its_own_queue_which_a_
     assert entry["options"]["queue"] == "webhooks" and entry["options"]["expires"] <= 10
     assert conf["task_routes"]["payments.webhooks.*"] == {"queue": "webhooks"}
     assert {q.name for q in conf["task_queues"]} == {"celery", "webhooks"}
+    assert config_for(Settings(webhook_drain_interval=2.5))["beat_schedule"]["payments-webhooks"]["schedule"] == 2.5
 
 
 def test_a_bad_webhook_setting_stops_the_drain_with_a_logged_error_not_the_worker(monkeypatch, caplog):
@@ -156,3 +157,13 @@ def test_a_bad_webhook_setting_stops_the_drain_with_a_logged_error_not_the_worke
         assert "PAYMENTS_WEBHOOK_SECRET" in task.drain(bound)["error"]
         task.drain(bound)
     assert len([r for r in caplog.records if "not delivering" in r.getMessage()]) == 1
+
+
+def test_webhook_drain_interval_is_a_setting_and_must_be_positive(monkeypatch):
+    from worker.config import ConfigError, Settings
+
+    monkeypatch.setenv("WEBHOOK_DRAIN_INTERVAL", "2s")
+    assert Settings.from_env().webhook_drain_interval == 2.0
+    monkeypatch.setenv("WEBHOOK_DRAIN_INTERVAL", "0")
+    with pytest.raises(ConfigError, match="WEBHOOK_DRAIN_INTERVAL"):
+        Settings.from_env()
