@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 PASS_THROUGH = {"sandbox": "sandbox_args", "bench": "bench_args", "flower": "flower_args"}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     if argv and argv[0] in PASS_THROUGH:
@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)  # every group's command returns its exit status
+        return status
     except CommandError as exc:
         print(f"payments: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
