@@ -167,3 +167,20 @@ def test_webhook_drain_interval_is_a_setting_and_must_be_positive(monkeypatch):
     monkeypatch.setenv("WEBHOOK_DRAIN_INTERVAL", "0")
     with pytest.raises(ConfigError, match="WEBHOOK_DRAIN_INTERVAL"):
         Settings.from_env()
+
+
+def test_celerys_info_lines_about_drains_are_dropped_and_its_errors_kept():
+    import logging
+
+    from worker.tasks.webhooks import QuietDrains
+
+    def record(level: int, msg: str, args: object) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", level, __file__, 1, msg, args, None)  # type: ignore[arg-type]  # a tuple of one dict, as logging passes it
+
+    quiet = QuietDrains()
+    assert not quiet.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded",
+                                   ({"name": "payments.webhooks.drain", "id": "x"},)))
+    assert not quiet.filter(record(logging.INFO, "Scheduler: Sending due task %s (%s)",
+                                   ("payments-webhooks", "payments.webhooks.drain")))
+    assert quiet.filter(record(logging.ERROR, "Task %(name)s[%(id)s] raised", ({"name": "payments.webhooks.drain"},)))
+    assert quiet.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded", ({"name": "payments.sale"},)))
