@@ -184,5 +184,7 @@ def test_a_worker_without_an_endpoint_reads_nothing_so_a_worker_with_one_still_t
         approve(store, "n1")
         bare.drain(seconds=0.5)
         assert rx.got == [] and client.xpending(prefix + "audit", GROUP)["pending"] == 0
+        assert told.deliveries.health()["intake_lag"] == 2  # the claim and the approval wait for a worker with one
         drain_until_quiet(told, clock)
         assert [r.event["data"]["payment_id"] for r in rx.delivered()] == ["n1"]
+        assert told.deliveries.health()["intake_lag"] == 0

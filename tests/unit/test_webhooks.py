@@ -109,7 +109,7 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
     from worker.ops.monitor import attention
     from worker.ops.status import _webhooks_line
 
-    hooks = {"undelivered": 3, "oldest_undelivered_age": 42.0, "failed": 2,
+    hooks = {"undelivered": 3, "oldest_undelivered_age": 42.0, "failed": 2, "intake_lag": 5,
              "stats": {"delivered": 7, "failed_attempts": 4, "exhausted": 1, "abandoned": 1, "events": 9}}
     from tests.support.redis_store import new_store
 
@@ -123,7 +123,7 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
                  'payments_webhook_deliveries_total{result="failed_attempt"} 4.0',
                  'payments_webhook_deliveries_total{result="exhausted"} 1.0', "payments_webhook_events_total 9.0",
                  "payments_webhook_undelivered 3.0", "payments_webhook_oldest_undelivered_age_seconds 42.0",
-                 "payments_webhook_failed 2.0"):
+                 "payments_webhook_failed 2.0", "payments_webhook_intake_lag 5.0"):
         assert line in text, line
     assert any("2 webhook deliveries failed" in a for a in attention(found, Settings()))
     assert _webhooks_line(hooks) == "webhooks     3 undelivered (oldest 42s), 2 failed for good"

@@ -69,8 +69,9 @@ class Intake:
         days, is told of recent payments, not of the whole audit history."""
         if not endpoints:
             return 0
+        created = self.ensure_group(now)
         seen = self.redis.get(self.keys.intake_seen)
-        if seen is None or now - float(seen) > self.retention:
+        if not created and (seen is None or now - float(seen) > self.retention):
             self.redis.xgroup_setid(self.keys.audit, GROUP, f"{int((now - START_BACK) * 1000)}-0")
         self.redis.set(self.keys.intake_seen, repr(now))
         recorded = 0
