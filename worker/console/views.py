@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,6 +13,9 @@ from flask import Flask, abort, flash, g, redirect, render_template, request, se
 from worker.console.common import LISTS, MAX_PAGE, PAGE_SIZE, ext, operator_action, parse_day
 
 log = logging.getLogger("payments.console")
+
+#: How long the health page's report is reused.
+HEALTH_SECONDS = 10.0
 
 
 def _safe_next(target: str | None) -> str:
@@ -223,5 +227,11 @@ def register(app: Flask) -> None:
             from worker.broker.app import default_app
 
             celery_app = default_app()
-        found = report(ext()["svc"], celery_app, ping_timeout=1.0)
+        # Kept HEALTH_SECONDS: each report pings the workers and sends the gateway an stq probe (BluePay in LIVE),
+        # which a page reloaded by several operators must not multiply.
+        cache = ext().setdefault("health", {})
+        now = time.monotonic()
+        if not cache or now - cache["at"] > HEALTH_SECONDS:
+            cache.update(at=now, found=report(ext()["svc"], celery_app, ping_timeout=1.0))
+        found = cache["found"]
         return render_template("health.html", found=found, text=render(found))
