@@ -13,8 +13,6 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from worker.guard.rates import GuardSettings, parse_rate
-
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REAL_BLUEPAY_URL = "https://secure.bluepay.com/interfaces/"
 # Demo credentials shared with the sandbox's defaults (worker/sandbox): TEST mode only.
@@ -39,6 +37,60 @@ DEFAULT_KEY_RETENTION = 90 * 86400.0
 HASH_TYPES = ("MD5", "SHA256", "SHA512", "HMAC_SHA256", "HMAC_SHA512")
 #: The default archive's file in PAYMENTS_DATA_DIR (an SQLite database).
 ARCHIVE_FILE = "archive.sqlite3"
+
+
+# ---- the gateway guard's settings (worker/guard/, docs/resilience.md) -------------------------------------------
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.IGNORECASE)
+_UNIT = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+
+
+def parse_rate(text: str, *, name: str = "GATEWAY_RATE_LIMIT") -> float:
+    """Requests per second of ``20/s``, ``600/m``, ``5/2s``; "" or "0" or "off": 0.0 (no limit)."""
+    if text.strip().lower() in ("", "0", "off", "none"):
+        return 0.0
+    match = _RATE.match(text)
+    if not match:
+        raise ValueError(f"{name}: {text!r} is not a rate (e.g. 20/s, 600/m, or off)")
+    count, per, unit = float(match.group(1)), int(match.group(2) or 1), _UNIT[match.group(3).lower()]
+    if count <= 0 or per <= 0:
+        raise ValueError(f"{name}: {text!r} must allow at least some requests (or say off)")
+    return count / (per * unit)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    #: bp10emu requests (charges, follow-ups) per second for one merchant, all workers together; 0: no limit
+    rate: float = 0.0
+    #: stq and daily-report requests per second (a bucket of their own, so reconciliation is never starved)
+    look_rate: float = 0.0
+    #: requests a bucket may hold up after an idle moment (the burst over the rate in any one-second window)
+    burst: int = 1
+    #: consecutive failures proving the gateway down that open the breaker; 0: no breaker
+    breaker_failures: int = 0
+    #: seconds the breaker stays open before one probe may go
+    cooldown: float = 30.0
+    #: how long the probe's place is kept if its process never settles it (dies): one attempt's timeouts
+    #: (worker/services.py sets it from GATEWAY_CONNECT_TIMEOUT + GATEWAY_READ_TIMEOUT)
+    probe_lease: float = 20.0
+    #: the longest one attempt waits in process for a token before it is re-queued instead (holds a worker slot)
+    max_wait: float = 0.5
+
+    @property
+    def on(self) -> bool:
+        return self.rate > 0 or self.look_rate > 0 or self.breaker_failures > 0
+
+    def check(self) -> GuardSettings:
+        if self.rate < 0 or self.look_rate < 0:
+            raise ValueError("GATEWAY_RATE_LIMIT / GATEWAY_STQ_RATE_LIMIT must be a rate or off")
+        if self.burst < 1:
+            raise ValueError(f"GATEWAY_RATE_BURST ({self.burst}) must be at least 1")
+        if self.breaker_failures < 0:
+            raise ValueError(f"GATEWAY_BREAKER_FAILURES ({self.breaker_failures}) must be 0 (off) or more")
+        if self.breaker_failures and self.cooldown <= 0:
+            raise ValueError(f"GATEWAY_BREAKER_COOLDOWN ({self.cooldown:g}s) must be more than 0")
+        if self.max_wait < 0:
+            raise ValueError(f"GATEWAY_THROTTLE_WAIT ({self.max_wait:g}s) must be 0 or more")
+        return self
 
 
 class ConfigError(ValueError):
@@ -71,6 +123,16 @@ def parse_duration(value: str | float | int, *, name: str = "duration") -> float
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "")
     return value if value.strip() else default
+
+
+def _flag(name: str) -> bool:
+    """An on/off setting, off by default: 1/true/yes/on, or 0/false/no/off (anything else names the variable)."""
+    text = _env(name, "0").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {text!r} is not on or off (1/0, true/false, yes/no)")
 
 
 def _int(name: str, default: int) -> int:
@@ -121,6 +183,9 @@ class Settings:
     bluepay_mode: str = "TEST"
     bluepay_url: str = REAL_BLUEPAY_URL
     bluepay_hash_type: str = "HMAC_SHA512"
+    # A platform charging for a sub-merchant: its PLATFORM_MERCHANT_ID, sent and sealed after the account id (BluePay's
+    # C# library 3.0.8); "": none (docs/bluepay.md).
+    bluepay_platform_merchant_id: str = ""
     card_key: str = field(default="", repr=False)
     # Gateway budgets: one HTTP attempt, and the in-process retry of "not sent" errors.
     connect_timeout: float = 3.05
@@ -133,6 +198,11 @@ class Settings:
     outage_backoff_max: float = 60.0
     visibility_timeout: float = 300.0
     stale_auth_age: float = 7 * 86400.0
+    # AVS_POLICY / CVV2_POLICY: result codes that void an approved sale or auth at once (worker/payments/policy.py)
+    avs_policy: frozenset[str] = frozenset()
+    # PAYMENTS_ENABLE_CREDIT: payments.credit (money out to a card with no original) runs only when set
+    enable_credit: bool = False
+    cvv2_policy: frozenset[str] = frozenset()
     sweep_interval: float = 300.0
     reconcile_after: float = 600.0
     # After this long an operation whose outcome stayed unknown is given a final state for a human.
@@ -168,6 +238,8 @@ class Settings:
     archive_per_sweep: int = 20_000
     # Celery results (a convenience for result.get(): the store keeps the outcome) expire after this.
     result_expires: float = 86400.0
+    # How often beat drains the webhook schedule (the rest of the webhook settings: worker/webhooks/settings.py).
+    webhook_drain_interval: float = 1.0
 
     @property
     def soft_time_limit(self) -> float:
@@ -275,7 +347,8 @@ class Settings:
         if error:
             raise ConfigError(error)
         positive = {"GATEWAY_CONNECT_TIMEOUT": self.connect_timeout, "GATEWAY_READ_TIMEOUT": self.read_timeout,
-                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max}
+                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max,
+                    "WEBHOOK_DRAIN_INTERVAL": self.webhook_drain_interval}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} ({value:g}s) must be more than 0")
@@ -312,6 +385,10 @@ class Settings:
         if not re.fullmatch(r"[A-Za-z0-9]+", self.bluepay_account_id):
             raise ConfigError(f"BLUEPAY_ACCOUNT_ID: {self.bluepay_account_id!r} is not an account id (letters and "
                               "digits; BluePay's are 12 digits)")
+        if self.bluepay_platform_merchant_id and not re.fullmatch(r"[A-Za-z0-9]{1,64}",
+                                                                  self.bluepay_platform_merchant_id):
+            raise ConfigError(f"BLUEPAY_PLATFORM_MERCHANT_ID: {self.bluepay_platform_merchant_id!r} is not a merchant "
+                              "id (letters and digits)")
         if not self.bluepay_secret_key or self.bluepay_secret_key != self.bluepay_secret_key.strip() or any(
                 c.isspace() for c in self.bluepay_secret_key):
             raise ConfigError("BLUEPAY_SECRET_KEY must not be empty nor hold spaces or line breaks (a pasted "
@@ -349,7 +426,10 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         d = cls()
-        dur = lambda name, default: parse_duration(_env(name, str(default)), name=name)  # noqa: E731
+
+        def dur(name: str, default: object) -> float:  # default: seconds, or a duration as text ("5m")
+            return parse_duration(_env(name, str(default)), name=name)
+
         try:
             settings = cls(
                 redis_url=_env("REDIS_URL", d.redis_url),
@@ -366,6 +446,7 @@ class Settings:
                 bluepay_mode=_env("BLUEPAY_MODE", d.bluepay_mode).upper(),
                 bluepay_url=_env("BLUEPAY_URL", d.bluepay_url),
                 bluepay_hash_type=_env("BLUEPAY_HASH_TYPE", d.bluepay_hash_type).upper(),
+                bluepay_platform_merchant_id=_env("BLUEPAY_PLATFORM_MERCHANT_ID", ""),
                 card_key=_env("PAYMENTS_CARD_KEY", ""),
                 connect_timeout=dur("GATEWAY_CONNECT_TIMEOUT", d.connect_timeout),
                 read_timeout=dur("GATEWAY_READ_TIMEOUT", d.read_timeout),
@@ -376,6 +457,9 @@ class Settings:
                 outage_backoff_max=dur("OUTAGE_BACKOFF_MAX", d.outage_backoff_max),
                 visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
                 stale_auth_age=dur("STALE_AUTH_AGE", d.stale_auth_age),
+                avs_policy=parse_codes(_env("AVS_POLICY", ""), "AVS_POLICY"),
+                enable_credit=_flag("PAYMENTS_ENABLE_CREDIT"),
+                cvv2_policy=parse_codes(_env("CVV2_POLICY", ""), "CVV2_POLICY"),
                 sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
                 reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),
                 reconcile_give_up=dur("RECONCILE_GIVE_UP", d.reconcile_give_up),
@@ -396,11 +480,26 @@ class Settings:
                 archive_batch=_int("PAYMENTS_ARCHIVE_BATCH", d.archive_batch),
                 archive_per_sweep=_int("PAYMENTS_ARCHIVE_PER_SWEEP", d.archive_per_sweep),
                 result_expires=dur("RESULT_EXPIRES", "1d"),
+                webhook_drain_interval=dur("WEBHOOK_DRAIN_INTERVAL", "1s"),
                 guard=_guard_settings(dur),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return settings.check()
+
+
+def parse_codes(text: str | None, name: str) -> frozenset[str]:
+    """AVS_POLICY / CVV2_POLICY (worker/payments/policy.py): ``"N, A"`` or ``"NA"`` -> {"N", "A"}; "" -> no policy.
+    One code is one letter, digit or ``_`` (BluePay's AVS codes A-Z and 1-8, CVV2 M N P S U, ``_`` in TEST)."""
+    raw = (text or "").strip().upper()
+    if not raw:
+        return frozenset()
+    parts = [p for p in re.split(r"[\s,]+", raw) if p]
+    codes = list(parts[0]) if len(parts) == 1 else parts  # "NA" as AVS_ALLOWED writes it, or "N,A"
+    bad = [c for c in codes if not re.fullmatch(r"[A-Z0-9_]", c)]
+    if bad:
+        raise ValueError(f"{name}: {bad[0]!r} is not a result code (one letter, digit or _ each; e.g. {name}=N,A)")
+    return frozenset(codes)
 
 
 def _guard_settings(dur: Callable[[str, object], float]) -> GuardSettings:

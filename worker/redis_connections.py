@@ -3,8 +3,9 @@
 Every process finds Redis through this module: the results store, locks and the sweep (:func:`store_client`),
 Celery's broker and result backend, so workers, beat, producers and Flower
 (``worker.broker.celeryconfig.celery_settings``), and the CLI's one-try probe (:func:`probe_client`). Under
-Sentinel each asks the sentinels for the current master on every (re)connect: redis-py's ``Sentinel.master_for`` for the store, kombu's ``sentinel://`` transport and
-Celery's Sentinel result backend for the rest, so a failover needs no restart of anything that reconnects.
+Sentinel each asks the sentinels for the current master on every (re)connect: redis-py's ``Sentinel.master_for``
+for the store, kombu's ``sentinel://`` transport and Celery's Sentinel result backend for the rest, so a failover
+needs no restart of anything that reconnects.
 
 Replication is asynchronous: a write the primary acknowledged can vanish with it in a failover. Where money
 depends on a write (the claim and the attempt journal before a gateway send, the outbox entry at publish),
@@ -113,9 +114,10 @@ def store_client(settings: Settings) -> redis.Redis:
     }
     if not uses_sentinel(settings):
         return redis.Redis.from_url(settings.redis_url, **options)
-    return _sentinel(settings, socket_timeout=2).master_for(
+    client: redis.Redis = _sentinel(settings, socket_timeout=2).master_for(
         settings.redis_master_name, db=database(settings), password=settings.redis_password or None,
         connection_class=SentinelConnection, **options)
+    return client
 
 
 def probe_client(settings: Settings) -> redis.Redis:
@@ -123,9 +125,10 @@ def probe_client(settings: Settings) -> redis.Redis:
     options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 5}
     if not uses_sentinel(settings):
         return redis.Redis.from_url(settings.redis_url, **options)
-    return _sentinel(settings, socket_timeout=2).master_for(
+    client: redis.Redis = _sentinel(settings, socket_timeout=2).master_for(
         settings.redis_master_name, db=database(settings), password=settings.redis_password or None,
         connection_class=SentinelConnection, retry=Retry(ExponentialBackoff(), retries=0), **options)
+    return client
 
 
 # ---- Celery: broker, result backend (workers, beat, producers, Flower) -----------------------------------

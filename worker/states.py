@@ -38,8 +38,9 @@ FINAL: frozenset[Status] = frozenset(Status) - NON_FINAL
 #: What a task may return as ``status`` (docs/design.md's contract): never PENDING or RETRYING.
 TASK_STATUSES: frozenset[Status] = FINAL | {Status.UNKNOWN}
 
-Operation = Literal["sale", "auth", "capture", "refund", "void"]
-OPERATIONS: frozenset[str] = frozenset({"sale", "auth", "capture", "refund", "void"})
+Operation = Literal["sale", "auth", "credit", "capture", "refund", "void"]
+#: credit: money to a card with no original (docs/tokens.md; off unless PAYMENTS_ENABLE_CREDIT)
+OPERATIONS: frozenset[str] = frozenset({"sale", "auth", "credit", "capture", "refund", "void"})
 FOLLOW_UPS: frozenset[str] = frozenset({"capture", "refund", "void"})
 
 #: What claiming an operation in the store found (see ``worker.store.Claim``).
@@ -56,6 +57,9 @@ class CannotTell:
     """stq gave no usable answer (failed, unauthenticated, or a row of another type)."""
 
     reason: str = ""
+    #: seconds after which asking makes sense again when the shared guard held the lookup back (worker/guard/:
+    #: breaker open, rate limit): stq was not asked at all, so it is no try of the sweep's
+    held_for: float | None = None
 
 
 ABSENT = Absent()

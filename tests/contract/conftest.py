@@ -1,9 +1,9 @@
-"""The two implementations of the results store the contract tests run against (``tier`` / ``store``).
+"""The results store the contract tests run against (``tier`` / ``store``): :class:`worker.store.ResultsStore` on
+Redis database 9 (env TEST_REDIS_URL) under a unique key prefix, deleted afterwards; skipped when that Redis is not
+there. Time is Redis ``TIME`` (the production library, no test clock): ``tier.wait`` sleeps.
 
-* ``fake``: :class:`tests.support.fake_store.InMemoryStore` on a :class:`tests.support.clocks.FixedClock`;
-  time passes when a test says so (``tier.wait`` advances the clock).
-* ``redis``: :class:`worker.store.ResultsStore` on Redis database 9 (env TEST_REDIS_URL) under a unique key
-  prefix, deleted afterwards; skipped when that Redis is not there. Time is Redis ``TIME``: ``tier.wait`` sleeps.
+(There was an in-memory fake of the store beside it, kept in step by these tests; the ledger rules are now written
+once, in the store's Lua, and the flow and sweep tests run against the real store: tests/support/redis_store.py.)
 
 A tier also reads what a test needs to see beyond the store's API (an index's members, an outbox entry, a lock's
 expiry, everything stored) the way Redis shows it to raw commands, and writes a record field raw.
@@ -15,55 +15,11 @@ import uuid
 
 import pytest
 
-from tests.support.clocks import FixedClock
 from tests.support.env import INTEGRATION_REDIS_URL
-from tests.support.fake_store import InMemoryStore
 from tests.support.redis_db import redis_or_skip
 from worker.store import ResultsStore
 
 REDIS_URL = INTEGRATION_REDIS_URL
-
-
-class FakeTier:
-    name = "fake"
-
-    def __init__(self):
-        self.clock = FixedClock()
-        self.store = InMemoryStore(clock=self.clock)
-
-    def handle(self) -> InMemoryStore:
-        """The store as another worker sees it: the same state."""
-        return self.store
-
-    def server_now(self) -> float:
-        return self.clock()
-
-    def wait(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-    def index(self, name: str) -> list[str]:
-        return self.store.index(name)
-
-    def outbox_entry(self, task_id: str) -> tuple[str | None, float | None]:
-        return self.store.outbox_entry(task_id)
-
-    def lock_ttl(self, name: str) -> float | None:
-        return self.store.lock_ttl(name)
-
-    def write_raw(self, payment_id: str, **fields: str) -> None:
-        self.store.write_raw(payment_id, **fields)
-
-    def stored_text(self) -> str:
-        return self.store.dump()
-
-    def wipe_health_indexes(self) -> None:
-        """What a store written by a version without ``store.health``'s indexes holds (and a count gone wrong)."""
-        self.store._counts = {"APPROVED": -1}
-        for name in ("unknown", "retrying", "needs_human"):
-            self.store._zsets[name].clear()
-
-    def close(self) -> None:
-        pass
 
 
 class RedisTier:
@@ -119,9 +75,9 @@ def redis_client():
         yield client
 
 
-@pytest.fixture(params=["fake", "redis"])
-def tier(request):
-    made = FakeTier() if request.param == "fake" else RedisTier(request.getfixturevalue("redis_client"))
+@pytest.fixture
+def tier(redis_client):
+    made = RedisTier(redis_client)
     yield made
     made.close()
 

@@ -1,10 +1,8 @@
-"""What reconciliation keeps and reads in the store, and ``resolve``: the same contract for the Redis store (its
-Lua) and the in-memory fake (tests/support/fake_reconciliations.py)."""
+"""What reconciliation keeps and reads in the store, and ``resolve`` (its Lua), against the Redis store."""
 from __future__ import annotations
 
 import pytest
 
-from tests.support.fake_reconciliations import InMemoryReconciliations
 from worker.store.reconciliations import Reconciliations, ResolveRefused
 
 SALE = {"amount": "3.00", "order_id": "", "masked_account": "xxxxxxxxxxxx1111"}
@@ -12,7 +10,7 @@ SALE = {"amount": "3.00", "order_id": "", "masked_account": "xxxxxxxxxxxx1111"}
 
 @pytest.fixture
 def recon(tier):
-    return InMemoryReconciliations(tier.store) if tier.name == "fake" else Reconciliations(tier.store)
+    return Reconciliations(tier.store)
 
 
 def make(store, pid, status="APPROVED", op="sale", trans_id="", **fields):
@@ -119,8 +117,7 @@ def test_a_day_is_paged_whole_even_when_many_records_share_a_creation_time(store
     for pid in ids:
         make(store, pid)
     score = float(recon.records(["t0"])["t0"]["created_ts"])
-    if tier.name == "redis":  # the fake's clock stands still: its records already share one time
-        tier.client.zadd(tier.store.keys.time, dict.fromkeys(ids[:5], score))
-        tier.client.zadd(tier.store.keys.time, dict.fromkeys(ids[5:], score + 1))
+    tier.client.zadd(tier.store.keys.time, dict.fromkeys(ids[:5], score))  # records that share a creation time
+    tier.client.zadd(tier.store.keys.time, dict.fromkeys(ids[5:], score + 1))
     pages = list(recon.created_between(score - 1, score + 2, batch=2))
     assert sorted(pid for page in pages for pid in page) == ids and all(len(p) <= 2 for p in pages)

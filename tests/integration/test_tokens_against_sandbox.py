@@ -122,3 +122,15 @@ def test_stored_credential_flags_are_sent_as_documented(sb, client, established)
     [row] = sb.ledger(order_id=later_order)
     assert (row["stored_indicator"], row["stored_type"]) == ("S", "R")
     assert row["stored_id"] == first.stored_id
+
+
+def test_a_credit_sends_money_to_a_card_and_cannot_be_refunded(sb, client):
+    credit_order = order()
+    credited = client.credit("3.00", TEST_CARD, CUSTOMER, order_id=credit_order)
+    assert credited.approved and credited.trans_type == "CREDIT" and credited.masked_account == "xxxxxxxxxxxx1111"
+    with pytest.raises(Rejected) as raised:
+        client.refund(credited.trans_id, order_id=order())
+    assert raised.value.response.message == "Cannot REFUND a CREDIT"  # BluePay_MESSAGE_values.txt
+    found = client.query(order_id=credit_order)
+    assert found is not None and found.trans_type == "CREDIT" and found.trans_id == credited.trans_id
+    assert client.void(credited.trans_id, order_id=order()).approved

@@ -48,9 +48,10 @@ class ConsoleClient:
 
 
 @contextlib.contextmanager
-def running_console(env: dict[str, str], tmp: Path, *, users: dict[str, tuple[str, str]] | None = None
-                    ) -> Iterator[tuple[str, Path]]:
-    """``payments console`` on 127.0.0.1 with ``users`` in a users file under ``tmp``; yields (url, log path)."""
+def start_console(env: dict[str, str], tmp: Path, *, users: dict[str, tuple[str, str]] | None = None,
+                  ready: str = "/login") -> Iterator[str]:
+    """``payments console`` on 127.0.0.1 with ``users`` in a users file under ``tmp``; yields its URL once ``ready``
+    answers (whatever the status)."""
     users_file = tmp / "console-users.json"
     for name, (role, password) in (USERS if users is None else users).items():
         add_user(users_file, name, role, password)
@@ -65,11 +66,21 @@ def running_console(env: dict[str, str], tmp: Path, *, users: dict[str, tuple[st
         def up() -> bool:
             assert proc.poll() is None, log_path.read_text()
             try:
-                return requests.get(url + "/healthz", timeout=2).status_code == 200
+                requests.get(url + ready, timeout=2)
+                return True
             except requests.ConnectionError:
                 return False
 
-        wait_until(up, 30, "the console to answer /healthz")
-        yield url, log_path
+        wait_until(up, 30, "the console to answer")
+        yield url
     finally:
         stop_process(proc)
+
+
+@contextlib.contextmanager
+def running_console(env: dict[str, str], tmp: Path, *, users: dict[str, tuple[str, str]] | None = None
+                    ) -> Iterator[tuple[str, Path]]:
+    """A console whose /healthz says ok; yields (url, the directory of its log)."""
+    with start_console(env, tmp, users=users) as url:
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+        yield url, tmp

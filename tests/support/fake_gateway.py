@@ -72,6 +72,11 @@ class FakeGateway:
         return self._send("auth", fence, amount=amount, card=card, order_id=order_id,
                           duplicate_override=duplicate_override, invoice_id=invoice_id)
 
+    def credit(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None,
+               fence=None):
+        return self._send("credit", fence, amount=amount, card=card, order_id=order_id,
+                          duplicate_override=duplicate_override, invoice_id=invoice_id)
+
     def capture(self, trans_id, amount=None, order_id=None, fence=None):
         return self._send("capture", fence, trans_id=trans_id, amount=amount, order_id=order_id)
 

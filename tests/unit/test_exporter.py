@@ -14,8 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.support.clocks import FixedClock
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import StoreUnderTest, new_store
 from worker.config import Settings
 from worker.guard import GuardSettings
 from worker.ops.exporter import PaymentsCollector
@@ -26,7 +25,7 @@ SETTINGS = Settings(reconcile_after=600, sweep_interval=300)
 PROMTOOL = shutil.which("promtool") or ""
 
 
-def exported_text(store: InMemoryStore, broker: dict) -> str:
+def exported_text(store: StoreUnderTest, broker: dict) -> str:
     def read() -> dict:
         return dict(store.health.snapshot(stale_auth_age=SETTINGS.stale_auth_age), broker=broker)
 
@@ -54,8 +53,8 @@ def names(text: str) -> set[str]:
 
 
 def test_the_exporter_reports_the_stores_counts_ages_and_the_broker():
-    clock = FixedClock()
-    store = InMemoryStore(clock=clock)
+    store = new_store()
+    clock = store.clock
     store.claim("u1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00"})
     store.transition("u1", "UNKNOWN", owner="w")
     store.outbox.put("t1", {"name": "payments.sale"})
@@ -83,7 +82,7 @@ def retention_counters() -> set[str]:
 
 
 def served() -> set[str]:
-    exported = names(exported_text(InMemoryStore(clock=FixedClock()), {"queues": {"celery": 0}, "unacked": 0}))
+    exported = names(exported_text(new_store(), {"queues": {"celery": 0}, "unacked": 0}))
     return exported | names(worker_text()) | names(breaker_text()) | retention_counters()
 
 
@@ -103,7 +102,7 @@ def breaker_text() -> str:
     registry = CollectorRegistry(auto_describe=False)
     svc = types.SimpleNamespace(settings=settings, redis=OpenBreakerRedis())
     registry.register(PaymentsCollector(svc, None, read=lambda: dict(
-        InMemoryStore(clock=FixedClock()).health.snapshot(stale_auth_age=1.0), broker={"queues": {}, "unacked": 0})))
+        new_store().health.snapshot(stale_auth_age=1.0), broker={"queues": {}, "unacked": 0})))
     return generate_latest(registry).decode()
 
 
@@ -111,12 +110,12 @@ def test_the_exporter_shows_the_shared_breaker_when_it_is_on():
     text = breaker_text()
     assert 'payments_gateway_breaker_state{merchant="default"} 2.0' in text
     assert 'payments_gateway_breaker_opened_total{merchant="default"} 3.0' in text
-    assert "payments_gateway_breaker_state" not in exported_text(InMemoryStore(clock=FixedClock()),
+    assert "payments_gateway_breaker_state" not in exported_text(new_store(),
                                                                  {"queues": {}, "unacked": 0})
 
 
 def test_the_exporter_reports_redis_memory_and_its_limits():
-    text = exported_text(InMemoryStore(clock=FixedClock()), {"queues": {"celery": 0}, "unacked": 0, "memory": {
+    text = exported_text(new_store(), {"queues": {"celery": 0}, "unacked": 0, "memory": {
         "used": 900, "maxmemory": 1000, "total_system_memory": 8000}})
     for line in ("payments_redis_used_memory_bytes 900.0", "payments_redis_maxmemory_bytes 1000.0",
                  "payments_redis_total_system_memory_bytes 8000.0"):

@@ -1,10 +1,10 @@
 """The payment flow's decisions (issue 12's rules, as tables), with a FAKE gateway (a scripted class, not mocks)
-and the in-memory results store (tests/support/fake_store.py), which tests/contract/ proves to follow the same
-rules as the Redis store's Lua scripts. No Redis, no sleeping.
+and the real results store on a real Redis (tests/support/redis_store.py): the ledger rules are the store's Lua,
+written once. No sleeping.
 
-Leases, ages and the commit horizon are the store's time, a fake clock: a test makes time pass with a tiny
-``commit_horizon`` (or lease) and ``clock.advance``. Every test says how many money-moving requests the fake
-gateway received.
+Leases, ages and the commit horizon are the store's time, Redis's, held still by the tests' clock: a test makes time
+pass with a tiny ``commit_horizon`` (or lease) and ``clock.advance``. Every test says how many money-moving requests
+the fake gateway received.
 """
 from __future__ import annotations
 
@@ -1172,3 +1172,12 @@ def test_give_up_retrying_that_stalled_past_its_lease_cannot_overwrite_a_final_o
     assert stalls == ["UNKNOWN"]
     assert outcome["status"] == "APPROVED" and store.get(pid)["status"] == "APPROVED"
     assert gw.sends == [] and len(gw.queries) == 1
+
+
+def test_the_redis_store_is_what_the_flow_calls_a_store(store) -> None:
+    # Checked by mypy (./dev lint): every method of worker.payments.flow.Store, with compatible signatures.
+    from worker.payments.flow import Store
+    from worker.store import ResultsStore
+
+    real: Store = ResultsStore(store.redis, prefix=store.prefix)
+    assert callable(real.claim) and callable(real.transition)

@@ -8,22 +8,21 @@ import uuid
 
 import pytest
 
-from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import StoreUnderTest, new_store
 from worker.payments.flow import GatewayOutage, PaymentFlow, ReplicasBehind
 from worker.redis_connections import ReplicaAckTimeout
 
 CARD = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}
 
 
-class LaggingReplicas(InMemoryStore):
+class LaggingReplicas(StoreUnderTest):
     """The next ``claims``/``journals`` writes that move money are not acknowledged by a replica: the write is made
     (as on a real primary) and ReplicaAckTimeout is raised, as worker.store does after WAIT."""
 
-    def __init__(self, *, claims: int = 0, journals: int = 0, **kw):
-        super().__init__(**kw)
+    def __init__(self, client, *, claims: int = 0, journals: int = 0, **kw):
+        super().__init__(client, **kw)
         self.behind = {"claim": claims, "attempt journal": journals}
 
     def _lagging(self, what: str) -> None:
@@ -53,7 +52,7 @@ def flow(store, gateway):
 
 
 def test_an_unacknowledged_claim_sends_nothing_and_parks_then_the_next_delivery_charges_once():
-    store = LaggingReplicas(claims=1, clock=FixedClock())
+    store = new_store(LaggingReplicas, claims=1)
     key = pid()
     gw = FakeGateway([reply(order_id=key)])
     with pytest.raises(ReplicasBehind) as info:
@@ -66,7 +65,7 @@ def test_an_unacknowledged_claim_sends_nothing_and_parks_then_the_next_delivery_
 
 
 def test_an_unacknowledged_journal_entry_sends_nothing_and_parks():
-    store = LaggingReplicas(claims=1, journals=1, clock=FixedClock())
+    store = new_store(LaggingReplicas, claims=1, journals=1)
     key = pid()
     gw = FakeGateway([reply(order_id=key)])
     with pytest.raises(ReplicasBehind):

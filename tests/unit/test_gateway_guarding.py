@@ -172,3 +172,44 @@ def test_the_flow_parks_a_held_attempt_as_retrying_not_sent(store):
         record = store.get(pid)
         assert type(out) is kind and out.parked_as == "RETRYING" and out.check_in == held.retry_after
         assert record["status"] == "RETRYING" and not record.get("sent_ts") and words in record["message"]
+
+
+def test_the_sweep_spends_no_try_when_the_guard_holds_stq_back(store, clock):
+    from tests.support.fake_gateway import FakeGateway
+
+    from .test_flow import _left, make_flow
+
+    pid = _left(store, "unknown")
+    flow = make_flow(store, FakeGateway(stq=[GatewayUnavailable("breaker open", retry_after=20.0), NotSent("down")]))
+    assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
+    held = store.get(pid)
+    assert held["status"] == "UNKNOWN" and not held.get("reconcile_tries") and "unavailable" in held["message"]
+    assert float(held["next_check_ts"]) - float(held["updated_ts"]) == pytest.approx(21.0, abs=0.01)
+    assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "skipped"  # not due yet
+    clock.advance(21.1)
+    assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
+    assert store.get(pid)["reconcile_tries"] == "1"  # a real failure of stq is a try
+
+
+class RedisAway:
+    """A Redis client whose scripts fail as a Redis that went away does."""
+
+    def register_script(self, text: str):
+        import redis
+
+        def call(keys, args):
+            raise redis.ConnectionError("Connection refused")
+
+        return call
+
+
+def test_the_guard_holds_an_attempt_back_when_redis_does_not_answer_and_never_masks_an_outcome():
+    from worker.gateway import Held
+    from worker.guard import RedisGuard
+    from worker.guard.shared import _Ticket
+
+    guard = RedisGuard(RedisAway(), prefix="p:", merchant="m", settings=GuardSettings(rate=5.0, breaker_failures=3))
+    with pytest.raises(Held, match="could not reach Redis") as held:
+        guard.admit("pay")
+    assert held.value.retry_after > 0 and not isinstance(held.value, (Throttled, GatewayUnavailable))
+    guard.settle(_Ticket(probe=True, failures=2), DOWN)  # logged, not raised: the attempt's own outcome stands

@@ -20,7 +20,7 @@ OURS = ("worker", "tasks", "celeryconfig", "flowerconfig")
 LAYERS: list[tuple[str, ...]] = [
     ("worker.config",),                                                   # settings: imports nothing of ours
     ("worker.states", "worker.catalogue", "worker.gateway", "worker.sandbox"),   # shared words; the outside world
-    ("worker.redis_connections", "worker.cards", "worker.archive", "worker.ops.metrics",
+    ("worker.redis_connections", "worker.cards", "worker.archive", "worker.guard", "worker.ops.metrics",
      "worker.payments.amounts"),                                          # the money rule: checked at publish too
     ("worker.store", "worker.payments"),                                  # the ledger, the payment domain
     ("worker.ops", "worker.services", "worker.webhooks"),                 # operations, webhooks; services wired

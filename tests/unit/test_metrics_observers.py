@@ -8,10 +8,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.support.clocks import FixedClock
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import new_store
 from worker.gateway import BluePayClient, NotSent, OutcomeUnknown
 from worker.gateway.observe import error_class_of, result_of
 from worker.gateway.transport import HttpReply
@@ -34,7 +33,7 @@ class Recorder:
 
 
 def flow_with(gateway, observer):
-    store = InMemoryStore(clock=FixedClock())
+    store = new_store()
     return PaymentFlow(store, gateway, [TEST_CARD_KEY], observer=observer), store
 
 

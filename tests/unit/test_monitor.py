@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.clocks import FixedClock
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import new_store
 from worker.config import Settings
 from worker.ops.monitor import attention
 from worker.ops.status import render
@@ -59,7 +58,7 @@ def test_no_worker_and_an_unreachable_gateway_need_a_human_and_not_asking_says_n
 
 
 def test_the_screen_over_the_in_memory_stores_own_snapshot():
-    store = InMemoryStore(clock=FixedClock())
+    store = new_store()
     store.claim("p1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00"})
     store.transition("p1", "UNKNOWN", owner="w")
     found = dict(store.health.snapshot(stale_auth_age=SETTINGS.stale_auth_age),

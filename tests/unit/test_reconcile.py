@@ -9,10 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from tests.support.clocks import FixedClock
 from tests.support.fake_gateway import reply
-from tests.support.fake_reconciliations import InMemoryReconciliations
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import new_store
 from worker.gateway import MalformedReport, ReportIncomplete, ReportRow
 from worker.payments.reconciliation import (
     Adopt,
@@ -25,8 +23,9 @@ from worker.payments.reconciliation import (
     day_bounds,
     days,
 )
+from worker.store.reconciliations import Reconciliations
 
-DAY = date(2025, 6, 15)  # FixedClock's default time is 2025-06-15 15:06:40 UTC
+DAY = date(2025, 6, 15)  # the tests' clock's default time is 2025-06-15 15:06:40 UTC
 T1, T2, T3 = "100000000001", "100000000002", "100000000003"
 
 
@@ -159,9 +158,8 @@ class FakeReportGateway:
 
 @pytest.fixture
 def world():
-    clock = FixedClock()
-    store = InMemoryStore(clock=clock)
-    return store, InMemoryReconciliations(store)
+    store = new_store()
+    return store, Reconciliations(store)
 
 
 def make(store, pid, status="APPROVED", op="sale", trans_id="", amount="3.00", **fields):

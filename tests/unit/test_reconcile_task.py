@@ -10,14 +10,13 @@ from celery.schedules import crontab
 
 from celeryconfig import config_for
 from tasks.reconciliation import RETRY_EVERY
-from tests.support.clocks import FixedClock
-from tests.support.fake_reconciliations import InMemoryReconciliations
-from tests.support.fake_store import InMemoryStore
+from tests.support.redis_store import StoreUnderTest, new_store
 from tests.support.unit_services import UnitServices
 from tests.unit.test_reconcile import FakeReportGateway, row
 from worker.broker.app import create_app, current
 from worker.config import ConfigError, Settings
 from worker.gateway import ReportIncomplete
+from worker.store.reconciliations import Reconciliations
 
 
 def test_the_beat_schedule_runs_it_at_reconcile_report_at() -> None:
@@ -30,10 +29,10 @@ def test_the_beat_schedule_runs_it_at_reconcile_report_at() -> None:
             Settings(reconcile_report_at=bad).check()
 
 
-def services(gateway) -> tuple[UnitServices, InMemoryStore]:
-    store = InMemoryStore(clock=FixedClock())
+def services(gateway) -> tuple[UnitServices, StoreUnderTest]:
+    store = new_store()
     svc = UnitServices(Settings(), store, gateway)
-    svc.reconciliations = InMemoryReconciliations(store)  # type: ignore[attr-defined]
+    svc.reconciliations = Reconciliations(store)  # type: ignore[attr-defined]
     return svc, store
 
 

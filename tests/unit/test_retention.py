@@ -1,16 +1,20 @@
-"""The sweep's retention step (worker/archive/retention.py via ``run_sweep``) over the in-memory store on a fake
-clock and a real SQLite archive in a temporary directory: simulated days pass with ``clock.advance``.
+"""The sweep's retention step (worker/archive/retention.py via ``run_sweep``) over the store on the tests' clock
+(tests/support/redis_store.py) and a real SQLite archive in a temporary directory: simulated days pass with
+``clock.advance``. The clock starts at Redis's own time here: the audit stream's entry ids, which retention ages
+by, come from Redis's clock (XADD ``*``), not the test's.
 
 What only Redis shows (memory, the Lua script, ``payments show``) is in tests/integration/test_retention.py.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
+from tests.support.redis_store import redis_store
 from tests.support.unit_services import UnitServices
 from worker.archive import Archive, ArchiveUnavailable
 from worker.archive.retention import archive_older_than
@@ -19,6 +23,15 @@ from worker.payments.sweep import run_sweep
 
 DAY = 86400.0
 RETENTION = 30 * DAY
+
+
+@pytest.fixture
+def _redis_store():
+    with redis_store(now=time.time()) as (store, clock):
+        seconds, micros = store.redis.execute_command("TIME")  # Redis's own clock, as XADD's ids
+        clock.now = int(seconds) + int(micros) / 1e6 + 0.01
+        clock.advance(0)
+        yield store, clock
 
 
 @pytest.fixture
@@ -193,5 +206,14 @@ def test_a_key_sent_again_after_its_record_left_redis_is_answered_not_charged(st
     other = svc.flow.charge("sale", "key-1", amount="5.00", card=dict(card))
     assert other["status"] == "ERROR" and other["error_class"] == "IdempotencyMismatch"
     assert len(gateway.sends) == 1 and store.get("key-1") is None
-    clock.advance(90 * DAY)  # the key index entry has expired: the key is a new one now
+    # The key index entry expires (Redis's own expiry: PEXPIREAT) key_retention after the record's last change.
+    expires_ms = store.redis.execute_command("PEXPIRETIME", store.keys.kept("key-1"))
+    last_change = float(archive_get(archive_url, "key-1")["updated_ts"])
+    assert expires_ms == int((last_change + settings(archive_url).key_retention) * 1000)
+    clock.advance(90 * DAY)
+    store.redis.delete(store.keys.kept("key-1"))  # what that expiry does, then
     assert store.retention.kept("key-1") is None
+
+
+def archive_get(archive_url, payment_id):
+    return Archive(archive_url).get(payment_id)

@@ -27,7 +27,8 @@ def read_password(stdin: Any = None) -> str:
         if getpass.getpass("Again: ") != first:
             raise CommandError("the passwords differ")
         return first
-    return stdin.readline(4096).rstrip("\r\n")
+    line: str = stdin.readline(4096)
+    return line.rstrip("\r\n")
 
 
 def cmd_adduser(args: Any) -> int:

@@ -9,8 +9,10 @@ pool) pointed at that gateway. It stops what it started.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from datetime import date
+from typing import Any
 
 from worker.cli.output import CommandError, format_outcome, release
 from worker.ops.processes import StartError, redis_answers, start_sandbox, start_worker, stop, wait_for_worker
@@ -19,7 +21,7 @@ BOB = {"name1": "Bob", "name2": "Tester", "addr1": "123 Test St.", "addr2": "Apt
        "state": "IL", "zipcode": "54321", "country": "USA"}
 
 
-def test_card() -> dict:
+def test_card() -> dict[str, str]:
     """The sample's card with an expiry that has not passed (the sample's 1225 has)."""
     return {"number": "4111111111111111", "expire": f"12{(date.today().year + 3) % 100:02d}", "cvv2": "123"}
 
@@ -29,7 +31,7 @@ def run_demo(*, timeout: float = 60.0, start_worker: str = "auto") -> int:
     redis_url = env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
     if not redis_answers(redis_url):
         raise CommandError(f"cannot reach Redis at {redis_url} (start one, or run ./dev demo which starts one)")
-    started = []
+    started: list[subprocess.Popen[Any]] = []
     logfile = None
     try:
         if not env.get("BLUEPAY_URL"):
@@ -59,7 +61,7 @@ def run_demo(*, timeout: float = 60.0, start_worker: str = "auto") -> int:
             stop(proc)
 
 
-def start_worker_proc(env, hostname):
+def start_worker_proc(env: dict[str, str], hostname: str) -> tuple[subprocess.Popen[bytes], str]:
     import tempfile
 
     logfile = os.path.join(tempfile.gettempdir(), f"payments-demo-worker-{os.getpid()}.log")

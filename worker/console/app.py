@@ -11,6 +11,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+import redis
 from flask import Flask, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from markupsafe import Markup
@@ -18,7 +19,7 @@ from markupsafe import Markup
 from worker.cards.numbers import mask_text
 from worker.console.common import LISTS, PAGE_SIZE, ext, operator_action, parse_day
 from worker.console.security import HEADERS, ConsoleConfig, RateLimits
-from worker.console.users import User, Users
+from worker.console.users import User, Users, UsersError
 
 log = logging.getLogger("payments.console")
 
@@ -88,6 +89,18 @@ def create_app(svc: Any, *, config: ConsoleConfig | None = None, celery_app: Any
     @app.errorhandler(429)
     def _limited(_exc: Any) -> Any:
         return render_template("error.html", title="Too many", message="too many attempts: wait a minute"), 429
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(exc: redis.RedisError) -> Any:
+        log.warning("console: Redis: %s", type(exc).__name__)
+        return render_template("error.html", title="Redis unreachable",
+                               message="Redis cannot be reached now: nothing was read or changed; try again"), 503
+
+    @app.errorhandler(UsersError)
+    def _users_broken(exc: UsersError) -> Any:
+        log.error("console: users: %s", exc)
+        return render_template("error.html", title="Users unreadable",
+                               message="the console's users cannot be read: see the console's log"), 503
 
     @app.before_request
     def _who() -> Any:

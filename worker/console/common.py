@@ -15,6 +15,8 @@ from worker.console.users import User
 log = logging.getLogger("payments.console")
 
 PAGE_SIZE = 50
+#: Pages past this are not served (a list that long is searched, not paged).
+MAX_PAGE = 1000
 #: The lists the console pages through: title, and how (a store index, or stale auths).
 LISTS = {
     "unknown": ("UNKNOWN: money in doubt", "unknown"),

@@ -30,11 +30,18 @@ class Story:
     follow_ups: list[dict[str, Any]]
     audit: list[dict[str, Any]]
     reports: list[tuple[str, list[dict[str, str]] | None]]
+    webhooks: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def needs_human(self) -> bool:
         return self.where == "redis" and self.record.get("needs_human") == "1"
+
+    @property
+    def stq_lookups(self) -> list[dict[str, Any]]:
+        """The states the flow and the sweep noted from asking the gateway (stq by ORDER_ID): adopted, cannot
+        tell yet, no row provably ours, not charged."""
+        return [h for h in self.history if "stq" in str(h.get("note", "")).lower()]
 
     def details(self) -> list[tuple[str, str]]:
         return [(f, str(self.record[f])) for f in DETAIL_FIELDS if self.record.get(f) not in (None, "")]
@@ -116,4 +123,38 @@ def build(svc: Any, record: dict[str, Any], where: str) -> Story:
     rows, checked = kept_rows(Reconciliations(svc.store), record)
     reports = [(checked, rows)]
     return Story(record=record, where=where, history=list(record.get("history") or []), journal=journal(record),
-                 links=links, follow_ups=follow_ups, audit=audit, reports=reports, notes=notes)
+                 links=links, follow_ups=follow_ups, audit=audit, reports=reports,
+                 webhooks=webhook_deliveries(svc, audit, notes), notes=notes)
+
+
+def webhook_deliveries(svc: Any, audit: list[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """The webhook deliveries of the payment's events (one event per audit entry a merchant is told of), each
+    endpoint's state, through the webhook wing's own reads; events past WEBHOOK_EVENT_RETENTION are not kept."""
+    from worker.config import ConfigError
+    from worker.webhooks.deliveries import Deliveries
+    from worker.webhooks.endpoints import Endpoints
+    from worker.webhooks.events import event_id
+    from worker.webhooks.keys import WebhookKeys
+    from worker.webhooks.settings import WebhookSettings
+
+    try:
+        settings = WebhookSettings.from_env()
+    except ConfigError as exc:
+        notes.append(f"webhook deliveries not shown: {exc}")
+        return []
+    keys = WebhookKeys(svc.store.prefix)
+    endpoints = Endpoints(svc.store.redis, keys, static_url=settings.url, static_secrets=settings.secrets,
+                          static_events=settings.events).all()
+    if not endpoints:
+        return []
+    deliveries, found = Deliveries(svc.store.redis, keys), []
+    for entry in audit:
+        if "-" not in str(entry.get("id", "")):
+            continue
+        eid = event_id(str(entry["id"]))
+        kind = deliveries.event(eid).get("type")  # the event made of this entry, if one was (and is still kept)
+        if not kind:
+            continue
+        for row in deliveries.of_event(eid, [e.id for e in endpoints if e.wants(kind)]):
+            found.append(dict(row, type=kind, at=entry.get("at", "")))
+    return found

@@ -179,7 +179,7 @@ def _amount_text(value: str) -> Decimal:
         raise InvalidInput("amount", "not a number") from None
 
 
-def card(value: Mapping[str, object] | Card, *, today: date | None = None) -> Card:
+def card(value: object, *, today: date | None = None) -> Card:
     """Validate card data (dict with number/expire/cvv2, or a Card) into a :class:`Card`."""
     if isinstance(value, Card):
         value = {"number": value.number, "expire": value.expire, "cvv2": value.cvv2}
@@ -233,7 +233,7 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text)
 
 
-def customer(value: Mapping[str, object] | None) -> dict[str, str]:
+def customer(value: object) -> dict[str, str]:
     """Map our customer keys to BluePay fields (see :data:`CUSTOMER_FIELDS`).
 
     ``None`` or ``{}`` gives ``{}``; ``None`` values are skipped; values are stripped.

@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import IO, Any
 
 import redis
 
@@ -30,7 +32,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def start_sandbox(*, host="127.0.0.1", port=0, args=(), env=None, timeout=15.0):
+def start_sandbox(*, host: str = "127.0.0.1", port: int = 0, args: Sequence[str] = (),
+                  env: Mapping[str, str] | None = None, timeout: float = 15.0) -> tuple[subprocess.Popen[str], str]:
     """Start the sandbox; returns (process, base_url). Reads its 'listening on URL' line."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.sandbox", "--host", host, "--port", str(port), *args],
@@ -50,14 +53,15 @@ def start_sandbox(*, host="127.0.0.1", port=0, args=(), env=None, timeout=15.0):
     raise StartError("the sandbox did not start")
 
 
-def _drain(stream):
+def _drain(stream: IO[str]) -> None:
     import threading
 
     threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
 
 
-def start_worker(*, env, pool="threads", concurrency=4, loglevel="INFO", logfile=None, hostname=None,
-                 queues=None, extra=()):
+def start_worker(*, env: Mapping[str, str] | None, pool: str = "threads", concurrency: int = 4,
+                 loglevel: str = "INFO", logfile: str | os.PathLike[str] | None = None, hostname: str | None = None,
+                 queues: str | None = None, extra: Iterable[str] = ()) -> subprocess.Popen[bytes]:
     """Start ``celery -A worker worker``; returns the process once the worker answers a ping."""
     cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", pool,
            "--concurrency", str(concurrency), "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
@@ -74,7 +78,7 @@ def start_worker(*, env, pool="threads", concurrency=4, loglevel="INFO", logfile
     return proc
 
 
-def wait_for_worker(app, hostname_prefix=None, timeout=30.0) -> list:
+def wait_for_worker(app: Any, hostname_prefix: str | None = None, timeout: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         replies = app.control.ping(timeout=0.5) or []
@@ -86,7 +90,7 @@ def wait_for_worker(app, hostname_prefix=None, timeout=30.0) -> list:
     raise StartError("no worker answered a ping")
 
 
-def stop(proc, timeout=10.0):
+def stop(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -103,14 +107,14 @@ def stop(proc, timeout=10.0):
         proc.wait(5)
 
 
-def _own_group(proc) -> bool:
+def _own_group(proc: subprocess.Popen[Any]) -> bool:
     try:
         return os.getpgid(proc.pid) == proc.pid
     except ProcessLookupError:
         return False
 
 
-def redis_answers(url) -> bool:
+def redis_answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except (redis.ConnectionError, redis.TimeoutError):

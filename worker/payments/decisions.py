@@ -5,12 +5,13 @@ reconciliation day. Errors say what to do in one line (:class:`DecisionRefused`)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from worker.payments.reconciliation import DayResult, Reconciler, contradiction, days
+from worker.payments.record import PaymentRecord, decode
 
 log = logging.getLogger("payments.reconcile")
 
@@ -26,7 +27,7 @@ class DecisionRefused(Exception):
 class Resolved:
     payment_id: str
     before: str
-    record: dict[str, Any]
+    record: dict[str, object]
     who: str
     report_kept: bool
 
@@ -69,11 +70,12 @@ def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, tr
     from worker.store.reconciliations import RESOLVE_STATUSES, Reconciliations, ResolveRefused
 
     status, reason = _decision(status, reason, who, RESOLVE_STATUSES)
-    record = svc.store.get(payment_id)
-    if record is None:
+    stored = svc.store.get(payment_id)
+    if stored is None:
         raise DecisionRefused(f"no payment with id {payment_id!r} in Redis (only live records are resolved)")
-    if record.get("needs_human") != "1":
-        raise DecisionRefused(f"refused: {payment_id} does not need a human (status {record.get('status')}); "
+    record = decode(stored)
+    if not record.needs_human:
+        raise DecisionRefused(f"refused: {payment_id} does not need a human (status {stored.get('status')}); "
                               "only records marked needs_human are resolved by hand")
     checked_trans = ""
     if trans_id:
@@ -81,9 +83,9 @@ def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, tr
             checked_trans = validation.trans_id(trans_id)
         except InvalidInput as exc:
             raise DecisionRefused(f"invalid input: {exc}") from None
-    if record.get("trans_id") and checked_trans and checked_trans != record["trans_id"]:
-        raise DecisionRefused(f"refused: the record already has trans id {record['trans_id']}")
-    effective = checked_trans or str(record.get("trans_id") or "")
+    if record.trans_id and checked_trans and checked_trans != record.trans_id:
+        raise DecisionRefused(f"refused: the record already has trans id {record.trans_id}")
+    effective = checked_trans or record.trans_id
     if status in ("APPROVED", "VOIDED") and not effective:
         raise DecisionRefused(f"a trans id is required for {status}: the gateway's transaction")
     recon = Reconciliations(svc.store)
@@ -97,7 +99,7 @@ def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, tr
     except ResolveRefused as exc:
         raise DecisionRefused(f"refused: {exc.reason.replace('_', ' ')}") from None
     log.warning("resolve %s: %s by %s: %s", payment_id, status, who, reason)
-    return Resolved(payment_id, str(record.get("status")), done, who, rows is not None)
+    return Resolved(payment_id, str(stored.get("status")), done, who, rows is not None)
 
 
 def _decision(status: str, reason: str, who: str, statuses: Sequence[str]) -> tuple[str, str]:
@@ -113,14 +115,15 @@ def _decision(status: str, reason: str, who: str, statuses: Sequence[str]) -> tu
     return status, reason
 
 
-def kept_rows(recon: Any, record: dict[str, Any]) -> tuple[list[dict[str, str]] | None, str]:
+def kept_rows(recon: Any, record: Mapping[str, object] | PaymentRecord) -> tuple[list[dict[str, str]] | None, str]:
     """The kept reports' rows under the record's ORDER_ID on its creation day and the next (a transaction issued
     after midnight), and which reports they are; None when neither report looked at it."""
-    created = datetime.fromtimestamp(float(record.get("created_ts") or 0), UTC).date()
+    ours = record if isinstance(record, PaymentRecord) else decode(record)
+    created = datetime.fromtimestamp(ours.created_ts or 0.0, UTC).date()
     found: list[dict[str, str]] | None = None
     looked: list[str] = []
     for day in (created, created + timedelta(days=1)):
-        rows = recon.kept_rows(day.isoformat(), record["payment_id"])
+        rows = recon.kept_rows(day.isoformat(), ours.payment_id)
         if rows is not None:
             looked.append(day.isoformat())
             found = (found or []) + rows

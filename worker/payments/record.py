@@ -20,27 +20,27 @@ from worker.store import task_outcome
 __all__ = ["PaymentRecord", "decode", "decode_or_none"]
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     return "" if value is None else str(value)
 
 
-def _time(value: Any) -> float | None:
+def _time(value: object) -> float | None:
     """An epoch-seconds field: None when empty, zero or unreadable."""
     try:
-        seconds = float(value or 0)
-    except (TypeError, ValueError):
+        seconds = float(value) if isinstance(value, str | int | float) and value != "" else 0.0
+    except ValueError:
         return None
     return seconds or None
 
 
-def _count(value: Any) -> int:
+def _count(value: object) -> int:
     try:
-        return int(value or 0)
-    except (TypeError, ValueError):
+        return int(value) if isinstance(value, str | int) and value != "" else 0
+    except ValueError:
         return 0
 
 
-def _status(value: Any) -> Status | None:
+def _status(value: object) -> Status | None:
     try:
         return Status(_text(value))
     except ValueError:
@@ -73,10 +73,10 @@ class PaymentRecord:
     not_charged: bool = False
     needs_human: bool = False
     reconcile_tries: int = 0
-    fields: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    fields: Mapping[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def decode(cls, record: Mapping[str, Any]) -> PaymentRecord:
+    def decode(cls, record: Mapping[str, object]) -> PaymentRecord:
         """The store's hash (or a task outcome) as a typed record."""
         get = record.get
         return cls(
@@ -114,9 +114,9 @@ class PaymentRecord:
         return task_outcome(self.fields)
 
 
-def decode(record: Mapping[str, Any]) -> PaymentRecord:
+def decode(record: Mapping[str, object]) -> PaymentRecord:
     return PaymentRecord.decode(record)
 
 
-def decode_or_none(record: Mapping[str, Any] | None) -> PaymentRecord | None:
+def decode_or_none(record: Mapping[str, object] | None) -> PaymentRecord | None:
     return PaymentRecord.decode(record) if record else None

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from worker.cards.numbers import card_fingerprints, mask_number
 from worker.gateway import Card, InvalidInput, validation
@@ -29,10 +29,10 @@ from worker.payments.repeat import RepeatCharge, RepeatPlan, plan_repeat
 __all__ = ["Delivery", "ChargeRequest", "FollowUpRequest", "Refusal", "PaymentRequest", "charge_request",
            "follow_up_request", "CHARGES", "FOLLOW_UPS", "request_fingerprints", "refusal_fingerprints", "short"]
 
-ChargeOperation = Literal["sale", "auth"]
+ChargeOperation = Literal["sale", "auth", "credit"]
 FollowUpOperation = Literal["capture", "refund", "void"]
 #: the operation names (worker/catalogue.py's) as the request types' words
-CHARGES: dict[str, ChargeOperation] = {"sale": "sale", "auth": "auth"}
+CHARGES: dict[str, ChargeOperation] = {"sale": "sale", "auth": "auth", "credit": "credit"}
 FOLLOW_UPS: dict[str, FollowUpOperation] = {"capture": "capture", "refund": "refund", "void": "void"}
 TRANS_ID = re.compile(r"\d{12}")
 
@@ -106,9 +106,10 @@ class Refusal:
 PaymentRequest = ChargeRequest | FollowUpRequest
 
 
-def charge_request(operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
-                   invoice_id: Any = None, then_void: bool = False, shown_key: str | None = None,
-                   card_keys: Sequence[str] = (), repeat: RepeatCharge | None = None) -> ChargeRequest | Refusal:
+def charge_request(operation: ChargeOperation, payment_id: str, *, amount: object, card: object,
+                   customer: object = None, invoice_id: object = None, then_void: bool = False,
+                   shown_key: str | None = None, card_keys: Sequence[str] = (),
+                   repeat: RepeatCharge | None = None) -> ChargeRequest | Refusal:
     """SALE or AUTH as the producer gave it (``card``: the clear card dict, opened just before; None with a token
     or customer token in ``repeat``, docs/tokens.md)."""
     repeat = repeat or RepeatCharge()
@@ -140,7 +141,7 @@ def charge_request(operation: ChargeOperation, payment_id: str, *, amount: Any, 
                          shown_key, then_void, fields, plan)
 
 
-def follow_up_request(operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,
+def follow_up_request(operation: FollowUpOperation, payment_id: str, *, trans_id: object, amount: object = None,
                       parent: str | None = None, reason: str | None = None, shown_key: str | None = None,
                       card_keys: Sequence[str] = ()) -> FollowUpRequest | Refusal:
     """CAPTURE, REFUND or VOID of ``trans_id``; ``parent``: our record of it when known; ``reason`` is recorded."""
@@ -176,7 +177,7 @@ def request_fingerprints(operation: str, *, amount: str | None, target: str = ""
             for part in card_parts]
 
 
-def refusal_fingerprints(operation: str, request: Mapping[str, Any], card_keys: Sequence[str] = ()) -> list[str]:
+def refusal_fingerprints(operation: str, request: Mapping[str, object], card_keys: Sequence[str] = ()) -> list[str]:
     """What a key is bound to when its request was refused for bad input: the whole input as given (it was never
     sent, so nothing narrower identifies it), any card number as a keyed hash (never the number, never the CVV2).
     The ``refused`` namespace is no runnable request's: a later, different request under the key is an
@@ -186,11 +187,11 @@ def refusal_fingerprints(operation: str, request: Mapping[str, Any], card_keys: 
             for i in range(max(len(keys), 1))]
 
 
-def _canonical(value: Any, card_keys: list[str], key_index: int) -> str:
+def _canonical(value: object, card_keys: list[str], key_index: int) -> str:
     return json.dumps(_fingerprintable(value, card_keys, key_index), sort_keys=True, default=str)
 
 
-def _fingerprintable(value: Any, card_keys: list[str], key_index: int) -> Any:
+def _fingerprintable(value: object, card_keys: list[str], key_index: int) -> object:
     """``value`` with every card (a mapping with a number) as a keyed hash of its number and its expiry."""
     if isinstance(value, Mapping):
         if "number" in value:

@@ -49,7 +49,7 @@ _EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
 # stq's text writes its dates YYYY-MM-DD HH:MM:SS, the daily report's YYYY-MM-DD: both are read.
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?$")
 
-SUPPORTED_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID")
+SUPPORTED_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID")
 # TRANS_SUBMIT_TIMESTAMP is US Central time (bp10emu text, TRANSACTION TIMESTAMP); TRANS_EXPIRE_PERIOD "N MINUTES".
 _CENTRAL = ZoneInfo("America/Chicago")
 _SUBMIT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -158,6 +158,7 @@ class Entry:
     stored_indicator: str = ""  # STORED_INDICATOR / STORED_TYPE / STORED_ID as received (STORED_ID: as answered)
     stored_type: str = ""
     stored_id: str = ""
+    platform_merchant_id: str = ""  # the sub-merchant a platform charged for (PLATFORM_MERCHANT_ID), if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,11 +175,12 @@ class Entry:
             "refunded": fmt(self.refunded), "refunds": list(self.refunds),
             "cust_token": self.cust_token, "stored_indicator": self.stored_indicator,
             "stored_type": self.stored_type, "stored_id": self.stored_id,
+            "platform_merchant_id": self.platform_merchant_id,
         }
 
     def settleable(self) -> bool:
         return (self.status == "1" and not self.settled and not self.voided
-                and self.trans_type in ("SALE", "CAPTURE", "REFUND"))
+                and self.trans_type in ("SALE", "CAPTURE", "REFUND", "CREDIT"))
 
 
 class Engine:
@@ -186,8 +188,12 @@ class Engine:
 
     def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
                  duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time,
-                 dialect: Dialect | None = None, clock_offset: float = 0.0) -> None:
+                 dialect: Dialect | None = None, clock_offset: float = 0.0,
+                 platform_merchant_ids: tuple[str, ...] = ()) -> None:
         self.account_id = account_id
+        #: the sub-merchants this account is the platform of (a PLATFORM_MERCHANT_ID not among them: SECURITY ERROR,
+        #: the sandbox's own answer: no source says what BluePay answers for one it does not know)
+        self.platform_merchant_ids = frozenset(platform_merchant_ids)
         self.dialect = dialect or Dialect()
         self.secret_key = secret_key
         self.duplicate_window = float(duplicate_window or 0)
@@ -384,7 +390,7 @@ class Engine:
             reply["BP_STAMP"] = _seal.stamp(self.secret_key, reply, stamp_def, hash_type)
             return reply
 
-        if f.get("MERCHANT", "") != self.account_id or not _seal.verify_seal(
+        if f.get("MERCHANT", "") != self.account_id or not self._known_platform_merchant(f) or not _seal.verify_seal(
                 self.secret_key, f, _seal.BP10EMU_SEAL_FIELDS):
             return finish("ERROR", "SECURITY ERROR")
         if mode not in ("TEST", "LIVE"):
@@ -407,7 +413,7 @@ class Engine:
                 return finish("ERROR", "INVALID AMOUNT FORMAT")
             reply["AMOUNT"] = fmt(amount)
 
-        if ttype in ("SALE", "AUTH"):
+        if ttype in ("SALE", "AUTH", "CREDIT"):  # CREDIT: money to a card, no original (docs/tokens.md)
             return self._sale_or_auth(f, ttype, mode, amount, now, reply, finish)
         return self._follow_up(f, ttype, mode, amount, now, reply, finish)
 
@@ -436,11 +442,11 @@ class Engine:
     def _sale_or_auth(self, f, ttype, mode, amount, now, reply, finish):
         if amount is None:
             return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
-        if amount == _ZERO and ttype == "SALE":
+        if amount == _ZERO and ttype in ("SALE", "CREDIT"):
             return finish("ERROR", "Amount may not be zero.")
         # CC_NUM "required unless ... you include an RRNO" (bp10emu text); a card given beside a token is charged
         stored_card = (f.get("RRNO") or "").strip() or (f.get("CUST_TOKEN") or "").strip()
-        if stored_card and not (f.get("CC_NUM") or "").strip():
+        if stored_card and not (f.get("CC_NUM") or "").strip() and ttype != "CREDIT":
             return self._token_charge(f, ttype, mode, amount, now, reply, finish)
         number = re.sub(r"[\s-]", "", f.get("CC_NUM") or "")
         if not number:
@@ -526,6 +532,7 @@ class Engine:
                 order_id=order_id, invoice_id=f.get("INVOICE_ID", ""),
                 custom_id=f.get("CUSTOM_ID", ""), custom_id2=f.get("CUSTOM_ID2", ""),
                 name1=f.get("NAME1", ""), name2=f.get("NAME2", ""),
+                platform_merchant_id=f.get("PLATFORM_MERCHANT_ID", ""),
                 payment_account=masked, card_type=ctype, card_expire=expires, card_hash=chash,
                 auth_code=self._auth_code() if approved else "",
                 avs="_", cvv2=("M" if cvv_given else "_"), origin=origin, cust_token=new_token or cust_token,
@@ -652,15 +659,21 @@ class Engine:
             name1=o.name1, name2=o.name2, payment_account=o.payment_account,
             card_type=o.card_type, card_expire=o.card_expire, card_hash=o.card_hash,
             auth_code=self._auth_code(), avs="_", cvv2="_", origin=o.id,
+            platform_merchant_id=f.get("PLATFORM_MERCHANT_ID", ""),
         )
         self._add(e)
         return e
+
+    def _known_platform_merchant(self, f: Mapping[str, str]) -> bool:
+        """No PLATFORM_MERCHANT_ID, or one of this account's sub-merchants."""
+        named = f.get("PLATFORM_MERCHANT_ID", "")
+        return not named or named in self.platform_merchant_ids
 
     # ---------------------------------------------------------------- stq
     def _report_window(self, f: Mapping[str, str]) -> tuple[float, float] | str:
         """stq's and the daily report's account, seal and [REPORT_START_DATE, REPORT_END_DATE) as epoch seconds
         (server local days), or the error message to answer with."""
-        if f.get("ACCOUNT_ID", "") != self.account_id or not _seal.verify_seal(
+        if f.get("ACCOUNT_ID", "") != self.account_id or not self._known_platform_merchant(f) or not _seal.verify_seal(
                 self.secret_key, f, _seal.STQ_SEAL_FIELDS):
             return "SECURITY ERROR"
         start_s, end_s = f.get("REPORT_START_DATE", ""), f.get("REPORT_END_DATE", "")

@@ -122,7 +122,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -181,8 +181,16 @@ _WLCATCH_PAGE = b"<html><head><title>BluePay sandbox</title></head><body>Transac
 
 _REPORT_CHUNK = 64 * 1024
 
+#: A reply as the handler sends it: status, body (bytes, or chunks rendered as they are sent), content type, headers.
+Headers = tuple[tuple[str, str], ...]
+Body = bytes | Iterable[bytes]
+Reply = tuple[int, Body, str, Headers]
+#: What an interface's processing gives: the reply, and how to give it with a stamp that cannot verify (bad_stamp).
+Processed = tuple[int, Body, str, Headers, Callable[[], Reply] | None]
+Process = Callable[[bytes, str], Processed]
 
-def _render_report(entries, plain: bool, quoting: str = "backslash"):
+
+def _render_report(entries: Iterable[Any], plain: bool, quoting: str = "backslash") -> Iterator[bytes]:
     """The report's CSV, rendered as it is sent, about 64 KiB at a time. ``plain`` (DO_NOT_ESCAPE=1): no
     quoting; commas and quotes inside values are dropped (bpdailyreport2 text). Otherwise each comma in a value
     is escaped with a backslash, as the text says (``quoting="csv"``, the dialect's other answer: quoted CSV)."""
@@ -222,7 +230,7 @@ class _HTTPServer(socketserver.ThreadingMixIn, HTTPServer):
 
     app: SandboxServer
 
-    def handle_error(self, request, client_address):  # quiet on client disconnects
+    def handle_error(self, request: Any, client_address: Any) -> None:  # quiet on client disconnects
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
             return
@@ -241,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer  # what socketserver passes in: the sandbox's own server, holding ``app``
 
     # ------------------------------------------------------------ connection
-    def setup(self):
+    def setup(self) -> None:
         super().setup()
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -249,17 +257,17 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         self.server.app._conn_opened(self.connection)
 
-    def finish(self):
+    def finish(self) -> None:
         try:
             super().finish()
         finally:
             self.server.app._conn_closed(self.connection)
 
-    def log_message(self, format, *args):  # `format`: the stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib signature
         if self.server.app.access_log:
             sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] {format % args}\n")
 
-    def _reset_connection(self):
+    def _reset_connection(self) -> None:
         """Close with an RST (SO_LINGER 0), without answering."""
         self.close_connection = True
         try:
@@ -276,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _send(self, status: int, body: bytes = b"", ctype: str = "text/plain; charset=utf-8",
-              headers: tuple = ()):
+              headers: Headers = ()) -> None:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "Server: BluePaySandbox/1.0",
                  f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
         lines.extend(f"{k}: {v}" for k, v in headers)
@@ -286,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.app.access_log:
             self.log_request(status, len(body))
 
-    def _json(self, status: int, obj: Any):
+    def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
     def _body(self) -> bytes:
@@ -307,13 +315,13 @@ class _Handler(BaseHTTPRequestHandler):
         return fields
 
     # ------------------------------------------------------------ routing
-    def do_GET(self):
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def _dispatch(self, method: str):
+    def _dispatch(self, method: str) -> None:
         path, _, query = self.path.partition("?")
         app = self.server.app
         try:
@@ -347,7 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
 
     # ------------------------------------------------------------ interfaces
-    def _faulted(self, endpoint: str, query: str, process):
+    def _faulted(self, endpoint: str, query: str, process: Process) -> None:
         app = self.server.app
         kind, delay, seconds = app.faults.decide(endpoint)
         if delay:
@@ -362,7 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._late_commit(endpoint, body, query, process, seconds)
         return self._after_commit(kind, seconds, process(body, query))
 
-    def _after_commit(self, kind: str | None, seconds: float, processed: tuple[Any, ...]) -> Any:
+    def _after_commit(self, kind: str | None, seconds: float, processed: Processed) -> None:
         """The reply to a committed request, spoilt as ``kind`` says (None: as it is)."""
         status, payload, ctype, headers, stamp_holder = processed
         if kind == "drop_after_commit":
@@ -381,7 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_chunked(status, payload, ctype)
         self._send(status, payload, ctype, headers)
 
-    def _send_chunked(self, status: int, chunks, ctype: str, *, cut: bool = False):
+    def _send_chunked(self, status: int, chunks: Iterable[bytes], ctype: str, *, cut: bool = False) -> None:
         """A body of unknown length (the report), chunked as it is rendered. ``cut``: stop about half-way
         through, mid-chunk, and reset the connection (the chunked body never ends)."""
         self.close_connection = True
@@ -403,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
         return None
 
-    def _truncated(self, status: int, payload, ctype: str, headers: tuple):
+    def _truncated(self, status: int, payload: Body, ctype: str, headers: Headers) -> None:
         """About half of the reply, then an RST."""
         if not isinstance(payload, bytes):
             return self._send_chunked(status, payload, ctype, cut=True)
@@ -413,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(whole[: max(1, len(whole) // 2)])
         return self._reset_connection()
 
-    def _late_commit(self, endpoint: str, body: bytes, query: str, process, seconds: float):
+    def _late_commit(self, endpoint: str, body: bytes, query: str, process: Process, seconds: float) -> None:
         """Hold the request ``seconds`` in this connection's thread (the server is threaded:
         nothing else waits), then commit it whatever the client did; reply if still possible."""
         order_id = self._form(body, query).get("ORDER_ID", "") if endpoint == "bp10emu" else ""
@@ -431,11 +439,11 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         return None
 
-    def _bp10emu(self, body: bytes, query: str):
+    def _bp10emu(self, body: bytes, query: str) -> Processed:
         fields = self._form(body, query)
         reply = self.server.app.engine.bp10emu(fields)
 
-        def render(pairs):
+        def render(pairs: dict[str, str]) -> Reply:
             encoded = urlencode(pairs)
             if (fields.get("RESPONSETYPE") or "").strip().upper() == "DIRECT":
                 return 200, encoded.encode(), "application/x-www-form-urlencoded", ()
@@ -447,21 +455,21 @@ class _Handler(BaseHTTPRequestHandler):
             sep = "&" if "?" in target else "?"
             return 302, b"", "text/html", (("Location", target + sep + encoded),)
 
-        def tampered():
+        def tampered() -> Reply:
             bad = dict(reply)
             bad["BP_STAMP"] = ("0" if reply["BP_STAMP"][:1] != "0" else "1") + reply["BP_STAMP"][1:]
             return render(bad)
 
         return (*render(reply), tampered)
 
-    def _stq(self, body: bytes, query: str):
+    def _stq(self, body: bytes, query: str) -> Processed:
         fields = self._form(body, query)
         status, text = self.server.app.engine.stq(fields)
         ctype = "application/x-www-form-urlencoded"
         if text is None:
             return 200, b"", ctype, (), None
 
-        def tampered():
+        def tampered() -> Reply:
             """Every row with a stamp that cannot verify (a stamped row's stamp altered; an unstamped row given
             one), so that a client is seen to refuse a stamp it cannot verify."""
             rows = []
@@ -477,7 +485,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         return status, text.encode(), ctype, (), tampered
 
-    def _report(self, body: bytes, query: str):
+    def _report(self, body: bytes, query: str) -> Processed:
         fields = self._form(body, query)
         engine = self.server.app.engine
         status, error, entries = engine.report(fields)
@@ -489,11 +497,11 @@ class _Handler(BaseHTTPRequestHandler):
         rendered = _render_report(entries, plain, engine.dialect.report_quoting)
         return 200, rendered, "text/csv; charset=utf-8", (), None
 
-    def _wlcatch(self, body: bytes, query: str):
+    def _wlcatch(self, body: bytes, query: str) -> Processed:
         return 200, _WLCATCH_PAGE, "text/html; charset=utf-8", (), None
 
     # ------------------------------------------------------------ control API
-    def _control(self, method: str, name: str, query: str) -> Any:
+    def _control(self, method: str, name: str, query: str) -> None:
         raw = self._body()
         data: Any = {}
         if method == "POST" and raw.strip():
@@ -509,34 +517,34 @@ class _Handler(BaseHTTPRequestHandler):
         return handler(self, data, dict(parse_qsl(query, keep_blank_values=True)))
 
     # ---- the control endpoints (the table _CONTROL below): (JSON body, query parameters) -> the reply
-    def _c_health(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_health(self, data: Any, params: dict[str, str]) -> None:
         app = self.server.app
         return self._json(200, {"ok": True, "account_id": app.engine.account_id,
                                 "ledger_size": app.engine.count(), "uptime_s": app.uptime()})
 
-    def _c_ledger(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_ledger(self, data: Any, params: dict[str, str]) -> None:
         return self._json(200, self.server.app.engine.ledger(params.get("order_id")))
 
-    def _c_orders(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_orders(self, data: Any, params: dict[str, str]) -> None:
         return self._json(200, self.server.app.orders(params.get("order_id")))
 
-    def _c_reset(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_reset(self, data: Any, params: dict[str, str]) -> None:
         return self._json(200, {"ok": True, "held_dropped": self.server.app.reset()})
 
-    def _c_duplicates(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_duplicates(self, data: Any, params: dict[str, str]) -> None:
         return self._json(200, self.server.app.duplicates())
 
-    def _c_set_duplicates(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_set_duplicates(self, data: Any, params: dict[str, str]) -> None:
         window = data.get("window") if isinstance(data, dict) else None
         if isinstance(window, bool) or not isinstance(window, (int, float)) or not math.isfinite(window) or window < 0:
             return self._json(400, {"error": "window must be a number of seconds >= 0 (0 = off)"})
         self.server.app.engine.set_duplicate_window(window)
         return self._c_duplicates(data, params)
 
-    def _c_dialect(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_dialect(self, data: Any, params: dict[str, str]) -> None:
         return self._json(200, self.server.app.engine.dialect.to_json())
 
-    def _c_set_dialect(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_set_dialect(self, data: Any, params: dict[str, str]) -> None:
         engine = self.server.app.engine
         try:
             engine.set_dialect(engine.dialect.changed(data))
@@ -544,7 +552,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": str(exc)})
         return self._c_dialect(data, params)
 
-    def _c_book(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_book(self, data: Any, params: dict[str, str]) -> None:
         many = data.get("transactions") if isinstance(data, dict) and "transactions" in data else None
         specs = many if isinstance(many, list) else [data]
         try:
@@ -555,7 +563,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, booked[0].to_json())
         return self._json(200, {"booked": len(booked), "ids": [e.id for e in booked]})
 
-    def _c_void(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_void(self, data: Any, params: dict[str, str]) -> None:
         trans_id = data.get("id") if isinstance(data, dict) else None
         if not isinstance(trans_id, str) or not trans_id:
             return self._json(400, {"error": "id (the transaction to void) is required"})
@@ -564,27 +572,27 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             return self._json(400, {"error": str(exc)})
 
-    def _c_settle(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_settle(self, data: Any, params: dict[str, str]) -> None:
         ids = data.get("ids") if isinstance(data, dict) else None
         if ids is not None and not isinstance(ids, list):
             return self._json(400, {"error": "ids must be a list"})
         return self._json(200, {"settled": self.server.app.engine.settle(ids)})
 
-    def _c_faults(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_faults(self, data: Any, params: dict[str, str]) -> None:
         faults = self.server.app.faults
         return self._json(200, dict(faults.snapshot(), injected=faults.counts()))
 
-    def _c_set_faults(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_set_faults(self, data: Any, params: dict[str, str]) -> None:
         try:
             self.server.app.faults.configure(data)
         except FaultConfigError as exc:
             return self._json(400, {"error": str(exc)})
         return self._c_faults(data, params)
 
-    def _c_stats(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_stats(self, data: Any, params: dict[str, str]) -> None:
         return self._json(200, self.server.app.stats())
 
-    def _c_outage(self, data: Any, params: dict[str, str]) -> Any:
+    def _c_outage(self, data: Any, params: dict[str, str]) -> None:
         app = self.server.app
         seconds = data.get("seconds") if isinstance(data, dict) else None
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 3600:
@@ -596,7 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 #: (method, name) of /sandbox/<name> -> its handler; the names in _READ_WRITE answer 405 to other methods.
-_CONTROL: dict[tuple[str, str], Callable[[Any, Any, dict[str, str]], Any]] = {
+_CONTROL: dict[tuple[str, str], Callable[[_Handler, Any, dict[str, str]], None]] = {
     ("GET", "health"): _Handler._c_health,
     ("GET", "ledger"): _Handler._c_ledger,
     ("GET", "orders"): _Handler._c_orders,
@@ -634,7 +642,7 @@ class SandboxServer:
                  account_id: str | None = None, secret_key: str | None = None,
                  faults: Any = None, duplicate_window: float | None = None,
                  settle_after: float | None = None, access_log: bool = False, dialect: Dialect | None = None,
-                 clock_offset: float = 0.0):
+                 clock_offset: float = 0.0, platform_merchant_ids: tuple[str, ...] = ()):
         self.host = host
         self.start_dialect = dialect or Dialect()
         self.start_duplicate_window = float(DEFAULT_DUPLICATE_WINDOW if duplicate_window is None
@@ -645,6 +653,7 @@ class SandboxServer:
             self.start_duplicate_window,
             dialect=self.start_dialect,
             clock_offset=clock_offset,
+            platform_merchant_ids=platform_merchant_ids,
         )
         self.faults = Faults(faults)
         self.access_log = access_log
@@ -652,7 +661,7 @@ class SandboxServer:
         self.started = time.time()
         self._stats_lock = threading.Lock()
         self._requests: dict[str, int] = {}
-        self._conns: set = set()
+        self._conns: set[socket.socket] = set()
         self._conn_total = 0
         self._conn_peak = 0
         self._stopping = False
@@ -687,13 +696,13 @@ class SandboxServer:
         with self._stats_lock:
             self._requests[endpoint] = self._requests.get(endpoint, 0) + 1
 
-    def _conn_opened(self, sock) -> None:
+    def _conn_opened(self, sock: socket.socket) -> None:
         with self._stats_lock:
             self._conns.add(sock)
             self._conn_total += 1
             self._conn_peak = max(self._conn_peak, len(self._conns))
 
-    def _conn_closed(self, sock) -> None:
+    def _conn_closed(self, sock: socket.socket) -> None:
         with self._stats_lock:
             self._conns.discard(sock)
 
@@ -728,7 +737,8 @@ class SandboxServer:
             out[oid] = {"entries": 0, "approved": {}, "declined": {}, "voided": {}, "held": n}
         return out
 
-    def hold_then_commit(self, seconds: float, order_id: str, commit):
+    def hold_then_commit(self, seconds: float, order_id: str,
+                         commit: Callable[[], Processed]) -> Processed | None:
         """Wait ``seconds`` (a reset or shutdown cuts it short), then run ``commit()`` unless
         the hold was dropped meanwhile. Returns commit()'s result, or None if dropped."""
         h = _Held(order_id)
@@ -840,10 +850,10 @@ class SandboxServer:
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop_event.wait(timeout)
 
-    def __enter__(self):
+    def __enter__(self) -> SandboxServer:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
 
@@ -862,6 +872,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"merchant id (env BLUEPAY_ACCOUNT_ID, else {DEFAULT_ACCOUNT_ID})")
     p.add_argument("--secret-key", default=None,
                    help="secret key (env BLUEPAY_SECRET_KEY, else the documented demo key)")
+    p.add_argument("--platform-merchant-ids", default="",
+                   help="comma-separated PLATFORM_MERCHANT_IDs this account charges for (a platform's sub-merchants)")
     p.add_argument("--faults", default=None, help="initial fault config JSON (env SANDBOX_FAULTS)")
     p.add_argument("--duplicate-window", type=float, default=None,
                    help="seconds; 0 disables duplicate scrubbing (env SANDBOX_DUPLICATE_WINDOW, else 120); "
@@ -919,7 +931,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
                        faults=faults, duplicate_window=window, dialect=dialect,
-                       settle_after=args.settle_after, access_log=args.access_log, clock_offset=offset)
+                       settle_after=args.settle_after, access_log=args.access_log, clock_offset=offset,
+                       platform_merchant_ids=tuple(filter(None, map(str.strip, args.platform_merchant_ids.split(",")))))
     except FaultConfigError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2
@@ -928,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import signal
 
-    def _term(signum, frame):
+    def _term(signum: int, frame: object) -> None:
         server._stop_event.set()
 
     try:

@@ -24,8 +24,8 @@ import redis
 from worker.states import TASK_STATUSES
 from worker.store.outcomes import CONTRACT_FIELDS, OPTIONAL_PUBLIC_FIELDS
 
-__all__ = ["HISTORY_CAP", "AUDIT_MAXLEN", "RECORD_FUNCTIONS", "PLAIN_FUNCTIONS", "script", "library", "Functions",
-           "Function", "is_missing_function"]
+__all__ = ["TEST_CLOCK_KEY", "HISTORY_CAP", "AUDIT_MAXLEN", "RECORD_FUNCTIONS", "PLAIN_FUNCTIONS", "script",
+           "library", "Functions", "Function", "is_missing_function"]
 
 HISTORY_CAP = 1000
 AUDIT_MAXLEN = 1_000_000
@@ -50,10 +50,24 @@ def _body(name: str) -> str:
     return f"local function fn_{name}(KEYS, ARGV)\n{script(name)}\nend\n"
 
 
+#: The tests' clock (tests/support/redis_clock.py): in the library built with ``test_clock``, every function reads
+#: Redis time from this key (microseconds) when it is set, so a test moves the store's one clock as it moved the
+#: in-memory fake's. Production's library reads ``TIME`` only (the block between the markers in common.lua).
+TEST_CLOCK_KEY = "payments-test:clock-us"
+_TEST_CLOCK = f"""  local fixed = redis.call('GET', '{TEST_CLOCK_KEY}')
+  if not fixed then return redis.call('TIME') end
+  local us = tonumber(fixed)
+  return {{string.format('%d', math.floor(us / 1000000)), string.format('%d', us % 1000000)}}"""
+
+
 @cache
-def library() -> tuple[str, str]:
-    """``(code, version)`` of the library: common.lua once, then every script as a function."""
+def library(test_clock: bool = False) -> tuple[str, str]:
+    """``(code, version)`` of the library: common.lua once, then every script as a function. ``test_clock``: the
+    tests' build (:data:`TEST_CLOCK_KEY`), under another name."""
     common = script("common")
+    if test_clock:
+        start, end = common.index("  --<clock>"), common.index("  --</clock>")
+        common = common[:start] + _TEST_CLOCK + "\n" + common[end:]
     for name, value in (("__HISTORY_CAP__", str(HISTORY_CAP)), ("__AUDIT_MAXLEN__", str(AUDIT_MAXLEN)),
                         ("__CONTRACT_FIELDS__", _lua_list(CONTRACT_FIELDS)),
                         ("__OPTIONAL_FIELDS__", _lua_list(OPTIONAL_PUBLIC_FIELDS)),
@@ -63,7 +77,7 @@ def library() -> tuple[str, str]:
     for name in RECORD_FUNCTIONS:
         parts.append(f"local function record_{name}(keys, args) bind(keys) return fn_{name}(keys, args) end\n")
     body = "\n".join(parts)
-    version = hashlib.sha1(body.encode()).hexdigest()[:12]
+    version = ("test" if test_clock else "") + hashlib.sha1(body.encode()).hexdigest()[:12]
     registrations = [f"redis.register_function('{name}_{version}', record_{name})\n" for name in RECORD_FUNCTIONS]
     registrations += [f"redis.register_function('{name}_{version}', fn_{name})\n" for name in PLAIN_FUNCTIONS]
     return f"#!lua name=payments_{version}\n{body}\n{''.join(registrations)}", version
@@ -93,7 +107,8 @@ class Functions:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.code, self.version = library()
+        # (a client the tests made with their clock: tests/support/redis_clock.py)
+        self.code, self.version = library(test_clock=bool(getattr(client, "payments_test_clock", False)))
         self._lock = threading.Lock()
 
     def function(self, name: str) -> Function:

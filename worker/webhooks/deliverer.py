@@ -4,8 +4,9 @@ what is due, a few at a time, each with its timeouts, until nothing is due or th
 2xx = delivered; anything else (another status, a timeout, a refused connection, a reset) is an attempt that
 failed, tried again per WEBHOOK_RETRY_SCHEDULE. The answer's body is never read: a receiver answering garbage
 with a 2xx has it; garbage with another status is a failure. Beat starts a drain every WEBHOOK_DRAIN_INTERVAL
-(``payments.webhooks.drain`` on the ``webhooks`` queue); one runs at a time (a lock), so a slow endpoint holds at
-most one worker slot and never a payment.
+(``payments.webhooks.drain`` on the ``webhooks`` queue); one runs at a time (a lock renewed before each batch, so a
+drain killed mid-way holds it at most WEBHOOK_TIMEOUT + 5 s), so a slow endpoint holds one worker slot, never a
+payment.
 """
 from __future__ import annotations
 
@@ -68,17 +69,18 @@ class Deliverer:
         budget = self.settings.drain_seconds if seconds is None else seconds
         token = None
         if locked:
-            token = _acquire(self.redis, self.keys.lock, budget + self.settings.claim_seconds)
+            token = _acquire(self.redis, self.keys.lock, self._lock_seconds)
             if token is None:
                 report.skipped = True
                 return report
         try:
             deadline = time.monotonic() + budget
             now = self.clock()
-            self.intake.ensure_group(now)
             self.deliveries.trim(before=now - self.settings.event_retention)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
                 while True:
+                    if token is not None:
+                        _renew(self.redis, self.keys.lock, token, self._lock_seconds)
                     endpoints = {e.id: e for e in self.endpoints.all()}
                     report.events += self.intake.run(list(endpoints.values()), now=self.clock())
                     now = self.clock()
@@ -94,6 +96,12 @@ class Deliverer:
             if token is not None:
                 _release(self.redis, self.keys.lock, token)
         return report
+
+    @property
+    def _lock_seconds(self) -> float:
+        # One batch's POSTs at most, renewed before each: a drain killed mid-way holds the schedule only this long.
+        # Should a batch outlast it, a second drain claims other deliveries: the claims keep them apart.
+        return self.settings.timeout + 5.0
 
     def _deliver_in_order(self, group: list[tuple[Claimed, dict[str, str]]],
                           endpoints: dict[str, Endpoint]) -> list[str]:
@@ -123,7 +131,8 @@ class Deliverer:
                 error = f"HTTP {reply.status_code}"
         except requests.RequestException as exc:
             error = type(exc).__name__
-        outcome, disabled = self.deliveries.done(claimed, "fail" if error else "ok", now=self.clock(), error=error,
+        # the attempt's time (one Redis TIME per delivery): a retry is due a delay after it
+        outcome, disabled = self.deliveries.done(claimed, "fail" if error else "ok", now=now, error=error,
                                                  disable_after=s.disable_after, schedule=s.retry_schedule)
         if error:
             log.warning("webhook %s to %s: %s (%s)", claimed.event_id, endpoint.id, error, outcome)
@@ -150,6 +159,11 @@ def _acquire(client: redis.Redis, key: str, ttl: float) -> str | None:
 
 
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+
+
+def _renew(client: redis.Redis, key: str, token: str, ttl: float) -> None:
+    client.eval(_RENEW, 1, key, token, max(1, int(ttl * 1000)))
 
 
 def _release(client: redis.Redis, key: str, token: str) -> None:

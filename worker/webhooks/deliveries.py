@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from worker.webhooks import scripts
-from worker.webhooks.keys import WebhookKeys
+from worker.webhooks.keys import GROUP, WebhookKeys
 
 #: The marker the body is split at, so that Lua puts the payment's next sequence number in its place.
 SEQUENCE_MARK = '"sequence":-1'
@@ -109,6 +109,30 @@ class Deliveries:
         return [{"event_id": m.split(" ", 1)[0], "endpoint_id": m.split(" ", 1)[1], "at": s, "error": w or ""}
                 for (m, s), w in zip(members, why, strict=True)]
 
+    def of_event(self, event_id: str, endpoint_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Where each of ``endpoint_ids``' delivery of ``event_id`` stands (the operator console's payment page):
+        ``pending`` (with its failed attempts so far), ``failed`` (given up, and why) or ``delivered``; an event no
+        longer kept (past WEBHOOK_EVENT_RETENTION) gives []. One round trip."""
+        k = self.keys
+        members = [f"{event_id} {e}" for e in endpoint_ids]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(k.event(event_id))
+        for m in members:
+            pipe.zscore(k.pending, m)
+            pipe.zscore(k.failed, m)
+            pipe.hget(k.attempts, m)
+            pipe.hget(k.failed_why, m)
+        kept, *rest = pipe.execute()
+        if not kept:
+            return []
+        out = []
+        for i, endpoint_id in enumerate(endpoint_ids):
+            pending, failed, attempts, why = rest[4 * i:4 * i + 4]
+            state = "failed" if failed is not None else "pending" if pending is not None else "delivered"
+            out.append({"event_id": event_id, "endpoint_id": endpoint_id, "state": state,
+                        "failed_attempts": int(attempts or 0), "error": str(why or "")})
+        return out
+
     def clear_failed(self) -> int:
         """Forget every failed delivery (an operator decided not to send them); how many."""
         pipe = self.redis.pipeline(transaction=True)
@@ -129,7 +153,11 @@ class Deliveries:
         pipe.zcard(k.failed)
         pipe.hgetall(k.stats)
         pipe.time()
-        pending, oldest, failed, stats, (secs, micros) = pipe.execute()
+        pipe.xinfo_groups(k.audit)
+        pending, oldest, failed, stats, (secs, micros), groups = pipe.execute(raise_on_error=False)
         now = int(secs) + int(micros) / 1e6
+        # Transitions the intake has not read yet (XINFO GROUPS' lag; 0 without the group: webhooks never used).
+        group = next((g for g in groups if g.get("name") == GROUP), None) if isinstance(groups, list) else None
         return {"undelivered": int(pending), "oldest_undelivered_age": max(0.0, now - oldest[0][1]) if oldest else 0.0,
-                "failed": int(failed), "stats": {str(a): int(b) for a, b in stats.items()}}
+                "failed": int(failed), "stats": {str(a): int(b) for a, b in stats.items()},
+                "intake_lag": int((group or {}).get("lag") or 0)}

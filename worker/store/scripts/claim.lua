@@ -14,7 +14,7 @@ for i = 10, 9 + n_fp do fps[ARGV[i]] = true end
 local first_field = 10 + n_fp
 -- An ERROR that provably charged nothing (retry_failed may reopen it): closed as not charged (stq proved the
 -- absence past the commit horizon, or it was never sent), or refused as invalid input (a card sealed with another
--- PAYMENTS_CARD_KEY included) before any attempt was noted. Kept in step with tests/support/fake_store.py.
+-- PAYMENTS_CARD_KEY included) before any attempt was noted.
 local function refused_unsent(rec)
   local r = redis.call('HMGET', rec, 'error_class', 'sends', 'sent_ts', 'trans_id')
   return r[1] == 'InvalidInput' and (r[2] or '0') == '0' and (r[3] or '') == '' and (r[4] or '') == ''

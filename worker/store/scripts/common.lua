@@ -17,8 +17,16 @@ local FOLLOW_UPS = {capture = true, refund = true, void = true}
 local HISTORY_CAP = __HISTORY_CAP__
 local AUDIT_MAXLEN = '__AUDIT_MAXLEN__'
 
+-- Redis TIME ({seconds, microseconds}): every function reads the clock here. (The tests' build of the library adds
+-- the offset their clock has advanced by: worker/store/lua.py TEST_CLOCK.)
+local function server_clock()
+  --<clock>
+  return redis.call('TIME')
+  --</clock>
+end
+
 local function server_now()
-  local t = redis.call('TIME')
+  local t = server_clock()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 

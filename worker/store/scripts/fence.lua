@@ -6,7 +6,7 @@
 -- KEYS: 1 record. ARGV: 1 owner 2 lease_seconds 3 seconds a request stamped now may still be accepted.
 -- Returns {ok (0/1), now (seconds, 6 decimals)}.
 local r = redis.call('HMGET', KEYS[1], 'status', 'lease_owner', 'lease_until', 'fence_until')
-local t = redis.call('TIME')
+local t = server_clock()
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local now_text = string.format('%d.%06d', tonumber(t[1]), tonumber(t[2]))
 if r[1] ~= 'PENDING' or r[2] ~= ARGV[1] or (tonumber(r[3] or '0') or 0) <= now then return {0, now_text} end

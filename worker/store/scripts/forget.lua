@@ -9,7 +9,7 @@
 -- ARGV: 1 prefix 2 cutoff 3 key_retention (seconds) 4 n (kept fields), the n field names, then
 --   (payment_id, status, updated_ts) triples. Returns the ids removed.
 local prefix = ARGV[1]
-local t = redis.call('TIME')
+local t = server_clock()
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local cutoff = math.min(tonumber(ARGV[2]), now)
 local key_retention = tonumber(ARGV[3])

@@ -4,7 +4,7 @@
 -- ARGV: 1 prefix 2 key_retention (seconds), then (payment_id, updated_ts, kept fields as a JSON object of strings)
 -- triples. Returns the ids given an entry.
 local prefix = ARGV[1]
-local t = redis.call('TIME')
+local t = server_clock()
 local now_ms = math.floor((tonumber(t[1]) + tonumber(t[2]) / 1000000) * 1000)
 local key_retention = tonumber(ARGV[2])
 local written = {}
