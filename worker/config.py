@@ -423,7 +423,10 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         d = cls()
-        dur = lambda name, default: parse_duration(_env(name, str(default)), name=name)  # noqa: E731
+
+        def dur(name: str, default: object) -> float:  # default: seconds, or a duration as text ("5m")
+            return parse_duration(_env(name, str(default)), name=name)
+
         try:
             settings = cls(
                 redis_url=_env("REDIS_URL", d.redis_url),

@@ -127,7 +127,7 @@ PLACES = {
 
 @pytest.mark.parametrize("place", list(PLACES))
 @pytest.mark.parametrize("shape,value,card_like", SHAPES, ids=IDS)
-def test_in_the_broker_a_card_like_identifier_is_sealed_and_no_identifier_is_refused(
+def test_in_the_broker_a_card_like_identifier_is_encrypted_and_no_identifier_is_refused(
         producer, place, shape, value, card_like):
     publish, read_back = PLACES[place]
     publish(producer, value)  # never CardDataRefused
@@ -250,7 +250,7 @@ def test_a_sealed_identifier_opens_to_what_was_sealed_and_refuses_tampering(valu
 
 
 @pytest.mark.parametrize("task_name", ["payments.capture", "payments.refund", "payments.void"])
-def test_a_follow_up_s_card_like_key_is_sealed_then_kept_under_its_keyed_id(store, wire, task_name):
+def test_a_follow_up_s_card_like_key_is_encrypted_then_kept_under_its_keyed_id(store, wire, task_name):
     from tests.support.fake_gateway import SALE_TRANS
 
     gateway = FakeGateway([reply(trans_type=task_name.split(".")[1].upper())])

@@ -297,7 +297,7 @@ def test_the_sweeps_re_publication_leaves_the_outbox_entry_it_counted_alone(app,
 
 
 # ---- protect_publish and protect_body directly (the chord path, the outbox re-publish) -------------------
-def test_a_chord_body_is_sealed():
+def test_a_chord_body_is_encrypted():
     vault = CardVault([TEST_CARD_KEY])
     body_sig: dict[str, Any] = {"task": "payments.sale", "args": [],
                                 "kwargs": {"amount": "1.00", "card": dict(TEST_CARD)},
@@ -313,7 +313,7 @@ def test_a_chord_body_is_sealed():
     assert vault.decrypt(options["chord"]["kwargs"]["card"]) == TEST_CARD
 
 
-def test_seal_body_seals_an_old_outbox_entry_and_refuses_card_data():
+def test_protect_body_encrypts_an_old_outbox_entry_and_refuses_card_data():
     vault = CardVault([TEST_CARD_KEY])
     old = [[], {"amount": "3.00", "card": dict(TEST_CARD)},
            {"chain": [{"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {}, "options": {}}],
@@ -327,7 +327,7 @@ def test_seal_body_seals_an_old_outbox_entry_and_refuses_card_data():
     assert exc.value.field == "customer.name1"
 
 
-def test_seal_body_refuses_an_old_outbox_entry_whose_headers_hold_card_data():
+def test_protect_body_refuses_an_old_outbox_entry_whose_headers_hold_card_data():
     vault = CardVault([TEST_CARD_KEY])
     body = [[], {"amount": "3.00", "card": vault.encrypt(TEST_CARD)}, {}]
     headers: dict[str, Any] = {"id": "cd27c305-6820-4063-903f-1a2b3c4d5e6f", "origin": "gen4111111111111111@host",

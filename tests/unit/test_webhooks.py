@@ -127,3 +127,32 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
         assert line in text, line
     assert any("2 webhook deliveries failed" in a for a in attention(found, Settings()))
     assert _webhooks_line(hooks) == "webhooks     3 undelivered (oldest 42s), 2 failed for good"
+
+
+def test_beat_drains_the_webhook_schedule_every_second_on_its_own_queue_which_a_default_worker_consumes():
+    from worker.broker.celeryconfig import config_for
+    from worker.config import Settings
+
+    conf = config_for(Settings())
+    entry = conf["beat_schedule"]["payments-webhooks"]
+    assert entry["task"] == "payments.webhooks.drain" and entry["schedule"] == 1.0
+    assert entry["options"]["queue"] == "webhooks" and entry["options"]["expires"] <= 10
+    assert conf["task_routes"]["payments.webhooks.*"] == {"queue": "webhooks"}
+    assert {q.name for q in conf["task_queues"]} == {"celery", "webhooks"}
+
+
+def test_a_bad_webhook_setting_stops_the_drain_with_a_logged_error_not_the_worker(monkeypatch, caplog):
+    import types
+
+    from worker.tasks import webhooks as task
+
+    monkeypatch.setenv("PAYMENTS_WEBHOOK_URL", "https://example.test/hook")
+    monkeypatch.delenv("PAYMENTS_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setattr(task, "_deliverers", {})
+    monkeypatch.setattr(task, "_last_complaint", [0.0])
+    monkeypatch.setattr(task, "services_of", lambda app: object())
+    with caplog.at_level("ERROR", logger="payments.webhooks"):
+        bound = types.SimpleNamespace(app=None)  # the Task the worker binds
+        assert "PAYMENTS_WEBHOOK_SECRET" in task.drain(bound)["error"]
+        task.drain(bound)
+    assert len([r for r in caplog.records if "not delivering" in r.getMessage()]) == 1

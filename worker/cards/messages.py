@@ -82,7 +82,7 @@ def _is_invalid_marker(value: Any) -> bool:
     return isinstance(value, Mapping) and set(value) == {_INVALID}
 
 
-def seal_card(card: Any, vault: CardVault) -> Any:
+def encrypt_card(card: Any, vault: CardVault) -> Any:
     """The encrypted card; a value that cannot be a card never travels at all (the worker records why). No card (a
     repeat charge by token, docs/tokens.md) stays None: there is nothing to encrypt."""
     if card is None or vault.is_encrypted(card) or _is_invalid_marker(card):
@@ -133,7 +133,7 @@ class _Walk:
         position = CARD_ARGUMENT.get(task or "")
         for i, value in enumerate(args):
             if position is not None and i == position:
-                args[i] = seal_card(value, self.vault)
+                args[i] = encrypt_card(value, self.vault)
                 continue
             name = _param_name(task, i)
             if prefix:
@@ -149,7 +149,7 @@ class _Walk:
             args[i] = self.value(value, field, check_as)
         for key in list(kwargs):
             if position is not None and key == "card":
-                kwargs[key] = seal_card(kwargs[key], self.vault)
+                kwargs[key] = encrypt_card(kwargs[key], self.vault)
                 continue
             field = f"{prefix}.kwargs.{key}" if prefix else str(key)
             if contains_card_number(str(key)):

@@ -132,7 +132,7 @@ class PaymentTask(Task):
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
 
-    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidInput | None:
+    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, object]) -> InvalidInput | None:
         """What is wrong with the message's arguments as such (their values are the request builder's)."""
         if not isinstance(self.request.retry_failed, bool):
             return InvalidInput("retry_failed", "retry_failed must be True or False")
@@ -142,7 +142,7 @@ class PaymentTask(Task):
             return InvalidInput("arguments", f"bad arguments: {exc}")
         return None
 
-    def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
+    def _refuse(self, exc: InvalidInput) -> dict[str, object]:
         flow, request = self.flow, self.request
         # The key is bound to this request as given (its card encrypted or not): another request under it is an
         # IdempotencyMismatch, this one again the stored refusal.
@@ -150,7 +150,7 @@ class PaymentTask(Task):
         return flow.refuse(self.operation, request.payment_id, f"invalid input: {exc}", message_id=request.id,
                            fingerprints=refusal_fingerprints(self.operation, given, flow.card_keys))
 
-    def _on_outage(self, parked: GatewayOutage) -> dict[str, Any]:
+    def _on_outage(self, parked: GatewayOutage) -> dict[str, object]:
         request, settings = self.request, self.services.settings
         # Re-queues by the shared rate limit travel in a header: they are not outage re-queues (worker/guard/).
         throttled = _count(getattr(request, "payments_throttled", 0))
@@ -205,7 +205,7 @@ def _count(value: object) -> int:
     return value if type(value) is int and value >= 0 else 0
 
 
-def task_options(name: str) -> dict[str, Any]:
+def task_options(name: str) -> dict[str, object]:
     """A payment task's name and attributes, from the one table of them (worker/catalogue.py)."""
     spec = PAYMENT_TASKS[name]
     return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
@@ -253,7 +253,7 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
 
 
 def _charge(task: PaymentTask, amount: object, card: object, customer: object, order_id: object,
-            idempotency_key: object, repeat: RepeatCharge) -> dict[str, Any]:
+            idempotency_key: object, repeat: RepeatCharge) -> dict[str, object]:
     """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -267,7 +267,7 @@ def _charge(task: PaymentTask, amount: object, card: object, customer: object, o
     return flow.submit(request, task.delivery())
 
 
-def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_key: object) -> dict[str, Any]:
+def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_key: object) -> dict[str, object]:
     """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -280,7 +280,7 @@ def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
          idempotency_key: object = None, token: object = None, customer_token: object = None,
-         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, object]:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal), or a stored card: ``token`` (an earlier
     trans_id) or ``customer_token`` (docs/tokens.md)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
@@ -290,7 +290,7 @@ def sale(self: PaymentTask, amount: object, card: object = None, customer: objec
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
          idempotency_key: object = None, token: object = None, customer_token: object = None,
-         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, object]:
     """AUTH: same arguments as sale; amount may be 0.00 (stores the card: its trans_id is a token)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
@@ -311,14 +311,14 @@ def credit(self: PaymentTask, amount: Any, card: Any, customer: Any = None, orde
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: object, amount: object = None,
-            idempotency_key: object = None) -> dict[str, Any]:
+            idempotency_key: object = None) -> dict[str, object]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: object, amount: object = None,
-           idempotency_key: object = None) -> dict[str, Any]:
+           idempotency_key: object = None) -> dict[str, object]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
@@ -331,7 +331,7 @@ def update(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
-def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, Any]:
+def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, object]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
         outcome = trans_id
@@ -343,7 +343,7 @@ def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) ->
 
 
 @TASKS.task(bind=True, name="payments.sweep")
-def sweep(self: Task) -> dict[str, Any]:
+def sweep(self: Task) -> dict[str, object]:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 

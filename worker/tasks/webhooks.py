@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from celery import Task
@@ -24,7 +25,8 @@ def deliverer_for(svc: Any) -> Any:
 
     key = (os.getpid(), id(svc))
     if key not in _deliverers:
-        _deliverers[key] = Deliverer(svc.redis, WebhookSettings.from_env(), prefix=svc.settings.key_prefix)
+        settings = WebhookSettings.from_env()  # first: a bad setting is said before anything is built
+        _deliverers[key] = Deliverer(svc.redis, settings, prefix=svc.settings.key_prefix)
     return _deliverers[key]
 
 
@@ -32,9 +34,22 @@ def deliverer_for(svc: Any) -> Any:
 TASKS = TaskTable()
 
 
+_last_complaint = [0.0]
+
+
 @TASKS.task(bind=True, name="payments.webhooks.drain", ignore_result=True)
 def drain(self: Task) -> dict[str, Any]:
-    report = deliverer_for(services_of(self.app)).drain()
+    from worker.config import ConfigError
+
+    try:
+        deliverer = deliverer_for(services_of(self.app))
+    except ConfigError as exc:
+        # A bad PAYMENTS_WEBHOOK_* / WEBHOOK_* setting stops webhooks, never payments: said once a minute.
+        if time.monotonic() - _last_complaint[0] > 60:
+            _last_complaint[0] = time.monotonic()
+            log.error("webhooks: not delivering: %s", exc)
+        return {"error": str(exc)}
+    report = deliverer.drain()
     if report.events or report.results:
         log.info("webhooks: %d event(s), deliveries %s", report.events, report.results)
     return {"events": report.events, "results": report.results, "skipped": report.skipped}
