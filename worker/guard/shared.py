@@ -12,6 +12,7 @@ attempt; one script does both in one. pybreaker is not a dependency: the breaker
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,8 +112,9 @@ class RedisGuard:
                 self._observer.held(self.merchant, "throttled")
                 raise Throttled(f"gateway rate limit reached ({self.merchant})", retry_after=value)
             self._observer.held(self.merchant, "breaker_open")
+            # spread over half a wait more: the payments held now must not all come back at the same moment
             raise GatewayUnavailable(f"gateway unavailable: circuit breaker open ({self.merchant})",
-                                     retry_after=value)
+                                     retry_after=value * random.uniform(1.0, 1.5))
 
     def settle(self, ticket: _Ticket, verdict: str) -> None:
         """Tell the breaker how the attempt went: a round trip only when it changes something (a failure, a probe's
