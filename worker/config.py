@@ -238,6 +238,8 @@ class Settings:
     archive_per_sweep: int = 20_000
     # Celery results (a convenience for result.get(): the store keeps the outcome) expire after this.
     result_expires: float = 86400.0
+    # How often beat drains the webhook schedule (the rest of the webhook settings: worker/webhooks/settings.py).
+    webhook_drain_interval: float = 1.0
 
     @property
     def soft_time_limit(self) -> float:
@@ -345,7 +347,8 @@ class Settings:
         if error:
             raise ConfigError(error)
         positive = {"GATEWAY_CONNECT_TIMEOUT": self.connect_timeout, "GATEWAY_READ_TIMEOUT": self.read_timeout,
-                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max}
+                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max,
+                    "WEBHOOK_DRAIN_INTERVAL": self.webhook_drain_interval}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} ({value:g}s) must be more than 0")
@@ -477,6 +480,7 @@ class Settings:
                 archive_batch=_int("PAYMENTS_ARCHIVE_BATCH", d.archive_batch),
                 archive_per_sweep=_int("PAYMENTS_ARCHIVE_PER_SWEEP", d.archive_per_sweep),
                 result_expires=dur("RESULT_EXPIRES", "1d"),
+                webhook_drain_interval=dur("WEBHOOK_DRAIN_INTERVAL", "1s"),
                 guard=_guard_settings(dur),
             )
         except ValueError as exc:

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.archive_db import KINDS, archive_url
 from tests.support.env import INTEGRATION_REDIS_URL
-from worker.cli.main import find_record, list_records
+from worker.cli.records import find_record, list_records
 from worker.config import Settings
 from worker.payments.sweep import run_sweep
 from worker.services import Services

@@ -22,7 +22,9 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+import requests
 from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reliability.scenarios import (
     Job,
@@ -38,6 +40,7 @@ from tests.reliability.scenarios import (
     worker_env,
 )
 from tests.support.env import CUSTOMER, TEST_CARD
+from tests.support.ports import free_port
 from tests.support.reset_proxy import reset_proxy
 from tests.support.sandbox import running_sandbox
 from tests.support.workers import running_worker
@@ -76,7 +79,9 @@ def run_outage(redis_url: str, logdir, *, payments: int, outage: float, breaker:
     started = time.monotonic()
     with running_sandbox(duplicate_window=0) as sandbox, reset_proxy(sandbox.url) as proxy:
         gateway = Gateway(proxy.url(), sandbox.account_id, sandbox.secret_key)
-        guard = {"GATEWAY_BREAKER_FAILURES": "3", "GATEWAY_BREAKER_COOLDOWN": cooldown} if breaker else {}
+        # with the breaker, the worker serves its metrics: what it held back and the breaker it opened are counted
+        guard = {"GATEWAY_BREAKER_FAILURES": "3", "GATEWAY_BREAKER_COOLDOWN": cooldown,
+                 "WORKER_METRICS_PORT": str(free_port())} if breaker else {}
         # a commit horizon just over one attempt (connect 0.5 s + read 1 s): the sales reset after they left wait
         # that long before stq's "absent" lets them go again
         env = worker_env(redis_url, gateway, prefix, OUTAGE_RETRIES="40", OUTAGE_BACKOFF="0.5",
@@ -98,6 +103,8 @@ def run_outage(redis_url: str, logdir, *, payments: int, outage: float, breaker:
             publisher.join()
             figures = {"connections during the outage": proxy.accepted_while_down,
                        "connections in all": proxy.accepted}
+            if breaker:
+                figures.update(worker_counters(int(env["WORKER_METRICS_PORT"])))
             log(f"outage over after {time.monotonic() - started:.1f} s")
             settle(svc, jobs, timeout=240, report=report, quiet_for=1.0, log=log)
             log(f"all final after {time.monotonic() - started:.1f} s")
@@ -109,6 +116,18 @@ def run_outage(redis_url: str, logdir, *, payments: int, outage: float, breaker:
     return report, figures
 
 
+def worker_counters(port: int) -> dict:
+    """The guard's counters the worker serves (worker/ops/metrics.py)."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("payments_gateway_held_total", "payments_gateway_breaker_changes_total"):
+                label = sample.labels.get("reason") or sample.labels.get("change")
+                out[f"{sample.name}:{label}"] = sample.value
+    return out
+
+
 def test_an_outage_costs_a_few_dozen_connections_then_every_payment_ends_once(rel_redis_url, rel_logdir):
     payments, outage = (60, 30.0) if SLOW else (8, 3.0)
     report, figures = run_outage(rel_redis_url, rel_logdir, payments=payments, outage=outage, breaker=True,
@@ -117,6 +136,8 @@ def test_an_outage_costs_a_few_dozen_connections_then_every_payment_ends_once(re
     assert report.payments == payments and report.duplicates == report.lost == report.not_final == 0
     # 3 failures open it; then one probe per cooldown, and what was in flight when it opened
     assert figures["connections during the outage"] <= (36 if SLOW else 16)
+    assert figures["payments_gateway_breaker_changes_total:opened"] >= 1
+    assert figures["payments_gateway_held_total:breaker_open"] >= 1
 
 
 @pytest.mark.skipif(not SLOW, reason="the comparison without the breaker: PAYMENTS_SLOW_TESTS=1")

@@ -156,7 +156,9 @@ class PaymentTask(Task):
         throttled = _count(getattr(request, "payments_throttled", 0))
         if isinstance(parked, GatewayThrottled) and throttled < MAX_THROTTLED_REQUEUES:
             countdown = (parked.check_in or 0.0) + random.uniform(0.0, 1.0)  # spread: the backlog drains at the rate
-            raise self.retry(countdown=countdown, headers={"payments_throttled": throttled + 1})
+            # the message's other custom headers go on, as Celery's own retry carries them (and this one, after)
+            headers = {**(request.headers or {}), "payments_throttled": throttled + 1}
+            raise self.retry(countdown=countdown, headers=headers)
         outages = request.retries - throttled
         if outages >= settings.outage_retries:
             return self.flow.give_up_retrying(self.operation, request.payment_id,
@@ -164,7 +166,7 @@ class PaymentTask(Task):
         countdown = outage_countdown(outages, backoff=settings.outage_backoff,
                                      backoff_max=settings.outage_backoff_max,
                                      visibility_timeout=settings.visibility_timeout, at_least=parked.check_in)
-        raise self.retry(countdown=countdown, **({"headers": {"payments_throttled": throttled}} if throttled else {}))
+        raise self.retry(countdown=countdown)
 
     # ---- helpers for the task bodies -------------------------------------------------------------
     def bind_payment_id(self, idempotency_key: object) -> tuple[str, str | None]:

@@ -76,7 +76,6 @@ class Deliverer:
         try:
             deadline = time.monotonic() + budget
             now = self.clock()
-            self.intake.ensure_group(now)
             self.deliveries.trim(before=now - self.settings.event_retention)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
                 while True:
