@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from . import expiry, protocol, scrub, validation
 from .errors import Expired, InvalidInput, Rejected
-from .guarding import Guard, verdict_of
+from .guarding import AnyGuard, verdict_of
 from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
 from .report import ByteStream, Report, ReportRow, StreamingTransport, report_request, start_report
@@ -74,7 +74,7 @@ class BluePayClient:
         today: Callable[[], date] = date.today,
         observer: GatewayObserver = NULL_OBSERVER,
         on_failure: Callable[[BaseException], None] | None = None,
-        guard: Guard | None = None,
+        guard: AnyGuard | None = None,
         platform_merchant_id: str = "",
     ) -> None:
         if not isinstance(account_id, str) or not account_id.strip():

@@ -234,7 +234,7 @@ def _open_card(task: PaymentTask, card: object) -> object:
     vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
-    if vault.is_encrypted(card):
+    if isinstance(card, dict) and vault.is_encrypted(card):
         try:
             return vault.decrypt(card)
         except CardDecryptError:
