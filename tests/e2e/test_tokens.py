@@ -110,11 +110,11 @@ def test_an_update_is_reflected_on_the_original_and_the_update_is_what_voids(san
     sold = run(sale.delay(amount="3.00", token=token["trans_id"]))
     updated = run(update.delay(sold["trans_id"], amount="5.75"))
     assert updated["status"] == "APPROVED" and updated["operation"] == "update" and updated["amount"] == "5.75"
-    original = services().store.get(sold["payment_id"])
+    original = services().store.get(sold["payment_id"]) or {}
     assert original["status"] == "UPDATED" and original["updated_by"] == updated["payment_id"]
     assert original["updated_amount"] == "5.75"
     voided = run(void.delay(updated["trans_id"]))
     assert voided["status"] == "APPROVED"
-    assert services().store.get(updated["payment_id"])["status"] == "VOIDED"
+    assert (services().store.get(updated["payment_id"]) or {})["status"] == "VOIDED"
     [row] = sandbox.ledger(order_id=updated["payment_id"])
     assert row["trans_type"] == "UPDATE" and row["voided"]
