@@ -49,6 +49,16 @@ def test_the_body_is_the_stored_outcome_masked_with_the_transitions_status_and_a
     assert "4111 1111 1111 1111" not in json.dumps(body) and "lease_owner" not in body["data"]
 
 
+def test_an_event_made_after_the_record_moved_on_does_not_tell_the_later_change():
+    record = {"payment_id": "p1", "operation": "sale", "status": "VOIDED", "amount": "3.00", "voided_by": "v1",
+              "updated_at": "2026-12-07T21:00:05.000Z"}
+    approved = event_data(entry("PENDING", "APPROVED"), record)
+    assert approved["status"] == "APPROVED" and "voided_by" not in approved
+    assert approved["updated_at"] == "2026-12-07T21:00:00.000Z"
+    voided = event_data(entry("APPROVED", "VOIDED"), record)
+    assert voided["voided_by"] == "v1" and voided["updated_at"] == "2026-12-07T21:00:05.000Z"
+
+
 def test_the_default_schedule_is_svixs_and_gives_up_after_eight_attempts():
     assert DEFAULT_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
     assert attempts_allowed(DEFAULT_RETRY_SCHEDULE) == 8
