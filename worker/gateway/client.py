@@ -174,6 +174,11 @@ class BluePayClient:
                fence: Fence | None = None) -> Response:
         return self._transaction("REFUND", fence, rrno=trans_id, amount=amount, order_id=order_id)
 
+    def update(self, trans_id: Any, amount: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
+        """UPDATE: the new amount of an unsettled transaction (BluePay's ``update(transaction_id, amount)``); the
+        reply's id is the update's, which later voids and refunds name ("... the update instead")."""
+        return self._transaction("UPDATE", fence, rrno=trans_id, amount=amount, order_id=order_id)
+
     def void(self, trans_id: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
         return self._transaction("VOID", fence, rrno=trans_id, order_id=order_id)
 

@@ -325,6 +325,13 @@ def refund(self: PaymentTask, trans_id: object, amount: object = None,
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.update"))
+def update(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+    """UPDATE an unsettled sale to ``amount`` (its new total): the original becomes UPDATED and the update's trans_id
+    is the one to void or refund from then on (docs/tokens.md)."""
+    return _follow_up(self, trans_id, amount, idempotency_key)
+
+
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
 def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, object]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
