@@ -17,7 +17,7 @@ class PaymentTaskSpec:
     name: str
     operation: str
     parameters: tuple[str, ...]
-    #: the card travels in this parameter (sealed on publish), or None
+    #: the card travels in this parameter (encrypted on publish), or None
     card_parameter: str | None = None
     #: kept in the results store's outbox from publish until a worker claims it
     kept_in_outbox: bool = True
@@ -31,13 +31,18 @@ class PaymentTaskSpec:
 _CHARGE = ("amount", "card", "customer", "order_id", "idempotency_key", "token", "customer_token",
            "new_customer_token", "initiator", "scheduled")
 _FOLLOW_UP = ("trans_id", "amount", "idempotency_key")
+_CARD_ONLY = ("amount", "card", "customer", "order_id", "idempotency_key")
 
 PAYMENT_TASKS: dict[str, PaymentTaskSpec] = {spec.name: spec for spec in (
     PaymentTaskSpec("payments.sale", "sale", _CHARGE, card_parameter="card"),
     PaymentTaskSpec("payments.auth", "auth", _CHARGE, card_parameter="card"),
+    # money out to a card with no original: off unless PAYMENTS_ENABLE_CREDIT (docs/tokens.md)
+    PaymentTaskSpec("payments.credit", "credit", _CARD_ONLY, card_parameter="card"),
     PaymentTaskSpec("payments.capture", "capture", _FOLLOW_UP),
     PaymentTaskSpec("payments.refund", "refund", _FOLLOW_UP),
     PaymentTaskSpec("payments.void", "void", ("trans_id", "idempotency_key")),
+    # the new amount of an unsettled sale (an auth where the gateway allows it): docs/tokens.md
+    PaymentTaskSpec("payments.update", "update", _FOLLOW_UP),
 )}
 
 #: Tasks that carry a card, and the position of ``card`` among their positional arguments.

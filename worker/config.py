@@ -125,6 +125,16 @@ def _env(name: str, default: str) -> str:
     return value if value.strip() else default
 
 
+def _flag(name: str) -> bool:
+    """An on/off setting, off by default: 1/true/yes/on, or 0/false/no/off (anything else names the variable)."""
+    text = _env(name, "0").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {text!r} is not on or off (1/0, true/false, yes/no)")
+
+
 def _int(name: str, default: int) -> int:
     """An integer setting; the error names the variable (``GATEWAY_RETRY_ATTEMPTS: 'four' is not a whole number``)."""
     text = _env(name, str(default))
@@ -173,6 +183,9 @@ class Settings:
     bluepay_mode: str = "TEST"
     bluepay_url: str = REAL_BLUEPAY_URL
     bluepay_hash_type: str = "HMAC_SHA512"
+    # A platform charging for a sub-merchant: its PLATFORM_MERCHANT_ID, sent and sealed after the account id (BluePay's
+    # C# library 3.0.8); "": none (docs/bluepay.md).
+    bluepay_platform_merchant_id: str = ""
     card_key: str = field(default="", repr=False)
     # Gateway budgets: one HTTP attempt, and the in-process retry of "not sent" errors.
     connect_timeout: float = 3.05
@@ -187,6 +200,8 @@ class Settings:
     stale_auth_age: float = 7 * 86400.0
     # AVS_POLICY / CVV2_POLICY: result codes that void an approved sale or auth at once (worker/payments/policy.py)
     avs_policy: frozenset[str] = frozenset()
+    # PAYMENTS_ENABLE_CREDIT: payments.credit (money out to a card with no original) runs only when set
+    enable_credit: bool = False
     cvv2_policy: frozenset[str] = frozenset()
     sweep_interval: float = 300.0
     reconcile_after: float = 600.0
@@ -223,6 +238,8 @@ class Settings:
     archive_per_sweep: int = 20_000
     # Celery results (a convenience for result.get(): the store keeps the outcome) expire after this.
     result_expires: float = 86400.0
+    # How often beat drains the webhook schedule (the rest of the webhook settings: worker/webhooks/settings.py).
+    webhook_drain_interval: float = 1.0
 
     @property
     def soft_time_limit(self) -> float:
@@ -330,7 +347,8 @@ class Settings:
         if error:
             raise ConfigError(error)
         positive = {"GATEWAY_CONNECT_TIMEOUT": self.connect_timeout, "GATEWAY_READ_TIMEOUT": self.read_timeout,
-                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max}
+                    "SWEEP_INTERVAL": self.sweep_interval, "OUTAGE_BACKOFF_MAX": self.outage_backoff_max,
+                    "WEBHOOK_DRAIN_INTERVAL": self.webhook_drain_interval}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} ({value:g}s) must be more than 0")
@@ -367,6 +385,10 @@ class Settings:
         if not re.fullmatch(r"[A-Za-z0-9]+", self.bluepay_account_id):
             raise ConfigError(f"BLUEPAY_ACCOUNT_ID: {self.bluepay_account_id!r} is not an account id (letters and "
                               "digits; BluePay's are 12 digits)")
+        if self.bluepay_platform_merchant_id and not re.fullmatch(r"[A-Za-z0-9]{1,64}",
+                                                                  self.bluepay_platform_merchant_id):
+            raise ConfigError(f"BLUEPAY_PLATFORM_MERCHANT_ID: {self.bluepay_platform_merchant_id!r} is not a merchant "
+                              "id (letters and digits)")
         if not self.bluepay_secret_key or self.bluepay_secret_key != self.bluepay_secret_key.strip() or any(
                 c.isspace() for c in self.bluepay_secret_key):
             raise ConfigError("BLUEPAY_SECRET_KEY must not be empty nor hold spaces or line breaks (a pasted "
@@ -404,7 +426,10 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         d = cls()
-        dur = lambda name, default: parse_duration(_env(name, str(default)), name=name)  # noqa: E731
+
+        def dur(name: str, default: object) -> float:  # default: seconds, or a duration as text ("5m")
+            return parse_duration(_env(name, str(default)), name=name)
+
         try:
             settings = cls(
                 redis_url=_env("REDIS_URL", d.redis_url),
@@ -421,6 +446,7 @@ class Settings:
                 bluepay_mode=_env("BLUEPAY_MODE", d.bluepay_mode).upper(),
                 bluepay_url=_env("BLUEPAY_URL", d.bluepay_url),
                 bluepay_hash_type=_env("BLUEPAY_HASH_TYPE", d.bluepay_hash_type).upper(),
+                bluepay_platform_merchant_id=_env("BLUEPAY_PLATFORM_MERCHANT_ID", ""),
                 card_key=_env("PAYMENTS_CARD_KEY", ""),
                 connect_timeout=dur("GATEWAY_CONNECT_TIMEOUT", d.connect_timeout),
                 read_timeout=dur("GATEWAY_READ_TIMEOUT", d.read_timeout),
@@ -432,6 +458,7 @@ class Settings:
                 visibility_timeout=dur("BROKER_VISIBILITY_TIMEOUT", d.visibility_timeout),
                 stale_auth_age=dur("STALE_AUTH_AGE", d.stale_auth_age),
                 avs_policy=parse_codes(_env("AVS_POLICY", ""), "AVS_POLICY"),
+                enable_credit=_flag("PAYMENTS_ENABLE_CREDIT"),
                 cvv2_policy=parse_codes(_env("CVV2_POLICY", ""), "CVV2_POLICY"),
                 sweep_interval=dur("SWEEP_INTERVAL", d.sweep_interval),
                 reconcile_after=dur("RECONCILE_AFTER", d.reconcile_after),
@@ -453,6 +480,7 @@ class Settings:
                 archive_batch=_int("PAYMENTS_ARCHIVE_BATCH", d.archive_batch),
                 archive_per_sweep=_int("PAYMENTS_ARCHIVE_PER_SWEEP", d.archive_per_sweep),
                 result_expires=dur("RESULT_EXPIRES", "1d"),
+                webhook_drain_interval=dur("WEBHOOK_DRAIN_INTERVAL", "1s"),
                 guard=_guard_settings(dur),
             )
         except ValueError as exc:

@@ -114,9 +114,10 @@ def store_client(settings: Settings) -> redis.Redis:
     }
     if not uses_sentinel(settings):
         return redis.Redis.from_url(settings.redis_url, **options)
-    return _sentinel(settings, socket_timeout=2).master_for(
+    client: redis.Redis = _sentinel(settings, socket_timeout=2).master_for(
         settings.redis_master_name, db=database(settings), password=settings.redis_password or None,
         connection_class=SentinelConnection, **options)
+    return client
 
 
 def probe_client(settings: Settings) -> redis.Redis:
@@ -124,9 +125,10 @@ def probe_client(settings: Settings) -> redis.Redis:
     options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 5}
     if not uses_sentinel(settings):
         return redis.Redis.from_url(settings.redis_url, **options)
-    return _sentinel(settings, socket_timeout=2).master_for(
+    client: redis.Redis = _sentinel(settings, socket_timeout=2).master_for(
         settings.redis_master_name, db=database(settings), password=settings.redis_password or None,
         connection_class=SentinelConnection, retry=Retry(ExponentialBackoff(), retries=0), **options)
+    return client
 
 
 # ---- Celery: broker, result backend (workers, beat, producers, Flower) -----------------------------------

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import current_app
 
 from worker.config import Settings, get_settings
 from worker.payments.policy import ChargePolicy
+
+if TYPE_CHECKING:  # annotations only: each part is imported when it is first built (no import at start-up)
+    from worker.archive.db import Archive
+    from worker.cards.vault import CardVault
+    from worker.gateway import BluePayClient
+    from worker.guard import RedisGuard
+    from worker.ops.metrics import WorkerMetrics
+    from worker.payments.flow import PaymentFlow
+    from worker.store import ResultsStore
 
 
 class Services:
@@ -30,15 +39,16 @@ class Services:
         return store_client(self.settings)
 
     @cached_property
-    def store(self):
+    def store(self) -> ResultsStore:
         from worker.store import ResultsStore
 
         return ResultsStore(self.redis, prefix=self.settings.key_prefix, replicas=self.settings.min_replicas_ack,
                             replica_timeout=self.settings.replica_ack_timeout)
 
     @cached_property
-    def gateway(self):
+    def gateway(self) -> BluePayClient:
         from worker.gateway import BluePayClient, RetryPolicy
+        from worker.gateway.observe import NULL_OBSERVER
         from worker.ops.preflight import MisconfigurationReporter
 
         s = self.settings
@@ -48,16 +58,17 @@ class Services:
             mode=s.bluepay_mode,
             base_url=s.bluepay_url,
             hash_type=s.bluepay_hash_type,
+            platform_merchant_id=s.bluepay_platform_merchant_id,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
             on_failure=MisconfigurationReporter(s),
             guard=self.guard,
-            **({"observer": self.metrics} if self.metrics is not None else {}),
+            observer=self.metrics if self.metrics is not None else NULL_OBSERVER,
         )
 
     @cached_property
-    def guard(self):
+    def guard(self) -> RedisGuard | None:
         """The gateway's rate limit and circuit breaker shared by every worker (worker/guard/), or None: both off."""
         if not self.settings.guard.on:
             return None
@@ -72,36 +83,36 @@ class Services:
                           observer=self.metrics)
 
     @cached_property
-    def metrics(self):
+    def metrics(self) -> WorkerMetrics | None:
         """This process's Prometheus observer (worker/ops/metrics.py), or None: metrics off, or not a worker."""
         from worker.ops.metrics import observer
 
         return observer()
 
     @cached_property
-    def archive(self):
+    def archive(self) -> Archive:
         """The archive of final records (``worker/archive/``, PAYMENTS_ARCHIVE_URL): connected on first use."""
         from worker.archive import Archive
 
         return Archive(self.settings.archive_url)
 
     @cached_property
-    def vault(self):
+    def vault(self) -> CardVault:
         from worker.cards.vault import load_card_key
 
         return load_card_key(self.settings.card_key, self.settings.bluepay_mode)
 
     @cached_property
     def card_keys(self) -> list[str]:
-        """The card keys (first seals), also keying the card fingerprints idempotency keys are bound to."""
+        """The card keys (first encrypts), also keying the card fingerprints idempotency keys are bound to."""
         from worker.cards.vault import DEVELOPMENT_KEY
 
         keys = [k.strip() for k in self.settings.card_key.split(",") if k.strip()]
         return keys or [DEVELOPMENT_KEY]
 
     @cached_property
-    def flow(self):
-        from worker.payments.flow import PaymentFlow
+    def flow(self) -> PaymentFlow:
+        from worker.payments.flow import NullFlowObserver, PaymentFlow
 
         s = self.settings
         return PaymentFlow(store=self.store, gateway=self.gateway, card_keys=self.card_keys,
@@ -109,7 +120,7 @@ class Services:
                            operation_budget=s.operation_budget, call_budget=s.call_budget,
                            expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
                            policy=ChargePolicy(s.avs_policy, s.cvv2_policy),
-                           **({"observer": self.metrics} if self.metrics is not None else {}))
+                           observer=self.metrics if self.metrics is not None else NullFlowObserver())
 
 
 class ProcessServices:

@@ -283,7 +283,7 @@ def test_bad_expiry_cvv2_customer_and_trans_id_are_refused_before_anything_is_en
 def test_card_data_outside_the_card_is_one_line_and_reaches_no_redis(lonely_redis):
     client, url = lonely_redis
     client.flushdb()
-    # (free text: a card-like order id or key is sealed instead, issue 25)
+    # (free text: a card-like order id or key is encrypted instead, issue 25)
     done = payments("enqueue", "sale", "--amount", "3.00", "--expire", "1230", "--name1", "4111.1111.1111.1111",
                     env=dict(os.environ, REDIS_URL=url), card=GOOD_CARD)
     assert done.returncode == 2, (done.stdout, done.stderr)

@@ -152,7 +152,7 @@ def test_task_arguments_are_masked(flower, payments_run):
         info = flower.json(f"/api/task/info/{payments_run[key][0]}")
         shown = info["args"] + " " + info["kwargs"]
         assert MASKED in shown, (key, shown)
-        assert "sealed" not in shown and "gAAAA" not in shown  # not even the sealed form is shown
+        assert "sealed" not in shown and "gAAAA" not in shown  # not even the encrypted form is shown
     kw = flower.json(f"/api/task/info/{payments_run['kw_sale'][0]}")
     assert "3.00" in kw["kwargs"] and "Testville" in kw["kwargs"]
     positional = flower.json(f"/api/task/info/{payments_run['positional'][0]}")
@@ -194,7 +194,7 @@ def test_requests_without_or_with_wrong_credentials_get_401(flower, path):
                                       "task/apply/payments.sale"])
 def test_no_payment_can_be_sent_through_flower(flower, sandbox, endpoint):
     """Flower is for monitoring. Its send-task API publishes with Celery.send_task, which bypasses the
-    sealing publish path: a card sent that way sat in clear in the broker, the events and Flower itself."""
+    encrypting publish path: a card sent that way sat in clear in the broker, the events and Flower itself."""
     body = json.dumps({"kwargs": {"amount": "3.00", "card": TEST_CARD}})
     url = f"{flower.url}/api/{endpoint}"
     before = len(sandbox.ledger())

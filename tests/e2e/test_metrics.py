@@ -167,7 +167,7 @@ def test_the_exporters_gauges_equal_what_the_store_and_the_broker_hold(ran, expo
     assert samples(text, "payments_unknown_oldest_age_seconds") == {(): 0.0}
     assert samples(text, "payments_needs_human") == {(): 0.0}
     assert samples(text, "payments_outbox_size") == {(): float(metrics_db.hlen("payments:outbox"))}
-    assert samples(text, "payments_queue_length") == {("celery",): float(metrics_db.llen("celery"))}
+    assert samples(text, "payments_queue_length") == {(q,): float(metrics_db.llen(q)) for q in ("celery", "webhooks")}
     assert samples(text, "payments_queue_unacked") == {(): float(metrics_db.hlen("unacked"))}
     last = json.loads(metrics_db.get("payments:sweep:last"))
     assert samples(text, "payments_sweep_last_run_timestamp_seconds") == {(): pytest.approx(last["finished"])}

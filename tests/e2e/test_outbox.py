@@ -22,7 +22,7 @@ def test_message_lost_in_the_fetch_gap_is_published_again_and_charged_once(celer
     assert e2e_redis.rpop("fetch-gap") is not None and e2e_redis.llen("fetch-gap") == 0
     entry = json.loads(e2e_redis.hget(store.keys.outbox, result.id))
     assert entry["message"]["name"] == "payments.sale"
-    assert "4111111111111111" not in json.dumps(entry)  # the outbox keeps the sealed card only
+    assert "4111111111111111" not in json.dumps(entry)  # the outbox keeps the encrypted card only
 
     # Make the entry old enough and send it where the worker listens, then sweep.
     entry["message"]["routing_key"] = "celery"

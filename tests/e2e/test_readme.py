@@ -1,6 +1,6 @@
-"""Every Python block of the README runs as written: each in a producer process of its own (a fresh interpreter in
-a web app's directory that has its own tasks.py and celeryconfig.py, with only what the README says a producer
-needs: the workers' REDIS_URL and PAYMENTS_CARD_KEY),
+"""Every Python block of the README and of docs/producer.md (the producer API in full) runs as written: each in a
+producer process of its own (a fresh interpreter in a web app's directory that has its own tasks.py and
+celeryconfig.py, with only what the README says a producer needs: the workers' REDIS_URL and PAYMENTS_CARD_KEY),
 against a real worker and the sandbox (the session's, tests/e2e/conftest.py). The blocks assert their own outcomes."""
 from __future__ import annotations
 
@@ -14,8 +14,17 @@ import pytest
 
 from tests.support.env import E2E_REDIS_URL, TEST_CARD_KEY
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-BLOCKS = re.findall(r"^```python\n(.*?)^```$", README.read_text(), flags=re.M | re.S)
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", path.read_text(), flags=re.M | re.S)
+
+
+README_BLOCKS = python_blocks(README)
+#: each block once: the README's snippet is also the first of docs/producer.md
+BLOCKS = list(dict.fromkeys(README_BLOCKS + python_blocks(ROOT / "docs" / "producer.md")))
 
 
 def producer_env() -> dict[str, str]:
@@ -25,7 +34,16 @@ def producer_env() -> dict[str, str]:
 
 def test_the_readme_has_its_producer_blocks():
     assert len(BLOCKS) >= 3
-    assert any("from tasks import sale" in b or "from worker.tasks import sale" in b for b in BLOCKS)
+    assert any("from tasks import sale" in b or "from worker.tasks import sale" in b for b in README_BLOCKS)
+
+
+def test_the_readme_is_a_front_door():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    for command in ("./dev demo", "./dev test"):
+        assert command in text
+    for link in re.findall(r"\]\((docs/[^)#]+)", text):  # every doc it links to exists
+        assert (ROOT / link).is_file(), link
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

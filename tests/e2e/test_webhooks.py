@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import time
 
 import pytest
 import redis
 
 from tests.support.card_scan import scan_redis, scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, redis_url_with_db
-from tests.support.webhook_receiver import running_receiver
+from tests.support.webhook_receiver import running_receiver, start_worker_with_beat, wait_until
 from tests.support.workers import worker_env
-from worker.ops.processes import start_worker, stop, wait_for_worker
+from worker.ops.processes import stop
 from worker.webhooks.signing import new_secret
 
 REDIS_URL = redis_url_with_db(14)
@@ -36,28 +35,6 @@ def db():
     client.close()
 
 
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
-def start(env: dict, tmp_path, name: str):
-    from celery import Celery
-
-    proc = start_worker(env=env, pool="threads", concurrency=4, loglevel="INFO", logfile=tmp_path / f"{name}.log",
-                        hostname=f"{name}@%h", extra=("-B", "--schedule", str(tmp_path / f"{name}-beat")))
-    pinger = Celery(broker=REDIS_URL, set_as_current=False)
-    try:
-        wait_for_worker(pinger, hostname_prefix=f"{name}@", timeout=60)
-    finally:
-        pinger.close()
-    return proc
-
-
 def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_nothing(db, sandbox, tmp_path):
     from worker.broker.app import create_app, current
     from worker.config import Settings
@@ -69,27 +46,27 @@ def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_n
                          WEBHOOK_RETRY_SCHEDULE="1s, 1s, 1s, 2s, 2s, 5s, 5s, 10s", WEBHOOK_TIMEOUT="2")
         settings = dataclasses.replace(Settings.from_env(), redis_url=REDIS_URL, card_key=env["PAYMENTS_CARD_KEY"])
         app = create_app(settings, main="webhooks-producer")
-        proc = start(env, tmp_path, "wh1")
+        proc = start_worker_with_beat(env, REDIS_URL, tmp_path, "wh1")
         try:
             with current(app):
                 sold = app.tasks["payments.sale"].delay(amount="3.00", card=TEST_CARD, customer=CUSTOMER).get(
                     timeout=TIMEOUT)
                 assert sold["status"] == "APPROVED"
-                wait_for(lambda: any(r.event["type"] == "payment.approved" for r in rx.delivered()))
+                wait_until(lambda: any(r.event["type"] == "payment.approved" for r in rx.delivered()))
                 voided = app.tasks["payments.void"].delay(sold["trans_id"]).get(timeout=TIMEOUT)
                 assert voided["status"] == "APPROVED"
-                wait_for(lambda: any(r.event["type"] == "payment.voided" for r in rx.delivered()))
+                wait_until(lambda: any(r.event["type"] == "payment.voided" for r in rx.delivered()))
                 # the receiver goes down; a sale's event waits in the schedule; its worker is killed outright
                 up["now"] = False
                 seen = len(rx.got)
                 second = app.tasks["payments.sale"].delay(amount="5.00", card=TEST_CARD, customer=CUSTOMER).get(
                     timeout=TIMEOUT)
-                wait_for(lambda: len(rx.got) > seen)
+                wait_until(lambda: len(rx.got) > seen)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
             up["now"] = True
-            proc = start(env, tmp_path, "wh2")
-            wait_for(lambda: any(r.event["data"]["payment_id"] == second["payment_id"] for r in rx.delivered()))
+            proc = start_worker_with_beat(env, REDIS_URL, tmp_path, "wh2")
+            wait_until(lambda: any(r.event["data"]["payment_id"] == second["payment_id"] for r in rx.delivered()))
         finally:
             stop(proc)
             app.close()
@@ -99,6 +76,9 @@ def test_a_sale_then_its_void_arrive_signed_in_order_and_a_killed_worker_loses_n
     assert [(e["type"], e["data"]["sequence"]) for e in of_sale] == [("payment.approved", 1), ("payment.voided", 2)]
     assert of_sale[0]["data"]["trans_id"] == sold["trans_id"] and of_sale[0]["data"]["amount"] == "3.00"
     assert of_sale[0]["data"]["masked_account"] == "xxxxxxxxxxxx1111"
+    told = {(r.event["data"]["payment_id"], r.event["type"]) for r in rx.delivered()}
+    assert told >= {(sold["payment_id"], "payment.approved"), (sold["payment_id"], "payment.voided"),
+                    (voided["payment_id"], "payment.approved"), (second["payment_id"], "payment.approved")}
     retried = {r.headers["webhook-id"] for r in got if r.event["data"]["payment_id"] == second["payment_id"]}
     assert len(retried) == 1  # every attempt, before and after the kill, carried the same event id
     hits = [h for r in got for h in scan_text(r.body.decode(), cvv2=TEST_CARD["cvv2"], where="webhook body")]

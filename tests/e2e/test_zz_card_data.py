@@ -6,11 +6,11 @@ inside those) and reads every key of the e2e database (queues, ``unacked``, resu
 audit stream), the AOF if this Redis has one, the worker's log, and every page and API answer of a Flower that ran
 while the payments were made (``/metrics`` included).
 
-The leaks, each its own test below: a card in a chain's later link, a ``link=`` or a ``link_error=`` (sealed:
+The leaks, each its own test below: a card in a chain's later link, a ``link=`` or a ``link_error=`` (encrypted:
 nothing clear in Redis); a card number in a customer field, a header, a stamp or a publish option (refused:
 nothing reaches Redis). Issue 25: identifiers that only look like card numbers (19-digit keys, 16-digit invoice
 numbers, ``int`` order ids, any separator) are accepted, charged once, found by ``payments show KEY`` and never
-kept in clear (sealed in the broker and the outbox, a keyed id at rest, masked where shown).
+kept in clear (encrypted in the broker and the outbox, a keyed id at rest, masked where shown).
 """
 from __future__ import annotations
 
@@ -102,12 +102,12 @@ SCANNER_TABLE = [
     ("a queued message with an int order id", kombu_envelope([[], {"order_id": LUHN_ORDER}, {}]), True),
     ("dotted in a header", json.dumps({"headers": {"ref": "5555.5555.5555.4444"}}), True),
     ("url-encoded in a form", "x=1&ref=5555%205555%205555%204444", True),
-    ("a sealed identifier", json.dumps({"order_id": {"sealed_id": "gAAAAABpZ3xBqf3-c1XJ1Q4h8Xb2mNn3X4i5Vt8m3q2lS",
+    ("a encrypted identifier", json.dumps({"order_id": {"sealed_id": "gAAAAABpZ3xBqf3-c1XJ1Q4h8Xb2mNn3X4i5Vt8m3q2lS",
                                                      "masked": "xxxxxxxxxxxx3452"}}), False),
     ("trans id, timestamps, masked", "trans 100000000123 at 1764213456.123 xxxxxxxxxxxx1111", False),
     ("a task id (holds 305-6820-4063-903)", "celery-task-meta-cd27c305-6820-4063-903f-1a2b3c4d5e6f", False),
     ("a runtime", "succeeded in 0.05183274700085167s", False),
-    ("a sealed card", json.dumps({"card": {"sealed": "gAAAAABpZ3xBqf3-c1XJ1Q4h8Xb2mNn3X4i5Vt8m3q2lS1d3FfQ==",
+    ("a encrypted card", json.dumps({"card": {"sealed": "gAAAAABpZ3xBqf3-c1XJ1Q4h8Xb2mNn3X4i5Vt8m3q2lS1d3FfQ==",
                                            "masked": "xxxxxxxxxxxx1111"}}), False),
 ]
 
@@ -191,7 +191,7 @@ def test_the_metrics_scan_reads_labels_and_whole_values_written_out():
     assert scan_metrics(clean, cvv2=CVV2, where="m") == []
 
 
-# ---- sealed wherever a message carries a card -----------------------------------------------------------
+# ---- encrypted wherever a message carries a card -----------------------------------------------------------
 def test_cards_in_embedded_signatures_are_sealed_in_the_broker(flower, e2e_redis):
     from tasks import auth, sale, void
 
@@ -207,7 +207,7 @@ def test_cards_in_embedded_signatures_are_sealed_in_the_broker(flower, e2e_redis
     assert e2e_redis.llen(PARKED) >= 4
     hits = new_hits(e2e_redis, before)
     assert hits == [], f"card data in clear in Redis: {hits}"
-    # the embedded cards are there, sealed
+    # the embedded cards are there, encrypted
     parked = [json.loads(base64.b64decode(json.loads(m)["body"])) for m in e2e_redis.lrange(PARKED, 0, 3)]  # newest
     embedded = json.dumps([body[2] for body in parked])
     assert embedded.count('"sealed"') == 5 and NUMBER not in embedded
@@ -246,7 +246,7 @@ def test_a_card_like_order_id_is_accepted_and_kept_sealed_in_the_outbox(flower, 
         kept = e2e_redis.hget(OUTBOX, task_id)
         assert kept, "not kept in the outbox"
         body = json.loads(kept)["message"]["body"]
-        assert vault.open_identifier(body[1]["order_id"]) == given  # sealed; opens to what the producer sent
+        assert vault.decrypt_identifier(body[1]["order_id"]) == given  # encrypted; opens to what the producer sent
         assert '"sealed"' in kept and NUMBER not in kept and str(LUHN_ORDER) not in kept
     hits = new_hits(e2e_redis, before)
     assert hits == [], f"card data in clear in Redis: {hits}"
@@ -315,13 +315,13 @@ def test_card_like_keys_and_invoice_numbers_are_charged_once_found_and_never_in_
 # ---- the outbox re-publish ----------------------------------------------------------------------------
 def test_the_outbox_republish_seals_an_entry_kept_in_clear(flower, e2e_redis):
     """An outbox entry kept by older code with a clear card (here: a real entry, its card put back in clear by
-    hand, chain included) is published again sealed, its reprs masked."""
+    hand, chain included) is published again encrypted, its reprs masked."""
     from tasks import sale
     from worker.broker.app import republish
 
     published = sale.apply_async(kwargs={"amount": "109.00", "card": TEST_CARD}, queue=PARKED)
     message = json.loads(e2e_redis.hget(OUTBOX, published.id))["message"]
-    e2e_redis.lpop(PARKED)  # the sealed original: only the re-published copy is looked at below
+    e2e_redis.lpop(PARKED)  # the encrypted original: only the re-published copy is looked at below
     clear_link: dict[str, Any] = {"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {},
                                   "options": {}, "subtask_type": None, "immutable": True}
     message["body"][1]["card"] = dict(TEST_CARD)

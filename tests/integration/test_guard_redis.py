@@ -59,7 +59,7 @@ def test_the_breaker_opens_after_consecutive_failures_and_one_probe_closes_it(cl
     assert breaker_state(client, prefix=prefix, merchant="m1").state == "open"
     with pytest.raises(GatewayUnavailable) as held:
         b.admit("look")  # nothing goes while open, stq included
-    assert 0 < held.value.retry_after <= 1.0
+    assert 0 < held.value.retry_after <= 1.5  # the cooldown left, spread by up to half of it
     time.sleep(1.05)
     probe = a.admit("pay")
     with pytest.raises(GatewayUnavailable):

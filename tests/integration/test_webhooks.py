@@ -172,3 +172,19 @@ def test_a_reader_that_dies_before_scheduling_and_a_drain_that_dies_after_claimi
         got = [r.event["data"]["payment_id"] for r in rx.delivered()]
     assert sorted(got) == ["c1", "c2"]
     assert client.xpending(prefix + "audit", GROUP)["pending"] == 0
+
+
+def test_a_worker_without_an_endpoint_reads_nothing_so_a_worker_with_one_still_tells(client, prefix, store):
+    secret = new_secret()
+    with running_receiver(secret) as rx:
+        clock = OffsetClock()
+        bare = Deliverer(client, WebhookSettings(), prefix=prefix, clock=clock)  # started without the settings
+        told = Deliverer(client, settings(rx.url, secret), prefix=prefix, clock=clock)
+        told.drain(seconds=0.5)
+        approve(store, "n1")
+        bare.drain(seconds=0.5)
+        assert rx.got == [] and client.xpending(prefix + "audit", GROUP)["pending"] == 0
+        assert told.deliveries.health()["intake_lag"] == 2  # the claim and the approval wait for a worker with one
+        drain_until_quiet(told, clock)
+        assert [r.event["data"]["payment_id"] for r in rx.delivered()] == ["n1"]
+        assert told.deliveries.health()["intake_lag"] == 0

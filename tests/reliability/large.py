@@ -162,7 +162,7 @@ def main(argv=None) -> int:
 
     plain = OwnRedis(workdir / "redis", aof=False).start()
     durable = OwnRedis(workdir / "redis-aof").start()
-    # The producer (this process) seals cards with the same key as the workers; TEST mode only.
+    # The producer (this process) encrypts cards with the same key as the workers; TEST mode only.
     os.environ.update({"REDIS_URL": plain.url, "PAYMENTS_CARD_KEY": TEST_CARD_KEY, "BLUEPAY_MODE": "TEST"})
     started = time.monotonic()
 

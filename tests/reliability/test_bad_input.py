@@ -93,7 +93,7 @@ IDENTIFIERS = ("order_id", "idempotency_key")
 
 def card_like(value, name: str = "") -> bool:
     """Whether ``value`` (an argument other than the card) is card data the producer refuses: any string, number
-    or key in it, except an identifier's (``order_id``, ``idempotency_key``: sealed instead, issue 25)."""
+    or key in it, except an identifier's (``order_id``, ``idempotency_key``: encrypted instead, issue 25)."""
     if value is None or isinstance(value, bool):
         return False
     if name in IDENTIFIERS and isinstance(value, (str, int)):

@@ -13,6 +13,7 @@ same without the breaker for comparison (figures in docs/resilience.md).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -21,6 +22,9 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+import requests
+from celery import Celery
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.reliability.scenarios import (
     Job,
@@ -36,6 +40,7 @@ from tests.reliability.scenarios import (
     worker_env,
 )
 from tests.support.env import CUSTOMER, TEST_CARD
+from tests.support.ports import free_port
 from tests.support.reset_proxy import reset_proxy
 from tests.support.sandbox import running_sandbox
 from tests.support.workers import running_worker
@@ -74,10 +79,14 @@ def run_outage(redis_url: str, logdir, *, payments: int, outage: float, breaker:
     started = time.monotonic()
     with running_sandbox(duplicate_window=0) as sandbox, reset_proxy(sandbox.url) as proxy:
         gateway = Gateway(proxy.url(), sandbox.account_id, sandbox.secret_key)
-        guard = {"GATEWAY_BREAKER_FAILURES": "3", "GATEWAY_BREAKER_COOLDOWN": cooldown} if breaker else {}
+        # with the breaker, the worker serves its metrics: what it held back and the breaker it opened are counted
+        guard = {"GATEWAY_BREAKER_FAILURES": "3", "GATEWAY_BREAKER_COOLDOWN": cooldown,
+                 "WORKER_METRICS_PORT": str(free_port())} if breaker else {}
+        # a commit horizon just over one attempt (connect 0.5 s + read 1 s): the sales reset after they left wait
+        # that long before stq's "absent" lets them go again
         env = worker_env(redis_url, gateway, prefix, OUTAGE_RETRIES="40", OUTAGE_BACKOFF="0.5",
-                         OUTAGE_BACKOFF_MAX="2", **guard)
-        settings = settings_for(redis_url, gateway, prefix, outage_retries=40)
+                         OUTAGE_BACKOFF_MAX="1", GATEWAY_COMMIT_HORIZON="2", **guard)
+        settings = settings_for(redis_url, gateway, prefix, outage_retries=40, commit_horizon_setting=2.0)
         svc = services_for(settings)
         jobs: list[Job] = []
         lead = 0.5
@@ -86,6 +95,7 @@ def run_outage(redis_url: str, logdir, *, payments: int, outage: float, breaker:
             # payments flow before, during and after the outage
             publisher = threading.Thread(target=publish, args=(jobs, payments, rng), kwargs={"over": outage + 2 * lead})
             publisher.start()
+            log(f"workers ready after {time.monotonic() - started:.1f} s")
             time.sleep(lead)
             proxy.outage(True)
             time.sleep(outage)
@@ -93,22 +103,41 @@ def run_outage(redis_url: str, logdir, *, payments: int, outage: float, breaker:
             publisher.join()
             figures = {"connections during the outage": proxy.accepted_while_down,
                        "connections in all": proxy.accepted}
+            if breaker:
+                figures.update(worker_counters(int(env["WORKER_METRICS_PORT"])))
+            log(f"outage over after {time.monotonic() - started:.1f} s")
             settle(svc, jobs, timeout=240, report=report, quiet_for=1.0, log=log)
+            log(f"all final after {time.monotonic() - started:.1f} s")
             verify(report, svc.store, sandbox.ledger(), jobs, allow_error=False)
     report.seconds = time.monotonic() - started
+    log(f"all stopped after {report.seconds:.1f} s")
     figures["seconds"] = round(report.seconds)
     log(report.row(), figures, dict(report.statuses))
     return report, figures
 
 
+def worker_counters(port: int) -> dict:
+    """The guard's counters the worker serves (worker/ops/metrics.py)."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("payments_gateway_held_total", "payments_gateway_breaker_changes_total"):
+                label = sample.labels.get("reason") or sample.labels.get("change")
+                out[f"{sample.name}:{label}"] = sample.value
+    return out
+
+
 def test_an_outage_costs_a_few_dozen_connections_then_every_payment_ends_once(rel_redis_url, rel_logdir):
-    payments, outage = (60, 30.0) if SLOW else (10, 4.0)
+    payments, outage = (60, 30.0) if SLOW else (8, 3.0)
     report, figures = run_outage(rel_redis_url, rel_logdir, payments=payments, outage=outage, breaker=True,
                                  cooldown="5s" if SLOW else "1s")
     assert report.problems == []
     assert report.payments == payments and report.duplicates == report.lost == report.not_final == 0
     # 3 failures open it; then one probe per cooldown, and what was in flight when it opened
     assert figures["connections during the outage"] <= (36 if SLOW else 16)
+    assert figures["payments_gateway_breaker_changes_total:opened"] >= 1
+    assert figures["payments_gateway_held_total:breaker_open"] >= 1
 
 
 @pytest.mark.skipif(not SLOW, reason="the comparison without the breaker: PAYMENTS_SLOW_TESTS=1")
@@ -118,30 +147,51 @@ def test_the_same_outage_without_the_breaker_for_comparison(rel_redis_url, rel_l
     assert figures["connections during the outage"] > 36  # what the breaker saves
 
 
+@contextlib.contextmanager
+def workers(env: dict, logdir, count: int, concurrency: int):
+    """``count`` worker processes started at once (not one after the other: CI time), stopped on exit."""
+    from worker.ops.processes import start_worker, stop, wait_for_worker
+
+    name = f"guard-{uuid.uuid4().hex[:8]}"
+    procs = [start_worker(env=env, pool="threads", concurrency=concurrency, logfile=logdir / f"{name}-{i}.log",
+                          hostname=f"{name}-{i}@%h") for i in range(count)]
+    try:
+        ping = Celery(broker=env["REDIS_URL"], set_as_current=False)
+        for i in range(count):
+            wait_for_worker(ping, hostname_prefix=f"{name}-{i}@", timeout=60)
+        yield procs
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def test_two_workers_share_the_rate_limit(rel_redis_url, rel_logdir):
     sales = 80 if SLOW else 30
     rng = random.Random(10)
     report = Report("rate-limit-10")
     prefix = f"payments:guard-{uuid.uuid4().hex[:8]}:"
     with running_sandbox(duplicate_window=0) as sandbox:
-        # OUTAGE_RETRIES=1: were a throttle counted as an outage re-queue, most of these sales would end ERROR
-        env = worker_env(rel_redis_url, sandbox, prefix, GATEWAY_RATE_LIMIT="10/s", OUTAGE_RETRIES="1")
+        # OUTAGE_RETRIES=1: a sale throttled twice that still ends final shows a throttle is no outage re-queue
+        env = worker_env(rel_redis_url, sandbox, prefix, GATEWAY_RATE_LIMIT="10/s", OUTAGE_RETRIES="1",
+                         GATEWAY_THROTTLE_WAIT="0.1s")
         settings = settings_for(rel_redis_url, sandbox, prefix)
         svc = services_for(settings)
         jobs: list[Job] = []
-        with producer_for(rel_redis_url, settings), \
-                running_worker(env, rel_logdir / "rate-1.log", pool="threads", concurrency=4), \
-                running_worker(env, rel_logdir / "rate-2.log", pool="threads", concurrency=4):
+        with producer_for(rel_redis_url, settings), workers(env, rel_logdir, 2, 4):
             publish(jobs, sales, rng, over=0)
             settle(svc, jobs, timeout=120, report=report, quiet_for=1.0)
             ledger = sandbox.ledger()
             verify(report, svc.store, ledger, jobs, allow_error=False)
+            throttles = [sum("rate limit" in (h.get("note") or "") for h in svc.store.history(job.payment_id))
+                         for job in jobs]
     ours = {job.payment_id for job in jobs}
     times = sorted(e["created_at"] for e in ledger if e["order_id"] in ours and e["trans_type"] == "SALE")
     worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     spread = times[-1] - times[0]
-    print(f"{len(times)} sales over {spread:.1f} s; the busiest second held {worst}", dict(report.statuses))
+    print(f"{len(times)} sales over {spread:.1f} s; the busiest second held {worst}; throttled re-queues per sale: "
+          f"max {max(throttles)}, total {sum(throttles)}", dict(report.statuses))
     assert report.problems == [] and len(times) == sales
+    assert max(throttles) >= 2  # re-queued by the limit more often than OUTAGE_RETRIES allows outages
     # charges take 8/s of the 10/s (stq keeps 2/s of its own), plus a burst of 1: 10 at most, + 1 for the network's
     # jitter between Redis's admission and the sandbox's clock
     assert worst <= 11

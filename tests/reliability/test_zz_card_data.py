@@ -70,8 +70,8 @@ def test_no_card_data_in_clear_in_redis_the_aof_or_the_logs(rel_redis_url, rel_r
 
 
 def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel_redis, own_redis):
-    """Free text refused at the producer (nothing written), cards sealed in embedded signatures, card-like
-    identifiers (a key, a str order id in a chain's later link, an int order id) sealed and kept sealed in the
+    """Free text refused at the producer (nothing written), cards encrypted in embedded signatures, card-like
+    identifiers (a key, a str order id in a chain's later link, an int order id) encrypted and kept encrypted in the
     outbox: published into database 12 and our own AOF Redis; then both and the AOF files are scanned."""
     # The lambdas below read auth/sale/void when called: each producer_for block's own tasks.
     auth, sale, void = producer_tasks("auth", "sale", "void")
@@ -102,7 +102,7 @@ def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel
             chain(auth.si(amount="81.00", card=TEST_CARD), sale.si(amount="83.00", card=TEST_CARD),
                   void.s()).apply_async(queue=PARKED)
             sale.apply_async(kwargs={"amount": "61.00", "card": TEST_CARD, "idempotency_key": f"ORD-{NUMBER}-x"},
-                             queue=PARKED)  # a card-like key: sealed
+                             queue=PARKED)  # a card-like key: encrypted
             chain(sale.si(amount="67.00", card=TEST_CARD),
                   sale.si(amount="69.00", card=TEST_CARD, order_id=str(LUHN_ORDER))).apply_async(queue=PARKED)
             sale.apply_async(kwargs={"amount": "85.00", "card": TEST_CARD}, queue=PARKED,
@@ -111,7 +111,7 @@ def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel
             kept = sale.apply_async(kwargs={"amount": "91.00", "card": TEST_CARD, "order_id": LUHN_ORDER},
                                     queue=PARKED)
             entry = client.hget(prefix + "outbox", kept.id)
-            kept_in_outbox.append(bool(entry) and CardVault([TEST_CARD_KEY]).open_identifier(
+            kept_in_outbox.append(bool(entry) and CardVault([TEST_CARD_KEY]).decrypt_identifier(
                 json.loads(entry)["message"]["body"][1]["order_id"]) == LUHN_ORDER)
         assert client.llen(PARKED) >= 3
     try:
@@ -121,7 +121,7 @@ def test_each_leak_of_issue_13_is_closed_in_redis_and_the_aof(rel_redis_url, rel
         in_aof = [h for h in hits if ".aof" in h.split(":")[0]]
         assert hits == [], f"card data in clear: {len(hits)} hits, {len(in_aof)} in the AOF: {(in_aof + hits)[:20]}"
         assert not_refused == [], "published, not refused at the producer"
-        assert kept_in_outbox == [True, True], "the int order id's message was not kept (sealed) in the outbox"
+        assert kept_in_outbox == [True, True], "the int order id's message was not kept (encrypted) in the outbox"
     finally:
         rel_redis.delete(PARKED)
         own_redis.client().delete(PARKED)

@@ -6,7 +6,7 @@ Decoded before it is read, so that nothing hides behind an encoding:
 * **JSON** (Redis values, kombu's message envelopes, results, the outbox, records' JSON fields, Flower's API) is
   walked as data: its strings are scanned as text, and decoded further when they are JSON or base64 themselves;
   its numbers are scanned too (an ``int`` order id or key that is card-like is card data like any other: the
-  producer seals it). Text that is not JSON is scanned as text, and base64 runs in it (40+ characters) decoded.
+  producer encrypts it). Text that is not JSON is scanned as text, and base64 runs in it (40+ characters) decoded.
 * **kombu's Redis transport** keeps each message as a JSON envelope whose ``body`` is base64
   (``properties.body_encoding``): decoded, then walked (the task's args, kwargs and embedded signatures).
 * **Redis** (:func:`scan_redis`): every key of the database and every value: strings, hash fields and values

@@ -72,11 +72,19 @@ class FakeGateway:
         return self._send("auth", fence, amount=amount, card=card, order_id=order_id,
                           duplicate_override=duplicate_override, invoice_id=invoice_id)
 
+    def credit(self, amount, card, customer=None, order_id=None, duplicate_override=False, invoice_id=None,
+               fence=None):
+        return self._send("credit", fence, amount=amount, card=card, order_id=order_id,
+                          duplicate_override=duplicate_override, invoice_id=invoice_id)
+
     def capture(self, trans_id, amount=None, order_id=None, fence=None):
         return self._send("capture", fence, trans_id=trans_id, amount=amount, order_id=order_id)
 
     def refund(self, trans_id, amount=None, order_id=None, fence=None):
         return self._send("refund", fence, trans_id=trans_id, amount=amount, order_id=order_id)
+
+    def update(self, trans_id, amount=None, order_id=None, fence=None):
+        return self._send("update", fence, trans_id=trans_id, amount=amount, order_id=order_id)
 
     def void(self, trans_id, order_id=None, fence=None):
         return self._send("void", fence, trans_id=trans_id, order_id=order_id)

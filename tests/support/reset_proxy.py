@@ -21,6 +21,7 @@ class ResetProxy:
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)  # the accept loop looks at _stopped this often
         self.port = self._listener.getsockname()[1]
         self.down = False
         self.accepted = 0  # every connection accepted
@@ -47,17 +48,20 @@ class ResetProxy:
 
     def stop(self) -> None:
         self._stopped = True
+        self._thread.join(5)
         with contextlib.suppress(OSError):
             self._listener.close()
         self.outage(True)
-        self._thread.join(5)
 
     def _serve(self) -> None:
         while not self._stopped:
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             with self._lock:
                 self.accepted += 1
                 if self.down:

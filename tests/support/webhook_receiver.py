@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -59,6 +60,11 @@ class Receiver:
                 isinstance(r.status, int) and 200 <= r.status < 300))]
 
 
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the listen backlog: 5 (the default) drops concurrent connects (a 1 s SYN retry)
+    daemon_threads = True
+
 @contextlib.contextmanager
 def running_receiver(secret: str, answer: Callable[[int, bytes], int | str] | None = None,
                      **kw: Any) -> Iterator[Receiver]:
@@ -94,7 +100,7 @@ def running_receiver(secret: str, answer: Callable[[int, bytes], int | str] | No
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = _Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -105,3 +111,28 @@ def running_receiver(secret: str, answer: Callable[[int, bytes], int | str] | No
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_worker_with_beat(env: dict[str, str], redis_url: str, logdir: Path, name: str) -> Any:
+    """``celery -A worker worker -B`` (beat drains the webhook schedule every second), once it answers a ping."""
+    from celery import Celery
+
+    from worker.ops.processes import start_worker, wait_for_worker
+
+    proc = start_worker(env=env, pool="threads", concurrency=4, loglevel="INFO", logfile=logdir / f"{name}.log",
+                        hostname=f"{name}@%h", extra=("-B", "--schedule", str(logdir / f"{name}-beat")))
+    pinger = Celery(broker=redis_url, set_as_current=False)
+    try:
+        wait_for_worker(pinger, hostname_prefix=f"{name}@", timeout=60)
+    finally:
+        pinger.close()
+    return proc

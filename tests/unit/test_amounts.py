@@ -1,5 +1,5 @@
 """Amounts at delay(): an int (dollars or cents?) or a float is refused before anything is published, naming the
-field; ``amount_cents=`` is the explicit way to count in cents. Through Celery's real publish path (SealingAMQP) on
+field; ``amount_cents=`` is the explicit way to count in cents. Through Celery's real publish path (ProtectingAMQP) on
 kombu's in-memory broker, for every payment task that takes an amount and for signatures embedded in a message."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from celery import Celery, chain
 
 from tests.support.env import TEST_CARD, TEST_CARD_KEY
-from tests.unit.test_sealing import FakeServices, drain
-from worker.broker.app import SealingAMQP
-from worker.cards.messages import seal_body
+from tests.unit.test_message_encryption import FakeServices, drain
+from worker.broker.app import ProtectingAMQP
+from worker.cards.messages import protect_body
 from worker.cards.vault import CardVault
 from worker.payments.amounts import AmountRefused, cents_to_amount, publish_amounts
 from worker.services import ProcessServices, attach
@@ -22,7 +22,7 @@ FOLLOW_UPS = ("payments.capture", "payments.refund")
 
 @pytest.fixture
 def app():
-    app = Celery("unit-amounts", amqp=SealingAMQP, broker="memory://", set_as_current=False)
+    app = Celery("unit-amounts", amqp=ProtectingAMQP, broker="memory://", set_as_current=False)
     attach(app, ProcessServices(given=FakeServices()))  # type: ignore[arg-type]  # a fake: vault and outbox only
     app.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
     yield app
@@ -98,7 +98,7 @@ def test_an_amount_in_a_chained_signature_is_checked_and_named_by_its_path(app):
 
 def test_a_message_published_again_keeps_its_amount():
     # the outbox re-publishes what was accepted once (perhaps by a producer from before the check)
-    body = seal_body("payments.sale", [[3, dict(TEST_CARD)], {}, {}], vault=CardVault([TEST_CARD_KEY]))
+    body = protect_body("payments.sale", [[3, dict(TEST_CARD)], {}, {}], vault=CardVault([TEST_CARD_KEY]))
     assert body[0][0] == 3
 
 

@@ -177,7 +177,7 @@ def test_mask_text(text, masked):
     assert C.mask_text(text) == masked
 
 
-# ---- structured values: where card data sits (identifiers are not exempt here: the producer seals them) -----
+# ---- structured values: where card data sits (identifiers are not exempt here: the producer encrypts them) -----
 FIELD_TABLE = [
     # (field, value, where the card data is: None = none)
     ("order_id", int(LUHN_ORDER), "order_id"),  # an int is no exception (issue 25)

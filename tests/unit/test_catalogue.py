@@ -18,6 +18,6 @@ def test_each_task_function_has_the_parameters_the_catalogue_names(name):
     assert task.carries_card == (spec.card_parameter is not None)
 
 
-def test_only_sale_and_auth_carry_a_card_and_every_payment_message_is_kept_in_the_outbox():
-    assert CARD_ARGUMENT == {"payments.sale": 1, "payments.auth": 1}
+def test_only_sale_auth_and_credit_carry_a_card_and_every_payment_message_is_kept_in_the_outbox():
+    assert CARD_ARGUMENT == {"payments.sale": 1, "payments.auth": 1, "payments.credit": 1}
     assert set(PAYMENT_TASKS) == OUTBOX_TASKS

@@ -100,3 +100,17 @@ def test_the_card_amount_day_search() -> None:
     record = {"masked_account": "xxxxxxxxxxxx1111", "amount": "3.00"}
     assert _matches(record, "1111", Decimal("3")) and not _matches(record, "1112", Decimal("3.00"))
     assert not _matches(record, "1111", Decimal("3.01")) and not _matches({"amount": "x"}, "1111", Decimal(1))
+
+
+def test_the_attempt_journal_in_words() -> None:
+    from worker.console.story import journal, when
+
+    never = dict(journal({"attempts": 1, "sends": 0}))
+    assert never == {"attempts": "1", "money-moving sends noted": "0"}
+    sent = dict(journal({"attempts": 2, "sends": 2, "attempt_ts": 1_800_000_000.5, "sent_ts": 1_800_000_001,
+                         "in_flight": "1", "lease_owner": "w1", "lease_until": 1_800_000_031}))
+    assert sent["may have been sent (left by)"] == when(1_800_000_001) == "2027-01-15T08:00:01.000Z"
+    assert "may have been sent" in sent["in flight"] and sent["lease held by"].startswith("w1 until 2027-01-15T")
+    noted = dict(journal({"attempts": 1, "sends": 1}))
+    assert noted["may have been sent"].startswith("no")
+    assert when(None) == when("x") == when(0) == ""

@@ -189,3 +189,27 @@ def test_the_sweep_spends_no_try_when_the_guard_holds_stq_back(store, clock):
     clock.advance(21.1)
     assert flow.reconcile(store.get(pid), give_up_after=3600, retry_base=0.5) == "still_unknown"
     assert store.get(pid)["reconcile_tries"] == "1"  # a real failure of stq is a try
+
+
+class RedisAway:
+    """A Redis client whose scripts fail as a Redis that went away does."""
+
+    def register_script(self, text: str):
+        import redis
+
+        def call(keys, args):
+            raise redis.ConnectionError("Connection refused")
+
+        return call
+
+
+def test_the_guard_holds_an_attempt_back_when_redis_does_not_answer_and_never_masks_an_outcome():
+    from worker.gateway import Held
+    from worker.guard import RedisGuard
+    from worker.guard.shared import _Ticket
+
+    guard = RedisGuard(RedisAway(), prefix="p:", merchant="m", settings=GuardSettings(rate=5.0, breaker_failures=3))
+    with pytest.raises(Held, match="could not reach Redis") as held:
+        guard.admit("pay")
+    assert held.value.retry_after > 0 and not isinstance(held.value, (Throttled, GatewayUnavailable))
+    guard.settle(_Ticket(probe=True, failures=2), DOWN)  # logged, not raised: the attempt's own outcome stands

@@ -2,18 +2,18 @@
 
 A table of identifier shapes (issue 25's and more) x where they end up:
 
-* **the broker**: published through Celery's real publish path (``SealingAMQP`` on kombu's ``memory://``), read
-  back raw: a card-like identifier is sealed (``{"sealed_id", "masked"}``) wherever it sits (keyword, positional,
+* **the broker**: published through Celery's real publish path (``ProtectingAMQP`` on kombu's ``memory://``), read
+  back raw: a card-like identifier is encrypted (``{"sealed_id", "masked"}``) wherever it sits (keyword, positional,
   a chain's later link, a group member), opens to exactly what the producer gave (an ``int`` stays an ``int``);
   any other is published as it is; nothing is refused;
-* **the record, the gateway, the outcome**: the sealed message delivered to the real task (the worker's own wiring
+* **the record, the gateway, the outcome**: the encrypted message delivered to the real task (the worker's own wiring
   over the in-memory store and a fake gateway): a card-like idempotency key is kept under its keyed id
   (``kh-...``), which is also the ORDER_ID, and is shown masked; a card-like ``order_id`` reaches the gateway whole
   (INVOICE_ID) and is recorded masked; a second delivery returns the recorded outcome without a second send, and
   ``payments show KEY``'s lookup finds the record from the key.
 
-Free text is the other side of the rule: a card-like value there is refused (tests/unit/test_sealing.py), a near
-miss is accepted (below).
+Free text is the other side of the rule: a card-like value there is refused
+(tests/unit/test_message_encryption.py), a near miss is accepted (below).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from tests.support.card_scan import scan_text
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
 from tests.support.fake_gateway import FakeGateway, reply
 from tests.support.unit_services import UnitServices
-from worker.broker.app import SealingAMQP, create_app, current
-from worker.cards.messages import seal_publish
+from worker.broker.app import ProtectingAMQP, create_app, current
+from worker.cards.messages import protect_publish
 from worker.cards.numbers import contains_card_number, keyed_ids, luhn_ok
 from worker.cards.vault import CardVault
 from worker.config import Settings
@@ -87,7 +87,7 @@ class _Outbox:
 
 @pytest.fixture
 def producer():
-    app = Celery("unit-identifiers", broker="memory://", amqp=SealingAMQP, set_as_current=False)
+    app = Celery("unit-identifiers", broker="memory://", amqp=ProtectingAMQP, set_as_current=False)
     services = SimpleNamespace(vault=VAULT, store=SimpleNamespace(outbox=_Outbox()))
     attach(app, ProcessServices(given=services))  # type: ignore[arg-type]
     app.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
@@ -127,15 +127,15 @@ PLACES = {
 
 @pytest.mark.parametrize("place", list(PLACES))
 @pytest.mark.parametrize("shape,value,card_like", SHAPES, ids=IDS)
-def test_in_the_broker_a_card_like_identifier_is_sealed_and_no_identifier_is_refused(
+def test_in_the_broker_a_card_like_identifier_is_encrypted_and_no_identifier_is_refused(
         producer, place, shape, value, card_like):
     publish, read_back = PLACES[place]
     publish(producer, value)  # never CardDataRefused
     (message,) = drain(producer)
     travelled = read_back(message["body"])
     if card_like:
-        assert VAULT.is_sealed_identifier(travelled), f"{shape} at {place} not sealed"
-        opened = VAULT.open_identifier(travelled)
+        assert VAULT.is_encrypted_identifier(travelled), f"{shape} at {place} not sealed"
+        opened = VAULT.decrypt_identifier(travelled)
         assert opened == value and type(opened) is type(value)
         assert travelled["masked"] == "xxxxxxxxxxxx" + "".join(c for c in str(value) if c.isdigit())[-4:]
     else:
@@ -163,13 +163,13 @@ def wire(store):
 
 
 def deliver(task_id: str, kwargs: dict) -> dict:
-    """One delivery of a sale message as the worker runs it; ``kwargs`` as published (sealed)."""
+    """One delivery of a sale message as the worker runs it; ``kwargs`` as published (encrypted)."""
     task = celery.current_app.tasks[sale.name]
-    _, sealed, _ = seal_publish(sale.name, [], kwargs, {"task_id": task_id}, vault=VAULT)
-    task.push_request(id=task_id, task=task.name, args=[], kwargs=sealed, retries=0, called_directly=False,
+    _, encrypted, _ = protect_publish(sale.name, [], kwargs, {"task_id": task_id}, vault=VAULT)
+    task.push_request(id=task_id, task=task.name, args=[], kwargs=encrypted, retries=0, called_directly=False,
                       is_eager=True, delivery_info={})
     try:
-        return task(**sealed)
+        return task(**encrypted)
     finally:
         task.pop_request()
 
@@ -218,7 +218,7 @@ def test_free_text_without_a_card_number_is_published_as_it_is(producer, text):
     assert message["body"][1]["customer"]["addr2"] == text
 
 
-# ---- the keyed id across a key rotation, the sealed identifier itself ------------------------------------------------
+# ---- the keyed id across a key rotation, the encrypted identifier itself ---------------------------------------------
 def test_a_record_made_before_a_key_rotation_is_found_under_the_older_key_s_id(store):
     from tests.support.fake_gateway import FakeGateway as Gateway
     from worker.payments.flow import PaymentFlow
@@ -236,29 +236,29 @@ def test_a_record_made_before_a_key_rotation_is_found_under_the_older_key_s_id(s
 
 @pytest.mark.parametrize("value", [SNOWFLAKE, int(SNOWFLAKE), "5555.5555.5555.4444"])
 def test_a_sealed_identifier_opens_to_what_was_sealed_and_refuses_tampering(value):
-    from worker.cards.vault import CardSealError
+    from worker.cards.vault import CardDecryptError
 
-    sealed = VAULT.seal_identifier(value)
-    assert set(sealed) == {"sealed_id", "masked"} and str(value) not in json.dumps(sealed)
-    assert VAULT.open_identifier(sealed) == value and type(VAULT.open_identifier(sealed)) is type(value)
-    assert VAULT.seal_identifier(sealed) is sealed and VAULT.open_identifier("plain") == "plain"
-    with pytest.raises(CardSealError) as exc:
-        VAULT.open_identifier({**sealed, "sealed_id": sealed["sealed_id"][:-4] + "AAAA"})
+    encrypted = VAULT.encrypt_identifier(value)
+    assert set(encrypted) == {"sealed_id", "masked"} and str(value) not in json.dumps(encrypted)
+    assert VAULT.decrypt_identifier(encrypted) == value and type(VAULT.decrypt_identifier(encrypted)) is type(value)
+    assert VAULT.encrypt_identifier(encrypted) is encrypted and VAULT.decrypt_identifier("plain") == "plain"
+    with pytest.raises(CardDecryptError) as exc:
+        VAULT.decrypt_identifier({**encrypted, "sealed_id": encrypted["sealed_id"][:-4] + "AAAA"})
     assert str(value) not in str(exc.value)
-    with pytest.raises(CardSealError):
-        CardVault(["Zm9yLXRoZS1yb3RhdGlvbi10ZXN0LW9ubHktMzJieXQ="]).open_identifier(sealed)  # another key
+    with pytest.raises(CardDecryptError):
+        CardVault(["Zm9yLXRoZS1yb3RhdGlvbi10ZXN0LW9ubHktMzJieXQ="]).decrypt_identifier(encrypted)  # another key
 
 
 @pytest.mark.parametrize("task_name", ["payments.capture", "payments.refund", "payments.void"])
-def test_a_follow_up_s_card_like_key_is_sealed_then_kept_under_its_keyed_id(store, wire, task_name):
+def test_a_follow_up_s_card_like_key_is_encrypted_then_kept_under_its_keyed_id(store, wire, task_name):
     from tests.support.fake_gateway import SALE_TRANS
 
     gateway = FakeGateway([reply(trans_type=task_name.split(".")[1].upper())])
     wire(gateway)
     task = celery.current_app.tasks[task_name]
-    args, kwargs, _ = seal_publish(task_name, [SALE_TRANS], {"idempotency_key": int(SNOWFLAKE)}, {"task_id": "m-1"},
+    args, kwargs, _ = protect_publish(task_name, [SALE_TRANS], {"idempotency_key": int(SNOWFLAKE)}, {"task_id": "m-1"},
                                    vault=VAULT)
-    assert VAULT.is_sealed_identifier(kwargs["idempotency_key"])
+    assert VAULT.is_encrypted_identifier(kwargs["idempotency_key"])
     task.push_request(id="m-1", task=task_name, args=args, kwargs=kwargs, retries=0, called_directly=False,
                       is_eager=True, delivery_info={})
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from worker.broker import one_trip
-from worker.broker.app import PaymentsCelery, SealingAMQP
+from worker.broker.app import PaymentsCelery, ProtectingAMQP
 from worker.broker.lean_transport import LeanQoS, pooled_conn_or_acquire
 from worker.broker.patches import PATCHES, fingerprint
 from worker.broker.result_backend import LeanResults
@@ -58,7 +58,7 @@ def test_our_overrides_are_where_the_table_says():
         "celery.backends.base:BaseKeyValueStoreBackend._store_result": LeanResults.__dict__.get("_store_result"),
         "celery.backends.redis:RedisBackend._set": LeanResults.__dict__.get("_set"),
         "celery.app.base:Celery._get_backend": PaymentsCelery.__dict__.get("_get_backend"),
-        "celery.app.amqp:AMQP._create_task_sender": SealingAMQP.__dict__.get("_create_task_sender"),
+        "celery.app.amqp:AMQP._create_task_sender": ProtectingAMQP.__dict__.get("_create_task_sender"),
         "kombu.messaging:_ProducerBatchState._get_session": one_trip.keep_in_batch,  # read, not overridden
     }
     assert set(ours) == {patch.target for patch in PATCHES}

@@ -119,7 +119,7 @@ def test_a_card_like_or_int_idempotency_key_is_accepted(store, wire, key):
 def test_live_mode_refuses_a_card_like_identifier_that_arrived_in_clear(store, wire):
     gw = FakeGateway()
     svc = wire(gw, bluepay_mode="LIVE")
-    outcome = deliver(sale, "3.00", svc.vault.seal(CARD), order_id=5555555555554444)
+    outcome = deliver(sale, "3.00", svc.vault.encrypt(CARD), order_id=5555555555554444)
     assert outcome["status"] == "ERROR" and outcome["message"].startswith("invalid input: order_id")
     assert gw.sends == [] and "5555555555554444" not in store.dump()
 
@@ -143,18 +143,18 @@ def test_a_key_refused_for_bad_arguments_answers_another_request_with_a_mismatch
     assert store.get(refused["payment_id"]) == stored and gw.sends == []
 
 
-@pytest.mark.parametrize("mode,card,sealed,status", [
-    ("LIVE", CARD, False, "ERROR"),     # in production only sealed card data may cross the broker
+@pytest.mark.parametrize("mode,card,encrypted,status", [
+    ("LIVE", CARD, False, "ERROR"),     # in production only encrypted card data may cross the broker
     ("LIVE", CARD, True, "APPROVED"),
     ("TEST", CARD, False, "APPROVED"),  # accepted in TEST
 ], ids=["live-clear", "live-sealed", "test-clear"])
-def test_live_mode_refuses_card_data_that_arrived_in_clear(store, wire, mode, card, sealed, status):
+def test_live_mode_refuses_card_data_that_arrived_in_clear(store, wire, mode, card, encrypted, status):
     gw = FakeGateway([reply(order_id=TASK_ID)] if status == "APPROVED" else [])
     svc = wire(gw, bluepay_mode=mode)
-    outcome = deliver(sale, "3.00", svc.vault.seal(card) if sealed else card)
+    outcome = deliver(sale, "3.00", svc.vault.encrypt(card) if encrypted else card)
     assert outcome["status"] == status
     if status == "ERROR":
-        assert outcome["message"].startswith("invalid input: card") and "unsealed" in outcome["message"]
+        assert outcome["message"].startswith("invalid input: card") and "unencrypted" in outcome["message"]
     assert len(gw.sends) == (status == "APPROVED")
 
 
@@ -327,22 +327,22 @@ def test_redis_unavailable_for_twenty_requeues_fails_the_task(clock):
 
 # ================================================================================== retry_failed: a burnt key re-run
 def test_a_refusal_burns_the_key_until_the_producer_says_retry_failed(store, wire):
-    # a card sealed with another PAYMENTS_CARD_KEY: refused, nothing sent; fixed, sent again under the same key
+    # a card encrypted with another PAYMENTS_CARD_KEY: refused, nothing sent; fixed, sent again under the same key
     gw = FakeGateway([reply(order_id="order-9")])
     svc = wire(gw)
     foreign = {"sealed": "not-a-token", "masked": "xxxxxxxxxxxx1111"}
     refused = deliver(sale, "3.00", foreign, idempotency_key="order-9")
     assert refused["status"] == "ERROR" and refused["error_class"] == "InvalidInput"
-    sealed = svc.vault.seal(CARD)
+    encrypted = svc.vault.encrypt(CARD)
     # without the producer's word, another request under a refused key is a mismatch (issue 24 item 6)
-    mismatch = deliver(sale, "3.00", sealed, idempotency_key="order-9", task_id="msg-2")
+    mismatch = deliver(sale, "3.00", encrypted, idempotency_key="order-9", task_id="msg-2")
     assert mismatch["error_class"] == "IdempotencyMismatch" and gw.sends == []
     assert deliver(sale, "3.00", foreign, idempotency_key="order-9", task_id="msg-2b") == refused  # burnt
-    outcome = deliver(sale, "3.00", sealed, idempotency_key="order-9", retry_failed=True, task_id="msg-3")
+    outcome = deliver(sale, "3.00", encrypted, idempotency_key="order-9", retry_failed=True, task_id="msg-3")
     assert outcome["status"] == "APPROVED" and outcome["payment_id"] == "order-9" and len(gw.sends) == 1
     assert "error_class" not in outcome
     # done: retry_failed changes nothing about an answered payment (no second charge)
-    again = deliver(sale, "3.00", sealed, idempotency_key="order-9", retry_failed=True, task_id="msg-4")
+    again = deliver(sale, "3.00", encrypted, idempotency_key="order-9", retry_failed=True, task_id="msg-4")
     assert again["status"] == "APPROVED" and len(gw.sends) == 1
 
 
@@ -371,3 +371,35 @@ def test_retry_failed_must_be_a_bool(store, wire):
     wire(FakeGateway())
     outcome = deliver(sale, "3.00", CARD, retry_failed="yes")
     assert outcome["status"] == "ERROR" and "retry_failed" in outcome["message"]
+
+
+# ================================================================================== CREDIT (docs/tokens.md)
+def test_credit_is_off_unless_enabled(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway()
+    wire(gw)
+    outcome = deliver(credit, amount="3.00", card=CARD)
+    assert outcome["status"] == "ERROR" and outcome["error_class"] == "CreditDisabled"
+    assert "PAYMENTS_ENABLE_CREDIT" in outcome["message"] and gw.sends == []
+
+
+def test_credit_when_enabled_sends_money_to_the_card(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway([reply(message="Approved Credit", trans_type="CREDIT")])
+    wire(gw, enable_credit=True)
+    outcome = deliver(credit, amount="3.00", card=CARD, idempotency_key="credit-1")
+    assert outcome["status"] == "APPROVED" and outcome["operation"] == "credit"
+    assert [s["verb"] for s in gw.sends] == ["credit"] and str(gw.sends[0]["amount"]) == "3.00"
+    again = deliver(credit, amount="3.00", card=CARD, idempotency_key="credit-1", task_id="msg-bbbb")
+    assert again["trans_id"] == outcome["trans_id"] and len(gw.sends) == 1  # the key: once
+
+
+def test_credit_takes_no_token(store, wire):
+    from tasks import credit
+
+    gw = FakeGateway()
+    wire(gw, enable_credit=True)
+    outcome = deliver(credit, amount="3.00", card=None)
+    assert outcome["status"] == "ERROR" and "card" in outcome["message"] and gw.sends == []

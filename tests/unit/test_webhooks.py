@@ -49,6 +49,16 @@ def test_the_body_is_the_stored_outcome_masked_with_the_transitions_status_and_a
     assert "4111 1111 1111 1111" not in json.dumps(body) and "lease_owner" not in body["data"]
 
 
+def test_an_event_made_after_the_record_moved_on_does_not_tell_the_later_change():
+    record = {"payment_id": "p1", "operation": "sale", "status": "VOIDED", "amount": "3.00", "voided_by": "v1",
+              "updated_at": "2026-12-07T21:00:05.000Z"}
+    approved = event_data(entry("PENDING", "APPROVED"), record)
+    assert approved["status"] == "APPROVED" and "voided_by" not in approved
+    assert approved["updated_at"] == "2026-12-07T21:00:00.000Z"
+    voided = event_data(entry("APPROVED", "VOIDED"), record)
+    assert voided["voided_by"] == "v1" and voided["updated_at"] == "2026-12-07T21:00:05.000Z"
+
+
 def test_the_default_schedule_is_svixs_and_gives_up_after_eight_attempts():
     assert DEFAULT_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
     assert attempts_allowed(DEFAULT_RETRY_SCHEDULE) == 8
@@ -109,7 +119,7 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
     from worker.ops.monitor import attention
     from worker.ops.status import _webhooks_line
 
-    hooks = {"undelivered": 3, "oldest_undelivered_age": 42.0, "failed": 2,
+    hooks = {"undelivered": 3, "oldest_undelivered_age": 42.0, "failed": 2, "intake_lag": 5,
              "stats": {"delivered": 7, "failed_attempts": 4, "exhausted": 1, "abandoned": 1, "events": 9}}
     from tests.support.redis_store import new_store
 
@@ -123,7 +133,64 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
                  'payments_webhook_deliveries_total{result="failed_attempt"} 4.0',
                  'payments_webhook_deliveries_total{result="exhausted"} 1.0', "payments_webhook_events_total 9.0",
                  "payments_webhook_undelivered 3.0", "payments_webhook_oldest_undelivered_age_seconds 42.0",
-                 "payments_webhook_failed 2.0"):
+                 "payments_webhook_failed 2.0", "payments_webhook_intake_lag 5.0"):
         assert line in text, line
     assert any("2 webhook deliveries failed" in a for a in attention(found, Settings()))
     assert _webhooks_line(hooks) == "webhooks     3 undelivered (oldest 42s), 2 failed for good"
+
+
+def test_beat_drains_the_webhook_schedule_every_second_on_its_own_queue_which_a_default_worker_consumes():
+    from worker.broker.celeryconfig import config_for
+    from worker.config import Settings
+
+    conf = config_for(Settings())
+    entry = conf["beat_schedule"]["payments-webhooks"]
+    assert entry["task"] == "payments.webhooks.drain" and entry["schedule"] == 1.0
+    assert entry["options"]["queue"] == "webhooks" and entry["options"]["expires"] <= 10
+    assert conf["task_routes"]["payments.webhooks.*"] == {"queue": "webhooks"}
+    assert {q.name for q in conf["task_queues"]} == {"celery", "webhooks"}
+    assert config_for(Settings(webhook_drain_interval=2.5))["beat_schedule"]["payments-webhooks"]["schedule"] == 2.5
+
+
+def test_a_bad_webhook_setting_stops_the_drain_with_a_logged_error_not_the_worker(monkeypatch, caplog):
+    import types
+
+    from worker.tasks import webhooks as task
+
+    monkeypatch.setenv("PAYMENTS_WEBHOOK_URL", "https://example.test/hook")
+    monkeypatch.delenv("PAYMENTS_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setattr(task, "_deliverers", {})
+    monkeypatch.setattr(task, "_last_complaint", [0.0])
+    monkeypatch.setattr(task, "services_of", lambda app: object())
+    with caplog.at_level("ERROR", logger="payments.webhooks"):
+        bound = types.SimpleNamespace(app=None)  # the Task the worker binds
+        assert "PAYMENTS_WEBHOOK_SECRET" in task.drain(bound)["error"]
+        task.drain(bound)
+    assert len([r for r in caplog.records if "not delivering" in r.getMessage()]) == 1
+
+
+def test_webhook_drain_interval_is_a_setting_and_must_be_positive(monkeypatch):
+    from worker.config import ConfigError, Settings
+
+    monkeypatch.setenv("WEBHOOK_DRAIN_INTERVAL", "2s")
+    assert Settings.from_env().webhook_drain_interval == 2.0
+    monkeypatch.setenv("WEBHOOK_DRAIN_INTERVAL", "0")
+    with pytest.raises(ConfigError, match="WEBHOOK_DRAIN_INTERVAL"):
+        Settings.from_env()
+
+
+def test_celerys_info_lines_about_drains_are_dropped_and_its_errors_kept():
+    import logging
+
+    from worker.tasks.webhooks import QuietDrains
+
+    def record(level: int, msg: str, args: object) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", level, __file__, 1, msg, args, None)  # type: ignore[arg-type]  # a tuple of one dict, as logging passes it
+
+    quiet = QuietDrains()
+    assert not quiet.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded",
+                                   ({"name": "payments.webhooks.drain", "id": "x"},)))
+    assert not quiet.filter(record(logging.INFO, "Scheduler: Sending due task %s (%s)",
+                                   ("payments-webhooks", "payments.webhooks.drain")))
+    assert quiet.filter(record(logging.ERROR, "Task %(name)s[%(id)s] raised", ({"name": "payments.webhooks.drain"},)))
+    assert quiet.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded", ({"name": "payments.sale"},)))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.archive.db import Archive, ArchiveUnavailable
-from worker.config import DEFAULT_KEY_RETENTION
+from worker.config import DEFAULT_KEY_RETENTION, MIN_RETENTION
 
 log = logging.getLogger("payments.retention")
 
@@ -117,3 +117,76 @@ def _count(name: str, documentation: str, amount: float = 1) -> None:
         counter.inc(amount)
     except Exception as exc:  # metrics never stop the sweep
         log.warning("retention: metric %s not recorded (%s)", name, type(exc).__name__)
+
+
+# ---- ``payments archive``: until done, in rounds under the sweep's lock ------------------------------------------
+class SweepRunning(Exception):
+    """The sweep holds its lock: archiving by hand waits for it."""
+
+
+class CutoffRefused(ValueError):
+    """A cutoff that would archive records whose messages may still come back (or none given, retention off)."""
+
+
+def archive_cutoff(settings: Any, now: float, before: float | None) -> float:
+    """What archiving by hand takes: ``before`` (epoch seconds), else now minus PAYMENTS_RETENTION; never later than
+    MIN_RETENTION ago."""
+    if before is not None:
+        cutoff = before
+    elif settings.retention:
+        cutoff = now - settings.retention
+    else:
+        raise CutoffRefused("PAYMENTS_RETENTION is 0 (off): say which records with --before DATE")
+    if cutoff > now - MIN_RETENTION:
+        raise CutoffRefused(f"--before must be at least {MIN_RETENTION / 86400:g} day(s) ago: a message delivered "
+                            "again after its record left Redis would be taken for a new operation")
+    return cutoff
+
+
+def archive_in_rounds(store: Any, archive: Archive, cutoff: float, settings: Any, *, lock_name: str,
+                      progress: Callable[[int], None] | None = None,
+                      on_handover: Callable[[], None] | None = None) -> Counter[str]:
+    """Archive until done, in rounds that each hold the sweep's lock (``lock_name``) for at most twice the sweep's own
+    time (a run killed mid-way blocks the sweeps no longer than that); a sweep that takes the lock between rounds goes
+    on (``on_handover``). :class:`SweepRunning` when the sweep holds the lock before the first round."""
+    ttl = 2 * max(60.0, settings.sweep_interval)
+    total: Counter[str] = Counter()
+    while True:
+        token = store.locks.acquire(lock_name, ttl_seconds=ttl)
+        if token is None:
+            if not total:
+                raise SweepRunning("a sweep is running (it holds the sweep lock): try again when it is done")
+            if on_handover is not None:
+                on_handover()
+            return total
+        try:
+            counts = archive_older_than(store, archive, cutoff, batch=settings.archive_batch,
+                                        deadline=time.monotonic() + ttl / 2, key_retention=settings.key_retention,
+                                        progress=_counted_from(total["archived"], progress))
+        finally:
+            store.locks.release(lock_name, token)
+        more = counts.pop("deadline", 0)
+        total.update(counts)
+        if not more:
+            return total
+
+
+def restore_keys(store: Any, archive: Archive, key_retention: float, *, batch: int = 500) -> dict[str, int]:
+    """Give every archived record changed within ``key_retention`` its key index entry back, unless Redis holds a
+    record or an entry under its key (``store.retention.remember``): the upgrade step for records archived before
+    the key index existed (issue 24). Idempotent; the newest operation under a key is the one its key answers."""
+    since = store.now() - key_retention
+    looked = restored = 0
+    while True:
+        page = archive.changed_since(since, limit=batch, offset=looked)
+        if not page:
+            return {"archived_looked_at": looked, "keys_restored": restored}
+        looked += len(page)
+        restored += len(store.retention.remember(page, key_retention=key_retention))
+
+
+def _counted_from(before: int, progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """``progress`` told the run's total so far (``before`` archived in earlier rounds), not this round's."""
+    if progress is None:
+        return None
+    return lambda count: progress(before + count)

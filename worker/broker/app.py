@@ -1,10 +1,10 @@
 """The one module that owns Celery: the app, the payment task base class and the logging hooks.
 
-Card data is sealed where every task message is made: ``SealingAMQP.as_task_v2`` runs for
+Card data is encrypted where every task message is made: ``ProtectingAMQP.as_task_v2`` runs for
 ``delay``, ``apply_async``, ``s(...).delay()``, chains, groups, chords, ``retry`` and plain ``app.send_task``
-(Flower's included), and hands the message's arguments to :func:`worker.cards.messages.seal_publish`: the card of
+(Flower's included), and hands the message's arguments to :func:`worker.cards.messages.protect_publish`: the card of
 every ``payments.sale``/``payments.auth`` in the message (its own and every embedded signature: chain tail,
-``link``, ``link_error``, group and chord members) is sealed with the card vault, card data anywhere else is
+``link``, ``link_error``, group and chord members) is encrypted with the card vault, card data anywhere else is
 refused with :class:`worker.cards.numbers.CardDataRefused` before anything reaches the broker, and
 ``argsrepr``/``kwargsrepr`` (what task events, Flower and ``inspect`` show) are masked. ``republish`` (the
 outbox, worker/broker/outbox.py) runs the same code over the stored body.
@@ -30,7 +30,7 @@ from celery.app.amqp import AMQP
 
 from worker.broker import one_trip, outbox
 from worker.broker.celeryconfig import config_for
-from worker.cards.messages import seal_publish
+from worker.cards.messages import protect_publish
 from worker.catalogue import OUTBOX_TASKS
 from worker.config import Settings, get_settings
 from worker.redis_connections import ReplicaAckTimeout, retry_not_durable
@@ -47,8 +47,8 @@ _AS_TASK_V2_POSITIONAL = [
 ]
 
 
-class SealingAMQP(AMQP):
-    """Celery's message factory, sealing card data (and refusing it outside the card) before anything is
+class ProtectingAMQP(AMQP):
+    """Celery's message factory, encrypting card data (and refusing it outside the card) before anything is
     published."""
 
     def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None, *rest: Any,
@@ -57,7 +57,7 @@ class SealingAMQP(AMQP):
             raise TypeError("as_task_v2: too many positional arguments")
         options.update(zip(_AS_TASK_V2_POSITIONAL, rest, strict=False))  # rest may stop short
         options["task_id"] = task_id
-        args, kwargs, options = seal_publish(
+        args, kwargs, options = protect_publish(
             name, args, kwargs, options, vault=services_of(self.app).vault,
             argsrepr_maxsize=self.argsrepr_maxsize, kwargsrepr_maxsize=self.kwargsrepr_maxsize)
         task_id = options.pop("task_id")
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     payment tasks: ``app.tasks["payments.sale"]`` is a task of this app, running over this app's services
     (``from worker.tasks import sale`` stays ``worker.app``'s, whatever app is current). The signal handlers (outbox,
     log scrubbing, metrics, start-up checks) are connected once per process, by the first app made."""
-    app = PaymentsCelery(main, amqp=SealingAMQP, set_as_current=set_as_current)
+    app = PaymentsCelery(main, amqp=ProtectingAMQP, set_as_current=set_as_current)
     if settings is None:
         # Read when the configuration is first used, as Celery reads a config module: Flower's refusal to start
         # without authentication (worker/ops/flower.py) then comes before any other settings error.
@@ -305,14 +305,14 @@ class TaskEventBuffer(bootsteps.StartStopStep):
 
 def _keep_in_outbox(sender: str | None = None, body: Any = None, headers: dict[str, Any] | None = None,
                     exchange: str | None = None, routing_key: str | None = None, **_: Any) -> None:
-    # Every payment message is kept: its cards are sealed and card data elsewhere was refused before it
-    # was built (SealingAMQP), so nothing here can hold a card in clear.
+    # Every payment message is kept: its cards are encrypted and card data elsewhere was refused before it
+    # was built (ProtectingAMQP), so nothing here can hold a card in clear.
     if sender not in OUTBOX_TASKS or not headers or not headers.get("id"):
         return
     if headers.get("payments_republished"):  # the sweep's re-publication: it counted and re-stamped the entry
         return
     publisher = getattr(_publishing, "app", None)
-    if publisher is None:  # published by another Celery app in this process, not through SealingAMQP: not ours
+    if publisher is None:  # published by another Celery app in this process, not through ProtectingAMQP: not ours
         return
     store = None
     try:
@@ -391,12 +391,12 @@ def _metrics_child_exiting(**_: Any) -> None:
 
 def _check_card_key(sender: Any = None, **_: Any) -> None:
     """LIVE mode without PAYMENTS_CARD_KEY refuses to start; TEST warns and uses the development key."""
-    from worker.cards.vault import ConfigurationError
+    from worker.cards.vault import ConfigError
 
     try:
         # built now, so that a LIVE worker without a card key fails at start
-        _ = services_of(getattr(sender, "app", None) or celery.current_app).vault
-    except ConfigurationError as exc:
+        _vault = services_of(getattr(sender, "app", None) or celery.current_app).vault
+    except ConfigError as exc:
         # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
         raise SystemExit(f"payments: refusing to start: {exc}") from None
 

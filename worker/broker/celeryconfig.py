@@ -12,7 +12,6 @@ from kombu import Queue
 from worker.broker import sentinel
 from worker.config import Settings, parse_sentinels
 from worker.redis_connections import database, uses_sentinel
-from worker.webhooks.settings import drain_interval_from_env
 
 
 def celery_settings(settings: Settings) -> dict[str, Any]:
@@ -113,7 +112,7 @@ def config_for(_s: Settings) -> dict[str, Any]:
     }
     # ... and the webhook schedule, every WEBHOOK_DRAIN_INTERVAL (1 s), on its own queue: a slow endpoint never holds
     # a payment's message. Expiring: drains a stopped worker missed are dropped, not run in a burst.
-    beat_schedule["payments-webhooks"] = {"task": "payments.webhooks.drain", "schedule": drain_interval_from_env(),
+    beat_schedule["payments-webhooks"] = {"task": "payments.webhooks.drain", "schedule": _s.webhook_drain_interval,
                                           "options": {"queue": "webhooks", "expires": 10}}
     task_routes = {"payments.webhooks.*": {"queue": "webhooks"}}
     # A worker started without -Q consumes both queues (a one-worker setup delivers); "-Q celery" / "-Q webhooks" pin.

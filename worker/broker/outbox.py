@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, states
 from celery.app.amqp import task_message
 
-from worker.cards.messages import masked_reprs, seal_body
+from worker.cards.messages import masked_reprs, protect_body
 from worker.services import services_of
 
 log = logging.getLogger("payments.sweep")
@@ -17,12 +17,12 @@ log = logging.getLogger("payments.sweep")
 
 def republish(message: dict[str, Any], publisher: Celery) -> None:
     """Publish an outbox message again through ``publisher``, as it was (same task id, chain), through the same
-    sealing and refusal as every other publish path (an entry kept by older code is sealed now, or refused with
+    encrypting and refusal as every other publish path (an entry kept by older code is encrypted now, or refused with
     CardDataRefused rather than published with card data in clear)."""
     headers = dict(message["headers"])
     # The message may have run before (its record lost with Redis): the worker asks stq before any send.
     headers["payments_republished"] = True
-    body = seal_body(message["name"], message["body"], vault=services_of(publisher).vault, headers=headers)
+    body = protect_body(message["name"], message["body"], vault=services_of(publisher).vault, headers=headers)
     headers["argsrepr"], headers["kwargsrepr"] = masked_reprs(message["name"], body[0], body[1])
     again = task_message(headers=headers, properties={"correlation_id": headers["id"]},
                          body=tuple(body), sent_event=None)

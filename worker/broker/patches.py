@@ -122,7 +122,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         target="celery.app.amqp:AMQP._create_task_sender",
-        ours="worker/broker/app.py: SealingAMQP._create_task_sender",
+        ours="worker/broker/app.py: ProtectingAMQP._create_task_sender",
         reason="after_task_publish does not say which app published: the outbox needs the app (not a saving)",
         saving="-",
         pins=(("celery.app.amqp:AMQP._create_task_sender", "645957242f6c2190"),),

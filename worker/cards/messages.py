@@ -1,20 +1,20 @@
-"""Card data in task messages: sealed wherever a message carries a card, refused everywhere else.
+"""Card data in task messages: encrypted wherever a message carries a card, refused everywhere else.
 
-Every task message this app publishes is built by ``SealingAMQP.as_task_v2`` (``worker/broker/app.py``):
+Every task message this app publishes is built by ``ProtectingAMQP.as_task_v2`` (``worker/broker/app.py``):
 ``delay``, ``apply_async``, signatures, chains, groups, chords, ``retry`` and plain ``app.send_task`` (Flower's
 too); the outbox re-publish (``celery_app.republish``) runs the same code over the stored body. Before the
-message exists, :func:`seal_publish`:
+message exists, :func:`protect_publish`:
 
-* **seals** the card of every ``payments.sale``/``payments.auth`` in the message with the card vault: the
+* **encrypts** the card of every ``payments.sale``/``payments.auth`` in the message with the card vault: the
   task's own (positional argument 1 or keyword ``card``) *and* every signature embedded in the message,
   recursively: the chain tail (``chain``), ``link`` (``callbacks``), ``link_error`` (``errbacks``), the chord
   body (``chord``), and the members of ``celery.group``/``celery.chord``/``celery.chain`` signatures found in
   any of those, in their arguments or in their options (``link``, ``link_error``, ``chord``). A card that is
   not a dict with a number is replaced by ``{"invalid": reason}``: a value that cannot be a card never travels
   (the worker records an ERROR naming ``card``). Signatures are copied, never changed in place;
-* **seals** every card-like identifier (``idempotency_key``, ``order_id`` of a payment task, ``str`` or ``int``,
+* **encrypts** every card-like identifier (``idempotency_key``, ``order_id`` of a payment task, ``str`` or ``int``,
   in the message's own call and in every embedded signature) as ``{"sealed_id": token, "masked": ...}``
-  (:meth:`worker.cards.vault.CardVault.seal_identifier`): identifiers are never refused for looking like a card;
+  (:meth:`worker.cards.vault.CardVault.encrypt_identifier`): identifiers are never refused for looking like a card;
 * **refuses** card data in free text (:class:`worker.cards.numbers.CardDataRefused`, a ``ValueError``, raised to
   the producer before anything reaches Redis): every other argument (``amount``, ``customer.*``, ``trans_id``,
   extra ones), every other argument and option of every embedded signature, the task id and the other ids,
@@ -32,8 +32,8 @@ first task to run after this one, ``callbacks[0]``/``errbacks[0]`` the first ``l
 ``.args[i]``, ``.kwargs.<name>`` or ``.options.<name>`` (``chain[0].kwargs.order_id``,
 ``callbacks[0].kwargs.tasks[1].kwargs.customer.addr1``).
 
-On the worker side :func:`unsealed_card_in` tells a task whether its own message holds a card that is not
-sealed (or card data in clear anywhere in its arguments or embedded signatures), so LIVE mode can refuse it.
+On the worker side :func:`unencrypted_card_in` tells a task whether its own message holds a card that is not
+encrypted (or card data in clear anywhere in its arguments or embedded signatures), so LIVE mode can refuse it.
 
 Imports: the card vault and worker.cards.numbers (cryptography, stdlib) and Celery's ``saferepr``; no Redis.
 """
@@ -58,8 +58,8 @@ from worker.catalogue import CARD_ARGUMENT, PARAMETERS
 from worker.gateway import InvalidInput, validation
 from worker.payments.amounts import publish_amounts
 
-__all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "seal_publish", "seal_body", "masked_reprs", "unsealed_card_in",
-           "CardDataRefused"]
+__all__ = ["CARD_ARGUMENT", "PARAMETERS", "EMBEDDED", "protect_publish", "protect_body", "masked_reprs",
+           "unencrypted_card_in", "CardDataRefused"]
 
 #: Where Celery embeds signatures in a message body's third element (and in ``as_task_v2``'s arguments).
 EMBEDDED = ("chain", "callbacks", "errbacks", "chord")
@@ -82,26 +82,26 @@ def _is_invalid_marker(value: Any) -> bool:
     return isinstance(value, Mapping) and set(value) == {_INVALID}
 
 
-def seal_card(card: Any, vault: CardVault) -> Any:
-    """The sealed card; a value that cannot be a card never travels at all (the worker records why). No card (a
-    repeat charge by token, docs/tokens.md) stays None: there is nothing to seal."""
-    if card is None or vault.is_sealed(card) or _is_invalid_marker(card):
+def encrypt_card(card: Any, vault: CardVault) -> Any:
+    """The encrypted card; a value that cannot be a card never travels at all (the worker records why). No card (a
+    repeat charge by token, docs/tokens.md) stays None: there is nothing to encrypt."""
+    if card is None or vault.is_encrypted(card) or _is_invalid_marker(card):
         return card
     if isinstance(card, Mapping) and card.get("number"):
-        return vault.seal(dict(card))
+        return vault.encrypt(dict(card))
     return {_INVALID: f"card must be a dict with a number, got {type(card).__name__}"}
 
 
 def _is_identifier(task: str | None, name: object) -> bool:
-    """An identifier argument of a payment task (sealed when card-like; other tasks' arguments are free text:
-    sealing would change what they receive)."""
+    """An identifier argument of a payment task (encrypted when card-like; other tasks' arguments are free text:
+    encrypting would change what they receive)."""
     return name in IDENTIFIER_NAMES and name in PARAMETERS.get(task or "", ())
 
 
 def _check_key(value: Any, field: str) -> None:
     """An idempotency key is refused at the door, as the worker would refuse it (validation.idempotency_key):
     ``InvalidInput`` (a ``ValueError``) naming the field; nothing is published."""
-    if value is not None and not CardVault.is_sealed_identifier(value):  # a sealed one was checked when sealed
+    if value is not None and not CardVault.is_encrypted_identifier(value):  # a encrypted one was checked when encrypted
         try:
             validation.idempotency_key(str(value) if type(value) is int else value)
         except InvalidInput as exc:
@@ -116,14 +116,14 @@ def _param_name(task: str | None, index: int) -> str | None:
 # ---- walking a message ------------------------------------------------------------------------------
 
 class _Walk:
-    """One message: seals cards in place of copies, refuses card data elsewhere."""
+    """One message: encrypts cards in place of copies, refuses card data elsewhere."""
 
     def __init__(self, vault: CardVault, *, check_amounts: bool = False) -> None:
         self.vault = vault
         #: a first publish: amounts are checked and amount_cents turned into amount (worker/payments/amounts.py)
         self.check_amounts = check_amounts
 
-    def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list, dict]:
+    def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list[Any], dict[str, Any]]:
         """Seal/refuse one task call's arguments. ``prefix``: "" for the message's own task (fields named
         by parameter), else the signature's path (fields named ``<prefix>.args[i]`` / ``.kwargs.<name>``)."""
         args = list(args or ())
@@ -131,9 +131,12 @@ class _Walk:
         if self.check_amounts:
             args, kwargs = publish_amounts(task, args, kwargs, prefix)
         position = CARD_ARGUMENT.get(task or "")
+        return self._positional(task, args, prefix, position), self._keywords(task, kwargs, prefix, position)
+
+    def _positional(self, task: str | None, args: list[Any], prefix: str, position: int | None) -> list[Any]:
         for i, value in enumerate(args):
             if position is not None and i == position:
-                args[i] = seal_card(value, self.vault)
+                args[i] = encrypt_card(value, self.vault)
                 continue
             name = _param_name(task, i)
             if prefix:
@@ -144,12 +147,16 @@ class _Walk:
             if name == KEY_ARGUMENT:
                 _check_key(value, field)
             if _is_identifier(task, name) and is_card_like_identifier(value):
-                args[i] = self.vault.seal_identifier(value)
+                args[i] = self.vault.encrypt_identifier(value)
                 continue
             args[i] = self.value(value, field, check_as)
+        return args
+
+    def _keywords(self, task: str | None, kwargs: dict[str, Any], prefix: str,
+                  position: int | None) -> dict[str, Any]:
         for key in list(kwargs):
             if position is not None and key == "card":
-                kwargs[key] = seal_card(kwargs[key], self.vault)
+                kwargs[key] = encrypt_card(kwargs[key], self.vault)
                 continue
             field = f"{prefix}.kwargs.{key}" if prefix else str(key)
             if contains_card_number(str(key)):
@@ -157,13 +164,13 @@ class _Walk:
             if key == KEY_ARGUMENT and task in PARAMETERS:
                 _check_key(kwargs[key], field)
             if _is_identifier(task, key) and is_card_like_identifier(kwargs[key]):
-                kwargs[key] = self.vault.seal_identifier(kwargs[key])
+                kwargs[key] = self.vault.encrypt_identifier(kwargs[key])
                 continue
             kwargs[key] = self.value(kwargs[key], field, field)
-        return args, kwargs
+        return kwargs
 
     def value(self, value: Any, field: str, check_as: str | None = None) -> Any:
-        """``value`` with every embedded signature sealed; raises if card data sits anywhere else."""
+        """``value`` with every embedded signature encrypted; raises if card data sits anywhere else."""
         if _is_signature(value):
             return self.signature(value, field)
         if isinstance(value, Mapping):
@@ -184,7 +191,7 @@ class _Walk:
         _refuse(check_as or field, value, field)
         return value
 
-    def signature(self, sig: Mapping, path: str) -> dict:
+    def signature(self, sig: Mapping[str, Any], path: str) -> dict[str, Any]:
         task = sig.get("task")
         out = dict(sig)
         raw_args = sig.get("args")
@@ -214,10 +221,10 @@ class _Walk:
         items = list(value)
         if key == "chain":  # Celery keeps the chain reversed (the next task last): name links in run order
             n = len(items)
-            sealed = [self.value(item, f"chain[{n - 1 - i}]") for i, item in enumerate(items)]
+            encrypted = [self.value(item, f"chain[{n - 1 - i}]") for i, item in enumerate(items)]
         else:
-            sealed = [self.value(item, f"{key}[{i}]") for i, item in enumerate(items)]
-        return type(value)(sealed) if isinstance(value, (list, tuple)) else sealed
+            encrypted = [self.value(item, f"{key}[{i}]") for i, item in enumerate(items)]
+        return type(value)(encrypted) if isinstance(value, (list, tuple)) else encrypted
 
 
 def _holds_signature(value: Any) -> bool:
@@ -241,14 +248,14 @@ def _refuse(check_as: str, value: Any, shown_as: str | None = None) -> None:
 # ---- masked reprs -------------------------------------------------------------------------------------
 
 def _shown(value: Any, is_card: bool) -> Any:
-    if CardVault.is_sealed_identifier(value):
+    if CardVault.is_encrypted_identifier(value):
         return value["masked"]
-    return mask_card(value) if is_card or CardVault.is_sealed(value) else value
+    return mask_card(value) if is_card or CardVault.is_encrypted(value) else value
 
 
 def masked_reprs(name: str, args: Any, kwargs: Any, *, argsrepr_maxsize: int = 1024,
                  kwargsrepr_maxsize: int = 1024) -> tuple[str, str]:
-    """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, a sealed
+    """``argsrepr``/``kwargsrepr``: the card as ``{'number': 'xxxxxxxxxxxx1111', 'expire': '**'}``, a encrypted
     identifier as its mask, everything card-like in the text masked too (a repr is text)."""
     position = CARD_ARGUMENT.get(name)
     shown_args = tuple(_shown(v, i == position) for i, v in enumerate(args or ()))
@@ -282,8 +289,9 @@ def refuse_in_options(options: Mapping[str, Any]) -> None:
         refuse_card_data(field, value)
 
 
-def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: CardVault,
-                 argsrepr_maxsize: int = 1024, kwargsrepr_maxsize: int = 1024) -> tuple[list, dict, dict]:
+def protect_publish(name: str, args: Any, kwargs: Any, options: dict[str, Any], *, vault: CardVault,
+                 argsrepr_maxsize: int = 1024,
+                 kwargsrepr_maxsize: int = 1024) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
     (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
     options)`` with ``argsrepr``/``kwargsrepr`` set; raises :class:`CardDataRefused` naming the field."""
@@ -302,13 +310,13 @@ def seal_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: Car
     return args, kwargs, options
 
 
-#: Headers Celery makes itself, not checked on the re-publish: the reprs (made again from the sealed body) and the
+#: Headers Celery makes itself, not checked on the re-publish: the reprs (made again from the encrypted body) and the
 #: publishing host's name (``origin``: ``gen<pid>@<hostname>``, whose digits are no one's data).
 _MADE_HEADERS = frozenset({"argsrepr", "kwargsrepr", "origin"})
 
 
-def seal_body(name: str, body: Any, *, vault: CardVault, headers: Mapping[str, Any] | None = None) -> list:
-    """A stored message body ``[args, kwargs, embed]`` sealed and checked the same way (the outbox re-publish);
+def protect_body(name: str, body: Any, *, vault: CardVault, headers: Mapping[str, Any] | None = None) -> list[Any]:
+    """A stored message body ``[args, kwargs, embed]`` encrypted and checked the same way (the outbox re-publish);
     ``headers``: the stored message's headers, refused when one holds card data (an entry kept by older code)."""
     args, kwargs, embed = [*body, None, None, None][:3]
     walk = _Walk(vault)
@@ -330,14 +338,18 @@ def _get(request_like: Any, name: str, default: Any = None) -> Any:
     return getattr(request_like, name, default)
 
 
-def _unsealed(card: Any) -> bool:
-    return card is not None and not CardVault.is_sealed(card) and not _is_invalid_marker(card)
+def _unencrypted(card: Any) -> bool:
+    return card is not None and not CardVault.is_encrypted(card) and not _is_invalid_marker(card)
 
 
 def _clear_in_call(task: str | None, args: Any, kwargs: Any, prefix: str) -> str | None:
     position = CARD_ARGUMENT.get(task or "")
     args = list(args) if isinstance(args, (list, tuple)) else []
     kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
+    return _clear_in_args(task, args, prefix, position) or _clear_in_kwargs(kwargs, prefix, position)
+
+
+def _clear_in_args(task: str | None, args: list[Any], prefix: str, position: int | None) -> str | None:
     for i, value in enumerate(args):
         name = _param_name(task, i)
         if prefix:
@@ -346,16 +358,20 @@ def _clear_in_call(task: str | None, args: Any, kwargs: Any, prefix: str) -> str
         else:
             field = check_as = name or f"args[{i}]"
         if position is not None and i == position:
-            if _unsealed(value):
+            if _unencrypted(value):
                 return field
             continue
         found = _clear_in_value(value, check_as)
         if found:
             return field + found[len(check_as):] if found.startswith(check_as) else found
+    return None
+
+
+def _clear_in_kwargs(kwargs: dict[str, Any], prefix: str, position: int | None) -> str | None:
     for key, value in kwargs.items():
         field = f"{prefix}.kwargs.{key}" if prefix else str(key)
         if position is not None and key == "card":
-            if _unsealed(value):
+            if _unencrypted(value):
                 return field
             continue
         if contains_card_number(str(key)):
@@ -379,7 +395,7 @@ def _clear_in_value(value: Any, field: str) -> str | None:
     return card_data_field(value, field)
 
 
-def _clear_in_signature(sig: Mapping, path: str) -> str | None:
+def _clear_in_signature(sig: Mapping[str, Any], path: str) -> str | None:
     found = _clear_in_call(sig.get("task"), sig.get("args"), sig.get("kwargs"), path)
     if found:
         return found
@@ -392,14 +408,14 @@ def _clear_in_signature(sig: Mapping, path: str) -> str | None:
     return None
 
 
-def unsealed_card_in(request_like: Any) -> str | None:
+def unencrypted_card_in(request_like: Any) -> str | None:
     """Where a task's own message holds card data in clear, or None.
 
     ``request_like``: the task's ``self.request`` (Celery's Context: ``task``, ``args``, ``kwargs``, ``chain``,
     ``callbacks``, ``errbacks``, ``chord``, ``headers``, ``stamps``, the ids) or a dict with those keys. Finds a
-    ``card`` of ``payments.sale`` / ``payments.auth`` that is not sealed (the task's own, or in any embedded
+    ``card`` of ``payments.sale`` / ``payments.auth`` that is not encrypted (the task's own, or in any embedded
     signature, recursively), and a card number anywhere else: the arguments (a card-like identifier that was not
-    sealed included), embedded signatures, custom headers (``headers.<name>``), stamps (``stamps.<name>``) and the
+    encrypted included), embedded signatures, custom headers (``headers.<name>``), stamps (``stamps.<name>``) and the
     message ids. Returns the field's path (``card``, ``chain[0].kwargs.card``, ``customer.name1``,
     ``headers.x``, ...), never the value.
     """

@@ -18,19 +18,19 @@ and long decimal fractions are not read as cards.
 What follows from finding one: identifiers and free text
 --------------------------------------------------------
 
-**Identifiers** (:data:`IDENTIFIER_NAMES`: ``idempotency_key``, ``order_id``, ``invoice_id``, wherever they sit:
-the task's own arguments or an embedded signature's) are never refused for being card-like, whether ``str`` or
-``int`` (not ``bool``): about one numeric id in ten passes Luhn. A card-like identifier is *card data* and
-travels and rests like it: sealed in the message (:meth:`worker.cards.vault.CardVault.seal_identifier`), a keyed hash
-where only lookup is needed (:func:`identifier_digests`: the payment id of a card-like idempotency key, sent as
-ORDER_ID), masked where shown (:func:`mask_number`). An ``int`` is no exception: ``order_id=4111111111111111`` is
-sealed like ``"4111111111111111"``. :func:`is_card_like_identifier` says which.
+**Identifiers** (:data:`IDENTIFIER_NAMES`: ``idempotency_key``, ``order_id``, ``invoice_id``, wherever they sit: the
+task's own arguments or an embedded signature's) are never refused for being card-like, whether ``str`` or ``int``
+(not ``bool``): about one numeric id in ten passes Luhn. A card-like identifier is *card data* and travels and rests
+like it: encrypted in the message (:meth:`worker.cards.vault.CardVault.encrypt_identifier`), a keyed hash where only
+lookup is needed (:func:`identifier_digests`: the payment id of a card-like idempotency key, sent as ORDER_ID),
+masked where shown (:func:`mask_number`). An ``int`` is no exception: ``order_id=4111111111111111`` is encrypted
+like ``"4111111111111111"``. :func:`is_card_like_identifier` says which.
 
 **Free text** (every other value: ``customer.*`` names and address, memo, custom fields, ``amount``,
 ``trans_id``, extra arguments, message headers, stamps and publish options, the Celery ids ``task_id``,
 ``group_id``, ``root_id``, ``parent_id``, ``shadow``) holding a card number is **refused** at the producer
 (:class:`CardDataRefused`, naming the field, never the value): nothing there is needed to find a payment, a
-card number in it is a card put in the wrong place, and a refusal tells the producer so, where sealing would
+card number in it is a card put in the wrong place, and a refusal tells the producer so, where encrypting would
 quietly carry it on (and BluePay would receive it in NAME1 or a memo in clear). Near misses are accepted as they
 are (``PO Box 4111 1111``, a phone number, a 12-digit reference, a date).
 
@@ -49,7 +49,7 @@ text / value                                    card?       why
 ``order-`` + ``uuid4().hex``                    no          32-hex identifier
 ``0.00585255199985113``                         no          fractional digits of a decimal
 ``12345678901234567890123``                     no          one run of more than 19 digits
-``order_id=1234567890123452`` (``int``)           yes         an int is no exception (sealed: an identifier)
+``order_id=1234567890123452`` (``int``)           yes         an int is no exception (encrypted: an identifier)
 ``amount=1234567890123452`` (``int``)             yes         refused: not an identifier
 ==============================================  ==========  ==============================================
 
@@ -92,7 +92,7 @@ __all__ = [
 
 FINGERPRINT_INFO = b"payments card fingerprint v1"
 IDENTIFIER_INFO = b"payments identifier digest v1"
-#: The arguments that are identifiers: card-like values there are sealed and hashed, never refused.
+#: The arguments that are identifiers: card-like values there are encrypted and hashed, never refused.
 IDENTIFIER_NAMES = frozenset({"idempotency_key", "order_id", "invoice_id"})
 #: What a keyed id starts with (the payment id and ORDER_ID of a card-like idempotency key).
 KEYED_ID_PREFIX = "kh-"
@@ -108,8 +108,8 @@ class CardDataRefused(ValueError):
     def __init__(self, field: str):
         self.field = mask_text(str(field)) or "value"
         super().__init__(f"refused: {self.field} looks like a card number; card data may travel only as the "
-                         f"card argument of payments.sale/payments.auth (sealed) or as an identifier "
-                         f"({', '.join(sorted(IDENTIFIER_NAMES))}, sealed)")
+                         f"card argument of payments.sale/payments.auth (encrypted) or as an identifier "
+                         f"({', '.join(sorted(IDENTIFIER_NAMES))}, encrypted)")
 
 
 def field_name(field: str) -> str:
@@ -138,7 +138,7 @@ def card_data_field(value: Any, field: str = "") -> str | None:
 
     ``value`` may be a string, a number or any nesting of mappings and sequences; keys are read too (a key that
     holds a card is named masked). Identifiers are not exempt: a card-like identifier in clear is card data in
-    clear (the producer seals it before this check; the worker's check finds it when it was not).
+    clear (the producer encrypts it before this check; the worker's check finds it when it was not).
     """
     if value is None or isinstance(value, bool):
         return None

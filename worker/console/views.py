@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +14,9 @@ from worker.console.common import LISTS, MAX_PAGE, PAGE_SIZE, ext, operator_acti
 
 log = logging.getLogger("payments.console")
 
+#: How long the health page's report is reused.
+HEALTH_SECONDS = 10.0
+
 
 def _safe_next(target: str | None) -> str:
     """Only a path of this site (never another host) after login."""
@@ -22,6 +26,15 @@ def _safe_next(target: str | None) -> str:
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")):
         return url_for("index")
     return target
+
+
+def _said(action: str, target: str, message: str, *, ok: bool) -> None:
+    """Tell the user (the next page's message), the log and the actions stream who did what, with what result."""
+    from worker.console import actions
+
+    flash(message, "done" if ok else "error")
+    log.warning("console: %s %s %s: %s", g.user.name, action, target or "-", message)
+    actions.record(ext()["svc"].store, who=g.user.name, action=action, target=target, result=message, ok=ok)
 
 
 def register(app: Flask) -> None:
@@ -95,8 +108,17 @@ def register(app: Flask) -> None:
         if record is None:
             return render_template("error.html", title="Not found",
                                    message=f"no payment with id {payment_id!r} in Redis or the archive"), 404
+        from worker.console import actions
+
         return render_template("payment.html", story=build(svc, record, where),
-                               statuses=("APPROVED", "DECLINED", "ERROR", "VOIDED"))
+                               statuses=("APPROVED", "DECLINED", "ERROR", "VOIDED"),
+                               actions=actions.recent(svc.store, target=record["payment_id"]))
+
+    @app.get("/actions")
+    def actions_page() -> Any:
+        from worker.console import actions
+
+        return render_template("actions.html", actions=actions.recent(ext()["svc"].store, count=200))
 
     @app.post("/payments/<path:payment_id>/resolve")
     @operator_action
@@ -109,9 +131,9 @@ def register(app: Flask) -> None:
                           reason=request.form.get("reason", "")[:500], who=f"console:{g.user.name}",
                           trans_id=request.form.get("trans_id", "").strip())
         except DecisionRefused as exc:
-            flash(str(exc), "error")
+            _said("resolve", payment_id, str(exc), ok=False)
             return redirect(url_for("payment", payment_id=payment_id)), 303
-        flash(done.line(), "done")
+        _said("resolve", payment_id, done.line(), ok=True)
         return redirect(url_for("payment", payment_id=payment_id)), 303
 
     @app.post("/payments/<path:payment_id>/sweep")
@@ -124,11 +146,9 @@ def register(app: Flask) -> None:
             report = sweep_one(ext()["svc"], payment_id)
         except (GatewayOutage, LeaseBusy) as exc:
             report = {"ran": False, "reason": exc.reason}
-        log.warning("console: %s swept %s: %s", g.user.name, payment_id, report)
         done = {k: v for k, v in report.items() if k not in ("ran", "payment_id")}
-        flash(f"sweep of {payment_id} by {g.user.name}: " + (", ".join(f"{k}={v}" for k, v in done.items())
-                                                               or "nothing was due"),
-              "done" if report.get("ran") else "error")
+        _said("sweep", payment_id, f"sweep of {payment_id} by {g.user.name}: "
+              + (", ".join(f"{k}={v}" for k, v in done.items()) or "nothing was due"), ok=bool(report.get("ran")))
         return redirect(url_for("payment", payment_id=payment_id)), 303
 
     @app.get("/lists/<name>")
@@ -187,16 +207,15 @@ def register(app: Flask) -> None:
 
         day = parse_day(request.form.get("day", ""))
         if day is None:
-            flash("refused: the day is YYYY-MM-DD, today or yesterday", "error")
+            _said("reconcile", "", "refused: the day is YYYY-MM-DD, today or yesterday", ok=False)
             return redirect(url_for("reconciliation")), 303
         try:
             (result,) = reconcile_days(ext()["svc"], day, day)
         except (ReconcileError, DecisionRefused) as exc:
-            flash(f"reconciliation of {day} failed: {exc}", "error")
+            _said("reconcile", day.isoformat(), f"reconciliation of {day} failed: {exc}", ok=False)
             return redirect(url_for("reconciliation")), 303
-        log.warning("console: %s reconciled %s: %d differences", g.user.name, day, len(result.differences))
-        flash(f"{day} reconciled by {g.user.name}: {result.rows} report rows, {len(result.differences)} "
-              "differences", "done")
+        _said("reconcile", day.isoformat(), f"{day} reconciled by {g.user.name}: {result.rows} report rows, "
+              f"{len(result.differences)} differences", ok=True)
         return redirect(url_for("reconciliation_day", day=day.isoformat())), 303
 
     @app.get("/health")
@@ -208,5 +227,11 @@ def register(app: Flask) -> None:
             from worker.broker.app import default_app
 
             celery_app = default_app()
-        found = report(ext()["svc"], celery_app, ping_timeout=1.0)
+        # Kept HEALTH_SECONDS: each report pings the workers and sends the gateway an stq probe (BluePay in LIVE),
+        # which a page reloaded by several operators must not multiply.
+        cache = ext().setdefault("health", {})
+        now = time.monotonic()
+        if not cache or now - cache["at"] > HEALTH_SECONDS:
+            cache.update(at=now, found=report(ext()["svc"], celery_app, ping_timeout=1.0))
+        found = cache["found"]
         return render_template("health.html", found=found, text=render(found))

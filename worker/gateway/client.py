@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from . import expiry, protocol, scrub, validation
 from .errors import Expired, InvalidInput, Rejected
-from .guarding import Guard, verdict_of
+from .guarding import AnyGuard, verdict_of
 from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
 from .report import ByteStream, Report, ReportRow, StreamingTransport, report_request, start_report
@@ -74,7 +74,8 @@ class BluePayClient:
         today: Callable[[], date] = date.today,
         observer: GatewayObserver = NULL_OBSERVER,
         on_failure: Callable[[BaseException], None] | None = None,
-        guard: Guard | None = None,
+        guard: AnyGuard | None = None,
+        platform_merchant_id: str = "",
     ) -> None:
         if not isinstance(account_id, str) or not account_id.strip():
             raise InvalidInput("account_id", "required")
@@ -85,6 +86,9 @@ class BluePayClient:
             raise InvalidInput("mode", "must be TEST or LIVE")
         scrub.register_secret(secret_key)
         self.account_id = account_id.strip()
+        # a platform charging for a sub-merchant (C# library 3.0.8): sent, and sealed after the account id
+        protocol.platform_fields(platform_merchant_id)  # InvalidInput now rather than on every request
+        self.platform_merchant_id = platform_merchant_id
         self._secret_key = secret_key
         self.mode = mode_
         self.hash_type = normalize_hash_type(hash_type)
@@ -154,6 +158,14 @@ class BluePayClient:
             new_customer_token=new_customer_token, stored=stored,
         )
 
+    def credit(self, amount: Any, card: Any, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+               duplicate_override: bool = False, invoice_id: str | None = None,
+               fence: Fence | None = None) -> Response:
+        """CREDIT: money to ``card`` with no original transaction (BluePay_MESSAGE_values.txt: "Expiration date
+        required for CREDIT", "Cannot REFUND a CREDIT"; ActiveMerchant's ``credit``: "an unmatched credit")."""
+        return self._transaction("CREDIT", fence, amount=amount, card=card, customer=customer, order_id=order_id,
+                                 duplicate_override=duplicate_override, invoice_id=invoice_id)
+
     def capture(self, trans_id: Any, amount: Any = None, order_id: str | None = None,
                 fence: Fence | None = None) -> Response:
         return self._transaction("CAPTURE", fence, rrno=trans_id, amount=amount, order_id=order_id)
@@ -161,6 +173,11 @@ class BluePayClient:
     def refund(self, trans_id: Any, amount: Any = None, order_id: str | None = None,
                fence: Fence | None = None) -> Response:
         return self._transaction("REFUND", fence, rrno=trans_id, amount=amount, order_id=order_id)
+
+    def update(self, trans_id: Any, amount: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
+        """UPDATE: the new amount of an unsettled transaction (BluePay's ``update(transaction_id, amount)``); the
+        reply's id is the update's, which later voids and refunds name ("... the update instead")."""
+        return self._transaction("UPDATE", fence, rrno=trans_id, amount=amount, order_id=order_id)
 
     def void(self, trans_id: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
         return self._transaction("VOID", fence, rrno=trans_id, order_id=order_id)
@@ -188,6 +205,7 @@ class BluePayClient:
         start, end = self._window(days_back, between)
         fields = protocol.query_request(
             account_id=self.account_id,
+            platform_merchant_id=self.platform_merchant_id,
             secret_key=self._secret_key,
             mode=self.mode,
             hash_type=self.hash_type,
@@ -220,7 +238,8 @@ class BluePayClient:
 
         The request and the header line go through the same retry policy as stq (read-only); a report whose
         header is refused raises :class:`MalformedReport`, a seal the gateway refuses :class:`Rejected`."""
-        fields = report_request(account_id=self.account_id, secret_key=self._secret_key, mode=self.mode,
+        fields = report_request(account_id=self.account_id, platform_merchant_id=self.platform_merchant_id,
+                                secret_key=self._secret_key, mode=self.mode,
                                 hash_type=self.hash_type, start=start, end=end, settled=settled)
         transport = self.transport
         if not isinstance(transport, StreamingTransport):
@@ -250,6 +269,7 @@ class BluePayClient:
         stamped)."""
         fields = protocol.transaction_request(
             account_id=self.account_id,
+            platform_merchant_id=self.platform_merchant_id,
             secret_key=self._secret_key,
             mode=self.mode,
             hash_type=self.hash_type,

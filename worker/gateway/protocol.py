@@ -13,6 +13,7 @@ documents no stamp for them), and a stamp that is present must verify.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -37,14 +38,14 @@ __all__ = [
     "choose_query_row",
 ]
 
-TRANSACTION_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID", "UPDATE")
+TRANSACTION_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID", "UPDATE")
 MODES = ("TEST", "LIVE")
 RESULTS = ("APPROVED", "DECLINED", "ERROR", "MISSING")
 #: Libraries send 8..20; a high version gets every reply field (BP_STAMP included).
 RESPONSE_VERSION = "15"
 REBILLING_FIELDS = ("REBILLING", "REB_FIRST_DATE", "REB_EXPR", "REB_CYCLES", "REB_AMOUNT")
 _NEEDS_RRNO = ("CAPTURE", "REFUND", "VOID", "UPDATE")
-_NEEDS_CARD = ("SALE", "AUTH")
+_NEEDS_CARD = ("SALE", "AUTH", "CREDIT")
 #: Never kept in Response.raw even if a (broken) gateway echoed them.
 _SENSITIVE_KEYS = frozenset({"CC_NUM", "CVCCVV2", "CVCVV2", "CC_CVV2", "TAMPER_PROOF_SEAL", "SECRET_KEY"})
 _STQ_STATUS = {"1": "APPROVED", "0": "DECLINED", "E": "ERROR"}
@@ -93,6 +94,18 @@ def _mode(mode: str) -> str:
     return m
 
 
+_PLATFORM_MERCHANT_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def platform_fields(platform_merchant_id: str | None) -> dict[str, str]:
+    """PLATFORM_MERCHANT_ID (C# library 3.0.8: a platform charging for a sub-merchant), when one is set."""
+    if platform_merchant_id is None or platform_merchant_id == "":
+        return {}
+    if not isinstance(platform_merchant_id, str) or not _PLATFORM_MERCHANT_ID.fullmatch(platform_merchant_id):
+        raise InvalidInput("platform_merchant_id", "must be letters and digits")
+    return {"PLATFORM_MERCHANT_ID": platform_merchant_id}
+
+
 def _required_text(name: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(name, "required")
@@ -117,6 +130,7 @@ def transaction_request(
     customer_token: str | None = None,
     new_customer_token: str | None = None,
     stored: StoredCredential | None = None,
+    platform_merchant_id: str | None = None,
 ) -> dict[str, str]:
     """The sealed form fields of a bp10emu request. Validates every input (InvalidInput).
 
@@ -134,6 +148,7 @@ def transaction_request(
 
     fields: dict[str, str] = {
         "MERCHANT": account,
+        **platform_fields(platform_merchant_id),
         "TRANSACTION_TYPE": ttype,
         "MODE": mode_,
         "AMOUNT": "",
@@ -148,6 +163,8 @@ def transaction_request(
         if len(sources) != 1:
             raise InvalidInput("card", f"{ttype} needs exactly one of card, token and customer_token"
                                + (f" (got {', '.join(sources)})" if sources else ""))
+        if ttype == "CREDIT" and card is None:
+            raise InvalidInput("card", "a CREDIT goes to a card (no token)")
         if amount is None:
             raise InvalidInput("amount", f"required for {ttype}")
         fields["AMOUNT"] = validation.amount(amount, allow_zero=(ttype == "AUTH"))
@@ -177,6 +194,8 @@ def transaction_request(
         if ttype == "VOID":
             if amount is not None:
                 raise InvalidInput("amount", "VOID is always for the full amount")
+        elif ttype == "UPDATE" and amount is None:
+            raise InvalidInput("amount", "UPDATE sets the new amount: required")
         elif amount is not None:
             fields["AMOUNT"] = validation.amount(amount)
 
@@ -205,6 +224,7 @@ def query_request(
     order_id: str | None = None,
     start: date,
     end: date,
+    platform_merchant_id: str | None = None,
 ) -> dict[str, str]:
     """The sealed form fields of an stq request (``end`` exclusive). MODE is always sent:
     stq defaults to LIVE."""
@@ -220,6 +240,7 @@ def query_request(
         raise InvalidInput("report_dates", "end must be after start (end is exclusive)")
     fields: dict[str, str] = {
         "ACCOUNT_ID": account,
+        **platform_fields(platform_merchant_id),
         "MODE": mode_,
         "REPORT_START_DATE": start.isoformat(),
         "REPORT_END_DATE": end.isoformat(),

@@ -90,7 +90,7 @@ class ReportRow:
 
 
 def report_request(*, account_id: str, secret_key: str, mode: str, hash_type: str | None, start: date, end: date,
-                   settled: bool) -> dict[str, str]:
+                   settled: bool, platform_merchant_id: str | None = None) -> dict[str, str]:
     """The sealed form fields of a bpdailyreport2 request (``end`` exclusive: day D is D..D+1).
 
     Field names as BluePay's Python library sends them; errors are excluded (they moved no money) and
@@ -109,6 +109,7 @@ def report_request(*, account_id: str, secret_key: str, mode: str, hash_type: st
     ht = normalize_hash_type(hash_type)
     fields = {
         "ACCOUNT_ID": account_id.strip(),
+        **protocol.platform_fields(platform_merchant_id),
         "MODE": mode_,
         "REPORT_START_DATE": start.isoformat(),
         "REPORT_END_DATE": end.isoformat(),

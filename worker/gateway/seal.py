@@ -30,8 +30,11 @@ __all__ = [
 HASH_TYPES = ("MD5", "SHA256", "SHA512", "HMAC_SHA256", "HMAC_SHA512")
 DEFAULT_HASH_TYPE = "HMAC_SHA512"
 
+#: PLATFORM_MERCHANT_ID (a platform's sub-merchant) follows the account id in every seal, as BluePay's C# library 3.0.8
+#: concatenates it (absent: "", the seal of every request without one is unchanged).
 TRANSACTION_SEAL_FIELDS = (
     "MERCHANT",
+    "PLATFORM_MERCHANT_ID",
     "TRANSACTION_TYPE",
     "AMOUNT",
     "REBILLING",
@@ -42,7 +45,7 @@ TRANSACTION_SEAL_FIELDS = (
     "RRNO",
     "MODE",
 )
-QUERY_SEAL_FIELDS = ("ACCOUNT_ID", "REPORT_START_DATE", "REPORT_END_DATE")
+QUERY_SEAL_FIELDS = ("ACCOUNT_ID", "PLATFORM_MERCHANT_ID", "REPORT_START_DATE", "REPORT_END_DATE")
 
 _PLAIN = {"MD5": hashlib.md5, "SHA256": hashlib.sha256, "SHA512": hashlib.sha512}
 _HMAC = {"HMAC_SHA256": hashlib.sha256, "HMAC_SHA512": hashlib.sha512}
@@ -73,12 +76,13 @@ def _concat(fields: Mapping[str, object], names: tuple[str, ...]) -> str:
 
 
 def transaction_seal_message(fields: Mapping[str, object]) -> str:
-    """bp10emu: MERCHANT+TRANSACTION_TYPE+AMOUNT+REBILLING+REB_FIRST_DATE+REB_EXPR+REB_CYCLES+REB_AMOUNT+RRNO+MODE."""
+    """bp10emu: MERCHANT+PLATFORM_MERCHANT_ID+TRANSACTION_TYPE+AMOUNT+REBILLING+REB_FIRST_DATE+REB_EXPR+REB_CYCLES+
+    REB_AMOUNT+RRNO+MODE."""
     return _concat(fields, TRANSACTION_SEAL_FIELDS)
 
 
 def query_seal_message(fields: Mapping[str, object]) -> str:
-    """stq: ACCOUNT_ID+REPORT_START_DATE+REPORT_END_DATE."""
+    """stq and bpdailyreport2: ACCOUNT_ID+PLATFORM_MERCHANT_ID+REPORT_START_DATE+REPORT_END_DATE."""
     return _concat(fields, QUERY_SEAL_FIELDS)
 
 

@@ -12,13 +12,16 @@ attempt; one script does both in one. pybreaker is not a dependency: the breaker
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
-from worker.gateway.errors import GatewayUnavailable, Throttled
+import redis
+
+from worker.gateway.errors import GatewayUnavailable, Held, Throttled
 from worker.gateway.guarding import NEUTRAL, UP
 from worker.guard.rates import GuardSettings
 
@@ -27,6 +30,8 @@ __all__ = ["RedisGuard", "GuardObserver", "BreakerState", "breaker_state", "LANE
 log = logging.getLogger("payments.guard")
 #: pay: bp10emu (charges, follow-ups); look: stq and the daily report (their own budget)
 LANES = ("pay", "look")
+#: seconds before an attempt held back because Redis did not answer the guard is tried again
+REDIS_RETRY_AFTER = 5.0
 
 
 def _script(name: str) -> str:
@@ -82,10 +87,16 @@ class RedisGuard:
         s = self.settings
         waited = 0.0
         while True:
-            verdict, seconds, _state = self._admit(
-                keys=[self._breaker_key, self._bucket_key + lane],
-                args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
-                      repr(s.cooldown)])
+            try:
+                verdict, seconds, _state = self._admit(
+                    keys=[self._breaker_key, self._bucket_key + lane],
+                    args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
+                          repr(s.cooldown)])
+            except redis.RedisError as exc:  # nothing is sent unasked: the fence after it needs Redis anyway
+                log.warning("gateway guard (%s): Redis unavailable (%s); attempt held back", self.merchant,
+                            type(exc).__name__)
+                raise Held(f"not sent: the gateway guard could not reach Redis ({type(exc).__name__})",
+                           retry_after=REDIS_RETRY_AFTER) from None
             verdict = _text(verdict)
             value = float(_text(seconds))
             if verdict == "ok":
@@ -101,8 +112,9 @@ class RedisGuard:
                 self._observer.held(self.merchant, "throttled")
                 raise Throttled(f"gateway rate limit reached ({self.merchant})", retry_after=value)
             self._observer.held(self.merchant, "breaker_open")
+            # spread over half a wait more: the payments held now must not all come back at the same moment
             raise GatewayUnavailable(f"gateway unavailable: circuit breaker open ({self.merchant})",
-                                     retry_after=value)
+                                     retry_after=value * random.uniform(1.0, 1.5))
 
     def settle(self, ticket: _Ticket, verdict: str) -> None:
         """Tell the breaker how the attempt went: a round trip only when it changes something (a failure, a probe's
@@ -114,8 +126,12 @@ class RedisGuard:
             return
         if verdict == NEUTRAL and not ticket.probe:
             return
-        change = _text(self._settle(keys=[self._breaker_key],
-                                    args=[verdict, s.breaker_failures, repr(s.cooldown), "1" if ticket.probe else "0"]))
+        try:
+            change = _text(self._settle(keys=[self._breaker_key], args=[verdict, s.breaker_failures, repr(s.cooldown),
+                                                                        "1" if ticket.probe else "0"]))
+        except redis.RedisError as exc:  # never in the way of the attempt's own outcome: the breaker misses one count
+            log.warning("gateway guard (%s): breaker not told (%s)", self.merchant, type(exc).__name__)
+            return
         if change == "opened":
             log.warning("gateway breaker (%s): OPEN for %gs after %s", self.merchant, s.cooldown,
                         "the probe failed" if ticket.probe else f"{s.breaker_failures} consecutive failures")

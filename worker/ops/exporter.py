@@ -26,6 +26,7 @@ Redis, no key scans) and reports::
     payments_webhook_events_total, payments_webhook_endpoints_disabled_total (by WEBHOOK_DISABLE_AFTER)
     payments_webhook_undelivered, payments_webhook_oldest_undelivered_age_seconds, payments_webhook_failed
                                                       (the failed set's size: until replayed)
+    payments_webhook_intake_lag                       transitions the webhook intake has not read yet
     payments_exporter_redis_up, payments_exporter_scrape_seconds
 
 Ages use Redis server time. Labels are bounded: statuses, queue names, the sweep's action words.
@@ -182,6 +183,8 @@ def _webhooks(hooks: dict[str, Any]) -> Iterator[Metric]:
                  "(0: none)", hooks.get("oldest_undelivered_age", 0.0))
     yield _gauge("payments_webhook_failed", "Webhook deliveries given up (the failed set, until replayed)",
                  hooks.get("failed", 0))
+    yield _gauge("payments_webhook_intake_lag", "Transitions in the audit stream the webhook intake has not read yet",
+                 hooks.get("intake_lag", 0))
 
 
 def registry_for(svc: Any, app: Any) -> CollectorRegistry:

@@ -48,7 +48,8 @@ def installed() -> bool:
 
 def install() -> None:
     """Make Flower's command build a :class:`LockedFlower` and set the package's defaults. Idempotent; called on
-    import of the app whenever Flower's command module is loaded (``worker.broker.app``) and by ``payments flower``."""
+    building of the default app whenever Flower's command module is loaded (``worker.broker.app.default_app``)
+    and by ``payments flower``."""
     from flower import command
     from tornado.options import options
 

@@ -2,7 +2,8 @@
 
 Every read is cheap whatever the store holds (``store.health``: index sizes and first members, small hashes;
 the broker: ``LLEN`` of each queue and ``HLEN`` of kombu's ``unacked`` hash). :func:`attention` says what a
-human should look at; ``ops/prometheus/alerts.yml`` pages on the same conditions (README, "Alerts and what to do").
+human should look at; ``ops/prometheus/alerts.yml`` pages on the same conditions (docs/monitoring.md, "Alerts and
+what to do").
 """
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def diagnose(exc: BaseException, settings: Settings) -> Misconfiguration | None:
     if isinstance(exc, (Rejected, OutcomeUnknown)) and "SECURITY ERROR" in _gateway_text(exc).upper():
         return Misconfiguration("security-error", (
             f"the gateway answered SECURITY ERROR for account {settings.bluepay_account_id!r}: check "
-            f"BLUEPAY_SECRET_KEY (and BLUEPAY_ACCOUNT_ID, BLUEPAY_HASH_TYPE={settings.bluepay_hash_type}, "
+            f"BLUEPAY_SECRET_KEY (and BLUEPAY_ACCOUNT_ID, BLUEPAY_PLATFORM_MERCHANT_ID, "
+            f"BLUEPAY_HASH_TYPE={settings.bluepay_hash_type}, "
             f"BLUEPAY_MODE={settings.bluepay_mode}): the gateway could not verify our seal"))
     return None
 
@@ -77,6 +78,7 @@ def probe(settings: Settings, *, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
     client = BluePayClient(
         account_id=settings.bluepay_account_id, secret_key=settings.bluepay_secret_key, mode=settings.bluepay_mode,
         base_url=settings.bluepay_url, hash_type=settings.bluepay_hash_type,
+        platform_merchant_id=settings.bluepay_platform_merchant_id,
         connect_timeout=min(settings.connect_timeout, timeout), read_timeout=min(settings.read_timeout, timeout),
         retry_policy=RetryPolicy(max_attempts=1, max_seconds=0))
     try:

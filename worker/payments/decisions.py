@@ -27,7 +27,7 @@ class DecisionRefused(Exception):
 class Resolved:
     payment_id: str
     before: str
-    record: dict[str, Any]
+    record: dict[str, object]
     who: str
     report_kept: bool
 
@@ -115,7 +115,7 @@ def _decision(status: str, reason: str, who: str, statuses: Sequence[str]) -> tu
     return status, reason
 
 
-def kept_rows(recon: Any, record: Mapping[str, Any] | PaymentRecord) -> tuple[list[dict[str, str]] | None, str]:
+def kept_rows(recon: Any, record: Mapping[str, object] | PaymentRecord) -> tuple[list[dict[str, str]] | None, str]:
     """The kept reports' rows under the record's ORDER_ID on its creation day and the next (a transaction issued
     after midnight), and which reports they are; None when neither report looked at it."""
     ours = record if isinstance(record, PaymentRecord) else decode(record)

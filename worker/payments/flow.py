@@ -87,7 +87,8 @@ SETTLED_REFUSAL = "cannot void a settled transaction"
 Fence = Callable[[], tuple[float, int]]
 #: a delivery of a message that never ran before (the sweep's own requests; tests)
 FIRST_DELIVERY = Delivery()
-_STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "capture": "CAPTURE", "refund": "REFUND", "void": "VOID"}
+_STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "credit": "CREDIT", "capture": "CAPTURE", "refund": "REFUND",
+             "void": "VOID", "update": "UPDATE"}
 
 
 class Gateway(Protocol):
@@ -95,18 +96,25 @@ class Gateway(Protocol):
     before each attempt of a money-moving call (the first and every retry); it returns the attempt's stamp (Redis
     time) and TRANS_EXPIRE_PERIOD (minutes), or raises FenceLost, and then nothing is sent."""
 
-    def sale(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+    def sale(self, amount: Money, card: Card, customer: Mapping[str, object] | None = None, order_id: str | None = None,
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
 
-    def auth(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+    def auth(self, amount: Money, card: Card, customer: Mapping[str, object] | None = None, order_id: str | None = None,
              duplicate_override: bool = False, invoice_id: str | None = None,
              fence: Fence | None = None) -> Response: ...
+
+    def credit(self, amount: Money, card: Card, customer: Mapping[str, Any] | None = None, order_id: str | None = None,
+               duplicate_override: bool = False, invoice_id: str | None = None,
+               fence: Fence | None = None) -> Response: ...
 
     def capture(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
                 fence: Fence | None = None) -> Response: ...
 
     def refund(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
+               fence: Fence | None = None) -> Response: ...
+
+    def update(self, trans_id: str, amount: Money | None, order_id: str | None = None,
                fence: Fence | None = None) -> Response: ...
 
     def void(self, trans_id: str, order_id: str | None = None, fence: Fence | None = None) -> Response: ...
@@ -121,7 +129,7 @@ class Store(Protocol):
 
     def now(self) -> float: ...
 
-    def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
+    def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, object] | None = None,
               owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
               mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim: ...
 
@@ -129,18 +137,18 @@ class Store(Protocol):
 
     def fence(self, payment_id: str, owner: str, lease_seconds: float, accepted_for: float) -> float | None: ...
 
-    def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
+    def transition(self, payment_id: str, status: str, *, fields: Mapping[str, object] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False, then: FinalWrite | None = None) -> dict[str, Any] | None: ...
+                   reflect: bool = False, then: FinalWrite | None = None) -> dict[str, object] | None: ...
 
     def renew(self, payment_id: str, owner: str, lease_seconds: float) -> bool: ...
 
     def reflect(self, payment_id: str) -> str: ...
 
-    def get(self, payment_id: str) -> dict[str, Any] | None: ...
+    def get(self, payment_id: str) -> dict[str, object] | None: ...
 
-    def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None: ...
+    def find_by_trans_id(self, trans_id: str) -> dict[str, object] | None: ...
 
 
 class FlowObserver(Protocol):
@@ -250,7 +258,7 @@ def interpret(operation: str, response: Response) -> tuple[Status, dict[str, str
     return status, fields
 
 
-def error_outcome(operation: str, payment_id: str, message: str, error_class: str, **extra: str) -> dict[str, Any]:
+def error_outcome(operation: str, payment_id: str, message: str, error_class: str, **extra: str) -> dict[str, object]:
     """An ERROR outcome for this delivery only: nothing is stored (the key belongs to another request, or
     another worker holds it)."""
     now = _iso_now()
@@ -317,10 +325,10 @@ class PaymentFlow:
                 return older
         return ids[0]
 
-    def charge(self, operation: ChargeOperation, payment_id: str, *, amount: Any, card: Any, customer: Any = None,
-               invoice_id: Any = None, then_void: bool = False, message_id: str = "",
+    def charge(self, operation: ChargeOperation, payment_id: str, *, amount: object, card: object,
+               customer: object = None, invoice_id: object = None, then_void: bool = False, message_id: str = "",
                redelivered: bool = False, shown_key: str | None = None,
-               retry_failed: bool = False, repeat: RepeatCharge | None = None) -> dict[str, Any]:
+               retry_failed: bool = False, repeat: RepeatCharge | None = None) -> dict[str, object]:
         """SALE or AUTH as given (:func:`worker.payments.requests.charge_request` checks it), then :meth:`submit`.
         ``card`` is the clear card dict (opened by the task just before).
 
@@ -335,17 +343,17 @@ class PaymentFlow:
                                  card_keys=self.card_keys, repeat=repeat)
         return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-    def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: Any, amount: Any = None,
+    def follow_up(self, operation: FollowUpOperation, payment_id: str, *, trans_id: object, amount: object = None,
                   parent: str | None = None, reason: str | None = None, message_id: str = "",
                   redelivered: bool = False, shown_key: str | None = None,
-                  retry_failed: bool = False) -> dict[str, Any]:
+                  retry_failed: bool = False) -> dict[str, object]:
         """CAPTURE, REFUND or VOID of an earlier transaction ``trans_id`` (checked by
         :func:`worker.payments.requests.follow_up_request`), then :meth:`submit`; ``reason`` is kept on the record."""
         request = follow_up_request(operation, payment_id, trans_id=trans_id, amount=amount, parent=parent,
                                     reason=reason, shown_key=shown_key, card_keys=self.card_keys)
         return self.submit(request, Delivery(message_id, redelivered, retry_failed))
 
-    def submit(self, request: PaymentRequest | Refusal, delivery: Delivery = FIRST_DELIVERY) -> dict[str, Any]:
+    def submit(self, request: PaymentRequest | Refusal, delivery: Delivery = FIRST_DELIVERY) -> dict[str, object]:
         """Run a checked request (built once at the task edge), or record its refusal."""
         if isinstance(request, Refusal):
             return self.refuse(request.operation, request.payment_id, request.message, fields=request.fields,
@@ -360,7 +368,8 @@ class PaymentFlow:
         if isinstance(request, ChargeRequest):
             # Callable[..., Response]: a repeat charge also passes token/customer_token/stored (BluePayClient's
             # keywords, docs/tokens.md) and no card; the Gateway protocol keeps the card charge's shape for the fakes
-            verb: Callable[..., Response] = gateway.auth if request.operation == "auth" else gateway.sale
+            verb: Callable[..., Response] = {"auth": gateway.auth, "sale": gateway.sale,
+                                             "credit": gateway.credit}[request.operation]
             charge = request
 
             repeat = self._repeat_arguments(charge)
@@ -377,12 +386,12 @@ class PaymentFlow:
         def send_follow_up(duplicate_override: bool, fence: Fence) -> Response:
             if follow_up.operation == "void":
                 return gateway.void(follow_up.trans_id, order_id=order_id, fence=fence)
-            verb = gateway.capture if follow_up.operation == "capture" else gateway.refund
+            verb = {"capture": gateway.capture, "refund": gateway.refund, "update": gateway.update}[follow_up.operation]
             return verb(follow_up.trans_id, follow_up.amount, order_id=order_id, fence=fence)
 
         return send_follow_up
 
-    def _repeat_arguments(self, charge: ChargeRequest) -> dict[str, Any]:
+    def _repeat_arguments(self, charge: ChargeRequest) -> dict[str, object]:
         """The gateway verb's repeat-charge arguments; a later charge by token carries the STORED_ID BluePay gave the
         transaction it names (its record, when this store has it: docs/tokens.md)."""
         kwargs = dict(charge.repeat.gateway_kwargs)
@@ -398,8 +407,8 @@ class PaymentFlow:
                 kwargs["stored"] = dataclasses.replace(stored, stored_id=stored_id)
         return kwargs
 
-    def void_after(self, sale_outcome: Any, payment_id: str | None = None, *, message_id: str = "",
-                   redelivered: bool = False) -> dict[str, Any]:
+    def void_after(self, sale_outcome: object, payment_id: str | None = None, *, message_id: str = "",
+                   redelivered: bool = False) -> dict[str, object]:
         """The chain link: void a sale outcome only when it was approved, otherwise SKIPPED."""
         if not isinstance(sale_outcome, dict) or not sale_outcome.get("payment_id"):
             raise InvalidInput("sale_outcome", "void after a sale needs the sale's outcome dict")
@@ -422,8 +431,8 @@ class PaymentFlow:
                               redelivered=redelivered)
 
     def skip(self, operation: str, payment_id: str, parent: str, reason: str, *,
-             sale: dict[str, Any] | None = None, message_id: str = "") -> dict[str, Any]:
-        fields = {"parent": parent, "order_id": payment_id}
+             sale: dict[str, object] | None = None, message_id: str = "") -> dict[str, object]:
+        fields: dict[str, object] = {"parent": parent, "order_id": payment_id}
         for key in ("masked_account", "card_type", "amount", "target"):
             if sale and sale.get(key):
                 fields[key] = sale[key]
@@ -437,10 +446,10 @@ class PaymentFlow:
         self._observe_outcome(operation, record)
         return task_outcome(record or self.store.get(payment_id))
 
-    def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, Any] | None = None,
+    def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, object] | None = None,
                error_class: str = "InvalidInput", message_id: str = "",
-               fingerprints: Sequence[str] = ()) -> dict[str, Any]:
-        """A delivery that cannot run (bad arguments, a seal that does not open): a final ERROR record when the
+               fingerprints: Sequence[str] = ()) -> dict[str, object]:
+        """A delivery that cannot run (bad arguments, a encrypt that does not open): a final ERROR record when the
         operation has none; when it has one, this delivery's own ERROR, and the record is left alone.
 
         ``fingerprints`` (:func:`refusal_fingerprints`) bind the key to the refused request, as any claim does:
@@ -460,11 +469,11 @@ class PaymentFlow:
             return existing.outcome()  # this very refusal, delivered again
         return error_outcome(operation, payment_id, _short(message), error_class)
 
-    def current_outcome(self, payment_id: str) -> dict[str, Any]:
+    def current_outcome(self, payment_id: str) -> dict[str, object]:
         record = self.store.get(payment_id)
         return task_outcome(record) if record else {"payment_id": payment_id, "status": Status.UNKNOWN.value}
 
-    def give_up_retrying(self, operation: str, payment_id: str, reason: str) -> dict[str, Any]:
+    def give_up_retrying(self, operation: str, payment_id: str, reason: str) -> dict[str, object]:
         """Outage re-queues ran out. A provably unsent operation ends ERROR (``not_charged``); one that may have
         been sent stays UNKNOWN for the sweep (only stq may settle it)."""
         owner = new_owner()
@@ -483,9 +492,9 @@ class PaymentFlow:
         return task_outcome(parked or self.store.get(payment_id))
 
     # ----------------------------------------------------------------- the engine
-    def _run(self, operation: str, payment_id: str, fields: dict[str, Any], fingerprints: list[str],
+    def _run(self, operation: str, payment_id: str, fields: dict[str, object], fingerprints: list[str],
              send: Callable[[bool, Fence], Response], message_id: str, redelivered: bool, *,
-             retry_failed: bool = False) -> dict[str, Any]:
+             retry_failed: bool = False) -> dict[str, object]:
         owner = new_owner()
         try:
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
@@ -536,7 +545,7 @@ class PaymentFlow:
                                 type(park_exc).__name__)
                 raise
 
-    def _drive(self, run: _Run, record: PaymentRecord, now: float, *, journaled: bool) -> dict[str, Any]:
+    def _drive(self, run: _Run, record: PaymentRecord, now: float, *, journaled: bool) -> dict[str, object]:
         sent_ts = record.sent_ts
         if sent_ts is not None:
             # An attempt (ours earlier, or an earlier delivery's) may have reached the gateway.
@@ -552,7 +561,7 @@ class PaymentFlow:
             # Absent, and every attempt that may have been sent is older than the horizon: never landed.
         return self._send(run, journaled=journaled, sent_before=sent_ts)
 
-    def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict[str, Any]:
+    def _send(self, run: _Run, *, journaled: bool, sent_before: float | None) -> dict[str, object]:
         duplicate_override = False
         for _ in range(MAX_SENDS):
             self._before_attempt(run, journaled=journaled)
@@ -599,7 +608,7 @@ class PaymentFlow:
         if noted is None:
             raise _LeaseLost()
 
-    def _after_unknown(self, run: _Run, exc: OutcomeUnknown, sent_before: float | None) -> dict[str, Any] | None:
+    def _after_unknown(self, run: _Run, exc: OutcomeUnknown, sent_before: float | None) -> dict[str, object] | None:
         """An attempt whose outcome is unknown: stq's row of ours adopted, or the operation parked UNKNOWN (raises),
         or None: the gateway refused it as a DUPLICATE of another operation and ours never landed, so it is sent
         again with DUPLICATE_OVERRIDE."""
@@ -655,7 +664,7 @@ class PaymentFlow:
             raise FenceLost("lease lost before the attempt")
         return now
 
-    def _answer(self, run: _Run, response: Response, **extra: str) -> dict[str, Any]:
+    def _answer(self, run: _Run, response: Response, **extra: str) -> dict[str, object]:
         """Record the gateway's answer to our request."""
         if run.operation == "void" and (response.message or "").startswith(ALREADY_VOIDED):
             # An earlier delivery of this very void may have gone through: record that VOID with its trans id.
@@ -665,13 +674,14 @@ class PaymentFlow:
         status, fields = interpret(run.operation, response)
         return self._finish(run, status, dict(fields, **extra, **_amount_taken(run, status, response)))
 
-    def _adopt(self, run: _Run, found: Response) -> dict[str, Any]:
+    def _adopt(self, run: _Run, found: Response) -> dict[str, object]:
         status, fields = interpret(run.operation, found)
         fields.update(_amount_taken(run, status, found))
         fields["reconciled"] = "stq"
         return self._finish(run, status, fields, note="adopted from stq")
 
-    def _finish(self, run: _Run, status: Status, fields: dict[str, Any], *, note: str = "") -> dict[str, Any]:
+    def _finish(self, run: _Run, status: Status, fields: Mapping[str, object], *,
+                note: str = "") -> dict[str, object]:
         refused = (self.policy.refuses(str(fields.get("avs") or ""), str(fields.get("cvv2") or ""))
                    if run.operation in ("sale", "auth") and status == Status.APPROVED else "")
         if refused:
@@ -679,13 +689,13 @@ class PaymentFlow:
         # The task's final write: its Celery result and ack go in the same call (worker/store/final_write.py).
         record = self.store.transition(run.payment_id, status, fields=fields, expect=(Status.PENDING,),
                                        owner=run.owner, sent=True, reflect=run.follow_up,
-                                       note=note or fields.get("message", ""), then=final_write.current())
+                                       note=note or str(fields.get("message", "")), then=final_write.current())
         if record is None:  # someone else holds it now (lease lost): their record stands
             raise _LeaseLost()
         self._observe_outcome(run.operation, record)
         return task_outcome(record)
 
-    def _void_by_policy(self, run: _Run, fields: dict[str, Any], refused: str) -> dict[str, Any]:
+    def _void_by_policy(self, run: _Run, fields: Mapping[str, object], refused: str) -> dict[str, object]:
         """An approval the AVS/CVV2 policy does not accept (worker/payments/policy.py): recorded APPROVED with
         ``declined_by_policy`` and ``then_void`` (a sale the sweep voids if this process dies now; an auth, the
         stale-auth sweep), then voided at once as ``<payment_id>:void``. Neither write is the task's final one
@@ -763,7 +773,7 @@ class PaymentFlow:
         """What a row of ours shows: our ORDER_ID and type, the amount we sent (or, without one, no more than the
         original's), the card's last four (ours, or the original's), the trans id a follow-up referred to."""
         types = frozenset({_STQ_TYPE[run.operation]} | ({"VOID"} if run.operation == "refund" else set()))
-        if run.operation in ("sale", "auth"):
+        if run.operation in ("sale", "auth", "credit"):
             return Expected(run.payment_id, types, amount=_money(run.amount), last_four=_last_four(run.masked_account))
         original = self._original(run)
         last_four = _last_four(original.masked_account) if original else ""
@@ -784,7 +794,7 @@ class PaymentFlow:
             return None
 
     # ----------------------------------------------------------------- the sweep's reconciliation
-    def reconcile(self, record: Mapping[str, Any], *, give_up_after: float, retry_base: float = 60.0) -> str:
+    def reconcile(self, record: Mapping[str, object], *, give_up_after: float, retry_base: float = 60.0) -> str:
         """The sweep's look at an operation left non-final: adopt, close as not charged, or wait.
 
         Returns what happened: adopted, not_charged, still_unknown, gave_up, or skipped (taken/final/not due).
@@ -843,12 +853,12 @@ class PaymentFlow:
             except _LeaseLost:
                 return "skipped"
 
-    def _observe_outcome(self, operation: str, record: Mapping[str, Any] | None) -> None:
+    def _observe_outcome(self, operation: str, record: Mapping[str, object] | None) -> None:
         if record is not None:
             written = decode(record)
             self.observer.outcome(operation, written.status or "", written.amount)
 
-    def _observe_parked(self, operation: str, record: Mapping[str, Any] | None) -> None:
+    def _observe_parked(self, operation: str, record: Mapping[str, object] | None) -> None:
         if record is not None:
             self.observer.parked(operation, decode(record).status or "")
 

@@ -61,7 +61,7 @@ class Kind(StrEnum):
 #: What is left for a human (``adopted`` was corrected, audited).
 DIFFERENCES: frozenset[Kind] = frozenset(Kind) - {Kind.ADOPTED}
 
-#: What each difference asks of a person (README, the table's footer).
+#: What each difference asks of a person (docs/reconciliation.md, the table's footer).
 ACTIONS: dict[Kind, str] = {
     Kind.GATEWAY_ONLY: "find who charged it (console? another system? a second send?); refund it, or record it",
     Kind.OURS_ONLY: "look the ORDER_ID up in the console; if it never existed, resolve the record",
@@ -93,9 +93,9 @@ class Finding:
     gateway: str = ""  # the gateway's status (and amount, voided/settled)
     row: ReportRow | None = field(default=None, compare=False)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         # detail may quote an ORDER_ID typed in the console: anything card-like in it is masked
-        out: dict[str, Any] = {"kind": self.kind.value, "payment_id": self.payment_id, "trans_id": self.trans_id,
+        out: dict[str, object] = {"kind": self.kind.value, "payment_id": self.payment_id, "trans_id": self.trans_id,
                                "detail": scrub(self.detail), "ours": self.ours, "gateway": self.gateway}
         if self.row is not None:
             out["row"] = self.row.as_dict()
@@ -129,17 +129,17 @@ def gateway_says(row: ReportRow) -> str:
                                                                                 else "")
 
 
-def _typed(record: Mapping[str, Any] | PaymentRecord) -> PaymentRecord:
+def _typed(record: Mapping[str, object] | PaymentRecord) -> PaymentRecord:
     return record if isinstance(record, PaymentRecord) else decode(record)
 
 
-def we_say(record: Mapping[str, Any] | PaymentRecord) -> str:
+def we_say(record: Mapping[str, object] | PaymentRecord) -> str:
     ours = _typed(record)
     status = ours.status or ours.fields.get("status")
     return f"{status} {ours.operation or None}" + (f" {ours.amount}" if ours.amount else "")
 
 
-def expected_status(record: Mapping[str, Any] | PaymentRecord) -> str | None:
+def expected_status(record: Mapping[str, object] | PaymentRecord) -> str | None:
     """The gateway status ("1", "0") the record's own transaction should have; None: no transaction expected
     (ERROR, SKIPPED, a void answered "Already Voided" without a transaction of its own)."""
     ours = _typed(record)
@@ -152,8 +152,8 @@ def expected_status(record: Mapping[str, Any] | PaymentRecord) -> str | None:
     return None
 
 
-def classify(row: ReportRow, record: Mapping[str, Any] | PaymentRecord | None, *,
-             origin: Mapping[str, Any] | PaymentRecord | None = None) -> Verdict:
+def classify(row: ReportRow, record: Mapping[str, object] | PaymentRecord | None, *,
+             origin: Mapping[str, object] | PaymentRecord | None = None) -> Verdict:
     """What one report row says about our records. ``record``: the record whose payment id is the row's ORDER_ID
     (None: no such record); ``origin``: for a VOID/REFUND row unknown to us, our record of the transaction it
     refers to (``master_id``). None: no difference."""
@@ -275,19 +275,19 @@ class RecordsStore(Protocol):
     def claim(self, payment_id: str, operation: str, *, owner: str, lease_seconds: float,
               mode: str = "run") -> Any: ...
 
-    def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
+    def transition(self, payment_id: str, status: str, *, fields: Mapping[str, object] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
-                   sent: bool | None = None, reflect: bool = False) -> dict[str, Any] | None: ...
+                   sent: bool | None = None, reflect: bool = False) -> dict[str, object] | None: ...
 
 
 class KeptReports(Protocol):
-    def records(self, payment_ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
+    def records(self, payment_ids: Sequence[str]) -> dict[str, dict[str, object]]: ...
 
     def payment_ids_for_trans(self, trans_ids: Sequence[str]) -> dict[str, str]: ...
 
     def created_between(self, start_ts: float, end_ts: float, *, batch: int = 1000) -> Iterator[list[str]]: ...
 
-    def keep(self, day: str, summary: Mapping[str, Any], rows: Mapping[str, list[dict[str, str]]]) -> None: ...
+    def keep(self, day: str, summary: Mapping[str, object], rows: Mapping[str, list[dict[str, str]]]) -> None: ...
 
 
 @dataclass
@@ -306,7 +306,7 @@ class DayResult:
     def differences(self) -> list[Finding]:
         return [f for f in self.findings if f.kind in DIFFERENCES]
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:  # JSON: kept in the store and printed
         by_kind = {k.value: 0 for k in Kind}
         for f in self.findings:
             by_kind[f.kind.value] += 1
@@ -366,7 +366,7 @@ class Reconciler:
             return
         records = self.kept.records(sorted({r.order_id for r in batch if r.order_id}))
         unknown_follow_ups = [r.master_id for r in batch if r.order_id not in records and r.master_id]
-        origins: dict[str, dict[str, Any]] = {}
+        origins: dict[str, dict[str, object]] = {}
         if unknown_follow_ups:
             by_trans = self.kept.payment_ids_for_trans(sorted(set(unknown_follow_ups)))
             found = self.kept.records(sorted(set(by_trans.values())))

@@ -44,7 +44,7 @@ LOCK_NAME = "sweep"
 class OutboxPublisher(Protocol):
     """What the sweep needs of the broker for step 4 (worker/broker/outbox.py: ``AppPublisher`` over an app)."""
 
-    def republish(self, message: dict[str, Any]) -> None:
+    def republish(self, message: dict[str, object]) -> None:
         """Publish a kept message again, as it was."""
 
     def finished(self, task_id: str) -> bool:
@@ -94,7 +94,7 @@ def run_sweep(svc: Any, *, publisher: OutboxPublisher | None = None, progress: C
         counts.update(retain(svc, now=now, deadline=deadline))
     finally:
         store.locks.release(LOCK_NAME, token)
-    report = {"ran": True, **dict(sorted(counts.items()))}
+    report: dict[str, Any] = {"ran": True, **dict(sorted(counts.items()))}  # JSON: logged, kept, printed
     log.info("sweep: %s", report)
     try:  # for the metrics exporter and `payments status`: when the sweep last ran and what it did
         store.health.record_sweep(report, started=started)
@@ -103,7 +103,7 @@ def run_sweep(svc: Any, *, publisher: OutboxPublisher | None = None, progress: C
     return report
 
 
-def void_stale_auth(svc: Any, record: dict[str, Any]) -> str:
+def void_stale_auth(svc: Any, record: dict[str, object]) -> str:
     """Void an approved auth older than STALE_AUTH_AGE, neither captured nor voided (step 2)."""
     store, age, auth = svc.store, svc.settings.stale_auth_age, decode(record)
     reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
@@ -116,7 +116,7 @@ def void_stale_auth(svc: Any, record: dict[str, Any]) -> str:
         return _deferred(record, later)
 
 
-def chain_void(svc: Any, record: dict[str, Any]) -> str:
+def chain_void(svc: Any, record: dict[str, object]) -> str:
     """Finish a sale->void chain whose void was due but never ran (step 5)."""
     try:
         return finish_chain_void(svc.flow, svc.store, record)
@@ -124,7 +124,7 @@ def chain_void(svc: Any, record: dict[str, Any]) -> str:
         return _deferred(record, later)
 
 
-def sweep_one(svc: Any, payment_id: str) -> dict[str, Any]:
+def sweep_one(svc: Any, payment_id: str) -> dict[str, object]:
     """The sweep's steps 1, 2, 3 and 5 for one payment now (an operator's "sweep this one"), under the sweep's lock
     so that it never runs beside a sweep: each step only where the sweep itself would take the record (the same
     indexes and ages). ``{"ran": False, ...}`` when a sweep holds the lock or there is no such record."""
@@ -157,8 +157,8 @@ def _due(store: ResultsStore, key: str, payment_id: str, cutoff: float) -> list[
     return [payment_id] if score is not None and float(score) <= cutoff else []
 
 
-def _only(store: ResultsStore, payment_id: str, index: str, query: Callable[..., list[dict[str, Any]]],
-          older_than: float) -> list[dict[str, Any]]:
+def _only(store: ResultsStore, payment_id: str, index: str, query: Callable[..., list[dict[str, object]]],
+          older_than: float) -> list[dict[str, object]]:
     """What the store's sweep ``query`` (over the index named ``index``) returns for this one payment: asked only
     when the index holds it old enough, and then by the query itself, so its rules stay the store's."""
     if not _due(store, getattr(store.keys, index), payment_id, store.now() - float(older_than)):
@@ -184,7 +184,7 @@ def outbox_due(settings: Settings) -> float:
     return max(outbox_age(settings) - settings.sweep_interval, settings.visibility_timeout)
 
 
-def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any],
+def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any],  # an outbox entry: JSON
                    publisher: OutboxPublisher | None) -> str:
     if int(entry.get("republished", 0)) >= MAX_REPUBLISH:
         log.error("sweep: message %s was published %d times and never finished: look at it by hand",
@@ -208,7 +208,7 @@ def republish_lost(store: ResultsStore, task_id: str, entry: Mapping[str, Any],
     return "republished"
 
 
-def finish_chain_void(flow: PaymentFlow, store: ResultsStore, sale_record: Mapping[str, Any]) -> str:
+def finish_chain_void(flow: PaymentFlow, store: ResultsStore, sale_record: Mapping[str, object]) -> str:
     """Void an approved sale whose chained void never ran (or was skipped while the sale was unknown)."""
     sale_id = decode(sale_record).payment_id
     void_id = f"{sale_id}:void"
@@ -239,7 +239,7 @@ def fresh_void_id(store: ResultsStore, void_id: str) -> str:
         candidate = f"{void_id}-{n}"
 
 
-def _deferred(record: Mapping[str, Any], later: GatewayOutage | LeaseBusy) -> str:
+def _deferred(record: Mapping[str, object], later: GatewayOutage | LeaseBusy) -> str:
     """A void the gateway could not take now (parked RETRYING/UNKNOWN) or that another worker holds: the next
     sweep picks it up again; one such record must not abort the sweep for all the others."""
     log.warning("sweep: %s deferred: %s", record.get("payment_id"), later.reason)

@@ -49,7 +49,7 @@ _EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
 # stq's text writes its dates YYYY-MM-DD HH:MM:SS, the daily report's YYYY-MM-DD: both are read.
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?$")
 
-SUPPORTED_TYPES = ("SALE", "AUTH", "CAPTURE", "REFUND", "VOID")
+SUPPORTED_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID", "UPDATE")
 # TRANS_SUBMIT_TIMESTAMP is US Central time (bp10emu text, TRANSACTION TIMESTAMP); TRANS_EXPIRE_PERIOD "N MINUTES".
 _CENTRAL = ZoneInfo("America/Chicago")
 _SUBMIT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -154,10 +154,13 @@ class Entry:
     captured_by: str = ""
     refunded: Decimal = _ZERO
     refunds: list = field(default_factory=list)
+    base_type: str = ""  # an UPDATE: the type of what it updated (SALE, AUTH): the update stands in for it
+    updated_by: str = ""  # the UPDATE that replaced this transaction (void/refund/capture the update instead)
     cust_token: str = ""  # CUST_TOKEN used, or NEW_CUST_TOKEN established
     stored_indicator: str = ""  # STORED_INDICATOR / STORED_TYPE / STORED_ID as received (STORED_ID: as answered)
     stored_type: str = ""
     stored_id: str = ""
+    platform_merchant_id: str = ""  # the sub-merchant a platform charged for (PLATFORM_MERCHANT_ID), if any
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,13 +175,15 @@ class Entry:
             "voided": self.voided, "voided_by": self.voided_by,
             "captured": self.captured, "captured_by": self.captured_by,
             "refunded": fmt(self.refunded), "refunds": list(self.refunds),
+            "base_type": self.base_type, "updated_by": self.updated_by,
             "cust_token": self.cust_token, "stored_indicator": self.stored_indicator,
             "stored_type": self.stored_type, "stored_id": self.stored_id,
+            "platform_merchant_id": self.platform_merchant_id,
         }
 
     def settleable(self) -> bool:
-        return (self.status == "1" and not self.settled and not self.voided
-                and self.trans_type in ("SALE", "CAPTURE", "REFUND"))
+        return (self.status == "1" and not self.settled and not self.voided and not self.updated_by
+                and (self.base_type or self.trans_type) in ("SALE", "CAPTURE", "REFUND", "CREDIT"))
 
 
 class Engine:
@@ -186,8 +191,12 @@ class Engine:
 
     def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
                  duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time,
-                 dialect: Dialect | None = None, clock_offset: float = 0.0) -> None:
+                 dialect: Dialect | None = None, clock_offset: float = 0.0,
+                 platform_merchant_ids: tuple[str, ...] = ()) -> None:
         self.account_id = account_id
+        #: the sub-merchants this account is the platform of (a PLATFORM_MERCHANT_ID not among them: SECURITY ERROR,
+        #: the sandbox's own answer: no source says what BluePay answers for one it does not know)
+        self.platform_merchant_ids = frozenset(platform_merchant_ids)
         self.dialect = dialect or Dialect()
         self.secret_key = secret_key
         self.duplicate_window = float(duplicate_window or 0)
@@ -384,7 +393,7 @@ class Engine:
             reply["BP_STAMP"] = _seal.stamp(self.secret_key, reply, stamp_def, hash_type)
             return reply
 
-        if f.get("MERCHANT", "") != self.account_id or not _seal.verify_seal(
+        if f.get("MERCHANT", "") != self.account_id or not self._known_platform_merchant(f) or not _seal.verify_seal(
                 self.secret_key, f, _seal.BP10EMU_SEAL_FIELDS):
             return finish("ERROR", "SECURITY ERROR")
         if mode not in ("TEST", "LIVE"):
@@ -392,8 +401,6 @@ class Engine:
         expired = self._submit_window_error(f, now + self.clock_offset)
         if expired:  # an ERROR: nothing is saved (bp10emu text)
             return finish("ERROR", expired)
-        if ttype == "UPDATE":
-            return finish("ERROR", "UPDATE not supported by the sandbox")
         if ttype not in SUPPORTED_TYPES:
             return finish("ERROR", "INVALID TRANSACTION TYPE")
         if (f.get("PAYMENT_TYPE") or "").strip().upper() == "ACH" and ttype in ("SALE", "AUTH"):
@@ -407,7 +414,7 @@ class Engine:
                 return finish("ERROR", "INVALID AMOUNT FORMAT")
             reply["AMOUNT"] = fmt(amount)
 
-        if ttype in ("SALE", "AUTH"):
+        if ttype in ("SALE", "AUTH", "CREDIT"):  # CREDIT: money to a card, no original (docs/tokens.md)
             return self._sale_or_auth(f, ttype, mode, amount, now, reply, finish)
         return self._follow_up(f, ttype, mode, amount, now, reply, finish)
 
@@ -436,11 +443,11 @@ class Engine:
     def _sale_or_auth(self, f, ttype, mode, amount, now, reply, finish):
         if amount is None:
             return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
-        if amount == _ZERO and ttype == "SALE":
+        if amount == _ZERO and ttype in ("SALE", "CREDIT"):
             return finish("ERROR", "Amount may not be zero.")
         # CC_NUM "required unless ... you include an RRNO" (bp10emu text); a card given beside a token is charged
         stored_card = (f.get("RRNO") or "").strip() or (f.get("CUST_TOKEN") or "").strip()
-        if stored_card and not (f.get("CC_NUM") or "").strip():
+        if stored_card and not (f.get("CC_NUM") or "").strip() and ttype != "CREDIT":
             return self._token_charge(f, ttype, mode, amount, now, reply, finish)
         number = re.sub(r"[\s-]", "", f.get("CC_NUM") or "")
         if not number:
@@ -526,6 +533,7 @@ class Engine:
                 order_id=order_id, invoice_id=f.get("INVOICE_ID", ""),
                 custom_id=f.get("CUSTOM_ID", ""), custom_id2=f.get("CUSTOM_ID2", ""),
                 name1=f.get("NAME1", ""), name2=f.get("NAME2", ""),
+                platform_merchant_id=f.get("PLATFORM_MERCHANT_ID", ""),
                 payment_account=masked, card_type=ctype, card_expire=expires, card_hash=chash,
                 auth_code=self._auth_code() if approved else "",
                 avs="_", cvv2=("M" if cvv_given else "_"), origin=origin, cust_token=new_token or cust_token,
@@ -563,7 +571,17 @@ class Engine:
                 return finish("ERROR", "COULD NOT LOCATE ORIGINAL TRANSACTION")
             reply.update(PAYMENT_ACCOUNT=o.payment_account, CARD_TYPE=o.card_type,
                          CARD_EXPIRE=o.card_expire, BANK_NAME="")
-            if ttype == "VOID":
+            if o.updated_by:  # BluePay_MESSAGE_values.txt
+                return finish("ERROR", f"Cannot {ttype} an updated transaction, {ttype} the update instead.")
+            if ttype == "UPDATE":
+                if amount is None:
+                    return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
+                err = self._update_error(o)
+                if err:
+                    return finish("ERROR", err)
+                e = self._record(f, o, "UPDATE", amount, "Approved Update", mode, now, reply)
+                e.base_type, o.updated_by = _kind(o), e.id
+            elif ttype == "VOID":
                 err = self._void_error(o, amount)
                 if err:
                     return finish("ERROR", err)
@@ -577,7 +595,7 @@ class Engine:
                                  "Approved Capture", mode, now, reply)
                 o.captured, o.captured_by = True, e.id
             else:  # REFUND
-                if o.trans_type not in ("SALE", "CAPTURE"):
+                if _kind(o) not in ("SALE", "CAPTURE"):
                     return finish("ERROR", f"Cannot REFUND a {o.trans_type}")
                 if o.status != "1":
                     return finish("ERROR", "Can only REFUND or VOID approved transactions")
@@ -597,6 +615,23 @@ class Engine:
                     o.refunds.append(e.id)
         return finish(e.result, e.message, **self._entry_fields(e, mode))
 
+    def _update_error(self, o: Entry) -> str | None:
+        """UPDATE (BluePay's library: ``update(transaction_id, amount)``, the new amount of the transaction). The
+        refusals are BluePay_MESSAGE_values.txt's; whether an AUTH may be updated is the dialect's ``update_auth``
+        (the list: "Cannot UPDATE a <TRANS TYPE>: attempt to tip UPDATE a VOID or AUTH")."""
+        kind = _kind(o)
+        if o.status != "1":
+            return "Can only UPDATE approved transactions."
+        if kind not in ("SALE", "AUTH") or (kind == "AUTH" and self.dialect.update_auth == "refused"):
+            return f"Cannot UPDATE a {o.trans_type}"
+        if o.voided:
+            return "Already Voided"
+        if o.settled:
+            return "Cannot UPDATE a settled transaction."
+        if o.captured:
+            return "Already Captured"
+        return None
+
     def _void_error(self, o: Entry, amount: Decimal | None) -> str | None:
         if o.trans_type == "VOID":
             return "VOID cannot be undone"  # BluePay_MESSAGE_values.txt
@@ -606,7 +641,7 @@ class Engine:
             return "Already Voided"
         if o.settled:
             return "Cannot VOID a settled transaction."
-        if o.trans_type == "AUTH" and o.captured:
+        if _kind(o) == "AUTH" and o.captured:
             return "Cannot VOID a CAPTURED AUTH (void the CAPTURE instead)."
         if (amount is not None and amount != o.amount) or o.refunded > _ZERO:
             return "Cannot VOID except for full amount."
@@ -614,7 +649,7 @@ class Engine:
 
     @staticmethod
     def _capture_error(o: Entry, amount: Decimal | None) -> str | None:
-        if o.trans_type != "AUTH":
+        if _kind(o) != "AUTH":
             return "Only AUTH can be CAPTURED"
         if o.status != "1":
             return "Need voice auth code to CAPTURE this AUTH"  # BluePay_MESSAGE_values.txt: a declined AUTH
@@ -652,15 +687,21 @@ class Engine:
             name1=o.name1, name2=o.name2, payment_account=o.payment_account,
             card_type=o.card_type, card_expire=o.card_expire, card_hash=o.card_hash,
             auth_code=self._auth_code(), avs="_", cvv2="_", origin=o.id,
+            platform_merchant_id=f.get("PLATFORM_MERCHANT_ID", ""),
         )
         self._add(e)
         return e
+
+    def _known_platform_merchant(self, f: Mapping[str, str]) -> bool:
+        """No PLATFORM_MERCHANT_ID, or one of this account's sub-merchants."""
+        named = f.get("PLATFORM_MERCHANT_ID", "")
+        return not named or named in self.platform_merchant_ids
 
     # ---------------------------------------------------------------- stq
     def _report_window(self, f: Mapping[str, str]) -> tuple[float, float] | str:
         """stq's and the daily report's account, seal and [REPORT_START_DATE, REPORT_END_DATE) as epoch seconds
         (server local days), or the error message to answer with."""
-        if f.get("ACCOUNT_ID", "") != self.account_id or not _seal.verify_seal(
+        if f.get("ACCOUNT_ID", "") != self.account_id or not self._known_platform_merchant(f) or not _seal.verify_seal(
                 self.secret_key, f, _seal.STQ_SEAL_FIELDS):
             return "SECURITY ERROR"
         start_s, end_s = f.get("REPORT_START_DATE", ""), f.get("REPORT_END_DATE", "")
@@ -799,6 +840,11 @@ class Engine:
 REPORT_COLUMNS = ("id", "payment_type", "trans_type", "amount", "card_type", "payment_account", "order_id",
                   "invoice_id", "custom_id", "custom_id2", "master_id", "status", "f_void", "message", "origin",
                   "issue_date", "settle_date", "settlement_id", "auth_code", "card_expire", "name1", "name2")
+
+
+def _kind(e: Entry) -> str:
+    """What a transaction is for the rules: an UPDATE stands in for the SALE or AUTH it updated."""
+    return e.base_type or e.trans_type
 
 
 def report_row(e: Entry) -> list[str]:

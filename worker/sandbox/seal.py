@@ -19,12 +19,13 @@ from collections.abc import Mapping
 HASH_TYPES = ("MD5", "SHA256", "SHA512", "HMAC_SHA256", "HMAC_SHA512")
 DEFAULT_HASH_TYPE = "HMAC_SHA512"
 
-# bp10emu seal fields, in order (absent field = "").
+# bp10emu seal fields, in order (absent field = ""). PLATFORM_MERCHANT_ID follows the account id (BluePay's C#
+# library 3.0.8, CalcTPS / CalcReportTPS: accountID + platformMerchantID + ...).
 BP10EMU_SEAL_FIELDS = (
-    "MERCHANT", "TRANSACTION_TYPE", "AMOUNT", "REBILLING", "REB_FIRST_DATE",
+    "MERCHANT", "PLATFORM_MERCHANT_ID", "TRANSACTION_TYPE", "AMOUNT", "REBILLING", "REB_FIRST_DATE",
     "REB_EXPR", "REB_CYCLES", "REB_AMOUNT", "RRNO", "MODE",
 )
-STQ_SEAL_FIELDS = ("ACCOUNT_ID", "REPORT_START_DATE", "REPORT_END_DATE")
+STQ_SEAL_FIELDS = ("ACCOUNT_ID", "PLATFORM_MERCHANT_ID", "REPORT_START_DATE", "REPORT_END_DATE")
 
 
 def effective_hash_type(requested: str | None) -> str:

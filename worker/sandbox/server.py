@@ -642,7 +642,7 @@ class SandboxServer:
                  account_id: str | None = None, secret_key: str | None = None,
                  faults: Any = None, duplicate_window: float | None = None,
                  settle_after: float | None = None, access_log: bool = False, dialect: Dialect | None = None,
-                 clock_offset: float = 0.0):
+                 clock_offset: float = 0.0, platform_merchant_ids: tuple[str, ...] = ()):
         self.host = host
         self.start_dialect = dialect or Dialect()
         self.start_duplicate_window = float(DEFAULT_DUPLICATE_WINDOW if duplicate_window is None
@@ -653,6 +653,7 @@ class SandboxServer:
             self.start_duplicate_window,
             dialect=self.start_dialect,
             clock_offset=clock_offset,
+            platform_merchant_ids=platform_merchant_ids,
         )
         self.faults = Faults(faults)
         self.access_log = access_log
@@ -871,6 +872,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"merchant id (env BLUEPAY_ACCOUNT_ID, else {DEFAULT_ACCOUNT_ID})")
     p.add_argument("--secret-key", default=None,
                    help="secret key (env BLUEPAY_SECRET_KEY, else the documented demo key)")
+    p.add_argument("--platform-merchant-ids", default="",
+                   help="comma-separated PLATFORM_MERCHANT_IDs this account charges for (a platform's sub-merchants)")
     p.add_argument("--faults", default=None, help="initial fault config JSON (env SANDBOX_FAULTS)")
     p.add_argument("--duplicate-window", type=float, default=None,
                    help="seconds; 0 disables duplicate scrubbing (env SANDBOX_DUPLICATE_WINDOW, else 120); "
@@ -928,7 +931,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
                        faults=faults, duplicate_window=window, dialect=dialect,
-                       settle_after=args.settle_after, access_log=args.access_log, clock_offset=offset)
+                       settle_after=args.settle_after, access_log=args.access_log, clock_offset=offset,
+                       platform_merchant_ids=tuple(filter(None, map(str.strip, args.platform_merchant_ids.split(",")))))
     except FaultConfigError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def text(v: Any) -> str:
     return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
 
 
-def typed(rec: dict) -> dict:
+def typed(rec: dict[str, Any]) -> dict[str, Any]:
     if "attempts" in rec:
         try:
             rec["attempts"] = int(rec["attempts"])
@@ -43,7 +43,7 @@ def typed(rec: dict) -> dict:
     return rec
 
 
-def pairs_to_dict(flat: list | None) -> dict | None:
+def pairs_to_dict(flat: list[Any] | None) -> dict[str, Any] | None:
     if not flat:
         return None
     it = iter(flat)

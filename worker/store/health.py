@@ -1,7 +1,7 @@
 """What an operator (the metrics exporter, ``payments status``) asks of the store, in one cheap round trip.
 
 Every read is an index's size or its first member, or a small hash: O(1) or O(log n) whatever the number of
-records (a scrape with 1,000,000 records is measured in the README). Kept by the record scripts
+records (a scrape with 1,000,000 records is measured in docs/monitoring.md). Kept by the record scripts
 (``scripts/common.lua``): ``idx:status_counts`` (records by final status; PENDING, RETRYING and UNKNOWN are the
 sizes of ``idx:non_final``, ``idx:retrying`` and ``idx:unknown``), ``idx:unknown`` and ``idx:retrying`` (by
 creation time), ``idx:needs_human`` (by last update). Kept here: ``stats`` (counters: outbox re-publications and

@@ -79,7 +79,7 @@ class Outbox:
         pipe.zrem(self.keys.outbox_ts, task_id)
         pipe.execute()
 
-    def stale(self, older_than_seconds: float, *, limit: int = 1000) -> list[tuple[str, dict]]:
+    def stale(self, older_than_seconds: float, *, limit: int = 1000) -> list[tuple[str, dict[str, Any]]]:
         """The sweep's look at the outbox: stamp entries not seen before, drop stamps of claimed ones, then the
         entries stamped at least ``older_than_seconds`` ago, oldest first: ``(task_id, entry)``."""
         self._scan(self._stamp)
@@ -105,7 +105,7 @@ class Outbox:
             if cursor == "0":
                 return
 
-    def still_in_broker(self, entries: list[tuple[str, dict]]) -> set[str]:
+    def still_in_broker(self, entries: list[tuple[str, dict[str, Any]]]) -> set[str]:
         """The task ids of ``entries`` whose message is still in the broker: in its queue's list (each priority's)
         or in kombu's unacked hash. Looked for in slices of :data:`SCAN_BATCH` (``scripts/outbox_queued.lua``):
         queues first, then the hash, so a message moving from one to the other meanwhile is seen in one of them,
@@ -142,7 +142,7 @@ class Outbox:
         pipe.hincrby(self.keys.stats, "outbox_still_queued", len(task_ids))
         pipe.execute()
 
-    def republished(self, task_id: str, entry: dict) -> None:
+    def republished(self, task_id: str, entry: dict[str, Any]) -> None:
         """Count a re-publication (on the entry and in the store's ``stats``) and restart the entry's clock."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.outbox, task_id, entry_json(entry["message"], int(entry.get("republished", 0)) + 1))

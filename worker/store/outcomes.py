@@ -17,7 +17,7 @@ OPTIONAL_PUBLIC_FIELDS = ("target", "parent", "voided_by", "captured_by", "refun
                           "declined_by_policy")
 
 
-def public_outcome(record: Mapping[str, Any] | None) -> dict:
+def public_outcome(record: Mapping[str, Any] | None) -> dict[str, Any]:
     """The JSON-safe outcome the store shows: contract fields plus the optional public ones present
     (non-empty), without lease/internal/epoch fields and without history."""
     record = record or {}
@@ -38,7 +38,7 @@ def public_outcome(record: Mapping[str, Any] | None) -> dict:
     return out
 
 
-def task_outcome(record: Mapping[str, Any] | None) -> dict:
+def task_outcome(record: Mapping[str, Any] | None) -> dict[str, Any]:
     """What a task returns: the public outcome, with an operation still in flight shown as UNKNOWN
     (the contract's statuses; never PENDING or RETRYING)."""
     out = public_outcome(record)

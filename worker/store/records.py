@@ -53,7 +53,7 @@ class Claim:
     """
 
     kind: ClaimKind | str
-    record: dict
+    record: dict[str, Any]
     previous_status: str | None = None
     now: float = 0.0
 
@@ -171,7 +171,7 @@ class ResultsStore:
     def transition(self, payment_id: str, status: str, *, fields: Mapping[str, Any] | None = None,
                    expect: Iterable[str] | str | None = None, owner: str | None = None, note: str = "",
                    sent: bool | None = None, check_in: float | None = None,
-                   reflect: bool = False, then: FinalWrite | None = None) -> dict | None:
+                   reflect: bool = False, then: FinalWrite | None = None) -> dict[str, Any] | None:
         """Move the record to ``status``; the record written, or None when refused.
 
         Refused when the current status is not in ``expect``, or the record is not final and ``owner`` does
@@ -211,7 +211,7 @@ class ResultsStore:
         return text(self._reflect(keys=self._keys(payment_id), args=[self.prefix]))
 
     # ---- reads ------------------------------------------------------------------------------
-    def get(self, payment_id: str) -> dict | None:
+    def get(self, payment_id: str) -> dict[str, Any] | None:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.record_key(payment_id))
         pipe.lrange(self.history_key(payment_id), 0, -1)
@@ -222,16 +222,16 @@ class ResultsStore:
         rec["history"] = [json.loads(text(h)) for h in hist]
         return rec
 
-    def history(self, payment_id: str) -> list[dict]:
+    def history(self, payment_id: str) -> list[dict[str, Any]]:
         return [json.loads(text(h)) for h in self.redis.lrange(self.history_key(payment_id), 0, -1)]
 
-    def find_by_trans_id(self, trans_id: str) -> dict | None:
+    def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None:
         if not trans_id:
             return None
         pid = self.redis.hget(self.keys.trans, trans_id)
         return self.get(text(pid)) if pid is not None else None
 
-    def _fetch(self, ids: list) -> list[dict]:
+    def _fetch(self, ids: list[Any]) -> list[dict[str, Any]]:
         if not ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -239,11 +239,12 @@ class ResultsStore:
             pipe.hgetall(self.record_key(text(pid)))
         return [typed({text(k): text(v) for k, v in raw.items()}) for raw in pipe.execute() if raw]
 
-    def list(self, *, status: str | None = None, operation: str | None = None, limit: int = 100) -> list[dict]:
+    def list(self, *, status: str | None = None, operation: str | None = None,
+             limit: int = 100) -> list[dict[str, Any]]:
         """Records newest first (by creation time), optionally filtered."""
         if limit <= 0:
             return []
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
         page = max(limit * 2, 100) if (status or operation) else limit
         start = 0
         while len(out) < limit:
@@ -264,7 +265,7 @@ class ResultsStore:
     #: The indexes :meth:`indexed` pages through (the console's lists).
     LISTED = ("unknown", "retrying", "needs_human", "open_auths", "non_final")
 
-    def indexed(self, index: str, *, offset: int = 0, limit: int = 50) -> builtins.list[dict]:
+    def indexed(self, index: str, *, offset: int = 0, limit: int = 50) -> builtins.list[dict[str, Any]]:
         """A page of the records the index ``index`` (one of :attr:`LISTED`) holds, highest score (newest) first;
         entries whose record is gone are skipped."""
         if index not in self.LISTED:
@@ -272,7 +273,7 @@ class ResultsStore:
         ids = self.redis.zrevrange(getattr(self.keys, index), offset, offset + limit - 1) if limit > 0 else []
         return self._fetch(ids)
 
-    def audit_of(self, payment_id: str, *, scan: int = 5000) -> builtins.list[dict]:
+    def audit_of(self, payment_id: str, *, scan: int = 5000) -> builtins.list[dict[str, Any]]:
         """The audit entries of ``payment_id`` among the newest ``scan`` of the stream, oldest first (older ones
         are in the archive once retention moved them)."""
         entries = self.redis.xrevrange(self.keys.audit, max="+", min="-", count=scan)
@@ -280,7 +281,7 @@ class ResultsStore:
                  for eid, data in entries or []]
         return [e for e in reversed(found) if e.get("payment_id") == payment_id]
 
-    def audit(self, *, count: int = 100, after: str | None = None) -> builtins.list[dict]:
+    def audit(self, *, count: int = 100, after: str | None = None) -> builtins.list[dict[str, Any]]:
         """Audit entries oldest first, each with its stream ``id``; ``after`` is an exclusive id."""
         start = f"({after}" if after else "-"
         entries = self.redis.xrange(self.keys.audit, min=start, max="+", count=count)
@@ -292,7 +293,7 @@ class ResultsStore:
             return self.redis.zrangebyscore(key, "-inf", max_score)
         return self.redis.zrangebyscore(key, "-inf", max_score, start=0, num=limit)
 
-    def stale_non_final(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
+    def stale_non_final(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict[str, Any]]:
         """RETRYING/UNKNOWN, and PENDING with an expired lease, not updated for ``older_than_seconds``."""
         now = self.now()
         cutoff = now - float(older_than_seconds)
@@ -306,13 +307,13 @@ class ResultsStore:
             out.append(rec)
         return out
 
-    def open_auths(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
+    def open_auths(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict[str, Any]]:
         """APPROVED auths (not yet captured or voided) created before now - ``older_than_seconds``."""
         cutoff = self.now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.keys.open_auths, cutoff, limit))
                 if r.get("operation") == "auth" and r.get("status") == Status.APPROVED]
 
-    def voids_due(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict]:
+    def voids_due(self, older_than_seconds: float, *, limit: int | None = 1000) -> builtins.list[dict[str, Any]]:
         """APPROVED sales with then_void="1" (not voided) last updated before now - ``older_than_seconds``."""
         cutoff = self.now() - float(older_than_seconds)
         return [r for r in self._fetch(self._range(self.keys.voids_due, cutoff, limit))

@@ -78,7 +78,7 @@ class Retention:
         self._forget = functions.function("forget")
         self._remember = functions.function("remember")
 
-    def due(self, cutoff: float, *, offset: int = 0, limit: int = 500) -> tuple[list[dict], int]:
+    def due(self, cutoff: float, *, offset: int = 0, limit: int = 500) -> tuple[list[dict[str, Any]], int]:
         """Of the ``limit`` oldest records created before ``cutoff`` (skipping the first ``offset`` of them), those
         :func:`archivable`, each with its ``history``; and how many were looked at (0: none left)."""
         ids = [text(i) for i in self.redis.zrangebyscore(self.keys.time, "-inf", cutoff, start=offset, num=limit)]
@@ -128,7 +128,7 @@ class Retention:
         entry = self.redis.hgetall(self.keys.kept(payment_id))
         return {text(k): text(v) for k, v in entry.items()} or None
 
-    def audit_before(self, cutoff: float, *, count: int = 500) -> list[dict]:
+    def audit_before(self, cutoff: float, *, count: int = 500) -> list[dict[str, Any]]:
         """The oldest audit entries added before ``cutoff`` (at most ``count``), each with its stream ``id``."""
         entries = self.redis.xrange(self.keys.audit, min="-", max=audit_cutoff_id(cutoff), count=count)
         return [{"id": text(eid), **{text(k): text(v) for k, v in (data or {}).items()}} for eid, data in entries or []]

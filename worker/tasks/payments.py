@@ -18,9 +18,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from worker.broker.celeryconfig import celery_settings
 from worker.broker.final_write import final_write_for
 from worker.broker.outbox import AppPublisher
-from worker.cards.messages import unsealed_card_in
+from worker.cards.messages import unencrypted_card_in
 from worker.cards.numbers import is_card_like_identifier, mask_number
-from worker.cards.vault import CardSealError
+from worker.cards.vault import CardDecryptError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
 from worker.payments.flow import GatewayOutage, GatewayThrottled, LeaseBusy, PaymentFlow
@@ -72,7 +72,7 @@ class PaymentTask(Task):
     max_retries = None  # every kind of re-queue is bounded below
     #: the operation this task runs (the store's and the gateway's word)
     operation: str = ""
-    #: whether messages of this task carry a card (sealed on publish)
+    #: whether messages of this task carry a card (encrypted on publish)
     carries_card: bool = False
 
     @property
@@ -132,7 +132,7 @@ class PaymentTask(Task):
                                              f"internal error: {type(exc).__name__}", error_class="InternalError",
                                              message_id=request.id)
 
-    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> InvalidInput | None:
+    def _bad_arguments(self, args: tuple[Any, ...], kwargs: dict[str, object]) -> InvalidInput | None:
         """What is wrong with the message's arguments as such (their values are the request builder's)."""
         if not isinstance(self.request.retry_failed, bool):
             return InvalidInput("retry_failed", "retry_failed must be True or False")
@@ -142,21 +142,23 @@ class PaymentTask(Task):
             return InvalidInput("arguments", f"bad arguments: {exc}")
         return None
 
-    def _refuse(self, exc: InvalidInput) -> dict[str, Any]:
+    def _refuse(self, exc: InvalidInput) -> dict[str, object]:
         flow, request = self.flow, self.request
-        # The key is bound to this request as given (its card sealed or not): another request under it is an
+        # The key is bound to this request as given (its card encrypted or not): another request under it is an
         # IdempotencyMismatch, this one again the stored refusal.
         given = {"args": list(request.args or ()), "kwargs": dict(request.kwargs or {})}
         return flow.refuse(self.operation, request.payment_id, f"invalid input: {exc}", message_id=request.id,
                            fingerprints=refusal_fingerprints(self.operation, given, flow.card_keys))
 
-    def _on_outage(self, parked: GatewayOutage) -> dict[str, Any]:
+    def _on_outage(self, parked: GatewayOutage) -> dict[str, object]:
         request, settings = self.request, self.services.settings
         # Re-queues by the shared rate limit travel in a header: they are not outage re-queues (worker/guard/).
         throttled = _count(getattr(request, "payments_throttled", 0))
         if isinstance(parked, GatewayThrottled) and throttled < MAX_THROTTLED_REQUEUES:
             countdown = (parked.check_in or 0.0) + random.uniform(0.0, 1.0)  # spread: the backlog drains at the rate
-            raise self.retry(countdown=countdown, headers={"payments_throttled": throttled + 1})
+            # the message's other custom headers go on, as Celery's own retry carries them (and this one, after)
+            headers = {**(request.headers or {}), "payments_throttled": throttled + 1}
+            raise self.retry(countdown=countdown, headers=headers)
         outages = request.retries - throttled
         if outages >= settings.outage_retries:
             return self.flow.give_up_retrying(self.operation, request.payment_id,
@@ -164,16 +166,16 @@ class PaymentTask(Task):
         countdown = outage_countdown(outages, backoff=settings.outage_backoff,
                                      backoff_max=settings.outage_backoff_max,
                                      visibility_timeout=settings.visibility_timeout, at_least=parked.check_in)
-        raise self.retry(countdown=countdown, **({"headers": {"payments_throttled": throttled}} if throttled else {}))
+        raise self.retry(countdown=countdown)
 
     # ---- helpers for the task bodies -------------------------------------------------------------
     def bind_payment_id(self, idempotency_key: object) -> tuple[str, str | None]:
         """The operation id (ours) and the producer's key as the record shows it: the producer's idempotency key
-        (opened when it travelled sealed; a card-like key's keyed id, never the key, shown masked), else the task
+        (opened when it travelled encrypted; a card-like key's keyed id, never the key, shown masked), else the task
         id. The id is kept on the request for the policies of :meth:`__call__` (outage, busy, time limit)."""
         shown_key = None
         if idempotency_key is not None:
-            key = _checked_key(open_identifier(self, "idempotency_key", idempotency_key))
+            key = _checked_key(decrypt_identifier(self, "idempotency_key", idempotency_key))
             if is_card_like_identifier(key):
                 shown_key = mask_number(key)
                 self.request.payment_id = self.flow.payment_id_for(key)
@@ -205,18 +207,18 @@ def _count(value: object) -> int:
     return value if type(value) is int and value >= 0 else 0
 
 
-def task_options(name: str) -> dict[str, Any]:
+def task_options(name: str) -> dict[str, object]:
     """A payment task's name and attributes, from the one table of them (worker/catalogue.py)."""
     spec = PAYMENT_TASKS[name]
     return {"name": spec.name, "operation": spec.operation, "carries_card": spec.card_parameter is not None}
 
 
-def open_identifier(task: PaymentTask, name: str, value: object) -> object:
-    """An identifier as the producer gave it: a card-like one travels sealed (worker/cards/messages.py)."""
+def decrypt_identifier(task: PaymentTask, name: str, value: object) -> object:
+    """An identifier as the producer gave it: a card-like one travels encrypted (worker/cards/messages.py)."""
     try:
-        return task.services.vault.open_identifier(value)
-    except CardSealError:
-        raise InvalidInput(name, "sealed identifier cannot be opened with this PAYMENTS_CARD_KEY") from None
+        return task.services.vault.decrypt_identifier(value)
+    except CardDecryptError:
+        raise InvalidInput(name, "encrypted identifier cannot be decrypted with this PAYMENTS_CARD_KEY") from None
 
 
 def _checked_key(idempotency_key: object) -> str:
@@ -232,14 +234,14 @@ def _open_card(task: PaymentTask, card: object) -> object:
     vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
-    if vault.is_sealed(card):
+    if isinstance(card, dict) and vault.is_encrypted(card):
         try:
-            return vault.open(card)
-        except CardSealError:
-            raise InvalidInput("card", "sealed card data cannot be opened with this PAYMENTS_CARD_KEY") from None
+            return vault.decrypt(card)
+        except CardDecryptError:
+            raise InvalidInput("card", "encrypted card data cannot be decrypted with this PAYMENTS_CARD_KEY") from None
     if task.services.settings.bluepay_mode == "LIVE":
-        # Only sealed card data may cross the broker in production (PCI DSS); in TEST it is accepted.
-        raise InvalidInput("card", "card data arrived unsealed; publish through tasks.sale/auth")
+        # Only encrypted card data may cross the broker in production (PCI DSS); in TEST it is accepted.
+        raise InvalidInput("card", "card data arrived unencrypted; publish through tasks.sale/auth")
     return card
 
 
@@ -247,13 +249,13 @@ def _refuse_clear_card_data(task: PaymentTask) -> None:
     """LIVE mode: a message holding card data in clear anywhere (its own card, a chain link, a callback) is
     refused before anything runs; where it sits is named, never the value."""
     if task.services.settings.bluepay_mode == "LIVE":
-        where = unsealed_card_in(task.request)
+        where = unencrypted_card_in(task.request)
         if where:
-            raise InvalidInput(where, "card data arrived unsealed in the message; publish through tasks.sale/auth")
+            raise InvalidInput(where, "card data arrived unencrypted in the message; publish through tasks.sale/auth")
 
 
 def _charge(task: PaymentTask, amount: object, card: object, customer: object, order_id: object,
-            idempotency_key: object, repeat: RepeatCharge) -> dict[str, Any]:
+            idempotency_key: object, repeat: RepeatCharge) -> dict[str, object]:
     """SALE/AUTH: the one checked request (worker/payments/requests.py) built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -261,13 +263,13 @@ def _charge(task: PaymentTask, amount: object, card: object, customer: object, o
     # no card: a repeat charge by token (docs/tokens.md), or a card missing (the request names it)
     opened = _open_card(task, card) if card is not None else None
     request = charge_request(CHARGES[task.operation], payment_id, amount=amount, card=opened,
-                             customer=customer, invoice_id=open_identifier(task, "order_id", order_id),
+                             customer=customer, invoice_id=decrypt_identifier(task, "order_id", order_id),
                              then_void=task.follows_with_void(), shown_key=shown_key, card_keys=flow.card_keys,
                              repeat=repeat)
     return flow.submit(request, task.delivery())
 
 
-def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_key: object) -> dict[str, Any]:
+def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_key: object) -> dict[str, object]:
     """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
@@ -280,7 +282,7 @@ def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.sale"))
 def sale(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
          idempotency_key: object = None, token: object = None, customer_token: object = None,
-         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, object]:
     """SALE: charge ``card`` ``amount`` (a two-decimal string or Decimal), or a stored card: ``token`` (an earlier
     trans_id) or ``customer_token`` (docs/tokens.md)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
@@ -290,28 +292,48 @@ def sale(self: PaymentTask, amount: object, card: object = None, customer: objec
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.auth"))
 def auth(self: PaymentTask, amount: object, card: object = None, customer: object = None, order_id: object = None,
          idempotency_key: object = None, token: object = None, customer_token: object = None,
-         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, Any]:
+         new_customer_token: object = None, initiator: object = None, scheduled: object = False) -> dict[str, object]:
     """AUTH: same arguments as sale; amount may be 0.00 (stores the card: its trans_id is a token)."""
     return _charge(self, amount, card, customer, order_id, idempotency_key,
                    RepeatCharge(token, customer_token, new_customer_token, initiator, scheduled))
 
 
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.credit"))
+def credit(self: PaymentTask, amount: Any, card: Any, customer: Any = None, order_id: Any = None,
+           idempotency_key: Any = None) -> dict[str, Any]:
+    """CREDIT: money to ``card`` with no original. It moves money out, so it runs only where the workers have
+    PAYMENTS_ENABLE_CREDIT=1; otherwise a final ERROR (``CreditDisabled``), nothing sent (docs/tokens.md)."""
+    if not self.services.settings.enable_credit:
+        payment_id, _shown = self.bind_payment_id(idempotency_key)
+        return self.flow.refuse("credit", payment_id, "CREDIT is disabled: set PAYMENTS_ENABLE_CREDIT=1 on the "
+                                "workers to send money to cards with no original; nothing was sent",
+                                error_class="CreditDisabled", message_id=self.request.id)
+    return _charge(self, amount, card, customer, order_id, idempotency_key, RepeatCharge())
+
+
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.capture"))
 def capture(self: PaymentTask, trans_id: object, amount: object = None,
-            idempotency_key: object = None) -> dict[str, Any]:
+            idempotency_key: object = None) -> dict[str, object]:
     """CAPTURE an approved AUTH (amount None: the full amount)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.refund"))
 def refund(self: PaymentTask, trans_id: object, amount: object = None,
-           idempotency_key: object = None) -> dict[str, Any]:
+           idempotency_key: object = None) -> dict[str, object]:
     """REFUND a sale (amount None: what is left of it)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.update"))
+def update(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+    """UPDATE an unsettled sale to ``amount`` (its new total): the original becomes UPDATED and the update's trans_id
+    is the one to void or refund from then on (docs/tokens.md)."""
+    return _follow_up(self, trans_id, amount, idempotency_key)
+
+
 @TASKS.task(base=PaymentTask, bind=True, **task_options("payments.void"))
-def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, Any]:
+def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) -> dict[str, object]:
     """VOID: void(trans_id) or, as a chain link, void(sale_outcome): voids only an APPROVED sale."""
     if isinstance(trans_id, dict):
         outcome = trans_id
@@ -323,7 +345,7 @@ def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) ->
 
 
 @TASKS.task(bind=True, name="payments.sweep")
-def sweep(self: Task) -> dict[str, Any]:
+def sweep(self: Task) -> dict[str, object]:
     """Void stale authorizations, reconcile unknown outcomes, repair originals, finish chains."""
     from worker.payments.sweep import run_sweep
 

@@ -25,4 +25,5 @@ Key layout (``P`` is the store's prefix)::
     P wh:endpoints          hash    endpoint id -> JSON {url, secrets, events, created_at}
     P wh:state:<endpoint>   hash    disabled, disabled_reason, failing_since, last_error, last_success
     P wh:lock               string  one drain at a time
+    P wh:intake_seen        string  when a process with an endpoint last read the audit stream (Redis time)
 """

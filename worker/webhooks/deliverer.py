@@ -76,7 +76,6 @@ class Deliverer:
         try:
             deadline = time.monotonic() + budget
             now = self.clock()
-            self.intake.ensure_group(now)
             self.deliveries.trim(before=now - self.settings.event_retention)
             with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
                 while True:
@@ -132,7 +131,8 @@ class Deliverer:
                 error = f"HTTP {reply.status_code}"
         except requests.RequestException as exc:
             error = type(exc).__name__
-        outcome, disabled = self.deliveries.done(claimed, "fail" if error else "ok", now=self.clock(), error=error,
+        # the attempt's time (one Redis TIME per delivery): a retry is due a delay after it
+        outcome, disabled = self.deliveries.done(claimed, "fail" if error else "ok", now=now, error=error,
                                                  disable_after=s.disable_after, schedule=s.retry_schedule)
         if error:
             log.warning("webhook %s to %s: %s (%s)", claimed.event_id, endpoint.id, error, outcome)

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from worker.webhooks import scripts
-from worker.webhooks.keys import WebhookKeys
+from worker.webhooks.keys import GROUP, WebhookKeys
 
 #: The marker the body is split at, so that Lua puts the payment's next sequence number in its place.
 SEQUENCE_MARK = '"sequence":-1'
@@ -153,7 +153,11 @@ class Deliveries:
         pipe.zcard(k.failed)
         pipe.hgetall(k.stats)
         pipe.time()
-        pending, oldest, failed, stats, (secs, micros) = pipe.execute()
+        pipe.xinfo_groups(k.audit)
+        pending, oldest, failed, stats, (secs, micros), groups = pipe.execute(raise_on_error=False)
         now = int(secs) + int(micros) / 1e6
+        # Transitions the intake has not read yet (XINFO GROUPS' lag; 0 without the group: webhooks never used).
+        group = next((g for g in groups if g.get("name") == GROUP), None) if isinstance(groups, list) else None
         return {"undelivered": int(pending), "oldest_undelivered_age": max(0.0, now - oldest[0][1]) if oldest else 0.0,
-                "failed": int(failed), "stats": {str(a): int(b) for a, b in stats.items()}}
+                "failed": int(failed), "stats": {str(a): int(b) for a, b in stats.items()},
+                "intake_lag": int((group or {}).get("lag") or 0)}

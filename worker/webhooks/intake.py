@@ -6,7 +6,8 @@ Crash safety: an entry is acknowledged only after its event is recorded; an entr
 stays pending in the group and is claimed by the next drain after :data:`RECLAIM_AFTER`; recording is idempotent
 (the event id is the entry's stream id), so an entry read twice makes one event. The group starts
 :data:`START_BACK` before its creation (the first drain), so a fresh deployment's first payments are not missed and an
-upgrade does not replay the whole history.
+upgrade does not replay the whole history; the same holds when no process with an endpoint read it for
+WEBHOOK_EVENT_RETENTION (:meth:`Intake.run`).
 """
 from __future__ import annotations
 
@@ -60,7 +61,19 @@ class Intake:
         return True
 
     def run(self, endpoints: Sequence[Endpoint], *, now: float, batches: int = 10) -> int:
-        """Read up to ``batches`` batches of new transitions (and those a dead reader left); events recorded."""
+        """Read up to ``batches`` batches of new transitions (and those a dead reader left); events recorded.
+
+        With no endpoint this process knows of, nothing is read: the entries wait for a process that has one (a worker
+        started without the webhook settings never swallows another's events). A group nobody with an endpoint read
+        for WEBHOOK_EVENT_RETENTION starts again :data:`START_BACK` before now: a first endpoint, or one set again after
+        days, is told of recent payments, not of the whole audit history."""
+        if not endpoints:
+            return 0
+        created = self.ensure_group(now)
+        seen = self.redis.get(self.keys.intake_seen)
+        if not created and (seen is None or now - float(seen) > self.retention):
+            self.redis.xgroup_setid(self.keys.audit, GROUP, f"{int((now - START_BACK) * 1000)}-0")
+        self.redis.set(self.keys.intake_seen, repr(now))
         recorded = 0
         left = self._reclaim()
         for _ in range(batches):
@@ -93,9 +106,6 @@ class Intake:
             pipe.hgetall(self.keys.prefix + "op:" + fields.get("payment_id", ""))
         records = pipe.execute()
         recorded = 0
-        if not endpoints:  # nobody to tell: no event kept (an endpoint added later starts from then)
-            self.redis.xack(self.keys.audit, GROUP, *[i for i, _ in entries])
-            return 0
         for (stream_id, fields), record in zip(entries, records, strict=True):
             kind = event_type(fields, needs_human=(record or {}).get("needs_human") == "1")
             if kind is None:

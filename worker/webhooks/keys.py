@@ -20,10 +20,12 @@ class WebhookKeys:
     stats: str = field(init=False)
     endpoints: str = field(init=False)
     lock: str = field(init=False)
+    intake_seen: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "audit", self.prefix + "audit")  # the store's (worker/store/keys.py)
-        for name in ("events", "due", "pending", "attempts", "failed", "failed_why", "stats", "endpoints", "lock"):
+        for name in ("events", "due", "pending", "attempts", "failed", "failed_why", "stats", "endpoints", "lock",
+                     "intake_seen"):
             object.__setattr__(self, name, f"{self.prefix}wh:{name}")
 
     def event(self, event_id: str) -> str:

@@ -1,6 +1,7 @@
 """The webhook settings, read from the environment (durations as in ``worker.config``: ``90``, ``5m``, ``10h``).
 
-Kept beside the wing rather than in ``worker.config.Settings``: nothing on the payment path reads them.
+Kept beside the wing rather than in ``worker.config.Settings``: nothing on the payment path reads them (beat's
+WEBHOOK_DRAIN_INTERVAL is there: ``Settings.webhook_drain_interval``).
 """
 from __future__ import annotations
 
@@ -26,12 +27,6 @@ def parse_schedule(text: str) -> tuple[float, ...]:
     return delays
 
 
-def drain_interval_from_env() -> float:
-    """WEBHOOK_DRAIN_INTERVAL alone (what beat needs; the rest is checked where it is used)."""
-    text = os.environ.get("WEBHOOK_DRAIN_INTERVAL", "").strip()
-    return parse_duration(text, name="WEBHOOK_DRAIN_INTERVAL") if text else 1.0
-
-
 @dataclass(frozen=True)
 class WebhookSettings:
     #: PAYMENTS_WEBHOOK_URL / PAYMENTS_WEBHOOK_SECRET: the one static endpoint ("" = none). The secret may hold two
@@ -49,8 +44,6 @@ class WebhookSettings:
     #: Concurrent POSTs of one drain (WEBHOOK_CONCURRENCY), and how long one drain runs at most (WEBHOOK_DRAIN_SECONDS).
     concurrency: int = 8
     drain_seconds: float = 20.0
-    #: How often beat drains the schedule (WEBHOOK_DRAIN_INTERVAL).
-    drain_interval: float = 1.0
 
     @property
     def claim_seconds(self) -> float:
@@ -94,11 +87,9 @@ class WebhookSettings:
             event_retention=dur("WEBHOOK_EVENT_RETENTION", 3 * 86400.0),
             concurrency=concurrency,
             drain_seconds=dur("WEBHOOK_DRAIN_SECONDS", 20.0),
-            drain_interval=dur("WEBHOOK_DRAIN_INTERVAL", 1.0),
         )
         if settings.event_retention < sum(settings.retry_schedule) + 3600:
             raise ConfigError("WEBHOOK_EVENT_RETENTION must outlast WEBHOOK_RETRY_SCHEDULE by an hour at least")
-        if settings.timeout <= 0 or settings.concurrency < 1 or settings.drain_interval <= 0:
-            raise ConfigError("WEBHOOK_TIMEOUT and WEBHOOK_DRAIN_INTERVAL must be more than 0, WEBHOOK_CONCURRENCY at "
-                              "least 1")
+        if settings.timeout <= 0 or settings.concurrency < 1:
+            raise ConfigError("WEBHOOK_TIMEOUT must be more than 0, WEBHOOK_CONCURRENCY at least 1")
         return settings

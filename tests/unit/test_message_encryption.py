@@ -1,6 +1,6 @@
 """worker.cards.messages through Celery's real publish paths, on an in-memory broker (kombu's ``memory://``).
 
-The producer is a Celery app with the project's ``SealingAMQP``; ``services()`` is a fake with the real card vault
+The producer is a Celery app with the project's ``ProtectingAMQP``; ``services()`` is a fake with the real card vault
 and an in-memory outbox (the project's ``after_task_publish`` hook writes there). Every message is read back raw
 from the broker, the way a worker or a scan of Redis would see it.
 """
@@ -14,8 +14,8 @@ from celery import Celery, chain, group
 from celery.app.task import Context
 
 from tests.support.env import CUSTOMER, TEST_CARD, TEST_CARD_KEY
-from worker.broker.app import SealingAMQP, current, republish
-from worker.cards.messages import seal_body, seal_publish, unsealed_card_in
+from worker.broker.app import ProtectingAMQP, current, republish
+from worker.cards.messages import protect_body, protect_publish, unencrypted_card_in
 from worker.cards.numbers import CardDataRefused
 from worker.cards.vault import CardVault
 from worker.gateway import InvalidInput
@@ -52,7 +52,7 @@ def fake_services(monkeypatch):
 
 @pytest.fixture
 def app(fake_services):
-    app = Celery("unit-sealing", amqp=SealingAMQP, broker="memory://", set_as_current=False)
+    app = Celery("unit-sealing", amqp=ProtectingAMQP, broker="memory://", set_as_current=False)
     attach(app, ProcessServices(given=fake_services))
     app.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
 
@@ -89,7 +89,7 @@ def card_sale(app, **extra):
     return sig(app, "payments.sale", amount="3.00", card=dict(TEST_CARD), **extra)
 
 
-# ---- sealed wherever a message carries a card ----------------------------------------------------
+# ---- encrypted wherever a message carries a card ----------------------------------------------------
 PUBLISH_PATHS = {
     "send_task kwargs": lambda app: app.send_task("payments.sale", kwargs={"amount": "3.00", "card": TEST_CARD}),
     "send_task args": lambda app: app.send_task("payments.auth", args=["3.00", TEST_CARD, CUSTOMER]),
@@ -122,11 +122,11 @@ def test_every_publish_path_seals_every_card_in_the_message(app, fake_services, 
     assert messages, "nothing published"
     for message in messages:
         assert not clear_card_in(message), message["raw"][:500]
-        assert unsealed_card_in({"task": message["headers"]["task"], "args": message["body"][0],
+        assert unencrypted_card_in({"task": message["headers"]["task"], "args": message["body"][0],
                                  "kwargs": message["body"][1], **message["body"][2]}) is None
     raw = " ".join(m["raw"] for m in messages)
-    assert '"sealed"' in raw  # the cards are there, sealed
-    for entry in fake_services.store.outbox.entries.values():  # what the outbox keeps is sealed too
+    assert '"sealed"' in raw  # the cards are there, encrypted
+    for entry in fake_services.store.outbox.entries.values():  # what the outbox keeps is encrypted too
         assert NUMBER not in json.dumps(entry)
 
 
@@ -135,7 +135,7 @@ def test_sealed_cards_open_to_the_producer_s_card(app, fake_services):
                   link=sig(app, "payments.sale", amount="3.00", card=TEST_CARD), link_error=None)
     (message,) = drain(app)
     (callback,) = message["body"][2]["callbacks"]
-    assert fake_services.vault.open(callback["kwargs"]["card"]) == TEST_CARD
+    assert fake_services.vault.decrypt(callback["kwargs"]["card"]) == TEST_CARD
 
 
 def test_the_producer_s_objects_are_not_changed(app):
@@ -166,7 +166,7 @@ def _name1_publisher(spelling: str) -> Any:
 
 
 # ---- refused at the door ---------------------------------------------------------------------------
-REFUSED = {  # free text (identifiers are sealed instead: tests/unit/test_identifiers.py)
+REFUSED = {  # free text (identifiers are encrypted instead: tests/unit/test_identifiers.py)
     "customer name1": (lambda app: app.send_task("payments.sale", kwargs={
         "amount": "3.00", "card": TEST_CARD, "customer": {**CUSTOMER, "name1": "4111 1111 1111 1111"}}),
         "customer.name1"),
@@ -263,9 +263,9 @@ def test_an_int_order_id_that_passes_luhn_is_accepted_sealed_and_kept_sealed_in_
     messages = drain(app)
     assert len(messages) == 2
     vault = fake_services.vault
-    assert vault.open_identifier(messages[0]["body"][1]["order_id"]) == LUHN_ORDER  # sealed, opens to the int
+    assert vault.decrypt_identifier(messages[0]["body"][1]["order_id"]) == LUHN_ORDER  # encrypted, opens to the int
     kept = fake_services.store.outbox.entries[result.id]
-    assert vault.open_identifier(kept["body"][1]["order_id"]) == LUHN_ORDER and kept["name"] == "payments.sale"
+    assert vault.decrypt_identifier(kept["body"][1]["order_id"]) == LUHN_ORDER and kept["name"] == "payments.sale"
     assert len(fake_services.store.outbox.entries) == 2
     for text in [json.dumps(e) for e in fake_services.store.outbox.entries.values()] + [m["raw"] for m in messages]:
         assert NUMBER not in text and str(LUHN_ORDER) not in text
@@ -273,7 +273,7 @@ def test_an_int_order_id_that_passes_luhn_is_accepted_sealed_and_kept_sealed_in_
 
 def test_a_message_another_app_in_the_process_publishes_is_not_kept_in_the_outbox(app, fake_services):
     # A merchant's own Celery app (current in its process) publishing a payments.sale with a clear card: it did
-    # not go through SealingAMQP, so its body is not ours to keep (the outbox would hold the card in clear).
+    # not go through ProtectingAMQP, so its body is not ours to keep (the outbox would hold the card in clear).
     other = Celery("merchant", broker="memory://", set_as_current=False)
     other.conf.update(task_serializer="json", accept_content=["json"], result_backend=None)
     with current(app):  # what services() answers here is the fake: a wrong keep would land in it
@@ -296,8 +296,8 @@ def test_the_sweeps_re_publication_leaves_the_outbox_entry_it_counted_alone(app,
     assert not clear_card_in(again)
 
 
-# ---- seal_publish and seal_body directly (the chord path, the outbox re-publish) -------------------
-def test_a_chord_body_is_sealed():
+# ---- protect_publish and protect_body directly (the chord path, the outbox re-publish) -------------------
+def test_a_chord_body_is_encrypted():
     vault = CardVault([TEST_CARD_KEY])
     body_sig: dict[str, Any] = {"task": "payments.sale", "args": [],
                                 "kwargs": {"amount": "1.00", "card": dict(TEST_CARD)},
@@ -306,40 +306,40 @@ def test_a_chord_body_is_sealed():
                  "kwargs": {"header": {"task": "celery.group", "args": [], "options": {}, "subtask_type": "group",
                                        "kwargs": {"tasks": [dict(body_sig)]}},
                             "body": dict(body_sig), "kwargs": {}}}
-    args, kwargs, options = seal_publish("payments.void", ["100000000001"], {},
+    args, kwargs, options = protect_publish("payments.void", ["100000000001"], {},
                                          {"chord": dict(body_sig), "callbacks": [chord_sig]}, vault=vault)
     text = json.dumps([args, kwargs, options])
     assert NUMBER not in text and text.count('"sealed"') == 3
-    assert vault.open(options["chord"]["kwargs"]["card"]) == TEST_CARD
+    assert vault.decrypt(options["chord"]["kwargs"]["card"]) == TEST_CARD
 
 
-def test_seal_body_seals_an_old_outbox_entry_and_refuses_card_data():
+def test_protect_body_encrypts_an_old_outbox_entry_and_refuses_card_data():
     vault = CardVault([TEST_CARD_KEY])
     old = [[], {"amount": "3.00", "card": dict(TEST_CARD)},
            {"chain": [{"task": "payments.sale", "args": ["1.00", dict(TEST_CARD)], "kwargs": {}, "options": {}}],
             "callbacks": None, "errbacks": None, "chord": None}]
-    sealed = seal_body("payments.sale", old, vault=vault)
-    assert NUMBER not in json.dumps(sealed) and vault.open(sealed[2]["chain"][0]["args"][1]) == TEST_CARD
-    assert seal_body("payments.sale", sealed, vault=vault) == sealed  # already sealed: as it is
+    encrypted = protect_body("payments.sale", old, vault=vault)
+    assert NUMBER not in json.dumps(encrypted) and vault.decrypt(encrypted[2]["chain"][0]["args"][1]) == TEST_CARD
+    assert protect_body("payments.sale", encrypted, vault=vault) == encrypted  # already encrypted: as it is
     with pytest.raises(CardDataRefused) as exc:
-        seal_body("payments.sale", [[], {"amount": "3.00", "card": TEST_CARD, "customer": {"name1": NUMBER}}, {}],
+        protect_body("payments.sale", [[], {"amount": "3.00", "card": TEST_CARD, "customer": {"name1": NUMBER}}, {}],
                   vault=vault)
     assert exc.value.field == "customer.name1"
 
 
-def test_seal_body_refuses_an_old_outbox_entry_whose_headers_hold_card_data():
+def test_protect_body_refuses_an_old_outbox_entry_whose_headers_hold_card_data():
     vault = CardVault([TEST_CARD_KEY])
-    body = [[], {"amount": "3.00", "card": vault.seal(TEST_CARD)}, {}]
+    body = [[], {"amount": "3.00", "card": vault.encrypt(TEST_CARD)}, {}]
     headers: dict[str, Any] = {"id": "cd27c305-6820-4063-903f-1a2b3c4d5e6f", "origin": "gen4111111111111111@host",
                "argsrepr": "()", "stamps": {}, "stamped_headers": None}
-    assert seal_body("payments.sale", body, vault=vault, headers=headers)[1] == body[1]
+    assert protect_body("payments.sale", body, vault=vault, headers=headers)[1] == body[1]
     with pytest.raises(CardDataRefused) as exc:
-        seal_body("payments.sale", body, vault=vault, headers={**headers, "merchant_ref": "5555/5555/5555/4444"})
+        protect_body("payments.sale", body, vault=vault, headers={**headers, "merchant_ref": "5555/5555/5555/4444"})
     assert exc.value.field == "merchant_ref"
 
 
 # ---- the worker's check -------------------------------------------------------------------------------
-SEALED = CardVault([TEST_CARD_KEY]).seal(TEST_CARD)
+ENCRYPTED = CardVault([TEST_CARD_KEY]).encrypt(TEST_CARD)
 CLEAR = dict(TEST_CARD)
 
 
@@ -353,54 +353,55 @@ def s(task, *args, **kwargs):
 
 
 UNSEALED_TABLE = [
-    (request(kwargs={"amount": "3.00", "card": SEALED}), None),
-    (request(args=["3.00", SEALED, CUSTOMER, CardVault([TEST_CARD_KEY]).seal_identifier(LUHN_ORDER)]), None),
-    (request(kwargs={"card": SEALED, "idempotency_key": CardVault([TEST_CARD_KEY]).seal_identifier(NUMBER)}), None),
-    (request(args=["3.00", SEALED, CUSTOMER, LUHN_ORDER]), "order_id"),  # an int is no exception
-    (request(kwargs={"card": SEALED, "idempotency_key": f"k-{NUMBER}"}), "idempotency_key"),
+    (request(kwargs={"amount": "3.00", "card": ENCRYPTED}), None),
+    (request(args=["3.00", ENCRYPTED, CUSTOMER, CardVault([TEST_CARD_KEY]).encrypt_identifier(LUHN_ORDER)]), None),
+    (request(kwargs={"card": ENCRYPTED,
+                     "idempotency_key": CardVault([TEST_CARD_KEY]).encrypt_identifier(NUMBER)}), None),
+    (request(args=["3.00", ENCRYPTED, CUSTOMER, LUHN_ORDER]), "order_id"),  # an int is no exception
+    (request(kwargs={"card": ENCRYPTED, "idempotency_key": f"k-{NUMBER}"}), "idempotency_key"),
     (request(kwargs={"amount": "3.00", "card": {"invalid": "card must be a dict"}}), None),
     (request(task="payments.void", args=[{"payment_id": "p", "trans_id": "100000000123",
                                           "masked_account": "xxxxxxxxxxxx1111"}]), None),
     (request(kwargs={"amount": "3.00", "card": CLEAR}), "card"),
     (request(args=["3.00", CLEAR]), "card"),
     (request(args=["3.00", NUMBER]), "card"),
-    (request(kwargs={"amount": "3.00", "card": SEALED, "customer": {"name1": NUMBER}}), "customer.name1"),
-    (request(args=["3.00", SEALED, None, str(LUHN_ORDER)]), "order_id"),
-    (request(kwargs={"card": SEALED}, chain=[s("payments.void", "100000000001"), s("payments.sale", "1.00", CLEAR)]),
+    (request(kwargs={"amount": "3.00", "card": ENCRYPTED, "customer": {"name1": NUMBER}}), "customer.name1"),
+    (request(args=["3.00", ENCRYPTED, None, str(LUHN_ORDER)]), "order_id"),
+    (request(kwargs={"card": ENCRYPTED}, chain=[s("payments.void", "100000000001"), s("payments.sale", "1.00", CLEAR)]),
      "chain[0].args[1]"),
-    (request(kwargs={"card": SEALED}, callbacks=[s("payments.sale", card=CLEAR)]), "callbacks[0].kwargs.card"),
-    (request(kwargs={"card": SEALED}, errbacks=[s("payments.auth", card=SEALED), s("payments.auth", card=CLEAR)]),
+    (request(kwargs={"card": ENCRYPTED}, callbacks=[s("payments.sale", card=CLEAR)]), "callbacks[0].kwargs.card"),
+    (request(kwargs={"card": ENCRYPTED}, errbacks=[s("payments.auth", card=ENCRYPTED), s("payments.auth", card=CLEAR)]),
      "errbacks[1].kwargs.card"),
     (request(task="payments.void", args=["100000000001"],
-             callbacks=[s("celery.group", tasks=[s("payments.sale", card=SEALED), s("payments.sale", card=CLEAR)])]),
+             callbacks=[s("celery.group", tasks=[s("payments.sale", card=ENCRYPTED), s("payments.sale", card=CLEAR)])]),
      "callbacks[0].kwargs.tasks[1].kwargs.card"),
-    (request(kwargs={"card": SEALED}, chord=s("payments.sale", card=CLEAR)), "chord.kwargs.card"),
+    (request(kwargs={"card": ENCRYPTED}, chord=s("payments.sale", card=CLEAR)), "chord.kwargs.card"),
     ({"task": "payments.sale", "args": [], "kwargs": {"card": CLEAR}}, "card"),  # a plain dict works too
-    ({"task": "payments.sale", "args": [], "kwargs": {"card": SEALED}, "headers": {"ref": "5555.5555.5555.4444"}},
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": ENCRYPTED}, "headers": {"ref": "5555.5555.5555.4444"}},
      "headers.ref"),
-    ({"task": "payments.sale", "args": [], "kwargs": {"card": SEALED}, "stamps": {"mark": 5555555555554444}},
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": ENCRYPTED}, "stamps": {"mark": 5555555555554444}},
      "stamps.mark"),
-    ({"task": "payments.sale", "args": [], "kwargs": {"card": SEALED}, "headers": {"payments_republished": True}},
+    ({"task": "payments.sale", "args": [], "kwargs": {"card": ENCRYPTED}, "headers": {"payments_republished": True}},
      None),
     # as the worker builds it: a custom message header becomes Context.headers
-    (Context(task="payments.sale", args=[], kwargs={"card": SEALED}, merchant_ref="5555 5555 5555 4444"),
+    (Context(task="payments.sale", args=[], kwargs={"card": ENCRYPTED}, merchant_ref="5555 5555 5555 4444"),
      "headers.merchant_ref"),
 ]
 
 
 @pytest.mark.parametrize("req,where", UNSEALED_TABLE)
-def test_unsealed_card_in(req, where):
-    assert unsealed_card_in(req) == where
+def test_unencrypted_card_in(req, where):
+    assert unencrypted_card_in(req) == where
 
 
 def test_a_retry_publishes_a_sealed_card_like_key_again_as_it_is():
     """A worker's retry (a busy lease, an outage) publishes the message it runs: its card-like key is already
-    sealed, and is neither refused as "not a string" nor sealed twice (it made Celery's retry a Reject)."""
+    encrypted, and is neither refused as "not a string" nor encrypted twice (it made Celery's retry a Reject)."""
     vault = CardVault([TEST_CARD_KEY])
     key = 4111111111111111110  # a Luhn-valid 19-digit int
-    _, kwargs, _ = seal_publish("payments.sale", [], {"amount": "3.00", "card": TEST_CARD, "idempotency_key": key}, {},
-                                vault=vault)
-    assert CardVault.is_sealed_identifier(kwargs["idempotency_key"])
-    _, again, _ = seal_publish("payments.sale", [], kwargs, {"retries": 1}, vault=vault)
+    _, kwargs, _ = protect_publish("payments.sale", [], {"amount": "3.00", "card": TEST_CARD, "idempotency_key": key},
+                                   {}, vault=vault)
+    assert CardVault.is_encrypted_identifier(kwargs["idempotency_key"])
+    _, again, _ = protect_publish("payments.sale", [], kwargs, {"retries": 1}, vault=vault)
     assert again["idempotency_key"] == kwargs["idempotency_key"]
-    assert vault.open_identifier(again["idempotency_key"]) == key
+    assert vault.decrypt_identifier(again["idempotency_key"]) == key
