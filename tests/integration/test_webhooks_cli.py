@@ -102,3 +102,20 @@ def test_the_webhooks_commands_manage_endpoints_and_replay_events(app, client, p
 def test_bad_input_is_one_line_and_exit_status_2(app, capsys, args, says):
     code, _out, err = run(capsys, *args)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_rotation_keeps_the_old_secret_signing_for_its_window_only(client, prefix):
+    from cryptography.fernet import MultiFernet
+
+    from worker.webhooks.endpoints import Endpoints
+    from worker.webhooks.keys import WebhookKeys
+
+    endpoints = Endpoints(client, WebhookKeys(prefix), cipher=MultiFernet([Fernet(Fernet.generate_key())]))
+    endpoint, first = endpoints.add("https://example.test/hook", now=1000.0)
+    second = endpoints.rotate(endpoint.id, now=1000.0, keep_seconds=60)
+    shown = endpoints.get(endpoint.id)
+    assert shown is not None and shown.signing_secrets(1030.0) == [second, first]
+    assert shown.signing_secrets(1061.0) == [second]
+    third = endpoints.rotate(endpoint.id, now=1100.0, keep_seconds=0)
+    shown = endpoints.get(endpoint.id)
+    assert shown is not None and shown.signing_secrets(1100.0) == [third]
