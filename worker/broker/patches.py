@@ -111,8 +111,8 @@ PATCHES: tuple[Patch, ...] = (
         reason="the payment's final write (worker/store/final_write.py) already ran the ack's HDEL+ZREM in the same "
                "Redis function call as the outcome and Celery's result; only kombu's in-memory bookkeeping is left. "
                "The delivery tag is the message's (properties, set at publish), the keys kombu's unacked ones",
-        saving="2 Redis round trips per payment (the result's SET+PUBLISH and the ack's HDEL+ZREM ride in the outcome's "
-               "FCALL)",
+        saving="2 Redis round trips per payment (the result's SET+PUBLISH and the ack's HDEL+ZREM ride in the "
+               "outcome's FCALL)",
         pins=((f"{_KOMBU_REDIS}:QoS.ack", "e327206e27ae8803"),
               ("kombu.transport.virtual.base:QoS.ack", "10a753d3357edafb"),
               (f"{_KOMBU_REDIS}:QoS._remove_from_indices", "a84efd1d1c57bb2b"),

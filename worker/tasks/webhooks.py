@@ -39,7 +39,7 @@ def deliverer_for(svc: Any) -> Any:
     key = (os.getpid(), id(svc))
     if key not in _deliverers:
         settings = WebhookSettings.from_env()  # first: a bad setting is said before anything is built
-        _deliverers[key] = Deliverer(svc.redis, settings, prefix=svc.settings.key_prefix)
+        _deliverers[key] = Deliverer(svc.redis, settings, prefix=svc.settings.key_prefix, card_keys=svc.card_keys)
     return _deliverers[key]
 
 
