@@ -99,12 +99,13 @@ def _spread_row(c: dict) -> list[str]:
             _span(o.get("redis_cpu_ms"), so.get("redis_cpu_ms"), 3),
             _span(b.get("redis_cpu_ms"), sb.get("redis_cpu_ms"), 3),
             _span(o.get("redis_round_trips"), so.get("redis_round_trips"), 1),
-            _span(b.get("redis_round_trips"), sb.get("redis_round_trips"), 1)]
+            _span(b.get("redis_round_trips"), sb.get("redis_round_trips"), 1),
+            f"{fmt(o.get('redis_round_trips_enqueue'))} / {fmt(b.get('redis_round_trips_enqueue'))}"]
 
 
 SPREAD_HEAD = ["configuration", "runs", "throughput o/b", "worker CPU o/b", "Redis CPU o/b", "ours/s", "base/s",
                "CPU ms ours", "CPU ms base", "Redis CPU ms ours", "Redis CPU ms base", "round trips ours",
-               "round trips base"]
+               "round trips base", "producer round trips ours / base"]
 
 
 def spread_table(result) -> str:

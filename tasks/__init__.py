@@ -6,9 +6,21 @@ modules as ``worker.tasks.payments`` and ``worker.tasks.reconciliation``.
 """
 import sys
 
-from worker.tasks import auth, capture, credit, payments, reconcile_report, reconciliation, refund, sale, sweep, void
+from worker.tasks import (
+    auth,
+    capture,
+    credit,
+    payments,
+    reconcile_report,
+    reconciliation,
+    refund,
+    sale,
+    sweep,
+    update,
+    void,
+)
 
 sys.modules[__name__ + ".payments"] = payments
 sys.modules[__name__ + ".reconciliation"] = reconciliation
 
-__all__ = ["sale", "auth", "credit", "capture", "refund", "void", "sweep", "reconcile_report"]
+__all__ = ["sale", "auth", "credit", "update", "capture", "refund", "void", "sweep", "reconcile_report"]

@@ -41,6 +41,8 @@ PAYMENT_TASKS: dict[str, PaymentTaskSpec] = {spec.name: spec for spec in (
     PaymentTaskSpec("payments.capture", "capture", _FOLLOW_UP),
     PaymentTaskSpec("payments.refund", "refund", _FOLLOW_UP),
     PaymentTaskSpec("payments.void", "void", ("trans_id", "idempotency_key")),
+    # the new amount of an unsettled sale (an auth where the gateway allows it): docs/tokens.md
+    PaymentTaskSpec("payments.update", "update", _FOLLOW_UP),
 )}
 
 #: Tasks that carry a card, and the position of ``card`` among their positional arguments.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import current_app
@@ -17,14 +17,23 @@ from celery import current_app
 from worker.config import DEFAULT, Settings, get_settings
 from worker.payments.policy import ChargePolicy
 
+if TYPE_CHECKING:  # annotations only: each part is imported when it is first built (no import at start-up)
+    from worker.archive.db import Archive
+    from worker.cards.vault import CardVault
+    from worker.gateway import BluePayClient
+    from worker.guard import RedisGuard
+    from worker.ops.metrics import WorkerMetrics
+    from worker.payments.flow import PaymentFlow
+    from worker.store import ResultsStore
+
 
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
-        # per merchant account (worker/merchants.py): built on first use, once per process
-        self._gateways: dict[str, Any] = {}
-        self._guards: dict[str, Any] = {}
-        self._flows: dict[str, Any] = {}
+        # per merchant account (worker/merchants.py) but ``default``: built on first use, once per process
+        self._gateways: dict[str, BluePayClient] = {}
+        self._guards: dict[str, RedisGuard | None] = {}
+        self._flows: dict[str, PaymentFlow] = {}
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -34,23 +43,24 @@ class Services:
         return store_client(self.settings)
 
     @cached_property
-    def store(self):
+    def store(self) -> ResultsStore:
         from worker.store import ResultsStore
 
         return ResultsStore(self.redis, prefix=self.settings.key_prefix, replicas=self.settings.min_replicas_ack,
                             replica_timeout=self.settings.replica_ack_timeout)
 
     @cached_property
-    def gateway(self):
+    def gateway(self) -> BluePayClient:
         """The ``default`` merchant account's gateway client (BLUEPAY_*)."""
         return self._build_gateway(DEFAULT)
 
     @cached_property
-    def guard(self):
-        """The ``default`` account's rate limit and circuit breaker (worker/guard/), or None: both off."""
+    def guard(self) -> RedisGuard | None:
+        """The ``default`` account's rate limit and circuit breaker shared by every worker (worker/guard/), or None:
+        both off."""
         return self._build_guard(DEFAULT)
 
-    def gateway_for(self, merchant: str):
+    def gateway_for(self, merchant: str) -> BluePayClient:
         """A merchant account's gateway client (worker/merchants.py; KeyError: no such account), one per process
         (``default``: :attr:`gateway`, which a test may have replaced)."""
         if merchant == DEFAULT:
@@ -59,8 +69,17 @@ class Services:
             self._gateways[merchant] = self._build_gateway(merchant)
         return self._gateways[merchant]
 
-    def _build_gateway(self, merchant: str):
+    def guard_for(self, merchant: str) -> RedisGuard | None:
+        """A merchant account's guard (its own rate limit and breaker in Redis), or None: both off for it."""
+        if merchant == DEFAULT:
+            return self.guard
+        if merchant not in self._guards:
+            self._guards[merchant] = self._build_guard(merchant)
+        return self._guards[merchant]
+
+    def _build_gateway(self, merchant: str) -> BluePayClient:
         from worker.gateway import BluePayClient, RetryPolicy
+        from worker.gateway.observe import NULL_OBSERVER
         from worker.ops.preflight import MisconfigurationReporter
 
         s, account = self.settings, self.settings.account(merchant)
@@ -76,44 +95,38 @@ class Services:
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
             on_failure=MisconfigurationReporter(s),
             guard=self.guard_for(merchant),
-            **({"observer": self.metrics} if self.metrics is not None else {}),
+            observer=self.metrics if self.metrics is not None else NULL_OBSERVER,
         )
 
-    def guard_for(self, merchant: str):
-        """A merchant account's guard (its own rate limit and breaker in Redis), or None: both off for it."""
-        if merchant == DEFAULT:
-            return self.guard
-        if merchant not in self._guards:
-            self._guards[merchant] = self._build_guard(merchant)
-        return self._guards[merchant]
-
-    def _build_guard(self, merchant: str):
+    def _build_guard(self, merchant: str) -> RedisGuard | None:
         import dataclasses
 
         from worker.guard import RedisGuard
 
         s, account = self.settings, self.settings.account(merchant)
+        if not account.guard.on:
+            return None
         # the probe's place is kept for one attempt's timeouts: a probe whose process died frees it then
         settings = dataclasses.replace(account.guard, probe_lease=s.connect_timeout + s.read_timeout + 5)
         return RedisGuard(self.redis, prefix=s.key_prefix, merchant=merchant, settings=settings,
-                          observer=self.metrics) if settings.on else None
+                          observer=self.metrics)
 
     @cached_property
-    def metrics(self):
+    def metrics(self) -> WorkerMetrics | None:
         """This process's Prometheus observer (worker/ops/metrics.py), or None: metrics off, or not a worker."""
         from worker.ops.metrics import observer
 
         return observer()
 
     @cached_property
-    def archive(self):
+    def archive(self) -> Archive:
         """The archive of final records (``worker/archive/``, PAYMENTS_ARCHIVE_URL): connected on first use."""
         from worker.archive import Archive
 
         return Archive(self.settings.archive_url)
 
     @cached_property
-    def vault(self):
+    def vault(self) -> CardVault:
         from worker.cards.vault import load_card_key
 
         return load_card_key(self.settings.card_key, self.settings.bluepay_mode)
@@ -127,11 +140,11 @@ class Services:
         return keys or [DEVELOPMENT_KEY]
 
     @cached_property
-    def flow(self):
+    def flow(self) -> PaymentFlow:
         """The ``default`` merchant account's payment flow."""
         return self._build_flow(DEFAULT)
 
-    def flow_for(self, merchant: str):
+    def flow_for(self, merchant: str) -> PaymentFlow:
         """A merchant account's payment flow (its gateway; records it writes carry its name). KeyError: no such
         (``default``: :attr:`flow`, which a test may have replaced)."""
         if merchant == DEFAULT:
@@ -140,18 +153,16 @@ class Services:
             self._flows[merchant] = self._build_flow(merchant)
         return self._flows[merchant]
 
-    def _build_flow(self, merchant: str):
-        from worker.payments.flow import PaymentFlow
+    def _build_flow(self, merchant: str) -> PaymentFlow:
+        from worker.payments.flow import NullFlowObserver, PaymentFlow
 
         s = self.settings
-        return PaymentFlow(
-            store=self.store, gateway=self.gateway_for(merchant), card_keys=self.card_keys,
-            lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
-            operation_budget=s.operation_budget, call_budget=s.call_budget,
-            expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
-            policy=ChargePolicy(s.avs_policy, s.cvv2_policy), merchant=merchant,
-            **({"observer": self.metrics} if self.metrics is not None else {}))
-
+        return PaymentFlow(store=self.store, gateway=self.gateway_for(merchant), card_keys=self.card_keys,
+                           lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
+                           operation_budget=s.operation_budget, call_budget=s.call_budget,
+                           expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
+                           policy=ChargePolicy(s.avs_policy, s.cvv2_policy), merchant=merchant,
+                           observer=self.metrics if self.metrics is not None else NullFlowObserver())
 
 class ProcessServices:
     """One app's :class:`Services`, built once per process: a prefork child builds its own after the fork (no

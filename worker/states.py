@@ -31,6 +31,7 @@ class Status(StrEnum):
     CAPTURED = "CAPTURED"
     REFUNDED = "REFUNDED"
     PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    UPDATED = "UPDATED"  # its amount was changed by an UPDATE, which stands in for it from then on
 
 
 NON_FINAL: frozenset[Status] = frozenset({Status.PENDING, Status.RETRYING, Status.UNKNOWN})
@@ -38,10 +39,10 @@ FINAL: frozenset[Status] = frozenset(Status) - NON_FINAL
 #: What a task may return as ``status`` (docs/design.md's contract): never PENDING or RETRYING.
 TASK_STATUSES: frozenset[Status] = FINAL | {Status.UNKNOWN}
 
-Operation = Literal["sale", "auth", "credit", "capture", "refund", "void"]
+Operation = Literal["sale", "auth", "credit", "capture", "refund", "void", "update"]
 #: credit: money to a card with no original (docs/tokens.md; off unless PAYMENTS_ENABLE_CREDIT)
-OPERATIONS: frozenset[str] = frozenset({"sale", "auth", "credit", "capture", "refund", "void"})
-FOLLOW_UPS: frozenset[str] = frozenset({"capture", "refund", "void"})
+OPERATIONS: frozenset[str] = frozenset({"sale", "auth", "credit", "capture", "refund", "void", "update"})
+FOLLOW_UPS: frozenset[str] = frozenset({"capture", "refund", "void", "update"})
 
 #: What claiming an operation in the store found (see ``worker.store.Claim``).
 ClaimKind = Literal["claimed", "final", "busy", "resumed", "mismatch", "exists"]

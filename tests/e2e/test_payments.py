@@ -11,6 +11,13 @@ from tests.support.env import CUSTOMER, TEST_CARD
 from worker.gateway import BluePayClient
 from worker.services import services
 
+
+def stored(payment_id: str) -> dict:
+    """The store's record of ``payment_id`` (it must exist)."""
+    record = services().store.get(payment_id)
+    assert record is not None, payment_id
+    return record
+
 TIMEOUT = 30
 
 
@@ -36,7 +43,7 @@ def test_seed_flow_approved_sale_is_voided_and_declined_sale_void_is_skipped(san
     assert sale_outcome["card_type"] == "VISA"
     assert len(sale_outcome["trans_id"]) == 12
     assert void_outcome["status"] == "APPROVED" and void_outcome["message"] == "Approved Void"
-    sale_record = services().store.get(sale_outcome["payment_id"])
+    sale_record = stored(sale_outcome["payment_id"])
     assert sale_record["status"] == "VOIDED" and sale_record["then_void"] == "1"
     assert sale_record["voided_by"] == void_outcome["payment_id"] == f"{sale_outcome['payment_id']}:void"
     ledger_sale = charges(sandbox, sale_outcome["payment_id"])
@@ -63,7 +70,7 @@ def test_auth_then_capture_marks_the_auth_captured(sandbox):
     assert authorized["status"] == "APPROVED" and authorized["message"] == "Approved Auth"
     captured = run(capture.delay(authorized["trans_id"], amount="7.00"))
     assert captured["status"] == "APPROVED" and captured["message"] == "Approved Capture"
-    assert services().store.get(authorized["payment_id"])["status"] == "CAPTURED"
+    assert stored(authorized["payment_id"])["status"] == "CAPTURED"
 
 
 def test_zero_dollar_auth_is_information_stored():
@@ -75,7 +82,7 @@ def test_refund_of_an_unsettled_sale_comes_back_as_a_void():
     sold = run(sale.delay(amount="9.00", card=TEST_CARD))
     refunded = run(refund.delay(sold["trans_id"]))
     assert refunded["status"] == "APPROVED" and refunded["message"] == "Approved Void"
-    assert services().store.get(sold["payment_id"])["status"] == "VOIDED"
+    assert stored(sold["payment_id"])["status"] == "VOIDED"
 
 
 def test_void_of_a_settled_sale_says_refund_needed_and_refund_works(sandbox):
@@ -85,7 +92,7 @@ def test_void_of_a_settled_sale_says_refund_needed_and_refund_works(sandbox):
     assert voided["status"] == "ERROR" and voided["message"].startswith("refund needed")
     refunded = run(refund.delay(sold["trans_id"], amount="11.00"))
     assert refunded["status"] == "APPROVED" and refunded["message"] == "Approved Return"
-    assert services().store.get(sold["payment_id"])["status"] == "REFUNDED"
+    assert stored(sold["payment_id"])["status"] == "REFUNDED"
 
 
 def test_a_void_of_a_partial_refund_gives_the_amount_back_at_the_gateway_and_in_the_store(sandbox):
@@ -94,15 +101,15 @@ def test_a_void_of_a_partial_refund_gives_the_amount_back_at_the_gateway_and_in_
     first = run(refund.delay(sold["trans_id"], amount="5.00"))
     second = run(refund.delay(sold["trans_id"], amount="4.00"))
     assert [first["message"], second["message"]] == ["Approved Return", "Approved Return"]
-    assert services().store.get(sold["payment_id"])["refunded_amount"] == "9.00"
+    assert stored(sold["payment_id"])["refunded_amount"] == "9.00"
     voided = run(void.delay(first["trans_id"]))
     assert voided["status"] == "APPROVED" and voided["message"] == "Approved Void"
-    record = services().store.get(sold["payment_id"])
+    record = stored(sold["payment_id"])
     assert (record["status"], record["refunded_amount"]) == ("PARTIALLY_REFUNDED", "4.00")
     # the gateway agrees: 11.00 is left to refund (15.00 - 4.00)
     rest = run(refund.delay(sold["trans_id"], amount="11.00"))
     assert rest["status"] == "APPROVED" and rest["message"] == "Approved Return"
-    record = services().store.get(sold["payment_id"])
+    record = stored(sold["payment_id"])
     assert (record["status"], record["refunded_amount"]) == ("REFUNDED", "15.00")
 
 
@@ -122,7 +129,7 @@ def test_the_same_message_delivered_twice_charges_once(sandbox):
     assert outcome["status"] == "APPROVED"
     second.get(timeout=TIMEOUT)
     assert len(charges(sandbox, task_id)) == 1
-    assert services().store.get(task_id)["status"] == "APPROVED"
+    assert stored(task_id)["status"] == "APPROVED"
 
 
 def test_idempotency_key_returns_the_stored_outcome_without_a_second_charge(sandbox):
@@ -179,7 +186,7 @@ def test_gateway_outage_is_retried_through_the_broker_then_charged(sandbox):
     outcome = run(sale.delay(amount="27.00", card=TEST_CARD))
     assert outcome["status"] == "APPROVED", outcome
     assert len(charges(sandbox, outcome["payment_id"])) == 1
-    history = [h["status"] for h in services().store.get(outcome["payment_id"])["history"]]
+    history = [h["status"] for h in stored(outcome["payment_id"])["history"]]
     assert "RETRYING" in history
 
 
@@ -188,7 +195,7 @@ def test_gateway_outage_longer_than_every_retry_ends_in_a_recorded_error(sandbox
     time.sleep(0.3)
     outcome = run(sale.delay(amount="37.00", card=TEST_CARD))
     assert outcome["status"] == "ERROR" and "gateway unreachable" in outcome["message"], outcome
-    assert services().store.get(outcome["payment_id"])["status"] == "ERROR"
+    assert stored(outcome["payment_id"])["status"] == "ERROR"
     sandbox.wait_ready(timeout=15)
     assert charges(sandbox, outcome["payment_id"]) == []
 
@@ -218,7 +225,7 @@ def test_bad_input_is_a_recorded_error_without_a_gateway_call(sandbox, field, kw
     outcome = run(sale.delay(**kwargs))
     assert outcome["status"] == "ERROR"
     assert field in outcome["message"]
-    assert services().store.get(outcome["payment_id"])["status"] == "ERROR"
+    assert stored(outcome["payment_id"])["status"] == "ERROR"
     assert sandbox.stats()["requests"].get("bp10emu", 0) == before
 
 

@@ -36,7 +36,7 @@ def token():
 def test_a_stored_card_is_never_an_open_auth(token):
     store = services().store
     assert token["payment_id"] not in {r["payment_id"] for r in store.open_auths(0)}
-    assert store.get(token["payment_id"])["initiator"] == "customer"  # F/C sent: the first storing
+    assert (store.get(token["payment_id"]) or {})["initiator"] == "customer"  # F/C sent: the first storing
 
 
 def test_a_token_sale_chain_with_void(sandbox, token):
@@ -45,7 +45,7 @@ def test_a_token_sale_chain_with_void(sandbox, token):
     assert sold["status"] == "APPROVED" and sold["trans_id"] != token["trans_id"]
     assert sold["token"] == token["trans_id"] and sold["masked_account"] == "xxxxxxxxxxxx1111"
     assert voided["status"] == "APPROVED"
-    assert services().store.get(sold["payment_id"])["status"] == "VOIDED"
+    assert (services().store.get(sold["payment_id"]) or {})["status"] == "VOIDED"
     [row] = [e for e in sandbox.ledger(order_id=sold["payment_id"]) if e["trans_type"] == "SALE"]
     assert row["rrno"] == token["trans_id"] and row["stored_indicator"] == "S" and row["voided"]
 
@@ -102,3 +102,19 @@ def test_credit_is_off_by_default(sandbox):
     outcome = run(credit.delay(amount="3.00", card=TEST_CARD, idempotency_key=key))
     assert outcome["status"] == "ERROR" and outcome["error_class"] == "CreditDisabled"
     assert sandbox.ledger(order_id=key) == []
+
+
+def test_an_update_is_reflected_on_the_original_and_the_update_is_what_voids(sandbox, token):
+    from tasks import update
+
+    sold = run(sale.delay(amount="3.00", token=token["trans_id"]))
+    updated = run(update.delay(sold["trans_id"], amount="5.75"))
+    assert updated["status"] == "APPROVED" and updated["operation"] == "update" and updated["amount"] == "5.75"
+    original = services().store.get(sold["payment_id"]) or {}
+    assert original["status"] == "UPDATED" and original["updated_by"] == updated["payment_id"]
+    assert original["updated_amount"] == "5.75"
+    voided = run(void.delay(updated["trans_id"]))
+    assert voided["status"] == "APPROVED"
+    assert (services().store.get(updated["payment_id"]) or {})["status"] == "VOIDED"
+    [row] = sandbox.ledger(order_id=updated["payment_id"])
+    assert row["trans_type"] == "UPDATE" and row["voided"]

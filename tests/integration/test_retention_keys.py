@@ -86,7 +86,7 @@ def test_the_archive_keeps_every_operation_run_under_one_key(client, prefix, url
         assert claimed.kind == "claimed", (op, claimed.kind)
         store.transition("k1", "APPROVED" if op == "sale" else "ERROR", owner="w", expect="PENDING",
                          fields={"trans_id": trans_id, "message": op})
-        kept.append(store.get("k1"))
+        kept.append(store.get("k1") or {})
         counts = archive_older_than(store, archive, store.now() + 1, key_retention=0)
         assert counts["archived"] == 1 and store.get("k1") is None
     assert archive.operations_of("k1") == kept

@@ -280,10 +280,13 @@ def test_validation_errors_create_no_entry(sb, overrides, result, message, missi
     assert sb.ledger(order_id=f["ORDER_ID"]) == []
 
 
-def test_update_is_not_supported(sb):
+def test_update_sets_the_new_amount_of_a_sale(sb):
+    # BluePay's library: update(transaction_id, amount); the update is a transaction of its own (docs/tokens.md)
     sale = send(sb, "SALE", "3.00")
-    r = send(sb, "UPDATE", "1.00", sale["RRNO"])
-    assert r["Result"] == "ERROR" and "not supported" in r["MESSAGE"]
+    r = send(sb, "UPDATE", "5.75", sale["RRNO"])
+    assert (r["Result"], r["TRANS_TYPE"], r["AMOUNT"]) == ("APPROVED", "UPDATE", "5.75") and r["RRNO"] != sale["RRNO"]
+    again = send(sb, "UPDATE", "6.00", sale["RRNO"])
+    assert again["MESSAGE"] == "Cannot UPDATE an updated transaction, UPDATE the update instead."
 
 
 # ----------------------------------------------------------------- follow-ups

@@ -134,3 +134,38 @@ def test_a_credit_sends_money_to_a_card_and_cannot_be_refunded(sb, client):
     found = client.query(order_id=credit_order)
     assert found is not None and found.trans_type == "CREDIT" and found.trans_id == credited.trans_id
     assert client.void(credited.trans_id, order_id=order()).approved
+
+
+def test_an_update_replaces_the_sale_and_later_verbs_name_the_update(sb, client):
+    sold = client.sale("3.00", TEST_CARD, order_id=order())
+    updated = client.update(sold.trans_id, "5.75", order_id=order())
+    assert updated.approved and updated.trans_type == "UPDATE" and updated.trans_id != sold.trans_id
+    assert updated.amount == "5.75"
+    with pytest.raises(Rejected) as raised:
+        client.void(sold.trans_id, order_id=order())
+    assert raised.value.response.message == "Cannot VOID an updated transaction, VOID the update instead."
+    assert client.void(updated.trans_id, order_id=order()).approved
+
+
+@pytest.mark.parametrize("answer", ["refused", "allowed"])
+def test_an_auth_update_either_way_the_gateway_answers(sb, client, answer):
+    sb.set_dialect(update_auth=answer)
+    try:
+        authorized = client.auth("5.00", TEST_CARD, order_id=order())
+        if answer == "allowed":
+            updated = client.update(authorized.trans_id, "7.00", order_id=order())
+            assert updated.approved
+            assert client.capture(updated.trans_id, order_id=order()).approved
+        else:
+            with pytest.raises(Rejected) as raised:
+                client.update(authorized.trans_id, "7.00", order_id=order())
+            assert raised.value.response.message == "Cannot UPDATE a AUTH"
+    finally:
+        sb.set_dialect(update_auth="refused")
+
+
+def test_a_declined_sale_cannot_be_updated(client):
+    declined = client.sale("4.00", TEST_CARD, order_id=order())
+    with pytest.raises(Rejected) as raised:
+        client.update(declined.trans_id, "5.00", order_id=order())
+    assert raised.value.response.message == "Can only UPDATE approved transactions."

@@ -1,12 +1,14 @@
 """``payments webhooks ...`` run in-process against a real Redis (private prefix) and a real receiver: add prints a
 secret that verifies the deliveries, list/disable/enable/rotate/remove, replay by id and --since sends the same event
-id again; bad input ends in one line and exit status 2."""
+id again; Redis keeps the secret encrypted with PAYMENTS_CARD_KEY (another key opens nothing); bad input ends in one
+line and exit status 2."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
 import pytest
+from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
 
 from tests.support.clocks import OffsetClock
@@ -15,6 +17,7 @@ from tests.support.webhook_receiver import running_receiver
 from worker.broker.app import create_app, current
 from worker.cli.main import main
 from worker.config import Settings
+from worker.services import services_of
 from worker.store import ResultsStore
 from worker.webhooks.deliverer import Deliverer
 from worker.webhooks.settings import WebhookSettings
@@ -48,7 +51,11 @@ def test_the_webhooks_commands_manage_endpoints_and_replay_events(app, client, p
         assert shown["url"] == rx.url and shown["enabled"] and added["secret"] not in out
 
         clock = OffsetClock()
-        d = Deliverer(client, WebhookSettings(), prefix=prefix, clock=clock)
+        # a worker over the same PAYMENTS_CARD_KEY opens the secret, which Redis keeps encrypted only
+        assert added["secret"] not in str(client.hgetall(prefix + "wh:endpoints"))
+        d = Deliverer(client, WebhookSettings(), prefix=prefix, clock=clock, card_keys=services_of(app).card_keys)
+        assert not Deliverer(client, WebhookSettings(), prefix=prefix,
+                             card_keys=[Fernet.generate_key().decode()]).endpoints.all()[0].secrets
         store = ResultsStore(client, prefix=prefix)
         store.claim("x1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00"})
         store.transition("x1", "APPROVED", owner="w", sent=True, fields={"trans_id": "100000000222"})
@@ -95,3 +102,20 @@ def test_the_webhooks_commands_manage_endpoints_and_replay_events(app, client, p
 def test_bad_input_is_one_line_and_exit_status_2(app, capsys, args, says):
     code, _out, err = run(capsys, *args)
     assert code == 2 and says in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_rotation_keeps_the_old_secret_signing_for_its_window_only(client, prefix):
+    from cryptography.fernet import MultiFernet
+
+    from worker.webhooks.endpoints import Endpoints
+    from worker.webhooks.keys import WebhookKeys
+
+    endpoints = Endpoints(client, WebhookKeys(prefix), cipher=MultiFernet([Fernet(Fernet.generate_key())]))
+    endpoint, first = endpoints.add("https://example.test/hook", now=1000.0)
+    second = endpoints.rotate(endpoint.id, now=1000.0, keep_seconds=60)
+    shown = endpoints.get(endpoint.id)
+    assert shown is not None and shown.signing_secrets(1030.0) == [second, first]
+    assert shown.signing_secrets(1061.0) == [second]
+    third = endpoints.rotate(endpoint.id, now=1100.0, keep_seconds=0)
+    shown = endpoints.get(endpoint.id)
+    assert shown is not None and shown.signing_secrets(1100.0) == [third]

@@ -510,6 +510,8 @@ def publish(spec: dict, *, retry_for: float = 60.0, retries: list | None = None)
 
     task = sale if spec["operation"] == "sale" else auth
     kwargs = {"amount": spec["amount"], "card": dict(TEST_CARD), "customer": dict(spec.get("customer") or CUSTOMER)}
+    if spec.get("token"):  # a repeat charge of a stored card: no card at all (docs/tokens.md)
+        kwargs = {"amount": spec["amount"], "token": spec["token"], "customer": kwargs["customer"]}
     how, chained = spec.get("how", "key"), spec.get("chained", False)
     key = spec.get("payment_id") or new_key()
     deadline = time.monotonic() + retry_for
@@ -563,14 +565,26 @@ class Producer(threading.Thread):
             self.error = exc
 
 
-def sale_specs(n: int, rng: random.Random, *, chained_share=0.3, hows=("key", "task_id", "delay")) -> list[dict]:
+def sale_specs(n: int, rng: random.Random, *, chained_share=0.3, hows=("key", "task_id", "delay"),
+               token: str = "", token_share: float = 0.0) -> list[dict]:
+    """``token``: a stored card's transaction id; ``token_share`` of the sales charge it instead of a card."""
     specs = []
     for i in range(n):
         chained = rng.random() < chained_share
         how = rng.choice([h for h in hows if h != "task_id"] if chained else list(hows))
         specs.append({"operation": "sale", "amount": make_amount(rng), "chained": chained, "how": how,
-                      "customer": UNICODE_CUSTOMER if i % 7 == 3 else CUSTOMER})
+                      "customer": UNICODE_CUSTOMER if i % 7 == 3 else CUSTOMER,
+                      "token": token if token and rng.random() < token_share else ""})
     return specs
+
+
+def stored_card(svc) -> tuple[str, str]:
+    """A card stored with a $0 auth through the flow (a record, so that reconciliation agrees): (its payment id,
+    its trans id: the token)."""
+    key = new_key("stored")
+    outcome = svc.flow.charge("auth", key, amount="0.00", card=dict(TEST_CARD), customer=dict(CUSTOMER))
+    assert outcome["status"] == "APPROVED" and outcome["message"] == "INFORMATION STORED", outcome
+    return key, outcome["trans_id"]
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -829,7 +843,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                              concurrency: int = 3, settle_timeout: float = 240.0, sweep_during_faults=False,
                              fenced_kills=True, worker_overrides=None, fault_mix: dict | None = None,
                              duplicate_window: float | None = 0, late_commit_seconds: float | None = None,
-                             latency_ms=(100, 200), log=None) -> Report:
+                             latency_ms=(100, 200), token_share: float = 0.0, log=None) -> Report:
     """Scenarios 1 and 2 (and both at once): sales, some chained with a void, while workers are
     SIGKILLed (prefork children, and whole workers every third kill) and/or 30 % of gateway requests
     fail. Then settle (sweeping once the broker is quiet) and check everything against the ledger.
@@ -848,6 +862,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
     with running_sandbox(duplicate_window=duplicate_window) as sandbox, \
             producer_for(redis_url, settings_for(redis_url, sandbox, prefix)):
         svc = services_for(settings_for(redis_url, sandbox, prefix))
+        stored_id, token = stored_card(svc) if token_share else ("", "")  # before the faults: a card to charge
         fault_config = {"latency_ms": latency_ms[0], "jitter_ms": latency_ms[1], "slow_seconds": SLOW_SECONDS}
         if late_commit_seconds is not None:
             fault_config["late_commit_seconds"] = late_commit_seconds
@@ -857,7 +872,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
         fleet = Fleet(name, worker_env(redis_url, sandbox, prefix, **(worker_overrides or {})), logdir,
                       size=workers, concurrency=concurrency, rng=rng).start()
         try:
-            producer = Producer(sale_specs(payments, rng), rate)
+            producer = Producer(sale_specs(payments, rng, token=token, token_share=token_share), rate)
             producer.start()
             # Kill while publishing and a little after: prefork children mostly, a whole worker every third.
             kill_until = None
@@ -902,7 +917,9 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
             kill_times = [float(e.split()[0]) for e in fleet.events if "SIGKILL" in e]
             if kill_times and "all_final_at" in report.details:
                 report.details["last_kill_to_all_final_s"] = round(report.details["all_final_at"] - max(kill_times), 1)
-            verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=faults)
+            verify(report, svc.store, sandbox.ledger(), producer.jobs, allow_error=faults,
+                   extra_order_ids={stored_id} if stored_id else None)
+            report.details["token_sales"] = sum(1 for s in producer.specs if s.get("token"))
             check_orders(report, sandbox.orders())
             reconcile_run(report, worker_env(redis_url, sandbox, prefix), wall_started, log=log)
             stats = sandbox.stats()
@@ -918,7 +935,7 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
 
 def run_late_commits(name: str, redis_url: str, logdir: Path, *, payments: int, kill_every: float | None = 2.0,
                      rate: float = 20.0, seed: int = 31, settle_timeout: float = 300.0, fenced_kills=True,
-                     log=None) -> Report:
+                     token_share: float = 0.0, log=None) -> Report:
     """Late commits (exactly-once v2), with the sandbox's duplicate rule OFF (BluePay publishes no duplicate
     window, so nothing at the gateway catches a second send): 30 % of ``bp10emu`` and ``stq`` requests fail,
     half of them ``late_commit`` (held :data:`LATE_COMMIT_SECONDS`, longer than the read timeout and shorter
@@ -934,7 +951,8 @@ def run_late_commits(name: str, redis_url: str, logdir: Path, *, payments: int, 
     return run_payments_under_chaos(name, redis_url, logdir, payments=payments, kill_every=kill_every, faults=True,
                                     rate=rate, seed=seed, settle_timeout=settle_timeout, fenced_kills=fenced_kills,
                                     fault_mix=LATE_COMMIT_MIX, duplicate_window=0,
-                                    late_commit_seconds=LATE_COMMIT_SECONDS, latency_ms=(50, 100), log=log)
+                                    late_commit_seconds=LATE_COMMIT_SECONDS, latency_ms=(50, 100),
+                                    token_share=token_share, log=log)
 
 
 # A worker whose clock runs ahead. The gateway is slow here so that calls are in flight long enough for a

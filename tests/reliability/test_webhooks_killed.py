@@ -4,6 +4,8 @@ the last kill, then fails 3 deliveries in 10 (HTTP 500, a hang past the timeout,
 delivery with the ``standardwebhooks`` package. Every final outcome is told at least once, every attempt at one event
 carries its id, and no card data is in what was sent or what Redis keeps.
 
+Also: an endpoint that hangs on every delivery holds no payment.
+
 Its own Redis database (14, flushed), as tests/e2e/test_webhooks.py."""
 from __future__ import annotations
 
@@ -83,6 +85,44 @@ def test_sales_through_killed_workers_are_all_told_with_one_id_per_event(tmp_pat
         assert len(got) > SALES  # failures were retried
         hits = [h for r in got for h in scan_text(r.body.decode(), cvv2=TEST_CARD["cvv2"], where="webhook body")]
         assert hits + scan_redis(db, cvv2=TEST_CARD["cvv2"]) == []
+    finally:
+        db.flushdb()
+        db.close()
+
+
+def test_an_endpoint_that_hangs_on_every_delivery_does_not_hold_the_payments(tmp_path):
+    """Every POST hangs past WEBHOOK_TIMEOUT (3 s) while sales run one after the other for 10 s through one worker
+    (4 threads): the drain holds one thread at a time (its lock), so no sale waits behind a hanging delivery."""
+    from worker.broker.app import create_app, current
+    from worker.config import Settings
+
+    db = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    db.flushdb()
+    secret = new_secret()
+    try:
+        with running_sandbox() as sandbox, running_receiver(secret, lambda n, body: "hang", hang_seconds=4.0) as rx:
+            env = worker_env(sandbox, REDIS_URL=REDIS_URL, PAYMENTS_WEBHOOK_URL=rx.url, PAYMENTS_WEBHOOK_SECRET=secret,
+                             WEBHOOK_TIMEOUT="3", WEBHOOK_CONCURRENCY="2")
+            settings = dataclasses.replace(Settings.from_env(), redis_url=REDIS_URL, card_key=env["PAYMENTS_CARD_KEY"])
+            app = create_app(settings, main="webhooks-hang-producer")
+            proc = start_worker_with_beat(env, REDIS_URL, tmp_path, "hang")
+            latencies: list[float] = []
+            try:
+                with current(app):
+                    end = time.monotonic() + 10
+                    while time.monotonic() < end:
+                        started = time.monotonic()
+                        outcome = app.tasks["payments.sale"].delay(amount="3.00", card=TEST_CARD,
+                                                                   customer=CUSTOMER).get(timeout=60)
+                        latencies.append(time.monotonic() - started)
+                        assert outcome["status"] == "APPROVED"
+                hung = sum(1 for r in rx.got if r.status == "hang")
+            finally:
+                stop(proc)
+                app.close()
+        print(f"webhooks hanging: {len(latencies)} sales, slowest {max(latencies):.2f} s, median "
+              f"{sorted(latencies)[len(latencies) // 2]:.2f} s, while {hung} deliveries hung (3 s timeout each)")
+        assert hung >= 4 and max(latencies) < 3.0  # no sale waited behind a hanging POST
     finally:
         db.flushdb()
         db.close()

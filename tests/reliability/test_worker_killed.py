@@ -7,8 +7,10 @@ pytestmark = pytest.mark.reliability
 
 
 def test_killed_workers_lose_nothing_and_charge_once(rel_redis_url, rel_logdir):
+    # a quarter of the sales charge a stored card by token (issue 29): the same exactly-once rules
     report = run_payments_under_chaos("kills", rel_redis_url, rel_logdir, payments=300, kill_every=2.0,
-                                      faults=False, rate=20.0, seed=11, fenced_kills=True, log=print)
+                                      faults=False, rate=20.0, seed=11, fenced_kills=True, token_share=0.25,
+                                      log=print)
     print(report.row(), report.details, dict(report.statuses))
     assert report.problems == []
     assert report.payments == 300
@@ -16,6 +18,7 @@ def test_killed_workers_lose_nothing_and_charge_once(rel_redis_url, rel_logdir):
     # the kills hit payments in flight: some were redelivered and resumed from their record
     assert report.details["resumed_after_redelivery"] > 0
     assert report.duplicates == report.lost == report.not_final == report.card_hits == 0
+    assert report.details["token_sales"] >= 50
 
 
 def test_a_payment_fetched_by_a_worker_that_dies_before_recording_it_is_still_charged_once(rel_redis_url, rel_logdir):

@@ -83,6 +83,9 @@ class FakeGateway:
     def refund(self, trans_id, amount=None, order_id=None, fence=None):
         return self._send("refund", fence, trans_id=trans_id, amount=amount, order_id=order_id)
 
+    def update(self, trans_id, amount=None, order_id=None, fence=None):
+        return self._send("update", fence, trans_id=trans_id, amount=amount, order_id=order_id)
+
     def void(self, trans_id, order_id=None, fence=None):
         return self._send("void", fence, trans_id=trans_id, order_id=order_id)
 

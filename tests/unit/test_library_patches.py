@@ -53,6 +53,7 @@ def _library_attr(qualified: str):
 def test_our_overrides_are_where_the_table_says():
     ours = {
         "kombu.transport.redis:QoS.pipe_or_acquire": LeanQoS.__dict__.get("pipe_or_acquire"),
+        "kombu.transport.redis:QoS.ack": LeanQoS.__dict__.get("ack"),
         "kombu.transport.redis:Channel.conn_or_acquire": pooled_conn_or_acquire,
         "celery.backends.base:BaseKeyValueStoreBackend._store_result": LeanResults.__dict__.get("_store_result"),
         "celery.backends.redis:RedisBackend._set": LeanResults.__dict__.get("_set"),

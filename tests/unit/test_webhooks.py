@@ -49,6 +49,16 @@ def test_the_body_is_the_stored_outcome_masked_with_the_transitions_status_and_a
     assert "4111 1111 1111 1111" not in json.dumps(body) and "lease_owner" not in body["data"]
 
 
+def test_an_event_made_after_the_record_moved_on_does_not_tell_the_later_change():
+    record = {"payment_id": "p1", "operation": "sale", "status": "VOIDED", "amount": "3.00", "voided_by": "v1",
+              "updated_at": "2026-12-07T21:00:05.000Z"}
+    approved = event_data(entry("PENDING", "APPROVED"), record)
+    assert approved["status"] == "APPROVED" and "voided_by" not in approved
+    assert approved["updated_at"] == "2026-12-07T21:00:00.000Z"
+    voided = event_data(entry("APPROVED", "VOIDED"), record)
+    assert voided["voided_by"] == "v1" and voided["updated_at"] == "2026-12-07T21:00:05.000Z"
+
+
 def test_the_default_schedule_is_svixs_and_gives_up_after_eight_attempts():
     assert DEFAULT_RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000)
     assert attempts_allowed(DEFAULT_RETRY_SCHEDULE) == 8
@@ -66,6 +76,8 @@ def test_settings_read_the_schedule_and_refuse_what_cannot_work():
         WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/hook"})
     with pytest.raises(ConfigError, match="whsec_"):
         WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/h", "PAYMENTS_WEBHOOK_SECRET": "abc"})
+    with pytest.raises(ConfigError, match="unknown event type"):
+        WebhookSettings.from_env({"PAYMENTS_WEBHOOK_EVENTS": "payment.approved,payment.paid"})
     two = WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/h",
                                     "PAYMENTS_WEBHOOK_SECRET": f"{new_secret()} {new_secret()}"})
     assert len(two.secrets) == 2
@@ -167,3 +179,20 @@ def test_webhook_drain_interval_is_a_setting_and_must_be_positive(monkeypatch):
     monkeypatch.setenv("WEBHOOK_DRAIN_INTERVAL", "0")
     with pytest.raises(ConfigError, match="WEBHOOK_DRAIN_INTERVAL"):
         Settings.from_env()
+
+
+def test_celerys_info_lines_about_drains_are_dropped_and_its_errors_kept():
+    import logging
+
+    from worker.tasks.webhooks import QuietDrains
+
+    def record(level: int, msg: str, args: object) -> logging.LogRecord:
+        return logging.LogRecord("celery.app.trace", level, __file__, 1, msg, args, None)  # type: ignore[arg-type]  # a tuple of one dict, as logging passes it
+
+    quiet = QuietDrains()
+    assert not quiet.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded",
+                                   ({"name": "payments.webhooks.drain", "id": "x"},)))
+    assert not quiet.filter(record(logging.INFO, "Scheduler: Sending due task %s (%s)",
+                                   ("payments-webhooks", "payments.webhooks.drain")))
+    assert quiet.filter(record(logging.ERROR, "Task %(name)s[%(id)s] raised", ({"name": "payments.webhooks.drain"},)))
+    assert quiet.filter(record(logging.INFO, "Task %(name)s[%(id)s] succeeded", ({"name": "payments.sale"},)))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from worker.archive.db import Archive, ArchiveUnavailable
-from worker.config import DEFAULT_KEY_RETENTION
+from worker.config import DEFAULT_KEY_RETENTION, MIN_RETENTION
 
 log = logging.getLogger("payments.retention")
 
@@ -122,6 +122,25 @@ def _count(name: str, documentation: str, amount: float = 1) -> None:
 # ---- ``payments archive``: until done, in rounds under the sweep's lock ------------------------------------------
 class SweepRunning(Exception):
     """The sweep holds its lock: archiving by hand waits for it."""
+
+
+class CutoffRefused(ValueError):
+    """A cutoff that would archive records whose messages may still come back (or none given, retention off)."""
+
+
+def archive_cutoff(settings: Any, now: float, before: float | None) -> float:
+    """What archiving by hand takes: ``before`` (epoch seconds), else now minus PAYMENTS_RETENTION; never later than
+    MIN_RETENTION ago."""
+    if before is not None:
+        cutoff = before
+    elif settings.retention:
+        cutoff = now - settings.retention
+    else:
+        raise CutoffRefused("PAYMENTS_RETENTION is 0 (off): say which records with --before DATE")
+    if cutoff > now - MIN_RETENTION:
+        raise CutoffRefused(f"--before must be at least {MIN_RETENTION / 86400:g} day(s) ago: a message delivered "
+                            "again after its record left Redis would be taken for a new operation")
+    return cutoff
 
 
 def archive_in_rounds(store: Any, archive: Archive, cutoff: float, settings: Any, *, lock_name: str,

@@ -395,7 +395,7 @@ def _check_card_key(sender: Any = None, **_: Any) -> None:
 
     try:
         # built now, so that a LIVE worker without a card key fails at start
-        _ = services_of(getattr(sender, "app", None) or celery.current_app).vault
+        _vault = services_of(getattr(sender, "app", None) or celery.current_app).vault
     except ConfigError as exc:
         # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
         raise SystemExit(f"payments: refusing to start: {exc}") from None

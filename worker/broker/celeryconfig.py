@@ -9,7 +9,6 @@ from urllib.parse import quote
 from celery.schedules import crontab
 from kombu import Queue
 
-from worker.broker import sentinel
 from worker.config import Settings, parse_sentinels
 from worker.redis_connections import database, uses_sentinel
 
@@ -30,6 +29,11 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         options["sentinel_kwargs"] = {"password": settings.redis_sentinel_password}
     # A demoted or cut-off primary answers READONLY / NOREPLICAS, which kombu counts as channel errors: the worker's
     # consumer reconnects (through the sentinels) instead of stopping (celery#7946; the workaround celery#6348 cites).
+    # Imported here, not at the top: Celery's loader imports the top-level celeryconfig while gevent is still
+    # monkey-patching (``-P gevent``), and kombu's Redis transport imported then keeps the unpatched select(): the
+    # worker's loop blocks every greenlet (no ping answered, no task run). Only a Sentinel set-up needs it.
+    from worker.broker import sentinel
+
     sentinel.install()  # sentinel:// is kombu's Sentinel transport over SentinelConnection, in this process
     return {"broker_url": url, "result_backend": f"{sentinel.__name__}:SentinelBackend+{url}",
             "broker_transport": None,

@@ -71,7 +71,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch(
         target="celery.backends.base:BaseKeyValueStoreBackend._store_result",
         ours="worker/broker/result_backend.py: LeanResults._store_result (every payments app)",
-        reason="a SUCCESS is written without Celery's GET of the previous state",
+        reason="a SUCCESS is written without Celery's GET of the previous state, and not at all when the results "
+               "store wrote it with the payment's outcome (worker/store/final_write.py)",
         saving="1 Redis command per payment",
         pins=(("celery.backends.base:BaseKeyValueStoreBackend._store_result", "a2ca8e5d57fc57ff"),
               ("celery.backends.base:Backend._get_result_meta", "724b16a14c01b4d4"),
@@ -103,6 +104,21 @@ PATCHES: tuple[Patch, ...] = (
               ("kombu.messaging:Producer._publish", "16f7e1572e4f346a"),
               (f"{_KOMBU_REDIS}:PublishBatch.__init__", "652b3e37ab3f3f4f"),
               (f"{_KOMBU_REDIS}:PublishBatch.flush", "f35745664b53c566")),
+    ),
+    Patch(
+        target=f"{_KOMBU_REDIS}:QoS.ack",
+        ours="worker/broker/lean_transport.py: LeanQoS.ack; worker/broker/final_write.py (what the store writes)",
+        reason="the payment's final write (worker/store/final_write.py) already ran the ack's HDEL+ZREM in the same "
+               "Redis function call as the outcome and Celery's result; only kombu's in-memory bookkeeping is left. "
+               "The delivery tag is the message's (properties, set at publish), the keys kombu's unacked ones",
+        saving="2 Redis round trips per payment (the result's SET+PUBLISH and the ack's HDEL+ZREM ride in the "
+               "outcome's FCALL)",
+        pins=((f"{_KOMBU_REDIS}:QoS.ack", "e327206e27ae8803"),
+              ("kombu.transport.virtual.base:QoS.ack", "10a753d3357edafb"),
+              (f"{_KOMBU_REDIS}:QoS._remove_from_indices", "a84efd1d1c57bb2b"),
+              ("kombu.transport.virtual.base:Channel._inplace_augment_message", "c98540a255764e02"),
+              ("celery.worker.request:Request.__init__", "bfd21c43be62f7bc"),
+              ("celery.backends.base:Backend._get_result_meta", "724b16a14c01b4d4")),
     ),
     Patch(
         target="celery.app.amqp:AMQP._create_task_sender",

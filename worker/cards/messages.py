@@ -123,7 +123,7 @@ class _Walk:
         #: a first publish: amounts are checked and amount_cents turned into amount (worker/payments/amounts.py)
         self.check_amounts = check_amounts
 
-    def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list, dict]:
+    def call(self, task: str | None, args: Any, kwargs: Any, prefix: str) -> tuple[list[Any], dict[str, Any]]:
         """Seal/refuse one task call's arguments. ``prefix``: "" for the message's own task (fields named
         by parameter), else the signature's path (fields named ``<prefix>.args[i]`` / ``.kwargs.<name>``)."""
         args = list(args or ())
@@ -131,6 +131,9 @@ class _Walk:
         if self.check_amounts:
             args, kwargs = publish_amounts(task, args, kwargs, prefix)
         position = CARD_ARGUMENT.get(task or "")
+        return self._positional(task, args, prefix, position), self._keywords(task, kwargs, prefix, position)
+
+    def _positional(self, task: str | None, args: list[Any], prefix: str, position: int | None) -> list[Any]:
         for i, value in enumerate(args):
             if position is not None and i == position:
                 args[i] = encrypt_card(value, self.vault)
@@ -147,6 +150,10 @@ class _Walk:
                 args[i] = self.vault.encrypt_identifier(value)
                 continue
             args[i] = self.value(value, field, check_as)
+        return args
+
+    def _keywords(self, task: str | None, kwargs: dict[str, Any], prefix: str,
+                  position: int | None) -> dict[str, Any]:
         for key in list(kwargs):
             if position is not None and key == "card":
                 kwargs[key] = encrypt_card(kwargs[key], self.vault)
@@ -160,7 +167,7 @@ class _Walk:
                 kwargs[key] = self.vault.encrypt_identifier(kwargs[key])
                 continue
             kwargs[key] = self.value(kwargs[key], field, field)
-        return args, kwargs
+        return kwargs
 
     def value(self, value: Any, field: str, check_as: str | None = None) -> Any:
         """``value`` with every embedded signature encrypted; raises if card data sits anywhere else."""
@@ -184,7 +191,7 @@ class _Walk:
         _refuse(check_as or field, value, field)
         return value
 
-    def signature(self, sig: Mapping, path: str) -> dict:
+    def signature(self, sig: Mapping[str, Any], path: str) -> dict[str, Any]:
         task = sig.get("task")
         out = dict(sig)
         raw_args = sig.get("args")
@@ -282,8 +289,9 @@ def refuse_in_options(options: Mapping[str, Any]) -> None:
         refuse_card_data(field, value)
 
 
-def protect_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: CardVault,
-                 argsrepr_maxsize: int = 1024, kwargsrepr_maxsize: int = 1024) -> tuple[list, dict, dict]:
+def protect_publish(name: str, args: Any, kwargs: Any, options: dict[str, Any], *, vault: CardVault,
+                 argsrepr_maxsize: int = 1024,
+                 kwargsrepr_maxsize: int = 1024) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     """Seal and check one message about to be built. ``options``: ``as_task_v2``'s other arguments by name
     (``chain``, ``callbacks``, ``errbacks``, ``chord``, ``task_id``, ...). Returns new ``(args, kwargs,
     options)`` with ``argsrepr``/``kwargsrepr`` set; raises :class:`CardDataRefused` naming the field."""
@@ -307,7 +315,7 @@ def protect_publish(name: str, args: Any, kwargs: Any, options: dict, *, vault: 
 _MADE_HEADERS = frozenset({"argsrepr", "kwargsrepr", "origin"})
 
 
-def protect_body(name: str, body: Any, *, vault: CardVault, headers: Mapping[str, Any] | None = None) -> list:
+def protect_body(name: str, body: Any, *, vault: CardVault, headers: Mapping[str, Any] | None = None) -> list[Any]:
     """A stored message body ``[args, kwargs, embed]`` encrypted and checked the same way (the outbox re-publish);
     ``headers``: the stored message's headers, refused when one holds card data (an entry kept by older code)."""
     args, kwargs, embed = [*body, None, None, None][:3]
@@ -338,6 +346,10 @@ def _clear_in_call(task: str | None, args: Any, kwargs: Any, prefix: str) -> str
     position = CARD_ARGUMENT.get(task or "")
     args = list(args) if isinstance(args, (list, tuple)) else []
     kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
+    return _clear_in_args(task, args, prefix, position) or _clear_in_kwargs(kwargs, prefix, position)
+
+
+def _clear_in_args(task: str | None, args: list[Any], prefix: str, position: int | None) -> str | None:
     for i, value in enumerate(args):
         name = _param_name(task, i)
         if prefix:
@@ -352,6 +364,10 @@ def _clear_in_call(task: str | None, args: Any, kwargs: Any, prefix: str) -> str
         found = _clear_in_value(value, check_as)
         if found:
             return field + found[len(check_as):] if found.startswith(check_as) else found
+    return None
+
+
+def _clear_in_kwargs(kwargs: dict[str, Any], prefix: str, position: int | None) -> str | None:
     for key, value in kwargs.items():
         field = f"{prefix}.kwargs.{key}" if prefix else str(key)
         if position is not None and key == "card":
@@ -379,7 +395,7 @@ def _clear_in_value(value: Any, field: str) -> str | None:
     return card_data_field(value, field)
 
 
-def _clear_in_signature(sig: Mapping, path: str) -> str | None:
+def _clear_in_signature(sig: Mapping[str, Any], path: str) -> str | None:
     found = _clear_in_call(sig.get("task"), sig.get("args"), sig.get("kwargs"), path)
     if found:
         return found

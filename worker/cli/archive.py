@@ -13,8 +13,7 @@ from worker.cli.output import CommandError
 
 def cmd_archive(args: Any) -> int:
     from worker.archive import ArchiveUnavailable
-    from worker.archive.retention import SweepRunning, archive_in_rounds, restore_keys
-    from worker.config import MIN_RETENTION
+    from worker.archive.retention import CutoffRefused, SweepRunning, archive_cutoff, archive_in_rounds, restore_keys
     from worker.payments.sweep import LOCK_NAME
 
     svc = services()
@@ -29,20 +28,11 @@ def cmd_archive(args: Any) -> int:
             print(json.dumps(restore_keys(svc.store, archive, settings.key_retention), sort_keys=True))
             return 0
         store = svc.store
-        now = store.now()
-        if args.before is not None:
-            cutoff = parse_date(args.before)
-        elif settings.retention:
-            cutoff = now - settings.retention
-        else:
-            raise CommandError("PAYMENTS_RETENTION is 0 (off): say which records with --before DATE")
-        if cutoff > now - MIN_RETENTION:
-            raise CommandError(f"--before must be at least {MIN_RETENTION / 86400:g} day(s) ago: a message delivered "
-                               "again after its record left Redis would be taken for a new operation")
+        cutoff = archive_cutoff(settings, store.now(), None if args.before is None else parse_date(args.before))
         counts = archive_in_rounds(store, archive, cutoff, settings, lock_name=LOCK_NAME, progress=_archived,
                                    on_handover=lambda: print("a sweep took the lock between rounds: it archives the "
                                                              "rest", file=sys.stderr))
-    except SweepRunning as exc:
+    except (SweepRunning, CutoffRefused) as exc:
         raise CommandError(str(exc)) from None
     except ArchiveUnavailable as exc:
         raise CommandError(f"{exc}; nothing more archived or deleted (the records stay in Redis)") from None

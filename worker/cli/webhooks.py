@@ -23,7 +23,8 @@ def _parts() -> tuple[Any, Any, Any]:
         settings = WebhookSettings.from_env()
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
-    return svc.redis, settings, Deliverer(svc.redis, settings, prefix=svc.settings.key_prefix)
+    return svc.redis, settings, Deliverer(svc.redis, settings, prefix=svc.settings.key_prefix,
+                                          card_keys=svc.card_keys)
 
 
 def _iso(ts: float) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from . import expiry, protocol, scrub, validation
 from .errors import Expired, InvalidInput, Rejected
-from .guarding import Guard, verdict_of
+from .guarding import AnyGuard, verdict_of
 from .observe import NULL_OBSERVER, GatewayObserver, error_class_of, result_of
 from .protocol import Response
 from .report import ByteStream, Report, ReportRow, StreamingTransport, report_request, start_report
@@ -74,7 +74,7 @@ class BluePayClient:
         today: Callable[[], date] = date.today,
         observer: GatewayObserver = NULL_OBSERVER,
         on_failure: Callable[[BaseException], None] | None = None,
-        guard: Guard | None = None,
+        guard: AnyGuard | None = None,
         platform_merchant_id: str = "",
     ) -> None:
         if not isinstance(account_id, str) or not account_id.strip():
@@ -173,6 +173,11 @@ class BluePayClient:
     def refund(self, trans_id: Any, amount: Any = None, order_id: str | None = None,
                fence: Fence | None = None) -> Response:
         return self._transaction("REFUND", fence, rrno=trans_id, amount=amount, order_id=order_id)
+
+    def update(self, trans_id: Any, amount: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
+        """UPDATE: the new amount of an unsettled transaction (BluePay's ``update(transaction_id, amount)``); the
+        reply's id is the update's, which later voids and refunds name ("... the update instead")."""
+        return self._transaction("UPDATE", fence, rrno=trans_id, amount=amount, order_id=order_id)
 
     def void(self, trans_id: Any, order_id: str | None = None, fence: Fence | None = None) -> Response:
         return self._transaction("VOID", fence, rrno=trans_id, order_id=order_id)

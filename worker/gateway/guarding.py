@@ -7,11 +7,11 @@ report: reconciliation keeps a budget of its own).
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from .errors import Expired, GatewayError, OutcomeUnknown, Rejected
 
-__all__ = ["Guard", "Ticket", "DOWN", "UP", "NEUTRAL", "verdict_of"]
+__all__ = ["Guard", "AnyGuard", "Ticket", "DOWN", "UP", "NEUTRAL", "verdict_of"]
 
 #: what an attempt says of the gateway
 DOWN, UP, NEUTRAL = "down", "up", "neutral"
@@ -21,10 +21,18 @@ class Ticket(Protocol):
     """The guard's note of one admitted attempt (whether it is the breaker's probe, what it saw)."""
 
 
-class Guard(Protocol):
-    def admit(self, lane: str) -> Ticket: ...
+#: a guard's own ticket type: what its admit gives back is what its settle takes
+TicketT = TypeVar("TicketT")
 
-    def settle(self, ticket: Ticket, verdict: str) -> None: ...
+
+class Guard(Protocol[TicketT]):
+    def admit(self, lane: str) -> TicketT: ...
+
+    def settle(self, ticket: TicketT, verdict: str) -> None: ...
+
+
+#: any guard (the client only hands a guard's ticket back to that guard)
+AnyGuard = Guard[Any]
 
 
 def verdict_of(exc: BaseException | None) -> str:

@@ -194,6 +194,8 @@ def transaction_request(
         if ttype == "VOID":
             if amount is not None:
                 raise InvalidInput("amount", "VOID is always for the full amount")
+        elif ttype == "UPDATE" and amount is None:
+            raise InvalidInput("amount", "UPDATE sets the new amount: required")
         elif amount is not None:
             fields["AMOUNT"] = validation.amount(amount)
 

@@ -90,7 +90,7 @@ Fence = Callable[[], tuple[float, int]]
 #: a delivery of a message that never ran before (the sweep's own requests; tests)
 FIRST_DELIVERY = Delivery()
 _STQ_TYPE = {"sale": "SALE", "auth": "AUTH", "credit": "CREDIT", "capture": "CAPTURE", "refund": "REFUND",
-             "void": "VOID"}
+             "void": "VOID", "update": "UPDATE"}
 
 
 class Gateway(Protocol):
@@ -114,6 +114,9 @@ class Gateway(Protocol):
                 fence: Fence | None = None) -> Response: ...
 
     def refund(self, trans_id: str, amount: Money | None = None, order_id: str | None = None,
+               fence: Fence | None = None) -> Response: ...
+
+    def update(self, trans_id: str, amount: Money | None, order_id: str | None = None,
                fence: Fence | None = None) -> Response: ...
 
     def void(self, trans_id: str, order_id: str | None = None, fence: Fence | None = None) -> Response: ...
@@ -398,7 +401,7 @@ class PaymentFlow:
         def send_follow_up(duplicate_override: bool, fence: Fence) -> Response:
             if follow_up.operation == "void":
                 return gateway.void(follow_up.trans_id, order_id=order_id, fence=fence)
-            verb = gateway.capture if follow_up.operation == "capture" else gateway.refund
+            verb = {"capture": gateway.capture, "refund": gateway.refund, "update": gateway.update}[follow_up.operation]
             return verb(follow_up.trans_id, follow_up.amount, order_id=order_id, fence=fence)
 
         return send_follow_up

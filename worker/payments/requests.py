@@ -30,10 +30,11 @@ __all__ = ["Delivery", "ChargeRequest", "FollowUpRequest", "Refusal", "PaymentRe
            "follow_up_request", "CHARGES", "FOLLOW_UPS", "request_fingerprints", "refusal_fingerprints", "short"]
 
 ChargeOperation = Literal["sale", "auth", "credit"]
-FollowUpOperation = Literal["capture", "refund", "void"]
+FollowUpOperation = Literal["capture", "refund", "void", "update"]
 #: the operation names (worker/catalogue.py's) as the request types' words
 CHARGES: dict[str, ChargeOperation] = {"sale": "sale", "auth": "auth", "credit": "credit"}
-FOLLOW_UPS: dict[str, FollowUpOperation] = {"capture": "capture", "refund": "refund", "void": "void"}
+FOLLOW_UPS: dict[str, FollowUpOperation] = {"capture": "capture", "refund": "refund", "void": "void",
+                                             "update": "update"}
 TRANS_ID = re.compile(r"\d{12}")
 
 
@@ -157,6 +158,8 @@ def follow_up_request(operation: FollowUpOperation, payment_id: str, *, trans_id
         fields["reason"] = short(reason)
     try:
         checked_id = validation.trans_id(trans_id)
+        if operation == "update" and amount is None:
+            raise InvalidInput("amount", "an update sets the new amount: required")
         checked_amount = validation.money(amount) if operation != "void" and amount is not None else None
     except InvalidInput as exc:
         given = {"trans_id": trans_id, "amount": amount}

@@ -25,6 +25,8 @@ unknown_token      ``error_reading``  ``could_not_locate``: a token (RRNO on SAL
                                transaction is answered ``COULD NOT LOCATE ORIGINAL TRANSACTION`` ("unable to lookup
                                the master_id") instead of ``Error reading master transaction`` ("unable to locate
                                tokenized transaction"); BluePay_MESSAGE_values.txt lists both
+update_auth        ``refused``  ``allowed``: an AUTH may be UPDATEd like a SALE (the message list only says "Cannot
+                               UPDATE a <TRANS TYPE>: attempt to tip UPDATE a VOID or AUTH")
 stored_id          ``established``  ``none``: replies never carry STORED_ID (BluePay's samples read it "used or
                                established by transaction" but print it only in comments)
 bp10emu_stamp_def  ``RRNO ISSUE_DATE Result``  (seen in live TEST replies of 2023) any space-separated
@@ -57,6 +59,7 @@ _CHOICES = {
     "report_errors": ("line", "pairs"),
     "token_source": ("any", "approved"),
     "stored_id": ("established", "none"),
+    "update_auth": ("refused", "allowed"),
     "unknown_token": ("error_reading", "could_not_locate"),
 }
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -77,6 +80,7 @@ class Dialect:
     report_errors: str = "line"
     token_source: str = "any"
     stored_id: str = "established"
+    update_auth: str = "refused"
     unknown_token: str = "error_reading"
     bp10emu_stamp_def: str = OBSERVED_STAMP_DEF
 

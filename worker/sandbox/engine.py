@@ -50,7 +50,7 @@ _EXP_RE = re.compile(r"^(\d{2})(\d{2})$")
 # stq's text writes its dates YYYY-MM-DD HH:MM:SS, the daily report's YYYY-MM-DD: both are read.
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(?: \d{2}:\d{2}:\d{2})?$")
 
-SUPPORTED_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID")
+SUPPORTED_TYPES = ("SALE", "AUTH", "CREDIT", "CAPTURE", "REFUND", "VOID", "UPDATE")
 # TRANS_SUBMIT_TIMESTAMP is US Central time (bp10emu text, TRANSACTION TIMESTAMP); TRANS_EXPIRE_PERIOD "N MINUTES".
 _CENTRAL = ZoneInfo("America/Chicago")
 _SUBMIT_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -155,6 +155,8 @@ class Entry:
     captured_by: str = ""
     refunded: Decimal = _ZERO
     refunds: list = field(default_factory=list)
+    base_type: str = ""  # an UPDATE: the type of what it updated (SALE, AUTH): the update stands in for it
+    updated_by: str = ""  # the UPDATE that replaced this transaction (void/refund/capture the update instead)
     cust_token: str = ""  # CUST_TOKEN used, or NEW_CUST_TOKEN established
     stored_indicator: str = ""  # STORED_INDICATOR / STORED_TYPE / STORED_ID as received (STORED_ID: as answered)
     stored_type: str = ""
@@ -174,14 +176,15 @@ class Entry:
             "voided": self.voided, "voided_by": self.voided_by,
             "captured": self.captured, "captured_by": self.captured_by,
             "refunded": fmt(self.refunded), "refunds": list(self.refunds),
+            "base_type": self.base_type, "updated_by": self.updated_by,
             "cust_token": self.cust_token, "stored_indicator": self.stored_indicator,
             "stored_type": self.stored_type, "stored_id": self.stored_id,
             "platform_merchant_id": self.platform_merchant_id,
         }
 
     def settleable(self) -> bool:
-        return (self.status == "1" and not self.settled and not self.voided
-                and self.trans_type in ("SALE", "CAPTURE", "REFUND", "CREDIT"))
+        return (self.status == "1" and not self.settled and not self.voided and not self.updated_by
+                and (self.base_type or self.trans_type) in ("SALE", "CAPTURE", "REFUND", "CREDIT"))
 
 
 class Engine:
@@ -441,8 +444,6 @@ class Engine:
         expired = self._submit_window_error(f, now + self.clock_offset)
         if expired:  # an ERROR: nothing is saved (bp10emu text)
             return finish("ERROR", expired)
-        if ttype == "UPDATE":
-            return finish("ERROR", "UPDATE not supported by the sandbox")
         if ttype not in SUPPORTED_TYPES:
             return finish("ERROR", "INVALID TRANSACTION TYPE")
         if (f.get("PAYMENT_TYPE") or "").strip().upper() == "ACH" and ttype in ("SALE", "AUTH"):
@@ -613,7 +614,17 @@ class Engine:
                 return finish("ERROR", "COULD NOT LOCATE ORIGINAL TRANSACTION")
             reply.update(PAYMENT_ACCOUNT=o.payment_account, CARD_TYPE=o.card_type,
                          CARD_EXPIRE=o.card_expire, BANK_NAME="")
-            if ttype == "VOID":
+            if o.updated_by:  # BluePay_MESSAGE_values.txt
+                return finish("ERROR", f"Cannot {ttype} an updated transaction, {ttype} the update instead.")
+            if ttype == "UPDATE":
+                if amount is None:
+                    return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
+                err = self._update_error(o)
+                if err:
+                    return finish("ERROR", err)
+                e = self._record(f, o, "UPDATE", amount, "Approved Update", mode, now, reply)
+                e.base_type, o.updated_by = _kind(o), e.id
+            elif ttype == "VOID":
                 err = self._void_error(o, amount)
                 if err:
                     return finish("ERROR", err)
@@ -627,7 +638,7 @@ class Engine:
                                  "Approved Capture", mode, now, reply)
                 o.captured, o.captured_by = True, e.id
             else:  # REFUND
-                if o.trans_type not in ("SALE", "CAPTURE"):
+                if _kind(o) not in ("SALE", "CAPTURE"):
                     return finish("ERROR", f"Cannot REFUND a {o.trans_type}")
                 if o.status != "1":
                     return finish("ERROR", "Can only REFUND or VOID approved transactions")
@@ -647,6 +658,23 @@ class Engine:
                     o.refunds.append(e.id)
         return finish(e.result, e.message, **self._entry_fields(e, mode))
 
+    def _update_error(self, o: Entry) -> str | None:
+        """UPDATE (BluePay's library: ``update(transaction_id, amount)``, the new amount of the transaction). The
+        refusals are BluePay_MESSAGE_values.txt's; whether an AUTH may be updated is the dialect's ``update_auth``
+        (the list: "Cannot UPDATE a <TRANS TYPE>: attempt to tip UPDATE a VOID or AUTH")."""
+        kind = _kind(o)
+        if o.status != "1":
+            return "Can only UPDATE approved transactions."
+        if kind not in ("SALE", "AUTH") or (kind == "AUTH" and self.dialect.update_auth == "refused"):
+            return f"Cannot UPDATE a {o.trans_type}"
+        if o.voided:
+            return "Already Voided"
+        if o.settled:
+            return "Cannot UPDATE a settled transaction."
+        if o.captured:
+            return "Already Captured"
+        return None
+
     def _void_error(self, o: Entry, amount: Decimal | None) -> str | None:
         if o.trans_type == "VOID":
             return "VOID cannot be undone"  # BluePay_MESSAGE_values.txt
@@ -656,7 +684,7 @@ class Engine:
             return "Already Voided"
         if o.settled:
             return "Cannot VOID a settled transaction."
-        if o.trans_type == "AUTH" and o.captured:
+        if _kind(o) == "AUTH" and o.captured:
             return "Cannot VOID a CAPTURED AUTH (void the CAPTURE instead)."
         if (amount is not None and amount != o.amount) or o.refunded > _ZERO:
             return "Cannot VOID except for full amount."
@@ -664,7 +692,7 @@ class Engine:
 
     @staticmethod
     def _capture_error(o: Entry, amount: Decimal | None) -> str | None:
-        if o.trans_type != "AUTH":
+        if _kind(o) != "AUTH":
             return "Only AUTH can be CAPTURED"
         if o.status != "1":
             return "Need voice auth code to CAPTURE this AUTH"  # BluePay_MESSAGE_values.txt: a declined AUTH
@@ -857,6 +885,11 @@ class Engine:
 REPORT_COLUMNS = ("id", "payment_type", "trans_type", "amount", "card_type", "payment_account", "order_id",
                   "invoice_id", "custom_id", "custom_id2", "master_id", "status", "f_void", "message", "origin",
                   "issue_date", "settle_date", "settlement_id", "auth_code", "card_expire", "name1", "name2")
+
+
+def _kind(e: Entry) -> str:
+    """What a transaction is for the rules: an UPDATE stands in for the SALE or AUTH it updated."""
+    return e.base_type or e.trans_type
 
 
 def report_row(e: Entry) -> list[str]:

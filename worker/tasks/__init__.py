@@ -26,7 +26,8 @@ def _of_the_default_app(name: str) -> Any:
 
 sale = _of_the_default_app("payments.sale")
 auth = _of_the_default_app("payments.auth")
-credit = _of_the_default_app("payments.credit")  # off unless PAYMENTS_ENABLE_CREDIT (docs/tokens.md)
+credit = _of_the_default_app("payments.credit")
+update = _of_the_default_app("payments.update")  # off unless PAYMENTS_ENABLE_CREDIT (docs/tokens.md)
 capture = _of_the_default_app("payments.capture")
 refund = _of_the_default_app("payments.refund")
 void = _of_the_default_app("payments.void")
@@ -34,4 +35,5 @@ sweep = _of_the_default_app("payments.sweep")
 reconcile_report = _of_the_default_app("payments.reconcile_report")
 webhooks_drain = _of_the_default_app("payments.webhooks.drain")
 
-__all__ = ["sale", "auth", "credit", "capture", "refund", "void", "sweep", "reconcile_report", "webhooks_drain"]
+__all__ = ["sale", "auth", "credit", "update", "capture", "refund", "void", "sweep", "reconcile_report",
+           "webhooks_drain"]

@@ -254,7 +254,7 @@ def _open_card(task: PaymentTask, card: object) -> object:
     vault = task.services.vault
     if isinstance(card, dict) and "invalid" in card and len(card) == 1:
         raise InvalidInput("card", str(card["invalid"]))
-    if vault.is_encrypted(card):
+    if isinstance(card, dict) and vault.is_encrypted(card):
         try:
             return vault.decrypt(card)
         except CardDecryptError:
@@ -347,6 +347,13 @@ def capture(self: PaymentTask, trans_id: object, amount: object = None,
 def refund(self: PaymentTask, trans_id: object, amount: object = None,
            idempotency_key: object = None) -> dict[str, object]:
     """REFUND a sale (amount None: what is left of it)."""
+    return _follow_up(self, trans_id, amount, idempotency_key)
+
+
+@TASKS.task(base=PaymentTask, bind=True, **task_options("payments.update"))
+def update(self: PaymentTask, trans_id: Any, amount: Any = None, idempotency_key: Any = None) -> dict[str, Any]:
+    """UPDATE an unsettled sale to ``amount`` (its new total): the original becomes UPDATED and the update's trans_id
+    is the one to void or refund from then on (docs/tokens.md)."""
     return _follow_up(self, trans_id, amount, idempotency_key)
 
 

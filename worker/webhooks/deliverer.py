@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
 import requests
+from cryptography.fernet import Fernet, MultiFernet
 
 from worker.webhooks.deliveries import Claimed, Deliveries
 from worker.webhooks.endpoints import Endpoint, Endpoints
@@ -51,14 +52,16 @@ class DrainReport:
 
 class Deliverer:
     def __init__(self, client: redis.Redis, settings: WebhookSettings, *, prefix: str = "payments:",
-                 clock: Callable[[], float] | None = None, session: requests.Session | None = None) -> None:
+                 clock: Callable[[], float] | None = None, session: requests.Session | None = None,
+                 card_keys: Sequence[str] = ()) -> None:
         self.redis = client
         self.settings = settings
         self.keys = WebhookKeys(prefix)
         self.clock = clock or redis_clock(client)
         self.deliveries = Deliveries(client, self.keys)
+        cipher = MultiFernet([Fernet(k) for k in card_keys]) if card_keys else None
         self.endpoints = Endpoints(client, self.keys, static_url=settings.url, static_secrets=settings.secrets,
-                                   static_events=settings.events)
+                                   static_events=settings.events, cipher=cipher)
         self.intake = Intake(client, self.keys, self.deliveries, retention=settings.event_retention)
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
@@ -115,7 +118,7 @@ class Deliverer:
                   else "event no longer kept" if not event.get("body") else "")
         secrets = endpoint.signing_secrets(now) if endpoint is not None else []
         if not reason and not secrets:
-            reason = "endpoint has no secret signing now"
+            reason = "endpoint has no secret signing now (or none PAYMENTS_CARD_KEY opens)"
         if reason or endpoint is None:
             outcome, _ = self.deliveries.done(claimed, "abandon", now=now, error=reason, disable_after=s.disable_after,
                                               schedule=s.retry_schedule)

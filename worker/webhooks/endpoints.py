@@ -4,6 +4,9 @@
 
 A secret rotation (``payments webhooks rotate ID``) puts a new secret first and keeps the old one signing for a
 while (``--keep``, default 24 h): both sign every delivery meanwhile, so a receiver may switch whenever it likes.
+
+Secrets kept in Redis are encrypted with PAYMENTS_CARD_KEY (Fernet; the first key encrypts, any opens): a copy of
+Redis does not let anyone sign webhooks. A secret no key opens signs nothing (its deliveries fail, saying so).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from cryptography.fernet import InvalidToken, MultiFernet
 
 from worker.config import ConfigError
 from worker.webhooks.events import EVENT_TYPES
@@ -22,6 +26,7 @@ from worker.webhooks.keys import WebhookKeys
 from worker.webhooks.signing import new_secret
 
 STATIC_ID = "static"
+SEALED = "fernet:"
 
 
 def check_url(url: str, name: str = "URL") -> str:
@@ -80,9 +85,11 @@ class Endpoints:
     """The endpoints of one store prefix."""
 
     def __init__(self, client: redis.Redis, keys: WebhookKeys, *, static_url: str = "",
-                 static_secrets: tuple[str, ...] = (), static_events: tuple[str, ...] = ()) -> None:
+                 static_secrets: tuple[str, ...] = (), static_events: tuple[str, ...] = (),
+                 cipher: MultiFernet | None = None) -> None:
         self.redis = client
         self.keys = keys
+        self.cipher = cipher
         self.static_url = static_url
         self.static_secrets = static_secrets
         self.static_events = static_events
@@ -104,10 +111,25 @@ class Endpoints:
                                        "events": list(self.static_events), "created_at": 0}
             else:
                 cfg = configs[i]
-            found.append(Endpoint(id=i, url=cfg["url"], secrets=tuple((s, float(u)) for s, u in cfg["secrets"]),
+            opened = ((self._open(s), float(u)) for s, u in cfg["secrets"])
+            found.append(Endpoint(id=i, url=cfg["url"], secrets=tuple((s, u) for s, u in opened if s),
                                   events=tuple(cfg.get("events") or ()), created_at=float(cfg.get("created_at") or 0),
                                   **_state(raw)))
         return found
+
+    def _seal(self, secret: str) -> str:
+        return SEALED + self.cipher.encrypt(secret.encode()).decode() if self.cipher is not None else secret
+
+    def _open(self, stored: str) -> str:
+        """The secret, or "" when no key opens it."""
+        if not stored.startswith(SEALED):
+            return stored
+        if self.cipher is None:
+            return ""
+        try:
+            return self.cipher.decrypt(stored[len(SEALED):].encode()).decode()
+        except InvalidToken:
+            return ""
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         return next((e for e in self.all() if e.id == endpoint_id), None)
@@ -118,7 +140,7 @@ class Endpoints:
         chosen = check_events(events)
         endpoint_id = "ep_" + random_ids.token_hex(8)
         secret = new_secret()
-        cfg = {"url": url, "secrets": [[secret, 0]], "events": list(chosen), "created_at": now}
+        cfg = {"url": url, "secrets": [[self._seal(secret), 0]], "events": list(chosen), "created_at": now}
         self.redis.hset(self.keys.endpoints, endpoint_id, json.dumps(cfg))
         found = self.get(endpoint_id)
         assert found is not None
@@ -156,6 +178,6 @@ class Endpoints:
         until = now + keep_seconds
         kept = [[s, min(float(u), until) if float(u) else until] for s, u in cfg["secrets"]
                 if keep_seconds > 0 and (not float(u) or float(u) > now)]
-        cfg["secrets"] = [[secret, 0], *kept]
+        cfg["secrets"] = [[self._seal(secret), 0], *kept]
         self.redis.hset(self.keys.endpoints, endpoint_id, json.dumps(cfg))
         return secret

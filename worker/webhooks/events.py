@@ -34,6 +34,8 @@ _LATER = {
     # a void of the capture or of the refund gave the original back
     Status.APPROVED: "payment.reopened",
 }
+#: fields a later change of the record adds (reflect, resolve): not part of an earlier transition's event
+_LATER_FIELDS = ("voided_by", "captured_by", "refunded_by", "refunded_amount")
 #: resolve.lua's history note
 RESOLVED_NOTE = "resolved by "
 
@@ -73,6 +75,11 @@ def event_data(entry: Mapping[str, str], record: Mapping[str, Any] | None) -> di
     left Redis, what the audit entry says."""
     if record:
         data = public_outcome(record)
+        if record.get("status") != entry.get("to"):
+            # the record moved on before the event was made: what later changes added is theirs to tell
+            for later in _LATER_FIELDS:
+                data.pop(later, None)
+            data["updated_at"] = entry.get("at", "")
     else:
         data = {"payment_id": entry.get("payment_id", ""), "operation": entry.get("operation", ""),
                 "trans_id": entry.get("trans_id", "")}

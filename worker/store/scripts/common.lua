@@ -13,7 +13,7 @@ local function bind(keys)
   IDX_COUNTS, IDX_UNKNOWN, IDX_RETRYING, IDX_HUMAN, KEPT = keys[12], keys[13], keys[14], keys[15], keys[16]
 end
 local NON_FINAL = {PENDING = true, RETRYING = true, UNKNOWN = true}
-local FOLLOW_UPS = {capture = true, refund = true, void = true}
+local FOLLOW_UPS = {capture = true, refund = true, void = true, update = true}
 local HISTORY_CAP = __HISTORY_CAP__
 local AUDIT_MAXLEN = '__AUDIT_MAXLEN__'
 
@@ -229,6 +229,11 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
   if is_void then
     if ostatus == 'VOIDED' then return done('already') end
     new_status, fields, note = 'VOIDED', {'voided_by', fu_pid}, 'voided by ' .. fu_pid
+  elseif op == 'update' then
+    -- An UPDATE replaced it (its new amount): later voids and refunds name the update (docs/tokens.md).
+    if ostatus ~= 'APPROVED' then return done('already') end
+    new_status, fields, note = 'UPDATED', {'updated_by', fu_pid, 'updated_amount', amount}, 'updated to ' ..
+      amount .. ' by ' .. fu_pid
   elseif op == 'capture' then
     if ostatus ~= 'APPROVED' then return done('already') end
     new_status, fields, note = 'CAPTURED', {'captured_by', fu_pid}, 'captured by ' .. fu_pid

@@ -18,7 +18,7 @@ local kept_fields = {}
 for i = 5, 4 + n_kept do kept_fields[#kept_fields + 1] = ARGV[i] end
 local FINAL = {APPROVED = true, DECLINED = true, ERROR = true, SKIPPED = true, VOIDED = true, CAPTURED = true,
                REFUNDED = true, PARTIALLY_REFUNDED = true}
-local FOLLOW_UPS = {capture = true, refund = true, void = true}
+local FOLLOW_UPS = {capture = true, refund = true, void = true, update = true}
 
 local function keep_key(rec, pid, updated)
   local expires_ms = math.floor((updated + key_retention) * 1000)
