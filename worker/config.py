@@ -5,11 +5,15 @@ accept seconds (``90``) or a number with ``s``/``m``/``h``/``d`` (``7d``).
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -165,6 +169,96 @@ _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SUBMIT_TIME_ZONE = "America/Chicago"
 
 
+# ---- merchant accounts (worker/merchants.py, docs/merchants.md) ------------------------------------------------
+DEFAULT = "default"
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_FIELDS = frozenset({"account_id", "secret_key", "mode", "url", "hash_type", "platform_merchant_id", "rate_limit",
+                     "stq_rate_limit", "breaker_failures", "breaker_cooldown"})
+
+
+@dataclass(frozen=True)
+class MerchantAccount:
+    """One merchant account: its credentials, gateway and guard (``default``: the BLUEPAY_* one)."""
+
+    name: str
+    account_id: str
+    secret_key: str = field(repr=False)
+    mode: str = "TEST"
+    url: str = ""
+    hash_type: str = "HMAC_SHA512"
+    platform_merchant_id: str = ""
+    guard: GuardSettings = field(default_factory=GuardSettings)
+
+
+def valid_name(name: object) -> bool:
+    return isinstance(name, str) and bool(_NAME.fullmatch(name))
+
+
+def parse_accounts(text: str, *, base: MerchantAccount,
+                   duration: Callable[[object, str], float]) -> tuple[MerchantAccount, ...]:
+    """The accounts ``BLUEPAY_ACCOUNTS`` names (``base``: the ``default`` one, whose settings the others inherit).
+    Raises ValueError naming the account and the field."""
+    text = text.strip()
+    if not text:
+        return ()
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise ValueError(f"BLUEPAY_ACCOUNTS: cannot read {text[1:]!r} ({type(exc).__name__})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"BLUEPAY_ACCOUNTS: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(raw, dict):
+        raise ValueError("BLUEPAY_ACCOUNTS: must be a JSON object of accounts by name")
+    return tuple(_account(name, spec, base, duration) for name, spec in raw.items())
+
+
+def _account(name: object, spec: object, base: MerchantAccount,
+             duration: Callable[[object, str], float]) -> MerchantAccount:
+    where = f"BLUEPAY_ACCOUNTS[{name!r}]"
+    if not valid_name(name) or name == DEFAULT:
+        raise ValueError(f"{where}: a name is lower-case letters, digits, - and _ (at most 32), not {DEFAULT!r}")
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{where}: must be an object")
+    unknown = sorted(set(spec) - _FIELDS)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    for required in ("account_id", "secret_key"):
+        if not isinstance(spec.get(required), str) or not spec[required]:
+            raise ValueError(f"{where}.{required}: required")
+    text: dict[str, str] = {}
+    for key in ("mode", "url", "hash_type", "platform_merchant_id"):
+        value = spec.get(key, getattr(base, key))
+        if not isinstance(value, str):
+            raise ValueError(f"{where}.{key}: must be a string")
+        text[key] = value
+    return MerchantAccount(str(name), spec["account_id"], spec["secret_key"], text["mode"].upper(), text["url"],
+                           text["hash_type"].upper(), text["platform_merchant_id"],
+                           _guard(where, spec, base.guard, duration))
+
+
+def _guard(where: str, spec: Mapping[str, Any], base: GuardSettings,
+           duration: Callable[[object, str], float]) -> GuardSettings:
+    guard = base
+    if "rate_limit" in spec or "stq_rate_limit" in spec:
+        total = parse_rate(str(spec.get("rate_limit", "")), name=f"{where}.rate_limit")
+        look = (parse_rate(str(spec["stq_rate_limit"]), name=f"{where}.stq_rate_limit") if "stq_rate_limit" in spec
+                else total / 5)
+        if total and look >= total:
+            raise ValueError(f"{where}.stq_rate_limit must be less than its rate_limit")
+        guard = dataclasses.replace(guard, rate=total - look if total else 0.0, look_rate=look)
+    if "breaker_failures" in spec:
+        failures = spec["breaker_failures"]
+        if type(failures) is not int or failures < 0:
+            raise ValueError(f"{where}.breaker_failures: must be 0 (off) or more")
+        guard = dataclasses.replace(guard, breaker_failures=failures)
+    if "breaker_cooldown" in spec:
+        guard = dataclasses.replace(guard, cooldown=duration(spec["breaker_cooldown"], f"{where}.breaker_cooldown"))
+    return guard
+
+
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = DEFAULT_REDIS_URL
@@ -219,6 +313,8 @@ class Settings:
     flower_basic_auth: str = field(default="", repr=False)
     # The gateway's guard shared by every worker (worker/guard/, docs/resilience.md): rate limit and circuit breaker.
     guard: GuardSettings = field(default_factory=GuardSettings)
+    # The merchant accounts BLUEPAY_ACCOUNTS names besides ``default`` (the BLUEPAY_* one): worker/merchants.py.
+    accounts: tuple[MerchantAccount, ...] = ()
     # Daily settlement reconciliation of the previous day (UTC), "HH:MM" (worker/payments/reconciliation.py; beat).
     reconcile_report_at: str = "02:00"
     # The worker's Prometheus endpoint (worker/ops/metrics.py): 0 = off; one port per worker process on a host.
@@ -313,10 +409,7 @@ class Settings:
                 f"({self.connect_timeout + self.read_timeout:g}s): a request the client gave up on can commit later"
             )
         self._check_submit_expiry()
-        try:
-            self.guard.check()
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self._check_guards()
         if not 0 <= self.worker_metrics_port <= 65535:
             raise ConfigError(f"WORKER_METRICS_PORT ({self.worker_metrics_port}) must be 0 (off) or a TCP port")
         if self.lease_seconds < 3:
@@ -406,6 +499,56 @@ class Settings:
             raise ConfigError(f"BLUEPAY_URL: {self.bluepay_url!r} must be https:// in LIVE mode (card data travels "
                               "in the request)")
 
+    def _check_guards(self) -> None:
+        """The guard of every merchant account, and the BLUEPAY_ACCOUNTS accounts themselves."""
+        try:
+            self.guard.check()
+            for account in self.accounts:
+                account.guard.check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for account in self.accounts:
+            self._check_account(account)
+
+    @property
+    def merchant_names(self) -> tuple[str, ...]:
+        """``default`` (the BLUEPAY_* account), then BLUEPAY_ACCOUNTS's names."""
+        return (DEFAULT, *(a.name for a in self.accounts))
+
+    def account(self, name: str = DEFAULT) -> MerchantAccount:
+        """A merchant account by name (KeyError: none such)."""
+        if name == DEFAULT:
+            return MerchantAccount(DEFAULT, self.bluepay_account_id, self.bluepay_secret_key, self.bluepay_mode,
+                                   self.bluepay_url, self.bluepay_hash_type, self.bluepay_platform_merchant_id,
+                                   self.guard)
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise KeyError(name)
+
+    def _check_account(self, a: MerchantAccount) -> None:
+        """A BLUEPAY_ACCOUNTS account, as :meth:`_check_gateway` checks the BLUEPAY_* one."""
+        where = f"BLUEPAY_ACCOUNTS[{a.name!r}]"
+        if a.mode not in ("TEST", "LIVE"):
+            raise ConfigError(f"{where}.mode: {a.mode!r} must be TEST or LIVE")
+        error = _url_error(f"{where}.url", a.url, ("https", "http")) or _hash_type_error(a.hash_type)
+        if error:
+            raise ConfigError(error)
+        if not re.fullmatch(r"[A-Za-z0-9]+", a.account_id):
+            raise ConfigError(f"{where}.account_id: {a.account_id!r} is not an account id (letters and digits)")
+        if a.platform_merchant_id and not re.fullmatch(r"[A-Za-z0-9]{1,64}", a.platform_merchant_id):
+            raise ConfigError(f"{where}.platform_merchant_id: {a.platform_merchant_id!r} is not a merchant id")
+        if a.secret_key != a.secret_key.strip() or any(c.isspace() for c in a.secret_key):
+            raise ConfigError(f"{where}.secret_key must not hold spaces or line breaks")
+        if a.mode != "LIVE":
+            return
+        if a.account_id == SANDBOX_ACCOUNT_ID or a.secret_key == SANDBOX_SECRET_KEY or not re.fullmatch(
+                r"\d{12}", a.account_id):
+            raise ConfigError(f"{where}: LIVE mode needs the merchant's own 12-digit account id and secret")
+        url = urlsplit(a.url.strip())
+        if url.scheme.lower() != "https" and url.hostname not in _LOOPBACK_HOSTS:
+            raise ConfigError(f"{where}.url must be https:// in LIVE mode (card data travels in the request)")
+
     def _check_submit_expiry(self) -> None:
         if self.submit_expiry < 60 or self.submit_expiry % 60:
             raise ConfigError(f"GATEWAY_SUBMIT_EXPIRY ({self.submit_expiry:g}s) must be a whole number of minutes, "
@@ -483,6 +626,10 @@ class Settings:
                 webhook_drain_interval=dur("WEBHOOK_DRAIN_INTERVAL", "1s"),
                 guard=_guard_settings(dur),
             )
+            settings = dataclasses.replace(settings, accounts=parse_accounts(
+                _env("BLUEPAY_ACCOUNTS", ""), base=settings.account(DEFAULT),
+                duration=lambda value, name: parse_duration(value if isinstance(value, int | float) else str(value),
+                                                            name=name)))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         return settings.check()

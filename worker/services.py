@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import current_app
 
-from worker.config import Settings, get_settings
+from worker.config import DEFAULT, Settings, get_settings
 from worker.payments.policy import ChargePolicy
 
 if TYPE_CHECKING:  # annotations only: each part is imported when it is first built (no import at start-up)
@@ -30,6 +30,10 @@ if TYPE_CHECKING:  # annotations only: each part is imported when it is first bu
 class Services:
     def __init__(self, settings: Settings):
         self.settings = settings
+        # per merchant account (worker/merchants.py) but ``default``: built on first use, once per process
+        self._gateways: dict[str, BluePayClient] = {}
+        self._guards: dict[str, RedisGuard | None] = {}
+        self._flows: dict[str, PaymentFlow] = {}
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -47,39 +51,64 @@ class Services:
 
     @cached_property
     def gateway(self) -> BluePayClient:
+        """The ``default`` merchant account's gateway client (BLUEPAY_*)."""
+        return self._build_gateway(DEFAULT)
+
+    @cached_property
+    def guard(self) -> RedisGuard | None:
+        """The ``default`` account's rate limit and circuit breaker shared by every worker (worker/guard/), or None:
+        both off."""
+        return self._build_guard(DEFAULT)
+
+    def gateway_for(self, merchant: str) -> BluePayClient:
+        """A merchant account's gateway client (worker/merchants.py; KeyError: no such account), one per process
+        (``default``: :attr:`gateway`, which a test may have replaced)."""
+        if merchant == DEFAULT:
+            return self.gateway
+        if merchant not in self._gateways:
+            self._gateways[merchant] = self._build_gateway(merchant)
+        return self._gateways[merchant]
+
+    def guard_for(self, merchant: str) -> RedisGuard | None:
+        """A merchant account's guard (its own rate limit and breaker in Redis), or None: both off for it."""
+        if merchant == DEFAULT:
+            return self.guard
+        if merchant not in self._guards:
+            self._guards[merchant] = self._build_guard(merchant)
+        return self._guards[merchant]
+
+    def _build_gateway(self, merchant: str) -> BluePayClient:
         from worker.gateway import BluePayClient, RetryPolicy
         from worker.gateway.observe import NULL_OBSERVER
         from worker.ops.preflight import MisconfigurationReporter
 
-        s = self.settings
+        s, account = self.settings, self.settings.account(merchant)
         return BluePayClient(
-            account_id=s.bluepay_account_id,
-            secret_key=s.bluepay_secret_key,
-            mode=s.bluepay_mode,
-            base_url=s.bluepay_url,
-            hash_type=s.bluepay_hash_type,
-            platform_merchant_id=s.bluepay_platform_merchant_id,
+            account_id=account.account_id,
+            secret_key=account.secret_key,
+            mode=account.mode,
+            base_url=account.url,
+            hash_type=account.hash_type,
+            platform_merchant_id=account.platform_merchant_id,
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
-            on_failure=MisconfigurationReporter(s),
-            guard=self.guard,
+            on_failure=MisconfigurationReporter(s, merchant),
+            guard=self.guard_for(merchant),
             observer=self.metrics if self.metrics is not None else NULL_OBSERVER,
         )
 
-    @cached_property
-    def guard(self) -> RedisGuard | None:
-        """The gateway's rate limit and circuit breaker shared by every worker (worker/guard/), or None: both off."""
-        if not self.settings.guard.on:
-            return None
+    def _build_guard(self, merchant: str) -> RedisGuard | None:
         import dataclasses
 
         from worker.guard import RedisGuard
 
-        s = self.settings
+        s, account = self.settings, self.settings.account(merchant)
+        if not account.guard.on:
+            return None
         # the probe's place is kept for one attempt's timeouts: a probe whose process died frees it then
-        settings = dataclasses.replace(s.guard, probe_lease=s.connect_timeout + s.read_timeout + 5)
-        return RedisGuard(self.redis, prefix=s.key_prefix, merchant="default", settings=settings,
+        settings = dataclasses.replace(account.guard, probe_lease=s.connect_timeout + s.read_timeout + 5)
+        return RedisGuard(self.redis, prefix=s.key_prefix, merchant=merchant, settings=settings,
                           observer=self.metrics)
 
     @cached_property
@@ -112,16 +141,28 @@ class Services:
 
     @cached_property
     def flow(self) -> PaymentFlow:
+        """The ``default`` merchant account's payment flow."""
+        return self._build_flow(DEFAULT)
+
+    def flow_for(self, merchant: str) -> PaymentFlow:
+        """A merchant account's payment flow (its gateway; records it writes carry its name). KeyError: no such
+        (``default``: :attr:`flow`, which a test may have replaced)."""
+        if merchant == DEFAULT:
+            return self.flow
+        if merchant not in self._flows:
+            self._flows[merchant] = self._build_flow(merchant)
+        return self._flows[merchant]
+
+    def _build_flow(self, merchant: str) -> PaymentFlow:
         from worker.payments.flow import NullFlowObserver, PaymentFlow
 
         s = self.settings
-        return PaymentFlow(store=self.store, gateway=self.gateway, card_keys=self.card_keys,
+        return PaymentFlow(store=self.store, gateway=self.gateway_for(merchant), card_keys=self.card_keys,
                            lease_seconds=s.lease_seconds, commit_horizon=s.commit_horizon,
                            operation_budget=s.operation_budget, call_budget=s.call_budget,
                            expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
-                           policy=ChargePolicy(s.avs_policy, s.cvv2_policy),
+                           policy=ChargePolicy(s.avs_policy, s.cvv2_policy), merchant=merchant,
                            observer=self.metrics if self.metrics is not None else NullFlowObserver())
-
 
 class ProcessServices:
     """One app's :class:`Services`, built once per process: a prefork child builds its own after the fork (no

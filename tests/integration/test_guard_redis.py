@@ -114,3 +114,28 @@ def test_payments_status_shows_the_limit_and_the_breaker_as_it_stands(client, pr
     g.settle(g.admit("pay"), DOWN)
     line = _guard_line(guard_report(svc))
     assert line.startswith("10/s (stq 2/s), breaker OPEN (1 failures in a row, ") and "opened 1 times" in line
+
+
+def test_payments_status_shows_every_merchants_breaker(client, prefix):
+    import dataclasses
+    import types
+
+    from worker.config import MerchantAccount, Settings
+    from worker.ops.status import guard_report, render
+
+    shop2 = MerchantAccount("shop2", "100000000002", "S2", guard=GuardSettings(breaker_failures=1, cooldown=30.0))
+    settings = dataclasses.replace(Settings(), key_prefix=prefix, accounts=(shop2,),
+                                   guard=GuardSettings(breaker_failures=1, cooldown=30.0))
+    g = guard(client, prefix, merchant="shop2", breaker_failures=1, cooldown=30.0)
+    g.settle(g.admit("pay"), DOWN)
+    report = guard_report(types.SimpleNamespace(settings=settings, redis=client))
+    assert report["breaker"]["state"] == "closed"
+    (other,) = report["merchants"]
+    assert other["merchant"] == "shop2" and other["breaker"]["state"] == "open"
+    found = {"by_status": {}, "ages": dict.fromkeys(("unknown", "retrying", "needs_human", "non_final", "outbox",
+                                                     "open_auths")),
+             "broker": {"queues": {}, "unacked": 0}, "workers": [], "needs_human": {"count": 0},
+             "non_final": {"count": 0}, "outbox": {"count": 0}, "stats": {}, "open_auths": {"count": 0},
+             "now": 0.0, "gateway": {"url": "-", "reachable": True, "error": None}, "guard": report,
+             "attention": []}
+    assert "  shop2      no rate limit, breaker OPEN" in render(found)

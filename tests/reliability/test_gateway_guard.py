@@ -8,17 +8,21 @@ shared by every worker (worker/guard/).
   limit plus the documented burst; with OUTAGE_RETRIES=1 every sale still ends APPROVED, so a throttled payment is
   re-queued without counting as an outage re-queue.
 
-The default variants are short (CI); PAYMENTS_SLOW_TESTS=1 runs the issue's 30 s outage with 60 payments, and the
-same without the breaker for comparison (figures in docs/resilience.md).
+* Two merchant accounts, one behind the resetting proxy: the other's sales as fast as alone, separate breakers.
+
+The default variants are short (CI); PAYMENTS_SLOW_TESTS=1 runs the issue's 30 s outage with 60 payments, the same
+without the breaker for comparison, and the two-worker rate limit (figures in docs/resilience.md).
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -44,6 +48,7 @@ from tests.support.ports import free_port
 from tests.support.reset_proxy import reset_proxy
 from tests.support.sandbox import running_sandbox
 from tests.support.workers import running_worker
+from worker.guard import breaker_state
 
 pytestmark = pytest.mark.reliability
 SLOW = os.environ.get("PAYMENTS_SLOW_TESTS") == "1"
@@ -165,6 +170,8 @@ def workers(env: dict, logdir, count: int, concurrency: int):
             stop(proc)
 
 
+@pytest.mark.skipif(not SLOW, reason="CI time: PAYMENTS_SLOW_TESTS=1 (the shared bucket's bound is checked in CI by "
+                    "tests/integration/test_guard_redis.py; figures in docs/resilience.md)")
 def test_two_workers_share_the_rate_limit(rel_redis_url, rel_logdir):
     sales = 80 if SLOW else 30
     rng = random.Random(10)
@@ -196,3 +203,85 @@ def test_two_workers_share_the_rate_limit(rel_redis_url, rel_logdir):
     # jitter between Redis's admission and the sandbox's clock
     assert worst <= 11
     assert spread >= (sales - 2) / 8 * 0.9
+
+
+def publish_for(jobs: list[Job], count: int, rng: random.Random, merchant: str | None) -> None:
+    """``count`` sales under ``merchant`` (None: the default account), published at once."""
+    (sale,) = producer_tasks("sale")
+    options = {"merchant": merchant} if merchant else {}
+    for _ in range(count):
+        job = Job(new_key("guard"), "sale", make_amount(rng))
+        job.task_id = sale.delay(amount=job.amount, card=dict(TEST_CARD), customer=CUSTOMER,
+                                 idempotency_key=job.payment_id, **options).id
+        job.published_at = time.time()
+        jobs.append(job)
+
+
+def final_within(svc, jobs: list[Job], timeout: float, started: float) -> float | None:
+    """Seconds from ``started`` (monotonic, before they were published) until every job's record is final, or None
+    after ``timeout``."""
+    while time.monotonic() - started < timeout:
+        records = [svc.store.get(job.payment_id) for job in jobs]
+        if all(r and r.get("status") not in ("PENDING", "RETRYING", "UNKNOWN") for r in records):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return None
+
+
+def test_one_merchant_down_never_slows_the_other(rel_redis_url, rel_logdir):
+    count = 30 if SLOW else 8
+    rng = random.Random(2)
+    report = Report("two-merchants-one-down")
+    prefix = f"payments:guard-{uuid.uuid4().hex[:8]}:"
+    shop2 = ("100000000002", "SHOP2SECRETKEY00000000000000000")
+    with running_sandbox(duplicate_window=0, extra_args=["--accounts", json.dumps({shop2[0]: shop2[1]})]) as sandbox, \
+            reset_proxy(sandbox.url) as proxy:
+        accounts = {"shop2": {"account_id": shop2[0], "secret_key": shop2[1], "url": proxy.url(),
+                              "breaker_failures": 3, "breaker_cooldown": "1s"}}
+        env = worker_env(rel_redis_url, sandbox, prefix, BLUEPAY_ACCOUNTS=json.dumps(accounts),
+                         GATEWAY_BREAKER_FAILURES="3", GATEWAY_BREAKER_COOLDOWN="1s", OUTAGE_RETRIES="40",
+                         OUTAGE_BACKOFF_MAX="1", GATEWAY_COMMIT_HORIZON="2")
+        settings = settings_for(rel_redis_url, sandbox, prefix, commit_horizon_setting=2.0, outage_retries=40)
+        svc = services_for(settings)
+        before: list[Job] = []
+        during: list[Job] = []
+        down: list[Job] = []
+        with producer_for(rel_redis_url, settings), workers(env, rel_logdir, 1, 8):
+            started = time.monotonic()
+            publish_for(before, count, rng, None)
+            baseline = final_within(svc, before, 60, started)
+            proxy.outage(True)
+            publish_for(down, count, rng, "shop2")  # shop2's first: they reach the worker before default's
+            started = time.monotonic()
+            publish_for(during, count, rng, None)
+            with_outage = final_within(svc, during, 60, started)
+            stuck = [svc.store.get(job.payment_id)["status"] for job in down]
+            proxy.outage(False)
+            settle(svc, before + during + down, timeout=120, report=report, quiet_for=1.0)
+            verify(report, svc.store, sandbox.ledger(), before + during + down, allow_error=False)
+            followed = follow_ups_run_under_their_originals_merchant(svc, down)
+        states = {name: breaker_state(svc.redis, prefix=prefix, merchant=name).opened for name in ("default", "shop2")}
+    print(f"default's {count} sales: {baseline:.1f} s alone, {with_outage:.1f} s with shop2 down "
+          f"(shop2's then: {dict(Counter(stuck))}); breaker openings {states}", dict(report.statuses))
+    assert report.problems == [] and report.duplicates == report.lost == report.not_final == 0
+    assert baseline is not None and with_outage is not None
+    assert with_outage <= 2 * baseline + 2.0  # the default account's throughput holds
+    assert states["shop2"] >= 1 and states["default"] == 0  # separate breakers
+    assert {r["merchant"] for r in (svc.store.get(job.payment_id) for job in down)} == {"shop2"}
+    assert followed == {"refund": ("APPROVED", "shop2"), "chained void": ("APPROVED", "shop2"),
+                        "unknown merchant": ("ERROR", "InvalidInput")}
+
+
+def follow_ups_run_under_their_originals_merchant(svc, sales: list[Job]) -> dict:
+    """A refund without merchant= of a shop2 sale, a shop2 sale chained with a void, a sale for no such merchant."""
+    sale, void, refund = producer_tasks("sale", "void", "refund")
+    approved = next(svc.store.get(job.payment_id) for job in sales if job.approves)
+    refunded = refund.delay(approved["trans_id"], idempotency_key=new_key("guard-refund")).get(timeout=30)
+    chain = (sale.s(amount="5.00", card=dict(TEST_CARD), customer=CUSTOMER, idempotency_key=new_key("guard-chain"),
+                    merchant="shop2") | void.s()).delay()
+    voided = chain.get(timeout=30)
+    unknown = sale.delay(amount="5.00", card=dict(TEST_CARD), customer=CUSTOMER, idempotency_key=new_key("guard-x"),
+                         merchant="nope").get(timeout=30)
+    return {"refund": (refunded["status"], refunded.get("merchant")),
+            "chained void": (voided["status"], voided.get("merchant")),
+            "unknown merchant": (unknown["status"], unknown.get("error_class"))}

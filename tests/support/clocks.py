@@ -1,20 +1,7 @@
-"""Clocks the tests inject into the results store and the flow."""
+"""A wall clock the tests move forward (the results store's own clock for tests is tests/support/redis_clock.py)."""
 from __future__ import annotations
 
 import time
-
-
-class FixedClock:
-    """A clock that stands still until the test moves it."""
-
-    def __init__(self, now: float = 1_750_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class OffsetClock:

@@ -14,7 +14,7 @@ import redis
 
 from worker.store.lua import TEST_CLOCK_KEY
 
-#: FixedClock's default, so that dates in tests stay what they were (2025-06-15 15:06:40 UTC)
+#: Where the tests' clock starts (the in-memory fake's clock did too): 2025-06-15 15:06:40 UTC
 START = 1_750_000_000.0
 
 

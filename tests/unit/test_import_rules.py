@@ -19,7 +19,7 @@ OURS = ("worker", "tasks", "celeryconfig", "flowerconfig")
 #: the faces sit at the top). The longest matching prefix names a module's layer.
 LAYERS: list[tuple[str, ...]] = [
     ("worker.config",),                                                   # settings: imports nothing of ours
-    ("worker.states", "worker.catalogue", "worker.gateway", "worker.sandbox"),   # shared words; the outside world
+    ("worker.states", "worker.catalogue", "worker.merchants", "worker.gateway", "worker.sandbox"),  # shared words
     ("worker.redis_connections", "worker.cards", "worker.archive", "worker.guard", "worker.ops.metrics",
      "worker.payments.amounts"),                                          # the money rule: checked at publish too
     ("worker.store", "worker.payments"),                                  # the ledger, the payment domain

@@ -76,6 +76,8 @@ def test_settings_read_the_schedule_and_refuse_what_cannot_work():
         WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/hook"})
     with pytest.raises(ConfigError, match="whsec_"):
         WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/h", "PAYMENTS_WEBHOOK_SECRET": "abc"})
+    with pytest.raises(ConfigError, match="unknown event type"):
+        WebhookSettings.from_env({"PAYMENTS_WEBHOOK_EVENTS": "payment.approved,payment.paid"})
     two = WebhookSettings.from_env({"PAYMENTS_WEBHOOK_URL": "https://example.test/h",
                                     "PAYMENTS_WEBHOOK_SECRET": f"{new_secret()} {new_secret()}"})
     assert len(two.secrets) == 2

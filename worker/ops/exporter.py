@@ -126,20 +126,24 @@ class PaymentsCollector:
             yield _gauge(f"payments_config_{name}_seconds", f"The {name.upper()} setting (alert thresholds)", value)
 
     def _breaker(self) -> Iterator[Metric]:
-        """The circuit breaker shared by every worker (worker/guard/), when it is on: 0 closed, 1 half-open, 2 open."""
+        """The circuit breaker of every merchant account that has one (worker/guard/): 0 closed, 1 half-open, 2 open."""
         s = self.svc.settings
-        if not s.guard.breaker_failures:
+        names = getattr(s, "merchant_names", ("default",))
+        on = [name for name in names if s.account(name).guard.breaker_failures] if hasattr(s, "account") else (
+            ["default"] if s.guard.breaker_failures else [])
+        if not on:
             return
         from worker.guard import breaker_state
 
-        state = breaker_state(self.svc.redis, prefix=s.key_prefix, merchant="default")
         gauge = GaugeMetricFamily("payments_gateway_breaker_state", "The gateway circuit breaker: 0 closed, "
                                   "1 half-open, 2 open (nothing is sent)", labels=["merchant"])
-        gauge.add_metric([state.merchant], {"closed": 0, "half_open": 1, "open": 2}[state.state])
-        yield gauge
         opened = CounterMetricFamily("payments_gateway_breaker_opened", "Times the breaker opened",
                                      labels=["merchant"])
-        opened.add_metric([state.merchant], state.opened)
+        for name in on:
+            state = breaker_state(self.svc.redis, prefix=s.key_prefix, merchant=name)
+            gauge.add_metric([state.merchant], {"closed": 0, "half_open": 1, "open": 2}[state.state])
+            opened.add_metric([state.merchant], state.opened)
+        yield gauge
         yield opened
 
     def _memory(self, memory: dict[str, int]) -> Iterator[Metric]:

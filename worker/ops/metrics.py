@@ -18,9 +18,10 @@ What is counted, and where it is said (the flow and the gateway client only know
                                                        no_verdict (the report could not be had or read whole)
     payments_settlement_differences_total{kind}        what those found, by kind (worker/payments/reconciliation.py),
                                                        adopted too
-    payments_gateway_held_total{reason}                attempts the shared guard held back (worker/guard/): throttled
+    payments_gateway_held_total{merchant,reason}       attempts the shared guard held back (worker/guard/): throttled
                                                        (rate limit), breaker_open (circuit breaker)
-    payments_gateway_breaker_changes_total{change}     breaker changes this process made: opened, closed (its state,
+    payments_gateway_breaker_changes_total{merchant,change}
+                                                       breaker changes this process made: opened, closed (its state,
                                                        shared by every worker: payments_gateway_breaker_state, exporter)
     payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
     payments_archived_records_total                    records the sweep's retention moved to the archive
@@ -73,6 +74,13 @@ def _bounded(value: str, allowed: frozenset[str]) -> str:
     return value if value in allowed else "other"
 
 
+def _merchant(value: str) -> str:
+    """A merchant account's name as a label: only configured names reach here (worker/merchants.py), checked again."""
+    from worker.merchants import valid_name
+
+    return value if valid_name(value) else "other"
+
+
 def _class_name(value: str) -> str:
     return value if value.isidentifier() and len(value) <= 40 else "other"
 
@@ -105,9 +113,9 @@ class WorkerMetrics:
                                               "Differences the settlement reconciliation found, by kind", ["kind"],
                                               registry=r)
         self.held_attempts = Counter("payments_gateway_held", "Attempts the shared guard held back, by reason",
-                                     ["reason"], registry=r)
+                                     ["merchant", "reason"], registry=r)
         self.breaker_changes = Counter("payments_gateway_breaker_changes", "Breaker changes made by this process",
-                                       ["change"], registry=r)
+                                       ["merchant", "change"], registry=r)
         self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now", ["operation"],
                                    multiprocess_mode="livesum", registry=r)
         # Rare counters start at 0 on every worker: a series born at 1 (the day's one gateway_only) has no
@@ -115,7 +123,7 @@ class WorkerMetrics:
         for result in sorted(SETTLEMENTS):
             self.settlements.labels(result)
         for change in sorted(BREAKER_CHANGES):
-            self.breaker_changes.labels(change)
+            self.breaker_changes.labels("default", change)
         for kind in sorted(SETTLEMENT_KINDS):
             self.settlement_differences.labels(kind)
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -189,16 +197,16 @@ class WorkerMetrics:
         except Exception as exc:
             self._broken(exc)
 
-    # ---- worker.guard.GuardObserver (the merchant is not a label yet: one account)
+    # ---- worker.guard.GuardObserver (merchant: a configured account's name, worker/merchants.py)
     def held(self, merchant: str, reason: str) -> None:
         try:
-            self._child(self.held_attempts, _bounded(reason, HELD)).inc()
+            self._child(self.held_attempts, _merchant(merchant), _bounded(reason, HELD)).inc()
         except Exception as exc:
             self._broken(exc)
 
     def breaker(self, merchant: str, change: str) -> None:
         try:
-            self._child(self.breaker_changes, _bounded(change, BREAKER_CHANGES)).inc()
+            self._child(self.breaker_changes, _merchant(merchant), _bounded(change, BREAKER_CHANGES)).inc()
         except Exception as exc:
             self._broken(exc)
 

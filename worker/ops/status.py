@@ -43,10 +43,13 @@ def report(svc: Any, app: Any, *, ping_timeout: float = 1.0) -> dict[str, Any]:
     found["attention"] = attention(found, svc.settings, workers=workers, gateway_error=gateway_error)
     if misconfigured:
         found["attention"].insert(0, f"gateway misconfigured: {misconfigured}")
-    breaker = found["guard"].get("breaker")  # the shared guard: worker/guard/
-    if breaker and breaker["state"] != "closed":
-        found["attention"].append(f"gateway circuit breaker {breaker['state'].upper()}: nothing is sent to BluePay "
-                                  "until a probe answers (docs/runbook.md, 'Gateway breaker open')")
+    for name, guard in [("default", found["guard"]),  # the shared guard: worker/guard/
+                        *((g["merchant"], g) for g in found["guard"].get("merchants", []))]:
+        breaker = guard.get("breaker")
+        if breaker and breaker["state"] != "closed":
+            found["attention"].append(f"gateway circuit breaker of {name} {breaker['state'].upper()}: nothing is sent "
+                                      "to BluePay for it until a probe answers (docs/runbook.md, 'Gateway breaker "
+                                      "open')")
     found["ok"] = not found["attention"]
     return found
 
@@ -58,11 +61,19 @@ def guard_report(svc: Any) -> dict[str, Any]:
     from worker.guard import breaker_state
 
     s = svc.settings
-    out: dict[str, Any] = {"rate_limit": round(s.guard.rate + s.guard.look_rate, 3), "stq_rate": s.guard.look_rate,
-                           "breaker_failures": s.guard.breaker_failures}
-    if s.guard.breaker_failures:
-        out["breaker"] = asdict(breaker_state(svc.redis, prefix=s.key_prefix, merchant="default"))
-    return out
+
+    def one(name: str, guard: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"rate_limit": round(guard.rate + guard.look_rate, 3), "stq_rate": guard.look_rate,
+                               "breaker_failures": guard.breaker_failures}
+        if guard.breaker_failures:
+            out["breaker"] = asdict(breaker_state(svc.redis, prefix=s.key_prefix, merchant=name))
+        return out
+
+    found = one("default", s.guard)
+    others = [dict(one(a.name, a.guard), merchant=a.name) for a in getattr(s, "accounts", ())]
+    if others:  # several merchant accounts (worker/merchants.py): each its own limit and breaker
+        found["merchants"] = others
+    return found
 
 
 def _guard_line(guard: dict[str, Any]) -> str:
@@ -124,6 +135,7 @@ def render(found: dict[str, Any]) -> str:
         _webhooks_line(found.get("webhooks") or {}),
         f"gateway      {found['gateway']['url']}: " + _gateway_line(found["gateway"]),
         *(["guard        " + _guard_line(found["guard"])] if "guard" in found else []),
+        *(f"  {g['merchant']:<10} " + _guard_line(g) for g in found.get("guard", {}).get("merchants", [])),
         "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),
         "",
     ]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from worker.payments.reconciliation import DayResult, Reconciler, contradiction, days
+from worker.merchants import DEFAULT
+from worker.payments.reconciliation import DayResult, Reconciler, contradiction, days, kept_day
 from worker.payments.record import PaymentRecord, decode
 
 log = logging.getLogger("payments.reconcile")
@@ -37,12 +38,21 @@ class Resolved:
                 + ("" if self.report_kept else "; no report of its day is kept: run payments reconcile for it"))
 
 
-def reconciler(svc: Any) -> Reconciler:
-    """The services' reconciler (``svc.reconciliations`` when given: the unit tests' in-memory twin)."""
+def reconciler(svc: Any, merchant: str = DEFAULT) -> Reconciler:
+    """The services' reconciler of one merchant account's report (``svc.reconciliations`` when given: the unit tests'
+    in-memory twin)."""
     from worker.store.reconciliations import Reconciliations
 
     kept = getattr(svc, "reconciliations", None) or Reconciliations(svc.store)
-    return Reconciler(store=svc.store, kept=kept, gateway=svc.gateway, lease_seconds=svc.settings.lease_seconds)
+    gateway = svc.gateway if merchant == DEFAULT else svc.gateway_for(merchant)
+    return Reconciler(store=svc.store, kept=kept, gateway=gateway, lease_seconds=svc.settings.lease_seconds,
+                      merchant=merchant)
+
+
+def merchants(svc: Any) -> tuple[str, ...]:
+    """Every merchant account whose report is reconciled (``default`` first)."""
+    names: tuple[str, ...] = getattr(svc.settings, "merchant_names", (DEFAULT,))
+    return names
 
 
 def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayResult], None] | None = None
@@ -52,13 +62,14 @@ def reconcile_days(svc: Any, start: date, end: date, *, progress: Callable[[DayR
         raise DecisionRefused("the last day is before the first")
     if (end - start).days >= MAX_DAYS:
         raise DecisionRefused(f"at most {MAX_DAYS} days at a time")
-    rec = reconciler(svc)
     results = []
-    for day in days(start, end):
-        result = rec.run_day(day)
-        results.append(result)
-        if progress is not None:
-            progress(result)
+    for merchant in merchants(svc):
+        rec = reconciler(svc, merchant)
+        for day in days(start, end):
+            result = rec.run_day(day)
+            results.append(result)
+            if progress is not None:
+                progress(result)
     return results
 
 
@@ -89,7 +100,7 @@ def resolve(svc: Any, payment_id: str, status: str, *, reason: str, who: str, tr
     if status in ("APPROVED", "VOIDED") and not effective:
         raise DecisionRefused(f"a trans id is required for {status}: the gateway's transaction")
     recon = Reconciliations(svc.store)
-    rows, checked = kept_rows(recon, record)
+    rows, checked = kept_rows(recon, stored)  # the stored record: it names its merchant account
     why = contradiction(status, effective, rows)
     if why is not None:
         raise DecisionRefused(f"refused: it would contradict {checked}: {why}")
@@ -122,9 +133,10 @@ def kept_rows(recon: Any, record: Mapping[str, object] | PaymentRecord) -> tuple
     created = datetime.fromtimestamp(ours.created_ts or 0.0, UTC).date()
     found: list[dict[str, str]] | None = None
     looked: list[str] = []
+    merchant = str((record.get("merchant") if isinstance(record, Mapping) else None) or DEFAULT)
     for day in (created, created + timedelta(days=1)):
-        rows = recon.kept_rows(day.isoformat(), ours.payment_id)
+        rows = recon.kept_rows(kept_day(day, merchant), ours.payment_id)
         if rows is not None:
-            looked.append(day.isoformat())
+            looked.append(kept_day(day, merchant))
             found = (found or []) + rows
     return found, "the gateway's report of " + " and ".join(looked) if looked else "no report"

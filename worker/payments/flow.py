@@ -29,6 +29,7 @@ Exactly-once rules (docs/design.md, "Payment state and exactly-once charging"):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import re
 import time
@@ -56,6 +57,7 @@ from worker.gateway import (
 )
 from worker.gateway.tokens import StoredCredential
 from worker.gateway.validation import Card, Money
+from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 from worker.payments.leases import LeaseKeeper, new_owner, owner_is_dead
 from worker.payments.policy import ChargePolicy
 from worker.payments.record import PaymentRecord, decode, decode_or_none
@@ -305,6 +307,9 @@ class PaymentFlow:
     skew_margin: float = 60.0
     #: AVS_POLICY / CVV2_POLICY: approvals with these results are voided at once (worker/payments/policy.py)
     policy: ChargePolicy = field(default_factory=ChargePolicy)
+    #: the merchant account this flow's gateway is (worker/merchants.py): records it writes carry it, and a key is
+    #: bound to it (the same key under another merchant is an IdempotencyMismatch)
+    merchant: str = DEFAULT_MERCHANT
 
     def __post_init__(self) -> None:
         if self.keeper is None:
@@ -358,9 +363,19 @@ class PaymentFlow:
         if isinstance(request, Refusal):
             return self.refuse(request.operation, request.payment_id, request.message, fields=request.fields,
                                message_id=delivery.message_id, fingerprints=request.fingerprints)
-        return self._run(request.operation, request.payment_id, dict(request.fields),
-                         request.fingerprints(self.card_keys), self._sender(request), delivery.message_id,
-                         delivery.redelivered, retry_failed=delivery.retry_failed)
+        return self._run(request.operation, request.payment_id, self._merchant_fields(request.fields),
+                         self._bound(request.fingerprints(self.card_keys)), self._sender(request),
+                         delivery.message_id, delivery.redelivered, retry_failed=delivery.retry_failed)
+
+    def _merchant_fields(self, fields: Mapping[str, object]) -> dict[str, object]:
+        """A new record's fields, with its merchant account when it is not ``default`` (whose records are as ever)."""
+        return dict(fields, merchant=self.merchant) if self.merchant != DEFAULT_MERCHANT else dict(fields)
+
+    def _bound(self, fingerprints: Sequence[str]) -> list[str]:
+        """Fingerprints binding a key to this merchant too (``default``: as ever, so existing keys still match)."""
+        if self.merchant == DEFAULT_MERCHANT:
+            return list(fingerprints)
+        return [hashlib.sha256(f"{fp}|merchant={self.merchant}".encode()).hexdigest() for fp in fingerprints]
 
     def _sender(self, request: PaymentRequest) -> Callable[[bool, Fence], Response]:
         """The gateway verb of ``request``, called by name, with our ORDER_ID and the attempt's fence."""
@@ -437,8 +452,8 @@ class PaymentFlow:
             if sale and sale.get(key):
                 fields[key] = sale[key]
         owner = new_owner()
-        claim = self.store.claim(payment_id, operation, fields=fields, owner=owner, lease_seconds=self.lease_seconds,
-                                 message_id=message_id, mode="create_only")
+        claim = self.store.claim(payment_id, operation, fields=self._merchant_fields(fields), owner=owner,
+                                 lease_seconds=self.lease_seconds, message_id=message_id, mode="create_only")
         if claim.kind != "claimed":
             return task_outcome(claim.record)
         record = self.store.transition(payment_id, Status.SKIPPED, fields={"message": reason}, owner=owner,
@@ -455,10 +470,11 @@ class PaymentFlow:
         ``fingerprints`` (:func:`refusal_fingerprints`) bind the key to the refused request, as any claim does:
         a later, different request under it is an ``IdempotencyMismatch``, not this refusal."""
         owner = new_owner()
-        claim = self.store.claim(payment_id, operation, fields=dict(fields or {}, order_id=payment_id,
-                                                                    error_class=error_class),
+        claim = self.store.claim(payment_id, operation,
+                                 fields=self._merchant_fields(dict(fields or {}, order_id=payment_id,
+                                                                   error_class=error_class)),
                                  owner=owner, lease_seconds=self.lease_seconds, message_id=message_id,
-                                 mode="create_only", fingerprints=fingerprints)
+                                 mode="create_only", fingerprints=self._bound(fingerprints))
         if claim.kind == "claimed":
             record = self.store.transition(payment_id, Status.ERROR, fields={"message": _short(message)},
                                            owner=owner, note=_short(message), sent=False)

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from worker.gateway import GatewayError, ReportRow, Response
 from worker.gateway.scrub import scrub
+from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 from worker.payments.leases import new_owner
 from worker.payments.record import PaymentRecord, decode
 from worker.states import FOLLOW_UPS, NON_FINAL, Status
@@ -293,6 +294,8 @@ class KeptReports(Protocol):
 @dataclass
 class DayResult:
     day: date
+    #: whose account's report this is (worker/merchants.py)
+    merchant: str = DEFAULT_MERCHANT
     rows: int = 0
     records: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -310,7 +313,8 @@ class DayResult:
         by_kind = {k.value: 0 for k in Kind}
         for f in self.findings:
             by_kind[f.kind.value] += 1
-        return {"day": self.day.isoformat(), "report_rows": self.rows, "records": self.records,
+        merchant = {"merchant": self.merchant} if self.merchant != DEFAULT_MERCHANT else {}
+        return {"day": self.day.isoformat(), **merchant, "report_rows": self.rows, "records": self.records,
                 "differences": len(self.differences), "by_kind": by_kind, "confirmed_by_stq": self.confirmed_by_stq,
                 "adoptions_skipped_busy": self.busy, "still_non_final": self.still_non_final,
                 "findings": [f.as_dict() for f in self.findings[:MAX_KEPT_FINDINGS]],
@@ -333,9 +337,11 @@ class Reconciler:
     gateway: ReportSource
     lease_seconds: float = 30.0
     today: Callable[[], date] = field(default=lambda: datetime.now(UTC).date())
+    #: the merchant account whose report ``gateway`` fetches: only its records are compared with it
+    merchant: str = DEFAULT_MERCHANT
 
     def run_day(self, day: date) -> DayResult:
-        result = DayResult(day)
+        result = DayResult(day, self.merchant)
         seen: set[str] = set()  # payment ids the report showed (a day's ids: ~100 bytes each)
         adopt: dict[str, Adopt | None] = {}  # None: several rows under one ORDER_ID (a human decides)
         kept_rows: dict[str, list[dict[str, str]]] = {}
@@ -354,7 +360,7 @@ class Reconciler:
                                  f"{type(exc).__name__}: {exc}") from None
         self._missing_from_report(day, result, seen, kept_rows)
         self._adopt(day, adopt, result)
-        self.kept.keep(day.isoformat(), result.summary(), kept_rows)
+        self.kept.keep(kept_day(day, self.merchant), result.summary(), kept_rows)
         log.info("reconcile %s: %d rows, %d records, %d differences, %d adopted", day, result.rows, result.records,
                  len(result.differences), result.counts.get(Kind.ADOPTED, 0))
         return result
@@ -428,11 +434,14 @@ class Reconciler:
         asked = 0
         days_back = max(1, (self.today() - day).days + 2)
         for ids in self.kept.created_between(start, end, batch=BATCH):
-            result.records += len(ids)
             missing = [pid for pid in ids if pid not in seen]
+            result.records += len(ids) - len(missing)
             if not missing:
                 continue
             for pid, found in self.kept.records(missing).items():
+                if str(found.get("merchant") or DEFAULT_MERCHANT) != self.merchant:
+                    continue  # another merchant account's: its own report has it
+                result.records += 1
                 record = decode(found)
                 if record.status in NON_FINAL:
                     result.still_non_final += 1  # the sweep's (stq) to settle; shown, not a difference yet
@@ -557,6 +566,11 @@ def contradiction(status: str, trans_id: str, rows: Sequence[Mapping[str, str]] 
 # ---- the day a run is asked for (the CLI and the daily beat task) -------------------------------------------------
 class NotADay(ValueError):
     """A day that is neither ``YYYY-MM-DD`` nor ``today``/``yesterday``."""
+
+
+def kept_day(day: date, merchant: str = DEFAULT_MERCHANT) -> str:
+    """The name a day's kept report goes by: the day, and the merchant account when it is not ``default``."""
+    return day.isoformat() if merchant == DEFAULT_MERCHANT else f"{day.isoformat()}:{merchant}"
 
 
 def parse_day(text: str, *, today: Callable[[], date] = lambda: datetime.now(UTC).date()) -> date:

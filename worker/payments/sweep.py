@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.archive.retention import retain
+from worker.merchants import DEFAULT
 from worker.payments.flow import GatewayOutage, LeaseBusy
 from worker.payments.record import decode, decode_or_none
 from worker.states import Status
@@ -78,8 +79,7 @@ def run_sweep(svc: Any, *, publisher: OutboxPublisher | None = None, progress: C
             counts[f"stale_auth_void_{void_stale_auth(svc, record)}"] += 1
             _tick(progress)
         for record in store.stale_non_final(settings.reconcile_after):
-            result = flow.reconcile(record, give_up_after=settings.reconcile_give_up)
-            counts[f"reconcile_{result}"] += 1
+            counts[f"reconcile_{reconcile_one(svc, record)}"] += 1
             _tick(progress)
         due = store.outbox.stale(outbox_due(settings))
         queued = store.outbox.still_in_broker(due)  # not lost: the workers are behind, not the broker
@@ -103,13 +103,39 @@ def run_sweep(svc: Any, *, publisher: OutboxPublisher | None = None, progress: C
     return report
 
 
+def flow_of(svc: Any, record: Mapping[str, object]) -> PaymentFlow | None:
+    """The flow of the record's merchant account (worker/merchants.py; ``default`` when it names none), or None: an
+    account no longer configured (nothing is sent for it: its records wait for it to come back)."""
+    merchant = str(record.get("merchant") or DEFAULT)
+    if merchant == DEFAULT or not hasattr(svc, "flow_for"):
+        flow: PaymentFlow = svc.flow
+        return flow
+    if merchant not in svc.settings.merchant_names:
+        log.error("sweep: %s belongs to merchant account %r, which is not configured (BLUEPAY_ACCOUNTS)",
+                  record.get("payment_id"), merchant)
+        return None
+    named: PaymentFlow = svc.flow_for(merchant)
+    return named
+
+
+def reconcile_one(svc: Any, record: dict[str, object]) -> str:
+    """Reconcile one record left non-final (step 3) through its merchant's gateway."""
+    flow = flow_of(svc, record)
+    if flow is None:
+        return "unknown_merchant"
+    return flow.reconcile(record, give_up_after=svc.settings.reconcile_give_up)
+
+
 def void_stale_auth(svc: Any, record: dict[str, object]) -> str:
     """Void an approved auth older than STALE_AUTH_AGE, neither captured nor voided (step 2)."""
     store, age, auth = svc.store, svc.settings.stale_auth_age, decode(record)
     reason = (f"stale authorization: approved at {auth.created_at}, older than STALE_AUTH_AGE "
               f"({age:g}s), neither captured nor voided")
+    flow = flow_of(svc, record)
+    if flow is None:
+        return "unknown_merchant"
     try:
-        outcome = svc.flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
+        outcome = flow.follow_up("void", fresh_void_id(store, f"{auth.payment_id}:void-stale"),
                                      trans_id=auth.trans_id, parent=auth.payment_id, reason=reason)
         return str(outcome.get("status", "NONE")).lower()
     except (GatewayOutage, LeaseBusy) as later:
@@ -118,8 +144,11 @@ def void_stale_auth(svc: Any, record: dict[str, object]) -> str:
 
 def chain_void(svc: Any, record: dict[str, object]) -> str:
     """Finish a sale->void chain whose void was due but never ran (step 5)."""
+    flow = flow_of(svc, record)
+    if flow is None:
+        return "unknown_merchant"
     try:
-        return finish_chain_void(svc.flow, svc.store, record)
+        return finish_chain_void(flow, svc.store, record)
     except (GatewayOutage, LeaseBusy) as later:
         return _deferred(record, later)
 
@@ -141,7 +170,7 @@ def sweep_one(svc: Any, payment_id: str) -> dict[str, object]:
         for record in _only(store, payment_id, "open_auths", store.open_auths, settings.stale_auth_age):
             counts[f"stale_auth_void_{void_stale_auth(svc, record)}"] += 1
         for record in _only(store, payment_id, "non_final", store.stale_non_final, settings.reconcile_after):
-            counts[f"reconcile_{svc.flow.reconcile(record, give_up_after=settings.reconcile_give_up)}"] += 1
+            counts[f"reconcile_{reconcile_one(svc, record)}"] += 1
         for record in _only(store, payment_id, "voids_due", store.voids_due, settings.reconcile_after):
             counts[f"chain_void_{chain_void(svc, record)}"] += 1
     finally:

@@ -18,7 +18,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -164,7 +165,7 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "trans_type": self.trans_type, "amount": fmt(self.amount),
+            "id": self.id, "account": self.account, "trans_type": self.trans_type, "amount": fmt(self.amount),
             "status": self.status, "result": self.result, "message": self.message,
             "order_id": self.order_id, "invoice_id": self.invoice_id,
             "rrno": self.origin, "origin": self.origin,
@@ -192,13 +193,17 @@ class Engine:
     def __init__(self, account_id: str = DEFAULT_ACCOUNT_ID, secret_key: str = DEFAULT_SECRET_KEY,
                  duplicate_window: float = DEFAULT_DUPLICATE_WINDOW, clock: Callable[[], float] = time.time,
                  dialect: Dialect | None = None, clock_offset: float = 0.0,
-                 platform_merchant_ids: tuple[str, ...] = ()) -> None:
-        self.account_id = account_id
+                 platform_merchant_ids: tuple[str, ...] = (), accounts: Mapping[str, str] | None = None) -> None:
+        #: the merchant accounts this sandbox serves, id -> secret: the first one's, and ``accounts`` (several merchant
+        #: accounts at one gateway). A request is served as the account it names (MERCHANT / ACCOUNT_ID): its seal
+        #: checked and its reply stamped with that account's secret, its ledger rows, tokens and stq its own.
+        self._secrets = {account_id: secret_key, **dict(accounts or {})}
+        self._primary = account_id
+        self._serving = threading.local()
         #: the sub-merchants this account is the platform of (a PLATFORM_MERCHANT_ID not among them: SECURITY ERROR,
         #: the sandbox's own answer: no source says what BluePay answers for one it does not know)
         self.platform_merchant_ids = frozenset(platform_merchant_ids)
         self.dialect = dialect or Dialect()
-        self.secret_key = secret_key
         self.duplicate_window = float(duplicate_window or 0)
         self.clock = clock
         #: seconds added to the clock when a TRANS_SUBMIT_TIMESTAMP is judged (a gateway clock ahead of ours)
@@ -366,7 +371,45 @@ class Engine:
         return "".join(self._rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(6))
 
     # ---------------------------------------------------------------- bp10emu
+    @property
+    def account_id(self) -> str:
+        """The account the request being served names (when it is one of ours), else the first account."""
+        named = getattr(self._serving, "account", None)
+        return named if named is not None else self._primary
+
+    @property
+    def secret_key(self) -> str:
+        return self._secrets[self.account_id]
+
+    @property
+    def account_ids(self) -> list[str]:
+        return list(self._secrets)
+
+    @contextmanager
+    def _as_account(self, named: str) -> Iterator[None]:
+        """Serve one request as the account it names; an account not ours is served as the first (SECURITY ERROR)."""
+        self._serving.account = named if named in self._secrets else None
+        try:
+            yield
+        finally:
+            self._serving.account = None
+
     def bp10emu(self, f: Mapping[str, str]) -> dict[str, str]:
+        """Process one bp10emu request (as the account its MERCHANT names); return the reply pairs (stamped)."""
+        with self._as_account(f.get("MERCHANT", "")):
+            return self._bp10emu(f)
+
+    def stq(self, f: Mapping[str, str]) -> tuple[int, str | None]:
+        """Single Transaction Query (as the account its ACCOUNT_ID names): see :meth:`_stq`."""
+        with self._as_account(f.get("ACCOUNT_ID", "")):
+            return self._stq(f)
+
+    def report(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None, list[Entry]]:
+        """The daily report (as the account its ACCOUNT_ID names): see :meth:`_report`."""
+        with self._as_account(f.get("ACCOUNT_ID", "")):
+            return self._report(f)
+
+    def _bp10emu(self, f: Mapping[str, str]) -> dict[str, str]:
         """Process one bp10emu request; return the reply pairs (stamped)."""
         now = self.clock()
         hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
@@ -716,7 +759,7 @@ class Engine:
             return "REPORT_END_DATE must be after REPORT_START_DATE (end is exclusive)"
         return time.mktime(start.timetuple()), time.mktime(end.timetuple())
 
-    def stq(self, f: Mapping[str, str]) -> tuple[int, str | None]:
+    def _stq(self, f: Mapping[str, str]) -> tuple[int, str | None]:
         """Single Transaction Query. Returns (http_status, the url-encoded body, or None for an empty 200)."""
         hash_type = _seal.effective_hash_type(f.get("TPS_HASH_TYPE"))
 
@@ -804,7 +847,7 @@ class Engine:
         return urlencode({(k.upper() if upper else k): v for k, v in pairs.items()})
 
     # ---------------------------------------------------------------- bpdailyreport2
-    def report(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None, list[Entry]]:
+    def _report(self, f: Mapping[str, str]) -> tuple[int, dict[str, str] | None, list[Entry]]:
         """The daily report: ``(200, None, entries)`` (render them with :func:`report_row`), or ``(400, error
         pairs, [])``. By issue date in [start, end) (server local time, as stq), or with QUERY_BY_SETTLEMENT=1
         settled entries by settlement date; ``MODE`` (default LIVE, as stq) must match. Errors are never in the
@@ -820,11 +863,13 @@ class Engine:
         lo, hi = window
         mode = (f.get("MODE") or "LIVE").strip().upper()
         by_settlement = (f.get("QUERY_BY_SETTLEMENT") or "0").strip() == "1"
+        account = self.account_id  # the account the request named (each account's report is its own)
         with self.lock:
             if by_settlement:
-                rows = [e for e in self._order if e.mode == mode and e.settled and lo <= e.settled_at < hi]
+                rows = [e for e in self._order if e.account == account and e.mode == mode and e.settled
+                        and lo <= e.settled_at < hi]
             else:
-                rows = [e for e in self._order if e.mode == mode and lo <= e.created_at < hi]
+                rows = [e for e in self._order if e.account == account and e.mode == mode and lo <= e.created_at < hi]
         return 200, None, rows
 
     def _maybe_stamped(self, pairs: dict[str, str], stamp_def: str, hash_type: str) -> dict[str, str]:

@@ -642,7 +642,8 @@ class SandboxServer:
                  account_id: str | None = None, secret_key: str | None = None,
                  faults: Any = None, duplicate_window: float | None = None,
                  settle_after: float | None = None, access_log: bool = False, dialect: Dialect | None = None,
-                 clock_offset: float = 0.0, platform_merchant_ids: tuple[str, ...] = ()):
+                 clock_offset: float = 0.0, platform_merchant_ids: tuple[str, ...] = (),
+                 accounts: dict[str, str] | None = None):
         self.host = host
         self.start_dialect = dialect or Dialect()
         self.start_duplicate_window = float(DEFAULT_DUPLICATE_WINDOW if duplicate_window is None
@@ -654,6 +655,7 @@ class SandboxServer:
             dialect=self.start_dialect,
             clock_offset=clock_offset,
             platform_merchant_ids=platform_merchant_ids,
+            accounts=accounts,
         )
         self.faults = Faults(faults)
         self.access_log = access_log
@@ -862,6 +864,17 @@ def serve(host: str = "127.0.0.1", port: int = 8001, **options: Any) -> SandboxS
     return SandboxServer(host, port, **options)
 
 
+def _accounts(text: str) -> dict[str, str]:
+    """--accounts: JSON {"account id": "secret key"}; "" none."""
+    if not text.strip():
+        return {}
+    accounts = json.loads(text)
+    if not isinstance(accounts, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in accounts.items()):
+        raise SystemExit('sandbox: --accounts must be a JSON object {"account id": "secret key"}')
+    return accounts
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m worker.sandbox", description="BluePay 2.0-compatible sandbox gateway.",
@@ -872,6 +885,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"merchant id (env BLUEPAY_ACCOUNT_ID, else {DEFAULT_ACCOUNT_ID})")
     p.add_argument("--secret-key", default=None,
                    help="secret key (env BLUEPAY_SECRET_KEY, else the documented demo key)")
+    p.add_argument("--accounts", default="",
+                   help='more merchant accounts this gateway serves, JSON {"account id": "secret key", ...}')
     p.add_argument("--platform-merchant-ids", default="",
                    help="comma-separated PLATFORM_MERCHANT_IDs this account charges for (a platform's sub-merchants)")
     p.add_argument("--faults", default=None, help="initial fault config JSON (env SANDBOX_FAULTS)")
@@ -932,7 +947,8 @@ def main(argv: list[str] | None = None) -> int:
         server = serve(args.host, args.port, account_id=args.account_id, secret_key=args.secret_key,
                        faults=faults, duplicate_window=window, dialect=dialect,
                        settle_after=args.settle_after, access_log=args.access_log, clock_offset=offset,
-                       platform_merchant_ids=tuple(filter(None, map(str.strip, args.platform_merchant_ids.split(",")))))
+                       platform_merchant_ids=tuple(filter(None, map(str.strip, args.platform_merchant_ids.split(",")))),
+                       accounts=_accounts(args.accounts))
     except FaultConfigError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
         return 2

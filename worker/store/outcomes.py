@@ -14,7 +14,7 @@ CONTRACT_FIELDS = (
 OPTIONAL_PUBLIC_FIELDS = ("target", "parent", "voided_by", "captured_by", "refunded_by", "refunded_amount", "bank_name",
                           "invoice_id", "refund_needed", "needs_human", "not_charged", "reconciled", "error_class",
                           "reason", "idempotency_key", "token", "customer_token", "stored_id", "initiator",
-                          "declined_by_policy")
+                          "declined_by_policy", "merchant")
 
 
 def public_outcome(record: Mapping[str, Any] | None) -> dict[str, Any]:

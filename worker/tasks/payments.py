@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import logging
 import random
+from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
 
@@ -23,6 +24,7 @@ from worker.cards.numbers import is_card_like_identifier, mask_number
 from worker.cards.vault import CardDecryptError
 from worker.catalogue import PAYMENT_TASKS
 from worker.gateway import InvalidInput, validation
+from worker.merchants import DEFAULT
 from worker.payments.flow import GatewayOutage, GatewayThrottled, LeaseBusy, PaymentFlow
 from worker.payments.repeat import RepeatCharge
 from worker.payments.requests import (
@@ -82,9 +84,20 @@ class PaymentTask(Task):
 
     @property
     def flow(self) -> PaymentFlow:
-        """The payment flow of this task's app (``Services.flow``)."""
-        flow: PaymentFlow = self.services.flow
+        """The payment flow of this message's merchant account (``Services.flow_for``; ``default`` unless named)."""
+        flow: PaymentFlow = self.services.flow_for(self.merchant)
         return flow
+
+    @property
+    def merchant(self) -> str:
+        """The merchant account this message runs under: ``merchant=`` as given (when configured), else ``default``."""
+        named = getattr(self.request, "merchant", None)
+        return named if isinstance(named, str) and named in self.services.settings.merchant_names else DEFAULT
+
+    def infer_merchant(self, record: Mapping[str, object] | None) -> None:
+        """A follow-up or a chained void named no merchant: it runs under its original's (from its record)."""
+        if getattr(self.request, "merchant", None) is None and record:
+            self.request.merchant = str(record.get("merchant") or DEFAULT)
 
     @cached_property
     def _store_broker_url(self) -> str:
@@ -101,6 +114,9 @@ class PaymentTask(Task):
         # retry_failed=True (any payment task): the producer's choice to run again an ERROR of its key that provably
         # charged nothing (worker/payments/flow.py); an option of the message, not an argument of the operation.
         request.retry_failed = kwargs.pop("retry_failed", False)
+        # merchant=NAME (any payment task): the merchant account to run under (worker/merchants.py); also an option of
+        # the message. A follow-up without one runs under its original's.
+        request.merchant = kwargs.pop("merchant", None)
         bad = self._bad_arguments(args, kwargs)
         if bad is not None:
             return self._refuse(bad)
@@ -136,6 +152,10 @@ class PaymentTask(Task):
         """What is wrong with the message's arguments as such (their values are the request builder's)."""
         if not isinstance(self.request.retry_failed, bool):
             return InvalidInput("retry_failed", "retry_failed must be True or False")
+        merchant = self.request.merchant
+        if merchant is not None and merchant not in self.services.settings.merchant_names:
+            return InvalidInput("merchant", f"{str(merchant)[:40]!r} is not a configured merchant account "
+                                            f"({', '.join(self.services.settings.merchant_names)})")
         try:
             self._run_signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -273,6 +293,11 @@ def _follow_up(task: PaymentTask, trans_id: object, amount: object, idempotency_
     """CAPTURE/REFUND/VOID: the one checked request built here, then run by the flow."""
     payment_id, shown_key = task.bind_payment_id(idempotency_key)
     _refuse_clear_card_data(task)
+    if task.services.settings.accounts and getattr(task.request, "merchant", None) is None:
+        try:  # a look only (several merchant accounts): the original's record names its merchant
+            task.infer_merchant(task.services.store.find_by_trans_id(trans_id) if isinstance(trans_id, str) else None)
+        except Exception as exc:  # without it: the default account, whose gateway refuses a trans id not its own
+            log.warning("%s %s: original not read: %s", task.operation, payment_id, type(exc).__name__)
     flow = task.flow
     request = follow_up_request(FOLLOW_UPS[task.operation], payment_id, trans_id=trans_id, amount=amount,
                                 shown_key=shown_key, card_keys=flow.card_keys)
@@ -339,6 +364,7 @@ def void(self: PaymentTask, trans_id: object, idempotency_key: object = None) ->
         outcome = trans_id
         self.request.payment_id = f"{outcome.get('payment_id') or self.request.id}:void"
         _refuse_clear_card_data(self)
+        self.infer_merchant(outcome)  # the sale's merchant account (its outcome names it when not the default)
         return self.flow.void_after(outcome, self.request.payment_id, message_id=self.request.id,
                                              redelivered=self.redelivered)
     return _follow_up(self, trans_id, None, idempotency_key)

@@ -28,25 +28,30 @@ def reconcile_report(self: Task, day: str | None = None) -> dict[str, Any]:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
     from worker.ops.metrics import observer
-    from worker.payments.decisions import reconciler
+    from worker.payments.decisions import merchants, reconciler
     from worker.payments.reconciliation import ReconcileError, parse_day
 
     metrics = observer()
 
     when = parse_day(day) if day else datetime.now(UTC).date() - timedelta(days=1)
-    try:
-        result = reconciler(services_of(self.app)).run_day(when)
-    except ReconcileError as exc:
+    svc = services_of(self.app)
+    summaries = []
+    for merchant in merchants(svc):  # each merchant account's own report (worker/merchants.py)
+        try:
+            result = reconciler(svc, merchant).run_day(when)
+        except ReconcileError as exc:
+            if metrics is not None:
+                metrics.settlement("no_verdict", {})
+            log.warning("reconcile %s (%s): %s; trying again in %d s", when, merchant, exc, RETRY_EVERY)
+            raise self.retry(countdown=RETRY_EVERY, exc=exc) from None
+        for finding in result.differences:
+            log.error("reconcile %s: %s %s trans %s: %s (ours: %s; gateway: %s)", when, finding.kind.value,
+                      finding.payment_id or "-", finding.trans_id or "-", finding.detail, finding.ours or "-",
+                      finding.gateway or "-")
+        summary = result.summary()
+        summary.pop("findings", None)
         if metrics is not None:
-            metrics.settlement("no_verdict", {})
-        log.warning("reconcile %s: %s; trying again in %d s", when, exc, RETRY_EVERY)
-        raise self.retry(countdown=RETRY_EVERY, exc=exc) from None
-    for finding in result.differences:
-        log.error("reconcile %s: %s %s trans %s: %s (ours: %s; gateway: %s)", when, finding.kind.value,
-                  finding.payment_id or "-", finding.trans_id or "-", finding.detail, finding.ours or "-",
-                  finding.gateway or "-")
-    summary = result.summary()
-    summary.pop("findings", None)
-    if metrics is not None:
-        metrics.settlement("differences" if result.differences else "clean", summary["by_kind"])
-    return summary
+            metrics.settlement("differences" if result.differences else "clean", summary["by_kind"])
+        summaries.append(summary)
+    first = summaries[0]
+    return first if len(summaries) == 1 else {**first, "merchants": summaries[1:]}

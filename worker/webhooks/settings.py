@@ -69,7 +69,7 @@ class WebhookSettings:
 
         for s in secrets:
             check_secret(s, "PAYMENTS_WEBHOOK_SECRET")
-        from worker.webhooks.endpoints import check_url
+        from worker.webhooks.endpoints import check_events, check_url
 
         if url:
             check_url(url, "PAYMENTS_WEBHOOK_URL")
@@ -79,7 +79,7 @@ class WebhookSettings:
             raise ConfigError("WEBHOOK_CONCURRENCY is not a whole number") from None
         settings = cls(
             url=url, secrets=secrets,
-            events=tuple(e for e in get("PAYMENTS_WEBHOOK_EVENTS").replace(",", " ").split() if e),
+            events=check_events(get("PAYMENTS_WEBHOOK_EVENTS").replace(",", " ").split()),
             retry_schedule=parse_schedule(get("WEBHOOK_RETRY_SCHEDULE")) if get("WEBHOOK_RETRY_SCHEDULE")
             else DEFAULT_RETRY_SCHEDULE,
             disable_after=dur("WEBHOOK_DISABLE_AFTER", DEFAULT_DISABLE_AFTER),
