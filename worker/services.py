@@ -93,7 +93,7 @@ class Services:
             connect_timeout=s.connect_timeout,
             read_timeout=s.read_timeout,
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
-            on_failure=MisconfigurationReporter(s),
+            on_failure=MisconfigurationReporter(s, merchant),
             guard=self.guard_for(merchant),
             observer=self.metrics if self.metrics is not None else NULL_OBSERVER,
         )

@@ -217,9 +217,9 @@ def publish_for(jobs: list[Job], count: int, rng: random.Random, merchant: str |
         jobs.append(job)
 
 
-def final_within(svc, jobs: list[Job], timeout: float) -> float | None:
-    """Seconds until every job's record is final, or None after ``timeout``."""
-    started = time.monotonic()
+def final_within(svc, jobs: list[Job], timeout: float, started: float) -> float | None:
+    """Seconds from ``started`` (monotonic, before they were published) until every job's record is final, or None
+    after ``timeout``."""
     while time.monotonic() - started < timeout:
         records = [svc.store.get(job.payment_id) for job in jobs]
         if all(r and r.get("status") not in ("PENDING", "RETRYING", "UNKNOWN") for r in records):
@@ -247,12 +247,14 @@ def test_one_merchant_down_never_slows_the_other(rel_redis_url, rel_logdir):
         during: list[Job] = []
         down: list[Job] = []
         with producer_for(rel_redis_url, settings), workers(env, rel_logdir, 1, 8):
+            started = time.monotonic()
             publish_for(before, count, rng, None)
-            baseline = final_within(svc, before, 60)
+            baseline = final_within(svc, before, 60, started)
             proxy.outage(True)
-            publish_for(down, count, rng, "shop2")
+            publish_for(down, count, rng, "shop2")  # shop2's first: they reach the worker before default's
+            started = time.monotonic()
             publish_for(during, count, rng, None)
-            with_outage = final_within(svc, during, 60)
+            with_outage = final_within(svc, during, 60, started)
             stuck = [svc.store.get(job.payment_id)["status"] for job in down]
             proxy.outage(False)
             settle(svc, before + during + down, timeout=120, report=report, quiet_for=1.0)

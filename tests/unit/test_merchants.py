@@ -91,3 +91,20 @@ def test_the_sweep_takes_each_record_to_its_merchants_flow():
     assert flow_of(svc, {"payment_id": "a"}) is default
     assert flow_of(svc, {"payment_id": "b", "merchant": "shop2"}) is shop2
     assert flow_of(svc, {"payment_id": "c", "merchant": "gone"}) is None  # no longer configured: left alone
+
+
+def test_a_merchants_misconfiguration_names_its_own_settings():
+    from worker.config import MerchantAccount
+    from worker.gateway import OutcomeUnknown
+    from worker.ops.preflight import diagnose
+
+    settings = dataclasses.replace(Settings(), accounts=(MerchantAccount("shop2", "100000000002", "S2",
+                                                                         url="https://gw.example/interfaces/"),))
+    refused = OutcomeUnknown("unverified reply: SECURITY ERROR")
+    found = diagnose(refused, settings, "shop2")
+    assert found is not None and "BLUEPAY_ACCOUNTS['shop2'].secret_key" in found.message
+    assert "100000000002" in found.message and "BLUEPAY_SECRET_KEY" not in found.message
+    missing = diagnose(OutcomeUnknown("HTTP 404", status_code=404), settings, "shop2")
+    assert missing is not None and "BLUEPAY_ACCOUNTS['shop2'].url" in missing.message
+    default = diagnose(refused, settings)
+    assert default is not None and "BLUEPAY_SECRET_KEY" in default.message  # the default account: as ever

@@ -22,7 +22,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 
-from worker.config import Settings
+from worker.config import DEFAULT, Settings
 from worker.gateway import BluePayClient, GatewayError, OutcomeUnknown, Rejected, RetryPolicy
 
 log = logging.getLogger("payments.preflight")
@@ -52,8 +52,11 @@ class ProbeResult:
         return self.misconfigured is None and self.unreachable is None
 
 
-def diagnose(exc: BaseException, settings: Settings) -> Misconfiguration | None:
-    """The misconfiguration a gateway error proves, naming the settings; None when it proves none."""
+def diagnose(exc: BaseException, settings: Settings, merchant: str = DEFAULT) -> Misconfiguration | None:
+    """The misconfiguration a gateway error proves, naming the settings (of ``merchant``'s account: BLUEPAY_* for
+    ``default``, BLUEPAY_ACCOUNTS's fields for another); None when it proves none."""
+    if merchant != DEFAULT:
+        return _diagnose_account(exc, settings, merchant)
     if isinstance(exc, OutcomeUnknown) and exc.status_code == 404:
         return Misconfiguration("http-404", (
             f"the gateway answered HTTP 404 at {settings.bluepay_url!r}: check BLUEPAY_URL (the base of BluePay's "
@@ -64,6 +67,19 @@ def diagnose(exc: BaseException, settings: Settings) -> Misconfiguration | None:
             f"BLUEPAY_SECRET_KEY (and BLUEPAY_ACCOUNT_ID, BLUEPAY_PLATFORM_MERCHANT_ID, "
             f"BLUEPAY_HASH_TYPE={settings.bluepay_hash_type}, "
             f"BLUEPAY_MODE={settings.bluepay_mode}): the gateway could not verify our seal"))
+    return None
+
+
+def _diagnose_account(exc: BaseException, settings: Settings, merchant: str) -> Misconfiguration | None:
+    account, where = settings.account(merchant), f"BLUEPAY_ACCOUNTS[{merchant!r}]"
+    if isinstance(exc, OutcomeUnknown) and exc.status_code == 404:
+        return Misconfiguration(f"http-404:{merchant}", (
+            f"the gateway answered HTTP 404 at {account.url!r} (merchant {merchant}): check {where}.url"))
+    if isinstance(exc, (Rejected, OutcomeUnknown)) and "SECURITY ERROR" in _gateway_text(exc).upper():
+        return Misconfiguration(f"security-error:{merchant}", (
+            f"the gateway answered SECURITY ERROR for account {account.account_id!r} (merchant {merchant}): check "
+            f"{where}.secret_key (and .account_id, .platform_merchant_id, .hash_type={account.hash_type}, "
+            f".mode={account.mode}): the gateway could not verify our seal"))
     return None
 
 
@@ -103,13 +119,14 @@ def _reason(exc: BaseException) -> str:
 class MisconfigurationReporter:
     """Logs each distinct misconfiguration cause at ERROR once per process (a forked child logs its own)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, merchant: str = DEFAULT) -> None:
         self.settings = settings
+        self.merchant = merchant  # whose account's client this reporter hears (worker/merchants.py)
         self._seen: set[tuple[int, str]] = set()
         self._lock = threading.Lock()
 
     def __call__(self, exc: BaseException) -> None:
-        found = diagnose(exc, self.settings)
+        found = diagnose(exc, self.settings, self.merchant)
         if found is None:
             return
         seen = (os.getpid(), found.key)
