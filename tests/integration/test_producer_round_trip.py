@@ -80,3 +80,21 @@ def test_a_store_on_another_database_keeps_its_own_write(client, prefix):
         with redis.Redis.from_url(other_db) as broker:
             assert broker.llen(queue) == 1
             broker.delete(queue)
+
+
+def test_a_failed_pipeline_is_published_again_the_old_way(producer_app, client, prefix, caplog):
+    """The pipeline fails in Redis (here: the outbox key holds a string, so its HSET answers WRONGTYPE): kombu says
+    delivery is uncertain, and the message is published again the old way. It may then be in its queue twice under
+    one task id (the claim answers the second delivery); the producer is not told of an error on one node."""
+    queue = f"{prefix}q"
+    sale = producer_app.tasks["payments.sale"]
+    client.set(f"{prefix}outbox", "not a hash")
+    try:
+        with caplog.at_level("WARNING", logger="payments.outbox"):
+            result = sale.apply_async(kwargs={"amount": "3.00", "card": CARD}, queue=queue)
+        queued = [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
+        assert queued == [result.id, result.id]  # the pipeline's LPUSH ran, then the old path's
+        assert any("publishing again on its own" in r.getMessage() for r in caplog.records)
+        assert any("not kept" in r.getMessage() for r in caplog.records)  # the old path's outbox write failed too
+    finally:
+        client.delete(queue, f"{prefix}outbox")

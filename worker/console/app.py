@@ -72,35 +72,7 @@ def create_app(svc: Any, *, config: ConsoleConfig | None = None, celery_app: Any
             response.headers.setdefault(name, value)
         return response
 
-    @app.errorhandler(CSRFError)
-    def _csrf(exc: CSRFError) -> Any:
-        return render_template("error.html", title="Refused", message=f"refused: {exc.description} "
-                               "(reload the page and try again)"), 400
-
-    @app.errorhandler(403)
-    def _forbidden(_exc: Any) -> Any:
-        return render_template("error.html", title="Not allowed",
-                               message="refused: only operators may act; you are logged in as a viewer"), 403
-
-    @app.errorhandler(404)
-    def _missing(_exc: Any) -> Any:
-        return render_template("error.html", title="Not found", message="nothing here"), 404
-
-    @app.errorhandler(429)
-    def _limited(_exc: Any) -> Any:
-        return render_template("error.html", title="Too many", message="too many attempts: wait a minute"), 429
-
-    @app.errorhandler(redis.RedisError)
-    def _redis_down(exc: redis.RedisError) -> Any:
-        log.warning("console: Redis: %s", type(exc).__name__)
-        return render_template("error.html", title="Redis unreachable",
-                               message="Redis cannot be reached now: nothing was read or changed; try again"), 503
-
-    @app.errorhandler(UsersError)
-    def _users_broken(exc: UsersError) -> Any:
-        log.error("console: users: %s", exc)
-        return render_template("error.html", title="Users unreadable",
-                               message="the console's users cannot be read: see the console's log"), 503
+    _register_error_pages(app)
 
     @app.before_request
     def _who() -> Any:
@@ -113,6 +85,46 @@ def create_app(svc: Any, *, config: ConsoleConfig | None = None, celery_app: Any
 
     views.register(app)
     return app
+
+
+def _csrf(exc: CSRFError) -> Any:
+    return render_template("error.html", title="Refused", message=f"refused: {exc.description} "
+                           "(reload the page and try again)"), 400
+
+
+def _forbidden(_exc: Any) -> Any:
+    return render_template("error.html", title="Not allowed",
+                           message="refused: only operators may act; you are logged in as a viewer"), 403
+
+
+def _missing(_exc: Any) -> Any:
+    return render_template("error.html", title="Not found", message="nothing here"), 404
+
+
+def _limited(_exc: Any) -> Any:
+    return render_template("error.html", title="Too many", message="too many attempts: wait a minute"), 429
+
+
+def _redis_down(exc: redis.RedisError) -> Any:
+    log.warning("console: Redis: %s", type(exc).__name__)
+    return render_template("error.html", title="Redis unreachable",
+                           message="Redis cannot be reached now: nothing was read or changed; try again"), 503
+
+
+def _users_broken(exc: UsersError) -> Any:
+    log.error("console: users: %s", exc)
+    return render_template("error.html", title="Users unreadable",
+                           message="the console's users cannot be read: see the console's log"), 503
+
+
+def _register_error_pages(app: Flask) -> None:
+    """Every refusal and failure as a page of its own (never a traceback, never a card number)."""
+    app.register_error_handler(CSRFError, _csrf)
+    app.register_error_handler(403, _forbidden)
+    app.register_error_handler(404, _missing)
+    app.register_error_handler(429, _limited)
+    app.register_error_handler(redis.RedisError, _redis_down)
+    app.register_error_handler(UsersError, _users_broken)
 
 
 def current_user(config: ConsoleConfig, users: Users) -> User | None:

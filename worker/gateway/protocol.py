@@ -158,46 +158,13 @@ def transaction_request(
         fields[name] = ""
 
     if ttype in _NEEDS_CARD:
-        sources = [name for name, given in (("card", card), ("token", token), ("customer_token", customer_token))
-                   if given is not None]
-        if len(sources) != 1:
-            raise InvalidInput("card", f"{ttype} needs exactly one of card, token and customer_token"
-                               + (f" (got {', '.join(sources)})" if sources else ""))
-        if ttype == "CREDIT" and card is None:
-            raise InvalidInput("card", "a CREDIT goes to a card (no token)")
-        if amount is None:
-            raise InvalidInput("amount", f"required for {ttype}")
-        fields["AMOUNT"] = validation.amount(amount, allow_zero=(ttype == "AUTH"))
-        if card is not None:
-            c = validation.card(card)
-            fields["PAYMENT_TYPE"] = "CREDIT"
-            fields["CC_NUM"] = c.number
-            fields["CC_EXPIRES"] = c.expire
-            if c.cvv2:
-                fields["CVCCVV2"] = c.cvv2
-        elif token is not None:  # PAYMENT_TYPE left out, as BluePay's library does: the token's own applies
-            fields["RRNO"] = validation.trans_id(token, field="token")
-        else:
-            fields["CUST_TOKEN"] = tokens.customer_token(customer_token)
-        if new_customer_token is not None:
-            if card is None:
-                raise InvalidInput("new_customer_token", "stores a card: give the card")
-            fields["NEW_CUST_TOKEN"] = tokens.customer_token(new_customer_token, "new_customer_token")
+        fields.update(_charge_fields(ttype, amount, card, token, customer_token, new_customer_token))
     else:
         if any(v is not None for v in (token, customer_token, new_customer_token, stored)):
             raise InvalidInput("token", f"not allowed for {ttype}")
         if card is not None:
             raise InvalidInput("card", f"not allowed for {ttype}")
-        if rrno is None:
-            raise InvalidInput("trans_id", f"required for {ttype}")
-        fields["RRNO"] = validation.trans_id(rrno)
-        if ttype == "VOID":
-            if amount is not None:
-                raise InvalidInput("amount", "VOID is always for the full amount")
-        elif ttype == "UPDATE" and amount is None:
-            raise InvalidInput("amount", "UPDATE sets the new amount: required")
-        elif amount is not None:
-            fields["AMOUNT"] = validation.amount(amount)
+        fields.update(_follow_up_fields(ttype, amount, rrno))
 
     fields.update(validation.customer(customer))
     if order_id is not None:
@@ -211,6 +178,50 @@ def transaction_request(
     fields["RESPONSEVERSION"] = RESPONSE_VERSION
     fields["TPS_HASH_TYPE"] = ht
     fields["TAMPER_PROOF_SEAL"] = seal(secret, transaction_seal_message(fields), ht)
+    return fields
+
+
+def _charge_fields(ttype: str, amount: object, card: validation.Card | Mapping[str, object] | None, token: object,
+                   customer_token: str | None, new_customer_token: str | None) -> dict[str, str]:
+    """AMOUNT and what is charged (CC_NUM..., RRNO or CUST_TOKEN) of a SALE, AUTH or CREDIT."""
+    sources = [name for name, given in (("card", card), ("token", token), ("customer_token", customer_token))
+               if given is not None]
+    if len(sources) != 1:
+        raise InvalidInput("card", f"{ttype} needs exactly one of card, token and customer_token"
+                           + (f" (got {', '.join(sources)})" if sources else ""))
+    if ttype == "CREDIT" and card is None:
+        raise InvalidInput("card", "a CREDIT goes to a card (no token)")
+    if amount is None:
+        raise InvalidInput("amount", f"required for {ttype}")
+    fields = {"AMOUNT": validation.amount(amount, allow_zero=(ttype == "AUTH"))}
+    if card is not None:
+        c = validation.card(card)
+        fields.update(PAYMENT_TYPE="CREDIT", CC_NUM=c.number, CC_EXPIRES=c.expire)
+        if c.cvv2:
+            fields["CVCCVV2"] = c.cvv2
+    elif token is not None:  # PAYMENT_TYPE left out, as BluePay's library does: the token's own applies
+        fields["RRNO"] = validation.trans_id(token, field="token")
+    else:
+        fields["CUST_TOKEN"] = tokens.customer_token(customer_token)
+    if new_customer_token is not None:
+        if card is None:
+            raise InvalidInput("new_customer_token", "stores a card: give the card")
+        fields["NEW_CUST_TOKEN"] = tokens.customer_token(new_customer_token, "new_customer_token")
+    return fields
+
+
+def _follow_up_fields(ttype: str, amount: object, rrno: object) -> dict[str, str]:
+    """RRNO (the original) and, where it applies, AMOUNT of a CAPTURE, REFUND, VOID or UPDATE."""
+    if rrno is None:
+        raise InvalidInput("trans_id", f"required for {ttype}")
+    fields = {"RRNO": validation.trans_id(rrno)}
+    if ttype == "VOID":
+        if amount is not None:
+            raise InvalidInput("amount", "VOID is always for the full amount")
+    elif ttype == "UPDATE" and amount is None:
+        raise InvalidInput("amount", "UPDATE sets the new amount: required")
+    elif amount is not None:
+        fields["AMOUNT"] = validation.amount(amount)
     return fields
 
 
@@ -327,24 +338,7 @@ def parse_transaction_reply(
     OutcomeUnknown for 5xx, unparseable replies, any reply whose BP_STAMP is missing or wrong,
     and (``duplicate=True``, only with a verified stamp) for MESSAGE=DUPLICATE.
     """
-    if status_code >= 500:
-        raise OutcomeUnknown(f"gateway answered HTTP {status_code}", status_code=status_code)
-    if 300 <= status_code < 400:
-        if not location:
-            raise OutcomeUnknown(f"HTTP {status_code} without a Location header", status_code=status_code)
-        pairs = parse_pairs(urlsplit(location).query)
-    else:
-        pairs = parse_pairs(_body_text(body))
-
-    result = (pairs.get("Result") or "").strip().upper()
-    if not result and 400 <= status_code < 500 and (pairs.get("STATUS") or "").strip().upper() == "E":
-        result = "ERROR"  # bp20post-style error body without Result
-    if result not in RESULTS:
-        what = "no Result field" if not result else "unknown Result value"
-        raise OutcomeUnknown(f"unparseable gateway reply (HTTP {status_code}, {what})", status_code=status_code)
-    if 400 <= status_code < 500 and result not in ("ERROR", "MISSING"):
-        raise OutcomeUnknown(f"HTTP {status_code} with Result={result}", status_code=status_code)
-
+    pairs, result = _transaction_reply_fields(status_code, location, body)
     response = _transaction_response(pairs, result)
     # Only a reply whose BP_STAMP verifies may settle anything: an unauthenticated approval, decline or
     # refusal (even SECURITY ERROR: a wrong secret shows up the same way) is reconciled through stq.
@@ -367,6 +361,30 @@ def parse_transaction_reply(
     if result in ("ERROR", "MISSING"):
         raise Rejected(response)
     return response
+
+
+def _transaction_reply_fields(status_code: int, location: str | None,
+                              body: str | bytes | None) -> tuple[dict[str, str], str]:
+    """A bp10emu reply's fields (from the redirect's Location or the body) and its Result; OutcomeUnknown where
+    the reply says nothing that can be trusted to be a result."""
+    if status_code >= 500:
+        raise OutcomeUnknown(f"gateway answered HTTP {status_code}", status_code=status_code)
+    if 300 <= status_code < 400:
+        if not location:
+            raise OutcomeUnknown(f"HTTP {status_code} without a Location header", status_code=status_code)
+        pairs = parse_pairs(urlsplit(location).query)
+    else:
+        pairs = parse_pairs(_body_text(body))
+
+    result = (pairs.get("Result") or "").strip().upper()
+    if not result and 400 <= status_code < 500 and (pairs.get("STATUS") or "").strip().upper() == "E":
+        result = "ERROR"  # bp20post-style error body without Result
+    if result not in RESULTS:
+        what = "no Result field" if not result else "unknown Result value"
+        raise OutcomeUnknown(f"unparseable gateway reply (HTTP {status_code}, {what})", status_code=status_code)
+    if 400 <= status_code < 500 and result not in ("ERROR", "MISSING"):
+        raise OutcomeUnknown(f"HTTP {status_code} with Result={result}", status_code=status_code)
+    return pairs, result
 
 
 def _flag(value: str | None) -> bool | None:

@@ -117,6 +117,12 @@ def fmt(amount: Decimal) -> str:
     return f"{amount:.2f}"
 
 
+#: Ends a bp10emu request: sets Result, STATUS and MESSAGE (and extra fields), stamps the reply, returns it.
+#: A follow-up refused: (Result, MESSAGE, extra reply fields).
+Refused = tuple[str, str, dict[str, str]]
+Finish = Callable[..., dict[str, str]]
+
+
 @dataclass
 class Entry:
     """One ledger row: an approved or declined transaction (errors are not kept)."""
@@ -154,12 +160,13 @@ class Entry:
     captured: bool = False
     captured_by: str = ""
     refunded: Decimal = _ZERO
-    refunds: list = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)  # the refunds' transaction ids
     base_type: str = ""  # an UPDATE: the type of what it updated (SALE, AUTH): the update stands in for it
     updated_by: str = ""  # the UPDATE that replaced this transaction (void/refund/capture the update instead)
     cust_token: str = ""  # CUST_TOKEN used, or NEW_CUST_TOKEN established
     stored_indicator: str = ""  # STORED_INDICATOR / STORED_TYPE / STORED_ID as received (STORED_ID: as answered)
     stored_type: str = ""
+    stored_id_sent: str = ""  # the STORED_ID the request carried (for tests: what the client sent)
     stored_id: str = ""
     platform_merchant_id: str = ""  # the sub-merchant a platform charged for (PLATFORM_MERCHANT_ID), if any
 
@@ -178,7 +185,7 @@ class Entry:
             "refunded": fmt(self.refunded), "refunds": list(self.refunds),
             "base_type": self.base_type, "updated_by": self.updated_by,
             "cust_token": self.cust_token, "stored_indicator": self.stored_indicator,
-            "stored_type": self.stored_type, "stored_id": self.stored_id,
+            "stored_type": self.stored_type, "stored_id": self.stored_id, "stored_id_sent": self.stored_id_sent,
             "platform_merchant_id": self.platform_merchant_id,
         }
 
@@ -218,9 +225,13 @@ class Engine:
         self._entries: dict[str, Entry] = {}
         self._order: list[Entry] = []  # insertion order == creation order
         self._by_order_id: dict[str, list[Entry]] = {}
-        self._dup: dict[tuple, Entry] = {}
+        self._dup: dict[tuple[str, str, str, str, Decimal, str], Entry] = {}
         #: customer tokens (NEW_CUST_TOKEN) -> the transaction that stored the card
         self._customer_tokens: dict[tuple[str, str, str], Entry] = {}
+        #: UPDATE, VOID, CAPTURE, REFUND of an original: each returns the entry it made or why it refused
+        self._follow_up_verbs: dict[str, Callable[[Mapping[str, str], Entry, Decimal | None, str, float,
+                                                   dict[str, str]], Entry | Refused]] = {
+            "UPDATE": self._update, "VOID": self._void, "CAPTURE": self._capture, "REFUND": self._refund}
 
     # ---------------------------------------------------------------- ledger admin
     def reset(self) -> None:
@@ -296,27 +307,7 @@ class Engine:
         ``status`` ("1" approved, "0" declined; default "1"), ``mode`` (TEST), ``payment_account``
         (xxxxxxxxxxxx1111), ``card_type`` (VISA), ``created_at`` (epoch seconds; default now), ``settled``.
         Raises ValueError naming what is wrong."""
-        if not isinstance(spec, Mapping):
-            raise ValueError("a booking is a JSON object")
-        unknown = set(spec) - {"amount", "trans_type", "order_id", "invoice_id", "status", "mode", "payment_account",
-                               "card_type", "created_at", "settled", "message"}
-        if unknown:
-            raise ValueError(f"unknown booking fields {sorted(unknown)}")
-        ttype = str(spec.get("trans_type") or "SALE").upper()
-        if ttype not in ("SALE", "AUTH"):
-            raise ValueError("trans_type must be SALE or AUTH (void with /sandbox/void)")
-        amount = parse_amount(str(spec.get("amount") or ""))
-        if amount is None or (amount == _ZERO and ttype == "SALE"):
-            raise ValueError("amount must be a positive amount with at most two decimals")
-        status = str(spec.get("status", "1"))
-        if status not in ("1", "0"):
-            raise ValueError('status must be "1" (approved) or "0" (declined)')
-        mode = str(spec.get("mode") or "TEST").upper()
-        if mode not in ("TEST", "LIVE"):
-            raise ValueError("mode must be TEST or LIVE")
-        masked = str(spec.get("payment_account") or "xxxxxxxxxxxx1111")
-        if not re.fullmatch(r"x{12}\d{4}", masked):
-            raise ValueError("payment_account must be masked (xxxxxxxxxxxx + last four)")
+        ttype, amount, status, mode, masked = self._booking_fields(spec)
         created = spec.get("created_at")
         if created is None:
             created = self.clock()
@@ -338,6 +329,32 @@ class Engine:
             if spec.get("settled") and e.settleable():
                 e.settled, e.settle_date, e.settled_at = True, now_str(float(created)), float(created)
             return e
+
+    @staticmethod
+    def _booking_fields(spec: Mapping[str, Any]) -> tuple[str, Decimal, str, str, str]:
+        """A booking's trans type, amount, status, mode and masked account, checked (ValueError naming the field)."""
+        if not isinstance(spec, Mapping):
+            raise ValueError("a booking is a JSON object")
+        unknown = set(spec) - {"amount", "trans_type", "order_id", "invoice_id", "status", "mode", "payment_account",
+                               "card_type", "created_at", "settled", "message"}
+        if unknown:
+            raise ValueError(f"unknown booking fields {sorted(unknown)}")
+        ttype = str(spec.get("trans_type") or "SALE").upper()
+        if ttype not in ("SALE", "AUTH"):
+            raise ValueError("trans_type must be SALE or AUTH (void with /sandbox/void)")
+        amount = parse_amount(str(spec.get("amount") or ""))
+        if amount is None or (amount == _ZERO and ttype == "SALE"):
+            raise ValueError("amount must be a positive amount with at most two decimals")
+        status = str(spec.get("status", "1"))
+        if status not in ("1", "0"):
+            raise ValueError('status must be "1" (approved) or "0" (declined)')
+        mode = str(spec.get("mode") or "TEST").upper()
+        if mode not in ("TEST", "LIVE"):
+            raise ValueError("mode must be TEST or LIVE")
+        masked = str(spec.get("payment_account") or "xxxxxxxxxxxx1111")
+        if not re.fullmatch(r"x{12}\d{4}", masked):
+            raise ValueError("payment_account must be masked (xxxxxxxxxxxx + last four)")
+        return ttype, amount, status, mode, masked
 
     def console_void(self, trans_id: str) -> Entry:
         """Void a transaction in the console: the gateway's void rules apply; the VOID carries no ORDER_ID (a
@@ -483,7 +500,8 @@ class Engine:
             return TOO_OLD
         return None
 
-    def _sale_or_auth(self, f, ttype, mode, amount, now, reply, finish):
+    def _sale_or_auth(self, f: Mapping[str, str], ttype: str, mode: str, amount: Decimal | None, now: float,
+                      reply: dict[str, str], finish: Finish) -> dict[str, str]:
         if amount is None:
             return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
         if amount == _ZERO and ttype in ("SALE", "CREDIT"):
@@ -513,7 +531,8 @@ class Engine:
         return self._charge(f, ttype, mode, amount, now, reply, finish, masked=mask(number), ctype=card_type(number),
                             expires=expires, chash=self._card_hash(number), cvv_given=bool(cvv))
 
-    def _token_charge(self, f, ttype, mode, amount, now, reply, finish):
+    def _token_charge(self, f: Mapping[str, str], ttype: str, mode: str, amount: Decimal, now: float,
+                      reply: dict[str, str], finish: Finish) -> dict[str, str]:
         """SALE/AUTH of a stored card: RRNO = an earlier transaction id (the bp10emu text: CC_NUM "required unless
         ... you include an RRNO"), or CUST_TOKEN (BluePay's library). The card is the stored one."""
         rrno, name = (f.get("RRNO") or "").strip(), (f.get("CUST_TOKEN") or "").strip()
@@ -541,8 +560,10 @@ class Engine:
                             ctype=source.card_type, expires=source.card_expire, chash=source.card_hash,
                             cvv_given=False, origin=rrno, cust_token=name, first_stored_id=source.stored_id)
 
-    def _charge(self, f, ttype, mode, amount, now, reply, finish, *, masked: str, ctype: str, expires: str,
-                chash: str, cvv_given: bool, origin: str = "", cust_token: str = "", first_stored_id: str = ""):
+    def _charge(self, f: Mapping[str, str], ttype: str, mode: str, amount: Decimal, now: float,
+                reply: dict[str, str], finish: Finish, *, masked: str, ctype: str, expires: str,
+                chash: str, cvv_given: bool, origin: str = "", cust_token: str = "",
+                first_stored_id: str = "") -> dict[str, str]:
         reply.update(PAYMENT_ACCOUNT=masked, CARD_TYPE=ctype, CARD_EXPIRE=expires, BANK_NAME="")
         new_token = (f.get("NEW_CUST_TOKEN") or "").strip()  # (with a token: the stored card under a new name)
         order_id = f.get("ORDER_ID", "")
@@ -556,7 +577,7 @@ class Engine:
             message = ("Approved " if approved else "Declined ") + ttype.capitalize()
 
         indicator = (f.get("STORED_INDICATOR") or "").strip().upper()
-        stored_id = (f.get("STORED_ID") or "").strip()
+        stored_id = sent_stored_id = (f.get("STORED_ID") or "").strip()
         with self.lock:
             if new_token and (self.account_id, mode, new_token) in self._customer_tokens:
                 return finish("ERROR", "Customer Tokens must be unique")  # the phrase BluePay's samples look for
@@ -582,6 +603,7 @@ class Engine:
                 avs="_", cvv2=("M" if cvv_given else "_"), origin=origin, cust_token=new_token or cust_token,
                 stored_indicator=indicator, stored_type=(f.get("STORED_TYPE") or "").strip().upper(),
                 stored_id=stored_id if self.dialect.stored_id == "established" else "",
+                stored_id_sent=sent_stored_id,
             )
             self._add(e)
             self._dup[dup_key] = e
@@ -602,7 +624,8 @@ class Engine:
             "CARD_EXPIRE": e.card_expire, "REBID": "", "FLAGS": "T" if mode == "TEST" else "",
         }
 
-    def _follow_up(self, f, ttype, mode, amount, now, reply, finish):
+    def _follow_up(self, f: Mapping[str, str], ttype: str, mode: str, amount: Decimal | None, now: float,
+                   reply: dict[str, str], finish: Finish) -> dict[str, str]:
         rrno = (f.get("RRNO") or "").strip()
         if not rrno:
             return finish("MISSING", f"Master ID required for {ttype}", MISSING="RRNO")
@@ -616,47 +639,63 @@ class Engine:
                          CARD_EXPIRE=o.card_expire, BANK_NAME="")
             if o.updated_by:  # BluePay_MESSAGE_values.txt
                 return finish("ERROR", f"Cannot {ttype} an updated transaction, {ttype} the update instead.")
-            if ttype == "UPDATE":
-                if amount is None:
-                    return finish("MISSING", "Missing AMOUNT", MISSING="AMOUNT")
-                err = self._update_error(o)
-                if err:
-                    return finish("ERROR", err)
-                e = self._record(f, o, "UPDATE", amount, "Approved Update", mode, now, reply)
-                e.base_type, o.updated_by = _kind(o), e.id
-            elif ttype == "VOID":
-                err = self._void_error(o, amount)
-                if err:
-                    return finish("ERROR", err)
-                e = self._record(f, o, "VOID", o.amount, "Approved Void", mode, now, reply)
-                self._apply_void(o, e)
-            elif ttype == "CAPTURE":
-                err = self._capture_error(o, amount)
-                if err:
-                    return finish("ERROR", err)
-                e = self._record(f, o, "CAPTURE", amount if amount is not None else o.amount,
-                                 "Approved Capture", mode, now, reply)
-                o.captured, o.captured_by = True, e.id
-            else:  # REFUND
-                if _kind(o) not in ("SALE", "CAPTURE"):
-                    return finish("ERROR", f"Cannot REFUND a {o.trans_type}")
-                if o.status != "1":
-                    return finish("ERROR", "Can only REFUND or VOID approved transactions")
-                if o.voided:
-                    return finish("ERROR", "Already Voided")
-                remaining = o.amount - o.refunded
-                want = amount if amount is not None else remaining
-                if want > remaining or remaining <= _ZERO:
-                    return finish("ERROR", "Refund/VOID amount cannot exceed original charge amount")
-                if not o.settled and want == o.amount:
-                    # full refund of an unsettled charge: the gateway voids it instead
-                    e = self._record(f, o, "VOID", o.amount, "Approved Void", mode, now, reply)
-                    self._apply_void(o, e)
-                else:
-                    e = self._record(f, o, "REFUND", want, "Approved Return", mode, now, reply)
-                    o.refunded += want
-                    o.refunds.append(e.id)
-        return finish(e.result, e.message, **self._entry_fields(e, mode))
+            outcome = self._follow_up_verbs[ttype](f, o, amount, mode, now, reply)
+        if isinstance(outcome, Entry):
+            return finish(outcome.result, outcome.message, **self._entry_fields(outcome, mode))
+        result, message, extra = outcome
+        return finish(result, message, **extra)
+
+    def _update(self, f: Mapping[str, str], o: Entry, amount: Decimal | None, mode: str, now: float,
+                reply: dict[str, str]) -> Entry | Refused:
+        if amount is None:
+            return "MISSING", "Missing AMOUNT", {"MISSING": "AMOUNT"}
+        err = self._update_error(o)
+        if err:
+            return "ERROR", err, {}
+        e = self._record(f, o, "UPDATE", amount, "Approved Update", mode, now, reply)
+        e.base_type, o.updated_by = _kind(o), e.id
+        return e
+
+    def _void(self, f: Mapping[str, str], o: Entry, amount: Decimal | None, mode: str, now: float,
+              reply: dict[str, str]) -> Entry | Refused:
+        err = self._void_error(o, amount)
+        if err:
+            return "ERROR", err, {}
+        e = self._record(f, o, "VOID", o.amount, "Approved Void", mode, now, reply)
+        self._apply_void(o, e)
+        return e
+
+    def _capture(self, f: Mapping[str, str], o: Entry, amount: Decimal | None, mode: str, now: float,
+                 reply: dict[str, str]) -> Entry | Refused:
+        err = self._capture_error(o, amount)
+        if err:
+            return "ERROR", err, {}
+        e = self._record(f, o, "CAPTURE", amount if amount is not None else o.amount, "Approved Capture", mode, now,
+                         reply)
+        o.captured, o.captured_by = True, e.id
+        return e
+
+    def _refund(self, f: Mapping[str, str], o: Entry, amount: Decimal | None, mode: str, now: float,
+                reply: dict[str, str]) -> Entry | Refused:
+        if _kind(o) not in ("SALE", "CAPTURE"):
+            return "ERROR", f"Cannot REFUND a {o.trans_type}", {}
+        if o.status != "1":
+            return "ERROR", "Can only REFUND or VOID approved transactions", {}
+        if o.voided:
+            return "ERROR", "Already Voided", {}
+        remaining = o.amount - o.refunded
+        want = amount if amount is not None else remaining
+        if want > remaining or remaining <= _ZERO:
+            return "ERROR", "Refund/VOID amount cannot exceed original charge amount", {}
+        if not o.settled and want == o.amount:
+            # full refund of an unsettled charge: the gateway voids it instead
+            e = self._record(f, o, "VOID", o.amount, "Approved Void", mode, now, reply)
+            self._apply_void(o, e)
+            return e
+        e = self._record(f, o, "REFUND", want, "Approved Return", mode, now, reply)
+        o.refunded += want
+        o.refunds.append(e.id)
+        return e
 
     def _update_error(self, o: Entry) -> str | None:
         """UPDATE (BluePay's library: ``update(transaction_id, amount)``, the new amount of the transaction). The
@@ -719,8 +758,8 @@ class Engine:
                 if o.id in parent.refunds:
                     parent.refunds.remove(o.id)
 
-    def _record(self, f, o: Entry, ttype: str, amount: Decimal, message: str, mode: str,
-                now: float, reply) -> Entry:
+    def _record(self, f: Mapping[str, str], o: Entry, ttype: str, amount: Decimal, message: str, mode: str,
+                now: float, reply: dict[str, str]) -> Entry:
         e = Entry(
             id=self._new_id(), account=self.account_id, trans_type=ttype, amount=amount,
             status="1", result="APPROVED", message=message, mode=mode, created_at=now,
@@ -772,22 +811,10 @@ class Engine:
             return error(window)
         lo, hi = window
         mode = (f.get("MODE") or "LIVE").strip().upper()
-        lower = {k.lower(): v for k, v in f.items()}
-        filters: list[tuple[str, str | Decimal]] = []
         trimmed = self.dialect.stq_values == "trimmed"
-        for name, attr in _STQ_FILTERS.items():
-            raw = lower.get(name) or ""
-            value = raw.strip() if trimmed or attr in ("amount", "trans_type", "payment_type") else raw
-            if value.strip():
-                if attr == "amount":
-                    parsed = parse_amount(value)
-                    if parsed is None:
-                        return error("INVALID AMOUNT FORMAT")
-                    filters.append((attr, parsed))
-                elif attr in ("trans_type", "payment_type"):
-                    filters.append((attr, value.upper()))
-                else:
-                    filters.append((attr, value))
+        filters = self._stq_filters(f, trimmed)
+        if isinstance(filters, str):
+            return error(filters)
         with self.lock:
             if filters and filters[0][0] == "id":
                 e0 = self._entries.get(str(filters[0][1]))  # a str already: only amounts are Decimals
@@ -805,6 +832,27 @@ class Engine:
                        and lo <= e.created_at < hi and all(same(e, a, v) for a, v in filters)]
             rows = [self._stq_row(e) for e in self._pick(matches)]
         return self._stq_reply(rows, hash_type)
+
+    @staticmethod
+    def _stq_filters(f: Mapping[str, str], trimmed: bool) -> list[tuple[str, str | Decimal]] | str:
+        """The search values stq was given, by record attribute (names in any case); or why they are refused."""
+        lower = {k.lower(): v for k, v in f.items()}
+        filters: list[tuple[str, str | Decimal]] = []
+        for name, attr in _STQ_FILTERS.items():
+            raw = lower.get(name) or ""
+            value = raw.strip() if trimmed or attr in ("amount", "trans_type", "payment_type") else raw
+            if not value.strip():
+                continue
+            if attr == "amount":
+                parsed = parse_amount(value)
+                if parsed is None:
+                    return "INVALID AMOUNT FORMAT"
+                filters.append((attr, parsed))
+            elif attr in ("trans_type", "payment_type"):
+                filters.append((attr, value.upper()))
+            else:
+                filters.append((attr, value))
+        return filters
 
     def _pick(self, matches: list[Entry]) -> list[Entry]:
         """The matches stq answers with (dialect ``stq_matches``; ``matches`` are oldest first)."""
