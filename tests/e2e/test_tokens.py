@@ -74,6 +74,10 @@ def test_customer_tokens(sandbox):
     assert stored["status"] == "APPROVED" and len(name) == 16
     sold = run(sale.delay(amount="7.00", customer_token=name, initiator="customer"))
     assert sold["status"] == "APPROVED" and sold["customer_token"] == name and sold["initiator"] == "customer"
+    # the later charge sent the STORED_ID the card was stored with (S/C), found through the customer token
+    assert stored["stored_id"]
+    [row] = sandbox.ledger(order_id=sold["payment_id"])
+    assert (row["stored_indicator"], row["stored_type"], row["stored_id_sent"]) == ("S", "C", stored["stored_id"])
     taken = run(auth.delay(amount="0.00", card=TEST_CARD, new_customer_token=name))
     assert taken["status"] == "ERROR" and "Customer Tokens must be unique" in taken["message"]
     assert taken["attempts"] == 1  # a clear outcome, not a retry

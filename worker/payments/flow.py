@@ -152,6 +152,10 @@ class Store(Protocol):
 
     def find_by_trans_id(self, trans_id: str) -> dict[str, object] | None: ...
 
+    def find_by_customer_token(self, name: str) -> dict[str, object] | None: ...
+
+    def remember_customer_token(self, name: str, payment_id: str) -> None: ...
+
 
 class FlowObserver(Protocol):
     """What the flow tells an observer (metrics, ``worker/ops/metrics.py``): outcomes it wrote, parkings, stq answers,
@@ -408,12 +412,15 @@ class PaymentFlow:
 
     def _repeat_arguments(self, charge: ChargeRequest) -> dict[str, object]:
         """The gateway verb's repeat-charge arguments; a later charge by token carries the STORED_ID BluePay gave the
-        transaction it names (its record, when this store has it: docs/tokens.md)."""
+        transaction it names, a charge by customer token the one its card was stored with (their records, when this
+        store has them: docs/tokens.md)."""
         kwargs = dict(charge.repeat.gateway_kwargs)
-        stored, token = kwargs.get("stored"), kwargs.get("token")
-        if isinstance(stored, StoredCredential) and stored.indicator == "S" and not stored.stored_id and token:
+        stored, token, name = kwargs.get("stored"), kwargs.get("token"), kwargs.get("customer_token")
+        later = isinstance(stored, StoredCredential) and stored.indicator == "S" and not stored.stored_id
+        if later and isinstance(stored, StoredCredential) and (token or name):
             try:
-                record = self.store.find_by_trans_id(token)
+                record = (self.store.find_by_trans_id(str(token)) if token
+                          else self.store.find_by_customer_token(str(name)))
             except Exception as exc:  # a look only: without it the charge goes without STORED_ID
                 log.warning("%s: stored id of its token not read: %s", charge.payment_id, type(exc).__name__)
                 record = None
@@ -708,8 +715,19 @@ class PaymentFlow:
                                        note=note or str(fields.get("message", "")), then=final_write.current())
         if record is None:  # someone else holds it now (lease lost): their record stands
             raise _LeaseLost()
+        self._remember_stored_card(run, record)
         self._observe_outcome(run.operation, record)
         return task_outcome(record)
+
+    def _remember_stored_card(self, run: _Run, record: Mapping[str, object]) -> None:
+        """A card stored under a new customer token (approved, with a STORED_ID): noted for its later charges."""
+        name, stored_id = str(record.get("customer_token") or ""), str(record.get("stored_id") or "")
+        if not (name and stored_id and record.get("status") == Status.APPROVED.value and run.operation == "auth"):
+            return
+        try:
+            self.store.remember_customer_token(name, run.payment_id)
+        except Exception as exc:  # a look-up aid only (docs/tokens.md): never fails the recorded outcome
+            log.warning("%s: customer token not noted: %s", run.payment_id, type(exc).__name__)
 
     def _void_by_policy(self, run: _Run, fields: Mapping[str, object], refused: str) -> dict[str, object]:
         """An approval the AVS/CVV2 policy does not accept (worker/payments/policy.py): recorded APPROVED with

@@ -166,6 +166,7 @@ class Entry:
     cust_token: str = ""  # CUST_TOKEN used, or NEW_CUST_TOKEN established
     stored_indicator: str = ""  # STORED_INDICATOR / STORED_TYPE / STORED_ID as received (STORED_ID: as answered)
     stored_type: str = ""
+    stored_id_sent: str = ""  # the STORED_ID the request carried (for tests: what the client sent)
     stored_id: str = ""
     platform_merchant_id: str = ""  # the sub-merchant a platform charged for (PLATFORM_MERCHANT_ID), if any
 
@@ -184,7 +185,7 @@ class Entry:
             "refunded": fmt(self.refunded), "refunds": list(self.refunds),
             "base_type": self.base_type, "updated_by": self.updated_by,
             "cust_token": self.cust_token, "stored_indicator": self.stored_indicator,
-            "stored_type": self.stored_type, "stored_id": self.stored_id,
+            "stored_type": self.stored_type, "stored_id": self.stored_id, "stored_id_sent": self.stored_id_sent,
             "platform_merchant_id": self.platform_merchant_id,
         }
 
@@ -576,7 +577,7 @@ class Engine:
             message = ("Approved " if approved else "Declined ") + ttype.capitalize()
 
         indicator = (f.get("STORED_INDICATOR") or "").strip().upper()
-        stored_id = (f.get("STORED_ID") or "").strip()
+        stored_id = sent_stored_id = (f.get("STORED_ID") or "").strip()
         with self.lock:
             if new_token and (self.account_id, mode, new_token) in self._customer_tokens:
                 return finish("ERROR", "Customer Tokens must be unique")  # the phrase BluePay's samples look for
@@ -602,6 +603,7 @@ class Engine:
                 avs="_", cvv2=("M" if cvv_given else "_"), origin=origin, cust_token=new_token or cust_token,
                 stored_indicator=indicator, stored_type=(f.get("STORED_TYPE") or "").strip().upper(),
                 stored_id=stored_id if self.dialect.stored_id == "established" else "",
+                stored_id_sent=sent_stored_id,
             )
             self._add(e)
             self._dup[dup_key] = e

@@ -22,6 +22,7 @@ class StoreKeys:
     needs_human: str = field(init=False)
     stats: str = field(init=False)
     sweep_last: str = field(init=False)
+    customer_tokens: str = field(init=False)
 
     def __post_init__(self) -> None:
         p = self.prefix
@@ -30,7 +31,8 @@ class StoreKeys:
                              ("reflect_due", "idx:reflect_due"), ("audit", "audit"), ("outbox", "outbox"),
                              ("outbox_ts", "idx:outbox"), ("status_counts", "idx:status_counts"),
                              ("unknown", "idx:unknown"), ("retrying", "idx:retrying"),
-                             ("needs_human", "idx:needs_human"), ("stats", "stats"), ("sweep_last", "sweep:last")):
+                             ("needs_human", "idx:needs_human"), ("stats", "stats"), ("sweep_last", "sweep:last"),
+                             ("customer_tokens", "idx:customer_tokens")):
             object.__setattr__(self, name, p + suffix)
 
     def record(self, payment_id: str) -> str:

@@ -231,6 +231,19 @@ class ResultsStore:
         pid = self.redis.hget(self.keys.trans, trans_id)
         return self.get(text(pid)) if pid is not None else None
 
+    def remember_customer_token(self, name: str, payment_id: str) -> None:
+        """Note the payment that stored a card under customer token ``name`` (the first one stands: a name is unique
+        at BluePay), so a later charge of the name finds the STORED_ID it was stored with. A look-up aid only,
+        written after the record: lost, a later charge goes without STORED_ID (docs/tokens.md)."""
+        if name and payment_id:
+            self.redis.hsetnx(self.keys.customer_tokens, name, payment_id)
+
+    def find_by_customer_token(self, name: str) -> dict[str, Any] | None:
+        if not name:
+            return None
+        pid = self.redis.hget(self.keys.customer_tokens, name)
+        return self.get(text(pid)) if pid is not None else None
+
     def _fetch(self, ids: list[Any]) -> list[dict[str, Any]]:
         if not ids:
             return []
