@@ -11,9 +11,9 @@ import pytest
 from tests.support.env import TEST_CARD
 from tests.support.ports import closed_port
 from tests.support.sandbox import running_sandbox
-from worker.config import Settings
+from worker.config import MerchantAccount, Settings
 from worker.gateway import BluePayClient, OutcomeUnknown, RetryPolicy
-from worker.ops.preflight import MisconfigurationReporter, probe
+from worker.ops.preflight import MisconfigurationReporter, check_at_start, probe
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,17 @@ def test_a_wrong_account_is_a_security_error_too(sandbox):
     assert result.misconfigured is not None and "BLUEPAY_ACCOUNT_ID" in result.misconfigured.message
 
 
+def test_every_merchant_account_is_probed_at_start_and_a_wrong_one_refuses_naming_its_own_setting(sandbox):
+    wrong = "WRONGSECRET" + uuid.uuid4().hex
+    second = MerchantAccount("second", sandbox.account_id, wrong, url=sandbox.interfaces_url)
+    assert probe(settings_for(sandbox, accounts=(second,))).ok  # the default account is right
+    with pytest.raises(SystemExit) as refused:
+        check_at_start(settings_for(sandbox, accounts=(second,)))
+    assert "BLUEPAY_ACCOUNTS['second'].secret_key" in str(refused.value) and wrong not in str(refused.value)
+    good = MerchantAccount("third", sandbox.account_id, sandbox.secret_key, url=sandbox.interfaces_url)
+    assert check_at_start(settings_for(sandbox, accounts=(good,))) is None
+
+
 def test_a_gateway_that_refuses_connections_is_an_outage_not_a_misconfiguration():
     result = probe(Settings(bluepay_url=f"http://127.0.0.1:{closed_port()}/interfaces/", connect_timeout=1.0))
     assert result.misconfigured is None and result.unreachable and "NotSent" in result.unreachable
@@ -77,3 +88,16 @@ def test_during_payments_the_cause_is_logged_at_error_once_per_process(sandbox, 
             client.sale("3.00", TEST_CARD, order_id=f"it-{uuid.uuid4().hex}")
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "BLUEPAY_SECRET_KEY" in errors[0].getMessage()
+
+
+def test_payments_status_probes_each_merchant_account_and_names_the_wrong_one(sandbox):
+    from worker.ops.status import other_accounts
+
+    wrong = "WRONGSECRET" + uuid.uuid4().hex
+    accounts = (MerchantAccount("second", sandbox.account_id, wrong, url=sandbox.interfaces_url),
+                MerchantAccount("third", sandbox.account_id, sandbox.secret_key, url=sandbox.interfaces_url))
+    second, third = other_accounts(settings_for(sandbox, accounts=accounts))
+    assert second["merchant"] == "second" and "BLUEPAY_ACCOUNTS['second'].secret_key" in second["misconfigured"]
+    assert wrong not in second["misconfigured"]
+    assert third == {"merchant": "third", "url": sandbox.interfaces_url, "reachable": True, "error": None,
+                     "misconfigured": None}

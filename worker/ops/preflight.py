@@ -89,18 +89,19 @@ def _gateway_text(exc: BaseException) -> str:
     return str(exc)
 
 
-def probe(settings: Settings, *, timeout: float = PROBE_TIMEOUT) -> ProbeResult:
-    """One sealed stq query for an order id that cannot exist, one attempt, no retry."""
+def probe(settings: Settings, *, timeout: float = PROBE_TIMEOUT, merchant: str = DEFAULT) -> ProbeResult:
+    """One sealed stq query for an order id that cannot exist, one attempt, no retry, with ``merchant``'s account
+    (``default``: the BLUEPAY_* one; another: BLUEPAY_ACCOUNTS's)."""
+    account = settings.account(merchant)
     client = BluePayClient(
-        account_id=settings.bluepay_account_id, secret_key=settings.bluepay_secret_key, mode=settings.bluepay_mode,
-        base_url=settings.bluepay_url, hash_type=settings.bluepay_hash_type,
-        platform_merchant_id=settings.bluepay_platform_merchant_id,
+        account_id=account.account_id, secret_key=account.secret_key, mode=account.mode, base_url=account.url,
+        hash_type=account.hash_type, platform_merchant_id=account.platform_merchant_id,
         connect_timeout=min(settings.connect_timeout, timeout), read_timeout=min(settings.read_timeout, timeout),
         retry_policy=RetryPolicy(max_attempts=1, max_seconds=0))
     try:
         client.query(order_id=f"{PROBE_ORDER_PREFIX}{uuid.uuid4().hex}", days_back=0)
     except GatewayError as exc:
-        found = diagnose(exc, settings)
+        found = diagnose(exc, settings, merchant)
         if found is not None:
             return ProbeResult(misconfigured=found)
         return ProbeResult(unreachable=_reason(exc))
@@ -139,14 +140,20 @@ class MisconfigurationReporter:
 
 
 def check_at_start(settings: Settings, *, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """At worker start: refuse (SystemExit naming the setting) on a definite misconfiguration. On an outage, the
-    warning to log (the caller logs it once the worker's logging is set up), else None."""
-    result = probe(settings, timeout=timeout)
-    if result.misconfigured is not None:
-        # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
-        raise SystemExit(f"payments: refusing to start: {result.misconfigured.message}")
-    if result.unreachable is not None:
-        return (f"gateway not reachable at start ({result.unreachable}): starting anyway (an outage, not a "
+    """At worker start, for every merchant account (BLUEPAY_* and each of BLUEPAY_ACCOUNTS): refuse (SystemExit naming
+    the setting) on a definite misconfiguration of any. On an outage, the warning to log (the caller logs it once the
+    worker's logging is set up), else None."""
+    unreachable: list[str] = []
+    for merchant in (DEFAULT, *(account.name for account in settings.accounts)):
+        result = probe(settings, timeout=timeout, merchant=merchant)
+        if result.misconfigured is not None:
+            # SystemExit, because Celery logs and swallows ordinary exceptions raised by signal handlers.
+            raise SystemExit(f"payments: refusing to start: {result.misconfigured.message}")
+        if result.unreachable is not None:
+            unreachable.append(result.unreachable if merchant == DEFAULT else f"merchant {merchant}: "
+                               f"{result.unreachable}")
+    if unreachable:
+        return (f"gateway not reachable at start ({'; '.join(unreachable)}): starting anyway (an outage, not a "
                 "misconfiguration); payments wait as RETRYING until it answers, and the settings are proved by "
                 "`payments status` once it does")
     return None

@@ -30,10 +30,24 @@ def probe_gateway(settings: Any) -> tuple[str | None, str | None]:
     return (result.misconfigured.message if result.misconfigured else None), result.unreachable
 
 
+def other_accounts(settings: Any) -> list[dict[str, Any]]:
+    """The same probe for each BLUEPAY_ACCOUNTS account: its name, whether it answered, and what it proves wrong."""
+    from worker.ops.preflight import probe
+
+    found = []
+    for account in settings.accounts:
+        result = probe(settings, merchant=account.name)
+        found.append({"merchant": account.name, "url": account.url, "reachable": result.unreachable is None,
+                      "error": result.unreachable,
+                      "misconfigured": result.misconfigured.message if result.misconfigured else None})
+    return found
+
+
 def report(svc: Any, app: Any, *, ping_timeout: float = 1.0) -> dict[str, Any]:
     found = snapshot(svc, app)
     workers = ping_workers(app, ping_timeout)
     misconfigured, gateway_error = probe_gateway(svc.settings)
+    others = other_accounts(svc.settings)
     found["workers"] = workers
     found["gateway"] = {"url": svc.settings.bluepay_url, "reachable": gateway_error is None, "error": gateway_error,
                         "misconfigured": misconfigured}
@@ -43,6 +57,11 @@ def report(svc: Any, app: Any, *, ping_timeout: float = 1.0) -> dict[str, Any]:
     found["attention"] = attention(found, svc.settings, workers=workers, gateway_error=gateway_error)
     if misconfigured:
         found["attention"].insert(0, f"gateway misconfigured: {misconfigured}")
+    found["gateway"]["merchants"] = others
+    found["attention"][1 if misconfigured else 0:0] = [f"gateway misconfigured: {o['misconfigured']}"
+                                                          for o in others if o["misconfigured"]]
+    found["attention"] += [f"gateway of merchant {o['merchant']} not reachable: {o['error']}"
+                           for o in others if not o["misconfigured"] and not o["reachable"]]
     for name, guard in [("default", found["guard"]),  # the shared guard: worker/guard/
                         *((g["merchant"], g) for g in found["guard"].get("merchants", []))]:
         breaker = guard.get("breaker")
@@ -134,6 +153,7 @@ def render(found: dict[str, Any]) -> str:
         "last sweep   " + _sweep_line(found["now"], sweep),
         _webhooks_line(found.get("webhooks") or {}),
         f"gateway      {found['gateway']['url']}: " + _gateway_line(found["gateway"]),
+        *(f"  {g['merchant']:<10} {g['url']}: " + _gateway_line(g) for g in found["gateway"].get("merchants", [])),
         *(["guard        " + _guard_line(found["guard"])] if "guard" in found else []),
         *(f"  {g['merchant']:<10} " + _guard_line(g) for g in found.get("guard", {}).get("merchants", [])),
         "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),
