@@ -2,9 +2,10 @@
 key prefix, deleted afterwards).
 
 One approved sale is one HTTP attempt: the client admits it and settles it as "up". Measured per payment, guard off
-(nothing is asked), rate limit only, breaker only, both, the in-flight cap only, all three: Redis round trips (commands this client sent, from the
-client's side), wall time and CPU of this process (the Lua script's time in Redis is in the wall time). The rate is set
-high enough never to throttle: this is the cost of asking, not of waiting.
+(nothing is asked), rate limit only, breaker only, both, the in-flight cap only, all three: Redis round trips
+(commands this client sent, from the client's side), wall time and CPU of this process (the Lua script's time in
+Redis is in the wall time). The rate and the cap are set high enough never to hold: this is the cost of asking, not
+of waiting.
 """
 import os
 import statistics

@@ -320,7 +320,8 @@ def run_slow_merchant(redis_url: str, logdir, *, cap: int, slow: int, fast: int,
                          OUTAGE_RETRIES="3", WORKER_METRICS_PORT=str(free_port()), **timing)
         settings = settings_for(redis_url, sandbox, prefix, read_timeout=read, commit_horizon_setting=read + 1,
                                 visibility_timeout=float(timing["BROKER_VISIBILITY_TIMEOUT"]),
-                                accounts=(MerchantAccount("shop2", shop2[0], shop2[1], url=slow_gateway.interfaces_url),))
+                                accounts=(MerchantAccount("shop2", shop2[0], shop2[1],
+                                                          url=slow_gateway.interfaces_url),))
         svc = services_for(settings)
         alone: list[Job] = []
         beside: list[Job] = []
