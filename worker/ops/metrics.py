@@ -67,7 +67,7 @@ log = logging.getLogger("payments.metrics")
 ENDPOINTS = frozenset({"bp10emu", "stq"})
 RESULTS = frozenset({"approved", "declined", "error", "absent", "not_sent", "unknown", "rejected"})
 RECONCILIATIONS = frozenset({"found", "absent", "cannot_tell"})
-HELD = frozenset({"throttled", "breaker_open"})
+HELD = frozenset({"throttled", "busy", "breaker_open"})
 #: The label of a refusal of a message naming a merchant account the workers do not know (never the name it gave).
 UNKNOWN_MERCHANT = "unknown"
 BREAKER_CHANGES = frozenset({"opened", "closed"})
