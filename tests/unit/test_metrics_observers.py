@@ -186,7 +186,7 @@ def test_a_task_counts_under_its_account_and_a_message_naming_an_unknown_account
                               base=base.account(), duration=lambda v, n: float(v))  # type: ignore[arg-type]
     settings = dataclasses.replace(base, accounts=accounts)
     svc = UnitServices(settings, new_store(), FakeGateway([reply()]))
-    svc._gateways["shop2"] = FakeGateway([reply()])
+    svc._gateways["shop2"] = FakeGateway([reply()])  # type: ignore[assignment]
     with current(create_app(settings, services=svc)) as app:
         sale = app.tasks["payments.sale"]
         assert sale.apply(kwargs={"amount": "3.00", "card": dict(TEST_CARD)}).get()["status"] == "APPROVED"

@@ -24,7 +24,7 @@ What is counted, and where it is said (the flow and the gateway client only know
                                                        what those found, by kind (worker/payments/reconciliation.py),
                                                        adopted too
     payments_gateway_held_total{merchant,reason}       attempts the shared guard held back (worker/guard/): throttled
-                                                       (rate limit), breaker_open (circuit breaker)
+                                                       (rate limit), busy (in-flight cap), breaker_open (breaker)
     payments_gateway_breaker_changes_total{merchant,change}
                                                        breaker changes this process made: opened, closed (its state,
                                                        shared by every worker: payments_gateway_breaker_state, exporter)
