@@ -2,9 +2,10 @@
 key prefix, deleted afterwards).
 
 One approved sale is one HTTP attempt: the client admits it and settles it as "up". Measured per payment, guard off
-(nothing is asked), rate limit only, breaker only, both: Redis round trips (commands this client sent, from the
-client's side), wall time and CPU of this process (the Lua script's time in Redis is in the wall time). The rate is set
-high enough never to throttle: this is the cost of asking, not of waiting.
+(nothing is asked), rate limit only, breaker only, both, the in-flight cap only, all three: Redis round trips
+(commands this client sent, from the client's side), wall time and CPU of this process (the Lua script's time in
+Redis is in the wall time). The rate and the cap are set high enough never to hold: this is the cost of asking, not
+of waiting.
 """
 import os
 import statistics
@@ -70,7 +71,11 @@ def main() -> int:
             measure("rate limit", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6), n),
             measure("breaker", client, prefix, GuardSettings(breaker_failures=5), n),
             measure("both", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6, breaker_failures=5),
-                    n)]
+                    n),
+            # the bulkhead (GATEWAY_MAX_IN_FLIGHT): the settle frees the place after every attempt
+            measure("cap", client, prefix, GuardSettings(max_in_flight=10**6), n),
+            measure("all three", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6,
+                                                               breaker_failures=5, max_in_flight=10**6), n)]
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
