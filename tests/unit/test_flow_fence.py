@@ -141,40 +141,53 @@ class SteppedClock:
         return self.t
 
 
+def counting_store() -> CountingFences:
+    store = new_store(CountingFences)
+    assert isinstance(store, CountingFences)
+    return store
+
+
+class HeldGateway(FakeGateway):
+    """The shared guard held each sale this long (the flow's clock moves) before it went out."""
+
+    def __init__(self, script, clock: SteppedClock, held_for: float):
+        super().__init__(script=script)
+        self.clock, self.held_for = clock, held_for
+
+    def sale(self, *args, **kwargs):
+        self.clock.t += self.held_for
+        return super().sale(*args, **kwargs)
+
+
 def test_the_claim_fences_the_first_attempt_in_the_same_call():
     """One round trip fewer per payment: the claim that notes attempt 1 also checks its fence (same stamp, same
     fence_until as fence.lua); an attempt that goes out right after it asks the store nothing more."""
-    store = new_store(CountingFences)
+    store = counting_store()
     pid = new_id()
     gw = FakeGateway(script=[reply(order_id=pid)])
     flow = PaymentFlow(store, gw, [KEY], LEASE, 60.0, 60.0, 30.0, expire_minutes=2, skew_margin=30.0)
     assert flow.charge("sale", pid, amount="3.00", card=dict(CARD))["status"] == "APPROVED"
     assert store.fences == 0 and gw.stamps == [(store.clock.now, 2)]
     record = store.get(pid)
+    assert record is not None
     assert float(record["fence_until"]) == pytest.approx(store.clock.now + 2 * 60 + expiry.MINUTE + 30.0, abs=0.002)
 
 
-def test_a_first_attempt_held_past_the_claims_freshness_is_fenced_again():
-    """The guard held the first attempt (PREFENCE_FRESH or more after the claim): the store checks the lease again."""
-    store = new_store(CountingFences)
-    pid, steps = new_id(), SteppedClock()
-    gw = FakeGateway(script=[reply(order_id=pid)])
+@pytest.mark.parametrize("held_for", [0.0, PREFENCE_FRESH])
+def test_a_first_attempt_held_past_the_claims_freshness_is_fenced_again(held_for):
+    """The guard held the first attempt PREFENCE_FRESH or more after the claim: the store checks the lease again."""
+    store, steps, pid = counting_store(), SteppedClock(), new_id()
+    gw = HeldGateway([reply(order_id=pid)], steps, held_for)
     flow = PaymentFlow(store, gw, [KEY], LEASE, 60.0, 60.0, 30.0, clock=steps)
-    real_sale = gw.sale
-
-    def sale_after_a_hold(*args, **kwargs):
-        steps.t += PREFENCE_FRESH
-        return real_sale(*args, **kwargs)
-
-    gw.sale = sale_after_a_hold
     assert flow.charge("sale", pid, amount="3.00", card=dict(CARD))["status"] == "APPROVED"
-    assert store.fences == 1
+    assert store.fences == (1 if held_for else 0)
 
 
 def test_a_claim_without_the_fence_window_fences_nothing():
-    store = new_store(CountingFences)
+    store = counting_store()
     pid = new_id()
     claim = store.claim(pid, "sale", owner="w1", lease_seconds=LEASE, journal=True)
-    assert claim.kind == "claimed" and claim.fenced_at is None and "fence_until" not in store.get(pid)
+    record = store.get(pid)
+    assert claim.kind == "claimed" and claim.fenced_at is None and record is not None and "fence_until" not in record
     again = store.claim(new_id(), "sale", owner="w1", lease_seconds=LEASE, journal="prior", fence_for=300.0)
     assert again.fenced_at is None  # a redelivery is looked up first: no attempt right after its claim
