@@ -50,12 +50,16 @@ class Claim:
     live worker holds the lease), ``resumed`` (lease taken over from ``previous_status``: reconcile before
     sending unless nothing may have been sent), ``mismatch`` (the key is bound to another request),
     ``exists`` (create_only found a record), ``missing`` (reconcile found none). ``now``: Redis server time.
+    ``fenced_at``: a new record claimed with ``journal=True`` and ``fence_for``: the stamp of its first attempt,
+    fenced in the same call (:meth:`ResultsStore.fence`), else None.
     """
 
     kind: ClaimKind | str
     record: dict[str, Any]
     previous_status: str | None = None
     now: float = 0.0
+    #: Redis time of the first attempt's fence, checked by the claim itself (``fence_for``), or None
+    fenced_at: float | None = None
 
 
 class ResultsStore:
@@ -113,7 +117,8 @@ class ResultsStore:
     # ---- hot path ---------------------------------------------------------------------------
     def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
               owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
-              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim:
+              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = (),
+              fence_for: float | None = None) -> Claim:
         """Claim ``payment_id`` (see :class:`Claim`).
 
         ``dead_owner``: a lease holder known to be dead (its process is gone), whose live lease may be taken
@@ -124,7 +129,9 @@ class ResultsStore:
         request's fingerprint under each card key (the first is stored); an existing record bound to another
         request answers ``mismatch``. ``mode="retry_failed"``: as ``run``, but a final ERROR that provably charged
         nothing (``not_charged``, or an ``InvalidInput`` refusal before any attempt) is reopened (``resumed``) with
-        this request's fields, and bound to its fingerprint if the refusal had none.
+        this request's fields, and bound to its fingerprint if the refusal had none. ``fence_for`` (with
+        ``journal=True``): a new record's first attempt is also fenced, as :meth:`fence` with ``accepted_for``
+        would be right after the claim (one round trip fewer per payment): ``Claim.fenced_at`` is its stamp.
         """
         payment_id, operation, owner = to_str(payment_id), to_str(operation), to_str(owner)
         if not payment_id:
@@ -139,16 +146,17 @@ class ResultsStore:
         fps = [to_str(f) for f in fingerprints if f]
         base = {f: "" for f in CONTRACT_FIELDS if f not in _RESERVED}
         base.update(fields or {})
+        fence = repr(float(fence_for)) if fence_for is not None and journal is True else ""
         args = [owner, repr(float(lease_seconds)), payment_id, operation, to_str(dead_owner), to_str(message_id),
-                mode, journal if journal == "prior" else ("1" if journal else "0"), str(len(fps)), *fps]
+                mode, journal if journal == "prior" else ("1" if journal else "0"), fence, str(len(fps)), *fps]
         args += self._field_args(base)
         # A run's claim that took the lease (the caller may send next) must survive a failover: WAIT for replicas.
-        kind, prev, now, flat = run_script_durably(
+        kind, prev, now, flat, *stamp = run_script_durably(
             self.redis, self._claim, self._keys(payment_id), args, what="claim", replicas=self.replicas,
             timeout=self.replica_timeout,
             needed=lambda reply: mode in ("run", "retry_failed") and text(reply[0]) in ("claimed", "resumed"))
         return Claim(kind=text(kind), record=pairs_to_dict(flat) or {}, previous_status=text(prev) or None,
-                     now=float(now))
+                     now=float(now), fenced_at=float(stamp[0]) if stamp else None)
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None:
         """Note a money-moving send before making it; server time, or None when ``owner`` lost the lease."""
