@@ -782,6 +782,18 @@ def test_list_newest_first_with_filters(store, tier):
     assert store.list(status="VOIDED") == []
 
 
+def test_list_by_merchant_account_reads_the_records_own_name(store, tier):
+    # records of default name no merchant (as before several accounts); another account's name theirs
+    for i in range(5):
+        tier.wait(0.005)
+        claim(store, f"m{i}", fields=dict(SALE_FIELDS, merchant="shop2") if i % 2 else SALE_FIELDS)
+    assert [r["payment_id"] for r in store.list(merchant="shop2")] == ["m3", "m1"]
+    assert [r["payment_id"] for r in store.list(merchant="default")] == ["m4", "m2", "m0"]
+    assert [r["payment_id"] for r in store.list(merchant="default", limit=2)] == ["m4", "m2"]
+    assert [r["payment_id"] for r in store.list(merchant="shop2", operation="sale", limit=1)] == ["m3"]
+    assert store.list(merchant="shop3") == [] and store.list(merchant="shop2", status="APPROVED") == []
+
+
 def test_indexes_track_every_transition(store, tier):
     claim(store, "p1")
     assert tier.index("non_final") == ["p1"] and tier.index("time") == ["p1"]

@@ -237,7 +237,8 @@ def test_payments_status_shows_what_is_in_flight_of_the_cap(client, prefix):
     from worker.config import Settings
     from worker.ops.status import _guard_line, guard_report
 
-    settings = dataclasses.replace(Settings(), key_prefix=prefix, guard=GuardSettings(max_in_flight=3))
+    settings = dataclasses.replace(Settings(), key_prefix=prefix,
+                                   guard=GuardSettings(max_in_flight=3, breaker_failures=0))
     svc = types.SimpleNamespace(settings=settings, redis=client)
     assert _guard_line(guard_report(svc)) == "no rate limit, 0 of 3 in flight, no breaker"
     guard(client, prefix, merchant="default", max_in_flight=3).admit("pay")

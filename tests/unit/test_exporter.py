@@ -126,7 +126,7 @@ class TwoInFlightRedis:
 
 
 def in_flight_text() -> str:
-    settings = Settings(guard=GuardSettings(max_in_flight=4))
+    settings = Settings(guard=GuardSettings(max_in_flight=4, breaker_failures=0))
     registry = CollectorRegistry(auto_describe=False)
     svc = types.SimpleNamespace(settings=settings, redis=TwoInFlightRedis())
     registry.register(PaymentsCollector(svc, None, read=lambda: dict(

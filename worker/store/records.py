@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 from worker.redis_connections import run_script_durably
 from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
 from worker.store.encoding import check_no_pan, history_of, pairs_to_dict, text, to_str, typed
@@ -269,28 +270,23 @@ class ResultsStore:
             pipe.hgetall(self.record_key(text(pid)))
         return [typed({text(k): text(v) for k, v in raw.items()}) for raw in pipe.execute() if raw]
 
-    def list(self, *, status: str | None = None, operation: str | None = None,
+    def list(self, *, status: str | None = None, operation: str | None = None, merchant: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
-        """Records newest first (by creation time), optionally filtered."""
+        """Records newest first (by creation time), optionally filtered. Filters read the records: pages of the time
+        index, newest first, until ``limit`` match (a rare status or merchant reads many; docs/merchants.md)."""
         if limit <= 0:
             return []
         out: list[dict[str, Any]] = []
-        page = max(limit * 2, 100) if (status or operation) else limit
+        filtered = bool(status or operation or merchant)
+        page = max(limit * 2, 100) if filtered else limit
         start = 0
         while len(out) < limit:
             ids = self.redis.zrevrange(self.keys.time, start, start + page - 1)
             if not ids:
                 break
             start += len(ids)
-            for rec in self._fetch(ids):
-                if status and rec.get("status") != status:
-                    continue
-                if operation and rec.get("operation") != operation:
-                    continue
-                out.append(rec)
-                if len(out) >= limit:
-                    break
-        return out
+            out.extend(r for r in self._fetch(ids) if not filtered or _matches(r, status, operation, merchant))
+        return out[:limit]
 
     #: The indexes :meth:`indexed` pages through (the console's lists).
     LISTED = ("unknown", "retrying", "needs_human", "open_auths", "non_final")
@@ -352,3 +348,9 @@ class ResultsStore:
     def reflect_due(self, *, limit: int | None = 1000) -> builtins.list[str]:
         """APPROVED captures/refunds/voids not yet reflected on their original, oldest first."""
         return [text(i) for i in self._range(self.keys.reflect_due, float("inf"), limit)]
+
+
+def _matches(record: Mapping[str, Any], status: str | None, operation: str | None, merchant: str | None) -> bool:
+    """A record of ``default`` names no merchant (records are as before several accounts)."""
+    return ((not status or record.get("status") == status) and (not operation or record.get("operation") == operation)
+            and (not merchant or (record.get("merchant") or DEFAULT_MERCHANT) == merchant))
