@@ -13,7 +13,6 @@ ages, next-check times and the attempt journal use that one clock, whatever each
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -230,9 +229,9 @@ class ResultsStore:
         raw, old = pipe.execute()
         if not raw:
             return None
-        rec = {text(k): text(v) for k, v in raw.items()}
-        history = history_of(rec.pop("history", None), old)
-        rec = typed(rec)
+        fields = {text(k): text(v) for k, v in raw.items()}
+        history = history_of(fields.pop("history", None), old)
+        rec: dict[str, Any] = typed(fields)
         rec["history"] = history
         return rec
 
