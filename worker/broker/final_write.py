@@ -31,7 +31,7 @@ def final_write_for(task: Task, store_broker_url: str) -> FinalWrite | None:
     app = task.app
     backend: Any = app.backend  # Celery's is per thread: looked at on every call
     keys = _unacked_keys(app, store_broker_url)
-    if keys is None or not isinstance(backend, LeanResults):
+    if keys is None or not isinstance(app.backend, LeanResults):
         return None
     tag = (getattr(request, "properties", None) or {}).get("delivery_tag")  # kombu's, set when it was published
     if not isinstance(tag, str) or not tag:
