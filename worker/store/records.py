@@ -13,7 +13,6 @@ ages, next-check times and the attempt journal use that one clock, whatever each
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import redis
 from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 from worker.redis_connections import run_script_durably
 from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
-from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
+from worker.store.encoding import check_no_pan, history_of, pairs_to_dict, text, to_str, typed
 from worker.store.final_write import FinalWrite, mark_written
 from worker.store.health import Health
 from worker.store.keys import StoreKeys
@@ -150,12 +149,15 @@ class ResultsStore:
         fence = repr(float(fence_for)) if fence_for is not None and journal is True else ""
         args = [owner, repr(float(lease_seconds)), payment_id, operation, to_str(dead_owner), to_str(message_id),
                 mode, journal if journal == "prior" else ("1" if journal else "0"), fence, str(len(fps)), *fps]
-        args += self._field_args(base)
+        given = self._field_args(base)
+        args += given
         # A run's claim that took the lease (the caller may send next) must survive a failover: WAIT for replicas.
         kind, prev, now, flat, *stamp = run_script_durably(
             self.redis, self._claim, self._keys(payment_id), args, what="claim", replicas=self.replicas,
             timeout=self.replica_timeout,
             needed=lambda reply: mode in ("run", "retry_failed") and text(reply[0]) in ("claimed", "resumed"))
+        if text(kind) == "claimed":  # a new record: the fields given, and those the claim wrote (it answers only these)
+            flat = given + list(flat)
         return Claim(kind=text(kind), record=pairs_to_dict(flat) or {}, previous_status=text(prev) or None,
                      now=float(now), fenced_at=float(stamp[0]) if stamp else None)
 
@@ -224,15 +226,21 @@ class ResultsStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.record_key(payment_id))
         pipe.lrange(self.history_key(payment_id), 0, -1)
-        raw, hist = pipe.execute()
+        raw, old = pipe.execute()
         if not raw:
             return None
-        rec = typed({text(k): text(v) for k, v in raw.items()})
-        rec["history"] = [json.loads(text(h)) for h in hist]
+        fields = {text(k): text(v) for k, v in raw.items()}
+        history = history_of(fields.pop("history", None), old)
+        rec: dict[str, Any] = typed(fields)
+        rec["history"] = history
         return rec
 
     def history(self, payment_id: str) -> list[dict[str, Any]]:
-        return [json.loads(text(h)) for h in self.redis.lrange(self.history_key(payment_id), 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.record_key(payment_id), "history")
+        pipe.lrange(self.history_key(payment_id), 0, -1)
+        field, old = pipe.execute()
+        return history_of(field, old)
 
     def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None:
         if not trans_id:

@@ -7,7 +7,8 @@
 -- mode: run (claim to work on it), retry_failed (run; a final ERROR that provably charged nothing is reopened:
 --       common.lua charged_nothing), create_only (record only if absent: a delivery that cannot run),
 --       reconcile (the sweep: never creates).
--- Returns {kind, previous_status, now, record pairs[, fence stamp]}.
+-- Returns {kind, previous_status, now, record pairs[, fence stamp]}; 'claimed' answers only the pairs it added to the
+-- caller's fields.
 local owner, lease_seconds, pid, op, dead_owner, message_id, mode, journal, fence_window =
   ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local n_fp = tonumber(ARGV[10])
@@ -71,13 +72,18 @@ if not status then
     args[#args + 1] = now_ts
     note = note .. '; delivered before: an earlier delivery may have sent it'
   end
+  args[#args + 1] = 'history'
+  args[#args + 1] = with_history(nil, now_iso, 'PENDING', note)
   redis.call('HSET', REC, unpack(args))
   redis.call('ZADD', IDX_TIME, now_ts, pid)
   -- A new record: no index holds it yet, and what was written is the whole record (no HMGET, no HGETALL).
   local rec = to_table(args)
   local trans_id = reindex_from(pid, nil, rec)
-  record_event(REC, HIST, pid, op, '', 'PENDING', note, now_iso, trans_id)
-  return {'claimed', '', now_ts, to_pairs(rec), stamp}
+  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id)
+  -- A small reply: the caller knows the fields it gave; only those written here go back (not the history).
+  local written = {}
+  for i = #ARGV - first_field + 2, #args - 2 do written[#written + 1] = args[i] end
+  return {'claimed', '', now_ts, written, stamp}
 end
 -- retry_failed of a request refused as invalid input (never sent): the producer fixed the input, so the key is
 -- bound again, to this request. A request that was sent and closed not charged stays bound to itself.
@@ -86,21 +92,21 @@ if mode ~= 'reconcile' then
   local r = redis.call('HMGET', REC, 'operation', 'fingerprint')
   local stored_fp = r[2] or ''
   if r[1] ~= op or (n_fp > 0 and stored_fp ~= '' and not fps[stored_fp] and not rebind) then
-    return {'mismatch', status, now_ts, redis.call('HGETALL', REC)}
+    return {'mismatch', status, now_ts, record_reply(REC)}
   end
 end
-if mode == 'create_only' then return {'exists', status, now_ts, redis.call('HGETALL', REC)} end
+if mode == 'create_only' then return {'exists', status, now_ts, record_reply(REC)} end
 local reopened = false
 if not NON_FINAL[status] then
   if not (mode == 'retry_failed' and status == 'ERROR' and charged_nothing(REC)) then
-    return {'final', status, now_ts, redis.call('HGETALL', REC)}
+    return {'final', status, now_ts, record_reply(REC)}
   end
   reopened = true
 end
 local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until', 'in_flight', 'sent_ts', 'fence_until')
 local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
 if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
-  return {'busy', status, now_ts, redis.call('HGETALL', REC)}
+  return {'busy', status, now_ts, record_reply(REC)}
 end
 local updates = {'status', 'PENDING', 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
                  'updated_at', now_iso, 'updated_ts', now_ts}
@@ -130,5 +136,5 @@ redis.call('HSET', REC, unpack(updates))
 redis.call('HINCRBY', REC, 'attempts', 1)
 local cur_op = redis.call('HGET', REC, 'operation') or op
 local trans_id = reindex(REC, pid, nil)
-record_event(REC, HIST, pid, cur_op, status, 'PENDING', note, now_iso, trans_id)
-return {'resumed', status, now_ts, redis.call('HGETALL', REC)}
+record_event(REC, pid, cur_op, status, 'PENDING', note, now_iso, trans_id)
+return {'resumed', status, now_ts, record_reply(REC)}
