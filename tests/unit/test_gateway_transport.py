@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlencode
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 import requests
 import urllib3
 import urllib3.exceptions as u3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
