@@ -150,15 +150,20 @@ def test_policy_is_frozen_and_validated():
 
 def test_a_first_attempt_that_succeeds_is_called_once_and_counted_once():
     clock = FakeClock()
-    calls = []
-    assert call_with_retry(lambda: calls.append(1) or "ok", policy=RetryPolicy(), read_only=False, operation="SALE",
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        return "ok"
+
+    assert call_with_retry(fn, policy=RetryPolicy(), read_only=False, operation="SALE",
                            sleep=clock.sleep, clock=clock) == ("ok", 1)
     assert calls == [1] and clock.sleeps == []
 
 
 def test_a_first_attempt_that_fails_for_good_is_called_once_and_counted_once():
     clock = FakeClock()
-    fn, calls = failing(clock, lambda: Rejected("declined by the gateway's rules"))
+    fn, calls = failing(clock, lambda: Rejected(Response(status="ERROR", message="SECURITY ERROR")))
     with pytest.raises(Rejected) as ei:
         call_with_retry(fn, policy=RetryPolicy(), read_only=True, operation="QUERY", sleep=clock.sleep, clock=clock)
     assert len(calls) == 1 and ei.value.attempts == 1 and clock.sleeps == []
