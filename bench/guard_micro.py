@@ -2,10 +2,12 @@
 key prefix, deleted afterwards).
 
 One approved sale is one HTTP attempt: the client admits it and settles it as "up". Measured per payment, guard off
-(nothing is asked), rate limit only, breaker only, both: Redis round trips (commands this client sent, from the
+(nothing is asked), rate limit only, breaker only (asked on every attempt, then the default: a closed breaker
+trusted for GATEWAY_BREAKER_RECHECK), both: Redis round trips (commands this client sent, from the
 client's side), wall time and CPU of this process (the Lua script's time in Redis is in the wall time). The rate is set
 high enough never to throttle: this is the cost of asking, not of waiting.
 """
+import dataclasses
 import os
 import statistics
 import sys
@@ -66,11 +68,13 @@ def main() -> int:
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     prefix = f"bench:guard:{uuid.uuid4().hex[:8]}:"
     n = int(os.environ.get("GUARD_BENCH_N", "2000"))
+    limit = GuardSettings(rate=1e6, look_rate=1e5, burst=10**6)
     rows = [measure("off", client, prefix, None, n),
-            measure("rate limit", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6), n),
-            measure("breaker", client, prefix, GuardSettings(breaker_failures=5), n),
-            measure("both", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6, breaker_failures=5),
-                    n)]
+            measure("rate limit", client, prefix, dataclasses.replace(limit, breaker_failures=0), n),
+            # the breaker asked on every attempt (GATEWAY_BREAKER_RECHECK=0), and by default (trusted for 1 s)
+            measure("breaker/0", client, prefix, GuardSettings(breaker_failures=5, recheck=0.0), n),
+            measure("breaker", client, prefix, GuardSettings(), n),
+            measure("both", client, prefix, limit, n)]
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)

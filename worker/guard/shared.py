@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import redis
 
 from worker.gateway.errors import GatewayUnavailable, Held, Throttled
-from worker.gateway.guarding import NEUTRAL, UP
+from worker.gateway.guarding import DOWN, NEUTRAL, UP
 from worker.guard.rates import GuardSettings
 
 __all__ = ["RedisGuard", "GuardObserver", "BreakerState", "breaker_state", "LANES"]
@@ -60,6 +60,10 @@ class _Ticket:
     failures: int  # consecutive failures the breaker had counted when this attempt was admitted
 
 
+#: an attempt admitted on this process's recent "closed, no failures" (no round trip)
+_TRUSTED = _Ticket(probe=False, failures=0)
+
+
 def _keys(prefix: str, merchant: str) -> tuple[str, str]:
     base = f"{prefix}guard:{merchant}:"
     return base + "breaker", base + "bucket:"
@@ -69,7 +73,8 @@ class RedisGuard:
     """One merchant's guard (``worker.gateway.guarding.Guard``). ``sleep``: the bounded in-process wait for a token."""
 
     def __init__(self, redis_client: Any, *, prefix: str, merchant: str, settings: GuardSettings,
-                 observer: GuardObserver | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 observer: GuardObserver | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings.check()
         self.merchant = merchant
         self._breaker_key, self._bucket_key = _keys(prefix, merchant)
@@ -77,6 +82,9 @@ class RedisGuard:
         self._settle = redis_client.register_script(_script("settle"))
         self._observer: GuardObserver = observer or _NullObserver()
         self._sleep = sleep
+        self._clock = clock
+        # until when (clock) this process trusts Redis's last "closed, no failures" without asking (settings.recheck)
+        self._closed_until = 0.0
 
     def _rate(self, lane: str) -> float:
         return self.settings.look_rate if lane == "look" else self.settings.rate
@@ -85,22 +93,17 @@ class RedisGuard:
         """Admit one attempt in ``lane``, waiting at most ``max_wait`` in all for a token; else raise Throttled
         (the limit) or GatewayUnavailable (the breaker), with how long to wait before asking again."""
         s = self.settings
+        trusting = self._trusting(lane)
+        if trusting and self._clock() < self._closed_until:
+            return _TRUSTED  # no round trip: the breaker was closed with no failures a moment ago (recheck)
         waited = 0.0
         while True:
-            try:
-                verdict, seconds, _state = self._admit(
-                    keys=[self._breaker_key, self._bucket_key + lane],
-                    args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
-                          repr(s.cooldown)])
-            except redis.RedisError as exc:  # nothing is sent unasked: the fence after it needs Redis anyway
-                log.warning("gateway guard (%s): Redis unavailable (%s); attempt held back", self.merchant,
-                            type(exc).__name__)
-                raise Held(f"not sent: the gateway guard could not reach Redis ({type(exc).__name__})",
-                           retry_after=REDIS_RETRY_AFTER) from None
-            verdict = _text(verdict)
-            value = float(_text(seconds))
+            verdict, value = self._ask(lane)
             if verdict == "ok":
+                if trusting and value == 0:
+                    self._closed_until = self._clock() + s.recheck
                 return _Ticket(probe=False, failures=int(value))
+            self._closed_until = 0.0  # open, half-open or throttled: ask again next time
             if verdict == "probe":
                 log.info("gateway breaker (%s): half-open, this attempt is the probe", self.merchant)
                 return _Ticket(probe=True, failures=0)
@@ -116,12 +119,35 @@ class RedisGuard:
             raise GatewayUnavailable(f"gateway unavailable: circuit breaker open ({self.merchant})",
                                      retry_after=value * random.uniform(1.0, 1.5))
 
+    def _trusting(self, lane: str) -> bool:
+        """Whether this lane may go on Redis's last "closed, no failures" for ``recheck`` seconds: a breaker and no
+        rate limit (a token is taken per attempt, so that lane asks every time anyway)."""
+        s = self.settings
+        return bool(s.breaker_failures) and s.recheck > 0 and self._rate(lane) == 0
+
+    def _ask(self, lane: str) -> tuple[str, float]:
+        """One admit.lua round trip: (verdict, seconds)."""
+        s = self.settings
+        try:
+            verdict, seconds, _state = self._admit(
+                keys=[self._breaker_key, self._bucket_key + lane],
+                args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
+                      repr(s.cooldown)])
+        except redis.RedisError as exc:  # nothing is sent unasked: the fence after it needs Redis anyway
+            log.warning("gateway guard (%s): Redis unavailable (%s); attempt held back", self.merchant,
+                        type(exc).__name__)
+            raise Held(f"not sent: the gateway guard could not reach Redis ({type(exc).__name__})",
+                       retry_after=REDIS_RETRY_AFTER) from None
+        return _text(verdict), float(_text(seconds))
+
     def settle(self, ticket: _Ticket, verdict: str) -> None:
         """Tell the breaker how the attempt went: a round trip only when it changes something (a failure, a probe's
         answer, the first success after failures)."""
         s = self.settings
         if not s.breaker_failures:
             return
+        if verdict == DOWN:
+            self._closed_until = 0.0  # this process saw the gateway fail: its next attempt asks the breaker
         if verdict == UP and not ticket.probe and ticket.failures == 0:
             return
         if verdict == NEUTRAL and not ticket.probe:
