@@ -20,7 +20,7 @@ d = tempfile.mkdtemp(prefix="metrics-micro-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = d
 from worker.ops.metrics import WorkerMetrics  # noqa: E402  (after the directory is set: multiprocess values)
 
-m = WorkerMetrics()
+m = WorkerMetrics().for_merchant("default")  # as a worker's flow and gateway client hold it
 
 
 def one_payment():

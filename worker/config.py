@@ -81,10 +81,14 @@ class GuardSettings:
     probe_lease: float = 20.0
     #: the longest one attempt waits in process for a token before it is re-queued instead (holds a worker slot)
     max_wait: float = 0.5
+    #: the bulkhead: requests of one merchant in flight at once, all workers together; 0: no cap
+    max_in_flight: int = 0
+    #: the longest one attempt waits in process for a place under the cap before it is re-queued instead
+    busy_wait: float = 0.1
 
     @property
     def on(self) -> bool:
-        return self.rate > 0 or self.look_rate > 0 or self.breaker_failures > 0
+        return self.rate > 0 or self.look_rate > 0 or self.breaker_failures > 0 or self.max_in_flight > 0
 
     def check(self) -> GuardSettings:
         if self.rate < 0 or self.look_rate < 0:
@@ -99,6 +103,9 @@ class GuardSettings:
             raise ValueError(f"GATEWAY_BREAKER_RECHECK ({self.recheck:g}s) must be 0 or more")
         if self.max_wait < 0:
             raise ValueError(f"GATEWAY_THROTTLE_WAIT ({self.max_wait:g}s) must be 0 or more")
+        if self.max_in_flight < 0 or self.busy_wait < 0:
+            raise ValueError(f"GATEWAY_MAX_IN_FLIGHT ({self.max_in_flight}) and GATEWAY_BUSY_WAIT "
+                             f"({self.busy_wait:g}s) must be 0 (off / no wait) or more")
         return self
 
 
@@ -178,7 +185,7 @@ SUBMIT_TIME_ZONE = "America/Chicago"
 DEFAULT = "default"
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _FIELDS = frozenset({"account_id", "secret_key", "mode", "url", "hash_type", "platform_merchant_id", "rate_limit",
-                     "stq_rate_limit", "breaker_failures", "breaker_cooldown"})
+                     "stq_rate_limit", "breaker_failures", "breaker_cooldown", "max_in_flight"})
 
 
 @dataclass(frozen=True)
@@ -261,7 +268,17 @@ def _guard(where: str, spec: Mapping[str, Any], base: GuardSettings,
         guard = dataclasses.replace(guard, breaker_failures=failures)
     if "breaker_cooldown" in spec:
         guard = dataclasses.replace(guard, cooldown=duration(spec["breaker_cooldown"], f"{where}.breaker_cooldown"))
-    return guard
+    return _bulkhead(where, spec, guard)
+
+
+def _bulkhead(where: str, spec: Mapping[str, Any], guard: GuardSettings) -> GuardSettings:
+    """An account's own ``max_in_flight`` (its requests in flight at once, all workers together; 0: no cap)."""
+    if "max_in_flight" not in spec:
+        return guard
+    cap = spec["max_in_flight"]
+    if type(cap) is not int or cap < 0:
+        raise ValueError(f"{where}.max_in_flight: must be 0 (no cap) or more")
+    return dataclasses.replace(guard, max_in_flight=cap)
 
 
 @dataclass(frozen=True)
@@ -667,7 +684,9 @@ def _guard_settings(dur: Callable[[str, object], float]) -> GuardSettings:
                          breaker_failures=_int("GATEWAY_BREAKER_FAILURES", GuardSettings.breaker_failures),
                          cooldown=dur("GATEWAY_BREAKER_COOLDOWN", GuardSettings.cooldown),
                          recheck=dur("GATEWAY_BREAKER_RECHECK", GuardSettings.recheck),
-                         max_wait=dur("GATEWAY_THROTTLE_WAIT", "0.5s"))
+                         max_wait=dur("GATEWAY_THROTTLE_WAIT", "0.5s"),
+                         max_in_flight=_int("GATEWAY_MAX_IN_FLIGHT", 0),
+                         busy_wait=dur("GATEWAY_BUSY_WAIT", "0.1s"))
 
 
 @lru_cache(maxsize=1)

@@ -95,7 +95,7 @@ class Services:
             retry_policy=RetryPolicy(max_attempts=s.retry_attempts, max_seconds=s.retry_seconds),
             on_failure=MisconfigurationReporter(s, merchant),
             guard=self.guard_for(merchant),
-            observer=self.metrics if self.metrics is not None else NULL_OBSERVER,
+            observer=self.metrics.for_merchant(merchant) if self.metrics is not None else NULL_OBSERVER,
         )
 
     def _build_guard(self, merchant: str) -> RedisGuard | None:
@@ -116,7 +116,10 @@ class Services:
         """This process's Prometheus observer (worker/ops/metrics.py), or None: metrics off, or not a worker."""
         from worker.ops.metrics import observer
 
-        return observer()
+        found = observer()
+        if found is not None:
+            found.known(self.settings.merchant_names)
+        return found
 
     @cached_property
     def archive(self) -> Archive:
@@ -153,7 +156,15 @@ class Services:
             self._flows[merchant] = self._build_flow(merchant)
         return self._flows[merchant]
 
-    def _build_flow(self, merchant: str) -> PaymentFlow:
+    @cached_property
+    def unknown_merchant_flow(self) -> PaymentFlow:
+        """The ``default`` account's flow, counted under merchant ``unknown``: it refuses a message naming an account
+        the workers do not know (whose name never becomes a metric label)."""
+        from worker.ops.metrics import UNKNOWN_MERCHANT
+
+        return self._build_flow(DEFAULT, label=UNKNOWN_MERCHANT) if self.metrics is not None else self.flow
+
+    def _build_flow(self, merchant: str, *, label: str | None = None) -> PaymentFlow:
         from worker.payments.flow import NullFlowObserver, PaymentFlow
 
         s = self.settings
@@ -162,7 +173,8 @@ class Services:
                            operation_budget=s.operation_budget, call_budget=s.call_budget,
                            expire_minutes=s.submit_expiry_minutes, skew_margin=s.clock_skew_margin,
                            policy=ChargePolicy(s.avs_policy, s.cvv2_policy), merchant=merchant,
-                           observer=self.metrics if self.metrics is not None else NullFlowObserver())
+                           observer=self.metrics.for_merchant(label or merchant) if self.metrics is not None
+                           else NullFlowObserver())
 
 class ProcessServices:
     """One app's :class:`Services`, built once per process: a prefork child builds its own after the fork (no

@@ -1,7 +1,8 @@
 """Metrics against the real thing: a prefork worker (two children) with WORKER_METRICS_PORT, the sandbox injecting
 faults, the exporter (``payments metrics``) and ``payments status`` as processes, Redis database 15 of their own.
 
-* The workers' counters, summed over the children by the multiprocess mode, equal the store's records by status.
+* The workers' counters, summed over the children by the multiprocess mode, equal the store's records by merchant
+  account and status (a third of the sales are a second account's, ``shop2``: their own series).
 * The exporter's gauges equal what the store and the broker hold (counted here by scanning every record).
 * ``payments status`` says what needs a human and exits accordingly.
 """
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.env import CUSTOMER, TEST_CARD, redis_url_with_db
 from tests.support.ports import free_port
+from tests.support.sandbox import running_sandbox
 from tests.support.workers import running_worker, worker_env
 
 METRICS_REDIS_URL = os.environ.get("TEST_METRICS_REDIS_URL") or redis_url_with_db(15)
@@ -29,6 +31,7 @@ PAYMENTS = 30
 FAULTS = {"seed": 16, "endpoints": ["bp10emu"],
           "probabilities": {"refuse": 0.15, "http_502": 0.1, "drop_after_commit": 0.1, "http_500_after_commit": 0.05}}
 FINAL_WAIT = 120
+SHOP2_ID, SHOP2_SECRET = "100000000002", "SHOP2SECRETKEY00000000000000000"
 
 
 def samples(text: str, name: str) -> dict[tuple, float]:
@@ -56,8 +59,17 @@ def metrics_db():
 
 
 @pytest.fixture(scope="module")
+def sandbox():
+    """This module's own sandbox, serving a second merchant account beside the first."""
+    with running_sandbox(extra_args=["--accounts", json.dumps({SHOP2_ID: SHOP2_SECRET})]) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
 def env(sandbox, metrics_db):
-    return worker_env(sandbox, REDIS_URL=METRICS_REDIS_URL, WORKER_METRICS_PORT=free_port())
+    accounts = {"shop2": {"account_id": SHOP2_ID, "secret_key": SHOP2_SECRET}}
+    return worker_env(sandbox, REDIS_URL=METRICS_REDIS_URL, WORKER_METRICS_PORT=free_port(),
+                      BLUEPAY_ACCOUNTS=json.dumps(accounts))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +127,8 @@ def ran(sandbox, metrics_worker, producer, metrics_db, env):
     try:
         for i in range(PAYMENTS):
             amount = f"{3 + i % 4}.{i % 10}0"  # odd dollars approve, even decline (TEST mode)
-            ids.append(sale.delay(amount=amount, card=dict(TEST_CARD), customer=CUSTOMER).id)
+            merchant = {"merchant": "shop2"} if i % 3 == 0 else {}  # a third are the second account's
+            ids.append(sale.delay(amount=amount, card=dict(TEST_CARD), customer=CUSTOMER, **merchant).id)
         deadline = time.monotonic() + FINAL_WAIT
         while time.monotonic() < deadline:
             statuses = {pid: metrics_db.hget(f"payments:op:{pid}", "status") for pid in ids}
@@ -139,19 +152,23 @@ def scrape(url: str) -> str:
     return requests.get(url, timeout=10).text
 
 
-def test_the_workers_counters_equal_the_stores_records_by_status(ran, env, metrics_db):
+def test_the_workers_counters_equal_the_stores_records_by_merchant_and_status(ran, env, metrics_db):
     text = scrape(f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics")
-    counted = {(op, status): int(v) for (op, status), v in samples(text, "payments_operations_total").items()}
-    stored = Counter(("sale", metrics_db.hget(f"payments:op:{pid}", "status")) for pid in ran)
+    counted = {key: int(v) for key, v in samples(text, "payments_operations_total").items()}
+    records = {pid: metrics_db.hgetall(f"payments:op:{pid}") for pid in ran}
+    stored = Counter((r.get("merchant") or "default", "sale", r["status"]) for r in records.values())
+    assert {m for m, _, _ in stored} == {"default", "shop2"}  # both accounts' outcomes, in series of their own
     assert counted == dict(stored)
-    # amounts: the float counter adds up to the store's amounts by status
+    # amounts: the float counter adds up to the store's amounts by merchant and status
     amounts = samples(text, "payments_amount_total")
-    for (op, status), n in stored.items():
-        total = sum(Decimal(metrics_db.hget(f"payments:op:{pid}", "amount")) for pid in ran
-                    if metrics_db.hget(f"payments:op:{pid}", "status") == status)
-        assert amounts[(op, status)] == pytest.approx(float(total)), (status, n)
+    for merchant, op, status in stored:
+        total = sum(Decimal(r["amount"]) for r in records.values()
+                    if r["status"] == status and (r.get("merchant") or "default") == merchant)
+        assert amounts[(merchant, op, status)] == pytest.approx(float(total)), (merchant, status)
     # faults were met and said so: retries, attempts that did not get an answer; nothing is left in flight
-    results = {result for (_, result), _ in samples(text, "payments_gateway_request_seconds_count").items()}
+    attempts = samples(text, "payments_gateway_request_seconds_count")  # (endpoint, merchant, result)
+    results = {result for (_, _, result) in attempts}
+    assert {merchant for (_, merchant, _) in attempts} == {"default", "shop2"}
     assert {"approved", "declined"} <= results and results & {"not_sent", "unknown"}
     assert sum(samples(text, "payments_in_flight").values()) == 0
     # both prefork children wrote (the main process serves their sum)

@@ -184,7 +184,7 @@ def test_card_data_outside_the_card_is_refused_before_it_reaches_redis(flower, e
 
 
 def test_the_metrics_scan_reads_labels_and_whole_values_written_out():
-    leaky = (f'# HELP x\npayments_operations_total{{operation="sale",payment_id="{NUMBER}"}} 1.0\n'
+    leaky = (f'# HELP x\npayments_operations_total{{merchant="default",operation="sale",payment_id="{NUMBER}"}} 1.0\n'
              f'payments_amount_total 4.111111111111111e+15\n')
     assert len(scan_metrics(leaky, cvv2=CVV2, where="m")) == 2
     clean = "payments_gateway_request_seconds_sum 0.4111111111111111\npayments_records 1.764425e+09\n"
@@ -356,7 +356,7 @@ def metrics_pages(worker_metrics_port: int) -> list[tuple[str, str]]:
         proc.terminate()
         proc.wait(10)
     worker = requests.get(f"http://127.0.0.1:{worker_metrics_port}/metrics", timeout=10).text
-    assert 'payments_operations_total{operation="sale",status="APPROVED"}' in worker
+    assert 'payments_operations_total{merchant="default",operation="sale",status="APPROVED"}' in worker
     assert 'payments_records{status="APPROVED"}' in exported
     return [("worker /metrics", worker), ("exporter /metrics", exported)]
 

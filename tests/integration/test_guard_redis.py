@@ -184,6 +184,10 @@ def test_a_closed_breaker_is_asked_once_per_recheck_not_per_attempt(client, pref
     for _ in range(10):  # a lane under a rate limit takes a token per attempt: it asks every time
         limited.settle(limited.admit("pay"), UP)
     assert counting.calls == 12
+    capped = clocked(counting, prefix, clock, breaker_failures=2, recheck=1.0, max_in_flight=100)
+    for _ in range(10):  # and under the in-flight cap: a place taken (admit) and freed (settle) per attempt
+        capped.settle(capped.admit("pay"), UP)
+    assert counting.calls == 32
 
 
 def test_a_breaker_opened_elsewhere_stops_a_trusting_process_at_its_first_failure_or_within_recheck(client, prefix):
@@ -216,3 +220,92 @@ def test_a_process_that_saw_failures_counted_asks_until_the_count_is_cleared(cli
     for _ in range(5):
         g.settle(g.admit("pay"), UP)
     assert counting.calls == calls + 1  # trusted again once Redis answered "closed, no failures"
+
+
+# ---- the bulkhead (GATEWAY_MAX_IN_FLIGHT): a cap on one merchant's attempts in flight, all workers together ----
+def test_two_processes_never_have_more_than_the_cap_in_flight(client, prefix):
+    import threading
+
+    from worker.guard import in_flight
+
+    guards = [guard(client, prefix, max_in_flight=2, busy_wait=0.0), guard(client, prefix, max_in_flight=2,
+                                                                              busy_wait=0.0)]
+    lock = threading.Lock()
+    out = {"now": 0, "most": 0, "admitted": 0, "busy": 0, "seen": 0}
+
+    def worker(g: RedisGuard) -> None:  # four threads per guard: eight slots asking for two places
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            try:
+                ticket = g.admit("pay")
+            except Throttled as exc:
+                assert "too many requests in flight for merchant m1" in str(exc) and exc.retry_after > 0
+                with lock:
+                    out["busy"] += 1
+                time.sleep(0.002)
+                continue
+            with lock:
+                out["now"] += 1
+                out["admitted"] += 1
+                out["most"] = max(out["most"], out["now"])
+                out["seen"] = max(out["seen"], in_flight(client, prefix=prefix, merchant="m1"))
+            time.sleep(0.01)  # the request
+            with lock:
+                out["now"] -= 1
+            g.settle(ticket, UP)
+
+    threads = [threading.Thread(target=worker, args=(g,)) for g in guards for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["most"] == 2 and out["seen"] <= 2  # the cap reached, never passed
+    assert out["admitted"] >= 20 and out["busy"] >= 20  # places were freed by settle and taken again
+    assert in_flight(client, prefix=prefix, merchant="m1") == 0
+
+
+def test_a_holder_that_dies_frees_its_place_after_its_deadline(client, prefix):
+    from worker.guard import in_flight
+
+    dead = guard(client, prefix, max_in_flight=1, probe_lease=0.4)  # one attempt's timeouts: 0.4 s here
+    dead.admit("pay")  # its process dies mid-request: settle never comes
+    other = guard(client, prefix, max_in_flight=1, busy_wait=0.0)
+    with pytest.raises(Throttled) as busy:
+        other.admit("look")  # the cap counts every request of the merchant, stq too
+    assert busy.value.retry_after > 0
+    assert in_flight(client, prefix=prefix, merchant="m1") == 1
+    time.sleep(0.45)
+    other.settle(other.admit("pay"), UP)
+    assert in_flight(client, prefix=prefix, merchant="m1") == 0
+
+
+def test_a_busy_attempt_waits_a_bounded_moment_in_process_and_spends_no_token(client, prefix):
+    first = guard(client, prefix, max_in_flight=1, rate=1.0, burst=1)
+    held = first.admit("pay")  # the bucket's one token, the one place
+    waiting = guard(client, prefix, max_in_flight=1, rate=1.0, burst=1, busy_wait=0.2)
+    started = time.monotonic()
+    with pytest.raises(Throttled, match="gateway busy"):
+        waiting.admit("pay")
+    assert 0.15 <= time.monotonic() - started < 0.6
+    first.settle(held, UP)
+    with pytest.raises(Throttled, match="rate limit"):  # the place is free; the bucket is still empty
+        waiting.admit("pay")
+
+
+def test_settle_frees_the_place_whatever_the_attempt_proved(client, prefix):
+    from worker.guard import in_flight
+
+    g = guard(client, prefix, max_in_flight=1, breaker_failures=5, cooldown=5.0)
+    for verdict in (UP, DOWN, NEUTRAL, UP):
+        g.settle(g.admit("pay"), verdict)
+        assert in_flight(client, prefix=prefix, merchant="m1") == 0
+    assert breaker_state(client, prefix=prefix, merchant="m1").failures == 0  # the breaker still counts
+
+
+def test_merchants_have_their_own_cap(client, prefix):
+    slow = guard(client, prefix, merchant="m1", max_in_flight=1)
+    other = guard(client, prefix, merchant="m2", max_in_flight=1)
+    slow.admit("pay")
+    with pytest.raises(Throttled):
+        slow.admit("pay")
+    other.settle(other.admit("pay"), UP)

@@ -56,6 +56,7 @@ def test_a_bound_port_empties_its_directory_and_serves_every_process_and_drops_t
             metrics.child_started()
             metrics.observer().outcome("sale", "DECLINED", "4.00")
             metrics.observer().in_flight("sale", 1)
+            metrics.observer().for_merchant("shop2").outcome("sale", "APPROVED", "5.00")  # another account's
             os._exit(0)
         os.waitpid(pid, 0)
         text = requests.get("http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -65,6 +66,8 @@ def test_a_bound_port_empties_its_directory_and_serves_every_process_and_drops_t
         metrics.stop()
     """, {"PROMETHEUS_MULTIPROC_DIR": str(mp_dir)})
     lines = done.stdout.splitlines()
-    assert 'payments_operations_total{operation="sale",status="APPROVED"} 1.0' in lines, done.stdout + done.stderr
-    assert 'payments_operations_total{operation="sale",status="DECLINED"} 1.0' in lines  # the child's, summed
-    assert 'payments_in_flight{operation="sale"} 1.0' in lines  # the parent's only: the child is gone
+    assert 'payments_operations_total{merchant="default",operation="sale",status="APPROVED"} 1.0' in lines, \
+        done.stdout + done.stderr
+    assert 'payments_operations_total{merchant="default",operation="sale",status="DECLINED"} 1.0' in lines  # summed
+    assert 'payments_operations_total{merchant="shop2",operation="sale",status="APPROVED"} 1.0' in lines  # its own
+    assert 'payments_in_flight{merchant="default",operation="sale"} 1.0' in lines  # the parent's only: child gone

@@ -626,25 +626,32 @@ def broker_quiet(client: redis.Redis, queues=("celery",)) -> bool:
 
 
 def pending_work(store, jobs: list[Job]) -> list[str]:
-    """Operation ids not yet final, and approved chained sales / stale auths not yet voided."""
+    """Operation ids not yet final, approved chained sales / stale auths not yet voided, and chain voids whose
+    record is not final (a declined sale's void, SKIPPED once its link has run)."""
     pipe = store.redis.pipeline(transaction=False)
     for job in jobs:
         pipe.hget(store.record_key(job.payment_id), "status")
+        pipe.hget(store.record_key(f"{job.payment_id}:void"), "status")
     out = []
-    for job, status in zip(jobs, pipe.execute(), strict=False):
+    replies = pipe.execute()
+    for job, status, void_status in zip(jobs, replies[::2], replies[1::2], strict=False):
         if status is None or status in NON_FINAL:
             out.append(job.payment_id)
         elif (job.chained or job.stale_void) and status == "APPROVED":
             out.append(job.payment_id + " (void due)")
+        elif job.chained and void_status in NON_FINAL:
+            out.append(job.payment_id + f" (void {void_status})")
     return out
 
 
 def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.0, queues=("celery",),
-           log=None) -> None:
+           log=None, patience: float = 100.0) -> None:
     """Wait until the broker is quiet and every job is final (and voided where due), sweeping as needed.
 
     The sweep runs only once the broker has been quiet for ``quiet_for`` seconds: by then no job of a
-    record it looks at is still queued or running, as RECONCILE_AFTER guarantees in production.
+    record it looks at is still queued or running, as RECONCILE_AFTER guarantees in production. ``patience``: how
+    long a quiet broker may go without progress before the wait gives up (past lease, visibility, reconcile delay;
+    a scenario whose holders may lose an attempt's report must add the fence window: docs/safety.md, point 5a).
     """
     from worker.payments.sweep import run_sweep
 
@@ -667,9 +674,10 @@ def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.
         if not left and quiet_since and now - quiet_since >= quiet_for:
             report.details["all_final_at"] = time.time() - (now - last_change)
             break
-        stuck = quiet_since and now - max(quiet_since, last_change) > 100  # past lease, visibility, reconcile delay
+        stuck = quiet_since and now - max(quiet_since, last_change) > patience
         if now > deadline or stuck:
             report.details["left_at_timeout"] = left[:20]
+            report.details["left_records"] = _left_records(svc.store, left[:5])
             break
         if left and quiet_since and now - quiet_since >= quiet_for:
             result = run_sweep(svc, publisher=_publisher())
@@ -679,6 +687,21 @@ def settle(svc, jobs: list[Job], *, timeout: float, report: Report, quiet_for=2.
                 log(f"sweep: {result}; {len(left)} left")
         time.sleep(1.0)
     report.details["sweeps"] = dict(sweeps)
+
+
+def _left_records(store, left: list[str]) -> dict[str, dict]:
+    """What a wait that gave up saw of the records left: enough to tell which rule held each one back."""
+    wanted = ("status", "lease_owner", "lease_until", "in_flight", "sent_ts", "fence_until", "next_check_ts",
+              "reconcile_tries", "attempts", "message")
+    out = {}
+    for item in left:
+        pid = item.split(" ")[0]
+        try:
+            rec = store.get(pid) or {}
+        except redis.RedisError as exc:
+            rec = {"error": type(exc).__name__}
+        out[item] = {k: rec[k] for k in (*wanted, "error") if rec.get(k)}
+    return out
 
 
 def verify(report: Report, store, ledger: list[dict], jobs: list[Job], *, allow_error: bool,
@@ -843,7 +866,8 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                              concurrency: int = 3, settle_timeout: float = 240.0, sweep_during_faults=False,
                              fenced_kills=True, worker_overrides=None, fault_mix: dict | None = None,
                              duplicate_window: float | None = 0, late_commit_seconds: float | None = None,
-                             latency_ms=(100, 200), token_share: float = 0.0, log=None) -> Report:
+                             latency_ms=(100, 200), token_share: float = 0.0, min_kills: tuple[int, int] = (0, 0),
+                             log=None) -> Report:
     """Scenarios 1 and 2 (and both at once): sales, some chained with a void, while workers are
     SIGKILLed (prefork children, and whole workers every third kill) and/or 30 % of gateway requests
     fail. Then settle (sweeping once the broker is quiet) and check everything against the ledger.
@@ -853,7 +877,10 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
     ``fault_mix``: the fault kinds and their shares (default :data:`FAULT_MIX`); ``duplicate_window``: the
     sandbox's duplicate rule (default 0: off, as BluePay publishes none; the sandbox otherwise answers in its
     documented dialect: stq unstamped); ``late_commit_seconds``: how long a ``late_commit`` is held.
-    ``details["last_kill_to_all_final_s"]``: from the last SIGKILL to the moment every record was final."""
+    ``details["last_kill_to_all_final_s"]``: from the last SIGKILL to the moment every record was final.
+    ``min_kills``: (prefork children, whole workers) killed at least, the kills going on past the publishing for up to
+    30 s more until then (on a loaded host a whole worker's restart takes long, and fewer kills fit in the publishing).
+    """
     rng = random.Random(seed)
     report = Report(name)
     started = time.monotonic()
@@ -881,10 +908,13 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
                 time.sleep(kill_every * rng.uniform(0.6, 1.4))
                 if not producer.is_alive():
                     kill_until = kill_until or time.monotonic() + 2 * kill_every
-                    if time.monotonic() > kill_until:
+                    if time.monotonic() > kill_until + (0 if _enough_kills(fleet, min_kills) else 30):
                         break
                 n += 1
-                if n % 3 == 0 and fleet.kill_worker(fenced=fenced_kills):
+                whole = n % 3 == 0
+                if kill_until is not None and not _enough_kills(fleet, min_kills):  # past publishing: what is missing
+                    whole = fleet.worker_kills < min_kills[1]
+                if whole and fleet.kill_worker(fenced=fenced_kills):
                     _say(log, f"{name}: killed a whole worker ({fleet.kills} kills)")
                 else:
                     fleet.kill_child()
@@ -931,6 +961,10 @@ def run_payments_under_chaos(name: str, redis_url: str, logdir: Path, *, payment
         scan_for_cards(report, clients=[svc.redis], files=fleet.logfiles)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _enough_kills(fleet: Fleet, min_kills: tuple[int, int]) -> bool:
+    return fleet.child_kills >= min_kills[0] and fleet.worker_kills >= min_kills[1]
 
 
 def run_late_commits(name: str, redis_url: str, logdir: Path, *, payments: int, kill_every: float | None = 2.0,

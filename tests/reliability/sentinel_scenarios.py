@@ -46,7 +46,14 @@ from tests.support.sandbox import running_sandbox
 from tests.support.sentinel import SentinelGroup
 
 # A promotion takes ~2-4 s (down-after 1 s, election); the client's retries (store: ~35 s; publish: ~8.5 s) cover it.
-SENTINEL_WORKER_SETTINGS = {"REDIS_MIN_REPLICAS_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT": "1"}
+# A write a worker made after an attempt (its outcome, or its UNKNOWN) can be lost in a failover (WAIT guards only
+# claims, journal entries and fences); the record then shows that attempt in flight under a holder that is alive, and
+# nothing settles it as not charged before the attempt's stamp has expired at the gateway plus the commit horizon
+# (docs/safety.md, point 5a): the expiry and skew margin are kept short here (the window is 60 + 60 + 0 s) and
+# settle's patience counts that window.
+SENTINEL_WORKER_SETTINGS = {"REDIS_MIN_REPLICAS_ACK": "1", "REDIS_REPLICA_ACK_TIMEOUT": "1",
+                            "GATEWAY_SUBMIT_EXPIRY": "1m", "GATEWAY_CLOCK_SKEW_MARGIN": "0"}
+FENCE_WINDOW = 60 + 60 + 0  # expiry + BluePay's minute + skew margin (PaymentFlow._fence_for)
 
 
 class AppProducer(Producer):
@@ -141,7 +148,8 @@ def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers:
         url = f"redis://127.0.0.1:{group.nodes[0].port}/0"  # names the database; the sentinels find the master
         with running_sandbox() as sandbox:
             base = dataclasses.replace(settings_for(url, sandbox, prefix), **group.settings_overrides(),
-                                       replica_ack_timeout=1.0, min_replicas_ack_setting=replicas_ack)
+                                       replica_ack_timeout=1.0, min_replicas_ack_setting=replicas_ack,
+                                       submit_expiry=60.0, clock_skew_margin=0.0)
             svc = services_for(base)
             fault_config: dict = {"latency_ms": 50, "jitter_ms": 100, "slow_seconds": SLOW_SECONDS}
             if faults:
@@ -175,7 +183,8 @@ def run_sentinel_failovers(name: str, logdir: Path, *, payments: int, failovers:
                         report.faults = faults_injected(sandbox)
                         sandbox.set_faults({})  # the gateway heals; what was unknown is reconciled by the sweep
                     jobs = producer.jobs + capturer.jobs
-                    settle(svc, jobs, timeout=settle_timeout, report=report, log=log)
+                    settle(svc, jobs, timeout=settle_timeout, report=report, log=log,
+                           patience=100 + FENCE_WINDOW + base.commit_horizon)
                     report.details["processing_seconds"] = round(time.monotonic() - processing_started, 2)
                     sandbox.wait_no_held(60)
                     verify(report, svc.store, sandbox.ledger(), jobs, allow_error=faults)

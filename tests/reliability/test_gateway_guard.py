@@ -289,3 +289,91 @@ def follow_ups_run_under_their_originals_merchant(svc, sales: list[Job]) -> dict
     return {"refund": (refunded["status"], refunded.get("merchant")),
             "chained void": (voided["status"], voided.get("merchant")),
             "unknown merchant": (unknown["status"], unknown.get("error_class"))}
+
+
+# ---- the bulkhead: a merchant whose gateway is slow (not down) never holds the others' worker slots -------------
+def in_flight_peak(svc, prefix: str, merchant: str, stop: threading.Event, out: dict) -> None:
+    """The most attempts of ``merchant`` in flight at once, as the guard's Redis set shows them (sampled)."""
+    from worker.guard import in_flight
+
+    while not stop.is_set():
+        out["peak"] = max(out.get("peak", 0), in_flight(svc.redis, prefix=prefix, merchant=merchant))
+        time.sleep(0.02)
+
+
+def run_slow_merchant(redis_url: str, logdir, *, cap: int, slow: int, fast: int, latency: float,
+                      concurrency: int) -> dict:
+    """One worker (threads); shop2's gateway (a sandbox of its own) answers every charge ``latency`` seconds late.
+    ``fast`` default sales alone, then ``slow`` of shop2's published first and ``fast`` default ones right after.
+    ``cap``: shop2's max_in_flight (0: no bulkhead). Returns the figures; asserts exactly-once for every sale."""
+    from worker.config import MerchantAccount
+
+    rng = random.Random(31)
+    report = Report(f"slow-merchant-cap-{cap}")
+    prefix = f"payments:bulkhead-{uuid.uuid4().hex[:8]}:"
+    shop2 = ("100000000002", "SHOP2SECRETKEY00000000000000000")
+    read = 2 * latency  # a slow answer, not a timeout: the gateway is up
+    timing = {"GATEWAY_READ_TIMEOUT": read, "GATEWAY_COMMIT_HORIZON": read + 1,
+              "BROKER_VISIBILITY_TIMEOUT": round(3 * (0.5 + read + 0.5) + 5 + 15 + 10)}
+    with running_sandbox(duplicate_window=0) as sandbox, \
+            running_sandbox(duplicate_window=0, account_id=shop2[0], secret_key=shop2[1],
+                            faults={"latency_ms": latency * 1000, "endpoints": ["bp10emu"]}) as slow_gateway:
+        account = {"account_id": shop2[0], "secret_key": shop2[1], "url": slow_gateway.interfaces_url,
+                   "max_in_flight": cap}
+        env = worker_env(redis_url, sandbox, prefix, BLUEPAY_ACCOUNTS=json.dumps({"shop2": account}),
+                         OUTAGE_RETRIES="3", WORKER_METRICS_PORT=str(free_port()), **timing)
+        settings = settings_for(redis_url, sandbox, prefix, read_timeout=read, commit_horizon_setting=read + 1,
+                                visibility_timeout=float(timing["BROKER_VISIBILITY_TIMEOUT"]),
+                                accounts=(MerchantAccount("shop2", shop2[0], shop2[1],
+                                                          url=slow_gateway.interfaces_url),))
+        svc = services_for(settings)
+        alone: list[Job] = []
+        beside: list[Job] = []
+        slow_jobs: list[Job] = []
+        peak: dict = {}
+        stop = threading.Event()
+        sampler = threading.Thread(target=in_flight_peak, args=(svc, prefix, "shop2", stop, peak), daemon=True)
+        with producer_for(redis_url, settings), workers(env, logdir, 1, concurrency):
+            started = time.monotonic()
+            publish_for(alone, fast, rng, None)
+            baseline = final_within(svc, alone, 60, started)
+            sampler.start()
+            publish_for(slow_jobs, slow, rng, "shop2")
+            time.sleep(0.3)  # shop2's charges are out (and, without the bulkhead, hold every slot)
+            started = time.monotonic()
+            publish_for(beside, fast, rng, None)
+            with_slow = final_within(svc, beside, 120, started)
+            slow_left = sum(1 for job in slow_jobs if svc.store.get(job.payment_id)["status"] in ("PENDING",
+                                                                                                  "RETRYING"))
+            settle(svc, alone + beside + slow_jobs, timeout=240, report=report, quiet_for=1.0)
+            slow_done = time.monotonic() - started
+            stop.set()
+            verify(report, svc.store, sandbox.ledger() + slow_gateway.ledger(), alone + beside + slow_jobs,
+                   allow_error=False)
+            figures = {"default alone s": baseline, "default beside slow shop2 s": with_slow,
+                       "shop2 left when default done": slow_left, "shop2 all final s": round(slow_done, 1),
+                       "shop2 peak in flight": peak.get("peak", 0),
+                       **worker_counters(int(env["WORKER_METRICS_PORT"]))}
+    print(f"cap {cap}: default's {fast} sales {baseline:.1f} s alone, {with_slow:.1f} s beside {slow} of shop2's "
+          f"(gateway {latency:g} s per charge); {figures}", dict(report.statuses))
+    assert report.problems == [] and report.duplicates == report.lost == report.not_final == 0
+    assert baseline is not None and with_slow is not None
+    return figures
+
+
+def test_a_slow_merchant_never_holds_the_others_slots(rel_redis_url, rel_logdir):
+    slow, fast, latency = (30, 30, 5.0) if SLOW else (6, 8, 1.5)
+    figures = run_slow_merchant(rel_redis_url, rel_logdir, cap=2, slow=slow, fast=fast, latency=latency,
+                                concurrency=4)
+    # default's sales did not wait behind shop2's: they were all final while most of shop2's still waited their turn
+    # (without the bulkhead shop2's first four hold all four slots for a whole answer: see the comparison)
+    assert figures["shop2 left when default done"] >= slow // 2
+    assert figures["shop2 peak in flight"] <= 2  # the cap, all workers together
+    assert figures["payments_gateway_held_total:busy"] >= 1  # held back by the cap and re-queued, then final
+
+
+@pytest.mark.skipif(not SLOW, reason="the comparison without the bulkhead: PAYMENTS_SLOW_TESTS=1")
+def test_the_same_slow_merchant_without_the_bulkhead_for_comparison(rel_redis_url, rel_logdir):
+    figures = run_slow_merchant(rel_redis_url, rel_logdir, cap=0, slow=30, fast=30, latency=5.0, concurrency=4)
+    # the same figure as above: without the cap, default's sales waited behind shop2's slow answers
+    assert figures["shop2 left when default done"] < 30 // 2

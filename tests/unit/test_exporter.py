@@ -127,8 +127,8 @@ def test_the_settlement_counters_start_at_zero_so_the_first_finding_is_an_increa
     registry = CollectorRegistry()
     WorkerMetrics(registry)
     text = generate_latest(registry).decode()
-    assert 'payments_settlement_differences_total{kind="gateway_only"} 0.0' in text
-    assert 'payments_settlement_reconciliations_total{result="no_verdict"} 0.0' in text
+    assert 'payments_settlement_differences_total{kind="gateway_only",merchant="default"} 0.0' in text
+    assert 'payments_settlement_reconciliations_total{merchant="default",result="no_verdict"} 0.0' in text
 
 
 def test_every_metric_the_alerts_and_the_dashboard_use_is_served():

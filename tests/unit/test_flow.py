@@ -870,6 +870,51 @@ def test_void_after_a_declined_sale_is_skipped_without_a_call(store):
     assert store.get(pid)["status"] == "DECLINED"
 
 
+def _declined_chain_sale(store):
+    pid = new_id("sale")
+    return sale(make_flow(store, FakeGateway([reply("DECLINED", "Declined Sale", amount="4.00")])), pid,
+                amount="4.00", then_void=True)
+
+
+def test_a_skip_whose_delivery_died_between_its_claim_and_its_record_is_skipped_by_the_next_delivery(store):
+    # The chain link's claim created the void's record (PENDING, leased) and the worker was killed before it recorded
+    # SKIPPED. The redelivered link used to return that PENDING record and leave it so (seen once in
+    # test_killed_workers_lose_nothing_and_charge_once: "its chained void ended PENDING").
+    declined = _declined_chain_sale(store)
+    void_id = f"{declined['payment_id']}:void"
+    dead = f"{socket.gethostname()}:{_dead_pid()}:deadbeef"
+    assert store.claim(void_id, "void", fields={"parent": declined["payment_id"], "order_id": void_id}, owner=dead,
+                       lease_seconds=60, mode="create_only").kind == "claimed"
+    gw = FakeGateway()
+    outcome = checked(make_flow(store, gw).void_after(declined))
+    assert outcome["status"] == "SKIPPED" and outcome["payment_id"] == void_id
+    assert store.get(void_id)["status"] == "SKIPPED"
+    assert gw.sends == [] and gw.queries == []
+
+
+def test_a_skip_whose_live_holder_has_not_recorded_it_yet_is_re_queued_not_returned_pending(store):
+    declined = _declined_chain_sale(store)
+    void_id = f"{declined['payment_id']}:void"
+    store.claim(void_id, "void", fields={"parent": declined["payment_id"], "order_id": void_id}, owner="other-host:1:x",
+                lease_seconds=60, mode="create_only")
+    with pytest.raises(LeaseBusy):
+        make_flow(store, FakeGateway()).void_after(declined)
+    assert store.get(void_id)["status"] == "PENDING"
+
+
+def test_a_skip_taken_over_from_a_record_with_an_attempt_out_is_left_to_the_sweep(store, clock):
+    # Not a skip's own record (an attempt may have reached the gateway): only stq may settle it, never SKIPPED.
+    declined = _declined_chain_sale(store)
+    void_id = f"{declined['payment_id']}:void"
+    store.claim(void_id, "void", fields={"parent": declined["payment_id"], "order_id": void_id}, owner="other-host:1:x",
+                lease_seconds=1, journal=True)
+    clock.advance(2)
+    gw = FakeGateway()
+    outcome = make_flow(store, gw).void_after(declined)
+    assert outcome["status"] == "UNKNOWN" and store.get(void_id)["status"] == "UNKNOWN"
+    assert gw.sends == [] and gw.queries == []
+
+
 def test_void_after_an_approved_sale_voids_it_and_marks_the_sale_voided(store):
     sold = approved_sale(store, then_void=True)
     gw = FakeGateway([reply(message="Approved Void", trans_type="VOID", trans_id=OTHER_TRANS)])

@@ -169,6 +169,16 @@ def test_the_breaker_is_on_by_default_the_rate_limit_off(monkeypatch):
         Settings.from_env()
 
 
+def test_the_cap_in_flight_turns_the_guard_on(monkeypatch):
+    monkeypatch.setenv("GATEWAY_MAX_IN_FLIGHT", "3")
+    monkeypatch.setenv("GATEWAY_BUSY_WAIT", "0.2s")
+    guard = Settings.from_env().guard
+    assert guard.on and (guard.max_in_flight, guard.busy_wait, guard.rate, guard.breaker_failures) == (3, 0.2, 0, 0)
+    monkeypatch.setenv("GATEWAY_MAX_IN_FLIGHT", "-1")
+    with pytest.raises(ConfigError, match="GATEWAY_MAX_IN_FLIGHT"):
+        Settings.from_env()
+
+
 # ---- the flow: a held attempt parks RETRYING (nothing sent), a throttle is no outage
 def test_the_flow_parks_a_held_attempt_as_retrying_not_sent(store):
     from tests.support.fake_gateway import FakeGateway
@@ -179,7 +189,9 @@ def test_the_flow_parks_a_held_attempt_as_retrying_not_sent(store):
     for held, kind, words in [(GatewayUnavailable("gateway unavailable: circuit breaker open (default)",
                                                   retry_after=12.0), GatewayOutage, "gateway unavailable"),
                               (Throttled("gateway rate limit reached (default)", retry_after=0.2), GatewayThrottled,
-                               "rate limit")]:
+                               "rate limit"),
+                              (Throttled("gateway busy: too many requests in flight for merchant default (2)",
+                                         retry_after=1.0), GatewayThrottled, "gateway busy")]:
         pid = new_id()
         out = parked(lambda: sale(make_flow(store, FakeGateway([held])), pid))  # noqa: B023  (run at once)
         record = store.get(pid)

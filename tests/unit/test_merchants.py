@@ -108,3 +108,16 @@ def test_a_merchants_misconfiguration_names_its_own_settings():
     assert missing is not None and "BLUEPAY_ACCOUNTS['shop2'].url" in missing.message
     default = diagnose(refused, settings)
     assert default is not None and "BLUEPAY_SECRET_KEY" in default.message  # the default account: as ever
+
+
+def test_each_account_has_its_own_cap_in_flight(clean_env):  # noqa: F811
+    clean_env.setenv("GATEWAY_MAX_IN_FLIGHT", "4")
+    clean_env.setenv("BLUEPAY_ACCOUNTS", json.dumps({"shop2": {**SHOP2, "max_in_flight": 2},
+                                                     "shop3": {"account_id": "100000000003", "secret_key": "S3"}}))
+    s = Settings.from_env()
+    assert (s.guard.max_in_flight, s.account("shop2").guard.max_in_flight,
+            s.account("shop3").guard.max_in_flight) == (4, 2, 4)
+    for bad in (-1, "2", 1.5, True):
+        clean_env.setenv("BLUEPAY_ACCOUNTS", json.dumps({"shop2": {**SHOP2, "max_in_flight": bad}}))
+        with pytest.raises(ConfigError, match=r"BLUEPAY_ACCOUNTS\['shop2'\].max_in_flight"):
+            Settings.from_env()

@@ -75,7 +75,7 @@ def test_a_worker_serving_metrics_counts_each_day_and_its_differences(monkeypatc
     def value(name: str, **labels: str) -> float:
         return registry.get_sample_value(name, labels) or 0.0
 
-    assert value("payments_settlement_reconciliations_total", result="differences") == 1
-    assert value("payments_settlement_reconciliations_total", result="no_verdict") == 1
-    assert value("payments_settlement_reconciliations_total", result="clean") == 0
-    assert value("payments_settlement_differences_total", kind="gateway_only") == 2
+    assert value("payments_settlement_reconciliations_total", merchant="default", result="differences") == 1
+    assert value("payments_settlement_reconciliations_total", merchant="default", result="no_verdict") == 1
+    assert value("payments_settlement_reconciliations_total", merchant="default", result="clean") == 0
+    assert value("payments_settlement_differences_total", merchant="default", kind="gateway_only") == 2

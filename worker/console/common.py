@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import wraps
 from typing import Any
 
 from flask import abort, g, request
 
 from worker.console.users import User
+from worker.payments import reconciliation
 
 log = logging.getLogger("payments.console")
 
@@ -51,13 +52,10 @@ def ext() -> dict[str, Any]:
 
 
 def parse_day(text: str) -> date | None:
-    word = (text or "").strip().lower()
-    today = datetime.now(UTC).date()
-    if word in ("", "today"):
-        return today
-    if word == "yesterday":
-        return today - timedelta(days=1)
+    """The reconciliation's day words (``YYYY-MM-DD``, ``today``, ``yesterday``); empty means today; None if neither."""
+    if not (text or "").strip():
+        return datetime.now(UTC).date()
     try:
-        return date.fromisoformat(word)
-    except ValueError:
+        return reconciliation.parse_day(text)
+    except reconciliation.NotADay:
         return None

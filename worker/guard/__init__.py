@@ -3,6 +3,6 @@ circuit breaker (per merchant). The client asks it before each HTTP attempt (wor
 round trip per attempt (two when an attempt fails or the breaker is not closed). docs/resilience.md says how to run it.
 """
 from worker.guard.rates import GuardSettings, parse_rate
-from worker.guard.shared import BreakerState, GuardObserver, RedisGuard, breaker_state
+from worker.guard.shared import BreakerState, GuardObserver, RedisGuard, breaker_state, in_flight
 
-__all__ = ["GuardSettings", "parse_rate", "RedisGuard", "BreakerState", "GuardObserver", "breaker_state"]
+__all__ = ["GuardSettings", "parse_rate", "RedisGuard", "BreakerState", "GuardObserver", "breaker_state", "in_flight"]

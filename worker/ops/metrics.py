@@ -4,32 +4,40 @@ What is counted, and where it is said (the flow and the gateway client only know
 ``worker.payments.flow.FlowObserver`` and ``worker.gateway.observe.GatewayObserver``; ``worker/services.py`` hands them
 :class:`WorkerMetrics` when this process serves metrics)::
 
-    payments_operations_total{operation,status}        final outcomes this process wrote (each final outcome is
+    payments_operations_total{merchant,operation,status}
+                                                       final outcomes this process wrote (each final outcome is
                                                        written once, by one process: the sum over workers equals
                                                        the store's records that reached that status)
-    payments_amount_total{operation,status}            their amounts (a float: fine for a dashboard, not for books)
-    payments_parked_total{operation,status}            parkings as RETRYING / UNKNOWN (one operation may park often)
-    payments_gateway_request_seconds{endpoint,result}  one HTTP attempt; result: approved, declined, error, absent
+    payments_amount_total{merchant,operation,status}   their amounts (a float: fine for a dashboard, not for books)
+    payments_parked_total{merchant,operation,status}   parkings as RETRYING / UNKNOWN (one operation may park often)
+    payments_gateway_request_seconds{merchant,endpoint,result}
+                                                       one HTTP attempt; result: approved, declined, error, absent
                                                        (stq found nothing), not_sent, unknown, rejected
-    payments_gateway_retries_total{error_class}        in-process retries, by the transport's exception class
-    payments_reconciliations_total{result}             stq lookups by ORDER_ID: found, absent, cannot_tell
-    payments_settlement_reconciliations_total{result}  days reconciled against the gateway's daily report by the
+    payments_gateway_retries_total{merchant,error_class}
+                                                       in-process retries, by the transport's exception class
+    payments_reconciliations_total{merchant,result}    stq lookups by ORDER_ID: found, absent, cannot_tell
+    payments_settlement_reconciliations_total{merchant,result}
+                                                       days reconciled against the gateway's daily report by the
                                                        beat task (tasks/reconciliation.py): clean, differences,
                                                        no_verdict (the report could not be had or read whole)
-    payments_settlement_differences_total{kind}        what those found, by kind (worker/payments/reconciliation.py),
+    payments_settlement_differences_total{merchant,kind}
+                                                       what those found, by kind (worker/payments/reconciliation.py),
                                                        adopted too
     payments_gateway_held_total{merchant,reason}       attempts the shared guard held back (worker/guard/): throttled
-                                                       (rate limit), breaker_open (circuit breaker)
+                                                       (rate limit), busy (in-flight cap), breaker_open (breaker)
     payments_gateway_breaker_changes_total{merchant,change}
                                                        breaker changes this process made: opened, closed (its state,
                                                        shared by every worker: payments_gateway_breaker_state, exporter)
-    payments_in_flight{operation}                      deliveries (and sweep reconciliations) holding an operation
+    payments_in_flight{merchant,operation}             deliveries (and sweep reconciliations) holding an operation
     payments_archived_records_total                    records the sweep's retention moved to the archive
     payments_archive_unavailable_total                 sweeps whose retention found the archive unusable (nothing
                                                        deleted; counted by worker/archive/retention.py)
 
-Labels are bounded: an operation, a status, an endpoint, a result word, an exception class name; never an id,
-an amount or merchant data (anything else is counted as ``other``).
+Labels are bounded: a merchant account's name (only configured ones, BLUEPAY_ACCOUNTS, validated: ``default`` for the
+BLUEPAY_* account; a message naming an account the workers do not know is refused and counted as ``unknown``), an
+operation, a status, an endpoint, a result word, an exception class name; never an id, an amount or merchant data
+(anything else is counted as ``other``). The flow and the gateway client of one account are handed
+:meth:`WorkerMetrics.for_merchant`, which adds the account's name: their observer protocols stay merchant-free.
 
 Processes: every pool uses prometheus-client's multiprocess mode, so prefork children's values add up. At worker
 start (:func:`start`, Celery's ``worker_init``) the endpoint is bound first; only then is the directory
@@ -46,10 +54,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from worker.merchants import DEFAULT, valid_name
 from worker.states import OPERATIONS, Status
 
 log = logging.getLogger("payments.metrics")
@@ -57,7 +67,9 @@ log = logging.getLogger("payments.metrics")
 ENDPOINTS = frozenset({"bp10emu", "stq"})
 RESULTS = frozenset({"approved", "declined", "error", "absent", "not_sent", "unknown", "rejected"})
 RECONCILIATIONS = frozenset({"found", "absent", "cannot_tell"})
-HELD = frozenset({"throttled", "breaker_open"})
+HELD = frozenset({"throttled", "busy", "breaker_open"})
+#: The label of a refusal of a message naming a merchant account the workers do not know (never the name it gave).
+UNKNOWN_MERCHANT = "unknown"
 BREAKER_CHANGES = frozenset({"opened", "closed"})
 SETTLEMENTS = frozenset({"clean", "differences", "no_verdict"})
 SETTLEMENT_KINDS = frozenset({"gateway_only", "ours_only", "status_mismatch", "amount_mismatch", "settled_but_voided",
@@ -75,9 +87,7 @@ def _bounded(value: str, allowed: frozenset[str]) -> str:
 
 
 def _merchant(value: str) -> str:
-    """A merchant account's name as a label: only configured names reach here (worker/merchants.py), checked again."""
-    from worker.merchants import valid_name
-
+    """A merchant account's name as a label: only configured names (and ``unknown``) reach here, checked again."""
     return value if valid_name(value) else "other"
 
 
@@ -96,38 +106,52 @@ class WorkerMetrics:
 
         r = registry
         self.operations = Counter("payments_operations", "Final outcomes written by this process",
-                                  ["operation", "status"], registry=r)
+                                  ["merchant", "operation", "status"], registry=r)
         self.amount = Counter("payments_amount", "Amounts of the final outcomes written (float)",
-                              ["operation", "status"], registry=r)
+                              ["merchant", "operation", "status"], registry=r)
         self.parked_ops = Counter("payments_parked", "Operations parked as RETRYING or UNKNOWN",
-                                  ["operation", "status"], registry=r)
+                                  ["merchant", "operation", "status"], registry=r)
         self.gateway = Histogram("payments_gateway_request_seconds", "One HTTP attempt to the gateway",
-                                 ["endpoint", "result"], buckets=LATENCY_BUCKETS, registry=r)
-        self.retries = Counter("payments_gateway_retries", "In-process retries of gateway calls", ["error_class"],
-                               registry=r)
-        self.reconciliations = Counter("payments_reconciliations", "stq lookups by ORDER_ID, by answer", ["result"],
-                                       registry=r)
+                                 ["merchant", "endpoint", "result"], buckets=LATENCY_BUCKETS, registry=r)
+        self.retries = Counter("payments_gateway_retries", "In-process retries of gateway calls",
+                               ["merchant", "error_class"], registry=r)
+        self.reconciliations = Counter("payments_reconciliations", "stq lookups by ORDER_ID, by answer",
+                                       ["merchant", "result"], registry=r)
         self.settlements = Counter("payments_settlement_reconciliations",
-                                   "Days reconciled against the gateway's report, by result", ["result"], registry=r)
+                                   "Days reconciled against the gateway's report, by result", ["merchant", "result"],
+                                   registry=r)
         self.settlement_differences = Counter("payments_settlement_differences",
-                                              "Differences the settlement reconciliation found, by kind", ["kind"],
-                                              registry=r)
+                                              "Differences the settlement reconciliation found, by kind",
+                                              ["merchant", "kind"], registry=r)
         self.held_attempts = Counter("payments_gateway_held", "Attempts the shared guard held back, by reason",
                                      ["merchant", "reason"], registry=r)
         self.breaker_changes = Counter("payments_gateway_breaker_changes", "Breaker changes made by this process",
                                        ["merchant", "change"], registry=r)
-        self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now", ["operation"],
-                                   multiprocess_mode="livesum", registry=r)
-        # Rare counters start at 0 on every worker: a series born at 1 (the day's one gateway_only) has no
-        # increase() to Prometheus, and the settlement alerts would never fire.
-        for result in sorted(SETTLEMENTS):
-            self.settlements.labels(result)
-        for change in sorted(BREAKER_CHANGES):
-            self.breaker_changes.labels("default", change)
-        for kind in sorted(SETTLEMENT_KINDS):
-            self.settlement_differences.labels(kind)
+        self.in_flight_ops = Gauge("payments_in_flight", "Deliveries holding an operation now",
+                                   ["merchant", "operation"], multiprocess_mode="livesum", registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._bound: dict[str, MerchantMetrics] = {}
         self._failed = False
+        self.known((DEFAULT,))
+
+    def known(self, merchants: Iterable[str]) -> None:
+        """Start the rare counters of these (configured) merchant accounts at 0: a series born at 1 (the day's one
+        gateway_only) has no increase() to Prometheus, and the settlement alerts would never fire."""
+        for name in merchants:
+            merchant = _merchant(name)
+            for result in sorted(SETTLEMENTS):
+                self.settlements.labels(merchant, result)
+            for change in sorted(BREAKER_CHANGES):
+                self.breaker_changes.labels(merchant, change)
+            for kind in sorted(SETTLEMENT_KINDS):
+                self.settlement_differences.labels(merchant, kind)
+
+    def for_merchant(self, merchant: str) -> MerchantMetrics:
+        """The flow's and the gateway client's observer for one merchant account (its name on every series)."""
+        bound = self._bound.get(merchant)
+        if bound is None:
+            bound = self._bound[merchant] = MerchantMetrics(self, _merchant(merchant))
+        return bound
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -141,10 +165,41 @@ class WorkerMetrics:
             self._failed = True
             log.error("metrics: not recorded (%s); payments go on", type(exc).__name__)
 
-    # ---- worker.payments.flow.FlowObserver
-    def outcome(self, operation: str, status: str, amount: str) -> None:
+    # ---- worker.payments.flow.FlowObserver and worker.gateway.observe.GatewayObserver, through for_merchant;
+    # called here directly, the default account's (or ``merchant``'s, checked)
+    def outcome(self, operation: str, status: str, amount: str, merchant: str = DEFAULT) -> None:
+        self._outcome(_merchant(merchant), operation, status, amount)
+
+    def parked(self, operation: str, status: str, merchant: str = DEFAULT) -> None:
+        self._parked(_merchant(merchant), operation, status)
+
+    def reconciliation(self, result: str, merchant: str = DEFAULT) -> None:
+        self._reconciliation(_merchant(merchant), result)
+
+    def in_flight(self, operation: str, delta: int, merchant: str = DEFAULT) -> None:
+        self._in_flight(_merchant(merchant), operation, delta)
+
+    def request(self, endpoint: str, result: str, seconds: float, merchant: str = DEFAULT) -> None:
+        self._request(_merchant(merchant), endpoint, result, seconds)
+
+    def retry(self, error_class: str, merchant: str = DEFAULT) -> None:
+        self._retry(_merchant(merchant), error_class)
+
+    def settlement(self, result: str, kinds: dict[str, int], merchant: str = DEFAULT) -> None:
+        """One day of one account reconciled against the gateway's report: its result and what it found by kind."""
         try:
-            labels = (_bounded(operation, OPERATIONS), _bounded(status, STATUSES))
+            name = _merchant(merchant)
+            self._child(self.settlements, name, _bounded(result, SETTLEMENTS)).inc()
+            for kind, n in kinds.items():
+                if n:
+                    self._child(self.settlement_differences, name, _bounded(kind, SETTLEMENT_KINDS)).inc(n)
+        except Exception as exc:
+            self._broken(exc)
+
+    # (merchant: a label already checked, by the caller or by MerchantMetrics once)
+    def _outcome(self, merchant: str, operation: str, status: str, amount: str) -> None:
+        try:
+            labels = (merchant, _bounded(operation, OPERATIONS), _bounded(status, STATUSES))
             self._child(self.operations, *labels).inc()
             if amount:
                 try:
@@ -156,44 +211,34 @@ class WorkerMetrics:
         except Exception as exc:
             self._broken(exc)
 
-    def parked(self, operation: str, status: str) -> None:
+    def _parked(self, merchant: str, operation: str, status: str) -> None:
         try:
-            self._child(self.parked_ops, _bounded(operation, OPERATIONS), _bounded(status, STATUSES)).inc()
+            self._child(self.parked_ops, merchant, _bounded(operation, OPERATIONS), _bounded(status, STATUSES)).inc()
         except Exception as exc:
             self._broken(exc)
 
-    def reconciliation(self, result: str) -> None:
+    def _reconciliation(self, merchant: str, result: str) -> None:
         try:
-            self._child(self.reconciliations, _bounded(result, RECONCILIATIONS)).inc()
+            self._child(self.reconciliations, merchant, _bounded(result, RECONCILIATIONS)).inc()
         except Exception as exc:
             self._broken(exc)
 
-    def settlement(self, result: str, kinds: dict[str, int]) -> None:
-        """One day reconciled against the gateway's report: its result and what it found by kind."""
+    def _in_flight(self, merchant: str, operation: str, delta: int) -> None:
         try:
-            self._child(self.settlements, _bounded(result, SETTLEMENTS)).inc()
-            for kind, n in kinds.items():
-                if n:
-                    self._child(self.settlement_differences, _bounded(kind, SETTLEMENT_KINDS)).inc(n)
+            self._child(self.in_flight_ops, merchant, _bounded(operation, OPERATIONS)).inc(delta)
         except Exception as exc:
             self._broken(exc)
 
-    def in_flight(self, operation: str, delta: int) -> None:
+    def _request(self, merchant: str, endpoint: str, result: str, seconds: float) -> None:
         try:
-            self._child(self.in_flight_ops, _bounded(operation, OPERATIONS)).inc(delta)
+            labels = (merchant, _bounded(endpoint, ENDPOINTS), _bounded(result, RESULTS))
+            self._child(self.gateway, *labels).observe(seconds)
         except Exception as exc:
             self._broken(exc)
 
-    # ---- worker.gateway.observe.GatewayObserver
-    def request(self, endpoint: str, result: str, seconds: float) -> None:
+    def _retry(self, merchant: str, error_class: str) -> None:
         try:
-            self._child(self.gateway, _bounded(endpoint, ENDPOINTS), _bounded(result, RESULTS)).observe(seconds)
-        except Exception as exc:
-            self._broken(exc)
-
-    def retry(self, error_class: str) -> None:
-        try:
-            self._child(self.retries, _class_name(error_class)).inc()
+            self._child(self.retries, merchant, _class_name(error_class)).inc()
         except Exception as exc:
             self._broken(exc)
 
@@ -209,6 +254,33 @@ class WorkerMetrics:
             self._child(self.breaker_changes, _merchant(merchant), _bounded(change, BREAKER_CHANGES)).inc()
         except Exception as exc:
             self._broken(exc)
+
+
+class MerchantMetrics:
+    """One merchant account's view of :class:`WorkerMetrics`: the flow's and the gateway client's observer."""
+
+    def __init__(self, metrics: WorkerMetrics, merchant: str) -> None:
+        """``merchant``: already a label (checked once, by :meth:`WorkerMetrics.for_merchant`)."""
+        self.metrics = metrics
+        self.merchant = merchant
+
+    def outcome(self, operation: str, status: str, amount: str) -> None:
+        self.metrics._outcome(self.merchant, operation, status, amount)
+
+    def parked(self, operation: str, status: str) -> None:
+        self.metrics._parked(self.merchant, operation, status)
+
+    def reconciliation(self, result: str) -> None:
+        self.metrics._reconciliation(self.merchant, result)
+
+    def in_flight(self, operation: str, delta: int) -> None:
+        self.metrics._in_flight(self.merchant, operation, delta)
+
+    def request(self, endpoint: str, result: str, seconds: float) -> None:
+        self.metrics._request(self.merchant, endpoint, result, seconds)
+
+    def retry(self, error_class: str) -> None:
+        self.metrics._retry(self.merchant, error_class)
 
 
 _metrics_by_pid: dict[int, WorkerMetrics] = {}

@@ -77,7 +77,7 @@ def guard_report(svc: Any) -> dict[str, Any]:
     """The shared guard's settings and the breaker as it stands in Redis (worker/guard/)."""
     from dataclasses import asdict
 
-    from worker.guard import breaker_state
+    from worker.guard import breaker_state, in_flight
 
     s = svc.settings
 
@@ -86,6 +86,9 @@ def guard_report(svc: Any) -> dict[str, Any]:
                                "breaker_failures": guard.breaker_failures}
         if guard.breaker_failures:
             out["breaker"] = asdict(breaker_state(svc.redis, prefix=s.key_prefix, merchant=name))
+        if getattr(guard, "max_in_flight", 0):  # the bulkhead: its requests in flight now, of the cap
+            out["in_flight"] = {"now": in_flight(svc.redis, prefix=s.key_prefix, merchant=name),
+                                "cap": guard.max_in_flight}
         return out
 
     found = one("default", s.guard)
@@ -97,6 +100,8 @@ def guard_report(svc: Any) -> dict[str, Any]:
 
 def _guard_line(guard: dict[str, Any]) -> str:
     limit = f"{guard['rate_limit']:g}/s (stq {guard['stq_rate']:g}/s)" if guard["rate_limit"] else "no rate limit"
+    if guard.get("in_flight"):
+        limit += f", {guard['in_flight']['now']} of {guard['in_flight']['cap']} in flight"
     breaker = guard.get("breaker")
     if not breaker:
         return f"{limit}, no breaker"

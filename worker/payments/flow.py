@@ -461,12 +461,33 @@ class PaymentFlow:
         owner = new_owner()
         claim = self.store.claim(payment_id, operation, fields=self._merchant_fields(fields), owner=owner,
                                  lease_seconds=self.lease_seconds, message_id=message_id, mode="create_only")
-        if claim.kind != "claimed":
+        if claim.kind == "exists" and decode(claim.record).status in NON_FINAL:
+            claim = self._skip_left_open(payment_id, operation, owner, decode(claim.record))
+        if claim.kind not in ("claimed", "resumed"):
             return task_outcome(claim.record)
         record = self.store.transition(payment_id, Status.SKIPPED, fields={"message": reason}, owner=owner,
                                        note=reason, sent=False)
         self._observe_outcome(operation, record)
         return task_outcome(record or self.store.get(payment_id))
+
+    def _skip_left_open(self, payment_id: str, operation: str, owner: str, seen: PaymentRecord) -> Claim:
+        """A skip's record left PENDING: an earlier delivery claimed it and died (or is still working) before writing
+        SKIPPED. Taken over once its holder's lease lapsed or its process is known dead (else LeaseBusy: re-queued),
+        and skipped, unless an attempt may have left under it: then only stq may settle it (UNKNOWN, the sweep)."""
+        claim = self.store.claim(payment_id, operation, owner=owner, lease_seconds=self.lease_seconds,
+                                 mode="reconcile", dead_owner=_holder_if_dead(seen))
+        if claim.kind == "busy":
+            remaining = (seen.lease_until or 0.0) - claim.now
+            raise LeaseBusy(f"{payment_id} is being skipped by another worker",
+                            countdown=max(0.5, min(remaining + 0.5, 10.0)))
+        if claim.kind == "resumed" and decode(claim.record).sent_ts is not None:
+            parked = self.store.transition(payment_id, Status.UNKNOWN, owner=owner, expect=(Status.PENDING,),
+                                           sent=None, note="not skipped: an attempt may have been sent",
+                                           fields={"message": "outcome unknown: an attempt may have been sent; "
+                                                              "the sweep asks stq"})
+            self._observe_parked(operation, parked)
+            return dataclasses.replace(claim, kind="parked", record=parked or claim.record)
+        return claim
 
     def refuse(self, operation: str, payment_id: str, message: str, *, fields: Mapping[str, object] | None = None,
                error_class: str = "InvalidInput", message_id: str = "",
@@ -969,6 +990,12 @@ def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]
         return {"amount": validation.amount(answer.amount)}
     except InvalidInput:
         return {}
+
+
+def _holder_if_dead(record: PaymentRecord) -> str:
+    """``record``'s lease holder if its process is known dead (this host, pid gone), in flight or not, else ""."""
+    holder = record.lease_owner
+    return holder if holder and owner_is_dead(holder) else ""
 
 
 def _dead(record: PaymentRecord | None) -> str:

@@ -163,7 +163,11 @@ class PaymentTask(Task):
         return None
 
     def _refuse(self, exc: InvalidInput) -> dict[str, object]:
-        flow, request = self.flow, self.request
+        request = self.request
+        named = request.merchant
+        # an account the workers do not know: refused under default's, counted as merchant "unknown" (not its name)
+        unknown = named is not None and named not in self.services.settings.merchant_names
+        flow = self.services.unknown_merchant_flow if unknown else self.flow
         # The key is bound to this request as given (its card encrypted or not): another request under it is an
         # IdempotencyMismatch, this one again the stored refusal.
         given = {"args": list(request.args or ()), "kwargs": dict(request.kwargs or {})}

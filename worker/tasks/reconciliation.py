@@ -1,6 +1,7 @@
 """The daily settlement reconciliation under Celery beat (``payments.reconcile_report``, at RECONCILE_REPORT_AT):
 the previous UTC day against the gateway's report, as ``payments reconcile --date yesterday`` does. A worker that
-serves metrics counts it (``payments_settlement_reconciliations_total{result}``, ``..._differences_total{kind}``)."""
+serves metrics counts it per merchant account (``payments_settlement_reconciliations_total{merchant,result}``,
+``..._differences_total{merchant,kind}``)."""
 from __future__ import annotations
 
 import logging
@@ -27,21 +28,19 @@ TASKS = TaskTable()
 def reconcile_report(self: Task, day: str | None = None) -> dict[str, Any]:
     """Reconcile ``day`` (YYYY-MM-DD; default: yesterday, UTC); returns the day's summary without its findings
     (those are kept in the store and logged)."""
-    from worker.ops.metrics import observer
     from worker.payments.decisions import merchants, reconciler
     from worker.payments.reconciliation import ReconcileError, parse_day
 
-    metrics = observer()
-
     when = parse_day(day) if day else datetime.now(UTC).date() - timedelta(days=1)
     svc = services_of(self.app)
+    metrics = svc.metrics  # this process's (None: metrics off); each account's days under its own name
     summaries = []
     for merchant in merchants(svc):  # each merchant account's own report (worker/merchants.py)
         try:
             result = reconciler(svc, merchant).run_day(when)
         except ReconcileError as exc:
             if metrics is not None:
-                metrics.settlement("no_verdict", {})
+                metrics.settlement("no_verdict", {}, merchant)
             log.warning("reconcile %s (%s): %s; trying again in %d s", when, merchant, exc, RETRY_EVERY)
             raise self.retry(countdown=RETRY_EVERY, exc=exc) from None
         for finding in result.differences:
@@ -51,7 +50,7 @@ def reconcile_report(self: Task, day: str | None = None) -> dict[str, Any]:
         summary = result.summary()
         summary.pop("findings", None)
         if metrics is not None:
-            metrics.settlement("differences" if result.differences else "clean", summary["by_kind"])
+            metrics.settlement("differences" if result.differences else "clean", summary["by_kind"], merchant)
         summaries.append(summary)
     first = summaries[0]
     return first if len(summaries) == 1 else {**first, "merchants": summaries[1:]}

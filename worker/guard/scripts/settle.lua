@@ -2,7 +2,12 @@
 -- (refused, timed out, reset, 5xx) counts one more consecutive failure and opens the breaker at the threshold, or
 -- at once when it was the half-open probe; "neutral" only frees the probe's place.
 -- KEYS[1] breaker hash; ARGV: verdict, threshold, cooldown (s), "1" when the attempt was the probe
+-- KEYS[2], ARGV[5] (the bulkhead, when on): the merchant's attempts in flight and this attempt's id, whose place is
+-- freed first (with the breaker off the verdict is "neutral": only that)
 -- Returns what changed: closed | reset | opened | counted | same
+if KEYS[2] then
+  redis.call('ZREM', KEYS[2], ARGV[5])
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local verdict, threshold, cooldown, probe = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
