@@ -170,6 +170,7 @@ def test_the_breaker_is_on_by_default_the_rate_limit_off(monkeypatch):
 
 
 def test_the_cap_in_flight_turns_the_guard_on(monkeypatch):
+    monkeypatch.setenv("GATEWAY_BREAKER_FAILURES", "0")  # the cap alone (the breaker is on by default)
     monkeypatch.setenv("GATEWAY_MAX_IN_FLIGHT", "3")
     monkeypatch.setenv("GATEWAY_BUSY_WAIT", "0.2s")
     guard = Settings.from_env().guard
