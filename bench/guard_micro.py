@@ -84,7 +84,7 @@ def main() -> int:
         client.delete(*keys)
     print(f"{'guard':<12}{'round trips':>12}{'wall us':>10}{'cpu us':>9}   per payment, median of 5 x {n}")
     for r in rows:
-        print(f"{r['name']:<12}{r['round_trips']:>12.2f}{r['wall_us']:>10.1f}{r['cpu_us']:>9.1f}")
+        print(f"{r['name']:<12}{r['round_trips']:>12.4f}{r['wall_us']:>10.1f}{r['cpu_us']:>9.1f}")
     return 0
 
 
