@@ -225,7 +225,7 @@ def test_an_stq_lookup_the_breaker_held_back_looks_again_when_it_lets_us(store):
     pid = new_id()
     flow = make_flow(store, gw)
     for _ in range(2):
-        out = parked(lambda: sale(flow, pid))  # noqa: B023  (run at once)
+        out = parked(lambda: sale(flow, pid))
         assert out.parked_as == "UNKNOWN" and out.check_in == 12.0
         assert "stq cannot tell" in store.get(pid)["message"]
     assert len(gw.sends) == 1
