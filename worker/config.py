@@ -183,6 +183,9 @@ SUBMIT_TIME_ZONE = "America/Chicago"
 
 # ---- merchant accounts (worker/merchants.py, docs/merchants.md) ------------------------------------------------
 DEFAULT = "default"
+#: not an account's name: the metrics' merchant label says these for the BLUEPAY_* account, a message naming an
+#: account the workers do not know, and anything else (worker/ops/metrics.py)
+_RESERVED_NAMES = frozenset({DEFAULT, "unknown", "other"})
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _FIELDS = frozenset({"account_id", "secret_key", "mode", "url", "hash_type", "platform_merchant_id", "rate_limit",
                      "stq_rate_limit", "breaker_failures", "breaker_cooldown", "max_in_flight"})
@@ -230,8 +233,9 @@ def parse_accounts(text: str, *, base: MerchantAccount,
 def _account(name: object, spec: object, base: MerchantAccount,
              duration: Callable[[object, str], float]) -> MerchantAccount:
     where = f"BLUEPAY_ACCOUNTS[{name!r}]"
-    if not valid_name(name) or name == DEFAULT:
-        raise ValueError(f"{where}: a name is lower-case letters, digits, - and _ (at most 32), not {DEFAULT!r}")
+    if not valid_name(name) or name in _RESERVED_NAMES:
+        raise ValueError(f"{where}: a name is lower-case letters, digits, - and _ (at most 32), not 'default', "
+                         "'unknown' or 'other' (metric labels: the BLUEPAY_* account, a refused name, anything else)")
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where}: must be an object")
     unknown = sorted(set(spec) - _FIELDS)

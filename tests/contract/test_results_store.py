@@ -782,6 +782,18 @@ def test_list_newest_first_with_filters(store, tier):
     assert store.list(status="VOIDED") == []
 
 
+def test_list_by_merchant_account_reads_the_records_own_name(store, tier):
+    # records of default name no merchant (as before several accounts); another account's name theirs
+    for i in range(5):
+        tier.wait(0.005)
+        claim(store, f"m{i}", fields=dict(SALE_FIELDS, merchant="shop2") if i % 2 else SALE_FIELDS)
+    assert [r["payment_id"] for r in store.list(merchant="shop2")] == ["m3", "m1"]
+    assert [r["payment_id"] for r in store.list(merchant="default")] == ["m4", "m2", "m0"]
+    assert [r["payment_id"] for r in store.list(merchant="default", limit=2)] == ["m4", "m2"]
+    assert [r["payment_id"] for r in store.list(merchant="shop2", operation="sale", limit=1)] == ["m3"]
+    assert store.list(merchant="shop3") == [] and store.list(merchant="shop2", status="APPROVED") == []
+
+
 def test_indexes_track_every_transition(store, tier):
     claim(store, "p1")
     assert tier.index("non_final") == ["p1"] and tier.index("time") == ["p1"]
@@ -810,6 +822,52 @@ def test_history_and_audit(store):
     assert last["at"] == hist[3]["at"] and "id" in last
     assert [e["to"] for e in store.audit(after=entries[1]["id"])] == ["PENDING", "APPROVED"]
     assert [e["to"] for e in store.audit(count=1)] == ["PENDING"]
+
+
+def test_the_history_is_a_field_of_the_record_and_never_in_its_replies(store):
+    """One event log per payment besides the audit stream: the history is the record's ``history`` field, written in
+    the same HSET as the change (no list key), and left out of every record the store hands out except get()'s."""
+    claim(store, "p1", journal=True)
+    written = approve(store, "p1", "100000000001")
+    assert "history" not in written and "history" not in claim(store, "p1").record
+    raw = store.redis.hget(store.record_key("p1"), "history")
+    assert [h["status"] for h in json.loads(raw)] == ["PENDING", "APPROVED"]
+    assert not store.redis.exists(store.history_key("p1"))
+    assert all("history" not in r for r in store.list())
+
+
+def test_a_new_claim_answers_only_what_it_wrote_and_hands_out_the_whole_record(store):
+    """The claim's reply carries only the fields it added (the caller knows the ones it gave): Claim.record is still
+    the whole record, as a reader finds it."""
+    got = claim(store, "p1", journal=True, fence_for=300.0, fingerprints=["a" * 64])
+    rec = store.get("p1")
+    assert got.kind == "claimed" and rec is not None
+    assert got.record == {k: v for k, v in rec.items() if k != "history"}
+    assert got.record["amount"] == SALE_FIELDS["amount"] and got.record["fingerprint"] == "a" * 64
+
+
+def test_a_history_list_written_before_the_field_still_reads_first(store):
+    """A record written by the previous release began its history in the list P hist:<id>: get() and history()
+    read that list, then the field that later changes append to (and retention removes both with the record)."""
+    claim(store, "p1", journal=True)
+    store.redis.hdel(store.record_key("p1"), "history")  # as the previous release wrote it:
+    old = [{"at": "2026-12-07T10:00:00.000Z", "status": "PENDING", "note": "claimed by w1; attempt 1"}]
+    store.redis.rpush(store.history_key("p1"), *[json.dumps(h) for h in old])
+    approve(store, "p1", "100000000001")
+    assert statuses(store, "p1") == ["PENDING", "APPROVED"]
+    assert store.history("p1")[0] == old[0] and store.get("p1")["history"] == store.history("p1")
+
+
+def test_the_history_keeps_its_newest_entries_up_to_its_cap(store):
+    from worker.store.lua import HISTORY_CAP
+
+    claim(store, "p1", journal=True)
+    entries = [{"at": "2026-12-07T10:00:00.000Z", "status": "PENDING", "note": f"attempt {i}"}
+               for i in range(HISTORY_CAP)]
+    store.redis.hset(store.record_key("p1"), "history", json.dumps(entries))
+    approve(store, "p1", "100000000001")
+    hist = store.history("p1")
+    assert len(hist) == HISTORY_CAP and hist[0]["note"] == "attempt 1" and hist[-1]["status"] == "APPROVED"
 
 
 # ---- locks -----------------------------------------------------------------------------------

@@ -74,6 +74,29 @@ def test_archive_before_a_date_moves_old_records_and_show_and_list_find_them(cli
     assert missing.returncode == 2 and missing.stderr.strip() == "payments: error: no payment with id 'never-was'"
 
 
+def test_list_by_merchant_account_reads_redis_then_the_archive(client, prefix, tmp_path):
+    url = f"sqlite:///{tmp_path}/archive.sqlite3"
+    store = ResultsStore(client, prefix=prefix)
+    aged(client, store, "shop2-old", 10, merchant="shop2")
+    aged(client, store, "default-old", 9)  # default's records name no merchant
+    aged(client, store, "shop2-new", 2, merchant="shop2")
+    aged(client, store, "default-new", 1)
+    assert payments("archive", "--before", day(5), prefix=prefix, archive_url=url).returncode == 0
+    assert store.get("shop2-old") is None  # only in the archive now
+
+    def listed(*args):
+        done = payments("list", "--json", *args, prefix=prefix, archive_url=url)
+        assert done.returncode == 0, done.stderr
+        return [r["payment_id"] for r in json.loads(done.stdout)]
+
+    assert listed("--merchant", "shop2") == ["shop2-new", "shop2-old"]
+    assert listed("--merchant", "default") == ["default-new", "default-old"]
+    assert listed("--merchant", "shop2", "--limit", "1") == ["shop2-new"]
+    assert listed("--merchant", "shop3") == []
+    bad = payments("list", "--merchant", "Shop 2", prefix=prefix, archive_url=url)
+    assert bad.returncode == 2 and "is not a merchant account's name" in bad.stderr, bad.stderr
+
+
 @pytest.mark.parametrize("before,message", [
     (None, "--before must be at least 1 day(s) ago"),
     ("yesterday", "--before: 'yesterday' is not a date (YYYY-MM-DD) or an ISO-8601 time"),

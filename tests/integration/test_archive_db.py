@@ -146,6 +146,19 @@ def test_writes_replace_what_was_held_so_a_batch_copied_twice_leaves_the_same_ro
     archive.close()
 
 
+def test_a_merchant_accounts_archived_records_are_listed_by_the_name_they_carry(url):
+    archive = Archive(url)
+    # 450 records (over two of the filter's pages of 200), every 50th another account's; default's name none
+    archive.put([record(f"r{i:03}", created=1_750_000_000.0 + i, **({"merchant": "shop2"} if i % 50 == 7 else {}))
+                 for i in range(450)])
+    assert [r["payment_id"] for r in archive.list(merchant="shop2")] == [f"r{i:03}" for i in (407, 357, 307, 257,
+                                                                                                207, 157, 107, 57, 7)]
+    assert [r["payment_id"] for r in archive.list(merchant="shop2", limit=2)] == ["r407", "r357"]
+    assert [r["payment_id"] for r in archive.list(merchant="default", limit=3)] == ["r449", "r448", "r447"]
+    assert archive.list(merchant="shop2", status="DECLINED") == [] and archive.list(merchant="shop3") == []
+    archive.close()
+
+
 def test_audit_entries_are_kept_by_stream_id_idempotently(url):
     archive = Archive(url)
     entries = [{"id": "1750000000000-0", "payment_id": "p1", "operation": "sale", "from": "", "to": "PENDING",

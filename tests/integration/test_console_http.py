@@ -158,6 +158,20 @@ def test_the_story_links_a_sale_and_its_void_both_ways(world) -> None:
     assert f'href="/payments/{pid}"' in void_page[void_page.index("Follow-ups and chain"):]
 
 
+def test_the_payments_list_shows_one_merchant_accounts_records(world) -> None:
+    ours, theirs = "op-" + uuid.uuid4().hex[:12], "op-" + uuid.uuid4().hex[:12]
+    for pid, fields in ((ours, {}), (theirs, {"merchant": "shop2"})):  # default's records name no merchant
+        world.store.claim(pid, "sale", owner="w1", lease_seconds=30, fields={"amount": "3.00", "order_id": pid,
+                                                                             **fields})
+    c = world.client("vic")
+    page = c.get("/payments?merchant=shop2").text
+    assert theirs in page and ours not in page and "Payments of shop2" in page
+    page = c.get("/payments?merchant=default").text
+    assert ours in page and theirs not in page
+    assert theirs in c.get("/payments").text
+    assert c.get("/payments?merchant=Shop%202").status_code == 400  # not a name: never looked up
+
+
 def test_an_operator_resolves_a_needs_human_payment_a_viewer_and_a_forged_form_cannot(world) -> None:
     pid = world.needs_human()
     viewer = world.client("vic")

@@ -309,3 +309,18 @@ def test_merchants_have_their_own_cap(client, prefix):
     with pytest.raises(Throttled):
         slow.admit("pay")
     other.settle(other.admit("pay"), UP)
+
+
+def test_payments_status_shows_what_is_in_flight_of_the_cap(client, prefix):
+    import dataclasses
+    import types
+
+    from worker.config import Settings
+    from worker.ops.status import _guard_line, guard_report
+
+    settings = dataclasses.replace(Settings(), key_prefix=prefix,
+                                   guard=GuardSettings(max_in_flight=3, breaker_failures=0))
+    svc = types.SimpleNamespace(settings=settings, redis=client)
+    assert _guard_line(guard_report(svc)) == "no rate limit, 0 of 3 in flight, no breaker"
+    guard(client, prefix, merchant="default", max_in_flight=3).admit("pay")
+    assert _guard_line(guard_report(svc)) == "no rate limit, 1 of 3 in flight, no breaker"

@@ -76,8 +76,8 @@ def store(client, prefix):
     return ResultsStore(client, prefix=prefix)
 
 
-def test_a_sale_in_the_store_is_one_outbox_hset_a_claim_of_ten_commands_and_a_transition_of_ten(store, client,
-                                                                                                  prefix):
+def test_a_sale_in_the_store_is_one_outbox_hset_a_claim_of_nine_commands_and_a_transition_of_nine(store, client,
+                                                                                                    prefix):
     # warm: the scripts are loaded (a cold server answers NOSCRIPT once per script)
     store.outbox.put("warm", {"name": "payments.sale"})
     store.claim("warm", "sale", fields=SALE_FIELDS, owner="w1", lease_seconds=30, message_id="warm", journal=True)
@@ -87,25 +87,27 @@ def test_a_sale_in_the_store_is_one_outbox_hset_a_claim_of_ten_commands_and_a_tr
                             lambda: store.outbox.put("m1", {"name": "payments.sale", "body": [[], {}, {}]}))
     claimed = commands_of(client, prefix, lambda: store.claim(
         "m1", "sale", fields=SALE_FIELDS, owner="w1", lease_seconds=30, message_id="m1", journal=True,
-        fingerprints=["a" * 64]))
+        fingerprints=["a" * 64], fence_for=300.0))
     done = commands_of(client, prefix, lambda: store.transition(
         "m1", "APPROVED", expect=("PENDING",), owner="w1", sent=True, note="Approved Sale",
         fields={"trans_id": "100000000042", "message": "Approved Sale"}))
 
     assert put == ["HSET"]  # no clock: the sweep stamps entries it sees
-    # the claim: outbox entry gone, no key index entry (a key whose record left Redis), record written, indexed by
-    # time and as non-final, history, audit
-    assert len(claimed) == 1 and len(claimed[0]) <= 10, claimed
+    # the claim: outbox entry gone, no key index entry (a key whose record left Redis), record written with its
+    # history entry and its first attempt's fence, indexed by time and as non-final, audit
+    assert len(claimed) == 1 and len(claimed[0]) <= 9, claimed
     assert claimed[0].count("EXISTS") == 1
-    assert {"TIME", "HDEL", "HSET", "ZADD", "RPUSH", "XADD"} <= set(claimed[0]) and "ZREM" not in claimed[0]
+    assert {"TIME", "HDEL", "HSET", "ZADD", "XADD"} <= set(claimed[0]) and "ZREM" not in claimed[0]
+    assert "RPUSH" not in claimed[0] and claimed[0].count("HSET") == 1  # the history is a field of the record
     assert "HGETALL" not in claimed[0] and "HMGET" not in claimed[0]  # answers with what it wrote
-    # the outcome: read once, written once, out of non_final, by trans id, counted, history, audit
-    assert len(done) == 1 and len(done[0]) <= 10, done
+    # the outcome: read once, written once with its history entry, out of non_final, by trans id, counted, audit
+    assert len(done) == 1 and len(done[0]) <= 9, done
     assert done[0].count("HGETALL") == 1 and "HMGET" not in done[0]
-    assert {"HSET", "ZREM", "HSETNX", "HINCRBY", "RPUSH", "XADD"} <= set(done[0])
+    assert {"HSET", "ZREM", "HSETNX", "HINCRBY", "XADD"} <= set(done[0]) and "RPUSH" not in done[0]
     # and what they wrote is what a reader finds
     rec = store.get("m1")
     assert rec["status"] == "APPROVED" and rec["trans_id"] == "100000000042" and "lease_owner" not in rec
+    assert float(rec["fence_until"]) > float(rec["created_ts"]) + 299  # the claim fenced attempt 1
     assert [h["status"] for h in rec["history"]] == ["PENDING", "APPROVED"]
     assert store.find_by_trans_id("100000000042")["payment_id"] == "m1"
     assert store.outbox.stale(-1) == [] and store.stale_non_final(-1) == []

@@ -361,8 +361,18 @@ def run_flower_through_failover(name: str, logdir: Path, *, log=None) -> Report:
                     return False
                 return r.status_code == 200 and r.json().get("state") == "SUCCESS"
 
+            def hears_a_worker() -> bool:  # its event receiver is up: a worker's heartbeat reached it
+                try:
+                    r = requests.get(f"{base_url}/api/workers", params={"status": "1"}, auth=AUTH, timeout=5)
+                except requests.RequestException:
+                    return False
+                return r.status_code == 200 and any(r.json().values())
+
             try:
                 wait_until(lambda: proc.poll() is None and _answers(base_url), 30, "flower to answer")
+                # Flower answers before its event receiver listens, and task events are pub/sub: a task that ran in
+                # between is never shown (as the e2e Flower fixture, wait until it has heard a worker first).
+                wait_until(hears_a_worker, 60, "flower to hear a worker's events", interval=0.5)
                 with producer_for(url, base) as app:
                     sale = app.tasks["payments.sale"]
                     card = {"number": "4111111111111111", "expire": "1230", "cvv2": "123"}

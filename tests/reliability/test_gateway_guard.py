@@ -362,11 +362,11 @@ def run_slow_merchant(redis_url: str, logdir, *, cap: int, slow: int, fast: int,
 
 
 def test_a_slow_merchant_never_holds_the_others_slots(rel_redis_url, rel_logdir):
-    slow, fast, latency = (30, 30, 5.0) if SLOW else (6, 8, 1.5)
+    slow, fast, latency, concurrency = (30, 30, 5.0, 8) if SLOW else (6, 8, 1.5, 4)
     figures = run_slow_merchant(rel_redis_url, rel_logdir, cap=2, slow=slow, fast=fast, latency=latency,
-                                concurrency=4)
+                                concurrency=concurrency)
     # default's sales did not wait behind shop2's: they were all final while most of shop2's still waited their turn
-    # (without the bulkhead shop2's first four hold all four slots for a whole answer: see the comparison)
+    # (without the bulkhead shop2's first ones hold every slot for a whole answer: see the comparison)
     assert figures["shop2 left when default done"] >= slow // 2
     assert figures["shop2 peak in flight"] <= 2  # the cap, all workers together
     assert figures["payments_gateway_held_total:busy"] >= 1  # held back by the cap and re-queued, then final
@@ -374,6 +374,6 @@ def test_a_slow_merchant_never_holds_the_others_slots(rel_redis_url, rel_logdir)
 
 @pytest.mark.skipif(not SLOW, reason="the comparison without the bulkhead: PAYMENTS_SLOW_TESTS=1")
 def test_the_same_slow_merchant_without_the_bulkhead_for_comparison(rel_redis_url, rel_logdir):
-    figures = run_slow_merchant(rel_redis_url, rel_logdir, cap=0, slow=30, fast=30, latency=5.0, concurrency=4)
+    figures = run_slow_merchant(rel_redis_url, rel_logdir, cap=0, slow=30, fast=30, latency=5.0, concurrency=8)
     # the same figure as above: without the cap, default's sales waited behind shop2's slow answers
     assert figures["shop2 left when default done"] < 30 // 2

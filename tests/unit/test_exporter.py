@@ -84,7 +84,7 @@ def retention_counters() -> set[str]:
 
 def served() -> set[str]:
     exported = names(exported_text(new_store(), {"queues": {"celery": 0}, "unacked": 0}))
-    return exported | names(worker_text()) | names(breaker_text()) | retention_counters()
+    return exported | names(worker_text()) | names(breaker_text()) | names(in_flight_text()) | retention_counters()
 
 
 class OpenBreakerRedis:
@@ -113,6 +113,33 @@ def test_the_exporter_shows_the_shared_breaker_when_it_is_on():
     assert 'payments_gateway_breaker_opened_total{merchant="default"} 3.0' in text
     assert "payments_gateway_breaker_state" not in exported_text(new_store(),
                                                                  {"queues": {}, "unacked": 0})
+
+
+class TwoInFlightRedis:
+    """The two reads the bulkhead's gauge makes (worker/guard/shared.py: in_flight): two places held, by Redis time."""
+
+    def time(self) -> tuple[int, int]:
+        return 1000, 0
+
+    def zcount(self, key: str, low: str, high: str) -> int:
+        assert key == "payments:guard:default:in_flight" and (low, high) == ("(1000.000000", "+inf")
+        return 2
+
+
+def in_flight_text() -> str:
+    settings = Settings(guard=GuardSettings(max_in_flight=4, breaker_failures=0))
+    registry = CollectorRegistry(auto_describe=False)
+    svc = types.SimpleNamespace(settings=settings, redis=TwoInFlightRedis())
+    registry.register(PaymentsCollector(svc, None, read=lambda: dict(
+        new_store().health.snapshot(stale_auth_age=1.0), broker={"queues": {}, "unacked": 0})))
+    return generate_latest(registry).decode()
+
+
+def test_the_exporter_shows_the_bulkhead_when_it_is_on():
+    text = in_flight_text()
+    assert 'payments_gateway_in_flight{merchant="default"} 2.0' in text
+    assert 'payments_gateway_max_in_flight{merchant="default"} 4.0' in text
+    assert "payments_gateway_in_flight" not in breaker_text()
 
 
 def test_the_exporter_reports_redis_memory_and_its_limits():

@@ -9,9 +9,10 @@ import socket
 import pytest
 
 from tests.support.fake_gateway import FakeGateway, reply
+from tests.support.redis_store import StoreUnderTest, new_store
 from worker.gateway import BluePayClient, NotSent, RetryPolicy, expiry
 from worker.gateway.transport import HttpReply
-from worker.payments.flow import GatewayOutage, PaymentFlow
+from worker.payments.flow import PREFENCE_FRESH, GatewayOutage, PaymentFlow
 
 from . import gateway_replies as R
 from .test_flow import CARD, CUSTOMER, KEY, _dead_pid, new_id
@@ -116,3 +117,77 @@ def test_a_redelivery_waits_for_the_fence_of_a_stalled_holder_not_of_a_dead_one(
         flow.charge("sale", pid, amount="3.00", card=dict(CARD), customer=CUSTOMER, redelivered=True)
     assert gw.sends == [] and parked.value.parked_as == "UNKNOWN"
     assert parked.value.check_in == pytest.approx(300.0 - (LEASE + 1) + 1.0 + 1.0, abs=0.01)
+
+
+class CountingFences(StoreUnderTest):
+    """The real store, counting the fence calls it answers (the claim may fence the first attempt itself)."""
+
+    def __init__(self, client, **kw):
+        super().__init__(client, **kw)
+        self.fences = 0
+
+    def fence(self, *args, **kwargs):
+        self.fences += 1
+        return super().fence(*args, **kwargs)
+
+
+class SteppedClock:
+    """The flow's monotonic clock, moved by the test (how long the guard held the first attempt)."""
+
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def counting_store() -> CountingFences:
+    store = new_store(CountingFences)
+    assert isinstance(store, CountingFences)
+    return store
+
+
+class HeldGateway(FakeGateway):
+    """The shared guard held each sale this long (the flow's clock moves) before it went out."""
+
+    def __init__(self, script, clock: SteppedClock, held_for: float):
+        super().__init__(script=script)
+        self.clock, self.held_for = clock, held_for
+
+    def sale(self, *args, **kwargs):
+        self.clock.t += self.held_for
+        return super().sale(*args, **kwargs)
+
+
+def test_the_claim_fences_the_first_attempt_in_the_same_call():
+    """One round trip fewer per payment: the claim that notes attempt 1 also checks its fence (same stamp, same
+    fence_until as fence.lua); an attempt that goes out right after it asks the store nothing more."""
+    store = counting_store()
+    pid = new_id()
+    gw = FakeGateway(script=[reply(order_id=pid)])
+    flow = PaymentFlow(store, gw, [KEY], LEASE, 60.0, 60.0, 30.0, expire_minutes=2, skew_margin=30.0)
+    assert flow.charge("sale", pid, amount="3.00", card=dict(CARD))["status"] == "APPROVED"
+    assert store.fences == 0 and gw.stamps == [(store.clock.now, 2)]
+    record = store.get(pid)
+    assert record is not None
+    assert float(record["fence_until"]) == pytest.approx(store.clock.now + 2 * 60 + expiry.MINUTE + 30.0, abs=0.002)
+
+
+@pytest.mark.parametrize("held_for", [0.0, PREFENCE_FRESH])
+def test_a_first_attempt_held_past_the_claims_freshness_is_fenced_again(held_for):
+    """The guard held the first attempt PREFENCE_FRESH or more after the claim: the store checks the lease again."""
+    store, steps, pid = counting_store(), SteppedClock(), new_id()
+    gw = HeldGateway([reply(order_id=pid)], steps, held_for)
+    flow = PaymentFlow(store, gw, [KEY], LEASE, 60.0, 60.0, 30.0, clock=steps)
+    assert flow.charge("sale", pid, amount="3.00", card=dict(CARD))["status"] == "APPROVED"
+    assert store.fences == (1 if held_for else 0)
+
+
+def test_a_claim_without_the_fence_window_fences_nothing():
+    store = counting_store()
+    pid = new_id()
+    claim = store.claim(pid, "sale", owner="w1", lease_seconds=LEASE, journal=True)
+    record = store.get(pid)
+    assert claim.kind == "claimed" and claim.fenced_at is None and record is not None and "fence_until" not in record
+    again = store.claim(new_id(), "sale", owner="w1", lease_seconds=LEASE, journal="prior", fence_for=300.0)
+    assert again.fenced_at is None  # a redelivery is looked up first: no attempt right after its claim

@@ -48,6 +48,8 @@ def test_accounts_from_a_file(clean_env, tmp_path):  # noqa: F811
     ("[1]", "JSON object"),
     ("{nope", "not JSON"),
     ('{"default": {}}', "not 'default'"),
+    ('{"unknown": {}}', "'unknown' or 'other'"),  # the metrics' merchant label of a refused name
+    ('{"other": {}}', "'unknown' or 'other'"),
     ('{"Shop": {}}', "lower-case"),
     ('{"shop2": {"account_id": "1"}}', "secret_key: required"),
     ('{"shop2": {"account_id": "1", "secret_key": "s", "colour": "red"}}', "unknown field"),

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from worker.archive import migrate
 from worker.archive.schema import audit, history, operations
 from worker.config import Settings
+from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 
 __all__ = ["Archive", "ArchiveUnavailable", "sqlite_url_in"]
 
@@ -229,7 +230,8 @@ class Archive:
         return found[0] if found else None
 
     def list(self, *, status: str | None = None, operation: str | None = None, limit: int = 100,
-             order_id: str | None = None, invoice_id: str | None = None) -> list[dict[str, Any]]:
+             order_id: str | None = None, invoice_id: str | None = None, merchant: str | None = None
+             ) -> list[dict[str, Any]]:
         """Records newest first (by creation time), optionally filtered; without history, as the store's."""
         if limit <= 0:
             return []
@@ -242,7 +244,22 @@ class Archive:
             if value:
                 q = q.where(column == value)
         with self._begin("read") as conn:
+            if merchant:
+                return self._of_merchant(conn, q, merchant, limit)
             return self._records(conn, conn.execute(q.limit(limit)).all(), with_history=False)
+
+    def _of_merchant(self, conn: Connection, q: Any, merchant: str, limit: int) -> builtins.list[dict[str, Any]]:
+        """The merchant is in the record (a ``default`` one names none), not a column: read pages, keep its own."""
+        out: builtins.list[dict[str, Any]] = []
+        page, offset = max(limit * 4, 200), 0
+        while len(out) < limit:
+            rows = conn.execute(q.limit(page).offset(offset)).all()
+            out.extend(r for r in self._records(conn, rows, with_history=False)
+                       if (r.get("merchant") or DEFAULT_MERCHANT) == merchant)
+            if len(rows) < page:
+                break
+            offset += page
+        return out[:limit]
 
     def changed_since(self, since: float, *, limit: int = 500, offset: int = 0) -> builtins.list[dict[str, Any]]:
         """Records last changed at or after ``since`` (epoch seconds), newest created first (the newest operation

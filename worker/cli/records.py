@@ -7,6 +7,7 @@ from typing import Any
 
 from worker.cli.common import ping_redis, services
 from worker.cli.output import CommandError, format_outcome
+from worker.merchants import valid_name
 
 
 def find_record(svc: Any, payment_id: str) -> tuple[dict[str, Any] | None, str]:
@@ -46,7 +47,11 @@ def cmd_show(args: Any) -> int:
 def cmd_list(args: Any) -> int:
     svc = services()
     ping_redis(svc)
-    records = list_records(svc, status=args.status, operation=args.operation, limit=args.limit)
+    if args.merchant is not None and not valid_name(args.merchant):
+        raise CommandError(f"--merchant: {args.merchant[:40]!r} is not a merchant account's name "
+                           "(lower-case letters, digits, - and _)")
+    records = list_records(svc, status=args.status, operation=args.operation, merchant=args.merchant,
+                           limit=args.limit)
     if args.json:
         print(json.dumps(records, indent=2, sort_keys=True))
         return 0
@@ -57,11 +62,11 @@ def cmd_list(args: Any) -> int:
     return 0
 
 
-def list_records(svc: Any, *, status: str | None = None, operation: str | None = None, limit: int = 50
-                 ) -> list[dict[str, Any]]:
+def list_records(svc: Any, *, status: str | None = None, operation: str | None = None, merchant: str | None = None,
+                 limit: int = 50) -> list[dict[str, Any]]:
     from worker.payments.lookup import list_records as lookup
 
-    return lookup(svc, status=status, operation=operation, limit=limit,
+    return lookup(svc, status=status, operation=operation, merchant=merchant, limit=limit,
                   warn=lambda text: print(f"payments: warning: {text}", file=sys.stderr))
 
 
@@ -75,6 +80,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("list", help="list stored payment records, newest first")
     p.add_argument("--status", help="only this status (APPROVED, DECLINED, ERROR, UNKNOWN, SKIPPED, VOIDED, ...)")
     p.add_argument("--operation", choices=("sale", "auth", "capture", "refund", "void"))
+    p.add_argument("--merchant", metavar="NAME", help="only this merchant account's (default: the BLUEPAY_* one); "
+                   "read by filtering the newest records, so a rare one reads many (docs/merchants.md)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)

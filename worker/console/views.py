@@ -167,16 +167,22 @@ def listing(name: str) -> Any:
 
 
 def payments() -> Any:
+    from worker.merchants import valid_name
     from worker.payments.lookup import list_records
 
     status = (request.args.get("status") or "").strip().upper() or None
+    # ?merchant=NAME: one merchant account's (filtered from the newest records, as payments list --merchant)
+    merchant = (request.args.get("merchant") or "").strip() or None
+    if merchant is not None and not valid_name(merchant):
+        abort(400)
     page = min(MAX_PAGE, max(1, request.args.get("page", 1, type=int) or 1))
     notes: list[str] = []
-    records = list_records(ext()["svc"], status=status, limit=page * PAGE_SIZE + 1, warn=notes.append)
+    records = list_records(ext()["svc"], status=status, merchant=merchant, limit=page * PAGE_SIZE + 1,
+                           warn=notes.append)
     shown = records[(page - 1) * PAGE_SIZE:]
-    return render_template("list.html", title=f"Payments{' ' + status if status else ''}", name=None,
-                           status=status or "", page=page, records=shown[:PAGE_SIZE],
-                           more=len(shown) > PAGE_SIZE, notes=notes)
+    title = "Payments" + (f" {status}" if status else "") + (f" of {merchant}" if merchant else "")
+    return render_template("list.html", title=title, name=None, status=status or "", merchant=merchant or "",
+                           page=page, records=shown[:PAGE_SIZE], more=len(shown) > PAGE_SIZE, notes=notes)
 
 
 def reconciliation() -> Any:

@@ -1,5 +1,6 @@
-"""The guard on Redis: every worker process of every host shares one token bucket per merchant and lane and one
-circuit breaker per merchant (scripts/admit.lua, scripts/settle.lua).
+"""The guard on Redis: every worker process of every host shares one token bucket per merchant and lane, one
+circuit breaker per merchant and one set of each merchant's attempts in flight, capped (scripts/admit.lua,
+scripts/settle.lua).
 
 Breaker states: ``closed`` (requests go; consecutive failures are counted), ``open`` (nothing is sent until the
 cooldown ends: :class:`~worker.gateway.GatewayUnavailable`), ``half_open`` (the cooldown is over: one probe at a time

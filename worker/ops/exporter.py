@@ -20,6 +20,8 @@ Redis, no key scans) and reports::
     payments_gateway_breaker_state{merchant}          the shared circuit breaker (GATEWAY_BREAKER_FAILURES > 0):
                                                       0 closed, 1 half-open, 2 open; and
                                                       payments_gateway_breaker_opened_total{merchant}
+    payments_gateway_in_flight{merchant}              the bulkhead (GATEWAY_MAX_IN_FLIGHT > 0): requests in flight now,
+                                                      and payments_gateway_max_in_flight{merchant} (the cap)
     payments_webhook_deliveries_total{result}         webhook attempts by result: delivered, failed_attempt (tried
                                                       again later), exhausted (the last attempt failed), abandoned
                                                       (endpoint removed or disabled)
@@ -79,6 +81,7 @@ class PaymentsCollector:
             return
         yield from self._families(found)
         yield from self._breaker()
+        yield from self._in_flight()
         yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 1)
         yield _gauge("payments_exporter_scrape_seconds", "How long reading Redis took in this scrape",
                      time.perf_counter() - started)
@@ -145,6 +148,26 @@ class PaymentsCollector:
             opened.add_metric([state.merchant], state.opened)
         yield gauge
         yield opened
+
+    def _in_flight(self) -> Iterator[Metric]:
+        """The bulkhead (GATEWAY_MAX_IN_FLIGHT): each capped merchant's gateway requests in flight now, and its cap."""
+        s = self.svc.settings
+        names = getattr(s, "merchant_names", ("default",))
+        capped = [s.account(name) for name in names if s.account(name).guard.max_in_flight] if hasattr(
+            s, "account") else []
+        if not capped:
+            return
+        from worker.guard import in_flight
+
+        now = GaugeMetricFamily("payments_gateway_in_flight", "Gateway requests in flight (the bulkhead's count)",
+                                labels=["merchant"])
+        cap = GaugeMetricFamily("payments_gateway_max_in_flight", "The bulkhead's cap (GATEWAY_MAX_IN_FLIGHT)",
+                                labels=["merchant"])
+        for account in capped:
+            now.add_metric([account.name], in_flight(self.svc.redis, prefix=s.key_prefix, merchant=account.name))
+            cap.add_metric([account.name], account.guard.max_in_flight)
+        yield now
+        yield cap
 
     def _memory(self, memory: dict[str, int]) -> Iterator[Metric]:
         # noeviction: at maxmemory Redis refuses writes and every payment stops (the alert watches the ratio)

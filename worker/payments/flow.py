@@ -83,6 +83,9 @@ log = logging.getLogger("payments.flow")
 # How many times one delivery may send a money-moving request (first send + resends after a DUPLICATE
 # that the gateway proved was not ours).
 MAX_SENDS = 3
+#: The claim's fence of attempt 1 stands for the attempt only if it goes out this soon after (seconds, this process's
+#: monotonic clock): the lease the claim took is then certainly still held (no takeover before it lapses).
+PREFENCE_FRESH = 1.0
 ALREADY_VOIDED = "Already Voided"
 SETTLED_REFUSAL = "cannot void a settled transaction"
 #: The check before each money-moving attempt (the client calls it): (Redis time, TRANS_EXPIRE_PERIOD minutes).
@@ -133,7 +136,8 @@ class Store(Protocol):
 
     def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, object] | None = None,
               owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
-              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim: ...
+              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = (),
+              fence_for: float | None = None) -> Claim: ...
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None: ...
 
@@ -288,6 +292,8 @@ class _Run:
     masked_account: str = ""  # the card we charged (sale, auth)
     target: str = ""  # the trans id a follow-up refers to
     parent: str = ""  # the payment id of a follow-up's original, when known
+    #: the claim fenced the first attempt: (its Redis stamp, this process's monotonic clock then); used once
+    prefenced: tuple[float, float] | None = None
 
 
 @dataclass
@@ -540,12 +546,14 @@ class PaymentFlow:
              send: Callable[[bool, Fence], Response], message_id: str, redelivered: bool, *,
              retry_failed: bool = False) -> dict[str, object]:
         owner = new_owner()
+        claimed_at = self.clock()  # before the claim's Redis time: the fence's freshness is not overstated
         try:
             claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
                                      lease_seconds=self.lease_seconds, message_id=message_id,
                                      mode="retry_failed" if retry_failed else "run",
                                      fingerprints=fingerprints, journal="prior" if redelivered else True,
-                                     dead_owner=self._dead_holder(payment_id) if redelivered else "")
+                                     dead_owner=self._dead_holder(payment_id) if redelivered else "",
+                                     fence_for=self._fence_window())
             holder = decode(claim.record).lease_owner if claim.kind == "busy" else ""
             if holder and owner_is_dead(holder):
                 claim = self.store.claim(payment_id, operation, fields=fields, owner=owner,
@@ -568,6 +576,7 @@ class PaymentFlow:
                             countdown=max(0.5, min(remaining + 0.5, 10.0)))
         run = _run_of(operation, payment_id, owner, send, self.clock() + self.operation_budget,
                       decode({**fields, **claim.record}))
+        run.prefenced = _prefence_of(claim, claimed_at)
         assert self.keeper is not None
         with _in_flight(self.observer, operation), \
                 self.keeper.holding(payment_id, owner, run.deadline + self.call_budget):
@@ -691,16 +700,31 @@ class PaymentFlow:
         """The check the client runs before each attempt of ``run``: the Redis time of a live lease (the attempt's
         stamp), or FenceLost. The store keeps how long an attempt stamped then may be accepted (fence_until), which
         a takeover of an attempt that never reported waits out (claim.lua)."""
-        window = self.expire_minutes * 60 + expiry.MINUTE + self.skew_margin
+        window = self._fence_window()
 
         def fence() -> tuple[float, int]:
-            now = self._fenced(run, window)
+            now = self._prefenced(run)
+            if now is None:
+                now = self._fenced(run, window)
             longer = expiry.accepted_until(now, self.expire_minutes, self.skew_margin) - now
             if longer > window:  # a stamp in the hour repeated when daylight saving ends: the later reading counts
                 self._fenced(run, longer)
             return now, self.expire_minutes
 
         return fence
+
+    def _fence_window(self) -> float:
+        """How long an attempt stamped now may be accepted by the gateway (fence_until = stamp + this)."""
+        return self.expire_minutes * 60 + expiry.MINUTE + self.skew_margin
+
+    def _prefenced(self, run: _Run) -> float | None:
+        """The first attempt's stamp when the claim fenced it (same checks and fence_until as :meth:`_fenced`, one
+        round trip fewer) and the attempt goes out right after: within PREFENCE_FRESH of the claim by this process's
+        clock, well inside the lease it took. Later (the guard held it) or for any other attempt: None."""
+        pre, run.prefenced = run.prefenced, None
+        if pre is None or self.clock() - pre[1] >= min(PREFENCE_FRESH, self.lease_seconds / 2):
+            return None
+        return pre[0]
 
     def _fenced(self, run: _Run, accepted_for: float) -> float:
         try:
@@ -980,6 +1004,11 @@ def _run_of(operation: str, payment_id: str, owner: str, send: Callable[[bool, F
     return _Run(operation, payment_id, owner, send, operation in FOLLOW_UPS, deadline=deadline,
                 amount=record.amount, created_ts=record.created_ts or 0.0, masked_account=record.masked_account,
                 target=record.target, parent=record.parent)
+
+
+def _prefence_of(claim: Claim, claimed_at: float) -> tuple[float, float] | None:
+    """A new record's claim that fenced its first attempt: (the stamp, the monotonic clock before the claim)."""
+    return (claim.fenced_at, claimed_at) if claim.kind == "claimed" and claim.fenced_at is not None else None
 
 
 def _amount_taken(run: _Run, status: Status, answer: Response) -> dict[str, str]:

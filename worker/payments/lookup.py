@@ -41,17 +41,18 @@ def find_record(svc: Any, payment_id: str) -> tuple[dict[str, Any] | None, str]:
                                 f"read: {exc}") from None
 
 
-def list_records(svc: Any, *, status: str | None = None, operation: str | None = None, limit: int = 50,
-                 warn: Any = None) -> list[dict[str, Any]]:
+def list_records(svc: Any, *, status: str | None = None, operation: str | None = None, merchant: str | None = None,
+                 limit: int = 50, warn: Any = None) -> list[dict[str, Any]]:
     """Redis's records newest first, then the archive's up to ``limit``; a record both hold (changed after it was
     copied: same key, same creation) is shown once, as Redis has it. ``warn(text)`` hears that only Redis's
     records could be read."""
-    records: list[dict[str, Any]] = svc.store.list(status=status, operation=operation, limit=limit)
+    records: list[dict[str, Any]] = svc.store.list(status=status, operation=operation, merchant=merchant,
+                                                   limit=limit)
     if len(records) >= limit:
         return records
     seen = {r["payment_id"] for r in records}
     try:
-        archived = svc.archive.list(status=status, operation=operation, limit=limit)
+        archived = svc.archive.list(status=status, operation=operation, merchant=merchant, limit=limit)
     except ArchiveUnavailable as exc:
         if warn is not None:
             warn(f"only Redis's records: {exc}")

@@ -22,8 +22,11 @@ removes the claimed message's outbox entry in the same round trip, so the three 
 
 Key layout (``P`` is the prefix, ``payments:`` by default)::
 
-    P op:<payment_id>      hash    the record (see below)
-    P hist:<payment_id>    list    history entries, JSON {"at", "status", "note"} (oldest first, capped)
+    P op:<payment_id>      hash    the record (see below); its field ``history`` holds the history entries, a JSON
+                                   list of {"at", "status", "note"} (oldest first, capped at 1,000), written in the
+                                   same HSET as the change each entry records
+    P hist:<payment_id>    list    (records written before 2026-12-08 only) the first history entries, JSON
+                                   {"at", "status", "note"}: read before the field, removed with the record
     P key:<payment_id>     hash    a record that left Redis (retention): its fingerprint and public outcome, what
                                    the claim answers the key with; expires PAYMENTS_KEY_RETENTION after the
                                    record's last change (:mod:`worker.store.retention`)
@@ -55,7 +58,7 @@ which the last attempt that may have reached the gateway had left; empty: none m
 
 Audit events: every function that changes a record's status or notes an attempt (claim, journal, transition,
 reflect, resolve, and a reflection's change of the original) adds, in the same atomic call, one entry to
-``P audit`` (``common.lua`` record_event), so an entry exists if and only if its transition happened. Each entry is
+``P audit`` (``common.lua`` log_event), so an entry exists if and only if its transition happened. Each entry is
 a flat map of strings::
 
     payment_id  the record's id                 operation  sale | auth | capture | refund | void

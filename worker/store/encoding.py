@@ -35,12 +35,25 @@ def text(v: Any) -> str:
 
 
 def typed(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record as read from its hash: ``attempts`` a number, the ``history`` field (JSON text) left out (read by
+    :func:`history_of`)."""
+    if isinstance(rec.get("history"), str):
+        del rec["history"]
     if "attempts" in rec:
         try:
             rec["attempts"] = int(rec["attempts"])
         except (TypeError, ValueError):
             rec["attempts"] = 0
     return rec
+
+
+def history_of(field: Any, old_list: list[Any] | None = None) -> list[dict[str, Any]]:
+    """A record's history, oldest first: the list ``P hist:<id>`` a record written before 2026-12-08 began it in
+    (``old_list``: its LRANGE), then its ``history`` field (a JSON list; scripts/common.lua with_history)."""
+    entries = [json.loads(text(h)) for h in old_list or []]
+    if field:
+        entries += json.loads(text(field))
+    return entries
 
 
 def pairs_to_dict(flat: list[Any] | None) -> dict[str, Any] | None:

@@ -13,16 +13,16 @@ ages, next-check times and the attempt journal use that one clock, whatever each
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 from worker.redis_connections import run_script_durably
 from worker.states import FINAL, NON_FINAL, OPERATIONS, ClaimKind, Status
-from worker.store.encoding import check_no_pan, pairs_to_dict, text, to_str, typed
+from worker.store.encoding import check_no_pan, history_of, pairs_to_dict, text, to_str, typed
 from worker.store.final_write import FinalWrite, mark_written
 from worker.store.health import Health
 from worker.store.keys import StoreKeys
@@ -50,12 +50,16 @@ class Claim:
     live worker holds the lease), ``resumed`` (lease taken over from ``previous_status``: reconcile before
     sending unless nothing may have been sent), ``mismatch`` (the key is bound to another request),
     ``exists`` (create_only found a record), ``missing`` (reconcile found none). ``now``: Redis server time.
+    ``fenced_at``: a new record claimed with ``journal=True`` and ``fence_for``: the stamp of its first attempt,
+    fenced in the same call (:meth:`ResultsStore.fence`), else None.
     """
 
     kind: ClaimKind | str
     record: dict[str, Any]
     previous_status: str | None = None
     now: float = 0.0
+    #: Redis time of the first attempt's fence, checked by the claim itself (``fence_for``), or None
+    fenced_at: float | None = None
 
 
 class ResultsStore:
@@ -113,7 +117,8 @@ class ResultsStore:
     # ---- hot path ---------------------------------------------------------------------------
     def claim(self, payment_id: str, operation: str, *, fields: Mapping[str, Any] | None = None,
               owner: str, lease_seconds: float, dead_owner: str = "", message_id: str = "",
-              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = ()) -> Claim:
+              mode: str = "run", journal: bool | str = False, fingerprints: Iterable[str] = (),
+              fence_for: float | None = None) -> Claim:
         """Claim ``payment_id`` (see :class:`Claim`).
 
         ``dead_owner``: a lease holder known to be dead (its process is gone), whose live lease may be taken
@@ -124,7 +129,9 @@ class ResultsStore:
         request's fingerprint under each card key (the first is stored); an existing record bound to another
         request answers ``mismatch``. ``mode="retry_failed"``: as ``run``, but a final ERROR that provably charged
         nothing (``not_charged``, or an ``InvalidInput`` refusal before any attempt) is reopened (``resumed``) with
-        this request's fields, and bound to its fingerprint if the refusal had none.
+        this request's fields, and bound to its fingerprint if the refusal had none. ``fence_for`` (with
+        ``journal=True``): a new record's first attempt is also fenced, as :meth:`fence` with ``accepted_for``
+        would be right after the claim (one round trip fewer per payment): ``Claim.fenced_at`` is its stamp.
         """
         payment_id, operation, owner = to_str(payment_id), to_str(operation), to_str(owner)
         if not payment_id:
@@ -139,16 +146,20 @@ class ResultsStore:
         fps = [to_str(f) for f in fingerprints if f]
         base = {f: "" for f in CONTRACT_FIELDS if f not in _RESERVED}
         base.update(fields or {})
+        fence = repr(float(fence_for)) if fence_for is not None and journal is True else ""
         args = [owner, repr(float(lease_seconds)), payment_id, operation, to_str(dead_owner), to_str(message_id),
-                mode, journal if journal == "prior" else ("1" if journal else "0"), str(len(fps)), *fps]
-        args += self._field_args(base)
+                mode, journal if journal == "prior" else ("1" if journal else "0"), fence, str(len(fps)), *fps]
+        given = self._field_args(base)
+        args += given
         # A run's claim that took the lease (the caller may send next) must survive a failover: WAIT for replicas.
-        kind, prev, now, flat = run_script_durably(
+        kind, prev, now, flat, *stamp = run_script_durably(
             self.redis, self._claim, self._keys(payment_id), args, what="claim", replicas=self.replicas,
             timeout=self.replica_timeout,
             needed=lambda reply: mode in ("run", "retry_failed") and text(reply[0]) in ("claimed", "resumed"))
+        if text(kind) == "claimed":  # a new record: the fields given, and those the claim wrote (it answers only these)
+            flat = given + list(flat)
         return Claim(kind=text(kind), record=pairs_to_dict(flat) or {}, previous_status=text(prev) or None,
-                     now=float(now))
+                     now=float(now), fenced_at=float(stamp[0]) if stamp else None)
 
     def journal(self, payment_id: str, owner: str, lease_seconds: float) -> float | None:
         """Note a money-moving send before making it; server time, or None when ``owner`` lost the lease."""
@@ -215,15 +226,21 @@ class ResultsStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self.record_key(payment_id))
         pipe.lrange(self.history_key(payment_id), 0, -1)
-        raw, hist = pipe.execute()
+        raw, old = pipe.execute()
         if not raw:
             return None
-        rec = typed({text(k): text(v) for k, v in raw.items()})
-        rec["history"] = [json.loads(text(h)) for h in hist]
+        fields = {text(k): text(v) for k, v in raw.items()}
+        history = history_of(fields.pop("history", None), old)
+        rec: dict[str, Any] = typed(fields)
+        rec["history"] = history
         return rec
 
     def history(self, payment_id: str) -> list[dict[str, Any]]:
-        return [json.loads(text(h)) for h in self.redis.lrange(self.history_key(payment_id), 0, -1)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.record_key(payment_id), "history")
+        pipe.lrange(self.history_key(payment_id), 0, -1)
+        field, old = pipe.execute()
+        return history_of(field, old)
 
     def find_by_trans_id(self, trans_id: str) -> dict[str, Any] | None:
         if not trans_id:
@@ -252,28 +269,23 @@ class ResultsStore:
             pipe.hgetall(self.record_key(text(pid)))
         return [typed({text(k): text(v) for k, v in raw.items()}) for raw in pipe.execute() if raw]
 
-    def list(self, *, status: str | None = None, operation: str | None = None,
+    def list(self, *, status: str | None = None, operation: str | None = None, merchant: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
-        """Records newest first (by creation time), optionally filtered."""
+        """Records newest first (by creation time), optionally filtered. Filters read the records: pages of the time
+        index, newest first, until ``limit`` match (a rare status or merchant reads many; docs/merchants.md)."""
         if limit <= 0:
             return []
         out: list[dict[str, Any]] = []
-        page = max(limit * 2, 100) if (status or operation) else limit
+        filtered = bool(status or operation or merchant)
+        page = max(limit * 2, 100) if filtered else limit
         start = 0
         while len(out) < limit:
             ids = self.redis.zrevrange(self.keys.time, start, start + page - 1)
             if not ids:
                 break
             start += len(ids)
-            for rec in self._fetch(ids):
-                if status and rec.get("status") != status:
-                    continue
-                if operation and rec.get("operation") != operation:
-                    continue
-                out.append(rec)
-                if len(out) >= limit:
-                    break
-        return out
+            out.extend(r for r in self._fetch(ids) if not filtered or _matches(r, status, operation, merchant))
+        return out[:limit]
 
     #: The indexes :meth:`indexed` pages through (the console's lists).
     LISTED = ("unknown", "retrying", "needs_human", "open_auths", "non_final")
@@ -335,3 +347,9 @@ class ResultsStore:
     def reflect_due(self, *, limit: int | None = 1000) -> builtins.list[str]:
         """APPROVED captures/refunds/voids not yet reflected on their original, oldest first."""
         return [text(i) for i in self._range(self.keys.reflect_due, float("inf"), limit)]
+
+
+def _matches(record: Mapping[str, Any], status: str | None, operation: str | None, merchant: str | None) -> bool:
+    """A record of ``default`` names no merchant (records are as before several accounts)."""
+    return ((not status or record.get("status") == status) and (not operation or record.get("operation") == operation)
+            and (not merchant or (record.get("merchant") or DEFAULT_MERCHANT) == merchant))

@@ -25,7 +25,7 @@ import redis
 
 from worker.config import DEFAULT_KEY_RETENTION
 from worker.states import FINAL, FOLLOW_UPS, Status
-from worker.store.encoding import text, typed
+from worker.store.encoding import history_of, text, typed
 from worker.store.keys import StoreKeys
 from worker.store.lua import Functions
 from worker.store.outcomes import CONTRACT_FIELDS, OPTIONAL_PUBLIC_FIELDS
@@ -93,7 +93,8 @@ class Retention:
         for raw, hist in zip(replies[0::2], replies[1::2], strict=True):
             rec = {text(k): text(v) for k, v in raw.items()}
             if rec and archivable(rec, cutoff):
-                found.append(typed(dict(rec, history=[json.loads(text(h)) for h in hist])))
+                history = history_of(rec.pop("history", None), hist)
+                found.append(dict(typed(rec), history=history))
         return found, len(ids)
 
     def forget(self, records: Sequence[Mapping[str, Any]], cutoff: float, *,

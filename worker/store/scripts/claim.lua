@@ -1,17 +1,20 @@
 -- ARGV: 1 owner 2 lease_seconds 3 payment_id 4 operation 5 dead_owner 6 message_id 7 mode
 --       8 journal ('1': note attempt 1 in the same round trip; 'prior': the message was delivered before,
---       so an earlier delivery may have sent it until now) 9 n_fingerprints, fingerprints...,
+--       so an earlier delivery may have sent it until now) 9 fence window ('': none; seconds: a new record
+--       journaled '1' is also fenced for its first attempt, as fence.lua would be right after: fence_until = now +
+--       the window, and the reply's 5th element is the stamp) 10 n_fingerprints, fingerprints...,
 --       then field/value pairs for a new record.
 -- mode: run (claim to work on it), retry_failed (run; a final ERROR that provably charged nothing is reopened:
 --       common.lua charged_nothing), create_only (record only if absent: a delivery that cannot run),
 --       reconcile (the sweep: never creates).
--- Returns {kind, previous_status, now, record pairs}.
-local owner, lease_seconds, pid, op, dead_owner, message_id, mode, journal =
-  ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local n_fp = tonumber(ARGV[9])
+-- Returns {kind, previous_status, now, record pairs[, fence stamp]}; 'claimed' answers only the pairs it added to the
+-- caller's fields.
+local owner, lease_seconds, pid, op, dead_owner, message_id, mode, journal, fence_window =
+  ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local n_fp = tonumber(ARGV[10])
 local fps = {}
-for i = 10, 9 + n_fp do fps[ARGV[i]] = true end
-local first_field = 10 + n_fp
+for i = 11, 10 + n_fp do fps[ARGV[i]] = true end
+local first_field = 11 + n_fp
 -- An ERROR that provably charged nothing (retry_failed may reopen it): closed as not charged (stq proved the
 -- absence past the commit horizon, or it was never sent), or refused as invalid input (a card sealed with another
 -- PAYMENTS_CARD_KEY included) before any attempt was noted.
@@ -22,7 +25,8 @@ end
 local function charged_nothing(rec)
   return redis.call('HGET', rec, 'not_charged') == '1' or refused_unsent(rec)
 end
-local now = server_now()
+local clock = server_clock()
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_iso, now_ts = iso(now), ts(now)
 -- The message's outbox entry goes, whatever the claim says; a stamp the sweep gave it is the sweep's to drop.
 if message_id ~= '' then redis.call('HDEL', OUTBOX, message_id) end
@@ -45,7 +49,7 @@ if not status then
   local args = {}
   for i = first_field, #ARGV do args[#args + 1] = ARGV[i] end
   local fp = ''
-  if n_fp > 0 then fp = ARGV[10] end
+  if n_fp > 0 then fp = ARGV[11] end
   for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
                       'created_at', now_iso, 'updated_at', now_iso, 'created_ts', now_ts,
                       'updated_ts', now_ts, 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
@@ -53,21 +57,33 @@ if not status then
     args[#args + 1] = v
   end
   local note = 'claimed by ' .. owner
+  local stamp = nil
   if journal == '1' then
     for _, v in ipairs({'sends', '1', 'attempt_ts', now_ts, 'in_flight', '1'}) do args[#args + 1] = v end
     note = note .. '; attempt 1'
+    if fence_window then
+      -- The first attempt's fence (fence.lua) in the same call: this lease was taken just now.
+      args[#args + 1] = 'fence_until'
+      args[#args + 1] = string.format('%.3f', math.ceil((now + fence_window) * 1000) / 1000)
+      stamp = string.format('%d.%06d', tonumber(clock[1]), tonumber(clock[2]))
+    end
   elseif journal == 'prior' then
     args[#args + 1] = 'sent_ts'
     args[#args + 1] = now_ts
     note = note .. '; delivered before: an earlier delivery may have sent it'
   end
+  args[#args + 1] = 'history'
+  args[#args + 1] = with_history(nil, now_iso, 'PENDING', note)
   redis.call('HSET', REC, unpack(args))
   redis.call('ZADD', IDX_TIME, now_ts, pid)
   -- A new record: no index holds it yet, and what was written is the whole record (no HMGET, no HGETALL).
   local rec = to_table(args)
   local trans_id = reindex_from(pid, nil, rec)
-  record_event(REC, HIST, pid, op, '', 'PENDING', note, now_iso, trans_id)
-  return {'claimed', '', now_ts, to_pairs(rec)}
+  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id)
+  -- A small reply: the caller knows the fields it gave; only those written here go back (not the history).
+  local written = {}
+  for i = #ARGV - first_field + 2, #args - 2 do written[#written + 1] = args[i] end
+  return {'claimed', '', now_ts, written, stamp}
 end
 -- retry_failed of a request refused as invalid input (never sent): the producer fixed the input, so the key is
 -- bound again, to this request. A request that was sent and closed not charged stays bound to itself.
@@ -76,21 +92,21 @@ if mode ~= 'reconcile' then
   local r = redis.call('HMGET', REC, 'operation', 'fingerprint')
   local stored_fp = r[2] or ''
   if r[1] ~= op or (n_fp > 0 and stored_fp ~= '' and not fps[stored_fp] and not rebind) then
-    return {'mismatch', status, now_ts, redis.call('HGETALL', REC)}
+    return {'mismatch', status, now_ts, record_reply(REC)}
   end
 end
-if mode == 'create_only' then return {'exists', status, now_ts, redis.call('HGETALL', REC)} end
+if mode == 'create_only' then return {'exists', status, now_ts, record_reply(REC)} end
 local reopened = false
 if not NON_FINAL[status] then
   if not (mode == 'retry_failed' and status == 'ERROR' and charged_nothing(REC)) then
-    return {'final', status, now_ts, redis.call('HGETALL', REC)}
+    return {'final', status, now_ts, record_reply(REC)}
   end
   reopened = true
 end
 local r = redis.call('HMGET', REC, 'lease_owner', 'lease_until', 'in_flight', 'sent_ts', 'fence_until')
 local cur_owner, until_ = r[1] or '', tonumber(r[2] or '0') or 0
 if until_ > now and cur_owner ~= owner and (dead_owner == '' or cur_owner ~= dead_owner) then
-  return {'busy', status, now_ts, redis.call('HGETALL', REC)}
+  return {'busy', status, now_ts, record_reply(REC)}
 end
 local updates = {'status', 'PENDING', 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
                  'updated_at', now_iso, 'updated_ts', now_ts}
@@ -102,7 +118,7 @@ if reopened then
   local stored_fp = redis.call('HGET', REC, 'fingerprint') or ''
   if (stored_fp == '' or rebind) and n_fp > 0 then
     updates[#updates + 1] = 'fingerprint'
-    updates[#updates + 1] = ARGV[10]
+    updates[#updates + 1] = ARGV[11]
   end
   redis.call('HDEL', REC, 'error_class', 'not_charged', 'needs_human', 'next_check_ts')
   note = 'retry_failed: reopened by ' .. owner .. ' from ERROR (nothing was charged)'
@@ -120,5 +136,5 @@ redis.call('HSET', REC, unpack(updates))
 redis.call('HINCRBY', REC, 'attempts', 1)
 local cur_op = redis.call('HGET', REC, 'operation') or op
 local trans_id = reindex(REC, pid, nil)
-record_event(REC, HIST, pid, cur_op, status, 'PENDING', note, now_iso, trans_id)
-return {'resumed', status, now_ts, redis.call('HGETALL', REC)}
+record_event(REC, pid, cur_op, status, 'PENDING', note, now_iso, trans_id)
+return {'resumed', status, now_ts, record_reply(REC)}

@@ -54,7 +54,30 @@ local function iso(t)
     math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms)
 end
 
-local function record_event(rec, hist, pid, op, from, to, note, at, trans_id)
+-- A record's history is one field of its hash, ``history``: a JSON list of {at, status, note}, oldest first, capped
+-- at HISTORY_CAP entries, written in the same HSET as the change it records (no key, command or expiry of its own).
+-- Records written before 2026-12-08 began it in the list P hist:<id> (RPUSH): readers put that list first, and
+-- retention removes it with the record (worker/store/records.py ResultsStore.get).
+-- No entry is shorter than 48 bytes: below HISTORY_CAP * 48 the list cannot be past its cap, and is not decoded.
+local HISTORY_CHECK_BYTES = HISTORY_CAP * 48
+local function with_history(current, at, to, note)
+  local entry = cjson.encode({at = at, status = to, note = note})
+  if not current or current == '' then return '[' .. entry .. ']' end
+  local joined = string.sub(current, 1, -2) .. ',' .. entry .. ']'
+  if #joined > HISTORY_CHECK_BYTES then
+    local all = cjson.decode(joined)
+    if #all > HISTORY_CAP then
+      local kept = {}
+      for i = #all - HISTORY_CAP + 1, #all do kept[#kept + 1] = all[i] end
+      joined = cjson.encode(kept)
+    end
+  end
+  return joined
+end
+
+-- The audit entry and the count of records by final status; the caller writes the history entry (with_history) in
+-- its own HSET of the record.
+local function log_event(pid, op, from, to, note, at, trans_id)
   -- Records by FINAL status: every status change passes here (and a record leaves only through forget.lua).
   -- Non-final ones are counted by their indexes (PENDING = non_final - unknown - retrying: store/health.py),
   -- which saves two HINCRBY per payment.
@@ -62,12 +85,28 @@ local function record_event(rec, hist, pid, op, from, to, note, at, trans_id)
     if from ~= '' and not NON_FINAL[from] then redis.call('HINCRBY', IDX_COUNTS, from, -1) end
     if not NON_FINAL[to] then redis.call('HINCRBY', IDX_COUNTS, to, 1) end
   end
-  if redis.call('RPUSH', hist, cjson.encode({at = at, status = to, note = note})) > HISTORY_CAP then
-    redis.call('LTRIM', hist, -HISTORY_CAP, -1)
-  end
   redis.call('XADD', AUDIT, 'MAXLEN', '~', AUDIT_MAXLEN, '*',
     'payment_id', pid, 'operation', op, 'from', from, 'to', to, 'note', note, 'at', at,
     'trans_id', trans_id)
+end
+
+-- The same for a script that has not read the record's history: its history entry read and written here.
+local function record_event(rec, pid, op, from, to, note, at, trans_id)
+  redis.call('HSET', rec, 'history', with_history(redis.call('HGET', rec, 'history'), at, to, note))
+  log_event(pid, op, from, to, note, at, trans_id)
+end
+
+-- A record for a reply: its fields without the history (ResultsStore.get reads that).
+local function record_reply(rec)
+  local flat = redis.call('HGETALL', rec)
+  for i = 1, #flat - 1, 2 do
+    if flat[i] == 'history' then
+      table.remove(flat, i)
+      table.remove(flat, i)
+      break
+    end
+  end
+  return flat
 end
 
 -- Recompute every index membership of the record at ``rec`` from its current state.
@@ -195,7 +234,7 @@ local function restore_refunded(prefix, o, refund_pid, fu_pid, at, now)
   redis.call('HSET', pkey, 'status', new_status, 'refunded_amount', money(after), 'updated_at', at,
              'updated_ts', ts(now))
   local ptrans = reindex(pkey, parent, nil)
-  record_event(pkey, prefix .. 'hist:' .. parent, parent, p[3] or '', p[1], new_status,
+  record_event(pkey, parent, p[3] or '', p[1], new_status,
                'refund ' .. refund_pid .. ' of ' .. money(this) .. ' voided by ' .. fu_pid .. ' (' .. money(after) ..
                ' refunded in all)', at, ptrans)
 end
@@ -216,7 +255,7 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
     return result
   end
   if not orig or orig == fu_pid then return done('no_original') end
-  local okey, ohist = prefix .. 'op:' .. orig, prefix .. 'hist:' .. orig
+  local okey = prefix .. 'op:' .. orig
   local o = redis.call('HMGET', okey, 'status', 'operation', 'amount', 'refunded_amount', 'target', 'parent',
                        'trans_id')
   local ostatus, oop, oamount, orefunded = o[1], o[2], o[3] or '', o[4] or ''
@@ -258,7 +297,7 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
   for _, v in ipairs({'status', new_status, 'updated_at', at, 'updated_ts', ts(now)}) do fields[#fields + 1] = v end
   redis.call('HSET', okey, unpack(fields))
   local otrans = reindex(okey, orig, nil)
-  record_event(okey, ohist, orig, oop or '', ostatus, new_status, note, at, otrans)
+  record_event(okey, orig, oop or '', ostatus, new_status, note, at, otrans)
   if is_void and oop == 'capture' then
     -- A void of a capture reopens its auth, as the gateway does.
     local auth = original_of(prefix, o[6], o[5])
@@ -268,7 +307,7 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
       if a[1] == 'CAPTURED' and a[2] == orig then
         redis.call('HSET', akey, 'status', 'APPROVED', 'captured_by', '', 'updated_at', at, 'updated_ts', ts(now))
         local atrans = reindex(akey, auth, nil)
-        record_event(akey, prefix .. 'hist:' .. auth, auth, a[3] or 'auth', 'CAPTURED', 'APPROVED',
+        record_event(akey, auth, a[3] or 'auth', 'CAPTURED', 'APPROVED',
                      'reopened: its capture ' .. orig .. ' was voided by ' .. fu_pid, at, atrans)
       end
     end

@@ -7,5 +7,5 @@ if r[1] ~= 'PENDING' or r[2] ~= owner then return {0, ts(now)} end
 local n = (tonumber(r[3] or '0') or 0) + 1
 redis.call('HSET', REC, 'sends', tostring(n), 'attempt_ts', ts(now), 'in_flight', '1',
            'lease_until', ts(now + lease_seconds))
-record_event(REC, HIST, r[5], r[4] or '', 'PENDING', 'PENDING', 'attempt ' .. n, iso(now), r[6] or '')
+record_event(REC, r[5], r[4] or '', 'PENDING', 'PENDING', 'attempt ' .. n, iso(now), r[6] or '')
 return {1, ts(now)}

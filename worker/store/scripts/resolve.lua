@@ -6,8 +6,8 @@ local new_status, who, reason, trans_id, prefix, checked = ARGV[1], ARGV[2], ARG
 local cur = redis.call('HMGET', REC, 'status', 'needs_human', 'operation', 'payment_id', 'trans_id')
 local status = cur[1]
 if not status then return {'missing', {}} end
-if cur[2] ~= '1' then return {'not_needs_human', redis.call('HGETALL', REC)} end
-if NON_FINAL[status] then return {'not_final', redis.call('HGETALL', REC)} end
+if cur[2] ~= '1' then return {'not_needs_human', record_reply(REC)} end
+if NON_FINAL[status] then return {'not_final', record_reply(REC)} end
 local now = server_now()
 local at = iso(now)
 local old_trans = cur[5] or ''
@@ -21,6 +21,6 @@ end
 redis.call('HSET', REC, unpack(fields))
 local pid = cur[4]
 local trans = reindex(REC, pid, old_trans)
-record_event(REC, HIST, pid, cur[3] or '', status, new_status, message .. ' (' .. checked .. ')', at, trans)
+record_event(REC, pid, cur[3] or '', status, new_status, message .. ' (' .. checked .. ')', at, trans)
 if prefix ~= '' then reflect(prefix, REC, pid, at, now) end
-return {'resolved', redis.call('HGETALL', REC)}
+return {'resolved', record_reply(REC)}

@@ -47,22 +47,25 @@ if check_in ~= '' then
   args[#args + 1] = 'next_check_ts'
   args[#args + 1] = ts(now + tonumber(check_in))
 end
+args[#args + 1] = 'history'
+args[#args + 1] = with_history(cur.history, now_iso, new_status, note)
 if is_final ~= '1' and new_status ~= 'PENDING' then
   args[#args + 1] = 'lease_until'  -- parked: free for the next delivery or the sweep
   args[#args + 1] = '0'
 end
 redis.call('HSET', REC, unpack(args))
 local rec = to_table(args, 1, to_table(flat))
+rec.history = nil  -- not in the reply (ResultsStore.get reads it)
 if is_final == '1' then
   redis.call('HDEL', REC, 'lease_owner', 'lease_until', 'in_flight', 'next_check_ts')
   rec.lease_owner, rec.lease_until, rec.in_flight, rec.next_check_ts = nil, nil, nil, nil
 end
 local pid = cur.payment_id
 local trans_id = reindex_from(pid, cur, rec)
-record_event(REC, HIST, pid, cur.operation or '', status, new_status, note, now_iso, trans_id)
+log_event(pid, cur.operation or '', status, new_status, note, now_iso, trans_id)
 if prefix ~= '' then
   reflect(prefix, REC, pid, now_iso, now)
-  local written = redis.call('HGETALL', REC)  -- reflect() may have written to the record
+  local written = record_reply(REC)  -- reflect() may have written to the record
   if meta ~= '' or tag ~= '' then finish_task(KEYS, to_table(written), meta, expires, tag) end
   return {new_status, now_ts, written}
 end

@@ -1,0 +1,96 @@
+"""What ``payments list`` costs when it filters, by merchant account or by status, against the plain newest page.
+
+    python -m bench.list_merchant --records 200000 [--repeat 5]
+
+A throw-away ``redis-server`` (bench/procs.py) is filled as bench/exporter_scrape.py fills it (records shaped as the
+store writes them, with their share of statuses), then 1 % of the records are marked as merchant ``shop2`` and
+0.1 % as ``shop3`` (a record of ``default`` names none, as the store writes it). Each listing asks for the newest 50
+through the store's own ``list`` (pages of the time index, then the records, filtered here): the time and the
+number of records read are the figures. Prints a table and one line of JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import procs  # noqa: E402
+from bench.exporter_scrape import PREFIX, fill  # noqa: E402
+from worker.store import ResultsStore  # noqa: E402
+
+LISTINGS: list[tuple[str, dict[str, str]]] = [
+    ("newest 50, no filter", {}),
+    ("--merchant default (98.9 %)", {"merchant": "default"}),
+    ("--status RETRYING (1 %)", {"status": "RETRYING"}),
+    ("--merchant shop2 (1 %)", {"merchant": "shop2"}),
+    ("--merchant shop3 (0.1 %)", {"merchant": "shop3"}),
+]
+
+
+def mark(client: redis.Redis, records: int, *, batch: int = 5000) -> None:
+    for start in range(0, records, batch):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(start + batch, records)):
+            name = "shop2" if i % 100 == 3 else "shop3" if i % 1000 == 7 else None
+            if name:
+                pipe.hset(f"{PREFIX}op:bench-{i:08d}", "merchant", name)
+        pipe.execute()
+
+
+class Counting(ResultsStore):
+    read = 0
+
+    def _fetch(self, ids: list[Any]) -> list[dict[str, Any]]:
+        self.read += len(ids)
+        return super()._fetch(ids)
+
+
+def measure(client: redis.Redis, repeat: int) -> list[dict[str, Any]]:
+    out = []
+    for name, filters in LISTINGS:
+        store = Counting(client, prefix=PREFIX)
+        times = []
+        for _ in range(repeat):
+            store.read = 0
+            started = time.perf_counter()
+            found = store.list(limit=50, **filters)
+            times.append((time.perf_counter() - started) * 1000)
+        out.append({"listing": name, "found": len(found), "records_read": store.read,
+                    "median_ms": round(statistics.median(times), 1)})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.list_merchant", description=__doc__.split("\n\n")[0])
+    p.add_argument("--records", type=int, default=200_000)
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args(argv)
+    proc, url, tmp = procs.start_private_redis()
+    try:
+        client = redis.Redis.from_url(url, decode_responses=False)
+        fill(redis.Redis.from_url(url, decode_responses=True), args.records)
+        mark(client, args.records)
+        rows = measure(client, args.repeat)
+    finally:
+        procs.stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'payments list':<30} {'found':>6} {'records read':>13} {'median ms':>10}")
+    for r in rows:
+        print(f"{r['listing']:<30} {r['found']:>6} {r['records_read']:>13} {r['median_ms']:>10.1f}")
+    print(json.dumps({"records": args.records, "repeat": args.repeat, "listings": rows}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
