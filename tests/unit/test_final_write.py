@@ -62,3 +62,11 @@ def test_anything_after_the_task_or_another_transport_keeps_celery_s_own_path(ap
 
 def test_a_store_on_another_redis_than_the_broker_keeps_celery_s_own_path(app):
     assert final_write_for(task_with(app), "redis://127.0.0.1:6399/4") is None
+
+
+def test_the_settings_read_once_per_app_still_tell_store_urls_apart(app):
+    # the app's settings are read once per store URL (worker/broker/final_write.py): a later call with another URL
+    # is not answered from the first one's
+    assert final_write_for(task_with(app), STORE_BROKER_URL) is not None
+    assert final_write_for(task_with(app), "redis://127.0.0.1:6399/5") is None
+    assert final_write_for(task_with(app), STORE_BROKER_URL) is not None

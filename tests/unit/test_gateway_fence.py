@@ -115,3 +115,12 @@ def test_expire_minutes_is_validated():
     with pytest.raises(ValueError):
         c.sale("3.00", CARD, order_id="o-1", fence=Fence(SUMMER, minutes=0))
     assert t.calls == []
+
+
+def test_the_stamp_and_the_acceptance_are_the_whole_second_s_when_asked_again_within_it():
+    # both are cached per whole second (worker/gateway/expiry.py): the cached answer is the computed one
+    for epoch in (SUMMER, SUMMER + 0.25, SUMMER + 0.999, SUMMER + 1.0):
+        first = (expiry.submit_stamp(epoch), expiry.accepted_until(epoch, 3, 60.0))
+        again = (expiry.submit_stamp(epoch), expiry.accepted_until(epoch, 3, 60.0))
+        assert first == again
+        assert expiry.accepted_until(epoch, 3, 60.0) == int(epoch) + 180 + 60 + 60

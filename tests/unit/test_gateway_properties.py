@@ -89,3 +89,13 @@ def test_order_id_accepts_only_printable_ascii(text):
         assert 1 <= len(text) <= 128 and all(" " <= ch <= "~" for ch in text)
     except InvalidInput as e:
         assert e.field == "order_id"
+
+
+@given(st.text(max_size=40) | st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40))
+@settings(max_examples=400, deadline=None)
+def test_control_characters_are_found_as_by_their_unicode_category(text):
+    # the ASCII fast path of V._has_control answers as the per-character category check
+    import unicodedata
+
+    expected = any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text)
+    assert V._has_control(text) is expected

@@ -146,3 +146,24 @@ def test_policy_is_frozen_and_validated():
         p.max_attempts = 9  # type: ignore[misc]  # the assignment is what must fail
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)
+
+
+def test_a_first_attempt_that_succeeds_is_called_once_and_counted_once():
+    clock = FakeClock()
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(1)
+        return "ok"
+
+    assert call_with_retry(fn, policy=RetryPolicy(), read_only=False, operation="SALE",
+                           sleep=clock.sleep, clock=clock) == ("ok", 1)
+    assert calls == [1] and clock.sleeps == []
+
+
+def test_a_first_attempt_that_fails_for_good_is_called_once_and_counted_once():
+    clock = FakeClock()
+    fn, calls = failing(clock, lambda: Rejected(Response(status="ERROR", message="SECURITY ERROR")))
+    with pytest.raises(Rejected) as ei:
+        call_with_retry(fn, policy=RetryPolicy(), read_only=True, operation="QUERY", sleep=clock.sleep, clock=clock)
+    assert len(calls) == 1 and ei.value.attempts == 1 and clock.sleeps == []

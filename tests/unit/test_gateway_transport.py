@@ -7,19 +7,21 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 import requests
 import urllib3
 import urllib3.exceptions as u3
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
 from tests.support.ports import closed_port
 from worker.gateway import BluePayClient
 from worker.gateway.errors import NotSent, OutcomeUnknown
-from worker.gateway.transport import POOL_MAXSIZE, HttpReply, HttpTransport, classify
+from worker.gateway.transport import POOL_MAXSIZE, HttpReply, HttpTransport, classify, form_body
 
 from . import gateway_replies as R
 
@@ -305,3 +307,14 @@ def test_a_post_carries_the_headers_a_requests_session_would(http_server):
     assert headers["accept"] == "*/*" and "gzip" in headers["accept-encoding"]
     assert headers["user-agent"] == "payments-worker/0.1 (+bluepay client)"
     t.close()
+
+
+@given(st.dictionaries(st.text(max_size=12), st.none() | st.text(max_size=30) | st.integers(), max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_the_form_body_is_urlencode_s_byte_for_byte(data):
+    assert form_body(data) == urlencode([(k, v) for k, v in data.items() if v is not None])
+
+
+def test_the_form_body_quotes_what_needs_it_and_leaves_none_out():
+    data = {"AMOUNT": "10.00", "NAME1": "Zoë & Co=1+2", "MASTER_ID": None, "TPS_DEF": "A B", "X~_.-": "~_.-"}
+    assert form_body(data) == "AMOUNT=10.00&NAME1=Zo%C3%AB+%26+Co%3D1%2B2&TPS_DEF=A+B&X~_.-=~_.-"

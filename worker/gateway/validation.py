@@ -230,6 +230,8 @@ def _card_cvv2(raw_cvv2: object) -> str | None:
 
 
 def _has_control(text: str) -> bool:
+    if text.isascii() and text.isprintable():  # the usual case, without a category lookup per character
+        return False
     return any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in text)
 
 
