@@ -67,9 +67,10 @@ class Health:
         return out
 
     def recount(self, *, batch: int = 1000) -> dict[str, int]:
-        """Rebuild records by status and the UNKNOWN / RETRYING / needs_human indexes from the records themselves
-        (every record is in ``idx:time``): once, after upgrading from a version that did not keep them. Reads every
-        record in batches: run it with the workers stopped (a transition during the recount may be miscounted)."""
+        """Rebuild records by status, the UNKNOWN / RETRYING / needs_human indexes and the time index of each account
+        other than ``default`` from the records themselves (every record is in ``idx:time``): once, after upgrading
+        from a version that did not keep them. Reads every record in batches: run it with the workers stopped (a
+        transition during the recount may be miscounted)."""
         counts: dict[str, int] = {}
         start = 0
         while True:
@@ -79,30 +80,36 @@ class Health:
             start += len(ids)
             pipe = self.redis.pipeline(transaction=False)
             for pid in ids:
-                pipe.hmget(self.keys.record(pid), "status", "created_ts", "updated_ts", "needs_human")
+                pipe.hmget(self.keys.record(pid), "status", "created_ts", "updated_ts", "needs_human", "merchant")
             fix = self.redis.pipeline(transaction=False)
-            for pid, (status, created, updated, human) in zip(ids, pipe.execute(), strict=True):
-                if status is None:
-                    continue
-                status = text(status)
-                counts[status] = counts.get(status, 0) + 1
-                for name, member in (("unknown", status == "UNKNOWN"), ("retrying", status == "RETRYING")):
-                    if member:
-                        fix.zadd(str(getattr(self.keys, name)), {pid: float(created or 0)})
-                    else:
-                        fix.zrem(str(getattr(self.keys, name)), pid)
-                if text(human or "") == "1":
-                    fix.zadd(self.keys.needs_human, {pid: float(updated or 0)})
-                else:
-                    fix.zrem(self.keys.needs_human, pid)
+            for pid, fields in zip(ids, pipe.execute(), strict=True):
+                if fields[0] is not None:
+                    status = text(fields[0])
+                    counts[status] = counts.get(status, 0) + 1
+                    self._reindex(fix, pid, status, [text(f or "") for f in fields[1:]])
             fix.execute()
         final: dict[Any, Any] = {k: str(v) for k, v in counts.items() if k in FINAL}  # final statuses only
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.status_counts)
         if final:
             pipe.hset(self.keys.status_counts, mapping=final)
+        pipe.set(self.keys.merchant_since, "0")  # every account's records are in its index now
         pipe.execute()
         return counts
+
+    def _reindex(self, fix: Any, pid: str, status: str, fields: list[str]) -> None:
+        created, updated, human, merchant = fields
+        for name, member in (("unknown", status == "UNKNOWN"), ("retrying", status == "RETRYING")):
+            if member:
+                fix.zadd(str(getattr(self.keys, name)), {pid: float(created or 0)})
+            else:
+                fix.zrem(str(getattr(self.keys, name)), pid)
+        if human == "1":
+            fix.zadd(self.keys.needs_human, {pid: float(updated or 0)})
+        else:
+            fix.zrem(self.keys.needs_human, pid)
+        if merchant:
+            fix.zadd(self.keys.merchant_time(merchant), {pid: float(created or 0)})
 
     def count(self, name: str, by: int = 1) -> None:
         """Add to one of the ``stats`` counters (``outbox_republished``, ``outbox_given_up``)."""

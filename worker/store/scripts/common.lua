@@ -184,6 +184,13 @@ local function reindex_from(pid, old, new)
   return trans_id
 end
 
+-- The time index of one merchant account other than `default` (P idx:merchant:<name>:time, score created_ts): what
+-- `payments list --merchant NAME` reads (docs/merchants.md): merchant_key(NAME .. ':time'), beside idx:time (KEYS 4).
+-- P idx:merchant:since: when the first was written (see claim.lua).
+local function merchant_key(suffix)
+  return string.sub(IDX_TIME, 1, #IDX_TIME - #'idx:time') .. 'idx:merchant:' .. suffix
+end
+
 -- Flat field/value pairs (HGETALL's or HSET's arguments) <-> a table; the last value of a field wins, as in HSET.
 local function to_table(flat, first, t)
   t = t or {}
