@@ -190,7 +190,9 @@ class ResultsStore:
         False: provably not; None counts as True). A record that may have been sent is never parked
         ``RETRYING``: it becomes ``UNKNOWN``. ``check_in``: seconds until the next reconciliation.
         ``reflect``: an APPROVED follow-up is reflected on its original in the same script. ``then``: a final
-        write's Celery result and ack, written in the same call only if the record is (:mod:`worker.store.final_write`).
+        write's Celery result and ack, written in the same call only if the record is (:mod:`worker.store.final_write`);
+        its answer is then only the record's public outcome (:func:`worker.store.outcomes.public_outcome`'s fields,
+        ``attempts`` a string, ``status`` as written): all its caller reads, and half the reply's values.
         """
         if status not in self.STATUSES:
             raise ValueError(f"unknown status {status!r}")

@@ -170,18 +170,23 @@ end
 -- Move a record from state ``old`` (nil: a new record) to ``new`` in the indexes: ZADD where it belongs now,
 -- ZREM only where ``old`` put it and ``new`` does not (the same end state as reindex(), without its HMGET and
 -- its no-op ZREMs: ~7 fewer commands per call).
-local function reindex_from(pid, old, new)
-  local before, after = old and memberships(old) or {}, memberships(new)
+-- ``before``/``old_trans``: the old state's memberships and trans id, taken before the caller changed that table.
+local function reindex_moved(pid, before, old_trans, new)
+  local after = memberships(new)
   for key, score in pairs(after) do redis.call('ZADD', key, score, pid) end
   for key in pairs(before) do
     if after[key] == nil then redis.call('ZREM', key, pid) end
   end
-  local trans_id, old_trans = new.trans_id or '', old and old.trans_id or ''
+  local trans_id = new.trans_id or ''
   if old_trans ~= '' and old_trans ~= trans_id then
     if redis.call('HGET', IDX_TRANS, old_trans) == pid then redis.call('HDEL', IDX_TRANS, old_trans) end
   end
   if trans_id ~= '' then redis.call('HSETNX', IDX_TRANS, trans_id, pid) end
   return trans_id
+end
+
+local function reindex_from(pid, old, new)
+  return reindex_moved(pid, old and memberships(old) or {}, old and old.trans_id or '', new)
 end
 
 -- The time index of one merchant account other than `default` (P idx:merchant:<name>:time, score created_ts): what
@@ -338,6 +343,25 @@ local function task_outcome(rec)
   end
   if not TASK_STATUSES[out.status] then out.status = 'UNKNOWN' end
   return out
+end
+
+-- A final write's reply (transition.lua with a result or an ack to write): the record's public outcome as pairs
+-- (worker/store/outcomes.py public_outcome's fields, status as written), not its ~45 fields: its caller
+-- (flow.py _finish) reads no other.
+local function outcome_pairs(rec)
+  local flat = {}
+  for _, f in ipairs(CONTRACT_FIELDS) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = rec[f] or ''
+  end
+  for _, f in ipairs(OPTIONAL_FIELDS) do
+    local v = rec[f]
+    if v and v ~= '' then
+      flat[#flat + 1] = f
+      flat[#flat + 1] = v
+    end
+  end
+  return flat
 end
 
 -- The final write's other two parts (transition.lua, ARGV 8-10), in the same atomic call as the outcome: Celery's

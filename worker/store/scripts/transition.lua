@@ -5,7 +5,7 @@
 --       11 n_expect, expect..., field/value pairs.
 -- Only the lease holder writes a non-final record (owner must match); a final record is changed only
 -- through ``expect``; the result and the ack are written only with the record. Returns {status written or false,
--- now, record pairs}.
+-- now, record pairs} (with a result or an ack to write: only the record's public outcome, common.lua outcome_pairs).
 local new_status, is_final, owner, note, sent, check_in, prefix =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local meta, expires, tag = ARGV[8], ARGV[9], ARGV[10]
@@ -54,20 +54,26 @@ if is_final ~= '1' and new_status ~= 'PENDING' then
   args[#args + 1] = '0'
 end
 redis.call('HSET', REC, unpack(args))
-local rec = to_table(args, 1, to_table(flat))
+-- The old state's indexes, trans id, id and operation, taken before ``cur`` becomes the record written (one
+-- table of ~45 fields per call, not two).
+local before, old_trans, pid, op = memberships(cur), cur.trans_id or '', cur.payment_id, cur.operation or ''
+local rec = to_table(args, 1, cur)
 rec.history = nil  -- not in the reply (ResultsStore.get reads it)
 if is_final == '1' then
   redis.call('HDEL', REC, 'lease_owner', 'lease_until', 'in_flight', 'next_check_ts')
   rec.lease_owner, rec.lease_until, rec.in_flight, rec.next_check_ts = nil, nil, nil, nil
 end
-local pid = cur.payment_id
-local trans_id = reindex_from(pid, cur, rec)
-log_event(pid, cur.operation or '', status, new_status, note, now_iso, trans_id)
+local trans_id = reindex_moved(pid, before, old_trans, rec)
+log_event(pid, op, status, new_status, note, now_iso, trans_id)
+local final_write = meta ~= '' or tag ~= ''
 if prefix ~= '' then
   reflect(prefix, REC, pid, now_iso, now)
   local written = record_reply(REC)  -- reflect() may have written to the record
-  if meta ~= '' or tag ~= '' then finish_task(KEYS, to_table(written), meta, expires, tag) end
-  return {new_status, now_ts, written}
+  if not final_write then return {new_status, now_ts, written} end
+  rec = to_table(written)
 end
-if meta ~= '' or tag ~= '' then finish_task(KEYS, rec, meta, expires, tag) end
+if final_write then
+  finish_task(KEYS, rec, meta, expires, tag)
+  return {new_status, now_ts, outcome_pairs(rec)}
+end
 return {new_status, now_ts, to_pairs(rec)}
