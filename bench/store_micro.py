@@ -6,7 +6,8 @@ producer's outbox entry, the claim with attempt 1 journaled (and its fence: in t
 Redis CPU (``INFO cpu`` user+sys: the server's own CPU time, less sensitive to a busy host than wall time), commands
 (``INFO commandstats``, a function's inner commands included), function calls and their microseconds (commandstats:
 wall time inside the call, inner commands included), round trips. Median and min-max over the rounds, then one line
-of JSON. ``--against TREE`` runs the same with another checkout's code (e.g. ``git worktree``/``git archive`` of the
+of JSON. ``--merchant NAME``: sales of another account than ``default`` (its time index and counts).
+``--against TREE`` runs the same with another checkout's code (e.g. ``git worktree``/``git archive`` of the
 commit before a change), the two alternating round by round in child processes, each on its own server.
 """
 from __future__ import annotations
@@ -34,7 +35,9 @@ def _sale(store: Any, final_write: Any, i: int) -> None:
     pid = str(uuid.uuid4())
     owner = "bench:1:store"
     store.outbox.put(pid, {"name": "payments.sale", "body": [[], {}, {}]})
-    claim_kw: dict[str, Any] = dict(fields=dict(FIELDS, order_id=pid), owner=owner, lease_seconds=30.0,
+    merchant = os.environ.get("STORE_MICRO_MERCHANT", "")  # --merchant: another account's sales
+    fields = dict(FIELDS, order_id=pid, **({"merchant": merchant} if merchant else {}))
+    claim_kw: dict[str, Any] = dict(fields=fields, owner=owner, lease_seconds=30.0,
                                     message_id=pid, journal=True, fingerprints=["f" * 64])
     fenced_in_claim = "fence_for" in inspect.signature(store.claim).parameters
     if fenced_in_claim:
@@ -104,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--payments", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--against", type=Path, help="another checkout of the project, measured alternately")
+    ap.add_argument("--merchant", default="", help="sales of this account other than default (its index and counts)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.merchant:
+        os.environ["STORE_MICRO_MERCHANT"] = a.merchant  # the children too
     if a.child:
         print(json.dumps(child(a.payments)))
         return 0

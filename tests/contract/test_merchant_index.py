@@ -19,7 +19,9 @@ def merchant_keys(tier):
 
 def test_only_another_accounts_new_record_is_put_in_its_accounts_index(store, tier):
     claim(store, "d1")
-    assert merchant_keys(tier) == []  # a default payment: nothing more written
+    store.transition("d1", "UNKNOWN", owner="w1", sent=True)
+    store.transition("d1", "APPROVED", fields={"trans_id": "100000000090"}, expect={"UNKNOWN"}, owner="w1")
+    assert merchant_keys(tier) == []  # a default payment: nothing more written, whatever its statuses
     shop(store, "s1")
     shop(store, "t1", merchant="shop3")
     assert tier.client.zrange(store.keys.merchant_time("shop2"), 0, -1) == ["s1"]
@@ -70,3 +72,45 @@ def test_retention_removes_a_record_from_its_accounts_index(store, tier):
     assert store.retention.forget(due, cutoff) == ["s1"]
     assert tier.client.zrange(store.keys.merchant_time("shop2"), 0, -1) == ["s2"]
     assert ids(store.list(merchant="shop2")) == ["s2"]
+
+
+def test_another_accounts_records_are_counted_by_status_with_its_oldest_in_doubt(store, tier):
+    claim(store, "d1")
+    store.transition("d1", "UNKNOWN", owner="w1", sent=True)
+    shop(store, "s1")
+    shop(store, "s2")
+    shop(store, "t1", merchant="shop3")
+    assert store.health.merchants(["default", "shop2", "shop3"])["shop2"]["by_status"] == {"PENDING": 2}
+    approve(store, "s1", "100000000093")
+    store.transition("s2", "UNKNOWN", owner="w1", sent=True)
+    store.transition("t1", "RETRYING", owner="w1", sent=False)
+    found = store.health.merchants(["default", "shop2", "shop3"])
+    assert sorted(found) == ["shop2", "shop3"]  # default's: the shared counts minus these
+    assert found["shop2"]["by_status"] == {"APPROVED": 1, "UNKNOWN": 1}
+    assert found["shop2"]["unknown"] == {"count": 1, "oldest": float(store.get("s2")["created_ts"])}
+    assert found["shop2"]["retrying"] == {"count": 0, "oldest": None}
+    assert found["shop3"]["by_status"] == {"RETRYING": 1} and found["shop3"]["retrying"]["count"] == 1
+    assert store.health.snapshot()["by_status"] == {"APPROVED": 1, "UNKNOWN": 2, "RETRYING": 1}  # all accounts
+    # a void of shop2's sale: the sale (VOIDED) and the void (APPROVED) counted under shop2
+    claim(store, "v1", op="void", fields={"target": "100000000093", "parent": "s1", "merchant": "shop2"})
+    store.transition("v1", "APPROVED", fields={"trans_id": "100000000094"}, expect={"PENDING"}, owner="w1",
+                     reflect=True)
+    assert store.health.merchants(["shop2"])["shop2"]["by_status"] == {"APPROVED": 1, "VOIDED": 1, "UNKNOWN": 1}
+    expected = store.health.merchants(["shop2", "shop3"])
+    for key in tier.client.scan_iter(match=tier.prefix + "idx:merchant:*"):
+        if not key.endswith(":time"):
+            tier.client.delete(key)
+    tier.client.hset(store.keys.merchant_counts("shop2"), "DECLINED", 7)  # a count gone wrong
+    store.health.recount()
+    assert store.health.merchants(["shop2", "shop3"]) == expected
+
+
+def test_retention_takes_a_removed_record_off_its_accounts_count(store, tier):
+    shop(store, "s1")
+    approve(store, "s1", "100000000095")
+    tier.wait(0.005)
+    cutoff = tier.server_now()
+    tier.wait(0.005)
+    due, _ = store.retention.due(cutoff)
+    assert store.retention.forget(due, cutoff) == ["s1"]
+    assert store.health.merchants(["shop2"])["shop2"]["by_status"] == {}

@@ -72,6 +72,31 @@ def test_the_exporter_reports_the_stores_counts_ages_and_the_broker():
     assert 'action="ran"' not in text and 'action="reason"' not in text
 
 
+def test_the_exporter_reports_each_other_accounts_records_and_oldest_in_doubt():
+    store = new_store()
+    store.claim("d1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00"})
+    store.transition("d1", "UNKNOWN", owner="w")
+    store.claim("s1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00", "merchant": "shop2"})
+    store.transition("s1", "UNKNOWN", owner="w")
+    store.clock.advance(30)
+
+    def read() -> dict:
+        found = store.health.snapshot()
+        return dict(found, broker={"queues": {}, "unacked": 0},
+                    merchants=store.health.merchants(["default", "shop2", "shop3"]))
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PaymentsCollector(types.SimpleNamespace(settings=SETTINGS), None, read=read))
+    text = generate_latest(registry).decode()
+    for line in ('payments_records{status="UNKNOWN"} 2.0',  # every account, as before
+                 'payments_merchant_records{merchant="shop2",status="UNKNOWN"} 1.0',
+                 'payments_merchant_records{merchant="shop3",status="UNKNOWN"} 0.0',
+                 'payments_merchant_unknown_oldest_age_seconds{merchant="shop2"} 30.0',
+                 'payments_merchant_retrying_oldest_age_seconds{merchant="shop2"} 0.0'):
+        assert line in text, line
+    assert 'merchant="default"' not in text  # default's: payments_records minus the others'
+
+
 def referenced(text: str) -> set[str]:
     return {name for name in re.findall(r"\bpayments_[a-z_]+\b", text) if not name.endswith("_")}
 

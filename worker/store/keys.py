@@ -49,6 +49,14 @@ class StoreKeys:
         """The time index of one account other than ``default`` (written by claim.lua, removed by forget.lua)."""
         return f"{self.prefix}idx:merchant:{merchant}:time"
 
+    def merchant_counts(self, merchant: str) -> str:
+        """Records of one account other than ``default`` by status, every status (the record scripts keep it)."""
+        return f"{self.prefix}idx:merchant:{merchant}:counts"
+
+    def merchant_index(self, merchant: str, name: str) -> str:
+        """``unknown`` or ``retrying`` of one account other than ``default`` (as ``idx:unknown`` / ``idx:retrying``)."""
+        return f"{self.prefix}idx:merchant:{merchant}:{name}"
+
     @property
     def merchant_since(self) -> str:
         """When the first record was put in an account's time index (0: every record is, after a recount)."""

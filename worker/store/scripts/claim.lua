@@ -86,7 +86,7 @@ if not status then
     redis.call('SET', merchant_key('since'), now_ts, 'NX')
   end
   local trans_id = reindex_from(pid, nil, rec)
-  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id)
+  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id, rec.merchant)
   -- A small reply: the caller knows the fields it gave; only those written here go back (not the history).
   local written = {}
   for i = #ARGV - first_field + 2, #args - 2 do written[#written + 1] = args[i] end

@@ -54,9 +54,10 @@ if is_final ~= '1' and new_status ~= 'PENDING' then
   args[#args + 1] = '0'
 end
 redis.call('HSET', REC, unpack(args))
--- The old state's indexes, trans id, id and operation, taken before ``cur`` becomes the record written (one
+-- The old state's indexes, trans id, id, operation and account, taken before ``cur`` becomes the record written (one
 -- table of ~45 fields per call, not two).
 local before, old_trans, pid, op = memberships(cur), cur.trans_id or '', cur.payment_id, cur.operation or ''
+local merchant = cur.merchant
 local rec = to_table(args, 1, cur)
 rec.history = nil  -- not in the reply (ResultsStore.get reads it)
 if is_final == '1' then
@@ -64,7 +65,7 @@ if is_final == '1' then
   rec.lease_owner, rec.lease_until, rec.in_flight, rec.next_check_ts = nil, nil, nil, nil
 end
 local trans_id = reindex_moved(pid, before, old_trans, rec)
-log_event(pid, op, status, new_status, note, now_iso, trans_id)
+log_event(pid, op, status, new_status, note, now_iso, trans_id, merchant)
 local final_write = meta ~= '' or tag ~= ''
 if prefix ~= '' then
   reflect(prefix, REC, pid, now_iso, now)
