@@ -2,11 +2,13 @@
 key prefix, deleted afterwards).
 
 One approved sale is one HTTP attempt: the client admits it and settles it as "up". Measured per payment, guard off
-(nothing is asked), rate limit only, breaker only, both, the in-flight cap only, all three: Redis round trips
+(nothing is asked), rate limit only, breaker only (asked on every attempt with GATEWAY_BREAKER_RECHECK=0, then the
+default: a closed breaker trusted for a second), both, the in-flight cap only, all three: Redis round trips
 (commands this client sent, from the client's side), wall time and CPU of this process (the Lua script's time in
 Redis is in the wall time). The rate and the cap are set high enough never to hold: this is the cost of asking, not
 of waiting.
 """
+import dataclasses
 import os
 import statistics
 import sys
@@ -67,21 +69,22 @@ def main() -> int:
     client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     prefix = f"bench:guard:{uuid.uuid4().hex[:8]}:"
     n = int(os.environ.get("GUARD_BENCH_N", "2000"))
+    limit = GuardSettings(rate=1e6, look_rate=1e5, burst=10**6)
     rows = [measure("off", client, prefix, None, n),
-            measure("rate limit", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6), n),
-            measure("breaker", client, prefix, GuardSettings(breaker_failures=5), n),
-            measure("both", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6, breaker_failures=5),
-                    n),
+            measure("rate limit", client, prefix, dataclasses.replace(limit, breaker_failures=0), n),
+            # the breaker asked on every attempt (GATEWAY_BREAKER_RECHECK=0), and by default (trusted for 1 s)
+            measure("breaker/0", client, prefix, GuardSettings(recheck=0.0), n),
+            measure("breaker", client, prefix, GuardSettings(), n),
+            measure("both", client, prefix, limit, n),
             # the bulkhead (GATEWAY_MAX_IN_FLIGHT): the settle frees the place after every attempt
-            measure("cap", client, prefix, GuardSettings(max_in_flight=10**6), n),
-            measure("all three", client, prefix, GuardSettings(rate=1e6, look_rate=1e5, burst=10**6,
-                                                               breaker_failures=5, max_in_flight=10**6), n)]
+            measure("cap", client, prefix, GuardSettings(max_in_flight=10**6, breaker_failures=0), n),
+            measure("all three", client, prefix, dataclasses.replace(limit, max_in_flight=10**6), n)]
     keys = list(client.scan_iter(match=prefix + "*"))
     if keys:
         client.delete(*keys)
     print(f"{'guard':<12}{'round trips':>12}{'wall us':>10}{'cpu us':>9}   per payment, median of 5 x {n}")
     for r in rows:
-        print(f"{r['name']:<12}{r['round_trips']:>12.2f}{r['wall_us']:>10.1f}{r['cpu_us']:>9.1f}")
+        print(f"{r['name']:<12}{r['round_trips']:>12.4f}{r['wall_us']:>10.1f}{r['cpu_us']:>9.1f}")
     return 0
 
 

@@ -69,10 +69,13 @@ class GuardSettings:
     look_rate: float = 0.0
     #: requests a bucket may hold up after an idle moment (the burst over the rate in any one-second window)
     burst: int = 1
-    #: consecutive failures proving the gateway down that open the breaker; 0: no breaker
-    breaker_failures: int = 0
-    #: seconds the breaker stays open before one probe may go
-    cooldown: float = 30.0
+    #: consecutive failures proving the gateway down that open the breaker; 0: no breaker (on by default: issue 31)
+    breaker_failures: int = 5
+    #: seconds the breaker stays open before one probe may go (short, so a recovered gateway is used again soon)
+    cooldown: float = 10.0
+    #: seconds a process trusts a "closed, no failures" answer without asking Redis again (breaker only, lanes
+    #: without a rate limit); a failure of its own drops it at once. 0: ask on every attempt
+    recheck: float = 1.0
     #: how long the probe's place is kept if its process never settles it (dies): one attempt's timeouts
     #: (worker/services.py sets it from GATEWAY_CONNECT_TIMEOUT + GATEWAY_READ_TIMEOUT)
     probe_lease: float = 20.0
@@ -96,6 +99,8 @@ class GuardSettings:
             raise ValueError(f"GATEWAY_BREAKER_FAILURES ({self.breaker_failures}) must be 0 (off) or more")
         if self.breaker_failures and self.cooldown <= 0:
             raise ValueError(f"GATEWAY_BREAKER_COOLDOWN ({self.cooldown:g}s) must be more than 0")
+        if self.recheck < 0:
+            raise ValueError(f"GATEWAY_BREAKER_RECHECK ({self.recheck:g}s) must be 0 or more")
         if self.max_wait < 0:
             raise ValueError(f"GATEWAY_THROTTLE_WAIT ({self.max_wait:g}s) must be 0 or more")
         if self.max_in_flight < 0 or self.busy_wait < 0:
@@ -680,8 +685,9 @@ def _guard_settings(dur: Callable[[str, object], float]) -> GuardSettings:
         raise ValueError(f"GATEWAY_STQ_RATE_LIMIT ({look:g}/s) must be less than GATEWAY_RATE_LIMIT ({total:g}/s), "
                          "its share of it")
     return GuardSettings(rate=total - look if total else 0.0, look_rate=look, burst=_int("GATEWAY_RATE_BURST", 1),
-                         breaker_failures=_int("GATEWAY_BREAKER_FAILURES", 0),
-                         cooldown=dur("GATEWAY_BREAKER_COOLDOWN", "30s"),
+                         breaker_failures=_int("GATEWAY_BREAKER_FAILURES", GuardSettings.breaker_failures),
+                         cooldown=dur("GATEWAY_BREAKER_COOLDOWN", GuardSettings.cooldown),
+                         recheck=dur("GATEWAY_BREAKER_RECHECK", GuardSettings.recheck),
                          max_wait=dur("GATEWAY_THROTTLE_WAIT", "0.5s"),
                          max_in_flight=_int("GATEWAY_MAX_IN_FLIGHT", 0),
                          busy_wait=dur("GATEWAY_BUSY_WAIT", "0.1s"))

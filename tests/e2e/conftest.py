@@ -43,9 +43,19 @@ def celery_worker(e2e_redis, sandbox, worker_log, worker_metrics_port):
         yield proc
 
 
+def reset_breakers(client: redis.Redis) -> None:
+    """Forget every circuit breaker's state (on by default, shared through Redis): the failures one test injected must
+    not open it, or hold it open, for the next."""
+    keys = list(client.scan_iter(match="*guard:*:breaker"))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture
-def clean_faults(sandbox):
+def clean_faults(sandbox, e2e_redis):
     sandbox.set_faults({})
+    reset_breakers(e2e_redis)
     yield sandbox
     sandbox.wait_ready(timeout=15)  # a test may have left an outage running
     sandbox.set_faults({})
+    reset_breakers(e2e_redis)

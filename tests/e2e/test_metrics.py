@@ -44,9 +44,10 @@ def samples(text: str, name: str) -> dict[tuple, float]:
     return out
 
 
-def store_statuses(client: redis.Redis) -> Counter:
-    """Records by status, counted the slow way: every record of this database."""
-    return Counter(client.hget(key, "status") for key in client.scan_iter(match="payments:op:*", count=1000))
+def store_statuses(client: redis.Redis, merchant: str | None = None) -> Counter:
+    """Records by status (of one account other than default), counted the slow way: every record of this database."""
+    records = (client.hmget(key, "status", "merchant") for key in client.scan_iter(match="payments:op:*", count=1000))
+    return Counter(status for status, named in records if merchant is None or named == merchant)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,11 @@ def test_the_exporters_gauges_equal_what_the_store_and_the_broker_hold(ran, expo
     assert samples(text, "payments_exporter_redis_up") == {(): 1.0}
     by_status = {status: int(v) for (status,), v in samples(text, "payments_records").items() if v}
     assert by_status == dict(store_statuses(metrics_db))
+    # the second account's own counts (the store's per-account hash) against its records counted the slow way
+    shop2 = {status: int(v) for (merchant, status), v in samples(text, "payments_merchant_records").items()
+             if v and merchant == "shop2"}
+    assert shop2 and shop2 == dict(store_statuses(metrics_db, merchant="shop2"))
+    assert samples(text, "payments_merchant_unknown_oldest_age_seconds") == {("shop2",): 0.0}
     assert samples(text, "payments_unknown_oldest_age_seconds") == {(): 0.0}
     assert samples(text, "payments_needs_human") == {(): 0.0}
     assert samples(text, "payments_outbox_size") == {(): float(metrics_db.hlen("payments:outbox"))}

@@ -8,6 +8,7 @@ import pytest
 
 from tasks import auth, capture, refund, sale, void
 from tests.support.env import CUSTOMER, TEST_CARD
+from tests.support.workers import running_worker, worker_env
 from worker.gateway import BluePayClient
 from worker.services import services
 
@@ -190,10 +191,20 @@ def test_gateway_outage_is_retried_through_the_broker_then_charged(sandbox):
     assert "RETRYING" in history
 
 
-def test_gateway_outage_longer_than_every_retry_ends_in_a_recorded_error(sandbox):
+@pytest.fixture
+def breakerless_queue(sandbox, tmp_path):
+    """A worker of its own with the circuit breaker off, on a queue of its own: the test below is about OUTAGE_RETRIES
+    running out, which the breaker (on by default) stretches to a cooldown per re-queue (tests/reliability/
+    test_gateway_guard.py tests the breaker in an outage)."""
+    queue = f"no-breaker-{uuid.uuid4().hex[:6]}"
+    with running_worker(worker_env(sandbox, GATEWAY_BREAKER_FAILURES=0), tmp_path / "worker.log", queues=queue):
+        yield queue
+
+
+def test_gateway_outage_longer_than_every_retry_ends_in_a_recorded_error(sandbox, breakerless_queue):
     sandbox.outage(10)
     time.sleep(0.3)
-    outcome = run(sale.delay(amount="37.00", card=TEST_CARD))
+    outcome = run(sale.apply_async(kwargs={"amount": "37.00", "card": TEST_CARD}, queue=breakerless_queue))
     assert outcome["status"] == "ERROR" and "gateway unreachable" in outcome["message"], outcome
     assert stored(outcome["payment_id"])["status"] == "ERROR"
     sandbox.wait_ready(timeout=15)

@@ -141,6 +141,87 @@ def test_payments_status_shows_every_merchants_breaker(client, prefix):
     assert "  shop2      no rate limit, breaker OPEN" in render(found)
 
 
+# ---- recheck: a process trusts Redis's "closed, no failures" for a moment (GATEWAY_BREAKER_RECHECK)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counting:
+    """The guard's Redis client, counting its script calls (each one round trip)."""
+
+    def __init__(self, client) -> None:
+        self.client, self.calls = client, 0
+
+    def register_script(self, text: str):
+        script = self.client.register_script(text)
+
+        def call(keys, args):
+            self.calls += 1
+            return script(keys=keys, args=args)
+
+        return call
+
+
+def clocked(client, prefix, clock, **settings) -> RedisGuard:
+    return RedisGuard(client, prefix=prefix, merchant="m1", clock=clock,
+                      settings=GuardSettings(**{"max_wait": 0.0, "cooldown": 5.0, **settings}))
+
+
+def test_a_closed_breaker_is_asked_once_per_recheck_not_per_attempt(client, prefix):
+    clock, counting = Clock(), Counting(client)
+    g = clocked(counting, prefix, clock, breaker_failures=2, recheck=1.0)
+    for _ in range(50):
+        g.settle(g.admit("pay"), UP)
+    assert counting.calls == 1
+    clock.now += 1.0
+    g.settle(g.admit("pay"), UP)
+    assert counting.calls == 2
+    limited = clocked(counting, prefix, clock, breaker_failures=2, recheck=1.0, rate=1e6, look_rate=1e5, burst=100)
+    for _ in range(10):  # a lane under a rate limit takes a token per attempt: it asks every time
+        limited.settle(limited.admit("pay"), UP)
+    assert counting.calls == 12
+    capped = clocked(counting, prefix, clock, breaker_failures=2, recheck=1.0, max_in_flight=100)
+    for _ in range(10):  # and under the in-flight cap: a place taken (admit) and freed (settle) per attempt
+        capped.settle(capped.admit("pay"), UP)
+    assert counting.calls == 32
+
+
+def test_a_breaker_opened_elsewhere_stops_a_trusting_process_at_its_first_failure_or_within_recheck(client, prefix):
+    clock = Clock()
+    a, c = (clocked(client, prefix, clock, breaker_failures=2, recheck=1.0) for _ in range(2))
+    b = clocked(client, prefix, clock, breaker_failures=2, recheck=0.0)  # asks every time
+    a.settle(a.admit("pay"), UP)
+    c.settle(c.admit("pay"), UP)  # a and c trust "closed" until 101.0
+    for _ in range(2):
+        b.settle(b.admit("pay"), DOWN)
+    assert breaker_state(client, prefix=prefix, merchant="m1").state == "open"
+    stale = a.admit("pay")  # the bounded staleness: a has not asked since
+    a.settle(stale, DOWN)  # its own failure: it asks from now on
+    with pytest.raises(GatewayUnavailable):
+        a.admit("pay")
+    clock.now += 1.0  # c saw no failure of its own: held once its recheck is over
+    with pytest.raises(GatewayUnavailable):
+        c.admit("pay")
+    with pytest.raises(GatewayUnavailable):
+        b.admit("pay")
+
+
+def test_a_process_that_saw_failures_counted_asks_until_the_count_is_cleared(client, prefix):
+    clock, counting = Clock(), Counting(client)
+    g = clocked(counting, prefix, clock, breaker_failures=3, recheck=1.0)
+    g.settle(g.admit("pay"), DOWN)
+    g.settle(g.admit("pay"), UP)  # asked (1 failure counted): its success clears the count (settle)
+    assert breaker_state(client, prefix=prefix, merchant="m1").failures == 0
+    calls = counting.calls
+    for _ in range(5):
+        g.settle(g.admit("pay"), UP)
+    assert counting.calls == calls + 1  # trusted again once Redis answered "closed, no failures"
+
+
 # ---- the bulkhead (GATEWAY_MAX_IN_FLIGHT): a cap on one merchant's attempts in flight, all workers together ----
 def test_two_processes_never_have_more_than_the_cap_in_flight(client, prefix):
     import threading

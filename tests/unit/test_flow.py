@@ -22,7 +22,7 @@ from cryptography.fernet import Fernet
 from tests.support.env import TEST_CARD_KEY
 from tests.support.fake_gateway import SALE_TRANS, FakeGateway, duplicate, reply
 from worker.config import Settings
-from worker.gateway import NotSent, OutcomeUnknown, Rejected, Response
+from worker.gateway import GatewayUnavailable, NotSent, OutcomeUnknown, Rejected, Response
 from worker.gateway.protocol import parse_query_reply, parse_transaction_reply
 from worker.payments.flow import ALREADY_VOIDED, MAX_SENDS, GatewayOutage, LeaseBusy, PaymentFlow
 from worker.payments.leases import LeaseKeeper
@@ -215,6 +215,20 @@ def test_outcome_unknown_is_never_resent_within_the_horizon(store, stq_answer, s
         assert outcome["reconciled"] == "stq"
     assert len(gw.sends) == 1  # never blindly resent
     assert gw.queries == [{"trans_id": None, "order_id": pid}]
+
+
+def test_an_stq_lookup_the_breaker_held_back_looks_again_when_it_lets_us(store):
+    """The breaker open: the lookup of an attempt in doubt is re-queued after the cooldown left, not at the outage
+    backoff (which would spend every re-queue within one outage), on the first delivery and on a later one."""
+    held = GatewayUnavailable("gateway unavailable: circuit breaker open (default)", retry_after=12.0)
+    gw = FakeGateway([OutcomeUnknown("connection reset")], stq=[held, held])
+    pid = new_id()
+    flow = make_flow(store, gw)
+    for _ in range(2):
+        out = parked(lambda: sale(flow, pid))
+        assert out.parked_as == "UNKNOWN" and out.check_in == 12.0
+        assert "stq cannot tell" in store.get(pid)["message"]
+    assert len(gw.sends) == 1
 
 
 # ================================================================================== only a row provably ours

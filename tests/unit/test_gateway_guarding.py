@@ -142,7 +142,7 @@ def test_the_settings_split_the_limit_between_charges_and_stq(monkeypatch):
     monkeypatch.setenv("GATEWAY_RATE_LIMIT", "10/s")
     monkeypatch.setenv("GATEWAY_BREAKER_FAILURES", "5")
     guard = Settings.from_env().guard
-    assert (guard.rate, guard.look_rate, guard.breaker_failures, guard.cooldown) == (8.0, 2.0, 5, 30.0)
+    assert (guard.rate, guard.look_rate, guard.breaker_failures, guard.cooldown) == (8.0, 2.0, 5, 10.0)
     monkeypatch.setenv("GATEWAY_STQ_RATE_LIMIT", "10/s")
     with pytest.raises(ConfigError, match="GATEWAY_STQ_RATE_LIMIT"):
         Settings.from_env()
@@ -152,11 +152,25 @@ def test_the_settings_split_the_limit_between_charges_and_stq(monkeypatch):
         Settings.from_env()
 
 
-def test_off_by_default():
-    assert not GuardSettings().on and not Settings().guard.on
+def test_the_breaker_is_on_by_default_the_rate_limit_off(monkeypatch):
+    """Issue 31: a worker run with its defaults protects the gateway (5 failures, 10 s); 0 turns the breaker off."""
+    for name in ("GATEWAY_RATE_LIMIT", "GATEWAY_STQ_RATE_LIMIT", "GATEWAY_BREAKER_FAILURES",
+                 "GATEWAY_BREAKER_COOLDOWN", "GATEWAY_BREAKER_RECHECK"):
+        monkeypatch.delenv(name, raising=False)
+    for guard in (GuardSettings(), Settings().guard, Settings.from_env().guard):
+        assert (guard.breaker_failures, guard.cooldown, guard.recheck) == (5, 10.0, 1.0)
+        assert guard.on and guard.rate == 0 and guard.look_rate == 0
+    monkeypatch.setenv("GATEWAY_BREAKER_FAILURES", "0")
+    monkeypatch.setenv("GATEWAY_BREAKER_RECHECK", "0.25")
+    guard = Settings.from_env().guard
+    assert not guard.on and guard.recheck == 0.25
+    monkeypatch.setenv("GATEWAY_BREAKER_RECHECK", "-1")
+    with pytest.raises(ConfigError, match="GATEWAY_BREAKER_RECHECK"):
+        Settings.from_env()
 
 
 def test_the_cap_in_flight_turns_the_guard_on(monkeypatch):
+    monkeypatch.setenv("GATEWAY_BREAKER_FAILURES", "0")  # the cap alone (the breaker is on by default)
     monkeypatch.setenv("GATEWAY_MAX_IN_FLIGHT", "3")
     monkeypatch.setenv("GATEWAY_BUSY_WAIT", "0.2s")
     guard = Settings.from_env().guard

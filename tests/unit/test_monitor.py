@@ -72,6 +72,18 @@ def test_the_screen_over_the_in_memory_stores_own_snapshot():
     assert "NEEDS ATTENTION:\n  - the sweep has never run" in text
 
 
+def test_the_screen_shows_each_other_accounts_records_and_oldest_in_doubt():
+    store = new_store()
+    store.claim("s1", "sale", owner="w", lease_seconds=30, fields={"amount": "3.00", "merchant": "shop2"})
+    store.transition("s1", "UNKNOWN", owner="w")
+    store.clock.advance(5)
+    found = dict(healthy(now=store.health.snapshot()["now"]), workers=["w1@h"],
+                 gateway={"url": "http://gw/", "reachable": True, "error": None}, attention=[],
+                 ages={"unknown": 5.0, "retrying": None, "needs_human": None, "non_final": 5.0, "outbox": None,
+                       "open_auths": None}, merchants=store.health.merchants(["default", "shop2"]))
+    assert "\n  shop2      UNKNOWN=1 (oldest UNKNOWN 5s, RETRYING -)\n" in render(found)
+
+
 def test_redis_memory_reads_info_memory_and_tolerates_what_is_missing():
     from worker.ops.monitor import redis_memory
 

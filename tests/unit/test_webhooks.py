@@ -117,6 +117,7 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
     from prometheus_client import CollectorRegistry, generate_latest
 
     from worker.config import Settings
+    from worker.guard import GuardSettings
     from worker.ops.exporter import PaymentsCollector
     from worker.ops.monitor import attention
     from worker.ops.status import _webhooks_line
@@ -129,7 +130,9 @@ def test_the_exporter_serves_the_webhook_counters_ages_and_failed_set_and_status
     found = dict(store.health.snapshot(stale_auth_age=1.0), broker={"queues": {"celery": 0}, "unacked": 0},
                  webhooks=hooks, sweep={"finished": store.clock()})
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PaymentsCollector(types.SimpleNamespace(settings=Settings()), None, read=lambda: found))
+    # the breaker off (on by default): no Redis here for its gauge to read (tests/unit/test_exporter.py has one)
+    settings = Settings(guard=GuardSettings(breaker_failures=0))
+    registry.register(PaymentsCollector(types.SimpleNamespace(settings=settings), None, read=lambda: found))
     text = generate_latest(registry).decode()
     for line in ('payments_webhook_deliveries_total{result="delivered"} 7.0',
                  'payments_webhook_deliveries_total{result="failed_attempt"} 4.0',

@@ -36,7 +36,8 @@ operations = Table(
     Index(None, "updated_ts"),
 )
 
-#: A record's state history, oldest first (``seq`` from 0), as ``hist:<payment_id>`` held it; a row of
+#: A record's state history, oldest first (``seq`` from 0), as its ``history`` field (``hist:<payment_id>`` before
+#: 2026-12-08) held it; a row of
 #: ``operations`` by its whole key.
 history = Table(
     "operation_history", metadata,

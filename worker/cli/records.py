@@ -81,7 +81,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--status", help="only this status (APPROVED, DECLINED, ERROR, UNKNOWN, SKIPPED, VOIDED, ...)")
     p.add_argument("--operation", choices=("sale", "auth", "capture", "refund", "void"))
     p.add_argument("--merchant", metavar="NAME", help="only this merchant account's (default: the BLUEPAY_* one); "
-                   "read by filtering the newest records, so a rare one reads many (docs/merchants.md)")
+                   "another account's are read from its own index, default's by filtering (docs/merchants.md)")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)

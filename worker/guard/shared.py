@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import redis
 
 from worker.gateway.errors import GatewayUnavailable, Held, Throttled
-from worker.gateway.guarding import NEUTRAL, UP
+from worker.gateway.guarding import DOWN, NEUTRAL, UP
 from worker.guard.rates import GuardSettings
 
 __all__ = ["RedisGuard", "GuardObserver", "BreakerState", "breaker_state", "in_flight", "in_flight_key", "LANES"]
@@ -67,6 +67,10 @@ class _Ticket:
     slot: str | None = None  # its id among the merchant's attempts in flight (the cap is on), freed by settle
 
 
+#: an attempt admitted on this process's recent "closed, no failures" (no round trip)
+_TRUSTED = _Ticket(probe=False, failures=0)
+
+
 def _keys(prefix: str, merchant: str) -> tuple[str, str]:
     base = f"{prefix}guard:{merchant}:"
     return base + "breaker", base + "bucket:"
@@ -81,7 +85,8 @@ class RedisGuard:
     """One merchant's guard (``worker.gateway.guarding.Guard``). ``sleep``: the bounded in-process wait for a token."""
 
     def __init__(self, redis_client: Any, *, prefix: str, merchant: str, settings: GuardSettings,
-                 observer: GuardObserver | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 observer: GuardObserver | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings.check()
         self.merchant = merchant
         self._breaker_key, self._bucket_key = _keys(prefix, merchant)
@@ -90,6 +95,9 @@ class RedisGuard:
         self._settle = redis_client.register_script(_script("settle"))
         self._observer: GuardObserver = observer or _NullObserver()
         self._sleep = sleep
+        self._clock = clock
+        # until when (clock) this process trusts Redis's last "closed, no failures" without asking (settings.recheck)
+        self._closed_until = 0.0
 
     def _tells_breaker(self, ticket: _Ticket, verdict: str) -> bool:
         if not self.settings.breaker_failures:
@@ -106,29 +114,45 @@ class RedisGuard:
         under the in-flight cap); else raise Throttled (the limit, the cap) or GatewayUnavailable (the breaker), with
         how long to wait before asking again."""
         s = self.settings
+        trusting = self._trusting(lane)
+        if trusting and self._clock() < self._closed_until:
+            return _TRUSTED  # no round trip: the breaker was closed with no failures a moment ago (recheck)
         slot = uuid.uuid4().hex if s.max_in_flight else ""
         waited = 0.0
         while True:
-            try:
-                verdict, seconds, _state = self._admit(
-                    keys=[self._breaker_key, self._bucket_key + lane, self._in_flight_key],
-                    args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
-                          repr(s.cooldown), s.max_in_flight, repr(s.probe_lease), slot])
-            except redis.RedisError as exc:  # nothing is sent unasked: the fence after it needs Redis anyway
-                log.warning("gateway guard (%s): Redis unavailable (%s); attempt held back", self.merchant,
-                            type(exc).__name__)
-                raise Held(f"not sent: the gateway guard could not reach Redis ({type(exc).__name__})",
-                           retry_after=REDIS_RETRY_AFTER) from None
-            verdict = _text(verdict)
-            value = float(_text(seconds))
+            verdict, value = self._ask(lane, slot)
             if verdict == "ok":
+                if trusting and value == 0:
+                    self._closed_until = self._clock() + s.recheck
                 return _Ticket(probe=False, failures=int(value), slot=slot or None)
+            self._closed_until = 0.0  # open, half-open, throttled or busy: ask again next time
             if verdict == "probe":
                 log.info("gateway breaker (%s): half-open, this attempt is the probe", self.merchant)
                 return _Ticket(probe=True, failures=0, slot=slot or None)
             pause = self._pause(verdict, value, waited)  # or raises: held back
             self._sleep(pause)
             waited += pause
+
+    def _trusting(self, lane: str) -> bool:
+        """Whether this lane may go on Redis's last "closed, no failures" for ``recheck`` seconds: the breaker only
+        (a rate limit takes a token per attempt and the cap a place, so with either the lane asks every time)."""
+        s = self.settings
+        return bool(s.breaker_failures) and s.recheck > 0 and self._rate(lane) == 0 and not s.max_in_flight
+
+    def _ask(self, lane: str, slot: str) -> tuple[str, float]:
+        """One admit.lua round trip: (verdict, seconds)."""
+        s = self.settings
+        try:
+            verdict, seconds, _state = self._admit(
+                keys=[self._breaker_key, self._bucket_key + lane, self._in_flight_key],
+                args=[repr(self._rate(lane)), s.burst, "1" if s.breaker_failures else "0", repr(s.probe_lease),
+                      repr(s.cooldown), s.max_in_flight, repr(s.probe_lease), slot])
+        except redis.RedisError as exc:  # nothing is sent unasked: the fence after it needs Redis anyway
+            log.warning("gateway guard (%s): Redis unavailable (%s); attempt held back", self.merchant,
+                        type(exc).__name__)
+            raise Held(f"not sent: the gateway guard could not reach Redis ({type(exc).__name__})",
+                       retry_after=REDIS_RETRY_AFTER) from None
+        return _text(verdict), float(_text(seconds))
 
     def _pause(self, verdict: str, value: float, waited: float) -> float:
         """How long to wait in process before asking again, or raise: the attempt is held back (nothing sent)."""
@@ -154,6 +178,8 @@ class RedisGuard:
         only when the cap is on or it changes something (a failure, a probe's answer, the first success after
         failures)."""
         s = self.settings
+        if verdict == DOWN:
+            self._closed_until = 0.0  # this process saw the gateway fail: its next attempt asks the breaker
         tell = self._tells_breaker(ticket, verdict)
         if not tell and ticket.slot is None:
             return

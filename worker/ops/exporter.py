@@ -4,6 +4,9 @@ A custom collector (prometheus-client): each scrape reads :func:`worker.ops.moni
 Redis, no key scans) and reports::
 
     payments_records{status}                          records in the store by status
+    payments_merchant_records{merchant,status}        the same of each account other than default (default's:
+                                                      payments_records minus their sum), every status
+    payments_merchant_{unknown,retrying}_oldest_age_seconds{merchant}   the ages below, of each of those accounts
     payments_unknown_oldest_age_seconds               age of the oldest UNKNOWN (0: none); count: payments_records
     payments_retrying_oldest_age_seconds              the same for RETRYING
     payments_needs_human, payments_needs_human_oldest_age_seconds
@@ -60,6 +63,25 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
+def _merchant_families(found: dict[str, Any]) -> Iterator[Metric]:
+    """Records by status and the oldest UNKNOWN / RETRYING of each account other than ``default`` (the store's
+    per-account counts; ``default`` is what payments_records has more)."""
+    merchants: dict[str, dict[str, Any]] = found.get("merchants") or {}
+    records = GaugeMetricFamily("payments_merchant_records", "Records in the store by status, of one merchant account "
+                                "other than default", labels=["merchant", "status"])
+    ages = {name: GaugeMetricFamily(f"payments_merchant_{name}_oldest_age_seconds", f"Age of one merchant account's "
+                                    f"oldest {name.upper()} record since its creation (0: none)", labels=["merchant"])
+            for name in ("unknown", "retrying")}
+    for merchant, entry in sorted(merchants.items()):
+        for status in Status:
+            records.add_metric([merchant, status.value], entry["by_status"].get(status.value, 0))
+        for name, family in ages.items():
+            oldest = entry[name]["oldest"]
+            family.add_metric([merchant], 0.0 if oldest is None else max(0.0, float(found["now"]) - float(oldest)))
+    yield records
+    yield from ages.values()
+
+
 class PaymentsCollector:
     """``read``: what one scrape looks at (default: :func:`worker.ops.monitor.snapshot` of ``svc`` and ``app``)."""
 
@@ -80,6 +102,7 @@ class PaymentsCollector:
             yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 0)
             return
         yield from self._families(found)
+        yield from _merchant_families(found)
         yield from self._breaker()
         yield from self._in_flight()
         yield _gauge("payments_exporter_redis_up", "Whether the last scrape could read Redis", 1)

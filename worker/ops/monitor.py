@@ -58,8 +58,11 @@ def unacked_key(app: Any) -> str:
 
 
 def snapshot(svc: Any, app: Any) -> dict[str, Any]:
-    """The store's health (``store.health.snapshot``) plus ``broker`` and ``webhooks``: three round trips to Redis."""
+    """The store's health (``store.health.snapshot``, ``merchants``) plus ``broker`` and ``webhooks``: three round
+    trips to Redis (four with accounts other than ``default``)."""
     found: dict[str, Any] = svc.store.health.snapshot(stale_auth_age=svc.settings.stale_auth_age)
+    # accounts other than default (no round trip without one): their records by status, oldest UNKNOWN / RETRYING
+    found["merchants"] = svc.store.health.merchants(getattr(svc.settings, "merchant_names", ()))
     found["broker"] = broker_snapshot(svc.store.redis, broker_queues(app), unacked_key=unacked_key(app))
     found["webhooks"] = webhook_snapshot(svc)
     return found

@@ -139,6 +139,17 @@ def _webhooks_line(hooks: dict[str, Any]) -> str:
             f"{_age(hooks.get('oldest_undelivered_age') or None)}), {hooks.get('failed', 0)} failed for good")
 
 
+def _merchant_lines(found: dict[str, Any]) -> list[str]:
+    """Records by status of each account other than ``default`` (the store's per-account counts), oldest in doubt."""
+    lines = []
+    for name, entry in sorted((found.get("merchants") or {}).items()):
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(entry["by_status"].items())) or "none"
+        oldest = ", ".join(f"{n.upper()} {_age(age(entry | {'now': found['now']}, n))}"
+                           for n in ("unknown", "retrying"))
+        lines.append(f"  {name:<10} {counts} (oldest {oldest})")
+    return lines
+
+
 def render(found: dict[str, Any]) -> str:
     by_status, ages, broker = found["by_status"], found["ages"], found["broker"]
     sweep = found.get("sweep")
@@ -162,6 +173,7 @@ def render(found: dict[str, Any]) -> str:
         *(["guard        " + _guard_line(found["guard"])] if "guard" in found else []),
         *(f"  {g['merchant']:<10} " + _guard_line(g) for g in found.get("guard", {}).get("merchants", [])),
         "records      " + (", ".join(f"{k}={v}" for k, v in sorted(by_status.items())) or "none"),
+        *_merchant_lines(found),
         "",
     ]
     if found["attention"]:

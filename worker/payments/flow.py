@@ -606,7 +606,10 @@ class PaymentFlow:
             if isinstance(found, Response):
                 return self._adopt(run, found)
             if isinstance(found, CannotTell):
-                self._park(run, Status.UNKNOWN, f"stq cannot tell yet ({found.reason})", sent=None)
+                # held back by the guard (breaker open): look again when it lets us, not at the outage backoff, which
+                # would spend every re-queue within one outage (held_for None: the backoff, as for a failed stq)
+                self._park(run, Status.UNKNOWN, f"stq cannot tell yet ({found.reason})", sent=None,
+                           check_in=found.held_for)
             wait = sent_ts + self.commit_horizon - now
             if wait > 0:
                 self._park(run, Status.UNKNOWN, f"absent at the gateway, but an attempt may still commit for "
@@ -672,7 +675,7 @@ class PaymentFlow:
             return self._adopt(run, found)
         if isinstance(found, CannotTell):
             self._park(run, Status.UNKNOWN, f"outcome unknown ({_short(exc, 120)}); stq cannot tell yet",
-                       sent=not refused)
+                       sent=not refused, check_in=found.held_for)  # held back by the guard: when it lets us
         if refused and (sent_before is None or now >= sent_before + self.commit_horizon):
             self.store.transition(run.payment_id, Status.PENDING, owner=run.owner, sent=False,
                                   expect=(Status.PENDING,), note="DUPLICATE of another operation; "

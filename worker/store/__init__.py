@@ -32,6 +32,11 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
                                    record's last change (:mod:`worker.store.retention`)
     P idx:trans            hash    gateway trans id -> payment id (first writer wins)
     P idx:time             zset    payment id, score created_ts            (list(), newest first)
+    P idx:merchant:<name>:time  zset  the same, of one account other than ``default`` only (the claim writes it;
+                                   list(merchant=NAME)); ``P idx:merchant:since``: the first one's created_ts (0 after
+                                   ``payments metrics --recount`` indexed older records), docs/merchants.md
+    P idx:merchant:<name>:counts  hash  that account's records by status (every status; Health.merchants)
+    P idx:merchant:<name>:unknown, :retrying  zset  as idx:unknown / idx:retrying, of that account only
     P idx:non_final        zset    PENDING/RETRYING/UNKNOWN ids, score updated_ts (reconciliation)
     P idx:open_auths       zset    APPROVED auths, score created_ts        (stale-auth sweep)
     P idx:voids_due        zset    APPROVED sales with then_void="1", score updated_ts (chained void)

@@ -10,11 +10,12 @@ give-ups) and ``sweep:last`` (the last sweep's report, with when it ended and ho
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
 
+from worker.merchants import DEFAULT as DEFAULT_MERCHANT
 from worker.states import FINAL, Status
 from worker.store.encoding import text
 from worker.store.keys import StoreKeys
@@ -66,11 +67,38 @@ class Health:
             out["stale_auths"] = int(self.redis.zcount(self.keys.open_auths, "-inf", now - float(stale_auth_age)))
         return out
 
+    #: What :meth:`merchants` reports of each account besides its records by status.
+    MERCHANT_INDEXES = ("unknown", "retrying")
+
+    def merchants(self, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """For each account other than ``default`` among ``names``: ``by_status`` {status: records} (every status)
+        and ``unknown`` / ``retrying`` ``{"count", "oldest"}``, as :meth:`snapshot` has them for all accounts. One
+        round trip. (``default``'s are the snapshot's minus these: its records name no merchant.)"""
+        others = [n for n in names if n != DEFAULT_MERCHANT]
+        pipe = self.redis.pipeline(transaction=False)
+        for name in others:
+            pipe.hgetall(self.keys.merchant_counts(name))
+            for index in self.MERCHANT_INDEXES:
+                pipe.zcard(self.keys.merchant_index(name, index))
+                pipe.zrange(self.keys.merchant_index(name, index), 0, 0, withscores=True)
+        replies = iter(pipe.execute() if others else [])
+        out: dict[str, dict[str, Any]] = {}
+        for name in others:
+            entry: dict[str, Any] = {"by_status": _ints(next(replies))}
+            for index in self.MERCHANT_INDEXES:
+                count, first = next(replies), next(replies)
+                entry[index] = {"count": int(count), "oldest": float(first[0][1]) if first else None}
+            out[name] = entry
+        return out
+
     def recount(self, *, batch: int = 1000) -> dict[str, int]:
-        """Rebuild records by status and the UNKNOWN / RETRYING / needs_human indexes from the records themselves
-        (every record is in ``idx:time``): once, after upgrading from a version that did not keep them. Reads every
-        record in batches: run it with the workers stopped (a transition during the recount may be miscounted)."""
+        """Rebuild records by status, the UNKNOWN / RETRYING / needs_human indexes and the time index of each account
+        other than ``default`` from the records themselves (every record is in ``idx:time``): once, after upgrading
+        from a version that did not keep them. Reads every record in batches: run it with the workers stopped (a
+        transition during the recount may be miscounted)."""
         counts: dict[str, int] = {}
+        by_merchant: dict[str, dict[str, int]] = {}
+        self._drop_merchant_counts()
         start = 0
         while True:
             ids = [text(i) for i in self.redis.zrange(self.keys.time, start, start + batch - 1)]
@@ -79,30 +107,50 @@ class Health:
             start += len(ids)
             pipe = self.redis.pipeline(transaction=False)
             for pid in ids:
-                pipe.hmget(self.keys.record(pid), "status", "created_ts", "updated_ts", "needs_human")
+                pipe.hmget(self.keys.record(pid), "status", "created_ts", "updated_ts", "needs_human", "merchant")
             fix = self.redis.pipeline(transaction=False)
-            for pid, (status, created, updated, human) in zip(ids, pipe.execute(), strict=True):
-                if status is None:
-                    continue
-                status = text(status)
-                counts[status] = counts.get(status, 0) + 1
-                for name, member in (("unknown", status == "UNKNOWN"), ("retrying", status == "RETRYING")):
-                    if member:
-                        fix.zadd(str(getattr(self.keys, name)), {pid: float(created or 0)})
-                    else:
-                        fix.zrem(str(getattr(self.keys, name)), pid)
-                if text(human or "") == "1":
-                    fix.zadd(self.keys.needs_human, {pid: float(updated or 0)})
-                else:
-                    fix.zrem(self.keys.needs_human, pid)
+            for pid, fields in zip(ids, pipe.execute(), strict=True):
+                if fields[0] is not None:
+                    status = text(fields[0])
+                    counts[status] = counts.get(status, 0) + 1
+                    if fields[4]:
+                        by = by_merchant.setdefault(text(fields[4]), {})
+                        by[status] = by.get(status, 0) + 1
+                    self._reindex(fix, pid, status, [text(f or "") for f in fields[1:]])
             fix.execute()
         final: dict[Any, Any] = {k: str(v) for k, v in counts.items() if k in FINAL}  # final statuses only
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.keys.status_counts)
         if final:
             pipe.hset(self.keys.status_counts, mapping=final)
+        for merchant, by in by_merchant.items():
+            pipe.hset(self.keys.merchant_counts(merchant), mapping={k: str(v) for k, v in by.items()})
+        pipe.set(self.keys.merchant_since, "0")  # every account's records are in its index now
         pipe.execute()
         return counts
+
+    def _drop_merchant_counts(self) -> None:
+        """Every account's counts and UNKNOWN / RETRYING index (the recount writes them again); not its time index,
+        which is only added to (its entries stay right)."""
+        for key in self.redis.scan_iter(match=self.keys.merchant_index("*", "*"), count=1000):
+            if not text(key).endswith(":time"):
+                self.redis.delete(key)
+
+    def _reindex(self, fix: Any, pid: str, status: str, fields: list[str]) -> None:
+        created, updated, human, merchant = fields
+        for name, member in (("unknown", status == "UNKNOWN"), ("retrying", status == "RETRYING")):
+            if member:
+                fix.zadd(str(getattr(self.keys, name)), {pid: float(created or 0)})
+            else:
+                fix.zrem(str(getattr(self.keys, name)), pid)
+        if human == "1":
+            fix.zadd(self.keys.needs_human, {pid: float(updated or 0)})
+        else:
+            fix.zrem(self.keys.needs_human, pid)
+        if merchant:
+            fix.zadd(self.keys.merchant_time(merchant), {pid: float(created or 0)})
+            if status in ("UNKNOWN", "RETRYING"):
+                fix.zadd(self.keys.merchant_index(merchant, status.lower()), {pid: float(created or 0)})
 
     def count(self, name: str, by: int = 1) -> None:
         """Add to one of the ``stats`` counters (``outbox_republished``, ``outbox_given_up``)."""

@@ -45,6 +45,23 @@ class StoreKeys:
         """The key index entry of a record that left Redis (retention): its fingerprint and outcome."""
         return f"{self.prefix}key:{payment_id}"
 
+    def merchant_time(self, merchant: str) -> str:
+        """The time index of one account other than ``default`` (written by claim.lua, removed by forget.lua)."""
+        return f"{self.prefix}idx:merchant:{merchant}:time"
+
+    def merchant_counts(self, merchant: str) -> str:
+        """Records of one account other than ``default`` by status, every status (the record scripts keep it)."""
+        return f"{self.prefix}idx:merchant:{merchant}:counts"
+
+    def merchant_index(self, merchant: str, name: str) -> str:
+        """``unknown`` or ``retrying`` of one account other than ``default`` (as ``idx:unknown`` / ``idx:retrying``)."""
+        return f"{self.prefix}idx:merchant:{merchant}:{name}"
+
+    @property
+    def merchant_since(self) -> str:
+        """When the first record was put in an account's time index (0: every record is, after a recount)."""
+        return f"{self.prefix}idx:merchant:since"
+
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
 

@@ -272,19 +272,45 @@ class ResultsStore:
     def list(self, *, status: str | None = None, operation: str | None = None, merchant: str | None = None,
              limit: int = 100) -> list[dict[str, Any]]:
         """Records newest first (by creation time), optionally filtered. Filters read the records: pages of the time
-        index, newest first, until ``limit`` match (a rare status or merchant reads many; docs/merchants.md)."""
+        index, newest first, until ``limit`` match (a rare status reads many). An account other than ``default``
+        has a time index of its own; its records written before that index existed are filtered from the shared one
+        (docs/merchants.md)."""
         if limit <= 0:
             return []
+        if merchant and merchant != DEFAULT_MERCHANT:
+            return self._list_merchant(merchant, status, operation, limit)
+        return self._list_index(self.keys.time, status, operation, merchant, limit)
+
+    def _list_index(self, key: str, status: str | None, operation: str | None, merchant: str | None, limit: int,
+                    max_score: float | None = None) -> builtins.list[dict[str, Any]]:
+        """Pages of the zset ``key`` newest first (scores up to ``max_score``), its records that match."""
         out: list[dict[str, Any]] = []
         filtered = bool(status or operation or merchant)
         page = max(limit * 2, 100) if filtered else limit
         start = 0
         while len(out) < limit:
-            ids = self.redis.zrevrange(self.keys.time, start, start + page - 1)
+            if max_score is None:
+                ids = self.redis.zrevrange(key, start, start + page - 1)
+            else:
+                ids = self.redis.zrevrangebyscore(key, max_score, "-inf", start=start, num=page)
             if not ids:
                 break
             start += len(ids)
             out.extend(r for r in self._fetch(ids) if not filtered or _matches(r, status, operation, merchant))
+        return out[:limit]
+
+    def _list_merchant(self, merchant: str, status: str | None, operation: str | None,
+                       limit: int) -> builtins.list[dict[str, Any]]:
+        """The account's own index, then (fewer than ``limit``) the shared one's older records that name it: those
+        created up to ``since``, the first record the claim indexed (none: all; 0 after a recount: none)."""
+        out = self._list_index(self.keys.merchant_time(merchant), status, operation, None, limit)
+        since = self.redis.get(self.keys.merchant_since)
+        if len(out) >= limit or (since is not None and float(since) <= 0):
+            return out
+        seen = {r["payment_id"] for r in out}
+        older = self._list_index(self.keys.time, status, operation, merchant, limit,
+                                 None if since is None else float(since))
+        out.extend(r for r in older if r["payment_id"] not in seen)
         return out[:limit]
 
     #: The indexes :meth:`indexed` pages through (the console's lists).

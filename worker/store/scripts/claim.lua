@@ -78,8 +78,15 @@ if not status then
   redis.call('ZADD', IDX_TIME, now_ts, pid)
   -- A new record: no index holds it yet, and what was written is the whole record (no HMGET, no HGETALL).
   local rec = to_table(args)
+  -- Another account's record is also in its account's time index (a `default` record: no command more).
+  -- idx:merchant:since: when the first was (records of older versions, before it, are not in any: list() filters
+  -- those from idx:time until `payments metrics --recount` has indexed them and set it to 0).
+  if (rec.merchant or '') ~= '' then
+    redis.call('ZADD', merchant_key(rec.merchant .. ':time'), now_ts, pid)
+    redis.call('SET', merchant_key('since'), now_ts, 'NX')
+  end
   local trans_id = reindex_from(pid, nil, rec)
-  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id)
+  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id, rec.merchant)
   -- A small reply: the caller knows the fields it gave; only those written here go back (not the history).
   local written = {}
   for i = #ARGV - first_field + 2, #args - 2 do written[#written + 1] = args[i] end

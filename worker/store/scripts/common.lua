@@ -75,15 +75,30 @@ local function with_history(current, at, to, note)
   return joined
 end
 
+-- The time index of one merchant account other than `default` (P idx:merchant:<name>:time, score created_ts): what
+-- `payments list --merchant NAME` reads (docs/merchants.md): merchant_key(NAME .. ':time'), beside idx:time (KEYS 4).
+-- P idx:merchant:since: when the first was written (see claim.lua). Also per account (the exporter's and status's
+-- counts, docs/merchants.md): NAME:counts (hash: its records by status, every status) and NAME:unknown /
+-- NAME:retrying (zsets as idx:unknown / idx:retrying). A record of `default` names no merchant: none of these.
+local function merchant_key(suffix)
+  return string.sub(IDX_TIME, 1, #IDX_TIME - #'idx:time') .. 'idx:merchant:' .. suffix
+end
+
 -- The audit entry and the count of records by final status; the caller writes the history entry (with_history) in
 -- its own HSET of the record.
-local function log_event(pid, op, from, to, note, at, trans_id)
+local function log_event(pid, op, from, to, note, at, trans_id, merchant)
   -- Records by FINAL status: every status change passes here (and a record leaves only through forget.lua).
   -- Non-final ones are counted by their indexes (PENDING = non_final - unknown - retrying: store/health.py),
   -- which saves two HINCRBY per payment.
   if from ~= to then
     if from ~= '' and not NON_FINAL[from] then redis.call('HINCRBY', IDX_COUNTS, from, -1) end
     if not NON_FINAL[to] then redis.call('HINCRBY', IDX_COUNTS, to, 1) end
+    -- Another account's records by status, every status (it has no index of non-final ones).
+    if (merchant or '') ~= '' then
+      local counts = merchant_key(merchant .. ':counts')
+      if from ~= '' then redis.call('HINCRBY', counts, from, -1) end
+      redis.call('HINCRBY', counts, to, 1)
+    end
   end
   redis.call('XADD', AUDIT, 'MAXLEN', '~', AUDIT_MAXLEN, '*',
     'payment_id', pid, 'operation', op, 'from', from, 'to', to, 'note', note, 'at', at,
@@ -92,8 +107,9 @@ end
 
 -- The same for a script that has not read the record's history: its history entry read and written here.
 local function record_event(rec, pid, op, from, to, note, at, trans_id)
-  redis.call('HSET', rec, 'history', with_history(redis.call('HGET', rec, 'history'), at, to, note))
-  log_event(pid, op, from, to, note, at, trans_id)
+  local r = redis.call('HMGET', rec, 'history', 'merchant')
+  redis.call('HSET', rec, 'history', with_history(r[1], at, to, note))
+  log_event(pid, op, from, to, note, at, trans_id, r[2])
 end
 
 -- A record for a reply: its fields without the history (ResultsStore.get reads that).
@@ -112,7 +128,7 @@ end
 -- Recompute every index membership of the record at ``rec`` from its current state.
 local function reindex(rec, pid, old_trans)
   local r = redis.call('HMGET', rec, 'status', 'operation', 'then_void', 'trans_id',
-                       'created_ts', 'updated_ts', 'reflected', 'needs_human', 'amount')
+                       'created_ts', 'updated_ts', 'reflected', 'needs_human', 'amount', 'merchant')
   local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
   local created_ts, updated_ts, reflected = r[5], r[6], r[7]
   if NON_FINAL[status] then redis.call('ZADD', IDX_NF, updated_ts, pid) else redis.call('ZREM', IDX_NF, pid) end
@@ -126,6 +142,12 @@ local function reindex(rec, pid, old_trans)
     redis.call('ZADD', IDX_RETRYING, created_ts, pid)
   else
     redis.call('ZREM', IDX_RETRYING, pid)
+  end
+  if (r[10] or '') ~= '' then
+    for name, member in pairs({unknown = status == 'UNKNOWN', retrying = status == 'RETRYING'}) do
+      local key = merchant_key(r[10] .. ':' .. name)
+      if member then redis.call('ZADD', key, created_ts, pid) else redis.call('ZREM', key, pid) end
+    end
   end
   if r[8] == '1' then redis.call('ZADD', IDX_HUMAN, updated_ts, pid) else redis.call('ZREM', IDX_HUMAN, pid) end
   -- A $0 auth only stores the card (its id is a token): nothing is held, so the stale-auth sweep never voids it.
@@ -158,6 +180,9 @@ local function memberships(s)
   if NON_FINAL[status] then m[IDX_NF] = s.updated_ts end
   if status == 'UNKNOWN' then m[IDX_UNKNOWN] = s.created_ts end
   if status == 'RETRYING' then m[IDX_RETRYING] = s.created_ts end
+  if (s.merchant or '') ~= '' and (status == 'UNKNOWN' or status == 'RETRYING') then
+    m[merchant_key(s.merchant .. ':' .. string.lower(status))] = s.created_ts
+  end
   if s.needs_human == '1' then m[IDX_HUMAN] = s.updated_ts end
   if status == 'APPROVED' then
     if op == 'auth' and tonumber(s.amount or '') ~= 0 then m[IDX_OPEN] = s.created_ts end  -- $0: a stored card

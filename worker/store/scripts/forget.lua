@@ -4,6 +4,7 @@
 -- Each record removed leaves its key index entry (P key:<payment_id>, a hash of the kept fields that are not empty:
 -- the fingerprint its key is bound to and its outcome), expiring key_retention seconds after the record's last
 -- change: claim.lua answers the key from it, so a key sent again is never charged again.
+-- A record of an account other than `default` also leaves P idx:merchant:<name>:time and its count.
 -- KEYS: 1 idx:trans 2 idx:time 3 idx:non_final 4 idx:open_auths 5 idx:voids_due 6 idx:reflect_due
 --   7 idx:status_counts (records by status: one fewer of its status)
 -- ARGV: 1 prefix 2 cutoff 3 key_retention (seconds) 4 n (kept fields), the n field names, then
@@ -44,7 +45,7 @@ for i = 5 + n_kept, #ARGV - 2, 3 do
   local pid, status, updated = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local rec = prefix .. 'op:' .. pid
   local r = redis.call('HMGET', rec, 'status', 'updated_ts', 'operation', 'needs_human', 'then_void', 'reflected',
-                       'trans_id')
+                       'trans_id', 'merchant')
   local op, approved = r[3], status == 'APPROVED'
   if r[1] == status and r[2] == updated and FINAL[status] and (tonumber(updated) or cutoff + 1) <= cutoff
       and r[4] ~= '1'                                            -- a human must look at it first
@@ -57,6 +58,11 @@ for i = 5 + n_kept, #ARGV - 2, 3 do
     local trans = r[7] or ''
     if trans ~= '' and redis.call('HGET', KEYS[1], trans) == pid then redis.call('HDEL', KEYS[1], trans) end
     redis.call('HINCRBY', KEYS[7], status, -1)
+    -- Another account's record leaves its account's time index too (claim.lua wrote it there).
+    if (r[8] or '') ~= '' then
+      redis.call('ZREM', prefix .. 'idx:merchant:' .. r[8] .. ':time', pid)
+      redis.call('HINCRBY', prefix .. 'idx:merchant:' .. r[8] .. ':counts', status, -1)
+    end
     removed[#removed + 1] = pid
   end
 end

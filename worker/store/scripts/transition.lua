@@ -62,7 +62,7 @@ if is_final == '1' then
 end
 local pid = cur.payment_id
 local trans_id = reindex_from(pid, cur, rec)
-log_event(pid, cur.operation or '', status, new_status, note, now_iso, trans_id)
+log_event(pid, cur.operation or '', status, new_status, note, now_iso, trans_id, cur.merchant)
 if prefix ~= '' then
   reflect(prefix, REC, pid, now_iso, now)
   local written = record_reply(REC)  -- reflect() may have written to the record
