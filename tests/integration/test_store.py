@@ -15,6 +15,7 @@ import redis
 from tests.support.env import INTEGRATION_REDIS_URL
 from worker.store import ResultsStore, task_outcome
 from worker.store.final_write import OUTCOME_PLACEHOLDER, FinalWrite, acked, written
+from worker.store.outcomes import public_outcome
 
 REDIS_URL = INTEGRATION_REDIS_URL
 
@@ -152,6 +153,10 @@ def test_a_final_write_puts_the_outcome_the_result_and_the_ack_in_one_call(store
     assert not client.hexists(final.unacked_key, final.delivery_tag)
     assert client.zscore(final.unacked_index_key, final.delivery_tag) is None
     assert store.get("sale1")["status"] == "PARTIALLY_REFUNDED"  # reflected in the same call
+    # its answer: the record's public outcome only (no lease/internal fields), as the record holds it
+    assert rec.keys() == public_outcome(rec).keys() and "created_ts" not in rec and "sent_ts" not in rec
+    assert {k: str(v) for k, v in public_outcome(store.get("ref1")).items()} == {k: str(v) for k, v in rec.items()}
+    assert "created_ts" in sale  # without a final write to make: the whole record, as before
     # what the backend and kombu's ack then skip, once each
     assert written("task-ref1") and not written("task-ref1")
     assert acked("tag-task-ref1") and not acked("tag-task-ref1")
