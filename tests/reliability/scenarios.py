@@ -1505,6 +1505,7 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
     processes and a beat that schedules ``payments.sweep`` on the worker every second, all with
     STALE_AUTH_AGE = 1 s. The sandbox answers in 100 ms so the sweeps overlap.
     """
+    from worker.guard.shared import breaker_state
     from worker.payments.sweep import run_sweep
 
     rng = random.Random(seed)
@@ -1534,6 +1535,11 @@ def run_concurrent_sweeps(name: str, redis_url: str, logdir: Path, *, auths: int
             if any(e["trans_type"] == "VOID" for e in sandbox.ledger()):
                 report.problem("a void went through while every gateway request failed")
             sandbox.set_faults({"latency_ms": 100})
+            # That run of failures opened the shared breaker (on by default): the concurrent sweeps below are about
+            # each other, not about a gateway still held back, so they start once its cooldown is over.
+            breaker = breaker_state(svc.redis, prefix=prefix, merchant="default")
+            report.details["breaker_after_failing_sweep"] = breaker.state
+            time.sleep(breaker.open_for + 0.5 if breaker.state == "open" else 0)
             open_before = len(svc.store.open_auths(1.0))
             report.details["open_auths_before"] = open_before
 
