@@ -35,7 +35,8 @@ def test_three_primary_kills_charge_nothing_twice_and_lose_nothing(rel_logdir):
 
 # Once flaky (a payment left UNKNOWN at the deadline): a worker's UNKNOWN write lost in the failover leaves its attempt
 # in flight, which the sweep rightly does not close before the attempt's stamp expired; the wait now counts that
-# window (docs/reliability.md, "Back in CI"). Slow: 40-150 s, kept out of CI's budget (PAYMENTS_SLOW_TESTS=1).
+# window (docs/reliability.md, "flakes understood and fixed on 2026-12-08"). Slow: 40-150 s, kept out of CI's
+# budget (PAYMENTS_SLOW_TESTS=1).
 @pytest.mark.slow
 def test_a_partitioned_primary_loses_nothing_when_it_comes_back(rel_logdir):
     report = run_sentinel_failovers("sentinel-pause", rel_logdir, payments=60, failovers=1, mode="pause", log=print)
