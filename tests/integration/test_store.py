@@ -89,6 +89,23 @@ def _hot_path(store, pid, counting):
     return seen
 
 
+@pytest.mark.parametrize("journal, fence_for", [(False, None), (True, None), (True, 300.0), ("prior", None)])
+def test_a_new_record_s_claim_answers_the_record_it_wrote(store, client, prefix, journal, fence_for):
+    # claim.lua answers only the times it wrote: the store rebuilds the rest from the call's arguments
+    fields = {**SALE_FIELDS, "merchant": "acme", "needs_human": "1", "trans_id": "100000000777", "message": ""}
+    c = claim(store, "p1", fields=fields, journal=journal, fingerprints=[FP_A], fence_for=fence_for)
+    got = store.get("p1")
+    del got["history"]
+    assert c.kind == "claimed" and c.record == got
+    assert (c.fenced_at is not None) == (fence_for is not None)
+    # the indexes a new record's fields put it in (reindex's rules): non-final, needs_human, by trans id
+    for index in ("non_final", "needs_human"):
+        assert client.zscore(f"{prefix}idx:{index}", "p1") == float(got["updated_ts"])
+    assert client.hget(f"{prefix}idx:trans", "100000000777") == "p1"
+    assert client.zscore(f"{prefix}idx:merchant:acme:time", "p1") == float(got["created_ts"])
+    assert client.hget(f"{prefix}idx:merchant:acme:counts", "PENDING") == "1"
+
+
 @pytest.mark.parametrize("decode", [True, False])
 def test_one_fcall_per_hot_path_call(prefix, decode):
     counting = CountingRedis.from_url(REDIS_URL, decode_responses=decode)

@@ -34,23 +34,28 @@ end
 -- or a record just written could look up to 0.5 ms in the future to the next script within the same millisecond).
 local function ts(t) return string.format('%.3f', math.floor(t * 1000) / 1000) end
 
--- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm).
+-- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm). The date part is kept for the day
+-- it was computed for (a pure function of the day: the library's upvalues live as long as it is loaded).
+local iso_day, iso_date = nil, nil
 local function iso(t)
   local secs = math.floor(t)
   local ms = math.floor((t - secs) * 1000)
   local days = math.floor(secs / 86400)
   local rem = secs - days * 86400
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  if m <= 2 then y = y + 1 end
-  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+  if days ~= iso_day then
+    local z = days + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+    local y = yoe + era * 400
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local d = doy - math.floor((153 * mp + 2) / 5) + 1
+    local m = mp < 10 and mp + 3 or mp - 9
+    if m <= 2 then y = y + 1 end
+    iso_day, iso_date = days, string.format('%04d-%02d-%02dT', y, m, d)
+  end
+  return string.format('%s%02d:%02d:%02d.%03dZ', iso_date,
     math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms)
 end
 
@@ -346,53 +351,31 @@ local function reflect(prefix, fu_rec, fu_pid, at, now)
   return done('reflected')
 end
 
--- The task's outcome as the task returns it (worker/store/outcomes.py task_outcome, from its field lists, injected
--- when the library is built): the contract's fields ('' when absent; attempts a number), the optional public ones
--- that are not empty, and a status a task may not return (in flight) shown as UNKNOWN.
-local CONTRACT_FIELDS = {__CONTRACT_FIELDS__}
-local OPTIONAL_FIELDS = {__OPTIONAL_FIELDS__}
+-- The record's public outcome (worker/store/outcomes.py public_outcome, generated from its field lists when the
+-- library is built: worker/store/lua.py): the contract's fields ('' when absent; attempts a number) and the optional
+-- public ones that are not empty, in one table built at its final size (no rehash as it grows).
 local TASK_STATUSES = {__TASK_STATUSES__}
-local function task_outcome(rec)
-  local out = {}
-  for _, f in ipairs(CONTRACT_FIELDS) do out[f] = rec[f] or '' end
-  out.attempts = tonumber(rec.attempts or '0') or 0
-  for _, f in ipairs(OPTIONAL_FIELDS) do
-    if (rec[f] or '') ~= '' then out[f] = rec[f] end
-  end
-  if not TASK_STATUSES[out.status] then out.status = 'UNKNOWN' end
-  return out
-end
-
--- A final write's reply (transition.lua with a result or an ack to write): the record's public outcome as pairs
--- (worker/store/outcomes.py public_outcome's fields, status as written), not its ~45 fields: its caller
--- (flow.py _finish) reads no other.
-local function outcome_pairs(rec)
-  local flat = {}
-  for _, f in ipairs(CONTRACT_FIELDS) do
-    flat[#flat + 1] = f
-    flat[#flat + 1] = rec[f] or ''
-  end
-  for _, f in ipairs(OPTIONAL_FIELDS) do
-    local v = rec[f]
-    if v and v ~= '' then
-      flat[#flat + 1] = f
-      flat[#flat + 1] = v
-    end
-  end
-  return flat
-end
+__OUTCOME_FUNCTION__
 
 -- The final write's other two parts (transition.lua, ARGV 8-10), in the same atomic call as the outcome: Celery's
 -- result (its own key, value and pub/sub message: the meta the worker encoded, with the outcome in place of its
 -- placeholder) and the broker message's ack (kombu's unacked hash and index). KEYS 17-19: result key, unacked,
 -- unacked_index. ``meta`` '': no result to write; ``tag`` '': no ack.
 local OUTCOME_PLACEHOLDER = '"__PAYMENTS_OUTCOME__"'
+-- Returns the public outcome's JSON (the caller's reply). The task's outcome (outcomes.py task_outcome) is the same
+-- but for a status a task may not return (in flight), shown as UNKNOWN: encoded again only then.
 local function finish_task(keys, rec, meta, expires, tag)
+  local o = outcome(rec)
+  local public = cjson.encode(o)
   if meta ~= '' then
     local at = string.find(meta, OUTCOME_PLACEHOLDER, 1, true)
     if at then
-      local value = string.sub(meta, 1, at - 1) .. cjson.encode(task_outcome(rec)) ..
-        string.sub(meta, at + #OUTCOME_PLACEHOLDER)
+      local task = public
+      if not TASK_STATUSES[o.status] then
+        o.status = 'UNKNOWN'
+        task = cjson.encode(o)
+      end
+      local value = string.sub(meta, 1, at - 1) .. task .. string.sub(meta, at + #OUTCOME_PLACEHOLDER)
       if tonumber(expires) and tonumber(expires) > 0 then
         redis.call('SET', keys[17], value, 'EX', expires)
       else
@@ -405,4 +388,5 @@ local function finish_task(keys, rec, meta, expires, tag)
     redis.call('HDEL', keys[18], tag)
     redis.call('ZREM', keys[19], tag)
   end
+  return public
 end

@@ -5,7 +5,7 @@
 --       11 n_expect, expect..., field/value pairs.
 -- Only the lease holder writes a non-final record (owner must match); a final record is changed only
 -- through ``expect``; the result and the ack are written only with the record. Returns {status written or false,
--- now, record pairs} (with a result or an ack to write: only the record's public outcome, common.lua outcome_pairs).
+-- now, record pairs} (with a result or an ack to write: the record's public outcome as JSON, common.lua finish_task).
 local new_status, is_final, owner, note, sent, check_in, prefix =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local meta, expires, tag = ARGV[8], ARGV[9], ARGV[10]
@@ -73,8 +73,5 @@ if prefix ~= '' then
   if not final_write then return {new_status, now_ts, written} end
   rec = to_table(written)
 end
-if final_write then
-  finish_task(KEYS, rec, meta, expires, tag)
-  return {new_status, now_ts, outcome_pairs(rec)}
-end
+if final_write then return {new_status, now_ts, finish_task(KEYS, rec, meta, expires, tag)} end
 return {new_status, now_ts, to_pairs(rec)}
