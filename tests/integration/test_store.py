@@ -106,6 +106,24 @@ def test_a_new_record_s_claim_answers_the_record_it_wrote(store, client, prefix,
     assert client.hget(f"{prefix}idx:merchant:acme:counts", "PENDING") == "1"
 
 
+def test_the_functions_find_each_prefix_s_indexes_from_the_record_keys(client, prefix):
+    # KEYS name only the record and its key index entry: the indexes come from the prefix the two share, kept
+    # between calls (the library is one per server, its callers' prefixes are not)
+    prefixes = [prefix, f"{prefix}op:", f"{prefix}key:x:", prefix]
+    for i, p in enumerate(prefixes):
+        store = ResultsStore(client, prefix=p)
+        claim(store, f"p{i}", fields={**SALE_FIELDS, "trans_id": f"10000000000{i}"}, journal=True)
+        assert store.transition(f"p{i}", "APPROVED", expect=("PENDING",), owner="w1", sent=True) is not None
+    for i, p in enumerate(prefixes):
+        assert client.zscore(f"{p}idx:time", f"p{i}") is not None
+        assert client.hget(f"{p}idx:trans", f"10000000000{i}") == f"p{i}"
+        assert client.zscore(f"{p}idx:non_final", f"p{i}") is None
+    for p in {*prefixes}:
+        assert client.zcard(f"{p}idx:time") == prefixes.count(p)
+        assert client.hget(f"{p}idx:status_counts", "APPROVED") == str(prefixes.count(p))
+        assert client.xlen(f"{p}audit") == 2 * prefixes.count(p)
+
+
 @pytest.mark.parametrize("decode", [True, False])
 def test_one_fcall_per_hot_path_call(prefix, decode):
     counting = CountingRedis.from_url(REDIS_URL, decode_responses=decode)
