@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.support.env import INTEGRATION_REDIS_URL
-from worker.store import ResultsStore, task_outcome
+from worker.store import CONTRACT_FIELDS, ResultsStore, task_outcome
 from worker.store.final_write import OUTCOME_PLACEHOLDER, FinalWrite, acked, written
 from worker.store.outcomes import public_outcome
 
@@ -96,7 +96,9 @@ def test_a_new_record_s_claim_answers_the_record_it_wrote(store, client, prefix,
     c = claim(store, "p1", fields=fields, journal=journal, fingerprints=[FP_A], fence_for=fence_for)
     got = store.get("p1")
     del got["history"]
-    assert c.kind == "claimed" and c.record == got
+    assert c.kind == "claimed" and c.record == got and set(CONTRACT_FIELDS) <= got.keys()
+    # no empty field is written: absent reads as '' (records.py claim, encoding.py typed)
+    assert "" not in client.hgetall(store.record_key("p1")).values() and got["message"] == got["avs"] == ""
     assert (c.fenced_at is not None) == (fence_for is not None)
     # the indexes a new record's fields put it in (reindex's rules): non-final, needs_human, by trans id
     for index in ("non_final", "needs_human"):
