@@ -39,7 +39,7 @@ __all__ = ["ResultsStore", "Claim"]
 _RESERVED = frozenset({
     "payment_id", "operation", "status", "attempts", "created_at", "updated_at", "created_ts",
     "updated_ts", "lease_owner", "lease_until", "history", "fingerprint", "sends", "attempt_ts", "in_flight",
-    "sent_ts", "next_check_ts", "reflected",
+    "sent_ts", "next_check_ts", "reflected", "fence_until",
 })
 
 

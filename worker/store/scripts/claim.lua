@@ -46,42 +46,41 @@ if not status then
     if mode == 'create_only' then return {'exists', k['status'] or '', now_ts, kept} end
     return {'final', k['status'] or '', now_ts, kept}
   end
-  -- The caller's fields, then ours (the last value of a field wins in HSET); read on the way: the three of the
-  -- caller's fields a new record's indexes depend on.
-  local args, n, merchant, trans_id, needs_human = {}, 0, '', '', nil
+  -- Ours, then the caller's fields (none of ours: records.py _RESERVED), read on the way for the three a new
+  -- record's indexes depend on. One table constructor and no copy loop: the fields go to HSET as they came.
+  local merchant, trans_id, needs_human = '', '', nil
   for i = first_field, #ARGV - 1, 2 do
-    local f, v = ARGV[i], ARGV[i + 1]
-    args[n + 1], args[n + 2], n = f, v, n + 2
-    if f == 'merchant' then merchant = v elseif f == 'trans_id' then trans_id = v
-    elseif f == 'needs_human' then needs_human = v end
+    local f = ARGV[i]
+    if f == 'merchant' then merchant = ARGV[i + 1] elseif f == 'trans_id' then trans_id = ARGV[i + 1]
+    elseif f == 'needs_human' then needs_human = ARGV[i + 1] end
   end
-  local fp = n_fp > 0 and ARGV[11] or ''
   local lease_until = ts(now + lease_seconds)
   local note = 'claimed by ' .. owner
+  local args = {'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1', 'created_at', now_iso,
+                'updated_at', now_iso, 'created_ts', now_ts, 'updated_ts', now_ts, 'lease_owner', owner,
+                'lease_until', lease_until, 'fingerprint', n_fp > 0 and ARGV[11] or '', 'history', false}
+  local n = 24
   local fence_until, stamp = nil, nil
-  for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
-                      'created_at', now_iso, 'updated_at', now_iso, 'created_ts', now_ts,
-                      'updated_ts', now_ts, 'lease_owner', owner, 'lease_until', lease_until,
-                      'fingerprint', fp}) do
-    n = n + 1
-    args[n] = v
-  end
   if journal == '1' then
-    args[n + 1], args[n + 2], args[n + 3], args[n + 4], args[n + 5], args[n + 6], n =
-      'sends', '1', 'attempt_ts', now_ts, 'in_flight', '1', n + 6
+    args[25], args[26], args[27], args[28], args[29], args[30], n =
+      'sends', '1', 'attempt_ts', now_ts, 'in_flight', '1', 30
     note = note .. '; attempt 1'
     if fence_window then
       -- The first attempt's fence (fence.lua) in the same call: this lease was taken just now.
       fence_until = string.format('%.3f', math.ceil((now + fence_window) * 1000) / 1000)
-      args[n + 1], args[n + 2], n = 'fence_until', fence_until, n + 2
+      args[31], args[32], n = 'fence_until', fence_until, 32
       stamp = string.format('%d.%06d', tonumber(clock[1]), tonumber(clock[2]))
     end
   elseif journal == 'prior' then
-    args[n + 1], args[n + 2], n = 'sent_ts', now_ts, n + 2
+    args[25], args[26], n = 'sent_ts', now_ts, 26
     note = note .. '; delivered before: an earlier delivery may have sent it'
   end
-  args[n + 1], args[n + 2] = 'history', with_history(nil, now_iso, 'PENDING', note)
-  redis.call('HSET', REC, unpack(args))
+  args[24] = with_history(nil, now_iso, 'PENDING', note)
+  for i = first_field, #ARGV do
+    n = n + 1
+    args[n] = ARGV[i]
+  end
+  redis.call('HSET', REC, unpack(args, 1, n))
   redis.call('ZADD', IDX_TIME, now_ts, pid)
   -- Another account's record is also in its account's time index (a `default` record: no command more).
   -- idx:merchant:since: when the first was (records of older versions, before it, are not in any: list() filters
