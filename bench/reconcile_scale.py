@@ -54,7 +54,7 @@ def populate(store: ResultsStore, url: str, n: int, prefix_id: str) -> None:
         pipe = store.redis.pipeline(transaction=False)
         for pid in pids:
             store._claim.queue(pipe, store.keys.for_record(pid), [
-                "bench", "30.0", pid, "sale", "", "", "run", "0", "0", "amount", "3.00", "order_id", pid])
+                "bench", "30.0", pid, "sale", "", "", "run", "0", "", "0", "amount", "3.00", "order_id", pid])
         pipe.execute()
         pipe = store.redis.pipeline(transaction=False)
         for pid, trans in zip(pids, ids, strict=True):

@@ -89,7 +89,7 @@ if not status then
     redis.call('ZADD', merchant_key(merchant .. ':time'), now_ts, pid)
     redis.call('SET', merchant_key('since'), now_ts, 'NX')
   end
-  -- A new record is in no index yet and is PENDING: its memberships (reindex_from's end state) are non_final, and
+  -- A new record is in no index yet and is PENDING: by the rules of memberships() it is in non_final, and
   -- needs_human and its trans id if its fields say so.
   redis.call('ZADD', IDX_NF, now_ts, pid)
   if needs_human == '1' then redis.call('ZADD', IDX_HUMAN, now_ts, pid) end

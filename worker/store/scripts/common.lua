@@ -233,10 +233,6 @@ local function reindex_moved(pid, before, old_trans, new)
   return trans_id
 end
 
-local function reindex_from(pid, old, new)
-  return reindex_moved(pid, old and memberships(old) or {}, old and old.trans_id or '', new)
-end
-
 -- Flat field/value pairs (HGETALL's or HSET's arguments) <-> a table; the last value of a field wins, as in HSET.
 local function to_table(flat, first, t)
   t = t or {}
