@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from tests.support.env import INTEGRATION_REDIS_URL
-from worker.store import ResultsStore, task_outcome
+from worker.store import CONTRACT_FIELDS, ResultsStore, task_outcome
 from worker.store.final_write import OUTCOME_PLACEHOLDER, FinalWrite, acked, written
 from worker.store.outcomes import public_outcome
 
@@ -87,6 +87,43 @@ def _hot_path(store, pid, counting):
                                         fields={"trans_id": "100000000071"}))
     assert rec["attempts"] == 2 and rec["status"] == "APPROVED"
     return seen
+
+
+@pytest.mark.parametrize("journal, fence_for", [(False, None), (True, None), (True, 300.0), ("prior", None)])
+def test_a_new_record_s_claim_answers_the_record_it_wrote(store, client, prefix, journal, fence_for):
+    # claim.lua answers only the times it wrote: the store rebuilds the rest from the call's arguments
+    fields = {**SALE_FIELDS, "merchant": "acme", "needs_human": "1", "trans_id": "100000000777", "message": ""}
+    c = claim(store, "p1", fields=fields, journal=journal, fingerprints=[FP_A], fence_for=fence_for)
+    got = store.get("p1")
+    del got["history"]
+    assert c.kind == "claimed" and c.record == got and set(CONTRACT_FIELDS) <= got.keys()
+    # no empty field is written: absent reads as '' (records.py claim, encoding.py typed)
+    assert "" not in client.hgetall(store.record_key("p1")).values() and got["message"] == got["avs"] == ""
+    assert (c.fenced_at is not None) == (fence_for is not None)
+    # the indexes a new record's fields put it in (reindex's rules): non-final, needs_human, by trans id
+    for index in ("non_final", "needs_human"):
+        assert client.zscore(f"{prefix}idx:{index}", "p1") == float(got["updated_ts"])
+    assert client.hget(f"{prefix}idx:trans", "100000000777") == "p1"
+    assert client.zscore(f"{prefix}idx:merchant:acme:time", "p1") == float(got["created_ts"])
+    assert client.hget(f"{prefix}idx:merchant:acme:counts", "PENDING") == "1"
+
+
+def test_the_functions_find_each_prefix_s_indexes_from_the_record_keys(client, prefix):
+    # KEYS name only the record and its key index entry: the indexes come from the prefix the two share, kept
+    # between calls (the library is one per server, its callers' prefixes are not)
+    prefixes = [prefix, f"{prefix}op:", f"{prefix}key:x:", prefix]
+    for i, p in enumerate(prefixes):
+        store = ResultsStore(client, prefix=p)
+        claim(store, f"p{i}", fields={**SALE_FIELDS, "trans_id": f"10000000000{i}"}, journal=True)
+        assert store.transition(f"p{i}", "APPROVED", expect=("PENDING",), owner="w1", sent=True) is not None
+    for i, p in enumerate(prefixes):
+        assert client.zscore(f"{p}idx:time", f"p{i}") is not None
+        assert client.hget(f"{p}idx:trans", f"10000000000{i}") == f"p{i}"
+        assert client.zscore(f"{p}idx:non_final", f"p{i}") is None
+    for p in {*prefixes}:
+        assert client.zcard(f"{p}idx:time") == prefixes.count(p)
+        assert client.hget(f"{p}idx:status_counts", "APPROVED") == str(prefixes.count(p))
+        assert client.xlen(f"{p}audit") == 2 * prefixes.count(p)
 
 
 @pytest.mark.parametrize("decode", [True, False])

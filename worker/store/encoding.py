@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from worker.cards.numbers import contains_card_number
+from worker.store.fields import CONTRACT_FIELDS
 
 
 def looks_like_card_number(value: str, **_: object) -> bool:
@@ -36,9 +37,12 @@ def text(v: Any) -> str:
 
 def typed(rec: dict[str, Any]) -> dict[str, Any]:
     """A record as read from its hash: ``attempts`` a number, the ``history`` field (JSON text) left out (read by
-    :func:`history_of`)."""
+    :func:`history_of`), a contract field it does not hold '' (a claim writes no empty field: records.py)."""
     if isinstance(rec.get("history"), str):
         del rec["history"]
+    if rec:
+        for f in CONTRACT_FIELDS:
+            rec.setdefault(f, "")
     if "attempts" in rec:
         try:
             rec["attempts"] = int(rec["attempts"])

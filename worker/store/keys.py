@@ -66,7 +66,6 @@ class StoreKeys:
         return f"{self.prefix}lock:{name}"
 
     def for_record(self, payment_id: str) -> list[str]:
-        """KEYS of every record script, in the order ``scripts/common.lua`` names them."""
-        return [self.record(payment_id), self.history(payment_id), self.trans, self.time, self.non_final,
-                self.open_auths, self.voids_due, self.audit, self.outbox, self.outbox_ts, self.reflect_due,
-                self.status_counts, self.unknown, self.retrying, self.needs_human, self.kept(payment_id)]
+        """KEYS of every record script (``scripts/common.lua``): the record and its key index entry; the scripts
+        derive the shared indexes' keys from the prefix the two share."""
+        return [self.record(payment_id), self.kept(payment_id)]

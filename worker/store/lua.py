@@ -45,6 +45,17 @@ def _lua_list(names: Sequence[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)  # our own field names: letters and underscores
 
 
+def _outcome_function() -> str:
+    """common.lua's ``outcome(rec)``: outcomes.py public_outcome in Lua, one table constructor naming every field
+    (an optional one as nil: the table is made at its final size, then the present ones are set)."""
+    contract = [f"{f} = tonumber(rec.attempts or '0') or 0" if f == "attempts" else f"{f} = rec.{f} or ''"
+                for f in CONTRACT_FIELDS]
+    optional = [f"{f} = nil" for f in OPTIONAL_PUBLIC_FIELDS]
+    sets = [f"  v = rec.{f} if v and v ~= '' then o.{f} = v end" for f in OPTIONAL_PUBLIC_FIELDS]
+    return "\n".join(["local function outcome(rec)", f"  local o = {{{', '.join(contract + optional)}}}",
+                      "  local v", *sets, "  return o", "end"])
+
+
 def _body(name: str) -> str:
     # A script's body runs as a Lua function of (KEYS, ARGV): its text is unchanged, its top-level ``return`` too.
     return f"local function fn_{name}(KEYS, ARGV)\n{script(name)}\nend\n"
@@ -69,8 +80,7 @@ def library(test_clock: bool = False) -> tuple[str, str]:
         start, end = common.index("  --<clock>"), common.index("  --</clock>")
         common = common[:start] + _TEST_CLOCK + "\n" + common[end:]
     for name, value in (("__HISTORY_CAP__", str(HISTORY_CAP)), ("__AUDIT_MAXLEN__", str(AUDIT_MAXLEN)),
-                        ("__CONTRACT_FIELDS__", _lua_list(CONTRACT_FIELDS)),
-                        ("__OPTIONAL_FIELDS__", _lua_list(OPTIONAL_PUBLIC_FIELDS)),
+                        ("__OUTCOME_FUNCTION__", _outcome_function()),
                         ("__TASK_STATUSES__", ", ".join(f"{s.value} = true" for s in sorted(TASK_STATUSES)))):
         common = common.replace(name, value)
     parts = [common, *(_body(n) for n in RECORD_FUNCTIONS + PLAIN_FUNCTIONS)]

@@ -6,15 +6,8 @@ from typing import Any
 
 from worker.states import TASK_STATUSES, Status
 from worker.store.encoding import to_str
-
-CONTRACT_FIELDS = (
-    "payment_id", "operation", "status", "message", "trans_id", "avs", "cvv2", "masked_account",
-    "card_type", "auth_code", "amount", "order_id", "attempts", "created_at", "updated_at",
-)
-OPTIONAL_PUBLIC_FIELDS = ("target", "parent", "voided_by", "captured_by", "refunded_by", "refunded_amount", "bank_name",
-                          "invoice_id", "refund_needed", "needs_human", "not_charged", "reconciled", "error_class",
-                          "reason", "idempotency_key", "token", "customer_token", "stored_id", "initiator",
-                          "declined_by_policy", "merchant")
+from worker.store.fields import CONTRACT_FIELDS as CONTRACT_FIELDS
+from worker.store.fields import OPTIONAL_PUBLIC_FIELDS as OPTIONAL_PUBLIC_FIELDS
 
 
 def public_outcome(record: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -7,8 +7,8 @@
 -- mode: run (claim to work on it), retry_failed (run; a final ERROR that provably charged nothing is reopened:
 --       common.lua charged_nothing), create_only (record only if absent: a delivery that cannot run),
 --       reconcile (the sweep: never creates).
--- Returns {kind, previous_status, now, record pairs[, fence stamp]}; 'claimed' answers only the pairs it added to the
--- caller's fields.
+-- Returns {kind, previous_status, now, record pairs[, fence stamp]}; 'claimed' answers {created_at, lease_until[,
+-- fence_until]} in place of the pairs (ResultsStore.claim builds the rest of the record from its arguments).
 local owner, lease_seconds, pid, op, dead_owner, message_id, mode, journal, fence_window =
   ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local n_fp = tonumber(ARGV[10])
@@ -46,51 +46,58 @@ if not status then
     if mode == 'create_only' then return {'exists', k['status'] or '', now_ts, kept} end
     return {'final', k['status'] or '', now_ts, kept}
   end
-  local args = {}
-  for i = first_field, #ARGV do args[#args + 1] = ARGV[i] end
-  local fp = ''
-  if n_fp > 0 then fp = ARGV[11] end
-  for _, v in ipairs({'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1',
-                      'created_at', now_iso, 'updated_at', now_iso, 'created_ts', now_ts,
-                      'updated_ts', now_ts, 'lease_owner', owner, 'lease_until', ts(now + lease_seconds),
-                      'fingerprint', fp}) do
-    args[#args + 1] = v
+  -- Ours, then the caller's fields (none of ours: records.py _RESERVED), read on the way for the three a new
+  -- record's indexes depend on. One table constructor and no copy loop: the fields go to HSET as they came.
+  local merchant, trans_id, needs_human = '', '', nil
+  for i = first_field, #ARGV - 1, 2 do
+    local f = ARGV[i]
+    if f == 'merchant' then merchant = ARGV[i + 1] elseif f == 'trans_id' then trans_id = ARGV[i + 1]
+    elseif f == 'needs_human' then needs_human = ARGV[i + 1] end
   end
+  local lease_until = ts(now + lease_seconds)
   local note = 'claimed by ' .. owner
-  local stamp = nil
+  local args = {'payment_id', pid, 'operation', op, 'status', 'PENDING', 'attempts', '1', 'created_at', now_iso,
+                'updated_at', now_iso, 'created_ts', now_ts, 'updated_ts', now_ts, 'lease_owner', owner,
+                'lease_until', lease_until, 'fingerprint', n_fp > 0 and ARGV[11] or '', 'history', false}
+  local n = 24
+  local fence_until, stamp = nil, nil
   if journal == '1' then
-    for _, v in ipairs({'sends', '1', 'attempt_ts', now_ts, 'in_flight', '1'}) do args[#args + 1] = v end
+    args[25], args[26], args[27], args[28], args[29], args[30], n =
+      'sends', '1', 'attempt_ts', now_ts, 'in_flight', '1', 30
     note = note .. '; attempt 1'
     if fence_window then
       -- The first attempt's fence (fence.lua) in the same call: this lease was taken just now.
-      args[#args + 1] = 'fence_until'
-      args[#args + 1] = string.format('%.3f', math.ceil((now + fence_window) * 1000) / 1000)
+      fence_until = string.format('%.3f', math.ceil((now + fence_window) * 1000) / 1000)
+      args[31], args[32], n = 'fence_until', fence_until, 32
       stamp = string.format('%d.%06d', tonumber(clock[1]), tonumber(clock[2]))
     end
   elseif journal == 'prior' then
-    args[#args + 1] = 'sent_ts'
-    args[#args + 1] = now_ts
+    args[25], args[26], n = 'sent_ts', now_ts, 26
     note = note .. '; delivered before: an earlier delivery may have sent it'
   end
-  args[#args + 1] = 'history'
-  args[#args + 1] = with_history(nil, now_iso, 'PENDING', note)
-  redis.call('HSET', REC, unpack(args))
+  args[24] = with_history(nil, now_iso, 'PENDING', note)
+  for i = first_field, #ARGV do
+    n = n + 1
+    args[n] = ARGV[i]
+  end
+  redis.call('HSET', REC, unpack(args, 1, n))
   redis.call('ZADD', IDX_TIME, now_ts, pid)
-  -- A new record: no index holds it yet, and what was written is the whole record (no HMGET, no HGETALL).
-  local rec = to_table(args)
   -- Another account's record is also in its account's time index (a `default` record: no command more).
   -- idx:merchant:since: when the first was (records of older versions, before it, are not in any: list() filters
   -- those from idx:time until `payments metrics --recount` has indexed them and set it to 0).
-  if (rec.merchant or '') ~= '' then
-    redis.call('ZADD', merchant_key(rec.merchant .. ':time'), now_ts, pid)
+  if merchant ~= '' then
+    redis.call('ZADD', merchant_key(merchant .. ':time'), now_ts, pid)
     redis.call('SET', merchant_key('since'), now_ts, 'NX')
   end
-  local trans_id = reindex_from(pid, nil, rec)
-  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id, rec.merchant)
-  -- A small reply: the caller knows the fields it gave; only those written here go back (not the history).
-  local written = {}
-  for i = #ARGV - first_field + 2, #args - 2 do written[#written + 1] = args[i] end
-  return {'claimed', '', now_ts, written, stamp}
+  -- A new record is in no index yet and is PENDING: its memberships (reindex_from's end state) are non_final, and
+  -- needs_human and its trans id if its fields say so.
+  redis.call('ZADD', IDX_NF, now_ts, pid)
+  if needs_human == '1' then redis.call('ZADD', IDX_HUMAN, now_ts, pid) end
+  if trans_id ~= '' then redis.call('HSETNX', IDX_TRANS, trans_id, pid) end
+  log_event(pid, op, '', 'PENDING', note, now_iso, trans_id, merchant)
+  -- A small reply: the caller knows the fields it gave and the ones written from its arguments (ResultsStore.claim
+  -- adds them); only the times go back.
+  return {'claimed', '', now_ts, {now_iso, lease_until, fence_until}, stamp}
 end
 -- retry_failed of a request refused as invalid input (never sent): the producer fixed the input, so the key is
 -- bound again, to this request. A request that was sent and closed not charged stays bound to itself.

@@ -5,7 +5,7 @@
 --       11 n_expect, expect..., field/value pairs.
 -- Only the lease holder writes a non-final record (owner must match); a final record is changed only
 -- through ``expect``; the result and the ack are written only with the record. Returns {status written or false,
--- now, record pairs} (with a result or an ack to write: only the record's public outcome, common.lua outcome_pairs).
+-- now, record pairs} (with a result or an ack to write: the record's public outcome as JSON, common.lua finish_task).
 local new_status, is_final, owner, note, sent, check_in, prefix =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local meta, expires, tag = ARGV[8], ARGV[9], ARGV[10]
@@ -33,27 +33,25 @@ if not NON_FINAL[status] and n_expect == 0 then
   return {false, now_ts, flat}
 end
 local sent_ts = cur.sent_ts or ''
-local args = {}
-for i = 12 + n_expect, #ARGV do args[#args + 1] = ARGV[i] end
-if cur.in_flight == '1' then
-  if sent ~= '0' then sent_ts = now_ts end  -- unsaid counts as "may have been sent"
-  for _, v in ipairs({'in_flight', '0', 'sent_ts', sent_ts}) do args[#args + 1] = v end
-end
+local was_in_flight = cur.in_flight == '1'
+if was_in_flight and sent ~= '0' then sent_ts = now_ts end  -- unsaid counts as "may have been sent"
 if new_status == 'RETRYING' and sent_ts ~= '' then new_status = 'UNKNOWN' end
-for _, v in ipairs({'status', new_status, 'updated_at', now_iso, 'updated_ts', now_ts}) do
-  args[#args + 1] = v
-end
+-- Ours, then the caller's fields (none of ours: records.py _RESERVED): one table constructor, no copy of a list.
+local args = {'status', new_status, 'updated_at', now_iso, 'updated_ts', now_ts,
+              'history', with_history(cur.history, now_iso, new_status, note)}
+local n = 8
+if was_in_flight then args[9], args[10], args[11], args[12], n = 'in_flight', '0', 'sent_ts', sent_ts, 12 end
 if check_in ~= '' then
-  args[#args + 1] = 'next_check_ts'
-  args[#args + 1] = ts(now + tonumber(check_in))
+  args[n + 1], args[n + 2], n = 'next_check_ts', ts(now + tonumber(check_in)), n + 2
 end
-args[#args + 1] = 'history'
-args[#args + 1] = with_history(cur.history, now_iso, new_status, note)
 if is_final ~= '1' and new_status ~= 'PENDING' then
-  args[#args + 1] = 'lease_until'  -- parked: free for the next delivery or the sweep
-  args[#args + 1] = '0'
+  args[n + 1], args[n + 2], n = 'lease_until', '0', n + 2  -- parked: free for the next delivery or the sweep
 end
-redis.call('HSET', REC, unpack(args))
+for i = 12 + n_expect, #ARGV do
+  n = n + 1
+  args[n] = ARGV[i]
+end
+redis.call('HSET', REC, unpack(args, 1, n))
 -- The old state's indexes, trans id, id, operation and account, taken before ``cur`` becomes the record written (one
 -- table of ~45 fields per call, not two).
 local before, old_trans, pid, op = memberships(cur), cur.trans_id or '', cur.payment_id, cur.operation or ''
@@ -73,8 +71,5 @@ if prefix ~= '' then
   if not final_write then return {new_status, now_ts, written} end
   rec = to_table(written)
 end
-if final_write then
-  finish_task(KEYS, rec, meta, expires, tag)
-  return {new_status, now_ts, outcome_pairs(rec)}
-end
+if final_write then return {new_status, now_ts, finish_task(KEYS, rec, meta, expires, tag)} end
 return {new_status, now_ts, to_pairs(rec)}
