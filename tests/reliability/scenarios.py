@@ -318,7 +318,8 @@ class Fleet:
         (prefetch full). Then the main process is stopped and its broker connections are looked at: either
         the BRPOP waits (blocked: nothing popped for it; returns those connections, to unblock) or the last
         BRPOP returned over a second ago and none followed (returns []: whatever it fetched was recorded long
-        ago). ``blocked_only``: insist on a waiting BRPOP."""
+        ago; or the last fetch was the pop script, which records what it takes in the same call). ``blocked_only``:
+        insist on a waiting BRPOP."""
         port = int(client.connection_pool.connection_kwargs.get("port", 6379))
         try:
             children = psutil.Process(w.proc.pid).children()
@@ -341,6 +342,10 @@ class Fleet:
                 return fetching
             if (not blocked_only and fetching and not any("b" in c["flags"] for c in fetching)
                     and min(int(c.get("idle", 0)) for c in fetching) >= 2):
+                return []
+            # No connection's last command a BRPOP: the fetch connection last ran the pop script
+            # (worker/broker/atomic_fetch.py), which records what it takes in the same call, or has not fetched yet.
+            if not blocked_only and not fetching and mine:
                 return []
             os.kill(w.proc.pid, signal.SIGCONT)
             time.sleep(self.rng.uniform(0.02, 0.1))

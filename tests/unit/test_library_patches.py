@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.broker import one_trip
+from worker.broker import atomic_fetch, one_trip
 from worker.broker.app import PaymentsCelery, ProtectingAMQP
 from worker.broker.lean_transport import LeanQoS, pooled_conn_or_acquire
 from worker.broker.patches import PATCHES, fingerprint
@@ -60,6 +60,9 @@ def test_our_overrides_are_where_the_table_says():
         "celery.app.base:Celery._get_backend": PaymentsCelery.__dict__.get("_get_backend"),
         "celery.app.amqp:AMQP._create_task_sender": ProtectingAMQP.__dict__.get("_create_task_sender"),
         "kombu.messaging:_ProducerBatchState._get_session": one_trip.keep_in_batch,  # read, not overridden
+        "kombu.transport.redis:Channel._brpop_start": atomic_fetch._brpop_start,
+        "kombu.transport.redis:Channel._brpop_read": atomic_fetch._brpop_read,
+        "kombu.transport.redis:Channel.basic_consume": atomic_fetch._basic_consume,
     }
     assert set(ours) == {patch.target for patch in PATCHES}
     for target, override in ours.items():

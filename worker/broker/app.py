@@ -243,14 +243,16 @@ class BrokerConnectionsForConcurrency(bootsteps.Step):
 
 class LeanUnackedBookkeeping(bootsteps.Step):
     """kombu's record of unacknowledged messages without MULTI/EXEC around its two-command pairs (4 fewer Redis
-    commands per task; worker/broker/lean_transport.py says why nothing needs them atomic). Set before the consumer
-    connects."""
+    commands per task; worker/broker/lean_transport.py says why nothing needs them atomic), and written by the fetch
+    itself while work is waiting (one round trip fewer per task: worker/broker/atomic_fetch.py). Set before the
+    consumer connects."""
 
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
-        from worker.broker.lean_transport import install
+        from worker.broker import atomic_fetch, lean_transport
 
-        install()
+        lean_transport.install()
+        atomic_fetch.install()
 
 
 class TaskEventBuffer(bootsteps.StartStopStep):

@@ -28,12 +28,21 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
+from worker.broker import atomic_fetch
 from worker.store import final_write
 
 __all__ = ["LeanQoS", "install", "pooled_conn_or_acquire"]
 
 
 class LeanQoS(kombu_redis.QoS):
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        # (fetch) The pop script already wrote this message's unacked entries (worker/broker/atomic_fetch.py): only
+        # kombu's in-memory bookkeeping is left.
+        if atomic_fetch.recorded_by_fetch(self.channel, delivery_tag):
+            kombu_virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]  # (no annotations)
+            return
+        super().append(message, delivery_tag)  # type: ignore[no-untyped-call]  # kombu has no annotations
+
     def ack(self, delivery_tag: Any) -> None:
         # (store) The results store's final write already ran this ack's HDEL/ZREM in the same call as the payment's
         # outcome (worker/store/final_write.py): only kombu's in-memory bookkeeping is left. All it needs from this

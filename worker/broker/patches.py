@@ -121,6 +121,38 @@ PATCHES: tuple[Patch, ...] = (
               ("celery.backends.base:Backend._get_result_meta", "724b16a14c01b4d4")),
     ),
     Patch(
+        target=f"{_KOMBU_REDIS}:Channel._brpop_start",
+        ours="worker/broker/atomic_fetch.py: _brpop_start (a worker step)",
+        reason="while messages wait, fetch with a script that pops one and records it unacknowledged (kombu's "
+               "QoS.append entries) in the same call; an empty queue goes back to kombu's BRPOP",
+        saving="1 Redis round trip per task under load (the unacked ZADD+HSET ride in the fetch)",
+        pins=((f"{_KOMBU_REDIS}:Channel._brpop_start", "5e42aad2a4741b91"),
+              (f"{_KOMBU_REDIS}:Channel._q_for_pri", "ccb20428b15ae0bd"),
+              (f"{_KOMBU_REDIS}:QoS.append", "62a64dc288defbbc"),
+              (f"{_KOMBU_REDIS}:QoS.restore_by_tag", "d80dd8c69a82390e"),
+              (f"{_KOMBU_REDIS}:QoS.restore_visible", "cc129f40c0a30d9f"),
+              (f"{_KOMBU_REDIS}:MultiChannelPoller._register_BRPOP", "76468996b8e6c78d"),
+              (f"{_KOMBU_REDIS}:MultiChannelPoller.on_readable", "18f007f02eb9e62a")),
+    ),
+    Patch(
+        target=f"{_KOMBU_REDIS}:Channel._brpop_read",
+        ours="worker/broker/atomic_fetch.py: _brpop_read",
+        reason="reads the pop script's answer (kombu's own BRPOP reply otherwise) and tells QoS.append that the "
+               "message is recorded already (LeanQoS.append)",
+        saving="(the entry above)",
+        pins=((f"{_KOMBU_REDIS}:Channel._brpop_read", "61a2bfc9294c1c8c"),
+              ("kombu.transport.virtual.base:Message.__init__", "ff6e49619a1c6a4f")),
+    ),
+    Patch(
+        target=f"{_KOMBU_REDIS}:Channel.basic_consume",
+        ours="worker/broker/atomic_fetch.py: _basic_consume",
+        reason="notes the queues consumed without acknowledgements: the pop script never serves them (their "
+               "messages never reach QoS.append, so a recorded entry would be restored later: a duplicate)",
+        saving="(correctness of the entries above)",
+        pins=((f"{_KOMBU_REDIS}:Channel.basic_consume", "fc3ea75911e38eea"),
+              ("kombu.transport.virtual.base:Channel.basic_consume", "fa05efb18746888a")),
+    ),
+    Patch(
         target="celery.app.amqp:AMQP._create_task_sender",
         ours="worker/broker/app.py: ProtectingAMQP._create_task_sender",
         reason="after_task_publish does not say which app published: the outbox needs the app (not a saving)",
