@@ -7,14 +7,19 @@ tests/contract/, run against this store and the in-memory fake alike.
 """
 
 import json
+import math
+import random
 import time
+from datetime import UTC, datetime
 
 import pytest
 import redis
 
 from tests.support.env import INTEGRATION_REDIS_URL
+from tests.support.redis_clock import ClockedRedis
 from worker.store import CONTRACT_FIELDS, ResultsStore, task_outcome
 from worker.store.final_write import OUTCOME_PLACEHOLDER, FinalWrite, acked, written
+from worker.store.lua import TEST_CLOCK_KEY
 from worker.store.outcomes import public_outcome
 
 REDIS_URL = INTEGRATION_REDIS_URL
@@ -106,6 +111,36 @@ def test_a_new_record_s_claim_answers_the_record_it_wrote(store, client, prefix,
     assert client.hget(f"{prefix}idx:trans", "100000000777") == "p1"
     assert client.zscore(f"{prefix}idx:merchant:acme:time", "p1") == float(got["created_ts"])
     assert client.hget(f"{prefix}idx:merchant:acme:counts", "PENDING") == "1"
+
+
+def test_the_clock_s_strings_are_the_time_s_whatever_the_functions_keep_between_calls(prefix):
+    # common.lua's ts()/iso() keep the current second's strings: the same strings as formatting each time, as Python
+    # computes them (a tests' clock: every call at a time it sets; several in one second, seconds and days apart)
+    def old_ts(t: float) -> str:  # string.format('%.3f', math.floor(t * 1000) / 1000)
+        return "%.3f" % (math.floor(t * 1000) / 1000)
+
+    def old_iso(t: float) -> str:
+        secs = math.floor(t)
+        ms = math.floor((t - secs) * 1000)
+        return datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms:03d}Z"
+
+    rng = random.Random(28)
+    times = [1_750_000_000_000_000, 1_750_000_000_000_999, 1_750_000_000_001_000, 1_750_000_000_999_999,
+             1_750_000_001_000_000, 1_709_164_799_999_999, 1_709_164_800_123_456, 4_102_444_799_999_999,
+             951_868_800_000_001, *sorted(rng.randrange(10**15, 4 * 10**15) for _ in range(100)),
+             *(1_750_000_002_000_000 + rng.randrange(10**6) for _ in range(50))]
+    clocked = ClockedRedis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        store = ResultsStore(clocked, prefix=prefix)
+        for i, us in enumerate(times):
+            clocked.set(TEST_CLOCK_KEY, str(us))
+            rec = claim(store, f"p{i}").record
+            t = us // 1_000_000 + (us % 1_000_000) / 1_000_000
+            assert (rec["created_at"], rec["created_ts"], rec["lease_until"]) == (old_iso(t), old_ts(t),
+                                                                                  old_ts(t + 30.0)), us
+    finally:
+        clocked.delete(TEST_CLOCK_KEY)
+        clocked.close()
 
 
 def test_the_functions_find_each_prefix_s_indexes_from_the_record_keys(client, prefix):

@@ -48,19 +48,45 @@ local function server_now()
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- '000'..'999' and '000Z'..'999Z', each made once, when first needed, and kept between calls: the clock's strings
+-- are put together from the current second's (also kept) and these, without a string.format per call.
+local MS, MSZ = {}, {}
+local function ms3(ms)
+  local v = MS[ms]
+  if not v then
+    v = string.format('%03d', ms)
+    MS[ms] = v
+  end
+  return v
+end
+local function ms3z(ms)
+  local v = MSZ[ms]
+  if not v then
+    v = ms3(ms) .. 'Z'
+    MSZ[ms] = v
+  end
+  return v
+end
+
 -- Milliseconds, rounded down: a stamp is never later than the TIME it came from (rounded to nearest, a lease of 0 s
 -- or a record just written could look up to 0.5 ms in the future to the next script within the same millisecond).
-local function ts(t) return string.format('%.3f', math.floor(t * 1000) / 1000) end
+-- The same string as string.format('%.3f', math.floor(t * 1000) / 1000).
+local ts_sec, ts_prefix = nil, nil
+local function ts(t)
+  local k = math.floor(t * 1000)
+  local secs = math.floor(k / 1000)
+  if secs ~= ts_sec then ts_sec, ts_prefix = secs, string.format('%d.', secs) end
+  return ts_prefix .. ms3(k - secs * 1000)
+end
 
--- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm). The date part is kept for the day
--- it was computed for (a pure function of the day: the library's upvalues live as long as it is loaded).
-local iso_day, iso_date = nil, nil
+-- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm).
+local iso_sec, iso_prefix = nil, nil
 local function iso(t)
   local secs = math.floor(t)
   local ms = math.floor((t - secs) * 1000)
-  local days = math.floor(secs / 86400)
-  local rem = secs - days * 86400
-  if days ~= iso_day then
+  if secs ~= iso_sec then
+    local days = math.floor(secs / 86400)
+    local rem = secs - days * 86400
     local z = days + 719468
     local era = math.floor(z / 146097)
     local doe = z - era * 146097
@@ -71,10 +97,10 @@ local function iso(t)
     local d = doy - math.floor((153 * mp + 2) / 5) + 1
     local m = mp < 10 and mp + 3 or mp - 9
     if m <= 2 then y = y + 1 end
-    iso_day, iso_date = days, string.format('%04d-%02d-%02dT', y, m, d)
+    iso_sec, iso_prefix = secs, string.format('%04d-%02d-%02dT%02d:%02d:%02d.', y, m, d,
+      math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60)
   end
-  return string.format('%s%02d:%02d:%02d.%03dZ', iso_date,
-    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, ms)
+  return iso_prefix .. ms3z(ms)
 end
 
 -- A record's history is one field of its hash, ``history``: a JSON list of {at, status, note}, oldest first, capped
