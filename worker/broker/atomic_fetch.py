@@ -15,7 +15,8 @@ never calls ``QoS.append``, so a recorded entry would be restored later: a dupli
 ``time()`` (kombu's restore compares it with its own clock), rounded up to a whole second (a whole-number score is
 kept as an integer in a small sorted set, so an insert among ~100 unacked messages compares integers instead of
 parsing each score: ~60k fewer instructions in Redis per insert and removal; a restore may come up to 1 s later,
-never earlier), ``unacked`` holding ``[message, exchange, routing key]`` as JSON; ``QoS.restore_visible``, ``restore_by_tag``, acks and the outbox's look into ``unacked`` read them as theirs.
+never earlier), ``unacked`` holding ``[message, exchange, routing key]`` as JSON; ``QoS.restore_visible``,
+``restore_by_tag``, acks and the outbox's look into ``unacked`` read them as theirs.
 A message the script cannot read as kombu's JSON is popped unrecorded and handed over as ``BRPOP`` would (kombu's
 append records it).
 
@@ -42,7 +43,8 @@ from kombu.utils.json import loads as _loads
 __all__ = ["POP_SCRIPT", "install", "recorded_by_fetch"]
 
 #: KEYS: the queue lists in BRPOP's order, then ``unacked`` and ``unacked_index``. ARGV: 1 the score (the worker's
-#: time(), rounded up to a whole second). Returns false (all empty) or {list, message, recorded 1/0, another waiting 1/0}.
+#: time(), rounded up to a whole second). Returns false (all empty) or {list, message, recorded 1/0, another waiting
+#: 1/0}.
 POP_SCRIPT = """
 local n = #KEYS - 2
 for i = 1, n do
