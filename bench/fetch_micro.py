@@ -2,7 +2,8 @@
 ``python -m bench.fetch_micro [--messages N] [--rounds R]``.
 
 A throw-away redis-server; per round and side, N messages published to a queue first (a backlog, as under load), then
-consumed with acknowledgements by one kombu consumer (``drain_events``), each acked at once: ``kombu`` is kombu's
+consumed with acknowledgements by one kombu consumer (``drain_events``), each acked once ``--in-flight`` later ones
+were delivered (default 100: gevent c=50 with the worker's prefetch of 2 per slot): ``kombu`` is kombu's
 Redis transport with the worker's lean unacked bookkeeping (worker/broker/lean_transport.py), ``atomic`` adds the pop
 script. Per message: Redis CPU (``INFO cpu`` user+sys), Redis round trips (``INFO stats`` reads) and this process's
 CPU. The two sides alternate round by round, each in a child process of its own. Median (min-max), then JSON.
@@ -26,7 +27,7 @@ if str(ROOT) not in sys.path:
 SIDES = ("kombu", "atomic")
 
 
-def child(side: str, messages: int) -> dict[str, float]:
+def child(side: str, messages: int, in_flight: int) -> dict[str, float]:
     import redis
     from kombu import Connection, Consumer, Producer, Queue
 
@@ -49,7 +50,8 @@ def child(side: str, messages: int) -> dict[str, float]:
 
             def on_message(_body: Any, message: Any) -> None:
                 got.append(message)
-                message.ack()
+                if len(got) > in_flight:
+                    got[-1 - in_flight].ack()
 
             consumer = Consumer(conn.channel(), [queue], callbacks=[on_message], accept=["json"])
             consumer.consume()
@@ -62,6 +64,8 @@ def child(side: str, messages: int) -> dict[str, float]:
             own0 = time.process_time()
             while len(got) < messages + 1:
                 conn.drain_events(timeout=5)
+            for message in got[-in_flight:]:
+                message.ack()
             own1 = time.process_time()
             reads1 = int(r.info("stats")["total_reads_processed"])
             cpu = r.info("cpu")
@@ -77,20 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--in-flight", type=int, default=100, help="messages delivered and not yet acked")
     ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.child, a.messages)))
+        print(json.dumps(child(a.child, a.messages, a.in_flight)))
         return 0
     runs: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
     for _ in range(a.rounds):
         for side in SIDES:
-            out = subprocess.run([sys.executable, "-m", "bench.fetch_micro", "--child", side, "--messages",
-                                  str(a.messages)], cwd=ROOT, capture_output=True, text=True, check=True)
+            command = [sys.executable, "-m", "bench.fetch_micro", "--child", side, "--messages", str(a.messages),
+                       "--in-flight", str(a.in_flight)]
+            out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
     summary: dict[str, dict[str, list[float]]] = {}
     for side, rows in runs.items():
-        print(f"{side}: {a.rounds} rounds of {a.messages} messages, per message: median (min-max)")
+        print(f"{side}: {a.rounds} rounds of {a.messages} messages ({a.in_flight} in flight), per message: median "
+              "(min-max)")
         summary[side] = {}
         for key in rows[0]:
             values = [row[key] for row in rows]

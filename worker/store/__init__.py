@@ -37,7 +37,7 @@ Key layout (``P`` is the prefix, ``payments:`` by default)::
                                    ``payments metrics --recount`` indexed older records), docs/merchants.md
     P idx:merchant:<name>:counts  hash  that account's records by status (every status; Health.merchants)
     P idx:merchant:<name>:unknown, :retrying  zset  as idx:unknown / idx:retrying, of that account only
-    P idx:non_final        zset    PENDING/RETRYING/UNKNOWN ids, score updated_ts (reconciliation)
+    P idx:non_final        zset    PENDING/RETRYING/UNKNOWN ids, score updated_ts's second (reconciliation)
     P idx:open_auths       zset    APPROVED auths, score created_ts        (stale-auth sweep)
     P idx:voids_due        zset    APPROVED sales with then_void="1", score updated_ts (chained void)
     P idx:reflect_due      zset    APPROVED captures/refunds/voids not yet reflected on their original

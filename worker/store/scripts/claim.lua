@@ -91,7 +91,7 @@ if not status then
   end
   -- A new record is in no index yet and is PENDING: by the rules of memberships() it is in non_final, and
   -- needs_human and its trans id if its fields say so.
-  redis.call('ZADD', IDX_NF, now_ts, pid)
+  redis.call('ZADD', IDX_NF, second_of(now_ts), pid)  -- (whole seconds: common.lua second_of)
   if needs_human == '1' then redis.call('ZADD', IDX_HUMAN, now_ts, pid) end
   if trans_id ~= '' then redis.call('HSETNX', IDX_TRANS, trans_id, pid) end
   log_event(pid, op, '', 'PENDING', note, now_iso, trans_id, merchant)

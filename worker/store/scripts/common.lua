@@ -79,6 +79,16 @@ local function ts(t)
   return ts_prefix .. ms3(k - secs * 1000)
 end
 
+-- The second a stamp falls in (its text before the point): idx:non_final's score. A sorted set of up to 128 members
+-- is a listpack, which keeps a whole-number score as an integer: an insert among the ~50 records in flight compares
+-- integers instead of parsing every member's score with strtod (~60k fewer instructions per insert and removal,
+-- callgrind). Rounded down, so a range by score holds every record it should; its reader checks the record's own
+-- updated_ts (records.py stale_non_final), and an age read from the score is at most 1 s older.
+local function second_of(stamp)
+  local dot = string.find(stamp, '.', 1, true)
+  return dot and string.sub(stamp, 1, dot - 1) or stamp
+end
+
 -- ISO-8601 UTC with milliseconds (days -> civil date: H. Hinnant's algorithm).
 local iso_sec, iso_prefix = nil, nil
 local function iso(t)
@@ -180,7 +190,11 @@ local function reindex(rec, pid, old_trans)
                        'created_ts', 'updated_ts', 'reflected', 'needs_human', 'amount', 'merchant')
   local status, op, then_void, trans_id = r[1], r[2], r[3], r[4] or ''
   local created_ts, updated_ts, reflected = r[5], r[6], r[7]
-  if NON_FINAL[status] then redis.call('ZADD', IDX_NF, updated_ts, pid) else redis.call('ZREM', IDX_NF, pid) end
+  if NON_FINAL[status] then
+    redis.call('ZADD', IDX_NF, second_of(updated_ts), pid)
+  else
+    redis.call('ZREM', IDX_NF, pid)
+  end
   -- Money in doubt, by age since creation (the metrics exporter: count and oldest without a scan).
   if status == 'UNKNOWN' then
     redis.call('ZADD', IDX_UNKNOWN, created_ts, pid)
@@ -226,7 +240,7 @@ end
 -- {index key = score}. Same rules as reindex() above.
 local function memberships(s)
   local m, status, op = {}, s.status, s.operation
-  if NON_FINAL[status] then m[IDX_NF] = s.updated_ts end
+  if NON_FINAL[status] then m[IDX_NF] = second_of(s.updated_ts) end
   if status == 'UNKNOWN' then m[IDX_UNKNOWN] = s.created_ts end
   if status == 'RETRYING' then m[IDX_RETRYING] = s.created_ts end
   if (s.merchant or '') ~= '' and (status == 'UNKNOWN' or status == 'RETRYING') then
