@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +77,8 @@ def child(side: str, messages: int, in_flight: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.store_micro import print_spread
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--messages", type=int, default=3000)
     ap.add_argument("--rounds", type=int, default=5)
@@ -94,17 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--in-flight", str(a.in_flight)]
             out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
             runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    summary: dict[str, dict[str, list[float]]] = {}
-    for side, rows in runs.items():
-        print(f"{side}: {a.rounds} rounds of {a.messages} messages ({a.in_flight} in flight), per message: median "
-              "(min-max)")
-        summary[side] = {}
-        for key in rows[0]:
-            values = [row[key] for row in rows]
-            summary[side][key] = [round(statistics.median(values), 2), round(min(values), 2), round(max(values), 2)]
-            med, lo, hi = summary[side][key]
-            print(f"  {key:15s} {med:9.2f} ({lo:.2f}-{hi:.2f})")
-    print(json.dumps(summary))
+    print_spread(runs, {side: f"{side}: {a.rounds} rounds of {a.messages} messages ({a.in_flight} in flight), "
+                              "per message" for side in SIDES})
     return 0
 
 

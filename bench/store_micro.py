@@ -120,9 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(a.rounds):
         for name, tree in sides.items():
             runs[name].append(_run_child(tree, a.payments))
+    print_spread(runs, {name: f"{name} ({tree}), {a.rounds} rounds of {a.payments} sales, per payment"
+                        for name, tree in sides.items()})
+    return 0
+
+
+def print_spread(runs: dict[str, list[dict[str, float]]], headings: dict[str, str]) -> None:
+    """Each side's figures as median (min-max) over its rounds, under its heading, then all of them as one line of
+    JSON (bench.fetch_micro prints its sides the same way)."""
     summary: dict[str, dict[str, list[float]]] = {}
     for name, rows in runs.items():
-        print(f"{name} ({sides[name]}), {a.rounds} rounds of {a.payments} sales, per payment: median (min-max)")
+        print(f"{headings[name]}: median (min-max)")
         summary[name] = {}
         for key in rows[0]:
             values = [row[key] for row in rows]
@@ -130,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             med, lo, hi = summary[name][key]
             print(f"  {key:16s} {med:9.2f} ({lo:.2f}-{hi:.2f})")
     print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,22 @@ def conn(installed, prefix) -> Iterator[Connection]:
         yield c
 
 
+@pytest.fixture
+def open_queue(conn, client, prefix):
+    """``open_queue(no_ack=False)``: a kombu SimpleQueue on this test's own queue (``<prefix>q``), closed and deleted
+    afterwards."""
+    opened = []
+
+    def open_(no_ack: bool = False):
+        opened.append(conn.SimpleQueue(f"{prefix}q", no_ack=no_ack))
+        return opened[-1]
+
+    yield open_
+    for simple in opened:
+        simple.close()
+    client.delete(*_queue_keys(f"{prefix}q"))
+
+
 def _names(seen: list[dict], prefix: str, *, lua: bool = False) -> list[str]:
     """The commands naming this test's keys (MONITOR sees every client of a shared server), sent by clients or run
     by scripts (``lua``)."""
@@ -44,125 +60,96 @@ def _queue_keys(queue: str) -> list[str]:
     return [queue, f"{queue}\x06\x163", f"{queue}\x06\x166", f"{queue}\x06\x169"]
 
 
-def test_waiting_messages_are_fetched_and_recorded_in_one_call_each(conn, client, prefix):
+def test_waiting_messages_are_fetched_and_recorded_in_one_call_each(conn, client, prefix, open_queue):
     channel = conn.default_channel
-    queue = f"{prefix}q"
-    simple = conn.SimpleQueue(queue)
-    try:
-        for n in range(5):
-            simple.put({"n": n})
-        raw_waiting = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]  # in the order they pop
-        client.script_load(atomic_fetch.POP_SCRIPT)  # (a first fetch on a new server loads it: the test below)
-        with monitored(client, f"{prefix}marker") as seen:
-            got = [simple.get(timeout=5) for _ in range(5)]
-        assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4]
-        sent = _names(seen, prefix)
-        # the first by BRPOP and kombu's own record; the other four by the script alone (nothing else sent)
-        assert sent.count("BRPOP") == 1 and sent.count("EVALSHA") == 4
-        assert sent.count("ZADD") == 1 and sent.count("HSET") == 1
-        assert _names(seen, prefix, lua=True) == \
-            ["RPOP", "LLEN", "ZADD", "HSET"] * 3 + ["RPOP", "LLEN", "LLEN", "LLEN", "LLEN", "ZADD", "HSET"]
-        for message, raw in zip(got, raw_waiting, strict=True):
-            tag = message.delivery_tag
-            # what kombu's QoS.append writes: [message, exchange, routing key], scored by the worker's clock
-            assert json.loads(client.hget(channel.unacked_key, tag)) == [
-                raw, raw["properties"]["delivery_info"]["exchange"], raw["properties"]["delivery_info"]["routing_key"]]
-            score = client.zscore(channel.unacked_index_key, tag)
-            assert abs(score - time.time()) < 60 and (score == int(score) or message is got[0])  # (whole seconds)
-            message.ack()
-            assert not client.hexists(channel.unacked_key, tag)
-            assert client.zscore(channel.unacked_index_key, tag) is None
-        assert not channel.__dict__.get("_payments_recorded")  # every recorded tag reached QoS.append
-    finally:
-        simple.close()
-        client.delete(*_queue_keys(queue))
+    queue, simple = f"{prefix}q", open_queue()
+    for n in range(5):
+        simple.put({"n": n})
+    raw_waiting = [json.loads(m) for m in reversed(client.lrange(queue, 0, -1))]  # in the order they pop
+    client.script_load(atomic_fetch.POP_SCRIPT)  # (a first fetch on a new server loads it: the test below)
+    with monitored(client, f"{prefix}marker") as seen:
+        got = [simple.get(timeout=5) for _ in range(5)]
+    assert [m.payload["n"] for m in got] == [0, 1, 2, 3, 4]
+    sent = _names(seen, prefix)
+    # the first by BRPOP and kombu's own record; the other four by the script alone (nothing else sent)
+    assert sent.count("BRPOP") == 1 and sent.count("EVALSHA") == 4
+    assert sent.count("ZADD") == 1 and sent.count("HSET") == 1
+    assert _names(seen, prefix, lua=True) == \
+        ["RPOP", "LLEN", "ZADD", "HSET"] * 3 + ["RPOP", "LLEN", "LLEN", "LLEN", "LLEN", "ZADD", "HSET"]
+    for message, raw in zip(got, raw_waiting, strict=True):
+        tag = message.delivery_tag
+        # what kombu's QoS.append writes: [message, exchange, routing key], scored by the worker's clock
+        assert json.loads(client.hget(channel.unacked_key, tag)) == [
+            raw, raw["properties"]["delivery_info"]["exchange"], raw["properties"]["delivery_info"]["routing_key"]]
+        score = client.zscore(channel.unacked_index_key, tag)
+        assert abs(score - time.time()) < 60 and (score == int(score) or message is got[0])  # (whole seconds)
+        message.ack()
+        assert not client.hexists(channel.unacked_key, tag)
+        assert client.zscore(channel.unacked_index_key, tag) is None
+    assert not channel.__dict__.get("_payments_recorded")  # every recorded tag reached QoS.append
 
 
-def test_an_empty_queue_goes_back_to_blocking_brpop(conn, client, prefix):
-    queue = f"{prefix}q"
-    simple = conn.SimpleQueue(queue)
-    try:
-        simple.put({"n": 1})
-        simple.put({"n": 2})
-        assert simple.get(timeout=5).payload == {"n": 1}  # BRPOP
-        assert simple.get(timeout=5).payload == {"n": 2}  # the script: it said nothing more waits
-        with monitored(client, f"{prefix}marker") as seen, pytest.raises(simple.Empty):
-            simple.get(timeout=1.5)
-        sent = _names(seen, prefix)
-        assert "EVALSHA" not in sent and sent.count("BRPOP") >= 1  # waits in Redis, no polling
-        simple.put({"n": 3})
-        assert simple.get(timeout=5).payload == {"n": 3}
-    finally:
-        simple.close()
-        client.delete(*_queue_keys(queue))
+def test_an_empty_queue_goes_back_to_blocking_brpop(conn, client, prefix, open_queue):
+    simple = open_queue()
+    simple.put({"n": 1})
+    simple.put({"n": 2})
+    assert simple.get(timeout=5).payload == {"n": 1}  # BRPOP
+    assert simple.get(timeout=5).payload == {"n": 2}  # the script: it said nothing more waits
+    with monitored(client, f"{prefix}marker") as seen, pytest.raises(simple.Empty):
+        simple.get(timeout=1.5)
+    sent = _names(seen, prefix)
+    assert "EVALSHA" not in sent and sent.count("BRPOP") >= 1  # waits in Redis, no polling
+    simple.put({"n": 3})
+    assert simple.get(timeout=5).payload == {"n": 3}
 
 
-def test_a_recorded_message_left_unacknowledged_is_restored_after_the_visibility_timeout(conn, client, prefix):
+def test_a_recorded_message_left_unacknowledged_is_restored_after_the_visibility_timeout(conn, client,
+                                                                                         open_queue):
     channel = conn.default_channel
-    queue = f"{prefix}q"
-    simple = conn.SimpleQueue(queue)
-    try:
-        for n in range(3):
-            simple.put({"n": n})
-        simple.get(timeout=5).ack()  # BRPOP
-        second = simple.get(timeout=5)  # the script recorded it; its worker "dies" without acking
-        assert second.payload == {"n": 1} and client.hexists(channel.unacked_key, second.delivery_tag)
-        client.zadd(channel.unacked_index_key, {second.delivery_tag: 1.0})  # older than the visibility timeout
-        channel.qos.restore_visible(num=100)
-        assert not client.hexists(channel.unacked_key, second.delivery_tag)
-        payloads = sorted(simple.get(timeout=5).payload["n"] for _ in range(2))
-        assert payloads == [1, 2]  # restored, not lost, not doubled
-    finally:
-        simple.close()
-        client.delete(*_queue_keys(queue))
+    simple = open_queue()
+    for n in range(3):
+        simple.put({"n": n})
+    simple.get(timeout=5).ack()  # BRPOP
+    second = simple.get(timeout=5)  # the script recorded it; its worker "dies" without acking
+    assert second.payload == {"n": 1} and client.hexists(channel.unacked_key, second.delivery_tag)
+    client.zadd(channel.unacked_index_key, {second.delivery_tag: 1.0})  # older than the visibility timeout
+    channel.qos.restore_visible(num=100)
+    assert not client.hexists(channel.unacked_key, second.delivery_tag)
+    payloads = sorted(simple.get(timeout=5).payload["n"] for _ in range(2))
+    assert payloads == [1, 2]  # restored, not lost, not doubled
 
 
-def test_priorities_are_served_in_brpops_order(conn, client, prefix):
-    queue = f"{prefix}q"
-    simple = conn.SimpleQueue(queue)
-    try:
-        simple.put({"n": "first"})  # priority 0: kombu's list without a suffix, which BRPOP takes first
-        for n in range(3):
-            simple.put({"n": f"low-{n}"}, priority=9)
-        simple.put({"n": "high"}, priority=0)
-        got = [simple.get(timeout=5).payload["n"] for _ in range(5)]
-        assert got == ["first", "high", "low-0", "low-1", "low-2"]
-    finally:
-        simple.close()
-        client.delete(*_queue_keys(queue))
+def test_priorities_are_served_in_brpops_order(conn, client, prefix, open_queue):
+    simple = open_queue()
+    simple.put({"n": "first"})  # priority 0: kombu's list without a suffix, which BRPOP takes first
+    for n in range(3):
+        simple.put({"n": f"low-{n}"}, priority=9)
+    simple.put({"n": "high"}, priority=0)
+    got = [simple.get(timeout=5).payload["n"] for _ in range(5)]
+    assert got == ["first", "high", "low-0", "low-1", "low-2"]
 
 
-def test_a_flushed_script_cache_loses_nothing(conn, client, prefix):
-    queue = f"{prefix}q"
-    simple = conn.SimpleQueue(queue)
-    try:
-        for n in range(4):
-            simple.put({"n": n})
-        assert simple.get(timeout=5).payload == {"n": 0}
-        client.script_flush()  # a restarted Redis or a new primary without the script
+def test_a_flushed_script_cache_loses_nothing(conn, client, prefix, open_queue):
+    simple = open_queue()
+    for n in range(4):
+        simple.put({"n": n})
+    assert simple.get(timeout=5).payload == {"n": 0}
+    client.script_flush()  # a restarted Redis or a new primary without the script
+    got = [simple.get(timeout=5).payload["n"] for _ in range(3)]
+    assert got == [1, 2, 3]
+    assert client.script_exists(atomic_fetch.POP_SHA) == [True]  # loaded again
+
+
+def test_a_consumer_without_acks_never_gets_a_recorded_message(conn, client, prefix, open_queue):
+    channel = conn.default_channel
+    simple = open_queue(no_ack=True)
+    for n in range(3):
+        simple.put({"n": n})
+    with monitored(client, f"{prefix}marker") as seen:
         got = [simple.get(timeout=5).payload["n"] for _ in range(3)]
-        assert got == [1, 2, 3]
-        assert client.script_exists(atomic_fetch.POP_SHA) == [True]  # loaded again
-    finally:
-        simple.close()
-        client.delete(*_queue_keys(queue))
-
-
-def test_a_consumer_without_acks_never_gets_a_recorded_message(conn, client, prefix):
-    channel = conn.default_channel
-    queue = f"{prefix}q"
-    simple = conn.SimpleQueue(queue, no_ack=True)
-    try:
-        for n in range(3):
-            simple.put({"n": n})
-        with monitored(client, f"{prefix}marker") as seen:
-            got = [simple.get(timeout=5).payload["n"] for _ in range(3)]
-        assert got == [0, 1, 2]
-        assert "EVALSHA" not in _names(seen, prefix)
-        assert client.hlen(channel.unacked_key) == 0  # nothing a restore would publish again
-    finally:
-        simple.close()
-        client.delete(*_queue_keys(queue))
+    assert got == [0, 1, 2]
+    assert "EVALSHA" not in _names(seen, prefix)
+    assert client.hlen(channel.unacked_key) == 0  # nothing a restore would publish again
 
 
 @pytest.mark.parametrize("item", ['{"not": "kombu"}', "not json"])
