@@ -41,10 +41,6 @@ def script(name: str) -> str:
     return (resources.files("worker.store") / "scripts" / f"{name}.lua").read_text()
 
 
-def _lua_list(names: Sequence[str]) -> str:
-    return ", ".join(f"'{n}'" for n in names)  # our own field names: letters and underscores
-
-
 def _outcome_function() -> str:
     """common.lua's ``outcome(rec)``: outcomes.py public_outcome in Lua, one table constructor naming every field
     (an optional one as nil: the table is made at its final size, then the present ones are set)."""
